@@ -1,0 +1,104 @@
+import { createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { createAgentRegistry } from "./auth/agent-registry.ts";
+import { createAgentTokens } from "./auth/agent-tokens.ts";
+import { kRemoteAddr } from "./auth/context.ts";
+import { authInterceptor, errorInterceptor } from "./auth/interceptors.ts";
+import type { Config } from "./config.ts";
+import { createLastSeenBuffer } from "./last-seen.ts";
+import type { Logger } from "./log.ts";
+import { createRoutes } from "./routes.ts";
+import { createScheduler } from "./scheduler.ts";
+import { startServer, type RunningServer } from "./server.ts";
+import { fingerprint } from "./signing/keys.ts";
+import { loadMasterKey } from "./signing/master-key.ts";
+import { createCommandSigner } from "./signing/signer.ts";
+import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
+import { openDatabase, type Database } from "./store/db.ts";
+import { createWakeups } from "./wakeups.ts";
+
+export interface App {
+  readonly server: RunningServer;
+  readonly db: Database;
+  readonly signingKeyId: string;
+  close(): Promise<void>;
+}
+
+// Wires the control plane: database (embedded or PostgreSQL), keys, services, HTTP server.
+export async function startApp(config: Config, logger: Logger): Promise<App> {
+  await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
+  try {
+    const masterKey = await loadMasterKey(config.masterKey, config.dataDir);
+    const keys = await ensureSigningKeys(db.prisma, masterKey);
+    const tokenSecret = await ensureSecret(db.prisma, masterKey, "access-token-hmac");
+    await writeAdminKeyIfNew(db, config.dataDir, logger);
+
+    const wakeups = createWakeups();
+    const lastSeen = createLastSeenBuffer(db.prisma, config.lastSeenFlushMs, logger);
+    const deps = {
+      config,
+      db: db.prisma,
+      tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
+      agents: createAgentRegistry(db.prisma),
+      signer: createCommandSigner(keys.active, keys.trusted),
+      wakeups,
+      lastSeen,
+      logger,
+    };
+    const handler = connectNodeAdapter({
+      routes: createRoutes(deps),
+      interceptors: [errorInterceptor(logger), authInterceptor(deps)],
+      readMaxBytes: config.maxRequestBytes,
+      contextValues: (req) => createContextValues().set(kRemoteAddr, req.socket?.remoteAddress ?? ""),
+      fallback: (req, res) => {
+        if (req.url === "/healthz") {
+          res.writeHead(200, { "content-type": "text/plain" });
+          res.end("ok\n");
+          return;
+        }
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("not found\n");
+      },
+    });
+    const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
+    const scheduler = createScheduler(db.prisma, config, logger);
+    logger.info(
+      {
+        url: server.url,
+        database: db.kind,
+        signingKeyId: keys.active.keyId,
+        signingKeyFingerprint: fingerprint(keys.active.publicKey),
+      },
+      "redflag control plane listening",
+    );
+    return {
+      server,
+      db,
+      signingKeyId: keys.active.keyId,
+      async close() {
+        scheduler.stop();
+        wakeups.close();
+        await server.close();
+        await lastSeen.stop();
+        await db.close();
+      },
+    };
+  } catch (err) {
+    await db.close();
+    throw err;
+  }
+}
+
+async function writeAdminKeyIfNew(db: Database, dataDir: string, logger: Logger) {
+  const file = path.join(dataDir, "admin.key");
+  const secret = await ensureBootstrapAdminKey(db.prisma);
+  if (secret) {
+    await writeFile(file, secret + "\n", { mode: 0o600 });
+    logger.info({ file }, "created the admin API key; scripts read it with: redflag --api-key-file " + file);
+  } else {
+    logger.info({ file }, "admin API key already exists");
+  }
+}

@@ -1,0 +1,35 @@
+import { getAgentAuthState, type AgentAuthState } from "../store/agents.ts";
+import type { Prisma } from "../store/types.ts";
+
+export interface AgentRegistry {
+  get(agentId: string): Promise<AgentAuthState | undefined>;
+  invalidate(agentId: string): void;
+}
+
+// Caches what authentication needs to know about an agent (machine binding, credential
+// generation, decommissioned) so idle polls do not read the agents table. Changes made by this
+// process invalidate the entry at once; changes made elsewhere are seen within ttlMs.
+export function createAgentRegistry(db: Prisma, ttlMs = 30_000, maxEntries = 200_000): AgentRegistry {
+  const entries = new Map<string, { state: AgentAuthState | undefined; loadedAt: number }>();
+  const loading = new Map<string, Promise<AgentAuthState | undefined>>();
+
+  return {
+    async get(agentId) {
+      const now = Date.now();
+      const entry = entries.get(agentId);
+      if (entry && now - entry.loadedAt < ttlMs) return entry.state;
+      let pending = loading.get(agentId);
+      if (!pending) {
+        pending = getAgentAuthState(db, agentId).finally(() => loading.delete(agentId));
+        loading.set(agentId, pending);
+      }
+      const state = await pending;
+      if (entries.size >= maxEntries) entries.clear();
+      entries.set(agentId, { state, loadedAt: now });
+      return state;
+    },
+    invalidate(agentId) {
+      entries.delete(agentId);
+    },
+  };
+}

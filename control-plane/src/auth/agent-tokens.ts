@@ -1,0 +1,81 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errors, jwtVerify, SignJWT } from "jose";
+import { createHash, randomUUID } from "node:crypto";
+
+const ISSUER = "redflag";
+const AUDIENCE = "redflag-agent";
+
+export interface AccessClaims {
+  agentId: string;
+  machineId: string;
+  // Credential generation of the agent when the token was issued; re-registration bumps it.
+  generation: number;
+  expiresAtMs: number;
+}
+
+export interface AgentTokens {
+  issue(agentId: string, machineId: string, generation: number, now: Date): Promise<{ token: string; expiresAt: Date }>;
+  verify(token: string, now: number): Promise<AccessClaims>;
+}
+
+// HS256 access tokens (jose). Verified tokens are cached by their SHA-256 so an idle poll costs
+// a hash and a map lookup, not a signature check.
+export function createAgentTokens(secret: Uint8Array, ttlSeconds: number, maxCached = 200_000): AgentTokens {
+  const cache = new Map<string, AccessClaims>();
+
+  return {
+    async issue(agentId, machineId, generation, now) {
+      const expiresAt = new Date(now.getTime() + ttlSeconds * 1000);
+      const token = await new SignJWT({ mid: machineId, gen: generation })
+        .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+        .setIssuer(ISSUER)
+        .setAudience(AUDIENCE)
+        .setSubject(agentId)
+        .setJti(randomUUID())
+        .setIssuedAt(Math.floor(now.getTime() / 1000))
+        .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
+        .sign(secret);
+      return { token, expiresAt: new Date(Math.floor(expiresAt.getTime() / 1000) * 1000) };
+    },
+
+    async verify(token, now) {
+      const key = createHash("sha256").update(token).digest("base64");
+      const cached = cache.get(key);
+      if (cached) {
+        if (cached.expiresAtMs > now) return cached;
+        cache.delete(key);
+        throw new ConnectError("access token has expired", Code.Unauthenticated);
+      }
+      let claims: AccessClaims;
+      try {
+        const { payload } = await jwtVerify(token, secret, {
+          issuer: ISSUER,
+          audience: AUDIENCE,
+          algorithms: ["HS256"],
+          currentDate: new Date(now),
+        });
+        if (typeof payload.sub !== "string" || typeof payload.mid !== "string" || typeof payload.gen !== "number") {
+          throw new ConnectError("access token is not valid", Code.Unauthenticated);
+        }
+        claims = { agentId: payload.sub, machineId: payload.mid, generation: payload.gen, expiresAtMs: payload.exp! * 1000 };
+      } catch (err) {
+        if (err instanceof ConnectError) throw err;
+        if (err instanceof errors.JWTExpired) throw new ConnectError("access token has expired", Code.Unauthenticated);
+        throw new ConnectError("access token is not valid", Code.Unauthenticated);
+      }
+      if (cache.size >= maxCached) evict(cache, now);
+      cache.set(key, claims);
+      return claims;
+    },
+  };
+}
+
+function evict(cache: Map<string, AccessClaims>, now: number) {
+  for (const [key, claims] of cache) if (claims.expiresAtMs <= now) cache.delete(key);
+  // Still full: drop the oldest insertions (Map iterates in insertion order).
+  let excess = cache.size - Math.floor(cache.size * 0.9);
+  for (const key of cache.keys()) {
+    if (cache.size < 1 || excess-- <= 0) break;
+    cache.delete(key);
+  }
+}

@@ -1,0 +1,119 @@
+import path from "node:path";
+import { parseDuration } from "./duration.ts";
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  readonly dataDir: string;
+  // Unset: the embedded PGlite database inside dataDir.
+  readonly databaseUrl: string | undefined;
+  readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
+  // Base64 of 32 bytes; unset: <dataDir>/master.key, created on first start.
+  readonly masterKey: Buffer | undefined;
+  readonly logLevel: string;
+  readonly accessTokenTtlSeconds: number;
+  readonly refreshTokenSlidingSeconds: number;
+  readonly refreshTokenAbsoluteSeconds: number;
+  readonly commandExpirySeconds: number;
+  // Sent commands with no result after this become timed_out.
+  readonly resultTimeoutSeconds: number;
+  readonly pollIntervalSeconds: number;
+  readonly pollJitterPercent: number;
+  readonly commandTimeoutSeconds: number;
+  // Renew payloads signed further than this from the server clock are refused.
+  readonly renewMaxSkewSeconds: number;
+  readonly lastSeenFlushMs: number;
+  readonly sweepIntervalMs: number;
+  readonly maxRequestBytes: number;
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid environment:\n  - ${problems.join("\n  - ")}`);
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+// Reads every REDFLAG_* setting once, reports all problems together, and returns a frozen object.
+export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
+  const problems: string[] = [];
+  const duration = (name: string, fallback: string, min = 1): number => {
+    const text = env[name] ?? fallback;
+    try {
+      const seconds = parseDuration(text);
+      if (seconds < min) problems.push(`${name}=${text} must be at least ${min}s`);
+      return seconds;
+    } catch (err) {
+      problems.push(`${name}: ${(err as Error).message}`);
+      return parseDuration(fallback);
+    }
+  };
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const text = env[name];
+    if (text === undefined || text === "") return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name}=${text} must be a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return value;
+  };
+
+  const [host, port] = parseAddr(env.REDFLAG_ADDR ?? "0.0.0.0:8080", problems);
+
+  const certFile = env.REDFLAG_TLS_CERT || undefined;
+  const keyFile = env.REDFLAG_TLS_KEY || undefined;
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    problems.push("REDFLAG_TLS_CERT and REDFLAG_TLS_KEY must be set together");
+  }
+
+  let masterKey: Buffer | undefined;
+  if (env.REDFLAG_MASTER_KEY) {
+    masterKey = Buffer.from(env.REDFLAG_MASTER_KEY, "base64");
+    if (masterKey.length !== 32) problems.push("REDFLAG_MASTER_KEY must be 32 bytes in base64 (openssl rand -base64 32)");
+  }
+
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
+  }
+
+  const config: Config = {
+    host,
+    port,
+    dataDir: path.resolve(cwd, env.REDFLAG_DATA_DIR || "data"),
+    databaseUrl,
+    tls: certFile && keyFile ? { certFile, keyFile } : undefined,
+    masterKey,
+    logLevel: env.REDFLAG_LOG_LEVEL || "info",
+    accessTokenTtlSeconds: duration("REDFLAG_ACCESS_TOKEN_TTL", "1h", 60),
+    refreshTokenSlidingSeconds: duration("REDFLAG_REFRESH_TOKEN_TTL", "90d", 3600),
+    refreshTokenAbsoluteSeconds: duration("REDFLAG_REFRESH_TOKEN_MAX_AGE", "365d", 3600),
+    commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
+    resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
+    pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
+    pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
+    commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),
+    renewMaxSkewSeconds: duration("REDFLAG_RENEW_MAX_SKEW", "5m", 5),
+    lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
+    sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
+    maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+  };
+  if (config.refreshTokenAbsoluteSeconds < config.refreshTokenSlidingSeconds) {
+    problems.push("REDFLAG_REFRESH_TOKEN_MAX_AGE must not be shorter than REDFLAG_REFRESH_TOKEN_TTL");
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+function parseAddr(text: string, problems: string[]): [string, number] {
+  const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    problems.push(`REDFLAG_ADDR=${text} must be host:port (for example 0.0.0.0:8080 or [::]:8080)`);
+    return ["0.0.0.0", 8080];
+  }
+  return [match[1] ?? (match[2] || "0.0.0.0"), port];
+}

@@ -1,0 +1,44 @@
+import type { Logger } from "./log.ts";
+import { flushLastSeen } from "./store/agents.ts";
+import type { Prisma } from "./store/types.ts";
+
+export interface LastSeenBuffer {
+  record(agentId: string, at: Date, status: Uint8Array | null): void;
+  flush(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+// Idle polls never write synchronously: last-seen times and statuses collect here and are
+// written in one batched statement every intervalMs.
+export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Logger): LastSeenBuffer {
+  let pending = new Map<string, { at: Date; status: Uint8Array | null }>();
+  let flushing: Promise<void> = Promise.resolve();
+
+  const flush = () => {
+    flushing = flushing.then(async () => {
+      if (pending.size === 0) return;
+      const batch = pending;
+      pending = new Map();
+      try {
+        await flushLastSeen(db, [...batch].map(([agentId, v]) => ({ agentId, ...v })));
+      } catch (err) {
+        logger.warn({ err, agents: batch.size }, "could not record last-seen times; will retry");
+        for (const [id, v] of batch) if (!pending.has(id)) pending.set(id, v);
+      }
+    });
+    return flushing;
+  };
+  const timer = setInterval(() => void flush(), intervalMs);
+  timer.unref();
+
+  return {
+    record(agentId, at, status) {
+      pending.set(agentId, { at, status: status ?? pending.get(agentId)?.status ?? null });
+    },
+    flush,
+    async stop() {
+      clearInterval(timer);
+      await flush();
+    },
+  };
+}

@@ -1,0 +1,37 @@
+import { ConfigError, loadConfig } from "./config.ts";
+import { startApp } from "./app.ts";
+import { createLogger } from "./log.ts";
+
+// redflag-server: reads REDFLAG_* and DATABASE_URL, serves until SIGTERM/SIGINT.
+async function main() {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`redflag-server: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logger = createLogger(config.logLevel);
+  const app = await startApp(config, logger).catch((err: unknown) => {
+    logger.fatal({ err }, "could not start");
+    process.stderr.write(`redflag-server: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down");
+    const force = setTimeout(() => process.exit(1), 15_000);
+    force.unref();
+    await app.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+await main();

@@ -1,0 +1,281 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  AgentService,
+  type PollCommandsRequest,
+  type RegisterRequest,
+  type ReportResultsRequest,
+  RenewPayloadSchema,
+  type RenewRequest,
+} from "@redflag/gen/agent_service_pb";
+import { CommandOutcome, type CommandResult, CommandResultSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
+import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
+import { randomBytes } from "node:crypto";
+import type { AgentRegistry } from "../auth/agent-registry.ts";
+import type { AgentTokens } from "../auth/agent-tokens.ts";
+import { kAgent, kRemoteAddr } from "../auth/context.ts";
+import type { Config } from "../config.ts";
+import { sha256 } from "../ids.ts";
+import type { LastSeenBuffer } from "../last-seen.ts";
+import type { Logger } from "../log.ts";
+import { verify } from "../signing/keys.ts";
+import { pae, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
+import type { CommandSigner } from "../signing/signer.ts";
+import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken } from "../store/agents.ts";
+import { claimCommands, recordResults, unclaimCommands, type IncomingResult, type PackageUpdateInput } from "../store/commands.ts";
+import { recordSecurityEvent } from "../store/security-events.ts";
+import type { Prisma } from "../store/types.ts";
+import type { Wakeups } from "../wakeups.ts";
+import { buildAgentConfig } from "./agent-config.ts";
+import { invalid, text, uuid } from "./validate.ts";
+
+export interface AgentServiceDeps {
+  config: Config;
+  db: Prisma;
+  tokens: AgentTokens;
+  agents: AgentRegistry;
+  signer: CommandSigner;
+  wakeups: Wakeups;
+  lastSeen: LastSeenBuffer;
+  logger: Logger;
+}
+
+const MACHINE_ID = /^[0-9a-f]{64}$/;
+const MAX_COMMANDS_PER_POLL = 100;
+const MAX_RESULTS_PER_REPORT = 500;
+
+export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof AgentService> {
+  const { config, db } = deps;
+  const agentConfig = buildAgentConfig(config);
+
+  const newRefreshToken = (now: Date): { secret: string; row: NewRefreshToken } => {
+    const secret = randomBytes(32).toString("base64url");
+    return {
+      secret,
+      row: {
+        tokenHash: sha256(secret),
+        expiresAt: new Date(now.getTime() + config.refreshTokenSlidingSeconds * 1000),
+        absoluteExpiresAt: new Date(now.getTime() + config.refreshTokenAbsoluteSeconds * 1000),
+      },
+    };
+  };
+
+  return {
+    async register(req: RegisterRequest, ctx: HandlerContext) {
+      const input = validateRegister(req);
+      const now = new Date();
+      const refresh = newRefreshToken(now);
+      const agent = await registerAgent(db, {
+        ...input,
+        registrationTokenHash: sha256(req.registrationToken),
+        refresh: refresh.row,
+        now,
+        remoteAddr: ctx.values.get(kRemoteAddr),
+      });
+      deps.agents.invalidate(agent.id);
+      const access = await deps.tokens.issue(agent.id, agent.machineId, agent.credentialGeneration, now);
+      deps.logger.info(
+        { agentId: agent.id, hostname: input.hostname, replaced: agent.replaced },
+        agent.replaced ? "agent re-registered" : "agent registered",
+      );
+      return {
+        agentId: agent.id,
+        accessToken: access.token,
+        refreshToken: refresh.secret,
+        accessTokenExpireTime: timestampFromDate(access.expiresAt),
+        trustedKeys: deps.signer.trustedKeys(),
+        config: agentConfig,
+      };
+    },
+
+    async renew(req: RenewRequest, ctx: HandlerContext) {
+      if (req.payload.length === 0 || req.payload.length > 1024) throw invalid("payload must be 1 to 1024 bytes");
+      if (req.signature.length !== 64) throw invalid("signature must be 64 bytes (Ed25519)");
+      let payload;
+      try {
+        payload = fromBinary(RenewPayloadSchema, req.payload);
+      } catch {
+        throw invalid("payload is not a serialized redflag.v1.RenewPayload");
+      }
+      uuid("payload.agent_id", payload.agentId);
+      if (!payload.signTime) throw invalid("payload.sign_time is required");
+      const remoteAddr = ctx.values.get(kRemoteAddr);
+      const now = new Date();
+
+      const state = await getAgentAuthState(db, payload.agentId);
+      if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
+      if (!verify(state.publicKey, pae(RENEW_PAYLOAD_TYPE, req.payload), req.signature)) {
+        await recordSecurityEvent(db, {
+          type: "renew_bad_signature",
+          severity: "critical",
+          message: "a renew request was not signed by the agent's registered key",
+          agentId: payload.agentId,
+          remoteAddr,
+        });
+        throw new ConnectError("renew signature does not verify with the agent's key", Code.Unauthenticated);
+      }
+      if (payload.machineId !== state.machineId) {
+        await recordSecurityEvent(db, {
+          type: "machine_id_mismatch",
+          severity: "critical",
+          message: "a renew request named a machine ID other than the registered one",
+          agentId: payload.agentId,
+          machineId: payload.machineId.slice(0, 64),
+          remoteAddr,
+        });
+        throw new ConnectError("machine ID does not match the registered machine", Code.PermissionDenied);
+      }
+      if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
+      const skewMs = Math.abs(timestampDate(payload.signTime).getTime() - now.getTime());
+      if (skewMs > config.renewMaxSkewSeconds * 1000) {
+        throw new ConnectError(
+          `renew request was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
+          Code.Unauthenticated,
+        );
+      }
+
+      const refresh = newRefreshToken(now);
+      const rotated = await rotateRefreshToken(db, {
+        agentId: payload.agentId,
+        machineId: payload.machineId,
+        presentedHash: sha256(payload.refreshToken),
+        next: refresh.row,
+        now,
+        remoteAddr,
+      });
+      if (!rotated.ok) {
+        if (rotated.reuse) deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        throw new ConnectError(rotated.reason, Code.Unauthenticated);
+      }
+      const access = await deps.tokens.issue(payload.agentId, state.machineId, rotated.credentialGeneration, now);
+      return {
+        accessToken: access.token,
+        refreshToken: refresh.secret,
+        accessTokenExpireTime: timestampFromDate(access.expiresAt),
+      };
+    },
+
+    async pollCommands(req: PollCommandsRequest, ctx: HandlerContext) {
+      const { agentId } = ctx.values.get(kAgent)!;
+      if (req.nonce.length < 16 || req.nonce.length > 64) throw invalid("nonce must be 16 to 64 bytes");
+      if (req.waitSeconds > 60) throw invalid("wait_seconds must be at most 60");
+      if (req.maxCommands > MAX_COMMANDS_PER_POLL) throw invalid(`max_commands must be at most ${MAX_COMMANDS_PER_POLL}`);
+      const limit = req.maxCommands || 10;
+
+      deps.lastSeen.record(agentId, new Date(), req.status ? toBinary(AgentStatusSchema, req.status) : null);
+
+      const deadline = Date.now() + req.waitSeconds * 1000;
+      let commands = await deliver(deps, agentId, limit, req.nonce);
+      while (commands.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
+        const woken = await deps.wakeups.wait(agentId, deadline - Date.now(), ctx.signal);
+        if (!woken) break;
+        commands = await deliver(deps, agentId, limit, req.nonce);
+      }
+      return {
+        commands,
+        config: req.status?.configRevision === agentConfig.revision ? undefined : agentConfig,
+        nextPollSeconds: agentConfig.pollIntervalSeconds,
+      };
+    },
+
+    async reportResults(req: ReportResultsRequest, ctx: HandlerContext) {
+      const { agentId } = ctx.values.get(kAgent)!;
+      if (req.results.length > MAX_RESULTS_PER_REPORT) {
+        throw invalid(`at most ${MAX_RESULTS_PER_REPORT} results per call`);
+      }
+      const unique = new Map<string, IncomingResult>();
+      req.results.forEach((result, i) => unique.set(result.commandId, toIncoming(result, `results[${i}]`)));
+      if (unique.size === 0) return { acknowledgedCommandIds: [], refused: [] };
+      const outcome = await recordResults(db, agentId, [...unique.values()], new Date(), ctx.values.get(kRemoteAddr));
+      return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused };
+    },
+  };
+}
+
+async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array) {
+  const issueTime = new Date();
+  const expireTime = new Date(issueTime.getTime() + deps.config.commandExpirySeconds * 1000);
+  const claimed = await claimCommands(deps.db, agentId, limit, issueTime, expireTime);
+  try {
+    return claimed.map((c) =>
+      deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, issueTime, expireTime, nonce }, c.action),
+    );
+  } catch (err) {
+    await unclaimCommands(deps.db, claimed.map((c) => c.id));
+    throw err;
+  }
+}
+
+function validateRegister(req: RegisterRequest) {
+  text("registration_token", req.registrationToken, { max: 256, required: true });
+  const hostname = text("hostname", req.hostname, { max: 253, required: true });
+  if (!MACHINE_ID.test(req.machineId)) throw invalid("machine_id must be 64 lowercase hex characters (SHA-256)");
+  if (req.agentPublicKey.length !== 32) throw invalid("agent_public_key must be a 32-byte Ed25519 public key");
+  if (!req.os) throw invalid("os is required");
+  if (req.os.family === OsFamily.UNSPECIFIED || !OsFamily[req.os.family]) {
+    throw invalid("os.family must be LINUX, WINDOWS or DARWIN");
+  }
+  const agentVersion = text("agent_version", req.agentVersion, { max: 64, required: true });
+  return {
+    hostname,
+    machineId: req.machineId,
+    publicKey: req.agentPublicKey,
+    agentVersion,
+    os: {
+      family: OsFamily[req.os.family]!.toLowerCase(),
+      name: text("os.name", req.os.name, { max: 256 }),
+      version: text("os.version", req.os.version, { max: 256 }),
+      kernel: text("os.kernel", req.os.kernel, { max: 256 }),
+      arch: text("os.arch", req.os.arch, { max: 64 }),
+    },
+  };
+}
+
+const OUTCOMES = {
+  [CommandOutcome.SUCCEEDED]: "succeeded",
+  [CommandOutcome.FAILED]: "failed",
+  [CommandOutcome.REJECTED]: "rejected",
+} as const;
+
+function toIncoming(result: CommandResult, field: string): IncomingResult {
+  uuid(`${field}.command_id`, result.commandId);
+  const outcome = OUTCOMES[result.outcome as keyof typeof OUTCOMES];
+  if (!outcome) throw invalid(`${field}.outcome must be SUCCEEDED, FAILED or REJECTED`);
+  if (result.message.length > 65_536) throw invalid(`${field}.message is longer than 65536 characters`);
+  let updates: PackageUpdateInput[] | undefined;
+  let scannedSources: string[] = [];
+  if (result.detail.case === "scanUpdates") {
+    const scan = result.detail.value;
+    updates = scan.updates.map((u, i) => {
+      const f = `${field}.scan_updates.updates[${i}]`;
+      return {
+        source: text(`${f}.source`, u.source, { max: 64, required: true }),
+        name: text(`${f}.name`, u.name, { max: 512, required: true }),
+        architecture: text(`${f}.architecture`, u.architecture, { max: 64 }),
+        currentVersion: text(`${f}.current_version`, u.currentVersion, { max: 256 }),
+        availableVersion: text(`${f}.available_version`, u.availableVersion, { max: 256, required: true }),
+        repository: text(`${f}.repository`, u.repository, { max: 512 }),
+        severity: severityName(u.severity),
+        security: u.security,
+        sizeBytes: u.sizeBytes,
+        rebootRequired: u.rebootRequired,
+      };
+    });
+    scannedSources = [...new Set([...scan.subsystems.filter((s) => s.state === SubsystemRunState.RAN).map((s) => s.subsystem), ...updates.map((u) => u.source)])];
+  }
+  return {
+    commandId: result.commandId,
+    outcome,
+    message: result.message,
+    startedAt: result.startTime ? timestampDate(result.startTime) : null,
+    finishedAt: result.finishTime ? timestampDate(result.finishTime) : null,
+    bytes: toBinary(CommandResultSchema, result),
+    updates,
+    scannedSources,
+  };
+}
+
+function severityName(severity: UpdateSeverity): string {
+  return (UpdateSeverity[severity] ?? "UNKNOWN").toLowerCase().replace("unspecified", "unknown");
+}

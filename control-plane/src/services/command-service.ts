@@ -1,0 +1,68 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { CommandSchema } from "@redflag/gen/command_pb";
+import { CommandService, CommandState } from "@redflag/gen/command_service_pb";
+import { kAdmin } from "../auth/context.ts";
+import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import { createCommand, getCommand, listCommands } from "../store/commands.ts";
+import type { Prisma } from "../store/types.ts";
+import type { Wakeups } from "../wakeups.ts";
+import { COMMAND_STATES, commandToProto } from "./convert.ts";
+import { invalid, nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
+
+// oneof case (camelCase) → stored command type.
+const ACTION_TYPES: Record<string, DbCommandType> = {
+  scanUpdates: "scan_updates",
+  collectSpecs: "collect_specs",
+  installUpdates: "install_updates",
+  dryRunUpdate: "dry_run_update",
+  confirmDependencies: "confirm_dependencies",
+  rollbackUpdate: "rollback_update",
+  reboot: "reboot",
+  enableHeartbeat: "enable_heartbeat",
+  disableHeartbeat: "disable_heartbeat",
+  updateAgent: "update_agent",
+};
+
+const STATE_FILTER = new Map<CommandState, DbCommandState>(
+  Object.entries(COMMAND_STATES).map(([db, proto]) => [proto, db as DbCommandState]),
+);
+
+export function createCommandService(db: Prisma, wakeups: Wakeups): ServiceImpl<typeof CommandService> {
+  return {
+    async createCommand(req, ctx: HandlerContext) {
+      const agentId = uuid("agent_id", req.agentId);
+      const action = req.action;
+      if (!action.case) throw invalid("an action is required (for example scan_updates)");
+      if (req.timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
+      // Stored as a Command holding only the action; the signed header is added at delivery.
+      const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds: req.timeoutSeconds }));
+      const row = await createCommand(db, {
+        agentId,
+        type: ACTION_TYPES[action.case]!,
+        action: bytes,
+        timeoutSeconds: req.timeoutSeconds,
+        createdBy: ctx.values.get(kAdmin)!.name,
+      });
+      wakeups.notify(agentId);
+      return { command: commandToProto(row) };
+    },
+
+    async listCommands(req) {
+      const agentId = req.agentId ? uuid("agent_id", req.agentId) : undefined;
+      let state: DbCommandState | undefined;
+      if (req.state !== CommandState.UNSPECIFIED) {
+        state = STATE_FILTER.get(req.state);
+        if (!state) throw invalid(`state ${req.state} is not a command state`);
+      }
+      const { rows, next } = await listCommands(db, { agentId, state }, pageSize(req.pageSize), pageToken(req.pageToken));
+      return { commands: rows.map(commandToProto), nextPageToken: nextPageToken(next) };
+    },
+
+    async getCommand(req) {
+      const row = await getCommand(db, uuid("id", req.id));
+      if (!row) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
+      return { command: commandToProto(row) };
+    },
+  };
+}

@@ -1,0 +1,112 @@
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { CommandInfoSchema, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
+import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
+import { AgentHealth, AgentSchema, type Agent } from "@redflag/gen/fleet_service_pb";
+import {
+  RegistrationTokenSchema,
+  RegistrationTokenState,
+  type RegistrationToken,
+} from "@redflag/gen/token_service_pb";
+import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { AgentRow } from "../store/agents.ts";
+import type { CommandRow } from "../store/commands.ts";
+import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
+
+const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
+
+export function registrationTokenToProto(row: RegistrationTokenRow, now: Date): RegistrationToken {
+  let state = RegistrationTokenState.ACTIVE;
+  if (row.revokedAt) state = RegistrationTokenState.REVOKED;
+  else if (row.expiresAt && row.expiresAt <= now) state = RegistrationTokenState.EXPIRED;
+  else if (row.usedSeats >= row.seats) state = RegistrationTokenState.EXHAUSTED;
+  return create(RegistrationTokenSchema, {
+    id: row.id,
+    note: row.note,
+    seats: row.seats,
+    usedSeats: row.usedSeats,
+    createTime: ts(row.createdAt),
+    expireTime: ts(row.expiresAt),
+    revokeTime: ts(row.revokedAt),
+    state,
+    prefix: row.prefix,
+  });
+}
+
+// Health from the last time an agent was heard from, measured in poll intervals. An agent
+// never heard from is never counted as online.
+export function agentHealth(row: AgentRow, now: Date, pollIntervalSeconds: number): AgentHealth {
+  if (row.decommissionedAt) return AgentHealth.DECOMMISSIONED;
+  if (!row.lastSeenAt) return AgentHealth.NEVER_REPORTED;
+  const silentFor = (now.getTime() - row.lastSeenAt.getTime()) / 1000;
+  if (silentFor <= pollIntervalSeconds * 3) return AgentHealth.ONLINE;
+  if (silentFor <= 86_400) return AgentHealth.OFFLINE;
+  return AgentHealth.STALE;
+}
+
+const FAMILIES: Record<string, OsFamily> = {
+  linux: OsFamily.LINUX,
+  windows: OsFamily.WINDOWS,
+  darwin: OsFamily.DARWIN,
+};
+
+export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number): Agent {
+  return create(AgentSchema, {
+    id: row.id,
+    hostname: row.hostname,
+    machineId: row.machineId,
+    os: {
+      family: FAMILIES[row.osFamily] ?? OsFamily.UNSPECIFIED,
+      name: row.osName,
+      version: row.osVersion,
+      kernel: row.kernel,
+      arch: row.arch,
+    },
+    agentVersion: row.agentVersion,
+    health: agentHealth(row, now, pollIntervalSeconds),
+    registerTime: ts(row.registeredAt),
+    lastSeenTime: ts(row.lastSeenAt),
+    status: row.status ? fromBinary(AgentStatusSchema, row.status) : undefined,
+    registrationTokenId: row.registrationTokenId ?? "",
+  });
+}
+
+export const COMMAND_TYPES: Record<DbCommandType, CommandType> = {
+  scan_updates: CommandType.SCAN_UPDATES,
+  collect_specs: CommandType.COLLECT_SPECS,
+  install_updates: CommandType.INSTALL_UPDATES,
+  dry_run_update: CommandType.DRY_RUN_UPDATE,
+  confirm_dependencies: CommandType.CONFIRM_DEPENDENCIES,
+  rollback_update: CommandType.ROLLBACK_UPDATE,
+  reboot: CommandType.REBOOT,
+  enable_heartbeat: CommandType.ENABLE_HEARTBEAT,
+  disable_heartbeat: CommandType.DISABLE_HEARTBEAT,
+  update_agent: CommandType.UPDATE_AGENT,
+};
+
+export const COMMAND_STATES: Record<DbCommandState, CommandState> = {
+  pending: CommandState.PENDING,
+  sent: CommandState.SENT,
+  succeeded: CommandState.SUCCEEDED,
+  failed: CommandState.FAILED,
+  rejected: CommandState.REJECTED,
+  timed_out: CommandState.TIMED_OUT,
+  cancelled: CommandState.CANCELLED,
+};
+
+export function commandToProto(row: CommandRow): CommandInfo {
+  return create(CommandInfoSchema, {
+    id: row.id,
+    agentId: row.agentId,
+    type: COMMAND_TYPES[row.type],
+    state: COMMAND_STATES[row.state],
+    sequence: row.sequence ?? 0n,
+    createTime: ts(row.createdAt),
+    sendTime: ts(row.sentAt),
+    finishTime: ts(row.finishedAt),
+    createdBy: row.createdBy,
+    result: row.result ? fromBinary(CommandResultSchema, row.result.result) : undefined,
+    deliveryCount: row.deliveryCount,
+  });
+}

@@ -1,0 +1,49 @@
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { TokenService } from "@redflag/gen/token_service_pb";
+import { kAdmin } from "../auth/context.ts";
+import {
+  createRegistrationToken,
+  listRegistrationTokens,
+  revokeRegistrationToken,
+} from "../store/registration-tokens.ts";
+import type { Prisma } from "../store/types.ts";
+import { registrationTokenToProto } from "./convert.ts";
+import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
+
+const MAX_SEATS = 100_000;
+const MAX_TTL_SECONDS = 5 * 365 * 86_400;
+
+export function createTokenService(db: Prisma): ServiceImpl<typeof TokenService> {
+  return {
+    async createRegistrationToken(req, ctx: HandlerContext) {
+      if (req.seats < 1 || req.seats > MAX_SEATS) throw invalid(`seats must be from 1 to ${MAX_SEATS}`);
+      let ttlSeconds: number | undefined;
+      if (req.ttl) {
+        ttlSeconds = Number(req.ttl.seconds) + req.ttl.nanos / 1e9;
+        if (!(ttlSeconds >= 60 && ttlSeconds <= MAX_TTL_SECONDS)) throw invalid("ttl must be from 1 minute to 5 years");
+      }
+      const note = text("note", req.note, { max: 200 });
+      const now = new Date();
+      const { token, secret } = await createRegistrationToken(db, {
+        seats: req.seats,
+        ttlSeconds,
+        note,
+        createdBy: ctx.values.get(kAdmin)!.name,
+        now,
+      });
+      return { token: registrationTokenToProto(token, now), secret };
+    },
+
+    async listRegistrationTokens(req) {
+      const { rows, next } = await listRegistrationTokens(db, pageSize(req.pageSize), pageToken(req.pageToken));
+      const now = new Date();
+      return { tokens: rows.map((r) => registrationTokenToProto(r, now)), nextPageToken: nextPageToken(next) };
+    },
+
+    async revokeRegistrationToken(req) {
+      const now = new Date();
+      const row = await revokeRegistrationToken(db, uuid("id", req.id), now);
+      return { token: registrationTokenToProto(row, now) };
+    },
+  };
+}

@@ -1,0 +1,40 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { isUuid } from "../ids.ts";
+
+export function invalid(message: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument);
+}
+
+// Printable text of bounded length; control characters would corrupt logs and tables.
+export function text(field: string, value: string, opts: { max: number; required?: boolean }): string {
+  if (opts.required && value.length === 0) throw invalid(`${field} is required`);
+  if (value.length > opts.max) throw invalid(`${field} is longer than ${opts.max} characters`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(value)) throw invalid(`${field} contains control characters`);
+  return value;
+}
+
+export function uuid(field: string, value: string): string {
+  if (!isUuid(value)) throw invalid(`${field} must be a UUID (got "${value.slice(0, 64)}")`);
+  return value;
+}
+
+export function pageSize(value: number): number {
+  if (value < 0 || value > 500) throw invalid("page_size must be from 0 to 500");
+  return value === 0 ? 50 : value;
+}
+
+export function pageToken(value: string): string | undefined {
+  if (value === "") return undefined;
+  try {
+    const id = Buffer.from(value, "base64url").toString("utf8");
+    if (isUuid(id)) return id;
+  } catch {
+    // fall through
+  }
+  throw invalid("page_token is not valid; pass the next_page_token of a previous page");
+}
+
+export function nextPageToken(id: string | undefined): string {
+  return id ? Buffer.from(id, "utf8").toString("base64url") : "";
+}

@@ -1,0 +1,256 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { newId } from "../ids.ts";
+import { isUniqueViolation } from "./db.ts";
+import { recordSecurityEvent } from "./security-events.ts";
+import { bytes, type Prisma, type Tx } from "./types.ts";
+
+export interface AgentOs {
+  family: string;
+  name: string;
+  version: string;
+  kernel: string;
+  arch: string;
+}
+
+export interface NewRefreshToken {
+  tokenHash: Buffer;
+  expiresAt: Date;
+  absoluteExpiresAt: Date;
+}
+
+export interface RegisterInput {
+  registrationTokenHash: Buffer;
+  hostname: string;
+  machineId: string;
+  publicKey: Uint8Array;
+  os: AgentOs;
+  agentVersion: string;
+  refresh: NewRefreshToken;
+  now: Date;
+  remoteAddr: string;
+}
+
+export interface RegisteredAgent {
+  id: string;
+  machineId: string;
+  credentialGeneration: number;
+  replaced: boolean;
+}
+
+// Registers a machine, or replaces the credentials of the agent already bound to it, in one
+// transaction: the token row is locked so seats can never be over-spent by concurrent registrations.
+export async function registerAgent(db: Prisma, input: RegisterInput): Promise<RegisteredAgent> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await db.$transaction((tx) => registerInTx(tx, input));
+    } catch (err) {
+      // Two first registrations of one machine raced on the unique machine_id: the loser retries
+      // and becomes a re-registration.
+      if (attempt === 0 && isUniqueViolation(err)) continue;
+      throw err;
+    }
+  }
+}
+
+async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAgent> {
+  const [token] = await tx.$queryRaw<
+    { id: string; seats: number; used_seats: number; expires_at: Date | null; revoked_at: Date | null }[]
+  >`SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
+     WHERE token_hash = ${input.registrationTokenHash} FOR UPDATE`;
+  if (!token) throw new ConnectError("registration token is not valid", Code.Unauthenticated);
+  if (token.revoked_at) throw new ConnectError("registration token has been revoked", Code.Unauthenticated);
+  if (token.expires_at && token.expires_at <= input.now) {
+    throw new ConnectError(`registration token expired at ${token.expires_at.toISOString()}`, Code.Unauthenticated);
+  }
+
+  const existing = await tx.agent.findUnique({
+    where: { machineId: input.machineId },
+    select: { id: true, registrationTokenId: true, credentialGeneration: true },
+  });
+  // Re-registering a machine with the token it already used costs no further seat.
+  const needsSeat = !existing || existing.registrationTokenId !== token.id;
+  if (needsSeat) {
+    if (token.used_seats >= token.seats) {
+      throw new ConnectError(
+        `registration token has no seats left (${token.used_seats} of ${token.seats} used)`,
+        Code.ResourceExhausted,
+      );
+    }
+    await tx.registrationToken.update({ where: { id: token.id }, data: { usedSeats: { increment: 1 } } });
+  }
+
+  const fields = {
+    hostname: input.hostname,
+    publicKey: bytes(input.publicKey),
+    osFamily: input.os.family,
+    osName: input.os.name,
+    osVersion: input.os.version,
+    kernel: input.os.kernel,
+    arch: input.os.arch,
+    agentVersion: input.agentVersion,
+    registrationTokenId: token.id,
+    registeredAt: input.now,
+    decommissionedAt: null,
+  };
+  let agent: { id: string; credentialGeneration: number };
+  if (existing) {
+    await tx.refreshTokenFamily.updateMany({
+      where: { agentId: existing.id, revokedAt: null },
+      data: { revokedAt: input.now, revokeReason: "agent re-registered" },
+    });
+    agent = await tx.agent.update({
+      where: { id: existing.id },
+      data: { ...fields, credentialGeneration: { increment: 1 } },
+      select: { id: true, credentialGeneration: true },
+    });
+  } else {
+    agent = await tx.agent.create({
+      data: { id: newId(), machineId: input.machineId, ...fields },
+      select: { id: true, credentialGeneration: true },
+    });
+  }
+
+  await tx.refreshTokenFamily.create({
+    data: {
+      id: newId(),
+      agentId: agent.id,
+      absoluteExpiresAt: input.refresh.absoluteExpiresAt,
+      tokens: { create: { id: newId(), tokenHash: bytes(input.refresh.tokenHash), expiresAt: input.refresh.expiresAt } },
+    },
+  });
+  return { ...agent, machineId: input.machineId, replaced: Boolean(existing) };
+}
+
+export interface AgentAuthState {
+  machineId: string;
+  credentialGeneration: number;
+  decommissioned: boolean;
+  publicKey: Uint8Array;
+}
+
+export async function getAgentAuthState(db: Prisma, agentId: string): Promise<AgentAuthState | undefined> {
+  const row = await db.agent.findUnique({
+    where: { id: agentId },
+    select: { machineId: true, credentialGeneration: true, decommissionedAt: true, publicKey: true },
+  });
+  if (!row) return undefined;
+  return {
+    machineId: row.machineId,
+    credentialGeneration: row.credentialGeneration,
+    decommissioned: row.decommissionedAt !== null,
+    publicKey: row.publicKey,
+  };
+}
+
+export type RotateOutcome =
+  | { ok: true; credentialGeneration: number }
+  | { ok: false; reason: string; reuse: boolean };
+
+// Exchanges a refresh token for its successor. Presenting a token that was already exchanged
+// means it was copied: the whole family is revoked and a security event recorded, committed
+// even though the caller then refuses the request.
+export async function rotateRefreshToken(
+  db: Prisma,
+  input: { agentId: string; machineId: string; presentedHash: Buffer; next: NewRefreshToken; now: Date; remoteAddr: string },
+): Promise<RotateOutcome> {
+  return db.$transaction(async (tx) => {
+    const [row] = await tx.$queryRaw<
+      {
+        token_id: string;
+        family_id: string;
+        expires_at: Date;
+        rotated_at: Date | null;
+        agent_id: string;
+        absolute_expires_at: Date;
+        family_revoked_at: Date | null;
+      }[]
+    >`SELECT t.id AS token_id, t.family_id, t.expires_at, t.rotated_at,
+             f.agent_id, f.absolute_expires_at, f.revoked_at AS family_revoked_at
+        FROM refresh_tokens t JOIN refresh_token_families f ON f.id = t.family_id
+       WHERE t.token_hash = ${input.presentedHash}
+       FOR UPDATE OF t, f`;
+    if (!row || row.agent_id !== input.agentId) {
+      return { ok: false, reason: "refresh token is not valid", reuse: false };
+    }
+    if (row.family_revoked_at) return { ok: false, reason: "refresh token has been revoked", reuse: false };
+    if (row.rotated_at) {
+      await tx.refreshTokenFamily.update({
+        where: { id: row.family_id },
+        data: { revokedAt: input.now, revokeReason: "refresh token re-use" },
+      });
+      await recordSecurityEvent(tx, {
+        type: "refresh_token_reuse",
+        severity: "critical",
+        message: "a rotated refresh token was presented again; the agent's token family is revoked",
+        agentId: input.agentId,
+        machineId: input.machineId,
+        remoteAddr: input.remoteAddr,
+        detail: { familyId: row.family_id },
+      });
+      return { ok: false, reason: "refresh token was already used; the agent's credentials are revoked", reuse: true };
+    }
+    if (row.expires_at <= input.now || row.absolute_expires_at <= input.now) {
+      return { ok: false, reason: "refresh token has expired", reuse: false };
+    }
+    await tx.refreshToken.update({ where: { id: row.token_id }, data: { rotatedAt: input.now } });
+    const expiresAt = new Date(Math.min(input.next.expiresAt.getTime(), row.absolute_expires_at.getTime()));
+    await tx.refreshToken.create({
+      data: { id: newId(), familyId: row.family_id, tokenHash: bytes(input.next.tokenHash), expiresAt },
+    });
+    const agent = await tx.agent.findUniqueOrThrow({
+      where: { id: input.agentId },
+      select: { credentialGeneration: true },
+    });
+    return { ok: true, credentialGeneration: agent.credentialGeneration };
+  });
+}
+
+const agentListSelect = {
+  id: true,
+  hostname: true,
+  machineId: true,
+  osFamily: true,
+  osName: true,
+  osVersion: true,
+  kernel: true,
+  arch: true,
+  agentVersion: true,
+  registeredAt: true,
+  lastSeenAt: true,
+  decommissionedAt: true,
+  status: true,
+  registrationTokenId: true,
+} as const;
+
+export async function listAgents(db: Prisma, pageSize: number, after: string | undefined) {
+  const rows = await db.agent.findMany({
+    select: agentListSelect,
+    orderBy: [{ hostname: "asc" }, { id: "asc" }],
+    take: pageSize + 1,
+    ...(after ? { cursor: { id: after }, skip: 1 } : {}),
+  });
+  return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
+}
+
+export async function getAgent(db: Prisma, id: string) {
+  return db.agent.findUnique({ where: { id }, select: agentListSelect });
+}
+
+export type AgentRow = NonNullable<Awaited<ReturnType<typeof getAgent>>>;
+
+// Applies buffered last-seen times and statuses in one statement.
+export async function flushLastSeen(
+  db: Prisma,
+  entries: { agentId: string; at: Date; status: Uint8Array | null }[],
+): Promise<void> {
+  if (entries.length === 0) return;
+  const ids = entries.map((e) => e.agentId);
+  const times = entries.map((e) => e.at);
+  const statuses = entries.map((e) => (e.status ? Buffer.from(e.status) : null));
+  await db.$executeRaw`
+    UPDATE agents AS a
+       SET last_seen_at = GREATEST(COALESCE(a.last_seen_at, v.at), v.at),
+           status = COALESCE(v.status, a.status)
+      FROM unnest(${ids}::uuid[], ${times}::timestamptz[], ${statuses}::bytea[]) AS v(id, at, status)
+     WHERE a.id = v.id`;
+}

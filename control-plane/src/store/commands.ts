@@ -1,0 +1,234 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { CommandState, CommandType } from "../generated/prisma/client.ts";
+import { newId } from "../ids.ts";
+import { recordSecurityEvent } from "./security-events.ts";
+import type { Prisma, Tx } from "./types.ts";
+
+export interface CreateCommandInput {
+  agentId: string;
+  type: CommandType;
+  action: Uint8Array;
+  timeoutSeconds: number;
+  createdBy: string;
+}
+
+export async function createCommand(db: Prisma, input: CreateCommandInput) {
+  const agent = await db.agent.findUnique({ where: { id: input.agentId }, select: { decommissionedAt: true } });
+  if (!agent) throw new ConnectError(`agent ${input.agentId} does not exist`, Code.NotFound);
+  if (agent.decommissionedAt) {
+    throw new ConnectError(`agent ${input.agentId} is decommissioned`, Code.FailedPrecondition);
+  }
+  return db.command.create({
+    data: { id: newId(), ...input, action: Buffer.from(input.action) },
+    include: { result: true },
+  });
+}
+
+export interface ClaimedCommand {
+  id: string;
+  sequence: bigint;
+  action: Uint8Array;
+}
+
+// One statement claims up to `limit` pending commands of one agent and numbers them with fresh
+// sequence numbers. SKIP LOCKED keeps concurrent polls (and replicas) from taking the same row;
+// the agents row update serialises sequence allocation so numbers never repeat.
+export async function claimCommands(
+  db: Prisma,
+  agentId: string,
+  limit: number,
+  sentAt: Date,
+  expiresAt: Date,
+): Promise<ClaimedCommand[]> {
+  const rows = await db.$queryRaw<ClaimedCommand[]>`
+    WITH picked AS (
+      SELECT id, created_at FROM commands
+       WHERE agent_id = ${agentId}::uuid AND state = 'pending'
+       ORDER BY created_at, id
+       LIMIT ${limit}
+       FOR UPDATE SKIP LOCKED
+    ), numbered AS (
+      SELECT id, row_number() OVER (ORDER BY created_at, id) AS rn, count(*) OVER () AS n FROM picked
+    ), bumped AS (
+      UPDATE agents SET last_sequence = last_sequence + (SELECT count(*) FROM picked)
+       WHERE id = ${agentId}::uuid AND EXISTS (SELECT 1 FROM picked)
+       RETURNING last_sequence
+    )
+    UPDATE commands AS c
+       SET state = 'sent',
+           sequence = bumped.last_sequence - numbered.n + numbered.rn,
+           sent_at = ${sentAt},
+           expires_at = ${expiresAt},
+           delivery_count = c.delivery_count + 1
+      FROM numbered, bumped
+     WHERE c.id = numbered.id
+    RETURNING c.id, c.sequence, c.action`;
+  return rows.sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
+}
+
+// Returns a claimed command to the queue when its delivery could not be prepared.
+export async function unclaimCommands(db: Prisma, ids: string[]): Promise<void> {
+  if (ids.length === 0) return;
+  await db.command.updateMany({ where: { id: { in: ids }, state: "sent" }, data: { state: "pending" } });
+}
+
+export interface IncomingResult {
+  commandId: string;
+  outcome: "succeeded" | "failed" | "rejected";
+  message: string;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+  bytes: Uint8Array;
+  updates: PackageUpdateInput[] | undefined;
+  scannedSources: string[];
+}
+
+export interface PackageUpdateInput {
+  source: string;
+  name: string;
+  architecture: string;
+  currentVersion: string;
+  availableVersion: string;
+  repository: string;
+  severity: string;
+  security: boolean;
+  sizeBytes: bigint;
+  rebootRequired: boolean;
+}
+
+export interface RecordOutcome {
+  acknowledged: string[];
+  refused: { commandId: string; reason: string }[];
+}
+
+// Stores results idempotently. Only commands delivered to this agent accept a result; a
+// result that is already stored is acknowledged again without change.
+export async function recordResults(
+  db: Prisma,
+  agentId: string,
+  results: IncomingResult[],
+  now: Date,
+  remoteAddr: string,
+): Promise<RecordOutcome> {
+  return db.$transaction(async (tx) => {
+    const ids = results.map((r) => r.commandId);
+    const rows = await tx.$queryRaw<{ id: string; agent_id: string; state: CommandState; has_result: boolean }[]>`
+      SELECT c.id, c.agent_id, c.state, (r.command_id IS NOT NULL) AS has_result
+        FROM commands c LEFT JOIN command_results r ON r.command_id = c.id
+       WHERE c.id = ANY(${ids}::uuid[])
+       ORDER BY c.id
+       FOR UPDATE OF c`;
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const outcome: RecordOutcome = { acknowledged: [], refused: [] };
+    for (const result of results) {
+      const row = byId.get(result.commandId);
+      if (!row || row.agent_id !== agentId) {
+        if (row) {
+          await recordSecurityEvent(tx, {
+            type: "result_for_foreign_command",
+            severity: "warning",
+            message: "an agent reported a result for a command of another agent",
+            agentId,
+            remoteAddr,
+            detail: { commandId: result.commandId },
+          });
+        }
+        outcome.refused.push({ commandId: result.commandId, reason: "no such command was delivered to this agent" });
+        continue;
+      }
+      if (row.has_result) {
+        outcome.acknowledged.push(result.commandId);
+        continue;
+      }
+      if (row.state === "pending") {
+        outcome.refused.push({ commandId: result.commandId, reason: "the command has not been delivered yet" });
+        continue;
+      }
+      await storeResult(tx, agentId, row.state, result, now);
+      outcome.acknowledged.push(result.commandId);
+    }
+    return outcome;
+  });
+}
+
+async function storeResult(tx: Tx, agentId: string, state: CommandState, result: IncomingResult, now: Date) {
+  await tx.commandResult.create({
+    data: {
+      commandId: result.commandId,
+      agentId,
+      outcome: result.outcome,
+      message: result.message,
+      startedAt: result.startedAt,
+      finishedAt: result.finishedAt,
+      result: Buffer.from(result.bytes),
+    },
+  });
+  // A cancelled command keeps its state; a late result still moves timed_out to what happened.
+  await tx.command.update({
+    where: { id: result.commandId },
+    data: {
+      finishedAt: result.finishedAt ?? now,
+      ...(state === "cancelled" ? {} : { state: result.outcome }),
+    },
+  });
+  if (result.updates && result.outcome === "succeeded") {
+    await replaceUpdates(tx, agentId, result.scannedSources, result.updates, now);
+  }
+}
+
+// The scan's view replaces what was known for the sources it scanned; first_seen_at survives.
+async function replaceUpdates(
+  tx: Tx,
+  agentId: string,
+  sources: string[],
+  updates: PackageUpdateInput[],
+  now: Date,
+) {
+  const known = await tx.packageUpdate.findMany({
+    where: { agentId, source: { in: sources } },
+    select: { source: true, name: true, architecture: true, firstSeenAt: true },
+  });
+  const firstSeen = new Map(known.map((k) => [`${k.source}\0${k.name}\0${k.architecture}`, k.firstSeenAt]));
+  await tx.packageUpdate.deleteMany({ where: { agentId, source: { in: sources } } });
+  if (updates.length > 0) {
+    await tx.packageUpdate.createMany({
+      data: updates.map((u) => ({
+        agentId,
+        ...u,
+        firstSeenAt: firstSeen.get(`${u.source}\0${u.name}\0${u.architecture}`) ?? now,
+        lastSeenAt: now,
+      })),
+      skipDuplicates: true,
+    });
+  }
+  await tx.agent.update({ where: { id: agentId }, data: { lastScanAt: now } });
+}
+
+// Sent commands that never got a result become timed_out.
+export async function sweepTimedOut(db: Prisma, sentBefore: Date, now: Date): Promise<number> {
+  return db.command
+    .updateMany({ where: { state: "sent", sentAt: { lt: sentBefore } }, data: { state: "timed_out", finishedAt: now } })
+    .then((r) => r.count);
+}
+
+export async function listCommands(
+  db: Prisma,
+  filter: { agentId?: string | undefined; state?: CommandState | undefined },
+  pageSize: number,
+  after: string | undefined,
+) {
+  const rows = await db.command.findMany({
+    where: { ...(filter.agentId ? { agentId: filter.agentId } : {}), ...(filter.state ? { state: filter.state } : {}) },
+    orderBy: [{ createdAt: "desc" }, { id: "desc" }],
+    take: pageSize + 1,
+    ...(after ? { cursor: { id: after }, skip: 1 } : {}),
+    include: { result: true },
+  });
+  return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
+}
+
+export async function getCommand(db: Prisma, id: string) {
+  return db.command.findUnique({ where: { id }, include: { result: true } });
+}
+
+export type CommandRow = NonNullable<Awaited<ReturnType<typeof getCommand>>>;

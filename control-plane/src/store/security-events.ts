@@ -1,0 +1,36 @@
+import type { Prisma, Tx } from "./types.ts";
+
+export type SecurityEventType =
+  | "machine_id_mismatch"
+  | "refresh_token_reuse"
+  | "renew_bad_signature"
+  | "result_for_foreign_command"
+  | "registration_token_invalid";
+
+export interface SecurityEventInput {
+  type: SecurityEventType;
+  severity: "info" | "warning" | "critical";
+  message: string;
+  agentId?: string | undefined;
+  machineId?: string | undefined;
+  remoteAddr?: string | undefined;
+  detail?: Record<string, string | number | boolean>;
+}
+
+export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventInput): Promise<void> {
+  await db.securityEvent.create({
+    data: {
+      type: event.type,
+      severity: event.severity,
+      message: event.message,
+      agentId: event.agentId ?? null,
+      machineId: event.machineId ?? null,
+      remoteAddr: event.remoteAddr ?? null,
+      detail: event.detail ?? {},
+    },
+  });
+}
+
+export async function listSecurityEvents(db: Prisma, limit = 100) {
+  return db.securityEvent.findMany({ orderBy: { id: "desc" }, take: limit });
+}
