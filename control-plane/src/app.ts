@@ -3,14 +3,14 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createAgentRegistry } from "./auth/agent-registry.ts";
-import { createAgentTokens } from "./auth/agent-tokens.ts";
+import { createAgentTokens, type AgentTokens } from "./auth/agent-tokens.ts";
 import { kRemoteAddr } from "./auth/context.ts";
 import { authInterceptor, errorInterceptor } from "./auth/interceptors.ts";
 import type { Config } from "./config.ts";
-import { createLastSeenBuffer } from "./last-seen.ts";
+import { createLastSeenBuffer, type LastSeenBuffer } from "./last-seen.ts";
 import type { Logger } from "./log.ts";
 import { createRoutes } from "./routes.ts";
-import { createScheduler } from "./scheduler.ts";
+import { createScheduler, type Scheduler } from "./scheduler.ts";
 import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
@@ -23,6 +23,10 @@ export interface App {
   readonly server: RunningServer;
   readonly db: Database;
   readonly signingKeyId: string;
+  // Exposed for tests and tools that need to mint or check access tokens.
+  readonly tokens: AgentTokens;
+  readonly lastSeen: LastSeenBuffer;
+  readonly scheduler: Scheduler;
   close(): Promise<void>;
 }
 
@@ -78,6 +82,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       server,
       db,
       signingKeyId: keys.active.keyId,
+      tokens: deps.tokens,
+      lastSeen,
+      scheduler,
       async close() {
         scheduler.stop();
         wakeups.close();

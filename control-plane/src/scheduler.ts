@@ -3,8 +3,13 @@ import type { Logger } from "./log.ts";
 import { sweepTimedOut } from "./store/commands.ts";
 import type { Prisma } from "./store/types.ts";
 
+export interface Scheduler {
+  tick(): Promise<void>;
+  stop(): void;
+}
+
 // Periodic housekeeping. Each job is an idempotent statement, so running it on every replica is safe.
-export function createScheduler(db: Prisma, config: Config, logger: Logger) {
+export function createScheduler(db: Prisma, config: Config, logger: Logger): Scheduler {
   let running = false;
   const tick = async () => {
     if (running) return;

@@ -1,0 +1,392 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CommandOutcome, CommandSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
+import { CommandState } from "@redflag/gen/command_service_pb";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { generateKeyPair, verify } from "../src/signing/keys.ts";
+import { COMMAND_TYPE, pae } from "../src/signing/pae.ts";
+import {
+  newRegistrationToken,
+  nonce,
+  randomMachineId,
+  registerRequest,
+  registerTestAgent,
+  signedRenew,
+} from "./support/agents.ts";
+import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
+
+let cp: TestControlPlane;
+beforeAll(async () => {
+  cp = await startTestControlPlane({ REDFLAG_MAX_REQUEST_BYTES: "65536" });
+});
+afterAll(async () => {
+  await cp?.close();
+});
+
+async function expectCode(promise: Promise<unknown>, code: Code, message?: RegExp) {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, "expected the call to fail").toBeInstanceOf(ConnectError);
+  const ce = err as ConnectError;
+  expect(Code[ce.code]).toBe(Code[code]);
+  if (message) expect(ce.rawMessage).toMatch(message);
+  return ce;
+}
+
+const countAgents = () => cp.app.db.prisma.agent.count();
+
+async function queue(agentId: string) {
+  const res = await cp.admin.commands.createCommand({
+    agentId,
+    action: { case: "scanUpdates", value: { subsystems: ["apt"] } },
+  });
+  return res.command!.id;
+}
+
+describe("Register", () => {
+  it("enrols an agent and hands out credentials, pinned keys and config", async () => {
+    const token = await newRegistrationToken(cp);
+    const agent = await registerTestAgent(cp, token);
+    const r = agent.registration;
+    expect(r.agentId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(r.accessToken.split(".")).toHaveLength(3);
+    expect(Buffer.from(r.refreshToken, "base64url")).toHaveLength(32);
+    expect(timestampDate(r.accessTokenExpireTime!).getTime()).toBeGreaterThan(Date.now() + 3500_000);
+    expect(r.trustedKeys.map((k) => k.keyId)).toEqual([cp.app.signingKeyId]);
+    expect(r.config?.pollIntervalSeconds).toBeGreaterThan(0);
+    const listed = await cp.admin.fleet.getAgent({ agentId: r.agentId });
+    expect(listed.agent?.hostname).toBe("host-" + agent.machineId.slice(0, 6));
+  });
+
+  it("re-registering the same machine replaces its credentials instead of adding a twin", async () => {
+    const token = await newRegistrationToken(cp, 1);
+    const first = await registerTestAgent(cp, token);
+    const before = await countAgents();
+    const second = await registerTestAgent(cp, token, { machineId: first.machineId });
+    expect(second.agentId).toBe(first.agentId);
+    expect(await countAgents()).toBe(before);
+    // Same token, same machine: no second seat was spent (the token has only one).
+    await expectCode(first.client.pollCommands({ nonce: nonce() }), Code.Unauthenticated, /newer registration/);
+    await expect(second.client.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+    // The old refresh family is revoked.
+    await expectCode(cp.agentClient().renew(signedRenew(first, first.refreshToken)), Code.Unauthenticated);
+  });
+
+  it("refuses unknown, revoked and expired tokens with Unauthenticated and creates nothing", async () => {
+    const before = await countAgents();
+    const key = generateKeyPair();
+    await expectCode(
+      cp.agentClient().register(registerRequest("rfreg_not-a-real-token", randomMachineId(), key)),
+      Code.Unauthenticated,
+      /not valid/,
+    );
+    const revoked = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
+    await cp.admin.tokens.revokeRegistrationToken({ id: revoked.token!.id });
+    await expectCode(
+      cp.agentClient().register(registerRequest(revoked.secret, randomMachineId(), key)),
+      Code.Unauthenticated,
+      /revoked/,
+    );
+    const expired = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
+    await cp.app.db.prisma.registrationToken.update({
+      where: { id: expired.token!.id },
+      data: { expiresAt: new Date(Date.now() - 1000) },
+    });
+    await expectCode(
+      cp.agentClient().register(registerRequest(expired.secret, randomMachineId(), key)),
+      Code.Unauthenticated,
+      /expired/,
+    );
+    expect(await countAgents()).toBe(before);
+  });
+
+  it("refuses a token with no seats left with ResourceExhausted", async () => {
+    const token = await newRegistrationToken(cp, 2);
+    await registerTestAgent(cp, token);
+    await registerTestAgent(cp, token);
+    const before = await countAgents();
+    await expectCode(
+      cp.agentClient().register(registerRequest(token, randomMachineId(), generateKeyPair())),
+      Code.ResourceExhausted,
+      /no seats left \(2 of 2 used\)/,
+    );
+    expect(await countAgents()).toBe(before);
+  });
+
+  it("refuses malformed fields with InvalidArgument naming the field", async () => {
+    const token = await newRegistrationToken(cp);
+    const ok = registerRequest(token, randomMachineId(), generateKeyPair());
+    const cases: [Partial<typeof ok>, RegExp][] = [
+      [{ machineId: "ABC" }, /machine_id/],
+      [{ machineId: "g".repeat(64) }, /machine_id/],
+      [{ agentPublicKey: new Uint8Array(31) }, /agent_public_key/],
+      [{ hostname: "" }, /hostname is required/],
+      [{ hostname: "x".repeat(300) }, /hostname is longer/],
+      [{ hostname: "bad\nname" }, /control characters/],
+      [{ os: undefined }, /os is required/],
+      [{ os: { ...ok.os, family: 0 } }, /os.family/],
+      [{ agentVersion: "" }, /agent_version/],
+      [{ registrationToken: "" }, /registration_token/],
+    ];
+    const before = await countAgents();
+    for (const [patch, message] of cases) {
+      await expectCode(cp.agentClient().register({ ...ok, ...patch }), Code.InvalidArgument, message);
+    }
+    expect(await countAgents()).toBe(before);
+    const tokenRow = await cp.admin.tokens.listRegistrationTokens({});
+    expect(tokenRow.tokens.find((t) => token.startsWith(t.prefix))?.usedSeats).toBe(0);
+  });
+});
+
+describe("authenticated calls", () => {
+  it("refuse missing, malformed and expired access tokens with Unauthenticated", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    await expectCode(cp.agentClient({ "x-machine-id": agent.machineId }).pollCommands({ nonce: nonce() }), Code.Unauthenticated, /missing credentials/);
+    await expectCode(
+      cp.agentClient({ authorization: "Bearer abc.def.ghi", "x-machine-id": agent.machineId }).pollCommands({ nonce: nonce() }),
+      Code.Unauthenticated,
+      /not valid/,
+    );
+    const old = await cp.app.tokens.issue(agent.agentId, agent.machineId, 1, new Date(Date.now() - 2 * 3600_000));
+    await expectCode(
+      cp.agentClient({ authorization: `Bearer ${old.token}`, "x-machine-id": agent.machineId }).pollCommands({ nonce: nonce() }),
+      Code.Unauthenticated,
+      /expired/,
+    );
+  });
+
+  it("refuse another machine ID with PermissionDenied and record a security event", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const commandId = await queue(agent.agentId);
+    const other = randomMachineId();
+    const stolen = cp.agentClient({ authorization: `Bearer ${agent.accessToken}`, "x-machine-id": other });
+    await expectCode(stolen.pollCommands({ nonce: nonce() }), Code.PermissionDenied, /machine ID/);
+    await expectCode(stolen.reportResults({ results: [] }), Code.PermissionDenied);
+    const events = await cp.app.db.prisma.securityEvent.findMany({ where: { agentId: agent.agentId, type: "machine_id_mismatch" } });
+    expect(events.length).toBe(2);
+    expect(events[0]!.machineId).toBe(other);
+    // Nothing was delivered to the impostor.
+    expect((await cp.admin.commands.getCommand({ id: commandId })).command?.state).toBe(CommandState.PENDING);
+  });
+});
+
+describe("Renew", () => {
+  it("rotates the refresh token; re-using a rotated one revokes the family and is recorded", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const renewed = await cp.agentClient().renew(signedRenew(agent, agent.refreshToken));
+    expect(renewed.refreshToken).not.toBe(agent.refreshToken);
+    const fresh = cp.agentClient({ authorization: `Bearer ${renewed.accessToken}`, "x-machine-id": agent.machineId });
+    await expect(fresh.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+
+    await expectCode(cp.agentClient().renew(signedRenew(agent, agent.refreshToken)), Code.Unauthenticated, /already used/);
+    // The whole family is gone, including the token issued by the rotation.
+    await expectCode(cp.agentClient().renew(signedRenew(agent, renewed.refreshToken)), Code.Unauthenticated, /revoked/);
+    const events = await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } });
+    expect(events).toBe(1);
+  });
+
+  it("needs the agent's own signature, a fresh sign time and the registered machine", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    await expectCode(
+      cp.agentClient().renew(signedRenew(agent, agent.refreshToken, { signingKey: generateKeyPair() })),
+      Code.Unauthenticated,
+      /signature/,
+    );
+    await expectCode(
+      cp.agentClient().renew(signedRenew(agent, agent.refreshToken, { signTime: new Date(Date.now() - 3600_000) })),
+      Code.Unauthenticated,
+      /clock/,
+    );
+    await expectCode(
+      cp.agentClient().renew(signedRenew(agent, agent.refreshToken, { machineId: randomMachineId() })),
+      Code.PermissionDenied,
+    );
+    const tampered = signedRenew(agent, agent.refreshToken);
+    tampered.payload[tampered.payload.length - 1] ^= 1;
+    await expectCode(cp.agentClient().renew(tampered), Code.Unauthenticated);
+    await expectCode(cp.agentClient().renew({ payload: new Uint8Array(0), signature: new Uint8Array(64) }), Code.InvalidArgument);
+    // None of the refused attempts spent the refresh token.
+    await expect(cp.agentClient().renew(signedRenew(agent, agent.refreshToken))).resolves.toBeDefined();
+  });
+});
+
+describe("PollCommands", () => {
+  it("delivers queued commands signed over PAE, with the poll's nonce and rising sequence numbers", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const ids = [await queue(agent.agentId), await queue(agent.agentId)];
+    const n = nonce();
+    const res = await agent.client.pollCommands({ nonce: n, maxCommands: 10 });
+    expect(res.commands).toHaveLength(2);
+    const pinned = agent.registration.trustedKeys[0]!;
+    const decoded = res.commands.map((sc) => {
+      expect(sc.keyId).toBe(pinned.keyId);
+      expect(verify(pinned.publicKey, pae(COMMAND_TYPE, sc.command), sc.signature)).toBe(true);
+      return fromBinary(CommandSchema, sc.command);
+    });
+    expect(decoded.map((c) => c.id)).toEqual(ids);
+    expect(decoded.map((c) => c.sequence)).toEqual([1n, 2n]);
+    for (const c of decoded) {
+      expect(c.agentId).toBe(agent.agentId);
+      expect(Buffer.from(c.nonce).equals(Buffer.from(n))).toBe(true);
+      expect(c.action.case).toBe("scanUpdates");
+      const ttl = timestampDate(c.expireTime!).getTime() - timestampDate(c.issueTime!).getTime();
+      expect(ttl).toBe(600_000);
+    }
+    expect((await agent.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+    const later = await queue(agent.agentId);
+    const next = await agent.client.pollCommands({ nonce: nonce() });
+    expect(fromBinary(CommandSchema, next.commands[0]!.command)).toMatchObject({ id: later, sequence: 3n });
+  });
+
+  it("long-polls and answers early when a command is queued", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const started = Date.now();
+    const poll = agent.client.pollCommands({ nonce: nonce(), waitSeconds: 30 });
+    await new Promise((r) => setTimeout(r, 300));
+    const id = await queue(agent.agentId);
+    const res = await poll;
+    expect(res.commands.map((c) => fromBinary(CommandSchema, c.command).id)).toEqual([id]);
+    expect(Date.now() - started).toBeLessThan(25_000);
+  });
+
+  it("sends the config only when the agent's revision differs", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const revision = agent.registration.config!.revision;
+    const same = await agent.client.pollCommands({ nonce: nonce(), status: { configRevision: revision } });
+    expect(same.config).toBeUndefined();
+    const stale = await agent.client.pollCommands({ nonce: nonce(), status: { configRevision: revision + 1n } });
+    expect(stale.config?.revision).toBe(revision);
+    expect(same.nextPollSeconds).toBeGreaterThan(0);
+  });
+
+  it("refuses bad nonces, waits and limits with InvalidArgument", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    await expectCode(agent.client.pollCommands({ nonce: new Uint8Array(8) }), Code.InvalidArgument, /nonce/);
+    await expectCode(agent.client.pollCommands({ nonce: new Uint8Array(65) }), Code.InvalidArgument, /nonce/);
+    await expectCode(agent.client.pollCommands({ nonce: nonce(), waitSeconds: 61 }), Code.InvalidArgument, /wait_seconds/);
+    await expectCode(agent.client.pollCommands({ nonce: nonce(), maxCommands: 1000 }), Code.InvalidArgument, /max_commands/);
+  });
+
+  it("never hands one command to two concurrent polls", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const queued = new Set<string>();
+    for (let i = 0; i < 40; i++) queued.add(await queue(agent.agentId));
+    const polls = await Promise.all(
+      Array.from({ length: 25 }, (_, i) => agent.client.pollCommands({ nonce: nonce(), maxCommands: 1 + (i % 3) })),
+    );
+    let delivered = polls.flatMap((p) => p.commands.map((c) => fromBinary(CommandSchema, c.command)));
+    while (delivered.length < queued.size) {
+      const more = await agent.client.pollCommands({ nonce: nonce(), maxCommands: 100 });
+      if (more.commands.length === 0) break;
+      delivered = delivered.concat(more.commands.map((c) => fromBinary(CommandSchema, c.command)));
+    }
+    const ids = delivered.map((c) => c.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(new Set(ids)).toEqual(queued);
+    const sequences = delivered.map((c) => c.sequence);
+    expect(new Set(sequences).size).toBe(sequences.length);
+  });
+});
+
+describe("ReportResults", () => {
+  async function delivered(agent: Awaited<ReturnType<typeof registerTestAgent>>) {
+    const id = await queue(agent.agentId);
+    await agent.client.pollCommands({ nonce: nonce() });
+    return id;
+  }
+
+  const scanResult = (commandId: string) => ({
+    commandId,
+    outcome: CommandOutcome.SUCCEEDED,
+    message: "1 update",
+    detail: {
+      case: "scanUpdates" as const,
+      value: {
+        updates: [
+          {
+            source: "apt",
+            name: "openssl",
+            currentVersion: "3.0.11-1~deb12u2",
+            availableVersion: "3.0.13-1~deb12u1",
+            architecture: "amd64",
+            repository: "bookworm-security",
+            severity: UpdateSeverity.SECURITY,
+            security: true,
+          },
+        ],
+        subsystems: [{ subsystem: "apt", state: SubsystemRunState.RAN, updateCount: 1 }],
+      },
+    },
+  });
+
+  it("stores results once and acknowledges repeats without change", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const id = await delivered(agent);
+    const first = await agent.client.reportResults({ results: [scanResult(id)] });
+    expect(first.acknowledgedCommandIds).toEqual([id]);
+    const again = await agent.client.reportResults({ results: [{ ...scanResult(id), message: "changed" }] });
+    expect(again.acknowledgedCommandIds).toEqual([id]);
+    const command = (await cp.admin.commands.getCommand({ id })).command!;
+    expect(command.state).toBe(CommandState.SUCCEEDED);
+    expect(command.result?.message).toBe("1 update");
+    const updates = await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: agent.agentId } });
+    expect(updates.map((u) => [u.name, u.severity, u.security])).toEqual([["openssl", "security", true]]);
+  });
+
+  it("refuses results for commands not delivered to this agent", async () => {
+    const a = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const b = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const forB = await delivered(b);
+    const undelivered = await queue(a.agentId);
+    const unknown = "00000000-0000-4000-8000-000000000000";
+    const res = await a.client.reportResults({
+      results: [scanResult(forB), scanResult(undelivered), scanResult(unknown)],
+    });
+    expect(res.acknowledgedCommandIds).toEqual([]);
+    expect(res.refused.map((r) => r.commandId).sort()).toEqual([forB, undelivered, unknown].sort());
+    expect((await cp.admin.commands.getCommand({ id: forB })).command?.state).toBe(CommandState.SENT);
+    expect((await cp.admin.commands.getCommand({ id: undelivered })).command?.state).toBe(CommandState.PENDING);
+    const events = await cp.app.db.prisma.securityEvent.count({ where: { agentId: a.agentId, type: "result_for_foreign_command" } });
+    expect(events).toBe(1);
+  });
+
+  it("refuses malformed results with InvalidArgument and stores none of the batch", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const id = await delivered(agent);
+    await expectCode(
+      agent.client.reportResults({ results: [scanResult(id), { commandId: "not-a-uuid", outcome: CommandOutcome.FAILED }] }),
+      Code.InvalidArgument,
+      /results\[1\]\.command_id/,
+    );
+    await expectCode(
+      agent.client.reportResults({ results: [{ commandId: id, outcome: CommandOutcome.UNSPECIFIED }] }),
+      Code.InvalidArgument,
+      /outcome/,
+    );
+    expect((await cp.admin.commands.getCommand({ id })).command?.state).toBe(CommandState.SENT);
+  });
+
+  it("refuses oversized requests", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const id = await delivered(agent);
+    await expectCode(
+      agent.client.reportResults({ results: [{ commandId: id, outcome: CommandOutcome.FAILED, message: "x".repeat(70_000) }] }),
+      Code.ResourceExhausted,
+    );
+    expect((await cp.admin.commands.getCommand({ id })).command?.state).toBe(CommandState.SENT);
+  });
+
+  it("times out sent commands that never report", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const id = await delivered(agent);
+    await cp.app.db.prisma.command.update({ where: { id }, data: { sentAt: new Date(Date.now() - 3 * 3600_000) } });
+    await cp.app.scheduler.tick();
+    expect((await cp.admin.commands.getCommand({ id })).command?.state).toBe(CommandState.TIMED_OUT);
+    // A late result is still recorded.
+    await agent.client.reportResults({ results: [{ commandId: id, outcome: CommandOutcome.FAILED, message: "late" }] });
+    expect((await cp.admin.commands.getCommand({ id })).command?.state).toBe(CommandState.FAILED);
+  });
+});

@@ -1,0 +1,77 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { Client } from "@connectrpc/connect";
+import { AgentService, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
+import { OsFamily } from "@redflag/gen/common_pb";
+import { randomBytes } from "node:crypto";
+import { generateKeyPair, sign, type KeyPair } from "../../src/signing/keys.ts";
+import { pae, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
+import type { TestControlPlane } from "./control-plane.ts";
+
+export interface TestAgent {
+  agentId: string;
+  machineId: string;
+  key: KeyPair;
+  registration: RegisterResponse;
+  accessToken: string;
+  refreshToken: string;
+  // Authenticated with this agent's access token and machine ID.
+  client: Client<typeof AgentService>;
+}
+
+export const randomMachineId = () => randomBytes(32).toString("hex");
+
+export async function newRegistrationToken(cp: TestControlPlane, seats = 10): Promise<string> {
+  return (await cp.admin.tokens.createRegistrationToken({ seats, note: "test" })).secret;
+}
+
+export function registerRequest(token: string, machineId: string, key: KeyPair, hostname = "host-" + machineId.slice(0, 6)) {
+  return {
+    registrationToken: token,
+    hostname,
+    machineId,
+    agentPublicKey: key.publicKey,
+    os: { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12 (bookworm)", kernel: "6.1.0-18-amd64", arch: "x86_64" },
+    agentVersion: "0.1.0",
+  };
+}
+
+// Registers a test-driven agent directly through the API (no agent process).
+export async function registerTestAgent(
+  cp: TestControlPlane,
+  token: string,
+  opts: { machineId?: string; key?: KeyPair } = {},
+): Promise<TestAgent> {
+  const machineId = opts.machineId ?? randomMachineId();
+  const key = opts.key ?? generateKeyPair();
+  const registration = await cp.agentClient().register(registerRequest(token, machineId, key));
+  return {
+    agentId: registration.agentId,
+    machineId,
+    key,
+    registration,
+    accessToken: registration.accessToken,
+    refreshToken: registration.refreshToken,
+    client: cp.agentClient({ authorization: `Bearer ${registration.accessToken}`, "x-machine-id": machineId }),
+  };
+}
+
+export function signedRenew(
+  agent: { agentId: string; machineId: string; key: KeyPair },
+  refreshToken: string,
+  opts: { signTime?: Date; signingKey?: KeyPair; machineId?: string } = {},
+) {
+  const payload = toBinary(
+    RenewPayloadSchema,
+    create(RenewPayloadSchema, {
+      agentId: agent.agentId,
+      refreshToken,
+      machineId: opts.machineId ?? agent.machineId,
+      signTime: timestampFromDate(opts.signTime ?? new Date()),
+    }),
+  );
+  const signature = sign((opts.signingKey ?? agent.key).secretKey, pae(RENEW_PAYLOAD_TYPE, payload));
+  return { payload, signature };
+}
+
+export const nonce = () => new Uint8Array(randomBytes(32));
