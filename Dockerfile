@@ -9,6 +9,7 @@ COPY prisma prisma
 RUN npm ci --omit=dev --ignore-scripts=false && npm cache clean --force
 COPY gen gen
 COPY control-plane control-plane
+RUN mkdir -p /var/lib/redflag && chown node:node /var/lib/redflag
 USER node
 ENV REDFLAG_DATA_DIR=/var/lib/redflag
 EXPOSE 8080
