@@ -1,0 +1,28 @@
+import { describe, expect, it } from "vitest";
+import { createWakeups } from "./wakeups.ts";
+
+describe("wakeups", () => {
+  it("wake the agent's waiters only, and time out otherwise", async () => {
+    const w = createWakeups();
+    const never = new AbortController().signal;
+    const a = w.wait("a", 5_000, never);
+    const b = w.wait("b", 20, never);
+    expect(w.waiting()).toBe(2);
+    w.notify("a");
+    expect(await a).toBe(true);
+    expect(await b).toBe(false);
+    expect(w.waiting()).toBe(0);
+  });
+
+  it("end on abort and on close", async () => {
+    const w = createWakeups();
+    const ac = new AbortController();
+    const aborted = w.wait("a", 5_000, ac.signal);
+    ac.abort();
+    expect(await aborted).toBe(false);
+    const closing = w.wait("a", 5_000, new AbortController().signal);
+    w.close();
+    expect(await closing).toBe(false);
+    expect(await w.wait("a", 5_000, new AbortController().signal)).toBe(false);
+  });
+});
