@@ -56,7 +56,14 @@ export async function startServer(opts: {
         socket.off("data", onData);
         socket.pause();
         socket.unshift(head);
-        (isH2 ? h2Server : h1Server).emit("connection", socket);
+        if (isH2) {
+          // The HTTP/2 session reads what is buffered on the socket before taking over its handle.
+          h2Server.emit("connection", socket);
+        } else {
+          // The HTTP/1.1 parser takes over the handle; the unshifted bytes reach it once the stream flows.
+          h1Server.emit("connection", socket);
+          socket.resume();
+        }
       };
       socket.on("data", onData);
       socket.on("error", () => socket.destroy());

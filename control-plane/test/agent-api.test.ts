@@ -205,7 +205,7 @@ describe("Renew", () => {
       Code.PermissionDenied,
     );
     const tampered = signedRenew(agent, agent.refreshToken);
-    tampered.payload[tampered.payload.length - 1] ^= 1;
+    tampered.payload[tampered.payload.length - 1]! ^= 1;
     await expectCode(cp.agentClient().renew(tampered), Code.Unauthenticated);
     await expectCode(cp.agentClient().renew({ payload: new Uint8Array(0), signature: new Uint8Array(64) }), Code.InvalidArgument);
     // None of the refused attempts spent the refresh token.
