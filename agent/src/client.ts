@@ -1,0 +1,115 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import {
+  AgentService,
+  type PollCommandsRequestSchema,
+  type PollCommandsResponse,
+  type RegisterRequestSchema,
+  type RegisterResponse,
+  type RenewRequestSchema,
+  type RenewResponse,
+  type ReportResultsRequestSchema,
+  type ReportResultsResponse,
+} from "@redflag/gen/agent_service_pb";
+import { readFile } from "node:fs/promises";
+import { AgentError, EXIT_USAGE } from "./errors.ts";
+
+// Unary calls answer in well under a second; these bounds only catch a hung connection.
+const CALL_TIMEOUT_MS = 30_000;
+const REPORT_TIMEOUT_MS = 60_000;
+// A long poll may legitimately take its whole wait; the margin covers the server's own work.
+const POLL_MARGIN_MS = 15_000;
+// Commands and configs are small; anything near this is hostile or broken.
+const READ_MAX_BYTES = 16 * 1024 * 1024;
+
+export interface Credentials {
+  accessToken: string;
+  machineId: string;
+}
+
+export interface AgentApi {
+  register(req: MessageInitShape<typeof RegisterRequestSchema>, signal?: AbortSignal): Promise<RegisterResponse>;
+  renew(req: MessageInitShape<typeof RenewRequestSchema>, signal?: AbortSignal): Promise<RenewResponse>;
+  pollCommands(
+    req: MessageInitShape<typeof PollCommandsRequestSchema> & { waitSeconds: number },
+    creds: Credentials,
+    signal?: AbortSignal,
+  ): Promise<PollCommandsResponse>;
+  reportResults(
+    req: MessageInitShape<typeof ReportResultsRequestSchema>,
+    creds: Credentials,
+    signal?: AbortSignal,
+  ): Promise<ReportResultsResponse>;
+}
+
+export interface AgentTransport {
+  transport: Transport;
+  // Closes the HTTP/2 connection, so a finished CLI command exits at once.
+  close(): void;
+}
+
+export async function createAgentTransport(serverUrl: string, caFile: string | undefined): Promise<AgentTransport> {
+  const url = parseServerUrl(serverUrl);
+  const ca = url.protocol === "https:" && caFile ? await readCa(caFile) : undefined;
+  const baseUrl = url.toString().replace(/\/$/, "");
+  // h2c for http://, TLS with ALPN for https://; one multiplexed connection for every call.
+  const sessionManager = new Http2SessionManager(
+    baseUrl,
+    // Finds a dead connection under a long poll instead of waiting for the call timeout.
+    { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 },
+    ca ? { ca } : {},
+  );
+  const transport = createConnectTransport({
+    baseUrl,
+    httpVersion: "2",
+    sessionManager,
+    useBinaryFormat: true,
+    readMaxBytes: READ_MAX_BYTES,
+  });
+  return { transport, close: () => sessionManager.abort() };
+}
+
+async function readCa(file: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (err) {
+    throw new AgentError(`cannot read the CA file ${file}: ${(err as Error).message}`, EXIT_USAGE);
+  }
+}
+
+export function parseServerUrl(serverUrl: string): URL {
+  let url: URL;
+  try {
+    url = new URL(serverUrl);
+  } catch {
+    throw new Error(`server URL ${serverUrl} is not a URL (expected http://host:port or https://host)`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new Error(`server URL ${serverUrl} must start with http:// or https://`);
+  }
+  if (url.username || url.password || url.search || url.hash) {
+    throw new Error(`server URL ${serverUrl} must not carry credentials, a query or a fragment`);
+  }
+  return url;
+}
+
+export function createAgentApi(transport: Transport): AgentApi {
+  const client = createClient(AgentService, transport);
+  const headers = (creds: Credentials) => ({
+    authorization: `Bearer ${creds.accessToken}`,
+    "x-machine-id": creds.machineId,
+  });
+  return {
+    register: (req, signal) => client.register(req, { timeoutMs: CALL_TIMEOUT_MS, signal }),
+    renew: (req, signal) => client.renew(req, { timeoutMs: CALL_TIMEOUT_MS, signal }),
+    pollCommands: (req, creds, signal) =>
+      client.pollCommands(req, {
+        headers: headers(creds),
+        timeoutMs: req.waitSeconds * 1000 + POLL_MARGIN_MS,
+        signal,
+      }),
+    reportResults: (req, creds, signal) =>
+      client.reportResults(req, { headers: headers(creds), timeoutMs: REPORT_TIMEOUT_MS, signal }),
+  };
+}

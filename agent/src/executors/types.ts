@@ -1,0 +1,25 @@
+import type { AgentConfig } from "@redflag/gen/common_pb";
+import type { Command, CommandOutcome, CommandResult } from "@redflag/gen/command_pb";
+import type { Logger } from "../log.ts";
+
+export interface ExecutorContext {
+  readonly command: Command;
+  // Aborted on timeout or when the agent stops; executors pass it to every child process.
+  readonly signal: AbortSignal;
+  readonly deadline: number;
+  readonly agentConfig: AgentConfig | undefined;
+  readonly aptRefresh: boolean;
+  // Environment for child processes.
+  readonly env: NodeJS.ProcessEnv;
+  readonly logger: Logger;
+}
+
+export interface ExecutorOutcome {
+  outcome: CommandOutcome;
+  message: string;
+  detail?: CommandResult["detail"];
+}
+
+export type Executor = (ctx: ExecutorContext) => Promise<ExecutorOutcome>;
+
+export type ActionKind = NonNullable<Command["action"]["case"]>;

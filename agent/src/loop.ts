@@ -1,0 +1,365 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, type Transport } from "@connectrpc/connect";
+import { CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
+import { AgentStatusSchema } from "@redflag/gen/common_pb";
+import { randomBytes } from "node:crypto";
+import { access } from "node:fs/promises";
+import { createBackoff, jittered, sleep } from "./backoff.ts";
+import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts";
+import { processCommands, type ProcessSummary } from "./commands.ts";
+import { defaultConfig, type Config } from "./config.ts";
+import type { PinnedKeys } from "./envelope.ts";
+import { AgentError, classify, connectCode, describeError, EXIT_USAGE } from "./errors.ts";
+import { executeCommand, type ExecutorTable } from "./executors/index.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { createSession, type Session } from "./session.ts";
+import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/files.ts";
+import { loadAgentKey, machineIdOfThisHost } from "./state/identity.ts";
+import { openJournal, type Journal } from "./state/journal.ts";
+import { acquireLock } from "./state/lock.ts";
+import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
+import { scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
+import { AGENT_VERSION } from "./version.ts";
+
+export interface Timing {
+  // Exponential backoff with full jitter after transient failures.
+  backoffBaseMs: number;
+  backoffCapMs: number;
+  // Pause after PermissionDenied or lost credentials: an operator has to act first.
+  refusedDelayMs: number;
+  // Poll interval until the control plane sends one.
+  defaultPollSeconds: number;
+  // Limit on the last report when the agent stops.
+  finalFlushMs: number;
+}
+
+export const defaultTiming: Timing = {
+  backoffBaseMs: 1000,
+  backoffCapMs: 5 * 60_000,
+  refusedDelayMs: 15 * 60_000,
+  defaultPollSeconds: 60,
+  finalFlushMs: 10_000,
+};
+
+export interface RunOptions extends Partial<Omit<Config, "stateDir">> {
+  stateDir: string;
+  // One cycle (poll without waiting, run, report), then return; failures throw AgentError.
+  once?: boolean;
+  // Stops the agent gracefully: no new poll, the running command gets stopGraceSeconds.
+  signal?: AbortSignal;
+  logger?: Logger;
+  // Replaces the network transport (tests drive an in-memory or in-process control plane).
+  transport?: Transport;
+  // Environment of child processes (scanners); the agent's own environment by default.
+  env?: NodeJS.ProcessEnv;
+  executors?: ExecutorTable;
+  timing?: Partial<Timing>;
+}
+
+export interface RunSummary extends ProcessSummary {
+  cycles: number;
+  delivered: number;
+  reported: number;
+}
+
+const REPORT_BATCH_RESULTS = 100;
+// Well under the control plane's default request limit (8 MiB).
+const REPORT_BATCH_BYTES = 4 * 1024 * 1024;
+
+// Runs the agent from its state directory until `signal` aborts (or for one cycle with `once`).
+// Server and network errors never end the long-running mode: it backs off and tries again.
+export async function runAgent(options: RunOptions): Promise<RunSummary> {
+  try {
+    return await run(options);
+  } catch (err) {
+    if (err instanceof StateError) throw new AgentError(err.message, EXIT_USAGE, { cause: err });
+    throw err;
+  }
+}
+
+async function run(options: RunOptions): Promise<RunSummary> {
+  const config = resolveConfig(options);
+  const timing: Timing = { ...defaultTiming, ...definedOnly(options.timing ?? {}) };
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const stop = options.signal ?? new AbortController().signal;
+
+  const file = registrationFile(config.stateDir);
+  const notRegistered = () =>
+    new AgentError(
+      `not registered: ${config.stateDir} holds no registration; run \`redflag-agent register --server URL --token TOKEN\` first`,
+      EXIT_USAGE,
+    );
+  if (!(await file.load())) throw notRegistered();
+  await ensurePrivateDir(config.stateDir);
+  const lock = await acquireLock(config.stateDir);
+  let closeTransport: (() => void) | undefined;
+  try {
+    // Read again under the lock: an agent that just stopped may have rotated the credentials.
+    const registration = await file.load();
+    if (!registration) throw notRegistered();
+    await removeStaleTempFiles(config.stateDir);
+    const key = await loadAgentKey(config.stateDir);
+    if (!key) throw new StateError(`${config.stateDir}/agent.key is missing; run \`redflag-agent register\` again`);
+    const pins = await loadPinnedKeys(config.stateDir);
+    if (pins.size === 0) throw new StateError("no command-signing keys are pinned; run `redflag-agent register` again");
+    const journal = await openJournal(config.stateDir);
+    const machineId = await machineIdOfThisHost(config.machineIdSeed);
+    let transport = options.transport;
+    if (!transport) {
+      const own = await createAgentTransport(registration.serverUrl, config.caFile ?? registration.caFile);
+      ({ transport, close: closeTransport } = own);
+    }
+    const api = createAgentApi(transport);
+    const session = createSession({ api, file, registration, journal, pins, key, machineId, logger });
+    const scanSummary = scanSummaryFile(config.stateDir);
+    const agent = createAgent({
+      api,
+      session,
+      journal,
+      pins,
+      config,
+      timing,
+      logger,
+      stop,
+      env: options.env ?? process.env,
+      executors: options.executors,
+      scanSummary,
+      lastScan: await scanSummary.load(),
+    });
+    logger.info(
+      { agentId: registration.agentId, server: registration.serverUrl, version: AGENT_VERSION, once: Boolean(options.once) },
+      "agent starting",
+    );
+    return options.once ? await agent.once() : await agent.forever();
+  } finally {
+    closeTransport?.();
+    await lock.release();
+  }
+}
+
+interface AgentDeps {
+  api: AgentApi;
+  session: Session;
+  journal: Journal;
+  pins: PinnedKeys;
+  config: Config;
+  timing: Timing;
+  logger: Logger;
+  stop: AbortSignal;
+  env: NodeJS.ProcessEnv;
+  executors: ExecutorTable | undefined;
+  scanSummary: ReturnType<typeof scanSummaryFile>;
+  lastScan: ScanSummary | undefined;
+}
+
+function createAgent(deps: AgentDeps) {
+  const { api, session, journal, config, timing, logger, stop } = deps;
+  const startedAt = Date.now();
+  let lastScan = deps.lastScan;
+  const totals: RunSummary = { cycles: 0, delivered: 0, reported: 0, executed: 0, rejected: 0, redelivered: 0, dropped: 0 };
+
+  // A command that is running when the agent is told to stop gets a grace period, then its
+  // signal fires and it ends as FAILED "agent stopped".
+  const commandStop = new AbortController();
+  const onStop = () => {
+    logger.info({ graceSeconds: config.stopGraceSeconds }, "stopping");
+    setTimeout(() => commandStop.abort(), config.stopGraceSeconds * 1000).unref();
+  };
+  if (stop.aborted) onStop();
+  else stop.addEventListener("abort", onStop, { once: true });
+
+  const intervalSeconds = (next?: number) =>
+    next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds;
+
+  const status = async () =>
+    create(AgentStatusSchema, {
+      agentVersion: AGENT_VERSION,
+      uptimeSeconds: BigInt(Math.floor((Date.now() - startedAt) / 1000)),
+      configRevision: session.registration.agentConfig?.revision ?? 0n,
+      lastSequence: journal.lastSequence,
+      lastScanTime: lastScan ? timestampFromDate(lastScan.scanTime) : undefined,
+      pendingUpdateCount: lastScan?.pendingUpdateCount ?? 0,
+      securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
+      rebootRequired: await exists("/var/run/reboot-required"),
+    });
+
+  const execute = async (command: Parameters<typeof executeCommand>[0]): Promise<CommandResult> => {
+    const result = await executeCommand(command, {
+      executors: deps.executors,
+      agentConfig: session.registration.agentConfig,
+      aptRefresh: config.aptRefresh,
+      env: deps.env,
+      logger,
+      stopSignal: commandStop.signal,
+    });
+    if (result.detail.case === "scanUpdates" && result.outcome === CommandOutcome.SUCCEEDED) {
+      const updates = result.detail.value.updates;
+      lastScan = {
+        scanTime: new Date(),
+        pendingUpdateCount: updates.length,
+        securityUpdateCount: updates.filter((u) => u.security).length,
+      };
+      await deps.scanSummary.save(lastScan).catch((err: unknown) => logger.warn({ err: describeError(err) }, "cannot save scan summary"));
+    }
+    return result;
+  };
+
+  // Sends unacknowledged results until the control plane has them or refuses them for good.
+  const flush = async (signal: AbortSignal): Promise<void> => {
+    for (const batch of batches(journal.pending())) await report(batch, signal);
+  };
+
+  const report = async (batch: CommandResult[], signal: AbortSignal): Promise<void> => {
+    let res;
+    try {
+      res = await session.call((creds) => api.reportResults({ results: batch }, creds, signal), signal);
+    } catch (err) {
+      if (connectCode(err) !== Code.InvalidArgument) throw err;
+      // One malformed result must not hold back the others: isolate it, then give it up.
+      if (batch.length > 1) {
+        for (const result of batch) await report([result], signal);
+        return;
+      }
+      logger.error({ commandId: batch[0]!.commandId, reason: describeError(err) }, "control plane cannot accept this result; dropped");
+      await journal.settle([], [batch[0]!.commandId]);
+      return;
+    }
+    for (const refused of res.refused) {
+      logger.warn({ commandId: refused.commandId, reason: refused.reason }, "control plane refused a result; dropped");
+    }
+    await journal.settle(res.acknowledgedCommandIds, res.refused.map((r) => r.commandId));
+    totals.reported += res.acknowledgedCommandIds.length;
+  };
+
+  // One poll: report what is pending, poll (long-polling up to waitSeconds), run what came, report.
+  const cycle = async (waitSeconds: number): Promise<{ executed: number; intervalSeconds: number }> => {
+    totals.cycles++;
+    await flush(stop);
+    const nonce = new Uint8Array(randomBytes(32));
+    const statusNow = await status();
+    const res = await session.call(
+      (creds) => api.pollCommands({ nonce, waitSeconds, status: statusNow }, creds, stop),
+      stop,
+    );
+    if (res.config) {
+      await session.saveAgentConfig(res.config);
+      logger.info({ revision: res.config.revision.toString() }, "agent config applied");
+    }
+    let executed = 0;
+    if (res.commands.length > 0) {
+      totals.delivered += res.commands.length;
+      const summary = await processCommands(res.commands, nonce, {
+        journal,
+        pins: deps.pins,
+        agentId: session.registration.agentId,
+        execute,
+        stopping: () => stop.aborted,
+        logger,
+      });
+      executed = summary.executed;
+      totals.executed += summary.executed;
+      totals.rejected += summary.rejected;
+      totals.redelivered += summary.redelivered;
+      totals.dropped += summary.dropped;
+      // Results go out now, even when the agent is stopping.
+      await flush(stop.aborted ? AbortSignal.timeout(timing.finalFlushMs) : stop);
+    }
+    return { executed, intervalSeconds: intervalSeconds(res.nextPollSeconds) };
+  };
+
+  const finalFlush = async () => {
+    if (journal.pending().length === 0) return;
+    try {
+      await flush(AbortSignal.timeout(timing.finalFlushMs));
+    } catch (err) {
+      logger.warn({ err: describeError(err), pending: journal.pending().length }, "results not reported before stopping; they are sent on the next start");
+    }
+  };
+
+  return {
+    async once(): Promise<RunSummary> {
+      try {
+        await cycle(0);
+      } catch (err) {
+        if (stop.aborted) {
+          await finalFlush();
+          return totals;
+        }
+        throw new AgentError(`poll cycle against ${session.registration.serverUrl} failed: ${describeError(err)}`, undefined, { cause: err });
+      }
+      logger.info({ ...totals }, "cycle finished");
+      return totals;
+    },
+
+    async forever(): Promise<RunSummary> {
+      const backoff = createBackoff({ baseMs: timing.backoffBaseMs, capMs: timing.backoffCapMs });
+      let interval = intervalSeconds();
+      while (!stop.aborted) {
+        const started = Date.now();
+        let delayMs: number;
+        try {
+          // Long-polling within the interval keeps one request per interval when idle, yet hands
+          // over a queued command at once.
+          const wait = Math.min(config.longPollSeconds, 60, Math.floor(interval));
+          const outcome = await cycle(wait);
+          backoff.reset();
+          interval = outcome.intervalSeconds;
+          const jitter = session.registration.agentConfig?.pollJitterPercent ?? 0;
+          // After running something, look for more at once; a poll of only rejected commands
+          // waits like an idle one, so a misbehaving server cannot make the agent spin.
+          delayMs = outcome.executed > 0 ? 0 : started + jittered(interval * 1000, jitter) - Date.now();
+        } catch (err) {
+          if (stop.aborted) break;
+          const failure = classify(err);
+          delayMs = failure === "transient" ? backoff.next() : Math.round(timing.refusedDelayMs * (0.5 + Math.random() / 2));
+          const log = { err: describeError(err), retryInSeconds: Math.round(delayMs / 1000) };
+          if (failure === "transient") logger.warn(log, "poll cycle failed; backing off");
+          else if (failure === "refused") logger.error(log, "the control plane refuses this agent; retrying rarely");
+          else logger.error(log, "credentials lost; retrying registration rarely");
+        }
+        await sleep(delayMs, stop);
+      }
+      await finalFlush();
+      logger.info({ ...totals }, "agent stopped");
+      return totals;
+    },
+  };
+}
+
+function* batches(results: CommandResult[]): Generator<CommandResult[]> {
+  let batch: CommandResult[] = [];
+  let bytes = 0;
+  for (const result of results) {
+    const size = toBinary(CommandResultSchema, result).length;
+    if (batch.length > 0 && (batch.length >= REPORT_BATCH_RESULTS || bytes + size > REPORT_BATCH_BYTES)) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(result);
+    bytes += size;
+  }
+  if (batch.length > 0) yield batch;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function resolveConfig(options: RunOptions): Config {
+  const config: Record<string, unknown> = { ...defaultConfig };
+  for (const key of Object.keys(defaultConfig) as (keyof Config)[]) {
+    if (options[key as keyof RunOptions] !== undefined) config[key] = options[key as keyof RunOptions];
+  }
+  return Object.freeze(config as unknown as Config);
+}
+
+function definedOnly<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

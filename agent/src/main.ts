@@ -1,0 +1,139 @@
+import { Command, CommanderError } from "commander";
+import { readFile } from "node:fs/promises";
+import { ConfigError, loadConfig, type Config, type ConfigFlags } from "./config.ts";
+import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./errors.ts";
+import { createLogger } from "./log.ts";
+import { runAgent } from "./loop.ts";
+import { registerAgent } from "./register.ts";
+import { StateError } from "./state/files.ts";
+import { formatStatus, readStatus } from "./status.ts";
+import { AGENT_VERSION } from "./version.ts";
+
+const EXIT_CODES_HELP = `
+Exit codes: 0 success, 1 failure (control plane unreachable or refusing), 2 usage or state
+problem (bad flags or environment, not registered, damaged state directory).
+
+Environment: REDFLAG_AGENT_STATE_DIR (default /var/lib/redflag-agent), REDFLAG_AGENT_CA_FILE,
+REDFLAG_AGENT_LOG_LEVEL, REDFLAG_AGENT_APT_REFRESH=0 (never run apt-get update),
+REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS, and
+REDFLAG_AGENT_MACHINE_ID_SEED: mixed into the machine ID so several agents can share one host
+(tests, containers); each needs its own state directory.`;
+
+// The CLI: parses flags, loads the config once, and hands over. Returns the exit code.
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  let exitCode = EXIT_OK;
+  const config = (flags: ConfigFlags): Config => loadConfig(env, flags);
+
+  const program = new Command("redflag-agent")
+    .description("RedFlag agent: polls the control plane, verifies signed commands, runs them and reports.")
+    .version(AGENT_VERSION)
+    .addHelpText("after", EXIT_CODES_HELP)
+    .exitOverride()
+    .configureOutput({ outputError: (text, write) => write(`redflag-agent: ${text.replace(/^error: /, "")}`) });
+
+  program
+    .command("register")
+    .description("enrol this host with a control plane, generating the agent key and pinning the signing keys")
+    .requiredOption("--server <url>", "control plane URL (http:// for h2c, https:// for TLS)")
+    .option("--token <token>", "registration token")
+    .option("--token-file <file>", "read the registration token from a file (keeps it out of the process list)")
+    .option("--state-dir <dir>", "state directory")
+    .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
+    .action(async (opts: { server: string; token?: string; tokenFile?: string; stateDir?: string; ca?: string }) => {
+      const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
+      const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
+      if (!token) throw new AgentError("a registration token is required: --token or --token-file", EXIT_USAGE);
+      const outcome = await registerAgent({
+        stateDir: cfg.stateDir,
+        serverUrl: opts.server,
+        token,
+        caFile: cfg.caFile,
+        machineIdSeed: cfg.machineIdSeed,
+        logger: createLogger(cfg.logLevel),
+      });
+      process.stdout.write(
+        `registered as agent ${outcome.agentId}; pinned signing keys: ${outcome.pinnedKeyIds.join(", ")}\n`,
+      );
+    });
+
+  program
+    .command("run")
+    .description("poll for commands until stopped (SIGTERM/SIGINT), or once with --once")
+    .option("--state-dir <dir>", "state directory")
+    .option("--ca <file>", "PEM CA bundle to trust for an https:// server (overrides the one given at register)")
+    .option("--once", "one cycle: report, poll without waiting, run what came, report; then exit")
+    .action(async (opts: { stateDir?: string; ca?: string; once?: boolean }) => {
+      const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
+      const logger = createLogger(cfg.logLevel);
+      const stop = new AbortController();
+      let signals = 0;
+      const onSignal = (signal: NodeJS.Signals) => {
+        if (++signals > 1) {
+          logger.warn({ signal }, "second signal: exiting without waiting");
+          process.exit(EXIT_FAILURE);
+        }
+        logger.info({ signal }, "signal received");
+        stop.abort();
+      };
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+      try {
+        await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
+      } finally {
+        process.off("SIGTERM", onSignal);
+        process.off("SIGINT", onSignal);
+      }
+    });
+
+  program
+    .command("status")
+    .description("show the agent ID, server, pinned keys, last sequence and journal size (no secrets)")
+    .option("--state-dir <dir>", "state directory")
+    .option("--json", "print JSON")
+    .action(async (opts: { stateDir?: string; json?: boolean }) => {
+      const cfg = config({ stateDir: opts.stateDir });
+      const status = await readStatus({ stateDir: cfg.stateDir, machineIdSeed: cfg.machineIdSeed });
+      process.stdout.write(opts.json ? JSON.stringify(status, null, 2) + "\n" : formatStatus(status) + "\n");
+    });
+
+  try {
+    await program.parseAsync(argv, { from: "user" });
+  } catch (err) {
+    exitCode = report(err);
+  }
+  return exitCode;
+}
+
+function report(err: unknown): number {
+  if (err instanceof CommanderError) {
+    // Help and version are printed by commander and are not failures.
+    return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+  }
+  if (err instanceof AgentError) {
+    process.stderr.write(`redflag-agent: ${err.message}\n`);
+    return err.exitCode;
+  }
+  if (err instanceof ConfigError || err instanceof StateError) {
+    process.stderr.write(`redflag-agent: ${err.message}\n`);
+    return EXIT_USAGE;
+  }
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "EACCES" || code === "EPERM") {
+    process.stderr.write(`redflag-agent: ${(err as Error).message} (the agent usually runs as root)\n`);
+    return EXIT_USAGE;
+  }
+  process.stderr.write(`redflag-agent: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+  return EXIT_FAILURE;
+}
+
+async function readToken(file: string): Promise<string> {
+  try {
+    return (await readFile(file, "utf8")).trim();
+  } catch (err) {
+    throw new AgentError(`cannot read the token file ${file}: ${(err as Error).message}`, EXIT_USAGE);
+  }
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2), process.env);
+}

@@ -1,0 +1,134 @@
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type AgentConfig, AgentConfigSchema, type TrustedKey } from "@redflag/gen/common_pb";
+import path from "node:path";
+import { keyIdOf, type PinnedKeys } from "../envelope.ts";
+import { createSerialWriter, readIfExists, StateError, writeFileAtomic } from "./files.ts";
+
+// What the agent knows about its enrolment: where the control plane is, who the agent is, and
+// its credentials. Everything here is secret (mode 0600).
+export interface Registration {
+  readonly serverUrl: string;
+  readonly caFile: string | undefined;
+  readonly agentId: string;
+  // Kept so the agent can enrol again on its own when its credentials are revoked or lost.
+  readonly registrationToken: string;
+  readonly accessToken: string;
+  // Local clock when the access token arrived; with the expiry it gives the token's lifetime.
+  readonly accessTokenIssueTime: Date;
+  readonly accessTokenExpireTime: Date;
+  readonly refreshToken: string;
+  readonly agentConfig: AgentConfig | undefined;
+  readonly registerTime: Date;
+}
+
+const REGISTRATION_FILE = "agent.json";
+const PINNED_KEYS_FILE = "pinned-keys.json";
+
+export interface RegistrationFile {
+  load(): Promise<Registration | undefined>;
+  save(registration: Registration): Promise<void>;
+}
+
+export function registrationFile(stateDir: string): RegistrationFile {
+  const file = path.join(stateDir, REGISTRATION_FILE);
+  const write = createSerialWriter(file);
+  return {
+    async load() {
+      const data = await readIfExists(file);
+      return data ? parseRegistration(file, data) : undefined;
+    },
+    save: (registration) => write(JSON.stringify(serialiseRegistration(registration), null, 2) + "\n"),
+  };
+}
+
+function serialiseRegistration(r: Registration) {
+  return {
+    version: 1,
+    serverUrl: r.serverUrl,
+    caFile: r.caFile ?? null,
+    agentId: r.agentId,
+    registrationToken: r.registrationToken,
+    accessToken: r.accessToken,
+    accessTokenIssueTime: r.accessTokenIssueTime.toISOString(),
+    accessTokenExpireTime: r.accessTokenExpireTime.toISOString(),
+    refreshToken: r.refreshToken,
+    agentConfig: r.agentConfig ? Buffer.from(toBinary(AgentConfigSchema, r.agentConfig)).toString("base64") : null,
+    registerTime: r.registerTime.toISOString(),
+  };
+}
+
+function parseRegistration(file: string, data: Buffer): Registration {
+  const damaged = (why: string) => new StateError(`${file} is damaged (${why}); run \`redflag-agent register\` again`);
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(data.toString("utf8")) as Record<string, unknown>;
+  } catch {
+    throw damaged("not JSON");
+  }
+  const text = (key: string): string => {
+    const value = raw[key];
+    if (typeof value !== "string" || value === "") throw damaged(`${key} is missing`);
+    return value;
+  };
+  const date = (key: string): Date => {
+    const value = new Date(text(key));
+    if (Number.isNaN(value.getTime())) throw damaged(`${key} is not a time`);
+    return value;
+  };
+  let agentConfig: AgentConfig | undefined;
+  if (typeof raw.agentConfig === "string") {
+    try {
+      agentConfig = fromBinary(AgentConfigSchema, Buffer.from(raw.agentConfig, "base64"));
+    } catch {
+      throw damaged("agentConfig is not a serialized AgentConfig");
+    }
+  }
+  return {
+    serverUrl: text("serverUrl"),
+    caFile: typeof raw.caFile === "string" ? raw.caFile : undefined,
+    agentId: text("agentId"),
+    registrationToken: text("registrationToken"),
+    accessToken: text("accessToken"),
+    accessTokenIssueTime: date("accessTokenIssueTime"),
+    accessTokenExpireTime: date("accessTokenExpireTime"),
+    refreshToken: text("refreshToken"),
+    agentConfig,
+    registerTime: date("registerTime"),
+  };
+}
+
+// Command-signing keys pinned at registration. Each key ID must be the one its public key
+// gives, so a key can never be pinned under another key's name.
+export async function savePinnedKeys(stateDir: string, keys: readonly TrustedKey[]): Promise<void> {
+  if (keys.length === 0) throw new StateError("the control plane sent no command-signing keys to pin");
+  for (const key of keys) {
+    if (key.publicKey.length !== 32) throw new StateError(`trusted key ${key.keyId} is not a 32-byte Ed25519 key`);
+    if (keyIdOf(key.publicKey) !== key.keyId) {
+      throw new StateError(`trusted key ${key.keyId} does not match its public key (expected ID ${keyIdOf(key.publicKey)})`);
+    }
+  }
+  const body = keys.map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString("base64") }));
+  await writeFileAtomic(path.join(stateDir, PINNED_KEYS_FILE), JSON.stringify({ version: 1, keys: body }, null, 2) + "\n");
+}
+
+export async function loadPinnedKeys(stateDir: string): Promise<PinnedKeys> {
+  const file = path.join(stateDir, PINNED_KEYS_FILE);
+  const data = await readIfExists(file);
+  const pins = new Map<string, Uint8Array>();
+  if (!data) return pins;
+  try {
+    const raw = JSON.parse(data.toString("utf8")) as { keys: { keyId: string; publicKey: string }[] };
+    for (const { keyId, publicKey } of raw.keys) {
+      const bytes = new Uint8Array(Buffer.from(publicKey, "base64"));
+      if (bytes.length !== 32 || keyIdOf(bytes) !== keyId) throw new Error(`key ${keyId} does not match its ID`);
+      pins.set(keyId, bytes);
+    }
+  } catch (err) {
+    throw new StateError(`${file} is damaged (${(err as Error).message}); run \`redflag-agent register\` again`);
+  }
+  return pins;
+}
+
+export function samePins(pins: PinnedKeys, keys: readonly TrustedKey[]): boolean {
+  return pins.size === keys.length && keys.every((k) => pins.has(k.keyId));
+}

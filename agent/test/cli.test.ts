@@ -1,0 +1,135 @@
+import { create } from "@bufbuild/protobuf";
+import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { startFakeControlPlane, type FakeControlPlane } from "./support/fake-control-plane.ts";
+
+// The CLI as operators and the service manager run it: real processes, exit codes, stdout/stderr.
+const repo = path.resolve(import.meta.dirname, "..", "..");
+const env = { ...process.env, REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"), REDFLAG_AGENT_APT_REFRESH: "0", REDFLAG_AGENT_LONG_POLL_SECONDS: "0" };
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function agent(args: string[], extraEnv: Record<string, string> = {}): Promise<Result> & { child: ReturnType<typeof spawn> } {
+  const child = spawn(process.execPath, ["agent/src/main.ts", ...args], { cwd: repo, env: { ...env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d));
+  const done = new Promise<Result>((resolve) => child.on("close", (code) => resolve({ code, stdout, stderr })));
+  return Object.assign(done, { child });
+}
+
+let cp: FakeControlPlane;
+let dir: string;
+let stateDir: string;
+beforeAll(async () => {
+  cp = await startFakeControlPlane();
+  dir = await mkdtemp(path.join(tmpdir(), "redflag-agent-cli-"));
+  stateDir = path.join(dir, "state");
+});
+afterAll(async () => {
+  await cp.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("redflag-agent", () => {
+  it("says it is not registered (exit 2)", async () => {
+    const res = await agent(["run", "--once", "--state-dir", stateDir]);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/^redflag-agent: not registered: .* run `redflag-agent register --server URL --token TOKEN` first\n$/);
+    const status = await agent(["status", "--state-dir", stateDir]);
+    expect(status.code).toBe(2);
+  });
+
+  it("rejects bad flags and environment (exit 2)", async () => {
+    expect((await agent(["register", "--token", "x"])).code).toBe(2);
+    const badEnv = await agent(["status"], { REDFLAG_AGENT_APT_REFRESH: "maybe" });
+    expect(badEnv.code).toBe(2);
+    expect(badEnv.stderr).toBe("redflag-agent: invalid environment: REDFLAG_AGENT_APT_REFRESH=maybe must be 1 or 0\n");
+  });
+
+  it("registers with a token file, then shows its status without secrets", async () => {
+    const tokenFile = path.join(dir, "token");
+    await writeFile(tokenFile, `${cp.token}\n`);
+    const reg = await agent(["register", "--server", cp.url, "--token-file", tokenFile, "--state-dir", stateDir]);
+    expect(reg.code, reg.stderr).toBe(0);
+    const agentId = [...cp.agents.keys()][0]!;
+    expect(reg.stdout).toBe(`registered as agent ${agentId}; pinned signing keys: ${cp.key.keyId}\n`);
+
+    const json = await agent(["status", "--json", "--state-dir", stateDir]);
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({ agentId, server: cp.url, pinnedKeyIds: [cp.key.keyId], lastSequence: "0", journal: { entries: 0 } });
+    const text = await agent(["status", "--state-dir", stateDir]);
+    expect(text.stdout).toMatch(new RegExp(`^agent ID: +${agentId}$`, "m"));
+    const server = cp.agents.get(agentId)!;
+    for (const out of [json.stdout, text.stdout, reg.stdout, reg.stderr]) {
+      for (const secret of [cp.token, server.accessToken, server.refreshToken]) expect(out).not.toContain(secret);
+    }
+  });
+
+  it("runs one cycle and logs JSON lines without secrets", async () => {
+    const id = cp.queue({ case: "collectSpecs", value: create(CollectSpecsSchema) });
+    const res = await agent(["run", "--once", "--state-dir", stateDir]);
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stdout).toBe("");
+    expect(cp.results.get(id)?.outcome).toBe(CommandOutcome.SUCCEEDED);
+    const lines = res.stderr.trim().split("\n").map((l) => JSON.parse(l) as { msg: string; service: string });
+    expect(lines.map((l) => l.msg)).toEqual(expect.arrayContaining(["agent starting", "running command", "command finished", "cycle finished"]));
+    const server = [...cp.agents.values()][0]!;
+    for (const secret of [cp.token, server.accessToken, server.refreshToken]) expect(res.stderr).not.toContain(secret);
+  });
+
+  it("keeps one agent (or registration) per state directory, and stops cleanly on SIGTERM", async () => {
+    const daemon = agent(["run", "--state-dir", stateDir]);
+    onTestFinished(() => {
+      if (daemon.child.exitCode === null) daemon.child.kill("SIGKILL");
+    });
+    const polls = cp.polls.length;
+    const deadline = Date.now() + 15_000;
+    while (cp.polls.length === polls && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(cp.polls.length).toBeGreaterThan(polls);
+
+    const second = await agent(["run", "--once", "--state-dir", stateDir]);
+    expect(second.code, second.stderr).toBe(2);
+    expect(second.stderr).toMatch(new RegExp(`another redflag-agent \\(pid ${daemon.child.pid}\\) is using`));
+    const reRegister = await agent(["register", "--server", cp.url, "--token", cp.token, "--state-dir", stateDir]);
+    expect(reRegister.code).toBe(2);
+    expect(reRegister.stderr).toMatch(/is using .*; stop it before registering again\n$/);
+
+    const id = cp.queue({ case: "collectSpecs", value: create(CollectSpecsSchema) });
+    const until = Date.now() + 15_000;
+    while (!cp.results.has(id) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    expect(cp.results.get(id)?.outcome).toBe(CommandOutcome.SUCCEEDED);
+
+    daemon.child.kill("SIGTERM");
+    const res = await daemon;
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/"msg":"agent stopped"/);
+  });
+
+  it("exits 1 with one clear line when the control plane is unreachable", async () => {
+    await cp.close();
+    const res = await agent(["run", "--once", "--state-dir", stateDir]);
+    expect(res.code, res.stderr).toBe(1);
+    const last = res.stderr.trim().split("\n").at(-1)!;
+    expect(last, res.stderr).toMatch(new RegExp(`^redflag-agent: poll cycle against ${cp.url} failed: Unavailable: .*ECONNREFUSED`));
+  });
+
+  it("runs through the bin shim", async () => {
+    const child = spawn(process.execPath, ["agent/bin/redflag-agent.js", "--version"], { cwd: repo, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d));
+    const code = await new Promise((r) => child.on("close", r));
+    expect(code).toBe(0);
+    expect(out).toBe("0.1.0\n");
+  });
+});
