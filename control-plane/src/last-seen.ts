@@ -4,6 +4,8 @@ import type { Prisma } from "./store/types.ts";
 
 export interface LastSeenBuffer {
   record(agentId: string, at: Date, status: Uint8Array | null): void;
+  // What this process heard but has not written yet, so readers are never behind the buffer.
+  peek(agentId: string): { at: Date; status: Uint8Array | null } | undefined;
   flush(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -35,6 +37,7 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
     record(agentId, at, status) {
       pending.set(agentId, { at, status: status ?? pending.get(agentId)?.status ?? null });
     },
+    peek: (agentId) => pending.get(agentId),
     flush,
     async stop() {
       clearInterval(timer);

@@ -12,7 +12,7 @@ export function createRoutes(deps: AgentServiceDeps) {
   return (router: ConnectRouter) => {
     router.service(AgentService, createAgentService(deps));
     router.service(TokenService, createTokenService(deps.db));
-    router.service(FleetService, createFleetService(deps.db, deps.config.pollIntervalSeconds));
+    router.service(FleetService, createFleetService(deps.db, deps.lastSeen, deps.config.pollIntervalSeconds));
     router.service(CommandService, createCommandService(deps.db, deps.wakeups));
   };
 }

@@ -9,7 +9,7 @@ import path from "node:path";
 import { pino } from "pino";
 import { startApp, type App } from "../../src/app.ts";
 import { loadConfig } from "../../src/config.ts";
-import { freshDatabase } from "./database.ts";
+import { freshDatabase, type FreshDatabase } from "./database.ts";
 
 export interface TestControlPlane {
   app: App;
@@ -23,15 +23,20 @@ export interface TestControlPlane {
     commands: Client<typeof CommandService>;
   };
   agentClient(headers?: Record<string, string>): Client<typeof AgentService>;
+  // Stops the control plane and starts it again on the same port and database.
+  restart(env?: Record<string, string>): Promise<TestControlPlane>;
   close(): Promise<void>;
 }
 
 // A real control plane on a random port with a fresh database: PGlite, or the PostgreSQL named
 // by TEST_DATABASE_URL. `env` overrides REDFLAG_* settings.
-export async function startTestControlPlane(env: Record<string, string> = {}): Promise<TestControlPlane> {
-  const db = await freshDatabase();
+export async function startTestControlPlane(
+  env: Record<string, string> = {},
+  reuse?: { db: FreshDatabase; port: number },
+): Promise<TestControlPlane> {
+  const db = reuse?.db ?? (await freshDatabase());
   const config = loadConfig({
-    REDFLAG_ADDR: "127.0.0.1:0",
+    REDFLAG_ADDR: `127.0.0.1:${reuse?.port ?? 0}`,
     REDFLAG_DATA_DIR: db.dataDir,
     ...(db.databaseUrl ? { DATABASE_URL: db.databaseUrl } : {}),
     ...env,
@@ -58,6 +63,10 @@ export async function startTestControlPlane(env: Record<string, string> = {}): P
     },
     agentClient(headers = {}) {
       return createClient(AgentService, createGrpcTransport({ baseUrl: url, interceptors: [headerInterceptor(headers)] }));
+    },
+    async restart(more = {}) {
+      await app.close();
+      return startTestControlPlane({ ...env, ...more }, { db, port: app.server.port });
     },
     async close() {
       await app.close();

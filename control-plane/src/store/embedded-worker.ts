@@ -1,0 +1,251 @@
+// Runs PGlite and serves it over the Postgres wire protocol in a worker thread: PGlite executes
+// every message synchronously on the thread that owns it, so that must not be the server's event
+// loop. Started by embedded.ts; talks to it only through the messages below.
+//
+// PGlite is one Postgres backend, so all socket connections share one session. pglite-socket's
+// PGLiteSocketServer interleaves the connections at message granularity: one connection's Parse
+// and Bind can land on either side of another's, so a Bind runs someone else's statement
+// (reproduced with three pg clients: "bind message supplies 1 parameters, but prepared statement
+// "" requires 2"). So this file keeps pglite-socket's per-connection handler, which frames the
+// messages, and schedules them itself: a connection has the backend from its first message until
+// the backend reports ReadyForQuery outside a transaction block.
+import { PGlite } from "@electric-sql/pglite";
+import { PGLiteSocketHandler, type PGLiteSocketHandlerOptions } from "@electric-sql/pglite-socket";
+import net from "node:net";
+import { parentPort, workerData } from "node:worker_threads";
+
+export interface EmbeddedWorkerData {
+  pgdata: string;
+  socketPath: string;
+  maxConnections: number;
+}
+
+// Parent to worker.
+export type ToWorker = { type: "stop" };
+
+// Worker to parent.
+export type FromWorker =
+  | { type: "ready" }
+  | { type: "log"; level: "warn" | "error"; msg: string; err?: { message: string; stack?: string | undefined } };
+
+interface Pending {
+  handlerId: number;
+  // undefined: the connection is gone; end whatever it left open.
+  message: Uint8Array | undefined;
+  onData: (data: Uint8Array) => void;
+  resolve: (bytes: number) => void;
+  reject: (err: unknown) => void;
+}
+
+const READY_FOR_QUERY = 0x5a; // 'Z'
+const IDLE = 0x49; // 'I': ReadyForQuery status outside a transaction block
+// Backend messages that may arrive between any others (notices, notifications, parameter changes).
+const ASYNC_MESSAGES = new Set([0x4e, 0x41, 0x53]); // 'N', 'A', 'S'
+const SYNC = Uint8Array.of(0x53, 0, 0, 0, 4);
+
+// Follows the framing of the backend's reply to one message and keeps the status byte of a
+// final ReadyForQuery: defined exactly when the reply ended the connection's exchange.
+class ReplyTracker {
+  status: number | undefined;
+  #header: number[] = [];
+  #type = 0;
+  #left = 0;
+
+  feed(chunk: Uint8Array) {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.#left > 0) {
+        if (this.#type === READY_FOR_QUERY) this.status = chunk[i];
+        const n = Math.min(this.#left, chunk.length - i);
+        i += n;
+        this.#left -= n;
+        continue;
+      }
+      this.#header.push(chunk[i++]!);
+      if (this.#header.length < 5) continue;
+      const [type, a, b, c, d] = this.#header as [number, number, number, number, number];
+      this.#header = [];
+      this.#type = type;
+      this.#left = ((a << 24) | (b << 16) | (c << 8) | d) - 4;
+      if (type !== READY_FOR_QUERY && !ASYNC_MESSAGES.has(type)) this.status = undefined;
+    }
+  }
+}
+
+// The queue pglite-socket's handler feeds (the interface of its QueryQueueManager).
+class ExchangeScheduler {
+  #db: PGlite;
+  #queue: Pending[] = [];
+  // The connection whose exchange or transaction block is open; only its messages may run.
+  #owner: number | undefined;
+  #draining = false;
+
+  constructor(db: PGlite) {
+    this.#db = db;
+  }
+
+  enqueue(handlerId: number, message: Uint8Array | undefined, onData: (data: Uint8Array) => void): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ handlerId, message, onData, resolve, reject });
+      void this.#drain();
+    });
+  }
+
+  getQueueLength(): number {
+    return this.#queue.length;
+  }
+
+  // Drops the messages of a connection that is gone, but not the cleanup queued for it.
+  clearQueueForHandler(handlerId: number) {
+    const dropped = (p: Pending) => p.handlerId === handlerId && p.message !== undefined;
+    for (const p of this.#queue.filter(dropped)) p.reject(new Error("connection closed"));
+    this.#queue = this.#queue.filter((p) => !dropped(p));
+  }
+
+  // Called when the connection is gone. Queued behind its last message, which may still be running.
+  async clearTransactionIfNeeded(handlerId: number) {
+    await this.enqueue(handlerId, undefined, () => {});
+  }
+
+  async #drain() {
+    if (this.#draining) return;
+    this.#draining = true;
+    try {
+      for (let next = this.#takeNext(); next; next = this.#takeNext()) await this.#serve(next);
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  #takeNext(): Pending | undefined {
+    const i = this.#owner === undefined ? 0 : this.#queue.findIndex((p) => p.handlerId === this.#owner);
+    return i < 0 ? undefined : this.#queue.splice(i, 1)[0];
+  }
+
+  async #serve(p: Pending) {
+    let bytes = 0;
+    try {
+      const status = await this.#db.runExclusive(async () => {
+        if (p.message === undefined) return this.#settle();
+        return this.#run(p.message, (data) => {
+          bytes += data.length;
+          p.onData(data);
+        });
+      });
+      this.#owner = status === IDLE ? undefined : p.handlerId;
+      p.resolve(bytes);
+    } catch (err) {
+      // PGlite itself failed, not the SQL (that is an ErrorResponse): the handler drops the connection.
+      this.#owner = undefined;
+      p.reject(err);
+    }
+  }
+
+  // Ends an unfinished extended-protocol exchange (Sync) and rolls back an open transaction block,
+  // so the next connection finds the backend idle. Both are no-ops on an idle backend.
+  async #settle(): Promise<number | undefined> {
+    const status = await this.#run(SYNC);
+    return status === IDLE ? status : this.#run(simpleQuery("ROLLBACK"));
+  }
+
+  // Runs one frontend message; returns the ReadyForQuery status if the reply ended with one.
+  async #run(message: Uint8Array, onData?: (data: Uint8Array) => void): Promise<number | undefined> {
+    const reply = new ReplyTracker();
+    await this.#db.execProtocolRawStream(message, {
+      onRawData: (data) => {
+        reply.feed(data);
+        onData?.(data);
+      },
+    });
+    return reply.status;
+  }
+}
+
+function simpleQuery(sql: string): Uint8Array {
+  const text = Buffer.from(`${sql}\0`);
+  const message = Buffer.alloc(5 + text.length);
+  message.write("Q", 0);
+  message.writeInt32BE(4 + text.length, 1);
+  text.copy(message, 5);
+  return message;
+}
+
+// What Postgres answers a connection over the limit, so clients see SQLSTATE 53300.
+function tooManyConnections(): Buffer {
+  const fields = Buffer.from("SFATAL\0VFATAL\0C53300\0Msorry, too many clients already\0\0");
+  const message = Buffer.alloc(5 + fields.length);
+  message.write("E", 0);
+  message.writeInt32BE(4 + fields.length, 1);
+  fields.copy(message, 5);
+  return message;
+}
+
+function describe(err: unknown): { message: string; stack?: string | undefined } {
+  return err instanceof Error ? { message: err.message, stack: err.stack } : { message: String(err) };
+}
+
+if (!parentPort) throw new Error("embedded-worker.ts must run in a worker thread");
+const port = parentPort;
+const send = (message: FromWorker) => port.postMessage(message);
+const { pgdata, socketPath, maxConnections } = workerData as EmbeddedWorkerData;
+
+const db = await PGlite.create(pgdata);
+// The handler only calls the QueryQueueManager methods ExchangeScheduler implements.
+const queryQueue = new ExchangeScheduler(db) as unknown as PGLiteSocketHandlerOptions["queryQueue"];
+const handlers = new Set<PGLiteSocketHandler>();
+// Every accepted socket, also those turned away: server.close() waits for all of them.
+const sockets = new Set<net.Socket>();
+
+const server = net.createServer((socket) => {
+  sockets.add(socket);
+  socket.once("close", () => sockets.delete(socket));
+  if (handlers.size >= maxConnections) {
+    socket.end(tooManyConnections());
+    return;
+  }
+  const handler = new PGLiteSocketHandler({ queryQueue, closeOnDetach: true });
+  handlers.add(handler);
+  const forget = () => handlers.delete(handler);
+  handler.addEventListener("close", forget);
+  handler.addEventListener("error", forget);
+  handler.attach(socket).catch((err: unknown) => {
+    forget();
+    socket.destroy();
+    send({ type: "log", level: "warn", msg: "embedded database connection failed", err: describe(err) });
+  });
+});
+server.on("error", (err) => send({ type: "log", level: "error", msg: "embedded database socket error", err: describe(err) }));
+
+try {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+} catch (err) {
+  await db.close();
+  throw err;
+}
+
+port.on("message", (message: ToWorker) => {
+  if (message.type === "stop") void stop();
+});
+send({ type: "ready" });
+
+async function stop() {
+  try {
+    const closed = new Promise((resolve) => server.close(resolve));
+    // Detaching rolls back what a connection left open, before PGlite shuts down.
+    await Promise.allSettled([...handlers].map((h) => h.detach(true)));
+    for (const socket of sockets) socket.destroy();
+    await closed;
+    // A clean shutdown (checkpoint): the next start needs no recovery.
+    await db.close();
+  } catch (err) {
+    send({ type: "log", level: "error", msg: "embedded database did not shut down cleanly", err: describe(err) });
+  } finally {
+    port.close();
+  }
+}
