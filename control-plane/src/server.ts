@@ -43,6 +43,10 @@ export async function startServer(opts: {
   } else {
     h2 = http2.createServer({}, opts.handler);
     h1 = http.createServer({ keepAliveTimeout: 65_000 }, opts.handler as http.RequestListener);
+    // This server never listens itself (sockets are handed to it), but its connection tracking,
+    // which enforces headersTimeout/requestTimeout and lets closeIdleConnections work, starts
+    // on "listening".
+    h1.emit("listening");
     const h1Server = h1;
     const h2Server = h2;
     listener = net.createServer((socket) => {
@@ -91,11 +95,14 @@ export async function startServer(opts: {
     async close(graceMs = 5000) {
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       for (const session of sessions) session.close();
+      // HTTP/1.1 keep-alive connections close as soon as they have no request in flight.
       h1?.closeIdleConnections();
+      const sweep = setInterval(() => h1?.closeIdleConnections(), 100);
       const timer = setTimeout(() => {
         for (const socket of sockets) socket.destroy();
       }, graceMs);
       await closed;
+      clearInterval(sweep);
       clearTimeout(timer);
     },
   };
