@@ -102,6 +102,11 @@ describe.each(backends)("end to end on %s", (backend) => {
     expect(got.command.result.scanUpdates.subsystems).toContainEqual(
       expect.objectContaining({ subsystem: "apt", state: "SUBSYSTEM_RUN_STATE_RAN" }),
     );
+    const updates = (got.command.result.scanUpdates as unknown as { updates?: { security?: boolean }[] }).updates ?? [];
+    const shown = await cliJson<{ agents: { pendingUpdateCount?: number; securityUpdateCount?: number; lastScanTime?: string }[] }>("agents", "list");
+    expect(shown.agents[0]!.pendingUpdateCount ?? 0).toBe(updates.length);
+    expect(shown.agents[0]!.securityUpdateCount ?? 0).toBe(updates.filter((u) => u.security).length);
+    expect(shown.agents[0]!.lastScanTime).toBeDefined();
     const list = await cli("commands", "list", "--agent", agentId);
     expect(list.stdout).toMatch(/scan_updates\s+succeeded/);
   });

@@ -334,6 +334,9 @@ describe("ReportResults", () => {
     expect(command.result?.message).toBe("1 update");
     const updates = await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: agent.agentId } });
     expect(updates.map((u) => [u.name, u.severity, u.security])).toEqual([["openssl", "security", true]]);
+    const fleet = (await cp.admin.fleet.getAgent({ agentId: agent.agentId })).agent!;
+    expect(fleet).toMatchObject({ pendingUpdateCount: 1, securityUpdateCount: 1 });
+    expect(fleet.lastScanTime).toBeDefined();
   });
 
   it("refuses results for commands not delivered to this agent", async () => {

@@ -179,7 +179,7 @@ agents
           `${a.os?.name ?? ""} ${a.os?.version ?? ""}`.trim(),
           a.agentVersion,
           ago(time(a.lastSeenTime)),
-          a.status ? `${a.status.pendingUpdateCount} (${a.status.securityUpdateCount} security)` : "-",
+          a.lastScanTime ? `${a.pendingUpdateCount} (${a.securityUpdateCount} security)` : "not scanned",
         ]),
       ),
     );
@@ -203,6 +203,8 @@ agents
         `machine id:  ${a.machineId}`,
         `registered:  ${time(a.registerTime)?.toISOString()}`,
         `last seen:   ${ago(time(a.lastSeenTime))}`,
+        `last scan:   ${ago(time(a.lastScanTime))}`,
+        `updates:     ${a.pendingUpdateCount} pending, ${a.securityUpdateCount} security`,
       ].join("\n") + "\n",
     );
   });

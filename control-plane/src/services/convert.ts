@@ -69,6 +69,9 @@ export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: numb
     lastSeenTime: ts(row.lastSeenAt),
     status: row.status ? fromBinary(AgentStatusSchema, row.status) : undefined,
     registrationTokenId: row.registrationTokenId ?? "",
+    pendingUpdateCount: row.updates.pending,
+    securityUpdateCount: row.updates.security,
+    lastScanTime: ts(row.lastScanAt),
   });
 }
 

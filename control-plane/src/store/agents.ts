@@ -220,7 +220,35 @@ const agentListSelect = {
   decommissionedAt: true,
   status: true,
   registrationTokenId: true,
+  lastScanAt: true,
 } as const;
+
+export interface UpdateCounts {
+  pending: number;
+  security: number;
+}
+
+export type AgentRow = Prisma_AgentRow & { updates: UpdateCounts };
+type Prisma_AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>>;
+
+const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
+
+// Pending and security update counts per agent, from the stored scan results.
+async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
+  const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0 }]));
+  if (agentIds.length === 0) return counts;
+  const rows = await db.packageUpdate.groupBy({
+    by: ["agentId", "security"],
+    where: { agentId: { in: agentIds } },
+    _count: { _all: true },
+  });
+  for (const row of rows) {
+    const c = counts.get(row.agentId)!;
+    c.pending += row._count._all;
+    if (row.security) c.security += row._count._all;
+  }
+  return counts;
+}
 
 export async function listAgents(db: Prisma, pageSize: number, after: string | undefined) {
   const rows = await db.agent.findMany({
@@ -229,14 +257,20 @@ export async function listAgents(db: Prisma, pageSize: number, after: string | u
     take: pageSize + 1,
     ...(after ? { cursor: { id: after }, skip: 1 } : {}),
   });
-  return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
+  const page = rows.slice(0, pageSize);
+  const counts = await updateCounts(db, page.map((r) => r.id));
+  return {
+    rows: page.map((r): AgentRow => ({ ...r, updates: counts.get(r.id)! })),
+    next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined,
+  };
 }
 
-export async function getAgent(db: Prisma, id: string) {
-  return db.agent.findUnique({ where: { id }, select: agentListSelect });
+export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undefined> {
+  const row = await findAgent(db, id);
+  if (!row) return undefined;
+  const counts = await updateCounts(db, [id]);
+  return { ...row, updates: counts.get(id)! };
 }
-
-export type AgentRow = NonNullable<Awaited<ReturnType<typeof getAgent>>>;
 
 // Applies buffered last-seen times and statuses in one statement.
 export async function flushLastSeen(

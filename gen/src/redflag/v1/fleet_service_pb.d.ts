@@ -69,6 +69,23 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: string registration_token_id = 10;
    */
   registrationTokenId: string;
+
+  /**
+   * Pending updates from the agent's latest successful scan, as stored by the control plane.
+   *
+   * @generated from field: uint32 pending_update_count = 11;
+   */
+  pendingUpdateCount: number;
+
+  /**
+   * @generated from field: uint32 security_update_count = 12;
+   */
+  securityUpdateCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_scan_time = 13;
+   */
+  lastScanTime?: Timestamp | undefined;
 };
 
 /**
