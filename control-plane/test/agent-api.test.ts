@@ -262,6 +262,18 @@ describe("PollCommands", () => {
     expect(same.nextPollSeconds).toBeGreaterThan(0);
   });
 
+  it("writes nothing on an idle poll: last-seen and status arrive in the batched flush", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    await agent.client.pollCommands({ nonce: nonce(), status: { agentVersion: "0.1.0", uptimeSeconds: 42n } });
+    const row = () => cp.app.db.prisma.agent.findUniqueOrThrow({ where: { id: agent.agentId } });
+    expect((await row()).lastSeenAt).toBeNull();
+    // Operators still see the agent as online: reads go through the buffer.
+    const seen = (await cp.admin.fleet.getAgent({ agentId: agent.agentId })).agent!;
+    expect(seen.status?.uptimeSeconds).toBe(42n);
+    await cp.app.lastSeen.flush();
+    expect((await row()).lastSeenAt).toBeInstanceOf(Date);
+  });
+
   it("refuses bad nonces, waits and limits with InvalidArgument", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     await expectCode(agent.client.pollCommands({ nonce: new Uint8Array(8) }), Code.InvalidArgument, /nonce/);

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { nonce, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 // One port serves Connect, gRPC and gRPC-Web, over HTTP/2 cleartext and HTTP/1.1, and over TLS.
@@ -58,6 +59,18 @@ describe("transports", () => {
       createConnectTransport({ baseUrl: cp.url, httpVersion: "2", interceptors: [headerInterceptor({ authorization: "Bearer rfadm_nope" })] }),
     );
     await expect(wrong.listAgents({})).rejects.toMatchObject({ code: Code.Unauthenticated, rawMessage: "API key is not valid" });
+  });
+
+  it("answers a long-poll at once when shutting down", async () => {
+    const other = await startTestControlPlane();
+    const { secret } = await other.admin.tokens.createRegistrationToken({ seats: 1 });
+    const agent = await registerTestAgent(other, secret);
+    const started = Date.now();
+    const poll = agent.client.pollCommands({ nonce: nonce(), waitSeconds: 60 });
+    await new Promise((r) => setTimeout(r, 200));
+    await other.close();
+    await expect(poll).resolves.toMatchObject({ commands: [] });
+    expect(Date.now() - started).toBeLessThan(10_000);
   });
 
   it("serves HTTP/2 and HTTP/1.1 over TLS when a certificate is configured", async () => {
