@@ -6,7 +6,7 @@ import path from "node:path";
 import pg from "pg";
 import type { Logger } from "pino";
 import { PrismaClient } from "../generated/prisma/client.ts";
-import { EMBEDDED_PORT, startEmbeddedPostgres, type EmbeddedPostgres } from "./embedded.ts";
+import { EMBEDDED_PORT, startEmbeddedPostgres } from "./embedded.ts";
 import { applyMigrations } from "./migrate.ts";
 
 export interface OpenDatabaseOptions {
@@ -72,7 +72,7 @@ async function connectTarget(opts: OpenDatabaseOptions, resources: (() => Promis
     const pool = new pg.Pool({ ...base, connectionString: opts.databaseUrl, max: opts.poolMax ?? POSTGRES_POOL_MAX });
     target = { kind: "postgres", pool, description: describeUrl(opts.databaseUrl) };
   } else {
-    const embedded: EmbeddedPostgres = await startEmbeddedPostgres({
+    const embedded = await startEmbeddedPostgres({
       dataDir: opts.dataDir,
       logger: opts.logger,
       maxConnections: EMBEDDED_MAX_CONNECTIONS,
@@ -105,7 +105,7 @@ async function checkConnection(pool: pg.Pool, description: string) {
 }
 
 // postgres://user:secret@host:5432/db?sslmode=require -> "PostgreSQL at postgres://user@host:5432/db".
-export function describeUrl(databaseUrl: string): string {
+function describeUrl(databaseUrl: string): string {
   try {
     const url = new URL(databaseUrl);
     url.password = "";

@@ -43,8 +43,8 @@ const IDLE = 0x49; // 'I': ReadyForQuery status outside a transaction block
 const ASYNC_MESSAGES = new Set([0x4e, 0x41, 0x53]); // 'N', 'A', 'S'
 const SYNC = Uint8Array.of(0x53, 0, 0, 0, 4);
 
-// Follows the framing of the backend's reply to one message and keeps the status byte of a
-// final ReadyForQuery: defined exactly when the reply ended the connection's exchange.
+// Follows the framing of the backend's output, one stream across all messages, and keeps the
+// status byte of a ReadyForQuery that was the last message so far: the end of an exchange.
 class ReplyTracker {
   status: number | undefined;
   #header: number[] = [];
@@ -75,13 +75,17 @@ class ReplyTracker {
 // The queue pglite-socket's handler feeds (the interface of its QueryQueueManager).
 class ExchangeScheduler {
   #db: PGlite;
+  #reply = new ReplyTracker();
   #queue: Pending[] = [];
   // The connection whose exchange or transaction block is open; only its messages may run.
   #owner: number | undefined;
   #draining = false;
 
-  constructor(db: PGlite) {
+  #onFailure: (err: unknown) => void;
+
+  constructor(db: PGlite, onFailure: (err: unknown) => void) {
     this.#db = db;
+    this.#onFailure = onFailure;
   }
 
   enqueue(handlerId: number, message: Uint8Array | undefined, onData: (data: Uint8Array) => void): Promise<number> {
@@ -137,6 +141,7 @@ class ExchangeScheduler {
     } catch (err) {
       // PGlite itself failed, not the SQL (that is an ErrorResponse): the handler drops the connection.
       this.#owner = undefined;
+      this.#onFailure(err);
       p.reject(err);
     }
   }
@@ -150,14 +155,14 @@ class ExchangeScheduler {
 
   // Runs one frontend message; returns the ReadyForQuery status if the reply ended with one.
   async #run(message: Uint8Array, onData?: (data: Uint8Array) => void): Promise<number | undefined> {
-    const reply = new ReplyTracker();
+    this.#reply.status = undefined;
     await this.#db.execProtocolRawStream(message, {
       onRawData: (data) => {
-        reply.feed(data);
+        this.#reply.feed(data);
         onData?.(data);
       },
     });
-    return reply.status;
+    return this.#reply.status;
   }
 }
 
@@ -191,7 +196,9 @@ const { pgdata, socketPath, maxConnections } = workerData as EmbeddedWorkerData;
 
 const db = await PGlite.create(pgdata);
 // The handler only calls the QueryQueueManager methods ExchangeScheduler implements.
-const queryQueue = new ExchangeScheduler(db) as unknown as PGLiteSocketHandlerOptions["queryQueue"];
+const queryQueue = new ExchangeScheduler(db, (err) =>
+  send({ type: "log", level: "error", msg: "the embedded database failed to run a query", err: describe(err) }),
+) as unknown as PGLiteSocketHandlerOptions["queryQueue"];
 const handlers = new Set<PGLiteSocketHandler>();
 // Every accepted socket, also those turned away: server.close() waits for all of them.
 const sockets = new Set<net.Socket>();

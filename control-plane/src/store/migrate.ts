@@ -48,27 +48,29 @@ export async function applyMigrations(
 ): Promise<{ applied: string[] }> {
   const migrations = await readMigrations(migrationsDir);
   const client = await pool.connect();
-  let broken: Error | undefined;
+  let reusable = false;
   try {
     await acquireLock(client, logger);
+    let applied: string[];
     try {
-      await client.query(CREATE_MIGRATIONS_TABLE);
-      checkHistory(migrations, await appliedRows(client), logger);
-      const applied: string[] = [];
-      for (const migration of migrations) {
-        if (await applyOne(client, migration, logger)) applied.push(migration.name);
-      }
-      return { applied };
+      applied = await applyPending(client, migrations, logger);
     } finally {
-      await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY]);
+      reusable = await releaseLock(client);
     }
-  } catch (err) {
-    broken = err as Error;
-    throw err;
+    return { applied };
   } finally {
-    // A client that failed mid-way may be inside an aborted transaction: never reuse it.
-    client.release(broken);
+    client.release(!reusable);
   }
+}
+
+async function applyPending(client: pg.PoolClient, migrations: MigrationFile[], logger: Logger): Promise<string[]> {
+  await client.query(CREATE_MIGRATIONS_TABLE);
+  checkHistory(migrations, await appliedRows(client), logger);
+  const applied: string[] = [];
+  for (const migration of migrations) {
+    if (await applyOne(client, migration, logger)) applied.push(migration.name);
+  }
+  return applied;
 }
 
 // Migration folders in name order, as Prisma orders them.
@@ -115,6 +117,16 @@ async function acquireLock(client: pg.PoolClient, logger: Logger) {
   if (rows[0]?.locked) return;
   logger.info("another process is applying migrations; waiting for it");
   await client.query("SELECT pg_advisory_lock($1)", [MIGRATION_LOCK_KEY]);
+}
+
+// false: the connection is broken (the server drops the lock with the session); do not reuse it.
+async function releaseLock(client: pg.PoolClient): Promise<boolean> {
+  try {
+    await client.query("SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY]);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function appliedRows(client: pg.PoolClient): Promise<AppliedRow[]> {
@@ -180,6 +192,8 @@ async function applyOne(client: pg.PoolClient, migration: MigrationFile, logger:
     logger.info({ migration: migration.name, ms: Date.now() - started.getTime() }, "applied migration");
     return true;
   } catch (err) {
+    // The migration's own error is the one to report; if ROLLBACK fails too, so does the unlock,
+    // and the connection is discarded.
     await client.query("ROLLBACK").catch(() => {});
     throw new MigrationError(`migration ${migration.name} failed and was rolled back: ${(err as Error).message}`, {
       cause: err,
