@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { availableBackends, freshDatabase, type Backend, type FreshDatabase } from "../../test/support/database.ts";
 import type { PrismaClient } from "../generated/prisma/client.ts";
 import { DEFAULT_MIGRATIONS_DIR, isConnectionError, isUniqueViolation, openDatabase, type Database } from "./db.ts";
+import { claimCommands } from "./commands.ts";
 import { readMigrations } from "./migrate.ts";
 
 const silent = pino({ level: "silent" });
@@ -41,34 +42,9 @@ async function newCommands(prisma: PrismaClient, agentId: string, count: number)
   });
 }
 
-interface Claimed {
-  id: string;
-  sequence: bigint;
-  action: Uint8Array;
-}
-
-// The shape of the poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement.
-function claim(prisma: PrismaClient, agentId: string, limit: number) {
-  return prisma.$queryRaw<Claimed[]>`
-    WITH picked AS (
-      SELECT id, created_at FROM commands
-       WHERE agent_id = ${agentId}::uuid AND state = 'pending'
-       ORDER BY created_at, id
-       LIMIT ${limit}
-       FOR UPDATE SKIP LOCKED
-    ), numbered AS (
-      SELECT id, row_number() OVER (ORDER BY created_at, id) AS rn, count(*) OVER () AS n FROM picked
-    ), bumped AS (
-      UPDATE agents SET last_sequence = last_sequence + (SELECT count(*) FROM picked)
-       WHERE id = ${agentId}::uuid AND EXISTS (SELECT 1 FROM picked)
-       RETURNING last_sequence
-    )
-    UPDATE commands AS c
-       SET state = 'sent', sequence = bumped.last_sequence - numbered.n + numbered.rn, sent_at = now()
-      FROM numbered, bumped
-     WHERE c.id = numbered.id
-    RETURNING c.id, c.sequence, c.action`;
-}
+// The poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement.
+const claim = (prisma: PrismaClient, agentId: string, limit: number) =>
+  claimCommands(prisma, agentId, limit, new Date(), new Date(Date.now() + 600_000));
 
 describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
   let fresh: FreshDatabase;
@@ -118,7 +94,7 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     expect(await claim(db.prisma, agent.id, 3)).toEqual([]);
   });
 
-  it.runIf(backend === "postgres")("skips rows another transaction has locked", async () => {
+  if (backend === "postgres") it("skips rows another transaction has locked", async () => {
     const agent = await newAgent(db.prisma);
     await newCommands(db.prisma, agent.id, 2);
 
@@ -133,10 +109,10 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
 
   // One PGlite backend serves every connection, so an open transaction holds the whole database:
   // SKIP LOCKED never sees a locked row, and other connections wait instead.
-  it.runIf(backend === "embedded")("makes other connections wait while a transaction is open", async () => {
+  if (backend === "embedded") it("makes other connections wait while a transaction is open", async () => {
     const agent = await newAgent(db.prisma);
     await newCommands(db.prisma, agent.id, 2);
-    let outside: Promise<Claimed[]> | undefined;
+    let outside: ReturnType<typeof claim> | undefined;
     let outsideDone = false;
 
     await db.prisma.$transaction(async (tx) => {
@@ -169,7 +145,7 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     expect([viaPrisma, viaRaw, viaPg, foreignKey].map(isConnectionError)).toEqual([false, false, false, false]);
   });
 
-  it.runIf(backend === "postgres")("recognises a connection the server terminated", async () => {
+  if (backend === "postgres") it("recognises a connection the server terminated", async () => {
     const running = db.prisma.$queryRaw`SELECT pg_sleep(10)`.catch((err: unknown) => err);
     await sleep(200);
     await db.pool.query(
