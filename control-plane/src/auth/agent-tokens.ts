@@ -63,19 +63,21 @@ export function createAgentTokens(secret: Uint8Array, ttlSeconds: number, maxCac
         if (err instanceof errors.JWTExpired) throw new ConnectError("access token has expired", Code.Unauthenticated);
         throw new ConnectError("access token is not valid", Code.Unauthenticated);
       }
-      if (cache.size >= maxCached) evict(cache, now);
+      if (cache.size >= maxCached) evict(cache, now, maxCached);
       cache.set(key, claims);
       return claims;
     },
   };
 }
 
-function evict(cache: Map<string, AccessClaims>, now: number) {
+function evict(cache: Map<string, AccessClaims>, now: number, maxCached: number) {
   for (const [key, claims] of cache) if (claims.expiresAtMs <= now) cache.delete(key);
-  // Still full: drop the oldest insertions (Map iterates in insertion order).
-  let excess = cache.size - Math.floor(cache.size * 0.9);
+  // Still too many live tokens: forget the oldest tenth (Map iterates in insertion order); they
+  // are verified again on their next use.
+  if (cache.size < maxCached) return;
+  let excess = Math.ceil(cache.size / 10);
   for (const key of cache.keys()) {
-    if (cache.size < 1 || excess-- <= 0) break;
+    if (excess-- <= 0) break;
     cache.delete(key);
   }
 }
