@@ -7,11 +7,8 @@ import {
   SubsystemRunSchema,
   SubsystemRunState,
 } from "@redflag/gen/command_pb";
-import { APT, scanApt } from "../scanners/apt.ts";
+import { SCANNERS, scannerNamed } from "../scanners/index.ts";
 import type { Executor } from "./types.ts";
-
-// Package sources this agent can scan.
-const SCANNERS = [APT];
 
 export const scanUpdates: Executor = async (ctx) => {
   const requested = ctx.command.action.case === "scanUpdates" ? ctx.command.action.value.subsystems : [];
@@ -20,10 +17,11 @@ export const scanUpdates: Executor = async (ctx) => {
   const updates: PackageUpdate[] = [];
 
   // An explicit list runs what it names; an empty one runs every enabled subsystem.
-  const names = requested.length > 0 ? [...new Set(requested)] : SCANNERS;
+  const names = requested.length > 0 ? [...new Set(requested)] : SCANNERS.map((s) => s.name);
   for (const name of names) {
     const sub = configured.get(name);
-    if (!SCANNERS.includes(name)) {
+    const scanner = scannerNamed(name);
+    if (!scanner) {
       runs.push(skipped(name, `${name} is not supported by this agent yet`));
       continue;
     }
@@ -32,7 +30,7 @@ export const scanUpdates: Executor = async (ctx) => {
       continue;
     }
     const subsystemMs = sub?.timeoutSeconds ? sub.timeoutSeconds * 1000 : Infinity;
-    const scan = await scanApt({
+    const scan = await scanner.scan({
       refresh: ctx.aptRefresh,
       timeoutMs: Math.max(1000, Math.min(subsystemMs, ctx.deadline - Date.now())),
       signal: ctx.signal,

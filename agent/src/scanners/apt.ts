@@ -9,6 +9,7 @@ import {
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import { runProcess, tail, which, type ProcessResult } from "../run-process.ts";
+import type { Scanner, ScanOptions, ScanResult } from "./types.ts";
 
 export const APT = "apt";
 
@@ -101,19 +102,9 @@ export function parseAptCacheSizes(text: string): Map<string, bigint> {
   return sizes;
 }
 
-export interface AptScanOptions {
-  // Run `apt-get update` first (as root only).
-  refresh: boolean;
-  timeoutMs: number;
-  signal?: AbortSignal | undefined;
-  env: NodeJS.ProcessEnv;
-  isRoot: boolean;
-}
-
-export interface AptScan {
-  run: SubsystemRun;
-  updates: PackageUpdate[];
-}
+// `refresh` runs `apt-get update` first (as root only).
+export type AptScanOptions = ScanOptions;
+export type AptScan = ScanResult;
 
 const SIZE_QUERY_CHUNK = 200;
 
@@ -190,3 +181,5 @@ function failure(what: string, result: ProcessResult): string {
   const status = result.exitCode !== null ? `exit status ${result.exitCode}` : `signal ${result.signal}`;
   return `${what} failed (${status})${stderr ? `: ${tail(stderr, 300)}` : ""}`;
 }
+
+export const aptScanner: Scanner = { name: APT, scan: scanApt };

@@ -1,0 +1,9 @@
+import { aptScanner } from "./apt.ts";
+import type { Scanner } from "./types.ts";
+
+// Every package source this agent knows, in the order a full scan runs them.
+export const SCANNERS: readonly Scanner[] = [aptScanner];
+
+export function scannerNamed(name: string): Scanner | undefined {
+  return SCANNERS.find((s) => s.name === name);
+}
