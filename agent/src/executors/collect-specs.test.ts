@@ -4,7 +4,7 @@ import { OsFamily } from "@redflag/gen/common_pb";
 import os from "node:os";
 import { describe, expect, it } from "vitest";
 import { silentLogger } from "../log.ts";
-import { parseMeminfo, parseMounts } from "./collect-specs.ts";
+import { parseMeminfo, parseMounts } from "../system.ts";
 import { executeCommand } from "./index.ts";
 
 describe("parseMounts", () => {

@@ -15,29 +15,56 @@ describe("scan_updates", () => {
     expect(result.outcome, result.message).toBe(CommandOutcome.SUCCEEDED);
     if (result.detail.case !== "scanUpdates") throw new Error("no scan detail");
     const { updates, subsystems } = result.detail.value;
-    expect(subsystems).toHaveLength(1);
-    expect(subsystems[0]).toMatchObject({ subsystem: "apt", state: SubsystemRunState.RAN, updateCount: updates.length });
-    expect(subsystems[0]!.duration).toBeDefined();
-    expect(result.message).toBe(`found ${updates.length} update(s), ${updates.filter((u) => u.security).length} security`);
+    const apt = subsystems.find((s) => s.subsystem === "apt");
+    expect(apt).toMatchObject({ state: SubsystemRunState.RAN, updateCount: updates.length });
+    expect(apt!.duration).toBeDefined();
+    expect(result.message).toMatch(
+      new RegExp(`^found ${updates.length} update\\(s\\), ${updates.filter((u) => u.security).length} security; system: cpu `),
+    );
+  });
+
+  it("reports system and storage metrics separately from package updates", async () => {
+    const result = await executeCommand(scan(["system", "storage"]), opts);
+    expect(result.outcome, result.message).toBe(CommandOutcome.SUCCEEDED);
+    if (result.detail.case !== "scanUpdates") throw new Error("no scan detail");
+    const { updates, subsystems, systemMetrics, storageMetrics } = result.detail.value;
+    expect(updates).toEqual([]);
+    expect(subsystems.map((s) => [s.subsystem, s.state])).toEqual([
+      ["system", SubsystemRunState.RAN],
+      ["storage", SubsystemRunState.RAN],
+    ]);
+    expect(systemMetrics!.cpuCores).toBeGreaterThan(0);
+    expect(systemMetrics!.cpuUsagePercent).toBeGreaterThanOrEqual(0);
+    expect(systemMetrics!.cpuUsagePercent).toBeLessThanOrEqual(100);
+    expect(systemMetrics!.memoryUsedBytes + systemMetrics!.memoryAvailableBytes).toBe(systemMetrics!.memoryTotalBytes);
+    expect(systemMetrics!.loadAverage).toHaveLength(3);
+    const root = storageMetrics!.disks.find((d) => d.mountPoint === "/");
+    expect(root!.sizeBytes).toBeGreaterThan(root!.usedBytes);
+    expect(root!.inodesTotal).toBeGreaterThanOrEqual(root!.inodesUsed);
+    expect(result.message).toMatch(/^system: cpu [\d.]+%, memory [\d.]+% used.*; storage: \d+ file system\(s\), fullest /);
   });
 
   it("skips subsystems this agent does not have, and apt when the config disables it", async () => {
-    const explicit = await executeCommand(scan(["dnf"]), opts);
+    const explicit = await executeCommand(scan(["portage"]), opts);
     expect(explicit.outcome).toBe(CommandOutcome.SUCCEEDED);
     expect(explicit.detail.value).toMatchObject({
-      subsystems: [{ subsystem: "dnf", state: SubsystemRunState.SKIPPED, message: "dnf is not supported by this agent yet" }],
+      subsystems: [{ subsystem: "portage", state: SubsystemRunState.SKIPPED, message: "portage is not supported by this agent yet" }],
     });
     const disabled = await executeCommand(scan(), {
       ...opts,
-      agentConfig: create(AgentConfigSchema, { subsystems: [{ name: "apt", enabled: false }] }),
+      agentConfig: create(AgentConfigSchema, {
+        subsystems: ["apt", "system", "storage"].map((name) => ({ name, enabled: false })),
+      }),
     });
-    expect(disabled.message).toBe("no package source to scan on this host");
-    expect(disabled.detail.value).toMatchObject({ subsystems: [{ subsystem: "apt", state: SubsystemRunState.SKIPPED }] });
+    if (disabled.detail.case !== "scanUpdates") throw new Error("no scan detail");
+    expect(disabled.detail.value.subsystems.find((s) => s.subsystem === "apt")?.state).toBe(SubsystemRunState.SKIPPED);
+    expect(disabled.detail.value.systemMetrics).toBeUndefined();
   });
 
   it("reports NOT_PRESENT where apt is missing", async () => {
-    const result = await executeCommand(scan(), { ...opts, env: { PATH: "/nonexistent" } });
+    const result = await executeCommand(scan(["apt"]), { ...opts, env: { PATH: "/nonexistent" } });
     expect(result.outcome).toBe(CommandOutcome.SUCCEEDED);
+    expect(result.message).toBe("no package source to scan on this host");
     expect(result.detail.value).toMatchObject({ subsystems: [{ subsystem: "apt", state: SubsystemRunState.NOT_PRESENT }] });
   });
 });

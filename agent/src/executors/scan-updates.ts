@@ -8,6 +8,7 @@ import {
   SubsystemRunState,
 } from "@redflag/gen/command_pb";
 import { SCANNERS, scannerNamed } from "../scanners/index.ts";
+import { collectStorageMetrics, collectSystemMetrics, STORAGE, SYSTEM } from "../scanners/metrics.ts";
 import type { Executor } from "./types.ts";
 
 export const scanUpdates: Executor = async (ctx) => {
@@ -15,18 +16,31 @@ export const scanUpdates: Executor = async (ctx) => {
   const configured = new Map((ctx.agentConfig?.subsystems ?? []).map((s) => [s.name, s]));
   const runs: SubsystemRun[] = [];
   const updates: PackageUpdate[] = [];
+  const result = create(ScanUpdatesResultSchema, {});
 
   // An explicit list runs what it names; an empty one runs every enabled subsystem.
-  const names = requested.length > 0 ? [...new Set(requested)] : SCANNERS.map((s) => s.name);
+  const names = requested.length > 0 ? [...new Set(requested)] : [...SCANNERS.map((s) => s.name), SYSTEM, STORAGE];
   for (const name of names) {
     const sub = configured.get(name);
+    if (requested.length === 0 && sub && !sub.enabled) {
+      runs.push(skipped(name, "disabled in the agent config"));
+      continue;
+    }
+    if (name === SYSTEM) {
+      const system = await collectSystemMetrics(ctx.signal);
+      runs.push(system.run);
+      result.systemMetrics = system.metrics;
+      continue;
+    }
+    if (name === STORAGE) {
+      const storage = await collectStorageMetrics();
+      runs.push(storage.run);
+      result.storageMetrics = storage.metrics;
+      continue;
+    }
     const scanner = scannerNamed(name);
     if (!scanner) {
       runs.push(skipped(name, `${name} is not supported by this agent yet`));
-      continue;
-    }
-    if (requested.length === 0 && sub && !sub.enabled) {
-      runs.push(skipped(name, "disabled in the agent config"));
       continue;
     }
     const subsystemMs = sub?.timeoutSeconds ? sub.timeoutSeconds * 1000 : Infinity;
@@ -41,9 +55,14 @@ export const scanUpdates: Executor = async (ctx) => {
     updates.push(...scan.updates);
   }
 
-  const ran = runs.filter((r) => r.state === SubsystemRunState.RAN);
-  const failed = runs.filter((r) => r.state === SubsystemRunState.FAILED);
-  const detail = { case: "scanUpdates" as const, value: create(ScanUpdatesResultSchema, { updates, subsystems: runs }) };
+  result.updates = updates;
+  result.subsystems = runs;
+  const detail = { case: "scanUpdates" as const, value: result };
+  // Outcome and summary speak of the package sources; metrics add their own line.
+  const sources = runs.filter((r) => r.subsystem !== SYSTEM && r.subsystem !== STORAGE);
+  const metrics = runs.filter((r) => !sources.includes(r) && r.state === SubsystemRunState.RAN);
+  const ran = sources.filter((r) => r.state === SubsystemRunState.RAN);
+  const failed = sources.filter((r) => r.state === SubsystemRunState.FAILED);
   if (ran.length === 0 && failed.length > 0) {
     return {
       outcome: CommandOutcome.FAILED,
@@ -52,10 +71,12 @@ export const scanUpdates: Executor = async (ctx) => {
     };
   }
   const security = updates.filter((u) => u.security).length;
-  const problems = failed.map((r) => `${r.subsystem} failed: ${r.message}`);
-  const message = ran.length === 0
-    ? "no package source to scan on this host"
-    : [`found ${updates.length} update(s), ${security} security`, ...problems].join("; ");
+  const parts: string[] = [];
+  if (ran.length > 0) parts.push(`found ${updates.length} update(s), ${security} security`);
+  else if (sources.length > 0) parts.push("no package source to scan on this host");
+  parts.push(...failed.map((r) => `${r.subsystem} failed: ${r.message}`));
+  parts.push(...metrics.map((r) => `${r.subsystem}: ${r.message}`));
+  const message = parts.join("; ");
   return { outcome: CommandOutcome.SUCCEEDED, message, detail };
 };
 

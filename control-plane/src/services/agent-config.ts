@@ -3,9 +3,10 @@ import { type AgentConfig, AgentConfigSchema } from "@redflag/gen/common_pb";
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
 
-// Package sources the agent knows; each becomes a subsystem the operator can tune.
+// Package sources the agent knows, then the host metrics; each is a subsystem the operator can tune.
 export const SUBSYSTEMS = [
   "apt", "dnf", "zypper", "pacman", "snap", "flatpak", "brew", "winget", "windows_update", "docker",
+  "system", "storage",
 ] as const;
 
 // The effective config for agents. Its revision is derived from its content, so any change

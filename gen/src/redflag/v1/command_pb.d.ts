@@ -681,7 +681,8 @@ export declare type SubsystemRun = Message<"redflag.v1.SubsystemRun"> & {
 export declare const SubsystemRunSchema: GenMessage<SubsystemRun>;
 
 /**
- * ScanUpdatesResult lists the updates found by a scan.
+ * ScanUpdatesResult lists the updates found by a scan, and the host metrics when the
+ * "system" and "storage" subsystems ran.
  *
  * @generated from message redflag.v1.ScanUpdatesResult
  */
@@ -695,6 +696,16 @@ export declare type ScanUpdatesResult = Message<"redflag.v1.ScanUpdatesResult"> 
    * @generated from field: repeated redflag.v1.SubsystemRun subsystems = 2;
    */
   subsystems: SubsystemRun[];
+
+  /**
+   * @generated from field: redflag.v1.SystemMetrics system_metrics = 3;
+   */
+  systemMetrics?: SystemMetrics | undefined;
+
+  /**
+   * @generated from field: redflag.v1.StorageMetrics storage_metrics = 4;
+   */
+  storageMetrics?: StorageMetrics | undefined;
 };
 
 /**
@@ -702,6 +713,96 @@ export declare type ScanUpdatesResult = Message<"redflag.v1.ScanUpdatesResult"> 
  * Use `create(ScanUpdatesResultSchema)` to create a new message.
  */
 export declare const ScanUpdatesResultSchema: GenMessage<ScanUpdatesResult>;
+
+/**
+ * SystemMetrics is a reading of the host's CPU, memory, load and uptime.
+ *
+ * @generated from message redflag.v1.SystemMetrics
+ */
+export declare type SystemMetrics = Message<"redflag.v1.SystemMetrics"> & {
+  /**
+   * Busy share of all CPUs over a short sample, 0..100.
+   *
+   * @generated from field: double cpu_usage_percent = 1;
+   */
+  cpuUsagePercent: number;
+
+  /**
+   * @generated from field: uint32 cpu_cores = 2;
+   */
+  cpuCores: number;
+
+  /**
+   * @generated from field: uint64 memory_total_bytes = 3;
+   */
+  memoryTotalBytes: bigint;
+
+  /**
+   * @generated from field: uint64 memory_used_bytes = 4;
+   */
+  memoryUsedBytes: bigint;
+
+  /**
+   * @generated from field: uint64 memory_available_bytes = 5;
+   */
+  memoryAvailableBytes: bigint;
+
+  /**
+   * @generated from field: uint64 swap_total_bytes = 6;
+   */
+  swapTotalBytes: bigint;
+
+  /**
+   * @generated from field: uint64 swap_used_bytes = 7;
+   */
+  swapUsedBytes: bigint;
+
+  /**
+   * 1, 5 and 15 minute load averages.
+   *
+   * @generated from field: repeated double load_average = 8;
+   */
+  loadAverage: number[];
+
+  /**
+   * @generated from field: uint64 uptime_seconds = 9;
+   */
+  uptimeSeconds: bigint;
+
+  /**
+   * @generated from field: bool reboot_required = 10;
+   */
+  rebootRequired: boolean;
+
+  /**
+   * @generated from field: repeated string reboot_required_by = 11;
+   */
+  rebootRequiredBy: string[];
+};
+
+/**
+ * Describes the message redflag.v1.SystemMetrics.
+ * Use `create(SystemMetricsSchema)` to create a new message.
+ */
+export declare const SystemMetricsSchema: GenMessage<SystemMetrics>;
+
+/**
+ * StorageMetrics reads every real file system of the host.
+ *
+ * @generated from message redflag.v1.StorageMetrics
+ */
+export declare type StorageMetrics = Message<"redflag.v1.StorageMetrics"> & {
+  /**
+   * @generated from field: repeated redflag.v1.DiskInfo disks = 1;
+   */
+  disks: DiskInfo[];
+};
+
+/**
+ * Describes the message redflag.v1.StorageMetrics.
+ * Use `create(StorageMetricsSchema)` to create a new message.
+ */
+export declare const StorageMetricsSchema: GenMessage<StorageMetrics>;
 
 /**
  * DiskInfo describes one mounted file system.
