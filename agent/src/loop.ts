@@ -11,6 +11,7 @@ import { processCommands, type ProcessSummary } from "./commands.ts";
 import { defaultConfig, type Config } from "./config.ts";
 import type { PinnedKeys } from "./envelope.ts";
 import { AgentError, classify, connectCode, describeError, EXIT_USAGE } from "./errors.ts";
+import { createBreakers } from "./breaker.ts";
 import { executeCommand, type ExecutorTable } from "./executors/index.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createSession, type Session } from "./session.ts";
@@ -184,11 +185,13 @@ function createAgent(deps: AgentDeps) {
       rebootRequired: await exists("/var/run/reboot-required"),
     });
 
+  const breakers = createBreakers();
   const execute = async (command: Parameters<typeof executeCommand>[0]): Promise<CommandResult> => {
     const result = await executeCommand(command, {
       executors: deps.executors,
       agentConfig: session.registration.agentConfig,
       aptRefresh: config.aptRefresh,
+      breakers,
       env: deps.env,
       logger,
       stopSignal: commandStop.signal,

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import { type Command, CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
+import { createBreakers, type Breakers } from "../breaker.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { scanUpdates } from "./scan-updates.ts";
@@ -21,6 +22,8 @@ export interface ExecuteOptions {
   executors?: ExecutorTable;
   agentConfig: AgentConfig | undefined;
   aptRefresh: boolean;
+  // Default: fresh breakers for this command only.
+  breakers?: Breakers | undefined;
   env: NodeJS.ProcessEnv;
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
@@ -92,6 +95,7 @@ async function runWithLimits(
           deadline: Date.now() + timeoutSeconds * 1000,
           agentConfig: opts.agentConfig,
           aptRefresh: opts.aptRefresh,
+          breakers: opts.breakers ?? createBreakers(),
           env: opts.env,
           logger: opts.logger,
         }),

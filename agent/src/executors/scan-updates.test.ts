@@ -2,6 +2,10 @@ import { create } from "@bufbuild/protobuf";
 import { AgentConfigSchema } from "@redflag/gen/common_pb";
 import { CommandOutcome, CommandSchema, ScanUpdatesSchema, SubsystemRunState } from "@redflag/gen/command_pb";
 import { describe, expect, it } from "vitest";
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createBreakers } from "../breaker.ts";
 import { silentLogger } from "../log.ts";
 import { executeCommand } from "./index.ts";
 
@@ -66,5 +70,37 @@ describe("scan_updates", () => {
     expect(result.outcome).toBe(CommandOutcome.SUCCEEDED);
     expect(result.message).toBe("no package source to scan on this host");
     expect(result.detail.value).toMatchObject({ subsystems: [{ subsystem: "apt", state: SubsystemRunState.NOT_PRESENT }] });
+  });
+
+  it("skips a subsystem whose circuit breaker opened, unless an operator names it", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "redflag-breaker-"));
+    try {
+      await writeFile(path.join(dir, "apt"), '#!/bin/sh\necho "E: Could not open lock file /var/lib/dpkg/lock-frontend" >&2\nexit 100\n');
+      await chmod(path.join(dir, "apt"), 0o755);
+      const agentConfig = create(AgentConfigSchema, {
+        subsystems: [
+          { name: "apt", enabled: true, circuitBreaker: { failureThreshold: 2, windowSeconds: 600, cooldownSeconds: 600 } },
+          { name: "system", enabled: false },
+          { name: "storage", enabled: false },
+        ],
+      });
+      const run = { ...opts, agentConfig, env: { PATH: dir }, breakers: createBreakers() };
+      for (let i = 0; i < 2; i++) {
+        const failed = await executeCommand(scan(), run);
+        expect(failed.outcome).toBe(CommandOutcome.FAILED);
+        expect(failed.message).toMatch(/^apt: apt list --upgradable failed \(exit status 100\): E: Could not open lock file/);
+      }
+      const skippedRun = await executeCommand(scan(), run);
+      if (skippedRun.detail.case !== "scanUpdates") throw new Error("no scan detail");
+      expect(skippedRun.detail.value.subsystems.find((s) => s.subsystem === "apt")).toMatchObject({
+        state: SubsystemRunState.SKIPPED,
+        message: expect.stringMatching(/^circuit breaker open after 2 failure\(s\) in 600s; next try after /),
+      });
+      expect(skippedRun.message).toMatch(/^apt skipped: circuit breaker open/);
+      const named = await executeCommand(scan(["apt"]), run);
+      expect(named.outcome).toBe(CommandOutcome.FAILED);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

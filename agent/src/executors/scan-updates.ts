@@ -43,6 +43,12 @@ export const scanUpdates: Executor = async (ctx) => {
       runs.push(skipped(name, `${name} is not supported by this agent yet`));
       continue;
     }
+    // An operator who names a subsystem gets a run even while its breaker is open.
+    const breaker = ctx.breakers.check(name, sub?.circuitBreaker);
+    if (!breaker.allowed && requested.length === 0) {
+      runs.push(skipped(name, breaker.reason));
+      continue;
+    }
     const subsystemMs = sub?.timeoutSeconds ? sub.timeoutSeconds * 1000 : Infinity;
     const scan = await scanner.scan({
       refresh: ctx.aptRefresh,
@@ -51,6 +57,7 @@ export const scanUpdates: Executor = async (ctx) => {
       env: ctx.env,
       isRoot: process.getuid?.() === 0,
     });
+    ctx.breakers.record(name, sub?.circuitBreaker, scan.run.state !== SubsystemRunState.FAILED);
     runs.push(scan.run);
     updates.push(...scan.updates);
   }
@@ -73,8 +80,11 @@ export const scanUpdates: Executor = async (ctx) => {
   const security = updates.filter((u) => u.security).length;
   const parts: string[] = [];
   if (ran.length > 0) parts.push(`found ${updates.length} update(s), ${security} security`);
-  else if (sources.length > 0) parts.push("no package source to scan on this host");
+  else if (sources.length > 0 && sources.every((r) => r.state === SubsystemRunState.NOT_PRESENT)) {
+    parts.push("no package source to scan on this host");
+  }
   parts.push(...failed.map((r) => `${r.subsystem} failed: ${r.message}`));
+  parts.push(...sources.filter((r) => r.state === SubsystemRunState.SKIPPED).map((r) => `${r.subsystem} skipped: ${r.message}`));
   parts.push(...metrics.map((r) => `${r.subsystem}: ${r.message}`));
   const message = parts.join("; ");
   return { outcome: CommandOutcome.SUCCEEDED, message, detail };

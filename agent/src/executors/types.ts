@@ -1,5 +1,6 @@
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import type { Command, CommandOutcome, CommandResult } from "@redflag/gen/command_pb";
+import type { Breakers } from "../breaker.ts";
 import type { Logger } from "../log.ts";
 
 export interface ExecutorContext {
@@ -9,6 +10,8 @@ export interface ExecutorContext {
   readonly deadline: number;
   readonly agentConfig: AgentConfig | undefined;
   readonly aptRefresh: boolean;
+  // Circuit breakers per subsystem, kept for the life of the agent.
+  readonly breakers: Breakers;
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
   readonly logger: Logger;

@@ -22,6 +22,7 @@ export function buildAgentConfig(config: Config): AgentConfig {
       autoRun: false,
       intervalSeconds: 6 * 3600,
       timeoutSeconds: 15 * 60,
+      circuitBreaker: { failureThreshold: 3, windowSeconds: 3600, cooldownSeconds: 30 * 60 },
     })),
   });
   const digest = createHash("sha256").update(toBinary(AgentConfigSchema, body)).digest();

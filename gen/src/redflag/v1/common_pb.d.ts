@@ -116,6 +116,11 @@ export declare type SubsystemConfig = Message<"redflag.v1.SubsystemConfig"> & {
    * @generated from field: uint32 timeout_seconds = 5;
    */
   timeoutSeconds: number;
+
+  /**
+   * @generated from field: redflag.v1.CircuitBreakerConfig circuit_breaker = 6;
+   */
+  circuitBreaker?: CircuitBreakerConfig | undefined;
 };
 
 /**
@@ -123,6 +128,38 @@ export declare type SubsystemConfig = Message<"redflag.v1.SubsystemConfig"> & {
  * Use `create(SubsystemConfigSchema)` to create a new message.
  */
 export declare const SubsystemConfigSchema: GenMessage<SubsystemConfig>;
+
+/**
+ * CircuitBreakerConfig stops running a subsystem that keeps failing. After failure_threshold
+ * failures within window_seconds the breaker opens and the subsystem is skipped for
+ * cooldown_seconds; then one trial run decides whether it closes again or stays open.
+ *
+ * @generated from message redflag.v1.CircuitBreakerConfig
+ */
+export declare type CircuitBreakerConfig = Message<"redflag.v1.CircuitBreakerConfig"> & {
+  /**
+   * 0 disables the breaker.
+   *
+   * @generated from field: uint32 failure_threshold = 1;
+   */
+  failureThreshold: number;
+
+  /**
+   * @generated from field: uint32 window_seconds = 2;
+   */
+  windowSeconds: number;
+
+  /**
+   * @generated from field: uint32 cooldown_seconds = 3;
+   */
+  cooldownSeconds: number;
+};
+
+/**
+ * Describes the message redflag.v1.CircuitBreakerConfig.
+ * Use `create(CircuitBreakerConfigSchema)` to create a new message.
+ */
+export declare const CircuitBreakerConfigSchema: GenMessage<CircuitBreakerConfig>;
 
 /**
  * AgentConfig is the per-agent configuration decided by the control plane.
