@@ -12,6 +12,7 @@ import { defaultConfig, type Config } from "./config.ts";
 import type { PinnedKeys } from "./envelope.ts";
 import { AgentError, classify, connectCode, describeError, EXIT_USAGE } from "./errors.ts";
 import { createBreakers } from "./breaker.ts";
+import { createSourceLocks } from "./source-lock.ts";
 import { executeCommand, type ExecutorTable } from "./executors/index.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createSession, type Session } from "./session.ts";
@@ -186,12 +187,14 @@ function createAgent(deps: AgentDeps) {
     });
 
   const breakers = createBreakers();
+  const locks = createSourceLocks();
   const execute = async (command: Parameters<typeof executeCommand>[0]): Promise<CommandResult> => {
     const result = await executeCommand(command, {
       executors: deps.executors,
       agentConfig: session.registration.agentConfig,
       aptRefresh: config.aptRefresh,
       breakers,
+      locks,
       env: deps.env,
       logger,
       stopSignal: commandStop.signal,

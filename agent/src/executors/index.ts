@@ -3,6 +3,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import { type Command, CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
 import { createBreakers, type Breakers } from "../breaker.ts";
+import { createSourceLocks, type SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { scanUpdates } from "./scan-updates.ts";
@@ -24,6 +25,7 @@ export interface ExecuteOptions {
   aptRefresh: boolean;
   // Default: fresh breakers for this command only.
   breakers?: Breakers | undefined;
+  locks?: SourceLocks | undefined;
   env: NodeJS.ProcessEnv;
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
@@ -96,6 +98,7 @@ async function runWithLimits(
           agentConfig: opts.agentConfig,
           aptRefresh: opts.aptRefresh,
           breakers: opts.breakers ?? createBreakers(),
+          locks: opts.locks ?? createSourceLocks(),
           env: opts.env,
           logger: opts.logger,
         }),

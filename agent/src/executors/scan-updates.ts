@@ -50,13 +50,13 @@ export const scanUpdates: Executor = async (ctx) => {
       continue;
     }
     const subsystemMs = sub?.timeoutSeconds ? sub.timeoutSeconds * 1000 : Infinity;
-    const scan = await scanner.scan({
+    const scan = await ctx.locks.run(name, () => scanner.scan({
       refresh: ctx.aptRefresh,
       timeoutMs: Math.max(1000, Math.min(subsystemMs, ctx.deadline - Date.now())),
       signal: ctx.signal,
       env: ctx.env,
       isRoot: process.getuid?.() === 0,
-    });
+    }));
     ctx.breakers.record(name, sub?.circuitBreaker, scan.run.state !== SubsystemRunState.FAILED);
     runs.push(scan.run);
     updates.push(...scan.updates);

@@ -1,6 +1,7 @@
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import type { Command, CommandOutcome, CommandResult } from "@redflag/gen/command_pb";
 import type { Breakers } from "../breaker.ts";
+import type { SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
 
 export interface ExecutorContext {
@@ -12,6 +13,8 @@ export interface ExecutorContext {
   readonly aptRefresh: boolean;
   // Circuit breakers per subsystem, kept for the life of the agent.
   readonly breakers: Breakers;
+  // Serialises package-manager operations per source across commands.
+  readonly locks: SourceLocks;
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
   readonly logger: Logger;

@@ -566,6 +566,42 @@ export declare type CommandResult = Message<"redflag.v1.CommandResult"> & {
      */
     value: CollectSpecsResult;
     case: "collectSpecs";
+  } | {
+    /**
+     * @generated from field: redflag.v1.InstallResult install_updates = 12;
+     */
+    value: InstallResult;
+    case: "installUpdates";
+  } | {
+    /**
+     * @generated from field: redflag.v1.DryRunResult dry_run_update = 13;
+     */
+    value: DryRunResult;
+    case: "dryRunUpdate";
+  } | {
+    /**
+     * @generated from field: redflag.v1.InstallResult confirm_dependencies = 14;
+     */
+    value: InstallResult;
+    case: "confirmDependencies";
+  } | {
+    /**
+     * @generated from field: redflag.v1.InstallResult rollback_update = 15;
+     */
+    value: InstallResult;
+    case: "rollbackUpdate";
+  } | {
+    /**
+     * @generated from field: redflag.v1.RebootResult reboot = 16;
+     */
+    value: RebootResult;
+    case: "reboot";
+  } | {
+    /**
+     * @generated from field: redflag.v1.HeartbeatResult heartbeat = 17;
+     */
+    value: HeartbeatResult;
+    case: "heartbeat";
   } | { case: undefined; value?: undefined };
 };
 
@@ -574,6 +610,208 @@ export declare type CommandResult = Message<"redflag.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export declare const CommandResultSchema: GenMessage<CommandResult>;
+
+/**
+ * PackageResult is the outcome for one package of an install, confirm or rollback.
+ *
+ * @generated from message redflag.v1.PackageResult
+ */
+export declare type PackageResult = Message<"redflag.v1.PackageResult"> & {
+  /**
+   * @generated from field: string source = 1;
+   */
+  source: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string architecture = 3;
+   */
+  architecture: string;
+
+  /**
+   * @generated from field: string from_version = 4;
+   */
+  fromVersion: string;
+
+  /**
+   * @generated from field: string to_version = 5;
+   */
+  toVersion: string;
+
+  /**
+   * @generated from field: redflag.v1.PackageResultState state = 6;
+   */
+  state: PackageResultState;
+
+  /**
+   * Why it failed or was skipped, in the tool's words where it gave any.
+   *
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message redflag.v1.PackageResult.
+ * Use `create(PackageResultSchema)` to create a new message.
+ */
+export declare const PackageResultSchema: GenMessage<PackageResult>;
+
+/**
+ * ToolOutput is a bounded excerpt of what a package tool printed.
+ *
+ * @generated from message redflag.v1.ToolOutput
+ */
+export declare type ToolOutput = Message<"redflag.v1.ToolOutput"> & {
+  /**
+   * The argv that ran, for the record.
+   *
+   * @generated from field: repeated string argv = 1;
+   */
+  argv: string[];
+
+  /**
+   * @generated from field: int32 exit_code = 2;
+   */
+  exitCode: number;
+
+  /**
+   * The last few KiB of each stream.
+   *
+   * @generated from field: string stdout_tail = 3;
+   */
+  stdoutTail: string;
+
+  /**
+   * @generated from field: string stderr_tail = 4;
+   */
+  stderrTail: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 5;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * @generated from field: bool timed_out = 6;
+   */
+  timedOut: boolean;
+};
+
+/**
+ * Describes the message redflag.v1.ToolOutput.
+ * Use `create(ToolOutputSchema)` to create a new message.
+ */
+export declare const ToolOutputSchema: GenMessage<ToolOutput>;
+
+/**
+ * InstallResult reports an install, a confirmed dry run or a rollback, per package.
+ *
+ * @generated from message redflag.v1.InstallResult
+ */
+export declare type InstallResult = Message<"redflag.v1.InstallResult"> & {
+  /**
+   * @generated from field: repeated redflag.v1.PackageResult packages = 1;
+   */
+  packages: PackageResult[];
+
+  /**
+   * @generated from field: repeated redflag.v1.ToolOutput output = 2;
+   */
+  output: ToolOutput[];
+
+  /**
+   * @generated from field: bool reboot_required = 3;
+   */
+  rebootRequired: boolean;
+};
+
+/**
+ * Describes the message redflag.v1.InstallResult.
+ * Use `create(InstallResultSchema)` to create a new message.
+ */
+export declare const InstallResultSchema: GenMessage<InstallResult>;
+
+/**
+ * DryRunResult is the full set of changes an install would make, new dependencies and
+ * removals included.
+ *
+ * @generated from message redflag.v1.DryRunResult
+ */
+export declare type DryRunResult = Message<"redflag.v1.DryRunResult"> & {
+  /**
+   * @generated from field: repeated redflag.v1.PackageChange changes = 1;
+   */
+  changes: PackageChange[];
+
+  /**
+   * @generated from field: repeated redflag.v1.ToolOutput output = 2;
+   */
+  output: ToolOutput[];
+};
+
+/**
+ * Describes the message redflag.v1.DryRunResult.
+ * Use `create(DryRunResultSchema)` to create a new message.
+ */
+export declare const DryRunResultSchema: GenMessage<DryRunResult>;
+
+/**
+ * RebootResult says whether and when the host will restart.
+ *
+ * @generated from message redflag.v1.RebootResult
+ */
+export declare type RebootResult = Message<"redflag.v1.RebootResult"> & {
+  /**
+   * @generated from field: bool scheduled = 1;
+   */
+  scheduled: boolean;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp reboot_time = 2;
+   */
+  rebootTime?: Timestamp | undefined;
+
+  /**
+   * Whether the host reported that it needed a reboot.
+   *
+   * @generated from field: bool was_required = 3;
+   */
+  wasRequired: boolean;
+};
+
+/**
+ * Describes the message redflag.v1.RebootResult.
+ * Use `create(RebootResultSchema)` to create a new message.
+ */
+export declare const RebootResultSchema: GenMessage<RebootResult>;
+
+/**
+ * HeartbeatResult says until when the agent polls rapidly; unset when heartbeat is off.
+ *
+ * @generated from message redflag.v1.HeartbeatResult
+ */
+export declare type HeartbeatResult = Message<"redflag.v1.HeartbeatResult"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp until = 1;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * @generated from field: uint32 interval_seconds = 2;
+   */
+  intervalSeconds: number;
+};
+
+/**
+ * Describes the message redflag.v1.HeartbeatResult.
+ * Use `create(HeartbeatResultSchema)` to create a new message.
+ */
+export declare const HeartbeatResultSchema: GenMessage<HeartbeatResult>;
 
 /**
  * PackageUpdate is one pending update the agent found.
@@ -1077,6 +1315,40 @@ export enum CommandOutcome {
  * Describes the enum redflag.v1.CommandOutcome.
  */
 export declare const CommandOutcomeSchema: GenEnum<CommandOutcome>;
+
+/**
+ * PackageResultState is what an install did to one package.
+ *
+ * @generated from enum redflag.v1.PackageResultState
+ */
+export enum PackageResultState {
+  /**
+   * @generated from enum value: PACKAGE_RESULT_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: PACKAGE_RESULT_STATE_INSTALLED = 1;
+   */
+  INSTALLED = 1,
+
+  /**
+   * @generated from enum value: PACKAGE_RESULT_STATE_FAILED = 2;
+   */
+  FAILED = 2,
+
+  /**
+   * Not attempted: held, excluded, already current, or the transaction stopped first.
+   *
+   * @generated from enum value: PACKAGE_RESULT_STATE_SKIPPED = 3;
+   */
+  SKIPPED = 3,
+}
+
+/**
+ * Describes the enum redflag.v1.PackageResultState.
+ */
+export declare const PackageResultStateSchema: GenEnum<PackageResultState>;
 
 /**
  * UpdateSeverity ranks an update by what its source says about it.
