@@ -197,6 +197,13 @@ export declare type AgentConfig = Message<"redflag.v1.AgentConfig"> & {
    * @generated from field: repeated redflag.v1.SubsystemConfig subsystems = 5;
    */
   subsystems: SubsystemConfig[];
+
+  /**
+   * Packages the agent never installs, upgrades, downgrades or removes.
+   *
+   * @generated from field: repeated redflag.v1.PackageHold holds = 6;
+   */
+  holds: PackageHold[];
 };
 
 /**
@@ -204,6 +211,36 @@ export declare type AgentConfig = Message<"redflag.v1.AgentConfig"> & {
  * Use `create(AgentConfigSchema)` to create a new message.
  */
 export declare const AgentConfigSchema: GenMessage<AgentConfig>;
+
+/**
+ * PackageHold keeps one package as it is, whatever an install asks.
+ *
+ * @generated from message redflag.v1.PackageHold
+ */
+export declare type PackageHold = Message<"redflag.v1.PackageHold"> & {
+  /**
+   * Package source such as "apt"; "*" matches every source.
+   *
+   * @generated from field: string source = 1;
+   */
+  source: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message redflag.v1.PackageHold.
+ * Use `create(PackageHoldSchema)` to create a new message.
+ */
+export declare const PackageHoldSchema: GenMessage<PackageHold>;
 
 /**
  * AgentStatus is what the agent says about itself on every poll.
