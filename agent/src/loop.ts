@@ -13,6 +13,7 @@ import type { PinnedKeys } from "./envelope.ts";
 import { AgentError, classify, connectCode, describeError, EXIT_USAGE } from "./errors.ts";
 import { createBreakers } from "./breaker.ts";
 import { createSourceLocks } from "./source-lock.ts";
+import { createHeartbeat } from "./heartbeat.ts";
 import { executeCommand, type ExecutorTable } from "./executors/index.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createSession, type Session } from "./session.ts";
@@ -171,8 +172,9 @@ function createAgent(deps: AgentDeps) {
   if (stop.aborted) onStop();
   else stop.addEventListener("abort", onStop, { once: true });
 
+  // Heartbeat mode, while it lasts, wins over what the server suggests.
   const intervalSeconds = (next?: number) =>
-    next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds;
+    heartbeat.interval(Date.now()) ?? (next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds);
 
   const status = async () =>
     create(AgentStatusSchema, {
@@ -188,6 +190,7 @@ function createAgent(deps: AgentDeps) {
 
   const breakers = createBreakers();
   const locks = createSourceLocks();
+  const heartbeat = createHeartbeat();
   const execute = async (command: Parameters<typeof executeCommand>[0]): Promise<CommandResult> => {
     const result = await executeCommand(command, {
       executors: deps.executors,
@@ -195,6 +198,7 @@ function createAgent(deps: AgentDeps) {
       aptRefresh: config.aptRefresh,
       breakers,
       locks,
+      heartbeat,
       env: deps.env,
       logger,
       stopSignal: commandStop.signal,

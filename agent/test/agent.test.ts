@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { CollectSpecsSchema, type Command, CommandOutcome, RebootSchema, ScanUpdatesSchema, SignedCommandSchema, SubsystemRunState } from "@redflag/gen/command_pb";
+import { CollectSpecsSchema, type Command, CommandOutcome, DisableHeartbeatSchema, EnableHeartbeatSchema, RebootSchema, ScanUpdatesSchema, SignedCommandSchema, SubsystemRunState } from "@redflag/gen/command_pb";
 import { execFile } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
@@ -10,6 +10,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type ExecutorTable } from "../src/executors/index.ts";
+import { disableHeartbeat, enableHeartbeat } from "../src/executors/heartbeat.ts";
 import { computeMachineId, readHostIdentifiers } from "../src/state/identity.ts";
 import { openJournal } from "../src/state/journal.ts";
 import { silentLogger } from "../src/log.ts";
@@ -324,6 +325,22 @@ describe("run", () => {
     const summary = await agent.stop();
     expect(summary.executed).toBe(1);
     expect(summary.cycles).toBeGreaterThanOrEqual(2);
+  });
+
+  it("polls every few seconds in heartbeat mode, then falls back when it is switched off", async () => {
+    cp.nextPollSeconds = 30;
+    const on = cp.queue({ case: "enableHeartbeat", value: create(EnableHeartbeatSchema, { intervalSeconds: 1, duration: { seconds: 600n } }) });
+    const agent = start({ longPollSeconds: 60, executors: { enableHeartbeat, disableHeartbeat } });
+    await until(() => cp.results.has(on), "heartbeat on", 8000);
+    expect(cp.results.get(on)).toMatchObject({ outcome: CommandOutcome.SUCCEEDED, detail: { case: "heartbeat", value: { intervalSeconds: 1 } } });
+    const afterOn = cp.polls.length;
+    await until(() => cp.polls.length >= afterOn + 3, "three quick polls", 8000);
+    expect(cp.polls.slice(afterOn, afterOn + 3).map((p) => p.waitSeconds)).toEqual([1, 1, 1]);
+    const off = cp.queue({ case: "disableHeartbeat", value: create(DisableHeartbeatSchema) });
+    await until(() => cp.results.has(off), "heartbeat off", 8000);
+    // The result goes out at the start of the next cycle, whose poll already waits the normal interval.
+    await until(() => cp.polls.at(-1)?.waitSeconds === 30, "a normal poll", 8000);
+    await agent.stop();
   });
 
   it("long-polls, never longer than the poll interval", async () => {

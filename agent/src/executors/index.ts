@@ -3,7 +3,9 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import { type Command, CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
 import { createBreakers, type Breakers } from "../breaker.ts";
+import { createHeartbeat, type Heartbeat } from "../heartbeat.ts";
 import { createSourceLocks, type SourceLocks } from "../source-lock.ts";
+import { disableHeartbeat, enableHeartbeat } from "./heartbeat.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { scanUpdates } from "./scan-updates.ts";
@@ -13,7 +15,7 @@ export type { ActionKind, Executor, ExecutorContext, ExecutorOutcome } from "./t
 
 export type ExecutorTable = Partial<Record<ActionKind, Executor>>;
 
-export const defaultExecutors: ExecutorTable = { scanUpdates, collectSpecs };
+export const defaultExecutors: ExecutorTable = { scanUpdates, collectSpecs, enableHeartbeat, disableHeartbeat };
 
 // Used when neither the command nor the agent config gives a timeout.
 export const DEFAULT_COMMAND_TIMEOUT_SECONDS = 600;
@@ -26,6 +28,7 @@ export interface ExecuteOptions {
   // Default: fresh breakers for this command only.
   breakers?: Breakers | undefined;
   locks?: SourceLocks | undefined;
+  heartbeat?: Heartbeat | undefined;
   env: NodeJS.ProcessEnv;
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
@@ -99,6 +102,7 @@ async function runWithLimits(
           aptRefresh: opts.aptRefresh,
           breakers: opts.breakers ?? createBreakers(),
           locks: opts.locks ?? createSourceLocks(),
+          heartbeat: opts.heartbeat ?? createHeartbeat(),
           env: opts.env,
           logger: opts.logger,
         }),

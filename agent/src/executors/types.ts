@@ -1,6 +1,7 @@
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import type { Command, CommandOutcome, CommandResult } from "@redflag/gen/command_pb";
 import type { Breakers } from "../breaker.ts";
+import type { Heartbeat } from "../heartbeat.ts";
 import type { SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
 
@@ -15,6 +16,8 @@ export interface ExecutorContext {
   readonly breakers: Breakers;
   // Serialises package-manager operations per source across commands.
   readonly locks: SourceLocks;
+  // The poll loop's heartbeat mode.
+  readonly heartbeat: Heartbeat;
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
   readonly logger: Logger;
