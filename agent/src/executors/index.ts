@@ -6,6 +6,7 @@ import { createBreakers, type Breakers } from "../breaker.ts";
 import { createHeartbeat, type Heartbeat } from "../heartbeat.ts";
 import { createSourceLocks, type SourceLocks } from "../source-lock.ts";
 import { disableHeartbeat, enableHeartbeat } from "./heartbeat.ts";
+import { reboot } from "./reboot.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { scanUpdates } from "./scan-updates.ts";
@@ -15,7 +16,7 @@ export type { ActionKind, Executor, ExecutorContext, ExecutorOutcome } from "./t
 
 export type ExecutorTable = Partial<Record<ActionKind, Executor>>;
 
-export const defaultExecutors: ExecutorTable = { scanUpdates, collectSpecs, enableHeartbeat, disableHeartbeat };
+export const defaultExecutors: ExecutorTable = { scanUpdates, collectSpecs, enableHeartbeat, disableHeartbeat, reboot };
 
 // Used when neither the command nor the agent config gives a timeout.
 export const DEFAULT_COMMAND_TIMEOUT_SECONDS = 600;

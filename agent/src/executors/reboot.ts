@@ -1,0 +1,80 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { CommandOutcome, RebootResultSchema } from "@redflag/gen/command_pb";
+import { runProcess, tail, which } from "../run-process.ts";
+import { rebootRequired } from "../system.ts";
+import type { Executor, ExecutorOutcome } from "./types.ts";
+
+// The restart is always at least a minute away, so the agent can journal and report the
+// result before the host goes down.
+const MIN_DELAY_SECONDS = 60;
+const MAX_DELAY_SECONDS = 7 * 86_400;
+const MAX_MESSAGE_CHARS = 200;
+
+export interface RebootPlan {
+  argv: string[];
+  delaySeconds: number;
+}
+
+// How to schedule a restart on this platform; null when the agent does not know how.
+export function rebootPlan(platform: NodeJS.Platform, tool: string, delaySeconds: number, message: string): RebootPlan | null {
+  const delay = Math.max(MIN_DELAY_SECONDS, delaySeconds);
+  if (platform === "win32") {
+    const argv = [tool, "/r", "/t", String(delay), "/d", "p:0:0"];
+    return { argv: message ? [...argv, "/c", message] : argv, delaySeconds: delay };
+  }
+  if (platform === "linux" || platform === "darwin" || platform === "freebsd") {
+    // shutdown(8) counts in whole minutes.
+    const minutes = Math.ceil(delay / 60);
+    return { argv: message ? [tool, "-r", `+${minutes}`, message] : [tool, "-r", `+${minutes}`], delaySeconds: minutes * 60 };
+  }
+  return null;
+}
+
+type RebootCheck = () => Promise<{ required: boolean; by: string[] }>;
+
+// `check` says whether the host needs a reboot (tests give their own).
+export const createReboot = (check: RebootCheck = rebootRequired): Executor => async (ctx): Promise<ExecutorOutcome> => {
+  if (ctx.command.action.case !== "reboot") throw new Error("not a reboot command");
+  const { delaySeconds, message, force } = ctx.command.action.value;
+  if (delaySeconds > MAX_DELAY_SECONDS) {
+    return { outcome: CommandOutcome.FAILED, message: `reboot delay ${delaySeconds}s is above the 7-day limit` };
+  }
+  // eslint-disable-next-line no-control-regex
+  if (message.length > MAX_MESSAGE_CHARS || /[\u0000-\u001f\u007f]/.test(message) || message.startsWith("-")) {
+    return { outcome: CommandOutcome.FAILED, message: `reboot message must be at most ${MAX_MESSAGE_CHARS} printable characters and not start with "-"` };
+  }
+  const required = await check();
+  const notNeeded = (why: string) => ({
+    outcome: CommandOutcome.SUCCEEDED,
+    message: why,
+    detail: { case: "reboot" as const, value: create(RebootResultSchema, { scheduled: false, wasRequired: false }) },
+  });
+  if (!required.required && !force) return notNeeded("no reboot needed; nothing scheduled (use force to reboot anyway)");
+
+  const windows = process.platform === "win32";
+  const tool = await which(windows ? "shutdown.exe" : "shutdown", ctx.env.PATH ?? "");
+  if (!tool) return { outcome: CommandOutcome.FAILED, message: "cannot reboot: shutdown is not available on this host" };
+  const plan = rebootPlan(process.platform, tool, delaySeconds, message);
+  if (!plan) return { outcome: CommandOutcome.FAILED, message: `reboot is not supported on ${process.platform}` };
+
+  const res = await runProcess(plan.argv, { env: ctx.env, signal: ctx.signal, timeoutMs: 30_000 });
+  if (res.exitCode !== 0) {
+    const why = res.spawnError?.message ?? (tail(res.stderr.trim() || res.stdout.trim(), 300) || `exit status ${res.exitCode}`);
+    return { outcome: CommandOutcome.FAILED, message: `could not schedule the reboot: ${why}` };
+  }
+  const at = Date.now() + plan.delaySeconds * 1000;
+  const because = required.required
+    ? `required${required.by.length ? ` by ${required.by.slice(0, 5).join(", ")}` : ""}`
+    : "forced";
+  return {
+    outcome: CommandOutcome.SUCCEEDED,
+    message: `reboot scheduled for ${new Date(at).toISOString()} (${because})`,
+    detail: {
+      case: "reboot",
+      value: create(RebootResultSchema, { scheduled: true, rebootTime: timestampFromMs(at), wasRequired: required.required }),
+    },
+  };
+};
+
+export const reboot = createReboot();
