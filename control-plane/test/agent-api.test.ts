@@ -1,5 +1,6 @@
 import { fromBinary } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandOutcome, CommandSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
@@ -349,6 +350,33 @@ describe("ReportResults", () => {
     const fleet = (await cp.admin.fleet.getAgent({ agentId: agent.agentId })).agent!;
     expect(fleet).toMatchObject({ pendingUpdateCount: 1, securityUpdateCount: 1 });
     expect(fleet.lastScanTime).toBeDefined();
+  });
+
+  it("records scheduled scans once, in time order, without commands", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const scanOf = (name: string) => ({
+      updates: [{ source: "apt", name, currentVersion: "1", availableVersion: "2", architecture: "amd64", severity: UpdateSeverity.UNKNOWN }],
+      subsystems: [{ subsystem: "apt", state: SubsystemRunState.RAN, updateCount: 1 }],
+    });
+    const newer = { id: randomUUID(), scanTime: timestampFromDate(new Date(Date.now() - 1000)), result: scanOf("curl") };
+    const older = { id: randomUUID(), scanTime: timestampFromDate(new Date(Date.now() - 60_000)), result: scanOf("wget") };
+    const res = await agent.client.reportResults({ scans: [newer] });
+    expect(res.acknowledgedScanIds).toEqual([newer.id]);
+    // A late retry of an older scan is acknowledged but does not replace the newer view.
+    const late = await agent.client.reportResults({ scans: [older, newer] });
+    expect(late.acknowledgedScanIds.sort()).toEqual([older.id, newer.id].sort());
+    const names = (await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: agent.agentId } })).map((u) => u.name);
+    expect(names).toEqual(["curl"]);
+    await expectCode(
+      agent.client.reportResults({ scans: [{ ...newer, id: "nope" }] }),
+      Code.InvalidArgument,
+      /scans\[0\]\.id/,
+    );
+    await expectCode(
+      agent.client.reportResults({ scans: [{ ...newer, id: randomUUID(), scanTime: timestampFromDate(new Date(Date.now() + 3600_000)) }] }),
+      Code.InvalidArgument,
+      /future/,
+    );
   });
 
   it("refuses results for commands not delivered to this agent", async () => {

@@ -7,9 +7,17 @@ import {
   type RegisterRequest,
   type ReportResultsRequest,
   RenewPayloadSchema,
+  type ScanReport,
   type RenewRequest,
 } from "@redflag/gen/agent_service_pb";
-import { CommandOutcome, type CommandResult, CommandResultSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
+import {
+  CommandOutcome,
+  type CommandResult,
+  CommandResultSchema,
+  type ScanUpdatesResult,
+  SubsystemRunState,
+  UpdateSeverity,
+} from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { randomBytes } from "node:crypto";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
@@ -23,7 +31,15 @@ import { verify } from "../signing/keys.ts";
 import { pae, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken } from "../store/agents.ts";
-import { claimCommands, recordResults, unclaimCommands, type IncomingResult, type PackageUpdateInput } from "../store/commands.ts";
+import {
+  claimCommands,
+  recordResults,
+  recordScanReports,
+  unclaimCommands,
+  type IncomingResult,
+  type IncomingScan,
+  type PackageUpdateInput,
+} from "../store/commands.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
@@ -184,11 +200,16 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       if (req.results.length > MAX_RESULTS_PER_REPORT) {
         throw invalid(`at most ${MAX_RESULTS_PER_REPORT} results per call`);
       }
+      const now = new Date();
       const unique = new Map<string, IncomingResult>();
       req.results.forEach((result, i) => unique.set(result.commandId, toIncoming(result, `results[${i}]`)));
-      if (unique.size === 0) return { acknowledgedCommandIds: [], refused: [] };
-      const outcome = await recordResults(db, agentId, [...unique.values()], new Date(), ctx.values.get(kRemoteAddr));
-      return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused };
+      const scans = toScanReports(req.scans, now);
+      const outcome =
+        unique.size > 0
+          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr))
+          : { acknowledged: [], refused: [] };
+      const acknowledgedScanIds = scans.length > 0 ? await recordScanReports(db, agentId, scans) : [];
+      return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused, acknowledgedScanIds };
     },
   };
 }
@@ -243,27 +264,7 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
   const outcome = OUTCOMES[result.outcome as keyof typeof OUTCOMES];
   if (!outcome) throw invalid(`${field}.outcome must be SUCCEEDED, FAILED or REJECTED`);
   if (result.message.length > 65_536) throw invalid(`${field}.message is longer than 65536 characters`);
-  let updates: PackageUpdateInput[] | undefined;
-  let scannedSources: string[] = [];
-  if (result.detail.case === "scanUpdates") {
-    const scan = result.detail.value;
-    updates = scan.updates.map((u, i) => {
-      const f = `${field}.scan_updates.updates[${i}]`;
-      return {
-        source: text(`${f}.source`, u.source, { max: 64, required: true }),
-        name: text(`${f}.name`, u.name, { max: 512, required: true }),
-        architecture: text(`${f}.architecture`, u.architecture, { max: 64 }),
-        currentVersion: text(`${f}.current_version`, u.currentVersion, { max: 256 }),
-        availableVersion: text(`${f}.available_version`, u.availableVersion, { max: 256, required: true }),
-        repository: text(`${f}.repository`, u.repository, { max: 512 }),
-        severity: severityName(u.severity),
-        security: u.security,
-        sizeBytes: u.sizeBytes,
-        rebootRequired: u.rebootRequired,
-      };
-    });
-    scannedSources = [...new Set([...scan.subsystems.filter((s) => s.state === SubsystemRunState.RAN).map((s) => s.subsystem), ...updates.map((u) => u.source)])];
-  }
+  const scan = result.detail.case === "scanUpdates" ? toScan(result.detail.value, `${field}.scan_updates`) : undefined;
   return {
     commandId: result.commandId,
     outcome,
@@ -271,9 +272,49 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
     startedAt: result.startTime ? timestampDate(result.startTime) : null,
     finishedAt: result.finishTime ? timestampDate(result.finishTime) : null,
     bytes: toBinary(CommandResultSchema, result),
-    updates,
-    scannedSources,
+    updates: scan?.updates,
+    scannedSources: scan?.scannedSources ?? [],
   };
+}
+
+// The updates of a scan, validated, and the sources whose view they replace.
+function toScan(scan: ScanUpdatesResult, field: string): { updates: PackageUpdateInput[]; scannedSources: string[] } {
+  const updates = scan.updates.map((u, i) => {
+    const f = `${field}.updates[${i}]`;
+    return {
+      source: text(`${f}.source`, u.source, { max: 64, required: true }),
+      name: text(`${f}.name`, u.name, { max: 512, required: true }),
+      architecture: text(`${f}.architecture`, u.architecture, { max: 64 }),
+      currentVersion: text(`${f}.current_version`, u.currentVersion, { max: 256 }),
+      availableVersion: text(`${f}.available_version`, u.availableVersion, { max: 256, required: true }),
+      repository: text(`${f}.repository`, u.repository, { max: 512 }),
+      severity: severityName(u.severity),
+      security: u.security,
+      sizeBytes: u.sizeBytes,
+      rebootRequired: u.rebootRequired,
+    };
+  });
+  const ran = scan.subsystems.filter((s) => s.state === SubsystemRunState.RAN).map((s) => s.subsystem);
+  return { updates, scannedSources: [...new Set([...ran, ...updates.map((u) => u.source)])] };
+}
+
+const MAX_SCAN_REPORTS = 50;
+// A scan time this far ahead of the server clock is refused (a wrong clock, not a scan).
+const SCAN_TIME_SKEW_MS = 5 * 60_000;
+
+function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
+  if (reports.length > MAX_SCAN_REPORTS) throw invalid(`at most ${MAX_SCAN_REPORTS} scan reports per call`);
+  const unique = new Map<string, IncomingScan>();
+  reports.forEach((report, i) => {
+    const field = `scans[${i}]`;
+    uuid(`${field}.id`, report.id);
+    if (!report.scanTime) throw invalid(`${field}.scan_time is required`);
+    const scanTime = timestampDate(report.scanTime);
+    if (scanTime.getTime() > now.getTime() + SCAN_TIME_SKEW_MS) throw invalid(`${field}.scan_time is in the future`);
+    if (!report.result) throw invalid(`${field}.result is required`);
+    unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`) });
+  });
+  return [...unique.values()];
 }
 
 function severityName(severity: UpdateSeverity): string {

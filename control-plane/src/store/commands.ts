@@ -204,6 +204,30 @@ async function replaceUpdates(
   await tx.agent.update({ where: { id: agentId }, data: { lastScanAt: now } });
 }
 
+export interface IncomingScan {
+  id: string;
+  scanTime: Date;
+  updates: PackageUpdateInput[];
+  scannedSources: string[];
+}
+
+// Applies scheduled scans in time order. A report older than the view already stored (a late
+// retry) is acknowledged without replacing the newer view, so re-sending is always safe.
+export async function recordScanReports(db: Prisma, agentId: string, scans: IncomingScan[]): Promise<string[]> {
+  const ordered = [...scans].sort((a, b) => a.scanTime.getTime() - b.scanTime.getTime());
+  await db.$transaction(async (tx) => {
+    const [agent] = await tx.$queryRaw<{ last_scan_at: Date | null }[]>`
+      SELECT last_scan_at FROM agents WHERE id = ${agentId}::uuid FOR UPDATE`;
+    let latest = agent?.last_scan_at ?? null;
+    for (const scan of ordered) {
+      if (latest && scan.scanTime <= latest) continue;
+      await replaceUpdates(tx, agentId, scan.scannedSources, scan.updates, scan.scanTime);
+      latest = scan.scanTime;
+    }
+  });
+  return ordered.map((s) => s.id);
+}
+
 // Sent commands that never got a result become timed_out.
 export async function sweepTimedOut(db: Prisma, sentBefore: Date, now: Date): Promise<number> {
   return db.command

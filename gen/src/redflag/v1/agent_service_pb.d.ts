@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import type { Message } from "@bufbuild/protobuf";
 import type { AgentConfig, AgentStatus, OsInfo, TrustedKey } from "./common_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import type { CommandResult, SignedCommand } from "./command_pb.js";
+import type { CommandResult, ScanUpdatesResult, SignedCommand } from "./command_pb.js";
 
 /**
  * Describes the file redflag/v1/agent_service.proto.
@@ -261,6 +261,13 @@ export declare type ReportResultsRequest = Message<"redflag.v1.ReportResultsRequ
    * @generated from field: repeated redflag.v1.CommandResult results = 1;
    */
   results: CommandResult[];
+
+  /**
+   * Scans the agent ran on its own schedule (SubsystemConfig.auto_run), not for a command.
+   *
+   * @generated from field: repeated redflag.v1.ScanReport scans = 2;
+   */
+  scans: ScanReport[];
 };
 
 /**
@@ -268,6 +275,36 @@ export declare type ReportResultsRequest = Message<"redflag.v1.ReportResultsRequ
  * Use `create(ReportResultsRequestSchema)` to create a new message.
  */
 export declare const ReportResultsRequestSchema: GenMessage<ReportResultsRequest>;
+
+/**
+ * ScanReport is one scheduled scan.
+ *
+ * @generated from message redflag.v1.ScanReport
+ */
+export declare type ScanReport = Message<"redflag.v1.ScanReport"> & {
+  /**
+   * A random UUID chosen by the agent; a report sent twice is stored once.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp scan_time = 2;
+   */
+  scanTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: redflag.v1.ScanUpdatesResult result = 3;
+   */
+  result?: ScanUpdatesResult | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.ScanReport.
+ * Use `create(ScanReportSchema)` to create a new message.
+ */
+export declare const ScanReportSchema: GenMessage<ScanReport>;
 
 /**
  * RefusedResult is a result the control plane will never store; the agent drops it.
@@ -309,6 +346,14 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
    * @generated from field: repeated redflag.v1.RefusedResult refused = 2;
    */
   refused: RefusedResult[];
+
+  /**
+   * IDs of the scan reports now recorded; an older report than one already recorded is
+   * acknowledged without replacing the newer view.
+   *
+   * @generated from field: repeated string acknowledged_scan_ids = 3;
+   */
+  acknowledgedScanIds: string[];
 };
 
 /**
