@@ -131,8 +131,18 @@ describe.each(backends)("end to end on %s", (backend) => {
       );
       expect(got.command.result.collectSpecs.specs.cpuCores).toBeGreaterThan(0);
       expect(Number(got.command.result.collectSpecs.specs.memoryTotalBytes)).toBeGreaterThan(0);
-      const agents = await cliJson<{ agents: { health: string }[] }>("agents", "list");
+      const agents = await cliJson<{ agents: { health: string; lastScanTime: string }[] }>("agents", "list");
       expect(agents.agents[0]!.health).toBe("AGENT_HEALTH_ONLINE");
+      // The service also scans on its own schedule (every source is auto_run by default) and
+      // reports without a command: the last scan time moves on.
+      const before = Date.parse(agents.agents[0]!.lastScanTime);
+      const deadline = Date.now() + 60_000;
+      let after = before;
+      while (after <= before && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 1000));
+        after = Date.parse((await cliJson<{ agents: { lastScanTime: string }[] }>("agents", "list")).agents[0]!.lastScanTime);
+      }
+      expect(after, output).toBeGreaterThan(before);
     } finally {
       const code = await new Promise<number | null>((resolve) => {
         child.once("exit", resolve);

@@ -1,9 +1,10 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, type Transport } from "@connectrpc/connect";
-import { CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
+import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
+import { CommandOutcome, type CommandResult, CommandResultSchema, CommandSchema, ScanUpdatesSchema } from "@redflag/gen/command_pb";
 import { AgentStatusSchema } from "@redflag/gen/common_pb";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { access } from "node:fs/promises";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
 import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts";
@@ -22,6 +23,7 @@ import { loadAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
 import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
+import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
 import { AGENT_VERSION } from "./version.ts";
 
@@ -129,6 +131,7 @@ async function run(options: RunOptions): Promise<RunSummary> {
       executors: options.executors,
       scanSummary,
       lastScan: await scanSummary.load(),
+      autoScans: await openAutoScans(config.stateDir),
     });
     logger.info(
       { agentId: registration.agentId, server: registration.serverUrl, version: AGENT_VERSION, once: Boolean(options.once) },
@@ -154,6 +157,7 @@ interface AgentDeps {
   executors: ExecutorTable | undefined;
   scanSummary: ReturnType<typeof scanSummaryFile>;
   lastScan: ScanSummary | undefined;
+  autoScans: AutoScans;
 }
 
 function createAgent(deps: AgentDeps) {
@@ -191,8 +195,9 @@ function createAgent(deps: AgentDeps) {
   const breakers = createBreakers();
   const locks = createSourceLocks();
   const heartbeat = createHeartbeat();
-  const execute = async (command: Parameters<typeof executeCommand>[0]): Promise<CommandResult> => {
+  const execute = async (command: Parameters<typeof executeCommand>[0], automatic = false): Promise<CommandResult> => {
     const result = await executeCommand(command, {
+      automatic,
       executors: deps.executors,
       agentConfig: session.registration.agentConfig,
       aptRefresh: config.aptRefresh,
@@ -215,9 +220,35 @@ function createAgent(deps: AgentDeps) {
     return result;
   };
 
-  // Sends unacknowledged results until the control plane has them or refuses them for good.
+  // Runs the subsystems whose schedule (auto_run, interval) says they are due; the scan is
+  // kept on disk as a report until the control plane acknowledges it.
+  const runDueScans = async (): Promise<void> => {
+    const due = deps.autoScans.due(session.registration.agentConfig, new Date());
+    if (due.length === 0 || stop.aborted) return;
+    const scanTime = new Date();
+    const command = create(CommandSchema, {
+      id: `scheduled-${randomUUID()}`,
+      action: { case: "scanUpdates", value: create(ScanUpdatesSchema, { subsystems: due }) },
+    });
+    logger.info({ subsystems: due }, "running scheduled scan");
+    const result = await execute(command, true);
+    // Marked as run even when it failed: the circuit breaker, not a tight retry, handles failures.
+    await deps.autoScans.markRun(due, scanTime);
+    if (result.detail.case === "scanUpdates") {
+      await deps.autoScans.add(create(ScanReportSchema, { id: randomUUID(), scanTime: timestampFromDate(scanTime), result: result.detail.value }));
+    }
+    logger.info({ subsystems: due, outcome: CommandOutcome[result.outcome], message: result.message }, "scheduled scan finished");
+  };
+
+  // Sends unacknowledged results and scan reports until the control plane has them or refuses
+  // results for good.
   const flush = async (signal: AbortSignal): Promise<void> => {
     for (const batch of batches(journal.pending())) await report(batch, signal);
+    const scans = deps.autoScans.pending();
+    if (scans.length > 0) {
+      const res = await session.call((creds) => api.reportResults({ scans }, creds, signal), signal);
+      await deps.autoScans.settle(res.acknowledgedScanIds);
+    }
   };
 
   const report = async (batch: CommandResult[], signal: AbortSignal): Promise<void> => {
@@ -314,6 +345,7 @@ function createAgent(deps: AgentDeps) {
           const wait = Math.min(config.longPollSeconds, 60, Math.floor(interval));
           const outcome = await cycle(wait);
           backoff.reset();
+          await runDueScans();
           interval = outcome.intervalSeconds;
           const jitter = session.registration.agentConfig?.pollJitterPercent ?? 0;
           // After running something, look for more at once; a poll of only rejected commands

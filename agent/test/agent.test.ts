@@ -10,6 +10,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type ExecutorTable } from "../src/executors/index.ts";
+import { AgentConfigSchema } from "@redflag/gen/common_pb";
 import { disableHeartbeat, enableHeartbeat } from "../src/executors/heartbeat.ts";
 import { computeMachineId, readHostIdentifiers } from "../src/state/identity.ts";
 import { openJournal } from "../src/state/journal.ts";
@@ -341,6 +342,31 @@ describe("run", () => {
     // The result goes out at the start of the next cycle, whose poll already waits the normal interval.
     await until(() => cp.polls.at(-1)?.waitSeconds === 30, "a normal poll", 8000);
     await agent.stop();
+  });
+
+  it("runs scheduled scans on their interval and reports them without a command", async () => {
+    cp.agentConfig = create(AgentConfigSchema, {
+      revision: 8n,
+      pollIntervalSeconds: 1,
+      subsystems: [
+        { name: "system", enabled: true, autoRun: true, intervalSeconds: 3600 },
+        { name: "storage", enabled: true, autoRun: false, intervalSeconds: 60 },
+      ],
+    });
+    // Delivered with the first poll: the revision differs from the one given at registration.
+    const agent = start({ executors: undefined });
+    await until(() => cp.scans.length >= 1, "a scheduled scan report");
+    await until(() => cp.polls.length >= 4, "more polls");
+    const summary = await agent.stop();
+    // Once per interval: the next run is an hour away, also after a restart.
+    expect(cp.scans).toHaveLength(1);
+    expect(cp.scans[0]!.result?.subsystems.map((s) => s.subsystem)).toEqual(["system"]);
+    expect(cp.scans[0]!.result?.systemMetrics?.cpuCores).toBeGreaterThan(0);
+    expect(summary.executed).toBe(0);
+    const again = start({ executors: undefined });
+    await until(() => cp.polls.length >= 6, "polls after the restart");
+    await again.stop();
+    expect(cp.scans).toHaveLength(1);
   });
 
   it("long-polls, never longer than the poll interval", async () => {

@@ -30,6 +30,8 @@ export interface ExecuteOptions {
   breakers?: Breakers | undefined;
   locks?: SourceLocks | undefined;
   heartbeat?: Heartbeat | undefined;
+  // A scheduled scan rather than an operator's command.
+  automatic?: boolean | undefined;
   env: NodeJS.ProcessEnv;
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
@@ -104,6 +106,7 @@ async function runWithLimits(
           breakers: opts.breakers ?? createBreakers(),
           locks: opts.locks ?? createSourceLocks(),
           heartbeat: opts.heartbeat ?? createHeartbeat(),
+          automatic: opts.automatic ?? false,
           env: opts.env,
           logger: opts.logger,
         }),

@@ -45,7 +45,7 @@ export const scanUpdates: Executor = async (ctx) => {
     }
     // An operator who names a subsystem gets a run even while its breaker is open.
     const breaker = ctx.breakers.check(name, sub?.circuitBreaker);
-    if (!breaker.allowed && requested.length === 0) {
+    if (!breaker.allowed && (requested.length === 0 || ctx.automatic)) {
       runs.push(skipped(name, breaker.reason));
       continue;
     }

@@ -18,6 +18,8 @@ export interface ExecutorContext {
   readonly locks: SourceLocks;
   // The poll loop's heartbeat mode.
   readonly heartbeat: Heartbeat;
+  // True for a scan the agent scheduled itself (auto_run), false for an operator's command.
+  readonly automatic: boolean;
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
   readonly logger: Logger;

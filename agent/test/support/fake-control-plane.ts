@@ -2,9 +2,9 @@ import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/p
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { AgentService, RenewPayloadSchema, type PollCommandsRequest } from "@redflag/gen/agent_service_pb";
+import { AgentService, RenewPayloadSchema, type PollCommandsRequest, type ScanReport } from "@redflag/gen/agent_service_pb";
 import { type Command, type CommandResult, CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
-import { AgentConfigSchema } from "@redflag/gen/common_pb";
+import { type AgentConfig, AgentConfigSchema } from "@redflag/gen/common_pb";
 import * as ed from "@noble/ed25519";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import http2 from "node:http2";
@@ -76,6 +76,10 @@ export interface FakeControlPlane {
   results: Map<string, CommandResult>;
   reports: CommandResult[][];
   polls: PollCommandsRequest[];
+  // Scheduled scan reports received.
+  scans: ScanReport[];
+  // The config handed out at registration and on polls; tests may change it before registering.
+  agentConfig: AgentConfig;
   renewals: number;
   registrations: number;
   // Errors thrown by the next calls of a method, in order.
@@ -109,6 +113,8 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
     results: new Map(),
     reports: [],
     polls: [],
+    scans: [],
+    agentConfig,
     renewals: 0,
     registrations: 0,
     failures: {},
@@ -162,7 +168,7 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
           refreshToken: agent.refreshToken,
           accessTokenExpireTime: timestampFromDate(agent.accessExpires),
           trustedKeys: [{ keyId: key.keyId, publicKey: key.publicKey }],
-          config: agentConfig,
+          config: cp.agentConfig,
         };
       },
       renew(req) {
@@ -222,7 +228,7 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
         }
         return {
           commands,
-          config: req.status?.configRevision === agentConfig.revision ? undefined : agentConfig,
+          config: req.status?.configRevision === cp.agentConfig.revision ? undefined : cp.agentConfig,
           nextPollSeconds: cp.nextPollSeconds,
         };
       },
@@ -240,7 +246,8 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
           if (!cp.results.has(result.commandId)) cp.results.set(result.commandId, result);
           if (!cp.withholdAcks) acknowledgedCommandIds.push(result.commandId);
         }
-        return { acknowledgedCommandIds, refused };
+        cp.scans.push(...req.scans);
+        return { acknowledgedCommandIds, refused, acknowledgedScanIds: cp.withholdAcks ? [] : req.scans.map((s) => s.id) };
       },
     });
 

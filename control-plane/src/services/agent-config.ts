@@ -9,6 +9,8 @@ export const SUBSYSTEMS = [
   "system", "storage",
 ] as const;
 
+const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, storage: 3600 };
+
 // The effective config for agents. Its revision is derived from its content, so any change
 // (here or, later, per-agent overrides) is delivered without bookkeeping.
 export function buildAgentConfig(config: Config): AgentConfig {
@@ -19,8 +21,9 @@ export function buildAgentConfig(config: Config): AgentConfig {
     subsystems: SUBSYSTEMS.map((name) => ({
       name,
       enabled: true,
-      autoRun: false,
-      intervalSeconds: 6 * 3600,
+      // Every source is scanned on its own schedule; metrics more often than packages.
+      autoRun: true,
+      intervalSeconds: METRIC_INTERVALS[name] ?? 6 * 3600,
       timeoutSeconds: 15 * 60,
       circuitBreaker: { failureThreshold: 3, windowSeconds: 3600, cooldownSeconds: 30 * 60 },
     })),
