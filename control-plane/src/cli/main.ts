@@ -2,7 +2,7 @@ import { create, toJson, type DescMessage, type MessageShape } from "@bufbuild/p
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { CommandType, PackageRefSchema } from "@redflag/gen/command_pb";
+import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
 import {
   CommandService,
   CommandState,
@@ -217,6 +217,8 @@ const QUEUE_TYPES = [
   "collect_specs",
   "install_updates",
   "dry_run_update",
+  "confirm_dependencies",
+  "rollback_update",
   "reboot",
   "enable_heartbeat",
   "disable_heartbeat",
@@ -228,9 +230,26 @@ function packageRef(text: string) {
   return create(PackageRefSchema, { source: match[1]!, name: match[2]!, version: match[3] ?? "" });
 }
 
-function buildAction(o: QueueOptions): CreateCommandRequest["action"] {
+async function buildAction(o: QueueOptions, c: ReturnType<typeof clients>): Promise<CreateCommandRequest["action"]> {
   const packages = (o.package ?? []).map(packageRef);
   switch (o.type) {
+    case "confirm_dependencies": {
+      if (!o.fromDryRun) throw new CliError("confirm_dependencies needs --from-dry-run <command-id>");
+      const dryRun = (await c.commands.getCommand({ id: o.fromDryRun })).command!;
+      const result = dryRun.result;
+      if (dryRun.state !== CommandState.SUCCEEDED || result?.detail.case !== "dryRunUpdate") {
+        throw new CliError(`command ${o.fromDryRun} is not a successful dry run (it is ${enumName(CommandState, dryRun.state)})`);
+      }
+      if (dryRun.agentId !== o.agent) throw new CliError(`dry run ${o.fromDryRun} was for agent ${dryRun.agentId}, not ${o.agent}`);
+      return {
+        case: "confirmDependencies",
+        value: { $typeName: "redflag.v1.ConfirmDependencies", dryRunCommandId: dryRun.id, changes: result.detail.value.changes },
+      };
+    }
+    case "rollback_update": {
+      if (packages.length !== 1 || !o.toVersion) throw new CliError("rollback_update needs one --package source:name and --to-version");
+      return { case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: packages[0], targetVersion: o.toVersion } };
+    }
     case "scan_updates":
       return { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: o.subsystem ?? [] } };
     case "collect_specs":
@@ -247,7 +266,11 @@ function buildAction(o: QueueOptions): CreateCommandRequest["action"] {
     case "enable_heartbeat":
       return {
         case: "enableHeartbeat",
-        value: { $typeName: "redflag.v1.EnableHeartbeat", intervalSeconds: 5, duration: durationFromMs((o.duration ?? 600) * 1000) },
+        value: {
+          $typeName: "redflag.v1.EnableHeartbeat",
+          intervalSeconds: o.interval ?? 5,
+          duration: durationFromMs((o.duration ?? 600) * 1000),
+        },
       };
     case "disable_heartbeat":
       return { case: "disableHeartbeat", value: { $typeName: "redflag.v1.DisableHeartbeat" } };
@@ -266,6 +289,9 @@ interface QueueOptions {
   message?: string;
   force?: boolean;
   duration?: number;
+  interval?: number;
+  fromDryRun?: string;
+  toVersion?: string;
   timeout?: number;
   wait?: number;
 }
@@ -292,12 +318,15 @@ commands
   .option("--message <text>", "reboot: message to logged-in users")
   .option("--force", "reboot: even when the host does not need it")
   .option("--duration <duration>", "enable_heartbeat: how long", seconds)
+  .option("--interval <duration>", "enable_heartbeat: poll interval (default 5s)", seconds)
+  .option("--from-dry-run <command-id>", "confirm_dependencies: install exactly what this dry run reported")
+  .option("--to-version <version>", "rollback_update: the version to go back to")
   .option("--timeout <duration>", "execution timeout on the agent", seconds)
   .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
   .action(async (o: QueueOptions) => {
     const c = clients();
     const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0 });
-    req.action = buildAction(o);
+    req.action = await buildAction(o, c);
     const res = await c.commands.createCommand(req);
     let command = res.command!;
     if (o.wait) command = await waitFor(c.commands, command, o.wait);
@@ -377,6 +406,31 @@ function describeCommand(c: CommandInfo): string {
         table(
           ["PACKAGE", "CURRENT", "AVAILABLE", "REPOSITORY", "SECURITY"],
           scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.security ? "yes" : ""]),
+        ).trimEnd(),
+      );
+    }
+    const detail = r.detail;
+    if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {
+      lines.push(
+        table(
+          ["SOURCE", "PACKAGE", "FROM", "TO", "OUTCOME", "REASON"],
+          detail.value.packages.map((p) => [
+            p.source,
+            p.name,
+            p.fromVersion,
+            p.toVersion,
+            enumName(PackageResultState, p.state),
+            p.reason,
+          ]),
+        ).trimEnd(),
+      );
+      if (detail.value.rebootRequired) lines.push("the host needs a reboot");
+    }
+    if (detail.case === "dryRunUpdate") {
+      lines.push(
+        table(
+          ["CHANGE", "SOURCE", "PACKAGE", "FROM", "TO"],
+          detail.value.changes.map((ch) => [enumName(PackageChangeKind, ch.kind), ch.source, ch.name, ch.fromVersion, ch.toVersion]),
         ).trimEnd(),
       );
     }
