@@ -13,6 +13,11 @@ export function sha256(text: string | Uint8Array): Buffer {
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+// A machine ID is SHA-256 over stable host identifiers, as 64 lowercase hex characters.
+export function isMachineId(text: string): boolean {
+  return /^[0-9a-f]{64}$/.test(text);
+}
+
 export function isUuid(text: string): boolean {
   return uuidPattern.test(text);
 }

@@ -1,7 +1,7 @@
 import { Code, ConnectError, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../log.ts";
-import { sha256 } from "../ids.ts";
+import { isMachineId, sha256 } from "../ids.ts";
 import { isConnectionError } from "../store/db.ts";
 import { findApiKey, touchApiKeys } from "../store/bootstrap.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
@@ -38,8 +38,6 @@ export function errorInterceptor(logger: Logger): Interceptor {
     }
   };
 }
-
-const MACHINE_ID = /^[0-9a-f]{64}$/;
 
 export interface AuthDeps {
   db: Prisma;
@@ -83,7 +81,7 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   if (state.credentialGeneration !== claims.generation) {
     throw new ConnectError("access token was replaced by a newer registration", Code.Unauthenticated);
   }
-  if (!MACHINE_ID.test(presented) || presented !== claims.machineId || presented !== state.machineId) {
+  if (!isMachineId(presented) || presented !== claims.machineId || presented !== state.machineId) {
     await recordSecurityEvent(deps.db, {
       type: "machine_id_mismatch",
       severity: "critical",

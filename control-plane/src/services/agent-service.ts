@@ -24,7 +24,7 @@ import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { AgentTokens } from "../auth/agent-tokens.ts";
 import { kAgent, kRemoteAddr } from "../auth/context.ts";
 import type { Config } from "../config.ts";
-import { sha256 } from "../ids.ts";
+import { isMachineId, sha256 } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
 import type { Logger } from "../log.ts";
 import { verify } from "../signing/keys.ts";
@@ -57,7 +57,6 @@ export interface AgentServiceDeps {
   logger: Logger;
 }
 
-const MACHINE_ID = /^[0-9a-f]{64}$/;
 const MAX_COMMANDS_PER_POLL = 100;
 const MAX_RESULTS_PER_REPORT = 500;
 
@@ -231,7 +230,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
 function validateRegister(req: RegisterRequest) {
   text("registration_token", req.registrationToken, { max: 256, required: true });
   const hostname = text("hostname", req.hostname, { max: 253, required: true });
-  if (!MACHINE_ID.test(req.machineId)) throw invalid("machine_id must be 64 lowercase hex characters (SHA-256)");
+  if (!isMachineId(req.machineId)) throw invalid("machine_id must be 64 lowercase hex characters (SHA-256)");
   if (req.agentPublicKey.length !== 32) throw invalid("agent_public_key must be a 32-byte Ed25519 public key");
   if (!req.os) throw invalid("os is required");
   if (req.os.family === OsFamily.UNSPECIFIED || !OsFamily[req.os.family]) {

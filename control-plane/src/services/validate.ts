@@ -26,12 +26,8 @@ export function pageSize(value: number): number {
 
 export function pageToken(value: string): string | undefined {
   if (value === "") return undefined;
-  try {
-    const id = Buffer.from(value, "base64url").toString("utf8");
-    if (isUuid(id)) return id;
-  } catch {
-    // fall through
-  }
+  const id = Buffer.from(value, "base64url").toString("utf8");
+  if (isUuid(id)) return id;
   throw invalid("page_token is not valid; pass the next_page_token of a previous page");
 }
 

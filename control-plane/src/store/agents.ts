@@ -228,8 +228,7 @@ export interface UpdateCounts {
   security: number;
 }
 
-export type AgentRow = Prisma_AgentRow & { updates: UpdateCounts };
-type Prisma_AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>>;
+export type AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>> & { updates: UpdateCounts };
 
 const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
 

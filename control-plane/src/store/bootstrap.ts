@@ -71,13 +71,6 @@ export async function ensureBootstrapAdminKey(db: Prisma): Promise<string | unde
   });
 }
 
-// Replaces every bootstrap key with a new one (used when admin.key was lost).
-export async function resetBootstrapAdminKey(db: Prisma, now: Date): Promise<string> {
-  await db.apiKey.updateMany({ where: { kind: "bootstrap", revokedAt: null }, data: { revokedAt: now } });
-  const secret = await ensureBootstrapAdminKey(db);
-  return secret!;
-}
-
 export async function findApiKey(db: Prisma, tokenHash: Buffer) {
   return db.apiKey.findUnique({
     where: { tokenHash: bytes(tokenHash) },

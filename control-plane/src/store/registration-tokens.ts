@@ -51,7 +51,3 @@ export async function revokeRegistrationToken(db: Prisma, id: string, now: Date)
   if (existing.revokedAt) return existing;
   return db.registrationToken.update({ where: { id }, data: { revokedAt: now }, omit: { tokenHash: true } });
 }
-
-export async function registrationTokenExists(db: Prisma, id: string): Promise<boolean> {
-  return (await db.registrationToken.count({ where: { id } })) > 0;
-}

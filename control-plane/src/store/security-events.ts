@@ -30,7 +30,3 @@ export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventI
     },
   });
 }
-
-export async function listSecurityEvents(db: Prisma, limit = 100) {
-  return db.securityEvent.findMany({ orderBy: { id: "desc" }, take: limit });
-}
