@@ -131,17 +131,36 @@ export function tail(text: string, maxChars = 500): string {
   return trimmed.length > maxChars ? `…${trimmed.slice(-maxChars)}` : trimmed;
 }
 
-// Looks an executable up on PATH the way execvp would, without running anything.
-export async function which(name: string, pathEnv: string): Promise<string | undefined> {
-  for (const dir of pathEnv.split(":")) {
+// Looks an executable up on PATH the way execvp would, without running anything. On Windows
+// PATH is ";"-separated and a bare name also matches with each PATHEXT extension (.exe …).
+export async function which(name: string, pathEnv: string, platform: NodeJS.Platform = process.platform): Promise<string | undefined> {
+  const windows = platform === "win32";
+  const extensions = windows && !/\.[A-Za-z0-9]+$/.test(name) ? ["", ".exe", ".cmd", ".bat", ".com"] : [""];
+  for (const dir of pathEnv.split(windows ? ";" : ":")) {
     if (!dir) continue;
-    const candidate = `${dir}/${name}`;
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
+    for (const ext of extensions) {
+      const candidate = windows ? `${dir.replace(/[\\/]+$/, "")}\\${name}${ext}` : `${dir}/${name}${ext}`;
+      try {
+        await access(candidate, windows ? constants.F_OK : constants.X_OK);
+        return candidate;
+      } catch {
+        // not here
+      }
     }
   }
   return undefined;
+}
+
+// Why a child failed, in one line for a result message: could not start, timed out, stopped,
+// or its exit status with the end of its stderr (lines matching `noise` dropped).
+export function describeFailure(what: string, result: ProcessResult, noise?: RegExp): string {
+  if (result.spawnError) return `${what} could not start: ${result.spawnError.message}`;
+  if (result.timedOut) return `${what} timed out after ${Math.round(result.durationMs / 1000)}s`;
+  if (result.aborted) return `${what} was stopped`;
+  const stderr = result.stderr
+    .split("\n")
+    .filter((l) => l.trim() && !(noise && noise.test(l)))
+    .join("\n");
+  const status = result.exitCode !== null ? `exit status ${result.exitCode}` : `signal ${result.signal}`;
+  return `${what} failed (${status})${stderr ? `: ${tail(stderr, 300)}` : ""}`;
 }

@@ -8,7 +8,7 @@ import {
   SubsystemRunState,
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
-import { runProcess, tail, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
 import type { Scanner, ScanOptions, ScanResult } from "./types.ts";
 
 export const APT = "apt";
@@ -169,17 +169,8 @@ export async function scanApt(opts: AptScanOptions): Promise<AptScan> {
   return { run: run(SubsystemRunState.RAN, [summary, ...notes].join("; "), updates.length), updates };
 }
 
-function failure(what: string, result: ProcessResult): string {
-  if (result.spawnError) return `${what} could not start: ${result.spawnError.message}`;
-  if (result.timedOut) return `${what} timed out after ${Math.round(result.durationMs / 1000)}s`;
-  if (result.aborted) return `${what} was stopped`;
-  // apt's "no stable CLI" warning is noise, not the reason.
-  const stderr = result.stderr
-    .split("\n")
-    .filter((l) => l.trim() && !l.includes("does not have a stable CLI interface"))
-    .join("\n");
-  const status = result.exitCode !== null ? `exit status ${result.exitCode}` : `signal ${result.signal}`;
-  return `${what} failed (${status})${stderr ? `: ${tail(stderr, 300)}` : ""}`;
-}
+// apt's "no stable CLI" warning is noise, not the reason.
+const APT_NOISE = /does not have a stable CLI interface/;
+const failure = (what: string, result: ProcessResult) => describeFailure(what, result, APT_NOISE);
 
 export const aptScanner: Scanner = { name: APT, scan: scanApt };

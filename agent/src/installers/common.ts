@@ -1,0 +1,83 @@
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import {
+  type PackageChange,
+  PackageChangeKind,
+  PackageChangeSchema,
+  type PackageRef,
+  type PackageResult,
+  PackageResultSchema,
+  PackageResultState,
+  type ToolOutput,
+  ToolOutputSchema,
+} from "@redflag/gen/command_pb";
+import { tail, type ProcessResult } from "../run-process.ts";
+
+// What a result keeps of each stream: enough to see why, never a whole log.
+export const OUTPUT_TAIL_CHARS = 4096;
+
+// The bounded record of one tool run for InstallResult/DryRunResult.
+export function toolOutput(argv: readonly string[], result: ProcessResult): ToolOutput {
+  return create(ToolOutputSchema, {
+    argv: [...argv],
+    exitCode: result.exitCode ?? -1,
+    stdoutTail: tail(result.stdout, OUTPUT_TAIL_CHARS),
+    stderrTail: tail(result.stderr || result.spawnError?.message || "", OUTPUT_TAIL_CHARS),
+    duration: durationFromMs(result.durationMs),
+    timedOut: result.timedOut,
+  });
+}
+
+export function packageResult(
+  ref: Pick<PackageRef, "source" | "name"> & Partial<Pick<PackageRef, "architecture">>,
+  state: PackageResultState,
+  fields: { from?: string | undefined; to?: string | undefined; reason?: string | undefined } = {},
+): PackageResult {
+  return create(PackageResultSchema, {
+    source: ref.source,
+    name: ref.name,
+    architecture: ref.architecture ?? "",
+    fromVersion: fields.from ?? "",
+    toVersion: fields.to ?? "",
+    state,
+    reason: fields.reason ?? "",
+  });
+}
+
+export function packageChange(
+  kind: PackageChangeKind,
+  source: string,
+  name: string,
+  fields: { from?: string | undefined; to?: string | undefined; architecture?: string | undefined } = {},
+): PackageChange {
+  return create(PackageChangeSchema, {
+    kind,
+    source,
+    name,
+    fromVersion: fields.from ?? "",
+    toVersion: fields.to ?? "",
+    architecture: fields.architecture ?? "",
+  });
+}
+
+// Package names across sources: Debian and RPM names, Homebrew formulae ("node@20",
+// "user/tap/formula"), snap and flatpak IDs ("org.mozilla.firefox"), winget IDs
+// ("Microsoft.PowerToys"), Docker references ("ghcr.io/org/app:1.2" or "@sha256:…"). Never a
+// leading "-" (it would read as an option), never whitespace, quotes or shell metacharacters.
+const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
+// Versions: Debian/RPM epochs and tildes, semver, build tags.
+const VERSION = /^[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}$/;
+const ARCH = /^[A-Za-z0-9_-]{0,32}$/;
+
+// A human reason when a ref cannot be passed to a package tool; undefined when it can.
+export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architecture">): string | undefined {
+  if (!ref.name) return "the package name is empty";
+  if (!NAME.test(ref.name)) return `"${printable(ref.name)}" is not a valid package name`;
+  if (ref.version && !VERSION.test(ref.version)) return `"${printable(ref.version)}" is not a valid version of ${ref.name}`;
+  if (!ARCH.test(ref.architecture)) return `"${printable(ref.architecture)}" is not a valid architecture`;
+  return undefined;
+}
+
+const printable = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : text).replace(/[^\x20-\x7e]/g, "?");
+
+export { PackageChangeKind, PackageResultState };

@@ -1,0 +1,51 @@
+import type { PackageChange, PackageRef, PackageResult, ToolOutput } from "@redflag/gen/command_pb";
+
+export interface InstallOptions {
+  // Upper bound for the whole operation, every child process included.
+  timeoutMs: number;
+  // Aborted on the command's timeout or when the agent stops; pass it to every child.
+  signal?: AbortSignal | undefined;
+  // Environment for child processes; PATH decides which tools are found.
+  env: NodeJS.ProcessEnv;
+  isRoot: boolean;
+  // Names of this source's packages the agent config holds. An "everything pending" install
+  // must leave them out; explicit requests for them never reach the installer.
+  holds: ReadonlySet<string>;
+}
+
+export interface DryRunOutcome {
+  // Every package the transaction would touch: the requested ones, new dependencies,
+  // removals and downgrades.
+  changes: PackageChange[];
+  output: ToolOutput[];
+  // Set when the simulation could not be done, as a human reason (tool missing, lock held,
+  // unknown package …). `changes` is then empty.
+  error?: string | undefined;
+}
+
+export interface InstallOutcome {
+  // One entry per requested package (and per dependency the tool changed, when it says).
+  packages: PackageResult[];
+  output: ToolOutput[];
+  rebootRequired: boolean;
+  // Set when the transaction failed as a whole; `packages` still says what happened to each.
+  error?: string | undefined;
+}
+
+// How one package source installs. Every method is given validated refs of its own source
+// only (names and versions checked by `validateRef`), passes them as argv, never through a
+// shell, and runs with the per-source lock already held by the caller.
+export interface Installer {
+  readonly source: string;
+  // Whether the tool exists on this host.
+  present(env: NodeJS.ProcessEnv): Promise<boolean>;
+  // Simulates installing `packages` (version "" = newest); empty = everything pending.
+  dryRun?(packages: readonly PackageRef[], opts: InstallOptions): Promise<DryRunOutcome>;
+  // Installs `packages` (version "" = newest); empty = everything pending except holds.
+  install(packages: readonly PackageRef[], opts: InstallOptions): Promise<InstallOutcome>;
+  // Installs `pkg.version`, an earlier version than the installed one. Absent when the source
+  // cannot go back; the executor then answers with a clear "unsupported".
+  rollback?(pkg: PackageRef, opts: InstallOptions): Promise<InstallOutcome>;
+}
+
+export type { PackageChange, PackageRef, PackageResult, ToolOutput };
