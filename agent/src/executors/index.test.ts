@@ -36,7 +36,7 @@ const options = (extra: Partial<ExecuteOptions> = {}): ExecuteOptions => ({
 
 describe("executeCommand", () => {
   it("fails kinds this agent cannot run yet, naming them", async () => {
-    const result = await executeCommand(command({ case: "installUpdates", value: create(InstallUpdatesSchema, { sources: ["apt"] }) }), options());
+    const result = await executeCommand(command({ case: "installUpdates", value: create(InstallUpdatesSchema, { sources: ["apt"] }) }), options({ executors: {} }));
     expect(result).toMatchObject({
       commandId: "c-1",
       sequence: 4n,

@@ -9,6 +9,7 @@ import { disableHeartbeat, enableHeartbeat } from "./heartbeat.ts";
 import { reboot } from "./reboot.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
+import { confirmDependencies, dryRunUpdate, installUpdates, rollbackUpdate } from "./install.ts";
 import { scanUpdates } from "./scan-updates.ts";
 import type { ActionKind, Executor, ExecutorOutcome } from "./types.ts";
 
@@ -16,7 +17,17 @@ export type { ActionKind, Executor, ExecutorContext, ExecutorOutcome } from "./t
 
 export type ExecutorTable = Partial<Record<ActionKind, Executor>>;
 
-export const defaultExecutors: ExecutorTable = { scanUpdates, collectSpecs, enableHeartbeat, disableHeartbeat, reboot };
+export const defaultExecutors: ExecutorTable = {
+  scanUpdates,
+  collectSpecs,
+  installUpdates,
+  dryRunUpdate,
+  confirmDependencies,
+  rollbackUpdate,
+  enableHeartbeat,
+  disableHeartbeat,
+  reboot,
+};
 
 // Used when neither the command nor the agent config gives a timeout.
 export const DEFAULT_COMMAND_TIMEOUT_SECONDS = 600;

@@ -1,0 +1,5 @@
+import { aptInstaller } from "./apt.ts";
+import type { Installer } from "./types.ts";
+
+// Every package source this agent can install from, by source name.
+export const INSTALLERS: ReadonlyMap<string, Installer> = new Map([aptInstaller].map((i) => [i.source, i]));
