@@ -153,11 +153,15 @@ function summarize(report: SourceReport, verb: string): { outcome: CommandOutcom
   const count = (state: PackageResultState) => report.packages.filter((p) => p.state === state).length;
   const [installed, failed, skipped] = [count(PackageResultState.INSTALLED), count(PackageResultState.FAILED), count(PackageResultState.SKIPPED)];
   const parts = [`${verb} ${installed}`, `failed ${failed}`, `skipped ${skipped}`];
-  const failures = report.packages
-    .filter((p) => p.state === PackageResultState.FAILED)
-    .slice(0, 5)
-    .map((p) => `${p.source}/${p.name}: ${p.reason}`);
-  const errors = report.errors.filter((e) => !failures.some((f) => f.endsWith(e.slice(e.indexOf(": ") + 2))));
+  // Failures grouped by reason ("apt/a, apt/b: lock held"); a source's overall error is left
+  // out when its packages already say why they failed.
+  const byReason = new Map<string, string[]>();
+  for (const p of report.packages.filter((p) => p.state === PackageResultState.FAILED)) {
+    byReason.set(p.reason, [...(byReason.get(p.reason) ?? []), `${p.source}/${p.name}`]);
+  }
+  const failures = [...byReason].slice(0, 5).map(([reason, names]) => `${names.join(", ")}: ${reason}`);
+  const failedSources = new Set(report.packages.filter((p) => p.state === PackageResultState.FAILED).map((p) => p.source));
+  const errors = report.errors.filter((e) => ![...failedSources].some((source) => e.startsWith(`${source}: `)));
   let message = parts.join(", ");
   if (report.rebootRequired) message += "; a reboot is required";
   if (failures.length > 0 || errors.length > 0) message += `; ${[...errors, ...failures].join("; ")}`;
