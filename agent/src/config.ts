@@ -15,6 +15,9 @@ export interface Config {
   readonly longPollSeconds: number;
   // How long a running command may still run after SIGTERM before it is stopped.
   readonly stopGraceSeconds: number;
+  // Where update_agent unpacks releases and switches the "current" symlink; unset means this
+  // agent's installation is managed by something else (a package) and update_agent refuses.
+  readonly installDir: string | undefined;
 }
 
 // Values command-line flags may set; they win over the environment.
@@ -42,6 +45,7 @@ export const defaultConfig: Config = Object.freeze({
   logLevel: "info",
   longPollSeconds: 60,
   stopGraceSeconds: 30,
+  installDir: undefined,
 });
 
 // Reads every REDFLAG_AGENT_* setting once, reports all problems together, and returns a frozen object.
@@ -79,6 +83,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     logLevel,
     longPollSeconds: integer("REDFLAG_AGENT_LONG_POLL_SECONDS", defaultConfig.longPollSeconds, 0, 60),
     stopGraceSeconds: integer("REDFLAG_AGENT_STOP_GRACE_SECONDS", defaultConfig.stopGraceSeconds, 0, 3600),
+    installDir: env.REDFLAG_AGENT_INSTALL_DIR ? path.resolve(cwd, env.REDFLAG_AGENT_INSTALL_DIR) : undefined,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -6,6 +6,8 @@ export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 // The agent cannot even start: bad flags or environment, not registered, damaged state.
 export const EXIT_USAGE = 2;
+// A new release was installed by update_agent; the service manager starts it (Restart=always).
+export const EXIT_RESTART = 3;
 
 // An error with a message meant for the operator, and the exit code it ends the CLI with.
 export class AgentError extends Error {

@@ -66,6 +66,8 @@ export interface RunSummary extends ProcessSummary {
   cycles: number;
   delivered: number;
   reported: number;
+  // Set when a command (update_agent) asked the agent to exit so a new release starts.
+  restart?: string | undefined;
 }
 
 const REPORT_BATCH_RESULTS = 100;
@@ -207,6 +209,11 @@ function createAgent(deps: AgentDeps) {
       env: deps.env,
       logger,
       stopSignal: commandStop.signal,
+      pins: deps.pins,
+      installDir: config.installDir,
+      requestRestart: (reason) => {
+        totals.restart = reason;
+      },
     });
     if (result.detail.case === "scanUpdates" && result.outcome === CommandOutcome.SUCCEEDED) {
       const updates = result.detail.value.updates;
@@ -336,7 +343,7 @@ function createAgent(deps: AgentDeps) {
     async forever(): Promise<RunSummary> {
       const backoff = createBackoff({ baseMs: timing.backoffBaseMs, capMs: timing.backoffCapMs });
       let interval = intervalSeconds();
-      while (!stop.aborted) {
+      while (!stop.aborted && !totals.restart) {
         const started = Date.now();
         let delayMs: number;
         try {
@@ -345,6 +352,8 @@ function createAgent(deps: AgentDeps) {
           const wait = Math.min(config.longPollSeconds, 60, Math.floor(interval));
           const outcome = await cycle(wait);
           backoff.reset();
+          // A new release is in place and the result is reported: exit so it starts.
+          if (totals.restart) break;
           await runDueScans();
           interval = outcome.intervalSeconds;
           const jitter = session.registration.agentConfig?.pollJitterPercent ?? 0;

@@ -1,7 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { readFile } from "node:fs/promises";
 import { ConfigError, loadConfig, type Config, type ConfigFlags } from "./config.ts";
-import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./errors.ts";
+import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_RESTART, EXIT_USAGE } from "./errors.ts";
 import { createLogger } from "./log.ts";
 import { runAgent } from "./loop.ts";
 import { registerAgent } from "./register.ts";
@@ -11,11 +11,13 @@ import { AGENT_VERSION } from "./version.ts";
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure (control plane unreachable or refusing), 2 usage or state
-problem (bad flags or environment, not registered, damaged state directory).
+problem (bad flags or environment, not registered, damaged state directory), 3 a new release
+was installed by update_agent (the service manager starts it).
 
 Environment: REDFLAG_AGENT_STATE_DIR (default /var/lib/redflag-agent), REDFLAG_AGENT_CA_FILE,
 REDFLAG_AGENT_LOG_LEVEL, REDFLAG_AGENT_APT_REFRESH=0 (never run apt-get update),
-REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS, and
+REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS,
+REDFLAG_AGENT_INSTALL_DIR (where update_agent unpacks releases), and
 REDFLAG_AGENT_MACHINE_ID_SEED: mixed into the machine ID so several agents can share one host
 (tests, containers); each needs its own state directory.`;
 
@@ -78,7 +80,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
       try {
-        await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
+        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
+        if (summary.restart) {
+          logger.info({ reason: summary.restart }, "exiting so the service manager starts the new release");
+          exitCode = EXIT_RESTART;
+        }
       } finally {
         process.off("SIGTERM", onSignal);
         process.off("SIGINT", onSignal);

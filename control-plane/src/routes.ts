@@ -13,6 +13,6 @@ export function createRoutes(deps: AgentServiceDeps) {
     router.service(AgentService, createAgentService(deps));
     router.service(TokenService, createTokenService(deps.db));
     router.service(FleetService, createFleetService(deps.db, deps.lastSeen, deps.config.pollIntervalSeconds));
-    router.service(CommandService, createCommandService(deps.db, deps.wakeups));
+    router.service(CommandService, createCommandService(deps.db, deps.wakeups, deps.signer));
   };
 }

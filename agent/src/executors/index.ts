@@ -11,6 +11,8 @@ import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { confirmDependencies, dryRunUpdate, installUpdates, rollbackUpdate } from "./install.ts";
 import { scanUpdates } from "./scan-updates.ts";
+import { updateAgent } from "./update-agent.ts";
+import type { PinnedKeys } from "../envelope.ts";
 import type { ActionKind, Executor, ExecutorOutcome } from "./types.ts";
 
 export type { ActionKind, Executor, ExecutorContext, ExecutorOutcome } from "./types.ts";
@@ -27,6 +29,7 @@ export const defaultExecutors: ExecutorTable = {
   enableHeartbeat,
   disableHeartbeat,
   reboot,
+  updateAgent,
 };
 
 // Used when neither the command nor the agent config gives a timeout.
@@ -47,6 +50,9 @@ export interface ExecuteOptions {
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
   stopSignal?: AbortSignal | undefined;
+  pins?: PinnedKeys | undefined;
+  installDir?: string | undefined;
+  requestRestart?: ((reason: string) => void) | undefined;
 }
 
 // "scanUpdates" → "scan_updates", the name operators know the kind by.
@@ -120,6 +126,9 @@ async function runWithLimits(
           automatic: opts.automatic ?? false,
           env: opts.env,
           logger: opts.logger,
+          pins: opts.pins ?? new Map(),
+          installDir: opts.installDir,
+          requestRestart: opts.requestRestart ?? (() => {}),
         }),
       )
       .catch((err: unknown): ExecutorOutcome => {

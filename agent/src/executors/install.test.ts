@@ -111,6 +111,9 @@ function context(action: Command["action"], extra: { holds?: [string, string, st
     automatic: false,
     env: process.env,
     logger: silentLogger,
+    pins: new Map(),
+    installDir: undefined,
+    requestRestart: () => {},
   };
 }
 

@@ -4,6 +4,7 @@ import type { Breakers } from "../breaker.ts";
 import type { Heartbeat } from "../heartbeat.ts";
 import type { SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
+import type { PinnedKeys } from "../envelope.ts";
 
 export interface ExecutorContext {
   readonly command: Command;
@@ -23,6 +24,12 @@ export interface ExecutorContext {
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
   readonly logger: Logger;
+  // Command-signing keys this agent pinned (update_agent verifies its manifest with them).
+  readonly pins: PinnedKeys;
+  // Where agent releases live (REDFLAG_AGENT_INSTALL_DIR); undefined when not managed.
+  readonly installDir: string | undefined;
+  // Asks the agent to exit once this command's result is reported (a new release is in place).
+  readonly requestRestart: (reason: string) => void;
 }
 
 export interface ExecutorOutcome {

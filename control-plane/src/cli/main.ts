@@ -1,8 +1,15 @@
-import { create, toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { create, toBinary, toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
+import {
+  ArtifactManifestSchema,
+  CommandType,
+  PackageChangeKind,
+  PackageRefSchema,
+  PackageResultState,
+  UpdateAgentSchema,
+} from "@redflag/gen/command_pb";
 import {
   CommandService,
   CommandState,
@@ -21,7 +28,9 @@ import {
   TokenService,
 } from "@redflag/gen/token_service_pb";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { parseDuration } from "../duration.ts";
 import { ago, enumName, table } from "./output.ts";
 
@@ -222,6 +231,7 @@ const QUEUE_TYPES = [
   "reboot",
   "enable_heartbeat",
   "disable_heartbeat",
+  "update_agent",
 ] as const;
 
 function packageRef(text: string) {
@@ -274,6 +284,23 @@ async function buildAction(o: QueueOptions, c: ReturnType<typeof clients>): Prom
       };
     case "disable_heartbeat":
       return { case: "disableHeartbeat", value: { $typeName: "redflag.v1.DisableHeartbeat" } };
+    case "update_agent": {
+      if (!o.release || !o.url || !o.artifact) throw new CliError("update_agent needs --release <version>, --url <download URL> and --artifact <file>");
+      // The manifest describes the exact file; the control plane signs it, the agent checks it.
+      const bytes = await readFile(o.artifact).catch((err: NodeJS.ErrnoException) => {
+        throw new CliError(`cannot read --artifact ${o.artifact}: ${err.code ?? err.message}`);
+      });
+      const manifest = create(ArtifactManifestSchema, {
+        version: o.release,
+        platform: o.platform ?? "any",
+        sizeBytes: BigInt(bytes.length),
+        sha256: new Uint8Array(createHash("sha256").update(bytes).digest()),
+      });
+      return {
+        case: "updateAgent",
+        value: create(UpdateAgentSchema, { version: o.release, downloadUrl: o.url, manifest: toBinary(ArtifactManifestSchema, manifest) }),
+      };
+    }
     default:
       throw new CliError(`--type must be one of: ${QUEUE_TYPES.join(", ")}`);
   }
@@ -292,6 +319,10 @@ interface QueueOptions {
   interval?: number;
   fromDryRun?: string;
   toVersion?: string;
+  release?: string;
+  url?: string;
+  artifact?: string;
+  platform?: string;
   timeout?: number;
   wait?: number;
 }
@@ -321,6 +352,10 @@ commands
   .option("--interval <duration>", "enable_heartbeat: poll interval (default 5s)", seconds)
   .option("--from-dry-run <command-id>", "confirm_dependencies: install exactly what this dry run reported")
   .option("--to-version <version>", "rollback_update: the version to go back to")
+  .option("--release <version>", "update_agent: the agent version to install")
+  .option("--url <url>", "update_agent: where agents download the release tarball")
+  .option("--artifact <file>", "update_agent: the release tarball itself (its size and SHA-256 go into the signed manifest)")
+  .option("--platform <os-arch>", 'update_agent: "linux-x64", "darwin-arm64" … or "any" (default)')
   .option("--timeout <duration>", "execution timeout on the agent", seconds)
   .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
   .action(async (o: QueueOptions) => {

@@ -7,6 +7,8 @@ import type { CommandState as DbCommandState, CommandType as DbCommandType } fro
 import { createCommand, getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
+import type { CommandSigner } from "../signing/signer.ts";
+import { prepareAction } from "./actions.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
 
@@ -28,18 +30,17 @@ const STATE_FILTER = new Map<CommandState, DbCommandState>(
   Object.entries(COMMAND_STATES).map(([db, proto]) => [proto, db as DbCommandState]),
 );
 
-export function createCommandService(db: Prisma, wakeups: Wakeups): ServiceImpl<typeof CommandService> {
+export function createCommandService(db: Prisma, wakeups: Wakeups, signer: CommandSigner): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
       const agentId = uuid("agent_id", req.agentId);
-      const action = req.action;
-      if (!action.case) throw invalid("an action is required (for example scan_updates)");
+      const action = prepareAction(req.action, signer);
       if (req.timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds: req.timeoutSeconds }));
       const row = await createCommand(db, {
         agentId,
-        type: ACTION_TYPES[action.case]!,
+        type: ACTION_TYPES[action.case!]!,
         action: bytes,
         timeoutSeconds: req.timeoutSeconds,
         createdBy: ctx.values.get(kAdmin)!.name,

@@ -3,7 +3,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
 import { type TrustedKey, TrustedKeySchema } from "@redflag/gen/common_pb";
 import { sign, type KeyPair } from "./keys.ts";
-import { COMMAND_TYPE, pae } from "./pae.ts";
+import { COMMAND_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
 
 export interface CommandHeader {
   id: string;
@@ -20,6 +20,8 @@ export interface CommandSigner {
   // `action` is a serialized Command holding only the action (and timeout); the header fields
   // are serialized separately and concatenated, which protobuf defines as merging the two.
   signCommand(header: CommandHeader, action: Uint8Array): SignedCommand;
+  // Ed25519 over PAE("redflag.v1.ArtifactManifest", manifest) for update_agent.
+  signManifest(manifest: Uint8Array): { manifestSignature: Uint8Array; keyId: string };
 }
 
 export function createCommandSigner(active: KeyPair, trusted: KeyPair[]): CommandSigner {
@@ -47,6 +49,9 @@ export function createCommandSigner(active: KeyPair, trusted: KeyPair[]): Comman
         signature: sign(active.secretKey, pae(COMMAND_TYPE, command)),
         keyId: active.keyId,
       });
+    },
+    signManifest(manifest) {
+      return { manifestSignature: sign(active.secretKey, pae(MANIFEST_TYPE, manifest)), keyId: active.keyId };
     },
   };
 }
