@@ -71,6 +71,8 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
     const scanned = await stored(scan);
     expect(scanned.state).toBe(CommandState.SUCCEEDED);
     expect(scanned.result?.message).toMatch(/^found 4 update\(s\), 2 security/);
+    const pending = async () => (await cp.admin.fleet.getAgent({ agentId })).agent!.pendingUpdateCount;
+    expect(await pending()).toBe(4);
 
     const dryRun = await queue("--type", "dry_run_update", "--package", "apt:nginx");
     await agentRunsOnce();
@@ -94,6 +96,8 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
       ["nginx", PackageResultState.INSTALLED, "1.22.1-9", "1.22.1-9+deb12u2"],
       ["libnginx-mod-new", PackageResultState.INSTALLED, "", "1.22.1-9+deb12u2"],
     ]);
+    // The agent rescanned apt after installing: the fleet view no longer lists nginx.
+    expect(await pending()).toBe(3);
     const now = await apt.installed();
     expect([now.get("nginx"), now.get("libnginx-mod-new")]).toEqual(["1.22.1-9+deb12u2", "1.22.1-9+deb12u2"]);
     // Installed with the exact versions of the dry run, through argv, after a fresh simulation.
@@ -136,5 +140,6 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
       ["broken-pkg", PackageResultState.FAILED],
       ["base-files", PackageResultState.INSTALLED],
     ]);
+    expect(await pending()).toBe(1);
   });
 });

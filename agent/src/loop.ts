@@ -2,7 +2,14 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, type Transport } from "@connectrpc/connect";
 import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
-import { CommandOutcome, type CommandResult, CommandResultSchema, CommandSchema, ScanUpdatesSchema } from "@redflag/gen/command_pb";
+import {
+  CommandOutcome,
+  type CommandResult,
+  CommandResultSchema,
+  CommandSchema,
+  PackageResultState,
+  ScanUpdatesSchema,
+} from "@redflag/gen/command_pb";
 import { AgentStatusSchema } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { access } from "node:fs/promises";
@@ -24,7 +31,7 @@ import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
 import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
-import { scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
+import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 export interface Timing {
@@ -216,15 +223,39 @@ function createAgent(deps: AgentDeps) {
       },
     });
     if (result.detail.case === "scanUpdates" && result.outcome === CommandOutcome.SUCCEEDED) {
-      const updates = result.detail.value.updates;
-      lastScan = {
-        scanTime: new Date(),
-        pendingUpdateCount: updates.length,
-        securityUpdateCount: updates.filter((u) => u.security).length,
-      };
+      lastScan = mergeScan(lastScan, result.detail.value, new Date());
       await deps.scanSummary.save(lastScan).catch((err: unknown) => logger.warn({ err: describeError(err) }, "cannot save scan summary"));
     }
+    // What an install changed is stale in the control plane's view until those sources are
+    // scanned again; that happens right after this batch of commands.
+    const detail = result.detail;
+    if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {
+      for (const p of detail.value.packages) if (p.state === PackageResultState.INSTALLED) rescan.add(p.source);
+    }
     return result;
+  };
+  const rescan = new Set<string>();
+
+  // Scans the given subsystems now and keeps the result as a scan report until acknowledged.
+  const scanAndKeep = async (subsystems: string[], why: string): Promise<void> => {
+    const scanTime = new Date();
+    const command = create(CommandSchema, {
+      id: `scheduled-${randomUUID()}`,
+      action: { case: "scanUpdates", value: create(ScanUpdatesSchema, { subsystems }) },
+    });
+    logger.info({ subsystems, why }, "running scan");
+    const result = await execute(command, true);
+    if (result.detail.case === "scanUpdates") {
+      await deps.autoScans.add(create(ScanReportSchema, { id: randomUUID(), scanTime: timestampFromDate(scanTime), result: result.detail.value }));
+    }
+    logger.info({ subsystems, why, outcome: CommandOutcome[result.outcome], message: result.message }, "scan finished");
+  };
+
+  const rescanAfterInstalls = async (): Promise<void> => {
+    if (rescan.size === 0 || stop.aborted) return;
+    const sources = [...rescan];
+    rescan.clear();
+    await scanAndKeep(sources, "after install");
   };
 
   // Runs the subsystems whose schedule (auto_run, interval) says they are due; the scan is
@@ -233,18 +264,9 @@ function createAgent(deps: AgentDeps) {
     const due = deps.autoScans.due(session.registration.agentConfig, new Date());
     if (due.length === 0 || stop.aborted) return;
     const scanTime = new Date();
-    const command = create(CommandSchema, {
-      id: `scheduled-${randomUUID()}`,
-      action: { case: "scanUpdates", value: create(ScanUpdatesSchema, { subsystems: due }) },
-    });
-    logger.info({ subsystems: due }, "running scheduled scan");
-    const result = await execute(command, true);
+    await scanAndKeep(due, "scheduled");
     // Marked as run even when it failed: the circuit breaker, not a tight retry, handles failures.
     await deps.autoScans.markRun(due, scanTime);
-    if (result.detail.case === "scanUpdates") {
-      await deps.autoScans.add(create(ScanReportSchema, { id: randomUUID(), scanTime: timestampFromDate(scanTime), result: result.detail.value }));
-    }
-    logger.info({ subsystems: due, outcome: CommandOutcome[result.outcome], message: result.message }, "scheduled scan finished");
   };
 
   // Sends unacknowledged results and scan reports until the control plane has them or refuses
@@ -310,8 +332,13 @@ function createAgent(deps: AgentDeps) {
       totals.rejected += summary.rejected;
       totals.redelivered += summary.redelivered;
       totals.dropped += summary.dropped;
-      // Results go out now, even when the agent is stopping.
+      // Results go out now, even when the agent is stopping; then the view of what an install
+      // changed is refreshed and sent too.
       await flush(stop.aborted ? AbortSignal.timeout(timing.finalFlushMs) : stop);
+      if (rescan.size > 0 && !stop.aborted) {
+        await rescanAfterInstalls();
+        await flush(stop);
+      }
     }
     return { executed, intervalSeconds: intervalSeconds(res.nextPollSeconds) };
   };
