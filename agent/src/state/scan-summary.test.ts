@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageUpdateSchema, ScanUpdatesResultSchema, SubsystemRunSchema, SubsystemRunState } from "@redflag/gen/command_pb";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -38,6 +38,8 @@ describe("mergeScan", () => {
       const summary = mergeScan(undefined, scan([["apt", SubsystemRunState.RAN]], [["apt", "curl", true]]), new Date("2026-11-24T00:00:00Z"));
       await file.save(summary);
       expect(await file.load()).toEqual(summary);
+      await writeFile(path.join(dir, "scan-summary.json"), '{"version":1,"scanTime":"2026-11-01T00:00:00.000Z","pendingUpdateCount":7,"securityUpdateCount":2}\n');
+      expect(await file.load()).toEqual({ scanTime: new Date("2026-11-01T00:00:00Z"), pendingUpdateCount: 7, securityUpdateCount: 2, bySource: {} });
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
