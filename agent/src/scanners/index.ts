@@ -1,8 +1,9 @@
 import { aptScanner } from "./apt.ts";
+import { dnfScanner } from "./dnf.ts";
 import type { Scanner } from "./types.ts";
 
 // Every package source this agent knows, in the order a full scan runs them.
-export const SCANNERS: readonly Scanner[] = [aptScanner];
+export const SCANNERS: readonly Scanner[] = [aptScanner, dnfScanner];
 
 export function scannerNamed(name: string): Scanner | undefined {
   return SCANNERS.find((s) => s.name === name);

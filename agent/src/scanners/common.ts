@@ -1,0 +1,66 @@
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { type PackageUpdate, SubsystemRunSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
+import { runProcess, type ProcessResult } from "../run-process.ts";
+import type { ScanOptions, ScanResult } from "./types.ts";
+
+// Untranslated output from tools that honour the C locale.
+export const C_LOCALE = { LC_ALL: "C", LANG: "C", LANGUAGE: "" } as const;
+
+// The clock and result builders of one scan: every child gets what is left of the budget.
+export function scanSession(subsystem: string, opts: ScanOptions, extraEnv: NodeJS.ProcessEnv = {}) {
+  const started = Date.now();
+  const deadline = started + opts.timeoutMs;
+  const env = { ...opts.env, ...extraEnv };
+  const remaining = () => Math.max(1000, deadline - Date.now());
+  const done = (state: SubsystemRunState, message: string, updates: PackageUpdate[] = []): ScanResult => ({
+    run: create(SubsystemRunSchema, {
+      subsystem,
+      state,
+      message,
+      duration: durationFromMs(Date.now() - started),
+      updateCount: updates.length,
+    }),
+    updates,
+  });
+  return {
+    env,
+    remaining,
+    run: (argv: readonly string[], timeoutMs = remaining()): Promise<ProcessResult> =>
+      runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.min(timeoutMs, remaining()) }),
+    notPresent: (message: string) => done(SubsystemRunState.NOT_PRESENT, message),
+    failed: (message: string) => done(SubsystemRunState.FAILED, message),
+    ran: (updates: PackageUpdate[], notes: string[] = []) => done(SubsystemRunState.RAN, [countSummary(updates), ...notes].join("; "), updates),
+  };
+}
+
+export function countSummary(updates: readonly PackageUpdate[]): string {
+  return `${updates.length} update(s), ${updates.filter((u) => u.security).length} security`;
+}
+
+// "Critical", "important", "Moderate", "low" as advisories spell them; anything else is unknown.
+export function severityFromWord(word: string | undefined): UpdateSeverity {
+  switch (word?.trim().toLowerCase()) {
+    case "critical":
+      return UpdateSeverity.CRITICAL;
+    case "important":
+      return UpdateSeverity.IMPORTANT;
+    case "moderate":
+      return UpdateSeverity.MODERATE;
+    case "low":
+      return UpdateSeverity.LOW;
+    default:
+      return UpdateSeverity.UNKNOWN;
+  }
+}
+
+// "12.3 MiB", "58MB", "100 k", "2.3 M" → bytes; 0n when it cannot tell.
+export function parseSize(text: string | undefined): bigint {
+  const match = /^\s*([\d.,]+)\s*([kKmMgGtT]?)(i?[bB])?\s*$/.exec(text ?? "");
+  if (!match) return 0n;
+  const value = Number(match[1]!.replace(",", "."));
+  if (!Number.isFinite(value)) return 0n;
+  const power = { "": 0, k: 1, m: 2, g: 3, t: 4 }[match[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
+  // Package tools mean binary units even when they write "MB" or "M".
+  return BigInt(Math.round(value * 1024 ** power));
+}
