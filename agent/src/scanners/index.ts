@@ -1,9 +1,10 @@
 import { aptScanner } from "./apt.ts";
 import { dnfScanner } from "./dnf.ts";
+import { dockerScanner } from "./docker.ts";
 import type { Scanner } from "./types.ts";
 
 // Every package source this agent knows, in the order a full scan runs them.
-export const SCANNERS: readonly Scanner[] = [aptScanner, dnfScanner];
+export const SCANNERS: readonly Scanner[] = [aptScanner, dnfScanner, dockerScanner];
 
 export function scannerNamed(name: string): Scanner | undefined {
   return SCANNERS.find((s) => s.name === name);
