@@ -54,13 +54,15 @@ export function severityFromWord(word: string | undefined): UpdateSeverity {
   }
 }
 
-// "12.3 MiB", "58MB", "100 k", "2.3 M" → bytes; 0n when it cannot tell.
-export function parseSize(text: string | undefined): bigint {
-  const match = /^\s*([\d.,]+)\s*([kKmMgGtT]?)(i?[bB])?\s*$/.exec(text ?? "");
+// "12.3 MiB", "58MB", "100 k", "2.3 M" → bytes; 0n when it cannot tell. `unit` is what the
+// tool means by k/M/G: 1024 for most package managers, 1000 for snap and flatpak (SI).
+export function parseSize(text: string | undefined, unit: 1000 | 1024 = 1024): bigint {
+  const match = /^\s*([\d.,]+)\s*([kKmMgGtT]?)(i?[bB])?\s*$/.exec((text ?? "").replace(/\u00a0/g, " "));
   if (!match) return 0n;
   const value = Number(match[1]!.replace(",", "."));
   if (!Number.isFinite(value)) return 0n;
   const power = { "": 0, k: 1, m: 2, g: 3, t: 4 }[match[2]!.toLowerCase() as "" | "k" | "m" | "g" | "t"];
-  // Package tools mean binary units even when they write "MB" or "M".
-  return BigInt(Math.round(value * 1024 ** power));
+  // "MiB" is always binary, whatever the tool's habit.
+  const base = match[3]?.toLowerCase() === "ib" ? 1024 : unit;
+  return BigInt(Math.round(value * base ** power));
 }

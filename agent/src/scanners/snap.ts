@@ -41,7 +41,7 @@ export function toSnapUpdate(pending: SnapRow, installed: SnapRow | undefined): 
     repository: installed?.fourth ?? "",
     severity: UpdateSeverity.UNKNOWN,
     security: false,
-    sizeBytes: parseSize(pending.fourth),
+    sizeBytes: parseSize(pending.fourth, 1000),
     rebootRequired: SNAP_REBOOT.test(pending.name),
   });
 }
