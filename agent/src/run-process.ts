@@ -10,6 +10,9 @@ export interface ProcessOptions {
   maxOutputBytes?: number;
   // Time between SIGTERM and SIGKILL when the child has to be stopped.
   killGraceMs?: number;
+  // Run as this user and group (the agent must be root); Homebrew refuses to run as root.
+  uid?: number | undefined;
+  gid?: number | undefined;
 }
 
 export interface ProcessResult {
@@ -41,6 +44,8 @@ export function runProcess(argv: readonly string[], opts: ProcessOptions): Promi
       stdio: ["ignore", "pipe", "pipe"],
       env: opts.env ?? process.env,
       shell: false,
+      ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+      ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
     });
     const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 } };
     let truncated = false;
