@@ -7,16 +7,19 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
+import { createFakeSnap } from "./support/fake-snap.ts";
 import { run } from "./support/processes.ts";
 
 // The operator's patch flow, end to end: a real control plane, the real `redflag` CLI and a
-// real agent process on a host whose apt is a stateful fake. Dry run, confirm exactly that
-// set, then install more, and read the per-package outcome from the stored results.
+// real agent process on a host whose apt and snap are stateful fakes. Dry run across both
+// sources, confirm exactly that set, then install more, and read the per-package outcome from
+// the stored results.
 // Installing with apt needs root; these machines run the tests as root.
 describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → install", () => {
   let cp: TestControlPlane;
   let root: string;
   let apt: FakeApt;
+  let snap: Awaited<ReturnType<typeof createFakeSnap>>;
   let agentId: string;
   let env: Record<string, string>;
   const stateDir = () => path.join(root, "agent");
@@ -33,6 +36,10 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
         "broken-pkg amd64 1.1-1 oldstable",
         "base-files amd64 12.4+deb12u15 oldstable",
       ],
+    });
+    snap = await createFakeSnap(root, {
+      installed: ["firefox 131.0.3-1 5187", "lxd 5.21.2-2f4ba6b 30131"],
+      available: ["firefox 132.0.2-1 5273", "lxd 5.21.2-2f4ba6b 30131"],
     });
     env = {
       REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"),
@@ -66,26 +73,28 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
   const stored = async (id: string): Promise<CommandInfo> => (await cp.admin.commands.getCommand({ id })).command!;
 
   it("scans, previews nginx with its new dependency, installs exactly that, then reports a failing package", async () => {
-    const scan = await queue("--type", "scan_updates", "--subsystem", "apt");
+    const scan = await queue("--type", "scan_updates", "--subsystem", "apt", "--subsystem", "snap");
     await agentRunsOnce();
     const scanned = await stored(scan);
     expect(scanned.state).toBe(CommandState.SUCCEEDED);
-    expect(scanned.result?.message).toMatch(/^found 4 update\(s\), 2 security/);
+    expect(scanned.result?.message).toMatch(/^found 5 update\(s\), 2 security/);
     const pending = async () => (await cp.admin.fleet.getAgent({ agentId })).agent!.pendingUpdateCount;
-    expect(await pending()).toBe(4);
+    expect(await pending()).toBe(5);
 
-    const dryRun = await queue("--type", "dry_run_update", "--package", "apt:nginx");
+    const dryRun = await queue("--type", "dry_run_update", "--package", "apt:nginx", "--package", "snap:firefox");
     await agentRunsOnce();
     const preview = await stored(dryRun);
     expect(preview.state).toBe(CommandState.SUCCEEDED);
-    expect(preview.result?.message).toBe("2 package(s) would change: 1 upgrade, 1 install");
+    expect(preview.result?.message).toBe("3 package(s) would change: 2 upgrade, 1 install");
     if (preview.result?.detail.case !== "dryRunUpdate") throw new Error("no dry-run detail");
     expect(preview.result.detail.value.changes.map((c) => [c.kind, c.name, c.fromVersion, c.toVersion])).toEqual([
       [PackageChangeKind.UPGRADE, "nginx", "1.22.1-9", "1.22.1-9+deb12u2"],
       [PackageChangeKind.INSTALL, "libnginx-mod-new", "", "1.22.1-9+deb12u2"],
+      [PackageChangeKind.UPGRADE, "firefox", "131.0.3-1", "132.0.2-1"],
     ]);
     // A preview changes nothing.
     expect((await apt.installed()).get("nginx")).toBe("1.22.1-9");
+    expect((await snap.installed()).get("firefox")).toBe("131.0.3-1");
 
     const confirm = await queue("--type", "confirm_dependencies", "--from-dry-run", dryRun);
     await agentRunsOnce();
@@ -95,8 +104,10 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
     expect(confirmed.result.detail.value.packages.map((p) => [p.name, p.state, p.fromVersion, p.toVersion])).toEqual([
       ["nginx", PackageResultState.INSTALLED, "1.22.1-9", "1.22.1-9+deb12u2"],
       ["libnginx-mod-new", PackageResultState.INSTALLED, "", "1.22.1-9+deb12u2"],
+      ["firefox", PackageResultState.INSTALLED, "131.0.3-1", "132.0.2-1"],
     ]);
-    // The agent rescanned apt after installing: the fleet view no longer lists nginx.
+    expect((await snap.installed()).get("firefox")).toBe("132.0.2-1");
+    // The agent rescanned apt and snap after installing: the fleet view lists neither nginx nor firefox.
     expect(await pending()).toBe(3);
     const now = await apt.installed();
     expect([now.get("nginx"), now.get("libnginx-mod-new")]).toEqual(["1.22.1-9+deb12u2", "1.22.1-9+deb12u2"]);
