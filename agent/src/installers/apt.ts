@@ -1,9 +1,9 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, which } from "../run-process.ts";
 import { APT, parseAptListUpgradable } from "../scanners/apt.ts";
 import { rebootRequired as hostRebootRequired } from "../system.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // Never a prompt, never a pager, never a question from needrestart or apt-listchanges; keep
 // the configuration files the admin changed (confold) and take the maintainer's for the rest.
@@ -114,17 +114,7 @@ export interface AptInstallerDeps {
 export function createAptInstaller(deps: AptInstallerDeps = {}): Installer {
   const rebootCheck = deps.rebootCheck ?? (async () => (await hostRebootRequired()).required);
 
-  const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env = { ...opts.env, ...APT_ENV };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
-    return { env, output, run, remaining: () => deadline - Date.now() };
-  };
+  const session = (opts: InstallOptions) => toolSession(opts, APT_ENV);
 
   const tools = async (env: NodeJS.ProcessEnv) => {
     const path = env.PATH ?? "";
@@ -166,14 +156,7 @@ export function createAptInstaller(deps: AptInstallerDeps = {}): Installer {
   ): Promise<InstallOutcome> => {
     const { aptGet, dpkgQuery } = await tools(s.env);
     if (!aptGet || !dpkgQuery) return { packages: [], output: s.output, rebootRequired: false, error: "apt-get is not installed on this host" };
-    if (!opts.isRoot) {
-      return {
-        packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "installing with apt needs root" })),
-        output: s.output,
-        rebootRequired: false,
-        error: "installing with apt needs root; run the agent as root",
-      };
-    }
+    if (!opts.isRoot) return needsRoot(refs, "installing with apt", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, dpkgQuery, names);
     const lockWait = Math.max(0, Math.min(LOCK_WAIT_SECONDS, Math.floor(s.remaining() / 1000) - 60));

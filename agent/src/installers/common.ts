@@ -11,7 +11,8 @@ import {
   type ToolOutput,
   ToolOutputSchema,
 } from "@redflag/gen/command_pb";
-import { tail, type ProcessResult } from "../run-process.ts";
+import { runProcess, tail, type ProcessResult } from "../run-process.ts";
+import type { InstallOptions, InstallOutcome } from "./types.ts";
 
 // What a result keeps of each stream: enough to see why, never a whole log.
 export const OUTPUT_TAIL_CHARS = 4096;
@@ -81,3 +82,28 @@ export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architec
 const printable = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : text).replace(/[^\x20-\x7e]/g, "?");
 
 export { PackageChangeKind, PackageResultState };
+
+// The clock, environment and tool-output record of one installer operation: every child gets
+// what is left of the budget and the command's signal, and each run can be recorded.
+export function toolSession(opts: InstallOptions, extraEnv: NodeJS.ProcessEnv = {}) {
+  const deadline = Date.now() + opts.timeoutMs;
+  const env: NodeJS.ProcessEnv = { ...opts.env, ...extraEnv };
+  const output: ToolOutput[] = [];
+  const run = async (argv: string[], record = true, runEnv: NodeJS.ProcessEnv = env): Promise<ProcessResult> => {
+    const result = await runProcess(argv, { env: runEnv, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
+    if (record) output.push(toolOutput(argv, result));
+    return result;
+  };
+  return { env, output, run, remaining: () => deadline - Date.now() };
+}
+export type ToolSession = ReturnType<typeof toolSession>;
+
+// Every package FAILED because the agent is not root, and nothing run.
+export function needsRoot(refs: readonly Pick<PackageRef, "source" | "name" | "architecture">[], what: string, output: ToolOutput[]): InstallOutcome {
+  return {
+    packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: `${what} needs root` })),
+    output,
+    rebootRequired: false,
+    error: `${what} needs root; run the agent as root`,
+  };
+}

@@ -1,9 +1,9 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { DNF, findDnf, parseRpmQuery, RPM_ARCHES, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../scanners/dnf.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // "name", "name.arch", "name-version", "name-version.arch" as dnf and yum take them.
 export function rpmSpec(ref: Pick<PackageRef, "name" | "version" | "architecture">): string {
@@ -91,18 +91,10 @@ const OPERATION_ABORTED = /Operation aborted|Exiting on user command|Transaction
 
 export function createDnfInstaller(): Installer {
   const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env: NodeJS.ProcessEnv = { ...opts.env, ...C_LOCALE };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
+    const t = toolSession(opts, C_LOCALE);
     // Held packages stay out of every transaction, dependencies included: dnf fails the
     // transaction rather than touch them.
-    const excludes = [...opts.holds].map((h) => `--exclude=${h}`);
-    return { env, output, run, excludes };
+    return { ...t, excludes: [...opts.holds].map((h) => `--exclude=${h}`) };
   };
 
   const installed = async (s: ReturnType<typeof session>, names: readonly string[]) => {
@@ -118,14 +110,7 @@ export function createDnfInstaller(): Installer {
     const s = session(opts);
     const found = await findDnf(s.env);
     if (!found) return { packages: [], output: s.output, rebootRequired: false, error: "dnf is not installed on this host" };
-    if (!opts.isRoot) {
-      return {
-        packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "installing with dnf needs root" })),
-        output: s.output,
-        rebootRequired: false,
-        error: "installing with dnf needs root; run the agent as root",
-      };
-    }
+    if (!opts.isRoot) return needsRoot(refs, "installing with dnf", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, names);
     const result = await s.run([found.tool, "-y", "-q", ...s.excludes, action, "--", ...refs.map(rpmSpec)]);

@@ -1,8 +1,8 @@
-import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { FLATPAK, type InstalledRef, LIST_COLUMNS, parseInstalled, pendingFlatpaks, versionOf } from "../scanners/flatpak.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 const COMMIT = /^[0-9a-f]{64}$/;
 
@@ -13,17 +13,7 @@ export function flatpakReasonFor(name: string, output: string): string | undefin
 }
 
 export function createFlatpakInstaller(): Installer {
-  const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env: NodeJS.ProcessEnv = { ...opts.env, ...C_LOCALE };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
-    return { env, output, run };
-  };
+  const session = (opts: InstallOptions) => toolSession(opts, C_LOCALE);
   const installed = async (s: ReturnType<typeof session>, flatpak: string) =>
     parseInstalled((await s.run([flatpak, "list", "--system", `--columns=${LIST_COLUMNS}`], false)).stdout);
 
@@ -36,14 +26,7 @@ export function createFlatpakInstaller(): Installer {
     const s = session(opts);
     const flatpak = await which("flatpak", s.env.PATH ?? "");
     if (!flatpak) return { packages: [], output: s.output, rebootRequired: false, error: "flatpak is not installed on this host" };
-    if (!opts.isRoot) {
-      return {
-        packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "updating system flatpaks needs root" })),
-        output: s.output,
-        rebootRequired: false,
-        error: "updating system flatpaks needs root; run the agent as root",
-      };
-    }
+    if (!opts.isRoot) return needsRoot(refs, "updating system flatpaks", s.output);
     const before = await installed(s, flatpak);
     const result = await s.run(argv(flatpak));
     const after = await installed(s, flatpak);

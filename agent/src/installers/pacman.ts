@@ -1,10 +1,10 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
 import { readdir } from "node:fs/promises";
 import path from "node:path";
-import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, which, type ProcessResult } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { PACMAN, PACMAN_REBOOT_PACKAGES } from "../scanners/pacman.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
+import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
 
 export const DEFAULT_CACHE_DIR = "/var/cache/pacman/pkg";
@@ -56,17 +56,9 @@ export interface PacmanInstallerDeps {
 
 export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer {
   const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env: NodeJS.ProcessEnv = { ...opts.env, ...C_LOCALE };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
+    const t = toolSession(opts, C_LOCALE);
     // Held packages are ignored by pacman itself: a dependency on one fails the transaction.
-    const ignore = opts.holds.size > 0 ? ["--ignore", [...opts.holds].join(",")] : [];
-    return { env, output, run, ignore };
+    return { ...t, ignore: opts.holds.size > 0 ? ["--ignore", [...opts.holds].join(",")] : [] };
   };
   const installed = async (s: ReturnType<typeof session>, pacman: string, names: readonly string[]) =>
     names.length === 0 ? new Map<string, string>() : parsePacmanQuery((await s.run([pacman, "-Q", "--", ...new Set(names)], false)).stdout);

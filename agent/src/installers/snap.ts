@@ -1,8 +1,8 @@
-import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { parseSnapTable, pendingSnaps, SNAP, type SnapRow } from "../scanners/snap.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult, ToolOutput } from "./types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult } from "./types.ts";
 
 // snapd prints "error: …" lines; the one naming a snap explains its failure.
 export function snapReasonFor(name: string, output: string): string | undefined {
@@ -11,17 +11,7 @@ export function snapReasonFor(name: string, output: string): string | undefined 
 }
 
 export function createSnapInstaller(): Installer {
-  const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env: NodeJS.ProcessEnv = { ...opts.env, ...C_LOCALE };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
-    return { env, output, run };
-  };
+  const session = (opts: InstallOptions) => toolSession(opts, C_LOCALE);
   const listed = async (s: ReturnType<typeof session>, snap: string, all = false): Promise<SnapRow[]> =>
     parseSnapTable((await s.run(all ? [snap, "list", "--all"] : [snap, "list"], false)).stdout);
   const current = (rows: SnapRow[], name: string) => rows.find((r) => r.name === name && !r.notes.includes("disabled"));
@@ -35,14 +25,7 @@ export function createSnapInstaller(): Installer {
     const s = session(opts);
     const snap = await which("snap", s.env.PATH ?? "");
     if (!snap) return { packages: [], output: s.output, rebootRequired: false, error: "snap is not installed on this host" };
-    if (!opts.isRoot) {
-      return {
-        packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "refreshing snaps needs root" })),
-        output: s.output,
-        rebootRequired: false,
-        error: "refreshing snaps needs root; run the agent as root",
-      };
-    }
+    if (!opts.isRoot) return needsRoot(refs, "refreshing snaps", s.output);
     const before = await listed(s, snap);
     const result = await s.run(argv(snap));
     const after = await listed(s, snap);

@@ -1,22 +1,13 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { runProcess, which, type ProcessResult } from "../run-process.ts";
+import { which } from "../run-process.ts";
 import { cleanLines, listUpgrades, parseWingetTable, WINGET, WINGET_FLAGS, wingetCode, wingetFailure } from "../scanners/winget.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult, ToolOutput } from "./types.ts";
+import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult } from "./types.ts";
 
 const REBOOT_TEXT = /restart (your pc|the computer|is required)|reboot (is )?required/i;
 
 export function createWingetInstaller(): Installer {
-  const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env: opts.env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
-    return { output, run };
-  };
+  const session = (opts: InstallOptions) => toolSession(opts);
 
   // The installed version of one package, from `winget list --id X --exact`.
   const installedVersion = async (s: ReturnType<typeof session>, winget: string, id: string) => {

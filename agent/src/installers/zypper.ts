@@ -1,10 +1,10 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { runProcess, which, type ProcessResult } from "../run-process.ts";
+import { which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { parseRpmQuery, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../scanners/dnf.ts";
 import { xmlElements, ZYPPER, ZYPPER_OK, zypperFailure, zypperMessages } from "../scanners/zypper.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // "name", "name.arch", "name=version", "name.arch=version" as zypper takes them.
 export function zypperSpec(ref: Pick<PackageRef, "name" | "version" | "architecture">): string {
@@ -50,17 +50,7 @@ export function zypperReasonFor(name: string, messages: readonly string[]): stri
 }
 
 export function createZypperInstaller(): Installer {
-  const session = (opts: InstallOptions) => {
-    const deadline = Date.now() + opts.timeoutMs;
-    const env: NodeJS.ProcessEnv = { ...opts.env, ...C_LOCALE };
-    const output: ToolOutput[] = [];
-    const run = async (argv: string[], record = true): Promise<ProcessResult> => {
-      const result = await runProcess(argv, { env, signal: opts.signal, timeoutMs: Math.max(1000, deadline - Date.now()) });
-      if (record) output.push(toolOutput(argv, result));
-      return result;
-    };
-    return { env, output, run };
-  };
+  const session = (opts: InstallOptions) => toolSession(opts, C_LOCALE);
   const installed = async (s: ReturnType<typeof session>, names: readonly string[]) => {
     const rpm = await which("rpm", s.env.PATH ?? "");
     if (!rpm || names.length === 0) return new Map<string, string>();
@@ -73,14 +63,7 @@ export function createZypperInstaller(): Installer {
     const s = session(opts);
     const zypper = await which("zypper", s.env.PATH ?? "");
     if (!zypper) return { packages: [], output: s.output, rebootRequired: false, error: "zypper is not installed on this host" };
-    if (!opts.isRoot) {
-      return {
-        packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "installing with zypper needs root" })),
-        output: s.output,
-        rebootRequired: false,
-        error: "installing with zypper needs root; run the agent as root",
-      };
-    }
+    if (!opts.isRoot) return needsRoot(refs, "installing with zypper", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, names);
     const result = await s.run([zypper, "--non-interactive", "--xmlout", ...action, "--", ...refs.map(zypperSpec)]);
