@@ -158,7 +158,7 @@ describe.each(backends)("end to end on %s", (backend) => {
     expect(unknown.stderr).toMatch(/NotFound: agent 00000000-0000-4000-8000-000000000000 does not exist/);
     const badKey = await run(["control-plane/src/cli/main.ts", "--server", server.url, "--api-key", "rfadm_wrong", "agents", "list"]);
     expect(badKey.code).toBe(1);
-    expect(badKey.stderr).toMatch(/Unauthenticated: API key is not valid/);
+    expect(badKey.stderr).toMatch(/Unauthenticated: the API token is not valid \(unknown or revoked\)/);
     const badType = await cli("commands", "queue", "--agent", agentId, "--type", "make_coffee");
     expect(badType.code).toBe(2);
     const down = await run(["control-plane/src/cli/main.ts", "--server", "http://127.0.0.1:9", "--api-key", "x", "agents", "list"]);

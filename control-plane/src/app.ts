@@ -15,6 +15,7 @@ import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner } from "./signing/signer.ts";
+import { createPrincipalResolver } from "./auth/principals.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -48,6 +49,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
       agents: createAgentRegistry(db.prisma),
       signer: createCommandSigner(keys.active, keys.trusted),
+      principals: createPrincipalResolver(db.prisma),
+      masterKey,
+      signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,
       lastSeen,
       logger,

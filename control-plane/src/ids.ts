@@ -22,4 +22,4 @@ export function isUuid(text: string): boolean {
   return uuidPattern.test(text);
 }
 
-export const SECRET_PREFIX = { registration: "rfreg_", admin: "rfadm_" } as const;
+export const SECRET_PREFIX = { registration: "rfreg_", admin: "rfadm_", session: "rfses_", apiToken: "rfapi_" } as const;

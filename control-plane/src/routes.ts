@@ -1,16 +1,35 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AgentService } from "@redflag/gen/agent_service_pb";
+import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
+import { AuditService } from "@redflag/gen/audit_service_pb";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
+import { UserService } from "@redflag/gen/user_service_pb";
+import type { PrincipalResolver } from "./auth/principals.ts";
 import { createAgentService, type AgentServiceDeps } from "./services/agent-service.ts";
+import { createApiTokenService } from "./services/api-token-service.ts";
+import { createAuditService } from "./services/audit-service.ts";
+import { createAuthService } from "./services/auth-service.ts";
 import { createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
 import { createTokenService } from "./services/token-service.ts";
+import { createUserService } from "./services/user-service.ts";
 
-export function createRoutes(deps: AgentServiceDeps) {
+export interface RouteDeps extends AgentServiceDeps {
+  principals: PrincipalResolver;
+  masterKey: Buffer;
+  signingKeyFingerprint: string;
+}
+
+export function createRoutes(deps: RouteDeps) {
   return (router: ConnectRouter) => {
     router.service(AgentService, createAgentService(deps));
+    router.service(AuthService, createAuthService({ ...deps, signingKeyId: deps.signer.activeKeyId }));
+    router.service(UserService, createUserService(deps.db, deps.principals));
+    router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
+    router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db));
     router.service(FleetService, createFleetService(deps.db, deps.lastSeen, deps.config.pollIntervalSeconds));
     router.service(CommandService, createCommandService(deps.db, deps.wakeups, deps.signer));

@@ -58,7 +58,7 @@ describe("transports", () => {
       FleetService,
       createConnectTransport({ baseUrl: cp.url, httpVersion: "2", interceptors: [headerInterceptor({ authorization: "Bearer rfadm_nope" })] }),
     );
-    await expect(wrong.listAgents({})).rejects.toMatchObject({ code: Code.Unauthenticated, rawMessage: "API key is not valid" });
+    await expect(wrong.listAgents({})).rejects.toMatchObject({ code: Code.Unauthenticated, rawMessage: "the API token is not valid (unknown or revoked)" });
   });
 
   it("answers a long-poll at once when shutting down", async () => {

@@ -1,14 +1,15 @@
 import { Code, ConnectError, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../log.ts";
-import { isMachineId, sha256 } from "../ids.ts";
+import { isMachineId } from "../ids.ts";
 import { isConnectionError } from "../store/db.ts";
-import { findApiKey, touchApiKeys } from "../store/bootstrap.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { AgentRegistry } from "./agent-registry.ts";
 import type { AgentTokens } from "./agent-tokens.ts";
-import { kAdmin, kAgent, kRemoteAddr, type AdminIdentity } from "./context.ts";
+import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "./context.ts";
+import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
+import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
 
 // Outermost: gives every call a request ID, logs it, and turns anything that is not a
@@ -43,27 +44,47 @@ export interface AuthDeps {
   db: Prisma;
   tokens: AgentTokens;
   agents: AgentRegistry;
+  principals: PrincipalResolver;
   logger: Logger;
 }
 
 // One interceptor, deny by default: the policy table says who may call each method.
 export function authInterceptor(deps: AuthDeps): Interceptor {
-  const admin = adminAuthenticator(deps.db);
   return (next) => async (req) => {
     const policy = policyFor(req.service.typeName, req.method.name);
+    req.contextValues.set(kUserAgent, (req.header.get("user-agent") ?? "").slice(0, 200));
     switch (policy) {
       case "public":
         return next(req);
       case "agent":
         await authenticateAgent(deps, req.header, req.contextValues);
         return next(req);
-      case "admin":
-        req.contextValues.set(kAdmin, await admin(bearer(req.header)));
-        return next(req);
-      default:
+      case undefined:
         throw new ConnectError("this method is not available", Code.PermissionDenied);
+      default: {
+        const principal = await deps.principals.resolve(personCredential(req.header));
+        if (policy === "self") {
+          if (principal.kind !== "session") {
+            throw new ConnectError("only a signed-in person can change their own credentials (not an API token or the admin key)", Code.PermissionDenied);
+          }
+        } else if (!atLeast(principal.role, policy)) {
+          throw new ConnectError(`${req.method.name} needs the ${policy} role; ${principal.name} acts as ${principal.role}`, Code.PermissionDenied);
+        }
+        req.contextValues.set(kPrincipal, principal);
+        return next(req);
+      }
     }
   };
+}
+
+// A person's credential: "authorization: Bearer …" (API token, admin key, or a session for
+// scripts), else the session cookie the console gets at login.
+function personCredential(header: Headers): string {
+  const auth = header.get("authorization");
+  if (auth) return bearer(header);
+  const cookie = sessionFromCookie(header.get("cookie"));
+  if (cookie) return cookie;
+  throw new ConnectError("missing credentials: sign in, or send authorization: Bearer <token>", Code.Unauthenticated);
 }
 
 function bearer(header: Headers): string {
@@ -95,26 +116,4 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   }
   if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   values.set(kAgent, { agentId: claims.agentId, machineId: claims.machineId });
-}
-
-// API keys are looked up by SHA-256, so comparing secrets never takes secret-dependent time.
-function adminAuthenticator(db: Prisma) {
-  const cache = new Map<string, { identity: AdminIdentity; until: number }>();
-  const lastTouched = new Map<string, number>();
-  return async (secret: string): Promise<AdminIdentity> => {
-    const hash = sha256(secret);
-    const key = hash.toString("base64");
-    const now = Date.now();
-    const hit = cache.get(key);
-    if (hit && hit.until > now) return hit.identity;
-    const row = await findApiKey(db, hash);
-    if (!row || row.revokedAt) throw new ConnectError("API key is not valid", Code.Unauthenticated);
-    const identity = { keyId: row.id, name: row.name };
-    cache.set(key, { identity, until: now + 10_000 });
-    if ((lastTouched.get(row.id) ?? 0) < now - 60_000) {
-      lastTouched.set(row.id, now);
-      await touchApiKeys(db, [row.id], new Date(now));
-    }
-    return identity;
-  };
 }

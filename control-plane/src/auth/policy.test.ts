@@ -1,23 +1,34 @@
 import { AgentService } from "@redflag/gen/agent_service_pb";
+import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
+import { AuditService } from "@redflag/gen/audit_service_pb";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
+import { UserService } from "@redflag/gen/user_service_pb";
 import { describe, expect, it } from "vitest";
 import { policyFor, policyTable } from "./policy.ts";
 
+const ALL_SERVICES = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService];
+
 describe("policy table", () => {
   it("names every RPC of every service and nothing else", () => {
-    const rpcs = [AgentService, TokenService, FleetService, CommandService].flatMap((s) =>
-      s.methods.map((m) => `${s.typeName}/${m.name}`),
-    );
+    const rpcs = ALL_SERVICES.flatMap((s) => s.methods.map((m) => `${s.typeName}/${m.name}`));
     expect([...policyTable().keys()].sort()).toEqual(rpcs.sort());
   });
 
-  it("lets agents only register and renew without a credential, and denies the unknown", () => {
+  it("opens only registration, renewal, setup and sign-in to callers without credentials, and denies the unknown", () => {
     const open = [...policyTable()].filter(([, access]) => access === "public").map(([rpc]) => rpc);
-    expect(open.sort()).toEqual(["redflag.v1.AgentService/Register", "redflag.v1.AgentService/Renew"]);
+    expect(open.sort()).toEqual([
+      "redflag.v1.AgentService/Register",
+      "redflag.v1.AgentService/Renew",
+      "redflag.v1.AuthService/GetSetupState",
+      "redflag.v1.AuthService/Login",
+      "redflag.v1.AuthService/Setup",
+    ]);
     expect(policyFor("redflag.v1.AgentService", "PollCommands")).toBe("agent");
     expect(policyFor("redflag.v1.TokenService", "CreateRegistrationToken")).toBe("admin");
+    expect(policyFor("redflag.v1.CommandService", "CreateCommand")).toBe("operator");
     expect(policyFor("redflag.v1.Nope", "Anything")).toBeUndefined();
   });
 });

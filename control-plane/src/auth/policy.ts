@@ -1,25 +1,45 @@
+import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
 import { AgentService } from "@redflag/gen/agent_service_pb";
+import { AuditService } from "@redflag/gen/audit_service_pb";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
+import { UserService } from "@redflag/gen/user_service_pb";
 import type { DescService } from "@bufbuild/protobuf";
+import type { RoleName } from "./roles.ts";
 
-export type Access = "public" | "agent" | "admin";
+// public: anyone. agent: a registered agent's access token and machine ID. A role: a person
+// (session or API token) or the admin key with at least that role. self: a signed-in person
+// through a session (not a token, not the admin key): changes to one's own credentials.
+export type Access = "public" | "agent" | "self" | RoleName;
 
 // Who may call what, per service/method. Anything missing is denied.
 const table = new Map<string, Access>();
 
 function allow(service: DescService, access: Access, methods?: string[]) {
-  for (const method of service.methods) {
-    if (!methods || methods.includes(method.name)) table.set(`${service.typeName}/${method.name}`, access);
+  for (const name of methods ?? service.methods.map((m) => m.name)) {
+    if (!service.methods.some((m) => m.name === name)) throw new Error(`${service.typeName} has no method ${name}`);
+    table.set(`${service.typeName}/${name}`, access);
   }
 }
 
 allow(AgentService, "public", ["Register", "Renew"]);
 allow(AgentService, "agent", ["PollCommands", "ReportResults"]);
+
+allow(AuthService, "public", ["GetSetupState", "Setup", "Login"]);
+allow(AuthService, "viewer", ["Logout", "WhoAmI"]);
+allow(AuthService, "self", ["ChangePassword", "BeginTotpEnrollment", "ConfirmTotpEnrollment", "DisableTotp"]);
+
+allow(UserService, "admin");
+// Everyone manages their own tokens; the handlers limit other people's to admins.
+allow(ApiTokenService, "viewer");
+allow(AuditService, "admin");
+
 allow(TokenService, "admin");
-allow(FleetService, "admin");
-allow(CommandService, "admin");
+allow(FleetService, "viewer");
+allow(CommandService, "viewer", ["ListCommands", "GetCommand"]);
+allow(CommandService, "operator", ["CreateCommand"]);
 
 export function policyFor(service: string, method: string): Access | undefined {
   return table.get(`${service}/${method}`);

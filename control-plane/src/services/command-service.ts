@@ -1,8 +1,8 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { CommandSchema } from "@redflag/gen/command_pb";
-import { CommandService, CommandState } from "@redflag/gen/command_service_pb";
-import { kAdmin } from "../auth/context.ts";
+import { CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
+import { audit, callerName } from "./audit.ts";
 import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
 import { createCommand, getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
@@ -43,10 +43,12 @@ export function createCommandService(db: Prisma, wakeups: Wakeups, signer: Comma
         type: ACTION_TYPES[action.case!]!,
         action: bytes,
         timeoutSeconds: req.timeoutSeconds,
-        createdBy: ctx.values.get(kAdmin)!.name,
+        createdBy: callerName(ctx),
       });
       wakeups.notify(agentId);
-      return { command: commandToProto(row) };
+      const command = commandToProto(row);
+      await audit(db, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action: req.action })) } });
+      return { command };
     },
 
     async listCommands(req) {

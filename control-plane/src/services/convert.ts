@@ -13,6 +13,12 @@ import type { CommandState as DbCommandState, CommandType as DbCommandType } fro
 import type { AgentRow } from "../store/agents.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
+import type { UserRow } from "../store/people.ts";
+import type { ApiKey as ApiKeyRow, AuditEntry as AuditRow } from "../generated/prisma/client.ts";
+import { type User, UserSchema } from "@redflag/gen/identity_pb";
+import { type ApiToken, ApiTokenSchema } from "@redflag/gen/api_token_service_pb";
+import { type AuditEntry, AuditEntrySchema } from "@redflag/gen/audit_service_pb";
+import { roleToProto } from "../auth/roles.ts";
 
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 
@@ -111,5 +117,50 @@ export function commandToProto(row: CommandRow): CommandInfo {
     createdBy: row.createdBy,
     result: row.result ? fromBinary(CommandResultSchema, row.result.result) : undefined,
     deliveryCount: row.deliveryCount,
+  });
+}
+
+export function userToProto(row: UserRow): User {
+  return create(UserSchema, {
+    id: row.id,
+    username: row.username,
+    displayName: row.displayName,
+    role: roleToProto(row.role),
+    totpEnabled: row.totpEnabled,
+    disabled: row.disabledAt !== null,
+    createTime: timestampFromDate(row.createdAt),
+    lastLoginTime: row.lastLoginAt ? timestampFromDate(row.lastLoginAt) : undefined,
+    authSource: row.authSource,
+  });
+}
+
+export function apiTokenToProto(row: ApiKeyRow & { user: UserRow | null }): ApiToken {
+  return create(ApiTokenSchema, {
+    id: row.id,
+    name: row.name,
+    userId: row.userId ?? "",
+    username: row.user?.username ?? "",
+    scope: roleToProto(row.scope),
+    prefix: row.prefix,
+    createTime: timestampFromDate(row.createdAt),
+    expireTime: row.expiresAt ? timestampFromDate(row.expiresAt) : undefined,
+    lastUseTime: row.lastUsedAt ? timestampFromDate(row.lastUsedAt) : undefined,
+    revokeTime: row.revokedAt ? timestampFromDate(row.revokedAt) : undefined,
+  });
+}
+
+export function auditToProto(row: AuditRow): AuditEntry {
+  return create(AuditEntrySchema, {
+    id: row.id.toString(),
+    time: timestampFromDate(row.createdAt),
+    actorKind: row.actorKind,
+    actorId: row.actorId,
+    actorName: row.actorName,
+    action: row.action,
+    target: row.target,
+    remoteAddr: row.remoteAddr,
+    beforeJson: row.before === null ? "" : JSON.stringify(row.before),
+    afterJson: row.after === null ? "" : JSON.stringify(row.after),
+    outcome: row.outcome,
   });
 }

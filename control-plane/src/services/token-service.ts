@@ -1,6 +1,7 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { TokenService } from "@redflag/gen/token_service_pb";
-import { kAdmin } from "../auth/context.ts";
+import { toJson } from "@bufbuild/protobuf";
+import { RegistrationTokenSchema, TokenService } from "@redflag/gen/token_service_pb";
+import { audit, callerName } from "./audit.ts";
 import {
   createRegistrationToken,
   listRegistrationTokens,
@@ -28,10 +29,12 @@ export function createTokenService(db: Prisma): ServiceImpl<typeof TokenService>
         seats: req.seats,
         ttlSeconds,
         note,
-        createdBy: ctx.values.get(kAdmin)!.name,
+        createdBy: callerName(ctx),
         now,
       });
-      return { token: registrationTokenToProto(token, now), secret };
+      const proto = registrationTokenToProto(token, now);
+      await audit(db, ctx, { target: `registration_token:${token.id}`, after: toJson(RegistrationTokenSchema, proto) });
+      return { token: proto, secret };
     },
 
     async listRegistrationTokens(req) {
@@ -40,10 +43,12 @@ export function createTokenService(db: Prisma): ServiceImpl<typeof TokenService>
       return { tokens: rows.map((r) => registrationTokenToProto(r, now)), nextPageToken: nextPageToken(next) };
     },
 
-    async revokeRegistrationToken(req) {
+    async revokeRegistrationToken(req, ctx) {
       const now = new Date();
       const row = await revokeRegistrationToken(db, uuid("id", req.id), now);
-      return { token: registrationTokenToProto(row, now) };
+      const proto = registrationTokenToProto(row, now);
+      await audit(db, ctx, { target: `registration_token:${row.id}`, after: toJson(RegistrationTokenSchema, proto) });
+      return { token: proto };
     },
   };
 }

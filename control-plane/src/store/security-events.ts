@@ -5,7 +5,8 @@ export type SecurityEventType =
   | "refresh_token_reuse"
   | "renew_bad_signature"
   | "result_for_foreign_command"
-  | "registration_token_invalid";
+  | "registration_token_invalid"
+  | "login_failed";
 
 export interface SecurityEventInput {
   type: SecurityEventType;
