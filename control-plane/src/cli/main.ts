@@ -1,5 +1,5 @@
 import { create, toBinary, toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
@@ -27,7 +27,21 @@ import {
   RevokeRegistrationTokenResponseSchema,
   TokenService,
 } from "@redflag/gen/token_service_pb";
-import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { ApiTokenService, type ApiToken, CreateApiTokenResponseSchema, ListApiTokensResponseSchema, RevokeApiTokenResponseSchema } from "@redflag/gen/api_token_service_pb";
+import { AuditService, ListAuditEntriesResponseSchema } from "@redflag/gen/audit_service_pb";
+import { AuthService, type LoginResponse, LoginResponseSchema, type SetupResponse, WhoAmIResponseSchema } from "@redflag/gen/auth_service_pb";
+import { Role, type User } from "@redflag/gen/identity_pb";
+import {
+  CreateUserResponseSchema,
+  DisableUserResponseSchema,
+  ListUsersResponseSchema,
+  ResetPasswordResponseSchema,
+  UpdateUserResponseSchema,
+  UserService,
+} from "@redflag/gen/user_service_pb";
+import { createInterface } from "node:readline";
+import { loadSession, removeSession, saveSession } from "./session-file.ts";
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -54,9 +68,25 @@ const program = new Command("redflag")
   .showHelpAfterError()
   .exitOverride();
 
-function clients() {
+// The credential for this call: --api-key or REDFLAG_API_KEY; else an --api-key-file the
+// user named; else the session `redflag login` stored for this server; else the server's
+// data/admin.key when it is readable from here.
+async function credential(): Promise<string> {
   const opts = program.opts<GlobalOptions>();
-  const key = opts.apiKey ?? readKeyFile(opts.apiKeyFile);
+  if (opts.apiKey) return opts.apiKey;
+  const fileSource = program.getOptionValueSource("apiKeyFile");
+  if (fileSource === "cli" || fileSource === "env") return readKeyFile(opts.apiKeyFile);
+  const session = await loadSession(opts.server);
+  if (session) return session.token;
+  try {
+    return readKeyFile(opts.apiKeyFile);
+  } catch {
+    throw new CliError(`not signed in: run \`redflag login\`, pass --api-key, or set REDFLAG_API_KEY`);
+  }
+}
+
+function transportFor(key: string | undefined) {
+  const opts = program.opts<GlobalOptions>();
   let baseUrl: URL;
   try {
     baseUrl = new URL(opts.server);
@@ -64,21 +94,27 @@ function clients() {
     throw new CliError(`--server ${opts.server} is not a URL (for example http://127.0.0.1:8080)`);
   }
   const auth: Interceptor = (next) => (req) => {
-    req.header.set("authorization", `Bearer ${key}`);
+    if (key) req.header.set("authorization", `Bearer ${key}`);
     return next(req);
   };
-  const transport = createConnectTransport({
-    baseUrl: baseUrl.toString(),
-    httpVersion: "1.1",
-    interceptors: [auth],
-    defaultTimeoutMs: 30_000,
-  });
+  return createConnectTransport({ baseUrl: baseUrl.toString(), httpVersion: "1.1", interceptors: [auth], defaultTimeoutMs: 30_000 });
+}
+
+async function clients() {
+  const transport = transportFor(await credential());
   return {
     tokens: createClient(TokenService, transport),
     fleet: createClient(FleetService, transport),
     commands: createClient(CommandService, transport),
+    auth: createClient(AuthService, transport),
+    users: createClient(UserService, transport),
+    apiTokens: createClient(ApiTokenService, transport),
+    audit: createClient(AuditService, transport),
   };
 }
+
+// Sign-in and setup need no credential.
+const anonymousAuth = () => createClient(AuthService, transportFor(undefined));
 
 function readKeyFile(file: string | undefined): string {
   if (!file) throw new CliError("no API key: pass --api-key, set REDFLAG_API_KEY, or --api-key-file");
@@ -123,7 +159,7 @@ tokens
   .option("--expires <duration>", "lifetime, for example 24h or 7d (default: never)", seconds)
   .option("--note <text>", "what the token is for", "")
   .action(async (o: { seats: number; expires?: number; note: string }) => {
-    const res = await clients().tokens.createRegistrationToken({
+    const res = await (await clients()).tokens.createRegistrationToken({
       seats: o.seats,
       note: o.note,
       ttl: o.expires ? durationFromMs(o.expires * 1000) : undefined,
@@ -142,7 +178,7 @@ tokens
   .command("list")
   .description("list registration tokens")
   .action(async () => {
-    const res = await clients().tokens.listRegistrationTokens({ pageSize: 500 });
+    const res = await (await clients()).tokens.listRegistrationTokens({ pageSize: 500 });
     if (json()) return printJson(ListRegistrationTokensResponseSchema, res);
     process.stdout.write(
       table(
@@ -164,7 +200,7 @@ tokens
   .description("stop a token from registering more agents")
   .argument("<id>", "token ID")
   .action(async (id: string) => {
-    const res = await clients().tokens.revokeRegistrationToken({ id });
+    const res = await (await clients()).tokens.revokeRegistrationToken({ id });
     if (json()) return printJson(RevokeRegistrationTokenResponseSchema, res);
     process.stdout.write(`token ${id} revoked\n`);
   });
@@ -176,7 +212,7 @@ agents
   .command("list")
   .description("list agents")
   .action(async () => {
-    const res = await clients().fleet.listAgents({ pageSize: 500 });
+    const res = await (await clients()).fleet.listAgents({ pageSize: 500 });
     if (json()) return printJson(ListAgentsResponseSchema, res);
     process.stdout.write(
       table(
@@ -199,7 +235,7 @@ agents
   .description("show one agent")
   .argument("<id>", "agent ID")
   .action(async (id: string) => {
-    const res = await clients().fleet.getAgent({ agentId: id });
+    const res = await (await clients()).fleet.getAgent({ agentId: id });
     if (json()) return printJson(GetAgentResponseSchema, res);
     const a = res.agent!;
     process.stdout.write(
@@ -240,7 +276,7 @@ function packageRef(text: string) {
   return create(PackageRefSchema, { source: match[1]!, name: match[2]!, version: match[3] ?? "" });
 }
 
-async function buildAction(o: QueueOptions, c: ReturnType<typeof clients>): Promise<CreateCommandRequest["action"]> {
+async function buildAction(o: QueueOptions, c: Awaited<ReturnType<typeof clients>>): Promise<CreateCommandRequest["action"]> {
   const packages = (o.package ?? []).map(packageRef);
   switch (o.type) {
     case "confirm_dependencies": {
@@ -359,7 +395,7 @@ commands
   .option("--timeout <duration>", "execution timeout on the agent", seconds)
   .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
   .action(async (o: QueueOptions) => {
-    const c = clients();
+    const c = await clients();
     const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0 });
     req.action = await buildAction(o, c);
     const res = await c.commands.createCommand(req);
@@ -370,7 +406,7 @@ commands
     if (o.wait && command.state !== CommandState.SUCCEEDED) process.exitCode = 1;
   });
 
-async function waitFor(client: ReturnType<typeof clients>["commands"], command: CommandInfo, forSeconds: number) {
+async function waitFor(client: Awaited<ReturnType<typeof clients>>["commands"], command: CommandInfo, forSeconds: number) {
   const deadline = Date.now() + forSeconds * 1000;
   while (!FINAL.has(command.state)) {
     if (Date.now() > deadline) {
@@ -394,7 +430,7 @@ commands
       if (named === undefined) throw new CliError(`--state ${o.state} is not a command state`);
       state = named;
     }
-    const res = await clients().commands.listCommands({ agentId: o.agent ?? "", state, pageSize: 500 });
+    const res = await (await clients()).commands.listCommands({ agentId: o.agent ?? "", state, pageSize: 500 });
     if (json()) return printJson(ListCommandsResponseSchema, res);
     process.stdout.write(
       table(
@@ -417,7 +453,7 @@ commands
   .description("show one command with its result")
   .argument("<id>", "command ID")
   .action(async (id: string) => {
-    const res = await clients().commands.getCommand({ id });
+    const res = await (await clients()).commands.getCommand({ id });
     if (json()) return printJson(GetCommandResponseSchema, res);
     process.stdout.write(describeCommand(res.command!));
   });
@@ -472,6 +508,225 @@ function describeCommand(c: CommandInfo): string {
   }
   return lines.join("\n") + "\n";
 }
+
+// ---- people
+const ROLE_NAMES = ["viewer", "operator", "admin"] as const;
+const roleOf = (name: string) => ({ viewer: Role.VIEWER, operator: Role.OPERATOR, admin: Role.ADMIN })[name as (typeof ROLE_NAMES)[number]];
+
+// A password from stdin (--password-stdin, for scripts) or typed at a terminal without echo.
+async function readSecret(prompt: string, fromStdin: boolean | undefined): Promise<string> {
+  if (fromStdin) {
+    let data = "";
+    for await (const chunk of process.stdin) data += chunk;
+    return data.replace(/\r?\n$/, "");
+  }
+  if (!process.stdin.isTTY) throw new CliError("no terminal to type a password on: pass --password-stdin and pipe it in");
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: true });
+  const out = rl as unknown as { _writeToOutput?: (s: string) => void };
+  process.stderr.write(prompt);
+  out._writeToOutput = () => {};
+  try {
+    return await new Promise<string>((resolve) => rl.question("", resolve));
+  } finally {
+    rl.close();
+    process.stderr.write("\n");
+  }
+}
+
+async function ask(prompt: string): Promise<string> {
+  if (!process.stdin.isTTY) throw new CliError(`${prompt.replace(/: $/, "")} is required`);
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return (await new Promise<string>((resolve) => rl.question(prompt, resolve))).trim();
+  } finally {
+    rl.close();
+  }
+}
+
+const userRow = (u: User) => [u.username, u.displayName, enumName(Role, u.role), u.totpEnabled ? "on" : "", u.disabled ? "disabled" : "active", ago(time(u.lastLoginTime)), u.id];
+
+async function signedIn(res: LoginResponse | SetupResponse) {
+  const server = program.opts<GlobalOptions>().server;
+  const where = await saveSession({ server, token: res.sessionToken, username: res.user!.username, expires: time(res.sessionExpireTime)?.toISOString() ?? "" });
+  if (json()) return printJson(LoginResponseSchema, create(LoginResponseSchema, { user: res.user, sessionExpireTime: res.sessionExpireTime }));
+  process.stdout.write(`signed in to ${server} as ${res.user!.username} (${enumName(Role, res.user!.role)}); session saved in ${where}\n`);
+}
+
+program
+  .command("setup")
+  .description("create the first admin of a new control plane")
+  .requiredOption("--username <name>", "the admin's username")
+  .option("--display-name <name>", "shown in the console")
+  .option("--password-stdin", "read the password from stdin")
+  .action(async (o: { username: string; displayName?: string; passwordStdin?: boolean }) => {
+    const password = await readSecret("new password: ", o.passwordStdin);
+    await signedIn(await anonymousAuth().setup({ username: o.username, password, displayName: o.displayName ?? "" }));
+  });
+
+program
+  .command("login")
+  .description("sign in and keep the session for later commands")
+  .option("--username <name>", "your username")
+  .option("--password-stdin", "read the password from stdin")
+  .option("--totp <code>", "the current code from your authenticator, when TOTP is on")
+  .action(async (o: { username?: string; passwordStdin?: boolean; totp?: string }) => {
+    const username = o.username ?? (await ask("username: "));
+    const password = await readSecret("password: ", o.passwordStdin);
+    let totpCode = o.totp ?? "";
+    try {
+      await signedIn(await anonymousAuth().login({ username, password, totpCode }));
+    } catch (err) {
+      if (!(err instanceof ConnectError) || !/needs a TOTP code/.test(err.rawMessage) || !process.stdin.isTTY) throw err;
+      totpCode = await ask("TOTP code: ");
+      await signedIn(await anonymousAuth().login({ username, password, totpCode }));
+    }
+  });
+
+program
+  .command("logout")
+  .description("end the stored session")
+  .action(async () => {
+    const server = program.opts<GlobalOptions>().server;
+    const session = await loadSession(server);
+    if (session) await createClient(AuthService, transportFor(session.token)).logout({}).catch(() => undefined);
+    await removeSession();
+    process.stdout.write(session ? `signed out of ${server}\n` : "not signed in\n");
+  });
+
+program
+  .command("whoami")
+  .description("who the current credential acts as")
+  .action(async () => {
+    const res = await (await clients()).auth.whoAmI({});
+    if (json()) return printJson(WhoAmIResponseSchema, res);
+    const p = res.principal!;
+    const who = p.user ? `${p.user.username} (${p.user.displayName})` : p.credentialName;
+    process.stdout.write(`${who}: ${enumName(Role, p.role)} through ${p.kind.replace("_", " ")}\n`);
+  });
+
+const usersCmd = program.command("users").description("people who may use RedFlag (admins)");
+
+usersCmd
+  .command("list")
+  .action(async () => {
+    const res = await (await clients()).users.listUsers({ pageSize: 500 });
+    if (json()) return printJson(ListUsersResponseSchema, res);
+    process.stdout.write(table(["USERNAME", "NAME", "ROLE", "TOTP", "STATE", "LAST SIGN-IN", "ID"], res.users.map(userRow)));
+  });
+
+usersCmd
+  .command("create")
+  .requiredOption("--username <name>", "username")
+  .addOption(new Option("--role <role>", "what they may do").choices(ROLE_NAMES).makeOptionMandatory())
+  .option("--display-name <name>", "shown in the console")
+  .option("--password-stdin", "read the password from stdin")
+  .action(async (o: { username: string; role: string; displayName?: string; passwordStdin?: boolean }) => {
+    const password = await readSecret("password for the new user: ", o.passwordStdin);
+    const res = await (await clients()).users.createUser({ username: o.username, password, role: roleOf(o.role), displayName: o.displayName ?? "" });
+    if (json()) return printJson(CreateUserResponseSchema, res);
+    process.stdout.write(`${res.user!.username} (${o.role}) created: ${res.user!.id}\n`);
+  });
+
+usersCmd
+  .command("set-role")
+  .argument("<id>", "user ID")
+  .addArgument(new Argument("<role>", "new role").choices(ROLE_NAMES))
+  .action(async (id: string, role: string) => {
+    const res = await (await clients()).users.updateUser({ id, role: roleOf(role) });
+    if (json()) return printJson(UpdateUserResponseSchema, res);
+    process.stdout.write(`${res.user!.username} is now ${role}\n`);
+  });
+
+for (const [name, verb] of [["disable", "disabled"], ["enable", "enabled"]] as const) {
+  usersCmd
+    .command(name)
+    .argument("<id>", "user ID")
+    .action(async (id: string) => {
+      const c = await clients();
+      const user = name === "disable" ? (await c.users.disableUser({ id })).user! : (await c.users.enableUser({ id })).user!;
+      if (json()) return printJson(DisableUserResponseSchema, create(DisableUserResponseSchema, { user }));
+      process.stdout.write(`${user.username} ${verb}\n`);
+    });
+}
+
+usersCmd
+  .command("reset-password")
+  .argument("<id>", "user ID")
+  .option("--clear-totp", "also turn their TOTP off")
+  .option("--password-stdin", "read the new password from stdin")
+  .action(async (id: string, o: { clearTotp?: boolean; passwordStdin?: boolean }) => {
+    const newPassword = await readSecret("new password: ", o.passwordStdin);
+    const res = await (await clients()).users.resetPassword({ id, newPassword, clearTotp: o.clearTotp === true });
+    if (json()) return printJson(ResetPasswordResponseSchema, res);
+    process.stdout.write(`password of ${res.user!.username} reset; their sessions ended\n`);
+  });
+
+const apiTokensCmd = program.command("api-tokens").description("your personal API tokens for scripts");
+
+apiTokensCmd
+  .command("create")
+  .requiredOption("--name <name>", "what the token is for")
+  .addOption(new Option("--scope <role>", "the most it may do (default: your role)").choices(ROLE_NAMES))
+  .option("--expires <duration>", "lifetime, 1h to 2y (default 90d)", seconds)
+  .action(async (o: { name: string; scope?: string; expires?: number }) => {
+    const res = await (await clients()).apiTokens.createApiToken({
+      name: o.name,
+      scope: o.scope ? roleOf(o.scope) : Role.UNSPECIFIED,
+      ttl: o.expires ? durationFromMs(o.expires * 1000) : undefined,
+    });
+    if (json()) return printJson(CreateApiTokenResponseSchema, res);
+    process.stdout.write(`${res.secret}\n`);
+    process.stderr.write(`token ${res.token!.id} (${enumName(Role, res.token!.scope)}) expires ${time(res.token!.expireTime)?.toISOString()}; the secret above is shown only once\n`);
+  });
+
+apiTokensCmd
+  .command("list")
+  .option("--all", "everyone's tokens (admins)")
+  .action(async (o: { all?: boolean }) => {
+    const res = await (await clients()).apiTokens.listApiTokens({ allUsers: o.all === true });
+    if (json()) return printJson(ListApiTokensResponseSchema, res);
+    const state = (t: ApiToken) => (t.revokeTime ? "revoked" : time(t.expireTime)! < new Date() ? "expired" : "active");
+    process.stdout.write(
+      table(
+        ["NAME", "OWNER", "SCOPE", "STATE", "LAST USED", "EXPIRES", "ID"],
+        res.tokens.map((t) => [t.name, t.username, enumName(Role, t.scope), state(t), ago(time(t.lastUseTime)), time(t.expireTime)?.toISOString().slice(0, 10) ?? "", t.id]),
+      ),
+    );
+  });
+
+apiTokensCmd
+  .command("revoke")
+  .argument("<id>", "token ID")
+  .action(async (id: string) => {
+    const res = await (await clients()).apiTokens.revokeApiToken({ id });
+    if (json()) return printJson(RevokeApiTokenResponseSchema, res);
+    process.stdout.write(`token ${res.token!.name} revoked\n`);
+  });
+
+program
+  .command("audit")
+  .description("who changed what (admins)")
+  .option("--actor <name>", "only this person or key")
+  .option("--action <text>", "only RPCs containing this, for example CreateUser")
+  .option("--target <prefix>", "only this target, for example user:<id> or agent:<id>")
+  .option("--since <duration>", "only the last …, for example 24h", seconds)
+  .option("--limit <n>", "at most this many (default 50)", positiveInt)
+  .action(async (o: { actor?: string; action?: string; target?: string; since?: number; limit?: number }) => {
+    const res = await (await clients()).audit.listAuditEntries({
+      actorName: o.actor ?? "",
+      action: o.action ?? "",
+      target: o.target ?? "",
+      since: o.since ? timestampFromDate(new Date(Date.now() - o.since * 1000)) : undefined,
+      pageSize: Math.min(o.limit ?? 50, 500),
+    });
+    if (json()) return printJson(ListAuditEntriesResponseSchema, res);
+    process.stdout.write(
+      table(
+        ["TIME", "ACTOR", "ACTION", "TARGET", "FROM", "OUTCOME"],
+        res.entries.map((e) => [time(e.time)!.toISOString(), `${e.actorName} (${e.actorKind.replace("_", " ")})`, e.action.replace(/^redflag\.v1\./, ""), e.target, e.remoteAddr, e.outcome]),
+      ),
+    );
+  });
 
 // ---- run
 try {

@@ -90,6 +90,8 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
     },
 
     async setup(req, ctx) {
+      const already = () => new ConnectError("setup is already done; sign in instead", Code.FailedPrecondition);
+      if ((await db.user.count()) > 0) throw already();
       const name = username(req.username);
       const password = newPassword(req.password, name);
       const displayName = text("display_name", req.displayName.trim(), { max: 100 }) || name;
@@ -105,7 +107,7 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
         if ((err as { code?: string }).code === "P2002") return undefined;
         throw err;
       });
-      if (!user) throw new ConnectError("setup is already done; sign in instead", Code.FailedPrecondition);
+      if (!user) throw already();
       await audit(db, ctx, { target: `user:${user.id}`, after: toJson(UserSchema, userToProto(user)), anonymousName: name });
       return { user: userToProto(user), ...(await startSession(ctx, user, now)) };
     },
