@@ -16,6 +16,7 @@ import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver } from "./auth/principals.ts";
+import { createAgentConfigs } from "./services/agent-config.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -50,6 +51,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       agents: createAgentRegistry(db.prisma),
       signer: createCommandSigner(keys.active, keys.trusted),
       principals: createPrincipalResolver(db.prisma),
+      agentConfigs: createAgentConfigs(config, db.prisma),
       masterKey,
       signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,

@@ -6,6 +6,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
+import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import type { PrincipalResolver } from "./auth/principals.ts";
 import { createAgentService, type AgentServiceDeps } from "./services/agent-service.ts";
@@ -15,6 +16,7 @@ import { createAuthService } from "./services/auth-service.ts";
 import { createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
 import { createTokenService } from "./services/token-service.ts";
+import { createUpdateService } from "./services/update-service.ts";
 import { createUserService } from "./services/user-service.ts";
 
 export interface RouteDeps extends AgentServiceDeps {
@@ -33,5 +35,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(TokenService, createTokenService(deps.db));
     router.service(FleetService, createFleetService(deps.db, deps.lastSeen, deps.config.pollIntervalSeconds));
     router.service(CommandService, createCommandService(deps.db, deps.wakeups, deps.signer));
+    router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs));
   };
 }

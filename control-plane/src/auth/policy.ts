@@ -5,6 +5,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
+import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import type { DescService } from "@bufbuild/protobuf";
 import type { RoleName } from "./roles.ts";
@@ -40,6 +41,8 @@ allow(TokenService, "admin");
 allow(FleetService, "viewer");
 allow(CommandService, "viewer", ["ListCommands", "GetCommand"]);
 allow(CommandService, "operator", ["CreateCommand"]);
+allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);
+allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
 
 export function policyFor(service: string, method: string): Access | undefined {
   return table.get(`${service}/${method}`);

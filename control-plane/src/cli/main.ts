@@ -9,6 +9,7 @@ import {
   PackageRefSchema,
   PackageResultState,
   UpdateAgentSchema,
+  UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import {
   CommandService,
@@ -29,6 +30,17 @@ import {
 } from "@redflag/gen/token_service_pb";
 import { ApiTokenService, type ApiToken, CreateApiTokenResponseSchema, ListApiTokensResponseSchema, RevokeApiTokenResponseSchema } from "@redflag/gen/api_token_service_pb";
 import { AuditService, ListAuditEntriesResponseSchema } from "@redflag/gen/audit_service_pb";
+import {
+  ApproveUpdatesResponseSchema,
+  InstallApprovedUpdatesResponseSchema,
+  ListHoldsResponseSchema,
+  ListUpdatesResponseSchema,
+  RejectUpdatesResponseSchema,
+  SetHoldResponseSchema,
+  UpdateSelectionSchema,
+  UpdateService,
+  UpdateStatus,
+} from "@redflag/gen/update_service_pb";
 import { AuthService, type LoginResponse, LoginResponseSchema, type SetupResponse, WhoAmIResponseSchema } from "@redflag/gen/auth_service_pb";
 import { Role, type User } from "@redflag/gen/identity_pb";
 import {
@@ -110,6 +122,7 @@ async function clients() {
     users: createClient(UserService, transport),
     apiTokens: createClient(ApiTokenService, transport),
     audit: createClient(AuditService, transport),
+    updates: createClient(UpdateService, transport),
   };
 }
 
@@ -508,6 +521,132 @@ function describeCommand(c: CommandInfo): string {
   }
   return lines.join("\n") + "\n";
 }
+
+// ---- updates
+const SEVERITY_NAMES = ["unknown", "low", "moderate", "important", "critical", "security"] as const;
+
+interface SelectionOptions {
+  agent?: string[];
+  severity?: string[];
+  security?: boolean;
+  package?: string;
+  source?: string;
+  all?: boolean;
+}
+
+const selection = (o: SelectionOptions) =>
+  create(UpdateSelectionSchema, {
+    agentIds: o.agent ?? [],
+    severities: (o.severity ?? []).map((s) => (UpdateSeverity as unknown as Record<string, UpdateSeverity>)[s.toUpperCase()]!),
+    securityOnly: o.security === true,
+    packageName: o.package ?? "",
+    source: o.source ?? "",
+    all: o.all === true,
+  });
+
+function severityArg(value: string, previous: string[] = []): string[] {
+  if (!(SEVERITY_NAMES as readonly string[]).includes(value)) throw new InvalidArgumentError(`must be one of ${SEVERITY_NAMES.join(", ")}`);
+  return [...previous, value];
+}
+
+const selectionOptions = (cmd: Command) =>
+  cmd
+    .option("--agent <id>", "only this agent (repeatable)", collect)
+    .option("--severity <level>", `only this severity (repeatable): ${SEVERITY_NAMES.join(", ")}`, severityArg)
+    .option("--security", "only security updates")
+    .option("--package <name>", "only this package, across agents")
+    .option("--source <name>", "only this source (apt, dnf, docker …)");
+
+const updatesCmd = program.command("updates").description("pending updates across the fleet: approve, reject, install");
+
+selectionOptions(updatesCmd.command("list"))
+  .addOption(new Option("--status <status>", "only this decision").choices(["pending", "approved", "rejected"]))
+  .action(async (o: SelectionOptions & { status?: string }) => {
+    const status = { pending: UpdateStatus.PENDING, approved: UpdateStatus.APPROVED, rejected: UpdateStatus.REJECTED }[o.status ?? ""] ?? UpdateStatus.UNSPECIFIED;
+    const res = await (await clients()).updates.listUpdates({ filter: selection(o), status, pageSize: 500 });
+    if (json()) return printJson(ListUpdatesResponseSchema, res);
+    process.stdout.write(
+      table(
+        ["HOST", "SOURCE", "PACKAGE", "CURRENT", "AVAILABLE", "SEVERITY", "STATUS", "AGENT"],
+        res.updates.map((u) => [
+          u.hostname,
+          u.update!.source,
+          u.update!.name,
+          u.update!.currentVersion,
+          u.update!.availableVersion,
+          enumName(UpdateSeverity, u.update!.severity),
+          u.held ? "held" : u.installCommandId ? `${enumName(UpdateStatus, u.status)}, install ${enumName(CommandState, u.installCommandState)}` : enumName(UpdateStatus, u.status),
+          u.agentId,
+        ]),
+      ),
+    );
+    if (res.total > res.updates.length) process.stdout.write(`(${res.updates.length} of ${res.total} shown)\n`);
+  });
+
+selectionOptions(updatesCmd.command("approve"))
+  .option("--all", "every pending update (when no other filter is given)")
+  .option("--install", "also queue the install on each agent now")
+  .action(async (o: SelectionOptions & { install?: boolean }) => {
+    const c = await clients();
+    if (o.install) {
+      const res = await c.updates.installApprovedUpdates({ selection: selection(o), approve: true });
+      if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
+      process.stdout.write(`approved and queued ${res.packages} package(s) in ${res.commands.length} install command(s)\n`);
+      for (const cmd of res.commands) process.stdout.write(`${cmd.agentId}  ${cmd.id}\n`);
+      return;
+    }
+    const res = await c.updates.approveUpdates({ selection: selection(o) });
+    if (json()) return printJson(ApproveUpdatesResponseSchema, res);
+    process.stdout.write(`approved ${res.approved} update(s)${res.held ? `; ${res.held} held, left as they were` : ""}\n`);
+  });
+
+selectionOptions(updatesCmd.command("reject"))
+  .option("--all", "every pending update (when no other filter is given)")
+  .action(async (o: SelectionOptions) => {
+    const res = await (await clients()).updates.rejectUpdates({ selection: selection(o) });
+    if (json()) return printJson(RejectUpdatesResponseSchema, res);
+    process.stdout.write(`rejected ${res.rejected} update(s)\n`);
+  });
+
+selectionOptions(updatesCmd.command("install"))
+  .option("--all", "every approved update (when no other filter is given)")
+  .action(async (o: SelectionOptions) => {
+    const res = await (await clients()).updates.installApprovedUpdates({ selection: selection(o) });
+    if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
+    process.stdout.write(`queued ${res.packages} approved package(s) in ${res.commands.length} install command(s)\n`);
+    for (const cmd of res.commands) process.stdout.write(`${cmd.agentId}  ${cmd.id}\n`);
+  });
+
+const holdsCmd = program.command("holds").description("packages kept as they are, fleet-wide or per agent");
+
+holdsCmd
+  .command("list")
+  .option("--agent <id>", "fleet-wide holds plus this agent's")
+  .action(async (o: { agent?: string }) => {
+    const res = await (await clients()).updates.listHolds({ agentId: o.agent ?? "" });
+    if (json()) return printJson(ListHoldsResponseSchema, res);
+    process.stdout.write(table(["SOURCE", "NAME", "AGENT", "REASON", "BY", "ID"], res.holds.map((h) => [h.source, h.name, h.agentId || "(all)", h.reason, h.createdBy, h.id])));
+  });
+
+holdsCmd
+  .command("set")
+  .requiredOption("--name <pattern>", 'package name; "*" matches anything ("linux-image-*")')
+  .option("--source <name>", "one source, or every source (default)", "*")
+  .option("--agent <id>", "only this agent (default: every agent)")
+  .option("--reason <text>", "why", "")
+  .action(async (o: { name: string; source: string; agent?: string; reason: string }) => {
+    const res = await (await clients()).updates.setHold({ name: o.name, source: o.source, agentId: o.agent ?? "", reason: o.reason });
+    if (json()) return printJson(SetHoldResponseSchema, res);
+    process.stdout.write(`holding ${res.hold!.source}:${res.hold!.name} on ${res.hold!.agentId || "every agent"}: ${res.hold!.id}\n`);
+  });
+
+holdsCmd
+  .command("remove")
+  .argument("<id>", "hold ID")
+  .action(async (id: string) => {
+    await (await clients()).updates.removeHold({ id });
+    process.stdout.write(`hold ${id} removed\n`);
+  });
 
 // ---- people
 const ROLE_NAMES = ["viewer", "operator", "admin"] as const;

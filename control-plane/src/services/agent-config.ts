@@ -1,5 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import { type AgentConfig, AgentConfigSchema } from "@redflag/gen/common_pb";
+import { type AgentConfig, AgentConfigSchema, type PackageHold, PackageHoldSchema } from "@redflag/gen/common_pb";
+import type { Prisma } from "../store/types.ts";
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
 
@@ -13,8 +14,9 @@ const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, sto
 
 // The effective config for agents. Its revision is derived from its content, so any change
 // (here or, later, per-agent overrides) is delivered without bookkeeping.
-export function buildAgentConfig(config: Config): AgentConfig {
+export function buildAgentConfig(config: Config, holds: readonly PackageHold[] = []): AgentConfig {
   const body = create(AgentConfigSchema, {
+    holds: [...holds],
     pollIntervalSeconds: config.pollIntervalSeconds,
     pollJitterPercent: config.pollJitterPercent,
     commandTimeoutSeconds: config.commandTimeoutSeconds,
@@ -32,4 +34,52 @@ export function buildAgentConfig(config: Config): AgentConfig {
   // 53 bits keeps the revision exact in JSON clients too.
   body.revision = digest.readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
   return body;
+}
+
+export interface AgentConfigs {
+  // The config for one agent: the server's settings plus fleet-wide and its own holds.
+  forAgent(agentId: string): Promise<AgentConfig>;
+  // After a change to holds: the next poll of each agent gets the new config.
+  invalidate(): void;
+}
+
+// Holds are read from the database at most every `refreshMs` (so replicas pick up each
+// other's changes) and the configs built from them are cached per agent, so an idle poll does
+// not touch the database for its config.
+export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_000): AgentConfigs {
+  let loaded: Promise<{ at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]> }> | undefined;
+  const built = new Map<string, AgentConfig>();
+  const fleetWide = buildAgentConfig(config);
+  const load = async () => {
+    const rows = await db.hold.findMany({ orderBy: { createdAt: "asc" } });
+    const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
+    const byAgent = new Map<string, PackageHold[]>();
+    for (const h of rows) if (h.agentId) byAgent.set(h.agentId, [...(byAgent.get(h.agentId) ?? []), toProto(h)]);
+    return { at: Date.now(), global: rows.filter((h) => !h.agentId).map(toProto), byAgent };
+  };
+  const current = async () => {
+    const state = loaded ? await loaded.catch(() => undefined) : undefined;
+    if (!state || state.at + refreshMs < Date.now()) {
+      built.clear();
+      loaded = load();
+      return loaded;
+    }
+    return state;
+  };
+  return {
+    async forAgent(agentId) {
+      const state = await current();
+      const cached = built.get(agentId);
+      if (cached) return cached;
+      const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
+      const cfg = holds.length === 0 ? fleetWide : buildAgentConfig(config, holds);
+      if (built.size > 100_000) built.clear();
+      built.set(agentId, cfg);
+      return cfg;
+    },
+    invalidate() {
+      loaded = undefined;
+      built.clear();
+    },
+  };
 }

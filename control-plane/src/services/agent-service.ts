@@ -43,7 +43,7 @@ import {
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
-import { buildAgentConfig } from "./agent-config.ts";
+import type { AgentConfigs } from "./agent-config.ts";
 import { invalid, text, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -54,6 +54,7 @@ export interface AgentServiceDeps {
   signer: CommandSigner;
   wakeups: Wakeups;
   lastSeen: LastSeenBuffer;
+  agentConfigs: AgentConfigs;
   logger: Logger;
 }
 
@@ -62,7 +63,6 @@ const MAX_RESULTS_PER_REPORT = 500;
 
 export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof AgentService> {
   const { config, db } = deps;
-  const agentConfig = buildAgentConfig(config);
 
   const newRefreshToken = (now: Date): { secret: string; row: NewRefreshToken } => {
     const secret = randomBytes(32).toString("base64url");
@@ -100,7 +100,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         refreshToken: refresh.secret,
         accessTokenExpireTime: timestampFromDate(access.expiresAt),
         trustedKeys: deps.signer.trustedKeys(),
-        config: agentConfig,
+        config: await deps.agentConfigs.forAgent(agent.id),
       };
     },
 
@@ -187,6 +187,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         if (!woken) break;
         commands = await deliver(deps, agentId, limit, req.nonce);
       }
+      const agentConfig = await deps.agentConfigs.forAgent(agentId);
       return {
         commands,
         config: req.status?.configRevision === agentConfig.revision ? undefined : agentConfig,

@@ -176,7 +176,9 @@ async function storeResult(tx: Tx, agentId: string, state: CommandState, result:
   }
 }
 
-// The scan's view replaces what was known for the sources it scanned; first_seen_at survives.
+// The scan's view replaces what was known for the sources it scanned; first_seen_at survives,
+// and so does a decision (approved, rejected, the install command) while the same version is
+// still the one offered.
 async function replaceUpdates(
   tx: Tx,
   agentId: string,
@@ -186,18 +188,20 @@ async function replaceUpdates(
 ) {
   const known = await tx.packageUpdate.findMany({
     where: { agentId, source: { in: sources } },
-    select: { source: true, name: true, architecture: true, firstSeenAt: true },
+    select: { source: true, name: true, architecture: true, firstSeenAt: true, availableVersion: true, status: true, decidedBy: true, decidedAt: true, commandId: true },
   });
-  const firstSeen = new Map(known.map((k) => [`${k.source}\0${k.name}\0${k.architecture}`, k.firstSeenAt]));
+  const byKey = new Map(known.map((k) => [`${k.source}\0${k.name}\0${k.architecture}`, k]));
   await tx.packageUpdate.deleteMany({ where: { agentId, source: { in: sources } } });
   if (updates.length > 0) {
     await tx.packageUpdate.createMany({
-      data: updates.map((u) => ({
-        agentId,
-        ...u,
-        firstSeenAt: firstSeen.get(`${u.source}\0${u.name}\0${u.architecture}`) ?? now,
-        lastSeenAt: now,
-      })),
+      data: updates.map((u) => {
+        const before = byKey.get(`${u.source}\0${u.name}\0${u.architecture}`);
+        const decision =
+          before && before.availableVersion === u.availableVersion
+            ? { status: before.status, decidedBy: before.decidedBy, decidedAt: before.decidedAt, commandId: before.commandId }
+            : {};
+        return { agentId, ...u, ...decision, firstSeenAt: before?.firstSeenAt ?? now, lastSeenAt: now };
+      }),
       skipDuplicates: true,
     });
   }

@@ -1,0 +1,253 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { CommandSchema, PackageRefSchema, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
+import {
+  type FleetUpdate,
+  FleetUpdateSchema,
+  type Hold,
+  HoldSchema,
+  type UpdateSelection,
+  UpdateService,
+  UpdateStatus,
+} from "@redflag/gen/update_service_pb";
+import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
+import { newId } from "../ids.ts";
+import { createCommand } from "../store/commands.ts";
+import type { Prisma } from "../store/types.ts";
+import type { Wakeups } from "../wakeups.ts";
+import type { AgentConfigs } from "./agent-config.ts";
+import { audit, callerName } from "./audit.ts";
+import { COMMAND_STATES, commandToProto } from "./convert.ts";
+import { invalid, nextPageToken, pageSize, text, uuid } from "./validate.ts";
+
+type Where = PrismaNs.PackageUpdateWhereInput;
+
+const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
+const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
+const HOLD_NAME = /^[A-Za-z0-9_@*][A-Za-z0-9_@.+:/=*-]{0,254}$/;
+const STATUS_NAMES: Record<number, string> = { [UpdateStatus.PENDING]: "pending", [UpdateStatus.APPROVED]: "approved", [UpdateStatus.REJECTED]: "rejected" };
+const STATUS_PROTO = Object.fromEntries(Object.entries(STATUS_NAMES).map(([k, v]) => [v, Number(k) as UpdateStatus]));
+const SEVERITY_NAME = (s: UpdateSeverity) => {
+  const name = UpdateSeverity[s];
+  if (!name || s === UpdateSeverity.UNSPECIFIED) throw invalid(`severity ${s} is not a severity`);
+  return name.toLowerCase();
+};
+const SEVERITY_PROTO = (name: string) => (UpdateSeverity as unknown as Record<string, UpdateSeverity>)[name.toUpperCase()] ?? UpdateSeverity.UNKNOWN;
+
+// A selection as a query. `require` refuses an empty one: bulk actions never hit the whole
+// fleet by accident (set `all` to mean it).
+export function selectionWhere(sel: UpdateSelection | undefined, require: boolean): Where {
+  const and: Where[] = [];
+  if (sel) {
+    if (sel.keys.length > 1000) throw invalid("selection.keys has more than 1000 entries");
+    if (sel.keys.length > 0) {
+      and.push({
+        OR: sel.keys.map((k, i) => {
+          if (!SOURCE.test(k.source) || !NAME.test(k.name)) throw invalid(`selection.keys[${i}] does not name an update (agent_id, source, name, architecture)`);
+          return { agentId: uuid(`selection.keys[${i}].agent_id`, k.agentId), source: k.source, name: k.name, architecture: k.architecture };
+        }),
+      });
+    }
+    if (sel.agentIds.length > 0) and.push({ agentId: { in: sel.agentIds.map((id, i) => uuid(`selection.agent_ids[${i}]`, id)) } });
+    if (sel.severities.length > 0) and.push({ severity: { in: sel.severities.map(SEVERITY_NAME) } });
+    if (sel.securityOnly) and.push({ security: true });
+    if (sel.packageName) {
+      if (!NAME.test(sel.packageName)) throw invalid(`selection.package_name "${sel.packageName.slice(0, 64)}" is not a package name`);
+      and.push({ name: sel.packageName });
+    }
+    if (sel.source) {
+      if (!SOURCE.test(sel.source)) throw invalid(`selection.source "${sel.source.slice(0, 64)}" is not a source name`);
+      and.push({ source: sel.source });
+    }
+  }
+  if (require && and.length === 0 && !sel?.all) {
+    throw invalid("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)");
+  }
+  return { AND: and, agent: { decommissionedAt: null } };
+}
+
+// A hold's name as a pattern ("linux-image-*").
+const holdMatches = (hold: { source: string; name: string }, u: { source: string; name: string }) =>
+  (hold.source === "*" || hold.source === u.source) && new RegExp(`^${hold.name.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`).test(u.name);
+
+export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: AgentConfigs): ServiceImpl<typeof UpdateService> {
+  const holdsFor = async (agentIds: string[]) => db.hold.findMany({ where: { OR: [{ agentId: null }, { agentId: { in: agentIds } }] } });
+  const isHeld = (holds: { agentId: string | null; source: string; name: string }[], u: { agentId: string; source: string; name: string }) =>
+    holds.some((h) => (h.agentId === null || h.agentId === u.agentId) && holdMatches(h, u));
+
+  // Sets status on the selected updates except held ones; returns what changed.
+  const decide = async (ctx: HandlerContext, sel: UpdateSelection | undefined, status: "approved" | "rejected", from: string[]) => {
+    const where = selectionWhere(sel, true);
+    const rows = await db.packageUpdate.findMany({ where: { ...where, status: { in: from } }, select: { agentId: true, source: true, name: true, architecture: true, availableVersion: true } });
+    const holds = await holdsFor([...new Set(rows.map((r) => r.agentId))]);
+    const chosen = status === "approved" ? rows.filter((r) => !isHeld(holds, r)) : rows;
+    const now = new Date();
+    for (let i = 0; i < chosen.length; i += 500) {
+      await db.packageUpdate.updateMany({
+        where: { OR: chosen.slice(i, i + 500).map((r) => ({ agentId: r.agentId, source: r.source, name: r.name, architecture: r.architecture })) },
+        data: { status, decidedBy: callerName(ctx), decidedAt: now },
+      });
+    }
+    await audit(db, ctx, {
+      target: sel?.agentIds.length === 1 ? `agent:${sel.agentIds[0]}` : "updates",
+      after: { status, count: chosen.length, updates: chosen.slice(0, 200).map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
+    });
+    return { changed: chosen.length, held: rows.length - chosen.length };
+  };
+
+  return {
+    async listUpdates(req) {
+      const size = pageSize(req.pageSize);
+      let offset = 0;
+      if (req.pageToken) {
+        const decoded = Buffer.from(req.pageToken, "base64url").toString("utf8");
+        if (!/^o\d{1,9}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
+        offset = Number(decoded.slice(1));
+      }
+      const where: Where = { ...selectionWhere(req.filter, false) };
+      if (req.status !== UpdateStatus.UNSPECIFIED) {
+        const status = STATUS_NAMES[req.status];
+        if (!status) throw invalid(`status ${req.status} is not an update status`);
+        where.status = status;
+      }
+      const [rows, total] = await Promise.all([
+        db.packageUpdate.findMany({
+          where,
+          include: { agent: { select: { hostname: true } } },
+          orderBy: [{ agent: { hostname: "asc" } }, { agentId: "asc" }, { source: "asc" }, { name: "asc" }, { architecture: "asc" }],
+          skip: offset,
+          take: size + 1,
+        }),
+        db.packageUpdate.count({ where }),
+      ]);
+      const page = rows.slice(0, size);
+      const commandIds = [...new Set(page.map((r) => r.commandId).filter((id): id is string => id !== null))];
+      const commands = new Map(
+        (await db.command.findMany({ where: { id: { in: commandIds } }, select: { id: true, state: true } })).map((c) => [c.id, c.state]),
+      );
+      const holds = await holdsFor([...new Set(page.map((r) => r.agentId))]);
+      const updates: FleetUpdate[] = page.map((r) =>
+        create(FleetUpdateSchema, {
+          agentId: r.agentId,
+          hostname: r.agent.hostname,
+          update: create(PackageUpdateSchema, {
+            source: r.source,
+            name: r.name,
+            architecture: r.architecture,
+            currentVersion: r.currentVersion,
+            availableVersion: r.availableVersion,
+            repository: r.repository,
+            severity: SEVERITY_PROTO(r.severity),
+            security: r.security,
+            sizeBytes: r.sizeBytes,
+            rebootRequired: r.rebootRequired,
+          }),
+          status: STATUS_PROTO[r.status] ?? UpdateStatus.PENDING,
+          decidedBy: r.decidedBy ?? "",
+          decideTime: r.decidedAt ? timestampFromDate(r.decidedAt) : undefined,
+          firstSeenTime: timestampFromDate(r.firstSeenAt),
+          installCommandId: r.commandId ?? "",
+          installCommandState: r.commandId && commands.has(r.commandId) ? COMMAND_STATES[commands.get(r.commandId)!] : undefined,
+          held: isHeld(holds, r),
+        }),
+      );
+      const next = rows.length > size ? Buffer.from(`o${offset + size}`).toString("base64url") : "";
+      return { updates, nextPageToken: next || nextPageToken(undefined), total };
+    },
+
+    async approveUpdates(req, ctx) {
+      const { changed, held } = await decide(ctx, req.selection, "approved", ["pending", "rejected"]);
+      return { approved: changed, held };
+    },
+
+    async rejectUpdates(req, ctx) {
+      const { changed } = await decide(ctx, req.selection, "rejected", ["pending", "approved"]);
+      return { rejected: changed };
+    },
+
+    async installApprovedUpdates(req, ctx) {
+      if (req.approve) await decide(ctx, req.selection, "approved", ["pending"]);
+      const where = selectionWhere(req.selection, true);
+      const rows = await db.packageUpdate.findMany({ where: { ...where, status: "approved" }, orderBy: [{ agentId: "asc" }, { source: "asc" }, { name: "asc" }] });
+      const holds = await holdsFor([...new Set(rows.map((r) => r.agentId))]);
+      const byAgent = new Map<string, typeof rows>();
+      for (const r of rows) if (!isHeld(holds, r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
+      const commands = [];
+      for (const [agentId, updates] of byAgent) {
+        // Pinned to the approved versions: the agent installs exactly what was approved.
+        const action = {
+          case: "installUpdates" as const,
+          value: {
+            $typeName: "redflag.v1.InstallUpdates" as const,
+            packages: updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture })),
+            sources: [],
+          },
+        };
+        const row = await createCommand(db, {
+          agentId,
+          type: "install_updates",
+          action: toBinary(CommandSchema, create(CommandSchema, { action })),
+          timeoutSeconds: 0,
+          createdBy: callerName(ctx),
+        });
+        await db.packageUpdate.updateMany({
+          where: { OR: updates.map((u) => ({ agentId: u.agentId, source: u.source, name: u.name, architecture: u.architecture })) },
+          data: { commandId: row.id },
+        });
+        wakeups.notify(agentId);
+        commands.push(commandToProto(row));
+        await audit(db, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } });
+      }
+      return { commands, packages: [...byAgent.values()].reduce((n, u) => n + u.length, 0) };
+    },
+
+    async listHolds(req) {
+      const agentId = req.agentId ? uuid("agent_id", req.agentId) : undefined;
+      const rows = await db.hold.findMany({ where: agentId ? { OR: [{ agentId: null }, { agentId }] } : {}, orderBy: { createdAt: "asc" } });
+      return { holds: rows.map(holdToProto) };
+    },
+
+    async setHold(req, ctx) {
+      const agentId = req.agentId ? uuid("agent_id", req.agentId) : null;
+      const source = req.source || "*";
+      if (source !== "*" && !SOURCE.test(source)) throw invalid(`source "${source.slice(0, 64)}" is not a source name (or "*")`);
+      if (!HOLD_NAME.test(req.name)) throw invalid(`name "${req.name.slice(0, 64)}" is not a package name or pattern ("linux-image-*")`);
+      if (req.name.replace(/\*/g, "") === "") throw invalid('a hold on "*" alone would hold every package; name the packages');
+      const reason = text("reason", req.reason, { max: 200 });
+      if (agentId && !(await db.agent.findUnique({ where: { id: agentId }, select: { id: true } }))) {
+        throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+      }
+      const row = await db.hold.create({ data: { id: newId(), agentId, source, name: req.name, reason, createdBy: callerName(ctx) } });
+      agentConfigs.invalidate();
+      await audit(db, ctx, { target: agentId ? `agent:${agentId}` : "fleet", after: holdJson(row) });
+      return { hold: holdToProto(row) };
+    },
+
+    async removeHold(req, ctx) {
+      const id = uuid("id", req.id);
+      const row = await db.hold.findUnique({ where: { id } });
+      if (!row) throw new ConnectError(`hold ${id} does not exist`, Code.NotFound);
+      await db.hold.delete({ where: { id } });
+      agentConfigs.invalidate();
+      await audit(db, ctx, { target: row.agentId ? `agent:${row.agentId}` : "fleet", before: holdJson(row) });
+      return {};
+    },
+  };
+}
+
+type HoldRow = { id: string; agentId: string | null; source: string; name: string; reason: string; createdBy: string; createdAt: Date };
+
+function holdToProto(row: HoldRow): Hold {
+  return create(HoldSchema, {
+    id: row.id,
+    agentId: row.agentId ?? "",
+    source: row.source,
+    name: row.name,
+    reason: row.reason,
+    createdBy: row.createdBy,
+    createTime: timestampFromDate(row.createdAt),
+  });
+}
+
+const holdJson = (row: HoldRow) => ({ id: row.id, agentId: row.agentId, source: row.source, name: row.name, reason: row.reason });
