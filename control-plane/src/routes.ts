@@ -13,7 +13,7 @@ import { createAgentService, type AgentServiceDeps } from "./services/agent-serv
 import { createApiTokenService } from "./services/api-token-service.ts";
 import { createAuditService } from "./services/audit-service.ts";
 import { createAuthService } from "./services/auth-service.ts";
-import { createCommandService } from "./services/command-service.ts";
+import { createCommandQueue, createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
 import { createTokenService } from "./services/token-service.ts";
 import { createUpdateService } from "./services/update-service.ts";
@@ -33,8 +33,9 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
     router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db));
-    router.service(FleetService, createFleetService(deps.db, deps.lastSeen, deps.config.pollIntervalSeconds));
-    router.service(CommandService, createCommandService(deps.db, deps.wakeups, deps.signer));
+    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer);
+    router.service(CommandService, createCommandService(deps.db, commands));
+    router.service(FleetService, createFleetService({ ...deps, commands }));
     router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs));
   };
 }

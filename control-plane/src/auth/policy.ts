@@ -38,7 +38,9 @@ allow(ApiTokenService, "viewer");
 allow(AuditService, "admin");
 
 allow(TokenService, "admin");
-allow(FleetService, "viewer");
+allow(FleetService, "viewer", ["ListAgents", "GetAgent", "GetAgentConfig"]);
+allow(FleetService, "operator", ["SetAgentLabels", "UpdateSubsystems", "TriggerScan", "SetHeartbeat", "RebootAgent"]);
+allow(FleetService, "admin", ["DecommissionAgent", "RebindMachineId"]);
 allow(CommandService, "viewer", ["ListCommands", "GetCommand"]);
 allow(CommandService, "operator", ["CreateCommand"]);
 allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);

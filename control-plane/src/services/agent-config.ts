@@ -1,5 +1,5 @@
-import { create, toBinary } from "@bufbuild/protobuf";
-import { type AgentConfig, AgentConfigSchema, type PackageHold, PackageHoldSchema } from "@redflag/gen/common_pb";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type AgentConfig, AgentConfigSchema, type PackageHold, PackageHoldSchema, type SubsystemConfig, SubsystemConfigSchema } from "@redflag/gen/common_pb";
 import type { Prisma } from "../store/types.ts";
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
@@ -14,26 +14,31 @@ const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, sto
 
 // The effective config for agents. Its revision is derived from its content, so any change
 // (here or, later, per-agent overrides) is delivered without bookkeeping.
-export function buildAgentConfig(config: Config, holds: readonly PackageHold[] = []): AgentConfig {
+export function buildAgentConfig(config: Config, holds: readonly PackageHold[] = [], overrides: readonly SubsystemConfig[] = []): AgentConfig {
+  const own = new Map(overrides.map((o) => [o.name, o]));
   const body = create(AgentConfigSchema, {
     holds: [...holds],
     pollIntervalSeconds: config.pollIntervalSeconds,
     pollJitterPercent: config.pollJitterPercent,
     commandTimeoutSeconds: config.commandTimeoutSeconds,
-    subsystems: SUBSYSTEMS.map((name) => ({
-      name,
-      enabled: true,
-      // Every source is scanned on its own schedule; metrics more often than packages.
-      autoRun: true,
-      intervalSeconds: METRIC_INTERVALS[name] ?? 6 * 3600,
-      timeoutSeconds: 15 * 60,
-      circuitBreaker: { failureThreshold: 3, windowSeconds: 3600, cooldownSeconds: 30 * 60 },
-    })),
+    subsystems: SUBSYSTEMS.map((name) => own.get(name) ?? defaultSubsystem(name)),
   });
   const digest = createHash("sha256").update(toBinary(AgentConfigSchema, body)).digest();
   // 53 bits keeps the revision exact in JSON clients too.
   body.revision = digest.readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
   return body;
+}
+
+// Every source is scanned on its own schedule; metrics more often than packages.
+export function defaultSubsystem(name: string): SubsystemConfig {
+  return create(SubsystemConfigSchema, {
+    name,
+    enabled: true,
+    autoRun: true,
+    intervalSeconds: METRIC_INTERVALS[name] ?? 6 * 3600,
+    timeoutSeconds: 15 * 60,
+    circuitBreaker: { failureThreshold: 3, windowSeconds: 3600, cooldownSeconds: 30 * 60 },
+  });
 }
 
 export interface AgentConfigs {
@@ -47,7 +52,7 @@ export interface AgentConfigs {
 // other's changes) and the configs built from them are cached per agent, so an idle poll does
 // not touch the database for its config.
 export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_000): AgentConfigs {
-  let loaded: Promise<{ at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]> }> | undefined;
+  let loaded: Promise<{ at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> }> | undefined;
   const built = new Map<string, AgentConfig>();
   const fleetWide = buildAgentConfig(config);
   const load = async () => {
@@ -55,7 +60,9 @@ export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_00
     const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
     const byAgent = new Map<string, PackageHold[]>();
     for (const h of rows) if (h.agentId) byAgent.set(h.agentId, [...(byAgent.get(h.agentId) ?? []), toProto(h)]);
-    return { at: Date.now(), global: rows.filter((h) => !h.agentId).map(toProto), byAgent };
+    const own = await db.agent.findMany({ where: { config: { not: null } }, select: { id: true, config: true } });
+    const overrides = new Map(own.map((a) => [a.id, agentOverrides(a.config)]));
+    return { at: Date.now(), global: rows.filter((h) => !h.agentId).map(toProto), byAgent, overrides };
   };
   const current = async () => {
     const state = loaded ? await loaded.catch(() => undefined) : undefined;
@@ -72,7 +79,8 @@ export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_00
       const cached = built.get(agentId);
       if (cached) return cached;
       const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
-      const cfg = holds.length === 0 ? fleetWide : buildAgentConfig(config, holds);
+      const own = state.overrides.get(agentId) ?? [];
+      const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(config, holds, own);
       if (built.size > 100_000) built.clear();
       built.set(agentId, cfg);
       return cfg;
@@ -82,4 +90,14 @@ export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_00
       built.clear();
     },
   };
+}
+
+// An agent's stored overrides: a serialized AgentConfig holding only the subsystems it sets.
+export function agentOverrides(stored: Uint8Array | null): SubsystemConfig[] {
+  if (!stored || stored.length === 0) return [];
+  try {
+    return fromBinary(AgentConfigSchema, stored).subsystems;
+  } catch {
+    return [];
+  }
 }

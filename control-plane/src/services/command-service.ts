@@ -1,7 +1,7 @@
 import { create, toBinary, toJson } from "@bufbuild/protobuf";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { CommandSchema } from "@redflag/gen/command_pb";
-import { CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
+import { type Command, CommandSchema } from "@redflag/gen/command_pb";
+import { type CommandInfo, CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
 import { audit, callerName } from "./audit.ts";
 import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
 import { createCommand, getCommand, listCommands } from "../store/commands.ts";
@@ -30,25 +30,33 @@ const STATE_FILTER = new Map<CommandState, DbCommandState>(
   Object.entries(COMMAND_STATES).map(([db, proto]) => [proto, db as DbCommandState]),
 );
 
-export function createCommandService(db: Prisma, wakeups: Wakeups, signer: CommandSigner): ServiceImpl<typeof CommandService> {
+export interface CommandQueue {
+  // Checks, stores and audits one command for one agent and wakes the agent's long-poll.
+  queue(ctx: HandlerContext, agentId: string, action: Command["action"], timeoutSeconds?: number): Promise<CommandInfo>;
+}
+
+export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner): CommandQueue {
+  return {
+    async queue(ctx, agentId, requested, timeoutSeconds = 0) {
+      const action = prepareAction(requested, signer);
+      if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
+      // Stored as a Command holding only the action; the signed header is added at delivery.
+      const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
+      const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, createdBy: callerName(ctx) });
+      wakeups.notify(agentId);
+      await audit(db, ctx, {
+        target: `agent:${agentId}`,
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action: requested })) },
+      });
+      return commandToProto(row);
+    },
+  };
+}
+
+export function createCommandService(db: Prisma, commands: CommandQueue): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
-      const agentId = uuid("agent_id", req.agentId);
-      const action = prepareAction(req.action, signer);
-      if (req.timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
-      // Stored as a Command holding only the action; the signed header is added at delivery.
-      const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds: req.timeoutSeconds }));
-      const row = await createCommand(db, {
-        agentId,
-        type: ACTION_TYPES[action.case!]!,
-        action: bytes,
-        timeoutSeconds: req.timeoutSeconds,
-        createdBy: callerName(ctx),
-      });
-      wakeups.notify(agentId);
-      const command = commandToProto(row);
-      await audit(db, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action: req.action })) } });
-      return { command };
+      return { command: await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds) };
     },
 
     async listCommands(req) {

@@ -59,6 +59,8 @@ const FAMILIES: Record<string, OsFamily> = {
 
 export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number): Agent {
   return create(AgentSchema, {
+    tags: row.tags ?? [],
+    group: row.group ?? "",
     id: row.id,
     hostname: row.hostname,
     machineId: row.machineId,

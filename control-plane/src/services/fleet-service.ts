@@ -1,32 +1,222 @@
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { create, toBinary, toJson } from "@bufbuild/protobuf";
+import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { AgentConfigSchema, OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/gen/common_pb";
+import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
+import type { AgentRegistry } from "../auth/agent-registry.ts";
+import type { Config } from "../config.ts";
+import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
+import { isMachineId, isUuid } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
 import { getAgent, listAgents, type AgentRow } from "../store/agents.ts";
+import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
+import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts";
+import { audit } from "./audit.ts";
+import type { CommandQueue } from "./command-service.ts";
 import { agentToProto } from "./convert.ts";
-import { nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
+import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
-export function createFleetService(
-  db: Prisma,
-  lastSeen: LastSeenBuffer,
-  pollIntervalSeconds: number,
-): ServiceImpl<typeof FleetService> {
+export interface FleetServiceDeps {
+  config: Config;
+  db: Prisma;
+  lastSeen: LastSeenBuffer;
+  agents: AgentRegistry;
+  agentConfigs: AgentConfigs;
+  commands: CommandQueue;
+}
+
+const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
+const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WINDOWS]: "windows", [OsFamily.DARWIN]: "darwin" };
+
+export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
+  const { db, lastSeen } = deps;
+  const pollIntervalSeconds = deps.config.pollIntervalSeconds;
   // Overlay what this process heard but has not flushed yet.
   const fresh = (row: AgentRow): AgentRow => {
     const buffered = lastSeen.peek(row.id);
     if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
     return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
   };
+  const proto = (row: AgentRow) => agentToProto(fresh(row), new Date(), pollIntervalSeconds);
+  const existing = async (agentId: string) => {
+    const row = await getAgent(db, uuid("agent_id", agentId));
+    if (!row) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+    return row;
+  };
+  const active = async (agentId: string) => {
+    const row = await existing(agentId);
+    if (row.decommissionedAt) throw new ConnectError(`agent ${agentId} is decommissioned`, Code.FailedPrecondition);
+    return row;
+  };
+
+  // Health as a query, with the same thresholds as agentHealth (in poll intervals).
+  const healthWhere = (health: AgentHealth): PrismaNs.AgentWhereInput => {
+    const now = Date.now();
+    const online = new Date(now - pollIntervalSeconds * 3 * 1000);
+    const day = new Date(now - 86_400_000);
+    switch (health) {
+      case AgentHealth.ONLINE:
+        return { decommissionedAt: null, lastSeenAt: { gte: online } };
+      case AgentHealth.OFFLINE:
+        return { decommissionedAt: null, lastSeenAt: { lt: online, gte: day } };
+      case AgentHealth.STALE:
+        return { decommissionedAt: null, lastSeenAt: { lt: day } };
+      case AgentHealth.NEVER_REPORTED:
+        return { decommissionedAt: null, lastSeenAt: null };
+      case AgentHealth.DECOMMISSIONED:
+        return { decommissionedAt: { not: null } };
+      default:
+        throw invalid(`health ${health} is not an agent health`);
+    }
+  };
+
+  const queue = (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => deps.commands.queue(ctx, agentId, action);
+
   return {
     async listAgents(req) {
-      const { rows, next } = await listAgents(db, pageSize(req.pageSize), pageToken(req.pageToken));
-      const now = new Date();
-      return { agents: rows.map((r) => agentToProto(fresh(r), now, pollIntervalSeconds)), nextPageToken: nextPageToken(next) };
+      const and: PrismaNs.AgentWhereInput[] = [];
+      if (req.health !== AgentHealth.UNSPECIFIED) and.push(healthWhere(req.health));
+      if (req.osFamily !== OsFamily.UNSPECIFIED) {
+        const family = FAMILY_NAMES[req.osFamily];
+        if (!family) throw invalid(`os_family ${req.osFamily} is not an OS family`);
+        and.push({ osFamily: family });
+      }
+      if (req.tag) and.push({ tags: { has: text("tag", req.tag, { max: 63 }) } });
+      if (req.group) and.push({ group: text("group", req.group, { max: 63 }) });
+      if (req.search) {
+        const q = text("search", req.search.trim(), { max: 100 });
+        const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
+        if (isUuid(q)) or.push({ id: q });
+        and.push({ OR: or });
+      }
+      const dir = req.descending ? "desc" : "asc";
+      const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
+        req.sort === AgentSort.LAST_SEEN
+          ? [{ lastSeenAt: { sort: dir, nulls: "last" } }]
+          : req.sort === AgentSort.REGISTERED
+            ? [{ registeredAt: dir }]
+            : req.sort === AgentSort.HOSTNAME || req.sort === AgentSort.UNSPECIFIED
+              ? [{ hostname: dir }]
+              : (() => {
+                  throw invalid(`sort ${req.sort} is not an agent sort`);
+                })();
+      const { rows, next } = await listAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), { where: { AND: and }, orderBy });
+      return { agents: rows.map(proto), nextPageToken: nextPageToken(next) };
     },
+
     async getAgent(req) {
-      const row = await getAgent(db, uuid("agent_id", req.agentId));
-      if (!row) throw new ConnectError(`agent ${req.agentId} does not exist`, Code.NotFound);
-      return { agent: agentToProto(fresh(row), new Date(), pollIntervalSeconds) };
+      return { agent: proto(await existing(req.agentId)) };
+    },
+
+    async setAgentLabels(req, ctx) {
+      const before = await existing(req.agentId);
+      if (req.tags.length > 32) throw invalid("at most 32 tags");
+      const tags = [...new Set(req.tags.map((t) => t.trim().toLowerCase()))];
+      for (const tag of tags) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+      const group = req.group.trim().toLowerCase();
+      if (group && !LABEL.test(group)) throw invalid(`group "${group.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+      await db.agent.update({ where: { id: before.id }, data: { tags, group } });
+      const after = await existing(before.id);
+      await audit(db, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: { tags, group } });
+      return { agent: proto(after) };
+    },
+
+    async getAgentConfig(req) {
+      const row = await existing(req.agentId);
+      const stored = await db.agent.findUnique({ where: { id: row.id }, select: { config: true } });
+      return { config: await deps.agentConfigs.forAgent(row.id), overrides: agentOverrides(stored?.config ?? null) };
+    },
+
+    async updateSubsystems(req, ctx) {
+      const row = await active(req.agentId);
+      const seen = new Set<string>();
+      const subsystems: SubsystemConfig[] = req.subsystems.map((s, i) => {
+        const field = `subsystems[${i}]`;
+        if (!(SUBSYSTEMS as readonly string[]).includes(s.name)) throw invalid(`${field}.name "${s.name.slice(0, 64)}" is not a subsystem (${SUBSYSTEMS.join(", ")})`);
+        if (seen.has(s.name)) throw invalid(`${field}: ${s.name} is listed twice`);
+        seen.add(s.name);
+        if (s.autoRun && (s.intervalSeconds < 300 || s.intervalSeconds > 7 * 86_400)) throw invalid(`${field}.interval_seconds must be from 300 to 604800 when auto_run is on`);
+        if (s.timeoutSeconds < 10 || s.timeoutSeconds > 6 * 3600) throw invalid(`${field}.timeout_seconds must be from 10 to 21600`);
+        const b = s.circuitBreaker;
+        if (b && b.failureThreshold > 0 && (b.failureThreshold > 100 || b.windowSeconds < 60 || b.cooldownSeconds < 60)) {
+          throw invalid(`${field}.circuit_breaker needs failure_threshold 1..100, window_seconds and cooldown_seconds of at least 60 (or failure_threshold 0 to turn it off)`);
+        }
+        return create(SubsystemConfigSchema, s);
+      });
+      const stored = await db.agent.findUnique({ where: { id: row.id }, select: { config: true } });
+      const before = agentOverrides(stored?.config ?? null);
+      const bytes = subsystems.length > 0 ? toBinary(AgentConfigSchema, create(AgentConfigSchema, { subsystems })) : null;
+      await db.agent.update({ where: { id: row.id }, data: { config: bytes ? Buffer.from(bytes) : null } });
+      deps.agentConfigs.invalidate();
+      await audit(db, ctx, {
+        target: `agent:${row.id}`,
+        before: before.map((s) => toJson(SubsystemConfigSchema, s)),
+        after: subsystems.map((s) => toJson(SubsystemConfigSchema, s)),
+      });
+      return { config: await deps.agentConfigs.forAgent(row.id) };
+    },
+
+    async triggerScan(req, ctx) {
+      const row = await active(req.agentId);
+      return { command: await queue(ctx, row.id, { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: req.subsystems } }) };
+    },
+
+    async setHeartbeat(req, ctx) {
+      const row = await active(req.agentId);
+      if (!req.enabled) return { command: await queue(ctx, row.id, { case: "disableHeartbeat", value: { $typeName: "redflag.v1.DisableHeartbeat" } }) };
+      if (req.intervalSeconds > 60) throw invalid("interval_seconds must be at most 60");
+      const duration = req.duration ?? durationFromMs(10 * 60_000);
+      if (durationMs(duration) < 10_000 || durationMs(duration) > 86_400_000) throw invalid("duration must be from 10 seconds to 24 hours");
+      return {
+        command: await queue(ctx, row.id, { case: "enableHeartbeat", value: { $typeName: "redflag.v1.EnableHeartbeat", intervalSeconds: req.intervalSeconds || 5, duration } }),
+      };
+    },
+
+    async rebootAgent(req, ctx) {
+      const row = await active(req.agentId);
+      return {
+        command: await queue(ctx, row.id, { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: req.delaySeconds, message: req.message, force: req.force } }),
+      };
+    },
+
+    async decommissionAgent(req, ctx) {
+      const before = await existing(req.agentId);
+      if (before.decommissionedAt) return { agent: proto(before), cancelledCommands: 0 };
+      const now = new Date();
+      // Credentials die with the generation bump (access tokens) and the revoked families
+      // (refresh tokens); pending commands will never be delivered.
+      const cancelled = await db.$transaction(async (tx) => {
+        await tx.agent.update({ where: { id: before.id }, data: { decommissionedAt: now, credentialGeneration: { increment: 1 } } });
+        await tx.refreshTokenFamily.updateMany({ where: { agentId: before.id, revokedAt: null }, data: { revokedAt: now, revokeReason: "decommissioned" } });
+        await tx.packageUpdate.deleteMany({ where: { agentId: before.id } });
+        return (await tx.command.updateMany({ where: { agentId: before.id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count;
+      });
+      deps.agents.invalidate(before.id);
+      const after = await existing(before.id);
+      await audit(db, ctx, { target: `agent:${before.id}`, before: { decommissioned: false }, after: { decommissioned: true, cancelledCommands: cancelled } });
+      return { agent: proto(after), cancelledCommands: cancelled };
+    },
+
+    async rebindMachineId(req, ctx) {
+      const before = await active(req.agentId);
+      if (!isMachineId(req.machineId)) throw invalid("machine_id must be 64 lower-case hex characters (the agent prints it in `redflag-agent status`)");
+      if (req.machineId === before.machineId) return { agent: proto(before) };
+      await db.agent.update({ where: { id: before.id }, data: { machineId: req.machineId } }).catch((err: { code?: string }) => {
+        if (err.code === "P2002") throw new ConnectError("another agent is registered with this machine ID", Code.AlreadyExists);
+        throw err;
+      });
+      deps.agents.invalidate(before.id);
+      await recordSecurityEvent(db, {
+        type: "machine_id_rebound",
+        severity: "warning",
+        message: `machine ID of ${before.hostname} rebound by an admin`,
+        agentId: before.id,
+        machineId: req.machineId,
+        detail: { previousMachineId: before.machineId },
+      });
+      await audit(db, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId: req.machineId } });
+      return { agent: proto(await existing(before.id)) };
     },
   };
 }

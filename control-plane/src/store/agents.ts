@@ -1,3 +1,4 @@
+import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
@@ -221,6 +222,8 @@ const agentListSelect = {
   status: true,
   registrationTokenId: true,
   lastScanAt: true,
+  tags: true,
+  group: true,
 } as const;
 
 export interface UpdateCounts {
@@ -249,10 +252,16 @@ async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string,
   return counts;
 }
 
-export async function listAgents(db: Prisma, pageSize: number, after: string | undefined) {
+export interface AgentListQuery {
+  where?: PrismaNs.AgentWhereInput;
+  orderBy?: PrismaNs.AgentOrderByWithRelationInput[];
+}
+
+export async function listAgents(db: Prisma, pageSize: number, after: string | undefined, query: AgentListQuery = {}) {
   const rows = await db.agent.findMany({
     select: agentListSelect,
-    orderBy: [{ hostname: "asc" }, { id: "asc" }],
+    where: query.where ?? {},
+    orderBy: [...(query.orderBy ?? [{ hostname: "asc" }]), { id: "asc" }],
     take: pageSize + 1,
     ...(after ? { cursor: { id: after }, skip: 1 } : {}),
   });

@@ -6,7 +6,8 @@ export type SecurityEventType =
   | "renew_bad_signature"
   | "result_for_foreign_command"
   | "registration_token_invalid"
-  | "login_failed";
+  | "login_failed"
+  | "machine_id_rebound";
 
 export interface SecurityEventInput {
   type: SecurityEventType;

@@ -4,8 +4,9 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { AgentStatus, OsInfo } from "./common_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { AgentConfig, AgentStatus, OsFamily, OsInfo, SubsystemConfig } from "./common_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import type { CommandInfo } from "./command_service_pb.js";
 
 /**
  * Describes the file redflag/v1/fleet_service.proto.
@@ -86,6 +87,16 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: google.protobuf.Timestamp last_scan_time = 13;
    */
   lastScanTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: repeated string tags = 14;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: string group = 15;
+   */
+  group: string;
 };
 
 /**
@@ -109,6 +120,45 @@ export declare type ListAgentsRequest = Message<"redflag.v1.ListAgentsRequest"> 
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Filters; unset or empty matches everything.
+   *
+   * @generated from field: redflag.v1.AgentHealth health = 3;
+   */
+  health: AgentHealth;
+
+  /**
+   * @generated from field: redflag.v1.OsFamily os_family = 4;
+   */
+  osFamily: OsFamily;
+
+  /**
+   * @generated from field: string tag = 5;
+   */
+  tag: string;
+
+  /**
+   * @generated from field: string group = 6;
+   */
+  group: string;
+
+  /**
+   * Case-insensitive text in the hostname, OS name or agent ID.
+   *
+   * @generated from field: string search = 7;
+   */
+  search: string;
+
+  /**
+   * @generated from field: redflag.v1.AgentSort sort = 8;
+   */
+  sort: AgentSort;
+
+  /**
+   * @generated from field: bool descending = 9;
+   */
+  descending: boolean;
 };
 
 /**
@@ -171,6 +221,373 @@ export declare type GetAgentResponse = Message<"redflag.v1.GetAgentResponse"> & 
 export declare const GetAgentResponseSchema: GenMessage<GetAgentResponse>;
 
 /**
+ * @generated from message redflag.v1.SetAgentLabelsRequest
+ */
+export declare type SetAgentLabelsRequest = Message<"redflag.v1.SetAgentLabelsRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: repeated string tags = 2;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: string group = 3;
+   */
+  group: string;
+};
+
+/**
+ * Describes the message redflag.v1.SetAgentLabelsRequest.
+ * Use `create(SetAgentLabelsRequestSchema)` to create a new message.
+ */
+export declare const SetAgentLabelsRequestSchema: GenMessage<SetAgentLabelsRequest>;
+
+/**
+ * @generated from message redflag.v1.SetAgentLabelsResponse
+ */
+export declare type SetAgentLabelsResponse = Message<"redflag.v1.SetAgentLabelsResponse"> & {
+  /**
+   * @generated from field: redflag.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.SetAgentLabelsResponse.
+ * Use `create(SetAgentLabelsResponseSchema)` to create a new message.
+ */
+export declare const SetAgentLabelsResponseSchema: GenMessage<SetAgentLabelsResponse>;
+
+/**
+ * @generated from message redflag.v1.GetAgentConfigRequest
+ */
+export declare type GetAgentConfigRequest = Message<"redflag.v1.GetAgentConfigRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message redflag.v1.GetAgentConfigRequest.
+ * Use `create(GetAgentConfigRequestSchema)` to create a new message.
+ */
+export declare const GetAgentConfigRequestSchema: GenMessage<GetAgentConfigRequest>;
+
+/**
+ * @generated from message redflag.v1.GetAgentConfigResponse
+ */
+export declare type GetAgentConfigResponse = Message<"redflag.v1.GetAgentConfigResponse"> & {
+  /**
+   * @generated from field: redflag.v1.AgentConfig config = 1;
+   */
+  config?: AgentConfig | undefined;
+
+  /**
+   * The subsystems this agent overrides.
+   *
+   * @generated from field: repeated redflag.v1.SubsystemConfig overrides = 2;
+   */
+  overrides: SubsystemConfig[];
+};
+
+/**
+ * Describes the message redflag.v1.GetAgentConfigResponse.
+ * Use `create(GetAgentConfigResponseSchema)` to create a new message.
+ */
+export declare const GetAgentConfigResponseSchema: GenMessage<GetAgentConfigResponse>;
+
+/**
+ * @generated from message redflag.v1.UpdateSubsystemsRequest
+ */
+export declare type UpdateSubsystemsRequest = Message<"redflag.v1.UpdateSubsystemsRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * Replaces this agent's overrides; empty returns it to the server's defaults.
+   *
+   * @generated from field: repeated redflag.v1.SubsystemConfig subsystems = 2;
+   */
+  subsystems: SubsystemConfig[];
+};
+
+/**
+ * Describes the message redflag.v1.UpdateSubsystemsRequest.
+ * Use `create(UpdateSubsystemsRequestSchema)` to create a new message.
+ */
+export declare const UpdateSubsystemsRequestSchema: GenMessage<UpdateSubsystemsRequest>;
+
+/**
+ * @generated from message redflag.v1.UpdateSubsystemsResponse
+ */
+export declare type UpdateSubsystemsResponse = Message<"redflag.v1.UpdateSubsystemsResponse"> & {
+  /**
+   * @generated from field: redflag.v1.AgentConfig config = 1;
+   */
+  config?: AgentConfig | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.UpdateSubsystemsResponse.
+ * Use `create(UpdateSubsystemsResponseSchema)` to create a new message.
+ */
+export declare const UpdateSubsystemsResponseSchema: GenMessage<UpdateSubsystemsResponse>;
+
+/**
+ * @generated from message redflag.v1.TriggerScanRequest
+ */
+export declare type TriggerScanRequest = Message<"redflag.v1.TriggerScanRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * Empty: every enabled subsystem.
+   *
+   * @generated from field: repeated string subsystems = 2;
+   */
+  subsystems: string[];
+};
+
+/**
+ * Describes the message redflag.v1.TriggerScanRequest.
+ * Use `create(TriggerScanRequestSchema)` to create a new message.
+ */
+export declare const TriggerScanRequestSchema: GenMessage<TriggerScanRequest>;
+
+/**
+ * @generated from message redflag.v1.TriggerScanResponse
+ */
+export declare type TriggerScanResponse = Message<"redflag.v1.TriggerScanResponse"> & {
+  /**
+   * @generated from field: redflag.v1.CommandInfo command = 1;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.TriggerScanResponse.
+ * Use `create(TriggerScanResponseSchema)` to create a new message.
+ */
+export declare const TriggerScanResponseSchema: GenMessage<TriggerScanResponse>;
+
+/**
+ * @generated from message redflag.v1.SetHeartbeatRequest
+ */
+export declare type SetHeartbeatRequest = Message<"redflag.v1.SetHeartbeatRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: bool enabled = 2;
+   */
+  enabled: boolean;
+
+  /**
+   * Poll interval while on, 1..60 seconds (0: 5).
+   *
+   * @generated from field: uint32 interval_seconds = 3;
+   */
+  intervalSeconds: number;
+
+  /**
+   * How long, up to 24 hours (unset: 10 minutes).
+   *
+   * @generated from field: google.protobuf.Duration duration = 4;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.SetHeartbeatRequest.
+ * Use `create(SetHeartbeatRequestSchema)` to create a new message.
+ */
+export declare const SetHeartbeatRequestSchema: GenMessage<SetHeartbeatRequest>;
+
+/**
+ * @generated from message redflag.v1.SetHeartbeatResponse
+ */
+export declare type SetHeartbeatResponse = Message<"redflag.v1.SetHeartbeatResponse"> & {
+  /**
+   * @generated from field: redflag.v1.CommandInfo command = 1;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.SetHeartbeatResponse.
+ * Use `create(SetHeartbeatResponseSchema)` to create a new message.
+ */
+export declare const SetHeartbeatResponseSchema: GenMessage<SetHeartbeatResponse>;
+
+/**
+ * @generated from message redflag.v1.RebootAgentRequest
+ */
+export declare type RebootAgentRequest = Message<"redflag.v1.RebootAgentRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: uint32 delay_seconds = 2;
+   */
+  delaySeconds: number;
+
+  /**
+   * @generated from field: string message = 3;
+   */
+  message: string;
+
+  /**
+   * @generated from field: bool force = 4;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message redflag.v1.RebootAgentRequest.
+ * Use `create(RebootAgentRequestSchema)` to create a new message.
+ */
+export declare const RebootAgentRequestSchema: GenMessage<RebootAgentRequest>;
+
+/**
+ * @generated from message redflag.v1.RebootAgentResponse
+ */
+export declare type RebootAgentResponse = Message<"redflag.v1.RebootAgentResponse"> & {
+  /**
+   * @generated from field: redflag.v1.CommandInfo command = 1;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RebootAgentResponse.
+ * Use `create(RebootAgentResponseSchema)` to create a new message.
+ */
+export declare const RebootAgentResponseSchema: GenMessage<RebootAgentResponse>;
+
+/**
+ * @generated from message redflag.v1.DecommissionAgentRequest
+ */
+export declare type DecommissionAgentRequest = Message<"redflag.v1.DecommissionAgentRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message redflag.v1.DecommissionAgentRequest.
+ * Use `create(DecommissionAgentRequestSchema)` to create a new message.
+ */
+export declare const DecommissionAgentRequestSchema: GenMessage<DecommissionAgentRequest>;
+
+/**
+ * @generated from message redflag.v1.DecommissionAgentResponse
+ */
+export declare type DecommissionAgentResponse = Message<"redflag.v1.DecommissionAgentResponse"> & {
+  /**
+   * @generated from field: redflag.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+
+  /**
+   * Pending commands cancelled.
+   *
+   * @generated from field: uint32 cancelled_commands = 2;
+   */
+  cancelledCommands: number;
+};
+
+/**
+ * Describes the message redflag.v1.DecommissionAgentResponse.
+ * Use `create(DecommissionAgentResponseSchema)` to create a new message.
+ */
+export declare const DecommissionAgentResponseSchema: GenMessage<DecommissionAgentResponse>;
+
+/**
+ * @generated from message redflag.v1.RebindMachineIdRequest
+ */
+export declare type RebindMachineIdRequest = Message<"redflag.v1.RebindMachineIdRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * The 64-hex machine ID the agent now presents.
+   *
+   * @generated from field: string machine_id = 2;
+   */
+  machineId: string;
+};
+
+/**
+ * Describes the message redflag.v1.RebindMachineIdRequest.
+ * Use `create(RebindMachineIdRequestSchema)` to create a new message.
+ */
+export declare const RebindMachineIdRequestSchema: GenMessage<RebindMachineIdRequest>;
+
+/**
+ * @generated from message redflag.v1.RebindMachineIdResponse
+ */
+export declare type RebindMachineIdResponse = Message<"redflag.v1.RebindMachineIdResponse"> & {
+  /**
+   * @generated from field: redflag.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RebindMachineIdResponse.
+ * Use `create(RebindMachineIdResponseSchema)` to create a new message.
+ */
+export declare const RebindMachineIdResponseSchema: GenMessage<RebindMachineIdResponse>;
+
+/**
+ * AgentSort orders ListAgents.
+ *
+ * @generated from enum redflag.v1.AgentSort
+ */
+export enum AgentSort {
+  /**
+   * @generated from enum value: AGENT_SORT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: AGENT_SORT_HOSTNAME = 1;
+   */
+  HOSTNAME = 1,
+
+  /**
+   * @generated from enum value: AGENT_SORT_LAST_SEEN = 2;
+   */
+  LAST_SEEN = 2,
+
+  /**
+   * @generated from enum value: AGENT_SORT_REGISTERED = 3;
+   */
+  REGISTERED = 3,
+}
+
+/**
+ * Describes the enum redflag.v1.AgentSort.
+ */
+export declare const AgentSortSchema: GenEnum<AgentSort>;
+
+/**
  * AgentHealth is derived from the last time the agent was heard from.
  * An agent never heard from is never counted as online.
  *
@@ -214,13 +631,13 @@ export enum AgentHealth {
 export declare const AgentHealthSchema: GenEnum<AgentHealth>;
 
 /**
- * FleetService shows the registered agents.
+ * FleetService shows the registered agents and acts on them.
  *
  * @generated from service redflag.v1.FleetService
  */
 export declare const FleetService: GenService<{
   /**
-   * ListAgents lists agents ordered by hostname.
+   * ListAgents lists agents with filters, search and sorting.
    *
    * @generated from rpc redflag.v1.FleetService.ListAgents
    */
@@ -238,6 +655,88 @@ export declare const FleetService: GenService<{
     methodKind: "unary";
     input: typeof GetAgentRequestSchema;
     output: typeof GetAgentResponseSchema;
+  },
+  /**
+   * SetAgentLabels replaces an agent's tags and group.
+   *
+   * @generated from rpc redflag.v1.FleetService.SetAgentLabels
+   */
+  setAgentLabels: {
+    methodKind: "unary";
+    input: typeof SetAgentLabelsRequestSchema;
+    output: typeof SetAgentLabelsResponseSchema;
+  },
+  /**
+   * GetAgentConfig returns the config the agent gets: server defaults, its own subsystem
+   * overrides, and holds.
+   *
+   * @generated from rpc redflag.v1.FleetService.GetAgentConfig
+   */
+  getAgentConfig: {
+    methodKind: "unary";
+    input: typeof GetAgentConfigRequestSchema;
+    output: typeof GetAgentConfigResponseSchema;
+  },
+  /**
+   * UpdateSubsystems overrides subsystem settings for one agent (enabled, auto_run, interval,
+   * timeout, circuit breaker); listed subsystems replace the server's defaults.
+   *
+   * @generated from rpc redflag.v1.FleetService.UpdateSubsystems
+   */
+  updateSubsystems: {
+    methodKind: "unary";
+    input: typeof UpdateSubsystemsRequestSchema;
+    output: typeof UpdateSubsystemsResponseSchema;
+  },
+  /**
+   * TriggerScan queues a scan of some or all subsystems.
+   *
+   * @generated from rpc redflag.v1.FleetService.TriggerScan
+   */
+  triggerScan: {
+    methodKind: "unary";
+    input: typeof TriggerScanRequestSchema;
+    output: typeof TriggerScanResponseSchema;
+  },
+  /**
+   * SetHeartbeat turns rapid polling on (with an interval and duration) or off.
+   *
+   * @generated from rpc redflag.v1.FleetService.SetHeartbeat
+   */
+  setHeartbeat: {
+    methodKind: "unary";
+    input: typeof SetHeartbeatRequestSchema;
+    output: typeof SetHeartbeatResponseSchema;
+  },
+  /**
+   * RebootAgent queues a reboot.
+   *
+   * @generated from rpc redflag.v1.FleetService.RebootAgent
+   */
+  rebootAgent: {
+    methodKind: "unary";
+    input: typeof RebootAgentRequestSchema;
+    output: typeof RebootAgentResponseSchema;
+  },
+  /**
+   * DecommissionAgent revokes the agent's credentials and cancels its pending commands.
+   *
+   * @generated from rpc redflag.v1.FleetService.DecommissionAgent
+   */
+  decommissionAgent: {
+    methodKind: "unary";
+    input: typeof DecommissionAgentRequestSchema;
+    output: typeof DecommissionAgentResponseSchema;
+  },
+  /**
+   * RebindMachineId accepts a new machine ID for an agent (after hardware changes).
+   *
+   * @generated from rpc redflag.v1.FleetService.RebindMachineId
+   */
+  rebindMachineId: {
+    methodKind: "unary";
+    input: typeof RebindMachineIdRequestSchema;
+    output: typeof RebindMachineIdResponseSchema;
   },
 }>;
 

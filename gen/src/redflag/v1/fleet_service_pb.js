@@ -3,14 +3,15 @@
 /* eslint-disable */
 
 import { enumDesc, fileDesc, messageDesc, serviceDesc, tsEnum } from "@bufbuild/protobuf/codegenv2";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_redflag_v1_command_service } from "./command_service_pb.js";
 import { file_redflag_v1_common } from "./common_pb.js";
 
 /**
  * Describes the file redflag/v1/fleet_service.proto.
  */
 export const file_redflag_v1_fleet_service = /*@__PURE__*/
-  fileDesc("Ch5yZWRmbGFnL3YxL2ZsZWV0X3NlcnZpY2UucHJvdG8SCnJlZGZsYWcudjEiuQMKBUFnZW50EgoKAmlkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEhIKCm1hY2hpbmVfaWQYAyABKAkSHgoCb3MYBCABKAsyEi5yZWRmbGFnLnYxLk9zSW5mbxIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEicKBmhlYWx0aBgGIAEoDjIXLnJlZGZsYWcudjEuQWdlbnRIZWFsdGgSMQoNcmVnaXN0ZXJfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBnN0YXR1cxgJIAEoCzIXLnJlZGZsYWcudjEuQWdlbnRTdGF0dXMSHQoVcmVnaXN0cmF0aW9uX3Rva2VuX2lkGAogASgJEhwKFHBlbmRpbmdfdXBkYXRlX2NvdW50GAsgASgNEh0KFXNlY3VyaXR5X3VwZGF0ZV9jb3VudBgMIAEoDRIyCg5sYXN0X3NjYW5fdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiUAoSTGlzdEFnZW50c1Jlc3BvbnNlEiEKBmFnZW50cxgBIAMoCzIRLnJlZGZsYWcudjEuQWdlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiMKD0dldEFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCSI0ChBHZXRBZ2VudFJlc3BvbnNlEiAKBWFnZW50GAEgASgLMhEucmVkZmxhZy52MS5BZ2VudCq4AQoLQWdlbnRIZWFsdGgSHAoYQUdFTlRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASFwoTQUdFTlRfSEVBTFRIX09OTElORRABEhgKFEFHRU5UX0hFQUxUSF9PRkZMSU5FEAISFgoSQUdFTlRfSEVBTFRIX1NUQUxFEAMSHwobQUdFTlRfSEVBTFRIX05FVkVSX1JFUE9SVEVEEAQSHwobQUdFTlRfSEVBTFRIX0RFQ09NTUlTU0lPTkVEEAUyogEKDEZsZWV0U2VydmljZRJLCgpMaXN0QWdlbnRzEh0ucmVkZmxhZy52MS5MaXN0QWdlbnRzUmVxdWVzdBoeLnJlZGZsYWcudjEuTGlzdEFnZW50c1Jlc3BvbnNlEkUKCEdldEFnZW50EhsucmVkZmxhZy52MS5HZXRBZ2VudFJlcXVlc3QaHC5yZWRmbGFnLnYxLkdldEFnZW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_redflag_v1_common]);
+  fileDesc("Ch5yZWRmbGFnL3YxL2ZsZWV0X3NlcnZpY2UucHJvdG8SCnJlZGZsYWcudjEi1gMKBUFnZW50EgoKAmlkGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEhIKCm1hY2hpbmVfaWQYAyABKAkSHgoCb3MYBCABKAsyEi5yZWRmbGFnLnYxLk9zSW5mbxIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEicKBmhlYWx0aBgGIAEoDjIXLnJlZGZsYWcudjEuQWdlbnRIZWFsdGgSMQoNcmVnaXN0ZXJfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9zZWVuX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBnN0YXR1cxgJIAEoCzIXLnJlZGZsYWcudjEuQWdlbnRTdGF0dXMSHQoVcmVnaXN0cmF0aW9uX3Rva2VuX2lkGAogASgJEhwKFHBlbmRpbmdfdXBkYXRlX2NvdW50GAsgASgNEh0KFXNlY3VyaXR5X3VwZGF0ZV9jb3VudBgMIAEoDRIyCg5sYXN0X3NjYW5fdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGFncxgOIAMoCRINCgVncm91cBgPIAEoCSLxAQoRTGlzdEFnZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSJwoGaGVhbHRoGAMgASgOMhcucmVkZmxhZy52MS5BZ2VudEhlYWx0aBInCglvc19mYW1pbHkYBCABKA4yFC5yZWRmbGFnLnYxLk9zRmFtaWx5EgsKA3RhZxgFIAEoCRINCgVncm91cBgGIAEoCRIOCgZzZWFyY2gYByABKAkSIwoEc29ydBgIIAEoDjIVLnJlZGZsYWcudjEuQWdlbnRTb3J0EhIKCmRlc2NlbmRpbmcYCSABKAgiUAoSTGlzdEFnZW50c1Jlc3BvbnNlEiEKBmFnZW50cxgBIAMoCzIRLnJlZGZsYWcudjEuQWdlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIiMKD0dldEFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCSI0ChBHZXRBZ2VudFJlc3BvbnNlEiAKBWFnZW50GAEgASgLMhEucmVkZmxhZy52MS5BZ2VudCJGChVTZXRBZ2VudExhYmVsc1JlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDAoEdGFncxgCIAMoCRINCgVncm91cBgDIAEoCSI6ChZTZXRBZ2VudExhYmVsc1Jlc3BvbnNlEiAKBWFnZW50GAEgASgLMhEucmVkZmxhZy52MS5BZ2VudCIpChVHZXRBZ2VudENvbmZpZ1JlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkicQoWR2V0QWdlbnRDb25maWdSZXNwb25zZRInCgZjb25maWcYASABKAsyFy5yZWRmbGFnLnYxLkFnZW50Q29uZmlnEi4KCW92ZXJyaWRlcxgCIAMoCzIbLnJlZGZsYWcudjEuU3Vic3lzdGVtQ29uZmlnIlwKF1VwZGF0ZVN1YnN5c3RlbXNSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEi8KCnN1YnN5c3RlbXMYAiADKAsyGy5yZWRmbGFnLnYxLlN1YnN5c3RlbUNvbmZpZyJDChhVcGRhdGVTdWJzeXN0ZW1zUmVzcG9uc2USJwoGY29uZmlnGAEgASgLMhcucmVkZmxhZy52MS5BZ2VudENvbmZpZyI6ChJUcmlnZ2VyU2NhblJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSEgoKc3Vic3lzdGVtcxgCIAMoCSI/ChNUcmlnZ2VyU2NhblJlc3BvbnNlEigKB2NvbW1hbmQYASABKAsyFy5yZWRmbGFnLnYxLkNvbW1hbmRJbmZvIn8KE1NldEhlYXJ0YmVhdFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDwoHZW5hYmxlZBgCIAEoCBIYChBpbnRlcnZhbF9zZWNvbmRzGAMgASgNEisKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkAKFFNldEhlYXJ0YmVhdFJlc3BvbnNlEigKB2NvbW1hbmQYASABKAsyFy5yZWRmbGFnLnYxLkNvbW1hbmRJbmZvIl0KElJlYm9vdEFnZW50UmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIVCg1kZWxheV9zZWNvbmRzGAIgASgNEg8KB21lc3NhZ2UYAyABKAkSDQoFZm9yY2UYBCABKAgiPwoTUmVib290QWdlbnRSZXNwb25zZRIoCgdjb21tYW5kGAEgASgLMhcucmVkZmxhZy52MS5Db21tYW5kSW5mbyIsChhEZWNvbW1pc3Npb25BZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiWQoZRGVjb21taXNzaW9uQWdlbnRSZXNwb25zZRIgCgVhZ2VudBgBIAEoCzIRLnJlZGZsYWcudjEuQWdlbnQSGgoSY2FuY2VsbGVkX2NvbW1hbmRzGAIgASgNIj4KFlJlYmluZE1hY2hpbmVJZFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSEgoKbWFjaGluZV9pZBgCIAEoCSI7ChdSZWJpbmRNYWNoaW5lSWRSZXNwb25zZRIgCgVhZ2VudBgBIAEoCzIRLnJlZGZsYWcudjEuQWdlbnQqdQoJQWdlbnRTb3J0EhoKFkFHRU5UX1NPUlRfVU5TUEVDSUZJRUQQABIXChNBR0VOVF9TT1JUX0hPU1ROQU1FEAESGAoUQUdFTlRfU09SVF9MQVNUX1NFRU4QAhIZChVBR0VOVF9TT1JUX1JFR0lTVEVSRUQQAyq4AQoLQWdlbnRIZWFsdGgSHAoYQUdFTlRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASFwoTQUdFTlRfSEVBTFRIX09OTElORRABEhgKFEFHRU5UX0hFQUxUSF9PRkZMSU5FEAISFgoSQUdFTlRfSEVBTFRIX1NUQUxFEAMSHwobQUdFTlRfSEVBTFRIX05FVkVSX1JFUE9SVEVEEAQSHwobQUdFTlRfSEVBTFRIX0RFQ09NTUlTU0lPTkVEEAUy5AYKDEZsZWV0U2VydmljZRJLCgpMaXN0QWdlbnRzEh0ucmVkZmxhZy52MS5MaXN0QWdlbnRzUmVxdWVzdBoeLnJlZGZsYWcudjEuTGlzdEFnZW50c1Jlc3BvbnNlEkUKCEdldEFnZW50EhsucmVkZmxhZy52MS5HZXRBZ2VudFJlcXVlc3QaHC5yZWRmbGFnLnYxLkdldEFnZW50UmVzcG9uc2USVwoOU2V0QWdlbnRMYWJlbHMSIS5yZWRmbGFnLnYxLlNldEFnZW50TGFiZWxzUmVxdWVzdBoiLnJlZGZsYWcudjEuU2V0QWdlbnRMYWJlbHNSZXNwb25zZRJXCg5HZXRBZ2VudENvbmZpZxIhLnJlZGZsYWcudjEuR2V0QWdlbnRDb25maWdSZXF1ZXN0GiIucmVkZmxhZy52MS5HZXRBZ2VudENvbmZpZ1Jlc3BvbnNlEl0KEFVwZGF0ZVN1YnN5c3RlbXMSIy5yZWRmbGFnLnYxLlVwZGF0ZVN1YnN5c3RlbXNSZXF1ZXN0GiQucmVkZmxhZy52MS5VcGRhdGVTdWJzeXN0ZW1zUmVzcG9uc2USTgoLVHJpZ2dlclNjYW4SHi5yZWRmbGFnLnYxLlRyaWdnZXJTY2FuUmVxdWVzdBofLnJlZGZsYWcudjEuVHJpZ2dlclNjYW5SZXNwb25zZRJRCgxTZXRIZWFydGJlYXQSHy5yZWRmbGFnLnYxLlNldEhlYXJ0YmVhdFJlcXVlc3QaIC5yZWRmbGFnLnYxLlNldEhlYXJ0YmVhdFJlc3BvbnNlEk4KC1JlYm9vdEFnZW50Eh4ucmVkZmxhZy52MS5SZWJvb3RBZ2VudFJlcXVlc3QaHy5yZWRmbGFnLnYxLlJlYm9vdEFnZW50UmVzcG9uc2USYAoRRGVjb21taXNzaW9uQWdlbnQSJC5yZWRmbGFnLnYxLkRlY29tbWlzc2lvbkFnZW50UmVxdWVzdBolLnJlZGZsYWcudjEuRGVjb21taXNzaW9uQWdlbnRSZXNwb25zZRJaCg9SZWJpbmRNYWNoaW5lSWQSIi5yZWRmbGFnLnYxLlJlYmluZE1hY2hpbmVJZFJlcXVlc3QaIy5yZWRmbGFnLnYxLlJlYmluZE1hY2hpbmVJZFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_protobuf_duration, file_redflag_v1_command_service, file_redflag_v1_common]);
 
 /**
  * Describes the message redflag.v1.Agent.
@@ -48,10 +49,136 @@ export const GetAgentResponseSchema = /*@__PURE__*/
   messageDesc(file_redflag_v1_fleet_service, 4);
 
 /**
+ * Describes the message redflag.v1.SetAgentLabelsRequest.
+ * Use `create(SetAgentLabelsRequestSchema)` to create a new message.
+ */
+export const SetAgentLabelsRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 5);
+
+/**
+ * Describes the message redflag.v1.SetAgentLabelsResponse.
+ * Use `create(SetAgentLabelsResponseSchema)` to create a new message.
+ */
+export const SetAgentLabelsResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 6);
+
+/**
+ * Describes the message redflag.v1.GetAgentConfigRequest.
+ * Use `create(GetAgentConfigRequestSchema)` to create a new message.
+ */
+export const GetAgentConfigRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 7);
+
+/**
+ * Describes the message redflag.v1.GetAgentConfigResponse.
+ * Use `create(GetAgentConfigResponseSchema)` to create a new message.
+ */
+export const GetAgentConfigResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 8);
+
+/**
+ * Describes the message redflag.v1.UpdateSubsystemsRequest.
+ * Use `create(UpdateSubsystemsRequestSchema)` to create a new message.
+ */
+export const UpdateSubsystemsRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 9);
+
+/**
+ * Describes the message redflag.v1.UpdateSubsystemsResponse.
+ * Use `create(UpdateSubsystemsResponseSchema)` to create a new message.
+ */
+export const UpdateSubsystemsResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 10);
+
+/**
+ * Describes the message redflag.v1.TriggerScanRequest.
+ * Use `create(TriggerScanRequestSchema)` to create a new message.
+ */
+export const TriggerScanRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 11);
+
+/**
+ * Describes the message redflag.v1.TriggerScanResponse.
+ * Use `create(TriggerScanResponseSchema)` to create a new message.
+ */
+export const TriggerScanResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 12);
+
+/**
+ * Describes the message redflag.v1.SetHeartbeatRequest.
+ * Use `create(SetHeartbeatRequestSchema)` to create a new message.
+ */
+export const SetHeartbeatRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 13);
+
+/**
+ * Describes the message redflag.v1.SetHeartbeatResponse.
+ * Use `create(SetHeartbeatResponseSchema)` to create a new message.
+ */
+export const SetHeartbeatResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 14);
+
+/**
+ * Describes the message redflag.v1.RebootAgentRequest.
+ * Use `create(RebootAgentRequestSchema)` to create a new message.
+ */
+export const RebootAgentRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 15);
+
+/**
+ * Describes the message redflag.v1.RebootAgentResponse.
+ * Use `create(RebootAgentResponseSchema)` to create a new message.
+ */
+export const RebootAgentResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 16);
+
+/**
+ * Describes the message redflag.v1.DecommissionAgentRequest.
+ * Use `create(DecommissionAgentRequestSchema)` to create a new message.
+ */
+export const DecommissionAgentRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 17);
+
+/**
+ * Describes the message redflag.v1.DecommissionAgentResponse.
+ * Use `create(DecommissionAgentResponseSchema)` to create a new message.
+ */
+export const DecommissionAgentResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 18);
+
+/**
+ * Describes the message redflag.v1.RebindMachineIdRequest.
+ * Use `create(RebindMachineIdRequestSchema)` to create a new message.
+ */
+export const RebindMachineIdRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 19);
+
+/**
+ * Describes the message redflag.v1.RebindMachineIdResponse.
+ * Use `create(RebindMachineIdResponseSchema)` to create a new message.
+ */
+export const RebindMachineIdResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_fleet_service, 20);
+
+/**
+ * Describes the enum redflag.v1.AgentSort.
+ */
+export const AgentSortSchema = /*@__PURE__*/
+  enumDesc(file_redflag_v1_fleet_service, 0);
+
+/**
+ * AgentSort orders ListAgents.
+ *
+ * @generated from enum redflag.v1.AgentSort
+ */
+export const AgentSort = /*@__PURE__*/
+  tsEnum(AgentSortSchema);
+
+/**
  * Describes the enum redflag.v1.AgentHealth.
  */
 export const AgentHealthSchema = /*@__PURE__*/
-  enumDesc(file_redflag_v1_fleet_service, 0);
+  enumDesc(file_redflag_v1_fleet_service, 1);
 
 /**
  * AgentHealth is derived from the last time the agent was heard from.
@@ -63,7 +190,7 @@ export const AgentHealth = /*@__PURE__*/
   tsEnum(AgentHealthSchema);
 
 /**
- * FleetService shows the registered agents.
+ * FleetService shows the registered agents and acts on them.
  *
  * @generated from service redflag.v1.FleetService
  */
