@@ -60,7 +60,11 @@ describe.runIf(process.getuid?.() === 0)("operator flow through the CLI", () => 
     expect(reg.code, reg.stderr).toBe(0);
     const agentId = (JSON.parse(await cli(["--json", "agents", "list"])) as { agents: { id: string }[] }).agents[0]!.id;
 
-    await cli(["commands", "queue", "--agent", agentId, "--type", "scan_updates", "--subsystem", "apt"]);
+    expect(await cli(["agents", "label", agentId, "--tag", "web", "--tag", "prod", "--group", "dmz"])).toMatch(/tags web, prod; group dmz\n$/);
+    expect(await cli(["agents", "list", "--tag", "web", "--health", "never_reported"])).toContain(agentId);
+    expect(await cli(["agents", "config", agentId])).toMatch(/^SUBSYSTEM\s+ENABLED\s+AUTO\s+INTERVAL\s+TIMEOUT/);
+
+    await cli(["agents", "scan", agentId, "--subsystem", "apt"]);
     await agentOnce();
     const listed = await cli(["updates", "list", "--security"]);
     expect(listed).toMatch(/curl\s+7\.88\.1-10\+deb12u14\s+7\.88\.1-10\+deb12u15\s+security\s+pending/);
@@ -89,7 +93,8 @@ describe.runIf(process.getuid?.() === 0)("operator flow through the CLI", () => 
     expect(actions).toEqual([
       "AuthService/Setup",
       "TokenService/CreateRegistrationToken",
-      "CommandService/CreateCommand",
+      "FleetService/SetAgentLabels",
+      "FleetService/TriggerScan",
       "UpdateService/InstallApprovedUpdates",
       "UpdateService/InstallApprovedUpdates",
     ]);

@@ -20,7 +20,17 @@ import {
   type CommandInfo,
   type CreateCommandRequest,
 } from "@redflag/gen/command_service_pb";
-import { AgentHealth, FleetService, GetAgentResponseSchema, ListAgentsResponseSchema } from "@redflag/gen/fleet_service_pb";
+import {
+  AgentHealth,
+  AgentSort,
+  DecommissionAgentResponseSchema,
+  FleetService,
+  GetAgentConfigResponseSchema,
+  GetAgentResponseSchema,
+  ListAgentsResponseSchema,
+  SetAgentLabelsResponseSchema,
+} from "@redflag/gen/fleet_service_pb";
+import { OsFamily } from "@redflag/gen/common_pb";
 import {
   CreateRegistrationTokenResponseSchema,
   ListRegistrationTokensResponseSchema,
@@ -162,6 +172,8 @@ function seconds(value: string): number {
   }
 }
 
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
 // ---- tokens
 const tokens = program.command("tokens").description("registration tokens that let agents enrol");
 
@@ -221,11 +233,29 @@ tokens
 // ---- agents
 const agents = program.command("agents").description("registered agents");
 
+const HEALTH_NAMES = ["online", "offline", "stale", "never_reported", "decommissioned"] as const;
+
 agents
   .command("list")
   .description("list agents")
-  .action(async () => {
-    const res = await (await clients()).fleet.listAgents({ pageSize: 500 });
+  .addOption(new Option("--health <health>", "only agents in this state").choices(HEALTH_NAMES))
+  .addOption(new Option("--os <family>", "only this OS family").choices(["linux", "windows", "darwin"]))
+  .option("--tag <tag>", "only agents with this tag")
+  .option("--group <group>", "only agents in this group")
+  .option("--search <text>", "hostname, OS name or agent ID contains")
+  .addOption(new Option("--sort <field>", "order").choices(["hostname", "last_seen", "registered"]).default("hostname"))
+  .option("--desc", "reverse the order")
+  .action(async (o: { health?: string; os?: string; tag?: string; group?: string; search?: string; sort: string; desc?: boolean }) => {
+    const res = await (await clients()).fleet.listAgents({
+      pageSize: 500,
+      health: o.health ? (AgentHealth as unknown as Record<string, AgentHealth>)[o.health.toUpperCase()]! : AgentHealth.UNSPECIFIED,
+      osFamily: o.os ? (OsFamily as unknown as Record<string, OsFamily>)[o.os.toUpperCase()]! : OsFamily.UNSPECIFIED,
+      tag: o.tag ?? "",
+      group: o.group ?? "",
+      search: o.search ?? "",
+      sort: (AgentSort as unknown as Record<string, AgentSort>)[o.sort.toUpperCase()]!,
+      descending: o.desc === true,
+    });
     if (json()) return printJson(ListAgentsResponseSchema, res);
     process.stdout.write(
       table(
@@ -265,6 +295,98 @@ agents
         `updates:     ${a.pendingUpdateCount} pending, ${a.securityUpdateCount} security`,
       ].join("\n") + "\n",
     );
+  });
+
+agents
+  .command("label")
+  .description("set an agent's tags and group (replaces them)")
+  .argument("<id>", "agent ID")
+  .option("--tag <tag>", "a tag (repeatable)", collect)
+  .option("--group <group>", "its group", "")
+  .action(async (id: string, o: { tag?: string[]; group: string }) => {
+    const res = await (await clients()).fleet.setAgentLabels({ agentId: id, tags: o.tag ?? [], group: o.group });
+    if (json()) return printJson(SetAgentLabelsResponseSchema, res);
+    process.stdout.write(`${res.agent!.hostname}: tags ${res.agent!.tags.join(", ") || "(none)"}; group ${res.agent!.group || "(none)"}\n`);
+  });
+
+const queued = (c: CommandInfo) => {
+  if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }));
+  process.stdout.write(`${c.id}\n`);
+};
+
+agents
+  .command("scan")
+  .description("scan for updates now")
+  .argument("<id>", "agent ID")
+  .option("--subsystem <name>", "only this subsystem (repeatable)", collect)
+  .action(async (id: string, o: { subsystem?: string[] }) => queued((await (await clients()).fleet.triggerScan({ agentId: id, subsystems: o.subsystem ?? [] })).command!));
+
+agents
+  .command("heartbeat")
+  .description("poll every few seconds for a while (on), or stop (off)")
+  .argument("<id>", "agent ID")
+  .addArgument(new Argument("<state>").choices(["on", "off"]))
+  .option("--interval <duration>", "poll interval while on (default 5s)", seconds)
+  .option("--duration <duration>", "how long (default 10m)", seconds)
+  .action(async (id: string, state: string, o: { interval?: number; duration?: number }) =>
+    queued(
+      (
+        await (await clients()).fleet.setHeartbeat({
+          agentId: id,
+          enabled: state === "on",
+          intervalSeconds: o.interval ?? 0,
+          duration: o.duration ? durationFromMs(o.duration * 1000) : undefined,
+        })
+      ).command!,
+    ),
+  );
+
+agents
+  .command("reboot")
+  .description("restart the host (only when it needs it, unless --force)")
+  .argument("<id>", "agent ID")
+  .option("--delay <duration>", "when (at least 1 minute)", seconds)
+  .option("--message <text>", "message to logged-in users")
+  .option("--force", "even when the host does not need it")
+  .action(async (id: string, o: { delay?: number; message?: string; force?: boolean }) =>
+    queued((await (await clients()).fleet.rebootAgent({ agentId: id, delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true })).command!),
+  );
+
+agents
+  .command("decommission")
+  .description("revoke the agent's credentials and cancel its pending commands (admins)")
+  .argument("<id>", "agent ID")
+  .action(async (id: string) => {
+    const res = await (await clients()).fleet.decommissionAgent({ agentId: id });
+    if (json()) return printJson(DecommissionAgentResponseSchema, res);
+    process.stdout.write(`${res.agent!.hostname} decommissioned; ${res.cancelledCommands} pending command(s) cancelled\n`);
+  });
+
+agents
+  .command("rebind")
+  .description("accept a new machine ID for an agent after hardware changes (admins)")
+  .argument("<id>", "agent ID")
+  .argument("<machine-id>", "the 64-hex ID `redflag-agent status` shows")
+  .action(async (id: string, machineId: string) => {
+    const res = await (await clients()).fleet.rebindMachineId({ agentId: id, machineId });
+    process.stdout.write(`${res.agent!.hostname} now bound to ${res.agent!.machineId}\n`);
+  });
+
+agents
+  .command("config")
+  .description("the config an agent gets: subsystems (with its overrides) and holds")
+  .argument("<id>", "agent ID")
+  .action(async (id: string) => {
+    const res = await (await clients()).fleet.getAgentConfig({ agentId: id });
+    if (json()) return printJson(GetAgentConfigResponseSchema, res);
+    const own = new Set(res.overrides.map((s) => s.name));
+    process.stdout.write(
+      table(
+        ["SUBSYSTEM", "ENABLED", "AUTO", "INTERVAL", "TIMEOUT", "SET FOR THIS AGENT"],
+        res.config!.subsystems.map((s) => [s.name, s.enabled ? "yes" : "no", s.autoRun ? "yes" : "no", `${s.intervalSeconds}s`, `${s.timeoutSeconds}s`, own.has(s.name) ? "yes" : ""]),
+      ),
+    );
+    if (res.config!.holds.length > 0) process.stdout.write(`holds: ${res.config!.holds.map((h) => `${h.source}:${h.name}`).join(", ")}\n`);
   });
 
 // ---- commands
@@ -376,7 +498,6 @@ interface QueueOptions {
   wait?: number;
 }
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 const FINAL = new Set([
   CommandState.SUCCEEDED,
