@@ -17,6 +17,7 @@ import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver } from "./auth/principals.ts";
 import { createAgentConfigs } from "./services/agent-config.ts";
+import { createEventBus } from "./events.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -52,6 +53,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       signer: createCommandSigner(keys.active, keys.trusted),
       principals: createPrincipalResolver(db.prisma),
       agentConfigs: createAgentConfigs(config, db.prisma),
+      events: createEventBus(),
       masterKey,
       signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,

@@ -33,9 +33,9 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
     router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db));
-    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer);
-    router.service(CommandService, createCommandService(deps.db, commands));
+    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events);
+    router.service(CommandService, createCommandService(deps.db, commands, deps.wakeups, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));
-    router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs));
+    router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events));
   };
 }

@@ -1,6 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ArtifactManifestSchema, CommandSchema, PackageChangeKind } from "@redflag/gen/command_pb";
+import { ArtifactManifestSchema, CommandOutcome, CommandSchema, PackageChangeKind } from "@redflag/gen/command_pb";
+import { CommandState } from "@redflag/gen/command_service_pb";
 import type { CreateCommandRequest } from "@redflag/gen/command_service_pb";
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -97,5 +98,59 @@ describe("CreateCommand checks what each action asks", () => {
     expect(value.manifest).toEqual(bytes);
     const publicKey = agent.registration.trustedKeys.find((k) => k.keyId === value.keyId)!.publicKey;
     expect(verify(publicKey, pae(MANIFEST_TYPE, value.manifest), value.manifestSignature)).toBe(true);
+  });
+});
+
+describe("cancel, retry and the live feed", () => {
+  it("cancels only what was not delivered, and retries only what did not succeed", async () => {
+    const other = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const queued = (await cp.admin.commands.createCommand({ agentId: other.agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    const cancelled = await cp.admin.commands.cancelCommand({ id: queued.id });
+    expect(cancelled.command?.state).toBe(CommandState.CANCELLED);
+    expect((await other.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+    await expect(cp.admin.commands.cancelCommand({ id: queued.id })).rejects.toMatchObject({ code: Code.FailedPrecondition, rawMessage: expect.stringMatching(/is cancelled; only a pending command can be cancelled/) });
+
+    const sent = (await cp.admin.commands.createCommand({ agentId: other.agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    const delivered = await other.client.pollCommands({ nonce: nonce() });
+    expect(delivered.commands).toHaveLength(1);
+    await expect(cp.admin.commands.cancelCommand({ id: sent.id })).rejects.toMatchObject({ code: Code.FailedPrecondition });
+    await expect(cp.admin.commands.retryCommand({ id: sent.id })).rejects.toMatchObject({ code: Code.FailedPrecondition, rawMessage: expect.stringMatching(/is sent; only a failed/) });
+
+    const retried = (await cp.admin.commands.retryCommand({ id: queued.id })).command!;
+    expect(retried.id).not.toBe(queued.id);
+    expect(retried).toMatchObject({ state: CommandState.PENDING, type: queued.type, agentId: other.agentId });
+    await expect(cp.admin.commands.retryCommand({ id: "00000000-0000-4000-8000-000000000000" })).rejects.toMatchObject({ code: Code.NotFound });
+  });
+
+  it("streams each change of a command as it happens", async () => {
+    const watched = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const abort = new AbortController();
+    const seen: { state: CommandState; id: string }[] = [];
+    const stream = cp.admin.commands.watchEvents({ agentId: watched.agentId }, { signal: abort.signal });
+    const reading = (async () => {
+      for await (const event of stream) {
+        if (event.kind !== "command") continue;
+        seen.push({ state: event.command!.state, id: event.command!.id });
+        if (event.command!.state === CommandState.SUCCEEDED) break;
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 100));
+    const cmd = (await cp.admin.commands.createCommand({ agentId: watched.agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    // Another agent's command is not in this feed.
+    await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "collectSpecs", value: {} } });
+    await new Promise((r) => setTimeout(r, 50));
+    const polled = await watched.client.pollCommands({ nonce: nonce() });
+    await new Promise((r) => setTimeout(r, 50));
+    const id = fromBinary(CommandSchema, polled.commands[0]!.command).id;
+    await watched.client.reportResults({
+      results: [{ commandId: id, outcome: CommandOutcome.SUCCEEDED, message: "ok", sequence: fromBinary(CommandSchema, polled.commands[0]!.command).sequence }],
+    });
+    await reading;
+    abort.abort();
+    expect(seen).toEqual([
+      { state: CommandState.PENDING, id: cmd.id },
+      { state: CommandState.SENT, id: cmd.id },
+      { state: CommandState.SUCCEEDED, id: cmd.id },
+    ]);
   });
 });

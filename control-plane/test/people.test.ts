@@ -115,6 +115,9 @@ describe("people", () => {
       Code.NotFound,
     );
     await expectCode(users(operator).listUsers({}), Code.PermissionDenied, /needs the admin role/);
+    // The live feed is for signed-in people only.
+    const anonymousFeed = createClient(CommandService, as()).watchEvents({});
+    await expectCode((async () => { for await (const _ of anonymousFeed) break; })(), Code.Unauthenticated, /missing credentials/);
     await expectCode(createClient(TokenService, as(operator)).createRegistrationToken({ seats: 1 }), Code.PermissionDenied);
   });
 

@@ -41,8 +41,8 @@ allow(TokenService, "admin");
 allow(FleetService, "viewer", ["ListAgents", "GetAgent", "GetAgentConfig"]);
 allow(FleetService, "operator", ["SetAgentLabels", "UpdateSubsystems", "TriggerScan", "SetHeartbeat", "RebootAgent"]);
 allow(FleetService, "admin", ["DecommissionAgent", "RebindMachineId"]);
-allow(CommandService, "viewer", ["ListCommands", "GetCommand"]);
-allow(CommandService, "operator", ["CreateCommand"]);
+allow(CommandService, "viewer", ["ListCommands", "GetCommand", "WatchEvents"]);
+allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryCommand"]);
 allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);
 allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
 

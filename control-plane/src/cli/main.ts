@@ -592,6 +592,44 @@ commands
     process.stdout.write(describeCommand(res.command!));
   });
 
+commands
+  .command("cancel")
+  .description("stop a command that was not delivered yet")
+  .argument("<id>", "command ID")
+  .action(async (id: string) => {
+    const res = await (await clients()).commands.cancelCommand({ id });
+    process.stdout.write(`${res.command!.id} cancelled\n`);
+  });
+
+commands
+  .command("retry")
+  .description("queue a failed, timed-out, rejected or cancelled command again")
+  .argument("<id>", "command ID")
+  .action(async (id: string) => {
+    const res = await (await clients()).commands.retryCommand({ id });
+    if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: res.command }));
+    process.stdout.write(`${res.command!.id}\n`);
+  });
+
+commands
+  .command("watch")
+  .description("print command changes as they happen (Ctrl-C to stop)")
+  .option("--agent <id>", "only this agent")
+  .action(async (o: { agent?: string }) => {
+    const stop = new AbortController();
+    process.once("SIGINT", () => stop.abort());
+    try {
+      for await (const event of (await clients()).commands.watchEvents({ agentId: o.agent ?? "" }, { signal: stop.signal, timeoutMs: 0 })) {
+        if (event.kind !== "command") continue;
+        const c = event.command!;
+        if (json()) process.stdout.write(JSON.stringify(toJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }))) + "\n");
+        else process.stdout.write(`${time(event.time)!.toISOString()}  ${c.agentId}  ${enumName(CommandType, c.type)}  ${enumName(CommandState, c.state)}  ${c.id}${c.result ? `  ${c.result.message}` : ""}\n`);
+      }
+    } catch (err) {
+      if (!stop.signal.aborted) throw err;
+    }
+  });
+
 function describeCommand(c: CommandInfo): string {
   const lines = [
     `id:       ${c.id}`,

@@ -44,6 +44,7 @@ import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
+import type { EventBus } from "../events.ts";
 import { invalid, text, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -55,6 +56,7 @@ export interface AgentServiceDeps {
   wakeups: Wakeups;
   lastSeen: LastSeenBuffer;
   agentConfigs: AgentConfigs;
+  events: EventBus;
   logger: Logger;
 }
 
@@ -209,6 +211,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
           ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr))
           : { acknowledged: [], refused: [] };
       const acknowledgedScanIds = scans.length > 0 ? await recordScanReports(db, agentId, scans) : [];
+      deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
       return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused, acknowledgedScanIds };
     },
   };
@@ -219,9 +222,11 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
   const expireTime = new Date(issueTime.getTime() + deps.config.commandExpirySeconds * 1000);
   const claimed = await claimCommands(deps.db, agentId, limit, issueTime, expireTime);
   try {
-    return claimed.map((c) =>
+    const signed = claimed.map((c) =>
       deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, issueTime, expireTime, nonce }, c.action),
     );
+    deps.events.publish(claimed.map((c) => ({ commandId: c.id, agentId })));
+    return signed;
   } catch (err) {
     await unclaimCommands(deps.db, claimed.map((c) => c.id));
     throw err;

@@ -1,4 +1,6 @@
-import { create, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { CommandChanged, EventBus } from "../events.ts";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { type CommandInfo, CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
@@ -26,6 +28,8 @@ const ACTION_TYPES: Record<string, DbCommandType> = {
   updateAgent: "update_agent",
 };
 
+const KEEPALIVE_MS = 20_000;
+
 const STATE_FILTER = new Map<CommandState, DbCommandState>(
   Object.entries(COMMAND_STATES).map(([db, proto]) => [proto, db as DbCommandState]),
 );
@@ -35,7 +39,7 @@ export interface CommandQueue {
   queue(ctx: HandlerContext, agentId: string, action: Command["action"], timeoutSeconds?: number): Promise<CommandInfo>;
 }
 
-export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner): CommandQueue {
+export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner, events: EventBus): CommandQueue {
   return {
     async queue(ctx, agentId, requested, timeoutSeconds = 0) {
       const action = prepareAction(requested, signer);
@@ -44,6 +48,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
       const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, createdBy: callerName(ctx) });
       wakeups.notify(agentId);
+      events.publish([{ commandId: row.id, agentId }]);
       await audit(db, ctx, {
         target: `agent:${agentId}`,
         after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action: requested })) },
@@ -53,7 +58,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
   };
 }
 
-export function createCommandService(db: Prisma, commands: CommandQueue): ServiceImpl<typeof CommandService> {
+export function createCommandService(db: Prisma, commands: CommandQueue, wakeups: Wakeups, events: EventBus): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
       return { command: await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds) };
@@ -74,6 +79,67 @@ export function createCommandService(db: Prisma, commands: CommandQueue): Servic
       const row = await getCommand(db, uuid("id", req.id));
       if (!row) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
       return { command: commandToProto(row) };
+    },
+
+    async cancelCommand(req, ctx) {
+      const id = uuid("id", req.id);
+      const row = await getCommand(db, id);
+      if (!row) throw new ConnectError(`command ${id} does not exist`, Code.NotFound);
+      // Only a command still waiting can be stopped: once delivered, the agent runs it.
+      const done = await db.command.updateMany({ where: { id, state: "pending" }, data: { state: "cancelled", finishedAt: new Date() } });
+      if (done.count === 0) {
+        throw new ConnectError(`command ${id} is ${row.state.replace("_", " ")}; only a pending command can be cancelled`, Code.FailedPrecondition);
+      }
+      events.publish([{ commandId: id, agentId: row.agentId }]);
+      await audit(db, ctx, { target: `agent:${row.agentId}`, before: { commandId: id, state: row.state }, after: { commandId: id, state: "cancelled" } });
+      return { command: commandToProto((await getCommand(db, id))!) };
+    },
+
+    async retryCommand(req, ctx) {
+      const id = uuid("id", req.id);
+      const row = await getCommand(db, id);
+      if (!row) throw new ConnectError(`command ${id} does not exist`, Code.NotFound);
+      if (!["failed", "timed_out", "rejected", "cancelled"].includes(row.state)) {
+        throw new ConnectError(`command ${id} is ${row.state.replace("_", " ")}; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
+      }
+      // The stored action was checked (and, for update_agent, signed) when first queued.
+      const action = fromBinary(CommandSchema, row.action).action;
+      return { command: await commands.queue(ctx, row.agentId, action, row.timeoutSeconds) };
+    },
+
+    async *watchEvents(req, ctx) {
+      const agentId = req.agentId ? uuid("agent_id", req.agentId) : undefined;
+      const queue: CommandChanged[] = [];
+      let wake: (() => void) | undefined;
+      const unsubscribe = events.subscribe((event) => {
+        if (agentId && event.agentId !== agentId) return;
+        if (queue.length < 10_000) queue.push(event);
+        wake?.();
+      });
+      const stopped = new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
+      try {
+        while (!ctx.signal.aborted) {
+          if (queue.length === 0) {
+            const woke = new Promise<void>((resolve) => (wake = resolve));
+            const timer = new Promise<"keepalive">((resolve) => setTimeout(() => resolve("keepalive"), KEEPALIVE_MS).unref());
+            const why = await Promise.race([woke.then(() => "event" as const), timer, stopped.then(() => "stop" as const)]);
+            wake = undefined;
+            if (why === "stop") return;
+            if (why === "keepalive") {
+              yield { time: timestampFromDate(new Date()), kind: "keepalive" };
+              continue;
+            }
+          }
+          // Several changes of one command in a burst are sent once, as it is now.
+          const batch = [...new Map(queue.splice(0).map((e) => [e.commandId, e])).values()];
+          for (const event of batch) {
+            const row = await getCommand(db, event.commandId);
+            if (row) yield { time: timestampFromDate(new Date()), kind: "command", command: commandToProto(row) };
+          }
+        }
+      } finally {
+        unsubscribe();
+      }
     },
   };
 }

@@ -15,6 +15,7 @@ import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { createCommand } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
+import type { EventBus } from "../events.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import { audit, callerName } from "./audit.ts";
@@ -71,7 +72,7 @@ export function selectionWhere(sel: UpdateSelection | undefined, require: boolea
 const holdMatches = (hold: { source: string; name: string }, u: { source: string; name: string }) =>
   (hold.source === "*" || hold.source === u.source) && new RegExp(`^${hold.name.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`).test(u.name);
 
-export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: AgentConfigs): ServiceImpl<typeof UpdateService> {
+export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: AgentConfigs, events: EventBus): ServiceImpl<typeof UpdateService> {
   const holdsFor = async (agentIds: string[]) => db.hold.findMany({ where: { OR: [{ agentId: null }, { agentId: { in: agentIds } }] } });
   const isHeld = (holds: { agentId: string | null; source: string; name: string }[], u: { agentId: string; source: string; name: string }) =>
     holds.some((h) => (h.agentId === null || h.agentId === u.agentId) && holdMatches(h, u));
@@ -196,6 +197,7 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
           data: { commandId: row.id },
         });
         wakeups.notify(agentId);
+        events.publish([{ commandId: row.id, agentId }]);
         commands.push(commandToProto(row));
         await audit(db, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } });
       }

@@ -281,6 +281,120 @@ export declare type GetCommandResponse = Message<"redflag.v1.GetCommandResponse"
 export declare const GetCommandResponseSchema: GenMessage<GetCommandResponse>;
 
 /**
+ * @generated from message redflag.v1.CancelCommandRequest
+ */
+export declare type CancelCommandRequest = Message<"redflag.v1.CancelCommandRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message redflag.v1.CancelCommandRequest.
+ * Use `create(CancelCommandRequestSchema)` to create a new message.
+ */
+export declare const CancelCommandRequestSchema: GenMessage<CancelCommandRequest>;
+
+/**
+ * @generated from message redflag.v1.CancelCommandResponse
+ */
+export declare type CancelCommandResponse = Message<"redflag.v1.CancelCommandResponse"> & {
+  /**
+   * @generated from field: redflag.v1.CommandInfo command = 1;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.CancelCommandResponse.
+ * Use `create(CancelCommandResponseSchema)` to create a new message.
+ */
+export declare const CancelCommandResponseSchema: GenMessage<CancelCommandResponse>;
+
+/**
+ * @generated from message redflag.v1.RetryCommandRequest
+ */
+export declare type RetryCommandRequest = Message<"redflag.v1.RetryCommandRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message redflag.v1.RetryCommandRequest.
+ * Use `create(RetryCommandRequestSchema)` to create a new message.
+ */
+export declare const RetryCommandRequestSchema: GenMessage<RetryCommandRequest>;
+
+/**
+ * @generated from message redflag.v1.RetryCommandResponse
+ */
+export declare type RetryCommandResponse = Message<"redflag.v1.RetryCommandResponse"> & {
+  /**
+   * The new command.
+   *
+   * @generated from field: redflag.v1.CommandInfo command = 1;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RetryCommandResponse.
+ * Use `create(RetryCommandResponseSchema)` to create a new message.
+ */
+export declare const RetryCommandResponseSchema: GenMessage<RetryCommandResponse>;
+
+/**
+ * @generated from message redflag.v1.WatchEventsRequest
+ */
+export declare type WatchEventsRequest = Message<"redflag.v1.WatchEventsRequest"> & {
+  /**
+   * Only this agent's commands; empty: every agent.
+   *
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+};
+
+/**
+ * Describes the message redflag.v1.WatchEventsRequest.
+ * Use `create(WatchEventsRequestSchema)` to create a new message.
+ */
+export declare const WatchEventsRequestSchema: GenMessage<WatchEventsRequest>;
+
+/**
+ * @generated from message redflag.v1.WatchEventsResponse
+ */
+export declare type WatchEventsResponse = Message<"redflag.v1.WatchEventsResponse"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * "command" for a change of a command, "keepalive" every 20 seconds without one.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * The command as it is now.
+   *
+   * @generated from field: redflag.v1.CommandInfo command = 3;
+   */
+  command?: CommandInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.WatchEventsResponse.
+ * Use `create(WatchEventsResponseSchema)` to create a new message.
+ */
+export declare const WatchEventsResponseSchema: GenMessage<WatchEventsResponse>;
+
+/**
  * CommandState is where a command is in its life: pending, then sent, then one final state.
  *
  * @generated from enum redflag.v1.CommandState
@@ -367,6 +481,37 @@ export declare const CommandService: GenService<{
     methodKind: "unary";
     input: typeof GetCommandRequestSchema;
     output: typeof GetCommandResponseSchema;
+  },
+  /**
+   * CancelCommand stops a command that was not delivered yet.
+   *
+   * @generated from rpc redflag.v1.CommandService.CancelCommand
+   */
+  cancelCommand: {
+    methodKind: "unary";
+    input: typeof CancelCommandRequestSchema;
+    output: typeof CancelCommandResponseSchema;
+  },
+  /**
+   * RetryCommand queues a new command with the same action as a finished, unsuccessful one.
+   *
+   * @generated from rpc redflag.v1.CommandService.RetryCommand
+   */
+  retryCommand: {
+    methodKind: "unary";
+    input: typeof RetryCommandRequestSchema;
+    output: typeof RetryCommandResponseSchema;
+  },
+  /**
+   * WatchEvents streams command changes as they happen (queued, sent, finished, cancelled),
+   * for live views. Agents never stream; this is for people.
+   *
+   * @generated from rpc redflag.v1.CommandService.WatchEvents
+   */
+  watchEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchEventsRequestSchema;
+    output: typeof WatchEventsResponseSchema;
   },
 }>;
 
