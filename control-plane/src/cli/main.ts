@@ -194,8 +194,8 @@ tokens
     process.stdout.write(
       `${res.secret}\n\n` +
         `token ${t.id}: ${t.seats} seat(s), expires ${time(t.expireTime)?.toISOString() ?? "never"}.\n` +
-        `The secret above is shown only now. Register an agent with:\n` +
-        `  redflag-agent register --server ${program.opts<GlobalOptions>().server} --token ${res.secret}\n`,
+        `The secret above is shown only now. Enrol a machine with:\n\n` +
+        res.installCommands.map((c) => `# ${c.platform}\n${c.command}\n`).join("\n"),
     );
   });
 
@@ -228,6 +228,15 @@ tokens
     const res = await (await clients()).tokens.revokeRegistrationToken({ id });
     if (json()) return printJson(RevokeRegistrationTokenResponseSchema, res);
     process.stdout.write(`token ${id} revoked\n`);
+  });
+
+tokens
+  .command("delete")
+  .description("remove a revoked, expired or used-up token")
+  .argument("<id>", "token ID")
+  .action(async (id: string) => {
+    await (await clients()).tokens.deleteRegistrationToken({ id });
+    process.stdout.write(`token ${id} deleted\n`);
   });
 
 // ---- agents

@@ -1,6 +1,7 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { toJson } from "@bufbuild/protobuf";
-import { RegistrationTokenSchema, TokenService } from "@redflag/gen/token_service_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RegistrationTokenSchema, RegistrationTokenState, TokenService } from "@redflag/gen/token_service_pb";
 import { audit, callerName } from "./audit.ts";
 import {
   createRegistrationToken,
@@ -14,7 +15,39 @@ import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./valid
 const MAX_SEATS = 100_000;
 const MAX_TTL_SECONDS = 5 * 365 * 86_400;
 
-export function createTokenService(db: Prisma): ServiceImpl<typeof TokenService> {
+// The URL agents should dial: the configured public URL, else what the caller used.
+function serverUrl(ctx: HandlerContext, publicUrl: string | undefined): string {
+  if (publicUrl) return publicUrl.replace(/\/+$/, "");
+  const host = ctx.requestHeader.get("x-forwarded-host") ?? ctx.requestHeader.get("host") ?? "127.0.0.1:8080";
+  const proto = ctx.requestHeader.get("x-forwarded-proto") ?? (ctx.url.startsWith("https:") ? "https" : "http");
+  return `${proto}://${host}`;
+}
+
+// What to paste on each platform. The token goes through a file (Linux, macOS) so it never
+// shows in the process list; the service definitions ship with the agent packages.
+export function installCommands(server: string, secret: string) {
+  const linux = [
+    `umask 077; printf '%s' '${secret}' > /root/redflag-token`,
+    `sudo redflag-agent register --server ${server} --token-file /root/redflag-token && rm /root/redflag-token`,
+    "sudo systemctl enable --now redflag-agent",
+  ].join("\n");
+  const macos = [
+    `umask 077; printf '%s' '${secret}' | sudo tee /var/root/redflag-token > /dev/null`,
+    `sudo /usr/local/bin/redflag-agent register --server ${server} --token-file /var/root/redflag-token && sudo rm /var/root/redflag-token`,
+    "sudo launchctl bootstrap system /Library/LaunchDaemons/io.redflag.agent.plist",
+  ].join("\n");
+  const windows = [
+    `& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server ${server} --token '${secret}'`,
+    "Start-Service RedFlagAgent",
+  ].join("\n");
+  return [
+    { platform: "linux", command: linux },
+    { platform: "macos", command: macos },
+    { platform: "windows", command: windows },
+  ];
+}
+
+export function createTokenService(db: Prisma, publicUrl?: string): ServiceImpl<typeof TokenService> {
   return {
     async createRegistrationToken(req, ctx: HandlerContext) {
       if (req.seats < 1 || req.seats > MAX_SEATS) throw invalid(`seats must be from 1 to ${MAX_SEATS}`);
@@ -34,13 +67,27 @@ export function createTokenService(db: Prisma): ServiceImpl<typeof TokenService>
       });
       const proto = registrationTokenToProto(token, now);
       await audit(db, ctx, { target: `registration_token:${token.id}`, after: toJson(RegistrationTokenSchema, proto) });
-      return { token: proto, secret };
+      return { token: proto, secret, installCommands: installCommands(serverUrl(ctx, publicUrl), secret) };
     },
 
     async listRegistrationTokens(req) {
       const { rows, next } = await listRegistrationTokens(db, pageSize(req.pageSize), pageToken(req.pageToken));
       const now = new Date();
       return { tokens: rows.map((r) => registrationTokenToProto(r, now)), nextPageToken: nextPageToken(next) };
+    },
+
+    async deleteRegistrationToken(req, ctx) {
+      const id = uuid("id", req.id);
+      const row = await db.registrationToken.findUnique({ where: { id }, omit: { tokenHash: true } });
+      if (!row) throw new ConnectError(`registration token ${id} does not exist`, Code.NotFound);
+      const now = new Date();
+      const proto = registrationTokenToProto(row, now);
+      if (proto.state === RegistrationTokenState.ACTIVE) {
+        throw new ConnectError("the token is still active; revoke it first", Code.FailedPrecondition);
+      }
+      await db.registrationToken.delete({ where: { id } });
+      await audit(db, ctx, { target: `registration_token:${id}`, before: toJson(RegistrationTokenSchema, proto) });
+      return {};
     },
 
     async revokeRegistrationToken(req, ctx) {

@@ -12,6 +12,33 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_redflag_v1_token_service: GenFile;
 
 /**
+ * InstallCommand is what to paste on a new machine to enrol it.
+ *
+ * @generated from message redflag.v1.InstallCommand
+ */
+export declare type InstallCommand = Message<"redflag.v1.InstallCommand"> & {
+  /**
+   * "linux", "windows" or "macos".
+   *
+   * @generated from field: string platform = 1;
+   */
+  platform: string;
+
+  /**
+   * The shell (or PowerShell) lines, ready to paste.
+   *
+   * @generated from field: string command = 2;
+   */
+  command: string;
+};
+
+/**
+ * Describes the message redflag.v1.InstallCommand.
+ * Use `create(InstallCommandSchema)` to create a new message.
+ */
+export declare const InstallCommandSchema: GenMessage<InstallCommand>;
+
+/**
  * RegistrationToken describes a token without its secret.
  *
  * @generated from message redflag.v1.RegistrationToken
@@ -118,6 +145,13 @@ export declare type CreateRegistrationTokenResponse = Message<"redflag.v1.Create
    * @generated from field: string secret = 2;
    */
   secret: string;
+
+  /**
+   * Ready-to-paste enrolment for each platform, with this secret and server URL in them.
+   *
+   * @generated from field: repeated redflag.v1.InstallCommand install_commands = 3;
+   */
+  installCommands: InstallCommand[];
 };
 
 /**
@@ -203,6 +237,34 @@ export declare type RevokeRegistrationTokenResponse = Message<"redflag.v1.Revoke
 export declare const RevokeRegistrationTokenResponseSchema: GenMessage<RevokeRegistrationTokenResponse>;
 
 /**
+ * @generated from message redflag.v1.DeleteRegistrationTokenRequest
+ */
+export declare type DeleteRegistrationTokenRequest = Message<"redflag.v1.DeleteRegistrationTokenRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message redflag.v1.DeleteRegistrationTokenRequest.
+ * Use `create(DeleteRegistrationTokenRequestSchema)` to create a new message.
+ */
+export declare const DeleteRegistrationTokenRequestSchema: GenMessage<DeleteRegistrationTokenRequest>;
+
+/**
+ * @generated from message redflag.v1.DeleteRegistrationTokenResponse
+ */
+export declare type DeleteRegistrationTokenResponse = Message<"redflag.v1.DeleteRegistrationTokenResponse"> & {
+};
+
+/**
+ * Describes the message redflag.v1.DeleteRegistrationTokenResponse.
+ * Use `create(DeleteRegistrationTokenResponseSchema)` to create a new message.
+ */
+export declare const DeleteRegistrationTokenResponseSchema: GenMessage<DeleteRegistrationTokenResponse>;
+
+/**
  * RegistrationTokenState is derived from seats, expiry and revocation.
  *
  * @generated from enum redflag.v1.RegistrationTokenState
@@ -274,6 +336,16 @@ export declare const TokenService: GenService<{
     methodKind: "unary";
     input: typeof RevokeRegistrationTokenRequestSchema;
     output: typeof RevokeRegistrationTokenResponseSchema;
+  },
+  /**
+   * DeleteRegistrationToken removes a token that is revoked, expired or used up.
+   *
+   * @generated from rpc redflag.v1.TokenService.DeleteRegistrationToken
+   */
+  deleteRegistrationToken: {
+    methodKind: "unary";
+    input: typeof DeleteRegistrationTokenRequestSchema;
+    output: typeof DeleteRegistrationTokenResponseSchema;
   },
 }>;
 
