@@ -15,6 +15,8 @@ export interface Config {
   readonly refreshTokenSlidingSeconds: number;
   readonly refreshTokenAbsoluteSeconds: number;
   readonly commandExpirySeconds: number;
+  // The URL agents reach this server at, for install commands; unset: what each caller used.
+  readonly publicUrl: string | undefined;
   // Sent commands with no result after this become timed_out.
   readonly resultTimeoutSeconds: number;
   readonly pollIntervalSeconds: number;
@@ -39,6 +41,17 @@ export class ConfigError extends Error {
 // Reads every REDFLAG_* setting once, reports all problems together, and returns a frozen object.
 export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
   const problems: string[] = [];
+  const publicUrl = (text: string | undefined) => {
+    if (!text) return undefined;
+    try {
+      const url = new URL(text);
+      if (url.protocol === "http:" || url.protocol === "https:") return url.toString().replace(/\/+$/, "");
+    } catch {
+      // not a URL
+    }
+    problems.push(`REDFLAG_PUBLIC_URL=${text} must be an http(s) URL such as https://redflag.example.com`);
+    return undefined;
+  };
   const duration = (name: string, fallback: string, min = 1): number => {
     const text = env[name] ?? fallback;
     try {
@@ -92,6 +105,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     refreshTokenSlidingSeconds: duration("REDFLAG_REFRESH_TOKEN_TTL", "90d", 3600),
     refreshTokenAbsoluteSeconds: duration("REDFLAG_REFRESH_TOKEN_MAX_AGE", "365d", 3600),
     commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
+    publicUrl: publicUrl(env.REDFLAG_PUBLIC_URL),
     resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
     pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),

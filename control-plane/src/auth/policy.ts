@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { SecurityService } from "@redflag/gen/security_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
@@ -36,6 +37,7 @@ allow(UserService, "admin");
 // Everyone manages their own tokens; the handlers limit other people's to admins.
 allow(ApiTokenService, "viewer");
 allow(AuditService, "admin");
+allow(SecurityService, "admin");
 
 allow(TokenService, "admin");
 allow(FleetService, "viewer", ["ListAgents", "GetAgent", "GetAgentConfig"]);
