@@ -18,6 +18,7 @@ import { createCommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver } from "./auth/principals.ts";
 import { createAgentConfigs } from "./services/agent-config.ts";
 import { createEventBus } from "./events.ts";
+import { createSettings } from "./settings.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -43,6 +44,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const tokenSecret = await ensureSecret(db.prisma, masterKey, "access-token-hmac");
     await writeAdminKeyIfNew(db, config.dataDir, logger);
 
+    const settings = createSettings(db.prisma, config);
+    await settings.load();
     const wakeups = createWakeups();
     const lastSeen = createLastSeenBuffer(db.prisma, config.lastSeenFlushMs, logger);
     const deps = {
@@ -52,7 +55,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       agents: createAgentRegistry(db.prisma),
       signer: createCommandSigner(keys.active, keys.trusted),
       principals: createPrincipalResolver(db.prisma),
-      agentConfigs: createAgentConfigs(config, db.prisma),
+      agentConfigs: createAgentConfigs(config, db.prisma, settings),
+      settings,
       events: createEventBus(),
       masterKey,
       signingKeyFingerprint: fingerprint(keys.active.publicKey),
@@ -76,7 +80,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       },
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
-    const scheduler = createScheduler(db.prisma, config, logger);
+    const scheduler = createScheduler(db.prisma, config, logger, settings);
     logger.info(
       {
         url: server.url,

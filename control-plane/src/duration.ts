@@ -10,3 +10,11 @@ export function parseDuration(text: string): number {
   if (!Number.isSafeInteger(seconds)) throw new Error(`"${text}" is too long a duration`);
   return seconds;
 }
+
+// The shortest exact spelling: 600 → "10m", 90 → "90s", 604800 → "1w".
+export function formatDuration(seconds: number): string {
+  for (const [unit, size] of [["w", 604_800], ["d", 86_400], ["h", 3600], ["m", 60]] as const) {
+    if (seconds > 0 && seconds % size === 0) return `${seconds / size}${unit}`;
+  }
+  return `${seconds}s`;
+}

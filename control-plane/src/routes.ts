@@ -6,6 +6,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
+import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
@@ -17,6 +18,8 @@ import { createAuthService } from "./services/auth-service.ts";
 import { createCommandQueue, createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
 import { createSecurityService } from "./services/security-service.ts";
+import { createSettingsService } from "./services/settings-service.ts";
+import type { Settings } from "./settings.ts";
 import { createTokenService } from "./services/token-service.ts";
 import { createUpdateService } from "./services/update-service.ts";
 import { createUserService } from "./services/user-service.ts";
@@ -25,6 +28,7 @@ export interface RouteDeps extends AgentServiceDeps {
   principals: PrincipalResolver;
   masterKey: Buffer;
   signingKeyFingerprint: string;
+  settings: Settings;
 }
 
 export function createRoutes(deps: RouteDeps) {
@@ -36,6 +40,7 @@ export function createRoutes(deps: RouteDeps) {
     router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl));
     router.service(SecurityService, createSecurityService(deps.db, deps.config));
+    router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
     const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events);
     router.service(CommandService, createCommandService(deps.db, commands, deps.wakeups, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));

@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { sweepTimedOut } from "./store/commands.ts";
+import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
 
 export interface Scheduler {
@@ -9,15 +10,23 @@ export interface Scheduler {
 }
 
 // Periodic housekeeping. Each job is an idempotent statement, so running it on every replica is safe.
-export function createScheduler(db: Prisma, config: Config, logger: Logger): Scheduler {
+export function createScheduler(db: Prisma, config: Config, logger: Logger, settings?: Settings): Scheduler {
+  const resultTimeout = () => (settings ? settings.seconds("result_timeout") : config.resultTimeoutSeconds);
+  let lastPrune = 0;
   let running = false;
   const tick = async () => {
     if (running) return;
     running = true;
     try {
       const now = new Date();
-      const timedOut = await sweepTimedOut(db, new Date(now.getTime() - config.resultTimeoutSeconds * 1000), now);
+      const timedOut = await sweepTimedOut(db, new Date(now.getTime() - resultTimeout() * 1000), now);
       if (timedOut > 0) logger.info({ commands: timedOut }, "commands timed out waiting for a result");
+      // Retention, at most hourly: old finished commands, audit entries and security events.
+      if (settings && now.getTime() - lastPrune > 3_600_000) {
+        lastPrune = now.getTime();
+        const pruned = await prune(db, now, settings);
+        if (pruned.commands + pruned.audit + pruned.events > 0) logger.info(pruned, "old records removed (retention)");
+      }
     } catch (err) {
       logger.warn({ err }, "housekeeping failed; will retry");
     } finally {
@@ -28,4 +37,14 @@ export function createScheduler(db: Prisma, config: Config, logger: Logger): Sch
   timer.unref();
   void tick();
   return { stop: () => clearInterval(timer), tick };
+}
+
+export async function prune(db: Prisma, now: Date, settings: Settings) {
+  const before = (key: string) => new Date(now.getTime() - settings.seconds(key) * 1000);
+  const commands = await db.command.deleteMany({
+    where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before("retention_commands") } },
+  });
+  const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before("retention_audit") } } });
+  const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before("retention_security_events") } } });
+  return { commands: commands.count, audit: audit.count, events: events.count };
 }

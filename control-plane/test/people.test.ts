@@ -9,6 +9,7 @@ import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
+import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
@@ -17,7 +18,7 @@ import { policyFor } from "../src/auth/policy.ts";
 import { totpCode } from "../src/auth/totp.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
-const SERVICES: DescService[] = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService];
+const SERVICES: DescService[] = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService];
 const ADMIN_PASSWORD = "correct horse battery staple";
 const PASSWORD = "a long enough passphrase 42";
 

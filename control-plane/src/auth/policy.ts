@@ -5,6 +5,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
+import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
@@ -38,6 +39,8 @@ allow(UserService, "admin");
 allow(ApiTokenService, "viewer");
 allow(AuditService, "admin");
 allow(SecurityService, "admin");
+allow(SettingsService, "viewer", ["ListSettings"]);
+allow(SettingsService, "admin", ["UpdateSettings", "ListSettingChanges", "ExportSettings", "ImportSettings"]);
 
 allow(TokenService, "admin");
 allow(FleetService, "viewer", ["ListAgents", "GetAgent", "GetAgentConfig"]);

@@ -1,5 +1,6 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type AgentConfig, AgentConfigSchema, type PackageHold, PackageHoldSchema, type SubsystemConfig, SubsystemConfigSchema } from "@redflag/gen/common_pb";
+import type { Settings } from "../settings.ts";
 import type { Prisma } from "../store/types.ts";
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
@@ -51,10 +52,20 @@ export interface AgentConfigs {
 // Holds are read from the database at most every `refreshMs` (so replicas pick up each
 // other's changes) and the configs built from them are cached per agent, so an idle poll does
 // not touch the database for its config.
-export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_000): AgentConfigs {
+export function createAgentConfigs(config: Config, db: Prisma, settings?: Settings, refreshMs = 30_000): AgentConfigs {
+  // The settings an admin changed win over the environment's values.
+  const effective = (): Config =>
+    settings
+      ? {
+          ...config,
+          pollIntervalSeconds: settings.seconds("poll_interval"),
+          pollJitterPercent: Number(settings.text("poll_jitter_percent")),
+          commandTimeoutSeconds: settings.seconds("command_timeout"),
+        }
+      : config;
   let loaded: Promise<{ at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> }> | undefined;
   const built = new Map<string, AgentConfig>();
-  const fleetWide = buildAgentConfig(config);
+  let fleetWide = buildAgentConfig(effective());
   const load = async () => {
     const rows = await db.hold.findMany({ orderBy: { createdAt: "asc" } });
     const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
@@ -68,19 +79,20 @@ export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_00
     const state = loaded ? await loaded.catch(() => undefined) : undefined;
     if (!state || state.at + refreshMs < Date.now()) {
       built.clear();
+      fleetWide = buildAgentConfig(effective());
       loaded = load();
       return loaded;
     }
     return state;
   };
-  return {
+  const configs: AgentConfigs = {
     async forAgent(agentId) {
       const state = await current();
       const cached = built.get(agentId);
       if (cached) return cached;
       const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
       const own = state.overrides.get(agentId) ?? [];
-      const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(config, holds, own);
+      const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(effective(), holds, own);
       if (built.size > 100_000) built.clear();
       built.set(agentId, cfg);
       return cfg;
@@ -90,6 +102,8 @@ export function createAgentConfigs(config: Config, db: Prisma, refreshMs = 30_00
       built.clear();
     },
   };
+  settings?.onChange(() => configs.invalidate());
+  return configs;
 }
 
 // An agent's stored overrides: a serialized AgentConfig holding only the subsystems it sets.

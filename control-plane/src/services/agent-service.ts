@@ -45,6 +45,7 @@ import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
+import { compareVersions, type Settings } from "../settings.ts";
 import { invalid, text, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -57,6 +58,7 @@ export interface AgentServiceDeps {
   lastSeen: LastSeenBuffer;
   agentConfigs: AgentConfigs;
   events: EventBus;
+  settings: Settings;
   logger: Logger;
 }
 
@@ -81,6 +83,10 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   return {
     async register(req: RegisterRequest, ctx: HandlerContext) {
       const input = validateRegister(req);
+      const minimum = deps.settings.text("minimum_agent_version");
+      if (minimum && compareVersions(input.agentVersion, minimum) < 0) {
+        throw new ConnectError(`agent version ${input.agentVersion} is older than the minimum ${minimum}; upgrade the agent first`, Code.FailedPrecondition);
+      }
       const now = new Date();
       const refresh = newRefreshToken(now);
       const agent = await registerAgent(db, {
@@ -219,7 +225,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
 
 async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array) {
   const issueTime = new Date();
-  const expireTime = new Date(issueTime.getTime() + deps.config.commandExpirySeconds * 1000);
+  const expireTime = new Date(issueTime.getTime() + deps.settings.seconds("command_expiry") * 1000);
   const claimed = await claimCommands(deps.db, agentId, limit, issueTime, expireTime);
   try {
     const signed = claimed.map((c) =>

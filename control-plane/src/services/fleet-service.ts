@@ -14,6 +14,7 @@ import type { Prisma } from "../store/types.ts";
 import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts";
 import { audit } from "./audit.ts";
 import type { CommandQueue } from "./command-service.ts";
+import type { Settings } from "../settings.ts";
 import { agentToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
@@ -24,6 +25,7 @@ export interface FleetServiceDeps {
   agents: AgentRegistry;
   agentConfigs: AgentConfigs;
   commands: CommandQueue;
+  settings: Settings;
 }
 
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
@@ -31,14 +33,15 @@ const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFam
 
 export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
   const { db, lastSeen } = deps;
-  const pollIntervalSeconds = deps.config.pollIntervalSeconds;
+  // Health is measured in poll intervals, as the admin set them.
+  const interval = () => deps.settings.seconds("poll_interval");
   // Overlay what this process heard but has not flushed yet.
   const fresh = (row: AgentRow): AgentRow => {
     const buffered = lastSeen.peek(row.id);
     if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
     return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
   };
-  const proto = (row: AgentRow) => agentToProto(fresh(row), new Date(), pollIntervalSeconds);
+  const proto = (row: AgentRow) => agentToProto(fresh(row), new Date(), interval());
   const existing = async (agentId: string) => {
     const row = await getAgent(db, uuid("agent_id", agentId));
     if (!row) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
@@ -53,7 +56,7 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
   // Health as a query, with the same thresholds as agentHealth (in poll intervals).
   const healthWhere = (health: AgentHealth): PrismaNs.AgentWhereInput => {
     const now = Date.now();
-    const online = new Date(now - pollIntervalSeconds * 3 * 1000);
+    const online = new Date(now - interval() * 3 * 1000);
     const day = new Date(now - 86_400_000);
     switch (health) {
       case AgentHealth.ONLINE:
