@@ -10,7 +10,7 @@ import {
   PackageResultState,
   ScanUpdatesSchema,
 } from "@redflag/gen/command_pb";
-import { AgentStatusSchema } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { access } from "node:fs/promises";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
@@ -29,7 +29,8 @@ import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/file
 import { loadAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
-import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
+import { loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
+import { checkKeySet, keySetRevision } from "./key-set.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -199,6 +200,7 @@ function createAgent(deps: AgentDeps) {
       pendingUpdateCount: lastScan?.pendingUpdateCount ?? 0,
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
       rebootRequired: await exists("/var/run/reboot-required"),
+      trustedKeysRevision: keySetRevision(deps.pins.keys()),
     });
 
   const breakers = createBreakers();
@@ -256,6 +258,21 @@ function createAgent(deps: AgentDeps) {
     const sources = [...rescan];
     rescan.clear();
     await scanAndKeep(sources, "after install");
+  };
+
+  // A key rotation: the control plane sends the new set signed by keys we pin. Accepted, it
+  // replaces the pins on disk and in memory (commands of this very poll are checked with it).
+  const followKeyRotation = async (signed: SignedKeySet): Promise<void> => {
+    const check = checkKeySet(signed, deps.pins);
+    if (!check.ok) {
+      logger.warn({ reason: check.reason }, "signing-key update refused; commands signed by a new key will be rejected until the agent is registered again");
+      return;
+    }
+    await savePinnedKeys(config.stateDir, check.keys);
+    const pins = deps.pins as Map<string, Uint8Array>;
+    pins.clear();
+    for (const key of check.keys) pins.set(key.keyId, new Uint8Array(key.publicKey));
+    logger.info({ keyIds: check.keys.map((k) => k.keyId), signedBy: check.signer }, "command-signing keys updated");
   };
 
   // Runs the subsystems whose schedule (auto_run, interval) says they are due; the scan is
@@ -316,6 +333,7 @@ function createAgent(deps: AgentDeps) {
       await session.saveAgentConfig(res.config);
       logger.info({ revision: res.config.revision.toString() }, "agent config applied");
     }
+    if (res.keySet) await followKeyRotation(res.keySet);
     let executed = 0;
     if (res.commands.length > 0) {
       totals.delivered += res.commands.length;

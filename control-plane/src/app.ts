@@ -14,11 +14,12 @@ import { createScheduler, type Scheduler } from "./scheduler.ts";
 import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
-import { createCommandSigner } from "./signing/signer.ts";
+import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver } from "./auth/principals.ts";
 import { createAgentConfigs } from "./services/agent-config.ts";
 import { createEventBus } from "./events.ts";
 import { createSettings } from "./settings.ts";
+import { reloadSigningKeys } from "./services/security-service.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -27,6 +28,8 @@ export interface App {
   readonly server: RunningServer;
   readonly db: Database;
   readonly signingKeyId: string;
+  // The command signer: its active key changes with rotations.
+  readonly signer: CommandSigner;
   // Exposed for tests and tools that need to mint or check access tokens.
   readonly tokens: AgentTokens;
   readonly lastSeen: LastSeenBuffer;
@@ -81,6 +84,12 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
     const scheduler = createScheduler(db.prisma, config, logger, settings);
+    // A rotation on another replica, or a grace period that ended, reaches this signer.
+    const keyTimer = setInterval(
+      () => void reloadSigningKeys(db.prisma, masterKey, deps.signer).catch((err: unknown) => logger.warn({ err }, "cannot reload signing keys")),
+      60_000,
+    );
+    keyTimer.unref();
     logger.info(
       {
         url: server.url,
@@ -94,11 +103,13 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       server,
       db,
       signingKeyId: keys.active.keyId,
+      signer: deps.signer,
       tokens: deps.tokens,
       lastSeen,
       scheduler,
       async close() {
         scheduler.stop();
+        clearInterval(keyTimer);
         wakeups.close();
         await server.close();
         await lastSeen.stop();

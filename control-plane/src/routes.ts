@@ -39,7 +39,7 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
     router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl));
-    router.service(SecurityService, createSecurityService(deps.db, deps.config));
+    router.service(SecurityService, createSecurityService(deps));
     router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
     const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events);
     router.service(CommandService, createCommandService(deps.db, commands, deps.wakeups, deps.events));

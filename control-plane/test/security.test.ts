@@ -3,10 +3,19 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fromBinary } from "@bufbuild/protobuf";
+import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { loadConfig } from "../src/config.ts";
+import { reloadSigningKeys } from "../src/services/security-service.ts";
+import { verify } from "../src/signing/keys.ts";
+import { loadMasterKey } from "../src/signing/master-key.ts";
+import { KEY_SET_TYPE, pae } from "../src/signing/pae.ts";
+import { keySetRevision } from "../src/signing/signer.ts";
+import { newRegistrationToken, nonce, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
+const signerOf = (t: TestControlPlane) => t.app.signer;
 let security: ReturnType<typeof createClient<typeof SecurityService>>;
 beforeAll(async () => {
   cp = await startTestControlPlane({ REDFLAG_PUBLIC_URL: "https://redflag.example.com/" });
@@ -39,5 +48,43 @@ describe("SecurityService", () => {
     const res = await cp.admin.tokens.createRegistrationToken({ seats: 1 });
     expect(res.installCommands[0]!.command).toContain("--server https://redflag.example.com --token-file");
     expect(() => loadConfig({ REDFLAG_PUBLIC_URL: "redflag.example.com" })).toThrow(/REDFLAG_PUBLIC_URL=redflag\.example\.com must be an http\(s\) URL/);
+  });
+});
+
+describe("signing-key rotation", () => {
+  it("makes a new key active, publishes the key set signed by the old and new keys, and retires the old one after the grace", async () => {
+    const token = await newRegistrationToken(cp);
+    const agent = await registerTestAgent(cp, token);
+    const oldId = cp.app.signingKeyId;
+    const oldPublic = agent.registration.trustedKeys[0]!.publicKey;
+    await expect(security.rotateSigningKey({ grace: { seconds: 60n } })).rejects.toMatchObject({ code: Code.InvalidArgument, rawMessage: "grace must be from 1 hour to 90 days" });
+
+    const rotated = await security.rotateSigningKey({ grace: { seconds: 86_400n } });
+    expect(rotated.previousKey).toMatchObject({ keyId: oldId, state: "trusted" });
+    expect(rotated.activeKey?.state).toBe("active");
+    const newId = rotated.activeKey!.keyId;
+    const overview = await security.getSecurityOverview({});
+    expect(overview.signingKeys.map((k) => [k.keyId, k.state])).toEqual([[newId, "active"], [oldId, "trusted"]]);
+
+    // The agent still pins only the old key: it gets the new set, signed by that old key too.
+    const polled = await agent.client.pollCommands({ nonce: nonce(), status: { trustedKeysRevision: keySetRevision([oldId]) } });
+    const set = fromBinary(TrustedKeySetSchema, polled.keySet!.keySet);
+    expect(set.keys.map((k) => k.keyId).sort()).toEqual([newId, oldId].sort());
+    const byOld = polled.keySet!.signatures.find((s) => s.keyId === oldId)!;
+    expect(verify(oldPublic, pae(KEY_SET_TYPE, polled.keySet!.keySet), byOld.signature)).toBe(true);
+    // Up to date: nothing to send.
+    const quiet = await agent.client.pollCommands({ nonce: nonce(), status: { trustedKeysRevision: keySetRevision([newId, oldId]) } });
+    expect(quiet.keySet).toBeUndefined();
+    // Commands are signed with the new key now.
+    await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "collectSpecs", value: {} } });
+    expect((await agent.client.pollCommands({ nonce: nonce() })).commands[0]!.keyId).toBe(newId);
+
+    // The grace ends: only the new key remains, and the set says so.
+    await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date(Date.now() - 1000) } });
+    await reloadSigningKeys(cp.app.db.prisma, await loadMasterKey(undefined, cp.dataDir), signerOf(cp));
+    const after = await agent.client.pollCommands({ nonce: nonce(), status: { trustedKeysRevision: keySetRevision([newId, oldId]) } });
+    expect(fromBinary(TrustedKeySetSchema, after.keySet!.keySet).keys.map((k) => k.keyId)).toEqual([newId]);
+    expect(after.keySet!.signatures.map((s) => s.keyId)).toEqual([newId]);
+    expect((await security.getSecurityOverview({})).signingKeys.find((k) => k.keyId === oldId)?.state).toBe("retired");
   });
 });

@@ -46,6 +46,7 @@ import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, type Settings } from "../settings.ts";
+import { keySetRevision } from "../signing/signer.ts";
 import { invalid, text, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -196,7 +197,12 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         commands = await deliver(deps, agentId, limit, req.nonce);
       }
       const agentConfig = await deps.agentConfigs.forAgent(agentId);
+      // The agent reports the revision of the keys it pins (same derivation as ours): after a
+      // rotation it gets the new set, signed by the keys it already trusts.
+      const current = keySetRevision(deps.signer.trustedKeys().map((k) => k.keyId));
+      const sendKeys = req.status !== undefined && req.status.trustedKeysRevision !== current;
       return {
+        keySet: sendKeys ? deps.signer.keySet() : undefined,
         commands,
         config: req.status?.configRevision === agentConfig.revision ? undefined : agentConfig,
         nextPollSeconds: agentConfig.pollIntervalSeconds,

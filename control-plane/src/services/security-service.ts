@@ -3,13 +3,42 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { SecurityEventSchema, SecurityService, SigningKeyInfoSchema } from "@redflag/gen/security_service_pb";
 import type { Config } from "../config.ts";
+import type { CommandSigner } from "../signing/signer.ts";
+import { ensureSigningKeys, rotateSigningKey } from "../store/bootstrap.ts";
+import { audit } from "./audit.ts";
 import { fingerprint } from "../signing/keys.ts";
 import type { Prisma } from "../store/types.ts";
 import { invalid, pageSize, text } from "./validate.ts";
 
 const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound"];
 
-export function createSecurityService(db: Prisma, config: Config): ServiceImpl<typeof SecurityService> {
+export interface SecurityServiceDeps {
+  db: Prisma;
+  config: Config;
+  masterKey: Buffer;
+  signer: CommandSigner;
+}
+
+const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; active: boolean; createdAt: Date; retiredAt: Date | null }, now: number) =>
+  create(SigningKeyInfoSchema, {
+    keyId: k.id,
+    fingerprint: fingerprint(k.publicKey),
+    algorithm: k.algorithm === "ed25519" ? "Ed25519" : k.algorithm,
+    state: k.active ? "active" : !k.retiredAt || k.retiredAt.getTime() > now ? "trusted" : "retired",
+    createTime: timestampFromDate(k.createdAt),
+    retireTime: k.retiredAt ? timestampFromDate(k.retiredAt) : undefined,
+  });
+
+// Re-reads the trusted keys: after a rotation here, and periodically so a rotation on another
+// replica, or the end of a grace period, reaches this one's signer.
+export async function reloadSigningKeys(db: Prisma, masterKey: Buffer, signer: CommandSigner): Promise<void> {
+  const { active, trusted } = await ensureSigningKeys(db, masterKey);
+  const same = active.keyId === signer.activeKeyId && trusted.length === signer.trustedKeys().length && trusted.every((k) => signer.trustedKeys().some((t) => t.keyId === k.keyId));
+  if (!same) signer.replace(active, trusted);
+}
+
+export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<typeof SecurityService> {
+  const { db, config } = deps;
   return {
     async getSecurityOverview() {
       const now = Date.now();
@@ -25,16 +54,7 @@ export function createSecurityService(db: Prisma, config: Config): ServiceImpl<t
       ]);
       const count = (rows: typeof recent, type: string) => rows.find((r) => r.type === type)?._count._all ?? 0;
       return {
-        signingKeys: keys.map((k) =>
-          create(SigningKeyInfoSchema, {
-            keyId: k.id,
-            fingerprint: fingerprint(k.publicKey),
-            algorithm: k.algorithm === "ed25519" ? "Ed25519" : k.algorithm,
-            state: k.active ? "active" : !k.retiredAt || k.retiredAt.getTime() > now ? "trusted" : "retired",
-            createTime: timestampFromDate(k.createdAt),
-            retireTime: k.retiredAt ? timestampFromDate(k.retiredAt) : undefined,
-          }),
-        ),
+        signingKeys: keys.map((k) => keyInfo(k, now)),
         commandExpiry: durationFromMs(config.commandExpirySeconds * 1000),
         accessTokenTtl: durationFromMs(config.accessTokenTtlSeconds * 1000),
         refreshTokenTtl: durationFromMs(config.refreshTokenSlidingSeconds * 1000),
@@ -79,6 +99,21 @@ export function createSecurityService(db: Prisma, config: Config): ServiceImpl<t
         ),
         nextPageToken: rows.length > size ? Buffer.from(page.at(-1)!.id.toString()).toString("base64url") : "",
       };
+    },
+
+    async rotateSigningKey(req, ctx) {
+      const grace = req.grace ? Number(req.grace.seconds) : 7 * 86_400;
+      if (grace < 3600 || grace > 90 * 86_400) throw invalid("grace must be from 1 hour to 90 days");
+      const { active, previousKeyId } = await rotateSigningKey(db, deps.masterKey, grace);
+      await reloadSigningKeys(db, deps.masterKey, deps.signer);
+      const now = Date.now();
+      const rows = await db.signingKey.findMany({ where: { id: { in: [active.keyId, ...(previousKeyId ? [previousKeyId] : [])] } } });
+      const info = (id: string | undefined) => {
+        const row = rows.find((r) => r.id === id);
+        return row ? keyInfo(row, now) : undefined;
+      };
+      await audit(db, ctx, { target: "signing-keys", before: { activeKeyId: previousKeyId }, after: { activeKeyId: active.keyId, graceSeconds: grace } });
+      return { activeKey: info(active.keyId), previousKey: info(previousKeyId) };
     },
   };
 }

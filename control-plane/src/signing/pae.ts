@@ -15,3 +15,4 @@ export function pae(type: string, body: Uint8Array): Uint8Array {
 export const COMMAND_TYPE = "redflag.v1.Command";
 export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const MANIFEST_TYPE = "redflag.v1.ArtifactManifest";
+export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";

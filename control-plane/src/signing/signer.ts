@@ -1,9 +1,10 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
-import { type TrustedKey, TrustedKeySchema } from "@redflag/gen/common_pb";
+import { type SignedKeySet, SignedKeySetSchema, type TrustedKey, TrustedKeySchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
+import { createHash } from "node:crypto";
 import { sign, type KeyPair } from "./keys.ts";
-import { COMMAND_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
+import { COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
 
 export interface CommandHeader {
   id: string;
@@ -17,6 +18,10 @@ export interface CommandHeader {
 export interface CommandSigner {
   readonly activeKeyId: string;
   trustedKeys(): TrustedKey[];
+  // The trusted keys as a set signed by each of them, for agents to follow a rotation.
+  keySet(): SignedKeySet;
+  // After a rotation, or when a key's grace period ended (on any replica).
+  replace(active: KeyPair, trusted: KeyPair[]): void;
   // `action` is a serialized Command holding only the action (and timeout); the header fields
   // are serialized separately and concatenated, which protobuf defines as merging the two.
   signCommand(header: CommandHeader, action: Uint8Array): SignedCommand;
@@ -24,11 +29,37 @@ export interface CommandSigner {
   signManifest(manifest: Uint8Array): { manifestSignature: Uint8Array; keyId: string };
 }
 
-export function createCommandSigner(active: KeyPair, trusted: KeyPair[]): CommandSigner {
-  const keys = trusted.map((k) => create(TrustedKeySchema, { keyId: k.keyId, publicKey: k.publicKey }));
+// The revision of a key set: 53 bits of SHA-256 over its sorted key IDs (exact in JSON too).
+export function keySetRevision(keyIds: readonly string[]): bigint {
+  return createHash("sha256").update([...keyIds].sort().join(",")).digest().readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
+}
+
+export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyPair[]): CommandSigner {
+  let active = initialActive;
+  let keys: TrustedKey[] = [];
+  let signedSet: SignedKeySet;
+  const build = (trusted: KeyPair[]) => {
+    keys = trusted.map((k) => create(TrustedKeySchema, { keyId: k.keyId, publicKey: k.publicKey }));
+    const body = toBinary(
+      TrustedKeySetSchema,
+      create(TrustedKeySetSchema, { keys, revision: keySetRevision(keys.map((k) => k.keyId)), issueTime: timestampFromDate(new Date()) }),
+    );
+    signedSet = create(SignedKeySetSchema, {
+      keySet: body,
+      signatures: trusted.map((k) => ({ keyId: k.keyId, signature: sign(k.secretKey, pae(KEY_SET_TYPE, body)) })),
+    });
+  };
+  build(initialTrusted);
   return {
-    activeKeyId: active.keyId,
+    get activeKeyId() {
+      return active.keyId;
+    },
     trustedKeys: () => keys,
+    keySet: () => signedSet,
+    replace(nextActive, trusted) {
+      active = nextActive;
+      build(trusted);
+    },
     signCommand(header, action) {
       const head = toBinary(
         CommandSchema,

@@ -16,10 +16,11 @@ async function locked<T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> {
 
 const signingPurpose = (keyId: string) => `redflag.signing-key.${keyId}`;
 
-// Returns every signing key that agents should trust, the active one first; creates one on first start.
-export async function ensureSigningKeys(db: Prisma, masterKey: Buffer): Promise<{ active: KeyPair; trusted: KeyPair[] }> {
+// Returns every signing key that agents should trust (active, or retired in the future: in
+// its grace period), the active one first; creates one on first start.
+export async function ensureSigningKeys(db: Prisma, masterKey: Buffer, now = new Date()): Promise<{ active: KeyPair; trusted: KeyPair[] }> {
   const rows = await locked(db, async (tx) => {
-    const existing = await tx.signingKey.findMany({ where: { retiredAt: null }, orderBy: { createdAt: "desc" } });
+    const existing = await tx.signingKey.findMany({ where: { OR: [{ retiredAt: null }, { retiredAt: { gt: now } }] }, orderBy: { createdAt: "desc" } });
     if (existing.some((k) => k.active)) return existing;
     const pair = generateKeyPair();
     const created = await tx.signingKey.create({
@@ -39,6 +40,26 @@ export async function ensureSigningKeys(db: Prisma, masterKey: Buffer): Promise<
   });
   const active = pairs.find((p) => p.active)!.pair;
   return { active, trusted: [active, ...pairs.filter((p) => !p.active).map((p) => p.pair)] };
+}
+
+// Makes a new key active; the old active key stays trusted until now + graceSeconds.
+export async function rotateSigningKey(db: Prisma, masterKey: Buffer, graceSeconds: number, now = new Date()) {
+  const pair = generateKeyPair();
+  const previous = await locked(db, async (tx) => {
+    const old = await tx.signingKey.findFirst({ where: { active: true } });
+    await tx.signingKey.updateMany({ where: { active: true }, data: { active: false, retiredAt: new Date(now.getTime() + graceSeconds * 1000) } });
+    await tx.signingKey.create({
+      data: {
+        id: pair.keyId,
+        publicKey: bytes(pair.publicKey),
+        privateKeyEnc: bytes(seal(masterKey, signingPurpose(pair.keyId), pair.secretKey)),
+        active: true,
+        createdAt: now,
+      },
+    });
+    return old;
+  });
+  return { active: pair, previousKeyId: previous?.id };
 }
 
 // A named random secret (for example the access-token HMAC key), sealed at rest.

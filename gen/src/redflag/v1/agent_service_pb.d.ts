@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { AgentConfig, AgentStatus, OsInfo, TrustedKey } from "./common_pb.js";
+import type { AgentConfig, AgentStatus, OsInfo, SignedKeySet, TrustedKey } from "./common_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { CommandResult, ScanUpdatesResult, SignedCommand } from "./command_pb.js";
 
@@ -245,6 +245,13 @@ export declare type PollCommandsResponse = Message<"redflag.v1.PollCommandsRespo
    * @generated from field: uint32 next_poll_seconds = 3;
    */
   nextPollSeconds: number;
+
+  /**
+   * Present when the signing keys changed (rotation) since the revision in the request's status.
+   *
+   * @generated from field: redflag.v1.SignedKeySet key_set = 4;
+   */
+  keySet?: SignedKeySet | undefined;
 };
 
 /**

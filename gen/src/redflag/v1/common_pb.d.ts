@@ -291,6 +291,13 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
    * @generated from field: bool reboot_required = 8;
    */
   rebootRequired: boolean;
+
+  /**
+   * Revision of the command-signing key set the agent trusts (0: the keys pinned at registration).
+   *
+   * @generated from field: uint64 trusted_keys_revision = 9;
+   */
+  trustedKeysRevision: bigint;
 };
 
 /**
@@ -298,6 +305,84 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
  * Use `create(AgentStatusSchema)` to create a new message.
  */
 export declare const AgentStatusSchema: GenMessage<AgentStatus>;
+
+/**
+ * TrustedKeySet is the set of command-signing keys agents should trust, published when keys
+ * rotate. Its revision is derived from its keys.
+ *
+ * @generated from message redflag.v1.TrustedKeySet
+ */
+export declare type TrustedKeySet = Message<"redflag.v1.TrustedKeySet"> & {
+  /**
+   * @generated from field: repeated redflag.v1.TrustedKey keys = 1;
+   */
+  keys: TrustedKey[];
+
+  /**
+   * @generated from field: uint64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp issue_time = 3;
+   */
+  issueTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.TrustedKeySet.
+ * Use `create(TrustedKeySetSchema)` to create a new message.
+ */
+export declare const TrustedKeySetSchema: GenMessage<TrustedKeySet>;
+
+/**
+ * KeySetSignature is Ed25519 over PAE("redflag.v1.TrustedKeySet", key_set) by one key.
+ *
+ * @generated from message redflag.v1.KeySetSignature
+ */
+export declare type KeySetSignature = Message<"redflag.v1.KeySetSignature"> & {
+  /**
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * @generated from field: bytes signature = 2;
+   */
+  signature: Uint8Array;
+};
+
+/**
+ * Describes the message redflag.v1.KeySetSignature.
+ * Use `create(KeySetSignatureSchema)` to create a new message.
+ */
+export declare const KeySetSignatureSchema: GenMessage<KeySetSignature>;
+
+/**
+ * SignedKeySet carries the serialized TrustedKeySet signed by every key it is replacing or
+ * keeping, so an agent that trusts any of them can accept the new set.
+ *
+ * @generated from message redflag.v1.SignedKeySet
+ */
+export declare type SignedKeySet = Message<"redflag.v1.SignedKeySet"> & {
+  /**
+   * Serialized redflag.v1.TrustedKeySet.
+   *
+   * @generated from field: bytes key_set = 1;
+   */
+  keySet: Uint8Array;
+
+  /**
+   * @generated from field: repeated redflag.v1.KeySetSignature signatures = 2;
+   */
+  signatures: KeySetSignature[];
+};
+
+/**
+ * Describes the message redflag.v1.SignedKeySet.
+ * Use `create(SignedKeySetSchema)` to create a new message.
+ */
+export declare const SignedKeySetSchema: GenMessage<SignedKeySet>;
 
 /**
  * OsFamily is the broad operating-system family of a host.

@@ -12,6 +12,46 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_redflag_v1_security_service: GenFile;
 
 /**
+ * @generated from message redflag.v1.RotateSigningKeyRequest
+ */
+export declare type RotateSigningKeyRequest = Message<"redflag.v1.RotateSigningKeyRequest"> & {
+  /**
+   * How long agents keep trusting the old key: 1 hour .. 90 days (unset: 7 days). Agents
+   * that do not poll within it must be registered again.
+   *
+   * @generated from field: google.protobuf.Duration grace = 1;
+   */
+  grace?: Duration | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RotateSigningKeyRequest.
+ * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
+ */
+export declare const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest>;
+
+/**
+ * @generated from message redflag.v1.RotateSigningKeyResponse
+ */
+export declare type RotateSigningKeyResponse = Message<"redflag.v1.RotateSigningKeyResponse"> & {
+  /**
+   * @generated from field: redflag.v1.SigningKeyInfo active_key = 1;
+   */
+  activeKey?: SigningKeyInfo | undefined;
+
+  /**
+   * @generated from field: redflag.v1.SigningKeyInfo previous_key = 2;
+   */
+  previousKey?: SigningKeyInfo | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RotateSigningKeyResponse.
+ * Use `create(RotateSigningKeyResponseSchema)` to create a new message.
+ */
+export declare const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse>;
+
+/**
  * SigningKeyInfo describes a command-signing key (never its private part).
  *
  * @generated from message redflag.v1.SigningKeyInfo
@@ -302,6 +342,18 @@ export declare const SecurityService: GenService<{
     methodKind: "unary";
     input: typeof ListSecurityEventsRequestSchema;
     output: typeof ListSecurityEventsResponseSchema;
+  },
+  /**
+   * RotateSigningKey makes a new command-signing key active. Agents learn it on their next
+   * poll from a key set signed by the current key; the old key stays trusted for the grace
+   * period, then is retired.
+   *
+   * @generated from rpc redflag.v1.SecurityService.RotateSigningKey
+   */
+  rotateSigningKey: {
+    methodKind: "unary";
+    input: typeof RotateSigningKeyRequestSchema;
+    output: typeof RotateSigningKeyResponseSchema;
   },
 }>;
 
