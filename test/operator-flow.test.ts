@@ -71,7 +71,8 @@ describe.runIf(process.getuid?.() === 0)("operator flow through the CLI", () => 
     expect(listed).toMatch(/nginx\s+1\.22\.1-9\s+1\.22\.1-9\+deb12u2\s+security\s+pending/);
     expect(listed).not.toMatch(/base-files/);
 
-    const approved = await cli(["updates", "approve", "--severity", "security", "--install"]);
+    expect(await cli(["updates", "list", "--group", "elsewhere"])).toBe("(none)\n");
+    const approved = await cli(["updates", "approve", "--severity", "security", "--group", "dmz", "--install"]);
     expect(approved).toMatch(/^approved and queued 2 package\(s\) in 1 install command\(s\)\n/);
     const commandId = approved.trim().split("\n")[1]!.split(/\s+/)[1]!;
     expect((await cli(["updates", "list", "--status", "approved"]))).toMatch(/curl.*approved, install pending/);

@@ -70,6 +70,14 @@ describe("people through the redflag CLI", () => {
     const tokens = await cli(["audit", "--actor", "olga", "--json"]);
     expect(JSON.parse(tokens.stdout).entries.map((e: { action: string }) => e.action)).toContain("redflag.v1.ApiTokenService/CreateApiToken");
 
+    expect((await cli(["settings", "set", "poll_interval=2m", "retention_audit=2y"])).stderr).toMatch(/retention_audit: "2y" is not a duration/);
+    expect((await cli(["settings", "set", "poll_interval=2m"])).stdout).toBe("updated poll_interval\n");
+    expect((await cli(["settings", "list"])).stdout).toMatch(/poll_interval\s+2m\s+1m\s+10s\.\.1h\s+root-admin/);
+    expect(JSON.parse((await cli(["settings", "export"])).stdout)).toEqual({ poll_interval: "2m" });
+    expect((await cli(["security", "overview"])).stdout).toMatch(/^KEY ID\s+STATE\s+ALGORITHM\s+FINGERPRINT\s+RETIRES\n[0-9a-f]{16}\s+active\s+Ed25519\s+/);
+    expect((await cli(["security", "rotate-key", "--grace", "2d"])).stdout).toMatch(/^new signing key [0-9a-f]{16} \(.*\); [0-9a-f]{16} is trusted until \d{4}-/);
+    expect((await cli(["security", "events", "--type", "login_failed"])).stdout).toContain("(none)");
+
     const out = await cli(["logout"]);
     expect(out.stdout).toMatch(/^signed out of /);
     await expect(stat(file)).rejects.toThrow();

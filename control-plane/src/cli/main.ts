@@ -40,6 +40,8 @@ import {
 } from "@redflag/gen/token_service_pb";
 import { ApiTokenService, type ApiToken, CreateApiTokenResponseSchema, ListApiTokensResponseSchema, RevokeApiTokenResponseSchema } from "@redflag/gen/api_token_service_pb";
 import { AuditService, ListAuditEntriesResponseSchema } from "@redflag/gen/audit_service_pb";
+import { GetSecurityOverviewResponseSchema, ListSecurityEventsResponseSchema, SecurityService } from "@redflag/gen/security_service_pb";
+import { ListSettingChangesResponseSchema, ListSettingsResponseSchema, SettingsService } from "@redflag/gen/settings_service_pb";
 import {
   ApproveUpdatesResponseSchema,
   InstallApprovedUpdatesResponseSchema,
@@ -133,6 +135,8 @@ async function clients() {
     apiTokens: createClient(ApiTokenService, transport),
     audit: createClient(AuditService, transport),
     updates: createClient(UpdateService, transport),
+    settings: createClient(SettingsService, transport),
+    security: createClient(SecurityService, transport),
   };
 }
 
@@ -699,6 +703,8 @@ interface SelectionOptions {
   security?: boolean;
   package?: string;
   source?: string;
+  group?: string;
+  tag?: string;
   all?: boolean;
 }
 
@@ -709,6 +715,8 @@ const selection = (o: SelectionOptions) =>
     securityOnly: o.security === true,
     packageName: o.package ?? "",
     source: o.source ?? "",
+    group: o.group ?? "",
+    tag: o.tag ?? "",
     all: o.all === true,
   });
 
@@ -723,7 +731,9 @@ const selectionOptions = (cmd: Command) =>
     .option("--severity <level>", `only this severity (repeatable): ${SEVERITY_NAMES.join(", ")}`, severityArg)
     .option("--security", "only security updates")
     .option("--package <name>", "only this package, across agents")
-    .option("--source <name>", "only this source (apt, dnf, docker …)");
+    .option("--source <name>", "only this source (apt, dnf, docker …)")
+    .option("--group <group>", "only agents in this group")
+    .option("--tag <tag>", "only agents with this tag");
 
 const updatesCmd = program.command("updates").description("pending updates across the fleet: approve, reject, install");
 
@@ -814,6 +824,102 @@ holdsCmd
   .action(async (id: string) => {
     await (await clients()).updates.removeHold({ id });
     process.stdout.write(`hold ${id} removed\n`);
+  });
+
+// ---- settings and security
+const settingsCmd = program.command("settings").description("operational settings (admins change them)");
+
+settingsCmd
+  .command("list")
+  .action(async () => {
+    const res = await (await clients()).settings.listSettings({});
+    if (json()) return printJson(ListSettingsResponseSchema, res);
+    process.stdout.write(
+      table(
+        ["KEY", "VALUE", "DEFAULT", "RANGE", "CHANGED BY", "DESCRIPTION"],
+        res.settings.map((x) => [x.key, x.value || "(empty)", x.isDefault ? "yes" : x.defaultValue, x.min || x.max ? `${x.min}..${x.max}` : "", x.updatedBy, x.description]),
+      ),
+    );
+  });
+
+settingsCmd
+  .command("set")
+  .description("change settings: key=value … (an empty value restores the default)")
+  .argument("<key=value...>", "for example poll_interval=2m retention_audit=2y")
+  .action(async (pairs: string[]) => {
+    const values: Record<string, string> = {};
+    for (const pair of pairs) {
+      const eq = pair.indexOf("=");
+      if (eq <= 0) throw new CliError(`"${pair}" is not key=value`);
+      values[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    await (await clients()).settings.updateSettings({ values });
+    process.stdout.write(`updated ${Object.keys(values).join(", ")}\n`);
+  });
+
+settingsCmd
+  .command("history")
+  .option("--key <key>", "only this setting")
+  .action(async (o: { key?: string }) => {
+    const res = await (await clients()).settings.listSettingChanges({ key: o.key ?? "", pageSize: 200 });
+    if (json()) return printJson(ListSettingChangesResponseSchema, res);
+    process.stdout.write(table(["TIME", "KEY", "FROM", "TO", "BY"], res.changes.map((c) => [time(c.changeTime)!.toISOString(), c.key, c.before || "(default)", c.after || "(default)", c.changedBy])));
+  });
+
+settingsCmd
+  .command("export")
+  .description("print the changed settings as JSON")
+  .action(async () => {
+    process.stdout.write(`${(await (await clients()).settings.exportSettings({})).json}\n`);
+  });
+
+settingsCmd
+  .command("import")
+  .description("apply settings exported as JSON")
+  .argument("<file>", "JSON file, or - for stdin")
+  .action(async (file: string) => {
+    let text = "";
+    if (file === "-") for await (const chunk of process.stdin) text += chunk;
+    else text = await readFile(file, "utf8").catch((err: NodeJS.ErrnoException) => {
+      throw new CliError(`cannot read ${file}: ${err.code ?? err.message}`);
+    });
+    const res = await (await clients()).settings.importSettings({ json: text });
+    process.stdout.write(`imported: ${res.changed} setting(s) changed\n`);
+  });
+
+const securityCmd = program.command("security").description("signing keys, credential lifetimes and security events (admins)");
+
+securityCmd
+  .command("overview")
+  .action(async () => {
+    const o = await (await clients()).security.getSecurityOverview({});
+    if (json()) return printJson(GetSecurityOverviewResponseSchema, o);
+    const secs = (d: { seconds: bigint } | undefined) => (d ? `${d.seconds}s` : "");
+    process.stdout.write(
+      `${table(["KEY ID", "STATE", "ALGORITHM", "FINGERPRINT", "RETIRES"], o.signingKeys.map((k) => [k.keyId, k.state, k.algorithm, k.fingerprint, time(k.retireTime)?.toISOString() ?? ""]))}\n` +
+        `command expiry ${secs(o.commandExpiry)}, access tokens ${secs(o.accessTokenTtl)}, refresh tokens ${secs(o.refreshTokenTtl)} (at most ${secs(o.refreshTokenMaxAge)})\n` +
+        `admin.key ${o.adminKeyActive ? "active (revoke it once people sign in)" : "revoked"}; ${o.admins} admin(s); ${o.usersWithoutTotp} password user(s) without TOTP\n\n` +
+        table(["EVENT", "24H", "30D"], o.eventCounts.map((c) => [c.type, String(c.last24h), String(c.last30d)])),
+    );
+  });
+
+securityCmd
+  .command("events")
+  .option("--type <type>", "only this type, for example machine_id_mismatch")
+  .option("--severity <severity>", "info, warning or critical")
+  .action(async (o: { type?: string; severity?: string }) => {
+    const res = await (await clients()).security.listSecurityEvents({ type: o.type ?? "", severity: o.severity ?? "", pageSize: 200 });
+    if (json()) return printJson(ListSecurityEventsResponseSchema, res);
+    process.stdout.write(table(["TIME", "SEVERITY", "TYPE", "MESSAGE", "FROM"], res.events.map((e) => [time(e.time)!.toISOString(), e.severity, e.type, e.message, e.remoteAddr])));
+  });
+
+securityCmd
+  .command("rotate-key")
+  .description("make a new command-signing key active; agents follow on their next poll")
+  .option("--grace <duration>", "how long agents keep trusting the old key (default 7d)", seconds)
+  .action(async (o: { grace?: number }) => {
+    const res = await (await clients()).security.rotateSigningKey({ grace: o.grace ? durationFromMs(o.grace * 1000) : undefined });
+    process.stdout.write(`new signing key ${res.activeKey!.keyId} (${res.activeKey!.fingerprint}); ${res.previousKey?.keyId ?? "the old key"} is trusted until ${time(res.previousKey?.retireTime)?.toISOString()}\n`);
   });
 
 // ---- people

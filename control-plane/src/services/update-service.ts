@@ -57,6 +57,14 @@ export function selectionWhere(sel: UpdateSelection | undefined, require: boolea
       if (!NAME.test(sel.packageName)) throw invalid(`selection.package_name "${sel.packageName.slice(0, 64)}" is not a package name`);
       and.push({ name: sel.packageName });
     }
+    if (sel.group) {
+      if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.group)) throw invalid(`selection.group "${sel.group.slice(0, 64)}" is not a group name`);
+      and.push({ agent: { group: sel.group } });
+    }
+    if (sel.tag) {
+      if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.tag)) throw invalid(`selection.tag "${sel.tag.slice(0, 64)}" is not a tag`);
+      and.push({ agent: { tags: { has: sel.tag } } });
+    }
     if (sel.source) {
       if (!SOURCE.test(sel.source)) throw invalid(`selection.source "${sel.source.slice(0, 64)}" is not a source name`);
       and.push({ source: sel.source });

@@ -168,6 +168,20 @@ export declare type UpdateSelection = Message<"redflag.v1.UpdateSelection"> & {
    * @generated from field: bool all = 7;
    */
   all: boolean;
+
+  /**
+   * Only agents in this group.
+   *
+   * @generated from field: string group = 8;
+   */
+  group: string;
+
+  /**
+   * Only agents with this tag.
+   *
+   * @generated from field: string tag = 9;
+   */
+  tag: string;
 };
 
 /**
