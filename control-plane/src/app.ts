@@ -20,6 +20,7 @@ import { createAgentConfigs } from "./services/agent-config.ts";
 import { createEventBus } from "./events.ts";
 import { createSettings } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
+import { createOidcRoutes } from "./auth/oidc.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -67,12 +68,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       lastSeen,
       logger,
     };
+    const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
     const handler = connectNodeAdapter({
       routes: createRoutes(deps),
       interceptors: [errorInterceptor(logger), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
       contextValues: (req) => createContextValues().set(kRemoteAddr, req.socket?.remoteAddress ?? ""),
       fallback: (req, res) => {
+        if (oidc?.handle(req, res)) return;
         if (req.url === "/healthz") {
           res.writeHead(200, { "content-type": "text/plain" });
           res.end("ok\n");

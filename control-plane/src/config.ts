@@ -1,3 +1,4 @@
+import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
 
@@ -17,6 +18,8 @@ export interface Config {
   readonly commandExpirySeconds: number;
   // The URL agents reach this server at, for install commands; unset: what each caller used.
   readonly publicUrl: string | undefined;
+  // Single sign-on through OpenID Connect; unset: passwords only.
+  readonly oidc: OidcConfig | undefined;
   // Sent commands with no result after this become timed_out.
   readonly resultTimeoutSeconds: number;
   readonly pollIntervalSeconds: number;
@@ -41,6 +44,32 @@ export class ConfigError extends Error {
 // Reads every REDFLAG_* setting once, reports all problems together, and returns a frozen object.
 export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
   const problems: string[] = [];
+  const oidcConfig = (): OidcConfig | undefined => {
+    const issuer = env.REDFLAG_OIDC_ISSUER;
+    if (!issuer) return undefined;
+    const clientId = env.REDFLAG_OIDC_CLIENT_ID ?? "";
+    const clientSecret = env.REDFLAG_OIDC_CLIENT_SECRET ?? "";
+    if (!clientId || !clientSecret) problems.push("REDFLAG_OIDC_ISSUER needs REDFLAG_OIDC_CLIENT_ID and REDFLAG_OIDC_CLIENT_SECRET");
+    const roleMap = parseRoleMap(env.REDFLAG_OIDC_ROLE_MAP ?? "admin=redflag-admins,operator=redflag-operators,viewer=redflag-viewers");
+    if (typeof roleMap === "string") problems.push(`REDFLAG_OIDC_ROLE_MAP: ${roleMap}`);
+    let url: URL | undefined;
+    try {
+      url = new URL(issuer);
+    } catch {
+      problems.push(`REDFLAG_OIDC_ISSUER=${issuer} is not a URL`);
+    }
+    const allowHttp = env.REDFLAG_OIDC_ALLOW_HTTP === "1";
+    if (url && url.protocol !== "https:" && !allowHttp) problems.push("REDFLAG_OIDC_ISSUER must be https:// (set REDFLAG_OIDC_ALLOW_HTTP=1 for a provider on this machine)");
+    return {
+      issuer,
+      clientId,
+      clientSecret,
+      redirectUrl: env.REDFLAG_OIDC_REDIRECT_URL || undefined,
+      roleClaim: env.REDFLAG_OIDC_ROLE_CLAIM || "groups",
+      roleMap: typeof roleMap === "string" ? [] : roleMap,
+      allowHttp,
+    };
+  };
   const publicUrl = (text: string | undefined) => {
     if (!text) return undefined;
     try {
@@ -106,6 +135,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     refreshTokenAbsoluteSeconds: duration("REDFLAG_REFRESH_TOKEN_MAX_AGE", "365d", 3600),
     commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
     publicUrl: publicUrl(env.REDFLAG_PUBLIC_URL),
+    oidc: oidcConfig(),
     resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
     pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),

@@ -86,6 +86,8 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
         setupRequired: (await db.user.count()) === 0,
         signingKeyId: deps.signingKeyId,
         signingKeyFingerprint: deps.signingKeyFingerprint,
+        ssoEnabled: config.oidc !== undefined,
+        ssoLoginPath: config.oidc ? "/auth/oidc/login" : "",
       };
     },
 

@@ -44,6 +44,18 @@ export declare type GetSetupStateResponse = Message<"redflag.v1.GetSetupStateRes
    * @generated from field: string signing_key_fingerprint = 3;
    */
   signingKeyFingerprint: string;
+
+  /**
+   * Single sign-on is configured: send the browser to sso_login_path to use it.
+   *
+   * @generated from field: bool sso_enabled = 4;
+   */
+  ssoEnabled: boolean;
+
+  /**
+   * @generated from field: string sso_login_path = 5;
+   */
+  ssoLoginPath: string;
 };
 
 /**
