@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { totpCode } from "../control-plane/src/auth/totp.ts";
 import { run } from "./support/processes.ts";
 
 // The `redflag` CLI as a person uses it: set up, sign in once, work with the stored session,
@@ -52,6 +53,14 @@ describe("people through the redflag CLI", () => {
 
     const login = await cli(["login", "--username", "olga", "--password-stdin"], { input: "her very own passphrase\n" });
     expect(login.stdout).toMatch(/as olga \(operator\)/);
+    // A second factor, set up from the CLI.
+    const enrol = await cli(["totp", "enroll", "--password-stdin"], { input: "her very own passphrase\n" });
+    const totpSecret = /^secret: (\S+)$/m.exec(enrol.stdout)![1]!;
+    expect((await cli(["totp", "confirm", totpCode(totpSecret, Date.now() - 30_000)])).stdout).toBe("TOTP is on: sign-ins now ask for a code\n");
+    const noCode = await cli(["login", "--username", "olga", "--password-stdin"], { input: "her very own passphrase\n" });
+    expect(noCode.stderr).toBe("redflag: Unauthenticated: this account needs a TOTP code: send totp_code\n");
+    const withCode = await cli(["login", "--username", "olga", "--password-stdin", "--totp", totpCode(totpSecret)], { input: "her very own passphrase\n" });
+    expect(withCode.code, withCode.stderr).toBe(0);
     const tokenOut = await cli(["api-tokens", "create", "--name", "nightly report", "--scope", "viewer", "--expires", "7d"]);
     expect(tokenOut.code, tokenOut.stderr).toBe(0);
     const secret = tokenOut.stdout.trim();

@@ -72,6 +72,15 @@ describe("SettingsService", () => {
     await expect(settings.importSettings({ json: '{"poll_interval": true}' })).rejects.toMatchObject({ rawMessage: "poll_interval must be a string or number" });
   });
 
+  it("sets how many failed sign-ins lock a username", async () => {
+    const { AuthService } = await import("@redflag/gen/auth_service_pb");
+    const auth = createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
+    await settings.updateSettings({ values: { login_failures_per_user: "3" } });
+    for (let i = 0; i < 3; i++) await expect(auth.login({ username: "ghost", password: `guess ${i} of many` })).rejects.toMatchObject({ code: Code.Unauthenticated });
+    await expect(auth.login({ username: "ghost", password: "guess 4 of many" })).rejects.toMatchObject({ code: Code.ResourceExhausted });
+    await expect(settings.updateSettings({ values: { login_failures_per_user: "1" } })).rejects.toMatchObject({ rawMessage: "login_failures_per_user must be from 3 to 100" });
+  });
+
   it("prunes old records by the retention settings", async () => {
     await cp.app.db.prisma.auditEntry.create({ data: { actorKind: "session", actorName: "old", action: "x", createdAt: new Date(Date.now() - 500 * 86_400_000) } });
     const settingsAccess = { seconds: (k: string) => (k === "retention_audit" ? 400 * 86_400 : 3650 * 86_400), text: () => "" } as never;

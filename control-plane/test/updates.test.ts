@@ -52,6 +52,8 @@ describe("UpdateService", () => {
   it("lists the fleet's updates with filters and a total", async () => {
     const all = await updates.listUpdates({});
     expect(all.total).toBe(5);
+    const agent = (await cp.admin.fleet.getAgent({ agentId: web.agentId })).agent!;
+    expect(agent).toMatchObject({ pendingUpdateCount: 3, securityUpdateCount: 2, updatesBySeverity: { security: 2, unknown: 1 } });
     const security = await updates.listUpdates({ filter: { securityOnly: true } });
     expect(security.updates.map((u) => `${u.agentId === web.agentId ? "web" : "db"}/${u.update!.name}`).sort()).toEqual(["db/openssl", "web/linux-image-amd64", "web/openssl"]);
     expect(security.updates[0]).toMatchObject({ status: UpdateStatus.PENDING, update: { severity: UpdateSeverity.SECURITY } });

@@ -8,7 +8,9 @@ export interface FailureLimiter {
   reset(key: string): void;
 }
 
-export function createFailureLimiter(opts: { limit: number; windowMs: number }): FailureLimiter {
+// `limit` may change at run time (a setting): it is read at every check.
+export function createFailureLimiter(opts: { limit: number | (() => number); windowMs: number }): FailureLimiter {
+  const limit = () => (typeof opts.limit === "function" ? opts.limit() : opts.limit);
   const failures = new Map<string, number[]>();
   const recent = (key: string, now: number) => {
     const kept = (failures.get(key) ?? []).filter((t) => t > now - opts.windowMs);
@@ -19,8 +21,9 @@ export function createFailureLimiter(opts: { limit: number; windowMs: number }):
   return {
     retryAfter(key, now = Date.now()) {
       const list = recent(key, now);
-      if (list.length < opts.limit) return 0;
-      return Math.max(1, Math.ceil((list[list.length - opts.limit]! + opts.windowMs - now) / 1000));
+      const max = limit();
+      if (list.length < max) return 0;
+      return Math.max(1, Math.ceil((list[list.length - max]! + opts.windowMs - now) / 1000));
     },
     fail(key, now = Date.now()) {
       if (failures.size > 100_000) failures.clear();

@@ -305,7 +305,8 @@ agents
         `registered:  ${time(a.registerTime)?.toISOString()}`,
         `last seen:   ${ago(time(a.lastSeenTime))}`,
         `last scan:   ${ago(time(a.lastScanTime))}`,
-        `updates:     ${a.pendingUpdateCount} pending, ${a.securityUpdateCount} security`,
+        `updates:     ${a.pendingUpdateCount} pending, ${a.securityUpdateCount} security${Object.keys(a.updatesBySeverity).length ? ` (${Object.entries(a.updatesBySeverity).map(([s, n]) => `${n} ${s}`).join(", ")})` : ""}`,
+        `labels:      ${a.tags.join(", ") || "(no tags)"}; group ${a.group || "(none)"}`,
       ].join("\n") + "\n",
     );
   });
@@ -1015,6 +1016,46 @@ program
     const p = res.principal!;
     const who = p.user ? `${p.user.username} (${p.user.displayName})` : p.credentialName;
     process.stdout.write(`${who}: ${enumName(Role, p.role)} through ${p.kind.replace("_", " ")}\n`);
+  });
+
+program
+  .command("password")
+  .description("change your password (ends your other sessions)")
+  .action(async () => {
+    const currentPassword = await readSecret("current password: ", false);
+    const newPassword = await readSecret("new password: ", false);
+    await (await clients()).auth.changePassword({ currentPassword, newPassword });
+    process.stdout.write("password changed; your other sessions ended\n");
+  });
+
+const totpCmd = program.command("totp").description("your second sign-in factor");
+
+totpCmd
+  .command("enroll")
+  .description("start: prints the secret and the otpauth:// URI for your authenticator app")
+  .option("--password-stdin", "read your password from stdin")
+  .action(async (o: { passwordStdin?: boolean }) => {
+    const password = await readSecret("password: ", o.passwordStdin);
+    const res = await (await clients()).auth.beginTotpEnrollment({ password });
+    process.stdout.write(`secret: ${res.secret}\nuri:    ${res.uri}\nthen: redflag totp confirm <code>\n`);
+  });
+
+totpCmd
+  .command("confirm")
+  .argument("<code>", "the current 6-digit code")
+  .action(async (code: string) => {
+    await (await clients()).auth.confirmTotpEnrollment({ code });
+    process.stdout.write("TOTP is on: sign-ins now ask for a code\n");
+  });
+
+totpCmd
+  .command("disable")
+  .argument("<code>", "the current 6-digit code")
+  .option("--password-stdin", "read your password from stdin")
+  .action(async (code: string, o: { passwordStdin?: boolean }) => {
+    const password = await readSecret("password: ", o.passwordStdin);
+    await (await clients()).auth.disableTotp({ password, code });
+    process.stdout.write("TOTP is off\n");
   });
 
 const usersCmd = program.command("users").description("people who may use RedFlag (admins)");

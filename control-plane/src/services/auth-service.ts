@@ -11,6 +11,7 @@ import { createFailureLimiter } from "../auth/rate-limit.ts";
 import { roleToProto } from "../auth/roles.ts";
 import { newTotpSecret, totpUri, verifyTotp } from "../auth/totp.ts";
 import type { Config } from "../config.ts";
+import type { Settings } from "../settings.ts";
 import { newId } from "../ids.ts";
 import { seal, unseal as open } from "../signing/keys.ts";
 import { createSession, revokeSessions, userById, type UserRow } from "../store/people.ts";
@@ -27,6 +28,7 @@ export interface AuthServiceDeps {
   masterKey: Buffer;
   signingKeyId: string;
   signingKeyFingerprint: string;
+  settings: Settings;
 }
 
 const USERNAME = /^[a-z0-9][a-z0-9._-]{1,31}$/;
@@ -48,9 +50,9 @@ const unauthorised = () => new ConnectError("wrong username or password", Code.U
 
 export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof AuthService> {
   const { db, config } = deps;
-  // Per address: 20 failures in 10 minutes; per username: 10 in 15 minutes.
-  const byAddress = createFailureLimiter({ limit: 20, windowMs: 10 * 60_000 });
-  const byUser = createFailureLimiter({ limit: 10, windowMs: 15 * 60_000 });
+  // Per address: 20 failures in 10 minutes; per username: 10 in 15 minutes (settings).
+  const byAddress = createFailureLimiter({ limit: () => Number(deps.settings.text("login_failures_per_address")), windowMs: 10 * 60_000 });
+  const byUser = createFailureLimiter({ limit: () => Number(deps.settings.text("login_failures_per_user")), windowMs: 15 * 60_000 });
   const secure = config.tls !== undefined;
 
   const startSession = async (ctx: HandlerContext, user: UserRow, now: Date) => {

@@ -59,6 +59,7 @@ const FAMILIES: Record<string, OsFamily> = {
 
 export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number): Agent {
   return create(AgentSchema, {
+    updatesBySeverity: row.updates.bySeverity ?? {},
     tags: row.tags ?? [],
     group: row.group ?? "",
     id: row.id,

@@ -229,6 +229,7 @@ const agentListSelect = {
 export interface UpdateCounts {
   pending: number;
   security: number;
+  bySeverity: Record<string, number>;
 }
 
 export type AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>> & { updates: UpdateCounts };
@@ -237,10 +238,10 @@ const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id 
 
 // Pending and security update counts per agent, from the stored scan results.
 async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
-  const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0 }]));
+  const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0, bySeverity: {} }]));
   if (agentIds.length === 0) return counts;
   const rows = await db.packageUpdate.groupBy({
-    by: ["agentId", "security"],
+    by: ["agentId", "security", "severity"],
     where: { agentId: { in: agentIds } },
     _count: { _all: true },
   });
@@ -248,6 +249,7 @@ async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string,
     const c = counts.get(row.agentId)!;
     c.pending += row._count._all;
     if (row.security) c.security += row._count._all;
+    c.bySeverity[row.severity] = (c.bySeverity[row.severity] ?? 0) + row._count._all;
   }
   return counts;
 }

@@ -97,6 +97,14 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: string group = 15;
    */
   group: string;
+
+  /**
+   * Pending updates by severity ("critical", "important", "moderate", "low", "security",
+   * "unknown"); only severities with updates appear.
+   *
+   * @generated from field: map<string, uint32> updates_by_severity = 16;
+   */
+  updatesBySeverity: { [key: string]: number };
 };
 
 /**
