@@ -8,7 +8,7 @@ import { ensureSigningKeys, rotateSigningKey } from "../store/bootstrap.ts";
 import { audit } from "./audit.ts";
 import { fingerprint } from "../signing/keys.ts";
 import type { Prisma } from "../store/types.ts";
-import { invalid, pageSize, text } from "./validate.ts";
+import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
 
 const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound"];
 
@@ -67,12 +67,7 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
     },
 
     async listSecurityEvents(req) {
-      let before: bigint | undefined;
-      if (req.pageToken) {
-        const decoded = Buffer.from(req.pageToken, "base64url").toString("utf8");
-        if (!/^\d{1,19}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
-        before = BigInt(decoded);
-      }
+      const before = idPageToken(req.pageToken);
       const type = text("type", req.type, { max: 64 });
       if (type && !EVENT_TYPES.includes(type)) throw invalid(`type "${type}" is not an event type (${EVENT_TYPES.join(", ")})`);
       if (req.severity && !["info", "warning", "critical"].includes(req.severity)) throw invalid("severity must be info, warning or critical");
@@ -97,7 +92,7 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
             detailJson: JSON.stringify(e.detail ?? {}),
           }),
         ),
-        nextPageToken: rows.length > size ? Buffer.from(page.at(-1)!.id.toString()).toString("base64url") : "",
+        nextPageToken: nextIdPageToken(rows.length > size ? page.at(-1)!.id : undefined),
       };
     },
 

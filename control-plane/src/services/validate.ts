@@ -34,3 +34,13 @@ export function pageToken(value: string): string | undefined {
 export function nextPageToken(id: string | undefined): string {
   return id ? Buffer.from(id, "utf8").toString("base64url") : "";
 }
+
+// Pages of tables with a bigint identity column (audit, security events): the last ID seen.
+export function idPageToken(value: string): bigint | undefined {
+  if (value === "") return undefined;
+  const decoded = Buffer.from(value, "base64url").toString("utf8");
+  if (!/^\d{1,19}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
+  return BigInt(decoded);
+}
+
+export const nextIdPageToken = (id: bigint | undefined): string => (id === undefined ? "" : Buffer.from(id.toString()).toString("base64url"));
