@@ -86,7 +86,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       },
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
-    const scheduler = createScheduler(db.prisma, config, logger, settings);
+    const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(
       () => void reloadSigningKeys(db.prisma, masterKey, deps.signer).catch((err: unknown) => logger.warn({ err }, "cannot reload signing keys")),

@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { sweepTimedOut } from "./store/commands.ts";
+import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
 
@@ -10,7 +11,7 @@ export interface Scheduler {
 }
 
 // Periodic housekeeping. Each job is an idempotent statement, so running it on every replica is safe.
-export function createScheduler(db: Prisma, config: Config, logger: Logger, settings?: Settings): Scheduler {
+export function createScheduler(db: Prisma, config: Config, logger: Logger, settings?: Settings, events?: EventBus): Scheduler {
   const resultTimeout = () => (settings ? settings.seconds("result_timeout") : config.resultTimeoutSeconds);
   let lastPrune = 0;
   let running = false;
@@ -20,7 +21,10 @@ export function createScheduler(db: Prisma, config: Config, logger: Logger, sett
     try {
       const now = new Date();
       const timedOut = await sweepTimedOut(db, new Date(now.getTime() - resultTimeout() * 1000), now);
-      if (timedOut > 0) logger.info({ commands: timedOut }, "commands timed out waiting for a result");
+      if (timedOut.length > 0) {
+        logger.info({ commands: timedOut.length }, "commands timed out waiting for a result");
+        events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
+      }
       // Retention, at most hourly: old finished commands, audit entries and security events.
       if (settings && now.getTime() - lastPrune > 3_600_000) {
         lastPrune = now.getTime();

@@ -232,11 +232,12 @@ export async function recordScanReports(db: Prisma, agentId: string, scans: Inco
   return ordered.map((s) => s.id);
 }
 
-// Sent commands that never got a result become timed_out.
-export async function sweepTimedOut(db: Prisma, sentBefore: Date, now: Date): Promise<number> {
-  return db.command
-    .updateMany({ where: { state: "sent", sentAt: { lt: sentBefore } }, data: { state: "timed_out", finishedAt: now } })
-    .then((r) => r.count);
+// Sent commands that never got a result become timed_out; returns which.
+export async function sweepTimedOut(db: Prisma, sentBefore: Date, now: Date): Promise<{ id: string; agentId: string }[]> {
+  return db.$queryRaw<{ id: string; agentId: string }[]>`
+    UPDATE commands SET state = 'timed_out', finished_at = ${now}
+     WHERE state = 'sent' AND sent_at < ${sentBefore}
+    RETURNING id, agent_id AS "agentId"`;
 }
 
 export async function listCommands(
