@@ -78,11 +78,17 @@ describe("update_agent end to end", () => {
     const good = await queue(`${base}/release.tgz`);
     const second = await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env });
     expect(second.code, second.stderr).toBe(3);
-    expect(second.stderr).toContain("exiting so the service manager starts the new release");
+    expect(second.stderr).toContain("exiting so the service manager starts the release now in place");
     const done = (await cp.admin.commands.getCommand({ id: good })).command!;
     expect(done.state).toBe(CommandState.SUCCEEDED);
     expect(done.result?.message).toBe("installed version 9.9.9; the agent restarts into it after reporting this result");
     expect(await readlink(path.join(installDir, "current"))).toBe(path.join("releases", "9.9.9"));
     expect(await readFile(path.join(installDir, "current", "bin", "redflag-agent"), "utf8")).toContain("exec node");
+    // The watchdog is armed until the new release completes a poll cycle; this one does.
+    expect(JSON.parse(await readFile(path.join(installDir, "upgrade.json"), "utf8"))).toMatchObject({ version: "9.9.9", to: "releases/9.9.9", starts: 0 });
+    const third = await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env });
+    expect(third.code, third.stderr).toBe(0);
+    expect(third.stderr).toContain("new release confirmed");
+    await expect(readFile(path.join(installDir, "upgrade.json"))).rejects.toThrow();
   });
 });

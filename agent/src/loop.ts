@@ -31,6 +31,7 @@ import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
 import { loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
 import { checkKeySet, keySetRevision } from "./key-set.ts";
+import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -106,6 +107,12 @@ async function run(options: RunOptions): Promise<RunSummary> {
       EXIT_USAGE,
     );
   if (!(await file.load())) throw notRegistered();
+  // An unconfirmed new release that keeps failing goes back to the one before it.
+  const watchdog = await checkUpgradeAtStart(config.installDir);
+  if (watchdog.action === "rolled_back") {
+    logger.error({ version: watchdog.upgrade.version, backTo: watchdog.upgrade.from, starts: watchdog.upgrade.starts }, "new release never completed a poll cycle; switched back");
+    return { cycles: 0, delivered: 0, reported: 0, executed: 0, rejected: 0, redelivered: 0, dropped: 0, restart: `rolled back from ${watchdog.upgrade.version}` };
+  }
   await ensurePrivateDir(config.stateDir);
   const lock = await acquireLock(config.stateDir);
   let closeTransport: (() => void) | undefined;
@@ -142,6 +149,7 @@ async function run(options: RunOptions): Promise<RunSummary> {
       scanSummary,
       lastScan: await scanSummary.load(),
       autoScans: await openAutoScans(config.stateDir),
+      confirmUpgrade: watchdog.action === "trying",
     });
     logger.info(
       { agentId: registration.agentId, server: registration.serverUrl, version: AGENT_VERSION, once: Boolean(options.once) },
@@ -168,6 +176,7 @@ interface AgentDeps {
   scanSummary: ReturnType<typeof scanSummaryFile>;
   lastScan: ScanSummary | undefined;
   autoScans: AutoScans;
+  confirmUpgrade: boolean;
 }
 
 function createAgent(deps: AgentDeps) {
@@ -237,6 +246,8 @@ function createAgent(deps: AgentDeps) {
     return result;
   };
   const rescan = new Set<string>();
+  // Only a process started on an unconfirmed release confirms it (not the one that installed it).
+  let upgradeConfirmed = !deps.confirmUpgrade;
 
   // Scans the given subsystems now and keeps the result as a scan report until acknowledged.
   const scanAndKeep = async (subsystems: string[], why: string): Promise<void> => {
@@ -357,6 +368,11 @@ function createAgent(deps: AgentDeps) {
         await rescanAfterInstalls();
         await flush(stop);
       }
+    }
+    if (!upgradeConfirmed) {
+      upgradeConfirmed = true;
+      const upgrade = await confirmUpgrade(config.installDir);
+      if (upgrade) logger.info({ version: upgrade.version }, "new release confirmed: it completed a poll cycle");
     }
     return { executed, intervalSeconds: intervalSeconds(res.nextPollSeconds) };
   };

@@ -82,7 +82,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       try {
         const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
         if (summary.restart) {
-          logger.info({ reason: summary.restart }, "exiting so the service manager starts the new release");
+          logger.info({ reason: summary.restart }, "exiting so the service manager starts the release now in place");
           exitCode = EXIT_RESTART;
         }
       } finally {

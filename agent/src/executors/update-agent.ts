@@ -2,12 +2,13 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { type ArtifactManifest, ArtifactManifestSchema, CommandOutcome } from "@redflag/gen/command_pb";
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { access, mkdir, readlink, rename, rm, symlink } from "node:fs/promises";
+import { access, mkdir, readlink, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { printable, verifyEnvelope } from "../envelope.ts";
 import { describeFailure, runProcess, which } from "../run-process.ts";
+import { recordUpgrade, switchCurrent } from "../state/upgrade.ts";
 import { AGENT_VERSION } from "../version.ts";
 import type { Executor, ExecutorOutcome } from "./types.ts";
 
@@ -96,12 +97,13 @@ export const updateAgent: Executor = async (ctx) => {
     await rm(release, { recursive: true, force: true });
     await rename(staging, release);
 
-    // Switch atomically: a new symlink renamed over the old one.
+    // Switch atomically (a new symlink renamed over the old one), with the watchdog armed
+    // first: a release that never completes a poll cycle is switched back.
     const current = path.join(ctx.installDir, "current");
     const previous = await readlink(current).catch(() => undefined);
-    const next = path.join(ctx.installDir, `.current-${randomBytes(4).toString("hex")}`);
-    await symlink(path.join("releases", manifest.version), next);
-    await rename(next, current);
+    const target = path.join("releases", manifest.version);
+    await recordUpgrade(ctx.installDir, { version: manifest.version, from: previous ?? null, to: target });
+    await switchCurrent(ctx.installDir, target);
     ctx.requestRestart(`updated to ${manifest.version}`);
     const from = previous ? ` (was ${path.basename(previous)})` : "";
     return {
