@@ -46,7 +46,6 @@ import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, type Settings } from "../settings.ts";
-import { keySetRevision } from "../signing/signer.ts";
 import { invalid, text, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -199,8 +198,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const agentConfig = await deps.agentConfigs.forAgent(agentId);
       // The agent reports the revision of the keys it pins (same derivation as ours): after a
       // rotation it gets the new set, signed by the keys it already trusts.
-      const current = keySetRevision(deps.signer.trustedKeys().map((k) => k.keyId));
-      const sendKeys = req.status !== undefined && req.status.trustedKeysRevision !== current;
+      const sendKeys = req.status !== undefined && req.status.trustedKeysRevision !== deps.signer.keySetRevision();
       return {
         keySet: sendKeys ? deps.signer.keySet() : undefined,
         commands,

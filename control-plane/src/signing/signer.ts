@@ -20,6 +20,8 @@ export interface CommandSigner {
   trustedKeys(): TrustedKey[];
   // The trusted keys as a set signed by each of them, for agents to follow a rotation.
   keySet(): SignedKeySet;
+  // The set's revision, as agents derive it from the keys they pin.
+  keySetRevision(): bigint;
   // After a rotation, or when a key's grace period ended (on any replica).
   replace(active: KeyPair, trusted: KeyPair[]): void;
   // `action` is a serialized Command holding only the action (and timeout); the header fields
@@ -38,12 +40,11 @@ export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyP
   let active = initialActive;
   let keys: TrustedKey[] = [];
   let signedSet: SignedKeySet;
+  let revision = 0n;
   const build = (trusted: KeyPair[]) => {
     keys = trusted.map((k) => create(TrustedKeySchema, { keyId: k.keyId, publicKey: k.publicKey }));
-    const body = toBinary(
-      TrustedKeySetSchema,
-      create(TrustedKeySetSchema, { keys, revision: keySetRevision(keys.map((k) => k.keyId)), issueTime: timestampFromDate(new Date()) }),
-    );
+    revision = keySetRevision(keys.map((k) => k.keyId));
+    const body = toBinary(TrustedKeySetSchema, create(TrustedKeySetSchema, { keys, revision, issueTime: timestampFromDate(new Date()) }));
     signedSet = create(SignedKeySetSchema, {
       keySet: body,
       signatures: trusted.map((k) => ({ keyId: k.keyId, signature: sign(k.secretKey, pae(KEY_SET_TYPE, body)) })),
@@ -56,6 +57,7 @@ export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyP
     },
     trustedKeys: () => keys,
     keySet: () => signedSet,
+    keySetRevision: () => revision,
     replace(nextActive, trusted) {
       active = nextActive;
       build(trusted);
