@@ -3,7 +3,6 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import {
   type PackageUpdate,
   PackageUpdateSchema,
-  type SubsystemRun,
   SubsystemRunSchema,
   SubsystemRunState,
   UpdateSeverity,

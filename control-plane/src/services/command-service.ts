@@ -58,7 +58,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
   };
 }
 
-export function createCommandService(db: Prisma, commands: CommandQueue, wakeups: Wakeups, events: EventBus): ServiceImpl<typeof CommandService> {
+export function createCommandService(db: Prisma, commands: CommandQueue, events: EventBus): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
       return { command: await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds) };
