@@ -21,6 +21,7 @@ import { createEventBus } from "./events.ts";
 import { createSettings } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
+import { createConsoleFiles } from "./console.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
 import { createWakeups } from "./wakeups.ts";
@@ -68,6 +69,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       lastSeen,
       logger,
     };
+    const consoleFiles = createConsoleFiles(config.consoleDir);
     const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
     const handler = connectNodeAdapter({
       routes: createRoutes(deps),
@@ -81,8 +83,17 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           res.end("ok\n");
           return;
         }
-        res.writeHead(404, { "content-type": "text/plain" });
-        res.end("not found\n");
+        const notFound = () => {
+          res.writeHead(404, { "content-type": "text/plain" });
+          res.end("not found\n");
+        };
+        consoleFiles
+          .handle(req, res as never)
+          .then((served) => served || notFound())
+          .catch((err: unknown) => {
+            logger.warn({ err }, "cannot serve a console file");
+            if (!res.headersSent) notFound();
+          });
       },
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });

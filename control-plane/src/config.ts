@@ -1,3 +1,4 @@
+import { DEFAULT_CONSOLE_DIR } from "./console.ts";
 import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
@@ -18,6 +19,8 @@ export interface Config {
   readonly commandExpirySeconds: number;
   // The URL agents reach this server at, for install commands; unset: what each caller used.
   readonly publicUrl: string | undefined;
+  // The built console served at /.
+  readonly consoleDir: string;
   // Single sign-on through OpenID Connect; unset: passwords only.
   readonly oidc: OidcConfig | undefined;
   // Sent commands with no result after this become timed_out.
@@ -136,6 +139,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
     publicUrl: publicUrl(env.REDFLAG_PUBLIC_URL),
     oidc: oidcConfig(),
+    consoleDir: env.REDFLAG_CONSOLE_DIR ? path.resolve(cwd, env.REDFLAG_CONSOLE_DIR) : DEFAULT_CONSOLE_DIR,
     resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
     pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
