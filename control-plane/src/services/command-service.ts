@@ -118,6 +118,8 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       });
       const stopped = new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
       try {
+        // At once, so a client knows the feed is live before anything happens.
+        yield { time: timestampFromDate(new Date()), kind: "keepalive" };
         while (!ctx.signal.aborted) {
           if (queue.length === 0) {
             const woke = new Promise<void>((resolve) => (wake = resolve));

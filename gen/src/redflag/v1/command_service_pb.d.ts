@@ -374,7 +374,8 @@ export declare type WatchEventsResponse = Message<"redflag.v1.WatchEventsRespons
   time?: Timestamp | undefined;
 
   /**
-   * "command" for a change of a command, "keepalive" every 20 seconds without one.
+   * "command" for a change of a command; "keepalive" when the stream opens and every 20
+   * seconds without a change.
    *
    * @generated from field: string kind = 2;
    */
