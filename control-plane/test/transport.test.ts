@@ -48,7 +48,10 @@ describe("transports", () => {
     const get = (p: string) =>
       new Promise<number>((resolve, reject) => http.get(cp.url + p, (res) => (res.resume(), resolve(res.statusCode!))).on("error", reject));
     expect(await get("/healthz")).toBe(200);
-    expect(await get("/nothing-here")).toBe(404);
+    // Pages without an extension are the console's (index.html, once it is built); files and
+    // API paths that do not exist are 404.
+    expect(await get("/nothing-here.js")).toBe(404);
+    expect(await get("/redflag.v1.Nope/Call")).toBe(404);
   });
 
   it("refuses admin calls without a valid key", async () => {
