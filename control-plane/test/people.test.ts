@@ -152,10 +152,11 @@ describe("people", () => {
     const begin = await auth(viewer).beginTotpEnrollment({ password: PASSWORD });
     expect(begin.uri).toMatch(/^otpauth:\/\/totp\/RedFlag:victor\?/);
     await expectCode(auth(viewer).confirmTotpEnrollment({ code: "000000" }), Code.InvalidArgument, /does not match/);
-    // One 30-second step back, so the sign-in below can use the current step.
-    await auth(viewer).confirmTotpEnrollment({ code: totpCode(begin.secret, Date.now() - 30_000) });
+    // The current step to confirm, the next one to sign in: one step of drift is accepted
+    // either way, and a step is never accepted twice.
+    await auth(viewer).confirmTotpEnrollment({ code: totpCode(begin.secret) });
     await expectCode(auth().login({ username: "victor", password: PASSWORD }), Code.Unauthenticated, /needs a TOTP code/);
-    const code = totpCode(begin.secret);
+    const code = totpCode(begin.secret, Date.now() + 30_000);
     const signedIn = await auth().login({ username: "victor", password: PASSWORD, totpCode: code });
     expect(signedIn.user?.totpEnabled).toBe(true);
     await expectCode(auth().login({ username: "victor", password: PASSWORD, totpCode: code }), Code.Unauthenticated, /wrong or was already used/);
