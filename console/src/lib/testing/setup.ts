@@ -1,0 +1,5 @@
+import { cleanup } from "@testing-library/svelte";
+import { afterEach } from "vitest";
+
+// Each test renders into a fresh document.
+afterEach(() => cleanup());
