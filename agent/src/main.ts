@@ -54,7 +54,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         logger: createLogger(cfg.logLevel),
       });
       process.stdout.write(
-        `registered as agent ${outcome.agentId}; pinned signing keys: ${outcome.pinnedKeyIds.join(", ")}\n`,
+        `registered as agent ${outcome.agentId}; pinned signing keys: ${outcome.pinnedKeyIds.join(", ")}\n` +
+          outcome.pinnedKeyFingerprints.map((f) => `  fingerprint ${f}\n`).join(""),
       );
     });
 

@@ -1,5 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Transport } from "@connectrpc/connect";
+import { createHash } from "node:crypto";
 import type { RegisterResponse } from "@redflag/gen/agent_service_pb";
 import { createAgentApi, createAgentTransport, parseServerUrl, type AgentApi } from "./client.ts";
 import type { KeyPair } from "./envelope.ts";
@@ -29,6 +30,9 @@ export interface RegisterOutcome {
   agentId: string;
   machineId: string;
   pinnedKeyIds: string[];
+  // SHA-256 of each pinned public key, colon-separated hex: what the console's setup and
+  // Security pages show, so an operator can compare them.
+  pinnedKeyFingerprints: string[];
   // Set when this state directory belonged to another agent ID before.
   previousAgentId: string | undefined;
 }
@@ -141,6 +145,7 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, logger: Lo
     agentId: registration.agentId,
     machineId,
     pinnedKeyIds: res.trustedKeys.map((k) => k.keyId),
+    pinnedKeyFingerprints: res.trustedKeys.map((k) => createHash("sha256").update(k.publicKey).digest("hex").match(/../g)!.join(":")),
     previousAgentId: previous && previous.agentId !== registration.agentId ? previous.agentId : undefined,
   };
 }

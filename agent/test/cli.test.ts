@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -63,7 +63,9 @@ describe("redflag-agent", () => {
     const reg = await agent(["register", "--server", cp.url, "--token-file", tokenFile, "--state-dir", stateDir]);
     expect(reg.code, reg.stderr).toBe(0);
     const agentId = [...cp.agents.keys()][0]!;
-    expect(reg.stdout).toBe(`registered as agent ${agentId}; pinned signing keys: ${cp.key.keyId}\n`);
+    // The fingerprint is the one the console shows: SHA-256 of the public key in colon hex.
+    const fingerprint = createHash("sha256").update(cp.key.publicKey).digest("hex").match(/../g)!.join(":");
+    expect(reg.stdout).toBe(`registered as agent ${agentId}; pinned signing keys: ${cp.key.keyId}\n  fingerprint ${fingerprint}\n`);
 
     const json = await agent(["status", "--json", "--state-dir", stateDir]);
     expect(json.code, json.stderr).toBe(0);
