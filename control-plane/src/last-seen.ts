@@ -2,8 +2,14 @@ import type { Logger } from "./log.ts";
 import { flushLastSeen } from "./store/agents.ts";
 import type { Prisma } from "./store/types.ts";
 
+// A poll's status as stored: the serialized AgentStatus, and its reboot flag for the indexed column.
+export interface PolledStatus {
+  bytes: Uint8Array;
+  rebootRequired: boolean;
+}
+
 export interface LastSeenBuffer {
-  record(agentId: string, at: Date, status: Uint8Array | null): void;
+  record(agentId: string, at: Date, status: PolledStatus | null): void;
   // What this process heard but has not written yet, so readers are never behind the buffer.
   peek(agentId: string): { at: Date; status: Uint8Array | null } | undefined;
   flush(): Promise<void>;
@@ -13,7 +19,7 @@ export interface LastSeenBuffer {
 // Idle polls never write synchronously: last-seen times and statuses collect here and are
 // written in one batched statement every intervalMs.
 export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Logger): LastSeenBuffer {
-  let pending = new Map<string, { at: Date; status: Uint8Array | null }>();
+  let pending = new Map<string, { at: Date; status: PolledStatus | null }>();
   let flushing: Promise<void> = Promise.resolve();
 
   const flush = () => {
@@ -22,7 +28,7 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
       const batch = pending;
       pending = new Map();
       try {
-        await flushLastSeen(db, [...batch].map(([agentId, v]) => ({ agentId, ...v })));
+        await flushLastSeen(db, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null })));
       } catch (err) {
         logger.warn({ err, agents: batch.size }, "could not record last-seen times; will retry");
         for (const [id, v] of batch) if (!pending.has(id)) pending.set(id, v);
@@ -37,7 +43,10 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
     record(agentId, at, status) {
       pending.set(agentId, { at, status: status ?? pending.get(agentId)?.status ?? null });
     },
-    peek: (agentId) => pending.get(agentId),
+    peek(agentId) {
+      const entry = pending.get(agentId);
+      return entry && { at: entry.at, status: entry.status?.bytes ?? null };
+    },
     flush,
     async stop() {
       clearInterval(timer);

@@ -5,6 +5,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
@@ -17,6 +18,7 @@ import { createAuditService } from "./services/audit-service.ts";
 import { createAuthService } from "./services/auth-service.ts";
 import { createCommandQueue, createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
+import { createReportService } from "./services/report-service.ts";
 import { createSecurityService } from "./services/security-service.ts";
 import { createSettingsService } from "./services/settings-service.ts";
 import type { Settings } from "./settings.ts";
@@ -45,5 +47,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(CommandService, createCommandService(deps.db, commands, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));
     router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events));
+    router.service(ReportService, createReportService(deps));
   };
 }

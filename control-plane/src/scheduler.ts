@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { sweepTimedOut } from "./store/commands.ts";
+import { pruneReportData } from "./store/reports.ts";
 import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
@@ -25,11 +26,12 @@ export function createScheduler(db: Prisma, config: Config, logger: Logger, sett
         logger.info({ commands: timedOut.length }, "commands timed out waiting for a result");
         events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
       }
-      // Retention, at most hourly: old finished commands, audit entries and security events.
+      // Retention, at most hourly: old finished commands, audit entries, security events,
+      // metric readings and update history.
       if (settings && now.getTime() - lastPrune > 3_600_000) {
         lastPrune = now.getTime();
         const pruned = await prune(db, now, settings);
-        if (pruned.commands + pruned.audit + pruned.events > 0) logger.info(pruned, "old records removed (retention)");
+        if (Object.values(pruned).some((n) => n > 0)) logger.info(pruned, "old records removed (retention)");
       }
     } catch (err) {
       logger.warn({ err }, "housekeeping failed; will retry");
@@ -50,5 +52,7 @@ export async function prune(db: Prisma, now: Date, settings: Settings) {
   });
   const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before("retention_audit") } } });
   const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before("retention_security_events") } } });
-  return { commands: commands.count, audit: audit.count, events: events.count };
+  // Update history goes with the commands that made it.
+  const reports = await pruneReportData(db, { metrics: before("retention_metrics"), updateEvents: before("retention_commands") });
+  return { commands: commands.count, audit: audit.count, events: events.count, ...reports };
 }

@@ -30,7 +30,8 @@ export const SETTINGS: readonly SettingDefinition[] = [
   { key: "login_failures_per_user", type: "integer", min: 3, max: 100, description: "Failed sign-ins that lock a username for 15 minutes", fallback: () => "10" },
   { key: "login_failures_per_address", type: "integer", min: 5, max: 1000, description: "Failed sign-ins that lock an address for 10 minutes", fallback: () => "20" },
   { key: "minimum_agent_version", type: "version", description: 'Agents older than this cannot register (empty: any). For example "0.2.0"', fallback: () => "" },
-  { key: "retention_commands", type: "duration", min: day, max: 3650 * day, description: "How long finished commands and their results are kept", fallback: () => "180d" },
+  { key: "retention_commands", type: "duration", min: day, max: 3650 * day, description: "How long finished commands, their results and the update history are kept", fallback: () => "180d" },
+  { key: "retention_metrics", type: "duration", min: day, max: 3650 * day, description: "How long host metric readings (CPU, memory, disks) are kept", fallback: () => "30d" },
   { key: "retention_audit", type: "duration", min: 30 * day, max: 3650 * day, description: "How long audit entries are kept", fallback: () => "400d" },
   { key: "retention_security_events", type: "duration", min: 30 * day, max: 3650 * day, description: "How long security events are kept", fallback: () => "400d" },
 ];

@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
@@ -50,6 +51,7 @@ allow(CommandService, "viewer", ["ListCommands", "GetCommand", "WatchEvents"]);
 allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryCommand"]);
 allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);
 allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
+allow(ReportService, "viewer");
 
 export function policyFor(service: string, method: string): Access | undefined {
   return table.get(`${service}/${method}`);

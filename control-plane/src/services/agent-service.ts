@@ -14,8 +14,12 @@ import {
   CommandOutcome,
   type CommandResult,
   CommandResultSchema,
+  type InstallResult,
+  PackageResultState,
   type ScanUpdatesResult,
+  StorageMetricsSchema,
   SubsystemRunState,
+  SystemMetricsSchema,
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
@@ -38,6 +42,8 @@ import {
   unclaimCommands,
   type IncomingResult,
   type IncomingScan,
+  type MetricsInput,
+  type PackageEventInput,
   type PackageUpdateInput,
 } from "../store/commands.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
@@ -186,7 +192,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       if (req.maxCommands > MAX_COMMANDS_PER_POLL) throw invalid(`max_commands must be at most ${MAX_COMMANDS_PER_POLL}`);
       const limit = req.maxCommands || 10;
 
-      deps.lastSeen.record(agentId, new Date(), req.status ? toBinary(AgentStatusSchema, req.status) : null);
+      deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired } : null);
 
       const deadline = Date.now() + req.waitSeconds * 1000;
       let commands = await deliver(deps, agentId, limit, req.nonce);
@@ -280,6 +286,10 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
   if (!outcome) throw invalid(`${field}.outcome must be SUCCEEDED, FAILED or REJECTED`);
   if (result.message.length > 65_536) throw invalid(`${field}.message is longer than 65536 characters`);
   const scan = result.detail.case === "scanUpdates" ? toScan(result.detail.value, `${field}.scan_updates`) : undefined;
+  const install =
+    result.detail.case === "installUpdates" || result.detail.case === "confirmDependencies" || result.detail.case === "rollbackUpdate"
+      ? result.detail.value
+      : undefined;
   return {
     commandId: result.commandId,
     outcome,
@@ -289,7 +299,31 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
     bytes: toBinary(CommandResultSchema, result),
     updates: scan?.updates,
     scannedSources: scan?.scannedSources ?? [],
+    metrics: result.detail.case === "scanUpdates" ? toMetrics(result.detail.value) : undefined,
+    packages: install ? packageEvents(install) : [],
   };
+}
+
+// The host readings of a scan, serialized for storage; undefined when it made none.
+function toMetrics(scan: ScanUpdatesResult): MetricsInput | undefined {
+  if (!scan.systemMetrics && !scan.storageMetrics) return undefined;
+  return {
+    system: scan.systemMetrics ? toBinary(SystemMetricsSchema, scan.systemMetrics) : null,
+    storage: scan.storageMetrics ? toBinary(StorageMetricsSchema, scan.storageMetrics) : null,
+    rebootRequired: scan.systemMetrics?.rebootRequired,
+  };
+}
+
+const PACKAGE_EVENTS = { [PackageResultState.INSTALLED]: "installed", [PackageResultState.FAILED]: "failed" } as const;
+
+// Packages installed or failed, for the update history. Install results were accepted before
+// this history existed, so over-long fields are cut rather than the whole report refused.
+function packageEvents(install: InstallResult): PackageEventInput[] {
+  return install.packages.flatMap((p) => {
+    const kind = PACKAGE_EVENTS[p.state as keyof typeof PACKAGE_EVENTS];
+    if (!kind) return [];
+    return [{ kind, source: p.source.slice(0, 64), name: p.name.slice(0, 512), architecture: p.architecture.slice(0, 64), version: (p.toVersion || p.fromVersion).slice(0, 256) }];
+  });
 }
 
 // The updates of a scan, validated, and the sources whose view they replace.
@@ -327,7 +361,7 @@ function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
     const scanTime = timestampDate(report.scanTime);
     if (scanTime.getTime() > now.getTime() + SCAN_TIME_SKEW_MS) throw invalid(`${field}.scan_time is in the future`);
     if (!report.result) throw invalid(`${field}.result is required`);
-    unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`) });
+    unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`), metrics: toMetrics(report.result) });
   });
   return [...unique.values()];
 }

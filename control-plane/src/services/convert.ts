@@ -9,7 +9,7 @@ import {
   RegistrationTokenState,
   type RegistrationToken,
 } from "@redflag/gen/token_service_pb";
-import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { CommandState as DbCommandState, CommandType as DbCommandType, Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import type { AgentRow } from "../store/agents.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
@@ -40,15 +40,40 @@ export function registrationTokenToProto(row: RegistrationTokenRow, now: Date): 
   });
 }
 
+// Online while silent for at most this many poll intervals; offline up to a day; stale after.
+const ONLINE_POLL_INTERVALS = 3;
+const OFFLINE_SECONDS = 86_400;
+
 // Health from the last time an agent was heard from, measured in poll intervals. An agent
 // never heard from is never counted as online.
 export function agentHealth(row: AgentRow, now: Date, pollIntervalSeconds: number): AgentHealth {
   if (row.decommissionedAt) return AgentHealth.DECOMMISSIONED;
   if (!row.lastSeenAt) return AgentHealth.NEVER_REPORTED;
   const silentFor = (now.getTime() - row.lastSeenAt.getTime()) / 1000;
-  if (silentFor <= pollIntervalSeconds * 3) return AgentHealth.ONLINE;
-  if (silentFor <= 86_400) return AgentHealth.OFFLINE;
+  if (silentFor <= pollIntervalSeconds * ONLINE_POLL_INTERVALS) return AgentHealth.ONLINE;
+  if (silentFor <= OFFLINE_SECONDS) return AgentHealth.OFFLINE;
   return AgentHealth.STALE;
+}
+
+// The agents in one health state, as a query with agentHealth's thresholds; undefined for a
+// value that is not a health state.
+export function agentHealthWhere(health: AgentHealth, now: Date, pollIntervalSeconds: number): PrismaNs.AgentWhereInput | undefined {
+  const online = new Date(now.getTime() - pollIntervalSeconds * ONLINE_POLL_INTERVALS * 1000);
+  const offline = new Date(now.getTime() - OFFLINE_SECONDS * 1000);
+  switch (health) {
+    case AgentHealth.ONLINE:
+      return { decommissionedAt: null, lastSeenAt: { gte: online } };
+    case AgentHealth.OFFLINE:
+      return { decommissionedAt: null, lastSeenAt: { lt: online, gte: offline } };
+    case AgentHealth.STALE:
+      return { decommissionedAt: null, lastSeenAt: { lt: offline } };
+    case AgentHealth.NEVER_REPORTED:
+      return { decommissionedAt: null, lastSeenAt: null };
+    case AgentHealth.DECOMMISSIONED:
+      return { decommissionedAt: { not: null } };
+    default:
+      return undefined;
+  }
 }
 
 const FAMILIES: Record<string, OsFamily> = {

@@ -15,7 +15,7 @@ import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts
 import { audit } from "./audit.ts";
 import type { CommandQueue } from "./command-service.ts";
 import type { Settings } from "../settings.ts";
-import { agentToProto } from "./convert.ts";
+import { agentHealthWhere, agentToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 export interface FleetServiceDeps {
@@ -31,17 +31,18 @@ export interface FleetServiceDeps {
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WINDOWS]: "windows", [OsFamily.DARWIN]: "darwin" };
 
+// The row with what this process heard but has not flushed yet.
+export function withBufferedLastSeen(row: AgentRow, lastSeen: LastSeenBuffer): AgentRow {
+  const buffered = lastSeen.peek(row.id);
+  if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
+  return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
+}
+
 export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
   const { db, lastSeen } = deps;
   // Health is measured in poll intervals, as the admin set them.
   const interval = () => deps.settings.seconds("poll_interval");
-  // Overlay what this process heard but has not flushed yet.
-  const fresh = (row: AgentRow): AgentRow => {
-    const buffered = lastSeen.peek(row.id);
-    if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
-    return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
-  };
-  const proto = (row: AgentRow) => agentToProto(fresh(row), new Date(), interval());
+  const proto = (row: AgentRow) => agentToProto(withBufferedLastSeen(row, lastSeen), new Date(), interval());
   const existing = async (agentId: string) => {
     const row = await getAgent(db, uuid("agent_id", agentId));
     if (!row) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
@@ -53,25 +54,10 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
     return row;
   };
 
-  // Health as a query, with the same thresholds as agentHealth (in poll intervals).
   const healthWhere = (health: AgentHealth): PrismaNs.AgentWhereInput => {
-    const now = Date.now();
-    const online = new Date(now - interval() * 3 * 1000);
-    const day = new Date(now - 86_400_000);
-    switch (health) {
-      case AgentHealth.ONLINE:
-        return { decommissionedAt: null, lastSeenAt: { gte: online } };
-      case AgentHealth.OFFLINE:
-        return { decommissionedAt: null, lastSeenAt: { lt: online, gte: day } };
-      case AgentHealth.STALE:
-        return { decommissionedAt: null, lastSeenAt: { lt: day } };
-      case AgentHealth.NEVER_REPORTED:
-        return { decommissionedAt: null, lastSeenAt: null };
-      case AgentHealth.DECOMMISSIONED:
-        return { decommissionedAt: { not: null } };
-      default:
-        throw invalid(`health ${health} is not an agent health`);
-    }
+    const where = agentHealthWhere(health, new Date(), interval());
+    if (!where) throw invalid(`health ${health} is not an agent health`);
+    return where;
   };
 
   const queue = (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => deps.commands.queue(ctx, agentId, action);

@@ -282,19 +282,22 @@ export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undef
   return { ...row, updates: counts.get(id)! };
 }
 
-// Applies buffered last-seen times and statuses in one statement.
+// Applies buffered last-seen times and statuses in one statement. rebootRequired is the
+// status's flag (null when the poll carried no status).
 export async function flushLastSeen(
   db: Prisma,
-  entries: { agentId: string; at: Date; status: Uint8Array | null }[],
+  entries: { agentId: string; at: Date; status: Uint8Array | null; rebootRequired: boolean | null }[],
 ): Promise<void> {
   if (entries.length === 0) return;
   const ids = entries.map((e) => e.agentId);
   const times = entries.map((e) => e.at);
   const statuses = entries.map((e) => (e.status ? Buffer.from(e.status) : null));
+  const reboots = entries.map((e) => e.rebootRequired);
   await db.$executeRaw`
     UPDATE agents AS a
        SET last_seen_at = GREATEST(COALESCE(a.last_seen_at, v.at), v.at),
-           status = COALESCE(v.status, a.status)
-      FROM unnest(${ids}::uuid[], ${times}::timestamptz[], ${statuses}::bytea[]) AS v(id, at, status)
+           status = COALESCE(v.status, a.status),
+           reboot_required = COALESCE(v.reboot_required, a.reboot_required)
+      FROM unnest(${ids}::uuid[], ${times}::timestamptz[], ${statuses}::bytea[], ${reboots}::boolean[]) AS v(id, at, status, reboot_required)
      WHERE a.id = v.id`;
 }

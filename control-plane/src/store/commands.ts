@@ -2,7 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { recordSecurityEvent } from "./security-events.ts";
-import type { Prisma, Tx } from "./types.ts";
+import { bytes, type Prisma, type Tx } from "./types.ts";
 
 export interface CreateCommandInput {
   agentId: string;
@@ -81,6 +81,26 @@ export interface IncomingResult {
   bytes: Uint8Array;
   updates: PackageUpdateInput[] | undefined;
   scannedSources: string[];
+  // A scan's host readings, when it ran "system" or "storage".
+  metrics: MetricsInput | undefined;
+  // What an install, confirm or rollback did to each package it installed or failed.
+  packages: PackageEventInput[];
+}
+
+export interface MetricsInput {
+  // Serialized redflag.v1.SystemMetrics and redflag.v1.StorageMetrics; null when not read.
+  system: Uint8Array | null;
+  storage: Uint8Array | null;
+  // The system reading's reboot flag; undefined without one.
+  rebootRequired: boolean | undefined;
+}
+
+export interface PackageEventInput {
+  kind: "installed" | "failed";
+  source: string;
+  name: string;
+  architecture: string;
+  version: string;
 }
 
 export interface PackageUpdateInput {
@@ -152,6 +172,7 @@ export async function recordResults(
 }
 
 async function storeResult(tx: Tx, agentId: string, state: CommandState, result: IncomingResult, now: Date) {
+  const finishedAt = result.finishedAt ?? now;
   await tx.commandResult.create({
     data: {
       commandId: result.commandId,
@@ -167,25 +188,53 @@ async function storeResult(tx: Tx, agentId: string, state: CommandState, result:
   await tx.command.update({
     where: { id: result.commandId },
     data: {
-      finishedAt: result.finishedAt ?? now,
+      finishedAt,
       ...(state === "cancelled" ? {} : { state: result.outcome }),
     },
   });
-  if (result.updates && result.outcome === "succeeded") {
-    await replaceUpdates(tx, agentId, result.scannedSources, result.updates, now);
+  if (result.metrics) await recordMetricSamples(tx, agentId, [{ id: result.commandId, time: finishedAt, metrics: result.metrics }]);
+  if (result.packages.length > 0) {
+    await tx.updateEvent.createMany({ data: result.packages.map((p) => ({ agentId, time: finishedAt, commandId: result.commandId, ...p })) });
   }
+  const rebootRequired = result.metrics?.rebootRequired;
+  if (result.updates && result.outcome === "succeeded") {
+    await replaceUpdates(tx, agentId, { sources: result.scannedSources, updates: result.updates, time: now, commandId: result.commandId, rebootRequired });
+  } else if (rebootRequired !== undefined) {
+    await tx.agent.update({ where: { id: agentId }, data: { rebootRequired } });
+  }
+}
+
+// One insert for a call's readings. The ID is the command's or the scan report's, so a report
+// the agent sends again (its acknowledgement was lost) is stored once.
+async function recordMetricSamples(tx: Tx, agentId: string, samples: { id: string; time: Date; metrics: MetricsInput }[]) {
+  if (samples.length === 0) return;
+  await tx.metricSample.createMany({
+    data: samples.map((s) => ({
+      id: s.id,
+      agentId,
+      time: s.time,
+      system: s.metrics.system ? bytes(s.metrics.system) : null,
+      storage: s.metrics.storage ? bytes(s.metrics.storage) : null,
+    })),
+    skipDuplicates: true,
+  });
+}
+
+interface AppliedScan {
+  sources: string[];
+  updates: PackageUpdateInput[];
+  time: Date;
+  commandId?: string;
+  // From the scan's system reading, when it made one.
+  rebootRequired: boolean | undefined;
 }
 
 // The scan's view replaces what was known for the sources it scanned; first_seen_at survives,
 // and so does a decision (approved, rejected, the install command) while the same version is
-// still the one offered.
-async function replaceUpdates(
-  tx: Tx,
-  agentId: string,
-  sources: string[],
-  updates: PackageUpdateInput[],
-  now: Date,
-) {
+// still the one offered. An update not known before, or offered in a new version, is recorded
+// as found.
+async function replaceUpdates(tx: Tx, agentId: string, scan: AppliedScan) {
+  const { sources, updates, time: now } = scan;
   const known = await tx.packageUpdate.findMany({
     where: { agentId, source: { in: sources } },
     select: { source: true, name: true, architecture: true, firstSeenAt: true, availableVersion: true, status: true, decidedBy: true, decidedAt: true, commandId: true },
@@ -205,7 +254,29 @@ async function replaceUpdates(
       skipDuplicates: true,
     });
   }
-  await tx.agent.update({ where: { id: agentId }, data: { lastScanAt: now } });
+  const found = new Map<string, PackageUpdateInput>();
+  for (const u of updates) {
+    const key = `${u.source}\0${u.name}\0${u.architecture}`;
+    if (byKey.get(key)?.availableVersion !== u.availableVersion) found.set(key, u);
+  }
+  if (found.size > 0) {
+    await tx.updateEvent.createMany({
+      data: [...found.values()].map((u) => ({
+        agentId,
+        time: now,
+        kind: "found",
+        source: u.source,
+        name: u.name,
+        architecture: u.architecture,
+        version: u.availableVersion,
+        commandId: scan.commandId ?? null,
+      })),
+    });
+  }
+  await tx.agent.update({
+    where: { id: agentId },
+    data: { lastScanAt: now, ...(scan.rebootRequired === undefined ? {} : { rebootRequired: scan.rebootRequired }) },
+  });
 }
 
 export interface IncomingScan {
@@ -213,10 +284,12 @@ export interface IncomingScan {
   scanTime: Date;
   updates: PackageUpdateInput[];
   scannedSources: string[];
+  metrics?: MetricsInput | undefined;
 }
 
 // Applies scheduled scans in time order. A report older than the view already stored (a late
-// retry) is acknowledged without replacing the newer view, so re-sending is always safe.
+// retry) is acknowledged without replacing the newer view, so re-sending is always safe. Its
+// readings are history and are kept either way (once per report).
 export async function recordScanReports(db: Prisma, agentId: string, scans: IncomingScan[]): Promise<string[]> {
   const ordered = [...scans].sort((a, b) => a.scanTime.getTime() - b.scanTime.getTime());
   await db.$transaction(async (tx) => {
@@ -225,9 +298,19 @@ export async function recordScanReports(db: Prisma, agentId: string, scans: Inco
     let latest = agent?.last_scan_at ?? null;
     for (const scan of ordered) {
       if (latest && scan.scanTime <= latest) continue;
-      await replaceUpdates(tx, agentId, scan.scannedSources, scan.updates, scan.scanTime);
+      await replaceUpdates(tx, agentId, {
+        sources: scan.scannedSources,
+        updates: scan.updates,
+        time: scan.scanTime,
+        rebootRequired: scan.metrics?.rebootRequired,
+      });
       latest = scan.scanTime;
     }
+    await recordMetricSamples(
+      tx,
+      agentId,
+      ordered.flatMap((s) => (s.metrics ? [{ id: s.id, time: s.scanTime, metrics: s.metrics }] : [])),
+    );
   });
   return ordered.map((s) => s.id);
 }
