@@ -1,0 +1,65 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
+import { CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
+import { describe, expect, it } from "vitest";
+import { actorLabel, durationInput, heartbeatState, isPersonName, parseDurationInput } from "./agent-detail.ts";
+
+const now = Date.UTC(2026, 11, 1, 12);
+const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: string, untilMin?: number) =>
+  create(CommandInfoSchema, {
+    id: `${type}-${minutesAgo}`,
+    type,
+    state,
+    createdBy: by,
+    createTime: timestampFromMs(now - minutesAgo * 60_000),
+    result:
+      untilMin === undefined
+        ? undefined
+        : create(CommandResultSchema, { detail: { case: "heartbeat", value: { until: timestampFromMs(now + untilMin * 60_000), intervalSeconds: 5 } } }),
+  });
+
+describe("heartbeat from the command history", () => {
+  it("is off with nothing in the history", () => {
+    expect(heartbeatState([], now)).toMatchObject({ phase: "off", by: "", command: undefined });
+  });
+
+  it("follows the latest enable or disable, whatever the list order", () => {
+    const on = hb(CommandType.ENABLE_HEARTBEAT, CommandState.SUCCEEDED, 5, "ana", 5);
+    const off = hb(CommandType.DISABLE_HEARTBEAT, CommandState.PENDING, 1, "bob");
+    const scan = hb(CommandType.SCAN_UPDATES, CommandState.SUCCEEDED, 0, "carol");
+    expect(heartbeatState([on, scan], now)).toMatchObject({ phase: "on", by: "ana", byPerson: true, intervalSeconds: 5 });
+    expect(heartbeatState([on, off, scan], now)).toMatchObject({ phase: "turning-off", by: "bob" });
+  });
+
+  it("is over once the reported time has passed, and off when the enable failed", () => {
+    expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.SUCCEEDED, 30, "ana", -20)], now).phase).toBe("expired");
+    expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.TIMED_OUT, 30, "ana")], now).phase).toBe("failed");
+    expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.SENT, 1, "admin.key")], now)).toMatchObject({ phase: "turning-on", byPerson: false });
+  });
+});
+
+describe("who queued a command", () => {
+  it("tells people from keys and the control plane", () => {
+    expect(isPersonName("ana")).toBe(true);
+    expect(isPersonName("j.doe")).toBe(true);
+    expect(isPersonName("admin.key")).toBe(false);
+    expect(isPersonName("admin-key")).toBe(false);
+    expect(isPersonName("system")).toBe(false);
+    expect(actorLabel("ana")).toBe("ana");
+    expect(actorLabel("system")).toBe("the system");
+    expect(actorLabel("admin.key")).toBe("the system (admin.key)");
+  });
+});
+
+describe("duration fields", () => {
+  it("read the control plane's syntax or plain seconds, and write the shortest exact form", () => {
+    expect(parseDurationInput(" 6h ")).toBe(21_600);
+    expect(parseDurationInput("300")).toBe(300);
+    expect(parseDurationInput("soon")).toBeUndefined();
+    expect(durationInput(21_600)).toBe("6h");
+    expect(durationInput(900)).toBe("15m");
+    expect(durationInput(90)).toBe("90s");
+    expect(durationInput(172_800)).toBe("2d");
+  });
+});

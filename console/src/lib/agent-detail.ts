@@ -1,0 +1,123 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { CommandType } from "@redflag/gen/command_pb";
+import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import type { MetricSample } from "@redflag/gen/report_service_pb";
+import { parseDuration } from "./format.ts";
+
+// Helpers for the agent detail page that need no component: who queued a command, what the
+// command history says about heartbeat, and the readings as sparkline points.
+
+// Commands record who queued them by name: a username for people (sessions and personal API
+// tokens), the key's name for the bootstrap admin key ("admin.key"), and names such as
+// "system" for what the control plane does on its own. Usernames never say "key" at the end
+// by convention, so a name ending in ".key"/"-key" is taken as a key.
+const NON_PEOPLE = new Set(["", "system", "scheduler", "control-plane", "anonymous"]);
+export function isPersonName(name: string): boolean {
+  return !NON_PEOPLE.has(name) && !/[.\-_]key$/.test(name) && name !== "key";
+}
+
+// "ana", or "the system (admin.key)" for keys and the control plane itself.
+export function actorLabel(name: string): string {
+  if (isPersonName(name)) return name;
+  if (name === "" || name === "system") return "the system";
+  return `the system (${name})`;
+}
+
+// Subsystem names as people know them; unknown ones as they are.
+const SUBSYSTEM_LABELS: Record<string, string> = {
+  apt: "APT",
+  dnf: "DNF",
+  zypper: "Zypper",
+  pacman: "pacman",
+  snap: "Snap",
+  flatpak: "Flatpak",
+  brew: "Homebrew",
+  winget: "winget",
+  windows_update: "Windows Update",
+  docker: "Docker images",
+  system: "System metrics",
+  storage: "Storage",
+};
+export const subsystemLabel = (name: string) => SUBSYSTEM_LABELS[name] ?? name;
+
+export type HeartbeatPhase = "on" | "off" | "turning-on" | "turning-off" | "expired" | "failed";
+
+export interface HeartbeatState {
+  phase: HeartbeatPhase;
+  // The command that decided it (the latest enable or disable), if any.
+  command: CommandInfo | undefined;
+  // Who queued that command; "" when there is none.
+  by: string;
+  byPerson: boolean;
+  until: Date | undefined;
+  intervalSeconds: number;
+}
+
+const HEARTBEAT_TYPES = new Set([CommandType.ENABLE_HEARTBEAT, CommandType.DISABLE_HEARTBEAT]);
+const createdMs = (c: CommandInfo) => (c.createTime ? timestampDate(c.createTime).getTime() : 0);
+
+// Rapid polling as the command history tells it: the latest enable or disable decides, and an
+// enable is on only once the agent confirmed it and until the time it reported.
+export function heartbeatState(commands: readonly CommandInfo[], now = Date.now()): HeartbeatState {
+  const latest = commands.filter((c) => HEARTBEAT_TYPES.has(c.type)).sort((a, b) => createdMs(b) - createdMs(a))[0];
+  const base = { command: latest, by: latest?.createdBy ?? "", byPerson: latest ? isPersonName(latest.createdBy) : false, until: undefined, intervalSeconds: 0 };
+  if (!latest) return { ...base, phase: "off" };
+  const enable = latest.type === CommandType.ENABLE_HEARTBEAT;
+  if (latest.state === CommandState.PENDING || latest.state === CommandState.SENT) return { ...base, phase: enable ? "turning-on" : "turning-off" };
+  if (!enable) return { ...base, phase: latest.state === CommandState.SUCCEEDED ? "off" : "failed" };
+  if (latest.state !== CommandState.SUCCEEDED) return { ...base, phase: "failed" };
+  const detail = latest.result?.detail;
+  const hb = detail?.case === "heartbeat" ? detail.value : undefined;
+  const until = hb?.until ? timestampDate(hb.until) : undefined;
+  const state = { ...base, until, intervalSeconds: hb?.intervalSeconds ?? 0 };
+  if (!until || until.getTime() <= now) return { ...state, phase: "expired" };
+  return { ...state, phase: "on" };
+}
+
+// A duration field: "10m", "6h", "90s", "2d", or plain seconds ("300"). Undefined when it is
+// not one.
+export function parseDurationInput(text: string): number | undefined {
+  const t = text.trim();
+  if (/^\d+$/.test(t)) return Number(t);
+  return parseDuration(t);
+}
+
+// Seconds as the shortest exact duration text the form accepts: 21600 → "6h", 90 → "90s".
+export function durationInput(seconds: number): string {
+  for (const [unit, size] of [["d", 86_400], ["h", 3600], ["m", 60]] as const) {
+    if (seconds >= size && seconds % size === 0) return `${seconds / size}${unit}`;
+  }
+  return `${seconds}s`;
+}
+
+export interface Point {
+  time: Date;
+  value: number;
+}
+
+const sampleTime = (s: MetricSample) => (s.time ? timestampDate(s.time) : new Date(0));
+
+export const cpuPoints = (samples: readonly MetricSample[]): Point[] =>
+  samples.flatMap((s) => (s.system ? [{ time: sampleTime(s), value: s.system.cpuUsagePercent }] : []));
+
+export const memoryPoints = (samples: readonly MetricSample[]): Point[] =>
+  samples.flatMap((s) =>
+    s.system && s.system.memoryTotalBytes > 0n ? [{ time: sampleTime(s), value: (Number(s.system.memoryUsedBytes) / Number(s.system.memoryTotalBytes)) * 100 }] : [],
+  );
+
+// Used share of each mounted file system over time, by mount point, in the order of the latest
+// reading.
+export function diskPoints(samples: readonly MetricSample[]): { mount: string; points: Point[] }[] {
+  const byMount = new Map<string, Point[]>();
+  for (const s of samples) {
+    for (const d of s.storage?.disks ?? []) {
+      if (d.sizeBytes === 0n) continue;
+      const list = byMount.get(d.mountPoint) ?? [];
+      list.push({ time: sampleTime(s), value: (Number(d.usedBytes) / Number(d.sizeBytes)) * 100 });
+      byMount.set(d.mountPoint, list);
+    }
+  }
+  const latest = samples.findLast((s) => s.storage)?.storage?.disks.map((d) => d.mountPoint) ?? [];
+  const order = [...new Set([...latest, ...byMount.keys()])];
+  return order.filter((m) => byMount.has(m)).map((mount) => ({ mount, points: byMount.get(mount)! }));
+}
