@@ -10,7 +10,7 @@ import { renderWithApi } from "../../lib/testing/api.ts";
 import { navigations } from "../../lib/testing/app-navigation.ts";
 import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
 import Activity from "./+page.svelte";
-import { AGENTS, ago, command, DB, EventFeed, signIn, WEB } from "./fixtures.ts";
+import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "./fixtures.ts";
 
 const INSTALL = "11111111-1111-4111-8111-111111111111";
 const SCAN = "22222222-2222-4222-8222-222222222222";
@@ -42,7 +42,7 @@ function server(opts: { feed: EventFeed; commands?: CommandInfo[]; watch?: (req:
       cancelCommand(req) {
         const c = commands.find((x) => x.id === req.id)!;
         if (c.state !== CommandState.PENDING) throw new ConnectError(`command ${req.id} is sent; only a pending command can be cancelled`, Code.FailedPrecondition);
-        const cancelled = command({ ...c, state: CommandState.CANCELLED, finishTime: ago(0) });
+        const cancelled = evolve(c, { state: CommandState.CANCELLED, finishTime: ago(0) });
         commands = commands.map((x) => (x.id === c.id ? cancelled : x));
         return { command: cancelled };
       },

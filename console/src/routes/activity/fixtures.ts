@@ -22,6 +22,12 @@ export function signIn(role: Role, username = "ana") {
 export const command = (init: MessageInitShape<typeof CommandInfoSchema>): CommandInfo =>
   create(CommandInfoSchema, { createTime: ago(60_000), createdBy: "ana", ...init });
 
+// The same command, later: `changes` may hold plain inits (a result) as create() takes them.
+export function evolve(base: CommandInfo, changes: MessageInitShape<typeof CommandInfoSchema>): CommandInfo {
+  const { $typeName: _, ...fields } = base;
+  return create(CommandInfoSchema, { ...fields, ...(changes as object) } as MessageInitShape<typeof CommandInfoSchema>);
+}
+
 type Event = MessageInitShape<typeof WatchEventsResponseSchema>;
 
 // A WatchEvents stream as the server sends it: a keepalive at once, then whatever the test
