@@ -237,14 +237,15 @@ describe("the Updates page", () => {
     renderWithApi(Updates, routes);
     expect((await screen.findByTestId("total")).textContent).toContain("4 updates in the fleet");
     await fireEvent.click(screen.getByRole("button", { name: "Select every update in the fleet (4)" }));
-    await fireEvent.click(screen.getByTestId("bulk-approve"));
-    const ask = screen.getByRole("group", { name: "Approve every pending update in the fleet?" });
+    await fireEvent.click(screen.getByRole("button", { name: "Approve" }));
+    const ask = screen.getByRole("group", { name: "Approve" });
+    expect(ask.textContent).toContain("Approve every pending update in the fleet?");
     expect(approvals).toEqual([]);
     // Backing out sends nothing.
     await fireEvent.click(within(ask).getByRole("button", { name: "Cancel" }));
     expect(approvals).toEqual([]);
-    await fireEvent.click(screen.getByTestId("bulk-approve"));
-    await fireEvent.click(within(screen.getByRole("group", { name: "Approve every pending update in the fleet?" })).getByRole("button", { name: "Approve" }));
+    await fireEvent.click(screen.getByRole("button", { name: "Approve" }));
+    await fireEvent.click(within(screen.getByRole("group", { name: "Approve" })).getByRole("button", { name: "Approve" }));
     await waitFor(() => expect(approvals.length).toBe(1));
     expect(approvals[0]!.selection).toMatchObject({ all: true, keys: [], agentIds: [], severities: [], source: "", packageName: "", group: "", tag: "", securityOnly: false });
     await waitFor(() => expect(texts()).toEqual(["2 approved, 1 held and left as they were"]));
@@ -255,8 +256,11 @@ describe("the Updates page", () => {
     const { routes, rejections } = server();
     renderWithApi(Updates, routes);
     await fireEvent.click(await screen.findByRole("button", { name: "Select all 1 update matching these filters" }));
-    await fireEvent.click(screen.getByTestId("bulk-reject"));
-    await fireEvent.click(within(screen.getByRole("group", { name: "Reject the 1 update matching these filters?" })).getByRole("button", { name: "Reject" }));
+    await fireEvent.click(screen.getByRole("button", { name: "Reject" }));
+    const ask = screen.getByRole("group", { name: "Reject" });
+    expect(ask.textContent).toContain("Reject the 1 update matching these filters?");
+    expect(rejections).toEqual([]);
+    await fireEvent.click(within(ask).getByRole("button", { name: "Reject" }));
     await waitFor(() => expect(rejections.length).toBe(1));
     expect(rejections[0]!.selection).toMatchObject({ all: false, keys: [], source: "apt", severities: [UpdateSeverity.CRITICAL] });
     await waitFor(() => expect(texts()).toEqual(["1 rejected"]));
@@ -269,7 +273,7 @@ describe("the Updates page", () => {
     await pick("web-1", "openssl");
     await pick("web-1", "linux-image-amd64");
     expect(screen.getByTestId("bulk").textContent).toContain("2 selected updates");
-    await fireEvent.click(screen.getByTestId("bulk-approve"));
+    await fireEvent.click(screen.getByRole("button", { name: "Approve" }));
     await waitFor(() => expect(texts()).toEqual(["1 approved, 1 held and left as they were"]));
     expect(approvals[0]!.selection?.keys.map((k) => `${k.agentId}/${k.source}/${k.name}/${k.architecture}`)).toEqual([
       `${WEB}/apt/openssl/amd64`,
@@ -289,7 +293,7 @@ describe("the Updates page", () => {
     await screen.findByTestId("total");
     await pick("web-1", "openssl");
     await pick("db-1", "openssl");
-    await fireEvent.click(screen.getByTestId("bulk-install"));
+    await fireEvent.click(screen.getByRole("button", { name: "Approve & install" }));
     await waitFor(() => expect(texts()).toEqual(["Queued 2 install commands for 2 packages"]));
     expect(installs[0]).toMatchObject({ approve: true });
     expect(installs[0]!.selection?.keys).toHaveLength(2);
@@ -302,7 +306,7 @@ describe("the Updates page", () => {
     renderWithApi(Updates, routes);
     await screen.findByTestId("total");
     await pick("db-1", "openssl");
-    await fireEvent.click(screen.getByTestId("bulk-approve"));
+    await fireEvent.click(screen.getByRole("button", { name: "Approve" }));
     expect((await screen.findByRole("alert")).textContent).toBe("Not allowed: ApproveUpdates needs the operator role; ana acts as viewer");
     expect(texts()).toEqual([]);
     expect(lists.length).toBe(1);
@@ -355,7 +359,9 @@ describe("the Updates page", () => {
     expect(within(preview).getByTestId("dry-run-removals").textContent).toContain("This would remove 1 package");
     await fireEvent.click(within(preview).getByRole("button", { name: "Confirm and install exactly these" }));
     expect(created.length).toBe(1);
-    await fireEvent.click(within(within(preview).getByRole("group", { name: "This also removes 1 package from web-1. Install exactly these changes?" })).getByRole("button", { name: "Install and remove" }));
+    const ask = within(preview).getByRole("group", { name: "Confirm and install exactly these" });
+    expect(ask.textContent).toContain("This also removes 1 package from web-1. Install exactly these changes?");
+    await fireEvent.click(within(ask).getByRole("button", { name: "Install and remove" }));
     await waitFor(() => expect(created.length).toBe(2));
     expect((created[1]!.action.value as { changes: PackageChange[] }).changes).toEqual([...CHANGES, removal]);
   });
@@ -412,7 +418,9 @@ describe("the Updates page", () => {
 
     await fireEvent.click(within(holds).getByRole("button", { name: "Remove the hold on linux-image-* (every host)" }));
     expect(holdsRemoved).toEqual([]);
-    await fireEvent.click(within(within(holds).getByRole("group", { name: "Remove this hold? linux-image-* can be updated again." })).getByRole("button", { name: "Remove" }));
+    const ask = within(holds).getByRole("group", { name: "Remove the hold on linux-image-* (every host)" });
+    expect(ask.textContent).toContain("Remove this hold? linux-image-* can be updated again.");
+    await fireEvent.click(within(ask).getByRole("button", { name: "Remove" }));
     await waitFor(() => expect(holdsRemoved).toEqual([HOLD]));
     await waitFor(() => expect(within(holds).getAllByTestId("hold")).toHaveLength(1));
   });
