@@ -127,6 +127,7 @@ describe("the dashboard", () => {
     expect(screen.getByTestId("pending-low").closest("a")?.getAttribute("href")).toBe("/updates?severity=low");
     expect(screen.getByTestId("pending-total").textContent).toBe("18");
     expect(screen.getByTestId("security-updates").textContent).toBe("7");
+    expect(screen.getByTestId("security-updates").closest("a")?.getAttribute("href")).toBe("/updates?security=1");
 
     expect(screen.getByTestId("reboot-count").textContent).toBe("1");
     const reboot = screen.getByTestId("reboot-host");

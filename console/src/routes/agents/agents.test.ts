@@ -143,7 +143,7 @@ describe("the agents page", () => {
     const first = rows[1]!;
     expect(within(first).getByRole("link", { name: "web-db-1" }).getAttribute("href")).toBe(`/agents/${id(1)}`);
     expect(within(first).getByText("1 h ago").getAttribute("title")).toBeTruthy();
-    expect(within(first).getByTestId("pending").textContent).toContain("7");
+    expect(within(first).getByRole("link", { name: "7 pending updates on web-db-1" }).getAttribute("href")).toBe(`/updates?agent=${id(1)}`);
     expect(within(first).getByTestId("security").textContent).toBe("2 security");
     expect(within(rows[0]!).getByTestId("pending").textContent?.trim()).toBe("not scanned");
     expect(within(rows[0]!).getByText("3 min ago")).toBeTruthy();
