@@ -19,7 +19,10 @@ import { Role } from "@redflag/gen/identity_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
+import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import path from "node:path";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { prune } from "../src/scheduler.ts";
 import { sweepTimedOut } from "../src/store/commands.ts";
@@ -282,6 +285,23 @@ describe.each(availableBackends)("ReportService on %s", (backend: Backend) => {
     const anonymous = createClient(ReportService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
     await expectCode(anonymous.getFleetOverview({}), Code.Unauthenticated);
     await expectCode(anonymous.listAgentMetrics({ agentId: db.agentId }), Code.Unauthenticated);
+  });
+
+  it("prints the overview and an agent's readings with the CLI, as tables or JSON", async () => {
+    const main = path.resolve(import.meta.dirname, "../src/cli/main.ts");
+    const cli = async (...args: string[]) => (await promisify(execFile)(process.execPath, [main, "--server", cp.url, "--api-key", cp.adminKey, ...args])).stdout;
+    const text = await cli("report", "--days", "3");
+    expect(text).toMatch(/^agents: 5 \(2 online, 1 offline, 1 stale, 1 never reported, 1 decommissioned\)\n/);
+    expect(text).toContain("pending updates: 7, 4 security, on 2 agent(s): 2 critical, 1 important, 1 security, 2 low, 1 unknown\n");
+    expect(text).toContain("needs a reboot: 1\n");
+    expect(text).toMatch(/\nrecent failures:\nFINISHED .*\n\S+Z +\S+ +\S+ +collect_specs +timed_out\n/);
+    expect(text.match(/^\d{4}-\d\d-\d\d /gm)).toHaveLength(3);
+    expect(JSON.parse(await cli("--json", "report")).daily).toHaveLength(14);
+
+    const metrics = await cli("agents", "metrics", db.agentId);
+    expect(metrics.split("\n")[0]).toMatch(/^TIME +CPU +MEMORY +LOAD +FULLEST DISK +REBOOT$/);
+    expect(metrics).toMatch(/12\.5% of 4 +3\.0 GiB \/ 8\.0 GiB +0\.50 0\.40 0\.30 +\/ 40% of 100\.0 GiB +needed\n/);
+    expect(JSON.parse(await cli("--json", "agents", "metrics", db.agentId, "--limit", "1")).samples).toHaveLength(1);
   });
 
   it("prunes readings by retention_metrics and update history with the commands", async () => {

@@ -31,6 +31,7 @@ import {
   SetAgentLabelsResponseSchema,
 } from "@redflag/gen/fleet_service_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
+import { GetFleetOverviewResponseSchema, ListAgentMetricsResponseSchema, ReportService } from "@redflag/gen/report_service_pb";
 import {
   CreateRegistrationTokenResponseSchema,
   ListRegistrationTokensResponseSchema,
@@ -70,7 +71,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { parseDuration } from "../duration.ts";
-import { ago, enumName, table } from "./output.ts";
+import { ago, enumName, size, table } from "./output.ts";
 
 interface GlobalOptions {
   server: string;
@@ -137,6 +138,7 @@ async function clients() {
     updates: createClient(UpdateService, transport),
     settings: createClient(SettingsService, transport),
     security: createClient(SecurityService, transport),
+    reports: createClient(ReportService, transport),
   };
 }
 
@@ -401,6 +403,41 @@ agents
       ),
     );
     if (res.config!.holds.length > 0) process.stdout.write(`holds: ${res.config!.holds.map((h) => `${h.source}:${h.name}`).join(", ")}\n`);
+  });
+
+agents
+  .command("metrics")
+  .description("an agent's CPU, memory, load and disk readings over time, oldest first")
+  .argument("<id>", "agent ID")
+  .option("--since <duration>", "readings of the last …, for example 24h (default 7d)", seconds)
+  .option("--limit <n>", "at most this many, the newest (default 288, at most 1000)", positiveInt)
+  .action(async (id: string, o: { since?: number; limit?: number }) => {
+    const res = await (await clients()).reports.listAgentMetrics({
+      agentId: id,
+      since: o.since ? timestampFromDate(new Date(Date.now() - o.since * 1000)) : undefined,
+      limit: o.limit ?? 0,
+    });
+    if (json()) return printJson(ListAgentMetricsResponseSchema, res);
+    process.stdout.write(
+      table(
+        ["TIME", "CPU", "MEMORY", "LOAD", "FULLEST DISK", "REBOOT"],
+        res.samples.map((s) => {
+          const sys = s.system;
+          // The disk with the highest share used: the one to watch.
+          const disk = s.storage?.disks
+            .filter((d) => d.sizeBytes > 0n)
+            .sort((a, b) => Number(b.usedBytes) / Number(b.sizeBytes) - Number(a.usedBytes) / Number(a.sizeBytes))[0];
+          return [
+            time(s.time)!.toISOString(),
+            sys ? `${sys.cpuUsagePercent.toFixed(1)}% of ${sys.cpuCores}` : "",
+            sys ? `${size(sys.memoryUsedBytes)} / ${size(sys.memoryTotalBytes)}` : "",
+            sys ? sys.loadAverage.map((l) => l.toFixed(2)).join(" ") : "",
+            disk ? `${disk.mountPoint} ${Math.round((Number(disk.usedBytes) / Number(disk.sizeBytes)) * 100)}% of ${size(disk.sizeBytes)}` : "",
+            sys?.rebootRequired ? "needed" : "",
+          ];
+        }),
+      ),
+    );
   });
 
 // ---- commands
@@ -1179,6 +1216,46 @@ program
         ["TIME", "ACTOR", "ACTION", "TARGET", "FROM", "OUTCOME"],
         res.entries.map((e) => [time(e.time)!.toISOString(), `${e.actorName} (${e.actorKind.replace("_", " ")})`, e.action.replace(/^redflag\.v1\./, ""), e.target, e.remoteAddr, e.outcome]),
       ),
+    );
+  });
+
+// ---- reports
+program
+  .command("report")
+  .description("the fleet now: health, pending updates, reboots, recent failures, and daily history")
+  .option("--days <n>", "days of history, counting today (default 14, at most 90)", positiveInt)
+  .action(async (o: { days?: number }) => {
+    const r = await (await clients()).reports.getFleetOverview({ days: o.days ?? 0 });
+    if (json()) return printJson(GetFleetOverviewResponseSchema, r);
+    const health = r.health.map((h) => `${h.count} ${enumName(AgentHealth, h.health).replace("_", " ")}`).join(", ");
+    const severities = r.pendingBySeverity.map((s) => `${s.count} ${enumName(UpdateSeverity, s.severity)}`).join(", ");
+    const day = (t: Parameters<typeof time>[0]) => time(t)!.toISOString().slice(0, 10);
+    const labels = (rows: { label: string; count: number }[]) => rows.map((l) => [l.label, String(l.count)]);
+    process.stdout.write(
+      `agents: ${r.totalAgents} (${health})
+` +
+        `pending updates: ${r.pendingUpdates}, ${r.securityUpdates} security, on ${r.agentsWithUpdates} agent(s)${severities ? `: ${severities}` : ""}
+` +
+        `needs a reboot: ${r.rebootRequiredCount}${r.rebootRequiredCount > r.rebootRequired.length ? ` (first ${r.rebootRequired.length} shown)` : ""}
+` +
+        (r.rebootRequired.length > 0 ? table(["HOSTNAME", "ID", "HEALTH"], r.rebootRequired.map((a) => [a.hostname, a.id, enumName(AgentHealth, a.health).replace("_", " ")])) : "") +
+        `
+recent failures:
+` +
+        table(
+          ["FINISHED", "COMMAND", "AGENT", "TYPE", "STATE", "MESSAGE"],
+          r.recentFailures.map((c) => [time(c.finishTime)?.toISOString() ?? "", c.id, c.agentId, enumName(CommandType, c.type), enumName(CommandState, c.state), c.result?.message ?? ""]),
+        ) +
+        `
+daily (UTC):
+` +
+        table(
+          ["DAY", "FOUND", "INSTALLED", "INSTALL FAILED", "COMMANDS OK", "COMMANDS FAILED"],
+          r.daily.map((d) => [day(d.day), d.updatesFound, d.updatesInstalled, d.updatesFailed, d.commandsSucceeded, d.commandsFailed].map(String)),
+        ) +
+        `
+${table(["OS", "AGENTS"], labels(r.agentsByOs))}
+${table(["AGENT VERSION", "AGENTS"], labels(r.agentsByVersion))}`,
     );
   });
 

@@ -21,3 +21,15 @@ export function ago(date: Date | undefined, now = new Date()): string {
 export function enumName(values: Record<number, string>, value: number): string {
   return (values[value] ?? String(value)).toLowerCase();
 }
+
+// Bytes in binary units for tables: 1536 → "1.5 KiB".
+export function size(bytes: bigint | number): string {
+  let n = Number(bytes);
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}
