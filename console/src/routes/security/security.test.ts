@@ -121,13 +121,15 @@ describe("the security page", () => {
     await screen.findByTestId("active-fingerprint");
     await fireEvent.change(screen.getByLabelText("Grace period"), { target: { value: String(30 * 86_400) } });
     await fireEvent.click(screen.getByRole("button", { name: "Rotate signing key" }));
-    expect(screen.getByText("Rotate now? Agents that do not poll within 30 days must be registered again.")).toBeTruthy();
+    const dialog = screen.getByRole("dialog", { name: "Rotate the signing key now?" });
+    expect(dialog.textContent).toContain("Agents that do not poll within 30 days must be registered again.");
     expect(server.rotations).toEqual([]);
-    await fireEvent.click(screen.getByRole("button", { name: "Cancel" }));
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Cancel" }));
+    expect(screen.queryByRole("dialog")).toBeNull();
     expect(server.rotations).toEqual([]);
 
     await fireEvent.click(screen.getByRole("button", { name: "Rotate signing key" }));
-    await fireEvent.click(screen.getByRole("button", { name: "Yes, rotate" }));
+    await fireEvent.click(within(screen.getByRole("dialog")).getByRole("button", { name: "Rotate the key" }));
     expect((await screen.findByTestId("new-fingerprint")).textContent).toBe(FP2);
     expect(server.rotations).toEqual([BigInt(30 * 86_400)]);
     expect(screen.getByTestId("rotation").textContent).toContain(FP1);

@@ -135,7 +135,7 @@ describe("API tokens in settings", () => {
     const row = await screen.findByTestId("api-token");
     expect(row.textContent).toContain("2 h ago");
     await fireEvent.click(within(row).getByRole("button", { name: "Revoke API token nightly report" }));
-    await fireEvent.click(within(row).getByRole("button", { name: "Yes, revoke" }));
+    await fireEvent.click(within(screen.getByRole("dialog", { name: "Revoke the API token “nightly report”?" })).getByRole("button", { name: "Revoke API token" }));
     await waitFor(() => expect(screen.getByTestId("api-token").dataset.state).toBe("revoked"));
     expect(within(screen.getByTestId("api-token")).queryByRole("button", { name: /Revoke/ })).toBeNull();
   });

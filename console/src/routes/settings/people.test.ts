@@ -144,12 +144,13 @@ describe("people in settings", () => {
     await waitFor(() => expect(screen.getAllByTestId("person")).toHaveLength(3));
     await fireEvent.click(within(row("bo")).getByRole("button", { name: "Disable bo" }));
     expect(server.users[1]!.disabled).toBe(false);
-    expect(row("bo").textContent).toContain("They are signed out at once");
-    await fireEvent.click(within(row("bo")).getByRole("button", { name: "Yes, disable" }));
+    const dialog = screen.getByRole("dialog", { name: "Disable bo?" });
+    expect(dialog.textContent).toContain("They are signed out at once");
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Disable" }));
     await waitFor(() => expect(row("bo").textContent).toContain("disabled"));
     expect(server.users[1]!.disabled).toBe(true);
     await fireEvent.click(within(row("bo")).getByRole("button", { name: "Enable bo" }));
-    await fireEvent.click(within(row("bo")).getByRole("button", { name: "Yes, enable" }));
+    await fireEvent.click(within(screen.getByRole("dialog", { name: "Enable bo?" })).getByRole("button", { name: "Enable" }));
     await waitFor(() => expect(within(row("bo")).getByRole("button", { name: "Disable bo" })).toBeTruthy());
   });
 

@@ -202,14 +202,19 @@ describe("the registration tokens page", () => {
     expect(row.textContent).toContain("2 / 5");
     expect(within(row).queryByRole("button", { name: /Delete/ })).toBeNull();
 
-    await fireEvent.click(within(row).getByRole("button", { name: "Revoke token rfreg_ab12cd" }));
-    expect(within(row).getByText(/Revoke rfreg_ab12cd\?/)).toBeTruthy();
-    expect(document.activeElement).toBe(within(row).getByRole("button", { name: "Yes, revoke" }));
-    await fireEvent.click(within(row).getByRole("button", { name: "Cancel" }));
+    const revokeButton = within(row).getByRole("button", { name: "Revoke token rfreg_ab12cd" });
+    revokeButton.focus();
+    await fireEvent.click(revokeButton);
+    const dialog = screen.getByRole("dialog", { name: "Revoke token rfreg_ab12cd?" });
+    expect(dialog.textContent).toContain("No more machines can enrol with it (office laptops)");
+    await waitFor(() => expect(document.activeElement).toBe(within(dialog).getByRole("button", { name: "Revoke token" })));
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Cancel" }));
+    expect(screen.queryByRole("dialog")).toBeNull();
+    expect(document.activeElement).toBe(revokeButton);
     expect(server.calls).not.toContain("revoke");
 
     await fireEvent.click(within(row).getByRole("button", { name: "Revoke token rfreg_ab12cd" }));
-    await fireEvent.click(within(row).getByRole("button", { name: "Yes, revoke" }));
+    await fireEvent.click(within(screen.getByRole("dialog")).getByRole("button", { name: "Revoke token" }));
     await waitFor(() => expect(screen.getByTestId("token").dataset.state).toBe("revoked"));
     expect(server.calls.filter((c) => c === "list")).toHaveLength(1);
     expect(notices.list.at(-1)?.text).toBe("Token rfreg_ab12cd revoked; it can enrol no more machines.");
@@ -217,7 +222,7 @@ describe("the registration tokens page", () => {
     expect(within(revoked).queryByRole("button", { name: /Revoke token/ })).toBeNull();
 
     await fireEvent.click(within(revoked).getByRole("button", { name: "Delete token rfreg_ab12cd" }));
-    await fireEvent.click(within(revoked).getByRole("button", { name: "Yes, delete" }));
+    await fireEvent.click(within(screen.getByRole("dialog", { name: "Delete token rfreg_ab12cd?" })).getByRole("button", { name: "Delete token" }));
     await waitFor(() => expect(screen.queryByTestId("token")).toBeNull());
     expect(server.tokens).toEqual([]);
   });
@@ -228,7 +233,7 @@ describe("the registration tokens page", () => {
     const row = await screen.findByTestId("token");
     server.tokens.length = 0; // deleted meanwhile, elsewhere
     await fireEvent.click(within(row).getByRole("button", { name: "Revoke token rfreg_ab12cd" }));
-    await fireEvent.click(within(row).getByRole("button", { name: "Yes, revoke" }));
+    await fireEvent.click(within(screen.getByRole("dialog")).getByRole("button", { name: "Revoke token" }));
     expect((await screen.findByRole("alert")).textContent).toBe(
       "Could not revoke rfreg_ab12cd: registration token 11111111-1111-4111-8111-111111111111 does not exist",
     );
