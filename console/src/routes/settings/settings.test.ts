@@ -170,7 +170,7 @@ describe("the operation settings", () => {
     const error = document.getElementById(field("poll_interval").getAttribute("aria-describedby")!.split(" ").at(-1)!)!;
     expect(error.textContent).toBe("poll_interval must be at least 10s");
     expect(field("command_timeout").getAttribute("aria-invalid")).toBeNull();
-    expect(screen.getByText("Nothing was saved: correct the settings marked below.")).toBeTruthy();
+    expect(screen.getByText("Nothing was saved: each refused setting says why, by its field.")).toBeTruthy();
     // Nothing changed on the server; the edits are still there, marked unsaved.
     expect(server.stored).toEqual({});
     expect(field("poll_interval").value).toBe("5s");
