@@ -138,10 +138,12 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
 
 async function writeAdminKeyIfNew(db: Database, dataDir: string, logger: Logger) {
   const file = path.join(dataDir, "admin.key");
-  const secret = await ensureBootstrapAdminKey(db.prisma);
-  if (secret) {
-    await writeFile(file, secret + "\n", { mode: 0o600 });
+  const key = await ensureBootstrapAdminKey(db.prisma);
+  if (key.state === "created") {
+    await writeFile(file, key.secret + "\n", { mode: 0o600 });
     logger.info({ file }, "created the admin API key; scripts read it with: redflag --api-key-file " + file);
+  } else if (key.state === "revoked") {
+    logger.info({ revokedAt: key.revokedAt.toISOString() }, "the admin API key is revoked; sign in as a person or use a personal API token");
   } else {
     logger.info({ file }, "admin API key already exists");
   }

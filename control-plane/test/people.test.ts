@@ -239,6 +239,9 @@ describe("people", () => {
         if (method.name === "Logout") continue;
         const access = policyFor(service.typeName, method.name)!;
         for (const caller of callers) {
+          // RevokeAdminKey succeeds on empty input and would end the admin key used by later
+          // callers: only those it must refuse call it here (security.test.ts covers admins).
+          if (method.name === "RevokeAdminKey" && caller.role === "admin") continue;
           const client = createClient(service, as(caller.secret)) as unknown as Record<string, (req: object) => Promise<unknown>>;
           const err = await client[method.localName]!({}).then(() => undefined, (e: unknown) => ConnectError.from(e));
           const denied =

@@ -1,12 +1,19 @@
 import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
+import { Role } from "@redflag/gen/identity_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
+import { UserService } from "@redflag/gen/user_service_pb";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fromBinary } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { loadConfig } from "../src/config.ts";
 import { reloadSigningKeys } from "../src/services/security-service.ts";
+import { ensureBootstrapAdminKey } from "../src/store/bootstrap.ts";
 import { verify } from "../src/signing/keys.ts";
 import { loadMasterKey } from "../src/signing/master-key.ts";
 import { KEY_SET_TYPE, pae } from "../src/signing/pae.ts";
@@ -86,5 +93,63 @@ describe("signing-key rotation", () => {
     expect(fromBinary(TrustedKeySetSchema, after.keySet!.keySet).keys.map((k) => k.keyId)).toEqual([newId]);
     expect(after.keySet!.signatures.map((s) => s.keyId)).toEqual([newId]);
     expect((await security.getSecurityOverview({})).signingKeys.find((k) => k.keyId === oldId)?.state).toBe("retired");
+  });
+});
+
+describe("revoking the admin key", () => {
+  let rp: TestControlPlane;
+  beforeAll(async () => {
+    rp = await startTestControlPlane();
+  });
+  afterAll(async () => {
+    await rp?.close();
+  });
+  const as = (secret: string) => createConnectTransport({ baseUrl: rp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${secret}` })] });
+  const securityAs = (secret: string) => createClient(SecurityService, as(secret));
+
+  it("refuses while no admin person exists, so a fresh install cannot lock itself out", async () => {
+    await expect(securityAs(rp.adminKey).revokeAdminKey({})).rejects.toMatchObject({ code: Code.FailedPrecondition, rawMessage: expect.stringMatching(/^no enabled admin person exists/) });
+    expect((await securityAs(rp.adminKey).getSecurityOverview({})).adminKeyActive).toBe(true);
+  });
+
+  it("stops the key at once for an admin, records it, refuses a second time and operators", async () => {
+    const anon = createClient(AuthService, createConnectTransport({ baseUrl: rp.url, httpVersion: "1.1" }));
+    const admin = (await anon.setup({ username: "ada", password: "a passphrase for the first admin" })).sessionToken;
+    await createClient(UserService, as(admin)).createUser({ username: "otto", password: "an operator passphrase", role: Role.OPERATOR });
+    const operator = (await anon.login({ username: "otto", password: "an operator passphrase" })).sessionToken;
+    await expect(securityAs(operator).revokeAdminKey({})).rejects.toMatchObject({ code: Code.PermissionDenied, rawMessage: "RevokeAdminKey needs the admin role; otto acts as operator" });
+
+    // Warm the principal cache: the revocation must clear it.
+    await securityAs(rp.adminKey).getSecurityOverview({});
+    const res = await securityAs(admin).revokeAdminKey({});
+    expect(timestampDate(res.revokeTime!).getTime()).toBeGreaterThan(Date.now() - 60_000);
+    await expect(securityAs(rp.adminKey).getSecurityOverview({})).rejects.toMatchObject({ code: Code.Unauthenticated, rawMessage: "the API token is not valid (unknown or revoked)" });
+    const o = await securityAs(admin).getSecurityOverview({});
+    expect(o.adminKeyActive).toBe(false);
+    expect(o.eventCounts.find((c) => c.type === "admin_key_revoked")).toMatchObject({ last24h: 1 });
+
+    const audit = await createClient(AuditService, as(admin)).listAuditEntries({ action: "SecurityService/RevokeAdminKey" });
+    expect(audit.entries).toHaveLength(1);
+    expect(audit.entries[0]).toMatchObject({ actorName: "ada", actorKind: "session", target: "admin-key", outcome: "ok" });
+    expect(JSON.parse(audit.entries[0]!.afterJson)).toMatchObject({ active: false });
+    const events = await securityAs(admin).listSecurityEvents({ type: "admin_key_revoked" });
+    expect(events.events).toHaveLength(1);
+    expect(events.events[0]).toMatchObject({ severity: "info", message: "the bootstrap admin key was revoked by ada" });
+    expect(JSON.parse(events.events[0]!.detailJson)).toEqual({ by: "ada", actorKind: "session" });
+
+    await expect(securityAs(admin).revokeAdminKey({})).rejects.toMatchObject({ code: Code.FailedPrecondition, rawMessage: "the admin key is already revoked" });
+  });
+
+  it("stays revoked after a restart, and no new admin.key is written", async () => {
+    const file = path.join(rp.dataDir, "admin.key");
+    const before = await readFile(file, "utf8");
+    rp = await rp.restart();
+    expect(await readFile(file, "utf8")).toBe(before);
+    expect(rp.adminKey).toBe(before.trim());
+    await expect(securityAs(rp.adminKey).getSecurityOverview({})).rejects.toMatchObject({ code: Code.Unauthenticated });
+    expect(await rp.app.db.prisma.apiKey.count({ where: { kind: "bootstrap" } })).toBe(1);
+    expect(await ensureBootstrapAdminKey(rp.app.db.prisma)).toMatchObject({ state: "revoked" });
+    const admin = (await createClient(AuthService, createConnectTransport({ baseUrl: rp.url, httpVersion: "1.1" })).login({ username: "ada", password: "a passphrase for the first admin" })).sessionToken;
+    expect((await securityAs(admin).getSecurityOverview({})).adminKeyActive).toBe(false);
   });
 });

@@ -41,7 +41,7 @@ import {
 } from "@redflag/gen/token_service_pb";
 import { ApiTokenService, type ApiToken, CreateApiTokenResponseSchema, ListApiTokensResponseSchema, RevokeApiTokenResponseSchema } from "@redflag/gen/api_token_service_pb";
 import { AuditService, ListAuditEntriesResponseSchema } from "@redflag/gen/audit_service_pb";
-import { GetSecurityOverviewResponseSchema, ListSecurityEventsResponseSchema, SecurityService } from "@redflag/gen/security_service_pb";
+import { GetSecurityOverviewResponseSchema, ListSecurityEventsResponseSchema, RevokeAdminKeyResponseSchema, SecurityService } from "@redflag/gen/security_service_pb";
 import { ListSettingChangesResponseSchema, ListSettingsResponseSchema, SettingsService } from "@redflag/gen/settings_service_pb";
 import {
   ApproveUpdatesResponseSchema,
@@ -958,6 +958,21 @@ securityCmd
   .action(async (o: { grace?: number }) => {
     const res = await (await clients()).security.rotateSigningKey({ grace: o.grace ? durationFromMs(o.grace * 1000) : undefined });
     process.stdout.write(`new signing key ${res.activeKey!.keyId} (${res.activeKey!.fingerprint}); ${res.previousKey?.keyId ?? "the old key"} is trusted until ${time(res.previousKey?.retireTime)?.toISOString()}\n`);
+  });
+
+securityCmd
+  .command("revoke-admin-key")
+  .description("revoke the bootstrap admin.key for good (needs an enabled admin person to sign in afterwards)")
+  .option("--yes", "do not ask for confirmation")
+  .action(async (o: { yes?: boolean }, command: Command) => {
+    if (!o.yes) {
+      if (!process.stdin.isTTY) command.error("error: no terminal to confirm on: pass --yes to revoke the admin key", { code: "redflag.confirmation", exitCode: 2 });
+      const answer = await ask("Revoke the admin key for good? Scripts using admin.key stop working at once. Type yes to confirm: ");
+      if (answer.toLowerCase() !== "yes") throw new CliError("not revoked");
+    }
+    const res = await (await clients()).security.revokeAdminKey({});
+    if (json()) return printJson(RevokeAdminKeyResponseSchema, res);
+    process.stdout.write(`admin key revoked at ${time(res.revokeTime)?.toISOString()}; admin.key no longer works, sign in or use a personal API token\n`);
   });
 
 // ---- people

@@ -4,19 +4,22 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { SecurityEventSchema, SecurityService, SigningKeyInfoSchema } from "@redflag/gen/security_service_pb";
 import type { Config } from "../config.ts";
 import type { CommandSigner } from "../signing/signer.ts";
-import { ensureSigningKeys, rotateSigningKey } from "../store/bootstrap.ts";
+import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
+import type { PrincipalResolver } from "../auth/principals.ts";
+import { ensureSigningKeys, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
 import { audit } from "./audit.ts";
 import { fingerprint } from "../signing/keys.ts";
 import type { Prisma } from "../store/types.ts";
 import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
 
-const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound"];
+const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound", "admin_key_revoked"];
 
 export interface SecurityServiceDeps {
   db: Prisma;
   config: Config;
   masterKey: Buffer;
   signer: CommandSigner;
+  principals: PrincipalResolver;
 }
 
 const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; active: boolean; createdAt: Date; retiredAt: Date | null }, now: number) =>
@@ -109,6 +112,18 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
       };
       await audit(db, ctx, { target: "signing-keys", before: { activeKeyId: previousKeyId }, after: { activeKeyId: active.keyId, graceSeconds: grace } });
       return { activeKey: info(active.keyId), previousKey: info(previousKeyId) };
+    },
+
+    // The admin key itself may call this: whoever holds it can already make an admin person,
+    // so refusing it protects nothing. What matters is that someone can still sign in as an
+    // admin afterwards, which the store checks.
+    async revokeAdminKey(_req, ctx) {
+      const principal = ctx.values.get(kPrincipal)!;
+      const { revokedAt, keyIds } = await revokeBootstrapAdminKey(db, { name: principal.name, kind: principal.kind, remoteAddr: ctx.values.get(kRemoteAddr) });
+      // Cached lookups would let the key through for a few more seconds.
+      deps.principals.forget();
+      await audit(db, ctx, { target: "admin-key", before: { active: true, keyIds }, after: { active: false, revokeTime: revokedAt.toISOString() } });
+      return { revokeTime: timestampFromDate(revokedAt) };
     },
   };
 }

@@ -1,6 +1,8 @@
+import { Code, ConnectError } from "@connectrpc/connect";
 import { randomBytes } from "node:crypto";
 import { generateKeyPair, keyPairFromSecret, seal, unseal, type KeyPair } from "../signing/keys.ts";
 import { newId, newSecret, SECRET_PREFIX, sha256 } from "../ids.ts";
+import { recordSecurityEvent } from "./security-events.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
 
 // Start-up bootstrap runs under one transaction-scoped advisory lock so replicas starting
@@ -73,11 +75,16 @@ export async function ensureSecret(db: Prisma, masterKey: Buffer, name: string):
   return unseal(masterKey, purpose, row.value);
 }
 
-// Creates the bootstrap admin key when no usable one exists; returns the secret only when created.
-export async function ensureBootstrapAdminKey(db: Prisma): Promise<string | undefined> {
+export type BootstrapAdminKey = { state: "created"; secret: string } | { state: "active" } | { state: "revoked"; revokedAt: Date };
+
+// Creates the bootstrap admin key on first start; the secret is returned only then. Once the
+// key has been revoked it stays revoked: no new one is ever minted.
+export async function ensureBootstrapAdminKey(db: Prisma): Promise<BootstrapAdminKey> {
   return locked(db, async (tx) => {
-    const existing = await tx.apiKey.count({ where: { kind: "bootstrap", revokedAt: null } });
-    if (existing > 0) return undefined;
+    const existing = await tx.apiKey.findMany({ where: { kind: "bootstrap" }, select: { revokedAt: true } });
+    if (existing.some((k) => !k.revokedAt)) return { state: "active" };
+    const revoked = existing.map((k) => k.revokedAt!).sort((a, b) => b.getTime() - a.getTime());
+    if (revoked[0]) return { state: "revoked", revokedAt: revoked[0] };
     const secret = newSecret(SECRET_PREFIX.admin);
     await tx.apiKey.create({
       data: {
@@ -88,7 +95,33 @@ export async function ensureBootstrapAdminKey(db: Prisma): Promise<string | unde
         prefix: secret.slice(0, SECRET_PREFIX.admin.length + 6),
       },
     });
-    return secret;
+    return { state: "created", secret };
+  });
+}
+
+// Revokes the bootstrap admin key, recording a security event in the same transaction. Refuses
+// when it is already revoked, or when no enabled admin person exists who could still sign in.
+export async function revokeBootstrapAdminKey(db: Prisma, by: { name: string; kind: string; remoteAddr: string }, now = new Date()): Promise<{ revokedAt: Date; keyIds: string[] }> {
+  return locked(db, async (tx) => {
+    const keys = await tx.apiKey.findMany({ where: { kind: "bootstrap", revokedAt: null }, select: { id: true } });
+    if (keys.length === 0) throw new ConnectError("the admin key is already revoked", Code.FailedPrecondition);
+    const admins = await tx.user.count({ where: { role: "admin", disabledAt: null } });
+    if (admins === 0) {
+      throw new ConnectError(
+        "no enabled admin person exists: revoking the admin key now would lock everyone out; set up or create an admin user first, then revoke it",
+        Code.FailedPrecondition,
+      );
+    }
+    const keyIds = keys.map((k) => k.id);
+    await tx.apiKey.updateMany({ where: { id: { in: keyIds } }, data: { revokedAt: now } });
+    await recordSecurityEvent(tx, {
+      type: "admin_key_revoked",
+      severity: "info",
+      message: `the bootstrap admin key was revoked by ${by.name}`,
+      remoteAddr: by.remoteAddr || undefined,
+      detail: { by: by.name, actorKind: by.kind },
+    });
+    return { revokedAt: now, keyIds };
   });
 }
 

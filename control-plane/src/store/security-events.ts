@@ -7,7 +7,8 @@ export type SecurityEventType =
   | "result_for_foreign_command"
   | "registration_token_invalid"
   | "login_failed"
-  | "machine_id_rebound";
+  | "machine_id_rebound"
+  | "admin_key_revoked";
 
 export interface SecurityEventInput {
   type: SecurityEventType;

@@ -12,6 +12,36 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_redflag_v1_security_service: GenFile;
 
 /**
+ * @generated from message redflag.v1.RevokeAdminKeyRequest
+ */
+export declare type RevokeAdminKeyRequest = Message<"redflag.v1.RevokeAdminKeyRequest"> & {
+};
+
+/**
+ * Describes the message redflag.v1.RevokeAdminKeyRequest.
+ * Use `create(RevokeAdminKeyRequestSchema)` to create a new message.
+ */
+export declare const RevokeAdminKeyRequestSchema: GenMessage<RevokeAdminKeyRequest>;
+
+/**
+ * @generated from message redflag.v1.RevokeAdminKeyResponse
+ */
+export declare type RevokeAdminKeyResponse = Message<"redflag.v1.RevokeAdminKeyResponse"> & {
+  /**
+   * When the admin key stopped working.
+   *
+   * @generated from field: google.protobuf.Timestamp revoke_time = 1;
+   */
+  revokeTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RevokeAdminKeyResponse.
+ * Use `create(RevokeAdminKeyResponseSchema)` to create a new message.
+ */
+export declare const RevokeAdminKeyResponseSchema: GenMessage<RevokeAdminKeyResponse>;
+
+/**
  * @generated from message redflag.v1.RotateSigningKeyRequest
  */
 export declare type RotateSigningKeyRequest = Message<"redflag.v1.RotateSigningKeyRequest"> & {
@@ -354,6 +384,22 @@ export declare const SecurityService: GenService<{
     methodKind: "unary";
     input: typeof RotateSigningKeyRequestSchema;
     output: typeof RotateSigningKeyResponseSchema;
+  },
+  /**
+   * RevokeAdminKey revokes the bootstrap admin key (the data/admin.key written on first
+   * start) for good: it stops working at once (on other replicas within seconds, as they
+   * cache credential lookups briefly), and the server never writes a new one. Any admin may
+   * call it, the admin key included, as long as at least one enabled admin person exists to
+   * sign in afterwards; otherwise it fails with FailedPrecondition, so a fresh install
+   * without people cannot lock itself out. It also fails with FailedPrecondition when the
+   * key is already revoked.
+   *
+   * @generated from rpc redflag.v1.SecurityService.RevokeAdminKey
+   */
+  revokeAdminKey: {
+    methodKind: "unary";
+    input: typeof RevokeAdminKeyRequestSchema;
+    output: typeof RevokeAdminKeyResponseSchema;
   },
 }>;
 

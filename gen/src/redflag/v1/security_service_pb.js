@@ -9,70 +9,84 @@ import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@
  * Describes the file redflag/v1/security_service.proto.
  */
 export const file_redflag_v1_security_service = /*@__PURE__*/
-  fileDesc("CiFyZWRmbGFnL3YxL3NlY3VyaXR5X3NlcnZpY2UucHJvdG8SCnJlZGZsYWcudjEiQwoXUm90YXRlU2lnbmluZ0tleVJlcXVlc3QSKAoFZ3JhY2UYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ifAoYUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlEi4KCmFjdGl2ZV9rZXkYASABKAsyGi5yZWRmbGFnLnYxLlNpZ25pbmdLZXlJbmZvEjAKDHByZXZpb3VzX2tleRgCIAEoCzIaLnJlZGZsYWcudjEuU2lnbmluZ0tleUluZm8iuQEKDlNpZ25pbmdLZXlJbmZvEg4KBmtleV9pZBgBIAEoCRITCgtmaW5nZXJwcmludBgCIAEoCRIRCglhbGdvcml0aG0YAyABKAkSDQoFc3RhdGUYBCABKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3JldGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI+CgpFdmVudENvdW50EgwKBHR5cGUYASABKAkSEAoIbGFzdF8yNGgYAiABKA0SEAoIbGFzdF8zMGQYAyABKA0iHAoaR2V0U2VjdXJpdHlPdmVydmlld1JlcXVlc3QimwMKG0dldFNlY3VyaXR5T3ZlcnZpZXdSZXNwb25zZRIwCgxzaWduaW5nX2tleXMYASADKAsyGi5yZWRmbGFnLnYxLlNpZ25pbmdLZXlJbmZvEjEKDmNvbW1hbmRfZXhwaXJ5GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjMKEGFjY2Vzc190b2tlbl90dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNAoRcmVmcmVzaF90b2tlbl90dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SOAoVcmVmcmVzaF90b2tlbl9tYXhfYWdlGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKDGV2ZW50X2NvdW50cxgGIAMoCzIWLnJlZGZsYWcudjEuRXZlbnRDb3VudBIYChBhZG1pbl9rZXlfYWN0aXZlGAcgASgIEhoKEnVzZXJzX3dpdGhvdXRfdG90cBgIIAEoDRIOCgZhZG1pbnMYCSABKA0ixgEKDVNlY3VyaXR5RXZlbnQSCgoCaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdHlwZRgDIAEoCRIQCghzZXZlcml0eRgEIAEoCRIPCgdtZXNzYWdlGAUgASgJEhAKCGFnZW50X2lkGAYgASgJEhIKCm1hY2hpbmVfaWQYByABKAkSEwoLcmVtb3RlX2FkZHIYCCABKAkSEwoLZGV0YWlsX2pzb24YCSABKAkiYgoZTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIMCgR0eXBlGAMgASgJEhAKCHNldmVyaXR5GAQgASgJImAKGkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnJlZGZsYWcudjEuU2VjdXJpdHlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyvQIKD1NlY3VyaXR5U2VydmljZRJmChNHZXRTZWN1cml0eU92ZXJ2aWV3EiYucmVkZmxhZy52MS5HZXRTZWN1cml0eU92ZXJ2aWV3UmVxdWVzdBonLnJlZGZsYWcudjEuR2V0U2VjdXJpdHlPdmVydmlld1Jlc3BvbnNlEmMKEkxpc3RTZWN1cml0eUV2ZW50cxIlLnJlZGZsYWcudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVxdWVzdBomLnJlZGZsYWcudjEuTGlzdFNlY3VyaXR5RXZlbnRzUmVzcG9uc2USXQoQUm90YXRlU2lnbmluZ0tleRIjLnJlZGZsYWcudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaJC5yZWRmbGFnLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiFyZWRmbGFnL3YxL3NlY3VyaXR5X3NlcnZpY2UucHJvdG8SCnJlZGZsYWcudjEiFwoVUmV2b2tlQWRtaW5LZXlSZXF1ZXN0IkkKFlJldm9rZUFkbWluS2V5UmVzcG9uc2USLwoLcmV2b2tlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkMKF1JvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0EigKBWdyYWNlGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInwKGFJvdGF0ZVNpZ25pbmdLZXlSZXNwb25zZRIuCgphY3RpdmVfa2V5GAEgASgLMhoucmVkZmxhZy52MS5TaWduaW5nS2V5SW5mbxIwCgxwcmV2aW91c19rZXkYAiABKAsyGi5yZWRmbGFnLnYxLlNpZ25pbmdLZXlJbmZvIrkBCg5TaWduaW5nS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSEwoLZmluZ2VycHJpbnQYAiABKAkSEQoJYWxnb3JpdGhtGAMgASgJEg0KBXN0YXRlGAQgASgJEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXRpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPgoKRXZlbnRDb3VudBIMCgR0eXBlGAEgASgJEhAKCGxhc3RfMjRoGAIgASgNEhAKCGxhc3RfMzBkGAMgASgNIhwKGkdldFNlY3VyaXR5T3ZlcnZpZXdSZXF1ZXN0IpsDChtHZXRTZWN1cml0eU92ZXJ2aWV3UmVzcG9uc2USMAoMc2lnbmluZ19rZXlzGAEgAygLMhoucmVkZmxhZy52MS5TaWduaW5nS2V5SW5mbxIxCg5jb21tYW5kX2V4cGlyeRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIzChBhY2Nlc3NfdG9rZW5fdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjQKEXJlZnJlc2hfdG9rZW5fdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjgKFXJlZnJlc2hfdG9rZW5fbWF4X2FnZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIsCgxldmVudF9jb3VudHMYBiADKAsyFi5yZWRmbGFnLnYxLkV2ZW50Q291bnQSGAoQYWRtaW5fa2V5X2FjdGl2ZRgHIAEoCBIaChJ1c2Vyc193aXRob3V0X3RvdHAYCCABKA0SDgoGYWRtaW5zGAkgASgNIsYBCg1TZWN1cml0eUV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHR5cGUYAyABKAkSEAoIc2V2ZXJpdHkYBCABKAkSDwoHbWVzc2FnZRgFIAEoCRIQCghhZ2VudF9pZBgGIAEoCRISCgptYWNoaW5lX2lkGAcgASgJEhMKC3JlbW90ZV9hZGRyGAggASgJEhMKC2RldGFpbF9qc29uGAkgASgJImIKGUxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDAoEdHlwZRgDIAEoCRIQCghzZXZlcml0eRgEIAEoCSJgChpMaXN0U2VjdXJpdHlFdmVudHNSZXNwb25zZRIpCgZldmVudHMYASADKAsyGS5yZWRmbGFnLnYxLlNlY3VyaXR5RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpYDCg9TZWN1cml0eVNlcnZpY2USZgoTR2V0U2VjdXJpdHlPdmVydmlldxImLnJlZGZsYWcudjEuR2V0U2VjdXJpdHlPdmVydmlld1JlcXVlc3QaJy5yZWRmbGFnLnYxLkdldFNlY3VyaXR5T3ZlcnZpZXdSZXNwb25zZRJjChJMaXN0U2VjdXJpdHlFdmVudHMSJS5yZWRmbGFnLnYxLkxpc3RTZWN1cml0eUV2ZW50c1JlcXVlc3QaJi5yZWRmbGFnLnYxLkxpc3RTZWN1cml0eUV2ZW50c1Jlc3BvbnNlEl0KEFJvdGF0ZVNpZ25pbmdLZXkSIy5yZWRmbGFnLnYxLlJvdGF0ZVNpZ25pbmdLZXlSZXF1ZXN0GiQucmVkZmxhZy52MS5Sb3RhdGVTaWduaW5nS2V5UmVzcG9uc2USVwoOUmV2b2tlQWRtaW5LZXkSIS5yZWRmbGFnLnYxLlJldm9rZUFkbWluS2V5UmVxdWVzdBoiLnJlZGZsYWcudjEuUmV2b2tlQWRtaW5LZXlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * Describes the message redflag.v1.RevokeAdminKeyRequest.
+ * Use `create(RevokeAdminKeyRequestSchema)` to create a new message.
+ */
+export const RevokeAdminKeyRequestSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_security_service, 0);
+
+/**
+ * Describes the message redflag.v1.RevokeAdminKeyResponse.
+ * Use `create(RevokeAdminKeyResponseSchema)` to create a new message.
+ */
+export const RevokeAdminKeyResponseSchema = /*@__PURE__*/
+  messageDesc(file_redflag_v1_security_service, 1);
 
 /**
  * Describes the message redflag.v1.RotateSigningKeyRequest.
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 0);
+  messageDesc(file_redflag_v1_security_service, 2);
 
 /**
  * Describes the message redflag.v1.RotateSigningKeyResponse.
  * Use `create(RotateSigningKeyResponseSchema)` to create a new message.
  */
 export const RotateSigningKeyResponseSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 1);
+  messageDesc(file_redflag_v1_security_service, 3);
 
 /**
  * Describes the message redflag.v1.SigningKeyInfo.
  * Use `create(SigningKeyInfoSchema)` to create a new message.
  */
 export const SigningKeyInfoSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 2);
+  messageDesc(file_redflag_v1_security_service, 4);
 
 /**
  * Describes the message redflag.v1.EventCount.
  * Use `create(EventCountSchema)` to create a new message.
  */
 export const EventCountSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 3);
+  messageDesc(file_redflag_v1_security_service, 5);
 
 /**
  * Describes the message redflag.v1.GetSecurityOverviewRequest.
  * Use `create(GetSecurityOverviewRequestSchema)` to create a new message.
  */
 export const GetSecurityOverviewRequestSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 4);
+  messageDesc(file_redflag_v1_security_service, 6);
 
 /**
  * Describes the message redflag.v1.GetSecurityOverviewResponse.
  * Use `create(GetSecurityOverviewResponseSchema)` to create a new message.
  */
 export const GetSecurityOverviewResponseSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 5);
+  messageDesc(file_redflag_v1_security_service, 7);
 
 /**
  * Describes the message redflag.v1.SecurityEvent.
  * Use `create(SecurityEventSchema)` to create a new message.
  */
 export const SecurityEventSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 6);
+  messageDesc(file_redflag_v1_security_service, 8);
 
 /**
  * Describes the message redflag.v1.ListSecurityEventsRequest.
  * Use `create(ListSecurityEventsRequestSchema)` to create a new message.
  */
 export const ListSecurityEventsRequestSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 7);
+  messageDesc(file_redflag_v1_security_service, 9);
 
 /**
  * Describes the message redflag.v1.ListSecurityEventsResponse.
  * Use `create(ListSecurityEventsResponseSchema)` to create a new message.
  */
 export const ListSecurityEventsResponseSchema = /*@__PURE__*/
-  messageDesc(file_redflag_v1_security_service, 8);
+  messageDesc(file_redflag_v1_security_service, 10);
 
 /**
  * SecurityService shows the security posture: signing keys, credential lifetimes, and the
