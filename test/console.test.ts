@@ -173,8 +173,27 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
     await shot("activity");
 
     await install.getByRole("link").first().click();
-    await page.getByText("3.0.16-1~deb12u1").first().waitFor();
+    await page.getByTestId("package-result").filter({ hasText: "openssl" }).filter({ hasText: "3.0.16-1~deb12u1" }).waitFor();
     await shot("command");
+  });
+
+  it("previews an upgrade's dependency changes with a dry run, then installs exactly that set", async () => {
+    await nav(page, "Updates").click();
+    const nginx = page.getByTestId("update").filter({ hasText: "nginx" });
+    await nginx.getByRole("checkbox").check();
+    await page.getByRole("button", { name: "Preview (dry run)" }).click();
+    // The agent simulates the install and the page shows what would change, the new
+    // dependency included, before anything is installed.
+    const added = page.locator('[data-testid="dry-run-change"][data-kind="install"]').filter({ hasText: "libnginx-mod-new" });
+    await added.waitFor({ timeout: 30_000 });
+    expect(await page.locator('[data-testid="dry-run-change"][data-kind="upgrade"]').filter({ hasText: "nginx" }).textContent()).toContain("1.22.1-9+deb12u2");
+    expect((await apt.installed()).get("nginx")).toBe("1.22.1-9");
+    await shot("dry-run");
+
+    await page.getByRole("button", { name: "Confirm and install exactly these" }).click();
+    await page.getByTestId("confirm-queued").waitFor();
+    await expect.poll(async () => (await apt.installed()).get("libnginx-mod-new"), { timeout: 30_000 }).toBe("1.22.1-9+deb12u2");
+    expect((await apt.installed()).get("nginx")).toBe("1.22.1-9+deb12u2");
   });
 
   it("revokes the token, and shows the dashboard, settings, security and audit pages", async () => {
