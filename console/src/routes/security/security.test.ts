@@ -31,6 +31,8 @@ function fakeServer(opts: { events?: SecurityEvent[]; adminKeyActive?: boolean; 
   ];
   const events = opts.events ?? [];
   const rotations: bigint[] = [];
+  let adminKeyActive = opts.adminKeyActive ?? true;
+  let adminKeyRevokes = 0;
   const listed: ListSecurityEventsRequest[] = [];
   const routes = (router: ConnectRouter) =>
     router.service(SecurityService, {
@@ -41,7 +43,7 @@ function fakeServer(opts: { events?: SecurityEvent[]; adminKeyActive?: boolean; 
         refreshTokenTtl: { seconds: BigInt(30 * 86_400) },
         refreshTokenMaxAge: { seconds: BigInt(365 * 86_400) },
         eventCounts: TYPES.map((type) => ({ type, last24h: type === "login_failed" ? 2 : 0, last30d: type === "login_failed" ? 5 : 0 })),
-        adminKeyActive: opts.adminKeyActive ?? true,
+        adminKeyActive,
         usersWithoutTotp: opts.usersWithoutTotp ?? 2,
         admins: opts.admins ?? 1,
       }),
@@ -52,6 +54,13 @@ function fakeServer(opts: { events?: SecurityEvent[]; adminKeyActive?: boolean; 
         const start = req.pageToken ? Number(req.pageToken) : 0;
         const size = req.pageSize || 50;
         return { events: all.slice(start, start + size), nextPageToken: start + size < all.length ? String(start + size) : "" };
+      },
+      revokeAdminKey() {
+        if ((opts.admins ?? 1) === 0) throw new ConnectError("no enabled admin person exists: revoking the admin key now would lock everyone out; set up or create an admin user first, then revoke it", Code.FailedPrecondition);
+        if (!adminKeyActive) throw new ConnectError("the admin key is already revoked", Code.FailedPrecondition);
+        adminKeyActive = false;
+        adminKeyRevokes++;
+        return { revokeTime: timestampFromDate(new Date()) };
       },
       rotateSigningKey(req) {
         const grace = req.grace ? Number(req.grace.seconds) : 7 * 86_400;
@@ -65,7 +74,7 @@ function fakeServer(opts: { events?: SecurityEvent[]; adminKeyActive?: boolean; 
         return { activeKey: next, previousKey: old };
       },
     });
-  return { routes, rotations, listed, keys };
+  return { routes, rotations, listed, keys, revokes: () => adminKeyRevokes };
 }
 
 const event = (i: number, over: { type?: string; severity?: string; message?: string; agentId?: string; machineId?: string; detailJson?: string } = {}) =>
@@ -113,6 +122,24 @@ describe("the security page", () => {
   it("says when nothing needs attention", async () => {
     renderWithApi(Security, fakeServer({ adminKeyActive: false, usersWithoutTotp: 0, admins: 2 }).routes);
     expect((await screen.findByTestId("posture-ok")).textContent).toMatch(/^Nothing/);
+  });
+
+  it("revokes the admin key after confirming, and offers it only when an admin person exists", async () => {
+    const server = fakeServer({ usersWithoutTotp: 0, admins: 2 });
+    renderWithApi(Security, server.routes);
+    await fireEvent.click(await screen.findByRole("button", { name: "Revoke the admin key" }));
+    const dialog = screen.getByRole("dialog", { name: "Revoke the admin key?" });
+    expect(server.revokes()).toBe(0);
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Revoke the admin key" }));
+    await waitFor(() => expect(server.revokes()).toBe(1));
+    expect((await screen.findByTestId("posture-ok")).textContent).toContain("the admin key is revoked");
+    expect(notices.list.map((n) => n.text)).toContain("The admin key is revoked; admin.key no longer works.");
+  });
+
+  it("does not offer to revoke the admin key while no person is an admin", async () => {
+    renderWithApi(Security, fakeServer({ admins: 0 }).routes);
+    expect((await screen.findByTestId("posture")).textContent).toContain("revoking it now would lock everyone out");
+    expect(screen.queryByRole("button", { name: "Revoke the admin key" })).toBeNull();
   });
 
   it("rotates the key only after confirming, then shows the new fingerprint and the previous key", async () => {
