@@ -4,6 +4,8 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
+    // Across both projects: the 2-core machines run two test files at a time.
+    maxWorkers: 2,
     projects: [
       {
         test: {
