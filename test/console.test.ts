@@ -33,7 +33,7 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
   // The main navigation's links (pages have links of the same names in their text).
   const nav = (p: Page, name: string) => p.getByRole("navigation", { name: "Main" }).getByRole("link", { name, exact: true });
   // Passing notices ("Scan queued") are left out of the pictures; they would cover the page.
-  const shot = (name: string) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true, style: ".notices { display: none; }" });
+  const shot = (name: string) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true, style: ".notices { display: none !important; }" });
   const env = {
     REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"),
     REDFLAG_AGENT_APT_REFRESH: "0",
