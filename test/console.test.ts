@@ -4,6 +4,7 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { createRequire } from "node:module";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
@@ -16,6 +17,8 @@ import { root, run } from "./support/processes.ts";
 // watch the install finish live in Activity, revoke the token. Screenshots of each main page
 // land in test-output/screenshots/.
 // The agent installs through apt, which needs root; these machines run the tests as root.
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+
 describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a real agent", () => {
   let cp: TestControlPlane;
   let browser: Browser;
@@ -32,8 +35,19 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
   const shots = path.join(root, "test-output", "screenshots");
   // The main navigation's links (pages have links of the same names in their text).
   const nav = (p: Page, name: string) => p.getByRole("navigation", { name: "Main" }).getByRole("link", { name, exact: true });
-  // Passing notices ("Scan queued") are left out of the pictures; they would cover the page.
-  const shot = (name: string) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true, style: ".notices { display: none !important; }" });
+  // Each main page is photographed (passing notices such as "Scan queued" left out of the
+  // pictures: they would cover the page) and checked with axe-core against WCAG 2 A and AA.
+  const violations = new Map<string, string[]>();
+  const shot = async (name: string, p: Page = page) => {
+    await p.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true, style: ".notices { display: none !important; }" });
+    await p.addScriptTag({ path: axePath });
+    const found = await p.evaluate(async () => {
+      const axe = (globalThis as unknown as { axe: { run(ctx: unknown, opts: unknown): Promise<{ violations: { id: string; help: string; nodes: { target: string[] }[] }[] }> } }).axe;
+      const res = await axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+      return res.violations.map((v) => `${v.id} (${v.help}): ${v.nodes.map((n) => n.target.join(" ")).slice(0, 5).join(", ")}`);
+    });
+    if (found.length > 0) violations.set(name, found);
+  };
   const env = {
     REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"),
     REDFLAG_AGENT_APT_REFRESH: "0",
@@ -235,6 +249,7 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
   it("signs out and in again, with a wrong password shown in the server's words", async () => {
     await page.getByRole("button", { name: "Sign out" }).click();
     await page.getByRole("heading", { name: "Sign in to RedFlag" }).waitFor();
+    await shot("sign-in");
     await page.getByLabel("Username").fill("admin");
     await page.getByLabel("Password").fill("not the passphrase");
     await page.getByRole("button", { name: "Sign in" }).click();
@@ -261,7 +276,11 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
     await phone.getByTestId("update").first().waitFor();
     // Nothing wider than the screen but the tables' own scrolling.
     expect(await phone.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(375);
-    await phone.screenshot({ path: path.join(shots, "phone-updates.png"), fullPage: true });
+    await shot("phone-updates", phone);
     await phone.close();
+  });
+
+  it("meets WCAG 2.1 A and AA on every page it showed (axe-core)", () => {
+    expect(Object.fromEntries(violations)).toEqual({});
   });
 });
