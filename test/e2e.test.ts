@@ -154,7 +154,9 @@ describe.each(backends)("end to end on %s", (backend) => {
       });
       expect(code, output).toBe(0);
     }
-  });
+    // A real agent service, real APT and a scheduled scan of every source: on a busy 2-core
+    // machine this takes longer than a unit test.
+  }, 150_000);
 
   it("reports CLI errors clearly with a non-zero exit", async () => {
     const unknown = await cli("commands", "queue", "--agent", "00000000-0000-4000-8000-000000000000", "--type", "scan_updates");
