@@ -1,14 +1,19 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { ArtifactManifestSchema, CommandOutcome, CommandSchema, PackageChangeKind } from "@redflag/gen/command_pb";
-import { CommandState } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandService, CommandState } from "@redflag/gen/command_service_pb";
+import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { Role } from "@redflag/gen/identity_pb";
 import type { CreateCommandRequest } from "@redflag/gen/command_service_pb";
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { verify } from "../src/signing/keys.ts";
 import { MANIFEST_TYPE, pae } from "../src/signing/pae.ts";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
-import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
+import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
 let agent: TestAgent;
@@ -152,5 +157,37 @@ describe("cancel, retry and the live feed", () => {
       { state: CommandState.SENT, id: cmd.id },
       { state: CommandState.SUCCEEDED, id: cmd.id },
     ]);
+  });
+});
+
+describe("who queued a command", () => {
+  const as = (secret: string) => createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${secret}` })] });
+
+  it("records the kind of the verified caller: the admin key, a person's session, their API token, and whoever retries", async () => {
+    const target = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const byKey = (await cp.admin.fleet.setHeartbeat({ agentId: target.agentId, enabled: true, intervalSeconds: 5 })).command!;
+    expect(byKey).toMatchObject({ createdBy: "admin.key", createdByKind: CommandCreator.ADMIN_KEY });
+
+    // A username that looks like a key's name is still a person.
+    const session = (await createClient(AuthService, as("")).setup({ username: "build-key", password: "correct horse battery staple" })).sessionToken;
+    const bySession = (await createClient(FleetService, as(session)).setHeartbeat({ agentId: target.agentId, enabled: false })).command!;
+    expect(bySession).toMatchObject({ createdBy: "build-key", createdByKind: CommandCreator.PERSON });
+
+    const token = (await createClient(ApiTokenService, as(session)).createApiToken({ name: "ci", scope: Role.OPERATOR })).secret;
+    const byToken = (await createClient(CommandService, as(token)).createCommand({ agentId: target.agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    expect(byToken).toMatchObject({ createdBy: "build-key", createdByKind: CommandCreator.API_TOKEN });
+    expect((await cp.admin.commands.getCommand({ id: byToken.id })).command?.createdByKind).toBe(CommandCreator.API_TOKEN);
+
+    // A retry is the retrier's command, not the original queuer's.
+    await cp.admin.commands.cancelCommand({ id: byKey.id });
+    const retried = (await createClient(CommandService, as(session)).retryCommand({ id: byKey.id })).command!;
+    expect(retried).toMatchObject({ createdBy: "build-key", createdByKind: CommandCreator.PERSON });
+    await cp.admin.commands.cancelCommand({ id: retried.id });
+    const again = (await cp.admin.commands.retryCommand({ id: retried.id })).command!;
+    expect(again).toMatchObject({ createdBy: "admin.key", createdByKind: CommandCreator.ADMIN_KEY });
+
+    // Rows from before the column existed read as unspecified.
+    await cp.app.db.prisma.command.update({ where: { id: byToken.id }, data: { createdByKind: "unknown" } });
+    expect((await cp.admin.commands.getCommand({ id: byToken.id })).command?.createdByKind).toBe(CommandCreator.UNSPECIFIED);
   });
 });

@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CommandType } from "@redflag/gen/command_pb";
+import { CommandCreator } from "@redflag/gen/command_service_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -67,11 +68,11 @@ describe("FleetService", () => {
 
   it("queues scans, heartbeat and reboots as signed commands, checking their input", async () => {
     const scan = await fleet.triggerScan({ agentId: a.agentId, subsystems: ["apt", "docker"] });
-    expect(scan.command).toMatchObject({ type: CommandType.SCAN_UPDATES, createdBy: "admin.key" });
+    expect(scan.command).toMatchObject({ type: CommandType.SCAN_UPDATES, createdBy: "admin.key", createdByKind: CommandCreator.ADMIN_KEY });
     expect((await fleet.setHeartbeat({ agentId: a.agentId, enabled: true, intervalSeconds: 3 })).command?.type).toBe(CommandType.ENABLE_HEARTBEAT);
     expect((await fleet.setHeartbeat({ agentId: a.agentId, enabled: false })).command?.type).toBe(CommandType.DISABLE_HEARTBEAT);
     await expectCode(fleet.setHeartbeat({ agentId: a.agentId, enabled: true, intervalSeconds: 600 }), Code.InvalidArgument, /at most 60/);
-    expect((await fleet.rebootAgent({ agentId: a.agentId, delaySeconds: 300, message: "patch night" })).command?.type).toBe(CommandType.REBOOT);
+    expect((await fleet.rebootAgent({ agentId: a.agentId, delaySeconds: 300, message: "patch night" })).command).toMatchObject({ type: CommandType.REBOOT, createdByKind: CommandCreator.ADMIN_KEY });
     await expectCode(fleet.rebootAgent({ agentId: a.agentId, delaySeconds: 90 * 86_400 }), Code.InvalidArgument, /delay_seconds/);
     await expectCode(fleet.triggerScan({ agentId: "00000000-0000-4000-8000-000000000000" }), Code.NotFound);
   });

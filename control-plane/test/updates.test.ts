@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { CommandSchema, UpdateSeverity } from "@redflag/gen/command_pb";
+import { CommandCreator } from "@redflag/gen/command_service_pb";
 import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
 import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -108,6 +109,7 @@ describe("UpdateService", () => {
     const res = await updates.installApprovedUpdates({ selection: { packageName: "openssl" } });
     expect(res.packages).toBe(2);
     expect(res.commands.map((c) => c.agentId).sort()).toEqual([web.agentId, db.agentId].sort());
+    expect(res.commands.map((c) => c.createdByKind)).toEqual([CommandCreator.ADMIN_KEY, CommandCreator.ADMIN_KEY]);
     const delivered = await db.client.pollCommands({ nonce: nonce() });
     const command = fromBinary(CommandSchema, delivered.commands[0]!.command);
     expect(command.action.case).toBe("installUpdates");

@@ -1,17 +1,18 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
-import { CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { describe, expect, it } from "vitest";
-import { actorLabel, durationInput, heartbeatState, isPersonName, parseDurationInput } from "./agent-detail.ts";
+import { actorLabel, durationInput, heartbeatState, isPerson, isPersonName, parseDurationInput } from "./agent-detail.ts";
 
 const now = Date.UTC(2026, 11, 1, 12);
-const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: string, untilMin?: number) =>
+const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: string, untilMin?: number, kind = CommandCreator.PERSON) =>
   create(CommandInfoSchema, {
     id: `${type}-${minutesAgo}`,
     type,
     state,
     createdBy: by,
+    createdByKind: kind,
     createTime: timestampFromMs(now - minutesAgo * 60_000),
     result:
       untilMin === undefined
@@ -21,34 +22,56 @@ const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: stri
 
 describe("heartbeat from the command history", () => {
   it("is off with nothing in the history", () => {
-    expect(heartbeatState([], now)).toMatchObject({ phase: "off", by: "", command: undefined });
+    expect(heartbeatState([], now)).toMatchObject({ phase: "off", by: "", byKind: CommandCreator.UNSPECIFIED, byPerson: false, command: undefined });
   });
 
   it("follows the latest enable or disable, whatever the list order", () => {
     const on = hb(CommandType.ENABLE_HEARTBEAT, CommandState.SUCCEEDED, 5, "ana", 5);
     const off = hb(CommandType.DISABLE_HEARTBEAT, CommandState.PENDING, 1, "bob");
     const scan = hb(CommandType.SCAN_UPDATES, CommandState.SUCCEEDED, 0, "carol");
-    expect(heartbeatState([on, scan], now)).toMatchObject({ phase: "on", by: "ana", byPerson: true, intervalSeconds: 5 });
+    expect(heartbeatState([on, scan], now)).toMatchObject({ phase: "on", by: "ana", byKind: CommandCreator.PERSON, byPerson: true, intervalSeconds: 5 });
     expect(heartbeatState([on, off, scan], now)).toMatchObject({ phase: "turning-off", by: "bob" });
   });
 
   it("is over once the reported time has passed, and off when the enable failed", () => {
     expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.SUCCEEDED, 30, "ana", -20)], now).phase).toBe("expired");
     expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.TIMED_OUT, 30, "ana")], now).phase).toBe("failed");
-    expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.SENT, 1, "admin.key")], now)).toMatchObject({ phase: "turning-on", byPerson: false });
+    expect(heartbeatState([hb(CommandType.ENABLE_HEARTBEAT, CommandState.SENT, 1, "admin.key", undefined, CommandCreator.ADMIN_KEY)], now)).toMatchObject({ phase: "turning-on", byPerson: false });
+  });
+
+  it("takes who started it from the recorded kind, not from the name", () => {
+    const byToken = hb(CommandType.ENABLE_HEARTBEAT, CommandState.SENT, 1, "build-key", undefined, CommandCreator.API_TOKEN);
+    expect(heartbeatState([byToken], now)).toMatchObject({ by: "build-key", byKind: CommandCreator.API_TOKEN, byPerson: true });
+    const bySystem = hb(CommandType.DISABLE_HEARTBEAT, CommandState.SENT, 1, "ana", undefined, CommandCreator.SYSTEM);
+    expect(heartbeatState([bySystem], now)).toMatchObject({ byPerson: false });
+    const old = hb(CommandType.ENABLE_HEARTBEAT, CommandState.SENT, 1, "deploy-key", undefined, CommandCreator.UNSPECIFIED);
+    expect(heartbeatState([old], now)).toMatchObject({ byKind: CommandCreator.UNSPECIFIED, byPerson: false });
   });
 });
 
 describe("who queued a command", () => {
-  it("tells people from keys and the control plane", () => {
+  it("tells people from keys and the control plane by the recorded kind", () => {
+    expect(isPerson("build-key", CommandCreator.PERSON)).toBe(true);
+    expect(isPerson("build-key", CommandCreator.API_TOKEN)).toBe(true);
+    expect(isPerson("ana", CommandCreator.ADMIN_KEY)).toBe(false);
+    expect(isPerson("ana", CommandCreator.SYSTEM)).toBe(false);
+    expect(actorLabel("build-key", CommandCreator.PERSON)).toBe("build-key");
+    expect(actorLabel("build-key", CommandCreator.API_TOKEN)).toBe("build-key");
+    expect(actorLabel("admin.key", CommandCreator.ADMIN_KEY)).toBe("the system (admin.key)");
+    expect(actorLabel("system", CommandCreator.SYSTEM)).toBe("the system");
+  });
+
+  it("falls back to the name for commands recorded before the kind was", () => {
+    expect(isPerson("ana", CommandCreator.UNSPECIFIED)).toBe(true);
+    expect(isPerson("build-key", CommandCreator.UNSPECIFIED)).toBe(false);
     expect(isPersonName("ana")).toBe(true);
     expect(isPersonName("j.doe")).toBe(true);
     expect(isPersonName("admin.key")).toBe(false);
     expect(isPersonName("admin-key")).toBe(false);
     expect(isPersonName("system")).toBe(false);
-    expect(actorLabel("ana")).toBe("ana");
-    expect(actorLabel("system")).toBe("the system");
-    expect(actorLabel("admin.key")).toBe("the system (admin.key)");
+    expect(actorLabel("ana", CommandCreator.UNSPECIFIED)).toBe("ana");
+    expect(actorLabel("system", CommandCreator.UNSPECIFIED)).toBe("the system");
+    expect(actorLabel("admin.key", CommandCreator.UNSPECIFIED)).toBe("the system (admin.key)");
   });
 });
 

@@ -1,24 +1,40 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CommandType } from "@redflag/gen/command_pb";
-import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { MetricSample } from "@redflag/gen/report_service_pb";
 import { parseDuration } from "./format.ts";
 
 // Helpers for the agent detail page that need no component: who queued a command, what the
 // command history says about heartbeat, and the readings as sparkline points.
 
-// Commands record who queued them by name: a username for people (sessions and personal API
-// tokens), the key's name for the bootstrap admin key ("admin.key"), and names such as
-// "system" for what the control plane does on its own. Usernames never say "key" at the end
-// by convention, so a name ending in ".key"/"-key" is taken as a key.
+// Commands record who queued them: a name for display (the username for people, also through
+// their API tokens; the key's name for the bootstrap admin key, such as "admin.key"; "system"
+// for the control plane itself) and the kind of caller, which the control plane takes from the
+// verified credential. The kind decides; names do not say (a person may be called "build-key").
+
+// Commands recorded before the control plane stored the kind have it unspecified; for those
+// the name is all there is, and a name ending in ".key"/"-key" is taken as a key.
 const NON_PEOPLE = new Set(["", "system", "scheduler", "control-plane", "anonymous"]);
 export function isPersonName(name: string): boolean {
   return !NON_PEOPLE.has(name) && !/[.\-_]key$/.test(name) && name !== "key";
 }
 
+export function isPerson(name: string, kind: CommandCreator): boolean {
+  switch (kind) {
+    case CommandCreator.PERSON:
+    case CommandCreator.API_TOKEN:
+      return true;
+    case CommandCreator.ADMIN_KEY:
+    case CommandCreator.SYSTEM:
+      return false;
+    default:
+      return isPersonName(name);
+  }
+}
+
 // "ana", or "the system (admin.key)" for keys and the control plane itself.
-export function actorLabel(name: string): string {
-  if (isPersonName(name)) return name;
+export function actorLabel(name: string, kind: CommandCreator): string {
+  if (isPerson(name, kind)) return name;
   if (name === "" || name === "system") return "the system";
   return `the system (${name})`;
 }
@@ -46,8 +62,9 @@ export interface HeartbeatState {
   phase: HeartbeatPhase;
   // The command that decided it (the latest enable or disable), if any.
   command: CommandInfo | undefined;
-  // Who queued that command; "" when there is none.
+  // Who queued that command; "" and unspecified when there is none.
   by: string;
+  byKind: CommandCreator;
   byPerson: boolean;
   until: Date | undefined;
   intervalSeconds: number;
@@ -60,7 +77,9 @@ const createdMs = (c: CommandInfo) => (c.createTime ? timestampDate(c.createTime
 // enable is on only once the agent confirmed it and until the time it reported.
 export function heartbeatState(commands: readonly CommandInfo[], now = Date.now()): HeartbeatState {
   const latest = commands.filter((c) => HEARTBEAT_TYPES.has(c.type)).sort((a, b) => createdMs(b) - createdMs(a))[0];
-  const base = { command: latest, by: latest?.createdBy ?? "", byPerson: latest ? isPersonName(latest.createdBy) : false, until: undefined, intervalSeconds: 0 };
+  const by = latest?.createdBy ?? "";
+  const byKind = latest?.createdByKind ?? CommandCreator.UNSPECIFIED;
+  const base = { command: latest, by, byKind, byPerson: latest ? isPerson(by, byKind) : false, until: undefined, intervalSeconds: 0 };
   if (!latest) return { ...base, phase: "off" };
   const enable = latest.type === CommandType.ENABLE_HEARTBEAT;
   if (latest.state === CommandState.PENDING || latest.state === CommandState.SENT) return { ...base, phase: enable ? "turning-on" : "turning-off" };

@@ -1,6 +1,6 @@
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { CommandType, UpdateSeverity } from "@redflag/gen/command_pb";
-import { CommandState } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandState } from "@redflag/gen/command_service_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
@@ -18,6 +18,10 @@ export const statusLabel = (s: UpdateStatus) => enumLabel(UpdateStatus, s);
 export const roleLabel = (r: Role) => enumLabel(Role, r);
 const OS_FAMILIES: Record<number, string> = { [OsFamily.LINUX]: "Linux", [OsFamily.WINDOWS]: "Windows", [OsFamily.DARWIN]: "macOS" };
 export const osFamilyLabel = (f: OsFamily) => OS_FAMILIES[f] ?? "unknown";
+// Who queued a command, as shown after its created_by name: "ana (API token)". A session, the
+// system and commands recorded before the kind was need no note.
+const CREATOR_NOTES: Record<number, string> = { [CommandCreator.API_TOKEN]: " (API token)", [CommandCreator.ADMIN_KEY]: " (admin key)" };
+export const creatorNote = (k: CommandCreator) => CREATOR_NOTES[k] ?? "";
 
 // Most severe first, for sorting and for the dashboard's order.
 export const SEVERITY_ORDER = [

@@ -1,5 +1,6 @@
 import type { HandlerContext } from "@connectrpc/connect";
-import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
+import { kPrincipal, kRemoteAddr, type Principal } from "../auth/context.ts";
+import type { CommandCreator } from "../generated/prisma/client.ts";
 import { recordAudit } from "../store/audit.ts";
 import type { Prisma } from "../store/types.ts";
 
@@ -27,3 +28,14 @@ export async function audit(
 
 // The caller's name for "created by" columns.
 export const callerName = (ctx: HandlerContext) => ctx.values.get(kPrincipal)?.name ?? "anonymous";
+
+const CREATOR_KINDS: Record<Principal["kind"], CommandCreator> = { session: "person", api_token: "api_token", admin_key: "admin_key" };
+
+// Who queues a command, from the verified principal: its name for display and its kind, which
+// tells a person from a key. Without a principal it is the control plane itself (the policy
+// lets no anonymous caller queue commands).
+export function commandCreator(ctx: HandlerContext): { createdBy: string; createdByKind: CommandCreator } {
+  const principal = ctx.values.get(kPrincipal);
+  if (!principal) return { createdBy: "system", createdByKind: "system" };
+  return { createdBy: principal.name, createdByKind: CREATOR_KINDS[principal.kind] };
+}

@@ -4,7 +4,7 @@ import type { CommandChanged, EventBus } from "../events.ts";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { type CommandInfo, CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
-import { audit, callerName } from "./audit.ts";
+import { audit, commandCreator } from "./audit.ts";
 import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
 import { createCommand, getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
@@ -46,7 +46,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
       if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
-      const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, createdBy: callerName(ctx) });
+      const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...commandCreator(ctx) });
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
       await audit(db, ctx, {

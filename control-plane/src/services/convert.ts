@@ -1,6 +1,6 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { CommandInfoSchema, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSchema, type Agent } from "@redflag/gen/fleet_service_pb";
@@ -9,7 +9,7 @@ import {
   RegistrationTokenState,
   type RegistrationToken,
 } from "@redflag/gen/token_service_pb";
-import type { CommandState as DbCommandState, CommandType as DbCommandType, Prisma as PrismaNs } from "../generated/prisma/client.ts";
+import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType, Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import type { AgentRow } from "../store/agents.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
@@ -132,6 +132,14 @@ export const COMMAND_STATES: Record<DbCommandState, CommandState> = {
   cancelled: CommandState.CANCELLED,
 };
 
+const COMMAND_CREATORS: Record<DbCommandCreator, CommandCreator> = {
+  unknown: CommandCreator.UNSPECIFIED,
+  person: CommandCreator.PERSON,
+  api_token: CommandCreator.API_TOKEN,
+  admin_key: CommandCreator.ADMIN_KEY,
+  system: CommandCreator.SYSTEM,
+};
+
 export function commandToProto(row: CommandRow): CommandInfo {
   return create(CommandInfoSchema, {
     id: row.id,
@@ -143,6 +151,7 @@ export function commandToProto(row: CommandRow): CommandInfo {
     sendTime: ts(row.sentAt),
     finishTime: ts(row.finishedAt),
     createdBy: row.createdBy,
+    createdByKind: COMMAND_CREATORS[row.createdByKind],
     result: row.result ? fromBinary(CommandResultSchema, row.result.result) : undefined,
     deliveryCount: row.deliveryCount,
   });

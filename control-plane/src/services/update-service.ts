@@ -18,7 +18,7 @@ import type { Prisma } from "../store/types.ts";
 import type { EventBus } from "../events.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "./agent-config.ts";
-import { audit, callerName } from "./audit.ts";
+import { audit, callerName, commandCreator } from "./audit.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, text, uuid } from "./validate.ts";
 
@@ -198,7 +198,7 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
           type: "install_updates",
           action: toBinary(CommandSchema, create(CommandSchema, { action })),
           timeoutSeconds: 0,
-          createdBy: callerName(ctx),
+          ...commandCreator(ctx),
         });
         await db.packageUpdate.updateMany({
           where: { OR: updates.map((u) => ({ agentId: u.agentId, source: u.source, name: u.name, architecture: u.architecture })) },

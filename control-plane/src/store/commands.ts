@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { CommandState, CommandType } from "../generated/prisma/client.ts";
+import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -10,6 +10,7 @@ export interface CreateCommandInput {
   action: Uint8Array;
   timeoutSeconds: number;
   createdBy: string;
+  createdByKind: CommandCreator;
 }
 
 export async function createCommand(db: Prisma, input: CreateCommandInput) {

@@ -1,6 +1,6 @@
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { CommandOutcome, CommandType } from "@redflag/gen/command_pb";
-import { CommandService, CommandState, type CommandInfo, type ListCommandsRequest, type WatchEventsRequest } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandService, CommandState, type CommandInfo, type ListCommandsRequest, type WatchEventsRequest } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
@@ -82,7 +82,7 @@ describe("the Activity feed", () => {
 
     feed.changed(
       command({ id: INSTALL, agentId: WEB, type: CommandType.INSTALL_UPDATES, state: CommandState.SUCCEEDED, createTime: ago(30_000), result: { outcome: CommandOutcome.SUCCEEDED, message: "installed 1, failed 0, skipped 0" } }),
-      command({ id: NEW, agentId: DB, type: CommandType.REBOOT, state: CommandState.PENDING, createTime: ago(0), createdBy: "ops-key" }),
+      command({ id: NEW, agentId: DB, type: CommandType.REBOOT, state: CommandState.PENDING, createTime: ago(0), createdBy: "ops-key", createdByKind: CommandCreator.ADMIN_KEY }),
     );
     await waitFor(() => expect(rowIds()).toEqual([NEW, INSTALL, FAILED, SCAN]));
     // The same row, changed where it is.
@@ -91,7 +91,7 @@ describe("the Activity feed", () => {
     expect(before.textContent).toContain("installed 1, failed 0, skipped 0");
     expect(row(NEW).textContent).toContain("reboot");
     expect(row(NEW).textContent).toContain("db-1");
-    expect(row(NEW).textContent).toContain("ops-key");
+    expect(row(NEW).textContent).toContain("ops-key (admin key)");
   });
 
   it("never takes a row back to an earlier state when a late event arrives", async () => {

@@ -2,7 +2,7 @@
 // returns them, and a WatchEvents feed a test pushes events into.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { CommandInfoSchema, type CommandInfo, type WatchEventsResponseSchema } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, type CommandInfo, type WatchEventsResponseSchema } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
 import { session } from "../../lib/session.svelte.ts";
 
@@ -20,7 +20,7 @@ export function signIn(role: Role, username = "ana") {
 }
 
 export const command = (init: MessageInitShape<typeof CommandInfoSchema>): CommandInfo =>
-  create(CommandInfoSchema, { createTime: ago(60_000), createdBy: "ana", ...init });
+  create(CommandInfoSchema, { createTime: ago(60_000), createdBy: "ana", createdByKind: CommandCreator.PERSON, ...init });
 
 // The same command, later: `changes` may hold plain inits (a result) as create() takes them.
 export function evolve(base: CommandInfo, changes: MessageInitShape<typeof CommandInfoSchema>): CommandInfo {

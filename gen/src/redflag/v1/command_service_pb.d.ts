@@ -61,7 +61,9 @@ export declare type CommandInfo = Message<"redflag.v1.CommandInfo"> & {
   finishTime?: Timestamp | undefined;
 
   /**
-   * Who queued it, for example "admin-key".
+   * Who queued it, for display: the person's username (also through their API token), the
+   * admin key's name such as "admin-key", or "system". Use created_by_kind to tell a person
+   * from a key or the control plane; names do not say.
    *
    * @generated from field: string created_by = 9;
    */
@@ -78,6 +80,13 @@ export declare type CommandInfo = Message<"redflag.v1.CommandInfo"> & {
    * @generated from field: uint32 delivery_count = 11;
    */
   deliveryCount: number;
+
+  /**
+   * What kind of caller queued it; UNSPECIFIED for commands queued before this was recorded.
+   *
+   * @generated from field: redflag.v1.CommandCreator created_by_kind = 12;
+   */
+  createdByKind: CommandCreator;
 };
 
 /**
@@ -446,6 +455,54 @@ export enum CommandState {
  * Describes the enum redflag.v1.CommandState.
  */
 export declare const CommandStateSchema: GenEnum<CommandState>;
+
+/**
+ * CommandCreator is what kind of caller queued a command, taken from the verified credential
+ * (never from the request), so a console can tell a person's action from the system's.
+ *
+ * @generated from enum redflag.v1.CommandCreator
+ */
+export enum CommandCreator {
+  /**
+   * Not recorded: the command was queued before the control plane recorded it.
+   *
+   * @generated from enum value: COMMAND_CREATOR_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A person signed in to a session.
+   *
+   * @generated from enum value: COMMAND_CREATOR_PERSON = 1;
+   */
+  PERSON = 1,
+
+  /**
+   * A person's personal API token, acting as that person.
+   *
+   * @generated from enum value: COMMAND_CREATOR_API_TOKEN = 2;
+   */
+  API_TOKEN = 2,
+
+  /**
+   * The bootstrap admin key.
+   *
+   * @generated from enum value: COMMAND_CREATOR_ADMIN_KEY = 3;
+   */
+  ADMIN_KEY = 3,
+
+  /**
+   * The control plane itself, for example something it queued on a schedule.
+   *
+   * @generated from enum value: COMMAND_CREATOR_SYSTEM = 4;
+   */
+  SYSTEM = 4,
+}
+
+/**
+ * Describes the enum redflag.v1.CommandCreator.
+ */
+export declare const CommandCreatorSchema: GenEnum<CommandCreator>;
 
 /**
  * CommandService queues commands for agents and shows their state and results.

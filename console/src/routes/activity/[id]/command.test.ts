@@ -10,7 +10,7 @@ import {
   SubsystemRunState,
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
-import { CommandService, CommandState, type CommandInfo, type CreateCommandRequest } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandService, CommandState, type CommandInfo, type CreateCommandRequest } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { cleanup, fireEvent, screen, waitFor } from "@testing-library/svelte";
@@ -83,6 +83,7 @@ describe("one command's page", () => {
       sequence: 42n,
       deliveryCount: 1,
       createdBy: "ops-key",
+      createdByKind: CommandCreator.API_TOKEN,
       sendTime: ago(50_000),
       finishTime: ago(40_000),
       result: {
@@ -108,7 +109,7 @@ describe("one command's page", () => {
     await waitFor(() => expect(screen.getByRole("heading", { level: 1 }).textContent).toBe("Scan updates on web-1"));
     expect(facts().Host).toBe("web-1");
     expect(facts()).toMatchObject({ Type: "scan updates", State: "succeeded", Sequence: "42", Deliveries: "1 delivery", ID });
-    expect(facts().Created).toContain("by ops-key");
+    expect(facts().Created).toContain("by ops-key (API token)");
     expect(facts().Finished).toContain("the agent took 9 s");
     expect(screen.getByTestId("result-message").textContent).toContain("1 update found");
     const cells = (r: HTMLElement) => [...(r as HTMLTableRowElement).cells].map((td) => td.textContent?.trim());

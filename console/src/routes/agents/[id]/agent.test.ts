@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CommandOutcome, CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
-import { CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
 import { UpdateStatus } from "@redflag/gen/update_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
@@ -118,6 +118,7 @@ describe("the agent page", () => {
       type: CommandType.ENABLE_HEARTBEAT,
       state: CommandState.SUCCEEDED,
       createdBy: "ana",
+      createdByKind: CommandCreator.PERSON,
       createTime: ago(2 * MIN),
       finishTime: ago(MIN),
       result: create(CommandResultSchema, {
@@ -135,7 +136,7 @@ describe("the agent page", () => {
     await screen.findByTestId("agent-live");
 
     // The admin key turns it off: the page follows the command on the live feed.
-    const off = command({ type: CommandType.DISABLE_HEARTBEAT, state: CommandState.PENDING, createdBy: "admin.key", createTime: timestampFromMs(Date.now()) });
+    const off = command({ type: CommandType.DISABLE_HEARTBEAT, state: CommandState.PENDING, createdBy: "admin.key", createdByKind: CommandCreator.ADMIN_KEY, createTime: timestampFromMs(Date.now()) });
     server.change(off);
     await waitFor(() => expect(screen.getByTestId("heartbeat-state").textContent).toBe("turning off"));
     expect(screen.getByTestId("heartbeat-by").textContent).toBe("the system (admin.key)");
@@ -143,6 +144,21 @@ describe("the agent page", () => {
     server.change(create(CommandInfoSchema, { ...off, state: CommandState.SUCCEEDED, finishTime: timestampFromMs(Date.now()) }));
     await waitFor(() => expect(screen.getByTestId("heartbeat-state").textContent).toBe("off"));
     expect(rows("agent-command")[0]!.dataset.state).toBe("succeeded");
+  });
+
+  it("tells who started heartbeat by the recorded kind, and by the name only for commands recorded before it", async () => {
+    // A person whose username looks like a key's name, through their API token.
+    const byToken = command({ type: CommandType.ENABLE_HEARTBEAT, state: CommandState.SENT, createdBy: "build-key", createdByKind: CommandCreator.API_TOKEN, createTime: ago(MIN) });
+    const { server } = open({ commands: [byToken] });
+    await loaded();
+    expect((await screen.findByTestId("heartbeat-by")).textContent).toBe("build-key");
+    expect(screen.getByTestId("heartbeat-by").dataset.person).toBe("true");
+    await screen.findByTestId("agent-live");
+
+    const old = command({ type: CommandType.DISABLE_HEARTBEAT, state: CommandState.PENDING, createdBy: "deploy-key", createdByKind: CommandCreator.UNSPECIFIED, createTime: timestampFromMs(Date.now()) });
+    server.change(old);
+    await waitFor(() => expect(screen.getByTestId("heartbeat-by").textContent).toBe("the system (deploy-key)"));
+    expect(screen.getByTestId("heartbeat-by").dataset.person).toBe("false");
   });
 
   it("turns heartbeat on with an interval and a duration, checked before sending", async () => {

@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
 import { CommandType, UpdateSeverity, type DiskInfo } from "@redflag/gen/command_pb";
-import { CommandInfoSchema, CommandService, CommandState, WatchEventsResponseSchema, type CommandInfo, type WatchEventsResponse } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandService, CommandState, WatchEventsResponseSchema, type CommandInfo, type WatchEventsResponse } from "@redflag/gen/command_service_pb";
 import { OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSchema, FleetService, type Agent } from "@redflag/gen/fleet_service_pb";
 import { MetricSampleSchema, ReportService, type MetricSample } from "@redflag/gen/report_service_pb";
@@ -38,7 +38,7 @@ export const ago = (ms: number) => timestampFromMs(Date.now() - ms);
 type Fields<T> = Omit<Partial<T>, "$typeName" | "$unknown">;
 
 export function command(init: Fields<CommandInfo> & { type: CommandType; state: CommandState }): CommandInfo {
-  return create(CommandInfoSchema, { id: crypto.randomUUID(), agentId: AGENT_ID, createdBy: "ana", createTime: ago(5 * MIN), ...init });
+  return create(CommandInfoSchema, { id: crypto.randomUUID(), agentId: AGENT_ID, createdBy: "ana", createdByKind: CommandCreator.PERSON, createTime: ago(5 * MIN), ...init });
 }
 
 export function disk(mountPoint: string, size: number, used: number, extra: Partial<DiskInfo> = {}): DiskInfo {
@@ -85,8 +85,10 @@ export interface FakeOptions {
   updates?: FleetUpdate[];
   holds?: Hold[];
   overrides?: SubsystemConfig[];
-  // Who the caller is, as the server names it in created_by.
+  // Who the caller is, as the server names it in created_by, and the kind of credential it
+  // signed in with (created_by_kind).
   caller?: string;
+  callerKind?: CommandCreator;
 }
 
 export function fakeServer(opts: FakeOptions = {}) {
@@ -113,6 +115,7 @@ export function fakeServer(opts: FakeOptions = {}) {
     holds: opts.holds ?? [],
   };
   const caller = opts.caller ?? "ana";
+  const callerKind = opts.callerKind ?? CommandCreator.PERSON;
   // Requests that change something, in order, as [method, request].
   const calls: [string, unknown][] = [];
   // The live feed: push() sends a command change to every open WatchEvents stream.
@@ -134,7 +137,7 @@ export function fakeServer(opts: FakeOptions = {}) {
     return a;
   };
   const queue = (type: CommandType): CommandInfo => {
-    const c = command({ type, state: CommandState.PENDING, createdBy: caller, createTime: timestampFromMs(Date.now()) });
+    const c = command({ type, state: CommandState.PENDING, createdBy: caller, createdByKind: callerKind, createTime: timestampFromMs(Date.now()) });
     state.commands.unshift(c);
     publish(c);
     return c;
