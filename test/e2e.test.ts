@@ -112,6 +112,8 @@ describe.each(backends)("end to end on %s", (backend) => {
   });
 
   it("keeps polling as a service, runs collect_specs, and stops cleanly on SIGTERM", async () => {
+    type Listed = { agents: { health: string; lastScanTime: string }[] };
+    const before = Date.parse((await cliJson<Listed>("agents", "list")).agents[0]!.lastScanTime);
     const { spawn } = await import("node:child_process");
     const child = spawn(process.execPath, ["agent/src/main.ts", "run", "--state-dir", stateDir], {
       cwd: path.resolve(import.meta.dirname, ".."),
@@ -133,13 +135,11 @@ describe.each(backends)("end to end on %s", (backend) => {
       expect(Number(got.command.result.collectSpecs.specs.memoryTotalBytes)).toBeGreaterThan(0);
       // Online: heard from within three poll intervals. A busy machine can hold the agent up
       // for a moment (a scheduled scan between polls), so ask until it has polled again.
-      let agents = await cliJson<{ agents: { health: string; lastScanTime: string }[] }>("agents", "list");
       await expect
-        .poll(async () => (agents = await cliJson<typeof agents>("agents", "list")).agents[0]!.health, { timeout: 20_000, interval: 500 })
+        .poll(async () => (await cliJson<Listed>("agents", "list")).agents[0]!.health, { timeout: 20_000, interval: 500 })
         .toBe("AGENT_HEALTH_ONLINE");
       // The service also scans on its own schedule (every source is auto_run by default) and
-      // reports without a command: the last scan time moves on.
-      const before = Date.parse(agents.agents[0]!.lastScanTime);
+      // reports without a command: the last scan time moves on from the one before it started.
       const deadline = Date.now() + 60_000;
       let after = before;
       while (after <= before && Date.now() < deadline) {
