@@ -45,6 +45,16 @@ export function classify(err: unknown): Failure {
   return "transient";
 }
 
+// The control plane's `retry-after` hint (seconds, sent with ResourceExhausted) in milliseconds,
+// spread up to twice the hint so agents refused together do not return together; 0 without one.
+export function retryAfterMs(err: unknown, random: () => number = Math.random): number {
+  if (!(err instanceof ConnectError)) return 0;
+  const seconds = Number(err.metadata.get("retry-after"));
+  if (!Number.isFinite(seconds) || seconds <= 0) return 0;
+  const ms = Math.min(seconds, 3600) * 1000;
+  return Math.round(ms + random() * ms);
+}
+
 export class CredentialsLostError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);

@@ -18,7 +18,7 @@ import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts
 import { processCommands, type ProcessSummary } from "./commands.ts";
 import { defaultConfig, type Config } from "./config.ts";
 import type { PinnedKeys } from "./envelope.ts";
-import { AgentError, classify, connectCode, describeError, EXIT_USAGE } from "./errors.ts";
+import { AgentError, classify, connectCode, describeError, EXIT_USAGE, retryAfterMs } from "./errors.ts";
 import { createBreakers } from "./breaker.ts";
 import { createSourceLocks } from "./source-lock.ts";
 import { createHeartbeat } from "./heartbeat.ts";
@@ -424,7 +424,8 @@ function createAgent(deps: AgentDeps) {
         } catch (err) {
           if (stop.aborted) break;
           const failure = classify(err);
-          delayMs = failure === "transient" ? backoff.next() : Math.round(timing.refusedDelayMs * (0.5 + Math.random() / 2));
+          // A rate-limited call waits at least as long as the control plane asked.
+          delayMs = failure === "transient" ? Math.max(backoff.next(), retryAfterMs(err)) : Math.round(timing.refusedDelayMs * (0.5 + Math.random() / 2));
           const log = { err: describeError(err), retryInSeconds: Math.round(delayMs / 1000) };
           if (failure === "transient") logger.warn(log, "poll cycle failed; backing off");
           else if (failure === "refused") logger.error(log, "the control plane refuses this agent; retrying rarely");

@@ -17,14 +17,13 @@ import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver } from "./auth/principals.ts";
 import { createAgentConfigs } from "./services/agent-config.ts";
-import { createEventBus } from "./events.ts";
 import { createSettings } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
 import { createConsoleFiles } from "./console.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { openDatabase, type Database } from "./store/db.ts";
-import { createWakeups } from "./wakeups.ts";
+import { createCluster } from "./cluster.ts";
 
 export interface App {
   readonly server: RunningServer;
@@ -36,6 +35,8 @@ export interface App {
   readonly tokens: AgentTokens;
   readonly lastSeen: LastSeenBuffer;
   readonly scheduler: Scheduler;
+  // True while this replica runs the scheduler (always with the embedded database).
+  isLeader(): boolean;
   close(): Promise<void>;
 }
 
@@ -51,7 +52,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
 
     const settings = createSettings(db.prisma, config);
     await settings.load();
-    const wakeups = createWakeups();
+    // Wake-ups and the events feed, across replicas on PostgreSQL; and the scheduler leader.
+    const cluster = await createCluster({ databaseUrl: config.databaseUrl, logger, leaderRetryMs: config.sweepIntervalMs });
+    const wakeups = cluster.wakeups;
     const lastSeen = createLastSeenBuffer(db.prisma, config.lastSeenFlushMs, logger);
     const deps = {
       config,
@@ -62,7 +65,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       principals: createPrincipalResolver(db.prisma),
       agentConfigs: createAgentConfigs(config, db.prisma, settings),
       settings,
-      events: createEventBus(),
+      events: cluster.events,
       masterKey,
       signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,
@@ -97,7 +100,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       },
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
-    const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events);
+    const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(
       () => void reloadSigningKeys(db.prisma, masterKey, deps.signer).catch((err: unknown) => logger.warn({ err }, "cannot reload signing keys")),
@@ -121,10 +124,12 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       tokens: deps.tokens,
       lastSeen,
       scheduler,
+      isLeader: cluster.isLeader,
       async close() {
         scheduler.stop();
         clearInterval(keyTimer);
         wakeups.close();
+        await cluster.close();
         await server.close();
         await lastSeen.stop();
         await db.close();

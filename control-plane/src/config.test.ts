@@ -49,6 +49,21 @@ describe("loadConfig", () => {
     expect(error!.message).toMatch(/REDFLAG_ADDR=nonsense/);
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);
   });
+
+  it("reads Register and Renew rate limits as PER_MINUTE[:BURST], 0 turning one off", () => {
+    expect(loadConfig({}).rateLimits).toEqual({
+      registerPerAddress: { perMinute: 60, burst: 120 },
+      registerPerToken: { perMinute: 300, burst: 600 },
+      renewPerAddress: { perMinute: 600, burst: 1200 },
+      renewPerAgent: { perMinute: 6, burst: 12 },
+    });
+    const c = loadConfig({ REDFLAG_REGISTER_RATE_PER_ADDRESS: "10", REDFLAG_RENEW_RATE_PER_AGENT: "0", REDFLAG_REGISTER_RATE_PER_TOKEN: "5:50" });
+    expect(c.rateLimits.registerPerAddress).toEqual({ perMinute: 10, burst: 20 });
+    expect(c.rateLimits.registerPerToken).toEqual({ perMinute: 5, burst: 50 });
+    expect(c.rateLimits.renewPerAgent.perMinute).toBe(0);
+    expect(() => loadConfig({ REDFLAG_RENEW_RATE_PER_ADDRESS: "lots" })).toThrow(/REDFLAG_RENEW_RATE_PER_ADDRESS=lots must be CALLS_PER_MINUTE or CALLS_PER_MINUTE:BURST/);
+    expect(() => loadConfig({ REDFLAG_RENEW_RATE_PER_ADDRESS: "5:0" })).toThrow(/CALLS_PER_MINUTE:BURST/);
+  });
 });
 
 describe("durations", () => {

@@ -2,6 +2,7 @@ import { DEFAULT_CONSOLE_DIR } from "./console.ts";
 import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
+import type { RateLimit } from "./auth/rate-limit.ts";
 
 export interface Config {
   readonly host: string;
@@ -33,6 +34,13 @@ export interface Config {
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
+  readonly rateLimits: {
+    readonly registerPerAddress: RateLimit;
+    readonly registerPerToken: RateLimit;
+    readonly renewPerAddress: RateLimit;
+    readonly renewPerAgent: RateLimit;
+  };
 }
 
 export class ConfigError extends Error {
@@ -106,6 +114,19 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     return value;
   };
 
+  // "PER_MINUTE:BURST" (burst defaults to twice the rate); 0 turns the limit off.
+  const rate = (name: string, fallback: string): RateLimit => {
+    const text = env[name] || fallback;
+    const match = /^(\d{1,7})(?::(\d{1,7}))?$/.exec(text.trim());
+    const perMinute = Number(match?.[1]);
+    const burst = match?.[2] === undefined ? perMinute * 2 : Number(match[2]);
+    if (!match || (perMinute > 0 && burst < 1)) {
+      problems.push(`${name}=${text} must be CALLS_PER_MINUTE or CALLS_PER_MINUTE:BURST (for example 60:120; 0 turns it off)`);
+      return rate("", fallback);
+    }
+    return Object.freeze({ perMinute, burst });
+  };
+
   const [host, port] = parseAddr(env.REDFLAG_ADDR ?? "0.0.0.0:8080", problems);
 
   const certFile = env.REDFLAG_TLS_CERT || undefined;
@@ -148,6 +169,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    rateLimits: Object.freeze({
+      registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
+      registerPerToken: rate("REDFLAG_REGISTER_RATE_PER_TOKEN", "300:600"),
+      renewPerAddress: rate("REDFLAG_RENEW_RATE_PER_ADDRESS", "600:1200"),
+      renewPerAgent: rate("REDFLAG_RENEW_RATE_PER_AGENT", "6:12"),
+    }),
   };
   if (config.refreshTokenAbsoluteSeconds < config.refreshTokenSlidingSeconds) {
     problems.push("REDFLAG_REFRESH_TOKEN_MAX_AGE must not be shorter than REDFLAG_REFRESH_TOKEN_TTL");

@@ -11,13 +11,22 @@ export interface Scheduler {
   stop(): void;
 }
 
-// Periodic housekeeping. Each job is an idempotent statement, so running it on every replica is safe.
-export function createScheduler(db: Prisma, config: Config, logger: Logger, settings?: Settings, events?: EventBus): Scheduler {
+// Periodic housekeeping. Each job is an idempotent statement, so running it on every replica
+// would be safe; with several replicas only the leader (`isLeader`) runs them, so each timed-out
+// command is published once and pruning is not done N times over.
+export function createScheduler(
+  db: Prisma,
+  config: Config,
+  logger: Logger,
+  settings?: Settings,
+  events?: EventBus,
+  isLeader: () => boolean = () => true,
+): Scheduler {
   const resultTimeout = () => (settings ? settings.seconds("result_timeout") : config.resultTimeoutSeconds);
   let lastPrune = 0;
   let running = false;
   const tick = async () => {
-    if (running) return;
+    if (running || !isLeader()) return;
     running = true;
     try {
       const now = new Date();

@@ -25,4 +25,15 @@ describe("wakeups", () => {
     expect(await closing).toBe(false);
     expect(await w.wait("a", 5_000, new AbortController().signal)).toBe(false);
   });
+
+  it("return at once for a notification that came after the mark (a command queued while the poll claimed)", async () => {
+    const w = createWakeups();
+    const never = new AbortController().signal;
+    const mark = w.mark();
+    w.notify("a");
+    expect(await w.wait("a", 5_000, never, mark)).toBe(true);
+    // Not for another agent, nor for a notification from before the mark.
+    expect(await w.wait("b", 20, never, mark)).toBe(false);
+    expect(await w.wait("a", 20, never, w.mark())).toBe(false);
+  });
 });

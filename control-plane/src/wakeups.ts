@@ -1,20 +1,31 @@
 // Wakes long-polling PollCommands calls when a command is queued for their agent.
 export interface Wakeups {
-  // Resolves true when woken, false on timeout, abort or close.
-  wait(agentId: string, ms: number, signal: AbortSignal): Promise<boolean>;
+  // A mark to take before looking for commands; `wait` with it returns at once when the agent
+  // was notified after the mark, so a command queued while the poll was claiming is not missed.
+  mark(): number;
+  // Resolves true when woken (or notified since `since`), false on timeout, abort or close.
+  wait(agentId: string, ms: number, signal: AbortSignal, since?: number): Promise<boolean>;
   notify(agentId: string): void;
   close(): void;
   waiting(): number;
 }
 
+// Recent notifications remembered for `since`; far more than can happen during one claim.
+const RECENT_NOTIFICATIONS = 50_000;
+
 export function createWakeups(): Wakeups {
   const waiters = new Map<string, Set<(woken: boolean) => void>>();
+  // agent ID → the counter at its latest notification, oldest first.
+  const notified = new Map<string, number>();
+  let counter = 0;
   let closed = false;
   let count = 0;
 
   return {
-    wait(agentId, ms, signal) {
+    mark: () => counter,
+    wait(agentId, ms, signal, since) {
       if (closed || signal.aborted) return Promise.resolve(false);
+      if (since !== undefined && (notified.get(agentId) ?? -1) > since) return Promise.resolve(true);
       return new Promise<boolean>((resolve) => {
         let set = waiters.get(agentId);
         if (!set) waiters.set(agentId, (set = new Set()));
@@ -34,6 +45,9 @@ export function createWakeups(): Wakeups {
       });
     },
     notify(agentId) {
+      notified.delete(agentId);
+      notified.set(agentId, ++counter);
+      if (notified.size > RECENT_NOTIFICATIONS) notified.delete(notified.keys().next().value!);
       const set = waiters.get(agentId);
       if (set) for (const done of [...set]) done(true);
     },

@@ -27,6 +27,7 @@ import { randomBytes } from "node:crypto";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { AgentTokens } from "../auth/agent-tokens.ts";
 import { kAgent, kRemoteAddr } from "../auth/context.ts";
+import { createRateLimiter, type RateLimiter } from "../auth/rate-limit.ts";
 import type { Config } from "../config.ts";
 import { isMachineId, sha256 } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
@@ -73,6 +74,11 @@ const MAX_RESULTS_PER_REPORT = 500;
 
 export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof AgentService> {
   const { config, db } = deps;
+  const limits = config.rateLimits;
+  const registerPerAddress = createRateLimiter(limits.registerPerAddress);
+  const registerPerToken = createRateLimiter(limits.registerPerToken);
+  const renewPerAddress = createRateLimiter(limits.renewPerAddress);
+  const renewPerAgent = createRateLimiter(limits.renewPerAgent);
 
   const newRefreshToken = (now: Date): { secret: string; row: NewRefreshToken } => {
     const secret = randomBytes(32).toString("base64url");
@@ -89,6 +95,9 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   return {
     async register(req: RegisterRequest, ctx: HandlerContext) {
       const input = validateRegister(req);
+      const tokenHash = sha256(req.registrationToken);
+      rateLimit(registerPerAddress, ctx.values.get(kRemoteAddr), "Register calls from this address");
+      rateLimit(registerPerToken, tokenHash.toString("base64"), "registrations with this registration token");
       const minimum = deps.settings.text("minimum_agent_version");
       if (minimum && compareVersions(input.agentVersion, minimum) < 0) {
         throw new ConnectError(`agent version ${input.agentVersion} is older than the minimum ${minimum}; upgrade the agent first`, Code.FailedPrecondition);
@@ -97,7 +106,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const refresh = newRefreshToken(now);
       const agent = await registerAgent(db, {
         ...input,
-        registrationTokenHash: sha256(req.registrationToken),
+        registrationTokenHash: tokenHash,
         refresh: refresh.row,
         now,
         remoteAddr: ctx.values.get(kRemoteAddr),
@@ -130,6 +139,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       uuid("payload.agent_id", payload.agentId);
       if (!payload.signTime) throw invalid("payload.sign_time is required");
       const remoteAddr = ctx.values.get(kRemoteAddr);
+      rateLimit(renewPerAddress, remoteAddr, "Renew calls from this address");
       const now = new Date();
 
       const state = await getAgentAuthState(db, payload.agentId);
@@ -156,6 +166,8 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         throw new ConnectError("machine ID does not match the registered machine", Code.PermissionDenied);
       }
       if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
+      // Counted only once the agent's own key signed the call, so nobody else can use up its budget.
+      rateLimit(renewPerAgent, payload.agentId, "Renew calls for this agent");
       const skewMs = Math.abs(timestampDate(payload.signTime).getTime() - now.getTime());
       if (skewMs > config.renewMaxSkewSeconds * 1000) {
         throw new ConnectError(
@@ -195,10 +207,13 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired } : null);
 
       const deadline = Date.now() + req.waitSeconds * 1000;
+      // Marked before each claim: a command queued while the claim runs wakes the wait at once.
+      let mark = deps.wakeups.mark();
       let commands = await deliver(deps, agentId, limit, req.nonce);
       while (commands.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
-        const woken = await deps.wakeups.wait(agentId, deadline - Date.now(), ctx.signal);
+        const woken = await deps.wakeups.wait(agentId, deadline - Date.now(), ctx.signal, mark);
         if (!woken) break;
+        mark = deps.wakeups.mark();
         commands = await deliver(deps, agentId, limit, req.nonce);
       }
       const agentConfig = await deps.agentConfigs.forAgent(agentId);
@@ -231,6 +246,15 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused, acknowledgedScanIds };
     },
   };
+}
+
+// Refuses a call over its budget with ResourceExhausted and a retry-after hint (seconds), in the
+// message for people and in the `retry-after` metadata for agents.
+function rateLimit(limiter: RateLimiter, key: string, what: string) {
+  const wait = limiter.take(key);
+  if (wait > 0) {
+    throw new ConnectError(`too many ${what}; retry after ${wait}s`, Code.ResourceExhausted, { "retry-after": String(wait) });
+  }
 }
 
 async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array) {
