@@ -21,8 +21,12 @@ import { createSettings } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
 import { createConsoleFiles } from "./console.ts";
+import { createMetrics } from "./metrics.ts";
+import { createProbes } from "./probes.ts";
+import { readMigrations } from "./store/migrate.ts";
+import { checkReadiness } from "./store/observability.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
-import { openDatabase, type Database } from "./store/db.ts";
+import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.ts";
 import { createCluster } from "./cluster.ts";
 
 export interface App {
@@ -40,6 +44,9 @@ export interface App {
   close(): Promise<void>;
 }
 
+// /readyz answers 503 when the database takes longer than this.
+const READINESS_TIMEOUT_MS = 2000;
+
 // Wires the control plane: database (embedded or PostgreSQL), keys, services, HTTP server.
 export async function startApp(config: Config, logger: Logger): Promise<App> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
@@ -52,6 +59,15 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
 
     const settings = createSettings(db.prisma, config);
     await settings.load();
+    const metrics = createMetrics();
+    metrics.attach({ db: db.prisma, pool: db.pool, pollIntervalSeconds: () => settings.seconds("poll_interval"), logger });
+    const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
+    const probes = createProbes({
+      metrics,
+      readiness: () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS),
+      metricsToken: config.metricsToken,
+      logger,
+    });
     // Wake-ups and the events feed, across replicas on PostgreSQL; and the scheduler leader.
     const cluster = await createCluster({ databaseUrl: config.databaseUrl, logger, leaderRetryMs: config.sweepIntervalMs });
     const wakeups = cluster.wakeups;
@@ -61,7 +77,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       db: db.prisma,
       tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
       agents: createAgentRegistry(db.prisma),
-      signer: createCommandSigner(keys.active, keys.trusted),
+      signer: createCommandSigner(keys.active, keys.trusted, metrics.signed),
       principals: createPrincipalResolver(db.prisma),
       agentConfigs: createAgentConfigs(config, db.prisma, settings),
       settings,
@@ -71,21 +87,18 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       wakeups,
       lastSeen,
       logger,
+      metrics,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
     const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
     const handler = connectNodeAdapter({
       routes: createRoutes(deps),
-      interceptors: [errorInterceptor(logger), authInterceptor(deps)],
+      interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
       contextValues: (req) => createContextValues().set(kRemoteAddr, req.socket?.remoteAddress ?? ""),
       fallback: (req, res) => {
         if (oidc?.handle(req, res)) return;
-        if (req.url === "/healthz") {
-          res.writeHead(200, { "content-type": "text/plain" });
-          res.end("ok\n");
-          return;
-        }
+        if (probes.handle(req, res)) return;
         const notFound = () => {
           res.writeHead(404, { "content-type": "text/plain" });
           res.end("not found\n");

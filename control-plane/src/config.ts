@@ -34,6 +34,8 @@ export interface Config {
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Bearer token for /metrics; unset: /metrics answers loopback callers only.
+  readonly metricsToken: string | undefined;
   // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
   readonly rateLimits: {
     readonly registerPerAddress: RateLimit;
@@ -141,6 +143,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     if (masterKey.length !== 32) problems.push("REDFLAG_MASTER_KEY must be 32 bytes in base64 (openssl rand -base64 32)");
   }
 
+  const metricsToken = env.REDFLAG_METRICS_TOKEN || undefined;
+  if (metricsToken !== undefined && !/^[\x21-\x7e]{16,256}$/.test(metricsToken)) {
+    problems.push("REDFLAG_METRICS_TOKEN must be 16 to 256 printable characters without spaces (openssl rand -hex 32)");
+  }
+
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
@@ -169,6 +176,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    metricsToken,
     rateLimits: Object.freeze({
       registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
       registerPerToken: rate("REDFLAG_REGISTER_RATE_PER_TOKEN", "300:600"),

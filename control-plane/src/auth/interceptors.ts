@@ -1,6 +1,7 @@
 import { Code, ConnectError, type ContextValues, type Interceptor } from "@connectrpc/connect";
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
 import { isMachineId } from "../ids.ts";
 import { isConnectionError } from "../store/db.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
@@ -12,33 +13,52 @@ import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
 import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
 
-// Outermost: gives every call a request ID, logs it, and turns anything that is not a
-// ConnectError into Unavailable (database down) or a bare Internal, never leaking internals.
-export function errorInterceptor(logger: Logger): Interceptor {
+// A caller's x-request-id is kept when it looks like an ID (a UUID, a proxy's trace ID).
+const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+// Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
+const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);
+
+// Outermost: gives every call a request ID (echoed in x-request-id), logs it, counts it in the
+// metrics, and turns anything that is not a ConnectError into Unavailable (database down) or a
+// bare Internal, never leaking internals.
+export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor {
   return (next) => async (req) => {
     const started = performance.now();
-    const requestId = randomUUID();
-    const log = logger.child({ requestId, rpc: `${req.service.typeName}/${req.method.name}` });
+    const incoming = req.header.get("x-request-id");
+    const requestId = incoming !== null && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     try {
       const res = await next(req);
-      log.debug({ ms: Math.round(performance.now() - started) }, "rpc ok");
+      const ms = performance.now() - started;
+      res.header.set("x-request-id", requestId);
+      metrics?.rpc(req.method, 0, ms / 1000);
+      if (logger.isLevelEnabled("debug")) {
+        const agentId = req.contextValues.get(kAgent)?.agentId;
+        logger.debug({ requestId, rpc: rpcName(req), agentId, ms: Math.round(ms) }, "rpc ok");
+      }
       return res;
     } catch (err) {
-      const ms = Math.round(performance.now() - started);
-      const agentId = req.contextValues.get(kAgent)?.agentId;
+      const ms = performance.now() - started;
+      const fields = { requestId, rpc: rpcName(req), agentId: req.contextValues.get(kAgent)?.agentId, ms: Math.round(ms) };
+      let error: ConnectError;
       if (err instanceof ConnectError) {
-        log.info({ ms, agentId, code: Code[err.code], reason: err.rawMessage }, "rpc refused");
-        throw err;
+        error = err;
+        if (SERVER_FAULTS.has(err.code)) logger.error({ ...fields, code: Code[err.code], err }, "rpc failed");
+        else logger.warn({ ...fields, code: Code[err.code], reason: err.rawMessage }, "rpc refused");
+      } else if (isConnectionError(err)) {
+        logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
+        error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
+      } else {
+        logger.error({ ...fields, code: Code[Code.Internal], err }, "rpc failed");
+        error = new ConnectError("internal error", Code.Internal, undefined, undefined, err);
       }
-      if (isConnectionError(err)) {
-        log.warn({ ms, agentId, err }, "database unavailable");
-        throw new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
-      }
-      log.error({ ms, agentId, err }, "rpc failed");
-      throw new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+      error.metadata.set("x-request-id", requestId);
+      metrics?.rpc(req.method, error.code, ms / 1000);
+      throw error;
     }
   };
 }
+
+const rpcName = (req: { service: { typeName: string }; method: { name: string } }) => `${req.service.typeName}/${req.method.name}`;
 
 export interface AuthDeps {
   db: Prisma;

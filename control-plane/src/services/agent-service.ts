@@ -31,6 +31,7 @@ import { createRateLimiter, type RateLimiter } from "../auth/rate-limit.ts";
 import type { Config } from "../config.ts";
 import { isMachineId, sha256 } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
+import type { Metrics } from "../metrics.ts";
 import type { Logger } from "../log.ts";
 import { verify } from "../signing/keys.ts";
 import { pae, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
@@ -67,6 +68,8 @@ export interface AgentServiceDeps {
   events: EventBus;
   settings: Settings;
   logger: Logger;
+  // Counts deliveries and recorded results; optional for tests that build the service alone.
+  metrics?: Pick<Metrics, "delivered" | "resultsRecorded">;
 }
 
 const MAX_COMMANDS_PER_POLL = 100;
@@ -243,6 +246,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
           : { acknowledged: [], refused: [] };
       const acknowledgedScanIds = scans.length > 0 ? await recordScanReports(db, agentId, scans) : [];
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
+      deps.metrics?.resultsRecorded(outcome.acknowledged.length);
       return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused, acknowledgedScanIds };
     },
   };
@@ -266,6 +270,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
       deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, issueTime, expireTime, nonce }, c.action),
     );
     deps.events.publish(claimed.map((c) => ({ commandId: c.id, agentId })));
+    deps.metrics?.delivered(signed.length);
     return signed;
   } catch (err) {
     await unclaimCommands(deps.db, claimed.map((c) => c.id));

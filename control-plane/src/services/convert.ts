@@ -55,11 +55,18 @@ export function agentHealth(row: AgentRow, now: Date, pollIntervalSeconds: numbe
   return AgentHealth.STALE;
 }
 
+// Heard from since `online`: online; since `offline`: offline; before: stale.
+export function healthCutoffs(now: Date, pollIntervalSeconds: number): { online: Date; offline: Date } {
+  return {
+    online: new Date(now.getTime() - pollIntervalSeconds * ONLINE_POLL_INTERVALS * 1000),
+    offline: new Date(now.getTime() - OFFLINE_SECONDS * 1000),
+  };
+}
+
 // The agents in one health state, as a query with agentHealth's thresholds; undefined for a
 // value that is not a health state.
 export function agentHealthWhere(health: AgentHealth, now: Date, pollIntervalSeconds: number): PrismaNs.AgentWhereInput | undefined {
-  const online = new Date(now.getTime() - pollIntervalSeconds * ONLINE_POLL_INTERVALS * 1000);
-  const offline = new Date(now.getTime() - OFFLINE_SECONDS * 1000);
+  const { online, offline } = healthCutoffs(now, pollIntervalSeconds);
   switch (health) {
     case AgentHealth.ONLINE:
       return { decommissionedAt: null, lastSeenAt: { gte: online } };

@@ -36,7 +36,14 @@ export function keySetRevision(keyIds: readonly string[]): bigint {
   return createHash("sha256").update([...keyIds].sort().join(",")).digest().readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
 }
 
-export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyPair[]): CommandSigner {
+// What was signed, for the signature-operation metric.
+export type SignatureKind = "command" | "manifest" | "key_set";
+
+export function createCommandSigner(
+  initialActive: KeyPair,
+  initialTrusted: KeyPair[],
+  onSign: (kind: SignatureKind, count: number) => void = () => {},
+): CommandSigner {
   let active = initialActive;
   let keys: TrustedKey[] = [];
   let signedSet: SignedKeySet;
@@ -49,6 +56,7 @@ export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyP
       keySet: body,
       signatures: trusted.map((k) => ({ keyId: k.keyId, signature: sign(k.secretKey, pae(KEY_SET_TYPE, body)) })),
     });
+    onSign("key_set", trusted.length);
   };
   build(initialTrusted);
   return {
@@ -77,6 +85,7 @@ export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyP
       const command = new Uint8Array(head.length + action.length);
       command.set(head, 0);
       command.set(action, head.length);
+      onSign("command", 1);
       return create(SignedCommandSchema, {
         command,
         signature: sign(active.secretKey, pae(COMMAND_TYPE, command)),
@@ -84,6 +93,7 @@ export function createCommandSigner(initialActive: KeyPair, initialTrusted: KeyP
       });
     },
     signManifest(manifest) {
+      onSign("manifest", 1);
       return { manifestSignature: sign(active.secretKey, pae(MANIFEST_TYPE, manifest)), keyId: active.keyId };
     },
   };
