@@ -20,6 +20,8 @@ export interface LastSeenBuffer {
 // written in one batched statement every intervalMs.
 export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Logger): LastSeenBuffer {
   let pending = new Map<string, { at: Date; status: PolledStatus | null }>();
+  // The batch being written: until its statement commits, readers must still see it here.
+  let inFlight = new Map<string, { at: Date; status: PolledStatus | null }>();
   let flushing: Promise<void> = Promise.resolve();
 
   const flush = () => {
@@ -27,11 +29,14 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
       if (pending.size === 0) return;
       const batch = pending;
       pending = new Map();
+      inFlight = batch;
       try {
         await flushLastSeen(db, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null })));
       } catch (err) {
         logger.warn({ err, agents: batch.size }, "could not record last-seen times; will retry");
         for (const [id, v] of batch) if (!pending.has(id)) pending.set(id, v);
+      } finally {
+        inFlight = new Map();
       }
     });
     return flushing;
@@ -41,10 +46,10 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
 
   return {
     record(agentId, at, status) {
-      pending.set(agentId, { at, status: status ?? pending.get(agentId)?.status ?? null });
+      pending.set(agentId, { at, status: status ?? pending.get(agentId)?.status ?? inFlight.get(agentId)?.status ?? null });
     },
     peek(agentId) {
-      const entry = pending.get(agentId);
+      const entry = pending.get(agentId) ?? inFlight.get(agentId);
       return entry && { at: entry.at, status: entry.status?.bytes ?? null };
     },
     flush,
