@@ -1,0 +1,165 @@
+import type { Command as AgentCommand } from "@redflag/gen/command_pb";
+import { Command, InvalidArgumentError } from "commander";
+import { setTimeout as sleep } from "node:timers/promises";
+import { startControlPlane, type BenchControlPlane } from "./servers.ts";
+import { agentClient, countError, formatErrors, newStats, planAgents, registerWithRetry, SimAgent, type SimStats } from "./simulator.ts";
+import { formatUsage, ms, printCommand, printMachineFacts, sampleProcess, summarize, watchProcess } from "./stats.ts";
+
+// Benchmark 4 (command throughput) and a scaled-down benchmark 3 (agents holding long-polls:
+// server RSS and queue-to-delivery latency), against a control plane started here.
+const number = (min: number) => (text: string) => {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`must be an integer ≥ ${min}`);
+  return n;
+};
+const o = new Command("bench-commands")
+  .description("Benchmark 4: signed command deliveries/s with results reported; then long-poll delivery latency and RSS.")
+  .option("--agents <n>", "agents for the throughput phase", number(1), 50)
+  .option("--commands <m>", "commands queued for the throughput phase", number(1), 2000)
+  .option("--queue-concurrency <n>", "concurrent CreateCommand calls while queueing", number(1), 8)
+  .option("--long-polls <n>", "agents holding long-polls in the latency phase (0 skips it)", number(0), 500)
+  .option("--latency-commands <n>", "commands sent one by one to long-polling agents", number(1), 200)
+  .option("--wait <seconds>", "long-poll wait_seconds", number(1), 30)
+  .option("--timeout <seconds>", "give up a phase after this long", number(1), 60)
+  .option("--database-url <url>", "run on a fresh database on this PostgreSQL server (default: embedded PGlite)")
+  .option("--seed <n>", "seed for identities and agent choice", number(0), 1)
+  .parse()
+  .opts<{
+    agents: number;
+    commands: number;
+    queueConcurrency: number;
+    longPolls: number;
+    latencyCommands: number;
+    wait: number;
+    timeout: number;
+    databaseUrl?: string;
+    seed: number;
+  }>();
+
+printCommand();
+printMachineFacts();
+
+async function registerAll(cp: BenchControlPlane, count: number, seed: number, stats: SimStats) {
+  const token = await cp.registrationToken(count);
+  const plans = planAgents({ agents: count, seed, startPeriodMs: 0, longPollShare: 0, heartbeatShare: 0 });
+  const conns = plans.map(() => agentClient(cp.url));
+  const agents = plans.map((p, i) => new SimAgent(p, conns[i]!.client, stats, { verify: true, renewAtFraction: 0.8 }));
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next < agents.length) await registerWithRetry(agents[next++]!, token, stats);
+    }),
+  );
+  console.log(`registered ${count} agents in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return { agents, close: () => conns.forEach((c) => c.close()) };
+}
+
+async function queueMany(cp: BenchControlPlane, targets: string[], concurrency: number, onQueued?: (id: string, sentAt: number) => void) {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < targets.length) {
+        const agentId = targets[next++]!;
+        const sentAt = performance.now();
+        const res = await cp.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } });
+        onQueued?.(res.command!.id, sentAt);
+      }
+    }),
+  );
+}
+
+const cp = await startControlPlane({ postgresUrl: o.databaseUrl });
+console.log(`control plane: started here (pid ${cp.pid}, ${cp.backend} database)`);
+try {
+  // Phase 1: M commands queued for N agents, then every agent polls back to back until it has
+  // received, verified and reported its share.
+  {
+    const stats = newStats();
+    const { agents, close } = await registerAll(cp, o.agents, o.seed, stats);
+    try {
+      const targets = Array.from({ length: o.commands }, (_, i) => agents[i % agents.length]!.agentId);
+      const q0 = performance.now();
+      await queueMany(cp, targets, o.queueConcurrency);
+      const queueSeconds = (performance.now() - q0) / 1000;
+      console.log(`queued ${o.commands} commands in ${queueSeconds.toFixed(1)} s (${(o.commands / queueSeconds).toFixed(0)} CreateCommand/s, concurrency ${o.queueConcurrency})`);
+
+      const watch = watchProcess(cp.pid);
+      const deadline = Date.now() + o.timeout * 1000;
+      const t0 = performance.now();
+      await Promise.all(
+        agents.map(async (agent, i) => {
+          const share = Math.floor(o.commands / agents.length) + (i < o.commands % agents.length ? 1 : 0);
+          let got = 0;
+          while ((got < share || agent.pendingResults > 0) && Date.now() < deadline) {
+            if (got >= share) {
+              await agent.flush();
+              continue;
+            }
+            try {
+              got += (await agent.poll(0)).length;
+            } catch (err) {
+              countError(stats, "PollCommands", err);
+            }
+          }
+        }),
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      const usage = await watch.stop();
+      console.log(
+        `throughput: ${stats.resultsAcknowledged}/${o.commands} delivered, verified and acknowledged in ${seconds.toFixed(1)} s: ` +
+          `${(stats.resultsAcknowledged / seconds).toFixed(0)} signed deliveries/s with results reported (${stats.polls} polls, ${stats.rejectedCommands} rejected)`,
+      );
+      console.log(`errors by code: ${formatErrors(stats.errors)}; ${formatUsage(usage)}`);
+    } finally {
+      close();
+    }
+  }
+
+  // Phase 2 (benchmark 3, scaled down): agents hold long-polls; commands are queued one at a time
+  // and timed from just before CreateCommand is sent to the agent's verified receipt.
+  if (o.longPolls > 0) {
+    const stats = newStats();
+    const { agents, close } = await registerAll(cp, o.longPolls, o.seed + 1, stats);
+    const stop = new AbortController();
+    const sent = new Map<string, number>();
+    const received = new Map<string, number>();
+    try {
+      const loops = agents.map(async (agent) => {
+        while (!stop.signal.aborted) {
+          await agent.flush(stop.signal);
+          try {
+            for (const c of await agent.poll(o.wait, stop.signal)) received.set((c as AgentCommand).id, performance.now());
+          } catch (err) {
+            if (!stop.signal.aborted) countError(stats, "PollCommands", err);
+          }
+        }
+      });
+      // Every agent has a long-poll open once each has polled once and is waiting again.
+      await sleep(3000);
+      const held = await sampleProcess(cp.pid);
+      console.log(`long-polls: ${o.longPolls} held; server RSS ${held ? (held.rssBytes / 2 ** 20).toFixed(0) : "n/a"} MB`);
+      const watch = watchProcess(cp.pid);
+      const pick = (k: number) => agents[(k * 7919 + o.seed) % agents.length]!.agentId;
+      const targets = Array.from({ length: o.latencyCommands }, (_, k) => pick(k));
+      await queueMany(cp, targets, 1, (id, at) => sent.set(id, at));
+      const deadline = Date.now() + o.timeout * 1000;
+      while (received.size < sent.size && Date.now() < deadline) await sleep(50);
+      const usage = await watch.stop();
+      const latencies = [...sent].filter(([id]) => received.has(id)).map(([id, at]) => received.get(id)! - at);
+      const l = summarize(latencies);
+      console.log(
+        `delivery latency queue→agent (n=${l.count}/${sent.size}): p50 ${ms(l.p50)}, p95 ${ms(l.p95)}, p99 ${ms(l.p99)}, max ${ms(l.max)}; ` +
+          `${stats.resultsAcknowledged} results acknowledged`,
+      );
+      console.log(`errors by code: ${formatErrors(stats.errors)}; ${formatUsage(usage)}`);
+      stop.abort();
+      await Promise.all(loops);
+    } finally {
+      stop.abort();
+      close();
+    }
+  }
+} finally {
+  await cp.stop();
+}

@@ -1,0 +1,108 @@
+import { Command, InvalidArgumentError } from "commander";
+import { startControlPlane, type BenchControlPlane } from "./servers.ts";
+import { formatErrors, simulate } from "./simulator.ts";
+import { formatUsage, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
+
+// `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
+// --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
+const number = (min: number, max = Number.MAX_SAFE_INTEGER) => (text: string) => {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`must be a number from ${min} to ${max}`);
+  return n;
+};
+
+const program = new Command("bench-sim")
+  .description("Simulate N RedFlag agents polling one control plane, and report polls/s, latency, errors and server CPU/RSS.")
+  .option("--url <url>", "control plane URL (default: start one here, on a fresh database)")
+  .option("--token <secret>", "registration token (required with --url)")
+  .option("--server-pid <pid>", "PID of the control plane at --url, for its CPU and RSS", number(1))
+  .option("--database-url <url>", "when starting the control plane: a PostgreSQL server to create a fresh database on (default: embedded PGlite)")
+  .option("--server-env <KEY=VALUE...>", "extra environment for the control plane this command starts")
+  .option("--agents <n>", "simulated agents", number(1, 200_000), 100)
+  .option("--start-period <seconds>", "spread registrations over this long", number(0), 10)
+  .option("--duration <seconds>", "whole run, including the start period", number(1), 40)
+  .option("--interval <seconds>", "poll interval of interval-mode agents", number(0), 5)
+  .option("--jitter <percent>", "proportional jitter of each interval", number(0, 100), 20)
+  .option("--long-poll-share <fraction>", "share of agents holding long-polls", number(0, 1), 0)
+  .option("--wait <seconds>", "long-poll wait_seconds", number(1, 60), 30)
+  .option("--heartbeat-share <fraction>", "share of agents in heartbeat mode", number(0, 1), 0)
+  .option("--heartbeat-interval <seconds>", "poll interval in heartbeat mode", number(0), 2)
+  .option("--no-verify", "skip verifying command signatures")
+  .option("--renew-at <fraction>", "renew the access token at this share of its life", number(0, 1), 0.8)
+  .option("--agents-per-connection <n>", "agents sharing one HTTP/2 connection", number(1), 1)
+  .option("--seed <n>", "seed for the schedule, modes and identities", number(0), 1)
+  .parse();
+
+const o = program.opts<{
+  url?: string;
+  token?: string;
+  serverPid?: number;
+  databaseUrl?: string;
+  serverEnv?: string[];
+  agents: number;
+  startPeriod: number;
+  duration: number;
+  interval: number;
+  jitter: number;
+  longPollShare: number;
+  wait: number;
+  heartbeatShare: number;
+  heartbeatInterval: number;
+  verify: boolean;
+  renewAt: number;
+  agentsPerConnection: number;
+  seed: number;
+}>();
+if (o.url && !o.token) program.error("--url needs --token (a registration token with enough seats)");
+
+printCommand();
+printMachineFacts();
+let cp: BenchControlPlane | undefined;
+let url = o.url;
+let token = o.token;
+let pid = o.serverPid;
+if (!url) {
+  const env = Object.fromEntries((o.serverEnv ?? []).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+  cp = await startControlPlane({ postgresUrl: o.databaseUrl, env });
+  url = cp.url;
+  pid = cp.pid;
+  token = await cp.registrationToken(o.agents + 10);
+  console.log(`control plane: started here (pid ${cp.pid}, ${cp.backend} database)`);
+}
+const abort = new AbortController();
+process.once("SIGINT", () => abort.abort());
+try {
+  const watch = watchProcess(pid);
+  const cpu0 = process.cpuUsage();
+  const r = await simulate(
+    {
+      url,
+      token: token!,
+      agents: o.agents,
+      seed: o.seed,
+      startPeriodMs: o.startPeriod * 1000,
+      durationMs: o.duration * 1000,
+      intervalMs: o.interval * 1000,
+      jitterPercent: o.jitter,
+      longPollShare: o.longPollShare,
+      waitSeconds: o.wait,
+      heartbeatShare: o.heartbeatShare,
+      heartbeatIntervalMs: o.heartbeatInterval * 1000,
+      verify: o.verify,
+      renewAtFraction: o.renewAt,
+      agentsPerConnection: o.agentsPerConnection,
+    },
+    abort.signal,
+  );
+  const usage = await watch.stop();
+  const cpu = process.cpuUsage(cpu0);
+  const s = r.stats;
+  console.log(`agents: ${r.registered}/${r.agents} registered, ${s.renewals} renewals, run ${r.elapsedSeconds.toFixed(1)} s`);
+  console.log(`polls: ${r.polls} (${s.longPolls} long-polls), ${r.pollsPerSecond.toFixed(1)} polls/s after the start period`);
+  console.log(`latency after the start period (immediate polls, n=${r.latency.count}): p50 ${ms(r.latency.p50)}, p95 ${ms(r.latency.p95)}, p99 ${ms(r.latency.p99)}, max ${ms(r.latency.max)}`);
+  console.log(`commands: ${s.commandsReceived} received and verified, ${s.resultsAcknowledged} results acknowledged, ${s.rejectedCommands} rejected`);
+  console.log(`errors by code: ${formatErrors(s.errors)}`);
+  console.log(`${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
+} finally {
+  await cp?.stop();
+}
