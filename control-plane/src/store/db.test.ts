@@ -190,6 +190,7 @@ describe("error classification", () => {
   it.each([
     ["Prisma P1001", Object.assign(new Error("Can't reach database server"), { code: "P1001" })],
     ["Prisma P1017", Object.assign(new Error("Server has closed the connection."), { code: "P1017" })],
+    ["Prisma P2028", Object.assign(new Error("Transaction API error: Unable to start a transaction in the given time."), { code: "P2028" })],
     ["raw query 57P01", prismaError("P2010", { originalCode: "57P01", kind: "postgres" })],
     ["adapter ConnectionClosed", prismaError("P2010", { kind: "ConnectionClosed" })],
     ["pg 57P01", Object.assign(new Error("terminating connection due to administrator command"), { code: "57P01" })],

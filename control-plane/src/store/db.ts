@@ -133,8 +133,10 @@ const CONNECTION_SQLSTATES = /^(08...|57P0[123]|53300)$/;
 // Socket errors; ENOENT only counts when connecting (a Unix socket that is gone).
 const CONNECTION_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "ENOTFOUND", "EAI_AGAIN"]);
 // Prisma: P1001 cannot reach the server, P1002 timed out, P1017 the server closed the connection,
-// P2024 timed out waiting for a connection from the pool.
-const CONNECTION_PRISMA_CODES = new Set(["P1001", "P1002", "P1017", "P2024"]);
+// P2024 timed out waiting for a connection from the pool, P2028 a transaction that could not
+// start in time or expired before it committed (a saturated pool under a burst): nothing was
+// committed, so the caller may retry.
+const CONNECTION_PRISMA_CODES = new Set(["P1001", "P1002", "P1017", "P2024", "P2028"]);
 const CONNECTION_ADAPTER_KINDS = new Set(["DatabaseNotReachable", "ConnectionClosed", "SocketTimeout", "TooManyConnections"]);
 // pg's own errors carry no code.
 const CONNECTION_MESSAGES = /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/;
