@@ -5,6 +5,8 @@ export interface Page<T> {
   items: T[];
   // The next page's token; empty on the last page.
   next: string;
+  // How many match in all, for lists whose server says (ListUpdates).
+  total?: number;
 }
 
 // A list the server pages ("Load more"). The first page is a resource (reloads with its
