@@ -438,6 +438,28 @@ describe("the Updates page", () => {
     expect(screen.queryByLabelText("Package or pattern")).toBeNull();
   });
 
+  it("loads further pages with the same filters, saying how many are left", async () => {
+    setTestUrl("/updates?source=apt");
+    const { routes } = server();
+    const requests: ListUpdatesRequest[] = [];
+    const update = (name: string) => ({ agentId: WEB, hostname: "web-1", update: { source: "apt", name, architecture: "amd64", currentVersion: "1", availableVersion: "2", severity: UpdateSeverity.LOW }, status: UpdateStatus.PENDING });
+    const paging = (router: ConnectRouter) => {
+      routes(router);
+      router.service(UpdateService, {
+        listUpdates(req) {
+          requests.push(req);
+          return req.pageToken === "" ? { updates: [update("aaa"), update("bbb")], nextPageToken: "after-bbb", total: 3 } : { updates: [update("ccc")], total: 3 };
+        },
+        listHolds: () => ({ holds: [] }),
+      });
+    };
+    renderWithApi(Updates, paging);
+    await fireEvent.click(await screen.findByRole("button", { name: "Load more (1 left)" }));
+    await waitFor(() => expect(screen.getAllByTestId("update")).toHaveLength(3));
+    expect(requests.map((r) => [r.pageToken, r.filter?.source])).toEqual([["", "apt"], ["after-bbb", "apt"]]);
+    expect(screen.queryByRole("button", { name: /^Load more/ })).toBeNull();
+  });
+
   it("says so when the fleet has nothing pending", async () => {
     const { routes } = server();
     const empty = (router: ConnectRouter) => {
