@@ -28,6 +28,8 @@ import { checkReadiness } from "./store/observability.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
 import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.ts";
 import { createCluster } from "./cluster.ts";
+import { createPendingIndex } from "./pending.ts";
+import { agentsWithPendingCommands } from "./store/commands.ts";
 
 export interface App {
   readonly server: RunningServer;
@@ -60,7 +62,13 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const settings = createSettings(db.prisma, config);
     await settings.load();
     const metrics = createMetrics();
-    metrics.attach({ db: db.prisma, pool: db.pool, pollIntervalSeconds: () => settings.seconds("poll_interval"), logger });
+    // With PostgreSQL the index trusts its feed once the replica link is up (feedRestored).
+    const pending = createPendingIndex({
+      load: () => agentsWithPendingCommands(db.prisma),
+      feedUp: !config.databaseUrl,
+      onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
+    });
+    metrics.attach({ db: db.prisma, pool: db.pool, pollIntervalSeconds: () => settings.seconds("poll_interval"), logger, pending });
     const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
     const probes = createProbes({
       metrics,
@@ -69,7 +77,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       logger,
     });
     // Wake-ups and the events feed, across replicas on PostgreSQL; and the scheduler leader.
-    const cluster = await createCluster({ databaseUrl: config.databaseUrl, logger, leaderRetryMs: config.sweepIntervalMs });
+    const cluster = await createCluster({
+      databaseUrl: config.databaseUrl,
+      logger,
+      leaderRetryMs: config.sweepIntervalMs,
+      onNotify: (agentId) => pending.note(agentId),
+      onLinkChange: (up) => (up ? pending.feedRestored() : pending.feedLost()),
+    });
+    if (!config.databaseUrl) await pending.resync();
     const wakeups = cluster.wakeups;
     const lastSeen = createLastSeenBuffer(db.prisma, config.lastSeenFlushMs, logger);
     const deps = {
@@ -85,6 +100,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       masterKey,
       signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,
+      pending,
       lastSeen,
       logger,
       metrics,
@@ -140,6 +156,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       isLeader: cluster.isLeader,
       async close() {
         scheduler.stop();
+        pending.stop();
         clearInterval(keyTimer);
         wakeups.close();
         await cluster.close();

@@ -25,6 +25,10 @@ export interface ClusterOptions {
   // How often a replica that does not lead tries to take the lock (and a leader checks its
   // connection).
   leaderRetryMs?: number;
+  // Hears every wake-up, this replica's and the others' (the pending-command index).
+  onNotify?: (agentId: string) => void;
+  // The link to the other replicas went down (false: their wake-ups may be missed) or came back.
+  onLinkChange?: (up: boolean) => void;
 }
 
 export const CHANNEL = "redflag_commands";
@@ -45,12 +49,12 @@ interface Message {
 }
 
 export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
-  const localWakeups = createWakeups();
+  const localWakeups = createWakeups(opts.onNotify);
   const localEvents = createEventBus();
   if (!opts.databaseUrl) {
     return { wakeups: localWakeups, events: localEvents, isLeader: () => true, close: async () => localWakeups.close() };
   }
-  const link = createLink(opts.databaseUrl, opts.logger, opts.leaderRetryMs ?? 5_000, (msg) => {
+  const link = createLink(opts.databaseUrl, opts.logger, opts.leaderRetryMs ?? 5_000, opts.onLinkChange, (msg) => {
     for (const agentId of msg.w ?? []) localWakeups.notify(agentId);
     if (msg.e && msg.e.length > 0) localEvents.publish(msg.e.map(([agentId, commandId]) => ({ agentId, commandId })));
   });
@@ -90,7 +94,13 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
 // that reconnects with jittered backoff. Outgoing notifications are batched: while one NOTIFY
 // is in flight the next ones gather, so a burst costs a few statements, not one per command.
 // Best effort: what is lost while the link is down only delays a long-poll until its wait ends.
-function createLink(url: string, logger: Logger, leaderRetryMs: number, onMessage: (msg: Message) => void) {
+function createLink(
+  url: string,
+  logger: Logger,
+  leaderRetryMs: number,
+  onLinkChange: ((up: boolean) => void) | undefined,
+  onMessage: (msg: Message) => void,
+) {
   const replicaId = randomUUID();
   const wakes = new Set<string>();
   const changes = new Map<string, string>();
@@ -118,6 +128,7 @@ function createLink(url: string, logger: Logger, leaderRetryMs: number, onMessag
   const lost = (c: pg.Client, err?: unknown) => {
     if (client !== c) return;
     client = undefined;
+    if (connected) onLinkChange?.(false);
     connected = false;
     if (leader) logger.warn("lost the scheduler lock with its connection");
     leader = false;
@@ -155,6 +166,7 @@ function createLink(url: string, logger: Logger, leaderRetryMs: number, onMessag
       await c.query(`LISTEN ${CHANNEL}`);
       if (client !== c) return;
       connected = true;
+      onLinkChange?.(true);
       attempt = 0;
       await tryLead(c);
       scheduleFlush();

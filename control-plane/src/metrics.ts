@@ -6,6 +6,7 @@ import { Code } from "@connectrpc/connect";
 import type pg from "pg";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Logger } from "./log.ts";
+import type { PendingIndex } from "./pending.ts";
 import { healthCutoffs } from "./services/convert.ts";
 import type { SignatureKind } from "./signing/signer.ts";
 import { countFleet, type FleetCounts } from "./store/observability.ts";
@@ -33,6 +34,7 @@ export interface MetricsSources {
   pool: pg.Pool;
   pollIntervalSeconds: () => number;
   logger: Logger;
+  pending?: Pick<PendingIndex, "synced" | "size">;
 }
 
 export interface Metrics {
@@ -42,11 +44,16 @@ export interface Metrics {
   signed(kind: SignatureKind, count: number): void;
   delivered(count: number): void;
   resultsRecorded(count: number): void;
+  // One poll's look at the queue: skipped (the pending index knew there was nothing), or a claim
+  // query that found nothing or delivered.
+  claim(result: ClaimResult): void;
   // Connects the gauges that read the database; until then they report nothing.
   attach(sources: MetricsSources): void;
   render(): Promise<string>;
   readonly contentType: string;
 }
+
+export type ClaimResult = "skipped" | "empty" | "delivered";
 
 interface RpcLabels {
   service: string;
@@ -87,6 +94,14 @@ export function createMetrics(): Metrics {
     help: "Command results durably recorded (acknowledged to agents).",
     registers: [registry],
   });
+
+  const claims = new Counter({
+    name: "redflag_poll_claims_total",
+    help: "Polls by what they did with the queue: skipped (nothing pending, known without a query), empty (a claim query found nothing) or delivered.",
+    labelNames: ["result"] as const,
+    registers: [registry],
+  });
+  const claimLabels = { skipped: { result: "skipped" }, empty: { result: "empty" }, delivered: { result: "delivered" } };
 
   let sources: MetricsSources | undefined;
   let cached: { at: number; counts: FleetCounts } | undefined;
@@ -146,6 +161,23 @@ export function createMetrics(): Metrics {
     },
   });
 
+  new Gauge({
+    name: "redflag_pending_index_agents",
+    help: "Agents this replica's pending-command index marks as having queued commands (their polls run a claim query).",
+    registers: [registry],
+    collect() {
+      if (sources?.pending) this.set(sources.pending.size);
+    },
+  });
+  new Gauge({
+    name: "redflag_pending_index_synced",
+    help: "1 while the pending-command index is trusted; 0 while every poll runs a claim query (starting, or the replica link is down).",
+    registers: [registry],
+    collect() {
+      if (sources?.pending) this.set(sources.pending.synced ? 1 : 0);
+    },
+  });
+
   // Label objects are made once per method and code, not per call.
   const rpcLabels = new WeakMap<DescMethod, RpcLabels[]>();
   const labelsFor = (method: DescMethod, code: number) => {
@@ -171,6 +203,9 @@ export function createMetrics(): Metrics {
     },
     resultsRecorded(count) {
       if (count > 0) results.inc(count);
+    },
+    claim(result) {
+      claims.inc(claimLabels[result]);
     },
     attach(next) {
       sources = next;

@@ -13,7 +13,8 @@ export interface Wakeups {
 // Recent notifications remembered for `since`; far more than can happen during one claim.
 const RECENT_NOTIFICATIONS = 50_000;
 
-export function createWakeups(): Wakeups {
+// `onNotify` hears every notification (this replica's and, through the cluster, the others').
+export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
   const waiters = new Map<string, Set<(woken: boolean) => void>>();
   // agent ID → the counter at its latest notification, oldest first.
   const notified = new Map<string, number>();
@@ -45,6 +46,7 @@ export function createWakeups(): Wakeups {
       });
     },
     notify(agentId) {
+      onNotify?.(agentId);
       notified.delete(agentId);
       notified.set(agentId, ++counter);
       if (notified.size > RECENT_NOTIFICATIONS) notified.delete(notified.keys().next().value!);

@@ -51,6 +51,7 @@ import {
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
+import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, type Settings } from "../settings.ts";
@@ -63,13 +64,15 @@ export interface AgentServiceDeps {
   agents: AgentRegistry;
   signer: CommandSigner;
   wakeups: Wakeups;
+  // Which agents may have queued commands: an idle poll skips the claim query.
+  pending: PendingIndex;
   lastSeen: LastSeenBuffer;
   agentConfigs: AgentConfigs;
   events: EventBus;
   settings: Settings;
   logger: Logger;
-  // Counts deliveries and recorded results; optional for tests that build the service alone.
-  metrics?: Pick<Metrics, "delivered" | "resultsRecorded">;
+  // Counts deliveries, recorded results and claims; optional for tests that build the service alone.
+  metrics?: Pick<Metrics, "delivered" | "resultsRecorded" | "claim">;
 }
 
 const MAX_COMMANDS_PER_POLL = 100;
@@ -262,9 +265,15 @@ function rateLimit(limiter: RateLimiter, key: string, what: string) {
 }
 
 async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array) {
+  if (!deps.pending.mayHave(agentId)) {
+    deps.metrics?.claim("skipped");
+    return [];
+  }
   const issueTime = new Date();
   const expireTime = new Date(issueTime.getTime() + deps.settings.seconds("command_expiry") * 1000);
-  const claimed = await claimCommands(deps.db, agentId, limit, issueTime, expireTime);
+  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.db, agentId, limit, issueTime, expireTime));
+  deps.metrics?.claim(claimed.length > 0 ? "delivered" : "empty");
+  if (claimed.length === 0) return [];
   try {
     const signed = claimed.map((c) =>
       deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, issueTime, expireTime, nonce }, c.action),
@@ -274,6 +283,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
     return signed;
   } catch (err) {
     await unclaimCommands(deps.db, claimed.map((c) => c.id));
+    deps.pending.note(agentId);
     throw err;
   }
 }

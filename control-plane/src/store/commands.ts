@@ -67,6 +67,12 @@ export async function claimCommands(
   return rows.sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
 }
 
+// Every agent with at least one command waiting to be claimed (the pending index's resync).
+export async function agentsWithPendingCommands(db: Prisma): Promise<string[]> {
+  const rows = await db.$queryRaw<{ id: string }[]>`SELECT DISTINCT agent_id::text AS id FROM commands WHERE state = 'pending'`;
+  return rows.map((r) => r.id);
+}
+
 // Returns a claimed command to the queue when its delivery could not be prepared.
 export async function unclaimCommands(db: Prisma, ids: string[]): Promise<void> {
   if (ids.length === 0) return;
