@@ -66,8 +66,10 @@ function stopChild(child: ChildProcess): Promise<void> {
 }
 
 function spawnNode(script: string, env: Record<string, string>): ChildProcess {
-  // process.execPath is the pinned Node 24 when run through npm scripts.
-  const child = spawn(process.execPath, [script], {
+  // process.execPath is the pinned Node 24 when run through npm scripts. BENCH_SERVER_NODE_ARGS
+  // passes flags to the servers' Node, e.g. "--cpu-prof --cpu-prof-dir=prof" for a profile.
+  const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, script], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
