@@ -1,4 +1,4 @@
-import { fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { AgentService } from "@redflag/gen/agent_service_pb";
 import { CommandOutcome, CommandSchema } from "@redflag/gen/command_pb";
@@ -11,6 +11,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LINK_APPLICATION_NAME } from "../control-plane/src/cluster.ts";
 import { SUBSYSTEMS } from "../control-plane/src/services/agent-config.ts";
+import { createCommand } from "../control-plane/src/store/commands.ts";
 import { generateKeyPair, verify } from "../control-plane/src/signing/keys.ts";
 import { COMMAND_TYPE, pae } from "../control-plane/src/signing/pae.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent, signedRenew, type TestAgent } from "../control-plane/test/support/agents.ts";
@@ -274,6 +275,29 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
     await a.admin.commands.createCommand({ agentId: agent.agentId, action: collectSpecs });
     expect((await poll).commands).toHaveLength(1);
     expect(Date.now() - queuedAt).toBeLessThan(2_000);
+  });
+
+  it("deliver a command whose wake-up was lost while the replica link was down, when the link is back", async () => {
+    const agent = await registerTestAgent(a, await newRegistrationToken(a));
+    const [, onB] = clientsOf(agent);
+    // Idle first: B's pending index knows this agent has nothing queued.
+    expect((await onB.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+    const poll = onB.pollCommands({ nonce: nonce(), waitSeconds: 40 });
+    await sleep(200);
+    await a.app.db.prisma.$queryRaw`
+      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE application_name = ${LINK_APPLICATION_NAME} AND datname = current_database()`;
+    // Queued with no wake-up at all (as if its NOTIFY was lost): only the link's return can find it.
+    await createCommand(a.app.db.prisma, {
+      agentId: agent.agentId,
+      type: "collect_specs",
+      action: toBinary(CommandSchema, create(CommandSchema, { action: collectSpecs })),
+      timeoutSeconds: 0,
+      createdBy: "test",
+      createdByKind: "admin_key",
+    });
+    const res = await poll;
+    expect(res.commands).toHaveLength(1);
   });
 
   it("hand the scheduler to the other replica when the leader stops", async () => {

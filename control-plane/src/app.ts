@@ -86,10 +86,11 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     });
     if (!config.databaseUrl) await pending.resync();
     const wakeups = cluster.wakeups;
-    const lastSeen = createLastSeenBuffer(db.prisma, config.lastSeenFlushMs, logger);
+    const lastSeen = createLastSeenBuffer(db.statements, config.lastSeenFlushMs, logger);
     const deps = {
       config,
       db: db.prisma,
+      sql: db.statements,
       tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
       agents: createAgentRegistry(db.prisma),
       signer: createCommandSigner(keys.active, keys.trusted, metrics.signed),

@@ -54,7 +54,14 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   if (!opts.databaseUrl) {
     return { wakeups: localWakeups, events: localEvents, isLeader: () => true, close: async () => localWakeups.close() };
   }
-  const link = createLink(opts.databaseUrl, opts.logger, opts.leaderRetryMs ?? 5_000, opts.onLinkChange, (msg) => {
+  let wasDown = false;
+  const onLinkChange = (up: boolean) => {
+    opts.onLinkChange?.(up);
+    // Wake-ups sent while the link was down never arrive: every long-poll here looks again.
+    if (up && wasDown) localWakeups.notifyAll();
+    wasDown = !up;
+  };
+  const link = createLink(opts.databaseUrl, opts.logger, opts.leaderRetryMs ?? 5_000, onLinkChange, (msg) => {
     for (const agentId of msg.w ?? []) localWakeups.notify(agentId);
     if (msg.e && msg.e.length > 0) localEvents.publish(msg.e.map(([agentId, commandId]) => ({ agentId, commandId })));
   });
@@ -62,6 +69,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   const wakeups: Wakeups = {
     mark: () => localWakeups.mark(),
     wait: (agentId, ms, signal, since) => localWakeups.wait(agentId, ms, signal, since),
+    notifyAll: () => localWakeups.notifyAll(),
     notify(agentId) {
       localWakeups.notify(agentId);
       link.wake(agentId);

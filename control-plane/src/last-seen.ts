@@ -1,6 +1,6 @@
 import type { Logger } from "./log.ts";
 import { flushLastSeen } from "./store/agents.ts";
-import type { Prisma } from "./store/types.ts";
+import type { Statements } from "./store/statements.ts";
 
 // A poll's status as stored: the serialized AgentStatus, and its reboot flag for the indexed column.
 export interface PolledStatus {
@@ -18,7 +18,7 @@ export interface LastSeenBuffer {
 
 // Idle polls never write synchronously: last-seen times and statuses collect here and are
 // written in one batched statement every intervalMs.
-export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Logger): LastSeenBuffer {
+export function createLastSeenBuffer(sql: Statements, intervalMs: number, logger: Logger): LastSeenBuffer {
   let pending = new Map<string, { at: Date; status: PolledStatus | null }>();
   // The batch being written: until its statement commits, readers must still see it here.
   let inFlight = new Map<string, { at: Date; status: PolledStatus | null }>();
@@ -31,7 +31,7 @@ export function createLastSeenBuffer(db: Prisma, intervalMs: number, logger: Log
       pending = new Map();
       inFlight = batch;
       try {
-        await flushLastSeen(db, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null })));
+        await flushLastSeen(sql, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null })));
       } catch (err) {
         logger.warn({ err, agents: batch.size }, "could not record last-seen times; will retry");
         for (const [id, v] of batch) if (!pending.has(id)) pending.set(id, v);

@@ -36,4 +36,20 @@ describe("wakeups", () => {
     expect(await w.wait("b", 20, never, mark)).toBe(false);
     expect(await w.wait("a", 20, never, w.mark())).toBe(false);
   });
+
+  it("wake everyone on notifyAll, including a poll about to wait with an earlier mark", async () => {
+    const onNotify: string[] = [];
+    const w = createWakeups((id) => onNotify.push(id));
+    const never = new AbortController().signal;
+    const a = w.wait("a", 5_000, never);
+    const b = w.wait("b", 5_000, never);
+    const mark = w.mark();
+    w.notifyAll();
+    expect(await a).toBe(true);
+    expect(await b).toBe(true);
+    expect(await w.wait("c", 5_000, never, mark)).toBe(true);
+    expect(await w.wait("c", 20, never, w.mark())).toBe(false);
+    w.notify("d");
+    expect(onNotify).toEqual(["d"]);
+  });
 });

@@ -6,6 +6,9 @@ export interface Wakeups {
   // Resolves true when woken (or notified since `since`), false on timeout, abort or close.
   wait(agentId: string, ms: number, signal: AbortSignal, since?: number): Promise<boolean>;
   notify(agentId: string): void;
+  // Wakes every waiting poll (and any about to wait with an earlier mark), so each looks at the
+  // queue again: after the replica link was down, when notifications may have been missed.
+  notifyAll(): void;
   close(): void;
   waiting(): number;
 }
@@ -19,6 +22,8 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
   // agent ID → the counter at its latest notification, oldest first.
   const notified = new Map<string, number>();
   let counter = 0;
+  // The counter at the latest notifyAll.
+  let everyoneAt = -1;
   let closed = false;
   let count = 0;
 
@@ -26,7 +31,7 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
     mark: () => counter,
     wait(agentId, ms, signal, since) {
       if (closed || signal.aborted) return Promise.resolve(false);
-      if (since !== undefined && (notified.get(agentId) ?? -1) > since) return Promise.resolve(true);
+      if (since !== undefined && ((notified.get(agentId) ?? -1) > since || everyoneAt > since)) return Promise.resolve(true);
       return new Promise<boolean>((resolve) => {
         let set = waiters.get(agentId);
         if (!set) waiters.set(agentId, (set = new Set()));
@@ -52,6 +57,10 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
       if (notified.size > RECENT_NOTIFICATIONS) notified.delete(notified.keys().next().value!);
       const set = waiters.get(agentId);
       if (set) for (const done of [...set]) done(true);
+    },
+    notifyAll() {
+      everyoneAt = ++counter;
+      for (const set of [...waiters.values()]) for (const done of [...set]) done(true);
     },
     close() {
       closed = true;

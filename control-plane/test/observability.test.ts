@@ -59,6 +59,9 @@ describe("observability", () => {
     expect(sample(first, 'redflag_db_pool_connections{state="waiting"}')).toBeGreaterThanOrEqual(0);
     expect(sample(first, rpc("AgentService", "Register", "ok"))).toBe(2);
     expect(sample(first, rpc("AgentService", "PollCommands", "ok"))).toBe(1);
+    // The first poll found nothing, with (the pending index was trusted) or without a query.
+    expect((sample(first, 'redflag_poll_claims_total{result="skipped"}') ?? 0) + (sample(first, 'redflag_poll_claims_total{result="empty"}') ?? 0)).toBe(1);
+    expect(sample(first, "redflag_pending_index_agents")).toBe(1);
     expect(first).toContain('redflag_rpc_duration_seconds_bucket{le="0.005",service="redflag.v1.AgentService",method="PollCommands",code="ok"}');
     // prom-client's default process metrics.
     expect(first).toMatch(/^process_resident_memory_bytes \d+/m);
@@ -84,6 +87,15 @@ describe("observability", () => {
     expect(sample(second, 'redflag_signatures_total{kind="command"}')).toBe(1);
     expect(sample(second, rpc("AgentService", "PollCommands", "ok"))).toBe(2);
     expect(sample(second, rpc("AgentService", "ReportResults", "ok"))).toBe(1);
+    expect(sample(second, 'redflag_poll_claims_total{result="delivered"}')).toBe(1);
+    expect(sample(second, "redflag_pending_index_agents")).toBe(0);
+
+    // With nothing queued, an idle poll answers from the index without a claim query.
+    const deadline = Date.now() + 15_000;
+    while (sample(await scrape(), "redflag_pending_index_synced") !== 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const skipped = sample(await scrape(), 'redflag_poll_claims_total{result="skipped"}') ?? 0;
+    expect((await agent.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+    expect(sample(await scrape(), 'redflag_poll_claims_total{result="skipped"}')).toBe(skipped + 1);
   });
 
   it("counts a refused call under its Connect code", async () => {

@@ -50,6 +50,7 @@ import {
 } from "../store/commands.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
+import type { Statements } from "../store/statements.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
@@ -60,6 +61,8 @@ import { invalid, text, uuid } from "./validate.ts";
 export interface AgentServiceDeps {
   config: Config;
   db: Prisma;
+  // The poll path's prepared statements.
+  sql: Statements;
   tokens: AgentTokens;
   agents: AgentRegistry;
   signer: CommandSigner;
@@ -271,7 +274,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
   }
   const issueTime = new Date();
   const expireTime = new Date(issueTime.getTime() + deps.settings.seconds("command_expiry") * 1000);
-  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.db, agentId, limit, issueTime, expireTime));
+  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime));
   deps.metrics?.claim(claimed.length > 0 ? "delivered" : "empty");
   if (claimed.length === 0) return [];
   try {

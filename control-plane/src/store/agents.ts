@@ -1,3 +1,4 @@
+import type { Statements } from "./statements.ts";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { newId } from "../ids.ts";
@@ -285,7 +286,7 @@ export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undef
 // Applies buffered last-seen times and statuses in one statement. rebootRequired is the
 // status's flag (null when the poll carried no status).
 export async function flushLastSeen(
-  db: Prisma,
+  sql: Statements,
   entries: { agentId: string; at: Date; status: Uint8Array | null; rebootRequired: boolean | null }[],
 ): Promise<void> {
   if (entries.length === 0) return;
@@ -293,11 +294,13 @@ export async function flushLastSeen(
   const times = entries.map((e) => e.at);
   const statuses = entries.map((e) => (e.status ? Buffer.from(e.status) : null));
   const reboots = entries.map((e) => e.rebootRequired);
-  await db.$executeRaw`
+  await sql.rows("redflag_flush_last_seen", FLUSH_LAST_SEEN, [ids, times, statuses, reboots]);
+}
+
+const FLUSH_LAST_SEEN = `
     UPDATE agents AS a
        SET last_seen_at = GREATEST(COALESCE(a.last_seen_at, v.at), v.at),
            status = COALESCE(v.status, a.status),
            reboot_required = COALESCE(v.reboot_required, a.reboot_required)
-      FROM unnest(${ids}::uuid[], ${times}::timestamptz[], ${statuses}::bytea[], ${reboots}::boolean[]) AS v(id, at, status, reboot_required)
+      FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::boolean[]) AS v(id, at, status, reboot_required)
      WHERE a.id = v.id`;
-}

@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { recordSecurityEvent } from "./security-events.ts";
+import type { Statements } from "./statements.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
 
 export interface CreateCommandInput {
@@ -35,37 +36,46 @@ export interface ClaimedCommand {
 // sequence numbers. SKIP LOCKED keeps concurrent polls (and replicas) from taking the same row;
 // the agents row update serialises sequence allocation so numbers never repeat.
 export async function claimCommands(
-  db: Prisma,
+  sql: Statements,
   agentId: string,
   limit: number,
   sentAt: Date,
   expiresAt: Date,
 ): Promise<ClaimedCommand[]> {
-  const rows = await db.$queryRaw<ClaimedCommand[]>`
+  const rows = await sql.rows<{ id: string; sequence: string; action: Buffer }>("redflag_claim_commands", CLAIM_COMMANDS, [
+    agentId,
+    limit,
+    sentAt,
+    expiresAt,
+  ]);
+  return rows
+    .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), action: r.action }))
+    .sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
+}
+
+const CLAIM_COMMANDS = `
     WITH picked AS (
       SELECT id, created_at FROM commands
-       WHERE agent_id = ${agentId}::uuid AND state = 'pending'
+       WHERE agent_id = $1::uuid AND state = 'pending'
        ORDER BY created_at, id
-       LIMIT ${limit}
+       LIMIT $2::int
        FOR UPDATE SKIP LOCKED
     ), numbered AS (
       SELECT id, row_number() OVER (ORDER BY created_at, id) AS rn, count(*) OVER () AS n FROM picked
     ), bumped AS (
       UPDATE agents SET last_sequence = last_sequence + (SELECT count(*) FROM picked)
-       WHERE id = ${agentId}::uuid AND EXISTS (SELECT 1 FROM picked)
+       WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM picked)
        RETURNING last_sequence
     )
     UPDATE commands AS c
        SET state = 'sent',
            sequence = bumped.last_sequence - numbered.n + numbered.rn,
-           sent_at = ${sentAt},
-           expires_at = ${expiresAt},
+           sent_at = $3::timestamptz,
+           expires_at = $4::timestamptz,
            delivery_count = c.delivery_count + 1
       FROM numbered, bumped
      WHERE c.id = numbered.id
-    RETURNING c.id, c.sequence, c.action`;
-  return rows.sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
-}
+    RETURNING c.id::text, c.sequence::text, c.action`;
 
 // Every agent with at least one command waiting to be claimed (the pending index's resync).
 export async function agentsWithPendingCommands(db: Prisma): Promise<string[]> {

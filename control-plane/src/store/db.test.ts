@@ -43,8 +43,8 @@ async function newCommands(prisma: PrismaClient, agentId: string, count: number)
 }
 
 // The poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement.
-const claim = (prisma: PrismaClient, agentId: string, limit: number) =>
-  claimCommands(prisma, agentId, limit, new Date(), new Date(Date.now() + 600_000));
+const claim = (db: Database, agentId: string, limit: number) =>
+  claimCommands(db.statements, agentId, limit, new Date(), new Date(Date.now() + 600_000));
 
 describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
   let fresh: FreshDatabase;
@@ -77,11 +77,11 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     expect(read.registeredAt).toEqual(agent.registeredAt);
   });
 
-  it("claims every command exactly once through $queryRaw with FOR UPDATE SKIP LOCKED", async () => {
+  it("claims every command exactly once through its (prepared on PostgreSQL) statement with FOR UPDATE SKIP LOCKED", async () => {
     const agent = await newAgent(db.prisma);
     await newCommands(db.prisma, agent.id, 20);
 
-    const claims = await Promise.all(Array.from({ length: 10 }, () => claim(db.prisma, agent.id, 3)));
+    const claims = await Promise.all(Array.from({ length: 10 }, () => claim(db, agent.id, 3)));
 
     const claimed = claims.flat();
     expect(new Set(claimed.map((c) => c.id)).size).toBe(20);
@@ -91,7 +91,7 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     const [first] = claimed;
     expect(typeof first!.sequence).toBe("bigint");
     expect(first!.action).toBeInstanceOf(Uint8Array);
-    expect(await claim(db.prisma, agent.id, 3)).toEqual([]);
+    expect(await claim(db, agent.id, 3)).toEqual([]);
   });
 
   if (backend === "postgres") it("skips rows another transaction has locked", async () => {
@@ -101,7 +101,7 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     await db.prisma.$transaction(async (tx) => {
       const [locked] = await tx.$queryRaw<{ id: string }[]>`
         SELECT id FROM commands WHERE agent_id = ${agent.id}::uuid ORDER BY created_at LIMIT 1 FOR UPDATE`;
-      const [other] = await claim(db.prisma, agent.id, 10);
+      const [other] = await claim(db, agent.id, 10);
       expect(other).toBeDefined();
       expect(other!.id).not.toBe(locked!.id);
     });
@@ -117,7 +117,7 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
 
     await db.prisma.$transaction(async (tx) => {
       await tx.$queryRaw`SELECT id FROM commands WHERE agent_id = ${agent.id}::uuid FOR UPDATE`;
-      outside = claim(db.prisma, agent.id, 10).finally(() => (outsideDone = true));
+      outside = claim(db, agent.id, 10).finally(() => (outsideDone = true));
       await sleep(200);
       expect(outsideDone).toBe(false);
     });

@@ -8,6 +8,7 @@ import type { Logger } from "pino";
 import { PrismaClient } from "../generated/prisma/client.ts";
 import { EMBEDDED_PORT, startEmbeddedPostgres } from "./embedded.ts";
 import { applyMigrations } from "./migrate.ts";
+import { createStatements, type Statements } from "./statements.ts";
 
 export interface OpenDatabaseOptions {
   // Unset: the embedded database in dataDir.
@@ -22,6 +23,8 @@ export interface OpenDatabaseOptions {
 export interface Database {
   prisma: PrismaClient;
   pool: pg.Pool;
+  // The hot path's statements on that pool (prepared on PostgreSQL).
+  statements: Statements;
   kind: "embedded" | "postgres";
   close(): Promise<void>;
 }
@@ -50,7 +53,8 @@ export async function openDatabase(opts: OpenDatabaseOptions): Promise<Database>
     resources.push(() => prisma.$disconnect());
     logger.info({ database: target.description, migrationsApplied: applied.length }, "database ready");
     let closing: Promise<void> | undefined;
-    return { prisma, pool: target.pool, kind: target.kind, close: () => (closing ??= closeAll()) };
+    const statements = createStatements(target.pool, target.kind === "postgres");
+    return { prisma, pool: target.pool, statements, kind: target.kind, close: () => (closing ??= closeAll()) };
   } catch (err) {
     await closeAll();
     throw err;
