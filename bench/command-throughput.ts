@@ -20,6 +20,7 @@ const o = new Command("bench-commands")
   .option("--long-polls <n>", "agents holding long-polls in the latency phase (0 skips it)", number(0), 500)
   .option("--latency-commands <n>", "commands sent one by one to long-polling agents", number(1), 200)
   .option("--wait <seconds>", "long-poll wait_seconds", number(1), 30)
+  .option("--hold <seconds>", "keep the long-polls held this long before the latency phase (time to inspect the server)", number(0), 0)
   .option("--timeout <seconds>", "give up a phase after this long", number(1), 60)
   .option("--database-url <url>", "run on a fresh database on this PostgreSQL server (default: embedded PGlite)")
   .option("--seed <n>", "seed for identities and agent choice", number(0), 1)
@@ -31,6 +32,7 @@ const o = new Command("bench-commands")
     longPolls: number;
     latencyCommands: number;
     wait: number;
+    hold: number;
     timeout: number;
     databaseUrl?: string;
     seed: number;
@@ -67,6 +69,18 @@ async function queueMany(cp: BenchControlPlane, targets: string[], concurrency: 
       }
     }),
   );
+}
+
+// One sample from the server's /metrics (loopback callers need no token).
+async function scrape(url: string, series: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(series + " "));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+const longPollsWaiting = (url: string) => scrape(url, "redflag_long_polls_waiting");
+async function serverMemory(url: string) {
+  const mb = async (series: string) => Math.round((await scrape(url, series)) / 2 ** 20);
+  return { heapUsed: await mb("nodejs_heap_size_used_bytes"), heapTotal: await mb("nodejs_heap_size_total_bytes"), external: await mb("nodejs_external_memory_bytes") };
 }
 
 const cp = await startControlPlane({ postgresUrl: o.databaseUrl });
@@ -135,10 +149,21 @@ try {
           }
         }
       });
-      // Every agent has a long-poll open once each has polled once and is waiting again.
-      await sleep(3000);
+      // Every agent holds a long-poll once the server says so (its /metrics, loopback).
+      const heldBy = Date.now() + o.timeout * 1000;
+      let waiting = 0;
+      while ((waiting = await longPollsWaiting(cp.url)) < o.longPolls && Date.now() < heldBy) await sleep(250);
+      if (waiting < o.longPolls) console.log(`only ${waiting} of ${o.longPolls} long-polls held after ${o.timeout} s`);
       const held = await sampleProcess(cp.pid);
-      console.log(`long-polls: ${o.longPolls} held; server RSS ${held ? (held.rssBytes / 2 ** 20).toFixed(0) : "n/a"} MB`);
+      const mem = await serverMemory(cp.url);
+      console.log(
+        `long-polls: ${waiting} held; server RSS ${held ? (held.rssBytes / 2 ** 20).toFixed(0) : "n/a"} MB ` +
+          `(JS heap ${mem.heapUsed} MB used of ${mem.heapTotal} MB, external ${mem.external} MB)`,
+      );
+      if (o.hold > 0) {
+        console.log(`holding ${waiting} long-polls for ${o.hold} s (server pid ${cp.pid})`);
+        await sleep(o.hold * 1000);
+      }
       const watch = watchProcess(cp.pid);
       const pick = (k: number) => agents[(k * 7919 + o.seed) % agents.length]!.agentId;
       const targets = Array.from({ length: o.latencyCommands }, (_, k) => pick(k));

@@ -29,6 +29,7 @@ import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./stor
 import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.ts";
 import { createCluster } from "./cluster.ts";
 import { createPendingIndex } from "./pending.ts";
+import { inRequest, requestIdFrom } from "./request-context.ts";
 import { agentsWithPendingCommands } from "./store/commands.ts";
 
 export interface App {
@@ -68,7 +69,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       feedUp: !config.databaseUrl,
       onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
     });
-    metrics.attach({ db: db.prisma, pool: db.pool, pollIntervalSeconds: () => settings.seconds("poll_interval"), logger, pending });
+    metrics.attach({
+      db: db.prisma,
+      pool: db.pool,
+      pollIntervalSeconds: () => settings.seconds("poll_interval"),
+      logger,
+      pending,
+      longPolls: () => cluster.wakeups.waiting(),
+    });
     const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
     const probes = createProbes({
       metrics,
@@ -113,20 +121,26 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
       contextValues: (req) => createContextValues().set(kRemoteAddr, req.socket?.remoteAddress ?? ""),
+      // Plain HTTP routes get a request ID too, echoed and on their log lines.
       fallback: (req, res) => {
-        if (oidc?.handle(req, res)) return;
-        if (probes.handle(req, res)) return;
-        const notFound = () => {
-          res.writeHead(404, { "content-type": "text/plain" });
-          res.end("not found\n");
-        };
-        consoleFiles
-          .handle(req, res as never)
-          .then((served) => served || notFound())
-          .catch((err: unknown) => {
-            logger.warn({ err }, "cannot serve a console file");
-            if (!res.headersSent) notFound();
-          });
+        const incoming = req.headers["x-request-id"];
+        const requestId = requestIdFrom(typeof incoming === "string" ? incoming : undefined);
+        res.setHeader("x-request-id", requestId);
+        inRequest({ requestId }, () => {
+          if (oidc?.handle(req, res)) return;
+          if (probes.handle(req, res)) return;
+          const notFound = () => {
+            res.writeHead(404, { "content-type": "text/plain" });
+            res.end("not found\n");
+          };
+          consoleFiles
+            .handle(req, res as never)
+            .then((served) => served || notFound())
+            .catch((err: unknown) => {
+              logger.warn({ err }, "cannot serve a console file");
+              if (!res.headersSent) notFound();
+            });
+        });
       },
     });
     const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });

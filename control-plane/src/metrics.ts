@@ -35,6 +35,8 @@ export interface MetricsSources {
   pollIntervalSeconds: () => number;
   logger: Logger;
   pending?: Pick<PendingIndex, "synced" | "size">;
+  // Long-polls this replica holds open now.
+  longPolls?: () => number;
 }
 
 export interface Metrics {
@@ -161,6 +163,14 @@ export function createMetrics(): Metrics {
     },
   });
 
+  new Gauge({
+    name: "redflag_long_polls_waiting",
+    help: "PollCommands calls this replica holds open, waiting for a command (heartbeat and long-poll agents).",
+    registers: [registry],
+    collect() {
+      if (sources?.longPolls) this.set(sources.longPolls());
+    },
+  });
   new Gauge({
     name: "redflag_pending_index_agents",
     help: "Agents this replica's pending-command index marks as having queued commands (their polls run a claim query).",

@@ -14,6 +14,7 @@ export interface RunningServer {
 }
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n");
+const EMPTY = Buffer.alloc(0);
 
 // Serves Connect, gRPC and gRPC-Web on one port. With TLS, ALPN picks HTTP/2 or HTTP/1.1.
 // In cleartext a connection is routed by its first bytes: the HTTP/2 client preface goes to the
@@ -51,7 +52,7 @@ export async function startServer(opts: {
     const h2Server = h2;
     listener = net.createServer((socket) => {
       track(socket);
-      let head = Buffer.alloc(0);
+      let head = EMPTY;
       const onData = (chunk: Buffer) => {
         head = Buffer.concat([head, chunk]);
         const n = Math.min(head.length, H2_PREFACE.length);
@@ -60,6 +61,9 @@ export async function startServer(opts: {
         socket.off("data", onData);
         socket.pause();
         socket.unshift(head);
+        // The socket's listeners share this closure's scope for the connection's lifetime: drop
+        // the reference, which may pin a whole read buffer (64 KiB) per connection.
+        head = EMPTY;
         if (isH2) {
           // The HTTP/2 session reads what is buffered on the socket before taking over its handle.
           h2Server.emit("connection", socket);

@@ -9,7 +9,8 @@ import { errorInterceptor } from "../src/auth/interceptors.ts";
 import { loadConfig } from "../src/config.ts";
 import { metricsAccess } from "../src/probes.ts";
 import { checkReadiness } from "../src/store/observability.ts";
-import { newRegistrationToken, nonce, registerTestAgent } from "./support/agents.ts";
+import { generateKeyPair } from "../src/signing/keys.ts";
+import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent } from "./support/agents.ts";
 import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 // The value of one sample in Prometheus text format, e.g. sample(text, 'redflag_agents{health="online"}').
@@ -223,6 +224,31 @@ describe("readiness", () => {
           await admin.end();
         }
       }
+    } finally {
+      await cp.close();
+    }
+  });
+});
+
+// The request ID reaches every line logged while serving the request, and plain HTTP routes.
+describe("request IDs", () => {
+  it("are on the handlers' own log lines and on plain HTTP routes' responses", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const cp = await startTestControlPlane({}, undefined, (line) => lines.push(line));
+    try {
+      const token = await newRegistrationToken(cp);
+      const key = generateKeyPair();
+      const res = await cp.agentClient({ "x-request-id": "register-0123456789" }).register(registerRequest(token, randomMachineId(), key));
+      const registered = lines.find((l) => l.msg === "agent registered");
+      expect(registered).toMatchObject({ requestId: "register-0123456789", agentId: res.agentId, service: "redflag-server" });
+      // Lines from outside any request carry none.
+      expect(lines.find((l) => l.msg === "redflag control plane listening")).not.toHaveProperty("requestId");
+
+      const health = await fetch(`${cp.url}/healthz`, { headers: { "x-request-id": "probe-0123456789" } });
+      expect(health.headers.get("x-request-id")).toBe("probe-0123456789");
+      const missing = await fetch(`${cp.url}/no/such/page.txt`);
+      expect(missing.status).toBe(404);
+      expect(missing.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
     } finally {
       await cp.close();
     }

@@ -1,5 +1,4 @@
 import { Code, ConnectError, type ContextValues, type Interceptor } from "@connectrpc/connect";
-import { randomUUID } from "node:crypto";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { isMachineId } from "../ids.ts";
@@ -12,9 +11,8 @@ import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "./context.ts";
 import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
 import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
+import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
 
-// A caller's x-request-id is kept when it looks like an ID (a UUID, a proxy's trace ID).
-const REQUEST_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);
 
@@ -22,10 +20,13 @@ const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.
 // metrics, and turns anything that is not a ConnectError into Unavailable (database down) or a
 // bare Internal, never leaking internals.
 export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor {
-  return (next) => async (req) => {
+  return (next) => (req) => {
+    const requestId = requestIdFrom(req.header.get("x-request-id"));
+    return inRequest({ requestId }, () => call(next, req, requestId));
+  };
+
+  async function call(next: Parameters<Interceptor>[0], req: Parameters<Parameters<Interceptor>[0]>[0], requestId: string) {
     const started = performance.now();
-    const incoming = req.header.get("x-request-id");
-    const requestId = incoming !== null && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     try {
       const res = await next(req);
       const ms = performance.now() - started;
@@ -55,7 +56,7 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       metrics?.rpc(req.method, error.code, ms / 1000);
       throw error;
     }
-  };
+  }
 }
 
 const rpcName = (req: { service: { typeName: string }; method: { name: string } }) => `${req.service.typeName}/${req.method.name}`;
@@ -136,4 +137,6 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   }
   if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   values.set(kAgent, { agentId: claims.agentId, machineId: claims.machineId });
+  const request = currentRequest();
+  if (request) request.agentId = claims.agentId;
 }

@@ -216,14 +216,17 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired } : null);
 
       const deadline = Date.now() + req.waitSeconds * 1000;
+      // A copy: the decoded bytes are a view into the connection's 64 KiB read buffer, which a
+      // held long-poll would otherwise keep alive until it ends.
+      const nonce = req.nonce.slice();
       // Marked before each claim: a command queued while the claim runs wakes the wait at once.
       let mark = deps.wakeups.mark();
-      let commands = await deliver(deps, agentId, limit, req.nonce);
+      let commands = await deliver(deps, agentId, limit, nonce);
       while (commands.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
         const woken = await deps.wakeups.wait(agentId, deadline - Date.now(), ctx.signal, mark);
         if (!woken) break;
         mark = deps.wakeups.mark();
-        commands = await deliver(deps, agentId, limit, req.nonce);
+        commands = await deliver(deps, agentId, limit, nonce);
       }
       const agentConfig = await deps.agentConfigs.forAgent(agentId);
       // The agent reports the revision of the keys it pins (same derivation as ours): after a

@@ -6,7 +6,7 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
-import { pino } from "pino";
+import { createLogger } from "../../src/log.ts";
 import { startApp, type App } from "../../src/app.ts";
 import { loadConfig } from "../../src/config.ts";
 import { freshDatabase, type FreshDatabase } from "./database.ts";
@@ -30,9 +30,11 @@ export interface TestControlPlane {
 
 // A real control plane on a random port with a fresh database: PGlite, or the PostgreSQL named
 // by TEST_DATABASE_URL. `env` overrides REDFLAG_* settings.
+// `logLines` receives the server's log lines (JSON, info and above) instead of discarding them.
 export async function startTestControlPlane(
   env: Record<string, string> = {},
   reuse?: { db: FreshDatabase; port: number },
+  logLines?: (line: Record<string, unknown>) => void,
 ): Promise<TestControlPlane> {
   const db = reuse?.db ?? (await freshDatabase());
   const config = loadConfig({
@@ -41,7 +43,10 @@ export async function startTestControlPlane(
     ...(db.databaseUrl ? { DATABASE_URL: db.databaseUrl } : {}),
     ...env,
   });
-  const logger = pino({ level: process.env.TEST_LOG_LEVEL ?? "silent" });
+  // The product's own logger (its request fields, its redaction).
+  const logger = logLines
+    ? createLogger("info", { write: (line: string) => logLines(JSON.parse(line) as Record<string, unknown>) })
+    : createLogger(process.env.TEST_LOG_LEVEL ?? "silent");
   const app = await startApp(config, logger);
   const url = `http://127.0.0.1:${app.server.port}`;
   const adminKey = (await readFile(path.join(db.dataDir, "admin.key"), "utf8")).trim();
@@ -66,7 +71,7 @@ export async function startTestControlPlane(
     },
     async restart(more = {}) {
       await app.close();
-      return startTestControlPlane({ ...env, ...more }, { db, port: app.server.port });
+      return startTestControlPlane({ ...env, ...more }, { db, port: app.server.port }, logLines);
     },
     async close() {
       await app.close();
