@@ -66,13 +66,16 @@ if (!url) {
   cp = await startControlPlane({ postgresUrl: o.databaseUrl, env });
   url = cp.url;
   pid = cp.pid;
-  token = await cp.registrationToken(o.agents + 10);
+  token = await cp.registrationToken(Math.min(o.agents + 10, 100_000));
   console.log(`control plane: started here (pid ${cp.pid}, ${cp.backend} database)`);
 }
 const abort = new AbortController();
 process.once("SIGINT", () => abort.abort());
 try {
   const watch = watchProcess(pid);
+  // The steady state: from the end of the start period (registrations done) to the end.
+  let steady: ReturnType<typeof watchProcess> | undefined;
+  const steadyTimer = setTimeout(() => (steady = watchProcess(pid)), o.startPeriod * 1000);
   const cpu0 = process.cpuUsage();
   const r = await simulate(
     {
@@ -95,6 +98,8 @@ try {
     abort.signal,
   );
   const usage = await watch.stop();
+  clearTimeout(steadyTimer);
+  const steadyUsage = await steady?.stop();
   const cpu = process.cpuUsage(cpu0);
   const s = r.stats;
   console.log(`agents: ${r.registered}/${r.agents} registered, ${s.renewals} renewals, run ${r.elapsedSeconds.toFixed(1)} s`);
@@ -102,7 +107,8 @@ try {
   console.log(`latency after the start period (immediate polls, n=${r.latency.count}): p50 ${ms(r.latency.p50)}, p95 ${ms(r.latency.p95)}, p99 ${ms(r.latency.p99)}, max ${ms(r.latency.max)}`);
   console.log(`commands: ${s.commandsReceived} received and verified, ${s.resultsAcknowledged} results acknowledged, ${s.rejectedCommands} rejected`);
   console.log(`errors by code: ${formatErrors(s.errors)}`);
-  console.log(`${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
+  console.log(`whole run: ${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
+  if (steadyUsage) console.log(`after the start period: ${formatUsage(steadyUsage)}`);
 } finally {
   await cp?.stop();
 }

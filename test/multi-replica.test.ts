@@ -1,5 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { SettingsService } from "@redflag/gen/settings_service_pb";
 import type { AgentService } from "@redflag/gen/agent_service_pb";
 import { CommandOutcome, CommandSchema } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
@@ -15,7 +17,7 @@ import { createCommand } from "../control-plane/src/store/commands.ts";
 import { generateKeyPair, verify } from "../control-plane/src/signing/keys.ts";
 import { COMMAND_TYPE, pae } from "../control-plane/src/signing/pae.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent, signedRenew, type TestAgent } from "../control-plane/test/support/agents.ts";
-import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { freshDatabase, type FreshDatabase } from "../control-plane/test/support/database.ts";
 import { root, run } from "./support/processes.ts";
 
@@ -248,6 +250,24 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
       }
       await rm(stateRoot, { recursive: true, force: true });
     }
+  });
+
+  it("drop each other's caches at once: a setting changed and an agent decommissioned on one are seen on the other", async () => {
+    const agent = await registerTestAgent(a, await newRegistrationToken(a));
+    const [, onB] = clientsOf(agent);
+    // B now caches the agent's registration and the settings (each for 30 s otherwise).
+    expect((await onB.pollCommands({ nonce: nonce() })).nextPollSeconds).toBe(60);
+    const settingsOnA = createClient(
+      SettingsService,
+      createConnectTransport({ baseUrl: a.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${a.adminKey}` })] }),
+    );
+    await settingsOnA.updateSettings({ values: { poll_interval: "2m" } });
+    await expect.poll(async () => (await onB.pollCommands({ nonce: nonce() })).nextPollSeconds, { timeout: 3_000, interval: 50 }).toBe(120);
+    await settingsOnA.updateSettings({ values: { poll_interval: "1m" } });
+
+    await a.admin.fleet.decommissionAgent({ agentId: agent.agentId });
+    const refusal = () => onB.pollCommands({ nonce: nonce() }).then(() => "accepted", (err: unknown) => ConnectError.from(err).rawMessage);
+    await expect.poll(refusal, { timeout: 3_000, interval: 50 }).toBe("this agent has been decommissioned");
   });
 
   it("reconnect their replica links after the database drops them, and wake across replicas again", async () => {

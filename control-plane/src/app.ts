@@ -2,7 +2,7 @@ import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { createAgentRegistry } from "./auth/agent-registry.ts";
+import { createAgentRegistry, type AgentRegistry } from "./auth/agent-registry.ts";
 import { createAgentTokens, type AgentTokens } from "./auth/agent-tokens.ts";
 import { kRemoteAddr } from "./auth/context.ts";
 import { authInterceptor, errorInterceptor } from "./auth/interceptors.ts";
@@ -15,8 +15,8 @@ import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
-import { createPrincipalResolver } from "./auth/principals.ts";
-import { createAgentConfigs } from "./services/agent-config.ts";
+import { createPrincipalResolver, type PrincipalResolver } from "./auth/principals.ts";
+import { createAgentConfigs, type AgentConfigs } from "./services/agent-config.ts";
 import { createSettings } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
@@ -84,14 +84,60 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       metricsToken: config.metricsToken,
       logger,
     });
-    // Wake-ups and the events feed, across replicas on PostgreSQL; and the scheduler leader.
+    // This replica's caches; a change made here drops them on the other replicas too (below).
+    const agentsHere = createAgentRegistry(db.prisma);
+    const principalsHere = createPrincipalResolver(db.prisma);
+    const agentConfigsHere = createAgentConfigs(config, db.prisma, settings);
+    let reloadingSettings = false;
+    const dropCache = (cache: string) => {
+      const all = cache === "*";
+      if (all || cache === "settings") {
+        reloadingSettings = true;
+        void settings
+          .load()
+          .catch((err: unknown) => logger.warn({ err }, "cannot reload settings changed by another replica"))
+          .finally(() => (reloadingSettings = false));
+      }
+      if (all || cache === "configs") agentConfigsHere.invalidate();
+      if (all || cache === "principals") principalsHere.forget();
+      if (all) agentsHere.clear();
+      else if (cache.startsWith("agent:")) agentsHere.invalidate(cache.slice("agent:".length));
+    };
+    // Wake-ups, the events feed and cache invalidations, across replicas on PostgreSQL; and the
+    // scheduler leader.
     const cluster = await createCluster({
       databaseUrl: config.databaseUrl,
       logger,
       leaderRetryMs: config.sweepIntervalMs,
       onNotify: (agentId) => pending.note(agentId),
       onLinkChange: (up) => (up ? pending.feedRestored() : pending.feedLost()),
+      onInvalidate: dropCache,
     });
+    settings.onChange(() => {
+      if (!reloadingSettings) cluster.invalidate("settings");
+    });
+    const agents: AgentRegistry = {
+      get: (agentId) => agentsHere.get(agentId),
+      invalidate(agentId) {
+        agentsHere.invalidate(agentId);
+        cluster.invalidate(`agent:${agentId}`);
+      },
+      clear: () => agentsHere.clear(),
+    };
+    const principals: PrincipalResolver = {
+      ...principalsHere,
+      forget() {
+        principalsHere.forget();
+        cluster.invalidate("principals");
+      },
+    };
+    const agentConfigs: AgentConfigs = {
+      forAgent: (agentId) => agentConfigsHere.forAgent(agentId),
+      invalidate() {
+        agentConfigsHere.invalidate();
+        cluster.invalidate("configs");
+      },
+    };
     if (!config.databaseUrl) await pending.resync();
     const wakeups = cluster.wakeups;
     const lastSeen = createLastSeenBuffer(db.statements, config.lastSeenFlushMs, logger);
@@ -100,10 +146,10 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       db: db.prisma,
       sql: db.statements,
       tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
-      agents: createAgentRegistry(db.prisma),
+      agents,
       signer: createCommandSigner(keys.active, keys.trusted, metrics.signed),
-      principals: createPrincipalResolver(db.prisma),
-      agentConfigs: createAgentConfigs(config, db.prisma, settings),
+      principals,
+      agentConfigs,
       settings,
       events: cluster.events,
       masterKey,

@@ -20,13 +20,15 @@ describe("cluster", () => {
     const id = (i: number) => `00000000-0000-4000-8000-${String(i).padStart(12, "0")}`;
     const wakes = Array.from({ length: 300 }, (_, i) => id(i));
     const changes = Array.from({ length: 300 }, (_, i) => [id(i), id(i + 1000)] as [string, string]);
-    const payloads = encode("replica", wakes, changes);
+    const invalidations = ["settings", ...Array.from({ length: 200 }, (_, i) => `agent:${id(i)}`)];
+    const payloads = encode("replica", wakes, changes, invalidations);
     expect(payloads.length).toBeGreaterThan(1);
     for (const p of payloads) expect(Buffer.byteLength(p)).toBeLessThan(8000);
-    const msgs = payloads.map((p) => JSON.parse(p) as { r: string; w?: string[]; e?: [string, string][] });
+    const msgs = payloads.map((p) => JSON.parse(p) as { r: string; w?: string[]; e?: [string, string][]; x?: string[] });
     expect(msgs.every((m) => m.r === "replica")).toBe(true);
     expect(msgs.flatMap((m) => m.w ?? [])).toEqual(wakes);
     expect(msgs.flatMap((m) => m.e ?? [])).toEqual(changes);
+    expect(msgs.flatMap((m) => m.x ?? [])).toEqual(invalidations);
     expect(encode("replica", [], [])).toEqual([]);
   });
 });

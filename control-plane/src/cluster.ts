@@ -13,6 +13,10 @@ export interface Cluster {
   readonly wakeups: Wakeups;
   // Feeds this replica's WatchEvents streams at once and the other replicas' through NOTIFY.
   readonly events: EventBus;
+  // Tells the other replicas to drop a cache this replica just changed the truth behind:
+  // "settings", "configs" (holds, per-agent config), "principals" (people, tokens, keys) or
+  // "agent:<id>" (an agent's registration or decommissioning).
+  invalidate(cache: string): void;
   // True while this replica holds the scheduler lock.
   isLeader(): boolean;
   close(): Promise<void>;
@@ -29,6 +33,9 @@ export interface ClusterOptions {
   onNotify?: (agentId: string) => void;
   // The link to the other replicas went down (false: their wake-ups may be missed) or came back.
   onLinkChange?: (up: boolean) => void;
+  // Another replica changed what this cache holds (see Cluster.invalidate); "*" after the link
+  // was down: every cache, since invalidations may have been missed.
+  onInvalidate?: (cache: string) => void;
 }
 
 export const CHANNEL = "redflag_commands";
@@ -41,29 +48,36 @@ export const LINK_APPLICATION_NAME = "redflag-replica-link";
 const RECONNECT_BASE_MS = 250;
 const RECONNECT_CAP_MS = 30_000;
 
-// One message: the sending replica, agents to wake, and changed commands as [agentId, commandId].
+// One message: the sending replica, agents to wake, changed commands as [agentId, commandId],
+// and caches to drop.
 interface Message {
   r: string;
   w?: string[];
   e?: [string, string][];
+  x?: string[];
 }
 
 export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   const localWakeups = createWakeups(opts.onNotify);
   const localEvents = createEventBus();
   if (!opts.databaseUrl) {
-    return { wakeups: localWakeups, events: localEvents, isLeader: () => true, close: async () => localWakeups.close() };
+    return { wakeups: localWakeups, events: localEvents, invalidate: () => {}, isLeader: () => true, close: async () => localWakeups.close() };
   }
   let wasDown = false;
   const onLinkChange = (up: boolean) => {
     opts.onLinkChange?.(up);
-    // Wake-ups sent while the link was down never arrive: every long-poll here looks again.
-    if (up && wasDown) localWakeups.notifyAll();
+    // Wake-ups and invalidations sent while the link was down never arrive: every long-poll here
+    // looks again and every cache is dropped.
+    if (up && wasDown) {
+      localWakeups.notifyAll();
+      opts.onInvalidate?.("*");
+    }
     wasDown = !up;
   };
   const link = createLink(opts.databaseUrl, opts.logger, opts.leaderRetryMs ?? 5_000, onLinkChange, (msg) => {
     for (const agentId of msg.w ?? []) localWakeups.notify(agentId);
     if (msg.e && msg.e.length > 0) localEvents.publish(msg.e.map(([agentId, commandId]) => ({ agentId, commandId })));
+    for (const cache of msg.x ?? []) opts.onInvalidate?.(cache);
   });
   await link.start();
   const wakeups: Wakeups = {
@@ -90,6 +104,7 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   return {
     wakeups,
     events,
+    invalidate: (cache) => link.invalidate(cache),
     isLeader: () => link.leader,
     async close() {
       localWakeups.close();
@@ -112,6 +127,7 @@ function createLink(
   const replicaId = randomUUID();
   const wakes = new Set<string>();
   const changes = new Map<string, string>();
+  const invalidations = new Set<string>();
   let client: pg.Client | undefined;
   let connected = false;
   let leader = false;
@@ -184,10 +200,16 @@ function createLink(
   };
 
   const flush = async () => {
-    while (connected && client && (wakes.size > 0 || changes.size > 0)) {
-      const payloads = encode(replicaId, [...wakes], [...changes].map(([commandId, agentId]) => [agentId, commandId] as [string, string]));
+    while (connected && client && (wakes.size > 0 || changes.size > 0 || invalidations.size > 0)) {
+      const payloads = encode(
+        replicaId,
+        [...wakes],
+        [...changes].map(([commandId, agentId]) => [agentId, commandId] as [string, string]),
+        [...invalidations],
+      );
       wakes.clear();
       changes.clear();
+      invalidations.clear();
       try {
         await client.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", [CHANNEL, payloads]);
       } catch (err) {
@@ -205,6 +227,7 @@ function createLink(
   const bound = () => {
     if (wakes.size > 100_000) wakes.clear();
     if (changes.size > 100_000) changes.clear();
+    if (invalidations.size > 10_000) invalidations.clear();
   };
 
   return {
@@ -226,6 +249,11 @@ function createLink(
       changes.set(event.commandId, event.agentId);
       scheduleFlush();
     },
+    invalidate(cache: string) {
+      bound();
+      invalidations.add(cache);
+      scheduleFlush();
+    },
     get leader() {
       return leader;
     },
@@ -245,7 +273,7 @@ function createLink(
 }
 
 // Splits the batch into payloads under the NOTIFY size limit.
-export function encode(replicaId: string, wakes: string[], changes: [string, string][]): string[] {
+export function encode(replicaId: string, wakes: string[], changes: [string, string][], invalidations: string[] = []): string[] {
   const out: string[] = [];
   let msg: Message = { r: replicaId };
   let size = 0;
@@ -265,6 +293,11 @@ export function encode(replicaId: string, wakes: string[], changes: [string, str
     (msg.e ??= []).push(pair);
     size += n;
   }
-  if (msg.w || msg.e) push();
+  for (const cache of invalidations) {
+    if (size + cache.length + 4 > MAX_PAYLOAD) push();
+    (msg.x ??= []).push(cache);
+    size += cache.length + 4;
+  }
+  if (msg.w || msg.e || msg.x) push();
   return out;
 }

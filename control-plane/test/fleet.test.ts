@@ -92,7 +92,7 @@ describe("FleetService", () => {
     const res = await fleet.decommissionAgent({ agentId: a.agentId });
     expect(res.agent?.health).toBe(AgentHealth.DECOMMISSIONED);
     expect(res.cancelledCommands).toBeGreaterThanOrEqual(4);
-    await expectCode(a.client.pollCommands({ nonce: nonce() }), Code.Unauthenticated);
+    await expectCode(a.client.pollCommands({ nonce: nonce() }), Code.PermissionDenied, /this agent has been decommissioned/);
     await expectCode(fleet.triggerScan({ agentId: a.agentId }), Code.FailedPrecondition, /decommissioned/);
     expect((await fleet.decommissionAgent({ agentId: a.agentId })).cancelledCommands).toBe(0);
   });

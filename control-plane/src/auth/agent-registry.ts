@@ -4,11 +4,14 @@ import type { Prisma } from "../store/types.ts";
 export interface AgentRegistry {
   get(agentId: string): Promise<AgentAuthState | undefined>;
   invalidate(agentId: string): void;
+  // Forgets every agent (after the replica link was down: invalidations may have been missed).
+  clear(): void;
 }
 
 // Caches what authentication needs to know about an agent (machine binding, credential
 // generation, decommissioned) so idle polls do not read the agents table. Changes made by this
-// process invalidate the entry at once; changes made elsewhere are seen within ttlMs.
+// process invalidate the entry at once, and other replicas' through the cluster link; ttlMs
+// bounds what a lost invalidation can leave behind.
 export function createAgentRegistry(db: Prisma, ttlMs = 30_000, maxEntries = 200_000): AgentRegistry {
   const entries = new Map<string, { state: AgentAuthState | undefined; loadedAt: number }>();
   const loading = new Map<string, Promise<AgentAuthState | undefined>>();
@@ -30,6 +33,9 @@ export function createAgentRegistry(db: Prisma, ttlMs = 30_000, maxEntries = 200
     },
     invalidate(agentId) {
       entries.delete(agentId);
+    },
+    clear() {
+      entries.clear();
     },
   };
 }

@@ -121,6 +121,8 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   const state = await deps.agents.get(claims.agentId);
   if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
   if (state.credentialGeneration !== claims.generation) {
+    // Decommissioning also retires the credentials: say what happened.
+    if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
     throw new ConnectError("access token was replaced by a newer registration", Code.Unauthenticated);
   }
   if (!isMachineId(presented) || presented !== claims.machineId || presented !== state.machineId) {
