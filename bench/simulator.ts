@@ -1,12 +1,13 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentService, RenewPayloadSchema, type PollCommandsResponse } from "@redflag/gen/agent_service_pb";
 import { CommandOutcome, CommandResultSchema, CommandSchema, type Command } from "@redflag/gen/command_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
+import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
 import { COMMAND_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
 import { keySetRevision } from "../control-plane/src/signing/signer.ts";
 import { jittered, seededRandom, summarize, type LatencySummary } from "./stats.ts";
@@ -119,7 +120,7 @@ export function countError(stats: SimStats, where: string, err: unknown) {
 
 // One HTTP/2 connection (h2c or TLS), speaking the Connect protocol in binary like the agent.
 export function agentClient(url: string): { client: Client<typeof AgentService>; close(): void } {
-  const sessionManager = new Http2SessionManager(url, { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 });
+  const sessionManager = new GuardedHttp2SessionManager(url, { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 });
   const transport = createConnectTransport({ baseUrl: url, httpVersion: "2", sessionManager, useBinaryFormat: true });
   return { client: createClient(AgentService, transport), close: () => sessionManager.abort() };
 }

@@ -13,7 +13,30 @@ import {
   type ReportResultsResponse,
 } from "@redflag/gen/agent_service_pb";
 import { readFile } from "node:fs/promises";
+import type http2 from "node:http2";
 import { AgentError, EXIT_USAGE } from "./errors.ts";
+
+// connect-node's session manager detaches its listeners from a connection when it moves on,
+// but the connection can still emit "error" afterwards: a keepalive PING that timed out destroys
+// it with an error no one listens to, and Node turns that into an uncaught exception that ends
+// the process (seen with 10,000 simulated agents on a starved CPU). The failure already reaches
+// the calls through the manager; this listener, attached once to every connection and never
+// removed, only keeps the late event from killing the agent.
+export const ignoreLateSessionError = (): void => {};
+
+export class GuardedHttp2SessionManager extends Http2SessionManager {
+  readonly #guarded = new WeakSet<http2.Http2Session>();
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<http2.ClientHttp2Stream> {
+    const stream = await super.request(...args);
+    const session = stream.session;
+    if (session && !this.#guarded.has(session)) {
+      this.#guarded.add(session);
+      session.on("error", ignoreLateSessionError);
+    }
+    return stream;
+  }
+}
 
 // Unary calls answer in well under a second; these bounds only catch a hung connection.
 const CALL_TIMEOUT_MS = 30_000;
@@ -54,7 +77,7 @@ export async function createAgentTransport(serverUrl: string, caFile: string | u
   const ca = url.protocol === "https:" && caFile ? await readCa(caFile) : undefined;
   const baseUrl = url.toString().replace(/\/$/, "");
   // h2c for http://, TLS with ALPN for https://; one multiplexed connection for every call.
-  const sessionManager = new Http2SessionManager(
+  const sessionManager = new GuardedHttp2SessionManager(
     baseUrl,
     // Finds a dead connection under a long poll instead of waiting for the call timeout.
     { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 },

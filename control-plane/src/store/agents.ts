@@ -40,7 +40,9 @@ export interface RegisteredAgent {
 }
 
 // Registers a machine, or replaces the credentials of the agent already bound to it, in one
-// transaction: the token row is locked so seats can never be over-spent by concurrent registrations.
+// transaction. The seat is taken by the transaction's last statement, a conditional increment
+// of the token's row: seats are never over-spent, and concurrent registrations with one token
+// (a fleet enrolling at once) wait on that row only for the moment before their commit.
 export async function registerAgent(db: Prisma, input: RegisterInput): Promise<RegisteredAgent> {
   for (let attempt = 0; ; attempt++) {
     try {
@@ -55,15 +57,11 @@ export async function registerAgent(db: Prisma, input: RegisterInput): Promise<R
 }
 
 async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAgent> {
-  const [token] = await tx.$queryRaw<
-    { id: string; seats: number; used_seats: number; expires_at: Date | null; revoked_at: Date | null }[]
-  >`SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
-     WHERE token_hash = ${input.registrationTokenHash} FOR UPDATE`;
+  const [token] = await tx.$queryRaw<TokenRow[]>`
+    SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
+     WHERE token_hash = ${input.registrationTokenHash}`;
   if (!token) throw new ConnectError("registration token is not valid", Code.Unauthenticated);
-  if (token.revoked_at) throw new ConnectError("registration token has been revoked", Code.Unauthenticated);
-  if (token.expires_at && token.expires_at <= input.now) {
-    throw new ConnectError(`registration token expired at ${token.expires_at.toISOString()}`, Code.Unauthenticated);
-  }
+  refuseToken(token, input.now);
 
   const existing = await tx.agent.findUnique({
     where: { machineId: input.machineId },
@@ -71,15 +69,7 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
   });
   // Re-registering a machine with the token it already used costs no further seat.
   const needsSeat = !existing || existing.registrationTokenId !== token.id;
-  if (needsSeat) {
-    if (token.used_seats >= token.seats) {
-      throw new ConnectError(
-        `registration token has no seats left (${token.used_seats} of ${token.seats} used)`,
-        Code.ResourceExhausted,
-      );
-    }
-    await tx.registrationToken.update({ where: { id: token.id }, data: { usedSeats: { increment: 1 } } });
-  }
+  if (needsSeat && token.used_seats >= token.seats) throw noSeats(token);
 
   const fields = {
     hostname: input.hostname,
@@ -120,8 +110,44 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
       tokens: { create: { id: newId(), tokenHash: bytes(input.refresh.tokenHash), expiresAt: input.refresh.expiresAt } },
     },
   });
+  // Last, so the token's row is locked only until the commit that follows. The conditions are
+  // checked again under the lock: a revocation or the last seat taken meanwhile wins.
+  const [held] = needsSeat
+    ? await tx.$queryRaw<{ ok: number }[]>`
+        UPDATE registration_tokens SET used_seats = used_seats + 1
+         WHERE id = ${token.id}::uuid AND used_seats < seats AND revoked_at IS NULL
+           AND (expires_at IS NULL OR expires_at > ${input.now})
+        RETURNING 1 AS ok`
+    : await tx.$queryRaw<{ ok: number }[]>`
+        SELECT 1 AS ok FROM registration_tokens
+         WHERE id = ${token.id}::uuid AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ${input.now})
+           FOR SHARE`;
+  if (!held) {
+    const [now] = await tx.$queryRaw<TokenRow[]>`
+      SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens WHERE id = ${token.id}::uuid`;
+    if (now) refuseToken(now, input.now);
+    throw now ? noSeats(now) : new ConnectError("registration token is not valid", Code.Unauthenticated);
+  }
   return { ...agent, machineId: input.machineId, replaced: Boolean(existing) };
 }
+
+interface TokenRow {
+  id: string;
+  seats: number;
+  used_seats: number;
+  expires_at: Date | null;
+  revoked_at: Date | null;
+}
+
+function refuseToken(token: TokenRow, now: Date) {
+  if (token.revoked_at) throw new ConnectError("registration token has been revoked", Code.Unauthenticated);
+  if (token.expires_at && token.expires_at <= now) {
+    throw new ConnectError(`registration token expired at ${token.expires_at.toISOString()}`, Code.Unauthenticated);
+  }
+}
+
+const noSeats = (token: TokenRow) =>
+  new ConnectError(`registration token has no seats left (${token.used_seats} of ${token.seats} used)`, Code.ResourceExhausted);
 
 export interface AgentAuthState {
   machineId: string;
