@@ -117,6 +117,25 @@ describe("Register", () => {
     expect(await countAgents()).toBe(before);
   });
 
+  it("never spends more seats than a token has when many machines register with it at once", async () => {
+    const token = await newRegistrationToken(cp, 5);
+    const before = await countAgents();
+    const outcomes = await Promise.all(
+      Array.from({ length: 12 }, () =>
+        cp
+          .agentClient()
+          .register(registerRequest(token, randomMachineId(), generateKeyPair()))
+          .then(
+            () => "registered",
+            (err: unknown) => `${Code[ConnectError.from(err).code]}: ${ConnectError.from(err).rawMessage}`,
+          ),
+      ),
+    );
+    expect(outcomes.filter((o) => o === "registered")).toHaveLength(5);
+    for (const o of outcomes.filter((o) => o !== "registered")) expect(o).toBe("ResourceExhausted: registration token has no seats left (5 of 5 used)");
+    expect(await countAgents()).toBe(before + 5);
+  });
+
   it("refuses malformed fields with InvalidArgument naming the field", async () => {
     const token = await newRegistrationToken(cp);
     const ok = registerRequest(token, randomMachineId(), generateKeyPair());
