@@ -30,6 +30,7 @@ const program = new Command("bench-sim")
   .option("--no-verify", "skip verifying command signatures")
   .option("--renew-at <fraction>", "renew the access token at this share of its life", number(0, 1), 0.8)
   .option("--agents-per-connection <n>", "agents sharing one HTTP/2 connection", number(1), 1)
+  .option("--register-concurrency <n>", "at most this many Register calls in flight (0: each agent registers at its start time)", number(0), 0)
   .option("--seed <n>", "seed for the schedule, modes and identities", number(0), 1)
   .parse();
 
@@ -51,6 +52,7 @@ const o = program.opts<{
   verify: boolean;
   renewAt: number;
   agentsPerConnection: number;
+  registerConcurrency: number;
   seed: number;
 }>();
 if (o.url && !o.token) program.error("--url needs --token (a registration token with enough seats)");
@@ -94,6 +96,7 @@ try {
       verify: o.verify,
       renewAtFraction: o.renewAt,
       agentsPerConnection: o.agentsPerConnection,
+      registerConcurrency: o.registerConcurrency,
     },
     abort.signal,
   );

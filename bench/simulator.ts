@@ -324,6 +324,9 @@ export interface SimulationOptions extends PlanOptions {
   renewAtFraction: number;
   // Agents per HTTP/2 connection (1: one connection each, like real agents).
   agentsPerConnection: number;
+  // At most this many Register calls in flight (0: each agent registers when its start time
+  // comes, however many are waiting).
+  registerConcurrency?: number;
   // Called for each command an agent verified, with the time it arrived.
   onCommand?: (command: Command, atMs: number) => void;
 }
@@ -363,12 +366,14 @@ export async function simulate(o: SimulationOptions, outer?: AbortSignal): Promi
   }, o.startPeriodMs);
   const endTimer = setTimeout(() => stop.abort(), o.durationMs);
 
+  const gate = semaphore(o.registerConcurrency ?? 0);
   const run = async (agent: SimAgent) => {
     const { plan } = agent;
     const signal = stop.signal;
     await sleep(plan.startDelayMs, undefined, { signal }).catch(() => undefined);
     if (signal.aborted) return;
-    const ok = await withRetry(() => agent.register(o.token, signal).then(() => true), stats, "Register", plan.random, signal, true);
+    const release = await gate();
+    const ok = await withRetry(() => agent.register(o.token, signal).then(() => true), stats, "Register", plan.random, signal, true).finally(release);
     if (!ok) return;
     while (!signal.aborted) {
       const renewed = await withRetry(() => agent.renewIfDue(signal), stats, "Renew", plan.random, signal);
@@ -410,6 +415,24 @@ export async function simulate(o: SimulationOptions, outer?: AbortSignal): Promi
     polls: stats.polls,
     latency: summarize(stats.pollLatencies),
     stats,
+  };
+}
+
+// At most `limit` holders at a time (0: no limit); acquiring resolves to the release function.
+function semaphore(limit: number): () => Promise<() => void> {
+  let held = 0;
+  const queue: (() => void)[] = [];
+  // A release hands the slot straight to the next waiter, so the count never overshoots.
+  const release = () => {
+    const next = queue.shift();
+    if (next) next();
+    else held--;
+  };
+  return async () => {
+    if (limit <= 0) return () => {};
+    if (held < limit) held++;
+    else await new Promise<void>((resolve) => queue.push(resolve));
+    return release;
   };
 }
 
