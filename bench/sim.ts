@@ -1,7 +1,7 @@
 import { Command, InvalidArgumentError } from "commander";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
 import { formatErrors, simulate } from "./simulator.ts";
-import { formatUsage, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
+import { bound, formatUsage, histogramQuantiles, scrapeRpcHistogram, type HistogramSnapshot, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
 
 // `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
 // --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
@@ -77,7 +77,11 @@ try {
   const watch = watchProcess(pid);
   // The steady state: from the end of the start period (registrations done) to the end.
   let steady: ReturnType<typeof watchProcess> | undefined;
-  const steadyTimer = setTimeout(() => (steady = watchProcess(pid)), o.startPeriod * 1000);
+  let histogramAtSteady: Promise<HistogramSnapshot | undefined> | undefined;
+  const steadyTimer = setTimeout(() => {
+    steady = watchProcess(pid);
+    histogramAtSteady = scrapeRpcHistogram(url!, "PollCommands");
+  }, o.startPeriod * 1000);
   const cpu0 = process.cpuUsage();
   const r = await simulate(
     {
@@ -103,6 +107,8 @@ try {
   const usage = await watch.stop();
   clearTimeout(steadyTimer);
   const steadyUsage = await steady?.stop();
+  const histogramAtEnd = await scrapeRpcHistogram(url!, "PollCommands");
+  const histogramBefore = await histogramAtSteady;
   const cpu = process.cpuUsage(cpu0);
   const s = r.stats;
   console.log(`agents: ${r.registered}/${r.agents} registered, ${s.renewals} renewals, run ${r.elapsedSeconds.toFixed(1)} s`);
@@ -112,6 +118,13 @@ try {
   console.log(`errors by code: ${formatErrors(s.errors)}`);
   console.log(`whole run: ${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
   if (steadyUsage) console.log(`after the start period: ${formatUsage(steadyUsage)}`);
+  if (histogramBefore && histogramAtEnd) {
+    const h = histogramQuantiles(histogramBefore, histogramAtEnd, [0.5, 0.95, 0.99]);
+    console.log(
+      `server-side PollCommands latency after the start period (its /metrics histogram, n=${h.count}, long-polls included): ` +
+        `p50 ${bound(h.bounds[0]!)}, p95 ${bound(h.bounds[1]!)}, p99 ${bound(h.bounds[2]!)}`,
+    );
+  }
 } finally {
   await cp?.stop();
 }

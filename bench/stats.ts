@@ -129,3 +129,33 @@ export function printMachineFacts() {
 export function printCommand() {
   console.log(`command: ${["node", ...process.argv.slice(1).map((a, i) => (i === 0 ? a.replace(process.cwd() + "/", "") : a))].join(" ")}`);
 }
+
+// The control plane's own view of one RPC's latency: its redflag_rpc_duration_seconds
+// histogram (code ok) read from /metrics, so a busy load generator cannot inflate it. A
+// snapshot's buckets are cumulative counts by upper bound in seconds.
+export type HistogramSnapshot = Map<number, number>;
+
+export async function scrapeRpcHistogram(url: string, method: string): Promise<HistogramSnapshot | undefined> {
+  try {
+    const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+    const out: HistogramSnapshot = new Map();
+    const re = new RegExp(`^redflag_rpc_duration_seconds_bucket\\{le="([^"]+)",service="redflag\\.v1\\.AgentService",method="${method}",code="ok"\\} (\\d+)$`, "gm");
+    for (const m of text.matchAll(re)) out.set(m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2]));
+    return out;
+  } catch {
+    return undefined;
+  }
+}
+
+// Quantiles of the calls between two snapshots, as bucket upper bounds ("≤ 5 ms").
+export function histogramQuantiles(before: HistogramSnapshot, after: HistogramSnapshot, qs: number[]): { count: number; bounds: number[] } {
+  const bounds = [...after.keys()].sort((a, b) => a - b);
+  const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
+  const total = counts.at(-1) ?? 0;
+  return {
+    count: total,
+    bounds: qs.map((q) => bounds[counts.findIndex((c) => c >= q * total)] ?? NaN),
+  };
+}
+
+export const bound = (seconds: number) => (Number.isFinite(seconds) ? `≤ ${+(seconds * 1000).toFixed(1)} ms` : "> 60 s");
