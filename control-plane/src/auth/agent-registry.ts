@@ -10,9 +10,10 @@ export interface AgentRegistry {
 
 // Caches what authentication needs to know about an agent (machine binding, credential
 // generation, decommissioned) so idle polls do not read the agents table. Changes made by this
-// process invalidate the entry at once, and other replicas' through the cluster link; ttlMs
-// bounds what a lost invalidation can leave behind.
-export function createAgentRegistry(db: Prisma, ttlMs = 30_000, maxEntries = 200_000): AgentRegistry {
+// process invalidate the entry at once, and other replicas' through the cluster link (which
+// drops every entry when it comes back from an outage); ttlMs only bounds what could still slip
+// through. It is longer than any poll interval, so an interval-mode poll does not re-read it.
+export function createAgentRegistry(db: Prisma, ttlMs = 10 * 60_000, maxEntries = 200_000): AgentRegistry {
   const entries = new Map<string, { state: AgentAuthState | undefined; loadedAt: number }>();
   const loading = new Map<string, Promise<AgentAuthState | undefined>>();
 

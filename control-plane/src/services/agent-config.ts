@@ -63,10 +63,10 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
           commandTimeoutSeconds: settings.seconds("command_timeout"),
         }
       : config;
-  let loaded: Promise<{ at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> }> | undefined;
+  type State = { at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> };
   const built = new Map<string, AgentConfig>();
   let fleetWide = buildAgentConfig(effective());
-  const load = async () => {
+  const load = async (): Promise<State> => {
     const rows = await db.hold.findMany({ orderBy: { createdAt: "asc" } });
     const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
     const byAgent = new Map<string, PackageHold[]>();
@@ -75,31 +75,57 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
     const overrides = new Map(own.map((a) => [a.id, agentOverrides(a.config)]));
     return { at: Date.now(), global: rows.filter((h) => !h.agentId).map(toProto), byAgent, overrides };
   };
-  const current = async () => {
-    const state = loaded ? await loaded.catch(() => undefined) : undefined;
-    if (!state || state.at + refreshMs < Date.now()) {
-      built.clear();
-      fleetWide = buildAgentConfig(effective());
-      loaded = load();
-      return loaded;
+  // The last state read. When it is due for a refresh, polls keep using it while the refresh
+  // runs, so none waits for the holds query but the first one after start or an invalidation.
+  let ready: State | undefined;
+  let pending: Promise<State> | undefined;
+  // Bumped by invalidate(): a read that began before it must not become the state.
+  let epoch = 0;
+  const refresh = () => {
+    if (pending) return pending;
+    const started = epoch;
+    const p = load()
+      .then((state) => {
+        if (epoch === started) {
+          ready = state;
+          built.clear();
+          fleetWide = buildAgentConfig(effective());
+        }
+        return state;
+      })
+      .finally(() => {
+        if (pending === p) pending = undefined;
+      });
+    pending = p;
+    return p;
+  };
+  const current = async (): Promise<State> => {
+    if (ready) {
+      if (ready.at + refreshMs < Date.now()) refresh().catch(() => undefined);
+      return ready;
     }
-    return state;
+    return refresh();
   };
   const configs: AgentConfigs = {
     async forAgent(agentId) {
       const state = await current();
       const cached = built.get(agentId);
-      if (cached) return cached;
+      if (cached && state === ready) return cached;
       const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
       const own = state.overrides.get(agentId) ?? [];
       const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(effective(), holds, own);
-      if (built.size > 100_000) built.clear();
-      built.set(agentId, cfg);
+      if (state === ready) {
+        if (built.size > 100_000) built.clear();
+        built.set(agentId, cfg);
+      }
       return cfg;
     },
     invalidate() {
-      loaded = undefined;
+      epoch++;
+      ready = undefined;
+      pending = undefined;
       built.clear();
+      fleetWide = buildAgentConfig(effective());
     },
   };
   settings?.onChange(() => configs.invalidate());
