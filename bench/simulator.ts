@@ -441,7 +441,7 @@ export async function hammer(
   clients: number,
   call: (i: number) => Promise<unknown>,
   opts: { warmupMs: number; durationMs: number },
-): Promise<{ requestsPerSecond: number; latency: LatencySummary; errors: Map<string, number> }> {
+): Promise<{ requestsPerSecond: number; latency: LatencySummary; latencySamples: number[]; errors: Map<string, number> }> {
   const latencies: number[] = [];
   const errors = new Map<string, number>();
   let measuring = false;
@@ -471,7 +471,7 @@ export async function hammer(
   const elapsed = (performance.now() - start) / 1000;
   done = true;
   await Promise.all(loops);
-  return { requestsPerSecond: count / elapsed, latency: summarize(latencies), errors };
+  return { requestsPerSecond: count / elapsed, latency: summarize(latencies), latencySamples: latencies, errors };
 }
 
 export function formatErrors(errors: Map<string, number>): string {
