@@ -13,6 +13,4 @@ RUN mkdir -p /var/lib/redflag && chown node:node /var/lib/redflag
 USER node
 ENV REDFLAG_DATA_DIR=/var/lib/redflag
 EXPOSE 8080
-# A 2 MB young generation: a third less memory with thousands of held long-polls, at no
-# measurable cost in throughput (docs/benchmarks.md).
-CMD ["node", "--max-semi-space-size=2", "control-plane/src/main.ts"]
+CMD ["node", "control-plane/src/main.ts"]

@@ -65,14 +65,10 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-// As in package.json's "serve" script and the Dockerfile.
-const SERVER_NODE_FLAGS = ["--max-semi-space-size=2"];
-
 function spawnNode(script: string, env: Record<string, string>): ChildProcess {
-  // process.execPath is the pinned Node 24 when run through npm scripts. The servers run with
-  // the flags `npm run serve` gives the control plane (the echo floor too, so both are alike);
-  // BENCH_SERVER_NODE_ARGS adds more, e.g. "--cpu-prof --cpu-prof-dir=prof" for a profile.
-  const nodeArgs = [...SERVER_NODE_FLAGS, ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
+  // process.execPath is the pinned Node 24 when run through npm scripts. BENCH_SERVER_NODE_ARGS
+  // passes flags to the servers' Node, e.g. "--cpu-prof --cpu-prof-dir=prof" for a profile.
+  const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, script], {
     cwd: ROOT,
     env: { ...process.env, ...env },
