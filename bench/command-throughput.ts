@@ -1,29 +1,25 @@
 import type { Command as AgentCommand } from "@redflag/gen/command_pb";
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
 import { setTimeout as sleep } from "node:timers/promises";
+import { integer } from "./options.ts";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
 import { agentClient, countError, formatErrors, newStats, planAgents, registerWithRetry, SimAgent, type SimStats } from "./simulator.ts";
-import { formatUsage, ms, printCommand, printMachineFacts, sampleProcess, summarize, watchProcess } from "./stats.ts";
+import { fetchMetrics, formatUsage, metricSample, ms, printCommand, printMachineFacts, sampleProcess, summarize, watchProcess } from "./stats.ts";
 
 // Benchmark 4 (command throughput) and a scaled-down benchmark 3 (agents holding long-polls:
 // server RSS and queue-to-delivery latency), against a control plane started here.
-const number = (min: number) => (text: string) => {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`must be an integer ≥ ${min}`);
-  return n;
-};
 const o = new Command("bench-commands")
   .description("Benchmark 4: signed command deliveries/s with results reported; then long-poll delivery latency and RSS.")
-  .option("--agents <n>", "agents for the throughput phase", number(1), 50)
-  .option("--commands <m>", "commands queued for the throughput phase", number(1), 2000)
-  .option("--queue-concurrency <n>", "concurrent CreateCommand calls while queueing", number(1), 8)
-  .option("--long-polls <n>", "agents holding long-polls in the latency phase (0 skips it)", number(0), 500)
-  .option("--latency-commands <n>", "commands sent one by one to long-polling agents", number(1), 200)
-  .option("--wait <seconds>", "long-poll wait_seconds", number(1), 30)
-  .option("--hold <seconds>", "keep the long-polls held this long before the latency phase (time to inspect the server)", number(0), 0)
-  .option("--timeout <seconds>", "give up a phase after this long", number(1), 60)
+  .option("--agents <n>", "agents for the throughput phase", integer(1), 50)
+  .option("--commands <m>", "commands queued for the throughput phase", integer(1), 2000)
+  .option("--queue-concurrency <n>", "concurrent CreateCommand calls while queueing", integer(1), 8)
+  .option("--long-polls <n>", "agents holding long-polls in the latency phase (0 skips it)", integer(0), 500)
+  .option("--latency-commands <n>", "commands sent one by one to long-polling agents", integer(1), 200)
+  .option("--wait <seconds>", "long-poll wait_seconds", integer(1), 30)
+  .option("--hold <seconds>", "keep the long-polls held this long before the latency phase (time to inspect the server)", integer(0), 0)
+  .option("--timeout <seconds>", "give up a phase after this long", integer(1), 60)
   .option("--database-url <url>", "run on a fresh database on this PostgreSQL server (default: embedded PGlite)")
-  .option("--seed <n>", "seed for identities and agent choice", number(0), 1)
+  .option("--seed <n>", "seed for identities and agent choice", integer(0), 1)
   .parse()
   .opts<{
     agents: number;
@@ -71,16 +67,11 @@ async function queueMany(cp: BenchControlPlane, targets: string[], concurrency: 
   );
 }
 
-// One sample from the server's /metrics (loopback callers need no token).
-async function scrape(url: string, series: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(series + " "));
-  return line ? Number(line.slice(series.length + 1)) : 0;
-}
-const longPollsWaiting = (url: string) => scrape(url, "redflag_long_polls_waiting");
+const longPollsWaiting = async (url: string) => metricSample(await fetchMetrics(url), "redflag_long_polls_waiting");
 async function serverMemory(url: string) {
-  const mb = async (series: string) => Math.round((await scrape(url, series)) / 2 ** 20);
-  return { heapUsed: await mb("nodejs_heap_size_used_bytes"), heapTotal: await mb("nodejs_heap_size_total_bytes"), external: await mb("nodejs_external_memory_bytes") };
+  const text = await fetchMetrics(url);
+  const mb = (series: string) => Math.round(metricSample(text, series) / 2 ** 20);
+  return { heapUsed: mb("nodejs_heap_size_used_bytes"), heapTotal: mb("nodejs_heap_size_total_bytes"), external: mb("nodejs_external_memory_bytes") };
 }
 
 const cp = await startControlPlane({ postgresUrl: o.databaseUrl });

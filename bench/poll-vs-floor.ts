@@ -1,4 +1,5 @@
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
+import { number } from "./options.ts";
 import { startControlPlane, startEchoServer, type ChildServer } from "./servers.ts";
 import { agentClient, formatErrors, hammer, newStats, planAgents, registerWithRetry, SimAgent } from "./simulator.ts";
 import { ms, printCommand, printMachineFacts, summarize, watchProcess } from "./stats.ts";
@@ -8,11 +9,6 @@ import { ms, printCommand, printMachineFacts, summarize, watchProcess } from "./
 // Same load generator, same client count, same run; loopback only. The targets take turns in
 // short rounds (in a rotating order) rather than one long measurement each, so a machine whose
 // speed drifts (shared or virtual) weighs on all of them alike.
-const number = (min: number) => (text: string) => {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n < min) throw new InvalidArgumentError(`must be a number ≥ ${min}`);
-  return n;
-};
 const o = new Command("bench-poll")
   .description("Benchmark 1: idle PollCommands on the control plane vs a bare connect-node echo server (ratio, target ≥ 0.7).")
   .option("--clients <k>", "concurrent clients, each on its own HTTP/2 connection", number(1), 32)

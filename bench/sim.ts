@@ -1,15 +1,11 @@
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
+import { number } from "./options.ts";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
 import { formatErrors, simulate } from "./simulator.ts";
 import { bound, formatUsage, histogramQuantiles, scrapeRpcHistogram, type HistogramSnapshot, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
 
 // `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
 // --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
-const number = (min: number, max = Number.MAX_SAFE_INTEGER) => (text: string) => {
-  const n = Number(text);
-  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`must be a number from ${min} to ${max}`);
-  return n;
-};
 
 const program = new Command("bench-sim")
   .description("Simulate N RedFlag agents polling one control plane, and report polls/s, latency, errors and server CPU/RSS.")

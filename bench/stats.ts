@@ -135,9 +135,20 @@ export function printCommand() {
 // snapshot's buckets are cumulative counts by upper bound in seconds.
 export type HistogramSnapshot = Map<number, number>;
 
+// The control plane's /metrics text (loopback callers need no token).
+export async function fetchMetrics(url: string): Promise<string> {
+  return (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+}
+
+// One unlabelled sample from /metrics text, e.g. metricSample(text, "redflag_long_polls_waiting"); 0 if absent.
+export function metricSample(text: string, series: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(series + " "));
+  return line ? Number(line.slice(series.length + 1)) : 0;
+}
+
 export async function scrapeRpcHistogram(url: string, method: string): Promise<HistogramSnapshot | undefined> {
   try {
-    const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+    const text = await fetchMetrics(url);
     const out: HistogramSnapshot = new Map();
     const re = new RegExp(`^redflag_rpc_duration_seconds_bucket\\{le="([^"]+)",service="redflag\\.v1\\.AgentService",method="${method}",code="ok"\\} (\\d+)$`, "gm");
     for (const m of text.matchAll(re)) out.set(m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2]));

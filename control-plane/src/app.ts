@@ -69,14 +69,6 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       feedUp: !config.databaseUrl,
       onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
     });
-    metrics.attach({
-      db: db.prisma,
-      pool: db.pool,
-      pollIntervalSeconds: () => settings.seconds("poll_interval"),
-      logger,
-      pending,
-      longPolls: () => cluster.wakeups.waiting(),
-    });
     const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
     const probes = createProbes({
       metrics,
@@ -115,6 +107,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     });
     settings.onChange(() => {
       if (!reloadingSettings) cluster.invalidate("settings");
+    });
+    metrics.attach({
+      db: db.prisma,
+      pool: db.pool,
+      pollIntervalSeconds: () => settings.seconds("poll_interval"),
+      logger,
+      pending,
+      longPolls: () => cluster.wakeups.waiting(),
     });
     const agents: AgentRegistry = {
       get: (agentId) => agentsHere.get(agentId),

@@ -120,9 +120,9 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   const presented = header.get("x-machine-id") ?? "";
   const state = await deps.agents.get(claims.agentId);
   if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
+  // First: decommissioning also retires the credentials, and the agent should hear why.
+  if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   if (state.credentialGeneration !== claims.generation) {
-    // Decommissioning also retires the credentials: say what happened.
-    if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
     throw new ConnectError("access token was replaced by a newer registration", Code.Unauthenticated);
   }
   if (!isMachineId(presented) || presented !== claims.machineId || presented !== state.machineId) {
@@ -137,7 +137,6 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
     });
     throw new ConnectError("machine ID does not match the registered machine", Code.PermissionDenied);
   }
-  if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   values.set(kAgent, { agentId: claims.agentId, machineId: claims.machineId });
   const request = currentRequest();
   if (request) request.agentId = claims.agentId;

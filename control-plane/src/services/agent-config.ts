@@ -78,11 +78,11 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
   // The last state read. When it is due for a refresh, polls keep using it while the refresh
   // runs, so none waits for the holds query but the first one after start or an invalidation.
   let ready: State | undefined;
-  let pending: Promise<State> | undefined;
+  let reading: Promise<State> | undefined;
   // Bumped by invalidate(): a read that began before it must not become the state.
   let epoch = 0;
   const refresh = () => {
-    if (pending) return pending;
+    if (reading) return reading;
     const started = epoch;
     const p = load()
       .then((state) => {
@@ -94,9 +94,9 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
         return state;
       })
       .finally(() => {
-        if (pending === p) pending = undefined;
+        if (reading === p) reading = undefined;
       });
-    pending = p;
+    reading = p;
     return p;
   };
   const current = async (): Promise<State> => {
@@ -123,7 +123,7 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
     invalidate() {
       epoch++;
       ready = undefined;
-      pending = undefined;
+      reading = undefined;
       built.clear();
       fleetWide = buildAgentConfig(effective());
     },
