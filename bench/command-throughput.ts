@@ -2,7 +2,7 @@ import type { Command as AgentCommand } from "@redflag/gen/command_pb";
 import { Command } from "commander";
 import { setTimeout as sleep } from "node:timers/promises";
 import { integer } from "./options.ts";
-import { startControlPlane, type BenchControlPlane } from "./servers.ts";
+import { startControlPlane, startEchoServer, type BenchControlPlane } from "./servers.ts";
 import { agentClient, countError, formatErrors, newStats, planAgents, registerWithRetry, SimAgent, type SimStats } from "./simulator.ts";
 import { fetchMetrics, formatUsage, metricSample, ms, printCommand, printMachineFacts, sampleProcess, summarize, watchProcess } from "./stats.ts";
 
@@ -18,6 +18,7 @@ const o = new Command("bench-commands")
   .option("--wait <seconds>", "long-poll wait_seconds", integer(1), 30)
   .option("--hold <seconds>", "keep the long-polls held this long before the latency phase (time to inspect the server)", integer(0), 0)
   .option("--timeout <seconds>", "give up a phase after this long", integer(1), 60)
+  .option("--no-floor", "skip the floor for the long-polls (the same calls held on a bare connect-node server)")
   .option("--database-url <url>", "run on a fresh database on this PostgreSQL server (default: embedded PGlite)")
   .option("--seed <n>", "seed for identities and agent choice", integer(0), 1)
   .parse()
@@ -30,6 +31,7 @@ const o = new Command("bench-commands")
     wait: number;
     hold: number;
     timeout: number;
+    floor: boolean;
     databaseUrl?: string;
     seed: number;
   }>();
@@ -67,12 +69,22 @@ async function queueMany(cp: BenchControlPlane, targets: string[], concurrency: 
   );
 }
 
-const longPollsWaiting = async (url: string) => metricSample(await fetchMetrics(url), "redflag_long_polls_waiting");
+// A server busy taking 10,000 long-polls at once may answer /metrics late: that is "not yet".
+const longPollsWaiting = (url: string) =>
+  fetchMetrics(url).then(
+    (text) => metricSample(text, "redflag_long_polls_waiting"),
+    () => 0,
+  );
 async function serverMemory(url: string) {
   const text = await fetchMetrics(url);
   const mb = (series: string) => Math.round(metricSample(text, series) / 2 ** 20);
   return { heapUsed: mb("nodejs_heap_size_used_bytes"), heapTotal: mb("nodejs_heap_size_total_bytes"), external: mb("nodejs_external_memory_bytes") };
 }
+
+// What the control plane's RSS was with every long-poll held, and the length of its access
+// tokens (the floor's clients send headers of the same size).
+let heldRssMb: number | undefined;
+let accessTokenLength = 0;
 
 const cp = await startControlPlane({ postgresUrl: o.databaseUrl });
 console.log(`control plane: started here (pid ${cp.pid}, ${cp.backend} database)`);
@@ -147,6 +159,8 @@ try {
       if (waiting < o.longPolls) console.log(`only ${waiting} of ${o.longPolls} long-polls held after ${o.timeout} s`);
       const held = await sampleProcess(cp.pid);
       const mem = await serverMemory(cp.url);
+      heldRssMb = held && waiting >= o.longPolls ? held.rssBytes / 2 ** 20 : undefined;
+      accessTokenLength = agents[0]!.accessTokenLength;
       console.log(
         `long-polls: ${waiting} held; server RSS ${held ? (held.rssBytes / 2 ** 20).toFixed(0) : "n/a"} MB ` +
           `(JS heap ${mem.heapUsed} MB used of ${mem.heapTotal} MB, external ${mem.external} MB)`,
@@ -174,6 +188,49 @@ try {
     } finally {
       stop.abort();
       close();
+    }
+  }
+  // The floor for the long-polls: as many HTTP/2 connections, each holding a PollCommands of the
+  // same wait on the bare echo server (the same listener and RPC plumbing; no auth, database,
+  // logging or metrics), so the control plane's RSS can be read as a multiple of what the
+  // transport itself costs on this machine, measured in the same run.
+  if (o.longPolls > 0 && o.floor) {
+    const echo = await startEchoServer();
+    const stop = new AbortController();
+    const conns = Array.from({ length: o.longPolls }, () => agentClient(echo.url));
+    const headers = { authorization: `Bearer ${"x".repeat(accessTokenLength || 300)}`, "x-machine-id": "0".repeat(64) };
+    const status = { agentVersion: "0.1.0-sim", configRevision: 1n, trustedKeysRevision: 1n };
+    const loops: Promise<void>[] = [];
+    try {
+      for (const [i, c] of conns.entries()) {
+        loops.push(
+          (async () => {
+            while (!stop.signal.aborted) {
+              const nonce = crypto.getRandomValues(new Uint8Array(16));
+              await c.client
+                .pollCommands({ nonce, waitSeconds: o.wait, status }, { headers, timeoutMs: o.wait * 1000 + 15_000, signal: stop.signal })
+                .catch(() => sleep(1000));
+            }
+          })(),
+        );
+        // Connections ramp up as they do for the control plane (there, 16 registrations at a time).
+        if (i % 200 === 199) await sleep(50);
+      }
+      const heldBy = Date.now() + o.timeout * 1000;
+      const echoHeld = () => fetch(`${echo.url}/held`, { signal: AbortSignal.timeout(5000) }).then(async (r) => Number(await r.text()), () => 0);
+      let waiting = 0;
+      while ((waiting = await echoHeld()) < o.longPolls && Date.now() < heldBy) await sleep(250);
+      const sample = await sampleProcess(echo.pid);
+      const floorMb = sample ? sample.rssBytes / 2 ** 20 : undefined;
+      console.log(
+        `floor: ${waiting} long-polls held on the bare echo server: RSS ${floorMb?.toFixed(0) ?? "n/a"} MB` +
+          (floorMb && heldRssMb ? `; the control plane held ${o.longPolls} with ${heldRssMb.toFixed(0)} MB, ${(heldRssMb / floorMb).toFixed(2)} × the floor` : ""),
+      );
+    } finally {
+      stop.abort();
+      await Promise.allSettled(loops);
+      conns.forEach((c) => c.close());
+      await echo.stop();
     }
   }
 } finally {

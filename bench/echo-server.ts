@@ -1,23 +1,37 @@
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentService } from "@redflag/gen/agent_service_pb";
+import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
+import { createRpcHandlers } from "../control-plane/src/rpc-handler.ts";
 import { startServer } from "../control-plane/src/server.ts";
 
-// The floor for benchmark 1: the same listener (h2c + HTTP/1.1 on one port), the same
-// connect-node adapter and the same messages as the control plane, but PollCommands answers at
-// once with an empty response: no auth, no database, no signing.
+// The floor for benchmarks 1 and 3: the same listener (h2c + HTTP/1.1 on one port), the same RPC
+// plumbing (connect's handlers served on the HTTP/2 stream) and the same messages as the control
+// plane, but PollCommands only waits out its wait_seconds, then answers with an empty response:
+// no auth, no database, no signing, no interceptors. GET /held says how many calls are waiting.
 const port = Number(process.env.BENCH_ECHO_PORT ?? 0);
-const handler = connectNodeAdapter({
+const logger = pino({ level: "silent" });
+let held = 0;
+const rpc = createRpcHandlers({
   routes: (router) =>
     router.service(AgentService, {
-      pollCommands: () => ({ commands: [], nextPollSeconds: 60 }),
+      pollCommands: async (req, ctx) => {
+        if (req.waitSeconds > 0) {
+          held++;
+          await sleep(req.waitSeconds * 1000, undefined, { signal: ctx.signal }).catch(() => {});
+          held--;
+        }
+        return { commands: [], nextPollSeconds: 60 };
+      },
     }),
+  interceptors: [],
   fallback: (req, res) => {
-    res.writeHead(req.url === "/healthz" ? 200 : 404, { "content-type": "text/plain" });
-    res.end(req.url === "/healthz" ? "ok\n" : "not found\n");
+    const known = req.url === "/healthz" || req.url === "/held";
+    res.writeHead(known ? 200 : 404, { "content-type": "text/plain" });
+    res.end(req.url === "/held" ? `${held}\n` : known ? "ok\n" : "not found\n");
   },
+  logger,
 });
-const server = await startServer({ handler, host: "127.0.0.1", port, tls: undefined, logger: pino({ level: "silent" }) });
+const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: "127.0.0.1", port, tls: undefined, logger });
 const stop = () => void server.close().then(() => process.exit(0));
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);

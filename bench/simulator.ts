@@ -131,6 +131,9 @@ export function agentClient(url: string): { client: Client<typeof AgentService>;
 export class SimAgent {
   agentId = "";
   private accessToken = "";
+  get accessTokenLength(): number {
+    return this.accessToken.length;
+  }
   private refreshToken = "";
   private issuedAt = new Date(0);
   private expiresAt = new Date(0);

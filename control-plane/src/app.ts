@@ -1,5 +1,4 @@
 import { createContextValues } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createAgentRegistry, type AgentRegistry } from "./auth/agent-registry.ts";
@@ -11,6 +10,8 @@ import { createLastSeenBuffer, type LastSeenBuffer } from "./last-seen.ts";
 import type { Logger } from "./log.ts";
 import { createRoutes } from "./routes.ts";
 import { createScheduler, type Scheduler } from "./scheduler.ts";
+import type { EventBus } from "./events.ts";
+import { createRpcHandlers } from "./rpc-handler.ts";
 import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
@@ -41,6 +42,8 @@ export interface App {
   // Exposed for tests and tools that need to mint or check access tokens.
   readonly tokens: AgentTokens;
   readonly lastSeen: LastSeenBuffer;
+  // The live events feed; `watching` counts the open WatchEvents streams (for tests).
+  readonly events: Pick<EventBus, "watching">;
   readonly scheduler: Scheduler;
   // True while this replica runs the scheduler (always with the embedded database).
   isLeader(): boolean;
@@ -162,11 +165,12 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
     const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
-    const handler = connectNodeAdapter({
+    const rpc = createRpcHandlers({
       routes: createRoutes(deps),
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
-      contextValues: (req) => createContextValues().set(kRemoteAddr, req.socket?.remoteAddress ?? ""),
+      contextValues: (remoteAddress) => createContextValues().set(kRemoteAddr, remoteAddress ?? ""),
+      logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.
       fallback: (req, res) => {
         const incoming = req.headers["x-request-id"];
@@ -189,7 +193,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         });
       },
     });
-    const server = await startServer({ handler, host: config.host, port: config.port, tls: config.tls, logger });
+    const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: config.host, port: config.port, tls: config.tls, logger });
     const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(
@@ -213,6 +217,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       signer: deps.signer,
       tokens: deps.tokens,
       lastSeen,
+      events: cluster.events,
       scheduler,
       isLeader: cluster.isLeader,
       async close() {

@@ -6,6 +6,8 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "./log.ts";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+// Takes an HTTP/2 stream before Node wraps it for `handler`; false leaves it to `handler`.
+type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
 
 export interface RunningServer {
   readonly port: number;
@@ -21,6 +23,7 @@ const EMPTY = Buffer.alloc(0);
 // h2c server (agents), anything else to the HTTP/1.1 server (browsers, curl).
 export async function startServer(opts: {
   handler: Handler;
+  streamHandler?: StreamHandler;
   host: string;
   port: number;
   tls: { certFile: string; keyFile: string } | undefined;
@@ -75,6 +78,18 @@ export async function startServer(opts: {
       };
       socket.on("data", onData);
       socket.on("error", () => socket.destroy());
+    });
+  }
+  const streamHandler = opts.streamHandler;
+  if (streamHandler) {
+    // Node serves its compatibility API (the "request" event) from a "stream" listener of its
+    // own; it runs only for the streams the stream handler leaves.
+    const compat = h2.listeners("stream") as ((...args: unknown[]) => void)[];
+    h2.removeAllListeners("stream");
+    const server = h2;
+    h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, ...rest: unknown[]) => {
+      if (streamHandler(stream, headers)) return;
+      for (const listener of compat) listener.call(server, stream, headers, ...rest);
     });
   }
   h2.on("session", (session) => {

@@ -1,9 +1,11 @@
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { compressionGzip, createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import http from "node:http";
+import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -36,6 +38,11 @@ describe("transports", () => {
     ["Connect over HTTP/2 cleartext", () => createConnectTransport({ baseUrl: cp.url, httpVersion: "2", interceptors: auth() })],
     ["gRPC over HTTP/2 cleartext", () => createGrpcTransport({ baseUrl: cp.url, interceptors: auth() })],
     ["gRPC-Web over HTTP/1.1", () => createGrpcWebTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: auth() })],
+    ["gRPC-Web over HTTP/2 cleartext", () => createGrpcWebTransport({ baseUrl: cp.url, httpVersion: "2", interceptors: auth() })],
+    [
+      "Connect, binary and gzip-compressed, over HTTP/2 cleartext",
+      () => createConnectTransport({ baseUrl: cp.url, httpVersion: "2", useBinaryFormat: true, sendCompression: compressionGzip, compressMinBytes: 1, interceptors: auth() }),
+    ],
   ])("%s", async (_name, transport) => {
     const fleet = createClient(FleetService, transport());
     await expect(fleet.listAgents({})).resolves.toMatchObject({ agents: [] });
@@ -53,6 +60,54 @@ describe("transports", () => {
     expect(await get("/nothing-here.js")).toBe(404);
     expect(await get("/redflag.v1.Nope/Call")).toBe(404);
   });
+
+  it("answers plain HTTP routes over HTTP/2 too", async () => {
+    const session = http2.connect(cp.url);
+    try {
+      const get = (p: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = session.request({ ":path": p });
+          req.on("response", (headers) => resolve(Number(headers[":status"])));
+          req.on("error", reject);
+          req.resume();
+        });
+      expect(await get("/healthz")).toBe(200);
+      expect(await get("/redflag.v1.Nope/Call")).toBe(404);
+    } finally {
+      session.close();
+    }
+  });
+
+  // Over HTTP/2 the server serves RPCs on the stream itself: a client that goes away must end
+  // the call on the server, not leave it holding memory.
+  const h2Transports: [string, () => Transport][] = [
+    ["Connect", () => createConnectTransport({ baseUrl: cp.url, httpVersion: "2", interceptors: auth() })],
+    ["gRPC", () => createGrpcTransport({ baseUrl: cp.url, interceptors: auth() })],
+  ];
+  it.each(h2Transports)("streams events over HTTP/2 (%s) and stops when the client cancels", async (_name, transport) => {
+    const abort = new AbortController();
+    const events = createClient(CommandService, transport()).watchEvents({}, { signal: abort.signal });
+    const first = await events[Symbol.asyncIterator]().next();
+    expect(first.value).toMatchObject({ kind: "keepalive" });
+    expect(cp.app.events.watching).toBe(1);
+    abort.abort();
+    await until(() => cp.app.events.watching === 0);
+  });
+
+  it("ends a held long-poll on the server when the agent gives up on it", async () => {
+    const agent = await registerTestAgent(cp, (await cp.admin.tokens.createRegistrationToken({ seats: 1 })).secret);
+    const abort = new AbortController();
+    const poll = agent.client.pollCommands({ nonce: nonce(), waitSeconds: 60 }, { signal: abort.signal });
+    await until(async () => (await longPollsWaiting()) === 1);
+    abort.abort();
+    await expect(poll).rejects.toMatchObject({ code: Code.Canceled });
+    await until(async () => (await longPollsWaiting()) === 0);
+  });
+
+  const longPollsWaiting = async () => {
+    const text = await (await fetch(`${cp.url}/metrics`)).text();
+    return Number(/^redflag_long_polls_waiting (\S+)$/m.exec(text)?.[1]);
+  };
 
   it("refuses admin calls without a valid key", async () => {
     const anon = createClient(FleetService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
@@ -97,3 +152,11 @@ describe("transports", () => {
     }
   });
 });
+
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

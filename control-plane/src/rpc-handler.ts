@@ -1,0 +1,198 @@
+import { Code, ConnectError, createConnectRouter, type ConnectRouter, type ContextValues, type Interceptor } from "@connectrpc/connect";
+import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
+import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
+import http2 from "node:http2";
+import type { TLSSocket } from "node:tls";
+import type { Logger } from "./log.ts";
+
+// connect-node's own types for Node requests and responses (HTTP/1.1 or HTTP/2 compatibility).
+type NodeRequest = Parameters<typeof universalRequestFromNodeRequest>[0];
+type NodeResponse = Parameters<typeof universalResponseToNodeResponse>[1];
+
+export interface RpcHandlers {
+  // HTTP/1.1 requests and HTTP/2 requests for non-RPC paths (Node's compatibility API):
+  // RPCs through connect-node's adapter functions, everything else to `fallback`.
+  request(req: NodeRequest, res: NodeResponse): void;
+  // HTTP/2 streams: an RPC is served straight on the stream, without Node's compatibility
+  // objects (Http2ServerRequest/Response, their stream states and header copies), which are
+  // most of what a held long-poll costs. Returns false for any other path.
+  stream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): boolean;
+}
+
+export interface RpcHandlerOptions {
+  routes: (router: ConnectRouter) => void;
+  interceptors: Interceptor[];
+  readMaxBytes?: number;
+  contextValues?: (remoteAddress: string | undefined) => ContextValues;
+  fallback: (req: NodeRequest, res: NodeResponse) => void;
+  logger: Logger;
+}
+
+// The protocol work (Connect, gRPC, gRPC-Web; compression, timeouts, errors, limits) stays in
+// connect's universal handlers, the same ones connect-node's adapter calls; only the HTTP/2
+// plumbing around them is ours.
+export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
+  const router = createConnectRouter({
+    interceptors: opts.interceptors,
+    readMaxBytes: opts.readMaxBytes,
+    acceptCompression: [compressionGzip, compressionBrotli],
+  });
+  opts.routes(router);
+  const paths = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
+  const failed = (h: UniversalHandler, reason: unknown) => {
+    const code = ConnectError.from(reason).code;
+    if (code === Code.Aborted || code === Code.Canceled) return;
+    opts.logger.warn({ err: reason, rpc: `${h.service.typeName}/${h.method.name}` }, "cannot write an RPC response");
+  };
+
+  return {
+    request(req, res) {
+      const handler = paths.get(pathOf(req.url ?? ""));
+      if (!handler) return opts.fallback(req, res);
+      const ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress));
+      handler(ureq)
+        .then((ures) => universalResponseToNodeResponse(ures, res))
+        .catch((reason: unknown) => failed(handler, reason));
+    },
+
+    stream(stream, headers) {
+      const path = headers[":path"] ?? "";
+      const handler = paths.get(pathOf(path));
+      const authority = headers[":authority"] ?? headers.host;
+      if (!handler || !authority) return false;
+      const socket = stream.session?.socket as TLSSocket | undefined;
+      const aborted = new AbortController();
+      // A reset or a session that went away: the call ends through "close" and the signal
+      // (without a listener, the stream's "error" would be an uncaught exception).
+      stream.on("error", ignore);
+      stream.once("close", () => aborted.abort(errorFromResetCode(stream.rstCode)));
+      handler({
+        httpVersion: "2.0",
+        method: headers[":method"] ?? "",
+        url: `${socket?.encrypted ? "https" : "http"}://${authority}${path}`,
+        header: webHeaders(headers),
+        body: requestBody(stream),
+        signal: aborted.signal,
+        contextValues: opts.contextValues?.(socket?.remoteAddress),
+      })
+        .then((ures) => writeToStream(ures, stream))
+        .catch((reason: unknown) => {
+          // A stream the client already closed needs neither a log line nor a reset.
+          if (stream.destroyed) return;
+          failed(handler, reason);
+          stream.destroy();
+        });
+      return true;
+    },
+  };
+}
+
+function ignore() {}
+
+// The stream's chunks, like `for await (const chunk of stream)`, except that a reader stopping
+// early (a body over the size limit) does not reset the stream: the error response still reaches
+// the client.
+async function* requestBody(stream: http2.ServerHttp2Stream): AsyncGenerator<Uint8Array> {
+  for (;;) {
+    const chunk = stream.read() as Buffer | null;
+    if (chunk !== null) {
+      yield chunk;
+      continue;
+    }
+    if (stream.readableEnded) return;
+    if (stream.destroyed) throw errorFromResetCode(stream.rstCode) ?? new ConnectError("the client closed the stream", Code.Canceled);
+    await new Promise<void>((resolve) => {
+      const next = () => {
+        stream.off("readable", next);
+        stream.off("end", next);
+        stream.off("close", next);
+        resolve();
+      };
+      stream.once("readable", next);
+      stream.once("end", next);
+      stream.once("close", next);
+    });
+  }
+}
+
+function pathOf(url: string): string {
+  const q = url.indexOf("?");
+  return q < 0 ? url : url.slice(0, q);
+}
+
+function webHeaders(headers: http2.IncomingHttpHeaders): Headers {
+  const out = new Headers();
+  for (const key in headers) {
+    if (key.startsWith(":")) continue;
+    const value = headers[key];
+    if (typeof value === "string") out.append(key, value);
+    else if (Array.isArray(value)) for (const v of value) out.append(key, v);
+  }
+  return out;
+}
+
+function nodeHeaders(headers: Headers | undefined, into: http2.OutgoingHttpHeaders = {}): http2.OutgoingHttpHeaders {
+  headers?.forEach((value, key) => {
+    into[key] = value;
+  });
+  return into;
+}
+
+// Headers go out after the body's first chunk, so a handler can still set them (as in
+// connect-node); gRPC trailers follow the body.
+async function writeToStream(res: UniversalServerResponse, stream: http2.ServerHttp2Stream): Promise<void> {
+  const body = res.body?.[Symbol.asyncIterator]();
+  try {
+    let chunk = await body?.next();
+    if (stream.destroyed) return;
+    const trailer = res.trailer;
+    stream.respond(nodeHeaders(res.header, { ":status": res.status }), { waitForTrailers: trailer !== undefined });
+    if (trailer) stream.once("wantTrailers", () => stream.sendTrailers(nodeHeaders(trailer)));
+    while (chunk !== undefined && chunk.done !== true) {
+      if (!stream.write(chunk.value)) await drained(stream);
+      chunk = await body!.next();
+    }
+    stream.end();
+  } finally {
+    // Ends a server stream whose client went away.
+    void body?.return?.().catch(() => {});
+  }
+}
+
+function drained(stream: http2.ServerHttp2Stream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      stream.off("drain", done);
+      stream.off("close", closed);
+      resolve();
+    };
+    const closed = () => {
+      stream.off("drain", done);
+      reject(new ConnectError("the client closed the stream", Code.Canceled));
+    };
+    stream.once("drain", done);
+    stream.once("close", closed);
+  });
+}
+
+// As connect-node maps them: a reset is the client's cancel or a transport failure.
+function errorFromResetCode(rstCode: number): ConnectError | undefined {
+  const c = http2.constants;
+  const error = (code: Code) => new ConnectError(`http/2 stream closed with error code 0x${rstCode.toString(16)}`, code);
+  switch (rstCode) {
+    case c.NGHTTP2_NO_ERROR:
+    case c.NGHTTP2_STREAM_CLOSED:
+      return undefined;
+    case c.NGHTTP2_CANCEL:
+      return error(Code.Canceled);
+    case c.NGHTTP2_REFUSED_STREAM:
+      return error(Code.Unavailable);
+    case c.NGHTTP2_ENHANCE_YOUR_CALM:
+      return error(Code.ResourceExhausted);
+    case c.NGHTTP2_INADEQUATE_SECURITY:
+    case c.NGHTTP2_HTTP_1_1_REQUIRED:
+      return error(Code.PermissionDenied);
+    default:
+      return error(Code.Internal);
+  }
+}
