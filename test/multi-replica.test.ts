@@ -320,6 +320,27 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
     expect(res.commands).toHaveLength(1);
   });
 
+  it("tell a WatchEvents feed that it may have missed changes when the replica link comes back", async () => {
+    const abort = new AbortController();
+    const kinds: string[] = [];
+    const reading = (async () => {
+      for await (const event of b.admin.commands.watchEvents({}, { signal: abort.signal })) {
+        kinds.push(event.kind);
+        if (event.kind === "resync") return;
+      }
+    })().catch(() => {});
+    await expect.poll(() => kinds.length, { timeout: 3_000, interval: 20 }).toBe(1);
+    await a.app.db.prisma.$queryRaw`
+      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE application_name = ${LINK_APPLICATION_NAME} AND datname = current_database()`;
+    try {
+      await expect.poll(() => kinds.at(-1), { timeout: 15_000, interval: 50 }).toBe("resync");
+    } finally {
+      abort.abort();
+      await reading;
+    }
+  });
+
   it("hand the scheduler to the other replica when the leader stops", async () => {
     const leader = a.app.isLeader() ? a : b;
     const other = leader === a ? b : a;

@@ -66,11 +66,12 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
   let wasDown = false;
   const onLinkChange = (up: boolean) => {
     opts.onLinkChange?.(up);
-    // Wake-ups and invalidations sent while the link was down never arrive: every long-poll here
-    // looks again and every cache is dropped.
+    // Wake-ups, invalidations and events sent while the link was down never arrive: every
+    // long-poll here looks again, every cache is dropped and every events feed is told.
     if (up && wasDown) {
       localWakeups.notifyAll();
       opts.onInvalidate?.("*");
+      localEvents.gap();
     }
     wasDown = !up;
   };
@@ -96,7 +97,8 @@ export async function createCluster(opts: ClusterOptions): Promise<Cluster> {
       localEvents.publish(list);
       for (const event of list) link.changed(event);
     },
-    subscribe: (listener) => localEvents.subscribe(listener),
+    subscribe: (listener, onGap) => localEvents.subscribe(listener, onGap),
+    gap: () => localEvents.gap(),
     get watching() {
       return localEvents.watching;
     },

@@ -19,10 +19,10 @@ export function sleep(ms: number, signal: AbortSignal): Promise<void> {
 
 // Follows one command until it reaches a final state, calling `onChange` with each version
 // seen. The live feed (WatchEvents for the command's agent) is used first; every keepalive
-// also re-reads the command, so a change made before the feed opened is never missed. When
-// the feed fails or ends, it reads the command every `pollMs` instead. Resolves with the final
-// command, or undefined when aborted. A refusal of GetCommand (NotFound …) is thrown; an
-// unreachable server is waited out.
+// (and every resync, when the server may have missed changes) also re-reads the command, so a
+// change made before the feed opened is never missed. When the feed fails or ends, it reads the
+// command every `pollMs` instead. Resolves with the final command, or undefined when aborted.
+// A refusal of GetCommand (NotFound …) is thrown; an unreachable server is waited out.
 export async function followCommand(
   api: Api,
   command: Pick<CommandInfo, "id" | "agentId">,
@@ -43,7 +43,7 @@ export async function followCommand(
   try {
     for await (const event of api.commands.watchEvents({ agentId: command.agentId }, { signal })) {
       if (signal.aborted) return undefined;
-      if (event.kind === "keepalive") {
+      if (event.kind === "keepalive" || event.kind === "resync") {
         const c = await read();
         if (c && FINAL_STATES.has(c.state)) return c;
       } else if (event.command?.id === command.id) {

@@ -28,6 +28,7 @@ const ACTION_TYPES: Record<string, DbCommandType> = {
   updateAgent: "update_agent",
 };
 
+const MAX_QUEUED_EVENTS = 10_000;
 const KEEPALIVE_MS = 20_000;
 
 const STATE_FILTER = new Map<CommandState, DbCommandState>(
@@ -110,27 +111,43 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
     async *watchEvents(req, ctx) {
       const agentId = req.agentId ? uuid("agent_id", req.agentId) : undefined;
       const queue: CommandChanged[] = [];
+      // Changes this feed may have lost: the replica link was down, or the client read so slowly
+      // that the queue filled up. The client is told ("resync") and re-reads what it shows.
+      let missed = false;
       let wake: (() => void) | undefined;
-      const unsubscribe = events.subscribe((event) => {
-        if (agentId && event.agentId !== agentId) return;
-        if (queue.length < 10_000) queue.push(event);
-        wake?.();
-      });
+      const unsubscribe = events.subscribe(
+        (event) => {
+          if (agentId && event.agentId !== agentId) return;
+          if (queue.length < MAX_QUEUED_EVENTS) queue.push(event);
+          else missed = true;
+          wake?.();
+        },
+        () => {
+          missed = true;
+          wake?.();
+        },
+      );
       const stopped = new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
       try {
         // At once, so a client knows the feed is live before anything happens.
         yield { time: timestampFromDate(new Date()), kind: "keepalive" };
         while (!ctx.signal.aborted) {
-          if (queue.length === 0) {
+          if (queue.length === 0 && !missed) {
             const woke = new Promise<void>((resolve) => (wake = resolve));
-            const timer = new Promise<"keepalive">((resolve) => setTimeout(() => resolve("keepalive"), KEEPALIVE_MS).unref());
-            const why = await Promise.race([woke.then(() => "event" as const), timer, stopped.then(() => "stop" as const)]);
+            let timer: NodeJS.Timeout | undefined;
+            const quiet = new Promise<"keepalive">((resolve) => (timer = setTimeout(() => resolve("keepalive"), KEEPALIVE_MS)));
+            const why = await Promise.race([woke.then(() => "event" as const), quiet, stopped.then(() => "stop" as const)]);
+            clearTimeout(timer);
             wake = undefined;
             if (why === "stop") return;
             if (why === "keepalive") {
               yield { time: timestampFromDate(new Date()), kind: "keepalive" };
               continue;
             }
+          }
+          if (missed) {
+            missed = false;
+            yield { time: timestampFromDate(new Date()), kind: "resync" };
           }
           // Several changes of one command in a burst are sent once, as it is now.
           const batch = [...new Map(queue.splice(0).map((e) => [e.commandId, e])).values()];

@@ -174,6 +174,22 @@ describe("the Activity feed", () => {
     expect(navigations.at(-1)).toBe("http://console.test/activity");
   });
 
+  it("reads the list again when the server says it may have missed changes", async () => {
+    const feed = new EventFeed();
+    const commands = [command({ id: SCAN, agentId: DB, type: CommandType.SCAN_UPDATES, state: CommandState.SUCCEEDED, createTime: ago(600_000) })];
+    const { routes, lists } = server({ feed, commands });
+    renderWithApi(Activity, routes);
+    await screen.findByTestId("live");
+    await waitFor(() => expect(rowIds()).toEqual([SCAN]));
+    // Queued through another replica while this one's link was down: no event ever came.
+    commands.unshift(command({ id: NEW, agentId: WEB, type: CommandType.COLLECT_SPECS, state: CommandState.PENDING, createTime: ago(0) }));
+    const before = lists.length;
+    feed.push({ kind: "resync", time: ago(0) });
+    await waitFor(() => expect(rowIds()).toEqual([NEW, SCAN]));
+    expect(lists.length).toBe(before + 1);
+    expect(screen.getByTestId("live").textContent).toContain("Live");
+  });
+
   it("says it is reconnecting when the feed drops, then reloads and goes live again", async () => {
     const feed = new EventFeed();
     let calls = 0;

@@ -384,7 +384,8 @@ export declare type WatchEventsResponse = Message<"redflag.v1.WatchEventsRespons
 
   /**
    * "command" for a change of a command; "keepalive" when the stream opens and every 20
-   * seconds without a change.
+   * seconds without a change; "resync" when changes may have been missed (this replica lost
+   * its link to the others for a while, or the client read too slowly): re-read what you show.
    *
    * @generated from field: string kind = 2;
    */
