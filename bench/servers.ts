@@ -65,10 +65,15 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
+// As `npm run serve` and the Docker image run the control plane.
+const SERVER_NODE_FLAGS = ["--max-semi-space-size=8"];
+
 function spawnNode(script: string, env: Record<string, string>): ChildProcess {
-  // process.execPath is the pinned Node 24 when run through npm scripts. BENCH_SERVER_NODE_ARGS
-  // passes flags to the servers' Node, e.g. "--cpu-prof --cpu-prof-dir=prof" for a profile.
-  const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+  // process.execPath is the pinned Node 24 when run through npm scripts. The servers (the echo
+  // floor too, so both are alike) get the control plane's production flags; BENCH_SERVER_NODE_ARGS
+  // adds more or overrides them (the last of a flag wins), e.g. "--cpu-prof --cpu-prof-dir=prof"
+  // for a profile, or "--max-semi-space-size=32" for V8's own ceiling on a machine like ours.
+  const nodeArgs = [...SERVER_NODE_FLAGS, ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
   const child = spawn(process.execPath, [...nodeArgs, script], {
     cwd: ROOT,
     env: { ...process.env, ...env },

@@ -2,7 +2,7 @@ import { Command } from "commander";
 import { number } from "./options.ts";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
 import { formatErrors, simulate } from "./simulator.ts";
-import { bound, formatUsage, histogramQuantiles, scrapeRpcHistogram, type HistogramSnapshot, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
+import { bound, fetchMetrics, formatUsage, histogramQuantiles, metricSample, scrapeRpcHistogram, type HistogramSnapshot, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
 
 // `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
 // --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
@@ -74,9 +74,11 @@ try {
   // The steady state: from the end of the start period (registrations done) to the end.
   let steady: ReturnType<typeof watchProcess> | undefined;
   let histogramAtSteady: Promise<HistogramSnapshot | undefined> | undefined;
+  let gcAtSteady: Promise<string | undefined> | undefined;
   const steadyTimer = setTimeout(() => {
     steady = watchProcess(pid);
     histogramAtSteady = scrapeRpcHistogram(url!, "PollCommands");
+    gcAtSteady = fetchMetrics(url!).catch(() => undefined);
   }, o.startPeriod * 1000);
   const cpu0 = process.cpuUsage();
   const r = await simulate(
@@ -103,6 +105,9 @@ try {
   const usage = await watch.stop();
   clearTimeout(steadyTimer);
   const steadyUsage = await steady?.stop();
+  // prom-client resets its event-loop delay histogram on every scrape: this one covers the time
+  // since the scrape at the end of the start period.
+  const lagText = await fetchMetrics(url!).catch(() => undefined);
   const histogramAtEnd = await scrapeRpcHistogram(url!, "PollCommands");
   const histogramBefore = await histogramAtSteady;
   const cpu = process.cpuUsage(cpu0);
@@ -120,6 +125,24 @@ try {
       `server-side PollCommands latency after the start period (its /metrics histogram, n=${h.count}, long-polls included): ` +
         `p50 ${bound(h.bounds[0]!)}, p95 ${bound(h.bounds[1]!)}, p99 ${bound(h.bounds[2]!)}`,
     );
+  }
+  if (lagText && histogramBefore) {
+    // What a poll waits before the server's event loop reaches it (GC pauses, other work): not
+    // in the histogram above, which starts when the call is picked up.
+    const lag = (q: string) => ms(metricSample(lagText, `nodejs_eventloop_lag_${q}_seconds`) * 1000);
+    console.log(
+      `server event-loop delay after the start period (sampled every 10 ms, which it includes): p50 ${lag("p50")}, p99 ${lag("p99")}, max ${lag("max")}`,
+    );
+    const before = await gcAtSteady;
+    if (before) {
+      const gc = (kind: string) => {
+        const series = (what: string) => `nodejs_gc_duration_seconds_${what}{kind="${kind}"}`;
+        const n = metricSample(lagText, series("count")) - metricSample(before, series("count"));
+        const seconds = metricSample(lagText, series("sum")) - metricSample(before, series("sum"));
+        return `${n} ${kind} (${n > 0 ? ms((seconds * 1000) / n) : "–"} each)`;
+      };
+      console.log(`server garbage collections after the start period: ${gc("minor")}, ${gc("major")}`);
+    }
   }
 } finally {
   await cp?.stop();
