@@ -1,5 +1,7 @@
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { compressionGzip, createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { toBinary } from "@bufbuild/protobuf";
+import { PollCommandsRequestSchema } from "@redflag/gen/agent_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { execFile } from "node:child_process";
@@ -102,6 +104,27 @@ describe("transports", () => {
     abort.abort();
     await expect(poll).rejects.toMatchObject({ code: Code.Canceled });
     await until(async () => (await longPollsWaiting()) === 0);
+  });
+
+  it("survives an agent's connection torn down under a held long-poll, and serves the next call", async () => {
+    const agent = await registerTestAgent(cp, (await cp.admin.tokens.createRegistrationToken({ seats: 1 })).secret);
+    const session = http2.connect(cp.url);
+    session.on("error", () => {});
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/redflag.v1.AgentService/PollCommands",
+      "content-type": "application/proto",
+      "connect-protocol-version": "1",
+      authorization: `Bearer ${agent.accessToken}`,
+      "x-machine-id": agent.machineId,
+    });
+    stream.on("error", () => {});
+    stream.end(toBinary(PollCommandsRequestSchema, { $typeName: "redflag.v1.PollCommandsRequest", nonce: nonce(), waitSeconds: 60, maxCommands: 0 } as never));
+    await until(async () => (await longPollsWaiting()) === 1);
+    // A GOAWAY with an error code, then the socket gone: the held stream errors on the server.
+    session.destroy(new Error("agent killed"), http2.constants.NGHTTP2_CANCEL);
+    await until(async () => (await longPollsWaiting()) === 0);
+    await expect(agent.client.pollCommands({ nonce: nonce() })).resolves.toMatchObject({ commands: [] });
   });
 
   const longPollsWaiting = async () => {
