@@ -49,7 +49,16 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     request(req, res) {
       const handler = paths.get(pathOf(req.url ?? ""));
       if (!handler) return opts.fallback(req, res);
-      const ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress));
+      let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
+      try {
+        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress));
+      } catch {
+        // Without an authority (an HTTP/1.0 request with no Host header) connect cannot form the
+        // request's URL and throws: refuse the request, not the process.
+        res.writeHead(400, { "content-type": "text/plain" });
+        res.end("a Host header is required\n");
+        return;
+      }
       handler(ureq)
         .then((ures) => universalResponseToNodeResponse(ures, res))
         .catch((reason: unknown) => failed(handler, reason));

@@ -8,6 +8,7 @@ import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import http from "node:http";
 import http2 from "node:http2";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -131,6 +132,22 @@ describe("transports", () => {
     const text = await (await fetch(`${cp.url}/metrics`)).text();
     return Number(/^redflag_long_polls_waiting (\S+)$/m.exec(text)?.[1]);
   };
+
+  it("refuses an RPC without a Host header (HTTP/1.0) with 400, and keeps serving", async () => {
+    const raw = (request: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = net.connect(cp.app.server.port, "127.0.0.1", () => socket.end(request));
+        let answer = "";
+        socket.on("data", (d: Buffer) => (answer += d.toString()));
+        socket.on("close", () => resolve(answer));
+        socket.on("error", reject);
+      });
+    const answer = await raw("POST /redflag.v1.FleetService/ListAgents HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    expect(answer).toMatch(/^HTTP\/1\.[01] 400 /);
+    expect(answer).toContain("a Host header is required");
+    expect((await raw("GET /healthz HTTP/1.0\r\n\r\n")).split("\r\n")[0]).toMatch(/ 200 /);
+    expect((await fetch(`${cp.url}/healthz`)).status).toBe(200);
+  });
 
   it("refuses admin calls without a valid key", async () => {
     const anon = createClient(FleetService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
