@@ -72,7 +72,7 @@ function spawnNode(script: string, env: Record<string, string>): ChildProcess {
   // process.execPath is the pinned Node 24 when run through npm scripts. The servers (the echo
   // floor too, so both are alike) get the control plane's production flags; BENCH_SERVER_NODE_ARGS
   // adds more or overrides them (the last of a flag wins), e.g. "--cpu-prof --cpu-prof-dir=prof"
-  // for a profile, or "--max-semi-space-size=32" for V8's own ceiling on a machine like ours.
+  // for a profile, or a larger "--max-semi-space-size=…" to compare with V8's own sizing.
   const nodeArgs = [...SERVER_NODE_FLAGS, ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
   const child = spawn(process.execPath, [...nodeArgs, script], {
     cwd: ROOT,
