@@ -94,17 +94,17 @@ describe("transports", () => {
     expect(first.value).toMatchObject({ kind: "keepalive" });
     expect(cp.app.events.watching).toBe(1);
     abort.abort();
-    await until(() => cp.app.events.watching === 0);
+    await expect.poll(() => cp.app.events.watching, { timeout: 5_000 }).toBe(0);
   });
 
   it("ends a held long-poll on the server when the agent gives up on it", async () => {
     const agent = await registerTestAgent(cp, (await cp.admin.tokens.createRegistrationToken({ seats: 1 })).secret);
     const abort = new AbortController();
     const poll = agent.client.pollCommands({ nonce: nonce(), waitSeconds: 60 }, { signal: abort.signal });
-    await until(async () => (await longPollsWaiting()) === 1);
+    await expect.poll(longPollsWaiting, { timeout: 5_000 }).toBe(1);
     abort.abort();
     await expect(poll).rejects.toMatchObject({ code: Code.Canceled });
-    await until(async () => (await longPollsWaiting()) === 0);
+    await expect.poll(longPollsWaiting, { timeout: 5_000 }).toBe(0);
   });
 
   it("survives an agent's connection torn down under a held long-poll, and serves the next call", async () => {
@@ -121,10 +121,10 @@ describe("transports", () => {
     });
     stream.on("error", () => {});
     stream.end(toBinary(PollCommandsRequestSchema, { $typeName: "redflag.v1.PollCommandsRequest", nonce: nonce(), waitSeconds: 60, maxCommands: 0 } as never));
-    await until(async () => (await longPollsWaiting()) === 1);
+    await expect.poll(longPollsWaiting, { timeout: 5_000 }).toBe(1);
     // A GOAWAY with an error code, then the socket gone: the held stream errors on the server.
     session.destroy(new Error("agent killed"), http2.constants.NGHTTP2_CANCEL);
-    await until(async () => (await longPollsWaiting()) === 0);
+    await expect.poll(longPollsWaiting, { timeout: 5_000 }).toBe(0);
     await expect(agent.client.pollCommands({ nonce: nonce() })).resolves.toMatchObject({ commands: [] });
   });
 
@@ -192,11 +192,3 @@ describe("transports", () => {
     }
   });
 });
-
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
