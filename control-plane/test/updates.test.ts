@@ -127,6 +127,8 @@ describe("UpdateService", () => {
     const res = await updates.rejectUpdates({ selection: { packageName: "postgresql-16" } });
     expect(res.rejected).toBe(1);
     expect((await updates.listUpdates({ status: UpdateStatus.REJECTED })).updates.map((u) => u.update!.name)).toEqual(["postgresql-16"]);
+    // A rejected update no longer counts as one the agent still needs (as in the fleet report).
+    expect((await cp.admin.fleet.getAgent({ agentId: db.agentId })).agent).toMatchObject({ pendingUpdateCount: 1, securityUpdateCount: 1, updatesBySeverity: { security: 1 } });
     await expectCode(updates.listUpdates({ status: 9 as UpdateStatus }), Code.InvalidArgument, /not an update status/);
   });
 });

@@ -263,13 +263,14 @@ export type AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>> & { up
 
 const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
 
-// Pending and security update counts per agent, from the stored scan results.
+// Pending and security update counts per agent, from the stored scan results: updates awaiting
+// a decision or an install, not the rejected ones (as in the fleet's pending-updates report).
 async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
   const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0, bySeverity: {} }]));
   if (agentIds.length === 0) return counts;
   const rows = await db.packageUpdate.groupBy({
     by: ["agentId", "security", "severity"],
-    where: { agentId: { in: agentIds } },
+    where: { agentId: { in: agentIds }, status: { not: "rejected" } },
     _count: { _all: true },
   });
   for (const row of rows) {

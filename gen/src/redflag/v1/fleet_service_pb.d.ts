@@ -72,7 +72,9 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
   registrationTokenId: string;
 
   /**
-   * Pending updates from the agent's latest successful scan, as stored by the control plane.
+   * Pending updates from the agent's latest successful scan, as stored by the control plane:
+   * those awaiting a decision or an install; rejected ones are not counted (nor in
+   * security_update_count and updates_by_severity).
    *
    * @generated from field: uint32 pending_update_count = 11;
    */
