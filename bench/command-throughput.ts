@@ -3,7 +3,7 @@ import { Command } from "commander";
 import { setTimeout as sleep } from "node:timers/promises";
 import { integer } from "./options.ts";
 import { startControlPlane, startEchoServer, type BenchControlPlane } from "./servers.ts";
-import { agentClient, countError, formatErrors, newStats, planAgents, registerWithRetry, SimAgent, type SimStats } from "./simulator.ts";
+import { agentClient, countError, floorPolls, formatErrors, newStats, planAgents, registerWithRetry, SimAgent, type SimStats } from "./simulator.ts";
 import { fetchMetrics, formatUsage, metricSample, ms, printCommand, printMachineFacts, sampleProcess, summarize, watchProcess } from "./stats.ts";
 
 // Benchmark 4 (command throughput) and a scaled-down benchmark 3 (agents holding long-polls:
@@ -198,18 +198,14 @@ try {
     const echo = await startEchoServer();
     const stop = new AbortController();
     const conns = Array.from({ length: o.longPolls }, () => agentClient(echo.url));
-    const headers = { authorization: `Bearer ${"x".repeat(accessTokenLength || 300)}`, "x-machine-id": "0".repeat(64) };
-    const status = { agentVersion: "0.1.0-sim", configRevision: 1n, trustedKeysRevision: 1n };
+    const poll = floorPolls(accessTokenLength || 300);
     const loops: Promise<void>[] = [];
     try {
       for (const [i, c] of conns.entries()) {
         loops.push(
           (async () => {
             while (!stop.signal.aborted) {
-              const nonce = crypto.getRandomValues(new Uint8Array(16));
-              await c.client
-                .pollCommands({ nonce, waitSeconds: o.wait, status }, { headers, timeoutMs: o.wait * 1000 + 15_000, signal: stop.signal })
-                .catch(() => sleep(1000));
+              await poll(c.client, o.wait, { timeoutMs: o.wait * 1000 + 15_000, signal: stop.signal }).catch(() => sleep(1000));
             }
           })(),
         );

@@ -1,7 +1,7 @@
 import { Command } from "commander";
 import { number } from "./options.ts";
 import { startControlPlane, startEchoServer, type ChildServer } from "./servers.ts";
-import { agentClient, formatErrors, hammer, newStats, planAgents, registerWithRetry, SimAgent } from "./simulator.ts";
+import { agentClient, floorPolls, formatErrors, hammer, newStats, planAgents, registerWithRetry, SimAgent } from "./simulator.ts";
 import { ms, printCommand, printMachineFacts, summarize, watchProcess } from "./stats.ts";
 
 // Benchmark 1: idle authenticated PollCommands on the real control plane against the floor, a
@@ -49,17 +49,12 @@ try {
   {
     const echo = await startEchoServer();
     const conns = Array.from({ length: o.clients }, () => agentClient(echo.url));
-    const status = { agentVersion: "0.1.0-sim", configRevision: 1n, trustedKeysRevision: 1n };
-    const headers = { authorization: `Bearer ${"x".repeat(200)}`, "x-machine-id": "0".repeat(64) };
+    const poll = floorPolls(200);
     targets.push(
       newTarget(
         "echo floor",
         echo,
-        (i) => {
-          const nonce = new Uint8Array(16);
-          crypto.getRandomValues(nonce);
-          return conns[i]!.client.pollCommands({ nonce, waitSeconds: 0, status }, { headers, timeoutMs: 30_000 });
-        },
+        (i) => poll(conns[i]!.client, 0, { timeoutMs: 30_000 }),
         async () => {
           conns.forEach((c) => c.close());
           await echo.stop();

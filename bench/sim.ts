@@ -2,7 +2,7 @@ import { Command } from "commander";
 import { number } from "./options.ts";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
 import { formatErrors, simulate } from "./simulator.ts";
-import { bound, fetchMetrics, formatUsage, histogramQuantiles, metricSample, scrapeRpcHistogram, type HistogramSnapshot, ms, printCommand, printMachineFacts, watchProcess } from "./stats.ts";
+import { bound, fetchMetrics, formatUsage, histogramQuantiles, metricSample, ms, printCommand, printMachineFacts, rpcHistogram, watchProcess } from "./stats.ts";
 
 // `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
 // --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
@@ -73,12 +73,12 @@ try {
   const watch = watchProcess(pid);
   // The steady state: from the end of the start period (registrations done) to the end.
   let steady: ReturnType<typeof watchProcess> | undefined;
-  let histogramAtSteady: Promise<HistogramSnapshot | undefined> | undefined;
-  let gcAtSteady: Promise<string | undefined> | undefined;
+  // The server's /metrics at the start of the steady state (prom-client also resets its
+  // event-loop delay histogram on every scrape, so the one at the end covers just that window).
+  let metricsAtSteady: Promise<string | undefined> | undefined;
   const steadyTimer = setTimeout(() => {
     steady = watchProcess(pid);
-    histogramAtSteady = scrapeRpcHistogram(url!, "PollCommands");
-    gcAtSteady = fetchMetrics(url!).catch(() => undefined);
+    metricsAtSteady = fetchMetrics(url!).catch(() => undefined);
   }, o.startPeriod * 1000);
   const cpu0 = process.cpuUsage();
   const r = await simulate(
@@ -105,11 +105,8 @@ try {
   const usage = await watch.stop();
   clearTimeout(steadyTimer);
   const steadyUsage = await steady?.stop();
-  // prom-client resets its event-loop delay histogram on every scrape: this one covers the time
-  // since the scrape at the end of the start period.
-  const lagText = await fetchMetrics(url!).catch(() => undefined);
-  const histogramAtEnd = await scrapeRpcHistogram(url!, "PollCommands");
-  const histogramBefore = await histogramAtSteady;
+  const atEnd = await fetchMetrics(url!).catch(() => undefined);
+  const atSteady = await metricsAtSteady;
   const cpu = process.cpuUsage(cpu0);
   const s = r.stats;
   console.log(`agents: ${r.registered}/${r.agents} registered, ${s.renewals} renewals, run ${r.elapsedSeconds.toFixed(1)} s`);
@@ -119,30 +116,27 @@ try {
   console.log(`errors by code: ${formatErrors(s.errors)}`);
   console.log(`whole run: ${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
   if (steadyUsage) console.log(`after the start period: ${formatUsage(steadyUsage)}`);
-  if (histogramBefore && histogramAtEnd) {
-    const h = histogramQuantiles(histogramBefore, histogramAtEnd, [0.5, 0.95, 0.99]);
+  if (atSteady && atEnd) {
+    const h = histogramQuantiles(rpcHistogram(atSteady, "PollCommands"), rpcHistogram(atEnd, "PollCommands"), [0.5, 0.95, 0.99]);
     console.log(
       `server-side PollCommands latency after the start period (its /metrics histogram, n=${h.count}, long-polls included): ` +
         `p50 ${bound(h.bounds[0]!)}, p95 ${bound(h.bounds[1]!)}, p99 ${bound(h.bounds[2]!)}`,
     );
   }
-  if (lagText && histogramBefore) {
+  if (atSteady && atEnd) {
     // What a poll waits before the server's event loop reaches it (GC pauses, other work): not
     // in the histogram above, which starts when the call is picked up.
-    const lag = (q: string) => ms(metricSample(lagText, `nodejs_eventloop_lag_${q}_seconds`) * 1000);
+    const lag = (q: string) => ms(metricSample(atEnd, `nodejs_eventloop_lag_${q}_seconds`) * 1000);
     console.log(
       `server event-loop delay after the start period (sampled every 10 ms, which it includes): p50 ${lag("p50")}, p99 ${lag("p99")}, max ${lag("max")}`,
     );
-    const before = await gcAtSteady;
-    if (before) {
-      const gc = (kind: string) => {
-        const series = (what: string) => `nodejs_gc_duration_seconds_${what}{kind="${kind}"}`;
-        const n = metricSample(lagText, series("count")) - metricSample(before, series("count"));
-        const seconds = metricSample(lagText, series("sum")) - metricSample(before, series("sum"));
-        return `${n} ${kind} (${n > 0 ? ms((seconds * 1000) / n) : "–"} each)`;
-      };
-      console.log(`server garbage collections after the start period: ${gc("minor")}, ${gc("major")}`);
-    }
+    const gc = (kind: string) => {
+      const series = (what: string) => `nodejs_gc_duration_seconds_${what}{kind="${kind}"}`;
+      const n = metricSample(atEnd, series("count")) - metricSample(atSteady, series("count"));
+      const seconds = metricSample(atEnd, series("sum")) - metricSample(atSteady, series("sum"));
+      return `${n} ${kind} (${n > 0 ? ms((seconds * 1000) / n) : "–"} each)`;
+    };
+    console.log(`server garbage collections after the start period: ${gc("minor")}, ${gc("major")}`);
   }
 } finally {
   await cp?.stop();

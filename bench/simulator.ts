@@ -125,6 +125,15 @@ export function agentClient(url: string): { client: Client<typeof AgentService>;
   return { client: createClient(AgentService, transport), close: () => sessionManager.abort() };
 }
 
+// PollCommands to the echo floor shaped like a simulated agent's: a fresh 16-byte nonce, a status,
+// and headers as large as an agent's (an access token of `tokenLength` characters, a machine ID).
+export function floorPolls(tokenLength: number) {
+  const status = { agentVersion: "0.1.0-sim", configRevision: 1n, trustedKeysRevision: 1n };
+  const headers = { authorization: `Bearer ${"x".repeat(tokenLength)}`, "x-machine-id": "0".repeat(64) };
+  return (client: Client<typeof AgentService>, waitSeconds: number, options: { timeoutMs: number; signal?: AbortSignal }) =>
+    client.pollCommands({ nonce: crypto.getRandomValues(new Uint8Array(16)), waitSeconds, status }, { headers, ...options });
+}
+
 // A simulated agent: the real agent's protocol (Register, PollCommands with nonce and status,
 // signature check before decoding, ReportResults with the command's sequence, signed Renew),
 // without scanners or executors: every command "succeeds" at once.

@@ -146,16 +146,12 @@ export function metricSample(text: string, series: string): number {
   return line ? Number(line.slice(series.length + 1)) : 0;
 }
 
-export async function scrapeRpcHistogram(url: string, method: string): Promise<HistogramSnapshot | undefined> {
-  try {
-    const text = await fetchMetrics(url);
-    const out: HistogramSnapshot = new Map();
-    const re = new RegExp(`^redflag_rpc_duration_seconds_bucket\\{le="([^"]+)",service="redflag\\.v1\\.AgentService",method="${method}",code="ok"\\} (\\d+)$`, "gm");
-    for (const m of text.matchAll(re)) out.set(m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2]));
-    return out;
-  } catch {
-    return undefined;
-  }
+// One AgentService method's histogram (code ok) from /metrics text.
+export function rpcHistogram(text: string, method: string): HistogramSnapshot {
+  const out: HistogramSnapshot = new Map();
+  const re = new RegExp(`^redflag_rpc_duration_seconds_bucket\\{le="([^"]+)",service="redflag\\.v1\\.AgentService",method="${method}",code="ok"\\} (\\d+)$`, "gm");
+  for (const m of text.matchAll(re)) out.set(m[1] === "+Inf" ? Infinity : Number(m[1]), Number(m[2]));
+  return out;
 }
 
 // Quantiles of the calls between two snapshots, as bucket upper bounds ("≤ 5 ms").

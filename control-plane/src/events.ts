@@ -16,23 +16,23 @@ export interface EventBus {
 }
 
 export function createEventBus(): EventBus {
-  const listeners = new Map<(event: CommandChanged) => void, (() => void) | undefined>();
+  // One entry per subscription, even for a listener function subscribed twice.
+  const subscriptions = new Set<{ listener: (event: CommandChanged) => void; onGap: (() => void) | undefined }>();
   return {
     publish(events) {
-      if (listeners.size === 0) return;
-      for (const event of events) for (const listener of listeners.keys()) listener(event);
+      if (subscriptions.size === 0) return;
+      for (const event of events) for (const s of subscriptions) s.listener(event);
     },
     subscribe(listener, onGap) {
-      // Each subscription is its own entry, even for a listener function used twice.
-      const own = (event: CommandChanged) => listener(event);
-      listeners.set(own, onGap);
-      return () => listeners.delete(own);
+      const subscription = { listener, onGap };
+      subscriptions.add(subscription);
+      return () => subscriptions.delete(subscription);
     },
     gap() {
-      for (const onGap of [...listeners.values()]) onGap?.();
+      for (const s of [...subscriptions]) s.onGap?.();
     },
     get watching() {
-      return listeners.size;
+      return subscriptions.size;
     },
   };
 }
