@@ -10,7 +10,7 @@ export default defineConfig({
       {
         test: {
           name: "server",
-          include: ["control-plane/**/*.test.ts", "agent/**/*.test.ts", "bench/**/*.test.ts", "test/**/*.test.ts"],
+          include: ["common/**/*.test.ts", "control-plane/**/*.test.ts", "agent/**/*.test.ts", "bench/**/*.test.ts", "test/**/*.test.ts"],
           exclude: ["**/node_modules/**"],
           testTimeout: 60_000,
           hookTimeout: 120_000,

@@ -131,4 +131,23 @@ describe("UpdateService", () => {
     expect((await cp.admin.fleet.getAgent({ agentId: db.agentId })).agent).toMatchObject({ pendingUpdateCount: 1, securityUpdateCount: 1, updatesBySeverity: { security: 1 } });
     await expectCode(updates.listUpdates({ status: 9 as UpdateStatus }), Code.InvalidArgument, /not an update status/);
   });
+
+  it("bounds holds: a pattern's length, and how many one scope may have, also under concurrent calls", async () => {
+    await expectCode(updates.setHold({ source: "*", name: "*".repeat(256) }), Code.InvalidArgument, /at most 255 characters/);
+    expect((await updates.setHold({ source: "*", name: "*".repeat(254) + "X" })).hold!.name).toHaveLength(255);
+    const own = async () => (await updates.listHolds({ agentId: web.agentId })).holds.filter((h) => h.agentId === web.agentId);
+    // Up to 240 written directly, then 20 concurrent calls for the last 10 places.
+    const before = (await own()).length;
+    await cp.app.db.prisma.hold.createMany({
+      data: Array.from({ length: 240 - before }, (_, i) => ({ id: crypto.randomUUID(), agentId: web.agentId, source: "apt", name: `pkg-${i}`, createdBy: "test" })),
+    });
+    const results = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => updates.setHold({ agentId: web.agentId, source: "apt", name: `more-${i}` })));
+    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(10);
+    const refused = results.find((r) => r.status === "rejected")!.reason as ConnectError;
+    expect(Code[refused.code]).toBe("ResourceExhausted");
+    expect(refused.rawMessage).toMatch(/has 250 holds, the most allowed \(250\); remove one first/);
+    expect(await own()).toHaveLength(250);
+    // Fleet-wide holds are a scope of their own.
+    await updates.setHold({ source: "apt", name: "one-more-fleet-wide" });
+  });
 });

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { compileHolds } from "@redflag/common/holds";
 import type { PackageHold } from "@redflag/gen/common_pb";
 import {
   CommandOutcome,
@@ -39,33 +40,26 @@ const KIND_NAMES: Record<number, string> = {
 };
 
 // A hold names a package of one source or of every source ("*"); "*" in the name matches any
-// run of characters, so "linux-image-*" holds every kernel.
+// run of characters, so "linux-image-*" holds every kernel (common/holds: the control plane's
+// rule, matched without backtracking).
 export function holdMatcher(holds: readonly PackageHold[]) {
-  const rules = holds.map((h) => ({
-    source: h.source || "*",
-    name: new RegExp(`^${h.name.split("*").map(escapeRegExp).join(".*")}$`),
-    exact: h.name.includes("*") ? undefined : h.name,
-    reason: h.reason,
-    label: h.name,
-  }));
-  const find = (source: string, name: string) =>
-    rules.find((r) => (r.source === "*" || r.source === source) && r.name.test(name));
+  const compiled = compileHolds(holds);
+  const find = (source: string, name: string) => compiled.find(source, name);
   return {
     find,
     // Why a package is held, or undefined when it is not.
     reason(source: string, name: string): string | undefined {
-      const rule = find(source, name);
-      if (!rule) return undefined;
-      return rule.reason ? `held by the agent config (${rule.label}): ${rule.reason}` : `held by the agent config (${rule.label})`;
+      const hold = find(source, name);
+      if (!hold) return undefined;
+      return hold.reason ? `held by the agent config (${hold.name}): ${hold.reason}` : `held by the agent config (${hold.name})`;
     },
     // Exact names held for one source, for installers that exclude them themselves.
     exactNames: (source: string) =>
-      new Set(rules.filter((r) => (r.source === "*" || r.source === source) && r.exact).map((r) => r.exact!)),
+      new Set(holds.filter((h) => (!h.source || h.source === "*" || h.source === source) && !h.name.includes("*")).map((h) => h.name)),
   };
 }
 type Holds = ReturnType<typeof holdMatcher>;
 
-const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 interface SourceReport {
   packages: PackageResult[];

@@ -11,9 +11,10 @@ import {
   UpdateService,
   UpdateStatus,
 } from "@redflag/gen/update_service_pb";
+import { compileHolds, HOLD_NAME } from "@redflag/common/holds";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
-import { newId } from "../ids.ts";
 import { createCommand } from "../store/commands.ts";
+import { createHold, deleteHold, getHold, holdsFor, listHolds, type HoldRow } from "../store/holds.ts";
 import type { Prisma } from "../store/types.ts";
 import type { EventBus } from "../events.ts";
 import type { Wakeups } from "../wakeups.ts";
@@ -26,7 +27,6 @@ type Where = PrismaNs.PackageUpdateWhereInput;
 
 const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
 const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
-const HOLD_NAME = /^[A-Za-z0-9_@*][A-Za-z0-9_@.+:/=*-]{0,254}$/;
 const STATUS_NAMES: Record<number, string> = { [UpdateStatus.PENDING]: "pending", [UpdateStatus.APPROVED]: "approved", [UpdateStatus.REJECTED]: "rejected" };
 const STATUS_PROTO = Object.fromEntries(Object.entries(STATUS_NAMES).map(([k, v]) => [v, Number(k) as UpdateStatus]));
 const SEVERITY_NAME = (s: UpdateSeverity) => {
@@ -76,21 +76,25 @@ export function selectionWhere(sel: UpdateSelection | undefined, require: boolea
   return { AND: and, agent: { decommissionedAt: null } };
 }
 
-// A hold's name as a pattern ("linux-image-*").
-const holdMatches = (hold: { source: string; name: string }, u: { source: string; name: string }) =>
-  (hold.source === "*" || hold.source === u.source) && new RegExp(`^${hold.name.split("*").map((p) => p.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`).test(u.name);
+// Which of these agents' updates a hold keeps: the fleet-wide holds and each agent's own, every
+// pattern compiled once (common/holds matches without backtracking).
+function heldBy(holds: HoldRow[]) {
+  const fleet = compileHolds(holds.filter((h) => h.agentId === null));
+  const own = new Map<string, HoldRow[]>();
+  for (const h of holds) if (h.agentId) own.set(h.agentId, [...(own.get(h.agentId) ?? []), h]);
+  const perAgent = new Map([...own].map(([id, list]) => [id, compileHolds(list)]));
+  return (u: { agentId: string; source: string; name: string }) =>
+    fleet.find(u.source, u.name) !== undefined || perAgent.get(u.agentId)?.find(u.source, u.name) !== undefined;
+}
 
 export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: AgentConfigs, events: EventBus): ServiceImpl<typeof UpdateService> {
-  const holdsFor = async (agentIds: string[]) => db.hold.findMany({ where: { OR: [{ agentId: null }, { agentId: { in: agentIds } }] } });
-  const isHeld = (holds: { agentId: string | null; source: string; name: string }[], u: { agentId: string; source: string; name: string }) =>
-    holds.some((h) => (h.agentId === null || h.agentId === u.agentId) && holdMatches(h, u));
 
   // Sets status on the selected updates except held ones; returns what changed.
   const decide = async (ctx: HandlerContext, sel: UpdateSelection | undefined, status: "approved" | "rejected", from: string[]) => {
     const where = selectionWhere(sel, true);
     const rows = await db.packageUpdate.findMany({ where: { ...where, status: { in: from } }, select: { agentId: true, source: true, name: true, architecture: true, availableVersion: true } });
-    const holds = await holdsFor([...new Set(rows.map((r) => r.agentId))]);
-    const chosen = status === "approved" ? rows.filter((r) => !isHeld(holds, r)) : rows;
+    const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
+    const chosen = status === "approved" ? rows.filter((r) => !isHeld(r)) : rows;
     const now = new Date();
     for (let i = 0; i < chosen.length; i += 500) {
       await db.packageUpdate.updateMany({
@@ -135,7 +139,7 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
       const commands = new Map(
         (await db.command.findMany({ where: { id: { in: commandIds } }, select: { id: true, state: true } })).map((c) => [c.id, c.state]),
       );
-      const holds = await holdsFor([...new Set(page.map((r) => r.agentId))]);
+      const isHeld = heldBy(await holdsFor(db, [...new Set(page.map((r) => r.agentId))]));
       const updates: FleetUpdate[] = page.map((r) =>
         create(FleetUpdateSchema, {
           agentId: r.agentId,
@@ -158,7 +162,7 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
           firstSeenTime: timestampFromDate(r.firstSeenAt),
           installCommandId: r.commandId ?? "",
           installCommandState: r.commandId && commands.has(r.commandId) ? COMMAND_STATES[commands.get(r.commandId)!] : undefined,
-          held: isHeld(holds, r),
+          held: isHeld(r),
         }),
       );
       const next = rows.length > size ? Buffer.from(`o${offset + size}`).toString("base64url") : "";
@@ -179,9 +183,9 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
       if (req.approve) await decide(ctx, req.selection, "approved", ["pending"]);
       const where = selectionWhere(req.selection, true);
       const rows = await db.packageUpdate.findMany({ where: { ...where, status: "approved" }, orderBy: [{ agentId: "asc" }, { source: "asc" }, { name: "asc" }] });
-      const holds = await holdsFor([...new Set(rows.map((r) => r.agentId))]);
+      const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
       const byAgent = new Map<string, typeof rows>();
-      for (const r of rows) if (!isHeld(holds, r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
+      for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
       const commands = [];
       for (const [agentId, updates] of byAgent) {
         // Pinned to the approved versions: the agent installs exactly what was approved.
@@ -214,21 +218,19 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
 
     async listHolds(req) {
       const agentId = req.agentId ? uuid("agent_id", req.agentId) : undefined;
-      const rows = await db.hold.findMany({ where: agentId ? { OR: [{ agentId: null }, { agentId }] } : {}, orderBy: { createdAt: "asc" } });
-      return { holds: rows.map(holdToProto) };
+      return { holds: (await listHolds(db, agentId)).map(holdToProto) };
     },
 
     async setHold(req, ctx) {
       const agentId = req.agentId ? uuid("agent_id", req.agentId) : null;
       const source = req.source || "*";
       if (source !== "*" && !SOURCE.test(source)) throw invalid(`source "${source.slice(0, 64)}" is not a source name (or "*")`);
-      if (!HOLD_NAME.test(req.name)) throw invalid(`name "${req.name.slice(0, 64)}" is not a package name or pattern ("linux-image-*")`);
+      if (!HOLD_NAME.test(req.name)) {
+        throw invalid(`name "${req.name.slice(0, 64)}" is not a package name or pattern ("linux-image-*") of at most 255 characters`);
+      }
       if (req.name.replace(/\*/g, "") === "") throw invalid('a hold on "*" alone would hold every package; name the packages');
       const reason = text("reason", req.reason, { max: 200 });
-      if (agentId && !(await db.agent.findUnique({ where: { id: agentId }, select: { id: true } }))) {
-        throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
-      }
-      const row = await db.hold.create({ data: { id: newId(), agentId, source, name: req.name, reason, createdBy: callerName(ctx) } });
+      const row = await createHold(db, { agentId, source, name: req.name, reason, createdBy: callerName(ctx) });
       agentConfigs.invalidate();
       await audit(db, ctx, { target: agentId ? `agent:${agentId}` : "fleet", after: holdJson(row) });
       return { hold: holdToProto(row) };
@@ -236,17 +238,15 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
 
     async removeHold(req, ctx) {
       const id = uuid("id", req.id);
-      const row = await db.hold.findUnique({ where: { id } });
+      const row = await getHold(db, id);
       if (!row) throw new ConnectError(`hold ${id} does not exist`, Code.NotFound);
-      await db.hold.delete({ where: { id } });
+      await deleteHold(db, id);
       agentConfigs.invalidate();
       await audit(db, ctx, { target: row.agentId ? `agent:${row.agentId}` : "fleet", before: holdJson(row) });
       return {};
     },
   };
 }
-
-type HoldRow = { id: string; agentId: string | null; source: string; name: string; reason: string; createdBy: string; createdAt: Date };
 
 function holdToProto(row: HoldRow): Hold {
   return create(HoldSchema, {
