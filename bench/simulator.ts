@@ -4,11 +4,11 @@ import { Code, ConnectError, createClient, type Client } from "@connectrpc/conne
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentService, RenewPayloadSchema, type PollCommandsResponse } from "@redflag/gen/agent_service_pb";
 import { CommandOutcome, CommandResultSchema, CommandSchema, type Command } from "@redflag/gen/command_pb";
-import { OsFamily } from "@redflag/gen/common_pb";
+import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
-import { COMMAND_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
 import { keySetRevision } from "../control-plane/src/signing/signer.ts";
 import { jittered, seededRandom, summarize, type LatencySummary } from "./stats.ts";
 
@@ -178,10 +178,21 @@ export class SimAgent {
     );
     this.agentId = res.agentId;
     this.setTokens(res.accessToken, res.refreshToken, res.accessTokenExpireTime ? timestampDate(res.accessTokenExpireTime) : new Date());
-    this.configRevision = res.config?.revision ?? 0n;
     this.pins = new Map(res.trustedKeys.map((k) => [k.keyId, publicKeyObject(k.publicKey)]));
+    this.applyConfig(res.signedConfig);
     this.trustedKeysRevision = keySetRevision([...this.pins.keys()]);
     this.stats.registrations++;
+  }
+
+  // Takes the revision of a config signed by a pinned key for this agent, as the agent does.
+  private applyConfig(signed: SignedAgentConfig | undefined) {
+    if (!signed) return;
+    if (this.opts.verify) {
+      const key = this.pins.get(signed.keyId);
+      if (!key || !nodeVerify(null, pae(AGENT_CONFIG_TYPE, signed.config), key, signed.signature)) return;
+    }
+    const config = fromBinary(AgentConfigSchema, signed.config);
+    if (config.agentId === this.agentId) this.configRevision = config.revision;
   }
 
   private setTokens(access: string, refresh: string, expires: Date) {
@@ -234,7 +245,7 @@ export class SimAgent {
     this.stats.polls++;
     if (waitSeconds > 0) this.stats.longPolls++;
     else if (this.stats.steady) this.stats.pollLatencies.push(performance.now() - started);
-    if (res.config) this.configRevision = res.config.revision;
+    this.applyConfig(res.signedConfig);
     if (res.commands.length === 0) return [];
 
     const commands: Command[] = [];

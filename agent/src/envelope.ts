@@ -7,6 +7,7 @@ ed.hashes.sha512 = (message: Uint8Array) => new Uint8Array(createHash("sha512").
 export const COMMAND_TYPE = "redflag.v1.Command";
 export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";
+export const AGENT_CONFIG_TYPE = "redflag.v1.AgentConfig";
 
 const encoder = new TextEncoder();
 

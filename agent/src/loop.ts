@@ -10,7 +10,7 @@ import {
   PackageResultState,
   ScanUpdatesSchema,
 } from "@redflag/gen/command_pb";
-import { AgentStatusSchema, type SignedKeySet } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { access } from "node:fs/promises";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
@@ -31,6 +31,7 @@ import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
 import { loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
 import { checkKeySet, keySetRevision } from "./key-set.ts";
+import { configIssueTime, openSignedConfig } from "./signed-config.ts";
 import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
@@ -286,6 +287,23 @@ function createAgent(deps: AgentDeps) {
     logger.info({ keyIds: check.keys.map((k) => k.keyId), signedBy: check.signer }, "command-signing keys updated");
   };
 
+  // A config (holds, schedules) is applied only once it is verified: signed by a pinned key, for
+  // this agent, and issued after the one applied now. Anything else is refused and the last
+  // verified config stays in force, holds included.
+  const applyConfig = async (signed: SignedAgentConfig): Promise<void> => {
+    const current = session.registration.agentConfig;
+    const check = openSignedConfig(signed, deps.pins, { agentId: session.registration.agentId, current, now: new Date() });
+    if (!check.ok) {
+      logger.warn(
+        { reason: check.reason, keptRevision: current?.revision.toString() ?? null, keptHolds: current?.holds.length ?? 0 },
+        "agent config refused; keeping the last verified config",
+      );
+      return;
+    }
+    await session.saveAgentConfig(check.config);
+    logger.info({ revision: check.config.revision.toString(), issued: configIssueTime(check.config)?.toISOString() }, "agent config applied");
+  };
+
   // Runs the subsystems whose schedule (auto_run, interval) says they are due; the scan is
   // kept on disk as a report until the control plane acknowledges it.
   const runDueScans = async (): Promise<void> => {
@@ -340,11 +358,9 @@ function createAgent(deps: AgentDeps) {
       (creds) => api.pollCommands({ nonce, waitSeconds, status: statusNow }, creds, stop),
       stop,
     );
-    if (res.config) {
-      await session.saveAgentConfig(res.config);
-      logger.info({ revision: res.config.revision.toString() }, "agent config applied");
-    }
+    // Keys first: a config signed by a key this very answer rotates in is then verified with it.
     if (res.keySet) await followKeyRotation(res.keySet);
+    if (res.signedConfig) await applyConfig(res.signedConfig);
     let executed = 0;
     if (res.commands.length > 0) {
       totals.delivered += res.commands.length;

@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Transport } from "@connectrpc/connect";
 import { createHash } from "node:crypto";
 import type { RegisterResponse } from "@redflag/gen/agent_service_pb";
+import type { AgentConfig } from "@redflag/gen/common_pb";
 import { createAgentApi, createAgentTransport, parseServerUrl, type AgentApi } from "./client.ts";
 import type { KeyPair } from "./envelope.ts";
 import { AgentError, describeError, EXIT_USAGE } from "./errors.ts";
@@ -11,7 +12,8 @@ import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/file
 import { loadOrCreateAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { resetJournal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
-import { registrationFile, savePinnedKeys, type Registration } from "./state/registration.ts";
+import { openSignedConfig } from "./signed-config.ts";
+import { pinsOf, registrationFile, savePinnedKeys, type Registration } from "./state/registration.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 export interface RegisterOptions {
@@ -56,10 +58,12 @@ export async function enrol(
   );
 }
 
+// `agentConfig` is the answer's config once verified (see openSignedConfig), never its raw bytes.
 export function registrationFromResponse(
   res: RegisterResponse,
   base: { serverUrl: string; caFile: string | undefined; token: string },
   now: Date,
+  agentConfig: AgentConfig | undefined,
 ): Registration {
   if (!res.agentId || !res.accessToken || !res.refreshToken || !res.accessTokenExpireTime) {
     throw new Error("the control plane's Register answer is missing the agent ID or credentials");
@@ -73,7 +77,7 @@ export function registrationFromResponse(
     accessTokenIssueTime: now,
     accessTokenExpireTime: timestampDate(res.accessTokenExpireTime),
     refreshToken: res.refreshToken,
-    agentConfig: res.config,
+    agentConfig,
     registerTime: now,
   };
 }
@@ -127,7 +131,13 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, logger: Lo
   } finally {
     own?.close();
   }
-  const registration = registrationFromResponse(res, { serverUrl, caFile: opts.caFile, token: opts.token }, new Date());
+  // Verified with the keys this answer makes us pin; nothing applied before counts, as the pins
+  // themselves are replaced. A control plane that sends no config leaves the defaults until a poll.
+  const config = res.signedConfig
+    ? openSignedConfig(res.signedConfig, pinsOf(res.trustedKeys), { agentId: res.agentId, current: undefined, now: new Date() })
+    : undefined;
+  if (config && !config.ok) throw new AgentError(`registration refused: the agent config in the control plane's answer is not valid (${config.reason})`);
+  const registration = registrationFromResponse(res, { serverUrl, caFile: opts.caFile, token: opts.token }, new Date(), config?.config);
   try {
     await savePinnedKeys(opts.stateDir, res.trustedKeys);
   } catch (err) {

@@ -8,6 +8,7 @@ import { RENEW_PAYLOAD_TYPE, signEnvelope, type KeyPair, type PinnedKeys } from 
 import { connectCode, CredentialsLostError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { enrol, registrationFromResponse } from "./register.ts";
+import { openSignedConfig } from "./signed-config.ts";
 import type { Journal } from "./state/journal.ts";
 import { samePins, type Registration, type RegistrationFile } from "./state/registration.ts";
 
@@ -98,10 +99,16 @@ export function createSession(deps: SessionDeps): Session {
         { cause: err },
       );
     }
+    // The answer's config is checked like a polled one, against the keys already pinned.
+    const config = res.signedConfig
+      ? openSignedConfig(res.signedConfig, deps.pins, { agentId: res.agentId, current: registration.agentConfig, now: now() })
+      : undefined;
+    if (config && !config.ok) logger.warn({ reason: config.reason }, "agent config refused; keeping the last verified config");
     const next = registrationFromResponse(
       res,
       { serverUrl: registration.serverUrl, caFile: registration.caFile, token: registration.registrationToken },
       now(),
+      config?.ok ? config.config : undefined,
     );
     if (next.agentId !== registration.agentId) {
       logger.warn({ previousAgentId: registration.agentId, agentId: next.agentId }, "the control plane enrolled this host as a new agent");

@@ -136,6 +136,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     };
     const agentConfigs: AgentConfigs = {
       forAgent: (agentId) => agentConfigsHere.forAgent(agentId),
+      signedForAgent: (agentId, signer) => agentConfigsHere.signedForAgent(agentId, signer),
       invalidate() {
         agentConfigsHere.invalidate();
         cluster.invalidate("configs");

@@ -196,7 +196,7 @@ export function createMetrics(): Metrics {
     if (!byCode) rpcLabels.set(method, (byCode = []));
     return (byCode[code] ??= { service: method.parent.typeName, method: method.name, code: CODE_NAMES[code] ?? String(code) });
   };
-  const signatureLabels = { command: { kind: "command" }, manifest: { kind: "manifest" }, key_set: { kind: "key_set" } };
+  const signatureLabels = { command: { kind: "command" }, manifest: { kind: "manifest" }, key_set: { kind: "key_set" }, agent_config: { kind: "agent_config" } };
 
   return {
     registry,

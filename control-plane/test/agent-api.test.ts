@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateKeyPair, verify } from "../src/signing/keys.ts";
 import { COMMAND_TYPE, pae } from "../src/signing/pae.ts";
 import {
+  configIn,
   newRegistrationToken,
   nonce,
   randomMachineId,
@@ -57,7 +58,8 @@ describe("Register", () => {
     expect(Buffer.from(r.refreshToken, "base64url")).toHaveLength(32);
     expect(timestampDate(r.accessTokenExpireTime!).getTime()).toBeGreaterThan(Date.now() + 3500_000);
     expect(r.trustedKeys.map((k) => k.keyId)).toEqual([cp.app.signingKeyId]);
-    expect(r.config?.pollIntervalSeconds).toBeGreaterThan(0);
+    expect(r.signedConfig?.keyId).toBe(cp.app.signingKeyId);
+    expect(configIn(agent, r.signedConfig)?.pollIntervalSeconds).toBeGreaterThan(0);
     const listed = await cp.admin.fleet.getAgent({ agentId: r.agentId });
     expect(listed.agent?.hostname).toBe("host-" + agent.machineId.slice(0, 6));
   });
@@ -272,13 +274,22 @@ describe("PollCommands", () => {
     expect(Date.now() - started).toBeLessThan(25_000);
   });
 
-  it("sends the config only when the agent's revision differs", async () => {
+  it("sends the config signed for this agent, with its issue time, only when the agent's revision differs", async () => {
+    const before = Date.now();
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
-    const revision = agent.registration.config!.revision;
+    const registered = configIn(agent, agent.registration.signedConfig)!;
+    expect(registered.agentId).toBe(agent.agentId);
+    // When the holds were read: not after the answer, and not long before it.
+    const issued = timestampDate(registered.issueTime!).getTime();
+    expect(issued).toBeLessThanOrEqual(Date.now());
+    expect(issued).toBeGreaterThan(before - 60_000);
+    const revision = registered.revision;
     const same = await agent.client.pollCommands({ nonce: nonce(), status: { configRevision: revision } });
-    expect(same.config).toBeUndefined();
+    expect(same.signedConfig).toBeUndefined();
     const stale = await agent.client.pollCommands({ nonce: nonce(), status: { configRevision: revision + 1n } });
-    expect(stale.config?.revision).toBe(revision);
+    const polled = configIn(agent, stale.signedConfig)!;
+    expect(polled.revision).toBe(revision);
+    expect(polled.agentId).toBe(agent.agentId);
     expect(same.nextPollSeconds).toBeGreaterThan(0);
   });
 

@@ -5,7 +5,7 @@ import { CommandCreator } from "@redflag/gen/command_service_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { newRegistrationToken, nonce, randomMachineId, registerTestAgent, type TestAgent } from "./support/agents.ts";
+import { configIn, newRegistrationToken, nonce, randomMachineId, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
@@ -58,9 +58,9 @@ describe("FleetService", () => {
     const res = await fleet.updateSubsystems({ agentId: a.agentId, subsystems: [{ name: "docker", enabled: false, autoRun: false, timeoutSeconds: 120 }] });
     expect(res.config?.subsystems.find((s) => s.name === "docker")).toMatchObject({ enabled: false, autoRun: false, timeoutSeconds: 120 });
     const polled = await a.client.pollCommands({ nonce: nonce() });
-    expect(polled.config?.subsystems.find((s) => s.name === "docker")?.enabled).toBe(false);
+    expect(configIn(a, polled.signedConfig)?.subsystems.find((s) => s.name === "docker")?.enabled).toBe(false);
     const other = await b.client.pollCommands({ nonce: nonce() });
-    expect(other.config?.subsystems.find((s) => s.name === "docker")?.enabled).toBe(true);
+    expect(configIn(b, other.signedConfig)?.subsystems.find((s) => s.name === "docker")?.enabled).toBe(true);
     expect((await fleet.getAgentConfig({ agentId: a.agentId })).overrides.map((s) => s.name)).toEqual(["docker"]);
     await fleet.updateSubsystems({ agentId: a.agentId, subsystems: [] });
     expect((await fleet.getAgentConfig({ agentId: a.agentId })).overrides).toEqual([]);

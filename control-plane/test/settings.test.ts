@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compareVersions } from "../src/settings.ts";
 import { prune } from "../src/scheduler.ts";
 import { generateKeyPair } from "../src/signing/keys.ts";
-import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent } from "./support/agents.ts";
+import { configIn, newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
@@ -43,7 +43,7 @@ describe("SettingsService", () => {
   it("applies settings to agents: their poll interval and the command expiry", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const polled = await agent.client.pollCommands({ nonce: nonce() });
-    expect(polled.config).toMatchObject({ pollIntervalSeconds: 120, pollJitterPercent: 20 });
+    expect(configIn(agent, polled.signedConfig)).toMatchObject({ pollIntervalSeconds: 120, pollJitterPercent: 20 });
     expect(polled.nextPollSeconds).toBe(120);
   });
 

@@ -6,7 +6,7 @@ import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
 import { fromBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../src/store/commands.ts";
-import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
+import { configIn, newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
@@ -95,13 +95,13 @@ describe("UpdateService", () => {
     expect(kernel).toMatchObject({ held: true, status: UpdateStatus.PENDING });
 
     const poll = await web.client.pollCommands({ nonce: nonce() });
-    expect(poll.config?.holds).toEqual([expect.objectContaining({ source: "apt", name: "linux-image-*", reason: "kernel freeze" })]);
+    expect(configIn(web, poll.signedConfig)?.holds).toEqual([expect.objectContaining({ source: "apt", name: "linux-image-*", reason: "kernel freeze" })]);
     const other = await db.client.pollCommands({ nonce: nonce() });
-    expect(other.config?.holds ?? []).toEqual([]);
+    expect(configIn(db, other.signedConfig)?.holds ?? []).toEqual([]);
 
     await updates.removeHold({ id: hold.id });
-    const again = await web.client.pollCommands({ nonce: nonce(), status: { configRevision: poll.config!.revision } });
-    expect(again.config?.holds).toEqual([]);
+    const again = await web.client.pollCommands({ nonce: nonce(), status: { configRevision: configIn(web, poll.signedConfig)!.revision } });
+    expect(configIn(web, again.signedConfig)?.holds).toEqual([]);
     await expectCode(updates.removeHold({ id: hold.id }), Code.NotFound);
   });
 

@@ -129,6 +129,11 @@ export async function loadPinnedKeys(stateDir: string): Promise<PinnedKeys> {
   return pins;
 }
 
+// Keys as pins, as sent (savePinnedKeys checks each ID against its key before anything is kept).
+export function pinsOf(keys: readonly TrustedKey[]): PinnedKeys {
+  return new Map(keys.map((k) => [k.keyId, k.publicKey]));
+}
+
 export function samePins(pins: PinnedKeys, keys: readonly TrustedKey[]): boolean {
   return pins.size === keys.length && keys.every((k) => pins.has(k.keyId));
 }

@@ -1,10 +1,10 @@
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, TimestampSchema, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentService, RenewPayloadSchema, type PollCommandsRequest, type ScanReport } from "@redflag/gen/agent_service_pb";
 import { type Command, type CommandResult, CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
-import { type AgentConfig, AgentConfigSchema } from "@redflag/gen/common_pb";
+import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig, SignedAgentConfigSchema } from "@redflag/gen/common_pb";
 import * as ed from "@noble/ed25519";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import http2 from "node:http2";
@@ -38,6 +38,26 @@ export function signCommand(command: MessageInitShape<typeof CommandSchema>, key
     signature: ed.sign(pae("redflag.v1.Command", bytes), key.secretKey),
     keyId: key.keyId,
   });
+}
+
+// Signs a config for one agent as the control plane does: the agent ID and issue time inside the
+// signed bytes, Ed25519 over PAE("redflag.v1.AgentConfig", bytes).
+export function signConfig(config: AgentConfig, agentId: string, issueTime: Timestamp, key: SigningKey): SignedAgentConfig {
+  const bytes = toBinary(AgentConfigSchema, create(AgentConfigSchema, { ...config, agentId, issueTime }));
+  return create(SignedAgentConfigSchema, {
+    config: bytes,
+    signature: ed.sign(pae("redflag.v1.AgentConfig", bytes), key.secretKey),
+    keyId: key.keyId,
+  });
+}
+
+// Issue times that only move forward, in microseconds (two deliveries may share a millisecond).
+export function createIssueClock(): () => Timestamp {
+  let last = 0;
+  return () => {
+    last = Math.max(Date.now() * 1000, last + 1);
+    return create(TimestampSchema, { seconds: BigInt(Math.floor(last / 1e6)), nanos: (last % 1e6) * 1000 });
+  };
 }
 
 type Action = Command["action"];
@@ -78,8 +98,15 @@ export interface FakeControlPlane {
   polls: PollCommandsRequest[];
   // Scheduled scan reports received.
   scans: ScanReport[];
-  // The config handed out at registration and on polls; tests may change it before registering.
+  // The config handed out at registration and on polls, signed for the agent at delivery; tests
+  // may change it before registering.
   agentConfig: AgentConfig;
+  // Replaces the signed config of a delivery (a man in the middle): undefined sends none.
+  configDelivery: ((signed: SignedAgentConfig, agent: FakeAgent) => SignedAgentConfig | undefined) | undefined;
+  // Every signed config handed out, in order.
+  signedConfigs: SignedAgentConfig[];
+  // The issue time of the next signed config.
+  issueTime: () => Timestamp;
   renewals: number;
   registrations: number;
   // Errors thrown by the next calls of a method, in order.
@@ -115,6 +142,9 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
     polls: [],
     scans: [],
     agentConfig,
+    configDelivery: undefined,
+    signedConfigs: [],
+    issueTime: createIssueClock(),
     renewals: 0,
     registrations: 0,
     failures: {},
@@ -132,6 +162,11 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
     },
   };
 
+  const deliverConfig = (agent: FakeAgent): SignedAgentConfig | undefined => {
+    const signed = signConfig(cp.agentConfig, agent.agentId, cp.issueTime(), key);
+    cp.signedConfigs.push(signed);
+    return cp.configDelivery ? cp.configDelivery(signed, agent) : signed;
+  };
   const fail = (method: keyof FakeControlPlane["failures"]) => {
     const code = cp.failures[method]?.shift();
     if (code !== undefined) throw new ConnectError(`injected ${Code[code]}`, code);
@@ -168,7 +203,7 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
           refreshToken: agent.refreshToken,
           accessTokenExpireTime: timestampFromDate(agent.accessExpires),
           trustedKeys: [{ keyId: key.keyId, publicKey: key.publicKey }],
-          config: cp.agentConfig,
+          signedConfig: deliverConfig(agent),
         };
       },
       renew(req) {
@@ -228,7 +263,7 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
         }
         return {
           commands,
-          config: req.status?.configRevision === cp.agentConfig.revision ? undefined : cp.agentConfig,
+          signedConfig: req.status?.configRevision === cp.agentConfig.revision ? undefined : deliverConfig(agent),
           nextPollSeconds: cp.nextPollSeconds,
         };
       },

@@ -1,7 +1,17 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type AgentConfig, AgentConfigSchema, type PackageHold, PackageHoldSchema, type SubsystemConfig, SubsystemConfigSchema } from "@redflag/gen/common_pb";
+import {
+  type AgentConfig,
+  AgentConfigSchema,
+  type PackageHold,
+  PackageHoldSchema,
+  type SignedAgentConfig,
+  type SubsystemConfig,
+  SubsystemConfigSchema,
+} from "@redflag/gen/common_pb";
 import type { Settings } from "../settings.ts";
+import type { CommandSigner } from "../signing/signer.ts";
 import type { Prisma } from "../store/types.ts";
+import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
 
@@ -45,6 +55,11 @@ export function defaultSubsystem(name: string): SubsystemConfig {
 export interface AgentConfigs {
   // The config for one agent: the server's settings plus fleet-wide and its own holds.
   forAgent(agentId: string): Promise<AgentConfig>;
+  // The same config as the agent receives it: bound to the agent's ID and to the time the holds
+  // were read (agents refuse a config issued before the one they apply), and signed. It is
+  // signed once per agent, config and signing key and then cached: a poll signs only when it
+  // delivers a config the agent does not have yet, and an idle poll never does.
+  signedForAgent(agentId: string, signer: CommandSigner): Promise<SignedAgentConfig>;
   // After a change to holds: the next poll of each agent gets the new config.
   invalidate(): void;
 }
@@ -63,17 +78,34 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
           commandTimeoutSeconds: settings.seconds("command_timeout"),
         }
       : config;
-  type State = { at: number; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> };
+  // `readAt` is when the read began: what it returned was current then, so it is the issue time
+  // of every config built from it. A later read (here or on another replica) sees at least the
+  // same changes, so issue times order configs by the state they reflect, not by when they were
+  // signed: a replica with a stale cache cannot sign an old config as newer.
+  type State = { at: number; readAt: Timestamp; global: PackageHold[]; byAgent: Map<string, PackageHold[]>; overrides: Map<string, SubsystemConfig[]> };
   const built = new Map<string, AgentConfig>();
+  // Per agent: the config last signed for it, with which key, and the result.
+  const signed = new Map<string, { config: AgentConfig; keyId: string; signed: SignedAgentConfig }>();
+  // A config's serialized content, shared by every agent that gets the same object.
+  const content = new WeakMap<AgentConfig, Uint8Array>();
   let fleetWide = buildAgentConfig(effective());
+  // Strictly increasing on this replica, in microseconds: a read right after a change never
+  // shares its issue time with the read before it.
+  let lastRead = 0;
+  const readTime = (): Timestamp => {
+    const micros = Math.max(Date.now() * 1000, lastRead + 1);
+    lastRead = micros;
+    return create(TimestampSchema, { seconds: BigInt(Math.floor(micros / 1e6)), nanos: (micros % 1e6) * 1000 });
+  };
   const load = async (): Promise<State> => {
+    const readAt = readTime();
     const rows = await db.hold.findMany({ orderBy: { createdAt: "asc" } });
     const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
     const byAgent = new Map<string, PackageHold[]>();
     for (const h of rows) if (h.agentId) byAgent.set(h.agentId, [...(byAgent.get(h.agentId) ?? []), toProto(h)]);
     const own = await db.agent.findMany({ where: { config: { not: null } }, select: { id: true, config: true } });
     const overrides = new Map(own.map((a) => [a.id, agentOverrides(a.config)]));
-    return { at: Date.now(), global: rows.filter((h) => !h.agentId).map(toProto), byAgent, overrides };
+    return { at: Date.now(), readAt, global: rows.filter((h) => !h.agentId).map(toProto), byAgent, overrides };
   };
   // The last state read. When it is due for a refresh, polls keep using it while the refresh
   // runs, so none waits for the holds query but the first one after start or an invalidation.
@@ -89,6 +121,7 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
         if (epoch === started) {
           ready = state;
           built.clear();
+          signed.clear();
           fleetWide = buildAgentConfig(effective());
         }
         return state;
@@ -106,25 +139,42 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
     }
     return refresh();
   };
+  const configFor = (agentId: string, state: State): AgentConfig => {
+    const cached = built.get(agentId);
+    if (cached && state === ready) return cached;
+    const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
+    const own = state.overrides.get(agentId) ?? [];
+    const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(effective(), holds, own);
+    if (state === ready) {
+      if (built.size > 100_000) built.clear();
+      built.set(agentId, cfg);
+    }
+    return cfg;
+  };
   const configs: AgentConfigs = {
     async forAgent(agentId) {
+      return configFor(agentId, await current());
+    },
+    async signedForAgent(agentId, signer) {
       const state = await current();
-      const cached = built.get(agentId);
-      if (cached && state === ready) return cached;
-      const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
-      const own = state.overrides.get(agentId) ?? [];
-      const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(effective(), holds, own);
+      const config = configFor(agentId, state);
+      const hit = signed.get(agentId);
+      if (hit && hit.config === config && hit.keyId === signer.activeKeyId) return hit.signed;
+      let bytes = content.get(config);
+      if (!bytes) content.set(config, (bytes = toBinary(AgentConfigSchema, config)));
+      const result = signer.signAgentConfig({ agentId, issueTime: state.readAt }, bytes);
       if (state === ready) {
-        if (built.size > 100_000) built.clear();
-        built.set(agentId, cfg);
+        if (signed.size > 100_000) signed.clear();
+        signed.set(agentId, { config, keyId: signer.activeKeyId, signed: result });
       }
-      return cfg;
+      return result;
     },
     invalidate() {
       epoch++;
       ready = undefined;
       reading = undefined;
       built.clear();
+      signed.clear();
       fleetWide = buildAgentConfig(effective());
     },
   };

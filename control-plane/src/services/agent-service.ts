@@ -132,7 +132,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         refreshToken: refresh.secret,
         accessTokenExpireTime: timestampFromDate(access.expiresAt),
         trustedKeys: deps.signer.trustedKeys(),
-        config: await deps.agentConfigs.forAgent(agent.id),
+        signedConfig: await deps.agentConfigs.signedForAgent(agent.id, deps.signer),
       };
     },
 
@@ -232,10 +232,12 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       // The agent reports the revision of the keys it pins (same derivation as ours): after a
       // rotation it gets the new set, signed by the keys it already trusts.
       const sendKeys = req.status !== undefined && req.status.trustedKeysRevision !== deps.signer.keySetRevision();
+      // Signed (once, then cached) only when the agent does not have this config yet.
+      const sendConfig = req.status?.configRevision !== agentConfig.revision;
       return {
         keySet: sendKeys ? deps.signer.keySet() : undefined,
         commands,
-        config: req.status?.configRevision === agentConfig.revision ? undefined : agentConfig,
+        signedConfig: sendConfig ? await deps.agentConfigs.signedForAgent(agentId, deps.signer) : undefined,
         nextPollSeconds: agentConfig.pollIntervalSeconds,
       };
     },

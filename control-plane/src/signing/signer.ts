@@ -1,10 +1,19 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
-import { type SignedKeySet, SignedKeySetSchema, type TrustedKey, TrustedKeySchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
+import {
+  AgentConfigSchema,
+  type SignedAgentConfig,
+  SignedAgentConfigSchema,
+  type SignedKeySet,
+  SignedKeySetSchema,
+  type TrustedKey,
+  TrustedKeySchema,
+  TrustedKeySetSchema,
+} from "@redflag/gen/common_pb";
 import { createHash } from "node:crypto";
 import { sign, type KeyPair } from "./keys.ts";
-import { COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
 
 export interface CommandHeader {
   id: string;
@@ -29,6 +38,16 @@ export interface CommandSigner {
   signCommand(header: CommandHeader, action: Uint8Array): SignedCommand;
   // Ed25519 over PAE("redflag.v1.ArtifactManifest", manifest) for update_agent.
   signManifest(manifest: Uint8Array): { manifestSignature: Uint8Array; keyId: string };
+  // `content` is a serialized AgentConfig without agent_id and issue_time; those are serialized
+  // separately and concatenated (a protobuf merge), so the content is serialized once for every
+  // agent that shares it. Ed25519 over PAE("redflag.v1.AgentConfig", bytes).
+  signAgentConfig(header: AgentConfigHeader, content: Uint8Array): SignedAgentConfig;
+}
+
+// What binds a config to one agent and one moment.
+export interface AgentConfigHeader {
+  agentId: string;
+  issueTime: Timestamp;
 }
 
 // The revision of a key set: 53 bits of SHA-256 over its sorted key IDs (exact in JSON too).
@@ -37,7 +56,7 @@ export function keySetRevision(keyIds: readonly string[]): bigint {
 }
 
 // What was signed, for the signature-operation metric.
-export type SignatureKind = "command" | "manifest" | "key_set";
+export type SignatureKind = "command" | "manifest" | "key_set" | "agent_config";
 
 export function createCommandSigner(
   initialActive: KeyPair,
@@ -95,6 +114,18 @@ export function createCommandSigner(
     signManifest(manifest) {
       onSign("manifest", 1);
       return { manifestSignature: sign(active.secretKey, pae(MANIFEST_TYPE, manifest)), keyId: active.keyId };
+    },
+    signAgentConfig(header, content) {
+      const head = toBinary(AgentConfigSchema, create(AgentConfigSchema, { agentId: header.agentId, issueTime: header.issueTime }));
+      const config = new Uint8Array(head.length + content.length);
+      config.set(head, 0);
+      config.set(content, head.length);
+      onSign("agent_config", 1);
+      return create(SignedAgentConfigSchema, {
+        config,
+        signature: sign(active.secretKey, pae(AGENT_CONFIG_TYPE, config)),
+        keyId: active.keyId,
+      });
     },
   };
 }

@@ -1,11 +1,11 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { AgentService, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
-import { OsFamily } from "@redflag/gen/common_pb";
+import { type AgentConfig, AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { randomBytes } from "node:crypto";
-import { generateKeyPair, sign, type KeyPair } from "../../src/signing/keys.ts";
-import { pae, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
+import { generateKeyPair, sign, verify, type KeyPair } from "../../src/signing/keys.ts";
+import { AGENT_CONFIG_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
 import type { TestControlPlane } from "./control-plane.ts";
 
 export interface TestAgent {
@@ -75,3 +75,14 @@ export function signedRenew(
 }
 
 export const nonce = () => new Uint8Array(randomBytes(32));
+
+// The config a delivery carries, read as an agent reads it: the signature checked with a key the
+// registration handed out, then decoded, and bound to this agent. Undefined when none was sent.
+export function configIn(agent: { agentId: string; registration: RegisterResponse }, signed: SignedAgentConfig | undefined): AgentConfig | undefined {
+  if (!signed) return undefined;
+  const key = agent.registration.trustedKeys.find((k) => k.keyId === signed.keyId);
+  if (!key || !verify(key.publicKey, pae(AGENT_CONFIG_TYPE, signed.config), signed.signature)) throw new Error("the config's signature does not verify");
+  const config = fromBinary(AgentConfigSchema, signed.config);
+  if (config.agentId !== agent.agentId) throw new Error(`the config is for agent ${config.agentId}, not ${agent.agentId}`);
+  return config;
+}

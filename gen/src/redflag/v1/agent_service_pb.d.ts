@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { AgentConfig, AgentStatus, OsInfo, SignedKeySet, TrustedKey } from "./common_pb.js";
+import type { AgentStatus, OsInfo, SignedAgentConfig, SignedKeySet, TrustedKey } from "./common_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import type { CommandResult, ScanUpdatesResult, SignedCommand } from "./command_pb.js";
 
@@ -90,9 +90,11 @@ export declare type RegisterResponse = Message<"redflag.v1.RegisterResponse"> & 
   trustedKeys: TrustedKey[];
 
   /**
-   * @generated from field: redflag.v1.AgentConfig config = 6;
+   * The agent's config, signed; the agent verifies it with trusted_keys before it applies it.
+   *
+   * @generated from field: redflag.v1.SignedAgentConfig signed_config = 7;
    */
-  config?: AgentConfig | undefined;
+  signedConfig?: SignedAgentConfig | undefined;
 };
 
 /**
@@ -233,13 +235,6 @@ export declare type PollCommandsResponse = Message<"redflag.v1.PollCommandsRespo
   commands: SignedCommand[];
 
   /**
-   * Present when the config revision differs from the one in the request's status.
-   *
-   * @generated from field: redflag.v1.AgentConfig config = 2;
-   */
-  config?: AgentConfig | undefined;
-
-  /**
    * When the agent should poll next, before jitter.
    *
    * @generated from field: uint32 next_poll_seconds = 3;
@@ -252,6 +247,14 @@ export declare type PollCommandsResponse = Message<"redflag.v1.PollCommandsRespo
    * @generated from field: redflag.v1.SignedKeySet key_set = 4;
    */
   keySet?: SignedKeySet | undefined;
+
+  /**
+   * Present when the config revision differs from the one in the request's status: the agent's
+   * config, signed, verified by the agent with a pinned key before it is applied.
+   *
+   * @generated from field: redflag.v1.SignedAgentConfig signed_config = 5;
+   */
+  signedConfig?: SignedAgentConfig | undefined;
 };
 
 /**

@@ -204,6 +204,23 @@ export declare type AgentConfig = Message<"redflag.v1.AgentConfig"> & {
    * @generated from field: repeated redflag.v1.PackageHold holds = 6;
    */
   holds: PackageHold[];
+
+  /**
+   * The agent this config was signed for. Set only in the signed bytes of a SignedAgentConfig;
+   * an agent refuses a config that names another agent.
+   *
+   * @generated from field: string agent_id = 7;
+   */
+  agentId: string;
+
+  /**
+   * When the control plane read the holds and settings this config was built from. Set only in
+   * the signed bytes of a SignedAgentConfig; an agent refuses a config issued before the one it
+   * applies, so a captured older config cannot be replayed.
+   *
+   * @generated from field: google.protobuf.Timestamp issue_time = 8;
+   */
+  issueTime?: Timestamp | undefined;
 };
 
 /**
@@ -211,6 +228,42 @@ export declare type AgentConfig = Message<"redflag.v1.AgentConfig"> & {
  * Use `create(AgentConfigSchema)` to create a new message.
  */
 export declare const AgentConfigSchema: GenMessage<AgentConfig>;
+
+/**
+ * SignedAgentConfig carries the exact serialized AgentConfig bytes next to their signature, the
+ * same envelope as SignedCommand. The agent verifies the signature over these bytes with a key it
+ * pinned before it decodes them.
+ *
+ * @generated from message redflag.v1.SignedAgentConfig
+ */
+export declare type SignedAgentConfig = Message<"redflag.v1.SignedAgentConfig"> & {
+  /**
+   * Serialized redflag.v1.AgentConfig with agent_id and issue_time set.
+   *
+   * @generated from field: bytes config = 1;
+   */
+  config: Uint8Array;
+
+  /**
+   * Ed25519 over PAE("redflag.v1.AgentConfig", config).
+   *
+   * @generated from field: bytes signature = 2;
+   */
+  signature: Uint8Array;
+
+  /**
+   * Identifier of the signing key; must be one the agent pinned.
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message redflag.v1.SignedAgentConfig.
+ * Use `create(SignedAgentConfigSchema)` to create a new message.
+ */
+export declare const SignedAgentConfigSchema: GenMessage<SignedAgentConfig>;
 
 /**
  * PackageHold keeps one package as it is, whatever an install asks.
