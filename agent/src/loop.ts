@@ -300,6 +300,7 @@ function createAgent(deps: AgentDeps) {
       );
       return;
     }
+    if (check.unchanged) return;
     await session.saveAgentConfig(check.config);
     logger.info({ revision: check.config.revision.toString(), issued: configIssueTime(check.config)?.toISOString() }, "agent config applied");
   };

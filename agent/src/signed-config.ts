@@ -4,7 +4,8 @@ import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig } from "@re
 import { AGENT_CONFIG_TYPE, printable, verifyEnvelope, type PinnedKeys } from "./envelope.ts";
 import { ISSUE_TIME_SKEW_MS } from "./verify.ts";
 
-export type ConfigCheck = { ok: true; config: AgentConfig } | { ok: false; reason: string };
+// `unchanged`: the very config applied now, sent again (harmless; nothing to apply).
+export type ConfigCheck = { ok: true; config: AgentConfig; unchanged: boolean } | { ok: false; reason: string };
 
 export interface ConfigContext {
   // The agent the config must name.
@@ -39,6 +40,9 @@ export function openSignedConfig(signed: SignedAgentConfig, pins: PinnedKeys, ct
     return { ok: false, reason: `config issued in the future at ${issued.toISOString()}; check this host's clock` };
   }
   const applied = ctx.current?.issueTime;
+  if (applied && nanos(issueTime) === nanos(applied) && config.revision === ctx.current!.revision) {
+    return { ok: true, config: ctx.current!, unchanged: true };
+  }
   // Compared to the nanosecond: two reads on one control plane are microseconds apart at least.
   if (applied && nanos(issueTime) <= nanos(applied)) {
     return {
@@ -46,7 +50,7 @@ export function openSignedConfig(signed: SignedAgentConfig, pins: PinnedKeys, ct
       reason: `config revision ${config.revision} issued at ${issued.toISOString()} is not newer than the one applied (revision ${ctx.current!.revision}, issued at ${iso(applied)})`,
     };
   }
-  return { ok: true, config };
+  return { ok: true, config, unchanged: false };
 }
 
 // When the control plane issued a config; undefined for one saved before configs were signed.

@@ -1,5 +1,11 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { AgentConfigSchema, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../config.ts";
+import { generateKeyPair, verify, type KeyPair } from "../signing/keys.ts";
+import { AGENT_CONFIG_TYPE, pae } from "../signing/pae.ts";
+import { createCommandSigner } from "../signing/signer.ts";
 import type { Prisma } from "../store/types.ts";
 import { createAgentConfigs } from "./agent-config.ts";
 
@@ -47,5 +53,64 @@ describe("agent configs", () => {
     expect(settled).toBe(false);
     await answer([]);
     expect((await next).holds).toEqual([]);
+  });
+});
+
+describe("signed agent configs", () => {
+  const open = (signed: SignedAgentConfig, keys: KeyPair[]) => {
+    const key = keys.find((k) => k.keyId === signed.keyId)!;
+    expect(verify(key.publicKey, pae(AGENT_CONFIG_TYPE, signed.config), signed.signature)).toBe(true);
+    return fromBinary(AgentConfigSchema, signed.config);
+  };
+  const micros = (t: Timestamp | undefined) => t!.seconds * 1_000_000n + BigInt(t!.nanos / 1000);
+
+  it("are bound to the agent and to when the holds were read, and signed once per agent, config and key", async () => {
+    const { db, answer } = controlledDb();
+    const configs = createAgentConfigs(loadConfig({}, "/srv"), db, undefined, 3_600_000);
+    const first = generateKeyPair();
+    let signatures = 0;
+    const signer = createCommandSigner(first, [first], (kind, n) => {
+      if (kind === "agent_config") signatures += n;
+    });
+
+    const before = BigInt(Date.now()) * 1000n;
+    const pending = configs.signedForAgent("agent-a", signer);
+    await answer([hold("openssl")]);
+    const a = await pending;
+    const opened = open(a, [first]);
+    expect(opened).toMatchObject({ agentId: "agent-a", holds: [{ source: "apt", name: "openssl" }] });
+    expect(opened.revision).toBe((await configs.forAgent("agent-a")).revision);
+    // The issue time is when the read began, not when the config was signed.
+    expect(micros(opened.issueTime)).toBeGreaterThanOrEqual(before);
+    expect(micros(opened.issueTime)).toBeLessThanOrEqual(BigInt(Date.now()) * 1000n);
+    expect(signatures).toBe(1);
+
+    // Delivered again (the agent has not taken it yet): from the cache, not signed again.
+    expect(await configs.signedForAgent("agent-a", signer)).toBe(a);
+    await configs.forAgent("agent-a");
+    expect(signatures).toBe(1);
+
+    // Another agent with the same holds gets its own binding, with the same issue time.
+    const b = open(await configs.signedForAgent("agent-b", signer), [first]);
+    expect(b.agentId).toBe("agent-b");
+    expect(b.issueTime).toEqual(opened.issueTime);
+    expect(signatures).toBe(2);
+
+    // After a rotation the cached signature by the old key is not used.
+    const second = generateKeyPair();
+    signer.replace(second, [first, second]);
+    const rotated = await configs.signedForAgent("agent-a", signer);
+    expect(rotated.keyId).toBe(second.keyId);
+    expect(open(rotated, [second]).issueTime).toEqual(opened.issueTime);
+    expect(signatures).toBe(3);
+
+    // A change: the next read is issued strictly later, even within the same millisecond.
+    configs.invalidate();
+    const changed = configs.signedForAgent("agent-a", signer);
+    await answer([]);
+    const next = open(await changed, [second]);
+    expect(next.holds).toEqual([]);
+    expect(micros(next.issueTime)).toBeGreaterThan(micros(opened.issueTime));
+    expect(signatures).toBe(4);
   });
 });
