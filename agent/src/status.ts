@@ -4,6 +4,7 @@ import { machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal } from "./state/journal.ts";
 import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
 import { scanSummaryFile } from "./state/scan-summary.ts";
+import { configIssueTime } from "./signed-config.ts";
 
 // What `redflag-agent status` shows. No secrets: IDs, times and counts only.
 export interface AgentStatusReport {
@@ -16,6 +17,8 @@ export interface AgentStatusReport {
   journal: { entries: number; unacknowledged: number };
   accessTokenExpireTime: string;
   configRevision: string | null;
+  // When the control plane issued that config (a newer one must be issued later).
+  configIssueTime: string | null;
   pollIntervalSeconds: number | null;
   lastScan: { time: string; pendingUpdates: number; securityUpdates: number } | null;
   registerTime: string;
@@ -44,6 +47,7 @@ export async function readStatus(opts: { stateDir: string; machineIdSeed?: strin
       journal: journal.stats(),
       accessTokenExpireTime: registration.accessTokenExpireTime.toISOString(),
       configRevision: registration.agentConfig ? registration.agentConfig.revision.toString() : null,
+      configIssueTime: configIssueTime(registration.agentConfig)?.toISOString() ?? null,
       pollIntervalSeconds: registration.agentConfig?.pollIntervalSeconds ?? null,
       lastScan: scan
         ? { time: scan.scanTime.toISOString(), pendingUpdates: scan.pendingUpdateCount, securityUpdates: scan.securityUpdateCount }
@@ -65,7 +69,7 @@ export function formatStatus(s: AgentStatusReport): string {
     ["last sequence", s.lastSequence],
     ["journal", `${s.journal.entries} entries, ${s.journal.unacknowledged} awaiting acknowledgement`],
     ["access token", `expires ${s.accessTokenExpireTime}`],
-    ["config", s.configRevision ? `revision ${s.configRevision}, poll every ${s.pollIntervalSeconds}s` : "none yet"],
+    ["config", s.configRevision ? `revision ${s.configRevision}, poll every ${s.pollIntervalSeconds}s${s.configIssueTime ? `, issued ${s.configIssueTime}` : ""}` : "none yet"],
     ["last scan", s.lastScan ? `${s.lastScan.time}: ${s.lastScan.pendingUpdates} updates, ${s.lastScan.securityUpdates} security` : "never"],
     ["state dir", s.stateDir],
   ];

@@ -1,4 +1,5 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { AgentConfigSchema, type AgentConfig, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
@@ -7,7 +8,7 @@ import path from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../src/log.ts";
-import { registerAgent, runAgent } from "../src/index.ts";
+import { readStatus, registerAgent, runAgent } from "../src/index.ts";
 import { registrationFile } from "../src/state/registration.ts";
 import { newSigningKey, signConfig, startFakeControlPlane, type FakeControlPlane } from "./support/fake-control-plane.ts";
 
@@ -67,6 +68,8 @@ describe("a delivered agent config", () => {
     await once();
     expect(await applied()).toMatchObject({ revision: 7n, holds: [{ name: "openssl" }] });
     expect(refusals()).toEqual([]);
+    const issued = timestampDate(fromBinary(AgentConfigSchema, cp.signedConfigs.at(-1)!.config).issueTime!).toISOString();
+    expect(await readStatus({ stateDir, machineIdSeed: seed })).toMatchObject({ configRevision: "7", configIssueTime: issued });
 
     // Then nginx too (revision 8), and every delivery of it is tampered with on the way.
     cp.agentConfig = config(8n, ["openssl", "nginx"]);
