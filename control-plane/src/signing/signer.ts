@@ -39,8 +39,9 @@ export interface CommandSigner {
   // Ed25519 over PAE("redflag.v1.ArtifactManifest", manifest) for update_agent.
   signManifest(manifest: Uint8Array): { manifestSignature: Uint8Array; keyId: string };
   // `content` is a serialized AgentConfig without agent_id and issue_time; those are serialized
-  // separately and concatenated (a protobuf merge), so the content is serialized once for every
-  // agent that shares it. Ed25519 over PAE("redflag.v1.AgentConfig", bytes).
+  // separately and appended (a protobuf merge, where the last value of a field wins), so the
+  // content is serialized once for every agent that shares it. Ed25519 over
+  // PAE("redflag.v1.AgentConfig", bytes).
   signAgentConfig(header: AgentConfigHeader, content: Uint8Array): SignedAgentConfig;
 }
 
@@ -117,9 +118,9 @@ export function createCommandSigner(
     },
     signAgentConfig(header, content) {
       const head = toBinary(AgentConfigSchema, create(AgentConfigSchema, { agentId: header.agentId, issueTime: header.issueTime }));
-      const config = new Uint8Array(head.length + content.length);
-      config.set(head, 0);
-      config.set(content, head.length);
+      const config = new Uint8Array(content.length + head.length);
+      config.set(content, 0);
+      config.set(head, content.length);
       onSign("agent_config", 1);
       return create(SignedAgentConfigSchema, {
         config,
