@@ -112,3 +112,40 @@ describe("openSignedConfig", () => {
     expect(openSignedConfig(signed, pins, ctx)).toEqual({ ok: false, reason: "signed bytes are not a redflag.v1.AgentConfig" });
   });
 });
+
+describe("openSignedConfig under mutation", () => {
+  // Seeded, so a failure can be replayed: bit flips, truncations, insertions and swapped key IDs.
+  it("never accepts and never throws on any change to the bytes, the signature or the key ID", () => {
+    let seed = 0x13_07;
+    const random = (n: number) => {
+      seed = (seed * 1_103_515_245 + 12_345) & 0x7fff_ffff;
+      return seed % n;
+    };
+    const genuine = sign(withHold(at(-1000)));
+    expect(openSignedConfig(genuine, pins, ctx).ok).toBe(true);
+    const mutate = (bytes: Uint8Array): Uint8Array => {
+      const out = [...bytes];
+      switch (random(3)) {
+        case 0:
+          out[random(out.length)]! ^= 1 << random(8);
+          break;
+        case 1:
+          out.length = random(out.length);
+          break;
+        default:
+          out.splice(random(out.length + 1), 0, random(256));
+      }
+      return new Uint8Array(out);
+    };
+    for (let i = 0; i < 300; i++) {
+      const which = random(3);
+      const signed = create(SignedAgentConfigSchema, {
+        config: which === 0 ? mutate(genuine.config) : genuine.config,
+        signature: which === 1 ? mutate(genuine.signature) : genuine.signature,
+        keyId: which === 2 ? Buffer.from(mutate(Buffer.from(genuine.keyId))).toString("latin1") : genuine.keyId,
+      });
+      const check = openSignedConfig(signed, pins, ctx);
+      expect(check.ok, `mutation ${i}`).toBe(false);
+    }
+  });
+});
