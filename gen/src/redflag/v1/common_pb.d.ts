@@ -168,7 +168,8 @@ export declare const CircuitBreakerConfigSchema: GenMessage<CircuitBreakerConfig
  */
 export declare type AgentConfig = Message<"redflag.v1.AgentConfig"> & {
   /**
-   * Monotonic revision; the agent echoes it in AgentStatus so unchanged configs are not resent.
+   * A hash of the content (53 bits); the agent echoes it in AgentStatus so unchanged configs are
+   * not resent. It does not order configs: issue_time does.
    *
    * @generated from field: uint64 revision = 1;
    */
