@@ -7,6 +7,7 @@ ed.hashes.sha512 = (message: Uint8Array) => new Uint8Array(createHash("sha512").
 export const COMMAND_TYPE = "redflag.v1.Command";
 export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";
+export const REGISTER_PROOF_TYPE = "redflag.v1.RegisterProof";
 
 const encoder = new TextEncoder();
 

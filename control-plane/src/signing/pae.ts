@@ -16,3 +16,4 @@ export const COMMAND_TYPE = "redflag.v1.Command";
 export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const MANIFEST_TYPE = "redflag.v1.ArtifactManifest";
 export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";
+export const REGISTER_PROOF_TYPE = "redflag.v1.RegisterProof";
