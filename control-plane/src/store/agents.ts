@@ -120,7 +120,9 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
     if (input.proof && !input.proof.signedBy(input.publicKey)) {
       throw new ConnectError("proof_signature does not verify with agent_public_key", Code.PermissionDenied);
     }
-    proofTime = input.proof?.signTime ?? null;
+    // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
+    const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
+    proofTime = skewMs <= input.maxProofSkewMs ? input.proof!.signTime : null;
   } else {
     const checked = await admitReregistration(tx, existing, input);
     if ("refused" in checked) return checked;
@@ -238,7 +240,10 @@ async function admitReregistration(
       where: { id: existing.id, reregistrationAllowedUntil: { gt: now } },
       data: { reregistrationAllowedUntil: null },
     });
-    if (taken.count === 1) return { via: "allowed", proofTime: proof?.signedBy(input.publicKey) ? proof.signTime : null };
+    if (taken.count === 1) {
+      const usable = proof && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs && proof.signedBy(input.publicKey);
+      return { via: "allowed", proofTime: usable ? proof.signTime : null };
+    }
   }
   if (existing.decommissionedAt) {
     return refuse(
