@@ -57,6 +57,7 @@ describe("Register", () => {
     expect(Buffer.from(r.refreshToken, "base64url")).toHaveLength(32);
     expect(timestampDate(r.accessTokenExpireTime!).getTime()).toBeGreaterThan(Date.now() + 3500_000);
     expect(r.trustedKeys.map((k) => k.keyId)).toEqual([cp.app.signingKeyId]);
+    expect(r.keySet?.signatures.map((s) => s.keyId)).toEqual([cp.app.signingKeyId]);
     expect(r.config?.pollIntervalSeconds).toBeGreaterThan(0);
     const listed = await cp.admin.fleet.getAgent({ agentId: r.agentId });
     expect(listed.agent?.hostname).toBe("host-" + agent.machineId.slice(0, 6));
@@ -66,7 +67,8 @@ describe("Register", () => {
     const token = await newRegistrationToken(cp, 1);
     const first = await registerTestAgent(cp, token);
     const before = await countAgents();
-    const second = await registerTestAgent(cp, token, { machineId: first.machineId });
+    // The same agent (its key proves it; see enrolment.test.ts for anyone else).
+    const second = await registerTestAgent(cp, token, { machineId: first.machineId, key: first.key });
     expect(second.agentId).toBe(first.agentId);
     expect(await countAgents()).toBe(before);
     // Same token, same machine: no second seat was spent (the token has only one).
