@@ -100,7 +100,8 @@ export declare type RegisterResponse = Message<"redflag.v1.RegisterResponse"> & 
   accessTokenExpireTime?: Timestamp | undefined;
 
   /**
-   * Command-signing keys the agent must pin.
+   * Command-signing keys the agent must pin. Unsigned: agents that can check them pin the keys
+   * of key_set instead.
    *
    * @generated from field: repeated redflag.v1.TrustedKey trusted_keys = 5;
    */
