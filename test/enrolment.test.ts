@@ -58,7 +58,7 @@ describe("a man in the middle of `redflag-agent register` over plain http", () =
   const attacker = newSigningKey();
   const attackerKey = create(TrustedKeySchema, { keyId: attacker.keyId, publicKey: attacker.publicKey });
 
-  it("adding its key to the genuine answer gets nothing pinned, and the command it signs is not run", async () => {
+  it("adding its key to the genuine answer gets nothing pinned, and the command it signs is not run", { timeout: 120_000 }, async () => {
     const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
     const env = agentEnv();
     const stateDir = path.join(dir, "mitm-append");
@@ -224,13 +224,20 @@ describe("the enrol commands `redflag tokens create` prints", () => {
 });
 
 describe("re-registering a known machine with real agents", () => {
-  it("another host claiming the machine is refused; the agent's own re-registration works; a decommissioned agent stays out until the printed command lets it back", async () => {
+  // One machine (the seed), state directories standing for hosts: each has its own agent key.
+  async function enrolled(name: string) {
     const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
     const env = agentEnv();
-    const victimDir = path.join(dir, "victim");
+    const victimDir = path.join(dir, name);
     const register = (stateDir: string) => run(["agent/src/main.ts", "register", "--server", cp.url, "--token", secret, "--fingerprint", signingKeyFingerprint, "--state-dir", stateDir], { env });
-    expect((await register(victimDir)).code).toBe(0);
+    const first = await register(victimDir);
+    expect(first.code, first.stderr).toBe(0);
     const agentId = (JSON.parse(await readFile(path.join(victimDir, "agent.json"), "utf8")) as { agentId: string }).agentId;
+    return { env, victimDir, register, agentId };
+  }
+
+  it("another host claiming the machine is refused; the agent's own re-registration works", async () => {
+    const { env, victimDir, register, agentId } = await enrolled("victim");
 
     // Same machine ID (the seed), another state directory: another key.
     const intruder = await register(path.join(dir, "intruder"));
@@ -253,7 +260,10 @@ describe("re-registering a known machine with real agents", () => {
     expect(once.stderr).toContain("agent registered again with its registration token");
     expect((await cp.admin.commands.getCommand({ id: cmd.id })).command?.state).toBe(CommandState.SUCCEEDED);
     expect((await security.listSecurityEvents({ type: "agent_reregistered" })).events[0]).toMatchObject({ agentId, severity: "info" });
+  });
 
+  it("a decommissioned agent stays out, even with its key, until the command printed in the refusal lets it back once", { timeout: 120_000 }, async () => {
+    const { env, victimDir, register, agentId } = await enrolled("decommissioned");
     // Decommissioned: its own key no longer gets it back in.
     expect((await redflag("agents", "decommission", agentId)).code).toBe(0);
     const refused = await register(victimDir);
@@ -275,6 +285,6 @@ describe("re-registering a known machine with real agents", () => {
     expect((await run(["agent/src/main.ts", "run", "--once", "--state-dir", victimDir], { env })).code).toBe(0);
     expect((await cp.admin.commands.getCommand({ id: cmd2.id })).command?.state).toBe(CommandState.SUCCEEDED);
     // Used once: a second registration without the key is refused again.
-    expect((await register(path.join(dir, "intruder"))).code).toBe(1);
+    expect((await register(path.join(dir, "intruder-2"))).code).toBe(1);
   });
 });
