@@ -68,10 +68,13 @@ export const allowReregistrationCommand = (agentId: string) => `redflag agents a
 // it; a decommissioned agent only after an admin allowed it. Anything else is refused with
 // PermissionDenied and a security event, and changes nothing else.
 export async function registerAgent(db: Prisma, input: RegisterInput): Promise<RegisteredAgent> {
+  // Checked once, before the transaction: an agent re-registering keeps its key, so this is the
+  // only signature check in the common case, and no row waits on it.
+  const selfSigned = input.proof?.signedBy(input.publicKey) ?? false;
   for (let attempt = 0; ; attempt++) {
     let outcome: RegisteredAgent | Refusal;
     try {
-      outcome = await db.$transaction((tx) => registerInTx(tx, input));
+      outcome = await db.$transaction((tx) => registerInTx(tx, input, selfSigned));
     } catch (err) {
       // Two first registrations of one machine raced on the unique machine_id: the loser retries
       // and becomes a re-registration.
@@ -93,7 +96,7 @@ export async function registerAgent(db: Prisma, input: RegisterInput): Promise<R
   }
 }
 
-async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAgent | Refusal> {
+async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): Promise<RegisteredAgent | Refusal> {
   const [token] = await tx.$queryRaw<TokenRow[]>`
     SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
      WHERE token_hash = ${input.registrationTokenHash}`;
@@ -117,14 +120,14 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
   let via: RegisteredAgent["via"] = "new";
   let proofTime: Date | null = null;
   if (!existing) {
-    if (input.proof && !input.proof.signedBy(input.publicKey)) {
+    if (input.proof && !selfSigned) {
       throw new ConnectError("proof_signature does not verify with agent_public_key", Code.PermissionDenied);
     }
     // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
     const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
     proofTime = skewMs <= input.maxProofSkewMs ? input.proof!.signTime : null;
   } else {
-    const checked = await admitReregistration(tx, existing, input);
+    const checked = await admitReregistration(tx, existing, input, selfSigned);
     if ("refused" in checked) return checked;
     ({ via, proofTime } = checked);
   }
@@ -229,6 +232,7 @@ async function admitReregistration(
   tx: Tx,
   existing: KnownMachine,
   input: RegisterInput,
+  selfSigned: boolean,
 ): Promise<{ via: "proof" | "allowed"; proofTime: Date | null } | Refusal> {
   const { now, proof } = input;
   const refuse = (reason: string, severity: "warning" | "critical", message: string): Refusal => ({
@@ -241,7 +245,7 @@ async function admitReregistration(
       data: { reregistrationAllowedUntil: null },
     });
     if (taken.count === 1) {
-      const usable = proof && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs && proof.signedBy(input.publicKey);
+      const usable = proof && selfSigned && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs;
       return { via: "allowed", proofTime: usable ? proof.signTime : null };
     }
   }
@@ -267,7 +271,8 @@ async function admitReregistration(
       `the registration proof was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
     );
   }
-  if (!proof.signedBy(existing.publicKey)) {
+  const sameKey = Buffer.from(existing.publicKey).equals(Buffer.from(input.publicKey));
+  if (!(sameKey ? selfSigned : proof.signedBy(existing.publicKey))) {
     return refuse(
       "proof not signed by the agent's key",
       "critical",
