@@ -2,13 +2,13 @@ import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/p
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AgentService, RenewPayloadSchema, type PollCommandsResponse } from "@redflag/gen/agent_service_pb";
+import { AgentService, RegisterProofSchema, RenewPayloadSchema, type PollCommandsResponse } from "@redflag/gen/agent_service_pb";
 import { CommandOutcome, CommandResultSchema, CommandSchema, type Command } from "@redflag/gen/command_pb";
 import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
-import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
 import { keySetRevision } from "../control-plane/src/signing/signer.ts";
 import { jittered, seededRandom, summarize, type LatencySummary } from "./stats.ts";
 
@@ -165,6 +165,12 @@ export class SimAgent {
   }
 
   async register(token: string, signal?: AbortSignal): Promise<void> {
+    // A fresh proof of the agent's key each time, as the real agent sends: a retry after a lost
+    // answer re-registers the same machine, which the control plane allows only with it.
+    const proof = toBinary(
+      RegisterProofSchema,
+      create(RegisterProofSchema, { machineId: this.plan.machineId, agentPublicKey: this.key.publicKey, signTime: timestampFromDate(new Date()) }),
+    );
     const res = await this.client.register(
       {
         registrationToken: token,
@@ -173,6 +179,8 @@ export class SimAgent {
         agentPublicKey: this.key.publicKey,
         os: { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12 (bookworm)", kernel: "6.1.0", arch: "x86_64" },
         agentVersion: "0.1.0-sim",
+        proof,
+        proofSignature: new Uint8Array(nodeSign(null, pae(REGISTER_PROOF_TYPE, proof), this.key.privateKey)),
       },
       { signal, timeoutMs: 60_000 },
     );

@@ -1,15 +1,22 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
+import type { SignedKeySet } from "@redflag/gen/common_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { reloadSigningKeys } from "../control-plane/src/services/security-service.ts";
+import { keyPairFromSecret, unseal } from "../control-plane/src/signing/keys.ts";
 import { loadMasterKey } from "../control-plane/src/signing/master-key.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { signCommand } from "../agent/test/support/fake-control-plane.ts";
+import { startMitm } from "./support/mitm.ts";
 import { run } from "./support/processes.ts";
 
 // A signing-key rotation reaches a real agent: on its next poll it accepts the new key set
@@ -51,5 +58,72 @@ describe("signing-key rotation with a real agent", () => {
     await reloadSigningKeys(cp.app.db.prisma, await loadMasterKey(undefined, cp.dataDir), cp.app.signer);
     expect((await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env })).code).toBe(0);
     expect(await pinned()).toEqual([newId]);
+  });
+
+  it("refuses a captured key set replayed after the grace, and with it the retired key's commands", async () => {
+    // The agent talks through a man in the middle that records every key set it sees.
+    const mitm = await startMitm(cp.url);
+    try {
+      const stateDir = path.join(root, "replay");
+      const env = { REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"), REDFLAG_AGENT_LONG_POLL_SECONDS: "0" };
+      const agentRun = () => run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env });
+      const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 1 });
+      const reg = await run(["agent/src/main.ts", "register", "--server", mitm.url, "--token", secret, "--fingerprint", signingKeyFingerprint, "--state-dir", stateDir], { env });
+      expect(reg.code, reg.stderr).toBe(0);
+      const pinned = async () => (JSON.parse(await readFile(path.join(stateDir, "pinned-keys.json"), "utf8")) as { keys: { keyId: string }[] }).keys.map((k) => k.keyId).sort();
+      const captured: SignedKeySet[] = [];
+      mitm.onPoll = (res) => {
+        if (res.keySet) captured.push(res.keySet);
+        return res;
+      };
+
+      const security = createClient(SecurityService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
+      const oldId = cp.app.signer.activeKeyId;
+      const newId = (await security.rotateSigningKey({})).activeKey!.keyId;
+      expect((await agentRun()).code).toBe(0);
+      expect(await pinned()).toEqual([newId, oldId].sort());
+      expect(captured).toHaveLength(1);
+
+      // Grace over: the agent drops the old key.
+      const masterKey = await loadMasterKey(undefined, cp.dataDir);
+      await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date(Date.now() - 1000) } });
+      await reloadSigningKeys(cp.app.db.prisma, masterKey, cp.app.signer);
+      expect((await agentRun()).code).toBe(0);
+      expect(await pinned()).toEqual([newId]);
+
+      // Replayed: the captured set (validly signed by the new key, which the agent pins), and a
+      // command signed by the retired key, whose secret the attacker got hold of.
+      const row = await cp.app.db.prisma.signingKey.findUniqueOrThrow({ where: { id: oldId } });
+      const retired = keyPairFromSecret(unseal(masterKey, `redflag.signing-key.${oldId}`, row.privateKeyEnc));
+      const { agentId } = JSON.parse(await readFile(path.join(stateDir, "agent.json"), "utf8")) as { agentId: string };
+      const injected = randomUUID();
+      mitm.onPoll = (res, req) => ({
+        ...res,
+        keySet: captured[0],
+        commands: [
+          ...res.commands,
+          signCommand(
+            {
+              id: injected,
+              agentId,
+              sequence: 1_000_000n,
+              issueTime: timestampFromDate(new Date()),
+              expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
+              nonce: req.nonce,
+              action: { case: "collectSpecs", value: create(CollectSpecsSchema) },
+            },
+            retired,
+          ),
+        ],
+      });
+      const replayed = await agentRun();
+      expect(replayed.code, replayed.stderr).toBe(0);
+      expect(replayed.stderr).toMatch(/"reason":"key set issued \S+ is not newer than the one this agent holds \(\S+\): an old set replayed","msg":"signing-key update refused/);
+      expect(await pinned()).toEqual([newId]);
+      const result = mitm.reports.flatMap((r) => r.results).find((r) => r.commandId === injected);
+      expect(result).toMatchObject({ outcome: CommandOutcome.REJECTED, message: expect.stringContaining(`unknown signing key ${oldId}`) });
+    } finally {
+      await mitm.close();
+    }
   });
 });

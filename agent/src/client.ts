@@ -117,6 +117,13 @@ export function parseServerUrl(serverUrl: string): URL {
   return url;
 }
 
+// Whether the URL names this machine (localhost, 127.0.0.0/8, ::1): plain http there never
+// crosses a network a man in the middle could sit on.
+export function isLoopbackUrl(url: URL): boolean {
+  const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return host === "localhost" || host.endsWith(".localhost") || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 export function createAgentApi(transport: Transport): AgentApi {
   const client = createClient(AgentService, transport);
   const headers = (creds: Credentials) => ({

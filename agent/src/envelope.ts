@@ -8,6 +8,7 @@ export const COMMAND_TYPE = "redflag.v1.Command";
 export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";
 export const AGENT_CONFIG_TYPE = "redflag.v1.AgentConfig";
+export const REGISTER_PROOF_TYPE = "redflag.v1.RegisterProof";
 
 const encoder = new TextEncoder();
 

@@ -29,8 +29,8 @@ import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/file
 import { loadAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal, type Journal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
-import { loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
-import { checkKeySet, keySetRevision } from "./key-set.ts";
+import { loadKeySetState, loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
+import { advanceKeySetState, checkKeySet, keySetRevision } from "./key-set.ts";
 import { configIssueTime, openSignedConfig } from "./signed-config.ts";
 import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
@@ -272,15 +272,17 @@ function createAgent(deps: AgentDeps) {
     await scanAndKeep(sources, "after install");
   };
 
-  // A key rotation: the control plane sends the new set signed by keys we pin. Accepted, it
-  // replaces the pins on disk and in memory (commands of this very poll are checked with it).
+  // A key rotation: the control plane sends the new set signed by keys we pin, newer than the
+  // one we hold. Accepted, it replaces the pins on disk and in memory (commands of this very
+  // poll are checked with it); the keys it leaves out are never pinned again.
   const followKeyRotation = async (signed: SignedKeySet): Promise<void> => {
-    const check = checkKeySet(signed, deps.pins);
+    const state = await loadKeySetState(config.stateDir);
+    const check = checkKeySet(signed, deps.pins, state);
     if (!check.ok) {
       logger.warn({ reason: check.reason }, "signing-key update refused; commands signed by a new key will be rejected until the agent is registered again");
       return;
     }
-    await savePinnedKeys(config.stateDir, check.keys);
+    await savePinnedKeys(config.stateDir, check.keys, advanceKeySetState(state, deps.pins, check));
     const pins = deps.pins as Map<string, Uint8Array>;
     pins.clear();
     for (const key of check.keys) pins.set(key.keyId, new Uint8Array(key.publicKey));

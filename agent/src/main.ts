@@ -41,7 +41,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     .option("--token-file <file>", "read the registration token from a file (keeps it out of the process list)")
     .option("--state-dir <dir>", "state directory")
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
-    .action(async (opts: { server: string; token?: string; tokenFile?: string; stateDir?: string; ca?: string }) => {
+    .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint (as `redflag tokens create` and the console show it)")
+    .option("--insecure-http", "allow plain http:// to a server that is not on this machine (needs --fingerprint)")
+    .action(async (opts: { server: string; token?: string; tokenFile?: string; stateDir?: string; ca?: string; fingerprint?: string; insecureHttp?: boolean }) => {
       const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
       const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
       if (!token) throw new AgentError("a registration token is required: --token or --token-file", EXIT_USAGE);
@@ -50,12 +52,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         serverUrl: opts.server,
         token,
         caFile: cfg.caFile,
+        fingerprint: opts.fingerprint,
+        insecureHttp: opts.insecureHttp,
         machineIdSeed: cfg.machineIdSeed,
         logger: createLogger(cfg.logLevel),
       });
       process.stdout.write(
         `registered as agent ${outcome.agentId}; pinned signing keys: ${outcome.pinnedKeyIds.join(", ")}\n` +
-          outcome.pinnedKeyFingerprints.map((f) => `  fingerprint ${f}\n`).join(""),
+          outcome.pinnedKeyFingerprints.map((f) => `  fingerprint ${f}\n`).join("") +
+          (outcome.fingerprintChecked
+            ? "signed by the key with the expected fingerprint\n"
+            : "no --fingerprint given: compare the fingerprints above with the console's Security page\n"),
       );
     });
 

@@ -1,10 +1,10 @@
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Transport } from "@connectrpc/connect";
-import { createHash } from "node:crypto";
-import type { RegisterResponse } from "@redflag/gen/agent_service_pb";
+import { RegisterProofSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
 import type { AgentConfig } from "@redflag/gen/common_pb";
-import { createAgentApi, createAgentTransport, parseServerUrl, type AgentApi } from "./client.ts";
-import type { KeyPair } from "./envelope.ts";
+import { createAgentApi, createAgentTransport, isLoopbackUrl, parseServerUrl, type AgentApi } from "./client.ts";
+import { REGISTER_PROOF_TYPE, signEnvelope, type KeyPair } from "./envelope.ts";
 import { AgentError, describeError, EXIT_USAGE } from "./errors.ts";
 import { collectOsInfo, hostname } from "./host.ts";
 import { silentLogger, type Logger } from "./log.ts";
@@ -15,12 +15,19 @@ import { acquireLock } from "./state/lock.ts";
 import { openSignedConfig } from "./signed-config.ts";
 import { pinsOf, registrationFile, savePinnedKeys, type Registration } from "./state/registration.ts";
 import { AGENT_VERSION } from "./version.ts";
+import { checkRegisterKeySet, fingerprintOf, parseFingerprint } from "./key-set.ts";
 
 export interface RegisterOptions {
   stateDir: string;
   serverUrl: string;
   token: string;
   caFile?: string | undefined;
+  // The SHA-256 fingerprint of a signing key the operator expects (from the console or
+  // `redflag tokens create`); the keys are pinned only when a set signed by that key vouches
+  // for them.
+  fingerprint?: string | undefined;
+  // Plain http:// to a host other than this one (refused without it).
+  insecureHttp?: boolean | undefined;
   machineIdSeed?: string | undefined;
   logger?: Logger;
   // Replaces the network transport (tests drive an in-memory control plane).
@@ -35,11 +42,25 @@ export interface RegisterOutcome {
   // SHA-256 of each pinned public key, colon-separated hex: what the console's setup and
   // Security pages show, so an operator can compare them.
   pinnedKeyFingerprints: string[];
+  // Whether the keys were pinned on the word of the key the operator's --fingerprint named.
+  fingerprintChecked: boolean;
   // Set when this state directory belonged to another agent ID before.
   previousAgentId: string | undefined;
 }
 
-// Sends Register with this host's identity. Shared by `register` and automatic re-registration.
+// A RegisterProof signed by the agent's key: a control plane that already knows this machine
+// lets the registration replace the agent only with it (the signature by the key on record
+// shows this is that agent, not another host that learnt the machine ID).
+export function registerProof(input: { machineId: string; key: KeyPair }, now: Date): { proof: Uint8Array; proofSignature: Uint8Array } {
+  const proof = toBinary(
+    RegisterProofSchema,
+    create(RegisterProofSchema, { machineId: input.machineId, agentPublicKey: input.key.publicKey, signTime: timestampFromDate(now) }),
+  );
+  return { proof, proofSignature: signEnvelope(input.key.secretKey, REGISTER_PROOF_TYPE, proof) };
+}
+
+// Sends Register with this host's identity and a fresh proof of its key. Shared by `register`
+// and automatic re-registration.
 export async function enrol(
   api: AgentApi,
   input: { token: string; machineId: string; key: KeyPair },
@@ -53,6 +74,7 @@ export async function enrol(
       agentPublicKey: input.key.publicKey,
       os: await collectOsInfo(),
       agentVersion: AGENT_VERSION,
+      ...registerProof(input, new Date()),
     },
     signal,
   );
@@ -83,14 +105,33 @@ export function registrationFromResponse(
 }
 
 // `redflag-agent register`: an operator's explicit enrolment, so the signing keys the control
-// plane sends are pinned (replacing any pinned before).
+// plane sends are pinned (replacing any pinned before), checked against --fingerprint when given.
 export async function registerAgent(opts: RegisterOptions): Promise<RegisterOutcome> {
   const logger = opts.logger ?? silentLogger;
-  let serverUrl: string;
+  let url: URL;
+  let fingerprint: string | undefined;
   try {
-    serverUrl = parseServerUrl(opts.serverUrl).toString().replace(/\/$/, "");
+    url = parseServerUrl(opts.serverUrl);
+    fingerprint = opts.fingerprint === undefined ? undefined : parseFingerprint(opts.fingerprint);
   } catch (err) {
     throw new AgentError((err as Error).message, EXIT_USAGE);
+  }
+  const serverUrl = url.toString().replace(/\/$/, "");
+  if (url.protocol === "http:" && !isLoopbackUrl(url)) {
+    if (!opts.insecureHttp) {
+      throw new AgentError(
+        `refusing plain http:// to ${url.host}: on the way a man in the middle could read the registration token and hand this agent signing keys of its own. ` +
+          "Use https:// (with --ca for a private CA), or, on a network you trust, pass --insecure-http together with --fingerprint",
+        EXIT_USAGE,
+      );
+    }
+    if (!fingerprint) {
+      throw new AgentError(
+        "--insecure-http needs --fingerprint: over plain http only the signing-key fingerprint keeps a man in the middle from pinning keys of its own " +
+          "(the console's Security page and `redflag tokens create` show it)",
+        EXIT_USAGE,
+      );
+    }
   }
   if (!opts.token) throw new AgentError("a registration token is required (--token)", EXIT_USAGE);
 
@@ -104,7 +145,7 @@ export async function registerAgent(opts: RegisterOptions): Promise<RegisterOutc
     throw err;
   }
   try {
-    return await enrolAndSave(opts, serverUrl, logger);
+    return await enrolAndSave(opts, serverUrl, fingerprint, logger);
   } catch (err) {
     if (err instanceof StateError) throw new AgentError(err.message, EXIT_USAGE, { cause: err });
     throw err;
@@ -113,7 +154,7 @@ export async function registerAgent(opts: RegisterOptions): Promise<RegisterOutc
   }
 }
 
-async function enrolAndSave(opts: RegisterOptions, serverUrl: string, logger: Logger): Promise<RegisterOutcome> {
+async function enrolAndSave(opts: RegisterOptions, serverUrl: string, fingerprint: string | undefined, logger: Logger): Promise<RegisterOutcome> {
   await removeStaleTempFiles(opts.stateDir);
   const machineId = await machineIdOfThisHost(opts.machineIdSeed);
   // Written before the call, so a crash right after the server registered us keeps the key it knows.
@@ -131,15 +172,18 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, logger: Lo
   } finally {
     own?.close();
   }
+  // Nothing is saved unless the keys pass: the state directory keeps what it trusted before.
+  const keys = checkRegisterKeySet(res, fingerprint);
+  if (!keys.ok) throw new AgentError(`registration refused: ${keys.reason}`);
   // Verified with the keys this answer makes us pin; nothing applied before counts, as the pins
   // themselves are replaced. A control plane that sends no config leaves the defaults until a poll.
   const config = res.signedConfig
-    ? openSignedConfig(res.signedConfig, pinsOf(res.trustedKeys), { agentId: res.agentId, current: undefined, now: new Date() })
+    ? openSignedConfig(res.signedConfig, pinsOf(keys.keys), { agentId: res.agentId, current: undefined, now: new Date() })
     : undefined;
   if (config && !config.ok) throw new AgentError(`registration refused: the agent config in the control plane's answer is not valid (${config.reason})`);
   const registration = registrationFromResponse(res, { serverUrl, caFile: opts.caFile, token: opts.token }, new Date(), config?.config);
   try {
-    await savePinnedKeys(opts.stateDir, res.trustedKeys);
+    await savePinnedKeys(opts.stateDir, keys.keys, keys.state);
   } catch (err) {
     if (err instanceof StateError) throw new AgentError(`registration refused: ${err.message}`, undefined, { cause: err });
     throw err;
@@ -148,14 +192,15 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, logger: Lo
   if (previous?.agentId !== registration.agentId) await resetJournal(opts.stateDir);
   await file.save(registration);
   logger.info(
-    { agentId: registration.agentId, server: serverUrl, pinnedKeyIds: res.trustedKeys.map((k) => k.keyId) },
+    { agentId: registration.agentId, server: serverUrl, pinnedKeyIds: keys.keys.map((k) => k.keyId), fingerprintChecked: keys.fingerprintChecked },
     previous ? "agent registered again" : "agent registered",
   );
   return {
     agentId: registration.agentId,
     machineId,
-    pinnedKeyIds: res.trustedKeys.map((k) => k.keyId),
-    pinnedKeyFingerprints: res.trustedKeys.map((k) => createHash("sha256").update(k.publicKey).digest("hex").match(/../g)!.join(":")),
+    pinnedKeyIds: keys.keys.map((k) => k.keyId),
+    pinnedKeyFingerprints: keys.keys.map((k) => fingerprintOf(k.publicKey)),
+    fingerprintChecked: keys.fingerprintChecked,
     previousAgentId: previous && previous.agentId !== registration.agentId ? previous.agentId : undefined,
   };
 }

@@ -65,7 +65,10 @@ describe("redflag-agent", () => {
     const agentId = [...cp.agents.keys()][0]!;
     // The fingerprint is the one the console shows: SHA-256 of the public key in colon hex.
     const fingerprint = createHash("sha256").update(cp.key.publicKey).digest("hex").match(/../g)!.join(":");
-    expect(reg.stdout).toBe(`registered as agent ${agentId}; pinned signing keys: ${cp.key.keyId}\n  fingerprint ${fingerprint}\n`);
+    expect(reg.stdout).toBe(
+      `registered as agent ${agentId}; pinned signing keys: ${cp.key.keyId}\n  fingerprint ${fingerprint}\n` +
+        "no --fingerprint given: compare the fingerprints above with the console's Security page\n",
+    );
 
     const json = await agent(["status", "--json", "--state-dir", stateDir]);
     expect(json.code, json.stderr).toBe(0);
@@ -76,6 +79,42 @@ describe("redflag-agent", () => {
     for (const out of [json.stdout, text.stdout, reg.stdout, reg.stderr]) {
       for (const secret of [cp.token, server.accessToken, server.refreshToken]) expect(out).not.toContain(secret);
     }
+  });
+
+  it("pins the keys only when a key with the given fingerprint signed them, and leaves the state alone otherwise", async () => {
+    const fingerprint = createHash("sha256").update(cp.key.publicKey).digest("hex").match(/../g)!.join(":");
+    const other = path.join(dir, "fingerprinted");
+    const wrong = "ab:".repeat(31) + "ab";
+    const refused = await agent(["register", "--server", cp.url, "--token", cp.token, "--state-dir", other, "--fingerprint", wrong]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `redflag-agent: registration refused: the control plane's signing keys do not include the one with fingerprint ${wrong} ` +
+        `(offered: ${fingerprint}); check the fingerprint, or someone is intercepting the connection\n`,
+    );
+    expect((await agent(["status", "--state-dir", other])).stderr).toMatch(/not registered/);
+
+    const typo = await agent(["register", "--server", cp.url, "--token", cp.token, "--state-dir", other, "--fingerprint", fingerprint.slice(3)]);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toMatch(/^redflag-agent: --fingerprint \S+ is not a signing-key fingerprint: expected the SHA-256 the console shows, 32 colon-separated hex pairs \(ab:cd:…\)\n$/);
+
+    const ok = await agent(["register", "--server", cp.url, "--token", cp.token, "--state-dir", other, "--fingerprint", fingerprint.toUpperCase()]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(new RegExp(`pinned signing keys: ${cp.key.keyId}\n  fingerprint ${fingerprint}\nsigned by the key with the expected fingerprint\n$`));
+  });
+
+  it("refuses plain http to another host unless told so, and then only with a fingerprint (exit 2, before any connection)", async () => {
+    const other = path.join(dir, "insecure");
+    const plain = await agent(["register", "--server", "http://192.0.2.10:8080", "--token", cp.token, "--state-dir", other]);
+    expect(plain.code).toBe(2);
+    expect(plain.stderr).toBe(
+      "redflag-agent: refusing plain http:// to 192.0.2.10:8080: on the way a man in the middle could read the registration token and hand this agent signing keys of its own. " +
+        "Use https:// (with --ca for a private CA), or, on a network you trust, pass --insecure-http together with --fingerprint\n",
+    );
+    const noFingerprint = await agent(["register", "--server", "http://192.0.2.10:8080", "--token", cp.token, "--state-dir", other, "--insecure-http"]);
+    expect(noFingerprint.code).toBe(2);
+    expect(noFingerprint.stderr).toMatch(/^redflag-agent: --insecure-http needs --fingerprint: /);
+    // Loopback stays allowed: this test's own control plane is plain http on 127.0.0.1.
+    expect(cp.url).toMatch(/^http:\/\/127\.0\.0\.1:/);
   });
 
   it("runs one cycle and logs JSON lines without secrets", async () => {

@@ -151,7 +151,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       sql: db.statements,
       tokens: createAgentTokens(tokenSecret, config.accessTokenTtlSeconds),
       agents,
-      signer: createCommandSigner(keys.active, keys.trusted, metrics.signed),
+      signer: createCommandSigner(keys.active, keys.trusted, metrics.signed, keys.issueTime),
       principals,
       agentConfigs,
       settings,

@@ -40,7 +40,7 @@ export function createRoutes(deps: RouteDeps) {
     router.service(UserService, createUserService(deps.db, deps.principals));
     router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
     router.service(AuditService, createAuditService(deps.db));
-    router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl));
+    router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl, deps.signer));
     router.service(SecurityService, createSecurityService(deps));
     router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
     const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events);

@@ -60,6 +60,7 @@ describe("Register", () => {
     expect(r.trustedKeys.map((k) => k.keyId)).toEqual([cp.app.signingKeyId]);
     expect(r.signedConfig?.keyId).toBe(cp.app.signingKeyId);
     expect(configIn(agent, r.signedConfig)?.pollIntervalSeconds).toBeGreaterThan(0);
+    expect(r.keySet?.signatures.map((s) => s.keyId)).toEqual([cp.app.signingKeyId]);
     const listed = await cp.admin.fleet.getAgent({ agentId: r.agentId });
     expect(listed.agent?.hostname).toBe("host-" + agent.machineId.slice(0, 6));
   });
@@ -68,7 +69,8 @@ describe("Register", () => {
     const token = await newRegistrationToken(cp, 1);
     const first = await registerTestAgent(cp, token);
     const before = await countAgents();
-    const second = await registerTestAgent(cp, token, { machineId: first.machineId });
+    // The same agent (its key proves it; see enrolment.test.ts for anyone else).
+    const second = await registerTestAgent(cp, token, { machineId: first.machineId, key: first.key });
     expect(second.agentId).toBe(first.agentId);
     expect(await countAgents()).toBe(before);
     // Same token, same machine: no second seat was spent (the token has only one).

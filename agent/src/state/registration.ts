@@ -2,6 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type AgentConfig, AgentConfigSchema, type TrustedKey } from "@redflag/gen/common_pb";
 import path from "node:path";
 import { keyIdOf, type PinnedKeys } from "../envelope.ts";
+import { NO_KEY_SET_STATE, type KeySetState } from "../key-set.ts";
 import { createSerialWriter, readIfExists, StateError, writeFileAtomic } from "./files.ts";
 
 // What the agent knows about its enrolment: where the control plane is, who the agent is, and
@@ -97,9 +98,11 @@ function parseRegistration(file: string, data: Buffer): Registration {
   };
 }
 
-// Command-signing keys pinned at registration. Each key ID must be the one its public key
-// gives, so a key can never be pinned under another key's name.
-export async function savePinnedKeys(stateDir: string, keys: readonly TrustedKey[]): Promise<void> {
+// Command-signing keys pinned at registration, with what the agent knows about the key set they
+// came in (its issue time and revision, and the keys dropped since), in one file written at
+// once. Each key ID must be the one its public key gives, so a key can never be pinned under
+// another key's name.
+export async function savePinnedKeys(stateDir: string, keys: readonly TrustedKey[], state: KeySetState = NO_KEY_SET_STATE): Promise<void> {
   if (keys.length === 0) throw new StateError("the control plane sent no command-signing keys to pin");
   for (const key of keys) {
     if (key.publicKey.length !== 32) throw new StateError(`trusted key ${key.keyId} is not a 32-byte Ed25519 key`);
@@ -108,7 +111,33 @@ export async function savePinnedKeys(stateDir: string, keys: readonly TrustedKey
     }
   }
   const body = keys.map((k) => ({ keyId: k.keyId, publicKey: Buffer.from(k.publicKey).toString("base64") }));
-  await writeFileAtomic(path.join(stateDir, PINNED_KEYS_FILE), JSON.stringify({ version: 1, keys: body }, null, 2) + "\n");
+  const keySet = state.issueTime ? { issueTime: state.issueTime.toISOString(), revision: (state.revision ?? 0n).toString() } : undefined;
+  const file = { version: 1, keys: body, ...(keySet ? { keySet } : {}), retiredKeyIds: state.retiredKeyIds };
+  await writeFileAtomic(path.join(stateDir, PINNED_KEYS_FILE), JSON.stringify(file, null, 2) + "\n");
+}
+
+// The key-set state beside the pins; a file from an agent that did not keep it yet has none,
+// and then the next signed set is accepted on its signature alone.
+export async function loadKeySetState(stateDir: string): Promise<KeySetState> {
+  const file = path.join(stateDir, PINNED_KEYS_FILE);
+  const data = await readIfExists(file);
+  if (!data) return NO_KEY_SET_STATE;
+  try {
+    const raw = JSON.parse(data.toString("utf8")) as { keySet?: { issueTime?: unknown; revision?: unknown }; retiredKeyIds?: unknown };
+    let issueTime: Date | undefined;
+    let revision: bigint | undefined;
+    if (raw.keySet !== undefined) {
+      if (typeof raw.keySet.issueTime !== "string" || typeof raw.keySet.revision !== "string") throw new Error("keySet is incomplete");
+      issueTime = new Date(raw.keySet.issueTime);
+      if (Number.isNaN(issueTime.getTime())) throw new Error("keySet.issueTime is not a time");
+      revision = BigInt(raw.keySet.revision);
+    }
+    const retired = raw.retiredKeyIds ?? [];
+    if (!Array.isArray(retired) || !retired.every((id) => typeof id === "string")) throw new Error("retiredKeyIds is not a list of key IDs");
+    return { issueTime, revision, retiredKeyIds: retired as string[] };
+  } catch (err) {
+    throw new StateError(`${file} is damaged (${(err as Error).message}); run \`redflag-agent register\` again`);
+  }
 }
 
 export async function loadPinnedKeys(stateDir: string): Promise<PinnedKeys> {

@@ -4,7 +4,7 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@co
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentService, RenewPayloadSchema, type PollCommandsRequest, type ScanReport } from "@redflag/gen/agent_service_pb";
 import { type Command, type CommandResult, CommandSchema, type SignedCommand, SignedCommandSchema } from "@redflag/gen/command_pb";
-import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig, SignedAgentConfigSchema } from "@redflag/gen/common_pb";
+import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig, SignedAgentConfigSchema, type SignedKeySet, SignedKeySetSchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import * as ed from "@noble/ed25519";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import http2 from "node:http2";
@@ -58,6 +58,18 @@ export function createIssueClock(): () => Timestamp {
     last = Math.max(Date.now() * 1000, last + 1);
     return create(TimestampSchema, { seconds: BigInt(Math.floor(last / 1e6)), nanos: (last % 1e6) * 1000 });
   };
+}
+
+// A TrustedKeySet of `keys` issued at `issueTime`, signed by each of `signers`.
+export function signKeySet(keys: SigningKey[], signers: SigningKey[], issueTime: Date): SignedKeySet {
+  const keySet = toBinary(
+    TrustedKeySetSchema,
+    create(TrustedKeySetSchema, { keys: keys.map((k) => ({ keyId: k.keyId, publicKey: k.publicKey })), issueTime: timestampFromDate(issueTime) }),
+  );
+  return create(SignedKeySetSchema, {
+    keySet,
+    signatures: signers.map((k) => ({ keyId: k.keyId, signature: ed.sign(pae("redflag.v1.TrustedKeySet", keySet), k.secretKey) })),
+  });
 }
 
 type Action = Command["action"];
@@ -116,6 +128,10 @@ export interface FakeControlPlane {
   refuse: Set<string>;
   accessTtlMs: number;
   nextPollSeconds: number;
+  // Sent in Register answers (signed by `key`, issued when the fake started); a test may replace it.
+  registerKeySet: SignedKeySet | undefined;
+  // Handed to the next poll as its key_set, once.
+  nextKeySet: SignedKeySet | undefined;
   close(): Promise<void>;
 }
 
@@ -152,6 +168,8 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
     refuse: new Set(),
     accessTtlMs: 15 * 60_000,
     nextPollSeconds: 1,
+    registerKeySet: signKeySet([key], [key], new Date()),
+    nextKeySet: undefined,
     queue(action, opts = {}) {
       const id = opts.id ?? randomUUID();
       pending.push({ queued: { id, action, ...(opts.timeoutSeconds ? { timeoutSeconds: opts.timeoutSeconds } : {}) }, deliver: opts.deliver });
@@ -204,6 +222,7 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
           accessTokenExpireTime: timestampFromDate(agent.accessExpires),
           trustedKeys: [{ keyId: key.keyId, publicKey: key.publicKey }],
           signedConfig: deliverConfig(agent),
+          keySet: cp.registerKeySet,
         };
       },
       renew(req) {
@@ -261,10 +280,13 @@ export async function startFakeControlPlane(opts: { tls?: { cert: Buffer; key: B
           const signed = signCommand(init, signingKey);
           commands.push(mutate ? mutate(signed) : signed);
         }
+        const keySet = cp.nextKeySet;
+        cp.nextKeySet = undefined;
         return {
           commands,
           signedConfig: req.status?.configRevision === cp.agentConfig.revision ? undefined : deliverConfig(agent),
           nextPollSeconds: cp.nextPollSeconds,
+          keySet,
         };
       },
       reportResults(req, ctx) {

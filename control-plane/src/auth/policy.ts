@@ -46,7 +46,7 @@ allow(SettingsService, "admin", ["UpdateSettings", "ListSettingChanges", "Export
 allow(TokenService, "admin");
 allow(FleetService, "viewer", ["ListAgents", "GetAgent", "GetAgentConfig"]);
 allow(FleetService, "operator", ["SetAgentLabels", "UpdateSubsystems", "TriggerScan", "SetHeartbeat", "RebootAgent"]);
-allow(FleetService, "admin", ["DecommissionAgent", "RebindMachineId"]);
+allow(FleetService, "admin", ["DecommissionAgent", "RebindMachineId", "AllowReregistration"]);
 allow(CommandService, "viewer", ["ListCommands", "GetCommand", "WatchEvents"]);
 allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryCommand"]);
 allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);

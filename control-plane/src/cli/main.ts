@@ -23,6 +23,7 @@ import {
 import {
   AgentHealth,
   AgentSort,
+  AllowReregistrationResponseSchema,
   DecommissionAgentResponseSchema,
   FleetService,
   GetAgentConfigResponseSchema,
@@ -200,7 +201,8 @@ tokens
     process.stdout.write(
       `${res.secret}\n\n` +
         `token ${t.id}: ${t.seats} seat(s), expires ${time(t.expireTime)?.toISOString() ?? "never"}.\n` +
-        `The secret above is shown only now. Enrol a machine with:\n\n` +
+        `The secret above is shown only now. Agents pin the signing key with fingerprint\n${res.signingKeyFingerprint}\n` +
+        `(the console's Security page shows the same). Enrol a machine with:\n\n` +
         res.installCommands.map((c) => `# ${c.platform}\n${c.command}\n`).join("\n"),
     );
   });
@@ -386,6 +388,20 @@ agents
   .action(async (id: string, machineId: string) => {
     const res = await (await clients()).fleet.rebindMachineId({ agentId: id, machineId });
     process.stdout.write(`${res.agent!.hostname} now bound to ${res.agent!.machineId}\n`);
+  });
+
+agents
+  .command("allow-reregistration")
+  .description("let one registration of the agent's machine through without its key, or let a decommissioned agent back (admins)")
+  .argument("<id>", "agent ID")
+  .option("--for <duration>", "how long the permission lasts, 1m to 7d", seconds, 3600)
+  .action(async (id: string, o: { for: number }) => {
+    const res = await (await clients()).fleet.allowReregistration({ agentId: id, validFor: durationFromMs(o.for * 1000) });
+    if (json()) return printJson(AllowReregistrationResponseSchema, res);
+    process.stdout.write(
+      `${res.agent!.hostname} may register again once until ${time(res.allowedUntil)!.toISOString()}; ` +
+        "run `redflag-agent register` on it before then\n",
+    );
   });
 
 agents

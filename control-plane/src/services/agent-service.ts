@@ -6,6 +6,7 @@ import {
   type PollCommandsRequest,
   type RegisterRequest,
   type ReportResultsRequest,
+  RegisterProofSchema,
   RenewPayloadSchema,
   type ScanReport,
   type RenewRequest,
@@ -34,9 +35,9 @@ import type { LastSeenBuffer } from "../last-seen.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Logger } from "../log.ts";
 import { verify } from "../signing/keys.ts";
-import { pae, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
+import { pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
 import type { CommandSigner } from "../signing/signer.ts";
-import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken } from "../store/agents.ts";
+import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken, type RegisterProofInput } from "../store/agents.ts";
 import {
   claimCommands,
   recordResults,
@@ -104,6 +105,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   return {
     async register(req: RegisterRequest, ctx: HandlerContext) {
       const input = validateRegister(req);
+      const proof = registerProof(req);
       const tokenHash = sha256(req.registrationToken);
       rateLimit(registerPerAddress, ctx.values.get(kRemoteAddr), "Register calls from this address");
       rateLimit(registerPerToken, tokenHash.toString("base64"), "registrations with this registration token");
@@ -119,11 +121,13 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         refresh: refresh.row,
         now,
         remoteAddr: ctx.values.get(kRemoteAddr),
+        proof,
+        maxProofSkewMs: config.renewMaxSkewSeconds * 1000,
       });
       deps.agents.invalidate(agent.id);
       const access = await deps.tokens.issue(agent.id, agent.machineId, agent.credentialGeneration, now);
       deps.logger.info(
-        { agentId: agent.id, hostname: input.hostname, replaced: agent.replaced },
+        { agentId: agent.id, hostname: input.hostname, replaced: agent.replaced, ...(agent.replaced ? { via: agent.via } : {}) },
         agent.replaced ? "agent re-registered" : "agent registered",
       );
       return {
@@ -133,6 +137,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         accessTokenExpireTime: timestampFromDate(access.expiresAt),
         trustedKeys: deps.signer.trustedKeys(),
         signedConfig: await deps.agentConfigs.signedForAgent(agent.id, deps.signer),
+        keySet: deps.signer.keySet(),
       };
     },
 
@@ -319,6 +324,32 @@ function validateRegister(req: RegisterRequest) {
       arch: text("os.arch", req.os.arch, { max: 64 }),
     },
   };
+}
+
+// The request's RegisterProof, checked against the request it came with; who signed it is
+// decided against the key on record (store/agents.ts).
+function registerProof(req: RegisterRequest): RegisterProofInput | undefined {
+  if (req.proof.length === 0 && req.proofSignature.length === 0) return undefined;
+  if (req.proof.length === 0 || req.proof.length > 512) throw invalid("proof must be 1 to 512 bytes (a serialized redflag.v1.RegisterProof)");
+  if (req.proofSignature.length !== 64) throw invalid("proof_signature must be 64 bytes (Ed25519)");
+  let proof;
+  try {
+    proof = fromBinary(RegisterProofSchema, req.proof);
+  } catch {
+    throw invalid("proof is not a serialized redflag.v1.RegisterProof");
+  }
+  if (proof.machineId !== req.machineId) throw invalid("proof.machine_id must be the request's machine_id");
+  if (!Buffer.from(proof.agentPublicKey).equals(Buffer.from(req.agentPublicKey))) throw invalid("proof.agent_public_key must be the request's agent_public_key");
+  if (!proof.signTime) throw invalid("proof.sign_time is required");
+  let signTime: Date;
+  try {
+    signTime = timestampDate(proof.signTime);
+  } catch {
+    throw invalid("proof.sign_time is not a valid time");
+  }
+  if (Number.isNaN(signTime.getTime())) throw invalid("proof.sign_time is not a valid time");
+  const signed = pae(REGISTER_PROOF_TYPE, req.proof);
+  return { signTime, signedBy: (publicKey) => verify(publicKey, signed, req.proofSignature) };
 }
 
 const OUTCOMES = {

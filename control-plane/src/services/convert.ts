@@ -113,6 +113,7 @@ export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: numb
     pendingUpdateCount: row.updates.pending,
     securityUpdateCount: row.updates.security,
     lastScanTime: ts(row.lastScanAt),
+    reregistrationAllowedUntil: row.reregistrationAllowedUntil && row.reregistrationAllowedUntil > now ? ts(row.reregistrationAllowedUntil) : undefined,
   });
 }
 

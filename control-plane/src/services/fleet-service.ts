@@ -1,5 +1,5 @@
 import { create, toBinary, toJson } from "@bufbuild/protobuf";
-import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { AgentConfigSchema, OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
@@ -8,11 +8,11 @@ import type { Config } from "../config.ts";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { isMachineId, isUuid } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
-import { getAgent, listAgents, type AgentRow } from "../store/agents.ts";
+import { allowReregistration, getAgent, listAgents, type AgentRow } from "../store/agents.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts";
-import { audit } from "./audit.ts";
+import { audit, callerName } from "./audit.ts";
 import type { CommandQueue } from "./command-service.ts";
 import type { Settings } from "../settings.ts";
 import { agentHealthWhere, agentToProto } from "./convert.ts";
@@ -206,6 +206,24 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
       });
       await audit(db, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId: req.machineId } });
       return { agent: proto(await existing(before.id)) };
+    },
+
+    // One Register of this machine is let through until the deadline: without the agent's key
+    // (a reinstalled host), and for a decommissioned agent (letting it back).
+    async allowReregistration(req, ctx) {
+      const agentId = uuid("agent_id", req.agentId);
+      const seconds = req.validFor ? durationMs(req.validFor) / 1000 : 3600;
+      if (!(seconds >= 60 && seconds <= 7 * 86_400)) throw invalid("valid_for must be from 1 minute to 7 days");
+      const until = new Date(Date.now() + seconds * 1000);
+      const done = await allowReregistration(db, agentId, until, callerName(ctx));
+      if (!done) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+      const after = await existing(agentId);
+      await audit(db, ctx, {
+        target: `agent:${agentId}`,
+        before: { reregistrationAllowedUntil: done.before?.toISOString() ?? null },
+        after: { reregistrationAllowedUntil: until.toISOString(), decommissioned: after.decommissionedAt !== null },
+      });
+      return { agent: proto(after), allowedUntil: timestampFromDate(until) };
     },
   };
 }

@@ -12,7 +12,7 @@ import { fingerprint } from "../signing/keys.ts";
 import type { Prisma } from "../store/types.ts";
 import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
 
-const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound", "admin_key_revoked"];
+const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound", "admin_key_revoked", "agent_reregistered", "registration_refused"];
 
 export interface SecurityServiceDeps {
   db: Prisma;
@@ -35,9 +35,9 @@ const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; acti
 // Re-reads the trusted keys: after a rotation here, and periodically so a rotation on another
 // replica, or the end of a grace period, reaches this one's signer.
 export async function reloadSigningKeys(db: Prisma, masterKey: Buffer, signer: CommandSigner): Promise<void> {
-  const { active, trusted } = await ensureSigningKeys(db, masterKey);
+  const { active, trusted, issueTime } = await ensureSigningKeys(db, masterKey);
   const same = active.keyId === signer.activeKeyId && trusted.length === signer.trustedKeys().length && trusted.every((k) => signer.trustedKeys().some((t) => t.keyId === k.keyId));
-  if (!same) signer.replace(active, trusted);
+  if (!same) signer.replace(active, trusted, issueTime);
 }
 
 export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<typeof SecurityService> {

@@ -9,6 +9,8 @@ import {
   revokeRegistrationToken,
 } from "../store/registration-tokens.ts";
 import type { Prisma } from "../store/types.ts";
+import { fingerprint } from "../signing/keys.ts";
+import type { CommandSigner } from "../signing/signer.ts";
 import { registrationTokenToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
@@ -23,21 +25,36 @@ function serverUrl(ctx: HandlerContext, publicUrl: string | undefined): string {
   return `${proto}://${host}`;
 }
 
+// Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost): plain http there never
+// crosses a network.
+export function isLoopbackUrl(url: string): boolean {
+  const host = new URL(url).hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return host === "localhost" || host.endsWith(".localhost") || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 // What to paste on each platform. The token goes through a file (Linux, macOS) so it never
-// shows in the process list; the service definitions ship with the agent packages.
-export function installCommands(server: string, secret: string) {
+// shows in the process list; the service definitions ship with the agent packages. Every
+// command pins the signing key by its fingerprint, so a man in the middle of the enrolment
+// cannot slip in a key of its own; plain http to another machine needs the agent's explicit
+// --insecure-http, said in a comment.
+export function installCommands(server: string, secret: string, fingerprint: string) {
+  const insecure = server.startsWith("http:") && !isLoopbackUrl(server);
+  const note = insecure
+    ? "# plain http: anyone on the network path can read the token; serve https (REDFLAG_TLS_CERT, REDFLAG_TLS_KEY) to drop --insecure-http\n"
+    : "";
+  const flags = `--fingerprint ${fingerprint}${insecure ? " --insecure-http" : ""}`;
   const linux = [
-    `umask 077; printf '%s' '${secret}' > /root/redflag-token`,
-    `sudo redflag-agent register --server ${server} --token-file /root/redflag-token && rm /root/redflag-token`,
+    `${note}umask 077; printf '%s' '${secret}' > /root/redflag-token`,
+    `sudo redflag-agent register --server ${server} --token-file /root/redflag-token ${flags} && rm /root/redflag-token`,
     "sudo systemctl enable --now redflag-agent",
   ].join("\n");
   const macos = [
-    `umask 077; printf '%s' '${secret}' | sudo tee /var/root/redflag-token > /dev/null`,
-    `sudo /usr/local/bin/redflag-agent register --server ${server} --token-file /var/root/redflag-token && sudo rm /var/root/redflag-token`,
+    `${note}umask 077; printf '%s' '${secret}' | sudo tee /var/root/redflag-token > /dev/null`,
+    `sudo /usr/local/bin/redflag-agent register --server ${server} --token-file /var/root/redflag-token ${flags} && sudo rm /var/root/redflag-token`,
     "sudo launchctl bootstrap system /Library/LaunchDaemons/io.redflag.agent.plist",
   ].join("\n");
   const windows = [
-    `& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server ${server} --token '${secret}'`,
+    `${note}& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server ${server} --token '${secret}' ${flags}`,
     "Start-Service RedFlagAgent",
   ].join("\n");
   return [
@@ -47,7 +64,18 @@ export function installCommands(server: string, secret: string) {
   ];
 }
 
-export function createTokenService(db: Prisma, publicUrl?: string): ServiceImpl<typeof TokenService> {
+// The fingerprint agents pin: SHA-256 of the active command-signing key.
+export function activeKeyFingerprint(signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">): string {
+  const active = signer.trustedKeys().find((k) => k.keyId === signer.activeKeyId);
+  if (!active) throw new Error("the active signing key is not among the trusted keys");
+  return fingerprint(active.publicKey);
+}
+
+export function createTokenService(
+  db: Prisma,
+  publicUrl: string | undefined,
+  signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">,
+): ServiceImpl<typeof TokenService> {
   return {
     async createRegistrationToken(req, ctx: HandlerContext) {
       if (req.seats < 1 || req.seats > MAX_SEATS) throw invalid(`seats must be from 1 to ${MAX_SEATS}`);
@@ -67,7 +95,13 @@ export function createTokenService(db: Prisma, publicUrl?: string): ServiceImpl<
       });
       const proto = registrationTokenToProto(token, now);
       await audit(db, ctx, { target: `registration_token:${token.id}`, after: toJson(RegistrationTokenSchema, proto) });
-      return { token: proto, secret, installCommands: installCommands(serverUrl(ctx, publicUrl), secret) };
+      const signingKeyFingerprint = activeKeyFingerprint(signer);
+      return {
+        token: proto,
+        secret,
+        installCommands: installCommands(serverUrl(ctx, publicUrl), secret, signingKeyFingerprint),
+        signingKeyFingerprint,
+      };
     },
 
     async listRegistrationTokens(req) {

@@ -17,3 +17,4 @@ export const RENEW_PAYLOAD_TYPE = "redflag.v1.RenewPayload";
 export const MANIFEST_TYPE = "redflag.v1.ArtifactManifest";
 export const KEY_SET_TYPE = "redflag.v1.TrustedKeySet";
 export const AGENT_CONFIG_TYPE = "redflag.v1.AgentConfig";
+export const REGISTER_PROOF_TYPE = "redflag.v1.RegisterProof";

@@ -31,8 +31,9 @@ export interface CommandSigner {
   keySet(): SignedKeySet;
   // The set's revision, as agents derive it from the keys they pin.
   keySetRevision(): bigint;
-  // After a rotation, or when a key's grace period ended (on any replica).
-  replace(active: KeyPair, trusted: KeyPair[]): void;
+  // After a rotation, or when a key's grace period ended (on any replica). issueTime is when
+  // this set of keys came to be (see ensureSigningKeys): agents accept only newer sets.
+  replace(active: KeyPair, trusted: KeyPair[], issueTime?: Date): void;
   // `action` is a serialized Command holding only the action (and timeout); the header fields
   // are serialized separately and concatenated, which protobuf defines as merging the two.
   signCommand(header: CommandHeader, action: Uint8Array): SignedCommand;
@@ -63,22 +64,23 @@ export function createCommandSigner(
   initialActive: KeyPair,
   initialTrusted: KeyPair[],
   onSign: (kind: SignatureKind, count: number) => void = () => {},
+  initialIssueTime: Date = new Date(),
 ): CommandSigner {
   let active = initialActive;
   let keys: TrustedKey[] = [];
   let signedSet: SignedKeySet;
   let revision = 0n;
-  const build = (trusted: KeyPair[]) => {
+  const build = (trusted: KeyPair[], issueTime: Date) => {
     keys = trusted.map((k) => create(TrustedKeySchema, { keyId: k.keyId, publicKey: k.publicKey }));
     revision = keySetRevision(keys.map((k) => k.keyId));
-    const body = toBinary(TrustedKeySetSchema, create(TrustedKeySetSchema, { keys, revision, issueTime: timestampFromDate(new Date()) }));
+    const body = toBinary(TrustedKeySetSchema, create(TrustedKeySetSchema, { keys, revision, issueTime: timestampFromDate(issueTime) }));
     signedSet = create(SignedKeySetSchema, {
       keySet: body,
       signatures: trusted.map((k) => ({ keyId: k.keyId, signature: sign(k.secretKey, pae(KEY_SET_TYPE, body)) })),
     });
     onSign("key_set", trusted.length);
   };
-  build(initialTrusted);
+  build(initialTrusted, initialIssueTime);
   return {
     get activeKeyId() {
       return active.keyId;
@@ -86,9 +88,9 @@ export function createCommandSigner(
     trustedKeys: () => keys,
     keySet: () => signedSet,
     keySetRevision: () => revision,
-    replace(nextActive, trusted) {
+    replace(nextActive, trusted, issueTime = new Date()) {
       active = nextActive;
-      build(trusted);
+      build(trusted, issueTime);
     },
     signCommand(header, action) {
       const head = toBinary(

@@ -20,6 +20,13 @@ export interface NewRefreshToken {
   absoluteExpiresAt: Date;
 }
 
+// A RegisterProof, already decoded: who signed it is checked against the key on record.
+export interface RegisterProofInput {
+  signTime: Date;
+  // Whether proof_signature is Ed25519 by this public key over PAE("redflag.v1.RegisterProof", proof).
+  signedBy(publicKey: Uint8Array): boolean;
+}
+
 export interface RegisterInput {
   registrationTokenHash: Buffer;
   hostname: string;
@@ -30,6 +37,10 @@ export interface RegisterInput {
   refresh: NewRefreshToken;
   now: Date;
   remoteAddr: string;
+  // The request's proof (its machine ID and public key already checked against the request).
+  proof: RegisterProofInput | undefined;
+  // How far a proof's sign time may be from the server's clock.
+  maxProofSkewMs: number;
 }
 
 export interface RegisteredAgent {
@@ -37,26 +48,55 @@ export interface RegisteredAgent {
   machineId: string;
   credentialGeneration: number;
   replaced: boolean;
+  // How a re-registration was let through: the agent's key, or an admin's permission.
+  via: "new" | "proof" | "allowed";
 }
+
+// Why a re-registration of a known machine was refused; recorded as a security event.
+type Refusal = { refused: { reason: string; severity: "warning" | "critical"; message: string; agentId: string } };
+
+// The command an admin runs to let one re-registration through (printed in refusals).
+export const allowReregistrationCommand = (agentId: string) => `redflag agents allow-reregistration ${agentId}`;
 
 // Registers a machine, or replaces the credentials of the agent already bound to it, in one
 // transaction. The seat is taken by the transaction's last statement, a conditional increment
 // of the token's row: seats are never over-spent, and concurrent registrations with one token
 // (a fleet enrolling at once) wait on that row only for the moment before their commit.
+//
+// A machine already registered is taken over only by the agent that holds its key (a proof
+// signed by the key on record, newer than the last one accepted) or once after an admin allowed
+// it; a decommissioned agent only after an admin allowed it. Anything else is refused with
+// PermissionDenied and a security event, and changes nothing else.
 export async function registerAgent(db: Prisma, input: RegisterInput): Promise<RegisteredAgent> {
+  // Checked once, before the transaction: an agent re-registering keeps its key, so this is the
+  // only signature check in the common case, and no row waits on it.
+  const selfSigned = input.proof?.signedBy(input.publicKey) ?? false;
   for (let attempt = 0; ; attempt++) {
+    let outcome: RegisteredAgent | Refusal;
     try {
-      return await db.$transaction((tx) => registerInTx(tx, input));
+      outcome = await db.$transaction((tx) => registerInTx(tx, input, selfSigned));
     } catch (err) {
       // Two first registrations of one machine raced on the unique machine_id: the loser retries
       // and becomes a re-registration.
       if (attempt === 0 && isUniqueViolation(err)) continue;
       throw err;
     }
+    if (!("refused" in outcome)) return outcome;
+    const r = outcome.refused;
+    await recordSecurityEvent(db, {
+      type: "registration_refused",
+      severity: r.severity,
+      message: `a registration for the machine of agent ${r.agentId} was refused: ${r.reason}`,
+      agentId: r.agentId,
+      machineId: input.machineId,
+      remoteAddr: input.remoteAddr || undefined,
+      detail: { reason: r.reason, hostname: input.hostname.slice(0, 253) },
+    });
+    throw new ConnectError(r.message, Code.PermissionDenied);
   }
 }
 
-async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAgent> {
+async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): Promise<RegisteredAgent | Refusal> {
   const [token] = await tx.$queryRaw<TokenRow[]>`
     SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
      WHERE token_hash = ${input.registrationTokenHash}`;
@@ -65,8 +105,32 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
 
   const existing = await tx.agent.findUnique({
     where: { machineId: input.machineId },
-    select: { id: true, registrationTokenId: true, credentialGeneration: true },
+    select: {
+      id: true,
+      hostname: true,
+      registrationTokenId: true,
+      credentialGeneration: true,
+      publicKey: true,
+      decommissionedAt: true,
+      reregistrationAllowedUntil: true,
+      reregistrationAllowedBy: true,
+      registerProofTime: true,
+    },
   });
+  let via: RegisteredAgent["via"] = "new";
+  let proofTime: Date | null = null;
+  if (!existing) {
+    if (input.proof && !selfSigned) {
+      throw new ConnectError("proof_signature does not verify with agent_public_key", Code.PermissionDenied);
+    }
+    // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
+    const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
+    proofTime = skewMs <= input.maxProofSkewMs ? input.proof!.signTime : null;
+  } else {
+    const checked = await admitReregistration(tx, existing, input, selfSigned);
+    if ("refused" in checked) return checked;
+    ({ via, proofTime } = checked);
+  }
   // Re-registering a machine with the token it already used costs no further seat.
   const needsSeat = !existing || existing.registrationTokenId !== token.id;
   if (needsSeat && token.used_seats >= token.seats) throw noSeats(token);
@@ -83,9 +147,31 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
     registrationTokenId: token.id,
     registeredAt: input.now,
     decommissionedAt: null,
+    reregistrationAllowedUntil: null,
+    reregistrationAllowedBy: null,
+    registerProofTime: proofTime,
   };
   let agent: { id: string; credentialGeneration: number };
   if (existing) {
+    const keyChanged = !Buffer.from(existing.publicKey).equals(Buffer.from(input.publicKey));
+    await recordSecurityEvent(tx, {
+      type: "agent_reregistered",
+      severity: via === "allowed" ? "warning" : "info",
+      message:
+        via === "allowed"
+          ? `${input.hostname} registered again as an admin allowed${existing.decommissionedAt ? " (it was decommissioned)" : ""}`
+          : `${input.hostname} registered again, proving possession of its key`,
+      agentId: existing.id,
+      machineId: input.machineId,
+      remoteAddr: input.remoteAddr || undefined,
+      detail: {
+        via,
+        keyChanged,
+        wasDecommissioned: existing.decommissionedAt !== null,
+        ...(via === "allowed" ? { allowedBy: existing.reregistrationAllowedBy ?? "" } : {}),
+        ...(existing.hostname !== input.hostname ? { previousHostname: existing.hostname } : {}),
+      },
+    });
     await tx.refreshTokenFamily.updateMany({
       where: { agentId: existing.id, revokedAt: null },
       data: { revokedAt: input.now, revokeReason: "agent re-registered" },
@@ -128,7 +214,91 @@ async function registerInTx(tx: Tx, input: RegisterInput): Promise<RegisteredAge
     if (now) refuseToken(now, input.now);
     throw now ? noSeats(now) : new ConnectError("registration token is not valid", Code.Unauthenticated);
   }
-  return { ...agent, machineId: input.machineId, replaced: Boolean(existing) };
+  return { ...agent, machineId: input.machineId, replaced: Boolean(existing), via };
+}
+
+interface KnownMachine {
+  id: string;
+  publicKey: Uint8Array;
+  decommissionedAt: Date | null;
+  reregistrationAllowedUntil: Date | null;
+  registerProofTime: Date | null;
+}
+
+// Decides whether a Register for a machine that already has an agent may replace it. The
+// admin's permission and the proof time are consumed with conditional updates, so two
+// concurrent requests can never both use one.
+async function admitReregistration(
+  tx: Tx,
+  existing: KnownMachine,
+  input: RegisterInput,
+  selfSigned: boolean,
+): Promise<{ via: "proof" | "allowed"; proofTime: Date | null } | Refusal> {
+  const { now, proof } = input;
+  const refuse = (reason: string, severity: "warning" | "critical", message: string): Refusal => ({
+    refused: { reason, severity, message, agentId: existing.id },
+  });
+  const hint = `if the host was reinstalled or lost its key, an admin can allow one re-registration: ${allowReregistrationCommand(existing.id)}`;
+  if (existing.reregistrationAllowedUntil && existing.reregistrationAllowedUntil > now) {
+    const taken = await tx.agent.updateMany({
+      where: { id: existing.id, reregistrationAllowedUntil: { gt: now } },
+      data: { reregistrationAllowedUntil: null },
+    });
+    if (taken.count === 1) {
+      const usable = proof && selfSigned && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs;
+      return { via: "allowed", proofTime: usable ? proof.signTime : null };
+    }
+  }
+  if (existing.decommissionedAt) {
+    return refuse(
+      "agent decommissioned",
+      "warning",
+      `this machine's agent ${existing.id} was decommissioned and stays out until an admin lets it back: ${allowReregistrationCommand(existing.id)}`,
+    );
+  }
+  if (!proof) {
+    return refuse(
+      "no proof of the agent's key",
+      "critical",
+      `this machine is already registered as agent ${existing.id}, and the request does not prove possession of that agent's key; ${hint}`,
+    );
+  }
+  const skewMs = Math.abs(proof.signTime.getTime() - now.getTime());
+  if (skewMs > input.maxProofSkewMs) {
+    return refuse(
+      "proof signed too far from the server's clock",
+      "warning",
+      `the registration proof was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
+    );
+  }
+  const sameKey = Buffer.from(existing.publicKey).equals(Buffer.from(input.publicKey));
+  if (!(sameKey ? selfSigned : proof.signedBy(existing.publicKey))) {
+    return refuse(
+      "proof not signed by the agent's key",
+      "critical",
+      `this machine is already registered as agent ${existing.id}, and the registration proof is not signed by that agent's key; ${hint}`,
+    );
+  }
+  // Each proof is good once: its sign time must be later than the last one accepted.
+  const fresh = await tx.agent.updateMany({
+    where: { id: existing.id, OR: [{ registerProofTime: null }, { registerProofTime: { lt: proof.signTime } }] },
+    data: { registerProofTime: proof.signTime },
+  });
+  if (fresh.count !== 1) {
+    return refuse("proof replayed", "critical", "this registration proof was already used; the agent signs a new one for every registration");
+  }
+  return { via: "proof", proofTime: proof.signTime };
+}
+
+// Lets one Register of the agent's machine through until `until`, with or without the agent's
+// key, also when it is decommissioned. Returns undefined for an unknown agent.
+export async function allowReregistration(db: Prisma, agentId: string, until: Date, by: string): Promise<{ before: Date | null } | undefined> {
+  return db.$transaction(async (tx) => {
+    const row = await tx.agent.findUnique({ where: { id: agentId }, select: { reregistrationAllowedUntil: true } });
+    if (!row) return undefined;
+    await tx.agent.update({ where: { id: agentId }, data: { reregistrationAllowedUntil: until, reregistrationAllowedBy: by } });
+    return { before: row.reregistrationAllowedUntil };
+  });
 }
 
 interface TokenRow {
@@ -246,6 +416,7 @@ const agentListSelect = {
   registeredAt: true,
   lastSeenAt: true,
   decommissionedAt: true,
+  reregistrationAllowedUntil: true,
   status: true,
   registrationTokenId: true,
   lastScanAt: true,

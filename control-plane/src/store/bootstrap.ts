@@ -19,11 +19,21 @@ async function locked<T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> {
 const signingPurpose = (keyId: string) => `redflag.signing-key.${keyId}`;
 
 // Returns every signing key that agents should trust (active, or retired in the future: in
-// its grace period), the active one first; creates one on first start.
-export async function ensureSigningKeys(db: Prisma, masterKey: Buffer, now = new Date()): Promise<{ active: KeyPair; trusted: KeyPair[] }> {
-  const rows = await locked(db, async (tx) => {
+// its grace period), the active one first; creates one on first start. issueTime is when this
+// set of keys came to be: the newest key's creation or the latest grace period that ended,
+// whichever is later. It is read from the stored keys, so every replica and every restart
+// gives the same set the same time, and each change of the set a later one (agents refuse a
+// set that is not newer than the one they hold).
+export async function ensureSigningKeys(
+  db: Prisma,
+  masterKey: Buffer,
+  now = new Date(),
+): Promise<{ active: KeyPair; trusted: KeyPair[]; issueTime: Date }> {
+  const { rows, lastRetired } = await locked(db, async (tx) => {
     const existing = await tx.signingKey.findMany({ where: { OR: [{ retiredAt: null }, { retiredAt: { gt: now } }] }, orderBy: { createdAt: "desc" } });
-    if (existing.some((k) => k.active)) return existing;
+    const retired = await tx.signingKey.aggregate({ _max: { retiredAt: true }, where: { retiredAt: { lte: now } } });
+    const lastRetired = retired._max.retiredAt;
+    if (existing.some((k) => k.active)) return { rows: existing, lastRetired };
     const pair = generateKeyPair();
     const created = await tx.signingKey.create({
       data: {
@@ -31,17 +41,20 @@ export async function ensureSigningKeys(db: Prisma, masterKey: Buffer, now = new
         publicKey: bytes(pair.publicKey),
         privateKeyEnc: bytes(seal(masterKey, signingPurpose(pair.keyId), pair.secretKey)),
         active: true,
+        // Never at or before the end of a grace period already past: the new set is newer.
+        createdAt: lastRetired && lastRetired >= now ? new Date(lastRetired.getTime() + 1) : now,
       },
     });
-    return [created, ...existing];
+    return { rows: [created, ...existing], lastRetired };
   });
+  const issueTime = new Date(Math.max(lastRetired?.getTime() ?? 0, ...rows.map((r) => r.createdAt.getTime())));
   const pairs = rows.map((row) => {
     const pair = keyPairFromSecret(unseal(masterKey, signingPurpose(row.id), row.privateKeyEnc));
     if (pair.keyId !== row.id) throw new Error(`signing key ${row.id} does not match its stored public key`);
     return { pair, active: row.active };
   });
   const active = pairs.find((p) => p.active)!.pair;
-  return { active, trusted: [active, ...pairs.filter((p) => !p.active).map((p) => p.pair)] };
+  return { active, trusted: [active, ...pairs.filter((p) => !p.active).map((p) => p.pair)], issueTime };
 }
 
 // Makes a new key active; the old active key stays trusted until now + graceSeconds.

@@ -8,7 +8,9 @@ export type SecurityEventType =
   | "registration_token_invalid"
   | "login_failed"
   | "machine_id_rebound"
-  | "admin_key_revoked";
+  | "admin_key_revoked"
+  | "agent_reregistered"
+  | "registration_refused";
 
 export interface SecurityEventInput {
   type: SecurityEventType;

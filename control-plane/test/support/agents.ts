@@ -1,11 +1,11 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { AgentService, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
+import { AgentService, RegisterProofSchema, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
 import { type AgentConfig, AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { randomBytes } from "node:crypto";
 import { generateKeyPair, sign, verify, type KeyPair } from "../../src/signing/keys.ts";
-import { AGENT_CONFIG_TYPE, pae, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
+import { AGENT_CONFIG_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
 import type { TestControlPlane } from "./control-plane.ts";
 
 export interface TestAgent {
@@ -25,6 +25,16 @@ export async function newRegistrationToken(cp: TestControlPlane, seats = 10): Pr
   return (await cp.admin.tokens.createRegistrationToken({ seats, note: "test" })).secret;
 }
 
+// A RegisterProof for machineId and the key being registered, signed by `signer` (the agent's
+// own key unless a test says otherwise), as a real agent sends with every Register.
+export function registerProof(machineId: string, key: KeyPair, opts: { signer?: KeyPair; signTime?: Date } = {}) {
+  const proof = toBinary(
+    RegisterProofSchema,
+    create(RegisterProofSchema, { machineId, agentPublicKey: key.publicKey, signTime: timestampFromDate(opts.signTime ?? new Date()) }),
+  );
+  return { proof, proofSignature: sign((opts.signer ?? key).secretKey, pae(REGISTER_PROOF_TYPE, proof)) };
+}
+
 export function registerRequest(token: string, machineId: string, key: KeyPair, hostname = "host-" + machineId.slice(0, 6)) {
   return {
     registrationToken: token,
@@ -33,6 +43,7 @@ export function registerRequest(token: string, machineId: string, key: KeyPair, 
     agentPublicKey: key.publicKey,
     os: { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12 (bookworm)", kernel: "6.1.0-18-amd64", arch: "x86_64" },
     agentVersion: "0.1.0",
+    ...registerProof(machineId, key),
   };
 }
 

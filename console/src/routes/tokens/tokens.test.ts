@@ -47,10 +47,11 @@ function fakeServer(initial: RegistrationToken[] = []) {
           token,
           secret,
           installCommands: [
-            { platform: "linux", command: `umask 077; printf '%s' '${secret}' > /root/redflag-token\nsudo redflag-agent register --server http://cp:8080 --token-file /root/redflag-token` },
+            { platform: "linux", command: `umask 077; printf '%s' '${secret}' > /root/redflag-token\nsudo redflag-agent register --server http://cp:8080 --token-file /root/redflag-token --fingerprint ${FINGERPRINT}` },
             { platform: "macos", command: `printf '%s' '${secret}' | sudo tee /var/root/redflag-token > /dev/null` },
-            { platform: "windows", command: `& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server http://cp:8080 --token '${secret}'` },
+            { platform: "windows", command: `& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server http://cp:8080 --token '${secret}' --fingerprint ${FINGERPRINT}` },
           ],
+          signingKeyFingerprint: FINGERPRINT,
         };
       },
       listRegistrationTokens() {
@@ -76,6 +77,8 @@ function fakeServer(initial: RegistrationToken[] = []) {
     });
   return { routes, calls, creates, tokens };
 }
+
+const FINGERPRINT = Array.from({ length: 32 }, (_, i) => (i * 7).toString(16).padStart(2, "0")).join(":");
 
 const token = (over: Partial<RegistrationToken>) =>
   create(RegistrationTokenSchema, {
@@ -139,6 +142,9 @@ describe("the registration tokens page", () => {
     expect(tabs.map((t) => t.textContent)).toEqual(["Linux", "macOS", "Windows"]);
     expect(tabs[0]!.getAttribute("aria-selected")).toBe("true");
     expect(screen.getByTestId("install-linux").textContent).toContain(secret.textContent);
+    // The commands pin the signing key; the page says which, to compare with the Security page.
+    expect(screen.getByTestId("signing-key-fingerprint").textContent).toBe(FINGERPRINT);
+    expect(screen.getByTestId("install-linux").textContent).toContain(`--fingerprint ${FINGERPRINT}`);
     expect(screen.getByTestId("install-windows").closest("[role=tabpanel]")!.hasAttribute("hidden")).toBe(true);
     // Only the selected tab is in the Tab order.
     expect(tabs.map((t) => t.tabIndex)).toEqual([0, -1, -1]);

@@ -50,6 +50,23 @@ export declare type RegisterRequest = Message<"redflag.v1.RegisterRequest"> & {
    * @generated from field: string agent_version = 6;
    */
   agentVersion: string;
+
+  /**
+   * A serialized RegisterProof. Required to re-register a machine the control plane already
+   * knows (unless an admin allowed one re-registration); optional for a new machine, where it
+   * must then be signed by agent_public_key.
+   *
+   * @generated from field: bytes proof = 7;
+   */
+  proof: Uint8Array;
+
+  /**
+   * Ed25519 over PAE("redflag.v1.RegisterProof", proof) by the key on record for this machine
+   * (for a new machine: by agent_public_key).
+   *
+   * @generated from field: bytes proof_signature = 8;
+   */
+  proofSignature: Uint8Array;
 };
 
 /**
@@ -83,18 +100,28 @@ export declare type RegisterResponse = Message<"redflag.v1.RegisterResponse"> & 
   accessTokenExpireTime?: Timestamp | undefined;
 
   /**
-   * Command-signing keys the agent must pin.
+   * Command-signing keys the agent must pin. Unsigned: agents that can check them pin the keys
+   * of key_set instead.
    *
    * @generated from field: repeated redflag.v1.TrustedKey trusted_keys = 5;
    */
   trustedKeys: TrustedKey[];
 
   /**
-   * The agent's config, signed; the agent verifies it with trusted_keys before it applies it.
+   * The agent's config, signed; the agent verifies it with the keys it pins before applying it.
    *
    * @generated from field: redflag.v1.SignedAgentConfig signed_config = 7;
    */
   signedConfig?: SignedAgentConfig | undefined;
+
+  /**
+   * The same keys as a TrustedKeySet signed by each of them. An agent given the expected
+   * signing-key fingerprint pins only the keys of a set signed by the key with that fingerprint,
+   * and remembers the set's issue time so older sets are refused later.
+   *
+   * @generated from field: redflag.v1.SignedKeySet key_set = 8;
+   */
+  keySet?: SignedKeySet | undefined;
 };
 
 /**
@@ -373,6 +400,43 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
 export declare const ReportResultsResponseSchema: GenMessage<ReportResultsResponse>;
 
 /**
+ * RegisterProof binds a registration to the agent key that signs it: the machine, the key
+ * being registered and the signing time, so a captured proof can neither bind another key
+ * nor be used twice.
+ *
+ * @generated from message redflag.v1.RegisterProof
+ */
+export declare type RegisterProof = Message<"redflag.v1.RegisterProof"> & {
+  /**
+   * The machine_id of the RegisterRequest.
+   *
+   * @generated from field: string machine_id = 1;
+   */
+  machineId: string;
+
+  /**
+   * The agent_public_key of the RegisterRequest.
+   *
+   * @generated from field: bytes agent_public_key = 2;
+   */
+  agentPublicKey: Uint8Array;
+
+  /**
+   * When the agent signed the proof; the server refuses times too far from its clock, and any
+   * time not after the last proof it accepted for this machine.
+   *
+   * @generated from field: google.protobuf.Timestamp sign_time = 3;
+   */
+  signTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RegisterProof.
+ * Use `create(RegisterProofSchema)` to create a new message.
+ */
+export declare const RegisterProofSchema: GenMessage<RegisterProof>;
+
+/**
  * AgentService is the whole API agents use. Agents always dial out; every call is unary.
  * Authenticated calls carry `authorization: Bearer <access_token>` and `x-machine-id: <hex>`.
  *
@@ -381,7 +445,10 @@ export declare const ReportResultsResponseSchema: GenMessage<ReportResultsRespon
 export declare const AgentService: GenService<{
   /**
    * Register enrols an agent with a registration token. Re-registering the same machine
-   * replaces its credentials instead of creating a second agent.
+   * replaces its credentials instead of creating a second agent, but only when the request
+   * proves possession of the key on record for that machine (proof and proof_signature) or an
+   * admin allowed one re-registration; a decommissioned agent is refused until an admin lets it
+   * back.
    *
    * @generated from rpc redflag.v1.AgentService.Register
    */

@@ -107,6 +107,13 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: map<string, uint32> updates_by_severity = 16;
    */
   updatesBySeverity: { [key: string]: number };
+
+  /**
+   * Set while an admin's AllowReregistration is unused and not yet expired.
+   *
+   * @generated from field: google.protobuf.Timestamp reregistration_allowed_until = 17;
+   */
+  reregistrationAllowedUntil?: Timestamp | undefined;
 };
 
 /**
@@ -566,6 +573,52 @@ export declare type RebindMachineIdResponse = Message<"redflag.v1.RebindMachineI
 export declare const RebindMachineIdResponseSchema: GenMessage<RebindMachineIdResponse>;
 
 /**
+ * @generated from message redflag.v1.AllowReregistrationRequest
+ */
+export declare type AllowReregistrationRequest = Message<"redflag.v1.AllowReregistrationRequest"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * How long the permission lasts, 1 minute to 7 days; unset means 1 hour.
+   *
+   * @generated from field: google.protobuf.Duration valid_for = 2;
+   */
+  validFor?: Duration | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.AllowReregistrationRequest.
+ * Use `create(AllowReregistrationRequestSchema)` to create a new message.
+ */
+export declare const AllowReregistrationRequestSchema: GenMessage<AllowReregistrationRequest>;
+
+/**
+ * @generated from message redflag.v1.AllowReregistrationResponse
+ */
+export declare type AllowReregistrationResponse = Message<"redflag.v1.AllowReregistrationResponse"> & {
+  /**
+   * @generated from field: redflag.v1.Agent agent = 1;
+   */
+  agent?: Agent | undefined;
+
+  /**
+   * Until when one Register of the agent's machine is accepted.
+   *
+   * @generated from field: google.protobuf.Timestamp allowed_until = 2;
+   */
+  allowedUntil?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.AllowReregistrationResponse.
+ * Use `create(AllowReregistrationResponseSchema)` to create a new message.
+ */
+export declare const AllowReregistrationResponseSchema: GenMessage<AllowReregistrationResponse>;
+
+/**
  * AgentSort orders ListAgents.
  *
  * @generated from enum redflag.v1.AgentSort
@@ -747,6 +800,18 @@ export declare const FleetService: GenService<{
     methodKind: "unary";
     input: typeof RebindMachineIdRequestSchema;
     output: typeof RebindMachineIdResponseSchema;
+  },
+  /**
+   * AllowReregistration lets the next Register of this agent's machine through once, within
+   * a time limit, without proof of the agent's key (a reinstalled host) and even when the
+   * agent is decommissioned (letting it back).
+   *
+   * @generated from rpc redflag.v1.FleetService.AllowReregistration
+   */
+  allowReregistration: {
+    methodKind: "unary";
+    input: typeof AllowReregistrationRequestSchema;
+    output: typeof AllowReregistrationResponseSchema;
   },
 }>;
 

@@ -152,6 +152,14 @@ export declare type CreateRegistrationTokenResponse = Message<"redflag.v1.Create
    * @generated from field: repeated redflag.v1.InstallCommand install_commands = 3;
    */
   installCommands: InstallCommand[];
+
+  /**
+   * SHA-256 of the active command-signing public key, colon-separated hex: what the install
+   * commands pass to `redflag-agent register --fingerprint`.
+   *
+   * @generated from field: string signing_key_fingerprint = 4;
+   */
+  signingKeyFingerprint: string;
 };
 
 /**

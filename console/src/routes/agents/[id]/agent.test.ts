@@ -3,6 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CommandOutcome, CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
+import { AgentHealth } from "@redflag/gen/fleet_service_pb";
 import { UpdateStatus } from "@redflag/gen/update_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -266,12 +267,42 @@ describe("the agent page", () => {
     await waitFor(() => expect(screen.getByTestId("machine-id").textContent).toBe("cd".repeat(32)));
   });
 
+  it("lets an admin allow one registration without the agent's key, for a chosen time, and shows until when", async () => {
+    const { server } = open({}, Role.ADMIN);
+    await loaded();
+    expect(screen.queryByTestId("reregistration-allowed")).toBeNull();
+    await fireEvent.click(await screen.findByRole("button", { name: "Allow re-registration…" }));
+    const dialog = screen.getByRole("dialog", { name: "Allow web-1 to register again?" });
+    expect(dialog.textContent).toContain("without proof of the agent's key");
+    await fireEvent.change(within(dialog).getByLabelText("Allowed for"), { target: { value: "86400" } });
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Allow one registration" }));
+    await waitFor(() => expect(calls(server, "allowReregistration")).toMatchObject([{ agentId: AGENT_ID, validFor: { seconds: 86_400n } }]));
+    await waitFor(() => expect(screen.queryByRole("dialog")).toBeNull());
+    expect(screen.getByTestId("reregistration-allowed").textContent).toMatch(/^\s*One registration is allowed until .+ \(in (1 day|23 h)\)\.\s*$/);
+    expect(noticeTexts()[0]).toMatch(/^web-1 may register again once, until /);
+  });
+
+  it("offers an admin to let a decommissioned agent back in, and nothing else", async () => {
+    const { server } = open({ agent: { health: AgentHealth.DECOMMISSIONED } }, Role.ADMIN);
+    await loaded();
+    expect(screen.getByTestId("decommissioned")).toBeTruthy();
+    expect(screen.queryByRole("button", { name: "Decommission…" })).toBeNull();
+    expect(screen.queryByRole("button", { name: "Rebind machine ID…" })).toBeNull();
+    await fireEvent.click(await screen.findByRole("button", { name: "Let back in…" }));
+    const dialog = screen.getByRole("dialog", { name: "Let web-1 back in?" });
+    expect(dialog.textContent).toContain("the agent becomes active again");
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Let web-1 back in" }));
+    await waitFor(() => expect(calls(server, "allowReregistration")).toMatchObject([{ agentId: AGENT_ID, validFor: { seconds: 3600n } }]));
+    expect((await screen.findByTestId("reregistration-allowed")).textContent).toMatch(/\(in (59 min|1 h)\)/);
+  });
+
   it("does not offer operators the admin actions", async () => {
     open({}, Role.OPERATOR);
     await loaded();
     await screen.findByRole("button", { name: /^Scan now/ });
     expect(screen.queryByRole("button", { name: "Decommission…" })).toBeNull();
     expect(screen.queryByRole("button", { name: "Rebind machine ID…" })).toBeNull();
+    expect(screen.queryByRole("button", { name: "Allow re-registration…" })).toBeNull();
   });
 
   it("says plainly when there is no agent with the ID, with a way back", async () => {

@@ -212,6 +212,15 @@ export function fakeServer(opts: FakeOptions = {}) {
         state.agent = create(AgentSchema, { ...before, machineId: req.machineId });
         return { agent: state.agent };
       },
+      allowReregistration(req) {
+        calls.push(["allowReregistration", req]);
+        const before = existing(req.agentId);
+        const seconds = req.validFor ? durationMs(req.validFor) / 1000 : 3600;
+        if (!(seconds >= 60 && seconds <= 7 * 86_400)) throw invalid("valid_for must be from 1 minute to 7 days");
+        const allowedUntil = timestampFromMs(Date.now() + seconds * 1000);
+        state.agent = create(AgentSchema, { ...before, reregistrationAllowedUntil: allowedUntil });
+        return { agent: state.agent, allowedUntil };
+      },
     });
     router.service(ReportService, {
       getFleetOverview: () => ({}),

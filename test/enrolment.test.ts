@@ -1,0 +1,290 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
+import { CommandState } from "@redflag/gen/command_service_pb";
+import { SignedKeySetSchema, TrustedKeySchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
+import { SecurityService } from "@redflag/gen/security_service_pb";
+import { TokenService } from "@redflag/gen/token_service_pb";
+import { execFile } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { networkInterfaces, tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { newSigningKey, signCommand, signKeySet } from "../agent/test/support/fake-control-plane.ts";
+import { sign } from "../control-plane/src/signing/keys.ts";
+import { KEY_SET_TYPE, pae } from "../control-plane/src/signing/pae.ts";
+import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { startMitm, type Mitm } from "./support/mitm.ts";
+import { root, run } from "./support/processes.ts";
+
+const execFileP = promisify(execFile);
+
+// Enrolment with real processes: a real control plane, the real `redflag` CLI and real agent
+// processes, with a man in the middle where the threat needs one.
+let cp: TestControlPlane;
+let dir: string;
+const cliEnv = () => ({ REDFLAG_SERVER: cp.url, REDFLAG_API_KEY: cp.adminKey });
+const redflag = (...args: string[]) => run(["control-plane/src/cli/main.ts", ...args], { env: cliEnv() });
+
+beforeAll(async () => {
+  cp = await startTestControlPlane();
+  dir = await mkdtemp(path.join(tmpdir(), "rf-enrol-"));
+});
+afterAll(async () => {
+  await cp?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function agentEnv() {
+  return { REDFLAG_AGENT_MACHINE_ID_SEED: randomBytes(8).toString("hex"), REDFLAG_AGENT_APT_REFRESH: "0", REDFLAG_AGENT_LONG_POLL_SECONDS: "0" };
+}
+const pinned = async (stateDir: string) =>
+  (JSON.parse(await readFile(path.join(stateDir, "pinned-keys.json"), "utf8")) as { keys: { keyId: string }[] }).keys.map((k) => k.keyId).sort();
+const securityClient = () =>
+  createClient(SecurityService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
+
+describe("a man in the middle of `redflag-agent register` over plain http", () => {
+  let mitm: Mitm;
+  beforeAll(async () => {
+    mitm = await startMitm(cp.url);
+  });
+  afterAll(async () => {
+    await mitm?.close();
+  });
+  const attacker = newSigningKey();
+  const attackerKey = create(TrustedKeySchema, { keyId: attacker.keyId, publicKey: attacker.publicKey });
+
+  it("adding its key to the genuine answer gets nothing pinned, and the command it signs is not run", { timeout: 120_000 }, async () => {
+    const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
+    const env = agentEnv();
+    const stateDir = path.join(dir, "mitm-append");
+    const register = () => run(["agent/src/main.ts", "register", "--server", mitm.url, "--token", secret, "--fingerprint", signingKeyFingerprint, "--state-dir", stateDir], { env });
+
+    // Its key added to the signed set as well, with its own signature beside the genuine one.
+    mitm.onRegister = (res) => {
+      const set = fromBinary(TrustedKeySetSchema, res.keySet!.keySet);
+      set.keys.push(attackerKey);
+      const body = toBinary(TrustedKeySetSchema, set);
+      const keySet = create(SignedKeySetSchema, {
+        keySet: body,
+        signatures: [...res.keySet!.signatures, { keyId: attacker.keyId, signature: sign(attacker.secretKey, pae(KEY_SET_TYPE, body)) }],
+      });
+      return { ...res, trustedKeys: [...res.trustedKeys, attackerKey], keySet };
+    };
+    const widened = await register();
+    expect(widened.code).toBe(1);
+    expect(widened.stderr).toBe(
+      `redflag-agent: registration refused: the key set is not signed by the key with fingerprint ${signingKeyFingerprint}; someone may be intercepting the connection\n`,
+    );
+    await expect(readFile(path.join(stateDir, "pinned-keys.json"))).rejects.toMatchObject({ code: "ENOENT" });
+
+    // A set of its own instead of the genuine one.
+    mitm.onRegister = (res) => ({ ...res, trustedKeys: [attackerKey], keySet: signKeySet([attacker], [attacker], new Date()) });
+    const swapped = await register();
+    expect(swapped.code).toBe(1);
+    expect(swapped.stderr).toMatch(new RegExp(`registration refused: the control plane's signing keys do not include the one with fingerprint ${signingKeyFingerprint} \\(offered: `));
+
+    // The signed set stripped, leaving only the plain list to go by.
+    mitm.onRegister = (res) => ({ ...res, keySet: undefined });
+    expect((await register()).stderr).toMatch(/registration refused: the control plane sent no signed key set, so the signing-key fingerprint cannot be checked/);
+    await expect(readFile(path.join(stateDir, "pinned-keys.json"))).rejects.toMatchObject({ code: "ENOENT" });
+
+    // Only the plain list widened: registration goes through and pins the genuine key alone.
+    mitm.onRegister = (res) => ({ ...res, trustedKeys: [...res.trustedKeys, attackerKey] });
+    const listed = await register();
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(await pinned(stateDir)).toEqual([cp.app.signingKeyId]);
+
+    // Then it signs a command with its own key: rejected, never run.
+    const { agentId } = JSON.parse(await readFile(path.join(stateDir, "agent.json"), "utf8")) as { agentId: string };
+    const injected = randomUUID();
+    mitm.onPoll = (res, req) => ({
+      ...res,
+      commands: [
+        ...res.commands,
+        signCommand(
+          {
+            id: injected,
+            agentId,
+            sequence: 1_000_000n,
+            issueTime: timestampFromDate(new Date()),
+            expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
+            nonce: req.nonce,
+            action: { case: "collectSpecs", value: create(CollectSpecsSchema) },
+          },
+          attacker,
+        ),
+      ],
+    });
+    const once = await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env });
+    expect(once.code, once.stderr).toBe(0);
+    const result = mitm.reports.flatMap((r) => r.results).find((r) => r.commandId === injected);
+    expect(result).toMatchObject({ outcome: CommandOutcome.REJECTED, message: expect.stringContaining(`unknown signing key ${attacker.keyId}`) });
+    mitm.onRegister = undefined;
+    mitm.onPoll = undefined;
+  });
+});
+
+describe("the enrol commands `redflag tokens create` prints", () => {
+  // Stand-ins for what cannot be real here: sudo (the tests already run as root), systemctl
+  // (no systemd in the container), and the installed agent (issue 14 builds it), which runs
+  // this checkout's agent.
+  let bin: string;
+  let log: string;
+  beforeAll(async () => {
+    bin = path.join(dir, "bin");
+    log = path.join(dir, "systemctl.log");
+    await mkdir(bin);
+    const shim = async (name: string, body: string) => {
+      await writeFile(path.join(bin, name), `#!/bin/sh\n${body}\n`);
+      await chmod(path.join(bin, name), 0o755);
+    };
+    await shim("sudo", 'exec "$@"');
+    await shim("systemctl", `echo "$*" >> '${log}'`);
+    await shim("redflag-agent", `exec '${process.execPath}' '${path.join(root, "agent/bin/redflag-agent.js")}' "$@"`);
+    await shim("redflag", `exec '${process.execPath}' '${path.join(root, "control-plane/bin/redflag.js")}' "$@"`);
+  });
+
+  // Runs a pasted Linux command with `sh -e`, in a private mount namespace whose /root is an
+  // empty tmpfs when this machine allows one (so the token file never touches the real /root).
+  async function paste(command: string, env: Record<string, string>) {
+    const namespaced = await execFileP("unshare", ["--mount", "--propagation", "private", "true"]).then(() => true, () => false);
+    const args = namespaced
+      ? ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs -o mode=0700 none /root && exec sh -e -c "$1"', "sh", command]
+      : ["sh", "-e", "-c", command];
+    return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      execFile(args[0]!, args.slice(1), { env: { ...process.env, ...env, PATH: `${bin}:${process.env.PATH}` }, timeout: 60_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+  }
+
+  it.runIf(process.getuid?.() === 0)("enrol this host as printed, pinning the signing key by its fingerprint", async () => {
+    const created = await redflag("tokens", "create", "--seats", "1", "--note", "printed");
+    expect(created.code, created.stderr).toBe(0);
+    const fingerprint = /Agents pin the signing key with fingerprint\n(\S+)\n/.exec(created.stdout)?.[1];
+    const security = await securityClient().getSecurityOverview({});
+    expect(fingerprint).toBe(security.signingKeys.find((k) => k.state === "active")!.fingerprint);
+    const linux = /# linux\n([\s\S]+?)\n\n/.exec(created.stdout)?.[1];
+    expect(linux).toContain(`--fingerprint ${fingerprint}`);
+    expect(/# macos\n[^#]*--fingerprint (\S+)/.exec(created.stdout)?.[1]).toBe(fingerprint);
+    expect(/# windows\n[^#]*--fingerprint (\S+)/.exec(created.stdout)?.[1]).toBe(fingerprint);
+
+    const stateDir = path.join(dir, "printed");
+    const env = { ...agentEnv(), REDFLAG_AGENT_STATE_DIR: stateDir };
+    const pasted = await paste(linux!, env);
+    expect(pasted.code, pasted.stderr).toBe(0);
+    expect(pasted.stdout).toMatch(new RegExp(`fingerprint ${fingerprint}\nsigned by the key with the expected fingerprint\n$`));
+    expect(await readFile(log, "utf8")).toBe("enable --now redflag-agent\n");
+    expect(await pinned(stateDir)).toEqual([cp.app.signingKeyId]);
+
+    // The agent works: a command queued for it runs.
+    const agentId = (JSON.parse(await readFile(path.join(stateDir, "agent.json"), "utf8")) as { agentId: string }).agentId;
+    const cmd = (await cp.admin.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    const once = await run(["agent/src/main.ts", "run", "--once"], { env });
+    expect(once.code, once.stderr).toBe(0);
+    expect((await cp.admin.commands.getCommand({ id: cmd.id })).command?.state).toBe(CommandState.SUCCEEDED);
+  });
+
+  const lanAddress = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
+
+  it.runIf(process.getuid?.() === 0 && lanAddress !== undefined)("to a plain-http address on the network, as printed, with --insecure-http and the fingerprint", async () => {
+    // The control plane reached at this host's network address (through a relay, as the test
+    // control plane listens on loopback only); the console and CLI print what the caller used.
+    const relay = await startMitm(cp.url, { host: lanAddress! });
+    try {
+      const tokens = createClient(
+        TokenService,
+        createConnectTransport({
+          baseUrl: cp.url,
+          httpVersion: "1.1",
+          interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}`, "x-forwarded-host": new URL(relay.url).host, "x-forwarded-proto": "http" })],
+        }),
+      );
+      const res = await tokens.createRegistrationToken({ seats: 1 });
+      const linux = res.installCommands.find((c) => c.platform === "linux")!.command;
+      expect(linux).toMatch(/^# plain http: anyone on the network path can read the token; serve https \(REDFLAG_TLS_CERT, REDFLAG_TLS_KEY\) to drop --insecure-http\n/);
+      expect(linux).toContain(`register --server ${relay.url} --token-file /root/redflag-token --fingerprint ${res.signingKeyFingerprint} --insecure-http && rm /root/redflag-token`);
+      for (const c of res.installCommands) expect(c.command).toContain(`--fingerprint ${res.signingKeyFingerprint} --insecure-http`);
+      const stateDir = path.join(dir, "printed-lan");
+      const pasted = await paste(linux, { ...agentEnv(), REDFLAG_AGENT_STATE_DIR: stateDir });
+      expect(pasted.code, pasted.stderr).toBe(0);
+      expect(pasted.stdout).toMatch(/signed by the key with the expected fingerprint\n$/);
+      expect(await pinned(stateDir)).toEqual([cp.app.signingKeyId]);
+    } finally {
+      await relay.close();
+    }
+  });
+});
+
+describe("re-registering a known machine with real agents", () => {
+  // One machine (the seed), state directories standing for hosts: each has its own agent key.
+  async function enrolled(name: string) {
+    const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 5 });
+    const env = agentEnv();
+    const victimDir = path.join(dir, name);
+    const register = (stateDir: string) => run(["agent/src/main.ts", "register", "--server", cp.url, "--token", secret, "--fingerprint", signingKeyFingerprint, "--state-dir", stateDir], { env });
+    const first = await register(victimDir);
+    expect(first.code, first.stderr).toBe(0);
+    const agentId = (JSON.parse(await readFile(path.join(victimDir, "agent.json"), "utf8")) as { agentId: string }).agentId;
+    return { env, victimDir, register, agentId };
+  }
+
+  it("another host claiming the machine is refused; the agent's own re-registration works", async () => {
+    const { env, victimDir, register, agentId } = await enrolled("victim");
+
+    // Same machine ID (the seed), another state directory: another key.
+    const intruder = await register(path.join(dir, "intruder"));
+    expect(intruder.code).toBe(1);
+    expect(intruder.stderr).toContain(
+      `PermissionDenied: this machine is already registered as agent ${agentId}, and the registration proof is not signed by that agent's key; ` +
+        `if the host was reinstalled or lost its key, an admin can allow one re-registration: redflag agents allow-reregistration ${agentId}`,
+    );
+    const security = securityClient();
+    expect((await security.listSecurityEvents({ type: "registration_refused" })).events[0]).toMatchObject({ agentId, severity: "critical" });
+
+    // The agent lost its credentials (revoked, or a damaged file): it registers again by itself
+    // with its key, and carries on.
+    const file = path.join(victimDir, "agent.json");
+    const saved = JSON.parse(await readFile(file, "utf8")) as Record<string, string>;
+    await writeFile(file, JSON.stringify({ ...saved, accessToken: "not.a.token", refreshToken: "lost" }));
+    const cmd = (await cp.admin.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    const once = await run(["agent/src/main.ts", "run", "--once", "--state-dir", victimDir], { env });
+    expect(once.code, once.stderr).toBe(0);
+    expect(once.stderr).toContain("agent registered again with its registration token");
+    expect((await cp.admin.commands.getCommand({ id: cmd.id })).command?.state).toBe(CommandState.SUCCEEDED);
+    expect((await security.listSecurityEvents({ type: "agent_reregistered" })).events[0]).toMatchObject({ agentId, severity: "info" });
+  });
+
+  it("a decommissioned agent stays out, even with its key, until the command printed in the refusal lets it back once", { timeout: 120_000 }, async () => {
+    const { env, victimDir, register, agentId } = await enrolled("decommissioned");
+    // Decommissioned: its own key no longer gets it back in.
+    expect((await redflag("agents", "decommission", agentId)).code).toBe(0);
+    const refused = await register(victimDir);
+    expect(refused.code).toBe(1);
+    const printed = /: (redflag agents allow-reregistration \S+)\n$/.exec(refused.stderr)?.[1];
+    expect(printed).toBe(`redflag agents allow-reregistration ${agentId}`);
+
+    // The admin runs the command exactly as printed.
+    const bin = path.join(dir, "cli-bin");
+    await mkdir(bin, { recursive: true });
+    await writeFile(path.join(bin, "redflag"), `#!/bin/sh\nexec '${process.execPath}' '${path.join(root, "control-plane/bin/redflag.js")}' "$@"\n`);
+    await chmod(path.join(bin, "redflag"), 0o755);
+    const allowed = await execFileP("sh", ["-e", "-c", printed!], { env: { ...process.env, ...cliEnv(), PATH: `${bin}:${process.env.PATH}` } });
+    expect(allowed.stdout).toMatch(/^\S+ may register again once until \d{4}-\d\d-\d\dT[\d:.]+Z; run `redflag-agent register` on it before then\n$/);
+
+    const back = await register(victimDir);
+    expect(back.code, back.stderr).toBe(0);
+    const cmd2 = (await cp.admin.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    expect((await run(["agent/src/main.ts", "run", "--once", "--state-dir", victimDir], { env })).code).toBe(0);
+    expect((await cp.admin.commands.getCommand({ id: cmd2.id })).command?.state).toBe(CommandState.SUCCEEDED);
+    // Used once: a second registration without the key is refused again.
+    expect((await register(path.join(dir, "intruder-2"))).code).toBe(1);
+  });
+});
