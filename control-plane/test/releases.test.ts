@@ -15,6 +15,7 @@ import { verify } from "../src/signing/keys.ts";
 import { MANIFEST_TYPE, pae } from "../src/signing/pae.ts";
 import { CHUNK_BYTES } from "../src/store/releases.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
+import { freshDatabase, type FreshDatabase } from "./support/database.ts";
 
 const PASSWORD = "a long enough passphrase 42";
 const sha = (data: Uint8Array) => new Uint8Array(createHash("sha256").update(data).digest());
@@ -330,3 +331,33 @@ async function* emptyPiece(): AsyncGenerator<PublishReleaseRequest> {
   yield create(PublishReleaseRequestSchema, { part: { case: "header", value: { version: "1.0.0", platform: "any", sizeBytes: 5n, sha256: sha(new Uint8Array(5)) } } });
   yield create(PublishReleaseRequestSchema, { part: { case: "chunk", value: new Uint8Array(0) } });
 }
+
+// Replicas share the registry: it lives in PostgreSQL, not on any replica's disk.
+describe.skipIf(!process.env.TEST_DATABASE_URL)("the release registry across two replicas on one PostgreSQL", () => {
+  let db: FreshDatabase;
+  const replicas: TestControlPlane[] = [];
+  beforeAll(async () => {
+    db = await freshDatabase({ backend: "postgres" });
+    const env = { REDFLAG_MASTER_KEY: randomBytes(32).toString("base64") };
+    replicas.push(await startTestControlPlane(env, { db, port: 0 }));
+    replicas.push(await startTestControlPlane(env, { db, port: 0 }));
+  });
+  afterAll(async () => {
+    for (const r of replicas) await r.app.close();
+    await db?.cleanup();
+  });
+
+  it("serves on one replica what was published on the other, and forgets it everywhere when deleted", async () => {
+    const [a, b] = replicas as [TestControlPlane, TestControlPlane];
+    const client = (r: TestControlPlane) =>
+      createClient(ReleaseService, createConnectTransport({ baseUrl: r.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${r.adminKey}` })] }));
+    const data = new Uint8Array(randomBytes(CHUNK_BYTES + 777));
+    await client(a).publishRelease(stream(data, { version: "4.0.0", platform: "linux-arm64" }));
+    const fromB = await fetch(`${b.url}/downloads/linux-arm64?version=4.0.0`);
+    expect(fromB.status).toBe(200);
+    expect(Buffer.compare(Buffer.from(await fromB.arrayBuffer()), Buffer.from(data))).toBe(0);
+    expect((await client(b).listReleases({})).releases.map((r) => r.version)).toEqual(["4.0.0"]);
+    await client(b).deleteRelease({ version: "4.0.0", platform: "linux-arm64" });
+    expect((await fetch(`${a.url}/downloads/linux-arm64`)).status).toBe(404);
+  });
+});
