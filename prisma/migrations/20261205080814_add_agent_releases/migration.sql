@@ -37,3 +37,8 @@ ALTER TABLE "agent_release_chunks" ADD CONSTRAINT "agent_release_chunks_release_
 -- Artifacts are compressed already (gzip, executables): store chunks out of line without
 -- trying to compress them again.
 ALTER TABLE "agent_release_chunks" ALTER COLUMN "data" SET STORAGE EXTERNAL;
+
+-- Agent upgrades queued before the registry carry a URL and manifest their sender chose (an
+-- operator could queue one): never deliver them. An admin queues them again from the registry.
+UPDATE "commands" SET "state" = 'cancelled', "finished_at" = CURRENT_TIMESTAMP
+ WHERE "type" = 'update_agent' AND "state" = 'pending';
