@@ -111,9 +111,11 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
     expect(await pending()).toBe(3);
     const now = await apt.installed();
     expect([now.get("nginx"), now.get("libnginx-mod-new")]).toEqual(["1.22.1-9+deb12u2", "1.22.1-9+deb12u2"]);
-    // Installed with the exact versions of the dry run, through argv, after a fresh simulation.
+    // Installed with the exact versions of the dry run, through argv, after a fresh simulation,
+    // and one of the upgrade alone, which must pull in the new package by itself.
     const log = await apt.argvLog();
-    expect(log.at(-2)).toMatch(/^-s .* install --allow-downgrades -- nginx:amd64=1\.22\.1-9\+deb12u2 libnginx-mod-new:amd64=1\.22\.1-9\+deb12u2$/);
+    expect(log.at(-3)).toMatch(/^-s .* install --allow-downgrades -- nginx:amd64=1\.22\.1-9\+deb12u2 libnginx-mod-new:amd64=1\.22\.1-9\+deb12u2$/);
+    expect(log.at(-2)).toMatch(/^-s .* install --allow-downgrades -- nginx:amd64=1\.22\.1-9\+deb12u2$/);
     expect(log.at(-1)).toMatch(/^install -y -q .* --allow-downgrades -- nginx:amd64=1\.22\.1-9\+deb12u2 libnginx-mod-new:amd64=1\.22\.1-9\+deb12u2$/);
 
     // The same dry run cannot be confirmed twice: the host has moved on.

@@ -230,6 +230,7 @@ function createAgent(deps: AgentDeps) {
       stopSignal: commandStop.signal,
       pins: deps.pins,
       installDir: config.installDir,
+      server: { url: session.registration.serverUrl, caFile: config.caFile ?? session.registration.caFile },
       requestRestart: (reason) => {
         totals.restart = reason;
       },

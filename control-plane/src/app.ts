@@ -24,6 +24,7 @@ import { createOidcRoutes } from "./auth/oidc.ts";
 import { createConsoleFiles } from "./console.ts";
 import { createMetrics } from "./metrics.ts";
 import { createProbes } from "./probes.ts";
+import { createDownloads } from "./downloads.ts";
 import { readMigrations } from "./store/migrate.ts";
 import { checkReadiness } from "./store/observability.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
@@ -165,6 +166,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       metrics,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
+    const downloads = createDownloads({ db: db.prisma, logger });
     const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
     const rpc = createRpcHandlers({
       routes: createRoutes(deps),
@@ -180,6 +182,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         inRequest({ requestId }, () => {
           if (oidc?.handle(req, res)) return;
           if (probes.handle(req, res)) return;
+          if (downloads.handle(req, res)) return;
           const notFound = () => {
             res.writeHead(404, { "content-type": "text/plain" });
             res.end("not found\n");

@@ -5,6 +5,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
@@ -18,6 +19,7 @@ import { createAuditService } from "./services/audit-service.ts";
 import { createAuthService } from "./services/auth-service.ts";
 import { createCommandQueue, createCommandService } from "./services/command-service.ts";
 import { createFleetService } from "./services/fleet-service.ts";
+import { createReleaseService } from "./services/release-service.ts";
 import { createReportService } from "./services/report-service.ts";
 import { createSecurityService } from "./services/security-service.ts";
 import { createSettingsService } from "./services/settings-service.ts";
@@ -48,5 +50,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(FleetService, createFleetService({ ...deps, commands }));
     router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events));
     router.service(ReportService, createReportService(deps));
+    router.service(ReleaseService, createReleaseService(deps.db, deps.signer));
   };
 }

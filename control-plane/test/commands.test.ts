@@ -1,17 +1,14 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
-import { ArtifactManifestSchema, CommandOutcome, CommandSchema, PackageChangeKind } from "@redflag/gen/command_pb";
+import { CommandOutcome, CommandSchema, PackageChangeKind } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandService, CommandState } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import type { CreateCommandRequest } from "@redflag/gen/command_service_pb";
-import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { verify } from "../src/signing/keys.ts";
-import { MANIFEST_TYPE, pae } from "../src/signing/pae.ts";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -23,30 +20,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await cp?.close();
-});
-
-const manifest = (fields: { version?: string; platform?: string; size?: bigint; sha?: Uint8Array } = {}) =>
-  toBinary(
-    ArtifactManifestSchema,
-    create(ArtifactManifestSchema, {
-      version: fields.version ?? "0.2.0",
-      platform: fields.platform ?? "linux-x64",
-      sizeBytes: fields.size ?? 1234n,
-      sha256: fields.sha ?? new Uint8Array(createHash("sha256").update("release").digest()),
-    }),
-  );
-
-const updateAgent = (fields: { version?: string; url?: string; manifest?: Uint8Array } = {}): CreateCommandRequest["action"] => ({
-  case: "updateAgent",
-  value: {
-    $typeName: "redflag.v1.UpdateAgent",
-    version: fields.version ?? "0.2.0",
-    downloadUrl: fields.url ?? "https://releases.example/redflag-agent-0.2.0-linux-x64.tgz",
-    manifest: fields.manifest ?? manifest(),
-    // A caller cannot choose the signature: the control plane replaces it.
-    manifestSignature: new Uint8Array(64).fill(7),
-    keyId: "attacker",
-  },
 });
 
 const ref = (source: string, name: string, version = "") => ({ $typeName: "redflag.v1.PackageRef" as const, source, name, version, architecture: "" });
@@ -75,11 +48,6 @@ describe("CreateCommand checks what each action asks", () => {
     ["rollback without a version", { case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: ref("apt", "curl"), targetVersion: "" } }, /^rollback_update\.target_version is required$/],
     ["a reboot a month away", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 30 * 86_400, message: "", force: false } }, /^reboot\.delay_seconds must be at most 604800/],
     ["a scan of a nonsense subsystem", { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: ["apt; rm -rf /"] } }, /^scan_updates\.subsystems\[0\] "apt; rm -rf \/" is not a subsystem name/],
-    ["an agent update to a file: URL", updateAgent({ url: "file:///tmp/agent.tgz" }), /^update_agent\.download_url must be http\(s\)$/],
-    ["an agent update whose manifest is for another version", updateAgent({ manifest: manifest({ version: "0.3.0" }) }), /^update_agent\.manifest is for version "0\.3\.0", the command for "0\.2\.0"$/],
-    ["an agent update without a hash", updateAgent({ manifest: manifest({ sha: new Uint8Array(0) }) }), /^update_agent\.manifest\.sha256 must be the 32-byte SHA-256/],
-    ["an agent update of an empty file", updateAgent({ manifest: manifest({ size: 0n }) }), /^update_agent\.manifest\.size_bytes must be from 1/],
-    ["an agent update with garbage for a manifest", updateAgent({ manifest: new Uint8Array([0xff, 0xff, 0xff]) }), /^update_agent\.manifest is not a serialized redflag\.v1\.ArtifactManifest$/],
   ])("refuses %s with InvalidArgument and stores nothing", async (_, action, message) => {
     const before = await cp.app.db.prisma.command.count();
     const err = await cp.admin.commands.createCommand({ agentId: agent.agentId, action }).then(
@@ -90,19 +58,6 @@ describe("CreateCommand checks what each action asks", () => {
     expect(Code[(err as ConnectError).code]).toBe("InvalidArgument");
     expect((err as ConnectError).rawMessage).toMatch(message);
     expect(await cp.app.db.prisma.command.count()).toBe(before);
-  });
-
-  it("signs an agent update's manifest with its own key, whatever the caller sent", async () => {
-    const bytes = manifest();
-    await cp.admin.commands.createCommand({ agentId: agent.agentId, action: updateAgent({ manifest: bytes }) });
-    const polled = await agent.client.pollCommands({ nonce: nonce() });
-    const command = fromBinary(CommandSchema, polled.commands[0]!.command);
-    if (command.action.case !== "updateAgent") throw new Error("not an update_agent command");
-    const value = command.action.value;
-    expect(value.keyId).toBe(cp.app.signingKeyId);
-    expect(value.manifest).toEqual(bytes);
-    const publicKey = agent.registration.trustedKeys.find((k) => k.keyId === value.keyId)!.publicKey;
-    expect(verify(publicKey, pae(MANIFEST_TYPE, value.manifest), value.manifestSignature)).toBe(true);
   });
 });
 

@@ -52,6 +52,7 @@ export interface ExecuteOptions {
   stopSignal?: AbortSignal | undefined;
   pins?: PinnedKeys | undefined;
   installDir?: string | undefined;
+  server?: { url: string; caFile: string | undefined } | undefined;
   requestRestart?: ((reason: string) => void) | undefined;
 }
 
@@ -128,6 +129,7 @@ async function runWithLimits(
           logger: opts.logger,
           pins: opts.pins ?? new Map(),
           installDir: opts.installDir,
+          server: opts.server,
           requestRestart: opts.requestRestart ?? (() => {}),
         }),
       )

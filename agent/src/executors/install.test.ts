@@ -120,7 +120,7 @@ function context(action: Command["action"], extra: { holds?: [string, string, st
 function setup() {
   const apt = memorySource("apt", {
     installed: { curl: "7.88.1-1", openssl: "3.0.1-1", "linux-image-amd64": "6.1.1", nginx: "1.22-1" },
-    available: { curl: "7.88.1-2", openssl: "3.0.2-1", "linux-image-amd64": "6.1.2", nginx: "1.22-2", "libnginx-new": "1.0" },
+    available: { curl: "7.88.1-2", openssl: "3.0.2-1", "linux-image-amd64": "6.1.2", nginx: "1.22-2", "libnginx-new": "1.0", "netcat-traditional": "1.10-47" },
     dependency: ["nginx", "libnginx-new"],
   });
   const dnf = memorySource("dnf", { installed: { bash: "5.2-1" }, available: { bash: "5.2-2" } });
@@ -192,6 +192,21 @@ describe("install_updates", () => {
     ]);
     expect(apt.calls.flatMap((c) => c.refs)).toEqual(["curl", "curl"]);
     expect(out.message).toMatch(/^installed 1, failed 3, skipped 1; apt\/--force-yes: "--force-yes" is not a valid package name/);
+  });
+
+  it("fails names a source's tool would read as a file, a URL, a group or a repository, before any tool runs", async () => {
+    const { apt, dnf, deps } = setup();
+    const out = await createInstallUpdates(deps)(
+      context(install([ref("apt", "tmp/evil.deb"), ref("apt", "curl/sid"), ref("dnf", "https://evil.example/bash-9.rpm"), ref("dnf", "@development-tools")])),
+    );
+    if (out.detail?.case !== "installUpdates") throw new Error("no detail");
+    expect(out.detail.value.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["tmp/evil.deb", PackageResultState.FAILED, '"tmp/evil.deb" is not a valid apt package name (no paths, URLs, groups or repositories)'],
+      ["curl/sid", PackageResultState.FAILED, '"curl/sid" is not a valid apt package name (no paths, URLs, groups or repositories)'],
+      ["https://evil.example/bash-9.rpm", PackageResultState.FAILED, '"https://evil.example/bash-9.rpm" is not a valid dnf package name (no paths, URLs, groups or repositories)'],
+      ["@development-tools", PackageResultState.FAILED, '"@development-tools" is not a valid dnf package name (no paths, URLs, groups or repositories)'],
+    ]);
+    expect([...apt.calls, ...dnf.calls]).toEqual([]);
   });
 
   it("refuses a transaction that would change a held package as a dependency", async () => {
@@ -270,11 +285,36 @@ describe("dry_run_update and confirm_dependencies", () => {
       ["nginx", PackageResultState.INSTALLED, "1.22-2"],
       ["libnginx-new", PackageResultState.INSTALLED, "1.0"],
     ]);
-    // Re-simulated with the exact versions, then installed with them.
+    // Re-simulated with the exact versions, the new package checked to be one the upgrade
+    // pulls in, then installed with them (the new one allowed as that dependency only).
     expect(apt.calls.slice(1).map((c) => [c.method, c.refs])).toEqual([
       ["dryRun", ["nginx", "libnginx-new"]],
+      ["dryRun", ["nginx"]],
       ["install", ["nginx", "libnginx-new"]],
     ]);
+    expect([...(apt.calls.at(-1)!.opts.newPackages ?? [])]).toEqual(["libnginx-new"]);
+  });
+
+  it("refuses to confirm a new package no update in the set needs, though the set simulates as itself", async () => {
+    const { apt, deps } = setup();
+    // What an operator could send before: a real upgrade and, riding along, a package the host
+    // does not have. Simulated together they are exactly that set.
+    const smuggled = [
+      packageChange(PackageChangeKind.UPGRADE, "apt", "curl", { from: "7.88.1-1", to: "7.88.1-2" }),
+      packageChange(PackageChangeKind.INSTALL, "apt", "netcat-traditional", { to: "1.10-47" }),
+    ];
+    const out = await createConfirmDependencies(deps)(context(confirm(smuggled)));
+    expect(out.outcome).toBe(CommandOutcome.FAILED);
+    expect(out.message).toContain(
+      "refused: netcat-traditional would be new on this host, and no update in the set needs it; RedFlag installs new packages only as dependencies of an update",
+    );
+    expect(apt.calls.map((c) => c.method)).toEqual(["dryRun", "dryRun"]);
+    expect(apt.installed["netcat-traditional"]).toBeUndefined();
+
+    const alone = await createConfirmDependencies(deps)(context(confirm([smuggled[1]!])));
+    expect(alone.outcome).toBe(CommandOutcome.FAILED);
+    expect(alone.message).toContain("refused: netcat-traditional would be new on this host");
+    expect(apt.calls.map((c) => c.method)).toEqual(["dryRun", "dryRun", "dryRun"]);
   });
 
   it("refuses to confirm when the host would now do something else", async () => {

@@ -297,7 +297,7 @@ export const createConfirmDependencies = (deps: InstallDeps = {}): Executor => a
   const report = emptyReport();
 
   for (const change of changes) {
-    const invalid = validateRef({ name: change.name, version: change.toVersion, architecture: change.architecture })
+    const invalid = validateRef({ source: change.source, name: change.name, version: change.toVersion, architecture: change.architecture })
       ?? (change.kind === PackageChangeKind.UNSPECIFIED ? "the change has no kind" : undefined)
       ?? (change.kind !== PackageChangeKind.REMOVE && !change.toVersion ? "the change has no target version" : undefined);
     if (invalid) return { outcome: CommandOutcome.FAILED, message: `nothing was installed: ${change.source}/${change.name}: ${invalid}` };
@@ -340,7 +340,24 @@ export const createConfirmDependencies = (deps: InstallDeps = {}): Executor => a
         const diff = [...added.map((k) => `now also ${k}`), ...gone.map((k) => `no longer ${k}`)].slice(0, 10).join(", ");
         return fail(`the changes differ from the confirmed dry run (${diff}); nothing was installed, run a new dry run`);
       }
-      absorb(report, source, await installer.install(targets, options(ctx, source, holds)));
+      // A set that names its new packages itself simulates as itself. A new package is
+      // confirmed only when the upgrades alone pull it in: the host's resolver chose it.
+      const fresh = confirmed.filter((c) => c.kind === PackageChangeKind.INSTALL);
+      if (fresh.length > 0) {
+        const upgrades = targets.filter((t) => !fresh.some((c) => c.name === t.name && (c.architecture || "") === (t.architecture || "")));
+        const pulled = upgrades.length > 0 ? await installer.dryRun!(upgrades, options(ctx, source, holds)) : undefined;
+        if (pulled) report.output.push(...pulled.output);
+        if (pulled?.error) return fail(pulled.error);
+        const needed = new Set((pulled?.changes ?? []).filter((c) => c.kind === PackageChangeKind.INSTALL).map(changeKey));
+        const stray = fresh.filter((c) => !needed.has(changeKey(c)));
+        if (stray.length > 0) {
+          return fail(
+            `refused: ${stray.map((c) => c.name).slice(0, 10).join(", ")} would be new on this host, and no update in the set needs it; RedFlag installs new packages only as dependencies of an update`,
+          );
+        }
+      }
+      const newPackages = new Set(fresh.map((c) => c.name));
+      absorb(report, source, await installer.install(targets, { ...options(ctx, source, holds), newPackages }));
     });
     if (ctx.signal.aborted) break;
   }

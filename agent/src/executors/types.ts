@@ -26,6 +26,9 @@ export interface ExecutorContext {
   readonly logger: Logger;
   // Command-signing keys this agent pinned (update_agent verifies its manifest with them).
   readonly pins: PinnedKeys;
+  // The control plane this agent is registered with (and the CA it trusts for it): update_agent
+  // downloads releases only from there. Undefined outside the poll loop.
+  readonly server?: { readonly url: string; readonly caFile: string | undefined } | undefined;
   // Where agent releases live (REDFLAG_AGENT_INSTALL_DIR); undefined when not managed.
   readonly installDir: string | undefined;
   // Asks the agent to exit once this command's result is reported (a new release is in place).

@@ -4,6 +4,7 @@ import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmod, mkdir, mkdtemp, readFile, readlink, readdir, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -84,6 +85,7 @@ describe("update_agent", () => {
     signature?: Uint8Array;
     keyId?: string;
     installDir?: string | null;
+    server?: { url: string; caFile: string | undefined } | null;
   } = {}) => {
     const manifest = opts.manifest ?? manifestFor(release);
     const installDir = opts.installDir === null ? undefined : (opts.installDir ?? (await mkdtemp(path.join(dir, "install-"))));
@@ -95,7 +97,8 @@ describe("update_agent", () => {
           case: "updateAgent",
           value: create(UpdateAgentSchema, {
             version: opts.version ?? "0.2.0",
-            downloadUrl: opts.url ?? `${base}/release.tgz`,
+            // As the control plane sends it: a path on itself.
+            downloadUrl: opts.url ?? "release.tgz",
             manifest,
             manifestSignature: opts.signature ?? signEnvelope(key.secretKey, MANIFEST_TYPE, manifest),
             keyId: opts.keyId ?? keyId,
@@ -114,6 +117,7 @@ describe("update_agent", () => {
       logger: silentLogger,
       pins: new Map([[keyId, key.publicKey]]),
       installDir,
+      server: opts.server === null ? undefined : (opts.server ?? { url: base, caFile: undefined }),
       requestRestart: (reason) => (restart = reason),
     };
     const outcome = await updateAgent(ctx);
@@ -152,6 +156,14 @@ describe("update_agent", () => {
     ["a release without the agent entry point", () => ({ url: `${base}/no-entry.tgz`, manifest: manifestFor(noEntry) }), /^the release has no bin\/redflag-agent; nothing was installed$/],
     ["an agent whose install directory is not managed", () => ({ installDir: null }), /REDFLAG_AGENT_INSTALL_DIR is not set/],
     ["a download URL that is not http(s)", () => ({ url: "file:///etc/passwd" }), /^download URL must be http\(s\), not file:$/],
+    // The same bytes, served by the same process under another name: still another origin.
+    [
+      "a release from a server other than its control plane",
+      () => ({ url: base.replace("127.0.0.1", "localhost") + "/release.tgz" }),
+      /^refused: the release would be downloaded from http:\/\/localhost:\d+, not from this agent's control plane \(http:\/\/127\.0\.0\.1:\d+\); agent releases come only from its registry$/,
+    ],
+    ["a release URL with credentials in it", () => ({ url: base.replace("http://", "http://user:pw@") + "/release.tgz" }), /^refused: the release would be downloaded from/],
+    ["an agent that does not know its control plane", () => ({ server: null }), /^this agent does not know its control plane's URL/],
   ] as [string, () => Parameters<typeof attempt>[0], RegExp][])("refuses %s and changes nothing", async (_, opts, message) => {
     const result = await attempt(opts());
     expect(result.outcome.outcome).toBe(CommandOutcome.FAILED);
@@ -161,6 +173,34 @@ describe("update_agent", () => {
       const entries = await readdir(result.installDir).catch(() => []);
       expect(entries.filter((e) => e !== "releases")).toEqual([]);
       expect(await readdir(path.join(result.installDir, "releases")).catch(() => [])).toEqual([]);
+    }
+  });
+
+  it("resolves the registry's download path against the server URL, under a path prefix too", async () => {
+    files.set("/redflag/downloads/any?version=0.2.0", release);
+    const { outcome } = await attempt({ url: "downloads/any?version=0.2.0", server: { url: `${base}/redflag`, caFile: undefined } });
+    expect(outcome.outcome, outcome.message).toBe(CommandOutcome.SUCCEEDED);
+  });
+
+  it("downloads over https with the CA the agent registered with, and refuses a server it cannot verify", async () => {
+    const tls = path.join(dir, "tls");
+    await mkdir(tls);
+    await run("openssl", [
+      "req", "-x509", "-newkey", "ed25519", "-nodes", "-days", "1",
+      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", path.join(tls, "key.pem"), "-out", path.join(tls, "cert.pem"),
+    ]);
+    const secure = createHttpsServer({ key: await readFile(path.join(tls, "key.pem")), cert: await readFile(path.join(tls, "cert.pem")) }, (_req, res) => {
+      res.writeHead(200).end(release);
+    });
+    await new Promise<void>((resolve) => secure.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `https://127.0.0.1:${(secure.address() as AddressInfo).port}`;
+      const trusted = await attempt({ server: { url, caFile: path.join(tls, "cert.pem") } });
+      expect(trusted.outcome.outcome, trusted.outcome.message).toBe(CommandOutcome.SUCCEEDED);
+      const untrusted = await attempt({ server: { url, caFile: undefined } });
+      expect(untrusted.outcome).toMatchObject({ outcome: CommandOutcome.FAILED, message: expect.stringMatching(/^downloading https:\/\/127\.0\.0\.1:\d+\/release\.tgz failed: (DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE)/) });
+    } finally {
+      await new Promise((resolve) => secure.close(resolve));
     }
   });
 

@@ -2,9 +2,10 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { type ArtifactManifest, ArtifactManifestSchema, CommandOutcome } from "@redflag/gen/command_pb";
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { access, mkdir, readlink, rename, rm } from "node:fs/promises";
+import { access, mkdir, readFile, readlink, rename, rm } from "node:fs/promises";
+import http, { type IncomingMessage } from "node:http";
+import https from "node:https";
 import path from "node:path";
-import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { printable, verifyEnvelope } from "../envelope.ts";
 import { describeFailure, runProcess, which } from "../run-process.ts";
@@ -24,7 +25,8 @@ export const thisPlatform = () => `${process.platform}-${process.arch}`;
 
 const failed = (message: string): ExecutorOutcome => ({ outcome: CommandOutcome.FAILED, message });
 
-// update_agent: verify the manifest's own signature with a pinned key, download the artifact,
+// update_agent: verify the manifest's own signature with a pinned key, download the artifact
+// from this agent's own control plane (its release registry, nowhere else),
 // check its size and SHA-256 against the manifest, unpack it beside the running release and
 // switch <install dir>/current to it atomically; then ask the agent to exit once the result is
 // reported, so the service manager starts the new release. Nothing is unpacked or switched
@@ -55,14 +57,23 @@ export const updateAgent: Executor = async (ctx) => {
   if (manifest.version === AGENT_VERSION) {
     return { outcome: CommandOutcome.SUCCEEDED, message: `already running version ${AGENT_VERSION}; nothing to do` };
   }
+  // Releases come only from the control plane this agent is registered with: its registry
+  // sends a path on itself ("downloads/linux-x64?version=…"), resolved against the server URL.
+  // The signature and hash make the transport's integrity irrelevant; plain http is allowed.
+  if (!ctx.server) return failed("this agent does not know its control plane's URL; agent releases come only from there");
+  const server = new URL(ctx.server.url.endsWith("/") ? ctx.server.url : `${ctx.server.url}/`);
   let url: URL;
   try {
-    url = new URL(action.downloadUrl);
+    url = new URL(action.downloadUrl, server);
   } catch {
     return failed(`download URL ${printable(action.downloadUrl)} is not a URL`);
   }
-  // The signature and hash make the transport's integrity irrelevant; plain http is allowed.
   if (url.protocol !== "https:" && url.protocol !== "http:") return failed(`download URL must be http(s), not ${url.protocol}`);
+  if (url.origin !== server.origin || url.username || url.password) {
+    return failed(
+      `refused: the release would be downloaded from ${printable(url.origin)}, not from this agent's control plane (${server.origin}); agent releases come only from its registry`,
+    );
+  }
   if (!ctx.installDir) {
     return failed(
       `cannot update to ${manifest.version}: REDFLAG_AGENT_INSTALL_DIR is not set, so this agent does not know where its releases live (see the agent README)`,
@@ -75,7 +86,7 @@ export const updateAgent: Executor = async (ctx) => {
   const artifact = path.join(releases, `.${manifest.version}-${randomBytes(4).toString("hex")}.download`);
   const staging = path.join(releases, `.${manifest.version}-${randomBytes(4).toString("hex")}.unpack`);
   try {
-    const download = await fetchArtifact(url, artifact, Number(manifest.sizeBytes), ctx.signal);
+    const download = await fetchArtifact(url, ctx.server.caFile, artifact, Number(manifest.sizeBytes), ctx.signal);
     if (download.error !== undefined) return failed(download.error);
     const got = Buffer.from(download.sha256);
     if (!got.equals(Buffer.from(manifest.sha256))) {
@@ -118,32 +129,59 @@ export const updateAgent: Executor = async (ctx) => {
 
 type Download = { sha256: Uint8Array; error?: undefined } | { error: string };
 
-async function fetchArtifact(url: URL, file: string, expectedBytes: number, signal: AbortSignal): Promise<Download> {
-  let response: Response;
-  try {
-    response = await fetch(url, { signal, redirect: "follow" });
-  } catch (err) {
-    return { error: `downloading ${url.origin}${url.pathname} failed: ${(err as Error).cause ?? (err as Error).message}` };
+// No bytes for this long ends a download (a stalled connection, a server that stopped sending).
+const STALL_MS = 60_000;
+
+// GET over http(s) with the CA this agent trusts for its control plane (its registration's
+// --ca-file), no redirects: the release must come from that server itself.
+async function fetchArtifact(url: URL, caFile: string | undefined, file: string, expectedBytes: number, signal: AbortSignal): Promise<Download> {
+  const where = `${url.origin}${url.pathname}${url.search}`;
+  let ca: Buffer | undefined;
+  if (url.protocol === "https:" && caFile) {
+    try {
+      ca = await readFile(caFile);
+    } catch (err) {
+      return { error: `cannot read the CA file ${caFile}: ${(err as Error).message}` };
+    }
   }
-  if (!response.ok || !response.body) return { error: `downloading ${url.origin}${url.pathname} failed: HTTP ${response.status}` };
+  let response: IncomingMessage;
+  try {
+    response = await new Promise<IncomingMessage>((resolve, reject) => {
+      const get = url.protocol === "https:" ? https.get : http.get;
+      const req = get(url, { signal, timeout: STALL_MS, headers: { "user-agent": `redflag-agent/${AGENT_VERSION}` }, ...(ca ? { ca } : {}) }, resolve);
+      req.on("timeout", () => req.destroy(new Error(`no answer for ${STALL_MS / 1000} s`)));
+      req.on("error", reject);
+    });
+  } catch (err) {
+    return { error: `downloading ${where} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
+  }
+  if (response.statusCode !== 200) {
+    response.resume();
+    return { error: `downloading ${where} failed: HTTP ${response.statusCode}` };
+  }
+  const announced = Number(response.headers["content-length"] ?? NaN);
+  if (announced > expectedBytes) {
+    response.destroy();
+    return { error: `the artifact is larger than the ${expectedBytes} bytes the signed manifest says; nothing was installed` };
+  }
   const hash = createHash("sha256");
   let size = 0;
   let tooBig = false;
-  const body = Readable.fromWeb(response.body as import("node:stream/web").ReadableStream<Uint8Array>);
-  body.on("data", (chunk: Buffer) => {
+  response.setTimeout(STALL_MS, () => response.destroy(new Error(`no data for ${STALL_MS / 1000} s`)));
+  response.on("data", (chunk: Buffer) => {
     size += chunk.length;
     if (size > expectedBytes) {
       tooBig = true;
-      body.destroy(new Error("larger than the manifest says"));
+      response.destroy(new Error("larger than the manifest says"));
       return;
     }
     hash.update(chunk);
   });
   try {
-    await pipeline(body, createWriteStream(file, { mode: 0o600 }));
+    await pipeline(response, createWriteStream(file, { mode: 0o600 }));
   } catch (err) {
     if (tooBig) return { error: `the artifact is larger than the ${expectedBytes} bytes the signed manifest says; nothing was installed` };
-    return { error: `downloading ${url.origin}${url.pathname} failed: ${(err as Error).message}` };
+    return { error: `downloading ${where} failed: ${(err as Error).message}` };
   }
   if (size !== expectedBytes) return { error: `the artifact is ${size} bytes, the signed manifest says ${expectedBytes}; nothing was installed` };
   return { sha256: new Uint8Array(hash.digest()) };

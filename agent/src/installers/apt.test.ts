@@ -6,6 +6,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { scanApt } from "../scanners/apt.ts";
 import { aptReasonFor, aptSpec, createAptInstaller, parseAptSimulation, parseDpkgQuery } from "./apt.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 // Recorded `apt-get -s` output (LC_ALL=C).
@@ -218,8 +219,31 @@ describe("apt installer with fake tools", () => {
     const out = await installer.install([ref("curl"), ref("hello")], f.opts());
     expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
       ["curl", PackageResultState.SKIPPED, "already up to date"],
-      ["hello", PackageResultState.SKIPPED, "not installed; only upgrades were requested"],
+      ["hello", PackageResultState.SKIPPED, NOT_INSTALLED],
     ]);
+    // Only what dpkg has installed reaches apt-get.
+    expect((await f.argv()).find((a) => a[0] === "install")!.slice(-2)).toEqual(["--", "curl"]);
+  });
+
+  it("never installs a package the host does not have: not pinned to a version, not as a rollback", async () => {
+    const f = await fake("not-here", {
+      before: "curl amd64 7.88.1-10+deb12u15 ii \nnetcat-traditional amd64 1.10-47 rc \n",
+      after: "curl amd64 7.88.1-10+deb12u15 ii \n",
+      install: "0\n",
+    });
+    // A pinned version goes to apt-get without --only-upgrade, which would install it.
+    const pinned = await installer.install([ref("netcat-traditional", "1.10-47")], f.opts());
+    expect(pinned.packages.map((p) => [p.name, p.state, p.reason])).toEqual([["netcat-traditional", PackageResultState.SKIPPED, NOT_INSTALLED]]);
+    const back = await installer.rollback!(ref("netcat-traditional", "1.10-46"), f.opts());
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    // Another architecture of an installed package is a new package too.
+    const foreign = await installer.install([ref("curl", "7.88.1-10+deb12u15", "i386")], f.opts());
+    expect(foreign.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect((await f.argv()).filter((a) => a[0] === "install")).toEqual([]);
+    // A dependency a confirmed update pulls in is the one exception.
+    const dependency = await installer.install([ref("curl", "7.88.1-10+deb12u15"), ref("netcat-traditional", "1.10-47")], f.opts({ newPackages: new Set(["netcat-traditional"]) }));
+    expect(dependency.packages[1]!.reason).not.toBe(NOT_INSTALLED);
+    expect((await f.argv()).find((a) => a[0] === "install")!.slice(-3)).toEqual(["--", "curl=7.88.1-10+deb12u15", "netcat-traditional=1.10-47"]);
   });
 
   it("pins exact versions and allows going back when the versions come from a dry run", async () => {
@@ -275,7 +299,7 @@ describe("apt installer with fake tools", () => {
     const root = path.join(dir, "hung");
     await mkdir(root);
     await writeFile(path.join(root, "apt-get"), "#!/bin/sh\nexec sleep 30\n");
-    await writeFile(path.join(root, "dpkg-query"), "#!/bin/sh\nexit 0\n");
+    await writeFile(path.join(root, "dpkg-query"), "#!/bin/sh\necho 'curl amd64 7.88.1-1 ii '\n");
     await chmod(path.join(root, "apt-get"), 0o755);
     await chmod(path.join(root, "dpkg-query"), 0o755);
     const started = Date.now();

@@ -2,7 +2,7 @@ import type { PackageRef } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../run-process.ts";
 import { APT, parseAptListUpgradable } from "../scanners/apt.ts";
 import { rebootRequired as hostRebootRequired } from "../system.ts";
-import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // Never a prompt, never a pager, never a question from needrestart or apt-listchanges; keep
@@ -69,6 +69,9 @@ function sectionNames(text: string, header: RegExp): Set<string> {
   }
   return names;
 }
+
+// How parseDpkgQuery keys a ref: "name:arch", or "name" for arch-independent packages.
+const dpkgKey = (ref: Pick<PackageRef, "name" | "architecture">) => (ref.architecture && ref.architecture !== "all" ? `${ref.name}:${ref.architecture}` : ref.name);
 
 // Installed versions from `dpkg-query -W`, keyed "name" and "name:arch". Packages dpkg knows
 // but that are not installed (removed, config files only) count as absent.
@@ -159,14 +162,20 @@ export function createAptInstaller(deps: AptInstallerDeps = {}): Installer {
     if (!opts.isRoot) return needsRoot(refs, "installing with apt", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, dpkgQuery, names);
+    // `apt-get install` installs whatever it is named (with --allow-downgrades, without
+    // --only-upgrade): only what dpkg has installed goes to it.
+    const { allowed, skipped } = installedOnly(refs, (ref) => before.has(dpkgKey(ref)), opts);
+    if (allowed.length === 0) return { packages: refs.map((r) => skipped.get(r)!), output: s.output, rebootRequired: false };
     const lockWait = Math.max(0, Math.min(LOCK_WAIT_SECONDS, Math.floor(s.remaining() / 1000) - 60));
-    const argv = [aptGet, "install", "-y", "-q", "-o", `DPkg::Lock::Timeout=${lockWait}`, ...DPKG_OPTIONS, ...extra, "--", ...refs.map(aptSpec)];
+    const argv = [aptGet, "install", "-y", "-q", "-o", `DPkg::Lock::Timeout=${lockWait}`, ...DPKG_OPTIONS, ...extra, "--", ...allowed.map(aptSpec)];
     const result = await s.run(argv);
     const after = await installed(s, dpkgQuery, names);
     const failedAll = result.exitCode !== 0 ? describeFailure("apt-get install", result, APT_NOISE) : undefined;
     const text = `${result.stdout}\n${result.stderr}`;
     const packages: PackageResult[] = refs.map((ref) => {
-      const key = ref.architecture && ref.architecture !== "all" ? `${ref.name}:${ref.architecture}` : ref.name;
+      const notInstalled = skipped.get(ref);
+      if (notInstalled) return notInstalled;
+      const key = dpkgKey(ref);
       const from = before.get(key) ?? before.get(ref.name);
       const to = after.get(key) ?? after.get(ref.name);
       const wanted = ref.version ? to === ref.version : to !== undefined && to !== from;

@@ -162,6 +162,16 @@ esac`;
     expect(out.output[0]).toMatchObject({ exitCode: 0, stdoutTail: "==> Upgrading git", timedOut: false });
   });
 
+  it("never hands brew a name it does not list as outdated, so a formula of an untapped repository is never tapped", async () => {
+    // `brew upgrade user/tap/formula` would tap github.com/user/homebrew-tap and run its Ruby.
+    const t = await fake("exit 0");
+    const out = await installer.install([ref("evil/tap/miner"), ref("evil/tap/miner", "1.0")], opts(t));
+    expect(out.packages.map((p) => p.state)).toEqual([PackageResultState.SKIPPED, PackageResultState.FAILED]);
+    const sim = await installer.dryRun!([ref("evil/tap/miner")], opts(t));
+    expect(sim.changes).toEqual([]);
+    expect((await t.calls("brew")).filter((a) => a.some((arg) => arg.includes("evil")) || a[0] === "tap" || a[0] === "install")).toEqual([]);
+  });
+
   it("installs everything outdated except pins and holds when asked for nothing in particular", async () => {
     const t = await fake("exit 0", { "formulae.after": FORMULAE_BEFORE.replace("terraform 1.9.7", "terraform 1.9.8"), "casks.after": "firefox 132.0.2\n" });
     const out = await installer.install([], opts(t, { holds: new Set(["git"]) }));

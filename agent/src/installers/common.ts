@@ -66,14 +66,33 @@ export function packageChange(
 // ("Microsoft.PowerToys"), Docker references ("ghcr.io/org/app:1.2" or "@sha256:…"). Never a
 // leading "-" (it would read as an option), never whitespace, quotes or shell metacharacters.
 const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
+// What each source's tool takes as one package and nothing more (the control plane checks the
+// same): apt, dnf and zypper install a local file or URL given where a name goes, dnf a group
+// ("@group"), zypper a pattern or patch ("pattern:x"), apt a target release ("curl/sid"),
+// pacman a repository's package ("repo/name"). Their names are plain names.
+const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
+const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
+const SOURCE_NAMES: Record<string, RegExp> = {
+  apt: PLAIN_NAME,
+  dnf: PLAIN_NAME,
+  zypper: PLAIN_NAME,
+  pacman: PLAIN_NAME,
+  snap: PLAIN_NAME,
+  flatpak: PLAIN_NAME,
+  winget: PLAIN_NAME,
+  windows_update: PLAIN_NAME,
+  brew: BREW_NAME,
+};
 // Versions: Debian/RPM epochs and tildes, semver, build tags.
 const VERSION = /^[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}$/;
 const ARCH = /^[A-Za-z0-9_-]{0,32}$/;
 
 // A human reason when a ref cannot be passed to a package tool; undefined when it can.
-export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architecture">): string | undefined {
+export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architecture"> & { source?: string }): string | undefined {
   if (!ref.name) return "the package name is empty";
   if (!NAME.test(ref.name)) return `"${printable(ref.name)}" is not a valid package name`;
+  const rule = ref.source ? SOURCE_NAMES[ref.source] : undefined;
+  if (rule && !rule.test(ref.name)) return `"${printable(ref.name)}" is not a valid ${ref.source} package name (no paths, URLs, groups or repositories)`;
   if (ref.version && !VERSION.test(ref.version)) return `"${printable(ref.version)}" is not a valid version of ${ref.name}`;
   if (!ARCH.test(ref.architecture)) return `"${printable(ref.architecture)}" is not a valid architecture`;
   return undefined;
@@ -82,6 +101,27 @@ export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architec
 const printable = (text: string) => (text.length > 64 ? `${text.slice(0, 64)}…` : text).replace(/[^\x20-\x7e]/g, "?");
 
 export { PackageChangeKind, PackageResultState };
+
+export const NOT_INSTALLED =
+  "not installed: RedFlag updates and rolls back packages a host has; new packages come in only as dependencies of a confirmed update";
+
+// Splits the refs an installer was given into those it may hand to its tool (installed now, or
+// a new dependency a confirmed update pulls in: opts.newPackages) and SKIPPED results for the
+// rest, which never reach the tool. Whoever sent the command, an update never installs
+// software the host does not have.
+export function installedOnly<T extends Pick<PackageRef, "source" | "name" | "architecture" | "version">>(
+  refs: readonly T[],
+  isInstalled: (ref: T) => boolean,
+  opts: Pick<InstallOptions, "newPackages">,
+): { allowed: T[]; skipped: Map<T, PackageResult> } {
+  const allowed: T[] = [];
+  const skipped = new Map<T, PackageResult>();
+  for (const ref of refs) {
+    if (isInstalled(ref) || opts.newPackages?.has(ref.name)) allowed.push(ref);
+    else skipped.set(ref, packageResult(ref, PackageResultState.SKIPPED, { to: ref.version || undefined, reason: NOT_INSTALLED }));
+  }
+  return { allowed, skipped };
+}
 
 // The clock, environment and tool-output record of one installer operation: every child gets
 // what is left of the budget and the command's signal, and each run can be recorded.

@@ -3,6 +3,7 @@ import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redfla
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../test/support/fake-tools.ts";
 import { createDnfInstaller, dnfReasonFor, parseDnfTransaction, rpmSpec } from "./dnf.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 // `dnf --assumeno upgrade openssl-libs` on Fedora 40 (dnf 4.21).
@@ -164,6 +165,21 @@ describe("dnf installer with fake tools", () => {
     expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "6.11.7-200.fc40", toVersion: "6.10.12-200.fc40" });
     expect(out.rebootRequired).toBe(true);
     expect((await t.calls("dnf"))[0]).toEqual(["-y", "-q", "downgrade", "--", "kernel-core-6.10.12-200.fc40"]);
+  });
+
+  it("never installs a package the host does not have: pinned versions (dnf install) included", async () => {
+    const t = await tools(`: > "$D/ran"; exit 0`, { "rpm.before": "curl.x86_64 8.9.1-2.fc41\n", "rpm.after": "curl.x86_64 8.9.1-3.fc41\n" });
+    const out = await installer.install([ref("curl", "8.9.1-3.fc41"), ref("nmap", "7.95-1.fc41"), ref("curl", "8.9.1-3.fc41", "i686")], opts(t));
+    expect(out.packages.map((p) => [p.name, p.architecture, p.state, p.reason])).toEqual([
+      ["curl", "", PackageResultState.INSTALLED, ""],
+      ["nmap", "", PackageResultState.SKIPPED, NOT_INSTALLED],
+      ["curl", "i686", PackageResultState.SKIPPED, NOT_INSTALLED],
+    ]);
+    expect((await t.calls("dnf"))[0]).toEqual(["-y", "-q", "install", "--", "curl-8.9.1-3.fc41"]);
+    const none = await tools("exit 0", { "rpm.before": "curl.x86_64 8.9.1-2.fc41\n" });
+    const back = await installer.rollback!(ref("nmap", "7.90-1.fc41"), opts(none));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect(await none.calls("dnf")).toEqual([]);
   });
 
   it("refuses without root and runs nothing", async () => {

@@ -2,7 +2,7 @@ import type { PackageRef } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { DNF, findDnf, parseRpmQuery, RPM_ARCHES, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../scanners/dnf.ts";
-import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // "name", "name.arch", "name-version", "name-version.arch" as dnf and yum take them.
@@ -10,6 +10,9 @@ export function rpmSpec(ref: Pick<PackageRef, "name" | "version" | "architecture
   const version = ref.version ? `-${ref.version}` : "";
   return `${ref.name}${version}${ref.architecture ? `.${ref.architecture}` : ""}`;
 }
+
+// How parseRpmQuery keys a ref: "name.arch", or "name" when the ref names no architecture.
+export const rpmKey = (ref: Pick<PackageRef, "name" | "architecture">) => (ref.architecture ? `${ref.name}.${ref.architecture}` : ref.name);
 
 const SECTIONS: [RegExp, PackageChangeKind][] = [
   [/^(Upgrading|Updating)( dependencies)?:$/, PackageChangeKind.UPGRADE],
@@ -113,12 +116,18 @@ export function createDnfInstaller(): Installer {
     if (!opts.isRoot) return needsRoot(refs, "installing with dnf", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, names);
-    const result = await s.run([found.tool, "-y", "-q", ...s.excludes, action, "--", ...refs.map(rpmSpec)]);
+    // `dnf install` installs whatever it is named, and dnf reads a path or URL as a package
+    // file: only what rpm has installed goes to it.
+    const { allowed, skipped } = installedOnly(refs, (ref) => before.has(rpmKey(ref)), opts);
+    if (allowed.length === 0) return { packages: refs.map((r) => skipped.get(r)!), output: s.output, rebootRequired: false };
+    const result = await s.run([found.tool, "-y", "-q", ...s.excludes, action, "--", ...allowed.map(rpmSpec)]);
     const after = await installed(s, names);
     const failedAll = result.exitCode !== 0 ? describeFailure(`${found.kind} ${action}`, result) : undefined;
     const text = `${result.stdout}\n${result.stderr}`;
     const packages: PackageResult[] = refs.map((ref) => {
-      const key = ref.architecture ? `${ref.name}.${ref.architecture}` : ref.name;
+      const notInstalled = skipped.get(ref);
+      if (notInstalled) return notInstalled;
+      const key = rpmKey(ref);
       const from = before.get(key) ?? before.get(ref.name);
       const to = after.get(key) ?? after.get(ref.name);
       const reached = ref.version ? to === ref.version || to?.replace(/^\d+:/, "") === ref.version.replace(/^\d+:/, "") : to !== undefined;

@@ -9,6 +9,7 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseImageRef } from "../scanners/docker-registry.ts";
 import { CONTAINER_NOTE, createDockerInstaller, isHeld } from "./docker.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +278,8 @@ describe("docker installer against a fake Engine API", () => {
   it("reports the daemon's own reason for an image that fails while the others install", async () => {
     engine.pulls.set("acme/app:stable", { error: "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit" });
     engine.pulls.set("nginx:1.27", { digest: nginx2 });
-    const out = await installer().install([ref("acme/app:stable"), ref("ghcr.io/acme/private:1"), ref("nginx:1.27")], opts());
+    // The private image is new on this host: allowed here as a dependency of a confirmed update.
+    const out = await installer().install([ref("acme/app:stable"), ref("ghcr.io/acme/private:1"), ref("nginx:1.27")], opts({ newPackages: new Set(["ghcr.io/acme/private:1"]) }));
     expect(out.packages.map((p) => [p.name, p.state, p.fromVersion, p.reason])).toEqual([
       ["acme/app:stable", PackageResultState.FAILED, app1, "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"],
       [
@@ -290,6 +292,18 @@ describe("docker installer against a fake Engine API", () => {
     ]);
     expect(out.output[0]).toMatchObject({ exitCode: 1, stderrTail: expect.stringMatching(/^toomanyrequests/) });
     expect(out.output[1]).toMatchObject({ exitCode: 1 });
+  });
+
+  it("never pulls an image the host does not have, from whatever registry, nor re-pins one it has not", async () => {
+    engine.pulls.set("evil.example/miner:latest", { digest: digestOf("miner") });
+    const out = await installer().install([ref("evil.example/miner:latest"), ref("alpine:3.20", digestOf("alpine 3.20.3"))], opts());
+    expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["evil.example/miner:latest", PackageResultState.SKIPPED, NOT_INSTALLED],
+      ["alpine:3.20", PackageResultState.SKIPPED, NOT_INSTALLED],
+    ]);
+    const back = await installer().rollback!(ref("alpine:3.20", digestOf("alpine 3.20.3")), opts());
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect(engineCalls()).toEqual([]);
   });
 
   it("sends registry credentials from the Docker config with the pull, and none without them", async () => {

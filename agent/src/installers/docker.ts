@@ -28,7 +28,7 @@ import {
   parseRepository,
   registryAuthHeader,
 } from "../scanners/docker-registry.ts";
-import { OUTPUT_TAIL_CHARS, packageChange, PackageChangeKind, packageResult, PackageResultState } from "./common.ts";
+import { NOT_INSTALLED, OUTPUT_TAIL_CHARS, packageChange, PackageChangeKind, packageResult, PackageResultState } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
 
 // Docker images through the Engine API (no docker CLI):
@@ -228,7 +228,9 @@ function containerNote(users: readonly string[] | undefined): string {
 
 // Brings one tag to the newest image (pin undefined) or to exactly `pin`, and reports it from
 // the daemon's own RepoDigests before and after.
-async function bringTag(s: Session, pkg: PackageRef, pin: string | undefined, users: Map<string, string[]>): Promise<PackageResult> {
+// A tag the host does not have is pulled only as a new dependency of a confirmed update
+// (`allowNew`): an update never brings in an image, from whatever registry, that was not here.
+async function bringTag(s: Session, pkg: PackageRef, pin: string | undefined, users: Map<string, string[]>, allowNew: boolean): Promise<PackageResult> {
   const ref = parseImageRef(pkg.name);
   if (!ref || pkg.name.startsWith("-")) return packageResult(pkg, PackageResultState.FAILED, { to: pkg.version, reason: NOT_A_REF(pkg.name) });
   const fail = (reason: string, from?: string) => packageResult(pkg, PackageResultState.FAILED, { from, to: pin, reason });
@@ -238,6 +240,7 @@ async function bringTag(s: Session, pkg: PackageRef, pin: string | undefined, us
   } catch (err) {
     return fail((err as Error).message);
   }
+  if (!before && !allowNew) return packageResult(pkg, PackageResultState.SKIPPED, { to: pin, reason: NOT_INSTALLED });
   const fromDigests = before ? digestsFor(before.RepoDigests, ref) : [];
   const from = fromDigests[0];
   if (pin && fromDigests.includes(pin)) {
@@ -371,7 +374,7 @@ export function createDockerInstaller(deps: DockerDeps = {}): Installer {
           results.push(packageResult(pkg, PackageResultState.FAILED, { to: pkg.version, reason: "stopped before it was pulled" }));
           continue;
         }
-        results.push(await bringTag(s, pkg, pkg.version || undefined, users));
+        results.push(await bringTag(s, pkg, pkg.version || undefined, users, opts.newPackages?.has(pkg.name) === true));
       }
       return { packages: results, output: s.output, rebootRequired: false };
     },
@@ -383,7 +386,7 @@ export function createDockerInstaller(deps: DockerDeps = {}): Installer {
       const begun = await begin(opts, deps);
       if (!begun.session) return failAll([pkg], begun.error);
       const s = begun.session;
-      const result = await bringTag(s, pkg, pkg.version, await containerUsers(s));
+      const result = await bringTag(s, pkg, pkg.version, await containerUsers(s), false);
       return { packages: [result], output: s.output, rebootRequired: false };
     },
   };

@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../test/support/fake-tools.ts";
 import { createPacmanInstaller, findCachedPackage, pacmanReasonFor, parsePrintTargets } from "./pacman.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 describe("pacman helpers", () => {
@@ -68,9 +69,29 @@ describe("pacman installer with fake tools", () => {
   });
 
   it("fails what pacman cannot find, with its words", async () => {
-    const t = await tools('echo "error: target not found: nosuch" >&2; exit 1', { "q.before": "openssl 3.4.0-1\n", "q.after": "openssl 3.4.0-1\n" });
+    // Installed, but in no sync database (built from the AUR, say).
+    const t = await tools('echo "error: target not found: nosuch" >&2; exit 1', { "q.before": "nosuch 1.0-1\n", "q.after": "nosuch 1.0-1\n" });
     const out = await installer.install([ref("nosuch")], opts(t));
     expect(out.packages[0]).toMatchObject({ state: PackageResultState.FAILED, reason: "error: target not found: nosuch" });
+  });
+
+  it("never installs a package or group the host does not have, nor rolls one back from the cache", async () => {
+    const t = await tools(': > "$D/ran"; exit 0', { "q.before": "openssl 3.4.0-1\n", "q.after": "openssl 3.4.0-2\n" });
+    const out = await installer.install([ref("base-devel"), ref("openssl"), ref("nmap")], opts(t));
+    expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["base-devel", PackageResultState.SKIPPED, NOT_INSTALLED],
+      ["openssl", PackageResultState.INSTALLED, ""],
+      ["nmap", PackageResultState.SKIPPED, NOT_INSTALLED],
+    ]);
+    expect((await t.calls("pacman")).find((a) => a[0] === "-S")).toEqual(["-S", "--needed", "--noconfirm", "--", "openssl"]);
+
+    const cached = await tools("exit 0", { "q.before": "openssl 3.4.0-2\n" });
+    const cache = path.join(cached.dir, "cache");
+    await mkdir(cache);
+    await writeFile(path.join(cache, "nmap-7.95-1-x86_64.pkg.tar.zst"), "downloaded, never installed");
+    const back = await createPacmanInstaller({ cacheDirs: [cache] }).rollback!(ref("nmap", "7.95-1"), opts(cached));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect((await cached.calls("pacman")).some((a) => a[0] === "-U")).toBe(false);
   });
 
   it("rolls back from the package cache, and says when the version is not there", async () => {

@@ -4,7 +4,7 @@ import path from "node:path";
 import { describeFailure, which, type ProcessResult } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { PACMAN, PACMAN_REBOOT_PACKAGES } from "../scanners/pacman.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import { installedOnly, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
 
 export const DEFAULT_CACHE_DIR = "/var/cache/pacman/pkg";
@@ -121,9 +121,15 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
       if (!opts.isRoot) return denied(packages, s);
       const names = packages.map((p) => p.name);
       const before = await installed(s, pacman, names);
-      const res = await s.run([pacman, "-S", "--needed", "--noconfirm", ...s.ignore, "--", ...names]);
+      // `pacman -S` installs any package or group of the sync databases: only what is
+      // installed goes to it.
+      const { allowed, skipped } = installedOnly(packages, (ref) => before.has(ref.name), opts);
+      if (allowed.length === 0) return { packages: packages.map((p) => skipped.get(p)!), output: s.output, rebootRequired: false };
+      const res = await s.run([pacman, "-S", "--needed", "--noconfirm", ...s.ignore, "--", ...allowed.map((p) => p.name)]);
       const after = await installed(s, pacman, names);
-      return { ...report(packages, before, after, res, "pacman -S"), output: s.output };
+      const done = report(allowed, before, after, res, "pacman -S");
+      const results = new Map(allowed.map((ref, i) => [ref, done.packages[i]!]));
+      return { ...done, packages: packages.map((p) => skipped.get(p) ?? results.get(p)!), output: s.output };
     },
 
     // From the package cache: pacman keeps the versions it installed until `paccache` prunes them.
@@ -138,6 +144,10 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
         const res = conf ? await s.run([conf, "CacheDir"], false) : undefined;
         cacheDirs = res?.exitCode === 0 ? res.stdout.split("\n").map((l) => l.trim()).filter(Boolean) : [DEFAULT_CACHE_DIR];
       }
+      // The cache may hold packages that were only downloaded: a rollback is of what is installed.
+      const current = await installed(s, pacman, [pkg.name]);
+      const { skipped } = installedOnly([pkg], (ref) => current.has(ref.name), {});
+      if (skipped.size > 0) return { packages: [...skipped.values()], output: s.output, rebootRequired: false };
       const file = await findCachedPackage(cacheDirs, pkg.name, pkg.version);
       if (!file) {
         return {

@@ -11,6 +11,10 @@ export interface InstallOptions {
   // Names of this source's packages the agent config holds. An "everything pending" install
   // must leave them out; explicit requests for them never reach the installer.
   holds: ReadonlySet<string>;
+  // Names a confirmed update may add as new packages: the dependencies its upgrades pull in,
+  // checked by the executor. Any other package that is not installed is skipped, never
+  // installed (see installedOnly).
+  newPackages?: ReadonlySet<string> | undefined;
 }
 
 export interface DryRunOutcome {

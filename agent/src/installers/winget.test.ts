@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, removeFakeTools, type FakeTools } from "../../test/support/fake-tools.ts";
 import { runProcess, type ProcessOptions } from "../run-process.ts";
 import { createWingetInstaller } from "./winget.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 // A table the way winget lays it out: each column as wide as its widest cell, one space apart.
@@ -197,6 +198,13 @@ describe("winget installer with fake tools", () => {
       reason: "winget install failed (0x8A150017: no manifest matches (the version may no longer be in the source)): No version found matching: 9.20",
     });
     expect(failed.error).toBe(failed.packages[0]!.reason);
+  });
+
+  it("never rolls back, that is installs, a package the host does not have", async () => {
+    const t = await fake({ ...changing("7zip.7zip", "24.08", "24.08") });
+    const out = await installer.rollback!(ref("Evil.Miner", "1.0"), opts(t));
+    expect(out.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect(await runs(t, "install")).toEqual([]);
   });
 
   it("stops at its time limit, leaving the rest unattempted", async () => {

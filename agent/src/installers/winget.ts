@@ -16,7 +16,7 @@ import {
   type WingetHostOptions,
   type WingetRow,
 } from "../scanners/winget.ts";
-import { packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
+import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "./types.ts";
 
 // Silent, exact, every agreement accepted, no prompt. --include-unknown lets winget upgrade
@@ -77,6 +77,11 @@ export function createWingetInstaller(host: WingetHostOptions = {}): Installer {
         continue;
       }
       const from = await installedVersion(s, winget, ref.name);
+      // `winget install` (how a rollback goes back) installs any package of the sources.
+      if (rollback && !from) {
+        packages.push(packageResult(ref, PackageResultState.SKIPPED, { to: ref.version, reason: NOT_INSTALLED }));
+        continue;
+      }
       const result = await s.run(argvFor(ref));
       if (result.timedOut || result.aborted) {
         stopped = result.aborted ? "the operation was stopped" : "out of time";

@@ -5,6 +5,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../test/support/fake-tools.ts";
 import { createZypperInstaller, parseInstallSummary, zypperReasonFor, zypperSpec } from "./zypper.ts";
+import { NOT_INSTALLED } from "./common.ts";
 import type { InstallOptions } from "./types.ts";
 
 // Recorded `zypper --non-interactive --xmlout update --dry-run curl` (openSUSE Leap 15.6).
@@ -61,12 +62,26 @@ describe("zypper installer with fake tools", () => {
   });
 
   it("fails the package zypper names, with its message", async () => {
-    const t = await tools(`echo '<stream><message type="error">No provider of &apos;nosuch&apos; found.</message></stream>'; exit 104`, { "rpm.before": "curl.x86_64 1\n", "rpm.after": "curl.x86_64 1\n" });
+    const t = await tools(`echo '<stream><message type="error">No provider of &apos;nosuch&apos; found.</message></stream>'; exit 104`, { "rpm.before": "curl.x86_64 1\nnosuch.x86_64 1\n", "rpm.after": "curl.x86_64 1\nnosuch.x86_64 1\n" });
     const out = await installer.install([ref("nosuch"), ref("curl")], opts(t));
     expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
       ["nosuch", PackageResultState.FAILED, "No provider of 'nosuch' found."],
       ["curl", PackageResultState.FAILED, "zypper update failed (exit status 104): No provider of 'nosuch' found."],
     ]);
+  });
+
+  it("never installs a package the host does not have: pinned, as an .rpm or a pattern, or as a rollback", async () => {
+    const t = await tools(`: > "$D/ran"; exit 0`, { "rpm.before": "curl.x86_64 8.6.0-150600.4.6.1\n", "rpm.after": "curl.x86_64 8.6.0-150600.4.9.1\n" });
+    const out = await installer.install([ref("nmap", "7.94-150600.1.1"), ref("curl", "8.6.0-150600.4.9.1"), ref("evil.rpm", "1")], opts(t));
+    expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["nmap", PackageResultState.SKIPPED, NOT_INSTALLED],
+      ["curl", PackageResultState.INSTALLED, ""],
+      ["evil.rpm", PackageResultState.SKIPPED, NOT_INSTALLED],
+    ]);
+    expect((await t.calls("zypper"))[0]!.slice(-2)).toEqual(["--", "curl=8.6.0-150600.4.9.1"]);
+    const back = await installer.rollback!(ref("nmap", "7.90-1"), opts(t));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect(await t.calls("zypper")).toHaveLength(1);
   });
 
   it("rolls back with --oldpackage", async () => {

@@ -2,8 +2,9 @@ import type { PackageRef } from "@redflag/gen/command_pb";
 import { which } from "../run-process.ts";
 import { C_LOCALE } from "../scanners/common.ts";
 import { parseRpmQuery, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../scanners/dnf.ts";
+import { rpmKey } from "./dnf.ts";
 import { xmlElements, ZYPPER, ZYPPER_OK, zypperFailure, zypperMessages } from "../scanners/zypper.ts";
-import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "./common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "./types.ts";
 
 // "name", "name.arch", "name=version", "name.arch=version" as zypper takes them.
@@ -66,13 +67,19 @@ export function createZypperInstaller(): Installer {
     if (!opts.isRoot) return needsRoot(refs, "installing with zypper", s.output);
     const names = refs.map((r) => r.name);
     const before = await installed(s, names);
-    const result = await s.run([zypper, "--non-interactive", "--xmlout", ...action, "--", ...refs.map(zypperSpec)]);
+    // `zypper install` installs whatever it is named (a package, an .rpm file or URL): only
+    // what rpm has installed goes to it.
+    const { allowed, skipped } = installedOnly(refs, (ref) => before.has(rpmKey(ref)), opts);
+    if (allowed.length === 0) return { packages: refs.map((r) => skipped.get(r)!), output: s.output, rebootRequired: false };
+    const result = await s.run([zypper, "--non-interactive", "--xmlout", ...action, "--", ...allowed.map(zypperSpec)]);
     const after = await installed(s, names);
     const ok = ZYPPER_OK.has(result.exitCode ?? -1);
     const failedAll = ok ? undefined : zypperFailure(`zypper ${action[0]}`, result);
     const messages = [...zypperMessages(result.stdout, "error"), ...zypperMessages(result.stdout, "warning")];
     const packages: PackageResult[] = refs.map((ref) => {
-      const key = ref.architecture ? `${ref.name}.${ref.architecture}` : ref.name;
+      const notInstalled = skipped.get(ref);
+      if (notInstalled) return notInstalled;
+      const key = rpmKey(ref);
       const from = before.get(key) ?? before.get(ref.name);
       const to = after.get(key) ?? after.get(ref.name);
       const reached = ref.version ? to === ref.version : to !== undefined;

@@ -1,3 +1,4 @@
+import { CommandType } from "@redflag/gen/command_pb";
 import { Role, type Principal } from "@redflag/gen/identity_pb";
 
 // Who is signed in, as WhoAmI said. The server checks every call; these only decide what the
@@ -15,6 +16,10 @@ class Session {
   }
   get isAdmin() {
     return this.role >= Role.ADMIN;
+  }
+  // A retry is a new command of this person's: an agent upgrade is queued by admins only.
+  mayRetry(type: CommandType): boolean {
+    return this.canOperate && (type !== CommandType.UPDATE_AGENT || this.isAdmin);
   }
   // Credential changes (password, TOTP) work only from a signed-in person's own session.
   get isPerson() {

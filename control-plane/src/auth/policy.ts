@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
@@ -52,6 +53,10 @@ allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryComma
 allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);
 allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
 allow(ReportService, "viewer");
+// The registry is what agents upgrade from (as root): only admins change it. What is in it is
+// no secret (agents download it without credentials), so everyone who reads the fleet sees it.
+allow(ReleaseService, "viewer", ["ListReleases"]);
+allow(ReleaseService, "admin", ["PublishRelease", "DeleteRelease"]);
 
 export function policyFor(service: string, method: string): Access | undefined {
   return table.get(`${service}/${method}`);

@@ -1,9 +1,8 @@
-import { create, toBinary, toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { create, toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import {
-  ArtifactManifestSchema,
   CommandType,
   PackageChangeKind,
   PackageRefSchema,
@@ -33,6 +32,13 @@ import {
 } from "@redflag/gen/fleet_service_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { GetFleetOverviewResponseSchema, ListAgentMetricsResponseSchema, ReportService } from "@redflag/gen/report_service_pb";
+import {
+  type AgentRelease,
+  ListReleasesResponseSchema,
+  type PublishReleaseRequest,
+  PublishReleaseRequestSchema,
+  ReleaseService,
+} from "@redflag/gen/release_service_pb";
 import {
   CreateRegistrationTokenResponseSchema,
   ListRegistrationTokensResponseSchema,
@@ -69,8 +75,9 @@ import { createInterface } from "node:readline";
 import { loadSession, removeSession, saveSession } from "./session-file.ts";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { createReadStream, readFileSync } from "node:fs";
+import { readFile, readdir, stat } from "node:fs/promises";
+import path from "node:path";
 import { parseDuration } from "../duration.ts";
 import { ago, enumName, size, table } from "./output.ts";
 
@@ -140,6 +147,7 @@ async function clients() {
     settings: createClient(SettingsService, transport),
     security: createClient(SecurityService, transport),
     reports: createClient(ReportService, transport),
+    releases: createClient(ReleaseService, transport),
   };
 }
 
@@ -456,6 +464,27 @@ agents
     );
   });
 
+agents
+  .command("upgrade")
+  .description("install an agent release from the registry on this agent (admins)")
+  .argument("<id>", "agent ID")
+  .option("--version <version>", "a version from `redflag releases list` (default: the newest for the agent's platform)")
+  .option("--wait <duration>", "wait until the agent reported the result, then print it", seconds)
+  .action(async (id: string, o: { version?: string; wait?: number }) => {
+    const c = await clients();
+    const res = await c.commands.createCommand({ agentId: id, action: { case: "updateAgent", value: create(UpdateAgentSchema, { version: o.version ?? "" }) } });
+    let command = res.command!;
+    if (!o.wait) return queued(command);
+    command = await waitFor(c.commands, command, o.wait);
+    if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
+    process.stdout.write(describeCommand(command));
+    if (command.state !== CommandState.SUCCEEDED) process.exitCode = 1;
+  });
+
+const UPGRADES_FROM_REGISTRY =
+  "update_agent takes no --url, --artifact or --platform: agent upgrades come only from the control plane's release registry. " +
+  "Publish the build with `redflag releases publish DIR`, then queue `--type update_agent --release <version>` (or `redflag agents upgrade <id> --version <version>`)";
+
 // ---- commands
 const commands = program.command("commands").description("commands queued for agents");
 
@@ -522,23 +551,10 @@ async function buildAction(o: QueueOptions, c: Awaited<ReturnType<typeof clients
       };
     case "disable_heartbeat":
       return { case: "disableHeartbeat", value: { $typeName: "redflag.v1.DisableHeartbeat" } };
-    case "update_agent": {
-      if (!o.release || !o.url || !o.artifact) throw new CliError("update_agent needs --release <version>, --url <download URL> and --artifact <file>");
-      // The manifest describes the exact file; the control plane signs it, the agent checks it.
-      const bytes = await readFile(o.artifact).catch((err: NodeJS.ErrnoException) => {
-        throw new CliError(`cannot read --artifact ${o.artifact}: ${err.code ?? err.message}`);
-      });
-      const manifest = create(ArtifactManifestSchema, {
-        version: o.release,
-        platform: o.platform ?? "any",
-        sizeBytes: BigInt(bytes.length),
-        sha256: new Uint8Array(createHash("sha256").update(bytes).digest()),
-      });
-      return {
-        case: "updateAgent",
-        value: create(UpdateAgentSchema, { version: o.release, downloadUrl: o.url, manifest: toBinary(ArtifactManifestSchema, manifest) }),
-      };
-    }
+    case "update_agent":
+      if (o.url || o.artifact || o.platform) throw new CliError(UPGRADES_FROM_REGISTRY);
+      // The control plane picks the build for the agent's platform and signs its manifest.
+      return { case: "updateAgent", value: create(UpdateAgentSchema, { version: o.release ?? "" }) };
     default:
       throw new CliError(`--type must be one of: ${QUEUE_TYPES.join(", ")}`);
   }
@@ -589,10 +605,10 @@ commands
   .option("--interval <duration>", "enable_heartbeat: poll interval (default 5s)", seconds)
   .option("--from-dry-run <command-id>", "confirm_dependencies: install exactly what this dry run reported")
   .option("--to-version <version>", "rollback_update: the version to go back to")
-  .option("--release <version>", "update_agent: the agent version to install")
-  .option("--url <url>", "update_agent: where agents download the release tarball")
-  .option("--artifact <file>", "update_agent: the release tarball itself (its size and SHA-256 go into the signed manifest)")
-  .option("--platform <os-arch>", 'update_agent: "linux-x64", "darwin-arm64" … or "any" (default)')
+  .option("--release <version>", "update_agent: a version from `redflag releases list` (default: the newest for the agent's platform)")
+  .addOption(new Option("--url <url>").hideHelp())
+  .addOption(new Option("--artifact <file>").hideHelp())
+  .addOption(new Option("--platform <os-arch>").hideHelp())
   .option("--timeout <duration>", "execution timeout on the agent", seconds)
   .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
   .action(async (o: QueueOptions) => {
@@ -1288,6 +1304,134 @@ daily (UTC):
 ${table(["OS", "AGENTS"], labels(r.agentsByOs))}
 ${table(["AGENT VERSION", "AGENTS"], labels(r.agentsByVersion))}`,
     );
+  });
+
+// ---- releases
+const releasesCmd = program.command("releases").description("the registry of agent releases, the only source of agent upgrades (admins publish)");
+
+// What `releases publish` takes: redflag-agent-<version>-<platform>.tgz (or .tar.gz), a tarball
+// holding bin/redflag-agent, as update_agent installs it.
+const ARTIFACT_NAME = /^redflag-agent-(.+)-(any|[a-z][a-z0-9]*-[a-z0-9]+)\.(?:tgz|tar\.gz)$/;
+const ARTIFACT_HINT = "redflag-agent-<version>-<platform>.tgz, for example redflag-agent-0.2.0-linux-x64.tgz or redflag-agent-0.2.0-any.tgz";
+// A publish streams the whole artifact; give a slow link time.
+const PUBLISH_TIMEOUT_MS = 60 * 60_000;
+const PUBLISH_CHUNK_BYTES = 1024 * 1024;
+
+interface Artifact {
+  file: string;
+  version: string;
+  platform: string;
+}
+
+async function artifactsIn(paths: string[]): Promise<Artifact[]> {
+  const found: Artifact[] = [];
+  for (const p of paths) {
+    const info = await stat(p).catch(() => undefined);
+    if (!info) throw new CliError(`${p} does not exist`);
+    const files = info.isDirectory() ? (await readdir(p)).sort().map((name) => path.join(p, name)) : [p];
+    const matching = files.flatMap((file) => {
+      const m = ARTIFACT_NAME.exec(path.basename(file));
+      return m ? [{ file, version: m[1]!, platform: m[2]! }] : [];
+    });
+    if (matching.length === 0) {
+      throw new CliError(info.isDirectory() ? `${p} holds no agent build named ${ARTIFACT_HINT}` : `${p} is not named ${ARTIFACT_HINT}`);
+    }
+    found.push(...matching);
+  }
+  return found;
+}
+
+async function digestFile(file: string): Promise<{ size: bigint; sha256: Uint8Array }> {
+  const hash = createHash("sha256");
+  let size = 0n;
+  for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    size += BigInt(chunk.length);
+  }
+  return { size, sha256: new Uint8Array(hash.digest()) };
+}
+
+// The header, then the file in 1 MiB pieces, read as the upload goes (never all in memory).
+async function* publishStream(a: Artifact, size: bigint, sha256: Uint8Array): AsyncGenerator<PublishReleaseRequest> {
+  yield create(PublishReleaseRequestSchema, { part: { case: "header", value: { version: a.version, platform: a.platform, sizeBytes: size, sha256 } } });
+  for await (const chunk of createReadStream(a.file, { highWaterMark: PUBLISH_CHUNK_BYTES }) as AsyncIterable<Buffer>) {
+    yield create(PublishReleaseRequestSchema, { part: { case: "chunk", value: new Uint8Array(chunk) } });
+  }
+}
+
+async function findRelease(client: Awaited<ReturnType<typeof clients>>["releases"], version: string, platform: string): Promise<AgentRelease | undefined> {
+  let pageToken = "";
+  do {
+    const page = await client.listReleases({ platform, pageSize: 500, pageToken });
+    const hit = page.releases.find((r) => r.version === version);
+    if (hit) return hit;
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+  return undefined;
+}
+
+const shortHash = (sha256: Uint8Array) => Buffer.from(sha256).toString("hex").slice(0, 16);
+
+releasesCmd
+  .command("publish")
+  .description(`add agent builds to the registry (admins): files named ${ARTIFACT_HINT}, or directories holding them`)
+  .argument("<paths...>", "directories or files")
+  .action(async (paths: string[]) => {
+    const c = await clients();
+    const published: AgentRelease[] = [];
+    for (const artifact of await artifactsIn(paths)) {
+      const digest = await digestFile(artifact.file);
+      const known = await findRelease(c.releases, artifact.version, artifact.platform);
+      let release: AgentRelease;
+      let created = false;
+      if (known && Buffer.from(known.sha256).equals(Buffer.from(digest.sha256))) {
+        release = known;
+      } else {
+        const res = await c.releases.publishRelease(publishStream(artifact, digest.size, digest.sha256), { timeoutMs: PUBLISH_TIMEOUT_MS });
+        release = res.release!;
+        created = res.created;
+      }
+      published.push(release);
+      if (!json()) {
+        process.stdout.write(
+          `${created ? "published" : "already published"}: ${release.version} for ${release.platform} (${size(release.sizeBytes)}, sha256 ${shortHash(release.sha256)}…) from ${artifact.file}\n`,
+        );
+      }
+    }
+    if (json()) printJson(ListReleasesResponseSchema, create(ListReleasesResponseSchema, { releases: published }));
+    else process.stdout.write("agents upgrade with `redflag agents upgrade <agent-id> --version <version>`\n");
+  });
+
+releasesCmd
+  .command("list")
+  .description("the published agent releases, most recent first")
+  .option("--platform <os-arch>", 'only this platform ("linux-x64", "any" …)')
+  .action(async (o: { platform?: string }) => {
+    const c = await clients();
+    const all: AgentRelease[] = [];
+    let pageToken = "";
+    do {
+      const page = await c.releases.listReleases({ platform: o.platform ?? "", pageSize: 500, pageToken });
+      all.push(...page.releases);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    if (json()) return printJson(ListReleasesResponseSchema, create(ListReleasesResponseSchema, { releases: all }));
+    process.stdout.write(
+      table(
+        ["VERSION", "PLATFORM", "SIZE", "SHA-256", "PUBLISHED", "BY"],
+        all.map((r) => [r.version, r.platform, size(r.sizeBytes), Buffer.from(r.sha256).toString("hex"), ago(time(r.publishTime)), r.publishedBy]),
+      ),
+    );
+  });
+
+releasesCmd
+  .command("delete")
+  .description("remove one release (one version for one platform) from the registry (admins)")
+  .argument("<version>", "release version")
+  .requiredOption("--platform <os-arch>", 'its platform ("linux-x64", "any" …)')
+  .action(async (version: string, o: { platform: string }) => {
+    await (await clients()).releases.deleteRelease({ version, platform: o.platform });
+    process.stdout.write(`release ${version} for ${o.platform} deleted\n`);
   });
 
 // ---- run

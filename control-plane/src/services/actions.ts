@@ -1,13 +1,7 @@
-import { fromBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import {
-  type ArtifactManifest,
-  ArtifactManifestSchema,
-  type Command,
-  PackageChangeKind,
-  type PackageRef,
-} from "@redflag/gen/command_pb";
-import type { CommandSigner } from "../signing/signer.ts";
+import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
+import { isReleaseVersion } from "../domain/releases.ts";
 import { invalid, text } from "./validate.ts";
 
 // What an operator may put in a command, checked before it is stored so a mistake is a clear
@@ -18,12 +12,26 @@ const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
 // Package names of every source: Debian/RPM names, brew formulae and taps, snap/flatpak and
 // winget IDs, Docker references. Never a leading "-" (an option to the tool) or shell syntax.
 const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
+// What each source's tool takes as one package and nothing more. apt, dnf and zypper install
+// a local file or a URL given where a name goes ("./x.deb", "https://…/x.rpm"), dnf a group
+// ("@group"), zypper a pattern or patch ("pattern:x"), apt a release ("curl/sid"): names of
+// these sources are plain names, without "/", ":" or "@" (the agent refuses them too).
+const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
+// Homebrew: "formula", "node@20", "user/tap/formula" (the tap must already be installed: the
+// agent upgrades only what `brew outdated` lists).
+const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
+const SOURCE_NAMES: Record<string, { pattern: RegExp; hint: string }> = {
+  ...Object.fromEntries(
+    ["apt", "dnf", "zypper", "pacman", "snap", "flatpak", "winget", "windows_update"].map((s) => [
+      s,
+      { pattern: PLAIN_NAME, hint: `${s} package names are plain names: letters, digits and . _ + - (no paths, URLs, groups or repositories)` },
+    ]),
+  ),
+  brew: { pattern: BREW_NAME, hint: 'Homebrew names are a formula or cask, optionally "user/tap/" before it' },
+};
 const VERSION = /^[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}$/;
 const ARCH = /^[A-Za-z0-9_-]{0,32}$/;
-const RELEASE_VERSION = /^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$/;
-const PLATFORM = /^(any|[a-z0-9]+-[a-z0-9]+)$/;
 const MAX_PACKAGES = 1000;
-const MAX_ARTIFACT_BYTES = 512n * 1024n * 1024n;
 
 const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
 
@@ -31,6 +39,8 @@ function packageRef(field: string, ref: PackageRef | undefined): void {
   if (!ref) throw invalid(`${field} is required`);
   if (!SOURCE.test(ref.source)) throw invalid(`${field}.source ${quoted(ref.source)} is not a package source name (apt, dnf, docker …)`);
   if (!NAME.test(ref.name)) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name`);
+  const rule = SOURCE_NAMES[ref.source];
+  if (rule && !rule.pattern.test(ref.name)) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name: ${rule.hint}`);
   if (ref.version && !VERSION.test(ref.version)) throw invalid(`${field}.version ${quoted(ref.version)} is not a valid version`);
   if (!ARCH.test(ref.architecture)) throw invalid(`${field}.architecture ${quoted(ref.architecture)} is not a valid architecture`);
 }
@@ -41,8 +51,9 @@ function packageList(field: string, refs: readonly PackageRef[], required: boole
   refs.forEach((ref, i) => packageRef(`${field}[${i}]`, ref));
 }
 
-// Checks the action and returns it ready to store; update_agent's manifest is signed here.
-export function prepareAction(action: Command["action"], signer: CommandSigner): Command["action"] {
+// Checks the action and returns it ready for the privilege rules (domain/command-privilege.ts);
+// update_agent comes back as its version only, filled in from the registry when queued.
+export function prepareAction(action: Command["action"]): Command["action"] {
   switch (action.case) {
     case "scanUpdates": {
       const subs = action.value.subsystems;
@@ -106,39 +117,24 @@ export function prepareAction(action: Command["action"], signer: CommandSigner):
       return action;
     }
     case "updateAgent":
-      return { case: "updateAgent", value: { ...action.value, ...signedManifest(action.value, signer) } };
+      return { case: "updateAgent", value: upgradeRequest(action.value) };
     case undefined:
       throw invalid("an action is required (for example scan_updates)");
   }
 }
 
-function signedManifest(
-  value: Extract<Command["action"], { case: "updateAgent" }>["value"],
-  signer: CommandSigner,
-): { manifestSignature: Uint8Array; keyId: string } {
-  if (!RELEASE_VERSION.test(value.version)) throw invalid(`update_agent.version ${quoted(value.version)} is not a release version`);
-  let url: URL;
-  try {
-    url = new URL(value.downloadUrl);
-  } catch {
-    throw invalid(`update_agent.download_url ${quoted(value.downloadUrl)} is not an absolute URL`);
+// An agent upgrade names a release version, nothing else: the control plane fills in the
+// artifact, its download path and the signed manifest from its own registry. A caller's URL,
+// manifest or signature is refused rather than ignored, so nobody believes they were used.
+function upgradeRequest(value: UpdateAgent): UpdateAgent {
+  if (value.downloadUrl) {
+    throw invalid(`update_agent.download_url is set (${quoted(value.downloadUrl)}); agent upgrades come only from the control plane's release registry: name a published version (redflag releases list) and leave download_url empty`);
   }
-  if (url.protocol !== "https:" && url.protocol !== "http:") throw invalid("update_agent.download_url must be http(s)");
-  let manifest: ArtifactManifest;
-  try {
-    manifest = fromBinary(ArtifactManifestSchema, value.manifest);
-  } catch {
-    throw invalid("update_agent.manifest is not a serialized redflag.v1.ArtifactManifest");
+  if (value.manifest.length > 0 || value.manifestSignature.length > 0 || value.keyId) {
+    throw invalid("update_agent.manifest, manifest_signature and key_id are set; the control plane signs the manifest of the release it picks from its registry: name only the version");
   }
-  if (manifest.version !== value.version) {
-    throw invalid(`update_agent.manifest is for version ${quoted(manifest.version)}, the command for ${quoted(value.version)}`);
+  if (value.version && !isReleaseVersion(value.version)) {
+    throw invalid(`update_agent.version ${quoted(value.version)} is not a release version: semantic versioning like "0.2.0", or empty for the newest published release`);
   }
-  if (!PLATFORM.test(manifest.platform)) throw invalid(`update_agent.manifest.platform ${quoted(manifest.platform)} must be "any" or like "linux-x64"`);
-  if (manifest.sha256.length !== 32) throw invalid("update_agent.manifest.sha256 must be the 32-byte SHA-256 of the artifact");
-  if (manifest.sizeBytes === 0n || manifest.sizeBytes > MAX_ARTIFACT_BYTES) {
-    throw invalid(`update_agent.manifest.size_bytes must be from 1 to ${MAX_ARTIFACT_BYTES}`);
-  }
-  // Whatever signature the caller sent is replaced: only the control plane's key vouches for
-  // an artifact, and agents accept only keys they pinned.
-  return signer.signManifest(value.manifest);
+  return create(UpdateAgentSchema, { version: value.version });
 }

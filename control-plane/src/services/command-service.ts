@@ -2,7 +2,7 @@ import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { CommandChanged, EventBus } from "../events.ts";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { type Command, CommandSchema } from "@redflag/gen/command_pb";
+import { type Command, CommandSchema, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { type CommandInfo, CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
 import { audit, commandCreator } from "./audit.ts";
 import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
@@ -10,6 +10,9 @@ import { createCommand, getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { CommandSigner } from "../signing/signer.ts";
+import { kPrincipal } from "../auth/context.ts";
+import { upgradeFromRegistry } from "../domain/agent-upgrade.ts";
+import { authorizeContent, authorizeKind } from "../domain/command-privilege.ts";
 import { prepareAction } from "./actions.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
@@ -43,8 +46,12 @@ export interface CommandQueue {
 export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner, events: EventBus): CommandQueue {
   return {
     async queue(ctx, agentId, requested, timeoutSeconds = 0) {
-      const action = prepareAction(requested, signer);
+      const role = ctx.values.get(kPrincipal)?.role;
+      authorizeKind(role, requested);
+      let action = prepareAction(requested);
       if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
+      await authorizeContent(db, role, agentId, action);
+      if (action.case === "updateAgent") action = { case: "updateAgent", value: await upgradeFromRegistry(db, signer, agentId, action.value.version) };
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
       const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...commandCreator(ctx) });
@@ -52,7 +59,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
       events.publish([{ commandId: row.id, agentId }]);
       await audit(db, ctx, {
         target: `agent:${agentId}`,
-        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action: requested })) },
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
       });
       return commandToProto(row);
     },
@@ -103,8 +110,10 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       if (!["failed", "timed_out", "rejected", "cancelled"].includes(row.state)) {
         throw new ConnectError(`command ${id} is ${row.state.replace("_", " ")}; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
       }
-      // The stored action was checked (and, for update_agent, signed) when first queued.
-      const action = fromBinary(CommandSchema, row.action).action;
+      // Checked again as this caller's command. An agent upgrade is the same version again,
+      // filled in afresh from the registry (the release may be gone, the signing key rotated).
+      let action = fromBinary(CommandSchema, row.action).action;
+      if (action.case === "updateAgent") action = { case: "updateAgent", value: create(UpdateAgentSchema, { version: action.value.version }) };
       return { command: await commands.queue(ctx, row.agentId, action, row.timeoutSeconds) };
     },
 

@@ -152,6 +152,21 @@ describe("the Activity feed", () => {
     expect(screen.queryAllByRole("button").map((b) => b.textContent)).toEqual([]);
   });
 
+  it("offers the retry of a failed agent upgrade to admins only (the server refuses operators)", async () => {
+    const feed = new EventFeed();
+    const upgrade = command({ id: FAILED, agentId: DB, type: CommandType.UPDATE_AGENT, state: CommandState.FAILED, result: { outcome: CommandOutcome.FAILED, message: "HTTP 404" } });
+    const { routes } = server({ feed, commands: [upgrade] });
+    const view = renderWithApi(Activity, routes);
+    await waitFor(() => expect(rowIds()).toEqual([FAILED]));
+    expect(within(row(FAILED)).queryByRole("button", { name: /Retry/ })).toBeNull();
+    view.unmount();
+
+    signIn(Role.ADMIN);
+    renderWithApi(Activity, routes);
+    await waitFor(() => expect(rowIds()).toEqual([FAILED]));
+    expect(within(row(FAILED)).getByRole("button", { name: "Retry update agent on db-1" })).toBeTruthy();
+  });
+
   it("takes its filters from the URL and writes changes back", async () => {
     setTestUrl(`/activity?agent=${DB}&state=failed`);
     const feed = new EventFeed();

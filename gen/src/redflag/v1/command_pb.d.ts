@@ -437,17 +437,24 @@ export declare type DisableHeartbeat = Message<"redflag.v1.DisableHeartbeat"> & 
 export declare const DisableHeartbeatSchema: GenMessage<DisableHeartbeat>;
 
 /**
- * UpdateAgent replaces the agent binary with a signed artifact.
+ * UpdateAgent replaces the agent binary with a build from the control plane's release
+ * registry. In CreateCommand a caller (an admin) sets only the version; the control plane fills
+ * in the rest for the agent's platform, and refuses a request that sets any of it.
  *
  * @generated from message redflag.v1.UpdateAgent
  */
 export declare type UpdateAgent = Message<"redflag.v1.UpdateAgent"> & {
   /**
+   * The release version; in CreateCommand, empty means the newest published for the agent.
+   *
    * @generated from field: string version = 1;
    */
   version: string;
 
   /**
+   * Where the agent downloads the artifact: a path relative to the control plane's URL
+   * ("downloads/linux-x64?version=0.2.0"); the agent refuses any other server.
+   *
    * @generated from field: string download_url = 2;
    */
   downloadUrl: string;

@@ -1,0 +1,189 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { ArtifactManifestSchema } from "@redflag/gen/command_pb";
+import { type AgentRelease, AgentReleaseSchema, type PublishReleaseRequest, ReleaseService } from "@redflag/gen/release_service_pb";
+import { createHash } from "node:crypto";
+import { downloadPath, isPlatform, isReleaseVersion, MAX_ARTIFACT_BYTES } from "../domain/releases.ts";
+import type { CommandSigner } from "../signing/signer.ts";
+import {
+  abortUpload,
+  beginUpload,
+  CHUNK_BYTES,
+  deleteRelease,
+  listPublishedReleases,
+  publishUpload,
+  type ReleaseRow,
+  storeChunk,
+} from "../store/releases.ts";
+import type { Prisma } from "../store/types.ts";
+import { audit, callerName } from "./audit.ts";
+import { invalid, nextPageToken, pageSize, pageToken } from "./validate.ts";
+
+// One message of the stream carries at most this much of the artifact; every message but the
+// last at least MIN_CHUNK, so a stream of tiny messages cannot make an upload cost far more
+// than its bytes.
+const MAX_CHUNK = 4 * 1024 * 1024;
+const MIN_CHUNK = 64 * 1024;
+// An upload that stored nothing for this long is abandoned: a new one may take its place.
+const STALE_UPLOAD_MS = 10 * 60_000;
+
+const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+const hex = (data: Uint8Array) => Buffer.from(data).toString("hex");
+
+export function checkVersion(field: string, version: string): string {
+  if (!isReleaseVersion(version)) {
+    throw invalid(`${field} ${quoted(version)} is not a release version: semantic versioning like "0.2.0" or "1.0.0-rc.1", at most 64 characters`);
+  }
+  return version;
+}
+
+export function checkPlatform(field: string, platform: string): string {
+  if (!isPlatform(platform)) throw invalid(`${field} ${quoted(platform)} is not a platform: "any", or an OS and CPU like "linux-x64", "linux-arm64", "darwin-arm64", "win32-x64"`);
+  return platform;
+}
+
+// A release as clients see it, its manifest signed now with the active key (a signature made
+// at publish time would stop verifying once that key is rotated out).
+export function releaseToProto(row: ReleaseRow, signer: CommandSigner): AgentRelease {
+  return create(AgentReleaseSchema, {
+    version: row.version,
+    platform: row.platform,
+    sizeBytes: row.sizeBytes,
+    sha256: row.sha256,
+    publishTime: row.publishedAt ? timestampFromDate(row.publishedAt) : undefined,
+    publishedBy: row.createdBy,
+    manifest: row.manifest,
+    ...signer.signManifest(row.manifest),
+    downloadPath: downloadPath(row.version, row.platform),
+  });
+}
+
+// Collects the stream's bytes into CHUNK_BYTES pieces and hands each one on as it fills.
+function chunker(write: (data: Uint8Array) => Promise<void>) {
+  let parts: Buffer[] = [];
+  let held = 0;
+  return {
+    async add(data: Uint8Array) {
+      parts.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+      held += data.byteLength;
+      while (held >= CHUNK_BYTES) {
+        const all = Buffer.concat(parts, held);
+        await write(all.subarray(0, CHUNK_BYTES));
+        const rest = all.subarray(CHUNK_BYTES);
+        parts = rest.length > 0 ? [Buffer.from(rest)] : [];
+        held = rest.length;
+      }
+    },
+    async end() {
+      if (held > 0) await write(Buffer.concat(parts, held));
+      parts = [];
+      held = 0;
+    },
+  };
+}
+
+export function createReleaseService(db: Prisma, signer: CommandSigner): ServiceImpl<typeof ReleaseService> {
+  return {
+    async publishRelease(requests: AsyncIterable<PublishReleaseRequest>, ctx: HandlerContext) {
+      const stream = requests[Symbol.asyncIterator]();
+      const first = await stream.next();
+      if (first.done || first.value.part.case !== "header") {
+        throw invalid("the first message must carry the release header (version, platform, size_bytes, sha256); the artifact's bytes follow it");
+      }
+      const header = first.value.part.value;
+      const version = checkVersion("header.version", header.version);
+      const platform = checkPlatform("header.platform", header.platform);
+      if (header.sizeBytes < 1n || header.sizeBytes > BigInt(MAX_ARTIFACT_BYTES)) {
+        throw invalid(`header.size_bytes must be from 1 to ${MAX_ARTIFACT_BYTES} (512 MiB)`);
+      }
+      if (header.sha256.length !== 32) throw invalid("header.sha256 must be the 32-byte SHA-256 of the artifact");
+      const size = Number(header.sizeBytes);
+      const manifest = toBinary(ArtifactManifestSchema, create(ArtifactManifestSchema, { version, platform, sizeBytes: header.sizeBytes, sha256: header.sha256 }));
+      const now = new Date();
+      const begun = await beginUpload(db, {
+        version,
+        platform,
+        sizeBytes: header.sizeBytes,
+        sha256: header.sha256,
+        manifest,
+        createdBy: callerName(ctx),
+        now,
+        staleBefore: new Date(now.getTime() - STALE_UPLOAD_MS),
+      });
+      if (begun.kind === "published") {
+        const same = Buffer.from(begun.release.sha256).equals(Buffer.from(header.sha256)) && begun.release.sizeBytes === header.sizeBytes;
+        if (!same) {
+          throw new ConnectError(
+            `${version} for ${platform} is already published with another artifact (SHA-256 ${hex(begun.release.sha256)}); a published release never changes: delete it first with \`redflag releases delete ${version} --platform ${platform}\``,
+            Code.FailedPrecondition,
+          );
+        }
+        // The same build again (a publish run repeated): read what the client sends, keep nothing.
+        let seen = 0;
+        for await (const msg of { [Symbol.asyncIterator]: () => stream }) {
+          seen += msg.part.case === "chunk" ? msg.part.value.byteLength : 0;
+          if (seen > size) throw invalid(`the artifact is larger than header.size_bytes (${size})`);
+        }
+        return { release: releaseToProto(begun.release, signer), created: false };
+      }
+
+      const releaseId = begun.id;
+      let published: ReleaseRow | undefined;
+      try {
+        const hash = createHash("sha256");
+        let seq = 0;
+        const pieces = chunker(async (data) => {
+          await storeChunk(db, releaseId, seq++, data, new Date());
+        });
+        let received = 0;
+        let short = false;
+        for await (const msg of { [Symbol.asyncIterator]: () => stream }) {
+          if (msg.part.case !== "chunk") throw invalid("only the first message carries a header; every later one carries the next piece of the artifact");
+          const data = msg.part.value;
+          if (data.byteLength === 0) throw invalid("an empty chunk; send the artifact's bytes");
+          if (data.byteLength > MAX_CHUNK) throw invalid(`a chunk of ${data.byteLength} bytes; at most ${MAX_CHUNK} per message`);
+          if (short) throw invalid(`a chunk smaller than ${MIN_CHUNK} bytes was followed by another; only the last may be that small`);
+          short = data.byteLength < MIN_CHUNK;
+          received += data.byteLength;
+          if (received > size) throw invalid(`the artifact is larger than header.size_bytes (${size}); nothing was published`);
+          hash.update(data);
+          await pieces.add(data);
+        }
+        if (received !== size) throw invalid(`the stream ended after ${received} of the ${size} bytes header.size_bytes announced; nothing was published`);
+        const digest = hash.digest();
+        if (!digest.equals(Buffer.from(header.sha256))) {
+          throw invalid(`the artifact's SHA-256 is ${digest.toString("hex")}, the header says ${hex(header.sha256)}; nothing was published`);
+        }
+        await pieces.end();
+        published = await publishUpload(db, releaseId, new Date());
+        if (!published) throw new ConnectError(`the upload of ${version} for ${platform} was deleted while it ran; nothing was published`, Code.Aborted);
+      } finally {
+        if (!published) await abortUpload(db, releaseId).catch(() => {});
+      }
+      await audit(db, ctx, {
+        target: `release:${version}/${platform}`,
+        after: { version, platform, sizeBytes: String(size), sha256: hex(header.sha256) },
+      });
+      return { release: releaseToProto(published, signer), created: true };
+    },
+
+    async listReleases(req) {
+      const platform = req.platform ? checkPlatform("platform", req.platform) : undefined;
+      const { rows, next } = await listPublishedReleases(db, { platform }, pageSize(req.pageSize), pageToken(req.pageToken));
+      return { releases: rows.map((r) => releaseToProto(r, signer)), nextPageToken: nextPageToken(next) };
+    },
+
+    async deleteRelease(req, ctx) {
+      const version = checkVersion("version", req.version);
+      const platform = checkPlatform("platform", req.platform);
+      const row = await deleteRelease(db, version, platform);
+      if (!row) throw new ConnectError(`there is no release ${version} for ${platform}`, Code.NotFound);
+      await audit(db, ctx, {
+        target: `release:${version}/${platform}`,
+        before: { version, platform, sizeBytes: String(row.sizeBytes), sha256: hex(row.sha256), state: row.state },
+      });
+      return {};
+    },
+  };
+}
