@@ -61,6 +61,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const masterKey = await loadMasterKey(config.masterKey, config.dataDir);
     const keys = await ensureSigningKeys(db.prisma, masterKey);
     const tokenSecret = await ensureSecret(db.prisma, masterKey, "access-token-hmac");
+    const renewSecret = await ensureSecret(db.prisma, masterKey, "renew-successor-hmac");
     await writeAdminKeyIfNew(db, config.dataDir, logger);
 
     const settings = createSettings(db.prisma, config);
@@ -162,6 +163,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       lastSeen,
       logger,
       metrics,
+      renewSecret,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
     const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;

@@ -31,6 +31,9 @@ export interface Config {
   readonly commandTimeoutSeconds: number;
   // Renew payloads signed further than this from the server clock are refused.
   readonly renewMaxSkewSeconds: number;
+  // The identical signed Renew sent again within this (its answer was lost) gets the same answer;
+  // 0: any second use of a refresh token revokes its family.
+  readonly renewRetryWindowSeconds: number;
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
@@ -173,6 +176,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
     commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),
     renewMaxSkewSeconds: duration("REDFLAG_RENEW_MAX_SKEW", "5m", 5),
+    renewRetryWindowSeconds: duration("REDFLAG_RENEW_RETRY_WINDOW", "60s", 0),
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
@@ -184,6 +188,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       renewPerAgent: rate("REDFLAG_RENEW_RATE_PER_AGENT", "6:12"),
     }),
   };
+  if (config.renewRetryWindowSeconds > 600) problems.push("REDFLAG_RENEW_RETRY_WINDOW must be at most 10m");
   if (config.refreshTokenAbsoluteSeconds < config.refreshTokenSlidingSeconds) {
     problems.push("REDFLAG_REFRESH_TOKEN_MAX_AGE must not be shorter than REDFLAG_REFRESH_TOKEN_TTL");
   }

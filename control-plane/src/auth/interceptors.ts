@@ -123,7 +123,7 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   // First: decommissioning also retires the credentials, and the agent should hear why.
   if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   if (state.credentialGeneration !== claims.generation) {
-    throw new ConnectError("access token was replaced by a newer registration", Code.Unauthenticated);
+    throw new ConnectError("access token is no longer valid: the agent registered again or its credentials were revoked", Code.Unauthenticated);
   }
   if (!isMachineId(presented) || presented !== claims.machineId || presented !== state.machineId) {
     await recordSecurityEvent(deps.db, {

@@ -23,7 +23,7 @@ import {
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { AgentTokens } from "../auth/agent-tokens.ts";
 import { kAgent, kRemoteAddr } from "../auth/context.ts";
@@ -74,6 +74,8 @@ export interface AgentServiceDeps {
   events: EventBus;
   settings: Settings;
   logger: Logger;
+  // Derives the refresh token a Renew hands out from the signed request (see renew).
+  renewSecret: Uint8Array;
   // Counts deliveries, recorded results and claims; optional for tests that build the service alone.
   metrics?: Pick<Metrics, "delivered" | "resultsRecorded" | "claim">;
 }
@@ -89,8 +91,13 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   const renewPerAddress = createRateLimiter(limits.renewPerAddress);
   const renewPerAgent = createRateLimiter(limits.renewPerAgent);
 
-  const newRefreshToken = (now: Date): { secret: string; row: NewRefreshToken } => {
-    const secret = randomBytes(32).toString("base64url");
+  // Random at registration; for a Renew, derived from the exact signed payload, so the identical
+  // request sent again (its answer was lost) is answered with the same token (store/agents.ts
+  // rotateRefreshToken). Only the token's hash is stored either way.
+  const newRefreshToken = (now: Date, renewPayload?: Uint8Array): { secret: string; row: NewRefreshToken } => {
+    const secret = renewPayload
+      ? createHmac("sha256", deps.renewSecret).update("redflag.v1.RenewPayload successor\0").update(renewPayload).digest("base64url")
+      : randomBytes(32).toString("base64url");
     return {
       secret,
       row: {
@@ -185,7 +192,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         );
       }
 
-      const refresh = newRefreshToken(now);
+      const refresh = newRefreshToken(now, req.payload);
       const rotated = await rotateRefreshToken(db, {
         agentId: payload.agentId,
         machineId: payload.machineId,
@@ -193,11 +200,17 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         next: refresh.row,
         now,
         remoteAddr,
+        retryWindowMs: config.renewRetryWindowSeconds * 1000,
       });
       if (!rotated.ok) {
-        if (rotated.reuse) deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        if (rotated.reuse) {
+          // The access tokens already issued stop at once, here and on every other replica.
+          deps.agents.invalidate(payload.agentId);
+          deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        }
         throw new ConnectError(rotated.reason, Code.Unauthenticated);
       }
+      if (rotated.retried) deps.logger.info({ agentId: payload.agentId }, "renew retried with the identical signed request; answered again");
       const access = await deps.tokens.issue(payload.agentId, state.machineId, rotated.credentialGeneration, now);
       return {
         accessToken: access.token,
