@@ -4,6 +4,7 @@ import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/conn
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "./log.ts";
+import { parseErrorsAsInvalidArgument } from "./rpc-parse-errors.ts";
 
 // connect-node's own types for Node requests and responses (HTTP/1.1 or HTTP/2 compatibility).
 type NodeRequest = Parameters<typeof universalRequestFromNodeRequest>[0];
@@ -39,6 +40,13 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
   });
   opts.routes(router);
   const paths = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
+  // Bytes that do not decode as the request message are the caller's mistake (rpc-parse-errors.ts).
+  const serve = (h: UniversalHandler, req: Parameters<UniversalHandler>[0]) =>
+    h(req).then((res) =>
+      parseErrorsAsInvalidArgument(res, h.method, (reason) =>
+        opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused"),
+      ),
+    );
   const failed = (h: UniversalHandler, reason: unknown) => {
     const code = ConnectError.from(reason).code;
     if (code === Code.Aborted || code === Code.Canceled) return;
@@ -59,7 +67,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
         res.end("a Host header is required\n");
         return;
       }
-      handler(ureq)
+      serve(handler, ureq)
         .then((ures) => universalResponseToNodeResponse(ures, res))
         .catch((reason: unknown) => failed(handler, reason));
     },
@@ -75,7 +83,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       // (without a listener, the stream's "error" would be an uncaught exception).
       stream.on("error", ignore);
       stream.once("close", () => aborted.abort(errorFromResetCode(stream.rstCode)));
-      handler({
+      serve(handler, {
         httpVersion: "2.0",
         method: headers[":method"] ?? "",
         url: `${socket?.encrypted ? "https" : "http"}://${authority}${path}`,

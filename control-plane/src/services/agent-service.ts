@@ -1,5 +1,5 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   AgentService,
@@ -56,7 +56,7 @@ import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, type Settings } from "../settings.ts";
-import { invalid, text, uuid } from "./validate.ts";
+import { int64, invalid, text, time, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
   config: Config;
@@ -184,7 +184,8 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
       // Counted only once the agent's own key signed the call, so nobody else can use up its budget.
       rateLimit(renewPerAgent, payload.agentId, "Renew calls for this agent");
-      const skewMs = Math.abs(timestampDate(payload.signTime).getTime() - now.getTime());
+      // Checked once the signature holds: a tampered payload is refused as such, whatever it says.
+      const skewMs = Math.abs(time("payload.sign_time", payload.signTime).getTime() - now.getTime());
       if (skewMs > config.renewMaxSkewSeconds * 1000) {
         throw new ConnectError(
           `renew request was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
@@ -352,8 +353,8 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
     commandId: result.commandId,
     outcome,
     message: result.message,
-    startedAt: result.startTime ? timestampDate(result.startTime) : null,
-    finishedAt: result.finishTime ? timestampDate(result.finishTime) : null,
+    startedAt: result.startTime ? time(`${field}.start_time`, result.startTime) : null,
+    finishedAt: result.finishTime ? time(`${field}.finish_time`, result.finishTime) : null,
     bytes: toBinary(CommandResultSchema, result),
     updates: scan?.updates,
     scannedSources: scan?.scannedSources ?? [],
@@ -397,7 +398,7 @@ function toScan(scan: ScanUpdatesResult, field: string): { updates: PackageUpdat
       repository: text(`${f}.repository`, u.repository, { max: 512 }),
       severity: severityName(u.severity),
       security: u.security,
-      sizeBytes: u.sizeBytes,
+      sizeBytes: int64(`${f}.size_bytes`, u.sizeBytes),
       rebootRequired: u.rebootRequired,
     };
   });
@@ -416,7 +417,7 @@ function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
     const field = `scans[${i}]`;
     uuid(`${field}.id`, report.id);
     if (!report.scanTime) throw invalid(`${field}.scan_time is required`);
-    const scanTime = timestampDate(report.scanTime);
+    const scanTime = time(`${field}.scan_time`, report.scanTime);
     if (scanTime.getTime() > now.getTime() + SCAN_TIME_SKEW_MS) throw invalid(`${field}.scan_time is in the future`);
     if (!report.result) throw invalid(`${field}.result is required`);
     unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`), metrics: toMetrics(report.result) });
