@@ -12,6 +12,7 @@ import { createRoutes } from "./routes.ts";
 import { createScheduler, type Scheduler } from "./scheduler.ts";
 import type { EventBus } from "./events.ts";
 import { createRpcHandlers } from "./rpc-handler.ts";
+import { createClientAddress } from "./client-address.ts";
 import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
@@ -74,10 +75,16 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
     });
     const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
+    // Who a request comes from (behind a trusted reverse proxy: whom it forwards for).
+    const clientAddress = createClientAddress(config.trustedProxies);
+    const requestAddress = (req: { socket?: { remoteAddress?: string } | null; headers: NodeJS.Dict<string | string[]> }) =>
+      clientAddress(req.socket?.remoteAddress, req.headers["x-forwarded-for"]);
+
     const probes = createProbes({
       metrics,
       readiness: () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS),
       metricsToken: config.metricsToken,
+      clientAddress: requestAddress,
       logger,
     });
     // This replica's caches; a change made here drops them on the other replicas too (below).
@@ -166,12 +173,14 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       renewSecret,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
-    const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
+    const oidc = config.oidc
+      ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger, clientAddress: requestAddress })
+      : undefined;
     const rpc = createRpcHandlers({
       routes: createRoutes(deps),
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
-      contextValues: (remoteAddress) => createContextValues().set(kRemoteAddr, remoteAddress ?? ""),
+      contextValues: (remoteAddress, forwardedFor) => createContextValues().set(kRemoteAddr, clientAddress(remoteAddress, forwardedFor)),
       logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.
       fallback: (req, res) => {

@@ -39,12 +39,14 @@ describe("loadConfig", () => {
         REDFLAG_MASTER_KEY: "c2hvcnQ=",
         DATABASE_URL: "mysql://x",
         REDFLAG_POLL_JITTER_PERCENT: "150",
+        REDFLAG_TRUSTED_PROXIES: "10.0.0.0/8, my-proxy",
       });
     } catch (err) {
       error = err as ConfigError;
     }
     expect(error).toBeInstanceOf(ConfigError);
-    expect(error!.problems).toHaveLength(6);
+    expect(error!.problems).toHaveLength(7);
+    expect(error!.message).toMatch(/REDFLAG_TRUSTED_PROXIES: "my-proxy" is not an IP address or CIDR/);
     expect(error!.message).toMatch(/^invalid environment:/);
     expect(error!.message).toMatch(/REDFLAG_ADDR=nonsense/);
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);

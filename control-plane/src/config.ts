@@ -3,6 +3,7 @@ import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
 import type { RateLimit } from "./auth/rate-limit.ts";
+import { parseTrustedProxies, type Cidr } from "./client-address.ts";
 
 export interface Config {
   readonly host: string;
@@ -37,6 +38,8 @@ export interface Config {
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Reverse proxies whose X-Forwarded-For is believed (client-address.ts); empty: none.
+  readonly trustedProxies: readonly Cidr[];
   // Bearer token for /metrics; unset: /metrics answers loopback callers only.
   readonly metricsToken: string | undefined;
   // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
@@ -151,6 +154,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     problems.push("REDFLAG_METRICS_TOKEN must be 16 to 256 printable characters without spaces (openssl rand -hex 32)");
   }
 
+  const trustedProxies = parseTrustedProxies(env.REDFLAG_TRUSTED_PROXIES ?? "");
+  if (typeof trustedProxies === "string") problems.push(`REDFLAG_TRUSTED_PROXIES: ${trustedProxies}`);
+
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
@@ -181,6 +187,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
     metricsToken,
+    trustedProxies: Object.freeze(typeof trustedProxies === "string" ? [] : trustedProxies),
     rateLimits: Object.freeze({
       registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
       registerPerToken: rate("REDFLAG_REGISTER_RATE_PER_TOKEN", "300:600"),

@@ -24,7 +24,8 @@ export interface RpcHandlerOptions {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
   readMaxBytes?: number;
-  contextValues?: (remoteAddress: string | undefined) => ContextValues;
+  // From the connection's peer address and the request's X-Forwarded-For.
+  contextValues?: (remoteAddress: string | undefined, forwardedFor: string | string[] | undefined) => ContextValues;
   fallback: (req: NodeRequest, res: NodeResponse) => void;
   logger: Logger;
 }
@@ -59,7 +60,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       if (!handler) return opts.fallback(req, res);
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
-        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress));
+        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress, req.headers["x-forwarded-for"]));
       } catch {
         // Without an authority (an HTTP/1.0 request with no Host header) connect cannot form the
         // request's URL and throws: refuse the request, not the process.
@@ -90,7 +91,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
         header: webHeaders(headers),
         body: requestBody(stream),
         signal: aborted.signal,
-        contextValues: opts.contextValues?.(socket?.remoteAddress),
+        contextValues: opts.contextValues?.(socket?.remoteAddress, headers["x-forwarded-for"]),
       })
         .then((ures) => writeToStream(ures, stream))
         .catch((reason: unknown) => {

@@ -40,7 +40,13 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       return res;
     } catch (err) {
       const ms = performance.now() - started;
-      const fields = { requestId, rpc: rpcName(req), agentId: req.contextValues.get(kAgent)?.agentId, ms: Math.round(ms) };
+      const fields = {
+        requestId,
+        rpc: rpcName(req),
+        agentId: req.contextValues.get(kAgent)?.agentId,
+        remoteAddr: req.contextValues.get(kRemoteAddr) || undefined,
+        ms: Math.round(ms),
+      };
       let error: ConnectError;
       if (err instanceof ConnectError) {
         // A streaming call's request is decoded in here: bytes that are not the message are the caller's.
