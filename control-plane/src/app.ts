@@ -180,6 +180,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       routes: createRoutes(deps),
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
+      responseStallMs: config.listener.responseStallMs,
       contextValues: (remoteAddress, forwardedFor) => createContextValues().set(kRemoteAddr, clientAddress(remoteAddress, forwardedFor)),
       logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.
@@ -204,7 +205,15 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         });
       },
     });
-    const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: config.host, port: config.port, tls: config.tls, logger });
+    const server = await startServer({
+      handler: rpc.request,
+      streamHandler: rpc.stream,
+      host: config.host,
+      port: config.port,
+      tls: config.tls,
+      limits: config.listener,
+      logger,
+    });
     const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(

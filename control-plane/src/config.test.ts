@@ -68,6 +68,29 @@ describe("loadConfig", () => {
   });
 });
 
+describe("listener limits", () => {
+  it("have defaults that keep long-polls and WatchEvents working, and can be set", () => {
+    expect(loadConfig({}).listener).toEqual({
+      headersTimeoutMs: 20_000,
+      requestTimeoutMs: 120_000,
+      idleTimeoutMs: 120_000,
+      responseStallMs: 120_000,
+      maxStreamsPerConnection: 100,
+      maxConnections: 20_000,
+      maxHeaderBytes: 16_384,
+    });
+    const c = loadConfig({ REDFLAG_IDLE_TIMEOUT: "5s", REDFLAG_MAX_CONNECTIONS: "500", REDFLAG_MAX_STREAMS_PER_CONNECTION: "20" });
+    // A response stalls only after a minute at least: a quiet feed writes every 20 s.
+    expect(c.listener).toMatchObject({ idleTimeoutMs: 5000, responseStallMs: 60_000, maxConnections: 500, maxStreamsPerConnection: 20 });
+  });
+
+  it("refuses limits that make no sense", () => {
+    expect(() => loadConfig({ REDFLAG_HEADERS_TIMEOUT: "1m", REDFLAG_REQUEST_TIMEOUT: "30s" })).toThrow(/REDFLAG_REQUEST_TIMEOUT must not be shorter than REDFLAG_HEADERS_TIMEOUT/);
+    expect(() => loadConfig({ REDFLAG_MAX_STREAMS_PER_CONNECTION: "0" })).toThrow(/REDFLAG_MAX_STREAMS_PER_CONNECTION=0 must be a whole number from 1 to 10000/);
+    expect(() => loadConfig({ REDFLAG_IDLE_TIMEOUT: "0" })).toThrow(/REDFLAG_IDLE_TIMEOUT=0 must be at least 1s/);
+  });
+});
+
 describe("durations", () => {
   it("parse what operators type", () => {
     expect(parseDuration("90")).toBe(90);

@@ -4,6 +4,7 @@ import path from "node:path";
 import { parseDuration } from "./duration.ts";
 import type { RateLimit } from "./auth/rate-limit.ts";
 import { parseTrustedProxies, type Cidr } from "./client-address.ts";
+import type { ListenerLimits } from "./server.ts";
 
 export interface Config {
   readonly host: string;
@@ -38,6 +39,8 @@ export interface Config {
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Timeouts and caps of the listener (server.ts).
+  readonly listener: ListenerLimits;
   // Reverse proxies whose X-Forwarded-For is believed (client-address.ts); empty: none.
   readonly trustedProxies: readonly Cidr[];
   // Bearer token for /metrics; unset: /metrics answers loopback callers only.
@@ -162,6 +165,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
   }
 
+  const idleSeconds = duration("REDFLAG_IDLE_TIMEOUT", "2m", 1);
+
   const config: Config = {
     host,
     port,
@@ -186,6 +191,16 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    listener: Object.freeze({
+      headersTimeoutMs: duration("REDFLAG_HEADERS_TIMEOUT", "20s", 1) * 1000,
+      requestTimeoutMs: duration("REDFLAG_REQUEST_TIMEOUT", "2m", 1) * 1000,
+      idleTimeoutMs: idleSeconds * 1000,
+      // At least a minute: a quiet WatchEvents feed writes a keep-alive every 20 s.
+      responseStallMs: Math.max(idleSeconds, 60) * 1000,
+      maxStreamsPerConnection: integer("REDFLAG_MAX_STREAMS_PER_CONNECTION", 100, 1, 10_000),
+      maxConnections: integer("REDFLAG_MAX_CONNECTIONS", 20_000, 1, 1_000_000),
+      maxHeaderBytes: integer("REDFLAG_MAX_HEADER_BYTES", 16 * 1024, 1024, 1024 * 1024),
+    }),
     metricsToken,
     trustedProxies: Object.freeze(typeof trustedProxies === "string" ? [] : trustedProxies),
     rateLimits: Object.freeze({
@@ -195,6 +210,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       renewPerAgent: rate("REDFLAG_RENEW_RATE_PER_AGENT", "6:12"),
     }),
   };
+  if (config.listener.requestTimeoutMs < config.listener.headersTimeoutMs) {
+    problems.push("REDFLAG_REQUEST_TIMEOUT must not be shorter than REDFLAG_HEADERS_TIMEOUT (the headers are part of the request)");
+  }
   if (config.renewRetryWindowSeconds > 600) problems.push("REDFLAG_RENEW_RETRY_WINDOW must be at most 10m");
   if (config.refreshTokenAbsoluteSeconds < config.refreshTokenSlidingSeconds) {
     problems.push("REDFLAG_REFRESH_TOKEN_MAX_AGE must not be shorter than REDFLAG_REFRESH_TOKEN_TTL");
