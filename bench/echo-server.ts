@@ -1,6 +1,7 @@
 import { AgentService } from "@redflag/gen/agent_service_pb";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
+import { loadConfig } from "../control-plane/src/config.ts";
 import { createRpcHandlers } from "../control-plane/src/rpc-handler.ts";
 import { startServer } from "../control-plane/src/server.ts";
 
@@ -11,6 +12,8 @@ import { startServer } from "../control-plane/src/server.ts";
 const port = Number(process.env.BENCH_ECHO_PORT ?? 0);
 const logger = pino({ level: "silent" });
 let held = 0;
+// The control plane's default listener limits, so the floor pays for them too.
+const limits = loadConfig({}).listener;
 const rpc = createRpcHandlers({
   routes: (router) =>
     router.service(AgentService, {
@@ -29,9 +32,10 @@ const rpc = createRpcHandlers({
     res.writeHead(known ? 200 : 404, { "content-type": "text/plain" });
     res.end(req.url === "/held" ? `${held}\n` : known ? "ok\n" : "not found\n");
   },
+  responseStallMs: limits.responseStallMs,
   logger,
 });
-const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: "127.0.0.1", port, tls: undefined, logger });
+const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: "127.0.0.1", port, tls: undefined, limits, logger });
 const stop = () => void server.close().then(() => process.exit(0));
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);

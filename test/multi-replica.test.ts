@@ -270,6 +270,17 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
     await expect.poll(refusal, { timeout: 3_000, interval: 50 }).toBe("this agent has been decommissioned");
   });
 
+  it("stop an agent's access tokens on both at once when one sees its refresh token re-used", async () => {
+    const agent = await registerTestAgent(a, await newRegistrationToken(a));
+    const [, onB] = clientsOf(agent);
+    // B has verified the token and caches the agent's registration.
+    await expect(onB.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+    await a.agentClient().renew(signedRenew(agent, agent.refreshToken));
+    await expect(a.agentClient().renew(signedRenew(agent, agent.refreshToken))).rejects.toMatchObject({ code: Code.Unauthenticated });
+    const refusal = () => onB.pollCommands({ nonce: nonce() }).then(() => "accepted", (err: unknown) => ConnectError.from(err).rawMessage);
+    await expect.poll(refusal, { timeout: 3_000, interval: 50 }).toMatch(/credentials were revoked/);
+  });
+
   it("reconnect their replica links after the database drops them, and wake across replicas again", async () => {
     const dropped = await a.app.db.prisma.$queryRaw<{ pid: number }[]>`
       SELECT pg_terminate_backend(pid) AS pid FROM pg_stat_activity

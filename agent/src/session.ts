@@ -17,6 +17,10 @@ const RENEW_AT_FRACTION = 0.8;
 // … or when less than this is left (enough for a long poll plus its margin), unless the token's
 // whole life is that short: then the fraction alone decides, or every call would renew.
 const MIN_REMAINING_MS = 90_000;
+// A Renew whose answer never came is sent again byte for byte within this time: the control plane
+// answers the identical signed request again (for up to REDFLAG_RENEW_RETRY_WINDOW, 60 s by
+// default) instead of taking it for a copied refresh token. Later, a new one is signed.
+const RENEW_RESEND_MS = 45_000;
 
 export interface SessionDeps {
   api: AgentApi;
@@ -54,6 +58,8 @@ export function createSession(deps: SessionDeps): Session {
   // are saved: a rotated refresh token that only lives in memory would be lost by a crash.
   let unsaved = false;
   let recovering: Promise<void> | undefined;
+  // The last Renew sent without an answer, kept to send the very same bytes again while fresh.
+  let unanswered: { refreshToken: string; payload: Uint8Array; signature: Uint8Array; signedAt: number } | undefined;
 
   const update = async (next: Registration) => {
     registration = next;
@@ -63,17 +69,25 @@ export function createSession(deps: SessionDeps): Session {
   };
 
   const renew = async (signal?: AbortSignal) => {
-    const payload = toBinary(
-      RenewPayloadSchema,
-      create(RenewPayloadSchema, {
-        agentId: registration.agentId,
-        refreshToken: registration.refreshToken,
-        machineId: deps.machineId,
-        signTime: timestampFromDate(now()),
-      }),
-    );
-    const signature = signEnvelope(deps.key.secretKey, RENEW_PAYLOAD_TYPE, payload);
-    const res = await api.renew({ payload, signature }, signal);
+    const at = now().getTime();
+    let request = unanswered;
+    if (!request || request.refreshToken !== registration.refreshToken || Math.abs(at - request.signedAt) >= RENEW_RESEND_MS) {
+      const payload = toBinary(
+        RenewPayloadSchema,
+        create(RenewPayloadSchema, {
+          agentId: registration.agentId,
+          refreshToken: registration.refreshToken,
+          machineId: deps.machineId,
+          signTime: timestampFromDate(new Date(at)),
+        }),
+      );
+      const signature = signEnvelope(deps.key.secretKey, RENEW_PAYLOAD_TYPE, payload);
+      request = unanswered = { refreshToken: registration.refreshToken, payload, signature, signedAt: at };
+    }
+    // Sending the same request again is harmless whatever became of the first one: if it was
+    // never processed, it is processed now.
+    const res = await api.renew({ payload: request.payload, signature: request.signature }, signal);
+    unanswered = undefined;
     if (!res.accessToken || !res.refreshToken || !res.accessTokenExpireTime) {
       throw new Error("the control plane's Renew answer is missing credentials");
     }

@@ -12,6 +12,7 @@ import { createRoutes } from "./routes.ts";
 import { createScheduler, type Scheduler } from "./scheduler.ts";
 import type { EventBus } from "./events.ts";
 import { createRpcHandlers } from "./rpc-handler.ts";
+import { createClientAddress } from "./client-address.ts";
 import { startServer, type RunningServer } from "./server.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
@@ -62,6 +63,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const masterKey = await loadMasterKey(config.masterKey, config.dataDir);
     const keys = await ensureSigningKeys(db.prisma, masterKey);
     const tokenSecret = await ensureSecret(db.prisma, masterKey, "access-token-hmac");
+    const renewSecret = await ensureSecret(db.prisma, masterKey, "renew-successor-hmac");
     await writeAdminKeyIfNew(db, config.dataDir, logger);
 
     const settings = createSettings(db.prisma, config);
@@ -74,10 +76,16 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
     });
     const migrationNames = (await readMigrations(DEFAULT_MIGRATIONS_DIR)).map((m) => m.name);
+    // Who a request comes from (behind a trusted reverse proxy: whom it forwards for).
+    const clientAddress = createClientAddress(config.trustedProxies);
+    const requestAddress = (req: { socket?: { remoteAddress?: string } | null; headers: NodeJS.Dict<string | string[]> }) =>
+      clientAddress(req.socket?.remoteAddress, req.headers["x-forwarded-for"]);
+
     const probes = createProbes({
       metrics,
       readiness: () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS),
       metricsToken: config.metricsToken,
+      clientAddress: requestAddress,
       logger,
     });
     // This replica's caches; a change made here drops them on the other replicas too (below).
@@ -164,15 +172,19 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       lastSeen,
       logger,
       metrics,
+      renewSecret,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
     const downloads = createDownloads({ db: db.prisma, logger });
-    const oidc = config.oidc ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger }) : undefined;
+    const oidc = config.oidc
+      ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger, clientAddress: requestAddress })
+      : undefined;
     const rpc = createRpcHandlers({
       routes: createRoutes(deps),
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
-      contextValues: (remoteAddress) => createContextValues().set(kRemoteAddr, remoteAddress ?? ""),
+      responseStallMs: config.listener.responseStallMs,
+      contextValues: (remoteAddress, forwardedFor) => createContextValues().set(kRemoteAddr, clientAddress(remoteAddress, forwardedFor)),
       logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.
       fallback: (req, res) => {
@@ -197,7 +209,15 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         });
       },
     });
-    const server = await startServer({ handler: rpc.request, streamHandler: rpc.stream, host: config.host, port: config.port, tls: config.tls, logger });
+    const server = await startServer({
+      handler: rpc.request,
+      streamHandler: rpc.stream,
+      host: config.host,
+      port: config.port,
+      tls: config.tls,
+      limits: config.listener,
+      logger,
+    });
     const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(

@@ -39,12 +39,14 @@ describe("loadConfig", () => {
         REDFLAG_MASTER_KEY: "c2hvcnQ=",
         DATABASE_URL: "mysql://x",
         REDFLAG_POLL_JITTER_PERCENT: "150",
+        REDFLAG_TRUSTED_PROXIES: "10.0.0.0/8, my-proxy",
       });
     } catch (err) {
       error = err as ConfigError;
     }
     expect(error).toBeInstanceOf(ConfigError);
-    expect(error!.problems).toHaveLength(6);
+    expect(error!.problems).toHaveLength(7);
+    expect(error!.message).toMatch(/REDFLAG_TRUSTED_PROXIES: "my-proxy" is not an IP address or CIDR/);
     expect(error!.message).toMatch(/^invalid environment:/);
     expect(error!.message).toMatch(/REDFLAG_ADDR=nonsense/);
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);
@@ -63,6 +65,29 @@ describe("loadConfig", () => {
     expect(c.rateLimits.renewPerAgent.perMinute).toBe(0);
     expect(() => loadConfig({ REDFLAG_RENEW_RATE_PER_ADDRESS: "lots" })).toThrow(/REDFLAG_RENEW_RATE_PER_ADDRESS=lots must be CALLS_PER_MINUTE or CALLS_PER_MINUTE:BURST/);
     expect(() => loadConfig({ REDFLAG_RENEW_RATE_PER_ADDRESS: "5:0" })).toThrow(/CALLS_PER_MINUTE:BURST/);
+  });
+});
+
+describe("listener limits", () => {
+  it("have defaults that keep long-polls and WatchEvents working, and can be set", () => {
+    expect(loadConfig({}).listener).toEqual({
+      headersTimeoutMs: 20_000,
+      requestTimeoutMs: 120_000,
+      idleTimeoutMs: 120_000,
+      responseStallMs: 120_000,
+      maxStreamsPerConnection: 100,
+      maxConnections: 20_000,
+      maxHeaderBytes: 16_384,
+    });
+    const c = loadConfig({ REDFLAG_IDLE_TIMEOUT: "5s", REDFLAG_MAX_CONNECTIONS: "500", REDFLAG_MAX_STREAMS_PER_CONNECTION: "20" });
+    // A response stalls only after a minute at least: a quiet feed writes every 20 s.
+    expect(c.listener).toMatchObject({ idleTimeoutMs: 5000, responseStallMs: 60_000, maxConnections: 500, maxStreamsPerConnection: 20 });
+  });
+
+  it("refuses limits that make no sense", () => {
+    expect(() => loadConfig({ REDFLAG_HEADERS_TIMEOUT: "1m", REDFLAG_REQUEST_TIMEOUT: "30s" })).toThrow(/REDFLAG_REQUEST_TIMEOUT must not be shorter than REDFLAG_HEADERS_TIMEOUT/);
+    expect(() => loadConfig({ REDFLAG_MAX_STREAMS_PER_CONNECTION: "0" })).toThrow(/REDFLAG_MAX_STREAMS_PER_CONNECTION=0 must be a whole number from 1 to 10000/);
+    expect(() => loadConfig({ REDFLAG_IDLE_TIMEOUT: "0" })).toThrow(/REDFLAG_IDLE_TIMEOUT=0 must be at least 1s/);
   });
 });
 

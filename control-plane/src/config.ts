@@ -3,6 +3,8 @@ import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
 import type { RateLimit } from "./auth/rate-limit.ts";
+import { parseTrustedProxies, type Cidr } from "./client-address.ts";
+import type { ListenerLimits } from "./server.ts";
 
 export interface Config {
   readonly host: string;
@@ -31,9 +33,16 @@ export interface Config {
   readonly commandTimeoutSeconds: number;
   // Renew payloads signed further than this from the server clock are refused.
   readonly renewMaxSkewSeconds: number;
+  // The identical signed Renew sent again within this (its answer was lost) gets the same answer;
+  // 0: any second use of a refresh token revokes its family.
+  readonly renewRetryWindowSeconds: number;
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Timeouts and caps of the listener (server.ts).
+  readonly listener: ListenerLimits;
+  // Reverse proxies whose X-Forwarded-For is believed (client-address.ts); empty: none.
+  readonly trustedProxies: readonly Cidr[];
   // Bearer token for /metrics; unset: /metrics answers loopback callers only.
   readonly metricsToken: string | undefined;
   // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
@@ -148,10 +157,15 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     problems.push("REDFLAG_METRICS_TOKEN must be 16 to 256 printable characters without spaces (openssl rand -hex 32)");
   }
 
+  const trustedProxies = parseTrustedProxies(env.REDFLAG_TRUSTED_PROXIES ?? "");
+  if (typeof trustedProxies === "string") problems.push(`REDFLAG_TRUSTED_PROXIES: ${trustedProxies}`);
+
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     problems.push("DATABASE_URL must be a postgres:// or postgresql:// URL");
   }
+
+  const idleSeconds = duration("REDFLAG_IDLE_TIMEOUT", "2m", 1);
 
   const config: Config = {
     host,
@@ -173,10 +187,22 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
     commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),
     renewMaxSkewSeconds: duration("REDFLAG_RENEW_MAX_SKEW", "5m", 5),
+    renewRetryWindowSeconds: duration("REDFLAG_RENEW_RETRY_WINDOW", "60s", 0),
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    listener: Object.freeze({
+      headersTimeoutMs: duration("REDFLAG_HEADERS_TIMEOUT", "20s", 1) * 1000,
+      requestTimeoutMs: duration("REDFLAG_REQUEST_TIMEOUT", "2m", 1) * 1000,
+      idleTimeoutMs: idleSeconds * 1000,
+      // At least a minute: a quiet WatchEvents feed writes a keep-alive every 20 s.
+      responseStallMs: Math.max(idleSeconds, 60) * 1000,
+      maxStreamsPerConnection: integer("REDFLAG_MAX_STREAMS_PER_CONNECTION", 100, 1, 10_000),
+      maxConnections: integer("REDFLAG_MAX_CONNECTIONS", 20_000, 1, 1_000_000),
+      maxHeaderBytes: integer("REDFLAG_MAX_HEADER_BYTES", 16 * 1024, 1024, 1024 * 1024),
+    }),
     metricsToken,
+    trustedProxies: Object.freeze(typeof trustedProxies === "string" ? [] : trustedProxies),
     rateLimits: Object.freeze({
       registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
       registerPerToken: rate("REDFLAG_REGISTER_RATE_PER_TOKEN", "300:600"),
@@ -184,6 +210,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       renewPerAgent: rate("REDFLAG_RENEW_RATE_PER_AGENT", "6:12"),
     }),
   };
+  if (config.listener.requestTimeoutMs < config.listener.headersTimeoutMs) {
+    problems.push("REDFLAG_REQUEST_TIMEOUT must not be shorter than REDFLAG_HEADERS_TIMEOUT (the headers are part of the request)");
+  }
+  if (config.renewRetryWindowSeconds > 600) problems.push("REDFLAG_RENEW_RETRY_WINDOW must be at most 10m");
   if (config.refreshTokenAbsoluteSeconds < config.refreshTokenSlidingSeconds) {
     problems.push("REDFLAG_REFRESH_TOKEN_MAX_AGE must not be shorter than REDFLAG_REFRESH_TOKEN_TTL");
   }

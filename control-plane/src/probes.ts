@@ -18,6 +18,8 @@ export interface ProbeDeps {
   readiness: () => Promise<Readiness>;
   // Unset: /metrics answers loopback callers only.
   metricsToken: string | undefined;
+  // The caller's address (client-address.ts); unset: the connection's peer.
+  clientAddress?: (req: Request) => string;
   logger: Logger;
 }
 
@@ -61,7 +63,8 @@ export function createProbes(deps: ProbeDeps) {
           return true;
         case "/metrics": {
           const auth = req.headers.authorization;
-          const access = metricsAccess(req.socket?.remoteAddress, typeof auth === "string" ? auth : undefined, deps.metricsToken);
+          const caller = deps.clientAddress ? deps.clientAddress(req) : req.socket?.remoteAddress;
+          const access = metricsAccess(caller, typeof auth === "string" ? auth : undefined, deps.metricsToken);
           if (access === "unauthenticated") {
             json(res, 401, { error: "send authorization: Bearer <REDFLAG_METRICS_TOKEN>" }, { "www-authenticate": 'Bearer realm="metrics"' });
             return true;

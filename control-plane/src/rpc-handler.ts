@@ -4,6 +4,8 @@ import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/conn
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "./log.ts";
+import { parseErrorsAsInvalidArgument } from "./rpc-parse-errors.ts";
+import { bodyTimedOut } from "./server.ts";
 
 // connect-node's own types for Node requests and responses (HTTP/1.1 or HTTP/2 compatibility).
 type NodeRequest = Parameters<typeof universalRequestFromNodeRequest>[0];
@@ -23,7 +25,10 @@ export interface RpcHandlerOptions {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
   readMaxBytes?: number;
-  contextValues?: (remoteAddress: string | undefined) => ContextValues;
+  // An HTTP/2 response the client does not read for this long is reset; unset: never.
+  responseStallMs?: number;
+  // From the connection's peer address and the request's X-Forwarded-For.
+  contextValues?: (remoteAddress: string | undefined, forwardedFor: string | string[] | undefined) => ContextValues;
   fallback: (req: NodeRequest, res: NodeResponse) => void;
   logger: Logger;
 }
@@ -38,7 +43,15 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     acceptCompression: [compressionGzip, compressionBrotli],
   });
   opts.routes(router);
+  const stallMs = opts.responseStallMs;
   const paths = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
+  // Bytes that do not decode as the request message are the caller's mistake (rpc-parse-errors.ts).
+  const serve = (h: UniversalHandler, req: Parameters<UniversalHandler>[0]) =>
+    h(req).then((res) =>
+      parseErrorsAsInvalidArgument(res, h.method, (reason) =>
+        opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused"),
+      ),
+    );
   const failed = (h: UniversalHandler, reason: unknown) => {
     const code = ConnectError.from(reason).code;
     if (code === Code.Aborted || code === Code.Canceled) return;
@@ -51,7 +64,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       if (!handler) return opts.fallback(req, res);
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
-        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress));
+        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress, req.headers["x-forwarded-for"]));
       } catch {
         // Without an authority (an HTTP/1.0 request with no Host header) connect cannot form the
         // request's URL and throws: refuse the request, not the process.
@@ -59,7 +72,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
         res.end("a Host header is required\n");
         return;
       }
-      handler(ureq)
+      serve(handler, ureq)
         .then((ures) => universalResponseToNodeResponse(ures, res))
         .catch((reason: unknown) => failed(handler, reason));
     },
@@ -75,16 +88,16 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       // (without a listener, the stream's "error" would be an uncaught exception).
       stream.on("error", ignore);
       stream.once("close", () => aborted.abort(errorFromResetCode(stream.rstCode)));
-      handler({
+      serve(handler, {
         httpVersion: "2.0",
         method: headers[":method"] ?? "",
         url: `${socket?.encrypted ? "https" : "http"}://${authority}${path}`,
         header: webHeaders(headers),
         body: requestBody(stream),
         signal: aborted.signal,
-        contextValues: opts.contextValues?.(socket?.remoteAddress),
+        contextValues: opts.contextValues?.(socket?.remoteAddress, headers["x-forwarded-for"]),
       })
-        .then((ures) => writeToStream(ures, stream))
+        .then((ures) => writeToStream(ures, stream, stallMs))
         .catch((reason: unknown) => {
           // A stream the client already closed needs neither a log line nor a reset.
           if (stream.destroyed) return;
@@ -98,11 +111,13 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
 
 function ignore() {}
 
+
 // The stream's chunks, like `for await (const chunk of stream)`, except that a reader stopping
 // early (a body over the size limit) does not reset the stream: the error response still reaches
 // the client.
 async function* requestBody(stream: http2.ServerHttp2Stream): AsyncGenerator<Uint8Array> {
   for (;;) {
+    if (bodyTimedOut.has(stream)) throw new ConnectError("the request body did not arrive in time", Code.DeadlineExceeded);
     const chunk = stream.read() as Buffer | null;
     if (chunk !== null) {
       yield chunk;
@@ -149,12 +164,17 @@ function nodeHeaders(headers: Headers | undefined, into: http2.OutgoingHttpHeade
 
 // Headers go out after the body's first chunk, so a handler can still set them (as in
 // connect-node); gRPC trailers follow the body.
-async function writeToStream(res: UniversalServerResponse, stream: http2.ServerHttp2Stream): Promise<void> {
+// Once the response has started, a stream with no activity (nothing written, nothing read by the
+// client, so writes wait for flow control) for `stallMs` is reset: a client that stops reading
+// holds nothing for long.
+async function writeToStream(res: UniversalServerResponse, stream: http2.ServerHttp2Stream, stallMs: number | undefined): Promise<void> {
   const body = res.body?.[Symbol.asyncIterator]();
   try {
     let chunk = await body?.next();
-    if (stream.destroyed) return;
+    // Closed meanwhile: the client went away, or the request body timed out (server.ts).
+    if (stream.destroyed || stream.closed || stream.headersSent) return;
     const trailer = res.trailer;
+    if (stallMs) stream.setTimeout(stallMs, () => stream.close(http2.constants.NGHTTP2_CANCEL));
     stream.respond(nodeHeaders(res.header, { ":status": res.status }), { waitForTrailers: trailer !== undefined });
     if (trailer) stream.once("wantTrailers", () => stream.sendTrailers(nodeHeaders(trailer)));
     while (chunk !== undefined && chunk.done !== true) {

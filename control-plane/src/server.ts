@@ -9,6 +9,29 @@ type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.
 // Takes an HTTP/2 stream before Node wraps it for `handler`; false leaves it to `handler`.
 type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
 
+// Bounds on what a connection may hold and for how long; every one a setting (config.ts), so
+// tests can make them small.
+export interface ListenerLimits {
+  // A new connection must send its first request's headers (with TLS: finish the handshake,
+  // and again for the headers) within this.
+  readonly headersTimeoutMs: number;
+  // A request's body must have arrived this long after the request started. A long-poll or a
+  // WatchEvents stream has sent its whole (small) request long before: only the upload counts.
+  readonly requestTimeoutMs: number;
+  // A connection with no request in flight (an HTTP/1.1 keep-alive connection, an HTTP/2
+  // session without open streams) is closed after this.
+  readonly idleTimeoutMs: number;
+  // An HTTP/2 response the client stops reading (nothing written or read for this long once it
+  // started) is reset (rpc-handler.ts).
+  readonly responseStallMs: number;
+  // HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+  readonly maxStreamsPerConnection: number;
+  // Connections open at once; more are closed as soon as they are accepted.
+  readonly maxConnections: number;
+  // Request headers, all of them together (HTTP/1.1 header block, HTTP/2 header list).
+  readonly maxHeaderBytes: number;
+}
+
 export interface RunningServer {
   readonly port: number;
   readonly url: string;
@@ -27,8 +50,21 @@ export async function startServer(opts: {
   host: string;
   port: number;
   tls: { certFile: string; keyFile: string } | undefined;
+  limits: ListenerLimits;
   logger: Logger;
 }): Promise<RunningServer> {
+  const limits = opts.limits;
+  const h2Options = {
+    settings: { maxConcurrentStreams: limits.maxStreamsPerConnection, maxHeaderListSize: limits.maxHeaderBytes },
+  };
+  const h1Options = {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.idleTimeoutMs,
+    maxHeaderSize: limits.maxHeaderBytes,
+    // How often HTTP/1.1 connections are checked against the two timeouts above.
+    connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(Math.min(limits.headersTimeoutMs, limits.requestTimeoutMs) / 4))),
+  };
   const sockets = new Set<Duplex>();
   const sessions = new Set<http2.Http2Session>();
   const track = (socket: Duplex) => {
@@ -41,12 +77,15 @@ export async function startServer(opts: {
   let h2: http2.Http2Server | http2.Http2SecureServer;
   if (opts.tls) {
     const [cert, key] = await Promise.all([readFile(opts.tls.certFile), readFile(opts.tls.keyFile)]);
-    h2 = http2.createSecureServer({ cert, key, allowHTTP1: true }, opts.handler);
+    h2 = http2.createSecureServer({ cert, key, allowHTTP1: true, handshakeTimeout: limits.headersTimeoutMs, ...h2Options }, opts.handler);
+    // The HTTP/1.1 side of a TLS port is Node's HTTP/1.1 server code run with this server as its
+    // settings: set them before it listens (connection tracking starts then).
+    Object.assign(h2, h1Options);
     h2.on("secureConnection", track);
     listener = h2;
   } else {
-    h2 = http2.createServer({}, opts.handler);
-    h1 = http.createServer({ keepAliveTimeout: 65_000 }, opts.handler as http.RequestListener);
+    h2 = http2.createServer(h2Options, opts.handler);
+    h1 = http.createServer(h1Options, opts.handler as http.RequestListener);
     // This server never listens itself (sockets are handed to it), but its connection tracking,
     // which enforces headersTimeout/requestTimeout and lets closeIdleConnections work, starts
     // on "listening".
@@ -55,6 +94,8 @@ export async function startServer(opts: {
     const h2Server = h2;
     listener = net.createServer((socket) => {
       track(socket);
+      // Until the first bytes say which protocol this is: a silent connection goes.
+      socket.setTimeout(limits.headersTimeoutMs, () => socket.destroy());
       let head = EMPTY;
       const onData = (chunk: Buffer) => {
         head = Buffer.concat([head, chunk]);
@@ -62,6 +103,7 @@ export async function startServer(opts: {
         const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
         if (isH2 && head.length < H2_PREFACE.length) return; // could still be HTTP/2: wait for more
         socket.off("data", onData);
+        socket.setTimeout(0);
         socket.pause();
         socket.unshift(head);
         // The socket's listeners share this closure's scope for the connection's lifetime: drop
@@ -92,9 +134,21 @@ export async function startServer(opts: {
       for (const listener of compat) listener.call(server, stream, headers, ...rest);
     });
   }
-  h2.on("session", (session) => {
+  h2.on("session", (session: http2.ServerHttp2Session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    watchSession(session, limits);
+  });
+  listener.maxConnections = limits.maxConnections;
+  let lastDropLog = 0;
+  let dropped = 0;
+  listener.on("drop", () => {
+    dropped++;
+    const now = Date.now();
+    if (now - lastDropLog < 60_000) return;
+    opts.logger.warn({ maxConnections: limits.maxConnections, refused: dropped }, "too many connections: refusing new ones (REDFLAG_MAX_CONNECTIONS)");
+    lastDropLog = now;
+    dropped = 0;
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -125,4 +179,53 @@ export async function startServer(opts: {
       clearTimeout(timer);
     },
   };
+}
+
+// An HTTP/2 session must open its first stream within the headers timeout, and is closed once it
+// has had no open stream for the idle timeout. A stream whose request body has not arrived within
+// the request timeout is answered 408 and closed.
+function watchSession(session: http2.ServerHttp2Session, limits: ListenerLimits) {
+  let open = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const closeAfter = (ms: number) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (session.closed || session.destroyed) return;
+      // GOAWAY, then the socket; a peer that does not let go is cut shortly after.
+      session.close();
+      setTimeout(() => session.destroy(), 1000).unref();
+    }, ms);
+    timer.unref();
+  };
+  closeAfter(limits.headersTimeoutMs);
+  session.once("close", () => clearTimeout(timer));
+  session.on("stream", (stream: http2.ServerHttp2Stream, _headers: http2.IncomingHttpHeaders, flags: number) => {
+    open++;
+    clearTimeout(timer);
+    let body: NodeJS.Timeout | undefined;
+    if ((flags & http2.constants.NGHTTP2_FLAG_END_STREAM) === 0) {
+      body = setTimeout(() => requestTimedOut(stream), limits.requestTimeoutMs);
+      body.unref();
+      stream.once("end", () => clearTimeout(body));
+    }
+    stream.once("close", () => {
+      clearTimeout(body);
+      if (--open === 0 && !session.closed) closeAfter(limits.idleTimeoutMs);
+    });
+  });
+}
+
+// Streams whose request body was cut by the request timeout: their reader (rpc-handler.ts) says so
+// instead of handing on the part that arrived.
+export const bodyTimedOut = new WeakSet<http2.ServerHttp2Stream>();
+
+function requestTimedOut(stream: http2.ServerHttp2Stream) {
+  if (stream.closed || stream.destroyed || stream.readableEnded) return;
+  bodyTimedOut.add(stream);
+  if (!stream.headersSent) {
+    stream.respond({ ":status": 408, "content-type": "text/plain" });
+    stream.end("the request body did not arrive in time\n");
+  }
+  // Tells the client to stop sending (RFC 9113 8.1): the answer above is complete.
+  stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }

@@ -212,6 +212,62 @@ describe("Renew", () => {
     expect(events).toBe(1);
   });
 
+  it("stops the access tokens issued so far at once when a rotated refresh token is re-used", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const renewed = await cp.agentClient().renew(signedRenew(agent, agent.refreshToken));
+    const latest = cp.agentClient({ authorization: `Bearer ${renewed.accessToken}`, "x-machine-id": agent.machineId });
+    // Both access tokens are verified and cached, and so is the agent's registration.
+    await expect(latest.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+    await expect(agent.client.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+
+    await expectCode(cp.agentClient().renew(signedRenew(agent, agent.refreshToken)), Code.Unauthenticated, /already used/);
+    for (const client of [latest, agent.client]) {
+      await expectCode(client.pollCommands({ nonce: nonce() }), Code.Unauthenticated, /credentials were revoked/);
+    }
+  });
+
+  it("answers the identical signed Renew again within the retry window (its answer was lost), and only that", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const request = signedRenew(agent, agent.refreshToken);
+    const first = await cp.agentClient().renew(request);
+    // The same bytes again: the answer carries the same refresh token, and nothing is revoked.
+    const again = await cp.agentClient().renew(request);
+    expect(again.refreshToken).toBe(first.refreshToken);
+    for (const accessToken of [first.accessToken, again.accessToken]) {
+      const client = cp.agentClient({ authorization: `Bearer ${accessToken}`, "x-machine-id": agent.machineId });
+      await expect(client.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+    }
+    expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } })).toBe(0);
+
+    // A new request with the spent token is re-use, even within the window.
+    const next = await cp.agentClient().renew(signedRenew(agent, first.refreshToken));
+    await expectCode(cp.agentClient().renew(signedRenew(agent, first.refreshToken)), Code.Unauthenticated, /already used/);
+    await expectCode(cp.agentClient().renew(signedRenew(agent, next.refreshToken)), Code.Unauthenticated, /revoked/);
+    expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } })).toBe(1);
+  });
+
+  it("takes the identical Renew for re-use once its successor was used", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const request = signedRenew(agent, agent.refreshToken);
+    const first = await cp.agentClient().renew(request);
+    await cp.agentClient().renew(signedRenew(agent, first.refreshToken));
+    await expectCode(cp.agentClient().renew(request), Code.Unauthenticated, /already used/);
+    expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } })).toBe(1);
+  });
+
+  it("takes the identical Renew for re-use after the retry window", async () => {
+    const short = await startTestControlPlane({ REDFLAG_RENEW_RETRY_WINDOW: "1s" });
+    try {
+      const agent = await registerTestAgent(short, await newRegistrationToken(short));
+      const request = signedRenew(agent, agent.refreshToken);
+      await short.agentClient().renew(request);
+      await new Promise((resolve) => setTimeout(resolve, 1_100));
+      await expectCode(short.agentClient().renew(request), Code.Unauthenticated, /already used/);
+    } finally {
+      await short.close();
+    }
+  });
+
   it("needs the agent's own signature, a fresh sign time and the registered machine", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     await expectCode(

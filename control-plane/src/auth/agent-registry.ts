@@ -15,7 +15,10 @@ export interface AgentRegistry {
 // through. It is longer than any poll interval, so an interval-mode poll does not re-read it.
 export function createAgentRegistry(db: Prisma, ttlMs = 10 * 60_000, maxEntries = 200_000): AgentRegistry {
   const entries = new Map<string, { state: AgentAuthState | undefined; loadedAt: number }>();
-  const loading = new Map<string, Promise<AgentAuthState | undefined>>();
+  const loading = new Map<string, { state: Promise<AgentAuthState | undefined>; epoch: number }>();
+  // Moves on with every invalidation: a read that started before one may already be stale, so
+  // what it returns is not kept.
+  let epoch = 0;
 
   return {
     async get(agentId) {
@@ -24,19 +27,27 @@ export function createAgentRegistry(db: Prisma, ttlMs = 10 * 60_000, maxEntries 
       if (entry && now - entry.loadedAt < ttlMs) return entry.state;
       let pending = loading.get(agentId);
       if (!pending) {
-        pending = getAgentAuthState(db, agentId).finally(() => loading.delete(agentId));
-        loading.set(agentId, pending);
+        const load = { state: getAgentAuthState(db, agentId), epoch };
+        loading.set(agentId, load);
+        void load.state.finally(() => loading.get(agentId) === load && loading.delete(agentId)).catch(() => {});
+        pending = load;
       }
-      const state = await pending;
-      if (entries.size >= maxEntries) entries.clear();
-      entries.set(agentId, { state, loadedAt: now });
+      const state = await pending.state;
+      if (pending.epoch === epoch) {
+        if (entries.size >= maxEntries) entries.clear();
+        entries.set(agentId, { state, loadedAt: now });
+      }
       return state;
     },
     invalidate(agentId) {
+      epoch++;
       entries.delete(agentId);
+      loading.delete(agentId);
     },
     clear() {
+      epoch++;
       entries.clear();
+      loading.clear();
     },
   };
 }

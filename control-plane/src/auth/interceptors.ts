@@ -2,7 +2,7 @@ import { Code, ConnectError, type ContextValues, type Interceptor } from "@conne
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { isMachineId } from "../ids.ts";
-import { isConnectionError } from "../store/db.ts";
+import { isConnectionError, isDataError } from "../store/db.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { AgentRegistry } from "./agent-registry.ts";
@@ -12,13 +12,14 @@ import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
 import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
 import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
+import { asInvalidArgument, isParseError } from "../rpc-parse-errors.ts";
 
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);
 
 // Outermost: gives every call a request ID (echoed in x-request-id), logs it, counts it in the
-// metrics, and turns anything that is not a ConnectError into Unavailable (database down) or a
-// bare Internal, never leaking internals.
+// metrics, and turns anything that is not a ConnectError into Unavailable (database down),
+// InvalidArgument (a value the database refused) or a bare Internal, never leaking internals.
 export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor {
   return (next) => (req) => {
     const requestId = requestIdFrom(req.header.get("x-request-id"));
@@ -39,15 +40,26 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       return res;
     } catch (err) {
       const ms = performance.now() - started;
-      const fields = { requestId, rpc: rpcName(req), agentId: req.contextValues.get(kAgent)?.agentId, ms: Math.round(ms) };
+      const fields = {
+        requestId,
+        rpc: rpcName(req),
+        agentId: req.contextValues.get(kAgent)?.agentId,
+        remoteAddr: req.contextValues.get(kRemoteAddr) || undefined,
+        ms: Math.round(ms),
+      };
       let error: ConnectError;
       if (err instanceof ConnectError) {
-        error = err;
-        if (SERVER_FAULTS.has(err.code)) logger.error({ ...fields, code: Code[err.code], err }, "rpc failed");
-        else logger.warn({ ...fields, code: Code[err.code], reason: err.rawMessage }, "rpc refused");
+        // A streaming call's request is decoded in here: bytes that are not the message are the caller's.
+        error = isParseError(err) ? asInvalidArgument(err, req.method) : err;
+        if (SERVER_FAULTS.has(error.code)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
+        else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
       } else if (isConnectionError(err)) {
         logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
         error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
+      } else if (isDataError(err)) {
+        // A value validation let through and the database refused: still the caller's input.
+        logger.warn({ ...fields, code: Code[Code.InvalidArgument], err }, "rpc refused: a value the database cannot store");
+        error = new ConnectError("a value in the request is out of range or cannot be stored (for example a NUL character)", Code.InvalidArgument);
       } else {
         logger.error({ ...fields, code: Code[Code.Internal], err }, "rpc failed");
         error = new ConnectError("internal error", Code.Internal, undefined, undefined, err);
@@ -123,7 +135,7 @@ async function authenticateAgent(deps: AuthDeps, header: Headers, values: Contex
   // First: decommissioning also retires the credentials, and the agent should hear why.
   if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
   if (state.credentialGeneration !== claims.generation) {
-    throw new ConnectError("access token was replaced by a newer registration", Code.Unauthenticated);
+    throw new ConnectError("access token is no longer valid: replaced by a newer registration, or the agent's credentials were revoked", Code.Unauthenticated);
   }
   if (!isMachineId(presented) || presented !== claims.machineId || presented !== state.machineId) {
     await recordSecurityEvent(deps.db, {

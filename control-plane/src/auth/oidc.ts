@@ -79,7 +79,15 @@ export interface OidcRoutes {
   handle(req: IncomingMessage, res: ServerResponse): boolean;
 }
 
-export function createOidcRoutes(deps: { cfg: OidcConfig; config: Config; db: Prisma; principals: PrincipalResolver; logger: Logger }): OidcRoutes {
+export function createOidcRoutes(deps: {
+  cfg: OidcConfig;
+  config: Config;
+  db: Prisma;
+  principals: PrincipalResolver;
+  logger: Logger;
+  // The caller's address (client-address.ts); unset: the connection's peer.
+  clientAddress?: (req: Http1Request | Http2ServerRequest) => string;
+}): OidcRoutes {
   const { cfg, db, logger } = deps;
   let discovered: Promise<client.Configuration> | undefined;
   const configuration = () => {
@@ -143,7 +151,7 @@ export function createOidcRoutes(deps: { cfg: OidcConfig; config: Config; db: Pr
     }
     const subject = `${cfg.issuer}|${String(claims.sub)}`;
     const role = roleFor(claims, cfg);
-    const remoteAddr = req.socket.remoteAddress ?? "";
+    const remoteAddr = deps.clientAddress ? deps.clientAddress(req) : (req.socket.remoteAddress ?? "");
     if (!role) {
       await recordSecurityEvent(db, { type: "login_failed", severity: "warning", message: `single sign-on refused for ${String(claims.sub)}: no role in claim ${cfg.roleClaim}`, remoteAddr, detail: { subject } });
       return page(res, 403, `Your account has no RedFlag role (claim "${cfg.roleClaim}"). Ask an admin.`);

@@ -1,35 +1,54 @@
-// Failed sign-ins counted per key (an IP address, a username) in a sliding window; a key over
-// its limit is refused until its oldest failure leaves the window. In memory: each replica
-// counts its own, which is enough to make guessing slow.
-export interface FailureLimiter {
-  // Seconds until `key` may try again, or 0 when it may now.
-  retryAfter(key: string, now?: number): number;
+// Failed sign-ins per key (an address; a username at an address). The first `free` failures cost
+// nothing; after that, each failure makes the key wait before its next attempt, 1 s doubling up
+// to `maxDelayMs`. A key with no failure for `forgetMs` starts afresh, and a success resets the
+// username-at-address key. Delays, not locks: nobody can lock a username for the person it
+// belongs to, who signs in from another address, and an address that keeps guessing gets ever
+// fewer guesses. In memory: each replica counts its own, which is enough to make guessing slow.
+export interface LoginThrottle {
+  // Milliseconds until `key` may try again, or 0 when it may now.
+  wait(key: string, now?: number): number;
   fail(key: string, now?: number): void;
   reset(key: string): void;
 }
 
-// `limit` may change at run time (a setting): it is read at every check.
-export function createFailureLimiter(opts: { limit: number | (() => number); windowMs: number }): FailureLimiter {
-  const limit = () => (typeof opts.limit === "function" ? opts.limit() : opts.limit);
-  const failures = new Map<string, number[]>();
-  const recent = (key: string, now: number) => {
-    const kept = (failures.get(key) ?? []).filter((t) => t > now - opts.windowMs);
-    if (kept.length === 0) failures.delete(key);
-    else failures.set(key, kept);
-    return kept;
+export function createLoginThrottle(opts: {
+  // May change at run time (a setting): read at every check.
+  free: number | (() => number);
+  maxDelayMs: number;
+  forgetMs: number;
+  baseDelayMs?: number;
+  maxKeys?: number;
+}): LoginThrottle {
+  const free = () => (typeof opts.free === "function" ? opts.free() : opts.free);
+  const base = opts.baseDelayMs ?? 1000;
+  const maxKeys = opts.maxKeys ?? 100_000;
+  const keys = new Map<string, { failures: number; last: number }>();
+  const current = (key: string, now: number) => {
+    const entry = keys.get(key);
+    if (entry && now - entry.last > opts.forgetMs) {
+      keys.delete(key);
+      return undefined;
+    }
+    return entry;
+  };
+  const delay = (failures: number) => {
+    const over = failures - free();
+    return over < 0 ? 0 : Math.min(base * 2 ** Math.min(over, 40), opts.maxDelayMs);
   };
   return {
-    retryAfter(key, now = Date.now()) {
-      const list = recent(key, now);
-      const max = limit();
-      if (list.length < max) return 0;
-      return Math.max(1, Math.ceil((list[list.length - max]! + opts.windowMs - now) / 1000));
+    wait(key, now = Date.now()) {
+      const entry = current(key, now);
+      return entry ? Math.max(0, entry.last + delay(entry.failures) - now) : 0;
     },
     fail(key, now = Date.now()) {
-      if (failures.size > 100_000) failures.clear();
-      failures.set(key, [...recent(key, now), now]);
+      const entry = current(key, now);
+      if (!entry && keys.size >= maxKeys) {
+        for (const [k, e] of keys) if (now - e.last > opts.forgetMs) keys.delete(k);
+        if (keys.size >= maxKeys) keys.clear();
+      }
+      keys.set(key, { failures: (entry?.failures ?? 0) + 1, last: now });
     },
-    reset: (key) => void failures.delete(key),
+    reset: (key) => void keys.delete(key),
   };
 }
 

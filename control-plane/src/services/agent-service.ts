@@ -1,5 +1,5 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   AgentService,
@@ -24,7 +24,7 @@ import {
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { AgentTokens } from "../auth/agent-tokens.ts";
 import { kAgent, kRemoteAddr } from "../auth/context.ts";
@@ -57,7 +57,7 @@ import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, type Settings } from "../settings.ts";
-import { invalid, text, uuid } from "./validate.ts";
+import { int64, invalid, text, time, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
   config: Config;
@@ -75,6 +75,8 @@ export interface AgentServiceDeps {
   events: EventBus;
   settings: Settings;
   logger: Logger;
+  // Derives the refresh token a Renew hands out from the signed request (see renew).
+  renewSecret: Uint8Array;
   // Counts deliveries, recorded results and claims; optional for tests that build the service alone.
   metrics?: Pick<Metrics, "delivered" | "resultsRecorded" | "claim">;
 }
@@ -90,8 +92,13 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   const renewPerAddress = createRateLimiter(limits.renewPerAddress);
   const renewPerAgent = createRateLimiter(limits.renewPerAgent);
 
-  const newRefreshToken = (now: Date): { secret: string; row: NewRefreshToken } => {
-    const secret = randomBytes(32).toString("base64url");
+  // Random at registration; for a Renew, derived from the exact signed payload, so the identical
+  // request sent again (its answer was lost) is answered with the same token (store/agents.ts
+  // rotateRefreshToken). Only the token's hash is stored either way.
+  const newRefreshToken = (now: Date, renewPayload?: Uint8Array): { secret: string; row: NewRefreshToken } => {
+    const secret = renewPayload
+      ? createHmac("sha256", deps.renewSecret).update("redflag.v1.RenewPayload successor\0").update(renewPayload).digest("base64url")
+      : randomBytes(32).toString("base64url");
     return {
       secret,
       row: {
@@ -182,7 +189,8 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
       // Counted only once the agent's own key signed the call, so nobody else can use up its budget.
       rateLimit(renewPerAgent, payload.agentId, "Renew calls for this agent");
-      const skewMs = Math.abs(timestampDate(payload.signTime).getTime() - now.getTime());
+      // Checked once the signature holds: a tampered payload is refused as such, whatever it says.
+      const skewMs = Math.abs(time("payload.sign_time", payload.signTime).getTime() - now.getTime());
       if (skewMs > config.renewMaxSkewSeconds * 1000) {
         throw new ConnectError(
           `renew request was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
@@ -190,7 +198,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         );
       }
 
-      const refresh = newRefreshToken(now);
+      const refresh = newRefreshToken(now, req.payload);
       const rotated = await rotateRefreshToken(db, {
         agentId: payload.agentId,
         machineId: payload.machineId,
@@ -198,11 +206,17 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         next: refresh.row,
         now,
         remoteAddr,
+        retryWindowMs: config.renewRetryWindowSeconds * 1000,
       });
       if (!rotated.ok) {
-        if (rotated.reuse) deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        if (rotated.reuse) {
+          // The access tokens already issued stop at once, here and on every other replica.
+          deps.agents.invalidate(payload.agentId);
+          deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        }
         throw new ConnectError(rotated.reason, Code.Unauthenticated);
       }
+      if (rotated.retried) deps.logger.info({ agentId: payload.agentId }, "renew retried with the identical signed request; answered again");
       const access = await deps.tokens.issue(payload.agentId, state.machineId, rotated.credentialGeneration, now);
       return {
         accessToken: access.token,
@@ -341,13 +355,7 @@ function registerProof(req: RegisterRequest): RegisterProofInput | undefined {
   if (proof.machineId !== req.machineId) throw invalid("proof.machine_id must be the request's machine_id");
   if (!Buffer.from(proof.agentPublicKey).equals(Buffer.from(req.agentPublicKey))) throw invalid("proof.agent_public_key must be the request's agent_public_key");
   if (!proof.signTime) throw invalid("proof.sign_time is required");
-  let signTime: Date;
-  try {
-    signTime = timestampDate(proof.signTime);
-  } catch {
-    throw invalid("proof.sign_time is not a valid time");
-  }
-  if (Number.isNaN(signTime.getTime())) throw invalid("proof.sign_time is not a valid time");
+  const signTime = time("proof.sign_time", proof.signTime);
   const signed = pae(REGISTER_PROOF_TYPE, req.proof);
   return { signTime, signedBy: (publicKey) => verify(publicKey, signed, req.proofSignature) };
 }
@@ -372,8 +380,8 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
     commandId: result.commandId,
     outcome,
     message: result.message,
-    startedAt: result.startTime ? timestampDate(result.startTime) : null,
-    finishedAt: result.finishTime ? timestampDate(result.finishTime) : null,
+    startedAt: result.startTime ? time(`${field}.start_time`, result.startTime) : null,
+    finishedAt: result.finishTime ? time(`${field}.finish_time`, result.finishTime) : null,
     bytes: toBinary(CommandResultSchema, result),
     updates: scan?.updates,
     scannedSources: scan?.scannedSources ?? [],
@@ -417,7 +425,7 @@ function toScan(scan: ScanUpdatesResult, field: string): { updates: PackageUpdat
       repository: text(`${f}.repository`, u.repository, { max: 512 }),
       severity: severityName(u.severity),
       security: u.security,
-      sizeBytes: u.sizeBytes,
+      sizeBytes: int64(`${f}.size_bytes`, u.sizeBytes),
       rebootRequired: u.rebootRequired,
     };
   });
@@ -436,7 +444,7 @@ function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
     const field = `scans[${i}]`;
     uuid(`${field}.id`, report.id);
     if (!report.scanTime) throw invalid(`${field}.scan_time is required`);
-    const scanTime = timestampDate(report.scanTime);
+    const scanTime = time(`${field}.scan_time`, report.scanTime);
     if (scanTime.getTime() > now.getTime() + SCAN_TIME_SKEW_MS) throw invalid(`${field}.scan_time is in the future`);
     if (!report.result) throw invalid(`${field}.result is required`);
     unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`), metrics: toMetrics(report.result) });

@@ -1,17 +1,16 @@
-import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { AuditService } from "@redflag/gen/audit_service_pb";
 import { listAudit } from "../store/audit.ts";
 import type { Prisma } from "../store/types.ts";
 import { auditToProto } from "./convert.ts";
-import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
+import { idPageToken, invalid, nextIdPageToken, pageSize, text, time } from "./validate.ts";
 
 export function createAuditService(db: Prisma): ServiceImpl<typeof AuditService> {
   return {
     async listAuditEntries(req) {
       const before = idPageToken(req.pageToken);
-      const since = req.since ? timestampDate(req.since) : undefined;
-      const until = req.until ? timestampDate(req.until) : undefined;
+      const since = req.since ? time("since", req.since) : undefined;
+      const until = req.until ? time("until", req.until) : undefined;
       if (since && until && since >= until) throw invalid("since must be before until");
       const { rows, next } = await listAudit(
         db,

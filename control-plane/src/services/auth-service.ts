@@ -7,7 +7,7 @@ import { PrincipalSchema, UserSchema } from "@redflag/gen/identity_pb";
 import { kPrincipal, kRemoteAddr, kUserAgent, type Principal } from "../auth/context.ts";
 import { decoyHash, hashPassword, passwordProblem, verifyPassword } from "../auth/passwords.ts";
 import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "../auth/principals.ts";
-import { createFailureLimiter } from "../auth/rate-limit.ts";
+import { createLoginThrottle } from "../auth/rate-limit.ts";
 import { roleToProto } from "../auth/roles.ts";
 import { newTotpSecret, totpUri, verifyTotp } from "../auth/totp.ts";
 import type { Config } from "../config.ts";
@@ -47,12 +47,23 @@ export function newPassword(password: string, name: string): string {
 }
 
 const unauthorised = () => new ConnectError("wrong username or password", Code.Unauthenticated);
+// Once a code was sent, one answer for a wrong password, a wrong code or both: a right password
+// is never told apart (a password oracle) while the second factor is missing or wrong.
+const unauthorisedWithCode = () => new ConnectError("wrong username, password or TOTP code", Code.Unauthenticated);
+const needsCode = () => new ConnectError("this account needs a TOTP code: send totp_code", Code.Unauthenticated);
+// The longest a guessing address or username-at-address is made to wait between attempts.
+const MAX_LOGIN_DELAY_MS = 15 * 60_000;
+// Failures are forgotten after this long without another.
+const FORGET_LOGIN_FAILURES_MS = 60 * 60_000;
 
 export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof AuthService> {
   const { db, config } = deps;
-  // Per address: 20 failures in 10 minutes; per username: 10 in 15 minutes (settings).
-  const byAddress = createFailureLimiter({ limit: () => Number(deps.settings.text("login_failures_per_address")), windowMs: 10 * 60_000 });
-  const byUser = createFailureLimiter({ limit: () => Number(deps.settings.text("login_failures_per_user")), windowMs: 15 * 60_000 });
+  // Sign-ins are slowed down, never locked (auth/rate-limit.ts): per client address, and per
+  // username at that address, so guessing from one place cannot lock the person out elsewhere.
+  const throttle = (setting: string) =>
+    createLoginThrottle({ free: () => Number(deps.settings.text(setting)), maxDelayMs: MAX_LOGIN_DELAY_MS, forgetMs: FORGET_LOGIN_FAILURES_MS });
+  const byAddress = throttle("login_failures_per_address");
+  const byUserAtAddress = throttle("login_failures_per_user");
   const secure = config.tls !== undefined;
 
   const startSession = async (ctx: HandlerContext, user: UserRow, now: Date) => {
@@ -120,27 +131,37 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
       const address = ctx.values.get(kRemoteAddr) || "unknown";
       const name = req.username.trim().toLowerCase().slice(0, 64);
       if (!name || !req.password) throw invalid("username and password are required");
-      const wait = Math.max(byAddress.retryAfter(address), byUser.retryAfter(name));
-      if (wait > 0) throw new ConnectError(`too many failed sign-ins; try again in ${Math.ceil(wait / 60)} minute(s)`, Code.ResourceExhausted);
+      const userAtAddress = `${name}\n${address}`;
+      const waitMs = Math.max(byAddress.wait(address), byUserAtAddress.wait(userAtAddress));
+      if (waitMs > 0) {
+        const seconds = Math.ceil(waitMs / 1000);
+        throw new ConnectError(`too many failed sign-ins from this address; try again in ${seconds} second(s)`, Code.ResourceExhausted, { "retry-after": String(seconds) });
+      }
 
       const user = await db.user.findUnique({ where: { username: name } });
+      const code = req.totpCode.trim();
+      // The code is asked for before anything is checked, so the answer says only that this
+      // account has a second factor, never whether the password was right. Nothing was guessed,
+      // so nothing is counted.
+      if (user?.totpEnabled && !code) throw needsCode();
       // Unknown users cost as much as known ones, so timing tells nothing.
-      const ok = user?.passwordHash ? await verifyPassword(req.password, user.passwordHash) : (await verifyPassword(req.password, await decoyHash()), false);
+      const passwordOk = user?.passwordHash ? await verifyPassword(req.password, user.passwordHash) : (await verifyPassword(req.password, await decoyHash()), false);
       const fail = async (reason: string, error: ConnectError) => {
         byAddress.fail(address);
-        byUser.fail(name);
+        byUserAtAddress.fail(userAtAddress);
         await recordSecurityEvent(db, { type: "login_failed", severity: "warning", message: `sign-in failed for "${name}": ${reason}`, remoteAddr: address, detail: { username: name, reason } });
         await audit(db, ctx, { target: user ? `user:${user.id}` : `username:${name}`, outcome: reason, anonymousName: name });
         return error;
       };
-      if (!user || !ok) throw await fail("wrong username or password", unauthorised());
-      if (user.disabledAt) throw await fail("account disabled", new ConnectError("this account is disabled; ask an admin", Code.PermissionDenied));
+      const wrong = code ? unauthorisedWithCode : unauthorised;
+      if (!user || !passwordOk) throw await fail(user?.totpEnabled ? "wrong password or TOTP code" : "wrong username or password", wrong());
       if (user.totpEnabled) {
+        // Checked only with the right password, so a code is never spent by someone guessing.
         const secret = totpSecretOf(user);
-        if (!req.totpCode) throw new ConnectError("this account needs a TOTP code: send totp_code", Code.Unauthenticated);
-        if (!secret || !(await checkTotp(user, secret, req.totpCode))) throw await fail("wrong TOTP code", new ConnectError("the TOTP code is wrong or was already used", Code.Unauthenticated));
+        if (!secret || !(await checkTotp(user, secret, code))) throw await fail("wrong password or TOTP code", wrong());
       }
-      byUser.reset(name);
+      if (user.disabledAt) throw await fail("account disabled", new ConnectError("this account is disabled; ask an admin", Code.PermissionDenied));
+      byUserAtAddress.reset(userAtAddress);
       const now = new Date();
       const updated = await db.user.update({ where: { id: user.id }, data: { lastLoginAt: now } });
       await audit(db, ctx, { target: `user:${user.id}`, anonymousName: name });

@@ -1,5 +1,5 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { StorageMetricsSchema, SystemMetricsSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { AgentHealth } from "@redflag/gen/fleet_service_pb";
@@ -26,7 +26,7 @@ import {
 import type { Prisma } from "../store/types.ts";
 import { agentHealthWhere, agentToProto, commandToProto } from "./convert.ts";
 import { withBufferedLastSeen } from "./fleet-service.ts";
-import { invalid, uuid } from "./validate.ts";
+import { invalid, time, uuid } from "./validate.ts";
 
 export interface ReportServiceDeps {
   db: Prisma;
@@ -127,8 +127,7 @@ export function createReportService(deps: ReportServiceDeps): ServiceImpl<typeof
     async listAgentMetrics(req) {
       const agentId = uuid("agent_id", req.agentId);
       if (req.limit > MAX_SAMPLES) throw invalid(`limit must be from 1 to ${MAX_SAMPLES} (0 means ${DEFAULT_SAMPLES})`);
-      const since = req.since ? timestampDate(req.since) : new Date(Date.now() - DEFAULT_METRICS_WINDOW_MS);
-      if (Number.isNaN(since.getTime())) throw invalid("since is not a valid time");
+      const since = req.since ? time("since", req.since) : new Date(Date.now() - DEFAULT_METRICS_WINDOW_MS);
       if (!(await agentExists(db, agentId))) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
       const rows = await listMetricSamples(db, agentId, since, req.limit || DEFAULT_SAMPLES);
       return {

@@ -1,3 +1,4 @@
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { isUuid } from "../ids.ts";
 
@@ -11,6 +12,27 @@ export function text(field: string, value: string, opts: { max: number; required
   if (value.length > opts.max) throw invalid(`${field} is longer than ${opts.max} characters`);
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f]/.test(value)) throw invalid(`${field} contains control characters`);
+  return value;
+}
+
+// The range protobuf defines for a Timestamp, 0001-01-01 to 9999-12-31 UTC: any clock, Date and
+// database column here holds it.
+const MIN_TIMESTAMP_SECONDS = -62_135_596_800n;
+const MAX_TIMESTAMP_SECONDS = 253_402_300_799n;
+
+export function time(field: string, value: Timestamp): Date {
+  if (value.seconds < MIN_TIMESTAMP_SECONDS || value.seconds > MAX_TIMESTAMP_SECONDS || value.nanos < 0 || value.nanos > 999_999_999) {
+    throw invalid(`${field} must be a time from 0001-01-01 to 9999-12-31 UTC (got ${value.seconds} seconds, ${value.nanos} nanoseconds)`);
+  }
+  return timestampDate(value);
+}
+
+// The largest value a bigint column (PostgreSQL's int8) holds.
+export const MAX_INT64 = 2n ** 63n - 1n;
+
+// A count or size stored in a bigint column (wire type uint64).
+export function int64(field: string, value: bigint): bigint {
+  if (value < 0n || value > MAX_INT64) throw invalid(`${field} must be from 0 to ${MAX_INT64} (got ${value})`);
   return value;
 }
 
@@ -39,7 +61,7 @@ export function nextPageToken(id: string | undefined): string {
 export function idPageToken(value: string): bigint | undefined {
   if (value === "") return undefined;
   const decoded = Buffer.from(value, "base64url").toString("utf8");
-  if (!/^\d{1,19}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
+  if (!/^\d{1,19}$/.test(decoded) || BigInt(decoded) > MAX_INT64) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
   return BigInt(decoded);
 }
 

@@ -341,15 +341,28 @@ export async function getAgentAuthState(db: Prisma, agentId: string): Promise<Ag
 }
 
 export type RotateOutcome =
-  | { ok: true; credentialGeneration: number }
+  | { ok: true; credentialGeneration: number; retried: boolean }
   | { ok: false; reason: string; reuse: boolean };
 
 // Exchanges a refresh token for its successor. Presenting a token that was already exchanged
-// means it was copied: the whole family is revoked and a security event recorded, committed
-// even though the caller then refuses the request.
+// means it was copied: the whole family is revoked, the agent's credential generation moves on
+// (so the access tokens issued so far stop working too) and a security event is recorded, all
+// committed even though the caller then refuses the request.
+// One exception: the successor is derived from the signed request (`next.tokenHash` is the hash
+// of that derivation), so a token rotated less than `retryWindowMs` ago whose successor is the
+// one this request would get was exchanged by this very request, whose answer was lost. If that
+// successor has not been used yet, the exchange is answered again instead of revoking.
 export async function rotateRefreshToken(
   db: Prisma,
-  input: { agentId: string; machineId: string; presentedHash: Buffer; next: NewRefreshToken; now: Date; remoteAddr: string },
+  input: {
+    agentId: string;
+    machineId: string;
+    presentedHash: Buffer;
+    next: NewRefreshToken;
+    now: Date;
+    remoteAddr: string;
+    retryWindowMs: number;
+  },
 ): Promise<RotateOutcome> {
   return db.$transaction(async (tx) => {
     const [row] = await tx.$queryRaw<
@@ -371,15 +384,25 @@ export async function rotateRefreshToken(
       return { ok: false, reason: "refresh token is not valid", reuse: false };
     }
     if (row.family_revoked_at) return { ok: false, reason: "refresh token has been revoked", reuse: false };
+    const generation = async () =>
+      (await tx.agent.findUniqueOrThrow({ where: { id: input.agentId }, select: { credentialGeneration: true } })).credentialGeneration;
     if (row.rotated_at) {
+      if (input.now.getTime() - row.rotated_at.getTime() <= input.retryWindowMs) {
+        const [successor] = await tx.$queryRaw<{ rotated_at: Date | null }[]>`
+          SELECT rotated_at FROM refresh_tokens
+           WHERE token_hash = ${input.next.tokenHash} AND family_id = ${row.family_id}::uuid
+           FOR UPDATE`;
+        if (successor && !successor.rotated_at) return { ok: true, credentialGeneration: await generation(), retried: true };
+      }
       await tx.refreshTokenFamily.update({
         where: { id: row.family_id },
         data: { revokedAt: input.now, revokeReason: "refresh token re-use" },
       });
+      await tx.agent.update({ where: { id: input.agentId }, data: { credentialGeneration: { increment: 1 } } });
       await recordSecurityEvent(tx, {
         type: "refresh_token_reuse",
         severity: "critical",
-        message: "a rotated refresh token was presented again; the agent's token family is revoked",
+        message: "a rotated refresh token was presented again; the agent's token family and access tokens are revoked",
         agentId: input.agentId,
         machineId: input.machineId,
         remoteAddr: input.remoteAddr,
@@ -395,11 +418,7 @@ export async function rotateRefreshToken(
     await tx.refreshToken.create({
       data: { id: newId(), familyId: row.family_id, tokenHash: bytes(input.next.tokenHash), expiresAt },
     });
-    const agent = await tx.agent.findUniqueOrThrow({
-      where: { id: input.agentId },
-      select: { credentialGeneration: true },
-    });
-    return { ok: true, credentialGeneration: agent.credentialGeneration };
+    return { ok: true, credentialGeneration: await generation(), retried: false };
   });
 }
 

@@ -172,6 +172,16 @@ export function isConnectionError(err: unknown): boolean {
   });
 }
 
+// PostgreSQL refused a value (SQLSTATE class 22, "data exception": out of range, not valid UTF-8
+// or containing NUL, …) or Prisma did before sending it. The value came from a request that
+// validation let through: the caller's mistake, not a fault of the server.
+export function isDataError(err: unknown): boolean {
+  return someInChain(err, (e) => {
+    const code = typeof e.code === "string" ? e.code : typeof e.originalCode === "string" ? e.originalCode : "";
+    return /^22[0-9A-Z]{3}$/.test(code) || code === "P2020" || code === "P2033";
+  });
+}
+
 interface ErrorLike {
   code?: unknown;
   originalCode?: unknown;

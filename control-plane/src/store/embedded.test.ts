@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { chmod, mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import net from "node:net";
 import os from "node:os";
@@ -46,6 +46,17 @@ describe("embedded database", () => {
       expect(((await stat(dir)).mode & 0o777).toString(8)).toBe("700");
     }
     expect(server.socketDir).toBe(path.join(dataDir, "run"));
+  });
+
+  // PGlite wrote initdb's files with mode 0666: a copy or a loosened directory exposed them.
+  it("leaves nothing below the data directory readable or writable by other users", async () => {
+    const open: string[] = [];
+    for (const entry of await readdir(dataDir, { recursive: true, withFileTypes: true })) {
+      const file = path.join(entry.parentPath, entry.name);
+      const mode = (await lstat(file)).mode;
+      if (!entry.isSymbolicLink() && (mode & 0o077) !== 0) open.push(`${(mode & 0o777).toString(8)} ${path.relative(dataDir, file)}`);
+    }
+    expect(open).toEqual([]);
   });
 
   it("refuses a second start on the same data directory", async () => {

@@ -2,7 +2,7 @@
 // Postgres wire protocol on a Unix socket in <dataDir>/run, so the rest of the control plane uses
 // it exactly like a PostgreSQL server. The socket has no authentication; the 0700 directories
 // are what keep other local users out.
-import { chmod, link, mkdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
+import { chmod, link, lstat, mkdir, readdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Worker } from "node:worker_threads";
 import type { Logger } from "pino";
@@ -45,6 +45,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
       { pgdata, socketPath, maxConnections: opts.maxConnections ?? 8 },
       opts.logger,
     );
+    await keepPrivate(runDir);
+    await keepPrivate(pgdata);
     opts.logger.info({ dataDir, ms: Math.round(performance.now() - started) }, "embedded database started");
     let stopping: Promise<void> | undefined;
     return {
@@ -79,6 +81,24 @@ function checkSocketPath(socketPath: string) {
 async function ensurePrivateDir(dir: string) {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
+}
+
+// PGlite writes the files of a new database (initdb's output) with mode 0666, and a Unix socket
+// gets 0777 less the umask. The 0700 directories above already keep other users out; this takes
+// the group and other bits off everything below as well, for a data directory that is copied,
+// backed up or has its top directory's mode loosened. Files PostgreSQL creates later are 0600.
+async function keepPrivate(dir: string) {
+  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (entry.isSymbolicLink()) continue;
+    const file = path.join(entry.parentPath, entry.name);
+    const mode = (await lstat(file).catch(() => undefined))?.mode;
+    // A file PostgreSQL removed meanwhile (a recycled WAL segment) needs nothing.
+    if (mode !== undefined && (mode & 0o077) !== 0) await chmod(file, mode & 0o700).catch(ignoreMissing);
+  }
+}
+
+function ignoreMissing(err: unknown) {
+  if (errorCode(err) !== "ENOENT") throw err;
 }
 
 interface DataDirLock {

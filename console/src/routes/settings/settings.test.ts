@@ -18,7 +18,7 @@ const DEFS = [
   { key: "poll_interval", type: "duration", min: 10, max: 3600, fallback: "5m", description: "How often an idle agent polls" },
   { key: "poll_jitter_percent", type: "integer", min: 0, max: 100, fallback: "10", description: "Random spread of each poll interval, in percent" },
   { key: "command_timeout", type: "duration", min: 30, max: 86_400, fallback: "1h", description: "How long an agent lets a command run" },
-  { key: "login_failures_per_user", type: "integer", min: 3, max: 100, fallback: "10", description: "Failed sign-ins that lock a username for 15 minutes" },
+  { key: "login_failures_per_user", type: "integer", min: 3, max: 100, fallback: "10", description: "Failed sign-ins for one username from one address before each further one makes the next attempt wait (1 s, doubling, at most 15 minutes)" },
   { key: "minimum_agent_version", type: "version", fallback: "", description: "Agents older than this cannot register (empty: any)" },
   { key: "retention_audit", type: "duration", min: 30 * 86_400, max: 3650 * 86_400, fallback: "400d", description: "How long audit entries are kept" },
 ] as const;
@@ -153,7 +153,7 @@ describe("the operation settings", () => {
     expect(polling.textContent).toContain("from 10s to 1h");
     expect(polling.textContent).toContain("default 5m");
     expect(screen.getByRole("group", { name: "Commands and timeouts" }).textContent).toContain("changed by bo, 3 days ago");
-    expect(screen.getByRole("group", { name: "Sign-in lockout" })).toBeTruthy();
+    expect(screen.getByRole("group", { name: "Sign-in throttling" })).toBeTruthy();
     expect(screen.getByRole("group", { name: "Agents and versions" })).toBeTruthy();
     expect(screen.getByRole("group", { name: "Retention" })).toBeTruthy();
   });

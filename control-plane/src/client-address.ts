@@ -1,0 +1,70 @@
+import net from "node:net";
+
+// The address a request comes from, for rate limits, sign-in throttling, the audit, security
+// events and logs. Behind a reverse proxy every connection comes from the proxy, so with
+// REDFLAG_TRUSTED_PROXIES set, a connection from one of those addresses is believed about the
+// hops it appends to X-Forwarded-For: the client is the right-most hop that is not itself a
+// trusted proxy. A connection from anywhere else is never believed: its X-Forwarded-For is
+// ignored, so nobody can pick the address they are counted under.
+
+export interface Cidr {
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: "ipv4" | "ipv6";
+}
+
+// "10.0.0.0/8, 192.168.1.10 ::1" → CIDRs; a bare address is a /32 or /128. A string is the problem.
+export function parseTrustedProxies(text: string): Cidr[] | string {
+  const out: Cidr[] = [];
+  for (const item of text.split(/[\s,]+/).filter(Boolean)) {
+    const [address = "", bits, extra] = item.split("/");
+    const version = net.isIP(address);
+    const max = version === 6 ? 128 : 32;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
+    if (version === 0 || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
+      return `"${item.slice(0, 64)}" is not an IP address or CIDR (for example 10.0.0.0/8, 192.168.1.10 or fd00::/8)`;
+    }
+    out.push({ address, prefix, family: version === 6 ? "ipv6" : "ipv4" });
+  }
+  return out;
+}
+
+// The most hops of X-Forwarded-For looked at, from the right: a real chain of proxies is short.
+const MAX_HOPS = 16;
+
+export type ClientAddress = (socketAddress: string | undefined, forwardedFor: string | string[] | undefined) => string;
+
+export function createClientAddress(trusted: readonly Cidr[]): ClientAddress {
+  if (trusted.length === 0) return (socketAddress) => plain(socketAddress ?? "") ?? socketAddress ?? "";
+  const list = new net.BlockList();
+  for (const c of trusted) list.addSubnet(c.address, c.prefix, c.family);
+  const isTrusted = (address: string) => list.check(address, net.isIPv6(address) ? "ipv6" : "ipv4");
+
+  return (socketAddress, forwardedFor) => {
+    const peer = plain(socketAddress ?? "");
+    if (peer === undefined) return socketAddress ?? "";
+    if (!isTrusted(peer) || forwardedFor === undefined) return peer;
+    const hops = (Array.isArray(forwardedFor) ? forwardedFor.join(",") : forwardedFor).split(",").slice(-MAX_HOPS);
+    let client = peer;
+    for (let i = hops.length - 1; i >= 0; i--) {
+      const hop = plain(hops[i]!.trim());
+      // Garbage where a trusted proxy should have written an address: stop at the last good hop.
+      if (hop === undefined) break;
+      client = hop;
+      if (!isTrusted(hop)) break;
+    }
+    return client;
+  };
+}
+
+// An IP address as it is written in a socket or a proxy header ("::ffff:10.0.0.1",
+// "[2001:db8::1]:443", "10.0.0.1:5000"), as a plain address; undefined when it is not one.
+function plain(text: string): string | undefined {
+  let address = text;
+  const bracketed = /^\[([^\]]+)\](?::\d{1,5})?$/.exec(address);
+  if (bracketed) address = bracketed[1]!;
+  else if (/^[\d.]+:\d{1,5}$/.test(address)) address = address.slice(0, address.lastIndexOf(":"));
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) address = mapped[1]!;
+  return net.isIP(address) ? address.toLowerCase() : undefined;
+}

@@ -1,0 +1,150 @@
+import type { DescMethod } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { encodeEnvelope, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+import {
+  codeToHttpStatus,
+  createEndStreamSerialization,
+  endStreamFlag,
+  errorFromJsonBytes,
+  errorToJsonBytes,
+} from "@connectrpc/connect/protocol-connect";
+import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+
+// connect answers a request whose Protobuf bytes it cannot decode with Internal ("parse binary:
+// premature EOF"), before any interceptor runs (a JSON body that does not decode already gets
+// InvalidArgument). The bytes are the caller's mistake, so this turns exactly that error into
+// InvalidArgument with a message naming the expected message, in each protocol's own form:
+// Connect unary (the JSON error body), Connect streaming (the end-of-stream message), gRPC (the
+// trailers) and gRPC-Web (the trailer frame). Every other response passes through unchanged.
+// (A streaming call reads its request inside the interceptors: errorInterceptor does the same
+// there.)
+export async function parseErrorsAsInvalidArgument(
+  res: UniversalServerResponse,
+  method: DescMethod,
+  onRefused: (message: string) => void,
+): Promise<UniversalServerResponse> {
+  const contentType = res.header?.get("content-type") ?? "";
+  const refuse = (err: ConnectError) => {
+    const refused = asInvalidArgument(err, method);
+    onRefused(refused.rawMessage);
+    return refused;
+  };
+
+  if (res.body && res.status === 500 && contentType.startsWith("application/json")) {
+    const bytes = await readAll(res.body, MAX_ERROR_BYTES);
+    if (bytes) {
+      const err = errorFromJsonBytes(bytes, undefined, new ConnectError("", Code.Unknown));
+      if (isParseError(err)) {
+        const json = errorToJsonBytes(refuse(err), {});
+        const header = new Headers(res.header);
+        if (header.has("content-length")) header.set("content-length", String(json.byteLength));
+        return { ...res, status: codeToHttpStatus(Code.InvalidArgument), header, body: once(json) };
+      }
+      return { ...res, body: once(bytes) };
+    }
+    return res;
+  }
+
+  if (res.body && (contentType.startsWith("application/grpc-web") || contentType.startsWith("application/connect+"))) {
+    const first = await firstEnvelope(res.body);
+    if (!first.envelope) return { ...res, body: first.body };
+    const { flags, data } = first.envelope;
+    if (contentType.startsWith("application/grpc-web") && flags === trailerFlag) {
+      const trailer = trailerParse(data);
+      const err = findTrailerError(trailer);
+      if (err && isParseError(err)) {
+        setTrailerStatus(trailer, refuse(err));
+        return { ...res, body: once(encodeEnvelope(trailerFlag, trailerSerialize(trailer)), first.rest) };
+      }
+    } else if (contentType.startsWith("application/connect+") && flags === endStreamFlag) {
+      const serialization = createEndStreamSerialization({});
+      try {
+        const end = serialization.parse(data);
+        if (end.error && isParseError(end.error)) {
+          const bytes = serialization.serialize({ metadata: end.metadata, error: refuse(end.error) });
+          return { ...res, body: once(encodeEnvelope(endStreamFlag, bytes), first.rest) };
+        }
+      } catch {
+        // not an end-of-stream message of ours: leave it
+      }
+    }
+    return { ...res, body: first.body };
+  }
+
+  // gRPC: the status goes in the trailers, which the handler fills in while the body is read.
+  if (res.body && res.trailer && contentType.startsWith("application/grpc")) {
+    const trailer = res.trailer;
+    const body = res.body;
+    return {
+      ...res,
+      body: (async function* () {
+        yield* body;
+        const err = findTrailerError(trailer);
+        if (err && isParseError(err)) setTrailerStatus(trailer, refuse(err));
+      })(),
+    };
+  }
+  return res;
+}
+
+const PARSE_BINARY = "parse binary: ";
+// An error body or frame is small; anything larger is not one of these.
+const MAX_ERROR_BYTES = 64 * 1024;
+
+export const isParseError = (err: ConnectError) => err.code === Code.Internal && err.rawMessage.startsWith(PARSE_BINARY);
+
+export function asInvalidArgument(err: ConnectError, method: DescMethod): ConnectError {
+  return new ConnectError(`the request is not a valid ${method.input.typeName}: ${err.rawMessage.slice(PARSE_BINARY.length)}`, Code.InvalidArgument, err.metadata);
+}
+
+async function* once(bytes: Uint8Array, rest?: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  yield bytes;
+  if (rest) yield* rest;
+}
+
+// The whole body when it is at most `max` bytes; undefined otherwise (and then the body is spent,
+// which only happens for an error response far larger than any connect writes).
+async function readAll(body: AsyncIterable<Uint8Array>, max: number): Promise<Uint8Array | undefined> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > max) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+// Reads just enough of an enveloped body for its first envelope. `body` replays everything read
+// and then the rest; `rest` is what follows the first envelope.
+async function firstEnvelope(body: AsyncIterable<Uint8Array>): Promise<{
+  envelope: { flags: number; data: Uint8Array } | undefined;
+  body: AsyncIterable<Uint8Array>;
+  rest: AsyncIterable<Uint8Array>;
+}> {
+  const it = body[Symbol.asyncIterator]();
+  let head = Buffer.alloc(0);
+  const remaining = (prefix: Uint8Array): AsyncIterable<Uint8Array> => ({
+    async *[Symbol.asyncIterator]() {
+      if (prefix.byteLength > 0) yield prefix;
+      for (let next = await it.next(); !next.done; next = await it.next()) yield next.value;
+    },
+  });
+  for (;;) {
+    if (head.length >= 5) {
+      const size = head.readUInt32BE(1);
+      if (size > MAX_ERROR_BYTES) return { envelope: undefined, body: remaining(head), rest: remaining(new Uint8Array(0)) };
+      if (head.length >= 5 + size) {
+        return {
+          envelope: { flags: head[0]!, data: head.subarray(5, 5 + size) },
+          body: remaining(head),
+          rest: remaining(head.subarray(5 + size)),
+        };
+      }
+    }
+    const next = await it.next();
+    if (next.done) return { envelope: undefined, body: remaining(head), rest: remaining(new Uint8Array(0)) };
+    head = Buffer.concat([head, next.value]);
+  }
+}
