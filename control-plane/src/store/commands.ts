@@ -29,34 +29,55 @@ export async function createCommand(db: Prisma, input: CreateCommandInput) {
 export interface ClaimedCommand {
   id: string;
   sequence: bigint;
+  // The sequence of the command's first delivery (equal to sequence on the first one).
+  firstSequence: bigint;
+  // 1 on the first delivery, more when it is delivered again.
+  deliveryCount: number;
   action: Uint8Array;
 }
 
-// One statement claims up to `limit` pending commands of one agent and numbers them with fresh
-// sequence numbers. SKIP LOCKED keeps concurrent polls (and replicas) from taking the same row;
-// the agents row update serialises sequence allocation so numbers never repeat.
+// When a delivered command without a result may be delivered again: the claim committed SENT
+// before the response reached the agent, and that response can be lost (a crash, a dropped
+// connection), so delivery is at least once and the agent's journal makes running it once.
+export interface Redelivery {
+  // Sent before this, with no result since: the lease ran out.
+  sentBefore: Date;
+  // Sent before this is the sweep's to time out, not to deliver again.
+  sentAfter: Date;
+  // Deliveries a command gets at most; then it waits for its result timeout.
+  maxDeliveries: number;
+}
+
+// One statement claims up to `limit` commands of one agent, pending ones and delivered ones
+// whose lease ran out, and numbers them with fresh sequence numbers. SKIP LOCKED keeps
+// concurrent polls (and replicas) from taking the same row, and a result being recorded holds
+// its row; the agents row update serialises sequence allocation so numbers never repeat.
 export async function claimCommands(
   sql: Statements,
   agentId: string,
   limit: number,
   sentAt: Date,
   expiresAt: Date,
+  again: Redelivery,
 ): Promise<ClaimedCommand[]> {
-  const rows = await sql.rows<{ id: string; sequence: string; action: Buffer }>("redflag_claim_commands", CLAIM_COMMANDS, [
-    agentId,
-    limit,
-    sentAt,
-    expiresAt,
-  ]);
+  const rows = await sql.rows<{ id: string; sequence: string; first_sequence: string; delivery_count: number; action: Buffer }>(
+    "redflag_claim_commands",
+    CLAIM_COMMANDS,
+    [agentId, limit, sentAt, expiresAt, again.sentBefore, again.maxDeliveries, again.sentAfter],
+  );
   return rows
-    .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), action: r.action }))
+    .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), firstSequence: BigInt(r.first_sequence), deliveryCount: Number(r.delivery_count), action: r.action }))
     .sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
 }
+
+// Pending, or delivered and due again: what the claim hands out and the pending index looks for.
+const claimable = (sentBefore: string, maxDeliveries: string, sentAfter: string) =>
+  `(state = 'pending' OR (state = 'sent' AND sent_at < ${sentBefore}::timestamptz AND sent_at >= ${sentAfter}::timestamptz AND delivery_count < ${maxDeliveries}::int))`;
 
 const CLAIM_COMMANDS = `
     WITH picked AS (
       SELECT id, created_at FROM commands
-       WHERE agent_id = $1::uuid AND state = 'pending'
+       WHERE agent_id = $1::uuid AND ${claimable("$5", "$6", "$7")}
        ORDER BY created_at, id
        LIMIT $2::int
        FOR UPDATE SKIP LOCKED
@@ -70,23 +91,31 @@ const CLAIM_COMMANDS = `
     UPDATE commands AS c
        SET state = 'sent',
            sequence = bumped.last_sequence - numbered.n + numbered.rn,
+           first_sequence = COALESCE(c.first_sequence, bumped.last_sequence - numbered.n + numbered.rn),
            sent_at = $3::timestamptz,
            expires_at = $4::timestamptz,
            delivery_count = c.delivery_count + 1
       FROM numbered, bumped
      WHERE c.id = numbered.id
-    RETURNING c.id::text, c.sequence::text, c.action`;
+    RETURNING c.id::text, c.sequence::text, c.first_sequence::text, c.delivery_count, c.action`;
 
-// Every agent with at least one command waiting to be claimed (the pending index's resync).
-export async function agentsWithPendingCommands(db: Prisma): Promise<string[]> {
-  const rows = await db.$queryRaw<{ id: string }[]>`SELECT DISTINCT agent_id::text AS id FROM commands WHERE state = 'pending'`;
+// Every agent with at least one command to hand out, queued or due again (the pending index's
+// resync, so an idle poll never has to look).
+export async function agentsWithPendingCommands(db: Prisma, again: Redelivery): Promise<string[]> {
+  const rows = await db.$queryRawUnsafe<{ id: string }[]>(
+    `SELECT DISTINCT agent_id::text AS id FROM commands WHERE ${claimable("$1", "$2", "$3")}`,
+    again.sentBefore,
+    again.maxDeliveries,
+    again.sentAfter,
+  );
   return rows.map((r) => r.id);
 }
 
-// Returns a claimed command to the queue when its delivery could not be prepared.
+// Returns a claimed command to the queue when its delivery could not be prepared; the
+// delivery it never had does not count.
 export async function unclaimCommands(db: Prisma, ids: string[]): Promise<void> {
   if (ids.length === 0) return;
-  await db.command.updateMany({ where: { id: { in: ids }, state: "sent" }, data: { state: "pending" } });
+  await db.command.updateMany({ where: { id: { in: ids }, state: "sent" }, data: { state: "pending", deliveryCount: { decrement: 1 } } });
 }
 
 export interface IncomingResult {
