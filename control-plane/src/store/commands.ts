@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
+import { isUniqueViolation } from "./db.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import type { Statements } from "./statements.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -14,9 +15,64 @@ export interface CreateCommandInput {
   createdByKind: CommandCreator;
 }
 
+// A CreateCommand idempotency key, scoped to its caller.
+export interface IdempotencyKey {
+  caller: string;
+  key: string;
+  // SHA-256 of the request without the key.
+  requestHash: Uint8Array;
+  // Keys used before this are forgotten: the same key queues a new command.
+  usedAfter: Date;
+}
+
+// Queues a command under an idempotency key: a key this caller already used for the same
+// request returns that command (replayed) instead of queueing another; for another request it
+// is refused. Two creates racing with one key queue one command: the loser's insert of the key
+// fails, its transaction (and command) rolls back, and it returns the winner's.
+export async function createCommandOnce(db: Prisma, input: CreateCommandInput, idempotency: IdempotencyKey) {
+  const agent = await findAgent(db, input.agentId);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await db.$transaction(async (tx) => {
+        const where = { caller_key: { caller: idempotency.caller, key: idempotency.key } };
+        let used = await tx.commandIdempotencyKey.findUnique({ where, include: { command: { include: { result: true } } } });
+        if (used && used.createdAt < idempotency.usedAfter) {
+          await tx.commandIdempotencyKey.delete({ where });
+          used = null;
+        }
+        if (used) {
+          if (!Buffer.from(used.requestHash).equals(Buffer.from(idempotency.requestHash))) {
+            throw new ConnectError(
+              `idempotency_key "${idempotency.key}" was already used for a different request (command ${used.commandId}); use a new key for a new command`,
+              Code.FailedPrecondition,
+            );
+          }
+          return { row: used.command, replayed: true };
+        }
+        const row = await insertCommand(tx, input, agent);
+        await tx.commandIdempotencyKey.create({
+          data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id },
+        });
+        return { row, replayed: false };
+      });
+    } catch (err) {
+      if (attempt === 0 && isUniqueViolation(err)) continue;
+      throw err;
+    }
+  }
+}
+
 export async function createCommand(db: Prisma, input: CreateCommandInput) {
-  const agent = await db.agent.findUnique({ where: { id: input.agentId }, select: { decommissionedAt: true } });
-  if (!agent) throw new ConnectError(`agent ${input.agentId} does not exist`, Code.NotFound);
+  return insertCommand(db, input, await findAgent(db, input.agentId));
+}
+
+async function findAgent(db: Prisma, agentId: string) {
+  const agent = await db.agent.findUnique({ where: { id: agentId }, select: { decommissionedAt: true } });
+  if (!agent) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+  return agent;
+}
+
+async function insertCommand(db: Tx | Prisma, input: CreateCommandInput, agent: { decommissionedAt: Date | null }) {
   if (agent.decommissionedAt) {
     throw new ConnectError(`agent ${input.agentId} is decommissioned`, Code.FailedPrecondition);
   }
@@ -24,6 +80,11 @@ export async function createCommand(db: Prisma, input: CreateCommandInput) {
     data: { id: newId(), ...input, action: Buffer.from(input.action) },
     include: { result: true },
   });
+}
+
+// Forgets idempotency keys used before `before`; returns how many.
+export async function pruneIdempotencyKeys(db: Prisma, before: Date): Promise<number> {
+  return (await db.commandIdempotencyKey.deleteMany({ where: { createdAt: { lt: before } } })).count;
 }
 
 export interface ClaimedCommand {
