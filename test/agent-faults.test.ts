@@ -173,6 +173,25 @@ describe("agent faults against a real control plane", () => {
     await killHard(proc.child);
   });
 
+  it("delivers a command again whose poll answer died with the agent, and runs it once", { timeout: 180_000 }, async () => {
+    const agent = await register();
+    const proc = start(agent);
+    // Idle and long-polling; then frozen, so the answer the control plane writes for the
+    // command below waits unread in the socket, and dies with the process.
+    expect((await settled(await dryRun(agent, "pkg-20"))).state).toBe(CommandState.SUCCEEDED);
+    await sleep(1000);
+    proc.child.kill("SIGSTOP");
+    const id = await dryRun(agent, "pkg-21");
+    await expect.poll(async () => (await cp!.admin.commands.getCommand({ id })).command?.state, { timeout: 30_000, interval: 100 }).toBe(CommandState.SENT);
+    await killHard(proc.child);
+    const again = start(agent);
+    const command = await settled(id);
+    expect(command.state).toBe(CommandState.SUCCEEDED);
+    expect(command.deliveryCount).toBe(2);
+    expect(await runs("pkg-21")).toBe(1);
+    await killHard(again.child);
+  });
+
   it("survives a torn journal: sets it aside, says so, never runs an earlier command again, and runs new ones", { timeout: 180_000 }, async () => {
     const agent = await register();
     let proc = start(agent);
