@@ -49,6 +49,8 @@ describe("redflag commands queue after a lost answer", () => {
     const rows = await cp.app.db.prisma.command.findMany({ where: { agentId: agent.agentId } });
     expect(rows).toHaveLength(1);
     expect(res.stdout).toBe(`${rows[0]!.id}\n`);
+    const shown = await run(["control-plane/src/cli/main.ts", "--server", cp.url, "--api-key", cp.adminKey, "commands", "get", rows[0]!.id]);
+    expect(shown.stdout).toContain("\ndelivered: not yet\n");
 
     // A script that runs the whole command again passes its own key and still gets one command.
     const again = ["control-plane/src/cli/main.ts", "--server", cp.url, "--api-key", cp.adminKey, "commands", "queue", "--agent", agent.agentId, "--type", "reboot", "--idempotency-key", "nightly-reboot-2026-12-05"];
