@@ -3,7 +3,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Command, CommandOutcome, type CommandResult, CommandResultSchema, type SignedCommand } from "@redflag/gen/command_pb";
 import type { PinnedKeys } from "./envelope.ts";
 import type { Logger } from "./log.ts";
-import type { Journal } from "./state/journal.ts";
+import { type Journal, type JournalRecovery, JournalWriteError } from "./state/journal.ts";
 import { checkCommand, openSignedCommand } from "./verify.ts";
 
 export interface ProcessDeps {
@@ -45,8 +45,14 @@ export async function processCommands(
   }
 
   verified.sort((a, b) => (a.sequence < b.sequence ? -1 : a.sequence > b.sequence ? 1 : 0));
+  await learnBarrier(journal, verified.filter((c) => c.agentId === deps.agentId));
   for (const command of verified) {
     const log = { commandId: command.id, sequence: command.sequence.toString(), kind: command.action.case };
+    if (journal.running(command.id)) {
+      logger.warn(log, "command delivered again while it is still running; it is not started again");
+      summary.redelivered++;
+      continue;
+    }
     if (journal.has(command.id)) {
       // Delivered again (for example its result was never acknowledged): answer, never re-run.
       logger.info(log, "command delivered again; reporting its stored result");
@@ -54,12 +60,13 @@ export async function processCommands(
       summary.redelivered++;
       continue;
     }
-    const reason = checkCommand(command, {
-      agentId: deps.agentId,
-      nonce,
-      lastSequence: journal.lastSequence,
-      now: now(),
-    });
+    const reason =
+      checkCommand(command, {
+        agentId: deps.agentId,
+        nonce,
+        lastSequence: journal.lastSequence,
+        now: now(),
+      }) ?? beforeRecovery(command, journal.recovery);
     if (reason) {
       logger.warn({ ...log, reason }, "rejected a command");
       await journal.record(rejection(command.id, reason, command.sequence, now()));
@@ -79,7 +86,17 @@ export async function processCommands(
       continue;
     }
     // On disk before it runs: after a crash this command is reported as interrupted, never re-run.
-    await journal.begin(command.id, command.sequence);
+    // A command that cannot be journaled is not run; the refusal is reported from memory.
+    try {
+      await journal.begin(command.id, command.sequence);
+    } catch (err) {
+      if (!(err instanceof JournalWriteError)) throw err;
+      const why = `not run: the agent cannot record the command in its journal before running it (${err.message}); free space or make the state directory writable, then queue it again`;
+      logger.error({ ...log, reason: why }, "rejected a command it cannot journal");
+      await journal.record(rejection(command.id, why, command.sequence, now()));
+      summary.rejected++;
+      continue;
+    }
     logger.info(log, "running command");
     const result = await deps.execute(command);
     await journal.complete(result);
@@ -100,6 +117,25 @@ export async function processCommands(
     summary.rejected++;
   }
   return summary;
+}
+
+// After the journal was found damaged, the first commands delivered (verified, for this
+// agent) fix the barrier: they were numbered after everything the agent may have run.
+async function learnBarrier(journal: Journal, ours: readonly Command[]): Promise<void> {
+  if (!journal.recovery || journal.recovery.barrier !== undefined || ours.length === 0) return;
+  const lowest = ours.reduce((min, c) => (c.sequence < min ? c.sequence : min), ours[0]!.sequence);
+  await journal.setBarrier(lowest - 1n);
+}
+
+// A command first delivered before the journal was lost may already have run: never run it.
+function beforeRecovery(command: Command, recovery: JournalRecovery | undefined): string | undefined {
+  if (recovery?.barrier === undefined) return undefined;
+  const first = command.firstSequence || command.sequence;
+  if (first > recovery.barrier) return undefined;
+  return (
+    `not run: this agent's journal was found damaged at ${recovery.at.toISOString()} and set aside as ${recovery.damagedFile}; ` +
+    "this command was first delivered before that and may already have run, so it is not run again (queue it again if it did not run)"
+  );
 }
 
 function rejection(commandId: string, reason: string, sequence: bigint, now: Date): CommandResult {

@@ -127,6 +127,10 @@ async function run(options: RunOptions): Promise<RunSummary> {
     const pins = await loadPinnedKeys(config.stateDir);
     if (pins.size === 0) throw new StateError("no command-signing keys are pinned; run `redflag-agent register` again");
     const journal = await openJournal(config.stateDir);
+    if (journal.recovery && journal.recovery.barrier === undefined) {
+      const { damagedFile, reason } = journal.recovery;
+      logger.error({ damagedFile, reason }, "the journal was damaged and set aside; commands delivered before now are not run (they are reported as rejected), new ones run as usual");
+    }
     const machineId = await machineIdOfThisHost(config.machineIdSeed);
     let transport = options.transport;
     if (!transport) {

@@ -99,7 +99,7 @@ describe("checkCommand", () => {
   it("rejects an expired command, without clock-skew tolerance", () => {
     const expired = new Date(now.getTime() - 1000);
     expect(checkCommand(command({ expireTime: timestampFromDate(expired) }), ctx)).toBe(
-      `command expired at ${expired.toISOString()}`,
+      `command expired at ${expired.toISOString()}; this host's clock says ${now.toISOString()} (unless the command waited behind a long one, this host's clock is ahead: correct it)`,
     );
     expect(checkCommand(command({ expireTime: timestampFromDate(now) }), ctx)).toMatch(/^command expired at/);
     expect(checkCommand(command({ expireTime: undefined }), ctx)).toBe("command has no expiry time");

@@ -45,11 +45,15 @@ export function checkCommand(command: Command, ctx: CheckContext): string | unde
   if (command.agentId !== ctx.agentId) return "command is for another agent";
   if (!command.expireTime) return "command has no expiry time";
   const expires = timestampDate(command.expireTime);
-  if (expires.getTime() <= ctx.now.getTime()) return `command expired at ${expires.toISOString()}`;
+  if (expires.getTime() <= ctx.now.getTime()) {
+    // Commands are signed with a fresh expiry when delivered: one that arrives expired usually
+    // means this host's clock is ahead of the control plane's.
+    return `command expired at ${expires.toISOString()}; this host's clock says ${ctx.now.toISOString()} (unless the command waited behind a long one, this host's clock is ahead: correct it)`;
+  }
   if (command.issueTime) {
     const issued = timestampDate(command.issueTime);
     if (issued.getTime() > ctx.now.getTime() + ISSUE_TIME_SKEW_MS) {
-      return `command issued in the future at ${issued.toISOString()}; check this host's clock`;
+      return `command issued in the future at ${issued.toISOString()}; this host's clock says ${ctx.now.toISOString()} (this host's clock is behind: correct it)`;
     }
   }
   if (!sameBytes(command.nonce, ctx.nonce)) return "nonce does not match this poll";

@@ -19,7 +19,7 @@ import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver, type PrincipalResolver } from "./auth/principals.ts";
 import { createAgentConfigs, type AgentConfigs } from "./services/agent-config.ts";
-import { createSettings } from "./settings.ts";
+import { createSettings, redeliveryWindow } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
 import { createConsoleFiles } from "./console.ts";
@@ -71,7 +71,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const metrics = createMetrics();
     // With PostgreSQL the index trusts its feed once the replica link is up (feedRestored).
     const pending = createPendingIndex({
-      load: () => agentsWithPendingCommands(db.prisma),
+      load: () => agentsWithPendingCommands(db.prisma, redeliveryWindow(settings, new Date())),
       feedUp: !config.databaseUrl,
       onError: (err) => logger.warn({ err }, "cannot read which agents have queued commands; polls claim until the next try"),
     });

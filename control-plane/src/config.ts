@@ -28,6 +28,12 @@ export interface Config {
   readonly oidc: OidcConfig | undefined;
   // Sent commands with no result after this become timed_out.
   readonly resultTimeoutSeconds: number;
+  // A delivered command with no result after this may be delivered again (at least once).
+  readonly deliveryLeaseSeconds: number;
+  // Deliveries of one command at most.
+  readonly maxDeliveries: number;
+  // How long a CreateCommand idempotency key is remembered.
+  readonly idempotencyKeyTtlSeconds: number;
   readonly pollIntervalSeconds: number;
   readonly pollJitterPercent: number;
   readonly commandTimeoutSeconds: number;
@@ -183,6 +189,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     oidc: oidcConfig(),
     consoleDir: env.REDFLAG_CONSOLE_DIR ? path.resolve(cwd, env.REDFLAG_CONSOLE_DIR) : DEFAULT_CONSOLE_DIR,
     resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
+    deliveryLeaseSeconds: duration("REDFLAG_DELIVERY_LEASE", "5m", 1),
+    maxDeliveries: integer("REDFLAG_MAX_DELIVERIES", 5, 1, 20),
+    idempotencyKeyTtlSeconds: duration("REDFLAG_IDEMPOTENCY_KEY_TTL", "24h", 60),
     pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
     pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
     commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),

@@ -45,7 +45,7 @@ export function createRoutes(deps: RouteDeps) {
     router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl, deps.signer));
     router.service(SecurityService, createSecurityService(deps));
     router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
-    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events);
+    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events, deps.config.idempotencyKeyTtlSeconds);
     router.service(CommandService, createCommandService(deps.db, commands, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));
     router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events));

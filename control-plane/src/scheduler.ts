@@ -1,6 +1,6 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
-import { sweepTimedOut } from "./store/commands.ts";
+import { pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
 import { pruneReportData } from "./store/reports.ts";
 import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
@@ -39,7 +39,7 @@ export function createScheduler(
       // metric readings and update history.
       if (settings && now.getTime() - lastPrune > 3_600_000) {
         lastPrune = now.getTime();
-        const pruned = await prune(db, now, settings);
+        const pruned = { ...(await prune(db, now, settings)), idempotencyKeys: await pruneIdempotencyKeys(db, new Date(now.getTime() - config.idempotencyKeyTtlSeconds * 1000)) };
         if (Object.values(pruned).some((n) => n > 0)) logger.info(pruned, "old records removed (retention)");
       }
     } catch (err) {

@@ -1,5 +1,6 @@
 import type { Config } from "./config.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
+import type { Redelivery } from "./store/commands.ts";
 import type { Prisma } from "./store/types.ts";
 
 // Operational settings an admin can change at run time, stored in the database. The
@@ -27,6 +28,8 @@ export const SETTINGS: readonly SettingDefinition[] = [
   { key: "command_timeout", type: "duration", min: 30, max: day, description: "How long an agent lets a command run when the command sets no timeout", fallback: (c) => formatDuration(c.commandTimeoutSeconds) },
   { key: "command_expiry", type: "duration", min: 60, max: day, description: "How long a delivered command stays valid (its signed expiry)", fallback: (c) => formatDuration(c.commandExpirySeconds) },
   { key: "result_timeout", type: "duration", min: 60, max: 7 * day, description: "How long after delivery a command without a result becomes timed out", fallback: (c) => formatDuration(c.resultTimeoutSeconds) },
+  { key: "delivery_lease", type: "duration", min: 10, max: day, description: "How long after a delivery without a result the command may be delivered again (freshly signed) at the agent's next poll", fallback: (c) => formatDuration(c.deliveryLeaseSeconds) },
+  { key: "max_deliveries", type: "integer", min: 1, max: 20, description: "Deliveries a command gets at most without a result (1: never again); then it times out", fallback: (c) => String(c.maxDeliveries) },
   { key: "login_failures_per_user", type: "integer", min: 3, max: 100, description: "Failed sign-ins for one username from one address before each further one makes the next attempt wait (1 s, doubling, at most 15 minutes)", fallback: () => "10" },
   { key: "login_failures_per_address", type: "integer", min: 5, max: 1000, description: "Failed sign-ins from one address before each further one makes the next attempt from there wait (1 s, doubling, at most 15 minutes)", fallback: () => "20" },
   { key: "minimum_agent_version", type: "version", description: 'Agents older than this cannot register (empty: any). For example "0.2.0"', fallback: () => "" },
@@ -65,6 +68,16 @@ export function normalise(key: string, raw: string): { value: string } | { error
       if (text !== "" && !/^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(text)) return { error: `${key} must be a version like 1.2.3, or empty` };
       return { value: text };
   }
+}
+
+// Which delivered commands without a result are handed out again now: the lease ran out, the
+// result timeout has not, and they were not delivered max_deliveries times already.
+export function redeliveryWindow(settings: Pick<Settings, "seconds" | "text">, now: Date): Redelivery {
+  return {
+    sentBefore: new Date(now.getTime() - settings.seconds("delivery_lease") * 1000),
+    sentAfter: new Date(now.getTime() - settings.seconds("result_timeout") * 1000),
+    maxDeliveries: Number(settings.text("max_deliveries")),
+  };
 }
 
 // -1, 0 or 1, comparing the numeric parts of two versions (pre-release tags sort first).

@@ -521,3 +521,72 @@ describe("ReportResults", () => {
     expect((await cp.admin.commands.getCommand({ id })).command?.state).toBe(CommandState.FAILED);
   });
 });
+
+// Item 6 of issue 13: a poll's answer can be lost after the claim committed (a crash, a dropped
+// connection), so a delivered command without a result is delivered again after the lease.
+describe("delivery after a lost poll answer", () => {
+  let own: TestControlPlane;
+  beforeAll(async () => {
+    own = await startTestControlPlane({ REDFLAG_DELIVERY_LEASE: "1s", REDFLAG_MAX_DELIVERIES: "3" });
+  });
+  afterAll(async () => {
+    await own?.close();
+  });
+
+  it("delivers the command again after the lease, freshly numbered, signed and nonce'd, found by the pending index without idle polls looking", async () => {
+    const agent = await registerTestAgent(own, await newRegistrationToken(own));
+    const id = (await own.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "collectSpecs", value: {} } })).command!.id;
+    const lost = await agent.client.pollCommands({ nonce: nonce() });
+    const first = fromBinary(CommandSchema, lost.commands[0]!.command);
+    expect(first).toMatchObject({ id, sequence: 1n, firstSequence: 1n });
+    // Within the lease nothing comes, however often the agent asks.
+    expect((await agent.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+
+    // After it, the next polls find it once the pending index has looked (every 10 s): idle
+    // polls meanwhile are answered from memory.
+    const claimsBefore = await claimCount(own);
+    const n = nonce();
+    let again: Awaited<ReturnType<typeof agent.client.pollCommands>> | undefined;
+    await expect
+      .poll(async () => (again = await agent.client.pollCommands({ nonce: n })).commands.length, { timeout: 20_000, interval: 250 })
+      .toBe(1);
+    const claims = (await claimCount(own)) - claimsBefore;
+    expect(claims).toBeGreaterThanOrEqual(1);
+    expect(claims).toBeLessThanOrEqual(2);
+    const signed = again!.commands[0]!;
+    const pinned = agent.registration.trustedKeys[0]!;
+    expect(verify(pinned.publicKey, pae(COMMAND_TYPE, signed.command), signed.signature)).toBe(true);
+    const second = fromBinary(CommandSchema, signed.command);
+    expect(second).toMatchObject({ id, sequence: 2n, firstSequence: 1n });
+    expect(Buffer.from(second.nonce).equals(Buffer.from(n))).toBe(true);
+    expect(timestampDate(second.issueTime!).getTime()).toBeGreaterThan(timestampDate(first.issueTime!).getTime());
+    expect(timestampDate(second.expireTime!).getTime()).toBeGreaterThan(timestampDate(first.expireTime!).getTime());
+    expect((await own.admin.commands.getCommand({ id })).command).toMatchObject({ state: CommandState.SENT, deliveryCount: 2, sequence: 2n });
+
+    // Its result ends it: never delivered again.
+    await agent.client.reportResults({ results: [{ commandId: id, outcome: CommandOutcome.SUCCEEDED, message: "ok", sequence: 2n }] });
+    await new Promise((r) => setTimeout(r, 1200));
+    expect((await agent.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+  });
+
+  it("stops after max_deliveries and times the command out instead of bouncing it forever", async () => {
+    const agent = await registerTestAgent(own, await newRegistrationToken(own));
+    const id = (await own.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "collectSpecs", value: {} } })).command!.id;
+    for (let delivery = 1; delivery <= 3; delivery++) {
+      await expect.poll(async () => (await agent.client.pollCommands({ nonce: nonce() })).commands.length, { timeout: 20_000, interval: 250 }).toBe(1);
+      expect((await own.admin.commands.getCommand({ id })).command?.deliveryCount).toBe(delivery);
+    }
+    await new Promise((r) => setTimeout(r, 1200));
+    for (let i = 0; i < 3; i++) expect((await agent.client.pollCommands({ nonce: nonce() })).commands).toHaveLength(0);
+    // The result timeout after the last delivery ends it.
+    await own.app.db.prisma.command.update({ where: { id }, data: { sentAt: new Date(Date.now() - 3 * 3600_000) } });
+    await own.app.scheduler.tick();
+    expect((await own.admin.commands.getCommand({ id })).command).toMatchObject({ state: CommandState.TIMED_OUT, deliveryCount: 3 });
+  });
+});
+
+// Claims run so far (the poll path's counter in /metrics).
+async function claimCount(cp: TestControlPlane): Promise<number> {
+  const text = await (await fetch(`${cp.url}/metrics`)).text();
+  return [...text.matchAll(/^redflag_poll_claims_total\{result="(?:empty|delivered)"\} (\d+)/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+}

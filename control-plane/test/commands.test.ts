@@ -146,3 +146,59 @@ describe("who queued a command", () => {
     expect((await cp.admin.commands.getCommand({ id: byToken.id })).command?.createdByKind).toBe(CommandCreator.UNSPECIFIED);
   });
 });
+
+describe("CreateCommand idempotency keys", () => {
+  const as = (secret: string) => createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${secret}` })] });
+  const specs = { case: "collectSpecs" as const, value: {} };
+  const queued = (agentId: string) => cp.app.db.prisma.command.count({ where: { agentId } });
+  const refusal = (call: Promise<unknown>) => call.then(() => undefined, (err: unknown) => ConnectError.from(err));
+
+  it("queues one command for a retried create, and refuses the key for a different request", async () => {
+    const target = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const key = "6f1c2a4e-0b7d-4a55-9d1e-3c2f8e7a9b10";
+    const first = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: key })).command!;
+    const retry = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: key })).command!;
+    expect(retry.id).toBe(first.id);
+    // Retries racing each other still queue one.
+    const racing = await Promise.all(Array.from({ length: 5 }, () => cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: "race-1" })));
+    expect(new Set(racing.map((r) => r.command!.id)).size).toBe(1);
+    expect(await queued(target.agentId)).toBe(2);
+    // One audit entry per command queued, none for the answered retries.
+    expect(await cp.app.db.prisma.auditEntry.count({ where: { action: "redflag.v1.CommandService/CreateCommand", target: `agent:${target.agentId}` } })).toBe(2);
+
+    const other = await refusal(cp.admin.commands.createCommand({ agentId: target.agentId, action: { case: "reboot", value: {} }, idempotencyKey: key }));
+    expect(other?.code).toBe(Code.FailedPrecondition);
+    expect(other?.rawMessage).toBe(`idempotency_key "${key}" was already used for a different request (command ${first.id}); use a new key for a new command`);
+    const longer = await refusal(cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, timeoutSeconds: 60, idempotencyKey: key }));
+    expect(longer?.code).toBe(Code.FailedPrecondition);
+    expect(await queued(target.agentId)).toBe(2);
+  });
+
+  // "build-key" is the person the test above set up.
+  it("scopes keys to their caller and forgets them after their time", async () => {
+    const target = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const session = (await createClient(AuthService, as("")).login({ username: "build-key", password: "correct horse battery staple" })).sessionToken;
+    const token = (await createClient(ApiTokenService, as(session)).createApiToken({ name: "idempotent", scope: Role.OPERATOR })).secret;
+    const byKey = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: "nightly" })).command!;
+    // Another caller with the same key (even a different request) gets its own command.
+    const byToken = (await createClient(CommandService, as(token)).createCommand({ agentId: target.agentId, action: { case: "reboot", value: {} }, idempotencyKey: "nightly" })).command!;
+    expect(byToken.id).not.toBe(byKey.id);
+    expect(await queued(target.agentId)).toBe(2);
+
+    // A day later the key is free again.
+    await cp.app.db.prisma.commandIdempotencyKey.updateMany({ where: { key: "nightly" }, data: { createdAt: new Date(Date.now() - 25 * 3600_000) } });
+    const later = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: "nightly" })).command!;
+    expect(later.id).not.toBe(byKey.id);
+    expect(await queued(target.agentId)).toBe(3);
+  });
+
+  it("refuses malformed keys with InvalidArgument and queues nothing", async () => {
+    const target = await registerTestAgent(cp, await newRegistrationToken(cp));
+    for (const key of ["x".repeat(129), "has space", "semi;colon", "ünïcode"]) {
+      const err = await refusal(cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: key }));
+      expect(err?.code).toBe(Code.InvalidArgument);
+      expect(err?.rawMessage).toBe("idempotency_key must be 1 to 128 of A-Z a-z 0-9 . _ : - (for example a UUID)");
+    }
+    expect(await queued(target.agentId)).toBe(0);
+  });
+});

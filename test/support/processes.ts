@@ -51,7 +51,10 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
   child.stderr!.on("data", (d: Buffer) => logs.push(d.toString()));
   const lines = createInterface({ input: child.stdout! });
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join("\n")}`)), 90_000);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`server did not start:\n${logs.join("\n")}`));
+    }, 90_000);
     child.once("exit", (code) => reject(new Error(`server exited with ${code}:\n${logs.join("\n")}`)));
     lines.on("line", (line) => {
       logs.push(line);

@@ -1,11 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { CommandOutcome, type CommandResult, CommandResultSchema } from "@redflag/gen/command_pb";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { StateError } from "./files.ts";
-import { openJournal, resetJournal } from "./journal.ts";
+import { JournalWriteError, openJournal, resetJournal } from "./journal.ts";
 
 const dirs: string[] = [];
 const tempDir = async () => {
@@ -55,14 +55,24 @@ describe("journal", () => {
     expect(journal.lastSequence).toBe(2n);
   });
 
-  it("drops refused results for good", async () => {
+  it("stops sending refused results, but remembers the command so a re-delivery never runs it", async () => {
     const dir = await tempDir();
     let journal = await openJournal(dir);
-    await journal.record(result("r", 0n, CommandOutcome.REJECTED));
+    await journal.begin("r", 1n);
+    await journal.complete(result("r", 1n));
     await journal.settle([], ["r"]);
     journal = await openJournal(dir);
     expect(journal.pending()).toEqual([]);
-    expect(journal.has("r")).toBe(false);
+    expect(journal.has("r")).toBe(true);
+    // Kept beyond the acknowledged ones' limit, for as long as a control plane may deliver again.
+    for (let i = 2; i <= 260; i++) await journal.record(result(`c${i}`, BigInt(i)));
+    await journal.settle(journal.pending().map((r) => r.commandId), []);
+    expect(journal.stats().entries).toBe(201);
+    expect(journal.has("r")).toBe(true);
+    const later = await openJournal(dir, { now: () => new Date(Date.now() + 9 * 86_400_000) });
+    await later.record(result("x", 300n));
+    await later.settle(["x"], []);
+    expect(later.has("r")).toBe(false);
   });
 
   it("re-sends the stored result of a command delivered again", async () => {
@@ -111,12 +121,52 @@ describe("journal", () => {
     expect(journal.lastSequence).toBe(251n);
   });
 
-  it("refuses to guess when the file is damaged, and resets on request", async () => {
+  it("sets a damaged file aside and starts again, remembering that it did (status only looks)", async () => {
     const dir = await tempDir();
-    await writeFile(path.join(dir, "journal.json"), "{ not json");
-    await expect(openJournal(dir)).rejects.toThrow(StateError);
+    const journal = await openJournal(dir);
+    await journal.begin("a", 7n);
+    await journal.complete(result("a", 7n));
+    const whole = await readFile(path.join(dir, "journal.json"));
+    // A torn write: the file ends part-way.
+    await writeFile(path.join(dir, "journal.json"), whole.subarray(0, Math.floor(whole.length / 2)));
+    await expect(openJournal(dir, { readOnly: true })).rejects.toThrow(StateError);
+
+    const at = new Date("2026-12-05T08:00:00.000Z");
+    const recovered = await openJournal(dir, { now: () => at });
+    expect(recovered.lastSequence).toBe(0n);
+    expect(recovered.has("a")).toBe(false);
+    expect(recovered.recovery).toMatchObject({ at, damagedFile: path.join(dir, "journal.json.damaged-2026-12-05T08-00-00-000Z"), barrier: undefined });
+    expect(recovered.recovery!.reason).toMatch(/JSON/);
+    expect(await readFile(recovered.recovery!.damagedFile)).toEqual(whole.subarray(0, Math.floor(whole.length / 2)));
+    await recovered.setBarrier(41n);
+    await recovered.setBarrier(99n);
+    expect((await openJournal(dir)).recovery).toMatchObject({ at, barrier: 41n });
+
     await resetJournal(dir);
-    expect((await openJournal(dir)).lastSequence).toBe(0n);
+    expect((await openJournal(dir)).recovery).toBeUndefined();
     expect(JSON.parse(await readFile(path.join(dir, "journal.json"), "utf8"))).toMatchObject({ lastSequence: "0" });
+  });
+
+  it("refuses to start a command it cannot write down, and keeps later results in memory until the disk takes them", async () => {
+    const dir = await tempDir();
+    const journal = await openJournal(dir);
+    await journal.begin("a", 1n);
+    // The state directory stops taking writes: its journal is replaced by a directory, so no
+    // rename onto it can succeed (as root, permissions would not stop the agent).
+    await rm(path.join(dir, "journal.json"));
+    await mkdir(path.join(dir, "journal.json"));
+    await expect(journal.begin("b", 2n)).rejects.toThrow(JournalWriteError);
+    expect(journal.has("b")).toBe(false);
+    expect(journal.lastSequence).toBe(1n);
+    await journal.complete(result("a", 1n));
+    await journal.record(result("c", 3n, CommandOutcome.REJECTED));
+    expect(journal.writeError).toBeInstanceOf(Error);
+    expect(journal.pending().map((r) => r.commandId)).toEqual(["a", "c"]);
+    await rm(path.join(dir, "journal.json"), { recursive: true });
+    await journal.settle(["a"], []);
+    expect(journal.writeError).toBeUndefined();
+    const reopened = await openJournal(dir);
+    expect(reopened.pending().map((r) => r.commandId)).toEqual(["c"]);
+    expect(reopened.has("a")).toBe(true);
   });
 });

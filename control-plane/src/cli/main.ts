@@ -74,7 +74,7 @@ import {
 import { createInterface } from "node:readline";
 import { loadSession, removeSession, saveSession } from "./session-file.ts";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { createReadStream, readFileSync } from "node:fs";
 import { readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
@@ -579,6 +579,7 @@ interface QueueOptions {
   platform?: string;
   timeout?: number;
   wait?: number;
+  idempotencyKey?: string;
 }
 
 
@@ -611,17 +612,37 @@ commands
   .addOption(new Option("--platform <os-arch>").hideHelp())
   .option("--timeout <duration>", "execution timeout on the agent", seconds)
   .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
+  .option("--idempotency-key <key>", "queue at most one command for this key (a day), also when this whole call is run again; default: a new key per call, reused on its own retries")
   .action(async (o: QueueOptions) => {
     const c = await clients();
-    const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0 });
+    const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0, idempotencyKey: o.idempotencyKey ?? randomUUID() });
     req.action = await buildAction(o, c);
-    const res = await c.commands.createCommand(req);
+    const res = await retryUnanswered(() => c.commands.createCommand(req));
     let command = res.command!;
     if (o.wait) command = await waitFor(c.commands, command, o.wait);
     if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
     process.stdout.write(o.wait ? describeCommand(command) : `${command.id}\n`);
     if (o.wait && command.state !== CommandState.SUCCEEDED) process.exitCode = 1;
   });
+
+// A call whose answer never came may still have been carried out: retried only with an
+// idempotency key in the request, so the control plane answers a retry with what the first
+// call did instead of doing it again.
+async function retryUnanswered<T>(call: () => Promise<T>): Promise<T> {
+  const delays = [500, 1000, 2000];
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      const code = err instanceof ConnectError ? err.code : undefined;
+      // connect-node reports a connection cut mid-call ("socket hang up") as Aborted.
+      const unanswered = code === Code.Unavailable || code === Code.DeadlineExceeded || code === Code.Unknown || code === Code.Aborted;
+      if (!unanswered || attempt >= delays.length) throw err;
+      process.stderr.write(`redflag: no answer (${Code[code!]}: ${(err as ConnectError).rawMessage}); trying again with the same idempotency key\n`);
+      await new Promise((r) => setTimeout(r, delays[attempt]));
+    }
+  }
+}
 
 async function waitFor(client: Awaited<ReturnType<typeof clients>>["commands"], command: CommandInfo, forSeconds: number) {
   const deadline = Date.now() + forSeconds * 1000;
@@ -720,6 +741,7 @@ function describeCommand(c: CommandInfo): string {
     `type:     ${enumName(CommandType, c.type)}`,
     `state:    ${enumName(CommandState, c.state)}`,
     `sequence: ${c.sequence || "-"}`,
+    `delivered: ${c.deliveryCount === 0 ? "not yet" : c.deliveryCount === 1 ? "once" : `${c.deliveryCount} times (no result arrived within the delivery lease)`}`,
     `created:  ${time(c.createTime)?.toISOString()} by ${c.createdBy}`,
   ];
   const r = c.result;

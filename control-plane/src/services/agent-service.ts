@@ -56,7 +56,7 @@ import type { Wakeups } from "../wakeups.ts";
 import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
-import { compareVersions, type Settings } from "../settings.ts";
+import { compareVersions, redeliveryWindow, type Settings } from "../settings.ts";
 import { int64, invalid, text, time, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -298,13 +298,21 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
   }
   const issueTime = new Date();
   const expireTime = new Date(issueTime.getTime() + deps.settings.seconds("command_expiry") * 1000);
-  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime));
+  const again = redeliveryWindow(deps.settings, issueTime);
+  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime, again));
   deps.metrics?.claim(claimed.length > 0 ? "delivered" : "empty");
   if (claimed.length === 0) return [];
   try {
     const signed = claimed.map((c) =>
-      deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, issueTime, expireTime, nonce }, c.action),
+      deps.signer.signCommand({ id: c.id, agentId, sequence: c.sequence, firstSequence: c.firstSequence, issueTime, expireTime, nonce }, c.action),
     );
+    const repeated = claimed.filter((c) => c.deliveryCount > 1);
+    if (repeated.length > 0) {
+      deps.logger.info(
+        { agentId, commands: repeated.map((c) => ({ commandId: c.id, delivery: c.deliveryCount, sequence: c.sequence.toString() })) },
+        "delivering commands again: no result arrived within the delivery lease",
+      );
+    }
     deps.events.publish(claimed.map((c) => ({ commandId: c.id, agentId })));
     deps.metrics?.delivered(signed.length);
     return signed;

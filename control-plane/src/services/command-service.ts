@@ -4,13 +4,14 @@ import type { CommandChanged, EventBus } from "../events.ts";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { type Command, CommandSchema, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { type CommandInfo, CommandService, CommandState, CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
+import { kPrincipal } from "../auth/context.ts";
+import { sha256 } from "../ids.ts";
 import { audit, commandCreator } from "./audit.ts";
 import type { CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
-import { createCommand, getCommand, listCommands } from "../store/commands.ts";
+import { createCommand, createCommandOnce, getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { CommandSigner } from "../signing/signer.ts";
-import { kPrincipal } from "../auth/context.ts";
 import { upgradeFromRegistry } from "../domain/agent-upgrade.ts";
 import { authorizeContent, authorizeKind } from "../domain/command-privilege.ts";
 import { prepareAction } from "./actions.ts";
@@ -39,22 +40,44 @@ const STATE_FILTER = new Map<CommandState, DbCommandState>(
 );
 
 export interface CommandQueue {
-  // Checks, stores and audits one command for one agent and wakes the agent's long-poll.
-  queue(ctx: HandlerContext, agentId: string, action: Command["action"], timeoutSeconds?: number): Promise<CommandInfo>;
+  // Checks, stores and audits one command for one agent and wakes the agent's long-poll. With
+  // an idempotency key, a retry of the same request returns the command already queued.
+  queue(ctx: HandlerContext, agentId: string, action: Command["action"], timeoutSeconds?: number, idempotencyKey?: string): Promise<CommandInfo>;
 }
 
-export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner, events: EventBus): CommandQueue {
+const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
+
+// Keys are scoped to who uses them: a person's sessions share theirs, each API token (and the
+// admin key) has its own, so nobody can collide with, or learn about, another caller's keys.
+function idempotencyCaller(ctx: HandlerContext): string {
+  const principal = ctx.values.get(kPrincipal);
+  if (!principal) return "system";
+  return principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`;
+}
+
+export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner, events: EventBus, idempotencyKeyTtlSeconds = 86_400): CommandQueue {
   return {
-    async queue(ctx, agentId, requested, timeoutSeconds = 0) {
+    async queue(ctx, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
+      if (idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+        throw invalid("idempotency_key must be 1 to 128 of A-Z a-z 0-9 . _ : - (for example a UUID)");
+      }
       const role = ctx.values.get(kPrincipal)?.role;
       authorizeKind(role, requested);
+      // Hashed as asked, before the action is prepared (an upgrade is filled in from the registry then).
+      const requestHash = sha256(toBinary(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { agentId, timeoutSeconds, action: requested })));
       let action = prepareAction(requested);
       if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
       await authorizeContent(db, role, agentId, action);
       if (action.case === "updateAgent") action = { case: "updateAgent", value: await upgradeFromRegistry(db, signer, agentId, action.value.version) };
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
-      const row = await createCommand(db, { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...commandCreator(ctx) });
+      const idempotency = idempotencyKey
+        ? { caller: idempotencyCaller(ctx), key: idempotencyKey, requestHash, usedAfter: new Date(Date.now() - idempotencyKeyTtlSeconds * 1000) }
+        : undefined;
+      const input = { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...commandCreator(ctx) };
+      const { row, replayed } = idempotency ? await createCommandOnce(db, input, idempotency) : { row: await createCommand(db, input), replayed: false };
+      // A retry that found its command: nothing changed, so nothing to wake, publish or audit.
+      if (replayed) return commandToProto(row);
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
       await audit(db, ctx, {
@@ -69,7 +92,7 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
 export function createCommandService(db: Prisma, commands: CommandQueue, events: EventBus): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
-      return { command: await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds) };
+      return { command: await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds, req.idempotencyKey) };
     },
 
     async listCommands(req) {

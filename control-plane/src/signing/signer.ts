@@ -19,6 +19,8 @@ export interface CommandHeader {
   id: string;
   agentId: string;
   sequence: bigint;
+  // The first delivery's sequence; a command delivered again keeps it.
+  firstSequence?: bigint;
   issueTime: Date;
   expireTime: Date;
   nonce: Uint8Array;
@@ -99,6 +101,7 @@ export function createCommandSigner(
           id: header.id,
           agentId: header.agentId,
           sequence: header.sequence,
+          firstSequence: header.firstSequence ?? header.sequence,
           issueTime: timestampFromDate(header.issueTime),
           expireTime: timestampFromDate(header.expireTime),
           nonce: header.nonce,

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
+import { isUniqueViolation } from "./db.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import type { Statements } from "./statements.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -14,9 +15,64 @@ export interface CreateCommandInput {
   createdByKind: CommandCreator;
 }
 
+// A CreateCommand idempotency key, scoped to its caller.
+export interface IdempotencyKey {
+  caller: string;
+  key: string;
+  // SHA-256 of the request without the key.
+  requestHash: Uint8Array;
+  // Keys used before this are forgotten: the same key queues a new command.
+  usedAfter: Date;
+}
+
+// Queues a command under an idempotency key: a key this caller already used for the same
+// request returns that command (replayed) instead of queueing another; for another request it
+// is refused. Two creates racing with one key queue one command: the loser's insert of the key
+// fails, its transaction (and command) rolls back, and it returns the winner's.
+export async function createCommandOnce(db: Prisma, input: CreateCommandInput, idempotency: IdempotencyKey) {
+  const agent = await findAgent(db, input.agentId);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await db.$transaction(async (tx) => {
+        const where = { caller_key: { caller: idempotency.caller, key: idempotency.key } };
+        let used = await tx.commandIdempotencyKey.findUnique({ where, include: { command: { include: { result: true } } } });
+        if (used && used.createdAt < idempotency.usedAfter) {
+          await tx.commandIdempotencyKey.delete({ where });
+          used = null;
+        }
+        if (used) {
+          if (!Buffer.from(used.requestHash).equals(Buffer.from(idempotency.requestHash))) {
+            throw new ConnectError(
+              `idempotency_key "${idempotency.key}" was already used for a different request (command ${used.commandId}); use a new key for a new command`,
+              Code.FailedPrecondition,
+            );
+          }
+          return { row: used.command, replayed: true };
+        }
+        const row = await insertCommand(tx, input, agent);
+        await tx.commandIdempotencyKey.create({
+          data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id },
+        });
+        return { row, replayed: false };
+      });
+    } catch (err) {
+      if (attempt === 0 && isUniqueViolation(err)) continue;
+      throw err;
+    }
+  }
+}
+
 export async function createCommand(db: Prisma, input: CreateCommandInput) {
-  const agent = await db.agent.findUnique({ where: { id: input.agentId }, select: { decommissionedAt: true } });
-  if (!agent) throw new ConnectError(`agent ${input.agentId} does not exist`, Code.NotFound);
+  return insertCommand(db, input, await findAgent(db, input.agentId));
+}
+
+async function findAgent(db: Prisma, agentId: string) {
+  const agent = await db.agent.findUnique({ where: { id: agentId }, select: { decommissionedAt: true } });
+  if (!agent) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+  return agent;
+}
+
+async function insertCommand(db: Tx | Prisma, input: CreateCommandInput, agent: { decommissionedAt: Date | null }) {
   if (agent.decommissionedAt) {
     throw new ConnectError(`agent ${input.agentId} is decommissioned`, Code.FailedPrecondition);
   }
@@ -26,37 +82,63 @@ export async function createCommand(db: Prisma, input: CreateCommandInput) {
   });
 }
 
+// Forgets idempotency keys used before `before`; returns how many.
+export async function pruneIdempotencyKeys(db: Prisma, before: Date): Promise<number> {
+  return (await db.commandIdempotencyKey.deleteMany({ where: { createdAt: { lt: before } } })).count;
+}
+
 export interface ClaimedCommand {
   id: string;
   sequence: bigint;
+  // The sequence of the command's first delivery (equal to sequence on the first one).
+  firstSequence: bigint;
+  // 1 on the first delivery, more when it is delivered again.
+  deliveryCount: number;
   action: Uint8Array;
 }
 
-// One statement claims up to `limit` pending commands of one agent and numbers them with fresh
-// sequence numbers. SKIP LOCKED keeps concurrent polls (and replicas) from taking the same row;
-// the agents row update serialises sequence allocation so numbers never repeat.
+// When a delivered command without a result may be delivered again: the claim committed SENT
+// before the response reached the agent, and that response can be lost (a crash, a dropped
+// connection), so delivery is at least once and the agent's journal makes running it once.
+export interface Redelivery {
+  // Sent before this, with no result since: the lease ran out.
+  sentBefore: Date;
+  // Sent before this is the sweep's to time out, not to deliver again.
+  sentAfter: Date;
+  // Deliveries a command gets at most; then it waits for its result timeout.
+  maxDeliveries: number;
+}
+
+// One statement claims up to `limit` commands of one agent, pending ones and delivered ones
+// whose lease ran out, and numbers them with fresh sequence numbers. SKIP LOCKED keeps
+// concurrent polls (and replicas) from taking the same row, and a result being recorded holds
+// its row; the agents row update serialises sequence allocation so numbers never repeat.
 export async function claimCommands(
   sql: Statements,
   agentId: string,
   limit: number,
   sentAt: Date,
   expiresAt: Date,
+  again: Redelivery,
 ): Promise<ClaimedCommand[]> {
-  const rows = await sql.rows<{ id: string; sequence: string; action: Buffer }>("redflag_claim_commands", CLAIM_COMMANDS, [
-    agentId,
-    limit,
-    sentAt,
-    expiresAt,
-  ]);
+  const rows = await sql.rows<{ id: string; sequence: string; first_sequence: string; delivery_count: number; action: Buffer }>(
+    "redflag_claim_commands",
+    CLAIM_COMMANDS,
+    [agentId, limit, sentAt, expiresAt, again.sentBefore, again.maxDeliveries, again.sentAfter],
+  );
   return rows
-    .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), action: r.action }))
+    .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), firstSequence: BigInt(r.first_sequence), deliveryCount: Number(r.delivery_count), action: r.action }))
     .sort((a, b) => (a.sequence < b.sequence ? -1 : 1));
 }
+
+// Pending, or delivered and due again: what the claim hands out and the pending index looks for.
+const claimable = (sentBefore: string, maxDeliveries: string, sentAfter: string) =>
+  `(state = 'pending' OR (state = 'sent' AND sent_at < ${sentBefore}::timestamptz AND sent_at >= ${sentAfter}::timestamptz AND delivery_count < ${maxDeliveries}::int))`;
 
 const CLAIM_COMMANDS = `
     WITH picked AS (
       SELECT id, created_at FROM commands
-       WHERE agent_id = $1::uuid AND state = 'pending'
+       WHERE agent_id = $1::uuid AND ${claimable("$5", "$6", "$7")}
        ORDER BY created_at, id
        LIMIT $2::int
        FOR UPDATE SKIP LOCKED
@@ -70,23 +152,31 @@ const CLAIM_COMMANDS = `
     UPDATE commands AS c
        SET state = 'sent',
            sequence = bumped.last_sequence - numbered.n + numbered.rn,
+           first_sequence = COALESCE(c.first_sequence, bumped.last_sequence - numbered.n + numbered.rn),
            sent_at = $3::timestamptz,
            expires_at = $4::timestamptz,
            delivery_count = c.delivery_count + 1
       FROM numbered, bumped
      WHERE c.id = numbered.id
-    RETURNING c.id::text, c.sequence::text, c.action`;
+    RETURNING c.id::text, c.sequence::text, c.first_sequence::text, c.delivery_count, c.action`;
 
-// Every agent with at least one command waiting to be claimed (the pending index's resync).
-export async function agentsWithPendingCommands(db: Prisma): Promise<string[]> {
-  const rows = await db.$queryRaw<{ id: string }[]>`SELECT DISTINCT agent_id::text AS id FROM commands WHERE state = 'pending'`;
+// Every agent with at least one command to hand out, queued or due again (the pending index's
+// resync, so an idle poll never has to look).
+export async function agentsWithPendingCommands(db: Prisma, again: Redelivery): Promise<string[]> {
+  const rows = await db.$queryRawUnsafe<{ id: string }[]>(
+    `SELECT DISTINCT agent_id::text AS id FROM commands WHERE ${claimable("$1", "$2", "$3")}`,
+    again.sentBefore,
+    again.maxDeliveries,
+    again.sentAfter,
+  );
   return rows.map((r) => r.id);
 }
 
-// Returns a claimed command to the queue when its delivery could not be prepared.
+// Returns a claimed command to the queue when its delivery could not be prepared; the
+// delivery it never had does not count.
 export async function unclaimCommands(db: Prisma, ids: string[]): Promise<void> {
   if (ids.length === 0) return;
-  await db.command.updateMany({ where: { id: { in: ids }, state: "sent" }, data: { state: "pending" } });
+  await db.command.updateMany({ where: { id: { in: ids }, state: "sent" }, data: { state: "pending", deliveryCount: { decrement: 1 } } });
 }
 
 export interface IncomingResult {

@@ -42,9 +42,16 @@ async function newCommands(prisma: PrismaClient, agentId: string, count: number)
   });
 }
 
-// The poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement.
-const claim = (db: Database, agentId: string, limit: number) =>
-  claimCommands(db.statements, agentId, limit, new Date(), new Date(Date.now() + 600_000));
+// The poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement. A delivered
+// command comes again only after `leaseMs` (ten minutes unless a test says otherwise).
+const claim = (db: Database, agentId: string, limit: number, opts: { leaseMs?: number; maxDeliveries?: number; now?: number } = {}) => {
+  const now = opts.now ?? Date.now();
+  return claimCommands(db.statements, agentId, limit, new Date(now), new Date(now + 600_000), {
+    sentBefore: new Date(now - (opts.leaseMs ?? 600_000)),
+    sentAfter: new Date(now - 7_200_000),
+    maxDeliveries: opts.maxDeliveries ?? 5,
+  });
+};
 
 describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
   let fresh: FreshDatabase;
@@ -92,6 +99,31 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     expect(typeof first!.sequence).toBe("bigint");
     expect(first!.action).toBeInstanceOf(Uint8Array);
     expect(await claim(db, agent.id, 3)).toEqual([]);
+  });
+
+  it("delivers a command without a result again once its lease ran out: fresh sequence, same first sequence, at most max_deliveries times", async () => {
+    const agent = await newAgent(db.prisma);
+    await newCommands(db.prisma, agent.id, 2);
+    const t0 = Date.now();
+    const first = await claim(db, agent.id, 10, { now: t0 });
+    expect(first.map((c) => [c.sequence, c.firstSequence, c.deliveryCount])).toEqual([
+      [1n, 1n, 1],
+      [2n, 2n, 1],
+    ]);
+    // Within the lease: nothing, however often the agent polls.
+    expect(await claim(db, agent.id, 10, { now: t0 + 500, leaseMs: 1000 })).toEqual([]);
+    // One of them got its result; the other comes again, renumbered, keeping its first sequence.
+    await db.prisma.command.update({ where: { id: first[0]!.id }, data: { state: "succeeded" } });
+    const again = await claim(db, agent.id, 10, { now: t0 + 1500, leaseMs: 1000, maxDeliveries: 3 });
+    expect(again.map((c) => [c.id, c.sequence, c.firstSequence, c.deliveryCount])).toEqual([[first[1]!.id, 3n, 2n, 2]]);
+    expect(await claim(db, agent.id, 10, { now: t0 + 3000, leaseMs: 1000, maxDeliveries: 3 })).toHaveLength(1);
+    // The third delivery was the last: it waits for its result timeout instead of bouncing.
+    expect(await claim(db, agent.id, 10, { now: t0 + 4500, leaseMs: 1000, maxDeliveries: 3 })).toEqual([]);
+    const row = await db.prisma.command.findUniqueOrThrow({ where: { id: first[1]!.id } });
+    expect([row.state, row.deliveryCount, row.sequence, row.firstSequence]).toEqual(["sent", 3, 4n, 2n]);
+    // Past the result timeout a command is the sweep's, not the claim's.
+    await db.prisma.command.update({ where: { id: row.id }, data: { deliveryCount: 1, sentAt: new Date(t0 - 8_000_000) } });
+    expect(await claim(db, agent.id, 10, { now: t0, leaseMs: 1000 })).toEqual([]);
   });
 
   if (backend === "postgres") it("skips rows another transaction has locked", async () => {

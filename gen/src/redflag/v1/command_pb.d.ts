@@ -95,6 +95,17 @@ export declare type Command = Message<"redflag.v1.Command"> & {
   timeoutSeconds: number;
 
   /**
+   * The sequence this command was first delivered with. A command whose result never arrived
+   * is delivered again with a fresh sequence, nonce, expiry and signature; this field stays
+   * the first delivery's, so an agent that lost its journal can tell a command it may already
+   * have run (first delivered before the loss) from a new one. 0 from control planes that
+   * never deliver a command twice: read it as equal to sequence.
+   *
+   * @generated from field: uint64 first_sequence = 8;
+   */
+  firstSequence: bigint;
+
+  /**
    * @generated from oneof redflag.v1.Command.action
    */
   action: {

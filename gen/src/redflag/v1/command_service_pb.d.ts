@@ -112,6 +112,17 @@ export declare type CreateCommandRequest = Message<"redflag.v1.CreateCommandRequ
   timeoutSeconds: number;
 
   /**
+   * Makes a retried create safe: a second CreateCommand from the same caller with the same key
+   * returns the command the first one queued instead of queueing another. Up to 128 of
+   * A-Z a-z 0-9 . _ : - (a UUID is a good key); empty means no key. A key is kept for a day
+   * (REDFLAG_IDEMPOTENCY_KEY_TTL); the same key with a different request is refused with
+   * FailedPrecondition.
+   *
+   * @generated from field: string idempotency_key = 3;
+   */
+  idempotencyKey: string;
+
+  /**
    * @generated from oneof redflag.v1.CreateCommandRequest.action
    */
   action: {
