@@ -34,6 +34,10 @@ export interface Config {
   readonly lastSeenFlushMs: number;
   readonly sweepIntervalMs: number;
   readonly maxRequestBytes: number;
+  // Updates (and install package results) one ReportResults call may carry, and updates one scan
+  // may hold across its parts. Agents never send more than 1,000 per call, the lowest allowed.
+  readonly maxReportUpdates: number;
+  readonly maxScanUpdates: number;
   // Bearer token for /metrics; unset: /metrics answers loopback callers only.
   readonly metricsToken: string | undefined;
   // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
@@ -176,6 +180,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),
     sweepIntervalMs: integer("REDFLAG_SWEEP_INTERVAL_MS", 15_000, 10, 3_600_000),
     maxRequestBytes: integer("REDFLAG_MAX_REQUEST_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    maxReportUpdates: integer("REDFLAG_MAX_REPORT_UPDATES", 10_000, 1000, 100_000),
+    maxScanUpdates: integer("REDFLAG_MAX_SCAN_UPDATES", 50_000, 1000, 1_000_000),
     metricsToken,
     rateLimits: Object.freeze({
       registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
