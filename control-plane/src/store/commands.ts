@@ -211,8 +211,9 @@ export async function recordResults(
     return outcome;
   });
   for (const result of results) {
-    // Parts of a scan whose result was stored without it (a failed scan) are of no more use.
-    if (result.scan && result.scan.parts > 0 && !appliesScan(result) && outcome.acknowledged.includes(result.commandId)) {
+    // Parts of a scan whose result is stored without them (a failed scan, or one recorded
+    // before and sent again) are of no more use.
+    if (result.scan && result.scan.parts > 0 && outcome.acknowledged.includes(result.commandId)) {
       await dropStagedScan(db, agentId, result.commandId);
     }
   }
