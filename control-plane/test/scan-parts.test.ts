@@ -65,7 +65,7 @@ describe.each(availableBackends)("scans in parts on %s", (backend) => {
       SELECT (SELECT count(*) FROM scan_uploads WHERE agent_id = ${agent.agentId}::uuid)::int AS uploads,
              (SELECT count(*) FROM staged_updates s LEFT JOIN scan_uploads u ON u.id = s.upload_id
                WHERE u.id IS NULL OR u.agent_id = ${agent.agentId}::uuid)::int AS rows`;
-    return row;
+    return row!;
   };
   const newAgent = async () => registerTestAgent(cp, await newRegistrationToken(cp));
   async function deliveredScan(agent: TestAgent) {
