@@ -15,8 +15,8 @@ import { headerInterceptor, startTestControlPlane, type TestControlPlane } from 
 import { availableBackends, freshDatabase } from "../control-plane/test/support/database.ts";
 
 // A host with thousands of pending updates (issue 13, item 2), through the agent's real scanner,
-// executor and reporting against a real control plane: the scan goes in parts of 1,000 and
-// arrives whole, and the control plane keeps answering meanwhile. apt is a stand-in that lists
+// executor and reporting against a real control plane: the scan goes in parts of 1,000, is
+// applied over several calls, and arrives whole; the control plane keeps answering meanwhile. apt is a stand-in that lists
 // the updates (no real host here has thousands); the per-scan limit is lowered so the scans stay
 // a few thousand updates.
 const MAX_SCAN = 6000;
@@ -40,9 +40,10 @@ describe.each(availableBackends)("a big scan from a real agent on %s", (backend)
   };
 
   beforeAll(async () => {
-    // Agents poll every second: a scheduled scan is reported at the start of the next cycle.
+    // Agents poll every second: a scheduled scan is reported at the start of the next cycle. The
+    // lowest per-call limit: a call applies at most 1,000 updates, so a scan takes several.
     cp = await startTestControlPlane(
-      { REDFLAG_MAX_SCAN_UPDATES: String(MAX_SCAN), REDFLAG_POLL_INTERVAL: "1s" },
+      { REDFLAG_MAX_SCAN_UPDATES: String(MAX_SCAN), REDFLAG_MAX_REPORT_UPDATES: "1000", REDFLAG_POLL_INTERVAL: "1s" },
       { db: await freshDatabase({ backend }), port: 0 },
     );
     updates = createClient(

@@ -1,8 +1,10 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  IncompleteScanSchema,
   type ReportResultsRequestSchema,
   type ReportResultsResponse,
+  ReportResultsResponseSchema,
   type ScanPart,
   type ScanReport,
   ScanReportSchema,
@@ -25,6 +27,9 @@ const BATCH_ENTRIES = PART_UPDATES;
 const BATCH_BYTES = 4 * 1024 * 1024;
 // Rounds of "send the missing parts, then the scan again" per flush.
 const SPLIT_ROUNDS = 3;
+// Calls per flush that carry on applying one big scan (the control plane goes through a bounded
+// number of updates per call); each makes progress, this only bounds a flush.
+const APPLY_ROUNDS = 1000;
 
 export interface ReporterDeps {
   api: AgentApi;
@@ -56,11 +61,34 @@ export function createReporter(deps: ReporterDeps): Reporter {
   const { api, session, journal, autoScans, scanParts, logger } = deps;
   const call = (req: Request, signal: AbortSignal) => session.call((creds) => api.reportResults(req, creds, signal), signal);
 
+  // Sends results or reports, then again those the control plane is still applying (named in
+  // incomplete_scans with no part missing), until none is; returns the answers merged.
+  const send = async (req: { results?: CommandResult[]; scans?: ScanReport[] }, signal: AbortSignal): Promise<ReportResultsResponse> => {
+    let results = req.results ?? [];
+    let scans = req.scans ?? [];
+    const merged = create(ReportResultsResponseSchema);
+    for (let round = 0; round < APPLY_ROUNDS && (results.length > 0 || scans.length > 0); round++) {
+      const res = await call({ results, scans }, signal);
+      merged.acknowledgedCommandIds.push(...res.acknowledgedCommandIds);
+      merged.acknowledgedScanIds.push(...res.acknowledgedScanIds);
+      merged.refused.push(...res.refused);
+      const applying = new Set(res.incompleteScans.filter((s) => s.missingParts.length === 0).map((s) => s.scanId));
+      merged.incompleteScans.push(...res.incompleteScans.filter((s) => s.missingParts.length > 0));
+      results = results.filter((r) => applying.has(r.commandId));
+      scans = scans.filter((r) => applying.has(r.id));
+    }
+    // Still being applied after all these calls: the next flush carries on.
+    for (const id of [...results.map((r) => r.commandId), ...scans.map((r) => r.id)]) {
+      merged.incompleteScans.push(create(IncompleteScanSchema, { scanId: id }));
+    }
+    return merged;
+  };
+
   // Results in bounded calls; one the control plane calls invalid is isolated, then given up.
   const reportResults = async (batch: CommandResult[], signal: AbortSignal): Promise<number> => {
     let res;
     try {
-      res = await call({ results: batch }, signal);
+      res = await send({ results: batch }, signal);
     } catch (err) {
       if (!refusedForGood(err)) throw err;
       // One malformed result must not hold back the others: isolate it, then give it up.
@@ -81,21 +109,22 @@ export function createReporter(deps: ReporterDeps): Reporter {
   };
 
   // A split scan: its result or report goes first and the control plane names the parts it
-  // lacks (all of them the first time; none when it already has the scan); those parts follow,
-  // one per call, then the result or report again.
+  // lacks (all of them the first time; none once it has the scan); those parts follow, one per
+  // call, then the result or report again.
   type SplitOutcome = { kind: "answered"; res: ReportResultsResponse } | { kind: "refused"; reason: string } | { kind: "incomplete" };
-  const sendSplit = async (scanId: string, send: () => Promise<ReportResultsResponse>, signal: AbortSignal): Promise<SplitOutcome> => {
+  const sendSplit = async (scanId: string, sendScan: () => Promise<ReportResultsResponse>, signal: AbortSignal): Promise<SplitOutcome> => {
     let parts: ScanPart[] | undefined;
     for (let round = 0; round < SPLIT_ROUNDS; round++) {
       let res;
       try {
-        res = await send();
+        res = await sendScan();
       } catch (err) {
         if (refusedForGood(err)) return { kind: "refused", reason: describeError(err) };
         throw err;
       }
       const incomplete = res.incompleteScans.find((s) => s.scanId === scanId);
       if (!incomplete) return { kind: "answered", res };
+      if (incomplete.missingParts.length === 0) return { kind: "incomplete" };
       parts ??= await scanParts.load(scanId);
       if (!parts) return { kind: "refused", reason: "its parts are no longer on this host" };
       const missing = new Set(incomplete.missingParts);
@@ -113,7 +142,7 @@ export function createReporter(deps: ReporterDeps): Reporter {
 
   const reportSplitResult = async (result: CommandResult, signal: AbortSignal): Promise<number> => {
     const id = result.commandId;
-    const outcome = await sendSplit(id, () => call({ results: [result] }, signal), signal);
+    const outcome = await sendSplit(id, () => send({ results: [result] }, signal), signal);
     if (outcome.kind === "incomplete") {
       logger.warn({ commandId: id }, "scan result still incomplete at the control plane; sent again on the next cycle");
       return 0;
@@ -135,7 +164,7 @@ export function createReporter(deps: ReporterDeps): Reporter {
   const reportScans = async (batch: ScanReport[], signal: AbortSignal): Promise<void> => {
     let res;
     try {
-      res = await call({ scans: batch }, signal);
+      res = await send({ scans: batch }, signal);
     } catch (err) {
       if (!refusedForGood(err)) throw err;
       if (batch.length > 1) {
@@ -150,7 +179,7 @@ export function createReporter(deps: ReporterDeps): Reporter {
   };
 
   const reportSplitScan = async (report: ScanReport, signal: AbortSignal): Promise<void> => {
-    const outcome = await sendSplit(report.id, () => call({ scans: [report] }, signal), signal);
+    const outcome = await sendSplit(report.id, () => send({ scans: [report] }, signal), signal);
     if (outcome.kind === "incomplete") {
       logger.warn({ scanId: report.id }, "scan report still incomplete at the control plane; sent again on the next cycle");
       return;

@@ -264,3 +264,71 @@ describe.each(availableBackends)("scans in parts on %s", (backend) => {
     expect(await view(agent)).toEqual([]);
   });
 });
+
+describe.each(availableBackends)("a big scan applied over several calls on %s", (backend) => {
+  let cp: TestControlPlane;
+  beforeAll(async () => {
+    // The lowest per-call limit: each call goes through at most 1,000 staged updates.
+    cp = await startTestControlPlane({ REDFLAG_MAX_REPORT_UPDATES: "1000" }, { db: await freshDatabase({ backend }), port: 0 });
+  });
+  afterAll(async () => {
+    await cp?.close();
+  });
+
+  const names = async (agent: TestAgent) =>
+    (await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: agent.agentId }, orderBy: { name: "asc" }, select: { name: true } })).map((u) => u.name);
+  // Sends the report until it is acknowledged; returns the answers.
+  async function untilRecorded(agent: TestAgent, scan: ReturnType<typeof report>) {
+    const answers = [];
+    for (let i = 0; i < 20; i++) {
+      const res = await agent.client.reportResults({ scans: [scan] });
+      answers.push(res);
+      if (res.acknowledgedScanIds.includes(scan.id)) return answers;
+    }
+    throw new Error("the scan was never recorded");
+  }
+
+  it("carries on where the last call stopped, and answers with no part missing meanwhile", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const old = report(header(3));
+    await Promise.all(partsOf(old.id, updates(2500, "old")).map((part) => agent.client.reportResults({ scanParts: [part] })));
+    expect(await untilRecorded(agent, old)).toHaveLength(3);
+    expect(await names(agent)).toHaveLength(2500);
+
+    const scan = report(header(3));
+    const fresh = updates(2400, "new");
+    for (const part of partsOf(scan.id, fresh)) await agent.client.reportResults({ scanParts: [part] });
+    const first = await agent.client.reportResults({ scans: [scan] });
+    expect(first.acknowledgedScanIds).toEqual([]);
+    expect(first.incompleteScans).toEqual([expect.objectContaining({ scanId: scan.id, missingParts: [] })]);
+    // Part-way: the first 1,000 new updates are in, the old view is not gone yet.
+    const between = await names(agent);
+    expect(between.filter((n) => n.startsWith("new-"))).toHaveLength(1000);
+    expect(between.filter((n) => n.startsWith("old-"))).toHaveLength(2500);
+    const rest = await untilRecorded(agent, scan);
+    expect(rest).toHaveLength(2);
+    expect(await names(agent)).toEqual(fresh.map((u) => u.name));
+    expect(await cp.app.db.prisma.updateEvent.count({ where: { agentId: agent.agentId, kind: "found", name: { startsWith: "new-" } } })).toBe(2400);
+  });
+
+  it("starts a scan applied part-way over when another scan of the agent was applied meanwhile", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const commandId = (await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "scanUpdates", value: { subsystems: ["apt"] } } })).command!.id;
+    await agent.client.pollCommands({ nonce: nonce() });
+    const result = { commandId, outcome: CommandOutcome.SUCCEEDED, message: "scanned", detail: { case: "scanUpdates" as const, value: header(3) } };
+    const scanned = updates(2400, "cmd");
+    for (const part of partsOf(commandId, scanned)) await agent.client.reportResults({ scanParts: [part] });
+    const first = await agent.client.reportResults({ results: [result] });
+    expect(first.incompleteScans).toEqual([expect.objectContaining({ scanId: commandId, missingParts: [] })]);
+    expect(await names(agent)).toHaveLength(1000);
+    // A scheduled scan is applied whole in between; it removes what the first call applied.
+    const between = report({ updates: [update("only")], subsystems: aptRan });
+    expect((await agent.client.reportResults({ scans: [between] })).acknowledgedScanIds).toEqual([between.id]);
+    expect(await names(agent)).toEqual(["only"]);
+    // Carrying on from the second batch would leave out the first 1,000: the scan starts over.
+    for (let i = 0; i < 10 && !(await agent.client.reportResults({ results: [result] })).acknowledgedCommandIds.includes(commandId); i++);
+    expect(await names(agent)).toEqual(scanned.map((u) => u.name));
+    expect((await cp.admin.commands.getCommand({ id: commandId })).command?.state).toBe(CommandState.SUCCEEDED);
+    expect(await cp.app.db.prisma.scanUpload.count({ where: { agentId: agent.agentId } })).toBe(0);
+  });
+});

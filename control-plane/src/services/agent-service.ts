@@ -259,11 +259,14 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const parts = toScanParts(req.scanParts);
       // Parts first: a result or report in the same call may complete its scan.
       for (const part of parts) await stagePart(db, agentId, part, config.maxScanUpdates);
+      // A call goes through at most as many staged updates as it may carry: applying a bigger
+      // scan takes more calls (it is named in incomplete_scans, with no part missing, until done).
+      const budget = { rows: config.maxReportUpdates };
       const outcome =
         unique.size > 0
-          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr))
+          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget)
           : { acknowledged: [], refused: [], incomplete: [] };
-      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans) : { acknowledged: [], incomplete: [] };
+      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans, budget) : { acknowledged: [], incomplete: [] };
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
       deps.metrics?.resultsRecorded(outcome.acknowledged.length);
       return {

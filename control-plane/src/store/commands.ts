@@ -7,6 +7,7 @@ import {
   dropStagedScan,
   stageWhole,
   withScanLease,
+  type Budget,
   type PackageUpdateInput,
   type Staged,
 } from "./scans.ts";
@@ -143,7 +144,7 @@ export interface PackageEventInput {
 export interface RecordOutcome {
   acknowledged: string[];
   refused: { commandId: string; reason: string }[];
-  // Scans sent in parts that still lack some: not stored, not acknowledged.
+  // Scans not recorded yet: sent in parts that still lack some, or applied part-way (none missing).
   incomplete: IncompleteScan[];
 }
 
@@ -165,6 +166,7 @@ export async function recordResults(
   results: IncomingResult[],
   now: Date,
   remoteAddr: string,
+  budget: Budget,
 ): Promise<RecordOutcome> {
   const scans: IncomingResult[] = [];
   const outcome = await db.$transaction(async (tx) => {
@@ -218,7 +220,7 @@ export async function recordResults(
     }
   }
   for (const result of scans) {
-    const recorded = await recordScanResult(db, agentId, result, now);
+    const recorded = await recordScanResult(db, agentId, result, now, budget);
     if (recorded === "recorded") outcome.acknowledged.push(result.commandId);
     else outcome.incomplete.push({ scanId: result.commandId, missing: recorded.missing });
   }
@@ -226,8 +228,15 @@ export async function recordResults(
 }
 
 // Applies a succeeded scan's updates to the view, then stores its result, under the agent's
-// scan lease. A scan in parts with a part not staged is left alone: the missing parts.
-async function recordScanResult(db: Prisma, agentId: string, result: IncomingResult, now: Date): Promise<"recorded" | { missing: number[] }> {
+// scan lease. A scan in parts with a part not staged is left alone: the missing parts. A scan
+// too big to apply within the call's budget is applied part-way: no part missing, send it again.
+async function recordScanResult(
+  db: Prisma,
+  agentId: string,
+  result: IncomingResult,
+  now: Date,
+  budget: Budget,
+): Promise<"recorded" | { missing: number[] }> {
   const scan = result.scan!;
   return withScanLease(db, agentId, async (lease) => {
     // Another request (a retry) may have recorded it while this one waited for the lease.
@@ -235,7 +244,7 @@ async function recordScanResult(db: Prisma, agentId: string, result: IncomingRes
     const staged = await stagedScan(db, agentId, result.commandId, scan);
     if ("missing" in staged) return staged;
     const application = { sources: scan.sources, time: now, commandId: result.commandId, rebootRequired: result.metrics?.rebootRequired };
-    await applyStagedScan(db, lease, staged.uploadId, application, async (tx) => {
+    const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, async (tx) => {
       const [row] = await tx.$queryRaw<{ state: CommandState; has_result: boolean }[]>`
         SELECT c.state, (r.command_id IS NOT NULL) AS has_result
           FROM commands c LEFT JOIN command_results r ON r.command_id = c.id
@@ -243,7 +252,7 @@ async function recordScanResult(db: Prisma, agentId: string, result: IncomingRes
          FOR UPDATE OF c`;
       if (row && !row.has_result) await storeResult(tx, agentId, row.state, result, now);
     });
-    return "recorded";
+    return applied ? "recorded" : { missing: [] };
   });
 }
 
@@ -311,11 +320,13 @@ export interface IncomingScan {
 // Applies scheduled scans in time order, each on its own under the agent's scan lease. A report
 // older than the view already stored (a late retry) is acknowledged without replacing the newer
 // view, so re-sending is always safe. Its readings are history and are kept either way (once per
-// report). A report in parts with a part not staged is neither applied nor acknowledged.
+// report). A report in parts with a part not staged, or too big to apply within the call's
+// budget, is not acknowledged (incomplete).
 export async function recordScanReports(
   db: Prisma,
   agentId: string,
   scans: IncomingScan[],
+  budget: Budget,
 ): Promise<{ acknowledged: string[]; incomplete: IncompleteScan[] }> {
   const ordered = [...scans].sort((a, b) => a.scanTime.getTime() - b.scanTime.getTime());
   const out: { acknowledged: string[]; incomplete: IncompleteScan[] } = { acknowledged: [], incomplete: [] };
@@ -332,8 +343,8 @@ export async function recordScanReports(
       const staged = await stagedScan(db, agentId, report.id, report.scan);
       if ("missing" in staged) return staged;
       const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
-      await applyStagedScan(db, lease, staged.uploadId, application, readings);
-      return "recorded" as const;
+      const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);
+      return applied ? ("recorded" as const) : { missing: [] };
     });
     if (recorded === "recorded") out.acknowledged.push(report.id);
     else out.incomplete.push({ scanId: report.id, missing: recorded.missing });

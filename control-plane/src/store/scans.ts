@@ -59,6 +59,11 @@ export interface ScanApplication {
   rebootRequired: boolean | undefined;
 }
 
+// How many rows one request may still go through (shared by the scans it applies).
+export interface Budget {
+  rows: number;
+}
+
 export interface Lease {
   readonly agentId: string;
   readonly holder: string;
@@ -132,9 +137,12 @@ export async function completeUpload(db: Prisma, agentId: string, scanId: string
   return missing.length > 0 ? { missing } : { uploadId: upload.id };
 }
 
-// Stages a scan sent whole, under the agent's lease, replacing whatever was staged for its ID.
+// Stages a scan sent whole, under the agent's lease. The same scan sent again while it is being
+// applied (over several calls) carries on with what is staged; parts staged under its ID are
+// dropped.
 export async function stageWhole(db: Prisma, agentId: string, scanId: string, updates: PackageUpdateInput[]): Promise<string> {
-  const existing = await db.scanUpload.findUnique({ where: { agentId_scanId: { agentId, scanId } }, select: { id: true } });
+  const existing = await db.scanUpload.findUnique({ where: { agentId_scanId: { agentId, scanId } }, select: { id: true, partCount: true } });
+  if (existing?.partCount === 0) return existing.id;
   if (existing) await dropUpload(db, existing.id);
   const id = newId();
   await db.$transaction(async (tx) => {
@@ -256,14 +264,18 @@ interface Key {
 
 // Applies a staged scan to the agent's view, batch by batch in key order, then runs `finish` in
 // the transaction that records the scan as done (last_scan_at; the caller's result and readings)
-// and removes the staged scan. The caller holds the lease.
+// and removes the staged scan. The caller holds the lease. It goes through about `budget.rows`
+// rows (staged updates compared and applied, plus stale rows deleted; taken from the budget) and
+// then stops: false means "not done yet", and the next call carries on where this one stopped,
+// so no request runs for minutes however big the scan or the view it replaces.
 export async function applyStagedScan(
   db: Prisma,
   lease: Lease,
   uploadId: string,
   scan: ScanApplication,
+  budget: Budget,
   finish: (tx: Tx) => Promise<void>,
-): Promise<void> {
+): Promise<boolean> {
   const { agentId } = lease;
   const gone = () => new ConnectError("the staged scan was dropped while it was being recorded; send it again", Code.Unavailable);
   // Staged rows after `lo` up to and including `hi` (open-ended without them), in the order of
@@ -275,12 +287,16 @@ export async function applyStagedScan(
     ${lo ? Sql.sql`AND (p.agent_id, p.source, p.name, p.architecture) > (${agentId}::uuid, ${lo.source}, ${lo.name}, ${lo.architecture})` : Sql.empty}
     ${hi ? Sql.sql`AND (p.agent_id, p.source, p.name, p.architecture) <= (${agentId}::uuid, ${hi.source}, ${hi.name}, ${hi.architecture})` : Sql.empty}`;
 
+  const upload = await db.scanUpload.findUnique({ where: { id: uploadId } });
+  if (!upload) throw gone();
   // The sources it ran, and any other its updates name (a scan in parts lists them only there).
   const listed = await db.$queryRaw<{ source: string }[]>`SELECT DISTINCT source FROM staged_updates WHERE upload_id = ${uploadId}::uuid`;
   const sources = [...new Set([...scan.sources, ...listed.map((r) => r.source)])];
 
-  let lo: Key | undefined;
+  let lo: Key | undefined =
+    upload.appliedSource !== null ? { source: upload.appliedSource, name: upload.appliedName ?? "", architecture: upload.appliedArchitecture ?? "" } : undefined;
   for (;;) {
+    if (budget.rows <= 0) return false;
     const [hi] = await db.$queryRaw<Key[]>`
       SELECT s.source, s.name, s.architecture FROM staged_updates s WHERE ${stagedIn(lo, undefined)}
        ORDER BY s.upload_id, s.source, s.name, s.architecture OFFSET ${SCAN_BATCH - 1} LIMIT 1`;
@@ -320,18 +336,30 @@ export async function applyStagedScan(
               (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
                EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)`;
     });
-    // Rows of the scanned sources in this range that the scan no longer lists.
-    for (;;) {
+    // Counted whether or not they changed: comparing costs too.
+    budget.rows -= SCAN_BATCH;
+    // Rows of the scanned sources in this range that the scan no longer lists; then the range is
+    // done. A call out of budget half-way stops here, after at least one delete (so every call
+    // gets somewhere): the next one goes over the range again.
+    for (let first = true; ; first = false) {
+      if (!first && budget.rows <= 0) return false;
       const deleted = await db.$transaction(async (tx) => {
         await renewLease(tx, lease);
-        return tx.$executeRaw`
+        const n = await tx.$executeRaw`
           DELETE FROM package_updates WHERE (agent_id, source, name, architecture) IN (
             SELECT p.agent_id, p.source, p.name, p.architecture FROM package_updates p
              WHERE ${storedIn(lo, hi)} AND p.source = ANY(${sources}::text[])
                AND NOT EXISTS (SELECT 1 FROM staged_updates s
                                 WHERE s.upload_id = ${uploadId}::uuid AND s.source = p.source AND s.name = p.name AND s.architecture = p.architecture)
              LIMIT ${DELETE_BATCH})`;
+        if (n < DELETE_BATCH && hi) {
+          await tx.$executeRaw`
+            UPDATE scan_uploads SET applied_source = ${hi.source}, applied_name = ${hi.name}, applied_architecture = ${hi.architecture}
+             WHERE id = ${uploadId}::uuid`;
+        }
+        return n;
       });
+      budget.rows -= deleted;
       if (deleted < DELETE_BATCH) break;
     }
     if (!hi) break;
@@ -346,6 +374,11 @@ export async function applyStagedScan(
     });
     await finish(tx);
     await tx.scanUpload.delete({ where: { id: uploadId } });
+    // Another scan of this agent applied part-way must start over: the view is this one's now.
+    await tx.$executeRaw`
+      UPDATE scan_uploads SET applied_source = NULL, applied_name = NULL, applied_architecture = NULL
+       WHERE agent_id = ${agentId}::uuid AND applied_source IS NOT NULL`;
   });
   await purgeUploadRows(db, uploadId);
+  return true;
 }

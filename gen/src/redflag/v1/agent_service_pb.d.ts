@@ -422,9 +422,11 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
   acknowledgedScanIds: string[];
 
   /**
-   * Scans sent in parts whose result or report arrived while some parts were not staged (never
-   * sent, or expired after an hour): nothing of them was applied or acknowledged. The agent sends
-   * the missing parts, then the result or report again.
+   * Scans whose result or report is not recorded yet, so not acknowledged: a scan sent in parts
+   * while some parts are not staged (never sent, or expired after an hour), whose view is left as
+   * it was; or a scan too big to apply in one call (one call goes through at most as many updates
+   * as it may carry), applied part-way. The agent sends the missing parts, if any, then the result
+   * or report again.
    *
    * @generated from field: repeated redflag.v1.IncompleteScan incomplete_scans = 4;
    */
@@ -438,7 +440,7 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
 export declare const ReportResultsResponseSchema: GenMessage<ReportResultsResponse>;
 
 /**
- * IncompleteScan names a scan sent in parts and the parts the control plane still lacks.
+ * IncompleteScan names a scan not recorded yet and the parts the control plane still lacks.
  *
  * @generated from message redflag.v1.IncompleteScan
  */
@@ -451,7 +453,8 @@ export declare type IncompleteScan = Message<"redflag.v1.IncompleteScan"> & {
   scanId: string;
 
   /**
-   * Indexes (ScanPart.index) of the parts not staged.
+   * Indexes (ScanPart.index) of the parts not staged; empty when every part is there and the
+   * scan is being applied over several calls.
    *
    * @generated from field: repeated uint32 missing_parts = 2;
    */

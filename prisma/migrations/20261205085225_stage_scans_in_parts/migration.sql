@@ -6,6 +6,9 @@ CREATE TABLE "scan_uploads" (
     "part_count" INTEGER NOT NULL,
     "created_at" TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
     "updated_at" TIMESTAMPTZ(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    "applied_source" TEXT,
+    "applied_name" TEXT,
+    "applied_architecture" TEXT,
 
     CONSTRAINT "scan_uploads_pkey" PRIMARY KEY ("id")
 );
