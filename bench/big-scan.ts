@@ -18,9 +18,9 @@ import { ms, printCommand, printMachineFacts, sampleProcess, summarize } from ".
 // scanner on a stand-in `apt` that lists the updates, its executor and its reporting: parts of
 // 1,000 updates) reports a scan of --updates updates to a real control plane (a child process);
 // then the same scan again with --changed updates offered in a new version. Meanwhile an admin
-// reads the agent and the fleet's updates every 50 ms. Prints the control plane's RSS before,
-// at its peak (sampled every 100 ms) and after each scan, how long the agent took to report,
-// and the admin calls' latency and failures.
+// reads the agent and the fleet's updates every 50 ms (and for 5 s before, with nothing else
+// going on). Prints the control plane's RSS before, at its peak (sampled every 100 ms) and 5 s
+// after each scan, how long the agent took to report, and the admin reads' latency and failures.
 const o = new Command("bench-scan")
   .description("Benchmark 5: the control plane's memory and responsiveness while one agent reports a huge scan in parts.")
   .option("--updates <n>", "updates in the scan", integer(1), 100_000)
@@ -73,8 +73,29 @@ async function measure(cp: BenchControlPlane, root: string): Promise<string[]> {
   const updates = createClient(UpdateService, transport);
   const rows: string[] = [];
 
+  // The admin's two reads, every 50 ms until `done()`: latencies of those that succeeded, failures by code.
+  const adminCalls = async (done: () => boolean) => {
+    const latencies: number[] = [];
+    const failures = new Map<string, number>();
+    while (!done()) {
+      const t0 = performance.now();
+      try {
+        await Promise.all([fleet.getAgent({ agentId }), updates.listUpdates({ pageSize: 50 })]);
+        latencies.push(performance.now() - t0);
+      } catch (err) {
+        const key = String((err as { code?: unknown }).code ?? err);
+        failures.set(key, (failures.get(key) ?? 0) + 1);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return { latencies, failures };
+  };
+
   const scan = async (label: string, changed: number) => {
     await list(changed);
+    // The same reads with nothing else going on, for comparison.
+    const idleUntil = performance.now() + 5000;
+    const idle = summarize((await adminCalls(() => performance.now() > idleUntil)).latencies);
     const id = (await cp.commands.createCommand({ agentId, action: { case: "scanUpdates", value: { subsystems: ["apt"] } } })).command!.id;
     const before = (await sampleProcess(cp.pid))!.rssBytes;
     let peak = before;
@@ -86,26 +107,12 @@ async function measure(cp: BenchControlPlane, root: string): Promise<string[]> {
         await new Promise((r) => setTimeout(r, 100));
       }
     })();
-    const latencies: number[] = [];
-    const failures = new Map<string, number>();
-    const admin = (async () => {
-      while (!done) {
-        const t0 = performance.now();
-        try {
-          await Promise.all([fleet.getAgent({ agentId }), updates.listUpdates({ pageSize: 50 })]);
-          latencies.push(performance.now() - t0);
-        } catch (err) {
-          const key = String((err as { code?: unknown }).code ?? err);
-          failures.set(key, (failures.get(key) ?? 0) + 1);
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    })();
+    const admin = adminCalls(() => done);
     const t0 = performance.now();
     await runAgent({ stateDir, machineIdSeed: seed, once: true, aptRefresh: false, longPollSeconds: 0, logger: silentLogger, env: { ...process.env, PATH: bin } });
     const seconds = (performance.now() - t0) / 1000;
     done = true;
-    await Promise.all([sampler, admin]);
+    const [, { latencies, failures }] = await Promise.all([sampler, admin]);
     const command = (await cp.commands.getCommand({ id })).command!;
     if (command.state !== CommandState.SUCCEEDED) throw new Error(`the scan ended ${CommandState[command.state]}: ${command.result?.message}`);
     const total = (await updates.listUpdates({ pageSize: 1, filter: { agentIds: [agentId] } })).total;
@@ -114,7 +121,7 @@ async function measure(cp: BenchControlPlane, root: string): Promise<string[]> {
     const l = summarize(latencies);
     const failed = [...failures].map(([k, n]) => `${n} × ${k}`).join(", ") || "none";
     rows.push(
-      `| ${cp.backend} | ${label} | ${o.updates} | ${total} | ${seconds.toFixed(1)} s | ${mb(before)} | ${mb(peak)} | ${mb(after)} | ${latencies.length} | ${ms(l.p50)} | ${ms(l.p99)} | ${ms(l.max)} | ${failed} |`,
+      `| ${cp.backend} | ${label} | ${o.updates} | ${total} | ${seconds.toFixed(1)} s | ${mb(before)} | ${mb(peak)} | ${mb(after)} | ${ms(idle.p50)} / ${ms(idle.p99)} | ${latencies.length} | ${ms(l.p50)} | ${ms(l.p99)} | ${ms(l.max)} | ${failed} |`,
     );
     console.log(rows.at(-1));
   };
@@ -125,7 +132,7 @@ async function measure(cp: BenchControlPlane, root: string): Promise<string[]> {
 }
 
 console.log(`updates per scan: ${o.updates}; agents send parts of at most 1,000`);
-console.log("| backend | scan | updates | in the view | agent reported in | server RSS before | peak | 5 s after | admin calls | p50 | p99 | max | failed |");
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| backend | scan | updates | in the view | agent reported in | server RSS before | peak | 5 s after | admin reads idle p50 / p99 | admin reads during | p50 | p99 | max | failed |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 const backends: ("embedded" | "postgres")[] = [...(o.embedded ? (["embedded"] as const) : []), ...(postgresUrl ? (["postgres"] as const) : [])];
 for (const backend of backends) await run(backend);

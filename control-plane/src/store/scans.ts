@@ -38,6 +38,10 @@ export const MAX_SCAN_PARTS = 1000;
 export const MAX_PART_UPLOADS_PER_AGENT = 2;
 // A staged scan untouched for this long is dropped (its agent sends the parts again if it still can).
 export const STAGED_SCAN_TTL_SECONDS = 3600;
+// Every transaction here writes one bounded batch. Prisma's defaults (2 s to get a connection,
+// 5 s to finish) give up too early on a starved machine, where the embedded database runs one
+// statement at a time for everyone; these bounds only stop a transaction that is stuck.
+export const BATCH_TX = { maxWait: 15_000, timeout: 30_000 };
 // How long a scan lease lasts unless renewed, and how long a request waits for one.
 const LEASE_SECONDS = 60;
 const LEASE_WAIT_MS = 30_000;
@@ -77,7 +81,9 @@ export async function stagePart(db: Prisma, agentId: string, part: IncomingPart,
   const upload = await openPartUpload(db, agentId, part.scanId, part.partCount);
   if (upload.partCount !== part.partCount) {
     throw new ConnectError(
-      `scan ${part.scanId} was announced in ${upload.partCount} parts; this part says ${part.partCount}`,
+      upload.partCount === 0
+        ? `scan ${part.scanId} was sent whole; it has no parts`
+        : `scan ${part.scanId} was announced in ${upload.partCount} parts; this part says ${part.partCount}`,
       Code.InvalidArgument,
     );
   }
@@ -91,7 +97,7 @@ export async function stagePart(db: Prisma, agentId: string, part: IncomingPart,
     await tx.scanUploadPart.create({ data: { uploadId: upload.id, index: part.index, updateCount: part.updates.length } });
     await insertStaged(tx, upload.id, part.updates);
     return "staged" as const;
-  });
+  }, BATCH_TX);
   if (outcome === "too big") {
     await dropUpload(db, upload.id);
     throw new ConnectError(
@@ -148,7 +154,7 @@ export async function stageWhole(db: Prisma, agentId: string, scanId: string, up
   await db.$transaction(async (tx) => {
     await tx.scanUpload.create({ data: { id, agentId, scanId, partCount: 0 } });
     await insertStaged(tx, id, updates);
-  });
+  }, BATCH_TX);
   return id;
 }
 
@@ -335,7 +341,7 @@ export async function applyStagedScan(
               IS DISTINCT FROM
               (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
                EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)`;
-    });
+    }, BATCH_TX);
     // Counted whether or not they changed: comparing costs too.
     budget.rows -= SCAN_BATCH;
     // Rows of the scanned sources in this range that the scan no longer lists; then the range is
@@ -358,7 +364,7 @@ export async function applyStagedScan(
              WHERE id = ${uploadId}::uuid`;
         }
         return n;
-      });
+      }, BATCH_TX);
       budget.rows -= deleted;
       if (deleted < DELETE_BATCH) break;
     }
@@ -378,7 +384,7 @@ export async function applyStagedScan(
     await tx.$executeRaw`
       UPDATE scan_uploads SET applied_source = NULL, applied_name = NULL, applied_architecture = NULL
        WHERE agent_id = ${agentId}::uuid AND applied_source IS NOT NULL`;
-  });
+  }, BATCH_TX);
   await purgeUploadRows(db, uploadId);
   return true;
 }
