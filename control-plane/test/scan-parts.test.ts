@@ -246,7 +246,7 @@ describe.each(availableBackends)("scans in parts on %s", (backend) => {
     expect(await prisma().scanLease.count({ where: { agentId: agent.agentId } })).toBe(0);
   });
 
-  it("keeps at most two scans in parts per agent and lets staged parts expire", async () => {
+  it("keeps at most two staged scans per agent and lets staged parts expire", async () => {
     const agent = await newAgent();
     const scans = [report(header(2)), report(header(2)), report(header(2))];
     for (const scan of scans) await agent.client.reportResults({ scanParts: [partsOf(scan.id, updates(1500, scan.id.slice(0, 8)))[0]!] });

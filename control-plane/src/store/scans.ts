@@ -34,8 +34,9 @@ export const SCAN_BATCH = 1000;
 const DELETE_BATCH = 5000;
 // Parts of a scan at most (redflag.v1.ScanPart.part_count).
 export const MAX_SCAN_PARTS = 1000;
-// Scans in parts one agent may have staged at once; starting another drops the oldest.
-export const MAX_PART_UPLOADS_PER_AGENT = 2;
+// Staged scans one agent may have at once (in parts, or sent whole and applied part-way);
+// staging another drops the oldest. An agent sends one big scan at a time.
+export const MAX_UPLOADS_PER_AGENT = 2;
 // A staged scan untouched for this long is dropped (its agent sends the parts again if it still can).
 export const STAGED_SCAN_TTL_SECONDS = 3600;
 // Every transaction here writes one bounded batch. Prisma's defaults (2 s to get a connection,
@@ -109,19 +110,19 @@ export async function stagePart(db: Prisma, agentId: string, part: IncomingPart,
   // agent learns which parts are missing when it sends the scan's result.
 }
 
-// The scan upload for a scan in parts, created on its first part. An agent keeps at most
-// MAX_PART_UPLOADS_PER_AGENT: a new one drops the oldest.
+// The scan upload for a scan in parts, created on its first part.
 async function openPartUpload(db: Prisma, agentId: string, scanId: string, partCount: number) {
   const existing = await db.scanUpload.findUnique({ where: { agentId_scanId: { agentId, scanId } } });
   if (existing) return existing;
-  const others = await db.scanUpload.findMany({
-    where: { agentId, partCount: { gt: 0 } },
-    orderBy: { updatedAt: "asc" },
-    select: { id: true },
-  });
-  for (const old of others.slice(0, Math.max(0, others.length - MAX_PART_UPLOADS_PER_AGENT + 1))) await dropUpload(db, old.id);
+  await makeRoom(db, agentId);
   await db.scanUpload.createMany({ data: [{ id: newId(), agentId, scanId, partCount }], skipDuplicates: true });
   return db.scanUpload.findUniqueOrThrow({ where: { agentId_scanId: { agentId, scanId } } });
+}
+
+// Before an agent's next staged scan: it keeps at most MAX_UPLOADS_PER_AGENT, the oldest goes.
+async function makeRoom(db: Prisma, agentId: string) {
+  const uploads = await db.scanUpload.findMany({ where: { agentId }, orderBy: { updatedAt: "asc" }, select: { id: true } });
+  for (const old of uploads.slice(0, Math.max(0, uploads.length - MAX_UPLOADS_PER_AGENT + 1))) await dropUpload(db, old.id);
 }
 
 export type Staged = { uploadId: string } | { missing: number[] };
@@ -150,6 +151,7 @@ export async function stageWhole(db: Prisma, agentId: string, scanId: string, up
   const existing = await db.scanUpload.findUnique({ where: { agentId_scanId: { agentId, scanId } }, select: { id: true, partCount: true } });
   if (existing?.partCount === 0) return existing.id;
   if (existing) await dropUpload(db, existing.id);
+  await makeRoom(db, agentId);
   const id = newId();
   await db.$transaction(async (tx) => {
     await tx.scanUpload.create({ data: { id, agentId, scanId, partCount: 0 } });
