@@ -13,6 +13,7 @@ import { openAutoScans } from "../agent/src/state/auto-scans.ts";
 import { openJournal } from "../agent/src/state/journal.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { availableBackends, freshDatabase } from "../control-plane/test/support/database.ts";
+import { run } from "./support/processes.ts";
 
 // A host with thousands of pending updates (issue 13, item 2), through the agent's real scanner,
 // executor and reporting against a real control plane: the scan goes in parts of 1,000, is
@@ -125,6 +126,15 @@ describe.each(availableBackends)("a big scan from a real agent on %s", (backend)
     expect(calls.failed).toEqual([]);
     expect(calls.ok).toBeGreaterThan(0);
     expect(await settled()).toEqual(nothingLeft);
+    // The command keeps the scan without its updates; the CLI says where they are, and that works.
+    const cli = (...args: string[]) => run(["control-plane/src/cli/main.ts", "--server", cp.url, "--api-key", cp.adminKey, ...args]);
+    const shown = await cli("commands", "get", id);
+    expect(shown.code, shown.stderr).toBe(0);
+    const hint = /`redflag (updates list --agent \S+)` shows them/.exec(shown.stdout);
+    expect(hint, shown.stdout).not.toBeNull();
+    const listed = await cli(...hint![1]!.split(" "));
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/pkg-0000\d/);
   }, 120_000);
 
   it("sends a scheduled scan in parts too, and the view follows it", async () => {
