@@ -1,11 +1,10 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, type Transport } from "@connectrpc/connect";
+import type { Transport } from "@connectrpc/connect";
 import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
 import {
   CommandOutcome,
   type CommandResult,
-  CommandResultSchema,
   CommandSchema,
   PackageResultState,
   ScanUpdatesSchema,
@@ -18,7 +17,7 @@ import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts
 import { processCommands, type ProcessSummary } from "./commands.ts";
 import { defaultConfig, type Config } from "./config.ts";
 import type { PinnedKeys } from "./envelope.ts";
-import { AgentError, classify, connectCode, describeError, EXIT_USAGE, retryAfterMs } from "./errors.ts";
+import { AgentError, classify, describeError, EXIT_USAGE, retryAfterMs } from "./errors.ts";
 import { createBreakers } from "./breaker.ts";
 import { createSourceLocks } from "./source-lock.ts";
 import { createHeartbeat } from "./heartbeat.ts";
@@ -34,6 +33,8 @@ import { advanceKeySetState, checkKeySet, keySetRevision } from "./key-set.ts";
 import { configIssueTime, openSignedConfig } from "./signed-config.ts";
 import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
+import { openScanPartStore, type ScanPartStore } from "./state/scan-parts.ts";
+import { createReporter } from "./report.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
 import { AGENT_VERSION } from "./version.ts";
 
@@ -79,10 +80,6 @@ export interface RunSummary extends ProcessSummary {
   // Set when a command (update_agent) asked the agent to exit so a new release starts.
   restart?: string | undefined;
 }
-
-const REPORT_BATCH_RESULTS = 100;
-// Well under the control plane's default request limit (8 MiB).
-const REPORT_BATCH_BYTES = 4 * 1024 * 1024;
 
 // Runs the agent from its state directory until `signal` aborts (or for one cycle with `once`).
 // Server and network errors never end the long-running mode: it backs off and tries again.
@@ -140,6 +137,14 @@ async function run(options: RunOptions): Promise<RunSummary> {
     const api = createAgentApi(transport);
     const session = createSession({ api, file, registration, journal, pins, key, machineId, logger });
     const scanSummary = scanSummaryFile(config.stateDir);
+    const autoScans = await openAutoScans(config.stateDir);
+    // Parts of split scans whose result or report is still to be acknowledged; nothing else.
+    const scanParts = await openScanPartStore(config.stateDir);
+    const splitIds = [
+      ...journal.pending().flatMap((r) => (r.detail.case === "scanUpdates" && r.detail.value.updateParts > 0 ? [r.commandId] : [])),
+      ...autoScans.pending().flatMap((r) => ((r.result?.updateParts ?? 0) > 0 ? [r.id] : [])),
+    ];
+    await scanParts.prune(splitIds);
     const agent = createAgent({
       api,
       session,
@@ -153,7 +158,8 @@ async function run(options: RunOptions): Promise<RunSummary> {
       executors: options.executors,
       scanSummary,
       lastScan: await scanSummary.load(),
-      autoScans: await openAutoScans(config.stateDir),
+      autoScans,
+      scanParts,
       confirmUpgrade: watchdog.action === "trying",
     });
     logger.info(
@@ -181,6 +187,7 @@ interface AgentDeps {
   scanSummary: ReturnType<typeof scanSummaryFile>;
   lastScan: ScanSummary | undefined;
   autoScans: AutoScans;
+  scanParts: ScanPartStore;
   confirmUpgrade: boolean;
 }
 
@@ -243,6 +250,10 @@ function createAgent(deps: AgentDeps) {
       lastScan = mergeScan(lastScan, result.detail.value, new Date());
       await deps.scanSummary.save(lastScan).catch((err: unknown) => logger.warn({ err: describeError(err) }, "cannot save scan summary"));
     }
+    // A scan too big for one report is kept in parts on disk; the journal keeps the rest.
+    if (result.detail.case === "scanUpdates" && !automatic) {
+      result.detail = { case: "scanUpdates", value: await deps.scanParts.keep(command.id, result.detail.value) };
+    }
     // What an install changed is stale in the control plane's view until those sources are
     // scanned again; that happens right after this batch of commands.
     const detail = result.detail;
@@ -265,7 +276,9 @@ function createAgent(deps: AgentDeps) {
     logger.info({ subsystems, why }, "running scan");
     const result = await execute(command, true);
     if (result.detail.case === "scanUpdates") {
-      await deps.autoScans.add(create(ScanReportSchema, { id: randomUUID(), scanTime: timestampFromDate(scanTime), result: result.detail.value }));
+      const id = randomUUID();
+      const scan = await deps.scanParts.keep(id, result.detail.value);
+      await deps.autoScans.add(create(ScanReportSchema, { id, scanTime: timestampFromDate(scanTime), result: scan }));
     }
     logger.info({ subsystems, why, outcome: CommandOutcome[result.outcome], message: result.message }, "scan finished");
   };
@@ -324,36 +337,10 @@ function createAgent(deps: AgentDeps) {
   };
 
   // Sends unacknowledged results and scan reports until the control plane has them or refuses
-  // results for good.
+  // them for good (see report.ts: bounded calls, big scans in parts).
+  const reporter = createReporter({ api, session, journal, autoScans: deps.autoScans, scanParts: deps.scanParts, logger });
   const flush = async (signal: AbortSignal): Promise<void> => {
-    for (const batch of batches(journal.pending())) await report(batch, signal);
-    const scans = deps.autoScans.pending();
-    if (scans.length > 0) {
-      const res = await session.call((creds) => api.reportResults({ scans }, creds, signal), signal);
-      await deps.autoScans.settle(res.acknowledgedScanIds);
-    }
-  };
-
-  const report = async (batch: CommandResult[], signal: AbortSignal): Promise<void> => {
-    let res;
-    try {
-      res = await session.call((creds) => api.reportResults({ results: batch }, creds, signal), signal);
-    } catch (err) {
-      if (connectCode(err) !== Code.InvalidArgument) throw err;
-      // One malformed result must not hold back the others: isolate it, then give it up.
-      if (batch.length > 1) {
-        for (const result of batch) await report([result], signal);
-        return;
-      }
-      logger.error({ commandId: batch[0]!.commandId, reason: describeError(err) }, "control plane cannot accept this result; dropped");
-      await journal.settle([], [batch[0]!.commandId]);
-      return;
-    }
-    for (const refused of res.refused) {
-      logger.warn({ commandId: refused.commandId, reason: refused.reason }, "control plane refused a result; dropped");
-    }
-    await journal.settle(res.acknowledgedCommandIds, res.refused.map((r) => r.commandId));
-    totals.reported += res.acknowledgedCommandIds.length;
+    totals.reported += await reporter.flush(signal);
   };
 
   // One poll: report what is pending, poll (long-polling up to waitSeconds), run what came, report.
@@ -462,22 +449,6 @@ function createAgent(deps: AgentDeps) {
       return totals;
     },
   };
-}
-
-function* batches(results: CommandResult[]): Generator<CommandResult[]> {
-  let batch: CommandResult[] = [];
-  let bytes = 0;
-  for (const result of results) {
-    const size = toBinary(CommandResultSchema, result).length;
-    if (batch.length > 0 && (batch.length >= REPORT_BATCH_RESULTS || bytes + size > REPORT_BATCH_BYTES)) {
-      yield batch;
-      batch = [];
-      bytes = 0;
-    }
-    batch.push(result);
-    bytes += size;
-  }
-  if (batch.length > 0) yield batch;
 }
 
 async function exists(file: string): Promise<boolean> {

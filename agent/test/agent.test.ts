@@ -14,6 +14,8 @@ import { AgentConfigSchema } from "@redflag/gen/common_pb";
 import { disableHeartbeat, enableHeartbeat } from "../src/executors/heartbeat.ts";
 import { computeMachineId, readHostIdentifiers } from "../src/state/identity.ts";
 import { openJournal } from "../src/state/journal.ts";
+import { openAutoScans } from "../src/state/auto-scans.ts";
+import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
 import { silentLogger } from "../src/log.ts";
 import { registerAgent, runAgent, readStatus, type RunOptions } from "../src/index.ts";
 import { newSigningKey, signCommand, startFakeControlPlane, type FakeControlPlane } from "./support/fake-control-plane.ts";
@@ -254,6 +256,21 @@ describe("run --once", () => {
     expect(cp.results.has(a)).toBe(false);
     expect(cp.results.get(b)?.outcome).toBe(CommandOutcome.SUCCEEDED);
     expect((await readStatus({ stateDir, machineIdSeed: seed })).journal.unacknowledged).toBe(0);
+  });
+
+  it("gives up a scan report the control plane refuses as invalid or too large, and never sends it again", async () => {
+    const scans = await openAutoScans(stateDir);
+    const report = (id: string) => create(ScanReportSchema, { id, scanTime: timestampFromDate(new Date()), result: { subsystems: [{ subsystem: "apt", state: SubsystemRunState.RAN }] } });
+    await scans.add(report(randomUUID()));
+    await scans.add(report(randomUUID()));
+    // The pair is refused, then each alone: one as invalid, one as too large (no retry-after).
+    cp.failures.reportResults = [Code.InvalidArgument, Code.InvalidArgument, Code.ResourceExhausted];
+    await once();
+    expect(cp.scans).toEqual([]);
+    expect((await openAutoScans(stateDir)).pending()).toEqual([]);
+    const calls = cp.reports.length;
+    await once();
+    expect(cp.reports.length).toBe(calls);
   });
 
   it("reports a command a crash interrupted as failed, and does not run it again", async () => {

@@ -49,6 +49,10 @@ export interface Config {
   readonly listener: ListenerLimits;
   // Reverse proxies whose X-Forwarded-For is believed (client-address.ts); empty: none.
   readonly trustedProxies: readonly Cidr[];
+  // Updates (and install package results) one ReportResults call may carry, and updates one scan
+  // may hold across its parts. Agents never send more than 1,000 per call, the lowest allowed.
+  readonly maxReportUpdates: number;
+  readonly maxScanUpdates: number;
   // Bearer token for /metrics; unset: /metrics answers loopback callers only.
   readonly metricsToken: string | undefined;
   // Register and Renew calls per minute and burst, per replica (see auth/rate-limit.ts).
@@ -210,6 +214,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       maxConnections: integer("REDFLAG_MAX_CONNECTIONS", 20_000, 1, 1_000_000),
       maxHeaderBytes: integer("REDFLAG_MAX_HEADER_BYTES", 16 * 1024, 1024, 1024 * 1024),
     }),
+    maxReportUpdates: integer("REDFLAG_MAX_REPORT_UPDATES", 10_000, 1000, 100_000),
+    maxScanUpdates: integer("REDFLAG_MAX_SCAN_UPDATES", 50_000, 1000, 1_000_000),
     metricsToken,
     trustedProxies: Object.freeze(typeof trustedProxies === "string" ? [] : trustedProxies),
     rateLimits: Object.freeze({

@@ -750,12 +750,16 @@ function describeCommand(c: CommandInfo): string {
     if (r.detail.case === "scanUpdates") {
       const scan = r.detail.value;
       for (const s of scan.subsystems) lines.push(`  ${s.subsystem}: ${enumName({ 1: "ran", 2: "failed", 3: "skipped", 4: "not present" }, s.state)} ${s.message}`);
-      lines.push(
-        table(
-          ["PACKAGE", "CURRENT", "AVAILABLE", "REPOSITORY", "SECURITY"],
-          scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.security ? "yes" : ""]),
-        ).trimEnd(),
-      );
+      if (scan.updateParts > 0) {
+        lines.push(`updates:  sent in ${scan.updateParts} parts, too many to list here; \`redflag updates list --agent ${c.agentId}\` shows them`);
+      } else {
+        lines.push(
+          table(
+            ["PACKAGE", "CURRENT", "AVAILABLE", "REPOSITORY", "SECURITY"],
+            scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.security ? "yes" : ""]),
+          ).trimEnd(),
+        );
+      }
     }
     const detail = r.detail;
     if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {

@@ -10,12 +10,14 @@ import {
   RenewPayloadSchema,
   type ScanReport,
   type RenewRequest,
+  type ScanPart,
 } from "@redflag/gen/agent_service_pb";
 import {
   CommandOutcome,
   type CommandResult,
   CommandResultSchema,
   type InstallResult,
+  type PackageUpdate,
   PackageResultState,
   type ScanUpdatesResult,
   StorageMetricsSchema,
@@ -48,7 +50,9 @@ import {
   type MetricsInput,
   type PackageEventInput,
   type PackageUpdateInput,
+  type ScanInput,
 } from "../store/commands.ts";
+import { MAX_SCAN_PARTS, stagePart, type IncomingPart } from "../store/scans.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Statements } from "../store/statements.ts";
@@ -83,6 +87,8 @@ export interface AgentServiceDeps {
 
 const MAX_COMMANDS_PER_POLL = 100;
 const MAX_RESULTS_PER_REPORT = 500;
+const MAX_SCAN_REPORTS = 50;
+const MAX_SCAN_PARTS_PER_REPORT = 100;
 
 export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof AgentService> {
   const { config, db } = deps;
@@ -263,21 +269,31 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
 
     async reportResults(req: ReportResultsRequest, ctx: HandlerContext) {
       const { agentId } = ctx.values.get(kAgent)!;
-      if (req.results.length > MAX_RESULTS_PER_REPORT) {
-        throw invalid(`at most ${MAX_RESULTS_PER_REPORT} results per call`);
-      }
+      // Counted before anything else is looked at: an oversized report costs nothing more.
+      checkReportSize(req, config);
       const now = new Date();
       const unique = new Map<string, IncomingResult>();
-      req.results.forEach((result, i) => unique.set(result.commandId, toIncoming(result, `results[${i}]`)));
-      const scans = toScanReports(req.scans, now);
+      req.results.forEach((result, i) => unique.set(result.commandId, toIncoming(result, `results[${i}]`, config)));
+      const scans = toScanReports(req.scans, now, config);
+      const parts = toScanParts(req.scanParts);
+      // Parts first: a result or report in the same call may complete its scan.
+      for (const part of parts) await stagePart(db, agentId, part, config.maxScanUpdates);
+      // A call goes through at most as many staged updates as it may carry: applying a bigger
+      // scan takes more calls (it is named in incomplete_scans, with no part missing, until done).
+      const budget = { rows: config.maxReportUpdates };
       const outcome =
         unique.size > 0
-          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr))
-          : { acknowledged: [], refused: [] };
-      const acknowledgedScanIds = scans.length > 0 ? await recordScanReports(db, agentId, scans) : [];
+          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget)
+          : { acknowledged: [], refused: [], incomplete: [] };
+      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans, budget) : { acknowledged: [], incomplete: [] };
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
       deps.metrics?.resultsRecorded(outcome.acknowledged.length);
-      return { acknowledgedCommandIds: outcome.acknowledged, refused: outcome.refused, acknowledgedScanIds };
+      return {
+        acknowledgedCommandIds: outcome.acknowledged,
+        refused: outcome.refused,
+        acknowledgedScanIds: reports.acknowledged,
+        incompleteScans: [...outcome.incomplete, ...reports.incomplete].map((s) => ({ scanId: s.scanId, missingParts: s.missing })),
+      };
     },
   };
 }
@@ -374,12 +390,36 @@ const OUTCOMES = {
   [CommandOutcome.REJECTED]: "rejected",
 } as const;
 
-function toIncoming(result: CommandResult, field: string): IncomingResult {
+// The counts of a report, checked before any of it is converted or stored: results, scan
+// reports and parts, and the updates and install package results they carry together
+// (REDFLAG_MAX_REPORT_UPDATES). A scan too big for one call comes in parts (ScanPart).
+function checkReportSize(req: ReportResultsRequest, config: Config) {
+  if (req.results.length > MAX_RESULTS_PER_REPORT) throw invalid(`at most ${MAX_RESULTS_PER_REPORT} results per call`);
+  if (req.scans.length > MAX_SCAN_REPORTS) throw invalid(`at most ${MAX_SCAN_REPORTS} scan reports per call`);
+  if (req.scanParts.length > MAX_SCAN_PARTS_PER_REPORT) throw invalid(`at most ${MAX_SCAN_PARTS_PER_REPORT} scan parts per call`);
+  let entries = 0;
+  for (const result of req.results) {
+    const detail = result.detail;
+    if (detail.case === "scanUpdates") entries += detail.value.updates.length;
+    else if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {
+      entries += detail.value.packages.length;
+    }
+  }
+  for (const scan of req.scans) entries += scan.result?.updates.length ?? 0;
+  for (const part of req.scanParts) entries += part.updates.length;
+  if (entries > config.maxReportUpdates) {
+    throw invalid(
+      `this report carries ${entries} updates and package results; at most ${config.maxReportUpdates} per call (send a bigger scan in parts)`,
+    );
+  }
+}
+
+function toIncoming(result: CommandResult, field: string, config: Config): IncomingResult {
   uuid(`${field}.command_id`, result.commandId);
   const outcome = OUTCOMES[result.outcome as keyof typeof OUTCOMES];
   if (!outcome) throw invalid(`${field}.outcome must be SUCCEEDED, FAILED or REJECTED`);
   if (result.message.length > 65_536) throw invalid(`${field}.message is longer than 65536 characters`);
-  const scan = result.detail.case === "scanUpdates" ? toScan(result.detail.value, `${field}.scan_updates`) : undefined;
+  const scan = result.detail.case === "scanUpdates" ? toScan(result.detail.value, `${field}.scan_updates`, config) : undefined;
   const install =
     result.detail.case === "installUpdates" || result.detail.case === "confirmDependencies" || result.detail.case === "rollbackUpdate"
       ? result.detail.value
@@ -391,8 +431,7 @@ function toIncoming(result: CommandResult, field: string): IncomingResult {
     startedAt: result.startTime ? time(`${field}.start_time`, result.startTime) : null,
     finishedAt: result.finishTime ? time(`${field}.finish_time`, result.finishTime) : null,
     bytes: toBinary(CommandResultSchema, result),
-    updates: scan?.updates,
-    scannedSources: scan?.scannedSources ?? [],
+    scan,
     metrics: result.detail.case === "scanUpdates" ? toMetrics(result.detail.value) : undefined,
     packages: install ? packageEvents(install) : [],
   };
@@ -420,10 +459,24 @@ function packageEvents(install: InstallResult): PackageEventInput[] {
   });
 }
 
-// The updates of a scan, validated, and the sources whose view they replace.
-function toScan(scan: ScanUpdatesResult, field: string): { updates: PackageUpdateInput[]; scannedSources: string[] } {
-  const updates = scan.updates.map((u, i) => {
-    const f = `${field}.updates[${i}]`;
+// The updates of a scan, validated, and the sources whose view they replace. A scan in parts
+// carries none itself: they come as ScanParts (toScanParts).
+function toScan(scan: ScanUpdatesResult, field: string, config: Config): ScanInput {
+  if (scan.updateParts > MAX_SCAN_PARTS) throw invalid(`${field}.update_parts must be at most ${MAX_SCAN_PARTS}`);
+  if (scan.updateParts > 0 && scan.updates.length > 0) throw invalid(`${field}.updates must be empty when update_parts is set`);
+  if (scan.updates.length > config.maxScanUpdates) {
+    throw invalid(`${field} holds ${scan.updates.length} updates; at most ${config.maxScanUpdates} per scan`);
+  }
+  const updates = toUpdates(scan.updates, `${field}.updates`);
+  // Every source that ran, and every source the agent listed updates of: for a scan in parts that
+  // is what its subsystems say.
+  const ran = scan.subsystems.filter((s) => s.state === SubsystemRunState.RAN).map((s) => s.subsystem.slice(0, 64));
+  return { updates, parts: scan.updateParts, sources: [...new Set([...ran, ...updates.map((u) => u.source)])] };
+}
+
+function toUpdates(updates: PackageUpdate[], field: string): PackageUpdateInput[] {
+  return updates.map((u, i) => {
+    const f = `${field}[${i}]`;
     return {
       source: text(`${f}.source`, u.source, { max: 64, required: true }),
       name: text(`${f}.name`, u.name, { max: 512, required: true }),
@@ -437,16 +490,27 @@ function toScan(scan: ScanUpdatesResult, field: string): { updates: PackageUpdat
       rebootRequired: u.rebootRequired,
     };
   });
-  const ran = scan.subsystems.filter((s) => s.state === SubsystemRunState.RAN).map((s) => s.subsystem);
-  return { updates, scannedSources: [...new Set([...ran, ...updates.map((u) => u.source)])] };
 }
 
-const MAX_SCAN_REPORTS = 50;
+// A part repeated in one call counts once.
+function toScanParts(parts: ScanPart[]): IncomingPart[] {
+  const unique = new Map<string, IncomingPart>();
+  parts.forEach((part, i) => {
+    const field = `scan_parts[${i}]`;
+    uuid(`${field}.scan_id`, part.scanId);
+    if (part.partCount < 1 || part.partCount > MAX_SCAN_PARTS) throw invalid(`${field}.part_count must be from 1 to ${MAX_SCAN_PARTS}`);
+    if (part.index >= part.partCount) throw invalid(`${field}.index must be below part_count (${part.partCount})`);
+    if (part.updates.length === 0) throw invalid(`${field}.updates must not be empty`);
+    const key = `${part.scanId}/${part.index}`;
+    if (!unique.has(key)) unique.set(key, { scanId: part.scanId, index: part.index, partCount: part.partCount, updates: toUpdates(part.updates, `${field}.updates`) });
+  });
+  return [...unique.values()];
+}
+
 // A scan time this far ahead of the server clock is refused (a wrong clock, not a scan).
 const SCAN_TIME_SKEW_MS = 5 * 60_000;
 
-function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
-  if (reports.length > MAX_SCAN_REPORTS) throw invalid(`at most ${MAX_SCAN_REPORTS} scan reports per call`);
+function toScanReports(reports: ScanReport[], now: Date, config: Config): IncomingScan[] {
   const unique = new Map<string, IncomingScan>();
   reports.forEach((report, i) => {
     const field = `scans[${i}]`;
@@ -455,7 +519,7 @@ function toScanReports(reports: ScanReport[], now: Date): IncomingScan[] {
     const scanTime = time(`${field}.scan_time`, report.scanTime);
     if (scanTime.getTime() > now.getTime() + SCAN_TIME_SKEW_MS) throw invalid(`${field}.scan_time is in the future`);
     if (!report.result) throw invalid(`${field}.result is required`);
-    unique.set(report.id, { id: report.id, scanTime, ...toScan(report.result, `${field}.result`), metrics: toMetrics(report.result) });
+    unique.set(report.id, { id: report.id, scanTime, scan: toScan(report.result, `${field}.result`, config), metrics: toMetrics(report.result) });
   });
   return [...unique.values()];
 }

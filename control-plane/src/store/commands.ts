@@ -2,6 +2,16 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
+import {
+  applyStagedScan,
+  completeUpload,
+  dropStagedScan,
+  stageWhole,
+  withScanLease,
+  type Budget,
+  type PackageUpdateInput,
+  type Staged,
+} from "./scans.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import type { Statements } from "./statements.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -186,13 +196,24 @@ export interface IncomingResult {
   startedAt: Date | null;
   finishedAt: Date | null;
   bytes: Uint8Array;
-  updates: PackageUpdateInput[] | undefined;
-  scannedSources: string[];
+  // The updates a scan_updates result found; a succeeded one replaces the view of its sources.
+  scan: ScanInput | undefined;
   // A scan's host readings, when it ran "system" or "storage".
   metrics: MetricsInput | undefined;
   // What an install, confirm or rollback did to each package it installed or failed.
   packages: PackageEventInput[];
 }
+
+export interface ScanInput {
+  // The updates of a scan sent whole; empty for one sent in parts.
+  updates: PackageUpdateInput[];
+  // How many ScanParts carry the updates (staged by stagePart); 0 for a scan sent whole.
+  parts: number;
+  // The sources whose view the scan replaces.
+  sources: string[];
+}
+
+export type { PackageUpdateInput };
 
 export interface MetricsInput {
   // Serialized redflag.v1.SystemMetrics and redflag.v1.StorageMetrics; null when not read.
@@ -210,34 +231,35 @@ export interface PackageEventInput {
   version: string;
 }
 
-export interface PackageUpdateInput {
-  source: string;
-  name: string;
-  architecture: string;
-  currentVersion: string;
-  availableVersion: string;
-  repository: string;
-  severity: string;
-  security: boolean;
-  sizeBytes: bigint;
-  rebootRequired: boolean;
-}
-
 export interface RecordOutcome {
   acknowledged: string[];
   refused: { commandId: string; reason: string }[];
+  // Scans not recorded yet: sent in parts that still lack some, or applied part-way (none missing).
+  incomplete: IncompleteScan[];
 }
 
+export interface IncompleteScan {
+  scanId: string;
+  missing: number[];
+}
+
+// A succeeded scan replaces the view of its sources; other results are stored as they are.
+const appliesScan = (result: IncomingResult) => result.scan !== undefined && result.outcome === "succeeded";
+
 // Stores results idempotently. Only commands delivered to this agent accept a result; a
-// result that is already stored is acknowledged again without change.
+// result that is already stored is acknowledged again without change. The results of
+// succeeded scans are stored once their scan is applied to the view, each on its own (see
+// recordScanResult), so this transaction stays short whatever the scans hold.
 export async function recordResults(
   db: Prisma,
   agentId: string,
   results: IncomingResult[],
   now: Date,
   remoteAddr: string,
+  budget: Budget,
 ): Promise<RecordOutcome> {
-  return db.$transaction(async (tx) => {
+  const scans: IncomingResult[] = [];
+  const outcome = await db.$transaction(async (tx) => {
     const ids = results.map((r) => r.commandId);
     const rows = await tx.$queryRaw<{ id: string; agent_id: string; state: CommandState; has_result: boolean }[]>`
       SELECT c.id, c.agent_id, c.state, (r.command_id IS NOT NULL) AS has_result
@@ -246,7 +268,7 @@ export async function recordResults(
        ORDER BY c.id
        FOR UPDATE OF c`;
     const byId = new Map(rows.map((r) => [r.id, r]));
-    const outcome: RecordOutcome = { acknowledged: [], refused: [] };
+    const outcome: RecordOutcome = { acknowledged: [], refused: [], incomplete: [] };
     for (const result of results) {
       const row = byId.get(result.commandId);
       if (!row || row.agent_id !== agentId) {
@@ -271,11 +293,63 @@ export async function recordResults(
         outcome.refused.push({ commandId: result.commandId, reason: "the command has not been delivered yet" });
         continue;
       }
+      if (appliesScan(result)) {
+        scans.push(result);
+        continue;
+      }
       await storeResult(tx, agentId, row.state, result, now);
       outcome.acknowledged.push(result.commandId);
     }
     return outcome;
   });
+  for (const result of results) {
+    // Parts of a scan whose result is stored without them (a failed scan, or one recorded
+    // before and sent again) are of no more use.
+    if (result.scan && result.scan.parts > 0 && outcome.acknowledged.includes(result.commandId)) {
+      await dropStagedScan(db, agentId, result.commandId);
+    }
+  }
+  for (const result of scans) {
+    const recorded = await recordScanResult(db, agentId, result, now, budget);
+    if (recorded === "recorded") outcome.acknowledged.push(result.commandId);
+    else outcome.incomplete.push({ scanId: result.commandId, missing: recorded.missing });
+  }
+  return outcome;
+}
+
+// Applies a succeeded scan's updates to the view, then stores its result, under the agent's
+// scan lease. A scan in parts with a part not staged is left alone: the missing parts. A scan
+// too big to apply within the call's budget is applied part-way: no part missing, send it again.
+async function recordScanResult(
+  db: Prisma,
+  agentId: string,
+  result: IncomingResult,
+  now: Date,
+  budget: Budget,
+): Promise<"recorded" | { missing: number[] }> {
+  const scan = result.scan!;
+  return withScanLease(db, agentId, async (lease) => {
+    // Another request (a retry) may have recorded it while this one waited for the lease.
+    if (await db.commandResult.findUnique({ where: { commandId: result.commandId }, select: { commandId: true } })) return "recorded";
+    const staged = await stagedScan(db, agentId, result.commandId, scan);
+    if ("missing" in staged) return staged;
+    const application = { sources: scan.sources, time: now, commandId: result.commandId, rebootRequired: result.metrics?.rebootRequired };
+    const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, async (tx) => {
+      const [row] = await tx.$queryRaw<{ state: CommandState; has_result: boolean }[]>`
+        SELECT c.state, (r.command_id IS NOT NULL) AS has_result
+          FROM commands c LEFT JOIN command_results r ON r.command_id = c.id
+         WHERE c.id = ${result.commandId}::uuid
+         FOR UPDATE OF c`;
+      if (row && !row.has_result) await storeResult(tx, agentId, row.state, result, now);
+    });
+    return applied ? "recorded" : { missing: [] };
+  });
+}
+
+// A scan in parts is ready once every part is staged; a scan sent whole is staged now.
+async function stagedScan(db: Prisma, agentId: string, scanId: string, scan: ScanInput): Promise<Staged> {
+  if (scan.parts > 0) return completeUpload(db, agentId, scanId, scan.parts);
+  return { uploadId: await stageWhole(db, agentId, scanId, scan.updates) };
 }
 
 async function storeResult(tx: Tx, agentId: string, state: CommandState, result: IncomingResult, now: Date) {
@@ -303,10 +377,9 @@ async function storeResult(tx: Tx, agentId: string, state: CommandState, result:
   if (result.packages.length > 0) {
     await tx.updateEvent.createMany({ data: result.packages.map((p) => ({ agentId, time: finishedAt, commandId: result.commandId, ...p })) });
   }
+  // An applied scan set the reboot flag with the view.
   const rebootRequired = result.metrics?.rebootRequired;
-  if (result.updates && result.outcome === "succeeded") {
-    await replaceUpdates(tx, agentId, { sources: result.scannedSources, updates: result.updates, time: now, commandId: result.commandId, rebootRequired });
-  } else if (rebootRequired !== undefined) {
+  if (!appliesScan(result) && rebootRequired !== undefined) {
     await tx.agent.update({ where: { id: agentId }, data: { rebootRequired } });
   }
 }
@@ -327,99 +400,46 @@ async function recordMetricSamples(tx: Tx, agentId: string, samples: { id: strin
   });
 }
 
-interface AppliedScan {
-  sources: string[];
-  updates: PackageUpdateInput[];
-  time: Date;
-  commandId?: string;
-  // From the scan's system reading, when it made one.
-  rebootRequired: boolean | undefined;
-}
-
-// The scan's view replaces what was known for the sources it scanned; first_seen_at survives,
-// and so does a decision (approved, rejected, the install command) while the same version is
-// still the one offered. An update not known before, or offered in a new version, is recorded
-// as found.
-async function replaceUpdates(tx: Tx, agentId: string, scan: AppliedScan) {
-  const { sources, updates, time: now } = scan;
-  const known = await tx.packageUpdate.findMany({
-    where: { agentId, source: { in: sources } },
-    select: { source: true, name: true, architecture: true, firstSeenAt: true, availableVersion: true, status: true, decidedBy: true, decidedAt: true, commandId: true },
-  });
-  const byKey = new Map(known.map((k) => [`${k.source}\0${k.name}\0${k.architecture}`, k]));
-  await tx.packageUpdate.deleteMany({ where: { agentId, source: { in: sources } } });
-  if (updates.length > 0) {
-    await tx.packageUpdate.createMany({
-      data: updates.map((u) => {
-        const before = byKey.get(`${u.source}\0${u.name}\0${u.architecture}`);
-        const decision =
-          before && before.availableVersion === u.availableVersion
-            ? { status: before.status, decidedBy: before.decidedBy, decidedAt: before.decidedAt, commandId: before.commandId }
-            : {};
-        return { agentId, ...u, ...decision, firstSeenAt: before?.firstSeenAt ?? now, lastSeenAt: now };
-      }),
-      skipDuplicates: true,
-    });
-  }
-  const found = new Map<string, PackageUpdateInput>();
-  for (const u of updates) {
-    const key = `${u.source}\0${u.name}\0${u.architecture}`;
-    if (byKey.get(key)?.availableVersion !== u.availableVersion) found.set(key, u);
-  }
-  if (found.size > 0) {
-    await tx.updateEvent.createMany({
-      data: [...found.values()].map((u) => ({
-        agentId,
-        time: now,
-        kind: "found",
-        source: u.source,
-        name: u.name,
-        architecture: u.architecture,
-        version: u.availableVersion,
-        commandId: scan.commandId ?? null,
-      })),
-    });
-  }
-  await tx.agent.update({
-    where: { id: agentId },
-    data: { lastScanAt: now, ...(scan.rebootRequired === undefined ? {} : { rebootRequired: scan.rebootRequired }) },
-  });
-}
-
 export interface IncomingScan {
   id: string;
   scanTime: Date;
-  updates: PackageUpdateInput[];
-  scannedSources: string[];
+  scan: ScanInput;
   metrics?: MetricsInput | undefined;
 }
 
-// Applies scheduled scans in time order. A report older than the view already stored (a late
-// retry) is acknowledged without replacing the newer view, so re-sending is always safe. Its
-// readings are history and are kept either way (once per report).
-export async function recordScanReports(db: Prisma, agentId: string, scans: IncomingScan[]): Promise<string[]> {
+// Applies scheduled scans in time order, each on its own under the agent's scan lease. A report
+// older than the view already stored (a late retry) is acknowledged without replacing the newer
+// view, so re-sending is always safe. Its readings are history and are kept either way (once per
+// report). A report in parts with a part not staged, or too big to apply within the call's
+// budget, is not acknowledged (incomplete).
+export async function recordScanReports(
+  db: Prisma,
+  agentId: string,
+  scans: IncomingScan[],
+  budget: Budget,
+): Promise<{ acknowledged: string[]; incomplete: IncompleteScan[] }> {
   const ordered = [...scans].sort((a, b) => a.scanTime.getTime() - b.scanTime.getTime());
-  await db.$transaction(async (tx) => {
-    const [agent] = await tx.$queryRaw<{ last_scan_at: Date | null }[]>`
-      SELECT last_scan_at FROM agents WHERE id = ${agentId}::uuid FOR UPDATE`;
-    let latest = agent?.last_scan_at ?? null;
-    for (const scan of ordered) {
-      if (latest && scan.scanTime <= latest) continue;
-      await replaceUpdates(tx, agentId, {
-        sources: scan.scannedSources,
-        updates: scan.updates,
-        time: scan.scanTime,
-        rebootRequired: scan.metrics?.rebootRequired,
-      });
-      latest = scan.scanTime;
-    }
-    await recordMetricSamples(
-      tx,
-      agentId,
-      ordered.flatMap((s) => (s.metrics ? [{ id: s.id, time: s.scanTime, metrics: s.metrics }] : [])),
-    );
-  });
-  return ordered.map((s) => s.id);
+  const out: { acknowledged: string[]; incomplete: IncompleteScan[] } = { acknowledged: [], incomplete: [] };
+  for (const report of ordered) {
+    const readings = (tx: Tx) =>
+      recordMetricSamples(tx, agentId, report.metrics ? [{ id: report.id, time: report.scanTime, metrics: report.metrics }] : []);
+    const recorded = await withScanLease(db, agentId, async (lease) => {
+      const agent = await db.agent.findUnique({ where: { id: agentId }, select: { lastScanAt: true } });
+      if (agent?.lastScanAt && report.scanTime <= agent.lastScanAt) {
+        await readings(db);
+        if (report.scan.parts > 0) await dropStagedScan(db, agentId, report.id);
+        return "recorded" as const;
+      }
+      const staged = await stagedScan(db, agentId, report.id, report.scan);
+      if ("missing" in staged) return staged;
+      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
+      const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);
+      return applied ? ("recorded" as const) : { missing: [] };
+    });
+    if (recorded === "recorded") out.acknowledged.push(report.id);
+    else out.incomplete.push({ scanId: report.id, missing: recorded.missing });
+  }
+  return out;
 }
 
 // Sent commands that never got a result become timed_out; returns which.

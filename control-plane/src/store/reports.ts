@@ -1,5 +1,6 @@
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { listAgents, type AgentRow } from "./agents.ts";
+import { pruneStagedScans } from "./scans.ts";
 import type { Prisma } from "./types.ts";
 
 // Queries for ReportService. Every figure is counted by the database; only small grouped
@@ -127,11 +128,13 @@ export async function listMetricSamples(db: Prisma, agentId: string, since: Date
   return rows.reverse();
 }
 
-// Retention: readings and update history older than the given times.
+// Retention: readings and update history older than the given times; and scans staged in parts
+// that were never completed (expired).
 export async function pruneReportData(db: Prisma, before: { metrics: Date; updateEvents: Date }) {
   const [metrics, updateEvents] = await Promise.all([
     db.metricSample.deleteMany({ where: { time: { lt: before.metrics } } }),
     db.updateEvent.deleteMany({ where: { time: { lt: before.updateEvents } } }),
   ]);
-  return { metrics: metrics.count, updateEvents: updateEvents.count };
+  const stagedScans = await pruneStagedScans(db);
+  return { metrics: metrics.count, updateEvents: updateEvents.count, stagedScans };
 }

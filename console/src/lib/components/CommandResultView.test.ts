@@ -43,6 +43,25 @@ describe("a command's result", () => {
     expect(screen.getByTestId("heartbeat-until").textContent).toMatch(/Polling every 5 s until .+ \(in 2 h\)\./);
   });
 
+  it("says where the updates of a scan sent in parts are, and how many it found", () => {
+    renderWithApi(CommandResultView, none, {
+      command: command({
+        id: ID,
+        agentId: WEB,
+        type: CommandType.SCAN_UPDATES,
+        state: CommandState.SUCCEEDED,
+        result: {
+          outcome: CommandOutcome.SUCCEEDED,
+          message: "found 5000 update(s), 0 security",
+          detail: { case: "scanUpdates", value: { updateParts: 5, subsystems: [{ subsystem: "apt", state: 1, updateCount: 5000 }] } },
+        },
+      }),
+    });
+    expect(screen.getByText("Updates found").textContent).toBe("Updates found (5000)");
+    expect(screen.getByTestId("scan-in-parts").textContent).toBe("Too many to list with the command: the agent sent them in 5 parts. They are the agent's pending updates.");
+    expect(screen.queryByText("No pending updates.")).toBeNull();
+  });
+
   it("lists collected specs and disks", () => {
     renderWithApi(CommandResultView, none, {
       command: command({

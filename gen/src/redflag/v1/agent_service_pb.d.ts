@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import type { Message } from "@bufbuild/protobuf";
 import type { AgentStatus, OsInfo, SignedAgentConfig, SignedKeySet, TrustedKey } from "./common_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import type { CommandResult, ScanUpdatesResult, SignedCommand } from "./command_pb.js";
+import type { CommandResult, PackageUpdate, ScanUpdatesResult, SignedCommand } from "./command_pb.js";
 
 /**
  * Describes the file redflag/v1/agent_service.proto.
@@ -291,6 +291,10 @@ export declare type PollCommandsResponse = Message<"redflag.v1.PollCommandsRespo
 export declare const PollCommandsResponseSchema: GenMessage<PollCommandsResponse>;
 
 /**
+ * ReportResultsRequest is bounded: at most 500 results, 50 scan reports and 100 scan parts, and
+ * (by default) 10,000 updates and install package results across all of them
+ * (REDFLAG_MAX_REPORT_UPDATES). A scan with more updates than fit is sent in parts.
+ *
  * @generated from message redflag.v1.ReportResultsRequest
  */
 export declare type ReportResultsRequest = Message<"redflag.v1.ReportResultsRequest"> & {
@@ -305,6 +309,15 @@ export declare type ReportResultsRequest = Message<"redflag.v1.ReportResultsRequ
    * @generated from field: repeated redflag.v1.ScanReport scans = 2;
    */
   scans: ScanReport[];
+
+  /**
+   * Slices of the updates of scans sent in parts (see ScanUpdatesResult.update_parts). The control
+   * plane stages them; a scan is applied only once its result or report arrives and every one of
+   * its parts is staged. Sending a part again changes nothing.
+   *
+   * @generated from field: repeated redflag.v1.ScanPart scan_parts = 3;
+   */
+  scanParts: ScanPart[];
 };
 
 /**
@@ -312,6 +325,49 @@ export declare type ReportResultsRequest = Message<"redflag.v1.ReportResultsRequ
  * Use `create(ReportResultsRequestSchema)` to create a new message.
  */
 export declare const ReportResultsRequestSchema: GenMessage<ReportResultsRequest>;
+
+/**
+ * ScanPart is one slice of the updates of a scan too large for one message.
+ *
+ * @generated from message redflag.v1.ScanPart
+ */
+export declare type ScanPart = Message<"redflag.v1.ScanPart"> & {
+  /**
+   * The scan it belongs to: the command ID of a scan_updates result, or the ID of a ScanReport.
+   *
+   * @generated from field: string scan_id = 1;
+   */
+  scanId: string;
+
+  /**
+   * The position of this part, from 0 to part_count - 1.
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * How many parts the scan's updates were split into: the same in every part of the scan and in
+   * its ScanUpdatesResult.update_parts. At most 1,000.
+   *
+   * @generated from field: uint32 part_count = 3;
+   */
+  partCount: number;
+
+  /**
+   * At least one update; together the parts hold at most the per-scan limit (by default 50,000,
+   * REDFLAG_MAX_SCAN_UPDATES).
+   *
+   * @generated from field: repeated redflag.v1.PackageUpdate updates = 4;
+   */
+  updates: PackageUpdate[];
+};
+
+/**
+ * Describes the message redflag.v1.ScanPart.
+ * Use `create(ScanPartSchema)` to create a new message.
+ */
+export declare const ScanPartSchema: GenMessage<ScanPart>;
 
 /**
  * ScanReport is one scheduled scan.
@@ -391,6 +447,17 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
    * @generated from field: repeated string acknowledged_scan_ids = 3;
    */
   acknowledgedScanIds: string[];
+
+  /**
+   * Scans whose result or report is not recorded yet, so not acknowledged: a scan sent in parts
+   * while some parts are not staged (never sent, or expired after an hour), whose view is left as
+   * it was; or a scan too big to apply in one call (one call goes through at most as many updates
+   * as it may carry), applied part-way. The agent sends the missing parts, if any, then the result
+   * or report again.
+   *
+   * @generated from field: repeated redflag.v1.IncompleteScan incomplete_scans = 4;
+   */
+  incompleteScans: IncompleteScan[];
 };
 
 /**
@@ -398,6 +465,34 @@ export declare type ReportResultsResponse = Message<"redflag.v1.ReportResultsRes
  * Use `create(ReportResultsResponseSchema)` to create a new message.
  */
 export declare const ReportResultsResponseSchema: GenMessage<ReportResultsResponse>;
+
+/**
+ * IncompleteScan names a scan not recorded yet and the parts the control plane still lacks.
+ *
+ * @generated from message redflag.v1.IncompleteScan
+ */
+export declare type IncompleteScan = Message<"redflag.v1.IncompleteScan"> & {
+  /**
+   * The command ID of a scan_updates result, or the ID of a ScanReport.
+   *
+   * @generated from field: string scan_id = 1;
+   */
+  scanId: string;
+
+  /**
+   * Indexes (ScanPart.index) of the parts not staged; empty when every part is there and the
+   * scan is being applied over several calls.
+   *
+   * @generated from field: repeated uint32 missing_parts = 2;
+   */
+  missingParts: number[];
+};
+
+/**
+ * Describes the message redflag.v1.IncompleteScan.
+ * Use `create(IncompleteScanSchema)` to create a new message.
+ */
+export declare const IncompleteScanSchema: GenMessage<IncompleteScan>;
 
 /**
  * RegisterProof binds a registration to the agent key that signs it: the machine, the key
@@ -479,7 +574,8 @@ export declare const AgentService: GenService<{
     output: typeof PollCommandsResponseSchema;
   },
   /**
-   * ReportResults records command results; it is idempotent per command ID.
+   * ReportResults records command results and scheduled scans; it is idempotent per command ID,
+   * scan report ID and scan part. Scans too large for one call are sent in parts.
    *
    * @generated from rpc redflag.v1.AgentService.ReportResults
    */

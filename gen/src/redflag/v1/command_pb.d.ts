@@ -962,6 +962,15 @@ export declare type ScanUpdatesResult = Message<"redflag.v1.ScanUpdatesResult"> 
    * @generated from field: redflag.v1.StorageMetrics storage_metrics = 4;
    */
   storageMetrics?: StorageMetrics | undefined;
+
+  /**
+   * Zero for a scan whose updates are all in `updates`. Otherwise the scan was too large for one
+   * message: `updates` is empty and the updates travel in this many ScanParts
+   * (ReportResultsRequest.scan_parts) with this result's command ID or this report's ID.
+   *
+   * @generated from field: uint32 update_parts = 5;
+   */
+  updateParts: number;
 };
 
 /**
