@@ -54,7 +54,7 @@ describe("signing-key rotation with a real agent", () => {
     expect(await pinned()).toEqual([newId, oldId].sort());
 
     // Grace over: the old key leaves the set, and the agent drops it.
-    await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date(Date.now() - 1000) } });
+    await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date() } });
     await reloadSigningKeys(cp.app.db.prisma, await loadMasterKey(undefined, cp.dataDir), cp.app.signer);
     expect((await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env })).code).toBe(0);
     expect(await pinned()).toEqual([newId]);
@@ -86,7 +86,7 @@ describe("signing-key rotation with a real agent", () => {
 
       // Grace over: the agent drops the old key.
       const masterKey = await loadMasterKey(undefined, cp.dataDir);
-      await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date(Date.now() - 1000) } });
+      await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date() } });
       await reloadSigningKeys(cp.app.db.prisma, masterKey, cp.app.signer);
       expect((await agentRun()).code).toBe(0);
       expect(await pinned()).toEqual([newId]);

@@ -87,7 +87,7 @@ describe("signing-key rotation", () => {
     expect((await agent.client.pollCommands({ nonce: nonce() })).commands[0]!.keyId).toBe(newId);
 
     // The grace ends: only the new key remains, and the set says so.
-    await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date(Date.now() - 1000) } });
+    await cp.app.db.prisma.signingKey.update({ where: { id: oldId }, data: { retiredAt: new Date() } });
     await reloadSigningKeys(cp.app.db.prisma, await loadMasterKey(undefined, cp.dataDir), signerOf(cp));
     const after = await agent.client.pollCommands({ nonce: nonce(), status: { trustedKeysRevision: keySetRevision([newId, oldId]) } });
     expect(fromBinary(TrustedKeySetSchema, after.keySet!.keySet).keys.map((k) => k.keyId)).toEqual([newId]);
