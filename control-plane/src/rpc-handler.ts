@@ -62,9 +62,13 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     request(req, res) {
       const handler = paths.get(pathOf(req.url ?? ""));
       if (!handler) return opts.fallback(req, res);
+      const read = { bytes: 0 };
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
-        ureq = universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress, req.headers["x-forwarded-for"]));
+        ureq = {
+          ...universalRequestFromNodeRequest(req, res, undefined, opts.contextValues?.(req.socket?.remoteAddress, req.headers["x-forwarded-for"])),
+          body: nodeRequestBody(req, read),
+        };
       } catch {
         // Without an authority (an HTTP/1.0 request with no Host header) connect cannot form the
         // request's URL and throws: refuse the request, not the process.
@@ -72,8 +76,16 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
         res.end("a Host header is required\n");
         return;
       }
+      // (on "finish": connect's universalResponseToNodeResponse waits for an "end" event that an
+      // HTTP/1.1 response never emits)
+      res.once("finish", () => dropUnreadRequest(req));
       serve(handler, ureq)
-        .then((ures) => universalResponseToNodeResponse(ures, res))
+        .then((ures) => {
+          // More left unread than will be dropped: the client must not send its next request on
+          // this connection, which closes after the answer.
+          if (!req.complete && unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT) res.setHeader("connection", "close");
+          return universalResponseToNodeResponse(ures, res);
+        })
         .catch((reason: unknown) => failed(handler, reason));
     },
 
@@ -110,6 +122,37 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
 }
 
 function ignore() {}
+
+// The request's chunks, like connect-node's own reader, except that a reader stopping early (after
+// a message it cannot decode, or one too many) leaves the request alone instead of destroying it,
+// and with it the connection the answer is about to be written to.
+async function* nodeRequestBody(req: NodeRequest, read: { bytes: number }): AsyncGenerator<Uint8Array> {
+  for await (const chunk of req.iterator({ destroyOnReturn: false })) {
+    read.bytes += (chunk as Uint8Array).byteLength;
+    yield chunk as Uint8Array;
+  }
+}
+
+// What the request's Content-Length says is still to come; without one (chunked), unknown.
+function unreadBytes(req: NodeRequest, read: number): number {
+  const length = Number(req.headers["content-length"]);
+  return Number.isSafeInteger(length) && length >= 0 ? Math.max(0, length - read) : Infinity;
+}
+
+// The answer is out but the request body is not all read: on a keep-alive connection the next
+// request would wait behind it for ever (Node reads no further while a body it started is unread).
+// The rest is read and dropped, up to UNREAD_BODY_LIMIT; past that the connection is closed (and
+// the answer said so, when the length was known to be over it).
+function dropUnreadRequest(req: NodeRequest) {
+  if (req.complete || req.destroyed || "stream" in req) return;
+  let dropped = 0;
+  req.on("data", (chunk: Buffer) => {
+    dropped += chunk.length;
+    if (dropped > UNREAD_BODY_LIMIT) req.socket.destroy();
+  });
+  // A reader that stopped left the request paused: a "data" listener alone would not resume it.
+  req.resume();
+}
 
 
 // The stream's chunks, like `for await (const chunk of stream)`, except that a reader stopping
@@ -182,10 +225,30 @@ async function writeToStream(res: UniversalServerResponse, stream: http2.ServerH
       chunk = await body!.next();
     }
     stream.end();
+    dropUnreadBody(stream);
   } finally {
     // Ends a server stream whose client went away.
     void body?.return?.().catch(() => {});
   }
+}
+
+// The answer is out, but the request body may still be arriving (connect stops reading once it
+// has what it needs, for example after a message it cannot decode). Unread, it would hold the
+// flow-control windows the connection's other streams share and grow the session's memory until
+// Node refuses new streams (ENHANCE_YOUR_CALM), and the half-closed stream would count against
+// the stream limit for good. So the rest is read and dropped, up to UNREAD_BODY_LIMIT; past that
+// the client is asked to stop with RST_STREAM NO_ERROR (RFC 9113 8.1), which it must not take as
+// a reason to discard the answer. A body that stops arriving meets the request timeout.
+export const UNREAD_BODY_LIMIT = 1024 * 1024;
+
+function dropUnreadBody(stream: http2.ServerHttp2Stream) {
+  if (stream.readableEnded || stream.destroyed) return;
+  let dropped = 0;
+  stream.on("data", (chunk: Buffer) => {
+    dropped += chunk.length;
+    if (dropped > UNREAD_BODY_LIMIT && !stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
+  stream.resume();
 }
 
 function drained(stream: http2.ServerHttp2Stream): Promise<void> {

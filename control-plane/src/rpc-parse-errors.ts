@@ -11,14 +11,15 @@ import {
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 
-// connect answers a request whose Protobuf bytes it cannot decode with Internal ("parse binary:
-// premature EOF"), before any interceptor runs (a JSON body that does not decode already gets
-// InvalidArgument). The bytes are the caller's mistake, so this turns exactly that error into
-// InvalidArgument with a message naming the expected message, in each protocol's own form:
-// Connect unary (the JSON error body), Connect streaming (the end-of-stream message), gRPC (the
-// trailers) and gRPC-Web (the trailer frame). Every other response passes through unchanged.
-// (A streaming call reads its request inside the interceptors: errorInterceptor does the same
-// there.)
+// connect answers some requests that are the caller's mistake with Internal, before any
+// interceptor runs: Protobuf bytes it cannot decode ("parse binary: premature EOF"), a message
+// flagged compressed when the request declares no compression, a compressed body that does not
+// decompress (a JSON body that does not decode already gets InvalidArgument). This turns exactly
+// those errors (CALLER_FAULTS) into InvalidArgument with a message saying what was wrong, in each
+// protocol's own form: Connect unary (the JSON error body), Connect streaming (the end-of-stream
+// message), gRPC (the trailers) and gRPC-Web (the trailer frame). Every other response passes
+// through unchanged. (A streaming call reads its request inside the interceptors:
+// errorInterceptor does the same there.)
 export async function parseErrorsAsInvalidArgument(
   res: UniversalServerResponse,
   method: DescMethod,
@@ -35,7 +36,7 @@ export async function parseErrorsAsInvalidArgument(
     const bytes = await readAll(res.body, MAX_ERROR_BYTES);
     if (bytes) {
       const err = errorFromJsonBytes(bytes, undefined, new ConnectError("", Code.Unknown));
-      if (isParseError(err)) {
+      if (isCallerFault(err)) {
         const json = errorToJsonBytes(refuse(err), {});
         const header = new Headers(res.header);
         if (header.has("content-length")) header.set("content-length", String(json.byteLength));
@@ -53,7 +54,7 @@ export async function parseErrorsAsInvalidArgument(
     if (contentType.startsWith("application/grpc-web") && flags === trailerFlag) {
       const trailer = trailerParse(data);
       const err = findTrailerError(trailer);
-      if (err && isParseError(err)) {
+      if (err && isCallerFault(err)) {
         setTrailerStatus(trailer, refuse(err));
         return { ...res, body: once(encodeEnvelope(trailerFlag, trailerSerialize(trailer)), first.rest) };
       }
@@ -61,7 +62,7 @@ export async function parseErrorsAsInvalidArgument(
       const serialization = createEndStreamSerialization({});
       try {
         const end = serialization.parse(data);
-        if (end.error && isParseError(end.error)) {
+        if (end.error && isCallerFault(end.error)) {
           const bytes = serialization.serialize({ metadata: end.metadata, error: refuse(end.error) });
           return { ...res, body: once(encodeEnvelope(endStreamFlag, bytes), first.rest) };
         }
@@ -81,21 +82,37 @@ export async function parseErrorsAsInvalidArgument(
       body: (async function* () {
         yield* body;
         const err = findTrailerError(trailer);
-        if (err && isParseError(err)) setTrailerStatus(trailer, refuse(err));
+        if (err && isCallerFault(err)) setTrailerStatus(trailer, refuse(err));
       })(),
     };
   }
   return res;
 }
 
-const PARSE_BINARY = "parse binary: ";
 // An error body or frame is small; anything larger is not one of these.
 const MAX_ERROR_BYTES = 64 * 1024;
 
-export const isParseError = (err: ConnectError) => err.code === Code.Internal && err.rawMessage.startsWith(PARSE_BINARY);
+// connect's Internal errors that only a request's bytes cause, and what the caller is told.
+const CALLER_FAULTS: { matches: (message: string) => boolean; explain: (err: ConnectError, method: DescMethod) => string }[] = [
+  {
+    matches: (m) => m.startsWith("parse binary: "),
+    explain: (err, method) => `the request is not a valid ${method.input.typeName}: ${err.rawMessage.slice("parse binary: ".length)}`,
+  },
+  {
+    matches: (m) => m === "received compressed envelope, but do not know how to decompress",
+    explain: () => "a request message is flagged compressed, but the request declares no compression (grpc-encoding or connect-content-encoding)",
+  },
+  {
+    matches: (m) => m === "decompression failed",
+    explain: (_err, method) => `the request's ${method.input.typeName} could not be decompressed with the compression it declares`,
+  },
+];
+
+export const isCallerFault = (err: ConnectError) => err.code === Code.Internal && CALLER_FAULTS.some((f) => f.matches(err.rawMessage));
 
 export function asInvalidArgument(err: ConnectError, method: DescMethod): ConnectError {
-  return new ConnectError(`the request is not a valid ${method.input.typeName}: ${err.rawMessage.slice(PARSE_BINARY.length)}`, Code.InvalidArgument, err.metadata);
+  const fault = CALLER_FAULTS.find((f) => f.matches(err.rawMessage))!;
+  return new ConnectError(fault.explain(err, method), Code.InvalidArgument, err.metadata);
 }
 
 async function* once(bytes: Uint8Array, rest?: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {

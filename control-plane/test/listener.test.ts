@@ -4,6 +4,7 @@ import { AgentService } from "@redflag/gen/agent_service_pb";
 import { execFile } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, rm } from "node:fs/promises";
+import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -311,6 +312,104 @@ describe("responses the client stops reading", () => {
     } finally {
       session.destroy();
       await server.close(100);
+    }
+  });
+});
+
+// connect stops reading a request once it has what it needs (here: a unary call's second message,
+// which it refuses). The rest of the body must neither block the connection nor be read for ever.
+describe("a request body still arriving after its answer", () => {
+  let cp: TestControlPlane;
+  beforeAll(async () => {
+    cp = await startTestControlPlane();
+  });
+  afterAll(async () => {
+    await cp?.close();
+  });
+  const path = "/redflag.v1.FleetService/ListAgents";
+  const headers = () => ({ "content-type": "application/grpc-web+proto", authorization: `Bearer ${cp.adminKey}` });
+  // An empty ListAgentsRequest, then a second message that is no ListAgentsRequest (refused with
+  // InvalidArgument before the rest is read), then more.
+  const twoMessages = (junk: number) => Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), Buffer.from([0, 0, 0, 0, 100]), Buffer.alloc(junk)]);
+  const grpcStatus = (body: Buffer) => /grpc-status: ?(\d+)/.exec(body.toString("latin1"))?.[1];
+
+  function postH1(agent: http.Agent, body: Buffer) {
+    return new Promise<{ status?: number; connection?: string; grpcStatus?: string; port?: number; error?: string }>((resolve) => {
+      const req = http.request(new URL(path, cp.url), { method: "POST", agent, headers: { ...headers(), "content-length": body.length } });
+      let port: number | undefined;
+      const timer = setTimeout(() => {
+        req.destroy();
+        resolve({ port, error: "no answer within 10 s" });
+      }, 10_000);
+      req.on("socket", (socket) => (port = socket.localPort));
+      req.on("response", (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (d: Buffer) => chunks.push(d));
+        res.on("end", () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode, connection: res.headers.connection, grpcStatus: grpcStatus(Buffer.concat(chunks)), port });
+        });
+      });
+      req.on("error", (err) => {
+        clearTimeout(timer);
+        resolve({ port, error: err.message });
+      });
+      req.end(body);
+    });
+  }
+
+  it("is read and dropped on HTTP/1.1, so the next request on the keep-alive connection is served", async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const first = await postH1(agent, twoMessages(500_000));
+      expect(first).toMatchObject({ status: 200, connection: "keep-alive", grpcStatus: "3" });
+      const next = await postH1(agent, Buffer.from([0, 0, 0, 0, 0]));
+      expect(next).toEqual({ status: 200, connection: "keep-alive", grpcStatus: "0", port: first.port });
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it("closes the HTTP/1.1 connection after the answer when more than 1 MiB is left, and says so first", async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const first = await postH1(agent, twoMessages(3_000_000));
+      expect(first).toMatchObject({ status: 200, connection: "close", grpcStatus: "3" });
+      // Not sent into a connection about to close (that would be ECONNRESET).
+      const next = await postH1(agent, Buffer.from([0, 0, 0, 0, 0]));
+      expect(next).toMatchObject({ status: 200, grpcStatus: "0" });
+      expect(next.port).not.toBe(first.port);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it("is stopped on HTTP/2 once the answer is out (RST_STREAM NO_ERROR), and the connection carries on", async () => {
+    const session = http2.connect(cp.url);
+    session.on("error", () => {});
+    const post = (body: Buffer) =>
+      new Promise<{ grpcStatus?: string; rstCode?: number; error?: string }>((resolve) => {
+        const stream = session.request({ ":method": "POST", ":path": path, ...headers() });
+        const chunks: Buffer[] = [];
+        const timer = setTimeout(() => {
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          resolve({ error: "the stream was still open after 10 s" });
+        }, 10_000);
+        stream.on("data", (d: Buffer) => chunks.push(d));
+        stream.on("error", () => {});
+        stream.on("close", () => {
+          clearTimeout(timer);
+          resolve({ grpcStatus: grpcStatus(Buffer.concat(chunks)), rstCode: stream.rstCode });
+        });
+        stream.end(body);
+      });
+    try {
+      // Far more than the flow-control windows: unread, it would stall the stream and the connection.
+      expect(await post(twoMessages(4_000_000))).toEqual({ grpcStatus: "3", rstCode: http2.constants.NGHTTP2_NO_ERROR });
+      expect(await post(twoMessages(300_000))).toEqual({ grpcStatus: "3", rstCode: http2.constants.NGHTTP2_NO_ERROR });
+      expect(await post(Buffer.from([0, 0, 0, 0, 0]))).toEqual({ grpcStatus: "0", rstCode: http2.constants.NGHTTP2_NO_ERROR });
+    } finally {
+      session.destroy();
     }
   });
 });

@@ -8,6 +8,7 @@ import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { randomUUID } from "node:crypto";
 import http2 from "node:http2";
+import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newRegistrationToken, nonce, registerTestAgent, signedRenew, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
@@ -184,10 +185,10 @@ describe("request bodies that are not the message they claim to be", () => {
     ["Connect unary over HTTP/2", (body) => h2Call("application/proto", Buffer.from(body)).then((r) => JSON.parse(r.body.toString()) as { code: string; message: string })],
   ];
 
-  async function h2Call(contentType: string, body: Buffer, p = path) {
+  async function h2Call(contentType: string, body: Buffer, p = path, extra: Record<string, string> = {}) {
     const session = http2.connect(cp.url);
     try {
-      const req = session.request({ ":method": "POST", ":path": p, "content-type": contentType, te: "trailers", ...auth() });
+      const req = session.request({ ":method": "POST", ":path": p, "content-type": contentType, te: "trailers", ...auth(), ...extra });
       const chunks: Buffer[] = [];
       let headers: http2.IncomingHttpHeaders = {};
       let trailers: http2.IncomingHttpHeaders = {};
@@ -220,7 +221,7 @@ describe("request bodies that are not the message they claim to be", () => {
 
   function grpcStatus(fields: Record<string, unknown>) {
     const code = Number(fields["grpc-status"]);
-    return { code: Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()), message: decodeURIComponent(String(fields["grpc-message"] ?? "")) };
+    return { code: code === 0 ? "ok" : Code[code]!.replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase()), message: decodeURIComponent(String(fields["grpc-message"] ?? "")) };
   }
 
   for (const [protocol, call] of protocols) {
@@ -246,6 +247,32 @@ describe("request bodies that are not the message they claim to be", () => {
     const cut = Buffer.concat([Buffer.from([0, 0, 0, 0, 100]), Buffer.from([0x08, 0x01])]);
     const answer = grpcStatus(await h2Call("application/grpc+proto", cut).then((r) => ({ ...r.headers, ...r.trailers })));
     expect(answer.code).toBe("invalid_argument");
+  });
+
+  // connect answers these with Internal; the bytes are the caller's (found by the RPC fuzzer).
+  it.each([
+    ["gRPC over HTTP/2", (body: Buffer, headers: Record<string, string>) => h2Call("application/grpc+proto", body, path, headers).then((r) => grpcStatus({ ...r.headers, ...r.trailers }))],
+    ["gRPC-Web over HTTP/2", (body: Buffer, headers: Record<string, string>) => h2Call("application/grpc-web+proto", body, path, headers).then((r) => grpcStatus(trailerFrame(r.body)))],
+  ] as const)("%s refuses a message flagged compressed without a declared compression, and one that does not decompress", async (_protocol, call) => {
+    const empty = new Uint8Array(0);
+    expect(await call(envelope(1, gzipSync(empty)), {})).toEqual({
+      code: "invalid_argument",
+      message: "a request message is flagged compressed, but the request declares no compression (grpc-encoding or connect-content-encoding)",
+    });
+    expect(await call(envelope(1, new Uint8Array([1, 2, 3, 4])), { "grpc-encoding": "gzip" })).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("decompress") });
+    // Truncated gzip: zlib's "unexpected end of file", which connect calls "decompression failed".
+    expect(await call(envelope(1, gzipSync(Buffer.alloc(64, 1)).subarray(0, 12)), { "grpc-encoding": "gzip" })).toEqual({
+      code: "invalid_argument",
+      message: "the request's redflag.v1.ListAgentsRequest could not be decompressed with the compression it declares",
+    });
+    // And the same, compressed properly, is served.
+    expect(await call(envelope(1, gzipSync(empty)), { "grpc-encoding": "gzip" })).toEqual({ code: "ok", message: "" });
+  });
+
+  it("logs a call that breaks its protocol (a server stream without its request) as refused, not as a server fault", async () => {
+    const r = await h2Call("application/grpc+proto", Buffer.alloc(0), "/redflag.v1.CommandService/WatchEvents");
+    expect(grpcStatus({ ...r.headers, ...r.trailers })).toEqual({ code: "unimplemented", message: "protocol error: missing input message for server-streaming method" });
+    // (serverFaults, checked at the end, would hold it otherwise)
   });
 
   it("still answers well-formed calls afterwards", async () => {

@@ -12,10 +12,13 @@ import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
 import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
 import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
-import { asInvalidArgument, isParseError } from "../rpc-parse-errors.ts";
+import { asInvalidArgument, isCallerFault } from "../rpc-parse-errors.ts";
 
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);
+// connect's Unimplemented for a call that breaks its protocol (no request message for a
+// server stream, a second one for a unary call): the caller's mistake, not a missing method.
+const isProtocolError = (err: ConnectError) => err.code === Code.Unimplemented && err.rawMessage.startsWith("protocol error: ");
 
 // Outermost: gives every call a request ID (echoed in x-request-id), logs it, counts it in the
 // metrics, and turns anything that is not a ConnectError into Unavailable (database down),
@@ -49,9 +52,9 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       };
       let error: ConnectError;
       if (err instanceof ConnectError) {
-        // A streaming call's request is decoded in here: bytes that are not the message are the caller's.
-        error = isParseError(err) ? asInvalidArgument(err, req.method) : err;
-        if (SERVER_FAULTS.has(error.code)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
+        // A streaming call's request is decoded in here: bytes that are not the message (or do not decompress) are the caller's.
+        error = isCallerFault(err) ? asInvalidArgument(err, req.method) : err;
+        if (SERVER_FAULTS.has(error.code) && !isProtocolError(error)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
         else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
       } else if (isConnectionError(err)) {
         logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
