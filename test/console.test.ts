@@ -17,6 +17,8 @@ import { root, run } from "./support/processes.ts";
 // watch the install finish live in Activity, revoke the token. Screenshots of each main page
 // land in test-output/screenshots/.
 // The agent installs through apt, which needs root; these machines run the tests as root.
+// What page.evaluate runs is browser code; this file is typechecked without the DOM library.
+declare const document: { cookie: string; documentElement: { scrollWidth: number } };
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
 describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a real agent", () => {

@@ -36,7 +36,7 @@ it("an agent whose Renew answer was lost sends the same request again and keeps 
   const machineId = randomBytes(32).toString("hex");
   const token = await newRegistrationToken(cp);
   const res = await api.register(registerRequest(token, machineId, { keyId: "", ...key }));
-  const registered = registrationFromResponse(res, { serverUrl: cp.url, caFile: undefined, token }, new Date());
+  const registered = registrationFromResponse(res, { serverUrl: cp.url, caFile: undefined, token }, new Date(), undefined);
   // An access token near the end of its life, so the next call renews first.
   const registration = { ...registered, accessTokenIssueTime: new Date(Date.now() - 3540_000), accessTokenExpireTime: new Date(Date.now() + 60_000) };
 

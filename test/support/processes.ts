@@ -19,8 +19,8 @@ export function run(args: string[], opts: { env?: Record<string, string>; timeou
     if (opts.input !== undefined) child.stdin!.end(opts.input);
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d));
-    child.stderr.on("data", (d: Buffer) => (stderr += d));
+    child.stdout!.on("data", (d: Buffer) => (stdout += d));
+    child.stderr!.on("data", (d: Buffer) => (stderr += d));
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
       reject(new Error(`${args.join(" ")} did not finish in ${opts.timeoutMs ?? 60_000} ms\n${stdout}\n${stderr}`));
