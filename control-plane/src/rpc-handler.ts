@@ -4,7 +4,7 @@ import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/conn
 import http2 from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "./log.ts";
-import { parseErrorsAsInvalidArgument } from "./rpc-parse-errors.ts";
+import { parseErrorsAsInvalidArgument, unicodeFailure } from "./rpc-parse-errors.ts";
 import { bodyTimedOut } from "./server.ts";
 
 // connect-node's own types for Node requests and responses (HTTP/1.1 or HTTP/2 compatibility).
@@ -46,12 +46,13 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
   const stallMs = opts.responseStallMs;
   const paths = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
   // Bytes that do not decode as the request message are the caller's mistake (rpc-parse-errors.ts).
-  const serve = (h: UniversalHandler, req: Parameters<UniversalHandler>[0]) =>
-    h(req).then((res) =>
-      parseErrorsAsInvalidArgument(res, h.method, (reason) =>
-        opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused"),
-      ),
+  const serve = (h: UniversalHandler, req: Parameters<UniversalHandler>[0]) => {
+    const refused = (reason: string) => opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused");
+    return h(req).then(
+      (res) => parseErrorsAsInvalidArgument(res, h.method, refused),
+      (err: unknown) => unicodeFailure(req.header.get("content-type") ?? "", err, refused),
     );
+  };
   const failed = (h: UniversalHandler, reason: unknown) => {
     const code = ConnectError.from(reason).code;
     if (code === Code.Aborted || code === Code.Canceled) return;
@@ -86,7 +87,11 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
           if (!req.complete && unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT) res.setHeader("connection", "close");
           return universalResponseToNodeResponse(ures, res);
         })
-        .catch((reason: unknown) => failed(handler, reason));
+        .catch((reason: unknown) => {
+          failed(handler, reason);
+          // An answer cut short must not leave the client waiting on a connection that never ends it.
+          if (!res.writableEnded) res.destroy();
+        });
     },
 
     stream(stream, headers) {

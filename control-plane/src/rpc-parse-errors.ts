@@ -26,6 +26,7 @@ export async function parseErrorsAsInvalidArgument(
   onRefused: (message: string) => void,
 ): Promise<UniversalServerResponse> {
   const contentType = res.header?.get("content-type") ?? "";
+  if (res.body && contentType.startsWith("application/grpc")) res = { ...res, body: unicodeSafe(res.body, contentType, res.trailer, onRefused) };
   const refuse = (err: ConnectError) => {
     const refused = asInvalidArgument(err, method);
     onRefused(refused.rawMessage);
@@ -87,6 +88,52 @@ export async function parseErrorsAsInvalidArgument(
     };
   }
   return res;
+}
+
+// gRPC and gRPC-Web carry the error message percent-encoded, and connect's encoder throws on text
+// that is not well-formed UTF-16 (encodeURIComponent's URIError): an error message that quotes an
+// unpaired surrogate from the request (JSON "\ud800" where a number belongs) ended the response
+// without any status (HTTP/2: a bare reset; HTTP/1.1: an answer that never ends). connect has set
+// the status code by then (gRPC) or lost it (gRPC-Web: InvalidArgument, since the text came from
+// the request); the message says what was wrong.
+const NOT_UNICODE = "the request contains text that is not valid Unicode (an unpaired UTF-16 surrogate)";
+
+// The same, when it happens before connect hands over the response (it waits for the first
+// bytes of the body, and here those are the error): the whole answer is built here instead.
+export function unicodeFailure(requestContentType: string, err: unknown, onRefused: (message: string) => void): UniversalServerResponse {
+  if (!(err instanceof URIError) || !requestContentType.startsWith("application/grpc")) throw err;
+  onRefused(NOT_UNICODE);
+  const status = { "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(NOT_UNICODE) };
+  if (requestContentType.startsWith("application/grpc-web")) {
+    return {
+      status: 200,
+      header: new Headers({ "content-type": requestContentType.split(";")[0]! }),
+      body: once(encodeEnvelope(trailerFlag, trailerSerialize(new Headers(status)))),
+    };
+  }
+  // gRPC: trailers-only
+  return { status: 200, header: new Headers({ "content-type": requestContentType.split(";")[0]!, ...status }), body: once(new Uint8Array(0)) };
+}
+
+async function* unicodeSafe(
+  body: AsyncIterable<Uint8Array>,
+  contentType: string,
+  trailer: Headers | undefined,
+  onRefused: (message: string) => void,
+): AsyncGenerator<Uint8Array> {
+  try {
+    yield* body;
+  } catch (err) {
+    if (!(err instanceof URIError)) throw err;
+    onRefused(NOT_UNICODE);
+    if (contentType.startsWith("application/grpc-web")) {
+      const fields = new Headers({ "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(NOT_UNICODE) });
+      yield encodeEnvelope(trailerFlag, trailerSerialize(fields));
+    } else if (trailer) {
+      if (!trailer.has("grpc-status")) trailer.set("grpc-status", String(Code.InvalidArgument));
+      trailer.set("grpc-message", encodeURIComponent(NOT_UNICODE));
+    }
+  }
 }
 
 // An error body or frame is small; anything larger is not one of these.

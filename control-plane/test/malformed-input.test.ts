@@ -275,6 +275,31 @@ describe("request bodies that are not the message they claim to be", () => {
     // (serverFaults, checked at the end, would hold it otherwise)
   });
 
+  // An error message quoting an unpaired surrogate from the request cannot be percent-encoded
+  // for gRPC: connect threw while writing it, and the call ended without any status (found by the
+  // RPC fuzzer). The JSON text holds the escape "\ud800" where a number belongs.
+  const LONE = new TextEncoder().encode('{"pageSize":"\\ud800"}');
+  it.each([
+    [
+      "gRPC-Web over HTTP/1.1",
+      async () => {
+        const res = await fetch(cp.url + path, { method: "POST", headers: { "content-type": "application/grpc-web+json", ...auth() }, body: envelope(0, LONE), signal: AbortSignal.timeout(10_000) });
+        return grpcStatus(trailerFrame(Buffer.from(await res.arrayBuffer())));
+      },
+    ],
+    ["gRPC-Web over HTTP/2", () => h2Call("application/grpc-web+json", envelope(0, LONE)).then((r) => grpcStatus(trailerFrame(r.body)))],
+    ["gRPC over HTTP/2", () => h2Call("application/grpc+json", envelope(0, LONE)).then((r) => grpcStatus({ ...r.headers, ...r.trailers }))],
+    [
+      "gRPC over HTTP/2, a server stream, in a string field",
+      () => h2Call("application/grpc+json", envelope(0, new TextEncoder().encode('{"agentId":"\\ud800"}')), "/redflag.v1.CommandService/WatchEvents").then((r) => grpcStatus({ ...r.headers, ...r.trailers })),
+    ],
+  ])("%s answers a JSON request quoting an unpaired surrogate with InvalidArgument", async (_protocol, call) => {
+    const answer = await call();
+    expect(answer.code).toBe("invalid_argument");
+    expect(answer.message).toMatch(/not valid Unicode|cannot decode/);
+    expect(answer.message.isWellFormed()).toBe(true);
+  });
+
   it("still answers well-formed calls afterwards", async () => {
     expect((await cp.admin.fleet.listAgents({})).agents.length).toBeGreaterThan(0);
   });

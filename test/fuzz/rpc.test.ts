@@ -161,6 +161,7 @@ describe("RPC fuzzer", () => {
     async () => {
       const failures: string[] = [];
       const codes = new Map<string, number>();
+      console.log(`RPC fuzzer: seed ${SEED}, ${SECONDS} s (REDFLAG_FUZZ_SEED=${SEED} replays this run)`);
       let next = 0;
       const end = Date.now() + SECONDS * 1000;
       const one = async (index: number) => {
@@ -171,7 +172,12 @@ describe("RPC fuzzer", () => {
         const own = c.httpVersion === 2 && c.body.length > 1024 * 1024 ? http2.connect(server.url).on("error", () => {}) : undefined;
         const answer = await send(c, server.url, c.httpVersion === 2 ? (own ?? session()) : undefined, h1Agent);
         own?.destroy();
-        const verdict = judge(c, answer);
+        let verdict: Verdict;
+        try {
+          verdict = judge(c, answer);
+        } catch (err) {
+          verdict = { code: "unreadable", failure: `the answer cannot be read: ${(err as Error).message}` };
+        }
         if (TRACE) console.log(`${c.index} ${c.method.name} ${c.protocol} h${c.httpVersion} ${c.body.length}B -> ${verdict.code} rst=${answer.rstCode ?? "-"} socket=${answer.socket ?? "-"}`);
         codes.set(verdict.code, (codes.get(verdict.code) ?? 0) + 1);
         if (verdict.failure) failures.push(describeFailure(c, answer, verdict.failure));
@@ -186,6 +192,7 @@ describe("RPC fuzzer", () => {
         await Promise.all(Array.from({ length: WORKERS }, worker));
       }
 
+      if (TRACE) console.log(server.logs.join("\n"));
       const summary = [...codes].sort((a, b) => b[1] - a[1]).map(([code, n]) => `${code} ${n}`).join(", ");
       console.log(`RPC fuzzer: seed ${SEED}, ${next} cases: ${summary}`);
       expect(failures, `REDFLAG_FUZZ_SEED=${SEED}\n${failures.join("\n\n")}`).toEqual([]);
@@ -389,16 +396,16 @@ function judge(c: Case, a: Answer): Verdict {
   if (c.protocol === "grpc" || c.protocol === "grpc-web") {
     if (status !== 200) return status >= 400 && status < 500 ? { code: `http ${status}` } : { code: `http ${status}`, failure: `HTTP ${status} for ${c.protocol}` };
     let grpcStatus = a.headers["grpc-status"] ?? a.trailers["grpc-status"];
-    if (grpcStatus === undefined && c.protocol === "grpc-web") grpcStatus = grpcWebTrailer(a.body)?.["grpc-status"];
+    if (grpcStatus === undefined && c.protocol === "grpc-web") grpcStatus = grpcWebTrailer(a)?.["grpc-status"];
     if (grpcStatus === undefined) return { code: "no status", failure: `a ${c.protocol} answer without grpc-status` };
     const code = Number(grpcStatus);
-    if (FORBIDDEN_GRPC.has(code)) return { code: `grpc ${code}`, failure: `grpc-status ${code}: ${decodeURIComponent(a.headers["grpc-message"] ?? a.trailers["grpc-message"] ?? grpcWebTrailer(a.body)?.["grpc-message"] ?? "")}` };
+    if (FORBIDDEN_GRPC.has(code)) return { code: `grpc ${code}`, failure: `grpc-status ${code}: ${decodeURIComponent(a.headers["grpc-message"] ?? a.trailers["grpc-message"] ?? grpcWebTrailer(a)?.["grpc-message"] ?? "")}` };
     return { code: `grpc ${code}` };
   }
 
   const contentType = a.headers["content-type"] ?? "";
   if (c.protocol === "connect-stream" && status === 200) {
-    const end = lastEnvelope(a.body);
+    const end = envelopes(a.body, envelopeEncoding(a)).at(-1);
     if (!end || (end.flags & 2) === 0) return { code: "no end", failure: "a Connect stream without its end-of-stream message" };
     let parsed: { error?: { code?: string; message?: string } };
     try {
@@ -427,39 +434,37 @@ function judge(c: Case, a: Answer): Verdict {
   return { code: `http ${status}`, failure: `HTTP ${status} (${contentType}) without a Connect error body` };
 }
 
-// The answer's bytes as sent before compression: what a leak would be visible in.
-function plainBody(c: Case, a: Answer): Buffer {
-  try {
-    if (c.protocol === "connect" || a.status !== 200) {
-      const encoding = a.headers["content-encoding"];
-      return encoding === "gzip" ? gunzipSync(a.body) : encoding === "br" ? brotliDecompressSync(a.body) : a.body;
-    }
-    return Buffer.concat(envelopes(a.body).map((e) => e.data));
-  } catch {
-    return a.body; // cut short (a stream we closed)
-  }
+function decompress(data: Buffer, encoding: string | undefined): Buffer {
+  if (encoding === "gzip") return gunzipSync(data);
+  if (encoding === "br") return brotliDecompressSync(data);
+  if (encoding === undefined || encoding === "identity") return data;
+  throw new Error(`the answer names an encoding the fuzzer never asked for: ${encoding}`);
 }
 
-function envelopes(body: Buffer): { flags: number; data: Buffer }[] {
+const envelopeEncoding = (a: Answer) => a.headers["grpc-encoding"] ?? a.headers["connect-content-encoding"];
+
+// The answer's bytes as sent before compression: what a leak would be visible in.
+function plainBody(c: Case, a: Answer): Buffer {
+  if (c.protocol === "connect" || a.status !== 200) return decompress(a.body, a.headers["content-encoding"]);
+  return Buffer.concat(envelopes(a.body, envelopeEncoding(a)).map((e) => e.data));
+}
+
+// The answer's envelopes; compressed ones (flag 1) in the encoding the answer names.
+function envelopes(body: Buffer, encoding: string | undefined): { flags: number; data: Buffer }[] {
   const out: { flags: number; data: Buffer }[] = [];
   for (let at = 0; at + 5 <= body.length; ) {
     const size = body.readUInt32BE(at + 1);
     if (at + 5 + size > body.length) break;
     const flags = body[at]!;
     const data = body.subarray(at + 5, at + 5 + size);
-    // Compressed (flag 1) the way the request was; the fuzzer only ever asks for gzip.
-    out.push({ flags, data: flags & 1 ? gunzipSync(data) : data });
+    out.push({ flags, data: flags & 1 ? decompress(data, encoding) : data });
     at += 5 + size;
   }
   return out;
 }
 
-function lastEnvelope(body: Buffer) {
-  return envelopes(body).at(-1);
-}
-
-function grpcWebTrailer(body: Buffer): Record<string, string> | undefined {
-  const frame = envelopes(body).find((e) => (e.flags & 0x80) !== 0);
+function grpcWebTrailer(a: Answer): Record<string, string> | undefined {
+  const frame = envelopes(a.body, envelopeEncoding(a)).find((e) => (e.flags & 0x80) !== 0);
   if (!frame) return undefined;
   const out: Record<string, string> = {};
   for (const line of frame.data.toString("utf8").split("\r\n")) {

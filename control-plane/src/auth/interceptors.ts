@@ -54,6 +54,13 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       if (err instanceof ConnectError) {
         // A streaming call's request is decoded in here: bytes that are not the message (or do not decompress) are the caller's.
         error = isCallerFault(err) ? asInvalidArgument(err, req.method) : err;
+        // A message quoting the request's text may carry an unpaired surrogate, which gRPC's
+        // percent-encoding cannot write (rpc-parse-errors.ts): U+FFFD takes its place.
+        if (!error.rawMessage.isWellFormed()) {
+          const fixed = new ConnectError(error.rawMessage.toWellFormed(), error.code, error.metadata, undefined, error.cause);
+          fixed.details.push(...error.details);
+          error = fixed;
+        }
         if (SERVER_FAULTS.has(error.code) && !isProtocolError(error)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
         else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
       } else if (isConnectionError(err)) {
