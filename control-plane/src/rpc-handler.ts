@@ -2,6 +2,7 @@ import { Code, ConnectError, createConnectRouter, type ConnectRouter, type Conte
 import { compressionBrotli, compressionGzip, universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
 import http2 from "node:http2";
+import type net from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "./log.ts";
 import { parseErrorsAsInvalidArgument, unicodeFailure } from "./rpc-parse-errors.ts";
@@ -63,7 +64,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     request(req, res) {
       const handler = paths.get(pathOf(req.url ?? ""));
       if (!handler) return opts.fallback(req, res);
-      const read = { bytes: 0 };
+      const read = { bytes: 0, linger: false };
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
         ureq = {
@@ -79,12 +80,16 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       }
       // (on "finish": connect's universalResponseToNodeResponse waits for an "end" event that an
       // HTTP/1.1 response never emits)
-      res.once("finish", () => dropUnreadRequest(req));
+      res.once("finish", () => dropUnreadRequest(req, read.linger));
       serve(handler, ureq)
         .then((ures) => {
           // More left unread than will be dropped: the client must not send its next request on
           // this connection, which closes after the answer.
-          if (!req.complete && unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT) res.setHeader("connection", "close");
+          if (!req.complete && unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT && !("stream" in req)) {
+            res.setHeader("connection", "close");
+            read.linger = true;
+            lingerOnClose(req.socket);
+          }
           return universalResponseToNodeResponse(ures, res);
         })
         .catch((reason: unknown) => {
@@ -146,19 +151,33 @@ function unreadBytes(req: NodeRequest, read: number): number {
 
 // The answer is out but the request body is not all read: on a keep-alive connection the next
 // request would wait behind it for ever (Node reads no further while a body it started is unread).
-// The rest is read and dropped, up to UNREAD_BODY_LIMIT; past that the connection is closed (and
-// the answer said so, when the length was known to be over it).
-function dropUnreadRequest(req: NodeRequest) {
+// The rest is read and dropped, up to UNREAD_BODY_LIMIT; past that the connection is closed. When
+// the answer said it closes the connection (lingering), everything is dropped until it does.
+function dropUnreadRequest(req: NodeRequest, lingering: boolean) {
   if (req.complete || req.destroyed || "stream" in req) return;
   let dropped = 0;
   req.on("data", (chunk: Buffer) => {
     dropped += chunk.length;
-    if (dropped > UNREAD_BODY_LIMIT) req.socket.destroy();
+    if (dropped > UNREAD_BODY_LIMIT && !lingering) req.socket.destroy();
   });
   // A reader that stopped left the request paused: a "data" listener alone would not resume it.
   req.resume();
 }
 
+// RFC 9112 9.6: a connection closed at once with request bytes unread is reset by the kernel, and
+// a client still sending then meets EPIPE or ECONNRESET instead of reading the answer it was
+// sent. So when Node closes this connection after the answer (Connection: close), only the
+// writing side is closed; what still arrives is dropped (dropUnreadRequest) until the client
+// closes its side, or LINGER_MS have passed.
+export const LINGER_MS = 2000;
+
+function lingerOnClose(socket: net.Socket) {
+  socket.destroySoon = function lingeringClose(this: net.Socket) {
+    this.end();
+    const timer = setTimeout(() => this.destroy(), LINGER_MS);
+    this.once("close", () => clearTimeout(timer));
+  };
+}
 
 // The stream's chunks, like `for await (const chunk of stream)`, except that a reader stopping
 // early (a body over the size limit) does not reset the stream: the error response still reaches

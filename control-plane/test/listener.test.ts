@@ -13,7 +13,7 @@ import tls from "node:tls";
 import { promisify } from "node:util";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRpcHandlers } from "../src/rpc-handler.ts";
+import { createRpcHandlers, LINGER_MS } from "../src/rpc-handler.ts";
 import { startServer } from "../src/server.ts";
 import { newRegistrationToken, nonce, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
@@ -373,6 +373,8 @@ describe("a request body still arriving after its answer", () => {
   it("closes the HTTP/1.1 connection after the answer when more than 1 MiB is left, and says so first", async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
+      // Still sending when the answer comes: the client reads the answer, not a reset (EPIPE).
+      for (const size of [3_000_000, 20_000_000]) expect(await postH1(agent, twoMessages(size))).toMatchObject({ status: 200, connection: "close", grpcStatus: "3" });
       const first = await postH1(agent, twoMessages(3_000_000));
       expect(first).toMatchObject({ status: 200, connection: "close", grpcStatus: "3" });
       // Not sent into a connection about to close (that would be ECONNRESET).
@@ -381,6 +383,43 @@ describe("a request body still arriving after its answer", () => {
       expect(next.port).not.toBe(first.port);
     } finally {
       agent.destroy();
+    }
+  });
+
+  it("lets an HTTP/1.1 client still sending read the answer: the connection closes lingering, not with a reset", async () => {
+    // Half-open, like an HTTP client still uploading: it keeps writing after the server's FIN.
+    const socket = net.connect({ port: cp.app.server.port, host: "127.0.0.1", allowHalfOpen: true });
+    await once(socket, "connect");
+    let received = "";
+    let ended = false;
+    let failed: string | undefined;
+    socket.on("data", (d: Buffer) => (received += d.toString("latin1")));
+    socket.on("end", () => (ended = true));
+    socket.on("error", (err) => (failed = err.message));
+    try {
+      const head = `POST ${path} HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc-web+proto\r\nauthorization: Bearer ${cp.adminKey}\r\ncontent-length: 50000000\r\n\r\n`;
+      socket.write(Buffer.concat([Buffer.from(head), twoMessages(100_000)]));
+      await expect.poll(() => received, { timeout: 10_000 }).toMatch(/grpc-status: ?3/);
+      expect(received).toMatch(/^HTTP\/1\.1 200 /);
+      expect(received.toLowerCase()).toContain("connection: close");
+      // The server ends its side (FIN); the client goes on sending for a while, as a client
+      // writing its body does, and every write is taken: no reset.
+      await expect.poll(() => ended, { timeout: 5_000 }).toBe(true);
+      for (let i = 0; i < 10; i++) {
+        socket.write(Buffer.alloc(100_000));
+        await sleep(50);
+      }
+      expect(failed).toBeUndefined();
+      // But not for ever: past the linger time (this client never ends its side) the connection
+      // is gone, and the next write is refused.
+      await sleep(LINGER_MS + 500);
+      const refused = () => {
+        if (!socket.destroyed) socket.write(Buffer.alloc(1000));
+        return failed;
+      };
+      await expect.poll(refused, { timeout: 5_000 }).toMatch(/EPIPE|ECONNRESET/);
+    } finally {
+      socket.destroy();
     }
   });
 
