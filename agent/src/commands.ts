@@ -46,6 +46,10 @@ export async function processCommands(
 
   verified.sort((a, b) => (a.sequence < b.sequence ? -1 : a.sequence > b.sequence ? 1 : 0));
   await learnBarrier(journal, verified.filter((c) => c.agentId === deps.agentId));
+  // Refusals of verified commands are recorded after the run, like those of unverifiable ones:
+  // a stale copy of a command (an earlier delivery replayed, with a lower sequence and another
+  // poll's nonce) sorts before its genuine re-delivery and must not take its place.
+  const refused: { id: string; reason: string; sequence: bigint }[] = [];
   for (const command of verified) {
     const log = { commandId: command.id, sequence: command.sequence.toString(), kind: command.action.case };
     if (journal.running(command.id)) {
@@ -68,9 +72,7 @@ export async function processCommands(
         now: now(),
       }) ?? beforeRecovery(command, journal.recovery);
     if (reason) {
-      logger.warn({ ...log, reason }, "rejected a command");
-      await journal.record(rejection(command.id, reason, command.sequence, now()));
-      summary.rejected++;
+      refused.push({ id: command.id, reason, sequence: command.sequence });
       continue;
     }
     if (deps.stopping()) {
@@ -102,6 +104,17 @@ export async function processCommands(
     await journal.complete(result);
     logger.info({ ...log, outcome: CommandOutcome[result.outcome], message: result.message }, "command finished");
     summary.executed++;
+  }
+  for (const { id, reason, sequence } of refused) {
+    // The same ID ran (or was answered) in this poll: the refused copy changes nothing.
+    if (journal.has(id)) {
+      logger.warn({ commandId: id, sequence: sequence.toString(), reason }, "dropped a stale copy of a command answered in this poll");
+      summary.dropped++;
+      continue;
+    }
+    logger.warn({ commandId: id, sequence: sequence.toString(), reason }, "rejected a command");
+    await journal.record(rejection(id, reason, sequence, now()));
+    summary.rejected++;
   }
   // Rejections of unverifiable commands come last: a forged copy of a genuine command in the
   // same poll must not take the place of the genuine one's result.

@@ -197,6 +197,32 @@ describe("run --once", () => {
     expect(cp.results.get(id)?.outcome).toBe(CommandOutcome.SUCCEEDED);
   });
 
+  it("does not let a stale signed copy in the same poll take the place of the command's re-delivery", async () => {
+    // The control plane delivered this command once (sequence 1, another poll's nonce), the
+    // answer was lost, and after the lease it delivers it again, freshly numbered; the first
+    // delivery is replayed beside it. Found by the verification fuzzer.
+    const id = randomUUID();
+    cp.injectRaw((_req, agent) =>
+      signCommand(
+        {
+          id,
+          agentId: agent.agentId,
+          sequence: 1n,
+          nonce: randomBytes(32),
+          issueTime: timestampFromDate(new Date()),
+          expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
+          action: collectSpecs(),
+        },
+        cp.key,
+      ),
+    );
+    cp.queue(collectSpecs(), { id, deliver: (command) => ({ command: { ...command, sequence: 2n } }) });
+    const summary = await once();
+    expect(summary).toMatchObject({ executed: 1, rejected: 0, dropped: 1 });
+    expect(runs).toEqual([id]);
+    expect(cp.results.get(id)).toMatchObject({ outcome: CommandOutcome.SUCCEEDED, sequence: 2n });
+  });
+
   it("runs the commands of one poll in sequence order", async () => {
     // Delivered as [sequence 2, sequence 1]: sorted, both run; in delivery order the second would be a replay.
     const later = cp.queue(collectSpecs(), { deliver: (command) => ({ command: { ...command, sequence: 2n } }) });

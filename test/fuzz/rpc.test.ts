@@ -37,7 +37,12 @@ import { createRandom, envelope, jsonFor, mutateBytes, protobufFor, type Random 
 // REDFLAG_FUZZ_SECONDS (20) sets how long; REDFLAG_FUZZ_SEED replays a run, and with
 // REDFLAG_FUZZ_CASE one case of it (every failure prints both).
 const SECONDS = Number(process.env.REDFLAG_FUZZ_SECONDS ?? 20);
-const SEED = process.env.REDFLAG_FUZZ_SEED ? Number(process.env.REDFLAG_FUZZ_SEED) : randomInt(2 ** 31);
+const SEED = (() => {
+  const text = process.env.REDFLAG_FUZZ_SEED;
+  if (!text) return randomInt(2 ** 31);
+  if (!/^\d+$/.test(text)) throw new Error(`REDFLAG_FUZZ_SEED=${text}: the RPC fuzzer's seeds are whole numbers (the one it printed)`);
+  return Number(text);
+})();
 // One case, or several in a row ("240,242"): some failures need what came before on the connection.
 const ONLY_CASES = process.env.REDFLAG_FUZZ_CASE ? process.env.REDFLAG_FUZZ_CASE.split(",").map(Number) : undefined;
 const WORKERS = Number(process.env.REDFLAG_FUZZ_WORKERS ?? 6);
