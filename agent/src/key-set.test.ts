@@ -65,6 +65,16 @@ describe("checkKeySet", () => {
     expect(checkKeySet(undatedSet, onlyNext, state)).toMatchObject({ ok: false, reason: expect.stringMatching(/no issue time/) });
   });
 
+  it("refuses a set issued beyond the clock skew ahead of this host, which would block every real set until then", () => {
+    const now = new Date(T0.getTime() - 3_600_000);
+    expect(checkKeySet(signedSet([next, old], [next, old]), pins, NO_KEY_SET_STATE, now)).toEqual({
+      ok: false,
+      reason: `key set issued in the future at ${T0.toISOString()}; check this host's clock`,
+    });
+    // Within the skew a command may have: taken.
+    expect(checkKeySet(signedSet([next, old], [next, old]), pins, NO_KEY_SET_STATE, new Date(T0.getTime() - 30_000)).ok).toBe(true);
+  });
+
   it("never takes back a key it retired, even in a newer set signed by a key it still pins", () => {
     const state = { issueTime: T0, revision: keySetRevision([id(next)]), retiredKeyIds: [id(old)] };
     const onlyNext = new Map([[id(next), next.publicKey]]);

@@ -3,6 +3,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type SignedKeySet, type TrustedKey, TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { createHash } from "node:crypto";
 import { KEY_SET_TYPE, keyIdOf, type PinnedKeys, printable, verifyEnvelope } from "./envelope.ts";
+import { ISSUE_TIME_SKEW_MS } from "./verify.ts";
 
 const MAX_KEYS = 8;
 // Key IDs this agent dropped and will never pin again; the oldest are forgotten past this.
@@ -76,7 +77,7 @@ const signedBy = (signed: SignedKeySet, keyId: string, publicKey: Uint8Array): b
 // after the newest set this agent accepted (a captured older set replayed later is refused),
 // and it brings back no key this agent has dropped. The set replaces the pins: a key left out
 // of it is no longer trusted.
-export function checkKeySet(signed: SignedKeySet, pins: PinnedKeys, state: KeySetState = NO_KEY_SET_STATE): KeySetCheck {
+export function checkKeySet(signed: SignedKeySet, pins: PinnedKeys, state: KeySetState = NO_KEY_SET_STATE, now: Date = new Date()): KeySetCheck {
   const signer = signed.signatures.find((s) => pins.has(s.keyId) && verifyEnvelope(pins, s.keyId, KEY_SET_TYPE, signed.keySet, s.signature).ok);
   if (!signer) {
     const ids = signed.signatures.map((s) => s.keyId).join(", ") || "none";
@@ -85,6 +86,11 @@ export function checkKeySet(signed: SignedKeySet, pins: PinnedKeys, state: KeySe
   const set = decodeSet(signed);
   if (!set.ok) return set;
   if (!set.issueTime) return { ok: false, reason: "the key set carries no issue time, so it cannot be told from an older one" };
+  // Like a config: a set from the future (a control plane whose clock ran ahead) would make the
+  // agent refuse every real set after it until that time came.
+  if (set.issueTime.getTime() > now.getTime() + ISSUE_TIME_SKEW_MS) {
+    return { ok: false, reason: `key set issued in the future at ${set.issueTime.toISOString()}; check this host's clock` };
+  }
   if (state.issueTime && set.issueTime.getTime() <= state.issueTime.getTime()) {
     return {
       ok: false,
