@@ -166,7 +166,6 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       settings,
       events: cluster.events,
       masterKey,
-      signingKeyFingerprint: fingerprint(keys.active.publicKey),
       wakeups,
       pending,
       lastSeen,

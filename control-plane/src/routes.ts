@@ -31,14 +31,13 @@ import { createUserService } from "./services/user-service.ts";
 export interface RouteDeps extends AgentServiceDeps {
   principals: PrincipalResolver;
   masterKey: Buffer;
-  signingKeyFingerprint: string;
   settings: Settings;
 }
 
 export function createRoutes(deps: RouteDeps) {
   return (router: ConnectRouter) => {
     router.service(AgentService, createAgentService(deps));
-    router.service(AuthService, createAuthService({ ...deps, signingKeyId: deps.signer.activeKeyId }));
+    router.service(AuthService, createAuthService(deps));
     router.service(UserService, createUserService(deps.db, deps.principals));
     router.service(ApiTokenService, createApiTokenService(deps.db, deps.principals));
     router.service(AuditService, createAuditService(deps.db));

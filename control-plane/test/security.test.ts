@@ -70,6 +70,13 @@ describe("signing-key rotation", () => {
     expect(rotated.previousKey).toMatchObject({ keyId: oldId, state: "trusted" });
     expect(rotated.activeKey?.state).toBe("active");
     const newId = rotated.activeKey!.keyId;
+    // What enrolment pins follows at once: the setup state and a new token's commands.
+    const anonymous = createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
+    const setup = await anonymous.getSetupState({});
+    const minted = await cp.admin.tokens.createRegistrationToken({ seats: 1 });
+    expect(setup.signingKeyId).toBe(newId);
+    expect(setup.signingKeyFingerprint).toBe(minted.signingKeyFingerprint);
+    expect(setup.signingKeyFingerprint).toBe(rotated.activeKey!.fingerprint);
     const overview = await security.getSecurityOverview({});
     expect(overview.signingKeys.map((k) => [k.keyId, k.state])).toEqual([[newId, "active"], [oldId, "trusted"]]);
 

@@ -14,6 +14,7 @@ import type { Config } from "../config.ts";
 import type { Settings } from "../settings.ts";
 import { newId } from "../ids.ts";
 import { seal, unseal as open } from "../signing/keys.ts";
+import { activeKeyFingerprint, type CommandSigner } from "../signing/signer.ts";
 import { createSession, revokeSessions, userById, type UserRow } from "../store/people.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
@@ -26,8 +27,8 @@ export interface AuthServiceDeps {
   db: Prisma;
   principals: PrincipalResolver;
   masterKey: Buffer;
-  signingKeyId: string;
-  signingKeyFingerprint: string;
+  // Read at each call: a rotation changes the active key.
+  signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">;
   settings: Settings;
 }
 
@@ -97,8 +98,8 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
     async getSetupState() {
       return {
         setupRequired: (await db.user.count()) === 0,
-        signingKeyId: deps.signingKeyId,
-        signingKeyFingerprint: deps.signingKeyFingerprint,
+        signingKeyId: deps.signer.activeKeyId,
+        signingKeyFingerprint: activeKeyFingerprint(deps.signer),
         ssoEnabled: config.oidc !== undefined,
         ssoLoginPath: config.oidc ? "/auth/oidc/login" : "",
       };

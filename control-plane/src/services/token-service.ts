@@ -9,8 +9,7 @@ import {
   revokeRegistrationToken,
 } from "../store/registration-tokens.ts";
 import type { Prisma } from "../store/types.ts";
-import { fingerprint } from "../signing/keys.ts";
-import type { CommandSigner } from "../signing/signer.ts";
+import { activeKeyFingerprint, type CommandSigner } from "../signing/signer.ts";
 import { registrationTokenToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
@@ -62,13 +61,6 @@ export function installCommands(server: string, secret: string, fingerprint: str
     { platform: "macos", command: macos },
     { platform: "windows", command: windows },
   ];
-}
-
-// The fingerprint agents pin: SHA-256 of the active command-signing key.
-export function activeKeyFingerprint(signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">): string {
-  const active = signer.trustedKeys().find((k) => k.keyId === signer.activeKeyId);
-  if (!active) throw new Error("the active signing key is not among the trusted keys");
-  return fingerprint(active.publicKey);
 }
 
 export function createTokenService(

@@ -12,7 +12,7 @@ import {
   TrustedKeySetSchema,
 } from "@redflag/gen/common_pb";
 import { createHash } from "node:crypto";
-import { sign, type KeyPair } from "./keys.ts";
+import { fingerprint, sign, type KeyPair } from "./keys.ts";
 import { AGENT_CONFIG_TYPE, COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
 
 export interface CommandHeader {
@@ -134,4 +134,11 @@ export function createCommandSigner(
       });
     },
   };
+}
+
+// The fingerprint agents pin: SHA-256 of the active command-signing key.
+export function activeKeyFingerprint(signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">): string {
+  const active = signer.trustedKeys().find((k) => k.keyId === signer.activeKeyId);
+  if (!active) throw new Error("the active signing key is not among the trusted keys");
+  return fingerprint(active.publicKey);
 }
