@@ -17,8 +17,10 @@ import { asInvalidArgument, isCallerFault } from "../rpc-parse-errors.ts";
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);
 // connect's Unimplemented for a call that breaks its protocol (no request message for a
-// server stream, a second one for a unary call): the caller's mistake, not a missing method.
-const isProtocolError = (err: ConnectError) => err.code === Code.Unimplemented && err.rawMessage.startsWith("protocol error: ");
+// server stream, a second one for a unary call) or asks for a compression this server does not
+// have: the caller's mistake, not a missing method.
+const isProtocolError = (err: ConnectError) =>
+  err.code === Code.Unimplemented && (err.rawMessage.startsWith("protocol error: ") || err.rawMessage.startsWith("unknown compression "));
 
 // Outermost: gives every call a request ID (echoed in x-request-id), logs it, counts it in the
 // metrics, and turns anything that is not a ConnectError into Unavailable (database down),
