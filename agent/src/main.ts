@@ -148,9 +148,21 @@ async function readToken(file: string): Promise<string> {
   }
 }
 
-// (No top-level await: the single-file build is one CommonJS script, see scripts/build-agent.ts.)
-if (import.meta.main) {
+// The process's own entry (this file, bin/redflag-agent.js, the single-file build): main with
+// this process's arguments, its result as the exit code. A reader that stops early
+// (`redflag-agent --help | head -1`) closes the pipe; what is left to print has nowhere to go,
+// which ends the agent quietly instead of with a stack trace.
+export function runCli(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EPIPE") throw err;
+      process.exit(process.exitCode ?? EXIT_OK);
+    });
+  }
+  // (No top-level await: the single-file build is one CommonJS script, see scripts/build-agent.ts.)
   void main(process.argv.slice(2), process.env).then((code) => {
     process.exitCode = code;
   });
 }
+
+if (import.meta.main) runCli();

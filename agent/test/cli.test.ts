@@ -41,6 +41,17 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+describe("output to a pipe the reader closed", () => {
+  it("ends quietly with the command's exit code, as `redflag-agent --help | head -1` does", async () => {
+    const run = agent(["--help"]);
+    // The reader goes away before a byte is read.
+    run.child.stdout!.destroy();
+    const { code, stderr } = await run;
+    expect(stderr).not.toMatch(/EPIPE|Unhandled/);
+    expect(code).toBe(0);
+  });
+});
+
 describe("redflag-agent", () => {
   it("says it is not registered (exit 2)", async () => {
     const res = await agent(["run", "--once", "--state-dir", stateDir]);
