@@ -17,7 +17,7 @@ import { silentLogger } from "../log.ts";
 import { createSourceLocks } from "../source-lock.ts";
 import { AGENT_VERSION } from "../version.ts";
 import type { ExecutorContext } from "./types.ts";
-import { MANIFEST_TYPE, thisPlatform, updateAgent } from "./update-agent.ts";
+import { MANIFEST_TYPE, releaseEntries, thisPlatform, updateAgent } from "./update-agent.ts";
 
 const run = promisify(execFile);
 
@@ -213,5 +213,13 @@ describe("update_agent", () => {
 
   it("names this host's platform as node does", () => {
     expect(thisPlatform()).toBe(`${process.platform}-${process.arch}`);
+  });
+});
+
+describe("the file a release must hold", () => {
+  it("is bin/redflag-agent, and on Windows the single-file build's bin/redflag-agent.exe too", () => {
+    expect(releaseEntries("linux")).toEqual([path.join("bin", "redflag-agent")]);
+    expect(releaseEntries("darwin")).toEqual([path.join("bin", "redflag-agent")]);
+    expect(releaseEntries("win32")).toEqual([path.join("bin", "redflag-agent.exe"), path.join("bin", "redflag-agent")]);
   });
 });

@@ -16,8 +16,10 @@ import type { Executor, ExecutorOutcome } from "./types.ts";
 export const MANIFEST_TYPE = "redflag.v1.ArtifactManifest";
 const MAX_ARTIFACT_BYTES = 512 * 1024 * 1024;
 const VERSION = /^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$/;
-// The file every release must hold; the service runs <install dir>/current/bin/redflag-agent.
-export const RELEASE_ENTRY = path.join("bin", "redflag-agent");
+// The file a release must hold (one of them); the service runs <install dir>/current/bin/redflag-agent
+// (on Windows the single-file build is redflag-agent.exe).
+export const releaseEntries = (platform: NodeJS.Platform = process.platform): string[] =>
+  platform === "win32" ? [path.join("bin", "redflag-agent.exe"), path.join("bin", "redflag-agent")] : [path.join("bin", "redflag-agent")];
 
 // The platform names an artifact may be built for: "linux-x64", "darwin-arm64", "win32-x64" …
 // or "any" for a release that runs wherever Node runs.
@@ -102,8 +104,9 @@ export const updateAgent: Executor = async (ctx) => {
     const argv = [tar, "-xzf", artifact, "-C", staging, "--no-same-owner", "--no-same-permissions"];
     const unpacked = await runProcess(argv, { env: ctx.env, signal: ctx.signal, timeoutMs: Math.max(1000, ctx.deadline - Date.now()) });
     if (unpacked.exitCode !== 0) return failed(`${describeFailure("unpacking the release", unpacked)}; nothing was installed`);
-    if (!(await exists(path.join(staging, RELEASE_ENTRY)))) {
-      return failed(`the release has no ${RELEASE_ENTRY}; nothing was installed`);
+    const entries = releaseEntries();
+    if (!(await Promise.all(entries.map((e) => exists(path.join(staging, e))))).some(Boolean)) {
+      return failed(`the release has no ${entries.join(" or ")}; nothing was installed`);
     }
     await rm(release, { recursive: true, force: true });
     await rename(staging, release);

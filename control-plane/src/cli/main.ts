@@ -80,6 +80,7 @@ import { readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseDuration } from "../duration.ts";
 import { ago, enumName, size, table } from "./output.ts";
+import pkg from "../../package.json" with { type: "json" };
 
 interface GlobalOptions {
   server: string;
@@ -92,6 +93,7 @@ class CliError extends Error {}
 
 const program = new Command("redflag")
   .description("Scripted client for the RedFlag control plane")
+  .addHelpText("after", "\nredflag --version prints the version of this CLI.")
   .addOption(new Option("--server <url>", "control plane URL").env("REDFLAG_SERVER").default("http://127.0.0.1:8080"))
   .addOption(new Option("--api-key <key>", "admin API key").env("REDFLAG_API_KEY"))
   .addOption(
@@ -1461,10 +1463,17 @@ releasesCmd
   });
 
 // ---- run
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  process.exitCode = report(err);
+// `redflag --version` (or -V) alone, before any command: commander's own version option would also
+// take the `--version <version>` of `agents upgrade` and `releases delete`.
+const [first] = process.argv.slice(2);
+if (first === "--version" || first === "-V") {
+  process.stdout.write(`${pkg.version}\n`);
+} else {
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    process.exitCode = report(err);
+  }
 }
 
 function report(err: unknown): number {
