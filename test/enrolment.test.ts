@@ -1,8 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
+import { CommandOutcome } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import { SignedKeySetSchema, TrustedKeySchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -14,11 +13,11 @@ import { networkInterfaces, tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { newSigningKey, signCommand, signKeySet } from "../agent/test/support/fake-control-plane.ts";
+import { newSigningKey, signKeySet } from "../agent/test/support/fake-control-plane.ts";
 import { sign } from "../control-plane/src/signing/keys.ts";
 import { KEY_SET_TYPE, pae } from "../control-plane/src/signing/pae.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { startMitm, type Mitm } from "./support/mitm.ts";
+import { injectedCommand, startMitm, type Mitm } from "./support/mitm.ts";
 import { root, run } from "./support/processes.ts";
 
 const execFileP = promisify(execFile);
@@ -106,18 +105,7 @@ describe("a man in the middle of `redflag-agent register` over plain http", () =
       ...res,
       commands: [
         ...res.commands,
-        signCommand(
-          {
-            id: injected,
-            agentId,
-            sequence: 1_000_000n,
-            issueTime: timestampFromDate(new Date()),
-            expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
-            nonce: req.nonce,
-            action: { case: "collectSpecs", value: create(CollectSpecsSchema) },
-          },
-          attacker,
-        ),
+        injectedCommand(injected, agentId, req.nonce, attacker),
       ],
     });
     const once = await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir], { env });

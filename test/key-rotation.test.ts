@@ -1,8 +1,6 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { CollectSpecsSchema, CommandOutcome } from "@redflag/gen/command_pb";
+import { CommandOutcome } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import type { SignedKeySet } from "@redflag/gen/common_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -15,8 +13,7 @@ import { reloadSigningKeys } from "../control-plane/src/services/security-servic
 import { keyPairFromSecret, unseal } from "../control-plane/src/signing/keys.ts";
 import { loadMasterKey } from "../control-plane/src/signing/master-key.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { signCommand } from "../agent/test/support/fake-control-plane.ts";
-import { startMitm } from "./support/mitm.ts";
+import { injectedCommand, startMitm } from "./support/mitm.ts";
 import { run } from "./support/processes.ts";
 
 // A signing-key rotation reaches a real agent: on its next poll it accepts the new key set
@@ -102,18 +99,7 @@ describe("signing-key rotation with a real agent", () => {
         keySet: captured[0],
         commands: [
           ...res.commands,
-          signCommand(
-            {
-              id: injected,
-              agentId,
-              sequence: 1_000_000n,
-              issueTime: timestampFromDate(new Date()),
-              expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
-              nonce: req.nonce,
-              action: { case: "collectSpecs", value: create(CollectSpecsSchema) },
-            },
-            retired,
-          ),
+          injectedCommand(injected, agentId, req.nonce, retired),
         ],
       });
       const replayed = await agentRun();

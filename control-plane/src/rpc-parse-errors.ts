@@ -97,22 +97,19 @@ export async function parseErrorsAsInvalidArgument(
 // the status code by then (gRPC) or lost it (gRPC-Web: InvalidArgument, since the text came from
 // the request); the message says what was wrong.
 const NOT_UNICODE = "the request contains text that is not valid Unicode (an unpaired UTF-16 surrogate)";
+const notUnicodeStatus = () => new Headers({ "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(NOT_UNICODE) });
+const notUnicodeTrailerFrame = () => encodeEnvelope(trailerFlag, trailerSerialize(notUnicodeStatus()));
 
 // The same, when it happens before connect hands over the response (it waits for the first
 // bytes of the body, and here those are the error): the whole answer is built here instead.
 export function unicodeFailure(requestContentType: string, err: unknown, onRefused: (message: string) => void): UniversalServerResponse {
   if (!(err instanceof URIError) || !requestContentType.startsWith("application/grpc")) throw err;
   onRefused(NOT_UNICODE);
-  const status = { "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(NOT_UNICODE) };
-  if (requestContentType.startsWith("application/grpc-web")) {
-    return {
-      status: 200,
-      header: new Headers({ "content-type": requestContentType.split(";")[0]! }),
-      body: once(encodeEnvelope(trailerFlag, trailerSerialize(new Headers(status)))),
-    };
-  }
+  const header = new Headers({ "content-type": requestContentType.split(";")[0]! });
+  if (requestContentType.startsWith("application/grpc-web")) return { status: 200, header, body: once(notUnicodeTrailerFrame()) };
   // gRPC: trailers-only
-  return { status: 200, header: new Headers({ "content-type": requestContentType.split(";")[0]!, ...status }), body: once(new Uint8Array(0)) };
+  notUnicodeStatus().forEach((value, key) => header.set(key, value));
+  return { status: 200, header, body: once(new Uint8Array(0)) };
 }
 
 async function* unicodeSafe(
@@ -126,12 +123,12 @@ async function* unicodeSafe(
   } catch (err) {
     if (!(err instanceof URIError)) throw err;
     onRefused(NOT_UNICODE);
-    if (contentType.startsWith("application/grpc-web")) {
-      const fields = new Headers({ "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(NOT_UNICODE) });
-      yield encodeEnvelope(trailerFlag, trailerSerialize(fields));
-    } else if (trailer) {
-      if (!trailer.has("grpc-status")) trailer.set("grpc-status", String(Code.InvalidArgument));
-      trailer.set("grpc-message", encodeURIComponent(NOT_UNICODE));
+    if (contentType.startsWith("application/grpc-web")) yield notUnicodeTrailerFrame();
+    else if (trailer) {
+      // connect set the status code before it threw on the message: keep it
+      const code = trailer.get("grpc-status");
+      notUnicodeStatus().forEach((value, key) => trailer.set(key, value));
+      if (code) trailer.set("grpc-status", code);
     }
   }
 }

@@ -8,8 +8,12 @@ import {
   type RegisterResponse,
   type ReportResultsRequest,
 } from "@redflag/gen/agent_service_pb";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { CollectSpecsSchema, type SignedCommand } from "@redflag/gen/command_pb";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import { signCommand, type SigningKey } from "../../agent/test/support/fake-control-plane.ts";
 
 // A man in the middle on the agent's path: a plain-http (h2c) AgentService that forwards every
 // call to the real control plane and lets a test rewrite what passes, as an attacker on the
@@ -69,4 +73,22 @@ export async function startMitm(upstreamUrl: string, opts: { host?: string } = {
         server.close(() => resolve());
       }),
   }) as Mitm;
+}
+
+// What an attacker on the path slips into a poll answer: a collect_specs command for the agent,
+// fresh, answering this very poll's nonce, numbered far ahead, signed by `key` (its own, or one
+// it stole); only the signature can tell it from a genuine one.
+export function injectedCommand(id: string, agentId: string, nonce: Uint8Array, key: SigningKey): SignedCommand {
+  return signCommand(
+    {
+      id,
+      agentId,
+      sequence: 1_000_000n,
+      issueTime: timestampFromDate(new Date()),
+      expireTime: timestampFromDate(new Date(Date.now() + 600_000)),
+      nonce,
+      action: { case: "collectSpecs", value: create(CollectSpecsSchema) },
+    },
+    key,
+  );
 }

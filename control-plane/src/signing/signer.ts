@@ -107,9 +107,7 @@ export function createCommandSigner(
           nonce: header.nonce,
         }),
       );
-      const command = new Uint8Array(head.length + action.length);
-      command.set(head, 0);
-      command.set(action, head.length);
+      const command = joined(head, action);
       onSign("command", 1);
       return create(SignedCommandSchema, {
         command,
@@ -123,9 +121,7 @@ export function createCommandSigner(
     },
     signAgentConfig(header, content) {
       const head = toBinary(AgentConfigSchema, create(AgentConfigSchema, { agentId: header.agentId, issueTime: header.issueTime }));
-      const config = new Uint8Array(content.length + head.length);
-      config.set(content, 0);
-      config.set(head, content.length);
+      const config = joined(content, head);
       onSign("agent_config", 1);
       return create(SignedAgentConfigSchema, {
         config,
@@ -134,6 +130,15 @@ export function createCommandSigner(
       });
     },
   };
+}
+
+// Two serialized messages as one: Protobuf reads concatenated messages as their merge, so the
+// per-recipient header fields join bytes serialized once for many recipients.
+function joined(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
 }
 
 // The fingerprint agents pin: SHA-256 of the active command-signing key.
