@@ -53,7 +53,8 @@ describe("SecurityService", () => {
 
   it("puts the public URL in install commands, and refuses one that is not a URL", async () => {
     const res = await cp.admin.tokens.createRegistrationToken({ seats: 1 });
-    expect(res.installCommands[0]!.command).toContain("--server https://redflag.example.com --token-file");
+    expect(res.installCommands[0]!.command).toContain("curl -fsSL 'https://redflag.example.com/install/linux.sh' | sudo sh -s -- --token");
+    expect(res.serverUrlWarning).toBe("");
     expect(() => loadConfig({ REDFLAG_PUBLIC_URL: "redflag.example.com" })).toThrow(/REDFLAG_PUBLIC_URL=redflag\.example\.com must be an http\(s\) URL/);
   });
 });

@@ -1,8 +1,10 @@
-import { Code } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { RegistrationTokenState } from "@redflag/gen/token_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fingerprint } from "../src/signing/keys.ts";
-import { installCommands, isLoopbackUrl } from "../src/services/token-service.ts";
+import { installCommands, isLoopbackUrl, serverUrlWarning } from "../src/domain/enrolment.ts";
 import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 let cp: TestControlPlane;
@@ -19,19 +21,25 @@ describe("TokenService", () => {
     expect(res.installCommands.map((c) => c.platform)).toEqual(["linux", "macos", "windows"]);
     for (const c of res.installCommands) {
       expect(c.command).toContain(res.secret);
-      expect(c.command).toContain(`--server ${cp.url}`);
+      expect(c.command).toContain(`${cp.url}/install/`);
     }
-    // On Unix the secret goes through a private file, never the process list; every command pins
-    // the active signing key by its fingerprint (loopback http needs no --insecure-http).
+    // Every command runs the control plane's own install script and pins the active signing key
+    // by its fingerprint (loopback http needs no --insecure-http).
     expect(res.signingKeyFingerprint).toMatch(/^([0-9a-f]{2}:){31}[0-9a-f]{2}$/);
     const key = await cp.app.db.prisma.signingKey.findUniqueOrThrow({ where: { id: cp.app.signer.activeKeyId } });
     expect(res.signingKeyFingerprint).toBe(fingerprint(key.publicKey));
-    expect(res.installCommands[0]!.command).toBe(
-      `umask 077; printf '%s' '${res.secret}' > /root/redflag-token\n` +
-        `sudo redflag-agent register --server ${cp.url} --token-file /root/redflag-token --fingerprint ${res.signingKeyFingerprint} && rm /root/redflag-token\n` +
-        "sudo systemctl enable --now redflag-agent",
-    );
-    for (const c of res.installCommands) expect(c.command).toContain(`--fingerprint ${res.signingKeyFingerprint}`);
+    expect(res.installCommands.map((c) => c.command)).toEqual([
+      `curl -fsSL '${cp.url}/install/linux.sh' | sudo sh -s -- --token '${res.secret}' --fingerprint ${res.signingKeyFingerprint}`,
+      `curl -fsSL '${cp.url}/install/macos.sh' | sudo sh -s -- --token '${res.secret}' --fingerprint ${res.signingKeyFingerprint}`,
+      `& ([scriptblock]::Create((Invoke-RestMethod '${cp.url}/install/windows.ps1'))) -Token '${res.secret}' -Fingerprint ${res.signingKeyFingerprint}`,
+    ]);
+    // The test control plane listens on loopback: the answer says other machines cannot use it.
+    expect(res.serverUrl).toBe(cp.url);
+    expect(res.serverUrlWarning).toMatch(/^127\.0\.0\.1:\d+ is this machine's loopback address: the commands work on this machine only, other machines cannot reach it\. Set REDFLAG_PUBLIC_URL to an address they can reach \(for example REDFLAG_PUBLIC_URL=http:\/\/[\d.]+:\d+\) and restart the control plane\.$/);
+    const auth = createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" }));
+    const setup = await auth.getSetupState({});
+    expect(setup).toMatchObject({ serverUrl: cp.url, serverUrlWarning: res.serverUrlWarning });
+    for (const c of res.installCommands) expect(c.command).toContain(`${c.platform === "windows" ? "-Fingerprint" : "--fingerprint"} ${res.signingKeyFingerprint}`);
     expect(res.installCommands.map((c) => c.command).join("\n")).not.toContain("--insecure-http");
   });
 
@@ -45,9 +53,11 @@ describe("TokenService", () => {
       expect(isLoopbackUrl(url), url).toBe(false);
       for (const c of installCommands(url, "rfreg_x", fp)) {
         expect(c.command).toMatch(/^# plain http: anyone on the network path can read the token; serve https/);
-        expect(c.command).toContain(`--fingerprint ${fp} --insecure-http`);
+        expect(c.command).toMatch(c.platform === "windows" ? `-Fingerprint ${fp} -InsecureHttp` : `--fingerprint ${fp} --insecure-http`);
       }
+      expect(serverUrlWarning(url)).toBe("");
     }
+    expect(serverUrlWarning("https://localhost:8443", "10.0.0.7")).toContain("REDFLAG_PUBLIC_URL=https://10.0.0.7:8443");
   });
 
   it("deletes only tokens that can no longer enrol anything", async () => {

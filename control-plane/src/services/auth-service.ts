@@ -12,6 +12,7 @@ import { roleToProto } from "../auth/roles.ts";
 import { newTotpSecret, totpUri, verifyTotp } from "../auth/totp.ts";
 import type { Config } from "../config.ts";
 import type { Settings } from "../settings.ts";
+import { agentServerUrl, serverUrlWarning } from "../domain/enrolment.ts";
 import { newId } from "../ids.ts";
 import { seal, unseal as open } from "../signing/keys.ts";
 import { activeKeyFingerprint, type CommandSigner } from "../signing/signer.ts";
@@ -95,8 +96,11 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
   };
 
   return {
-    async getSetupState() {
+    async getSetupState(_req, ctx) {
+      const serverUrl = agentServerUrl(ctx, config.publicUrl);
       return {
+        serverUrl,
+        serverUrlWarning: serverUrlWarning(serverUrl),
         setupRequired: (await db.user.count()) === 0,
         signingKeyId: deps.signer.activeKeyId,
         signingKeyFingerprint: activeKeyFingerprint(deps.signer),

@@ -56,6 +56,20 @@ export declare type GetSetupStateResponse = Message<"redflag.v1.GetSetupStateRes
    * @generated from field: string sso_login_path = 5;
    */
   ssoLoginPath: string;
+
+  /**
+   * The control plane URL agents will dial, as the Tokens page prints it.
+   *
+   * @generated from field: string server_url = 6;
+   */
+  serverUrl: string;
+
+  /**
+   * Set when other machines cannot reach server_url (a loopback address): what to set instead.
+   *
+   * @generated from field: string server_url_warning = 7;
+   */
+  serverUrlWarning: string;
 };
 
 /**

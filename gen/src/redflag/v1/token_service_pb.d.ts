@@ -160,6 +160,22 @@ export declare type CreateRegistrationTokenResponse = Message<"redflag.v1.Create
    * @generated from field: string signing_key_fingerprint = 4;
    */
   signingKeyFingerprint: string;
+
+  /**
+   * The control plane URL in the install commands: REDFLAG_PUBLIC_URL when set, else the
+   * address this request came to.
+   *
+   * @generated from field: string server_url = 5;
+   */
+  serverUrl: string;
+
+  /**
+   * Set when other machines cannot use the install commands as printed (server_url is a
+   * loopback address): one sentence saying so and how to set REDFLAG_PUBLIC_URL.
+   *
+   * @generated from field: string server_url_warning = 6;
+   */
+  serverUrlWarning: string;
 };
 
 /**
