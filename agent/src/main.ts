@@ -1,10 +1,13 @@
 import { Command, CommanderError } from "commander";
 import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { text } from "node:stream/consumers";
 import { ConfigError, loadConfig, type Config, type ConfigFlags } from "./config.ts";
 import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_RESTART, EXIT_USAGE } from "./errors.ts";
 import { createLogger } from "./log.ts";
 import { runAgent } from "./loop.ts";
 import { registerAgent } from "./register.ts";
+import { defaultInstallDir, installService, uninstallService } from "./service/install.ts";
 import { StateError } from "./state/files.ts";
 import { formatStatus, readStatus } from "./status.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -38,7 +41,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     .description("enrol this host with a control plane, generating the agent key and pinning the signing keys")
     .requiredOption("--server <url>", "control plane URL (http:// for h2c, https:// for TLS)")
     .option("--token <token>", "registration token")
-    .option("--token-file <file>", "read the registration token from a file (keeps it out of the process list)")
+    .option("--token-file <file>", "read the registration token from a file, or from standard input with - (keeps it out of the process list)")
     .option("--state-dir <dir>", "state directory")
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
     .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint (as `redflag tokens create` and the console show it)")
@@ -100,6 +103,57 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     });
 
   program
+    .command("install")
+    .description("install this release as a service (systemd, launchd or a Windows service), register it unless this host is registered already, and start it; the control plane's install scripts run this")
+    .option("--server <url>", "control plane URL (needed unless this host is registered already)")
+    .option("--token <token>", "registration token")
+    .option("--token-file <file>", "read the registration token from a file, or from standard input with -")
+    .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint")
+    .option("--insecure-http", "allow plain http:// to a server that is not on this machine (needs --fingerprint)")
+    .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
+    .option("--state-dir <dir>", "state directory")
+    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(process.platform, env)})`)
+    .option("--root <dir>", "write every file under this directory instead of / (building an image, tests)", "/")
+    .option("--no-start", "write and enable the service without starting it")
+    .action(async (opts: { server?: string; token?: string; tokenFile?: string; fingerprint?: string; insecureHttp?: boolean; ca?: string; stateDir?: string; installDir?: string; root: string; start: boolean }) => {
+      const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
+      const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
+      await installService(
+        { platform: process.platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`), logger: createLogger(cfg.logLevel) },
+        {
+          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(process.platform, env)),
+          stateDir: cfg.stateDir,
+          serverUrl: opts.server,
+          token,
+          fingerprint: opts.fingerprint,
+          insecureHttp: opts.insecureHttp,
+          caFile: cfg.caFile,
+          machineIdSeed: cfg.machineIdSeed,
+          start: opts.start,
+        },
+      );
+    });
+
+  program
+    .command("uninstall")
+    .description("stop and remove the service, the installed releases and the state directory (the agent's key and credentials)")
+    .option("--state-dir <dir>", "state directory")
+    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(process.platform, env)})`)
+    .option("--keep-state", "keep the state directory, so installing again keeps this agent's identity")
+    .option("--root <dir>", "remove files under this directory instead of / (tests)", "/")
+    .action(async (opts: { stateDir?: string; installDir?: string; keepState?: boolean; root: string }) => {
+      const cfg = config({ stateDir: opts.stateDir });
+      await uninstallService(
+        { platform: process.platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`) },
+        {
+          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(process.platform, env)),
+          stateDir: cfg.stateDir,
+          keepState: Boolean(opts.keepState),
+        },
+      );
+    });
+
+  program
     .command("status")
     .description("show the agent ID, server, pinned keys, last sequence and journal size (no secrets)")
     .option("--state-dir <dir>", "state directory")
@@ -140,8 +194,11 @@ function report(err: unknown): number {
   return EXIT_FAILURE;
 }
 
+// "-" reads standard input, so a script can hand the token over through a pipe: it never
+// appears in the process list or on disk.
 async function readToken(file: string): Promise<string> {
   try {
+    if (file === "-") return (await text(process.stdin)).trim();
     return (await readFile(file, "utf8")).trim();
   } catch (err) {
     throw new AgentError(`cannot read the token file ${file}: ${(err as Error).message}`, EXIT_USAGE);

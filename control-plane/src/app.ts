@@ -26,6 +26,7 @@ import { createConsoleFiles } from "./console.ts";
 import { createMetrics } from "./metrics.ts";
 import { createProbes } from "./probes.ts";
 import { createDownloads } from "./downloads.ts";
+import { createInstallScripts } from "./install-scripts.ts";
 import { readMigrations } from "./store/migrate.ts";
 import { checkReadiness } from "./store/observability.ts";
 import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./store/bootstrap.ts";
@@ -174,7 +175,8 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       renewSecret,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir);
-    const downloads = createDownloads({ db: db.prisma, logger });
+    const downloads = createDownloads({ db: db.prisma, logger, signer: deps.signer });
+    const installScripts = createInstallScripts({ publicUrl: config.publicUrl, tls: config.tls !== undefined });
     const oidc = config.oidc
       ? createOidcRoutes({ cfg: config.oidc, config, db: db.prisma, principals: deps.principals, logger, clientAddress: requestAddress })
       : undefined;
@@ -194,6 +196,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           if (oidc?.handle(req, res)) return;
           if (probes.handle(req, res)) return;
           if (downloads.handle(req, res)) return;
+          if (installScripts.handle(req, res)) return;
           const notFound = () => {
             res.writeHead(404, { "content-type": "text/plain" });
             res.end("not found\n");

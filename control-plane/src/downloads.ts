@@ -1,4 +1,4 @@
-// GET/HEAD /downloads/<platform>[?version=<version>]: agent releases from the registry, for
+// GET/HEAD /downloads/<platform>[?version=<version>] (and …/manifest): agent releases from the registry, for
 // update_agent and installers. Open to everyone (an agent binary is no secret; what makes it
 // trusted is the signed manifest, checked by whoever installs it). The artifact streams from the
 // database one chunk at a time, never whole in memory; Range requests resume a download.
@@ -10,6 +10,7 @@ import type http from "node:http";
 import type http2 from "node:http2";
 import { artifactFileName, isPlatform, isReleaseVersion, newestVersion } from "./domain/releases.ts";
 import type { Logger } from "./log.ts";
+import type { CommandSigner } from "./signing/signer.ts";
 import { findPublishedRelease, readChunk, type ReleaseRow } from "./store/releases.ts";
 import type { Prisma } from "./store/types.ts";
 
@@ -29,6 +30,8 @@ interface Response {
 export interface DownloadDeps {
   db: Prisma;
   logger: Logger;
+  // Signs a release's manifest with the active key for /downloads/<platform>/manifest.
+  signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys" | "signManifest">;
   // Downloads streaming at once on this replica; more wait for a turn.
   maxConcurrent?: number;
   // Downloads waiting for a turn; more are answered 503 with Retry-After.
@@ -36,7 +39,8 @@ export interface DownloadDeps {
 }
 
 export const DOWNLOADS_PREFIX = "/downloads";
-const USAGE = "ask for /downloads/<platform>[?version=<version>], for example /downloads/linux-x64?version=0.2.0";
+const USAGE = "ask for /downloads/<platform>[?version=<version>] (the artifact) or /downloads/<platform>/manifest[?version=<version>] (its signed manifest), for example /downloads/linux-x64?version=0.2.0";
+const MANIFEST_SUFFIX = "/manifest";
 
 
 // The one byte range asked for: [start, end] inclusive; "all" when there is none or it is not
@@ -96,12 +100,37 @@ export function createDownloads(deps: DownloadDeps) {
     res.end(`${text}\n`);
   };
 
-  async function serve(req: Request, res: Response, platform: string, version: string | undefined): Promise<void> {
+  // The release's manifest signed now with the active key, as key=value lines a POSIX shell
+  // reads (the install scripts check the key against the fingerprint they were given, the
+  // signature with openssl, and the artifact against the manifest).
+  function serveManifest(res: Response, release: ReleaseRow): void {
+    const { manifestSignature, keyId } = deps.signer.signManifest(release.manifest);
+    const key = deps.signer.trustedKeys().find((k) => k.keyId === keyId);
+    if (!key) throw new Error("the active signing key is not among the trusted keys");
+    const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64");
+    plain(
+      res,
+      200,
+      [
+        `version=${release.version}`,
+        `platform=${release.platform}`,
+        `size=${release.sizeBytes}`,
+        `sha256=${Buffer.from(release.sha256).toString("hex")}`,
+        `key_id=${keyId}`,
+        `public_key=${b64(key.publicKey)}`,
+        `manifest=${b64(release.manifest)}`,
+        `signature=${b64(manifestSignature)}`,
+      ].join("\n"),
+    );
+  }
+
+  async function serve(req: Request, res: Response, platform: string, version: string | undefined, manifest: boolean): Promise<void> {
     const release = await findPublishedRelease(deps.db, platform, version, newestVersion);
     if (!release) {
       const which = version ? `${version} for ${platform}` : `for ${platform}`;
       return plain(res, 404, `no agent release ${which} is published; an admin publishes builds with \`redflag releases publish DIR\``);
     }
+    if (manifest) return serveManifest(res, release);
     const size = Number(release.sizeBytes);
     const etag = `"${Buffer.from(release.sha256).toString("hex")}"`;
     const headers: Record<string, string> = {
@@ -171,7 +200,8 @@ export function createDownloads(deps: DownloadDeps) {
         plain(res, 405, "downloads are read with GET or HEAD", { allow: "GET, HEAD" });
         return true;
       }
-      const platform = pathname.slice(DOWNLOADS_PREFIX.length + 1);
+      const manifest = pathname.endsWith(MANIFEST_SUFFIX);
+      const platform = pathname.slice(DOWNLOADS_PREFIX.length + 1, manifest ? -MANIFEST_SUFFIX.length : undefined);
       if (!isPlatform(platform)) {
         plain(res, 400, `not a platform: ${USAGE}; platforms are "any" or an OS and CPU like linux-x64, linux-arm64, darwin-arm64, win32-x64`);
         return true;
@@ -192,7 +222,7 @@ export function createDownloads(deps: DownloadDeps) {
       void turn.then(async (release) => {
         try {
           if (gone) return;
-          await serve(req, res, platform, versions[0]);
+          await serve(req, res, platform, versions[0], manifest);
         } catch (err) {
           deps.logger.warn({ err, platform, version: versions[0] }, "cannot serve an agent release download");
           if (!res.headersSent) plain(res, 503, "the release cannot be read right now; try again shortly", { "retry-after": "10" });

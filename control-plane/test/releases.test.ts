@@ -272,7 +272,31 @@ describe("the release registry", () => {
     expect(stale.body.length).toBe(artifact.length);
   });
 
+  it("serves the signed manifest as lines an install script reads, verifiable with the active key", async () => {
+    const res = await get("/downloads/linux-x64/manifest?version=0.2.0");
+    expect(res.status).toBe(200);
+    expect(res.headers["content-type"]).toBe("text/plain; charset=utf-8");
+    const lines = Object.fromEntries(res.body.toString("utf8").trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+    expect(Object.keys(lines)).toEqual(["version", "platform", "size", "sha256", "key_id", "public_key", "manifest", "signature"]);
+    expect(lines).toMatchObject({ version: "0.2.0", platform: "linux-x64", size: String(artifact.length), sha256: Buffer.from(sha(artifact)).toString("hex"), key_id: cp.app.signer.activeKeyId });
+    const manifest = Buffer.from(lines.manifest!, "base64");
+    expect(fromBinary(ArtifactManifestSchema, manifest)).toMatchObject({ version: "0.2.0", platform: "linux-x64", sizeBytes: BigInt(artifact.length) });
+    const key = cp.app.signer.trustedKeys().find((k) => k.keyId === cp.app.signer.activeKeyId)!;
+    expect(Buffer.from(lines.public_key!, "base64").equals(Buffer.from(key.publicKey))).toBe(true);
+    expect(verify(key.publicKey, pae(MANIFEST_TYPE, manifest), Buffer.from(lines.signature!, "base64"))).toBe(true);
+    // The newest without a version; a 404 that says how to publish for a platform with none.
+    expect((await get("/downloads/linux-x64/manifest")).body.toString()).toContain("version=0.2.0\n");
+    const none = await get("/downloads/linux-riscv64/manifest");
+    expect(none.status).toBe(404);
+    expect(none.body.toString()).toBe("no agent release for linux-riscv64 is published; an admin publishes builds with `redflag releases publish DIR`\n");
+  });
+
   it.each([
+    "/downloads/manifest",
+    "/downloads/../../etc/passwd/manifest",
+    "/downloads/linux-x64/manifest/manifest",
+    "/downloads/linux-x64/../manifest",
+    "/downloads/linux-x64/manifest?version=../../etc/passwd",
     "/downloads/../etc/passwd",
     "/downloads/../../../../etc/passwd",
     "/downloads/%2e%2e/%2e%2e/etc/passwd",
