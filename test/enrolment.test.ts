@@ -8,7 +8,8 @@ import { SecurityService } from "@redflag/gen/security_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { execFile } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
 import { networkInterfaces, tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -118,40 +119,45 @@ describe("a man in the middle of `redflag-agent register` over plain http", () =
 });
 
 describe("the enrol commands `redflag tokens create` prints", () => {
-  // Stand-ins for what cannot be real here: sudo (the tests already run as root), systemctl
-  // (no systemd in the container), and the installed agent (issue 14 builds it), which runs
-  // this checkout's agent.
+  // Stand-ins for what cannot be real here: sudo (the tests already run as root) and systemctl
+  // (no systemd in the container). The release the install script downloads is this checkout's
+  // agent behind a one-line launcher (test/install-script.test.ts does the same with the
+  // single-file build); everything it installs lands under a root prefix.
   let bin: string;
-  let log: string;
+  let prefix: string;
   beforeAll(async () => {
     bin = path.join(dir, "bin");
-    log = path.join(dir, "systemctl.log");
     await mkdir(bin);
     const shim = async (name: string, body: string) => {
       await writeFile(path.join(bin, name), `#!/bin/sh\n${body}\n`);
       await chmod(path.join(bin, name), 0o755);
     };
     await shim("sudo", 'exec "$@"');
-    await shim("systemctl", `echo "$*" >> '${log}'`);
-    await shim("redflag-agent", `exec '${process.execPath}' '${path.join(root, "agent/bin/redflag-agent.js")}' "$@"`);
+    await shim("systemctl", 'echo "$*" >> "$REDFLAG_INSTALL_ROOT/systemctl.log"');
     await shim("redflag", `exec '${process.execPath}' '${path.join(root, "control-plane/bin/redflag.js")}' "$@"`);
+    const release = path.join(dir, "release");
+    await mkdir(path.join(release, "bin"), { recursive: true });
+    await writeFile(path.join(release, "bin", "redflag-agent"), `#!/bin/sh\nexec '${process.execPath}' '${path.join(root, "agent/bin/redflag-agent.js")}' "$@"\n`, { mode: 0o755 });
+    const dist = path.join(dir, "dist");
+    await mkdir(dist);
+    await execFileP("tar", ["-czf", path.join(dist, `redflag-agent-0.0.1-linux-${process.arch}.tgz`), "-C", release, "bin/redflag-agent"]);
+    const published = await redflag("releases", "publish", dist);
+    expect(published.code, published.stderr).toBe(0);
   });
 
-  // Runs a pasted Linux command with `sh -e`, in a private mount namespace whose /root is an
-  // empty tmpfs when this machine allows one (so the token file never touches the real /root).
+  // Runs a pasted Linux command with `sh -e`, installing under a fresh root prefix.
   async function paste(command: string, env: Record<string, string>) {
-    const namespaced = await execFileP("unshare", ["--mount", "--propagation", "private", "true"]).then(() => true, () => false);
-    const args = namespaced
-      ? ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs -o mode=0700 none /root && exec sh -e -c "$1"', "sh", command]
-      : ["sh", "-e", "-c", command];
+    prefix = await mkdtemp(path.join(dir, "root-"));
+    await mkdir(path.join(prefix, "run", "systemd", "system"), { recursive: true });
     return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      execFile(args[0]!, args.slice(1), { env: { ...process.env, ...env, PATH: `${bin}:${process.env.PATH}` }, timeout: 60_000 }, (err, stdout, stderr) =>
+      execFile("sh", ["-e", "-c", command], { env: { ...process.env, ...env, REDFLAG_INSTALL_ROOT: prefix, PATH: `${bin}:${process.env.PATH}` }, timeout: 60_000 }, (err, stdout, stderr) =>
         resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
       );
     });
   }
+  const stateDir = () => path.join(prefix, "var/lib/redflag-agent");
 
-  it.runIf(process.getuid?.() === 0)("enrol this host as printed, pinning the signing key by its fingerprint", async () => {
+  it.runIf(process.getuid?.() === 0 && process.arch === "x64")("enrol this host as printed, pinning the signing key by its fingerprint", async () => {
     const created = await redflag("tokens", "create", "--seats", "1", "--note", "printed");
     expect(created.code, created.stderr).toBe(0);
     const fingerprint = /Agents pin the signing key with fingerprint\n(\S+)\n/.exec(created.stdout)?.[1];
@@ -160,20 +166,19 @@ describe("the enrol commands `redflag tokens create` prints", () => {
     const linux = /# linux\n([\s\S]+?)\n\n/.exec(created.stdout)?.[1];
     expect(linux).toContain(`--fingerprint ${fingerprint}`);
     expect(/# macos\n[^#]*--fingerprint (\S+)/.exec(created.stdout)?.[1]).toBe(fingerprint);
-    expect(/# windows\n[^#]*--fingerprint (\S+)/.exec(created.stdout)?.[1]).toBe(fingerprint);
+    expect(/# windows\n[^#]*-Fingerprint (\S+)/.exec(created.stdout)?.[1]).toBe(fingerprint);
 
-    const stateDir = path.join(dir, "printed");
-    const env = { ...agentEnv(), REDFLAG_AGENT_STATE_DIR: stateDir };
+    const env = agentEnv();
     const pasted = await paste(linux!, env);
-    expect(pasted.code, pasted.stderr).toBe(0);
-    expect(pasted.stdout).toMatch(new RegExp(`fingerprint ${fingerprint}\nsigned by the key with the expected fingerprint\n$`));
-    expect(await readFile(log, "utf8")).toBe("enable --now redflag-agent\n");
-    expect(await pinned(stateDir)).toEqual([cp.app.signingKeyId]);
+    expect(pasted.code, pasted.stdout + pasted.stderr).toBe(0);
+    expect(pasted.stdout).toContain("vouched for by the key with the expected fingerprint");
+    expect(await readFile(path.join(prefix, "systemctl.log"), "utf8")).toBe("daemon-reload\nenable redflag-agent.service\nrestart redflag-agent.service\n");
+    expect(await pinned(stateDir())).toEqual([cp.app.signingKeyId]);
 
     // The agent works: a command queued for it runs.
-    const agentId = (JSON.parse(await readFile(path.join(stateDir, "agent.json"), "utf8")) as { agentId: string }).agentId;
+    const agentId = (JSON.parse(await readFile(path.join(stateDir(), "agent.json"), "utf8")) as { agentId: string }).agentId;
     const cmd = (await cp.admin.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
-    const once = await run(["agent/src/main.ts", "run", "--once"], { env });
+    const once = await run(["agent/src/main.ts", "run", "--once", "--state-dir", stateDir()], { env });
     expect(once.code, once.stderr).toBe(0);
     expect((await cp.admin.commands.getCommand({ id: cmd.id })).command?.state).toBe(CommandState.SUCCEEDED);
   });
@@ -182,31 +187,40 @@ describe("the enrol commands `redflag tokens create` prints", () => {
     .flat()
     .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
 
-  it.runIf(process.getuid?.() === 0 && lanAddress !== undefined)("to a plain-http address on the network, as printed, with --insecure-http and the fingerprint", async () => {
-    // The control plane reached at this host's network address (through a relay, as the test
+  it.runIf(process.getuid?.() === 0 && process.arch === "x64" && lanAddress !== undefined)("to a plain-http address on the network, as printed, with --insecure-http and the fingerprint", async () => {
+    // The control plane reached at this host's network address, through a TCP relay (the test
     // control plane listens on loopback only); the console and CLI print what the caller used.
-    const relay = await startMitm(cp.url, { host: lanAddress! });
+    const upstream = new URL(cp.url);
+    const relay = net.createServer((socket) => {
+      const up = net.connect(Number(upstream.port), upstream.hostname);
+      socket.pipe(up).pipe(socket);
+      socket.on("error", () => up.destroy());
+      up.on("error", () => socket.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, lanAddress, resolve));
+    const relayUrl = `http://${lanAddress}:${(relay.address() as net.AddressInfo).port}`;
     try {
-      const tokens = createClient(
-        TokenService,
-        createConnectTransport({
-          baseUrl: cp.url,
-          httpVersion: "1.1",
-          interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}`, "x-forwarded-host": new URL(relay.url).host, "x-forwarded-proto": "http" })],
-        }),
-      );
+      const tokens = createClient(TokenService, createConnectTransport({ baseUrl: relayUrl, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
       const res = await tokens.createRegistrationToken({ seats: 1 });
       const linux = res.installCommands.find((c) => c.platform === "linux")!.command;
-      expect(linux).toMatch(/^# plain http: anyone on the network path can read the token; serve https \(REDFLAG_TLS_CERT, REDFLAG_TLS_KEY\) to drop --insecure-http\n/);
-      expect(linux).toContain(`register --server ${relay.url} --token-file /root/redflag-token --fingerprint ${res.signingKeyFingerprint} --insecure-http && rm /root/redflag-token`);
-      for (const c of res.installCommands) expect(c.command).toContain(`--fingerprint ${res.signingKeyFingerprint} --insecure-http`);
-      const stateDir = path.join(dir, "printed-lan");
-      const pasted = await paste(linux, { ...agentEnv(), REDFLAG_AGENT_STATE_DIR: stateDir });
-      expect(pasted.code, pasted.stderr).toBe(0);
-      expect(pasted.stdout).toMatch(/signed by the key with the expected fingerprint\n$/);
-      expect(await pinned(stateDir)).toEqual([cp.app.signingKeyId]);
+      expect(linux).toBe(
+        "# plain http: anyone on the network path can read the token; serve https (REDFLAG_TLS_CERT, REDFLAG_TLS_KEY) to drop --insecure-http\n" +
+          `curl -fsSL '${relayUrl}/install/linux.sh' | sudo sh -s -- --token '${res.secret}' --fingerprint ${res.signingKeyFingerprint} --insecure-http`,
+      );
+      expect(res.serverUrlWarning).toBe("");
+      for (const c of res.installCommands) expect(c.command).toMatch(c.platform === "windows" ? `-Fingerprint ${res.signingKeyFingerprint} -InsecureHttp` : `--fingerprint ${res.signingKeyFingerprint} --insecure-http`);
+      const pasted = await paste(linux, agentEnv());
+      expect(pasted.code, pasted.stdout + pasted.stderr).toBe(0);
+      expect(pasted.stdout).toContain(`registered with ${relayUrl} as agent`);
+      expect(pasted.stdout).toContain("vouched for by the key with the expected fingerprint");
+      expect(await pinned(stateDir())).toEqual([cp.app.signingKeyId]);
+      // Without --insecure-http the script refuses before it downloads anything.
+      const refused = await paste(linux.replace(/ --insecure-http$/, ""), agentEnv());
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain(`redflag-install: refusing plain http:// to ${relayUrl}: anyone on the way could read the token and swap the agent.`);
+      expect(await readdir(prefix)).toEqual(["run"]);
     } finally {
-      await relay.close();
+      await new Promise((resolve) => relay.close(resolve));
     }
   });
 });
