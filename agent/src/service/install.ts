@@ -190,6 +190,8 @@ export async function installService(host: ServiceHost, opts: InstallOptions): P
     const shipped = join(opts.installDir, "current", "bin", WINDOWS_WRAPPER);
     if (!(await exists(at(shipped)))) throw new AgentError(`the release has no ${shipped}; it is not a Windows build of the agent`, EXIT_USAGE);
     await copyFile(at(shipped), at(wrapper));
+    // WinSW 1.x is a .NET program: its .config lets it run on .NET 4, which Windows 10 has.
+    if (await exists(at(`${shipped}.config`))) await copyFile(at(`${shipped}.config`), at(`${wrapper}.config`));
     await writeDefinition(at(join(opts.installDir, WINDOWS_WRAPPER_XML)), winswXml(layout));
     const installed = (await run([scExe(host.env), "query", WINDOWS_SERVICE_ID])).exitCode === 0;
     if (!installed) await must(run, [wrapper, "install"], "registering the Windows service");
