@@ -113,7 +113,8 @@ async function credential(): Promise<string> {
   const opts = program.opts<GlobalOptions>();
   if (opts.apiKey) return opts.apiKey;
   const fileSource = program.getOptionValueSource("apiKeyFile");
-  if (fileSource === "cli" || fileSource === "env") return readKeyFile(opts.apiKeyFile);
+  // An empty REDFLAG_API_KEY_FILE= names no file.
+  if ((fileSource === "cli" || fileSource === "env") && opts.apiKeyFile) return readKeyFile(opts.apiKeyFile);
   const session = await loadSession(opts.server);
   if (session) return session.token;
   try {
