@@ -125,6 +125,17 @@ describe("agents by hostname in the redflag CLI", () => {
     expect(await ok("agents", "get", id)).toContain("hostname:    DB-1\n");
   }, 120_000);
 
+  it("lists at most 20 agents of a hostname many have", async () => {
+    const many = await newRegistrationToken(cp, 21);
+    for (let i = 0; i < 21; i++) await registerTestAgent(cp, many, { hostname: "kiosk" });
+    const res = await cli("agents", "get", "kiosk");
+    expect(res.code).toBe(1);
+    const lines = res.stderr.trimEnd().split("\n");
+    expect(lines[0]).toBe("redflag: more than 20 agents have the hostname kiosk; use the ID of the one you mean:");
+    expect(lines.slice(2)).toHaveLength(20);
+    for (const line of lines.slice(2)) expect(line).toMatch(/^\S+\s+kiosk\s+never\s+never reported$/);
+  }, 120_000);
+
   it("says when no agent has the hostname, and the command it suggests lists them", async () => {
     for (const args of [
       ["agents", "scan", "no-such-host"],
