@@ -79,6 +79,7 @@ import { createReadStream, readFileSync } from "node:fs";
 import { readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseDuration } from "../duration.ts";
+import { isUuid } from "../ids.ts";
 import { ago, enumName, size, table } from "./output.ts";
 import pkg from "../../package.json" with { type: "json" };
 
@@ -90,6 +91,8 @@ interface GlobalOptions {
 }
 
 class CliError extends Error {}
+// No agent has the hostname the user gave.
+class UnknownHostname extends CliError {}
 
 const program = new Command("redflag")
   .description("Scripted client for the RedFlag control plane")
@@ -110,7 +113,8 @@ async function credential(): Promise<string> {
   const opts = program.opts<GlobalOptions>();
   if (opts.apiKey) return opts.apiKey;
   const fileSource = program.getOptionValueSource("apiKeyFile");
-  if (fileSource === "cli" || fileSource === "env") return readKeyFile(opts.apiKeyFile);
+  // An empty REDFLAG_API_KEY_FILE= names no file.
+  if ((fileSource === "cli" || fileSource === "env") && opts.apiKeyFile) return readKeyFile(opts.apiKeyFile);
   const session = await loadSession(opts.server);
   if (session) return session.token;
   try {
@@ -191,6 +195,53 @@ function seconds(value: string): number {
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
+// ---- agents named by ID or hostname
+// Wherever the CLI takes an agent it takes the agent's ID or its hostname. A hostname names an
+// agent only when exactly one agent has it (compared case-insensitively); otherwise the error
+// says what there is to choose from. Lists that show agent IDs name the hosts too.
+type Clients = Awaited<ReturnType<typeof clients>>;
+
+const AGENT_ARG = "agent ID or hostname";
+// How many agents sharing one hostname an error lists.
+const SAME_HOSTNAME_SHOWN = 20;
+
+const healthName = (health: AgentHealth) => enumName(AgentHealth, health).replace("_", " ");
+
+// The ID of the agent `ref` names. `live`: the command acts only on agents that are not
+// decommissioned (the control plane refuses the others), so a decommissioned agent that had the
+// same hostname is not a candidate while a live one has it.
+async function resolveAgent(c: Clients, ref: string, opts: { live?: boolean } = {}): Promise<string> {
+  const name = ref.trim();
+  if (isUuid(name.toLowerCase())) return name.toLowerCase();
+  if (name === "") throw new CliError(`an ${AGENT_ARG} is needed`);
+  const page = await c.fleet.listAgents({ hostname: name, pageSize: SAME_HOSTNAME_SHOWN });
+  if (page.agents.length === 0) throw new UnknownHostname(`no agent has the hostname ${name}; \`redflag agents list\` shows them`);
+  const live = opts.live ? page.agents.filter((a) => a.health !== AgentHealth.DECOMMISSIONED) : [];
+  const candidates = live.length > 0 && !page.nextPageToken ? live : page.agents;
+  if (candidates.length === 1 && !page.nextPageToken) return candidates[0]!.id;
+  throw new CliError(
+    `${page.nextPageToken ? `more than ${candidates.length}` : candidates.length} agents have the hostname ${name}; use the ID of the one you mean:\n` +
+      table(
+        ["ID", "HOSTNAME", "LAST SEEN", "STATE"],
+        candidates.map((a) => [a.id, a.hostname, ago(time(a.lastSeenTime)), healthName(a.health)]),
+      ).trimEnd(),
+  );
+}
+
+const resolveAgents = (c: Clients, refs: string[] | undefined, opts: { live?: boolean } = {}) => Promise.all((refs ?? []).map((ref) => resolveAgent(c, ref, opts)));
+
+// The hostnames of these agents, one call for up to 500 (a page of any list); agents that do
+// not exist are left out.
+async function hostnames(c: Clients, ids: Iterable<string>): Promise<Map<string, string>> {
+  const unique = [...new Set(ids)].filter(isUuid);
+  const names = new Map<string, string>();
+  for (let i = 0; i < unique.length; i += 500) {
+    const res = await c.fleet.listAgents({ agentIds: unique.slice(i, i + 500), pageSize: 500 });
+    for (const a of res.agents) names.set(a.id, a.hostname);
+  }
+  return names;
+}
+
 // ---- tokens
 const tokens = program.command("tokens").description("registration tokens that let agents enrol");
 
@@ -206,13 +257,16 @@ tokens
       note: o.note,
       ttl: o.expires ? durationFromMs(o.expires * 1000) : undefined,
     });
+    // On stderr, ahead of everything: `redflag tokens create | …` still reads only the token.
+    if (res.serverUrlWarning) process.stderr.write(`redflag: warning: ${res.serverUrlWarning}\n`);
     if (json()) return printJson(CreateRegistrationTokenResponseSchema, res);
     const t = res.token!;
     process.stdout.write(
       `${res.secret}\n\n` +
         `token ${t.id}: ${t.seats} seat(s), expires ${time(t.expireTime)?.toISOString() ?? "never"}.\n` +
         `The secret above is shown only now. Agents pin the signing key with fingerprint\n${res.signingKeyFingerprint}\n` +
-        `(the console's Security page shows the same). Enrol a machine with:\n\n` +
+        `(the console's Security page shows the same). To enrol a machine, paste the line for its platform there\n` +
+        `(on Windows in PowerShell as Administrator): it installs the agent as a service, registers it with\n${res.serverUrl} and starts it.\n\n` +
         res.installCommands.map((c) => `# ${c.platform}\n${c.command}\n`).join("\n"),
     );
   });
@@ -303,9 +357,10 @@ agents
 agents
   .command("get")
   .description("show one agent")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .action(async (id: string) => {
-    const res = await (await clients()).fleet.getAgent({ agentId: id });
+    const c = await clients();
+    const res = await c.fleet.getAgent({ agentId: await resolveAgent(c, id) });
     if (json()) return printJson(GetAgentResponseSchema, res);
     const a = res.agent!;
     process.stdout.write(
@@ -328,11 +383,12 @@ agents
 agents
   .command("label")
   .description("set an agent's tags and group (replaces them)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--tag <tag>", "a tag (repeatable)", collect)
   .option("--group <group>", "its group", "")
   .action(async (id: string, o: { tag?: string[]; group: string }) => {
-    const res = await (await clients()).fleet.setAgentLabels({ agentId: id, tags: o.tag ?? [], group: o.group });
+    const c = await clients();
+    const res = await c.fleet.setAgentLabels({ agentId: await resolveAgent(c, id), tags: o.tag ?? [], group: o.group });
     if (json()) return printJson(SetAgentLabelsResponseSchema, res);
     process.stdout.write(`${res.agent!.hostname}: tags ${res.agent!.tags.join(", ") || "(none)"}; group ${res.agent!.group || "(none)"}\n`);
   });
@@ -345,47 +401,54 @@ const queued = (c: CommandInfo) => {
 agents
   .command("scan")
   .description("scan for updates now")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--subsystem <name>", "only this subsystem (repeatable)", collect)
-  .action(async (id: string, o: { subsystem?: string[] }) => queued((await (await clients()).fleet.triggerScan({ agentId: id, subsystems: o.subsystem ?? [] })).command!));
+  .action(async (id: string, o: { subsystem?: string[] }) => {
+    const c = await clients();
+    queued((await c.fleet.triggerScan({ agentId: await resolveAgent(c, id, { live: true }), subsystems: o.subsystem ?? [] })).command!);
+  });
 
 agents
   .command("heartbeat")
   .description("poll every few seconds for a while (on), or stop (off)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .addArgument(new Argument("<state>").choices(["on", "off"]))
   .option("--interval <duration>", "poll interval while on (default 5s)", seconds)
   .option("--duration <duration>", "how long (default 10m)", seconds)
-  .action(async (id: string, state: string, o: { interval?: number; duration?: number }) =>
+  .action(async (id: string, state: string, o: { interval?: number; duration?: number }) => {
+    const c = await clients();
     queued(
       (
-        await (await clients()).fleet.setHeartbeat({
-          agentId: id,
+        await c.fleet.setHeartbeat({
+          agentId: await resolveAgent(c, id, { live: true }),
           enabled: state === "on",
           intervalSeconds: o.interval ?? 0,
           duration: o.duration ? durationFromMs(o.duration * 1000) : undefined,
         })
       ).command!,
-    ),
-  );
+    );
+  });
 
 agents
   .command("reboot")
   .description("restart the host (only when it needs it, unless --force)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--delay <duration>", "when (at least 1 minute)", seconds)
   .option("--message <text>", "message to logged-in users")
   .option("--force", "even when the host does not need it")
-  .action(async (id: string, o: { delay?: number; message?: string; force?: boolean }) =>
-    queued((await (await clients()).fleet.rebootAgent({ agentId: id, delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true })).command!),
-  );
+  .action(async (id: string, o: { delay?: number; message?: string; force?: boolean }) => {
+    const c = await clients();
+    const agentId = await resolveAgent(c, id, { live: true });
+    queued((await c.fleet.rebootAgent({ agentId, delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true })).command!);
+  });
 
 agents
   .command("decommission")
   .description("revoke the agent's credentials and cancel its pending commands (admins)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .action(async (id: string) => {
-    const res = await (await clients()).fleet.decommissionAgent({ agentId: id });
+    const c = await clients();
+    const res = await c.fleet.decommissionAgent({ agentId: await resolveAgent(c, id, { live: true }) });
     if (json()) return printJson(DecommissionAgentResponseSchema, res);
     process.stdout.write(`${res.agent!.hostname} decommissioned; ${res.cancelledCommands} pending command(s) cancelled\n`);
   });
@@ -393,20 +456,22 @@ agents
 agents
   .command("rebind")
   .description("accept a new machine ID for an agent after hardware changes (admins)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .argument("<machine-id>", "the 64-hex ID `redflag-agent status` shows")
   .action(async (id: string, machineId: string) => {
-    const res = await (await clients()).fleet.rebindMachineId({ agentId: id, machineId });
+    const c = await clients();
+    const res = await c.fleet.rebindMachineId({ agentId: await resolveAgent(c, id, { live: true }), machineId });
     process.stdout.write(`${res.agent!.hostname} now bound to ${res.agent!.machineId}\n`);
   });
 
 agents
   .command("allow-reregistration")
   .description("let one registration of the agent's machine through without its key, or let a decommissioned agent back (admins)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--for <duration>", "how long the permission lasts, 1m to 7d", seconds, 3600)
   .action(async (id: string, o: { for: number }) => {
-    const res = await (await clients()).fleet.allowReregistration({ agentId: id, validFor: durationFromMs(o.for * 1000) });
+    const c = await clients();
+    const res = await c.fleet.allowReregistration({ agentId: await resolveAgent(c, id), validFor: durationFromMs(o.for * 1000) });
     if (json()) return printJson(AllowReregistrationResponseSchema, res);
     process.stdout.write(
       `${res.agent!.hostname} may register again once until ${time(res.allowedUntil)!.toISOString()}; ` +
@@ -417,9 +482,10 @@ agents
 agents
   .command("config")
   .description("the config an agent gets: subsystems (with its overrides) and holds")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .action(async (id: string) => {
-    const res = await (await clients()).fleet.getAgentConfig({ agentId: id });
+    const c = await clients();
+    const res = await c.fleet.getAgentConfig({ agentId: await resolveAgent(c, id) });
     if (json()) return printJson(GetAgentConfigResponseSchema, res);
     const own = new Set(res.overrides.map((s) => s.name));
     process.stdout.write(
@@ -434,12 +500,13 @@ agents
 agents
   .command("metrics")
   .description("an agent's CPU, memory, load and disk readings over time, oldest first")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--since <duration>", "readings of the last …, for example 24h (default 7d)", seconds)
   .option("--limit <n>", "at most this many, the newest (default 288, at most 1000)", positiveInt)
   .action(async (id: string, o: { since?: number; limit?: number }) => {
-    const res = await (await clients()).reports.listAgentMetrics({
-      agentId: id,
+    const c = await clients();
+    const res = await c.reports.listAgentMetrics({
+      agentId: await resolveAgent(c, id),
       since: o.since ? timestampFromDate(new Date(Date.now() - o.since * 1000)) : undefined,
       limit: o.limit ?? 0,
     });
@@ -469,17 +536,17 @@ agents
 agents
   .command("upgrade")
   .description("install an agent release from the registry on this agent (admins)")
-  .argument("<id>", "agent ID")
+  .argument("<agent>", AGENT_ARG)
   .option("--version <version>", "a version from `redflag releases list` (default: the newest for the agent's platform)")
   .option("--wait <duration>", "wait until the agent reported the result, then print it", seconds)
   .action(async (id: string, o: { version?: string; wait?: number }) => {
     const c = await clients();
-    const res = await c.commands.createCommand({ agentId: id, action: { case: "updateAgent", value: create(UpdateAgentSchema, { version: o.version ?? "" }) } });
+    const res = await c.commands.createCommand({ agentId: await resolveAgent(c, id, { live: true }), action: { case: "updateAgent", value: create(UpdateAgentSchema, { version: o.version ?? "" }) } });
     let command = res.command!;
     if (!o.wait) return queued(command);
     command = await waitFor(c.commands, command, o.wait);
     if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
-    process.stdout.write(describeCommand(command));
+    process.stdout.write(describeCommand(command, await hostnames(c, [command.agentId])));
     if (command.state !== CommandState.SUCCEEDED) process.exitCode = 1;
   });
 
@@ -596,7 +663,7 @@ const FINAL = new Set([
 commands
   .command("queue")
   .description("queue a command for an agent; prints the command ID")
-  .requiredOption("--agent <id>", "agent ID")
+  .requiredOption("--agent <agent>", AGENT_ARG)
   .addOption(new Option("--type <type>", "command type").choices(QUEUE_TYPES).makeOptionMandatory())
   .option("--subsystem <name>", "scan_updates: subsystem to scan (repeatable)", collect)
   .option("--package <source:name[=version]>", "install/dry run: package (repeatable)", collect)
@@ -617,13 +684,14 @@ commands
   .option("--idempotency-key <key>", "queue at most one command for this key (a day), also when this whole call is run again; default: a new key per call, reused on its own retries")
   .action(async (o: QueueOptions) => {
     const c = await clients();
+    o.agent = await resolveAgent(c, o.agent, { live: true });
     const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0, idempotencyKey: o.idempotencyKey ?? randomUUID() });
     req.action = await buildAction(o, c);
     const res = await retryUnanswered(() => c.commands.createCommand(req));
     let command = res.command!;
     if (o.wait) command = await waitFor(c.commands, command, o.wait);
     if (json()) return printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
-    process.stdout.write(o.wait ? describeCommand(command) : `${command.id}\n`);
+    process.stdout.write(o.wait ? describeCommand(command, await hostnames(c, [command.agentId])) : `${command.id}\n`);
     if (o.wait && command.state !== CommandState.SUCCEEDED) process.exitCode = 1;
   });
 
@@ -661,7 +729,7 @@ async function waitFor(client: Awaited<ReturnType<typeof clients>>["commands"], 
 commands
   .command("list")
   .description("list commands and their states")
-  .option("--agent <id>", "only this agent's commands")
+  .option("--agent <agent>", `only this agent's commands (${AGENT_ARG})`)
   .option("--state <state>", "only commands in this state (pending, sent, succeeded, failed, rejected, timed_out, cancelled)")
   .action(async (o: { agent?: string; state?: string }) => {
     let state = CommandState.UNSPECIFIED;
@@ -670,13 +738,16 @@ commands
       if (named === undefined) throw new CliError(`--state ${o.state} is not a command state`);
       state = named;
     }
-    const res = await (await clients()).commands.listCommands({ agentId: o.agent ?? "", state, pageSize: 500 });
+    const c = await clients();
+    const res = await c.commands.listCommands({ agentId: o.agent ? await resolveAgent(c, o.agent) : "", state, pageSize: 500 });
     if (json()) return printJson(ListCommandsResponseSchema, res);
+    const hosts = await hostnames(c, res.commands.map((cmd) => cmd.agentId));
     process.stdout.write(
       table(
-        ["ID", "AGENT", "TYPE", "STATE", "SEQ", "CREATED", "RESULT"],
+        ["ID", "HOST", "AGENT", "TYPE", "STATE", "SEQ", "CREATED", "RESULT"],
         res.commands.map((c) => [
           c.id,
+          hosts.get(c.agentId) ?? "",
           c.agentId,
           enumName(CommandType, c.type),
           enumName(CommandState, c.state),
@@ -693,9 +764,10 @@ commands
   .description("show one command with its result")
   .argument("<id>", "command ID")
   .action(async (id: string) => {
-    const res = await (await clients()).commands.getCommand({ id });
+    const c = await clients();
+    const res = await c.commands.getCommand({ id });
     if (json()) return printJson(GetCommandResponseSchema, res);
-    process.stdout.write(describeCommand(res.command!));
+    process.stdout.write(describeCommand(res.command!, await hostnames(c, [res.command!.agentId])));
   });
 
 commands
@@ -720,26 +792,36 @@ commands
 commands
   .command("watch")
   .description("print command changes as they happen (Ctrl-C to stop)")
-  .option("--agent <id>", "only this agent")
+  .option("--agent <agent>", `only this agent (${AGENT_ARG})`)
   .action(async (o: { agent?: string }) => {
     const stop = new AbortController();
     process.once("SIGINT", () => stop.abort());
+    const client = await clients();
+    const agentId = o.agent ? await resolveAgent(client, o.agent) : "";
+    // Each agent's hostname is looked up once, when its first event arrives.
+    const hosts = new Map<string, string>();
     try {
-      for await (const event of (await clients()).commands.watchEvents({ agentId: o.agent ?? "" }, { signal: stop.signal, timeoutMs: 0 })) {
+      for await (const event of client.commands.watchEvents({ agentId }, { signal: stop.signal, timeoutMs: 0 })) {
         if (event.kind !== "command") continue;
         const c = event.command!;
-        if (json()) process.stdout.write(JSON.stringify(toJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }))) + "\n");
-        else process.stdout.write(`${time(event.time)!.toISOString()}  ${c.agentId}  ${enumName(CommandType, c.type)}  ${enumName(CommandState, c.state)}  ${c.id}${c.result ? `  ${c.result.message}` : ""}\n`);
+        if (json()) {
+          process.stdout.write(JSON.stringify(toJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }))) + "\n");
+          continue;
+        }
+        if (!hosts.has(c.agentId)) hosts.set(c.agentId, (await hostnames(client, [c.agentId])).get(c.agentId) ?? "");
+        process.stdout.write(`${time(event.time)!.toISOString()}  ${hosts.get(c.agentId)}  ${c.agentId}  ${enumName(CommandType, c.type)}  ${enumName(CommandState, c.state)}  ${c.id}${c.result ? `  ${c.result.message}` : ""}\n`);
       }
     } catch (err) {
       if (!stop.signal.aborted) throw err;
     }
   });
 
-function describeCommand(c: CommandInfo): string {
+// `hosts`: the agent's hostname, when it is known.
+function describeCommand(c: CommandInfo, hosts: Map<string, string>): string {
+  const host = hosts.get(c.agentId);
   const lines = [
     `id:       ${c.id}`,
-    `agent:    ${c.agentId}`,
+    `agent:    ${host ? `${host} (${c.agentId})` : c.agentId}`,
     `type:     ${enumName(CommandType, c.type)}`,
     `state:    ${enumName(CommandState, c.state)}`,
     `sequence: ${c.sequence || "-"}`,
@@ -806,9 +888,10 @@ interface SelectionOptions {
   all?: boolean;
 }
 
-const selection = (o: SelectionOptions) =>
+// Updates of decommissioned agents are gone, so only live agents are candidates for a hostname.
+const selection = async (c: Clients, o: SelectionOptions) =>
   create(UpdateSelectionSchema, {
-    agentIds: o.agent ?? [],
+    agentIds: await resolveAgents(c, o.agent, { live: true }),
     severities: (o.severity ?? []).map((s) => (UpdateSeverity as unknown as Record<string, UpdateSeverity>)[s.toUpperCase()]!),
     securityOnly: o.security === true,
     packageName: o.package ?? "",
@@ -825,7 +908,7 @@ function severityArg(value: string, previous: string[] = []): string[] {
 
 const selectionOptions = (cmd: Command) =>
   cmd
-    .option("--agent <id>", "only this agent (repeatable)", collect)
+    .option("--agent <agent>", `only this agent (${AGENT_ARG}; repeatable)`, collect)
     .option("--severity <level>", `only this severity (repeatable): ${SEVERITY_NAMES.join(", ")}`, severityArg)
     .option("--security", "only security updates")
     .option("--package <name>", "only this package, across agents")
@@ -839,7 +922,8 @@ selectionOptions(updatesCmd.command("list"))
   .addOption(new Option("--status <status>", "only this decision").choices(["pending", "approved", "rejected"]))
   .action(async (o: SelectionOptions & { status?: string }) => {
     const status = { pending: UpdateStatus.PENDING, approved: UpdateStatus.APPROVED, rejected: UpdateStatus.REJECTED }[o.status ?? ""] ?? UpdateStatus.UNSPECIFIED;
-    const res = await (await clients()).updates.listUpdates({ filter: selection(o), status, pageSize: 500 });
+    const c = await clients();
+    const res = await c.updates.listUpdates({ filter: await selection(c, o), status, pageSize: 500 });
     if (json()) return printJson(ListUpdatesResponseSchema, res);
     process.stdout.write(
       table(
@@ -865,13 +949,12 @@ selectionOptions(updatesCmd.command("approve"))
   .action(async (o: SelectionOptions & { install?: boolean }) => {
     const c = await clients();
     if (o.install) {
-      const res = await c.updates.installApprovedUpdates({ selection: selection(o), approve: true });
+      const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o), approve: true });
       if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
       process.stdout.write(`approved and queued ${res.packages} package(s) in ${res.commands.length} install command(s)\n`);
-      for (const cmd of res.commands) process.stdout.write(`${cmd.agentId}  ${cmd.id}\n`);
-      return;
+      return printQueuedInstalls(c, res.commands);
     }
-    const res = await c.updates.approveUpdates({ selection: selection(o) });
+    const res = await c.updates.approveUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(ApproveUpdatesResponseSchema, res);
     process.stdout.write(`approved ${res.approved} update(s)${res.held ? `; ${res.held} held, left as they were` : ""}\n`);
   });
@@ -879,7 +962,8 @@ selectionOptions(updatesCmd.command("approve"))
 selectionOptions(updatesCmd.command("reject"))
   .option("--all", "every pending update (when no other filter is given)")
   .action(async (o: SelectionOptions) => {
-    const res = await (await clients()).updates.rejectUpdates({ selection: selection(o) });
+    const c = await clients();
+    const res = await c.updates.rejectUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(RejectUpdatesResponseSchema, res);
     process.stdout.write(`rejected ${res.rejected} update(s)\n`);
   });
@@ -887,33 +971,52 @@ selectionOptions(updatesCmd.command("reject"))
 selectionOptions(updatesCmd.command("install"))
   .option("--all", "every approved update (when no other filter is given)")
   .action(async (o: SelectionOptions) => {
-    const res = await (await clients()).updates.installApprovedUpdates({ selection: selection(o) });
+    const c = await clients();
+    const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
     process.stdout.write(`queued ${res.packages} approved package(s) in ${res.commands.length} install command(s)\n`);
-    for (const cmd of res.commands) process.stdout.write(`${cmd.agentId}  ${cmd.id}\n`);
+    await printQueuedInstalls(c, res.commands);
   });
+
+// One line per queued install: agent ID, command ID, then the host (last, so scripts that read
+// the first two fields keep working).
+async function printQueuedInstalls(c: Clients, commands: CommandInfo[]) {
+  const hosts = await hostnames(c, commands.map((cmd) => cmd.agentId));
+  for (const cmd of commands) process.stdout.write(`${cmd.agentId}  ${cmd.id}  ${hosts.get(cmd.agentId) ?? ""}\n`);
+}
 
 const holdsCmd = program.command("holds").description("packages kept as they are, fleet-wide or per agent");
 
 holdsCmd
   .command("list")
-  .option("--agent <id>", "fleet-wide holds plus this agent's")
+  .option("--agent <agent>", `fleet-wide holds plus this agent's (${AGENT_ARG})`)
   .action(async (o: { agent?: string }) => {
-    const res = await (await clients()).updates.listHolds({ agentId: o.agent ?? "" });
+    const c = await clients();
+    const res = await c.updates.listHolds({ agentId: o.agent ? await resolveAgent(c, o.agent) : "" });
     if (json()) return printJson(ListHoldsResponseSchema, res);
-    process.stdout.write(table(["SOURCE", "NAME", "AGENT", "REASON", "BY", "ID"], res.holds.map((h) => [h.source, h.name, h.agentId || "(all)", h.reason, h.createdBy, h.id])));
+    const hosts = await hostnames(c, res.holds.map((h) => h.agentId).filter(Boolean));
+    process.stdout.write(
+      table(
+        ["SOURCE", "NAME", "HOST", "AGENT", "REASON", "BY", "ID"],
+        res.holds.map((h) => [h.source, h.name, h.agentId ? (hosts.get(h.agentId) ?? "") : "(all)", h.agentId || "(all)", h.reason, h.createdBy, h.id]),
+      ),
+    );
   });
 
 holdsCmd
   .command("set")
   .requiredOption("--name <pattern>", 'package name; "*" matches anything ("linux-image-*")')
   .option("--source <name>", "one source, or every source (default)", "*")
-  .option("--agent <id>", "only this agent (default: every agent)")
+  .option("--agent <agent>", `only this agent (${AGENT_ARG}; default: every agent)`)
   .option("--reason <text>", "why", "")
   .action(async (o: { name: string; source: string; agent?: string; reason: string }) => {
-    const res = await (await clients()).updates.setHold({ name: o.name, source: o.source, agentId: o.agent ?? "", reason: o.reason });
+    const c = await clients();
+    const agentId = o.agent ? await resolveAgent(c, o.agent, { live: true }) : "";
+    const res = await c.updates.setHold({ name: o.name, source: o.source, agentId, reason: o.reason });
     if (json()) return printJson(SetHoldResponseSchema, res);
-    process.stdout.write(`holding ${res.hold!.source}:${res.hold!.name} on ${res.hold!.agentId || "every agent"}: ${res.hold!.id}\n`);
+    const h = res.hold!;
+    const host = h.agentId ? (await hostnames(c, [h.agentId])).get(h.agentId) : undefined;
+    process.stdout.write(`holding ${h.source}:${h.name} on ${h.agentId ? (host ? `${host} (${h.agentId})` : h.agentId) : "every agent"}: ${h.id}\n`);
   });
 
 holdsCmd
@@ -1274,25 +1377,42 @@ program
   .description("who changed what (admins)")
   .option("--actor <name>", "only this person or key")
   .option("--action <text>", "only RPCs containing this, for example CreateUser")
-  .option("--target <prefix>", "only this target, for example user:<id> or agent:<id>")
+  .option("--target <prefix>", "only targets starting with this, for example user:<id> or agent:<id> (or agent:<hostname>)")
   .option("--since <duration>", "only the last …, for example 24h", seconds)
   .option("--limit <n>", "at most this many (default 50)", positiveInt)
   .action(async (o: { actor?: string; action?: string; target?: string; since?: number; limit?: number }) => {
-    const res = await (await clients()).audit.listAuditEntries({
+    const c = await clients();
+    const res = await c.audit.listAuditEntries({
       actorName: o.actor ?? "",
       action: o.action ?? "",
-      target: o.target ?? "",
+      target: o.target ? await auditTarget(c, o.target) : "",
       since: o.since ? timestampFromDate(new Date(Date.now() - o.since * 1000)) : undefined,
       pageSize: Math.min(o.limit ?? 50, 500),
     });
     if (json()) return printJson(ListAuditEntriesResponseSchema, res);
+    const agentOf = (target: string) => (target.startsWith("agent:") ? target.slice("agent:".length) : "");
+    const hosts = await hostnames(c, res.entries.map((e) => agentOf(e.target)));
+    const target = (t: string) => (hosts.has(agentOf(t)) ? `${t} (${hosts.get(agentOf(t))})` : t);
     process.stdout.write(
       table(
         ["TIME", "ACTOR", "ACTION", "TARGET", "FROM", "OUTCOME"],
-        res.entries.map((e) => [time(e.time)!.toISOString(), `${e.actorName} (${e.actorKind.replace("_", " ")})`, e.action.replace(/^redflag\.v1\./, ""), e.target, e.remoteAddr, e.outcome]),
+        res.entries.map((e) => [time(e.time)!.toISOString(), `${e.actorName} (${e.actorKind.replace("_", " ")})`, e.action.replace(/^redflag\.v1\./, ""), target(e.target), e.remoteAddr, e.outcome]),
       ),
     );
   });
+
+// --target agent:<hostname> means that agent's ID. What follows "agent:" stays a prefix of IDs
+// when it is one and no agent has it as its hostname.
+async function auditTarget(c: Clients, target: string): Promise<string> {
+  const rest = target.startsWith("agent:") ? target.slice("agent:".length) : "";
+  if (rest === "" || isUuid(rest)) return target;
+  try {
+    return `agent:${await resolveAgent(c, rest)}`;
+  } catch (err) {
+    if (err instanceof UnknownHostname && /^[0-9a-f-]{1,35}$/.test(rest)) return target;
+    throw err;
+  }
+}
 
 // ---- reports
 program
@@ -1300,8 +1420,10 @@ program
   .description("the fleet now: health, pending updates, reboots, recent failures, and daily history")
   .option("--days <n>", "days of history, counting today (default 14, at most 90)", positiveInt)
   .action(async (o: { days?: number }) => {
-    const r = await (await clients()).reports.getFleetOverview({ days: o.days ?? 0 });
+    const c = await clients();
+    const r = await c.reports.getFleetOverview({ days: o.days ?? 0 });
     if (json()) return printJson(GetFleetOverviewResponseSchema, r);
+    const hosts = await hostnames(c, r.recentFailures.map((f) => f.agentId));
     const health = r.health.map((h) => `${h.count} ${enumName(AgentHealth, h.health).replace("_", " ")}`).join(", ");
     const severities = r.pendingBySeverity.map((s) => `${s.count} ${enumName(UpdateSeverity, s.severity)}`).join(", ");
     const day = (t: Parameters<typeof time>[0]) => time(t)!.toISOString().slice(0, 10);
@@ -1318,8 +1440,8 @@ program
 recent failures:
 ` +
         table(
-          ["FINISHED", "COMMAND", "AGENT", "TYPE", "STATE", "MESSAGE"],
-          r.recentFailures.map((c) => [time(c.finishTime)?.toISOString() ?? "", c.id, c.agentId, enumName(CommandType, c.type), enumName(CommandState, c.state), c.result?.message ?? ""]),
+          ["FINISHED", "COMMAND", "HOST", "AGENT", "TYPE", "STATE", "MESSAGE"],
+          r.recentFailures.map((c) => [time(c.finishTime)?.toISOString() ?? "", c.id, hosts.get(c.agentId) ?? "", c.agentId, enumName(CommandType, c.type), enumName(CommandState, c.state), c.result?.message ?? ""]),
         ) +
         `
 daily (UTC):

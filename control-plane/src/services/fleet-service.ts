@@ -8,7 +8,7 @@ import type { Config } from "../config.ts";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { isMachineId, isUuid } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
-import { allowReregistration, getAgent, listAgents, type AgentRow } from "../store/agents.ts";
+import { allowReregistration, getAgent, hostnameIs, listAgents, type AgentRow } from "../store/agents.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts";
@@ -78,6 +78,11 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
         const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
         if (isUuid(q)) or.push({ id: q });
         and.push({ OR: or });
+      }
+      if (req.hostname) and.push(hostnameIs(text("hostname", req.hostname.trim(), { max: 253, required: true })));
+      if (req.agentIds.length > 0) {
+        if (req.agentIds.length > 500) throw invalid("agent_ids holds at most 500 IDs");
+        and.push({ id: { in: req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id)) } });
       }
       const dir = req.descending ? "desc" : "asc";
       const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =

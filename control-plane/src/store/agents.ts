@@ -477,6 +477,13 @@ export interface AgentListQuery {
   orderBy?: PrismaNs.AgentOrderByWithRelationInput[];
 }
 
+// Agents whose hostname is exactly this one, ignoring case. Prisma sends a case-insensitive
+// `equals` as ILIKE with the value as it is, where "_" and "%" would match other characters:
+// they (and the escape character itself) are escaped.
+export function hostnameIs(hostname: string): PrismaNs.AgentWhereInput {
+  return { hostname: { equals: hostname.replace(/[\\%_]/g, "\\$&"), mode: "insensitive" } };
+}
+
 export async function listAgents(db: Prisma, pageSize: number, after: string | undefined, query: AgentListQuery = {}) {
   const rows = await db.agent.findMany({
     select: agentListSelect,

@@ -51,11 +51,11 @@ export function registerRequest(token: string, machineId: string, key: KeyPair, 
 export async function registerTestAgent(
   cp: TestControlPlane,
   token: string,
-  opts: { machineId?: string; key?: KeyPair } = {},
+  opts: { machineId?: string; key?: KeyPair; hostname?: string } = {},
 ): Promise<TestAgent> {
   const machineId = opts.machineId ?? randomMachineId();
   const key = opts.key ?? generateKeyPair();
-  const registration = await cp.agentClient().register(registerRequest(token, machineId, key));
+  const registration = await cp.agentClient().register(registerRequest(token, machineId, key, opts.hostname));
   return {
     agentId: registration.agentId,
     machineId,

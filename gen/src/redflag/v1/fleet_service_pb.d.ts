@@ -176,6 +176,22 @@ export declare type ListAgentsRequest = Message<"redflag.v1.ListAgentsRequest"> 
    * @generated from field: bool descending = 9;
    */
   descending: boolean;
+
+  /**
+   * Only agents with exactly this hostname, compared case-insensitively (up to 253
+   * characters): how `redflag` takes a hostname wherever it takes an agent ID.
+   *
+   * @generated from field: string hostname = 10;
+   */
+  hostname: string;
+
+  /**
+   * Only these agents (up to 500 IDs): how a list that shows agent IDs gets their hostnames
+   * in one call.
+   *
+   * @generated from field: repeated string agent_ids = 11;
+   */
+  agentIds: string[];
 };
 
 /**
