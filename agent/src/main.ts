@@ -1,20 +1,21 @@
 import { Command, CommanderError } from "commander";
 import { readFile } from "node:fs/promises";
-import { ConfigError, loadConfig, type Config, type ConfigFlags } from "./config.ts";
+import { ConfigError, defaultStateDir, loadConfig, type Config, type ConfigFlags } from "./config.ts";
 import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_RESTART, EXIT_USAGE } from "./errors.ts";
 import { createLogger } from "./log.ts";
+import { createHostAccess } from "./platform.ts";
 import { runAgent } from "./loop.ts";
 import { registerAgent } from "./register.ts";
 import { StateError } from "./state/files.ts";
 import { formatStatus, readStatus } from "./status.ts";
 import { AGENT_VERSION } from "./version.ts";
 
-const EXIT_CODES_HELP = `
+const exitCodesHelp = (stateDir: string) => `
 Exit codes: 0 success, 1 failure (control plane unreachable or refusing), 2 usage or state
 problem (bad flags or environment, not registered, damaged state directory), 3 a new release
 was installed by update_agent (the service manager starts it).
 
-Environment: REDFLAG_AGENT_STATE_DIR (default /var/lib/redflag-agent), REDFLAG_AGENT_CA_FILE,
+Environment: REDFLAG_AGENT_STATE_DIR (default ${stateDir}), REDFLAG_AGENT_CA_FILE,
 REDFLAG_AGENT_LOG_LEVEL, REDFLAG_AGENT_APT_REFRESH=0 (never run apt-get update),
 REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS,
 REDFLAG_AGENT_INSTALL_DIR (where update_agent unpacks releases), and
@@ -22,14 +23,16 @@ REDFLAG_AGENT_MACHINE_ID_SEED: mixed into the machine ID so several agents can s
 (tests, containers); each needs its own state directory.`;
 
 // The CLI: parses flags, loads the config once, and hands over. Returns the exit code.
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: NodeJS.Platform = process.platform): Promise<number> {
   let exitCode = EXIT_OK;
-  const config = (flags: ConfigFlags): Config => loadConfig(env, flags);
+  const config = (flags: ConfigFlags): Config => loadConfig(env, flags, process.cwd(), platform);
+  const host = createHostAccess(env, platform);
+  const stateDirOption = `state directory (default ${defaultStateDir(env, platform)})`;
 
   const program = new Command("redflag-agent")
     .description("RedFlag agent: polls the control plane, verifies signed commands, runs them and reports.")
     .version(AGENT_VERSION)
-    .addHelpText("after", EXIT_CODES_HELP)
+    .addHelpText("after", exitCodesHelp(defaultStateDir(env, platform)))
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`redflag-agent: ${text.replace(/^error: /, "")}`) });
 
@@ -39,7 +42,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     .requiredOption("--server <url>", "control plane URL (http:// for h2c, https:// for TLS)")
     .option("--token <token>", "registration token")
     .option("--token-file <file>", "read the registration token from a file (keeps it out of the process list)")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
     .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint (as `redflag tokens create` and the console show it)")
     .option("--insecure-http", "allow plain http:// to a server that is not on this machine (needs --fingerprint)")
@@ -55,6 +58,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         fingerprint: opts.fingerprint,
         insecureHttp: opts.insecureHttp,
         machineIdSeed: cfg.machineIdSeed,
+        host,
         logger: createLogger(cfg.logLevel),
       });
       process.stdout.write(
@@ -69,7 +73,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   program
     .command("run")
     .description("poll for commands until stopped (SIGTERM/SIGINT), or once with --once")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server (overrides the one given at register)")
     .option("--once", "one cycle: report, poll without waiting, run what came, report; then exit")
     .action(async (opts: { stateDir?: string; ca?: string; once?: boolean }) => {
@@ -88,7 +92,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
       try {
-        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
+        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env, host });
         if (summary.restart) {
           logger.info({ reason: summary.restart }, "exiting so the service manager starts the release now in place");
           exitCode = EXIT_RESTART;
@@ -102,11 +106,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   program
     .command("status")
     .description("show the agent ID, server, pinned keys, last sequence and journal size (no secrets)")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--json", "print JSON")
     .action(async (opts: { stateDir?: string; json?: boolean }) => {
       const cfg = config({ stateDir: opts.stateDir });
-      const status = await readStatus({ stateDir: cfg.stateDir, machineIdSeed: cfg.machineIdSeed });
+      const status = await readStatus({ stateDir: cfg.stateDir, machineIdSeed: cfg.machineIdSeed, host });
       process.stdout.write(opts.json ? JSON.stringify(status, null, 2) + "\n" : formatStatus(status) + "\n");
     });
 
