@@ -21,7 +21,7 @@ export interface HostAccess {
   readText(file: string): Promise<string | undefined>;
   statfs(dir: string): Promise<StatFs>;
   // Node's readings, which work the same on every OS.
-  readonly os: Pick<typeof os, "cpus" | "totalmem" | "freemem" | "loadavg" | "uptime">;
+  readonly os: Pick<typeof os, "cpus" | "totalmem" | "freemem" | "loadavg" | "uptime" | "type" | "release" | "version" | "machine">;
 }
 
 const TOOL_TIMEOUT_MS = 15_000;

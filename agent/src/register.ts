@@ -66,7 +66,7 @@ export function registerProof(input: { machineId: string; key: KeyPair }, now: D
 // and automatic re-registration.
 export async function enrol(
   api: AgentApi,
-  input: { token: string; machineId: string; key: KeyPair },
+  input: { token: string; machineId: string; key: KeyPair; host?: HostAccess | undefined },
   signal?: AbortSignal,
 ): Promise<RegisterResponse> {
   return api.register(
@@ -75,7 +75,7 @@ export async function enrol(
       hostname: hostname(),
       machineId: input.machineId,
       agentPublicKey: input.key.publicKey,
-      os: await collectOsInfo(),
+      os: await collectOsInfo(input.host),
       agentVersion: AGENT_VERSION,
       ...registerProof(input, new Date()),
     },
@@ -169,7 +169,7 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, fingerprin
   const api = createAgentApi(opts.transport ?? own!.transport);
   let res: RegisterResponse;
   try {
-    res = await enrol(api, { token: opts.token, machineId, key }, opts.signal);
+    res = await enrol(api, { token: opts.token, machineId, key, host: opts.host }, opts.signal);
   } catch (err) {
     throw new AgentError(`registration with ${serverUrl} failed: ${describeError(err)}`, undefined, { cause: err });
   } finally {

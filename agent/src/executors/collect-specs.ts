@@ -11,7 +11,7 @@ export const collectSpecs: Executor = async (ctx) => {
   const [memory, disks, reboot] = await Promise.all([readMemory(host, ctx.signal), readDisks(host, ctx.signal), rebootRequired(host, ctx.signal)]);
   const specs = create(SystemSpecsSchema, {
     hostname: hostname(),
-    os: await collectOsInfo(),
+    os: await collectOsInfo(host),
     cpuModel: cpus[0]?.model.trim() ?? "",
     cpuCores: cpus.length,
     memoryTotalBytes: memory.totalBytes,

@@ -51,7 +51,18 @@ export async function fakeHost(opts: FakeHostOptions): Promise<FakeHost> {
       if (!stats) throw Object.assign(new Error(`ENOENT: no such file or directory, statfs '${dir}'`), { code: "ENOENT" });
       return stats;
     },
-    os: { cpus: os.cpus, totalmem: os.totalmem, freemem: os.freemem, loadavg: os.loadavg, uptime: os.uptime, ...opts.os },
+    os: {
+      cpus: os.cpus,
+      totalmem: os.totalmem,
+      freemem: os.freemem,
+      loadavg: os.loadavg,
+      uptime: os.uptime,
+      type: os.type,
+      release: os.release,
+      version: os.version,
+      machine: os.machine,
+      ...opts.os,
+    },
     remove: () => removeFakeTools(tools),
   };
 }
