@@ -3,9 +3,7 @@ import { chmod, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { fakeHost } from "../../test/support/fake-host.ts";
-import { FAKE_ICACLS } from "../../test/support/recorded-host-tools.ts";
-import { createSerialWriter, ensurePrivateDir, removeStaleTempFiles, StateError, writeFileAtomic } from "./files.ts";
+import { createSerialWriter, ensurePrivateDir, removeStaleTempFiles, writeFileAtomic } from "./files.ts";
 
 const dirs: string[] = [];
 const tempDir = async () => {
@@ -27,49 +25,6 @@ describe("state files", () => {
     await chmod(dir, 0o755);
     await ensurePrivateDir(dir);
     expect(await mode(dir)).toBe(0o700);
-  });
-
-  it("on Windows, gives the directories it creates an ACL for SYSTEM and Administrators only, once", async () => {
-    const programData = await tempDir();
-    const host = await fakeHost({ platform: "win32", tools: { "C:\\Windows\\System32\\icacls.exe": FAKE_ICACLS } });
-    try {
-      const top = path.join(programData, "RedFlag");
-      const dir = path.join(top, "agent");
-      await ensurePrivateDir(dir, host);
-      // Inherited entries removed, then full control for LocalSystem and the Administrators
-      // group (by SID), inherited by everything inside; on the new top directory and on the
-      // state directory itself.
-      const grants = ["/inheritance:r", "/grant:r", "*S-1-5-18:(OI)(CI)F", "*S-1-5-32-544:(OI)(CI)F"];
-      expect(host.runs).toEqual([
-        ["C:\\Windows\\System32\\icacls.exe", top, ...grants],
-        ["C:\\Windows\\System32\\icacls.exe", dir, ...grants],
-      ]);
-      await ensurePrivateDir(dir, host);
-      expect(host.runs).toHaveLength(2);
-    } finally {
-      await host.remove();
-    }
-  });
-
-  it("on Windows, removes what it created and stops when the ACL cannot be set", async () => {
-    const programData = await tempDir();
-    const host = await fakeHost({ platform: "win32", tools: { "C:\\Windows\\System32\\icacls.exe": FAKE_ICACLS } });
-    try {
-      await host.tools.write("icacls.denied", "");
-      const top = path.join(programData, "RedFlag");
-      const failure = await ensurePrivateDir(path.join(top, "agent"), host).catch((err: unknown) => err);
-      expect(failure).toBeInstanceOf(StateError);
-      expect((failure as Error).message).toBe(
-        `cannot restrict ${top} to SYSTEM and Administrators, so it was not created: C:\\Windows\\System32\\icacls.exe failed (exit status 5): ${top}: Access is denied.`,
-      );
-      expect(await readdir(programData)).toEqual([]);
-      // Without icacls at all, the same.
-      const missing = await fakeHost({ platform: "win32" });
-      await expect(ensurePrivateDir(path.join(top, "agent"), missing).finally(() => missing.remove())).rejects.toThrow(/icacls\.exe could not start: .*ENOENT/);
-      expect(await readdir(programData)).toEqual([]);
-    } finally {
-      await host.remove();
-    }
   });
 
   it("writes files 0600 whatever the umask, and replaces them whole", async () => {

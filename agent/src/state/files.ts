@@ -1,35 +1,15 @@
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
-import { createHostAccess, system32, toolOutput, type HostAccess } from "../platform.ts";
+import { createHostAccess, type HostAccess } from "../platform.ts";
+import { ensureWindowsPrivateDir } from "./windows-acl.ts";
 
 // The state directory holds credentials and the agent's private key: no other user may read it.
+// On Windows that is its ACL (windows-acl.ts).
 export async function ensurePrivateDir(dir: string, host: HostAccess = createHostAccess({})): Promise<void> {
   if (host.platform === "win32") return ensureWindowsPrivateDir(dir, host);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
-}
-
-// Who may use the state directory on Windows, by SID (account names are translated):
-// LocalSystem and the Administrators group, full control, inherited by every file and folder in it.
-export const WINDOWS_STATE_GRANTS = ["*S-1-5-18:(OI)(CI)F", "*S-1-5-32-544:(OI)(CI)F"];
-
-// File modes mean nothing on Windows, and %ProgramData% lets every user read (and create)
-// folders. So the directories the agent creates get their own ACL at creation, with the
-// inherited entries removed: SYSTEM and Administrators only. Done once; an existing directory
-// keeps the ACL it was given (by the agent or by the installer, which sets the same one). When
-// the ACL cannot be set, the new directories are removed again and the agent stops.
-async function ensureWindowsPrivateDir(dir: string, host: HostAccess): Promise<void> {
-  const created = await mkdir(dir, { recursive: true });
-  if (created === undefined) return;
-  const icacls = system32(host, "icacls.exe");
-  for (const target of new Set([created, dir])) {
-    const out = await toolOutput(host, [icacls, target, "/inheritance:r", "/grant:r", ...WINDOWS_STATE_GRANTS]);
-    if ("error" in out) {
-      await rm(created, { recursive: true, force: true });
-      throw new StateError(`cannot restrict ${target} to SYSTEM and Administrators, so it was not created: ${out.error}`);
-    }
-  }
 }
 
 // Replaces `file` as a whole or not at all: a crash leaves either the old or the new content,

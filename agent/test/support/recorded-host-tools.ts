@@ -99,14 +99,29 @@ f="$D/reg.$(printf '%s' "$2" | tr -c 'A-Za-z0-9' '_')"
 [ -e "$f" ] || { echo "${REG_NOT_FOUND}" >&2; exit 1; }
 cat "$f"`;
 
-// icacls.exe: records what it was asked and reports success like the real one, or, with a file
-// "icacls.denied", fails like it does for a caller without the right to change the ACL.
+// icacls.exe: reports success like the real one, or, with a file "icacls.denied", fails like it
+// does for a caller without the right to change the ACL. With a file "icacls.plant", another
+// account drops a file into the directory while its ACL is being set (the race the agent checks).
 export const FAKE_ICACLS = String.raw`if [ -e "$D/icacls.denied" ]; then
   printf '%s: Access is denied.\r\n' "$1" >&2
   printf 'Successfully processed 0 files; Failed processing 1 files\r\n'
   exit 5
 fi
+[ -e "$D/icacls.plant" ] && : > "$1/agent.key"
 printf 'processed file: %s\r\nSuccessfully processed 1 files; Failed processing 0 files\r\n' "$1"`;
+
+// Windows PowerShell running the agent's Get-Acl script: prints the recorded SDDL ("sddl").
+export const FAKE_POWERSHELL = String.raw`[ -e "$D/sddl" ] || { printf "Get-Acl : Cannot find path because it does not exist.\r\n" >&2; exit 1; }
+cat "$D/sddl"`;
+
+// Get-Acl's .Sddl of a directory as the agent leaves it: protected, SYSTEM and Administrators.
+export const SDDL_PRIVATE = "O:BAG:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+// A folder an administrator made with New-Item under %ProgramData%: it inherits Users' read and
+// create rights.
+export const SDDL_INHERITED = "O:BAG:SYD:AI(A;OICIID;FA;;;SY)(A;OICIID;FA;;;BA)(A;OICIIOID;GA;;;CO)(A;OICIID;0x1200a9;;;BU)(A;CIID;DCLCRPCR;;;BU)";
+// A folder a user made there before the agent was installed.
+export const SDDL_SQUATTED =
+  "O:S-1-5-21-3623811015-3361044348-30300820-1013G:S-1-5-21-3623811015-3361044348-30300820-513D:AI(A;OICIID;FA;;;SY)(A;OICIID;FA;;;BA)(A;OICIID;FA;;;S-1-5-21-3623811015-3361044348-30300820-1013)(A;OICIID;0x1200a9;;;BU)";
 
 // A tool that prints a recorded output named after itself, or fails with what "<tool>.fail"
 // holds on stderr (exit status 1).
