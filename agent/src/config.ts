@@ -1,6 +1,25 @@
 import path from "node:path";
 
+import { windowsDir } from "./platform.ts";
+
 export const DEFAULT_STATE_DIR = "/var/lib/redflag-agent";
+export const DEFAULT_STATE_DIR_MACOS = "/Library/Application Support/RedFlag/agent";
+// Under %ProgramData%; the agent gives the directory an ACL for SYSTEM and Administrators only
+// when it creates it (state/files.ts).
+export const DEFAULT_STATE_DIR_WINDOWS = "%ProgramData%\\RedFlag\\agent";
+
+// The default state directory on this OS, as help texts print it.
+export function defaultStateDirText(platform: NodeJS.Platform = process.platform): string {
+  if (platform === "win32") return DEFAULT_STATE_DIR_WINDOWS;
+  if (platform === "darwin") return DEFAULT_STATE_DIR_MACOS;
+  return DEFAULT_STATE_DIR;
+}
+
+// The default state directory on this OS, %ProgramData% expanded (C:\ProgramData when unset).
+export function defaultStateDir(env: NodeJS.ProcessEnv, platform: NodeJS.Platform = process.platform): string {
+  if (platform === "win32") return `${windowsDir(env.ProgramData ?? env.PROGRAMDATA, "C:\\ProgramData")}\\RedFlag\\agent`;
+  return defaultStateDirText(platform);
+}
 
 export interface Config {
   readonly stateDir: string;
@@ -38,7 +57,7 @@ export class ConfigError extends Error {
 const LOG_LEVELS = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 
 export const defaultConfig: Config = Object.freeze({
-  stateDir: DEFAULT_STATE_DIR,
+  stateDir: defaultStateDir({}),
   caFile: undefined,
   machineIdSeed: undefined,
   aptRefresh: true,
@@ -49,7 +68,8 @@ export const defaultConfig: Config = Object.freeze({
 });
 
 // Reads every REDFLAG_AGENT_* setting once, reports all problems together, and returns a frozen object.
-export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd()): Config {
+export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd(), platform: NodeJS.Platform = process.platform): Config {
+  const paths = platform === "win32" ? path.win32 : path.posix;
   const problems: string[] = [];
   const integer = (name: string, fallback: number, min: number, max: number): number => {
     const text = env[name];
@@ -70,20 +90,20 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     return fallback;
   };
 
-  const stateDir = flags.stateDir || env.REDFLAG_AGENT_STATE_DIR || DEFAULT_STATE_DIR;
+  const stateDir = flags.stateDir || env.REDFLAG_AGENT_STATE_DIR || defaultStateDir(env, platform);
   const caFile = flags.caFile || env.REDFLAG_AGENT_CA_FILE || undefined;
   const logLevel = env.REDFLAG_AGENT_LOG_LEVEL || defaultConfig.logLevel;
   if (!LOG_LEVELS.has(logLevel)) problems.push(`REDFLAG_AGENT_LOG_LEVEL=${logLevel} must be one of ${[...LOG_LEVELS].join(", ")}`);
 
   const config: Config = {
-    stateDir: path.resolve(cwd, stateDir),
-    caFile: caFile ? path.resolve(cwd, caFile) : undefined,
+    stateDir: paths.resolve(cwd, stateDir),
+    caFile: caFile ? paths.resolve(cwd, caFile) : undefined,
     machineIdSeed: env.REDFLAG_AGENT_MACHINE_ID_SEED || undefined,
     aptRefresh: boolean("REDFLAG_AGENT_APT_REFRESH", defaultConfig.aptRefresh),
     logLevel,
     longPollSeconds: integer("REDFLAG_AGENT_LONG_POLL_SECONDS", defaultConfig.longPollSeconds, 0, 60),
     stopGraceSeconds: integer("REDFLAG_AGENT_STOP_GRACE_SECONDS", defaultConfig.stopGraceSeconds, 0, 3600),
-    installDir: env.REDFLAG_AGENT_INSTALL_DIR ? path.resolve(cwd, env.REDFLAG_AGENT_INSTALL_DIR) : undefined,
+    installDir: env.REDFLAG_AGENT_INSTALL_DIR ? paths.resolve(cwd, env.REDFLAG_AGENT_INSTALL_DIR) : undefined,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

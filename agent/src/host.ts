@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { OsFamily, type OsInfo, OsInfoSchema } from "@redflag/gen/common_pb";
-import { readFile } from "node:fs/promises";
 import os from "node:os";
+import { createHostAccess, toolOutput, type HostAccess } from "./platform.ts";
 
 // Parses os-release(5): KEY=value lines, values optionally quoted, with shell escapes.
 export function parseOsRelease(text: string): Record<string, string> {
@@ -20,19 +20,16 @@ export function parseOsRelease(text: string): Record<string, string> {
   return out;
 }
 
-async function readOsRelease(): Promise<Record<string, string>> {
+async function readOsRelease(host: HostAccess): Promise<Record<string, string>> {
   for (const file of ["/etc/os-release", "/usr/lib/os-release"]) {
-    try {
-      return parseOsRelease(await readFile(file, "utf8"));
-    } catch {
-      // try the next location
-    }
+    const text = await host.readText(file);
+    if (text !== undefined) return parseOsRelease(text);
   }
   return {};
 }
 
-function osFamily(): OsFamily {
-  switch (process.platform) {
+function osFamily(platform: NodeJS.Platform): OsFamily {
+  switch (platform) {
     case "linux":
       return OsFamily.LINUX;
     case "win32":
@@ -44,16 +41,29 @@ function osFamily(): OsFamily {
   }
 }
 
-export async function collectOsInfo(): Promise<OsInfo> {
-  const release = await readOsRelease();
-  return create(OsInfoSchema, {
-    family: osFamily(),
-    name: release.NAME ?? os.type(),
-    version: release.VERSION ?? release.VERSION_ID ?? "",
-    kernel: os.release(),
-    arch: os.machine(),
-  });
+// Linux: os-release(5). macOS: "macOS" and sw_vers's product version (empty when it cannot be
+// read). Windows: the product name Windows keeps in the registry (Node's os.version()) and the
+// build number (os.release(), e.g. 10.0.22631), which tells Windows 10 from 11 where the product
+// name does not.
+export async function collectOsInfo(host: HostAccess = createHostAccess({})): Promise<OsInfo> {
+  let name: string;
+  let version: string;
+  if (host.platform === "darwin") {
+    const out = await toolOutput(host, [SW_VERS, "-productVersion"]);
+    name = "macOS";
+    version = "stdout" in out && /^\d+(\.\d+){0,2}$/.test(out.stdout.trim()) ? out.stdout.trim() : "";
+  } else if (host.platform === "win32") {
+    name = host.os.version() || "Windows";
+    version = host.os.release();
+  } else {
+    const release = await readOsRelease(host);
+    name = release.NAME ?? host.os.type();
+    version = release.VERSION ?? release.VERSION_ID ?? "";
+  }
+  return create(OsInfoSchema, { family: osFamily(host.platform), name, version, kernel: host.os.release(), arch: host.os.machine() });
 }
+
+const SW_VERS = "/usr/bin/sw_vers";
 
 export function hostname(): string {
   return os.hostname();

@@ -11,7 +11,6 @@ import {
 } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
-import { access } from "node:fs/promises";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
 import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts";
 import { processCommands, type ProcessSummary } from "./commands.ts";
@@ -23,6 +22,7 @@ import { createSourceLocks } from "./source-lock.ts";
 import { createHeartbeat } from "./heartbeat.ts";
 import { executeCommand, type ExecutorTable } from "./executors/index.ts";
 import { createLogger, type Logger } from "./log.ts";
+import { createHostAccess, type HostAccess } from "./platform.ts";
 import { createSession, type Session } from "./session.ts";
 import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/files.ts";
 import { loadAgentKey, machineIdOfThisHost } from "./state/identity.ts";
@@ -36,7 +36,10 @@ import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { openScanPartStore, type ScanPartStore } from "./state/scan-parts.ts";
 import { createReporter } from "./report.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
+import { rebootRequired } from "./system.ts";
 import { AGENT_VERSION } from "./version.ts";
+
+const REBOOT_CHECK_MS = 60_000;
 
 export interface Timing {
   // Exponential backoff with full jitter after transient failures.
@@ -69,6 +72,8 @@ export interface RunOptions extends Partial<Omit<Config, "stateDir">> {
   transport?: Transport;
   // Environment of child processes (scanners); the agent's own environment by default.
   env?: NodeJS.ProcessEnv;
+  // How the agent reads this host (identity, metrics); made from `env` by default.
+  host?: HostAccess;
   executors?: ExecutorTable;
   timing?: Partial<Timing>;
 }
@@ -111,7 +116,9 @@ async function run(options: RunOptions): Promise<RunSummary> {
     logger.error({ version: watchdog.upgrade.version, backTo: watchdog.upgrade.from, starts: watchdog.upgrade.starts }, "new release never completed a poll cycle; switched back");
     return { cycles: 0, delivered: 0, reported: 0, executed: 0, rejected: 0, redelivered: 0, dropped: 0, restart: `rolled back from ${watchdog.upgrade.version}` };
   }
-  await ensurePrivateDir(config.stateDir);
+  const env = options.env ?? process.env;
+  const host = options.host ?? createHostAccess(env);
+  await ensurePrivateDir(config.stateDir, host);
   const lock = await acquireLock(config.stateDir);
   let closeTransport: (() => void) | undefined;
   try {
@@ -128,7 +135,7 @@ async function run(options: RunOptions): Promise<RunSummary> {
       const { damagedFile, reason } = journal.recovery;
       logger.error({ damagedFile, reason }, "the journal was damaged and set aside; commands delivered before now are not run (they are reported as rejected), new ones run as usual");
     }
-    const machineId = await machineIdOfThisHost(config.machineIdSeed);
+    const machineId = await machineIdOfThisHost(config.machineIdSeed, host);
     let transport = options.transport;
     if (!transport) {
       const own = await createAgentTransport(registration.serverUrl, config.caFile ?? registration.caFile);
@@ -154,7 +161,8 @@ async function run(options: RunOptions): Promise<RunSummary> {
       timing,
       logger,
       stop,
-      env: options.env ?? process.env,
+      env,
+      host,
       executors: options.executors,
       scanSummary,
       lastScan: await scanSummary.load(),
@@ -183,6 +191,7 @@ interface AgentDeps {
   logger: Logger;
   stop: AbortSignal;
   env: NodeJS.ProcessEnv;
+  host: HostAccess;
   executors: ExecutorTable | undefined;
   scanSummary: ReturnType<typeof scanSummaryFile>;
   lastScan: ScanSummary | undefined;
@@ -211,6 +220,14 @@ function createAgent(deps: AgentDeps) {
   const intervalSeconds = (next?: number) =>
     heartbeat.interval(Date.now()) ?? (next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds);
 
+  // Read at most once a minute: on Windows it runs reg.exe, and polls can be seconds apart.
+  let reboot: { at: number; required: Promise<boolean> } | undefined;
+  const rebootPending = () => {
+    if (!reboot || Date.now() - reboot.at >= REBOOT_CHECK_MS) {
+      reboot = { at: Date.now(), required: rebootRequired(deps.host).then((r) => r.required, () => false) };
+    }
+    return reboot.required;
+  };
   const status = async () =>
     create(AgentStatusSchema, {
       agentVersion: AGENT_VERSION,
@@ -220,7 +237,7 @@ function createAgent(deps: AgentDeps) {
       lastScanTime: lastScan ? timestampFromDate(lastScan.scanTime) : undefined,
       pendingUpdateCount: lastScan?.pendingUpdateCount ?? 0,
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
-      rebootRequired: await exists("/var/run/reboot-required"),
+      rebootRequired: await rebootPending(),
       trustedKeysRevision: keySetRevision(deps.pins.keys()),
     });
 
@@ -237,6 +254,7 @@ function createAgent(deps: AgentDeps) {
       locks,
       heartbeat,
       env: deps.env,
+      host: deps.host,
       logger,
       stopSignal: commandStop.signal,
       pins: deps.pins,
@@ -451,14 +469,6 @@ function createAgent(deps: AgentDeps) {
   };
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await access(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function resolveConfig(options: RunOptions): Config {
   const config: Record<string, unknown> = { ...defaultConfig };

@@ -2,9 +2,10 @@ import { Command, CommanderError } from "commander";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { text } from "node:stream/consumers";
-import { ConfigError, loadConfig, type Config, type ConfigFlags } from "./config.ts";
+import { ConfigError, defaultStateDir, loadConfig, type Config, type ConfigFlags } from "./config.ts";
 import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_RESTART, EXIT_USAGE } from "./errors.ts";
 import { createLogger } from "./log.ts";
+import { createHostAccess } from "./platform.ts";
 import { runAgent } from "./loop.ts";
 import { registerAgent } from "./register.ts";
 import { defaultInstallDir, installService, uninstallService } from "./service/install.ts";
@@ -12,12 +13,12 @@ import { StateError } from "./state/files.ts";
 import { formatStatus, readStatus } from "./status.ts";
 import { AGENT_VERSION } from "./version.ts";
 
-const EXIT_CODES_HELP = `
+const exitCodesHelp = (stateDir: string) => `
 Exit codes: 0 success, 1 failure (control plane unreachable or refusing), 2 usage or state
 problem (bad flags or environment, not registered, damaged state directory), 3 a new release
 was installed by update_agent (the service manager starts it).
 
-Environment: REDFLAG_AGENT_STATE_DIR (default /var/lib/redflag-agent), REDFLAG_AGENT_CA_FILE,
+Environment: REDFLAG_AGENT_STATE_DIR (default ${stateDir}), REDFLAG_AGENT_CA_FILE,
 REDFLAG_AGENT_LOG_LEVEL, REDFLAG_AGENT_APT_REFRESH=0 (never run apt-get update),
 REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS,
 REDFLAG_AGENT_INSTALL_DIR (where update_agent unpacks releases), and
@@ -25,14 +26,16 @@ REDFLAG_AGENT_MACHINE_ID_SEED: mixed into the machine ID so several agents can s
 (tests, containers); each needs its own state directory.`;
 
 // The CLI: parses flags, loads the config once, and hands over. Returns the exit code.
-export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: NodeJS.Platform = process.platform): Promise<number> {
   let exitCode = EXIT_OK;
-  const config = (flags: ConfigFlags): Config => loadConfig(env, flags);
+  const config = (flags: ConfigFlags): Config => loadConfig(env, flags, process.cwd(), platform);
+  const host = createHostAccess(env, platform);
+  const stateDirOption = `state directory (default ${defaultStateDir(env, platform)})`;
 
   const program = new Command("redflag-agent")
     .description("RedFlag agent: polls the control plane, verifies signed commands, runs them and reports.")
     .version(AGENT_VERSION)
-    .addHelpText("after", EXIT_CODES_HELP)
+    .addHelpText("after", exitCodesHelp(defaultStateDir(env, platform)))
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(`redflag-agent: ${text.replace(/^error: /, "")}`) });
 
@@ -42,7 +45,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     .requiredOption("--server <url>", "control plane URL (http:// for h2c, https:// for TLS)")
     .option("--token <token>", "registration token")
     .option("--token-file <file>", "read the registration token from a file, or from standard input with - (keeps it out of the process list)")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
     .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint (as `redflag tokens create` and the console show it)")
     .option("--insecure-http", "allow plain http:// to a server that is not on this machine (needs --fingerprint)")
@@ -58,6 +61,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         fingerprint: opts.fingerprint,
         insecureHttp: opts.insecureHttp,
         machineIdSeed: cfg.machineIdSeed,
+        host,
         logger: createLogger(cfg.logLevel),
       });
       process.stdout.write(
@@ -72,7 +76,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   program
     .command("run")
     .description("poll for commands until stopped (SIGTERM/SIGINT), or once with --once")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server (overrides the one given at register)")
     .option("--once", "one cycle: report, poll without waiting, run what came, report; then exit")
     .action(async (opts: { stateDir?: string; ca?: string; once?: boolean }) => {
@@ -91,7 +95,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
       try {
-        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env });
+        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env, host });
         if (summary.restart) {
           logger.info({ reason: summary.restart }, "exiting so the service manager starts the release now in place");
           exitCode = EXIT_RESTART;
@@ -111,17 +115,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     .option("--fingerprint <sha256>", "pin only signing keys vouched for by the key with this fingerprint")
     .option("--insecure-http", "allow plain http:// to a server that is not on this machine (needs --fingerprint)")
     .option("--ca <file>", "PEM CA bundle to trust for an https:// server")
-    .option("--state-dir <dir>", "state directory")
-    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(process.platform, env)})`)
+    .option("--state-dir <dir>", stateDirOption)
+    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(platform, env)})`)
     .option("--root <dir>", "write every file under this directory instead of / (building an image, tests)", "/")
     .option("--no-start", "write and enable the service without starting it")
     .action(async (opts: { server?: string; token?: string; tokenFile?: string; fingerprint?: string; insecureHttp?: boolean; ca?: string; stateDir?: string; installDir?: string; root: string; start: boolean }) => {
       const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
       const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
       await installService(
-        { platform: process.platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`), logger: createLogger(cfg.logLevel) },
+        { platform: platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`), logger: createLogger(cfg.logLevel) },
         {
-          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(process.platform, env)),
+          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(platform, env)),
           stateDir: cfg.stateDir,
           serverUrl: opts.server,
           token,
@@ -137,16 +141,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   program
     .command("uninstall")
     .description("stop and remove the service, the installed releases and the state directory (the agent's key and credentials)")
-    .option("--state-dir <dir>", "state directory")
-    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(process.platform, env)})`)
+    .option("--state-dir <dir>", stateDirOption)
+    .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(platform, env)})`)
     .option("--keep-state", "keep the state directory, so installing again keeps this agent's identity")
     .option("--root <dir>", "remove files under this directory instead of / (tests)", "/")
     .action(async (opts: { stateDir?: string; installDir?: string; keepState?: boolean; root: string }) => {
       const cfg = config({ stateDir: opts.stateDir });
       await uninstallService(
-        { platform: process.platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`) },
+        { platform: platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`) },
         {
-          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(process.platform, env)),
+          installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(platform, env)),
           stateDir: cfg.stateDir,
           keepState: Boolean(opts.keepState),
         },
@@ -156,11 +160,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   program
     .command("status")
     .description("show the agent ID, server, pinned keys, last sequence and journal size (no secrets)")
-    .option("--state-dir <dir>", "state directory")
+    .option("--state-dir <dir>", stateDirOption)
     .option("--json", "print JSON")
     .action(async (opts: { stateDir?: string; json?: boolean }) => {
       const cfg = config({ stateDir: opts.stateDir });
-      const status = await readStatus({ stateDir: cfg.stateDir, machineIdSeed: cfg.machineIdSeed });
+      const status = await readStatus({ stateDir: cfg.stateDir, machineIdSeed: cfg.machineIdSeed, host });
       process.stdout.write(opts.json ? JSON.stringify(status, null, 2) + "\n" : formatStatus(status) + "\n");
     });
 

@@ -8,6 +8,7 @@ import { REGISTER_PROOF_TYPE, signEnvelope, type KeyPair } from "./envelope.ts";
 import { AgentError, describeError, EXIT_USAGE } from "./errors.ts";
 import { collectOsInfo, hostname } from "./host.ts";
 import { silentLogger, type Logger } from "./log.ts";
+import type { HostAccess } from "./platform.ts";
 import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/files.ts";
 import { loadOrCreateAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { resetJournal } from "./state/journal.ts";
@@ -29,6 +30,8 @@ export interface RegisterOptions {
   // Plain http:// to a host other than this one (refused without it).
   insecureHttp?: boolean | undefined;
   machineIdSeed?: string | undefined;
+  // How the agent reads this host (its platform, system tools); this host when not given.
+  host?: HostAccess | undefined;
   logger?: Logger;
   // Replaces the network transport (tests drive an in-memory control plane).
   transport?: Transport;
@@ -63,7 +66,7 @@ export function registerProof(input: { machineId: string; key: KeyPair }, now: D
 // and automatic re-registration.
 export async function enrol(
   api: AgentApi,
-  input: { token: string; machineId: string; key: KeyPair },
+  input: { token: string; machineId: string; key: KeyPair; host?: HostAccess | undefined },
   signal?: AbortSignal,
 ): Promise<RegisterResponse> {
   return api.register(
@@ -72,7 +75,7 @@ export async function enrol(
       hostname: hostname(),
       machineId: input.machineId,
       agentPublicKey: input.key.publicKey,
-      os: await collectOsInfo(),
+      os: await collectOsInfo(input.host),
       agentVersion: AGENT_VERSION,
       ...registerProof(input, new Date()),
     },
@@ -135,7 +138,7 @@ export async function registerAgent(opts: RegisterOptions): Promise<RegisterOutc
   }
   if (!opts.token) throw new AgentError("a registration token is required (--token)", EXIT_USAGE);
 
-  await ensurePrivateDir(opts.stateDir);
+  await ensurePrivateDir(opts.stateDir, opts.host);
   // Never under a running agent: it would keep using the credentials this replaces.
   let lock;
   try {
@@ -156,7 +159,7 @@ export async function registerAgent(opts: RegisterOptions): Promise<RegisterOutc
 
 async function enrolAndSave(opts: RegisterOptions, serverUrl: string, fingerprint: string | undefined, logger: Logger): Promise<RegisterOutcome> {
   await removeStaleTempFiles(opts.stateDir);
-  const machineId = await machineIdOfThisHost(opts.machineIdSeed);
+  const machineId = await machineIdOfThisHost(opts.machineIdSeed, opts.host);
   // Written before the call, so a crash right after the server registered us keeps the key it knows.
   const key = await loadOrCreateAgentKey(opts.stateDir);
   const file = registrationFile(opts.stateDir);
@@ -166,7 +169,7 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, fingerprin
   const api = createAgentApi(opts.transport ?? own!.transport);
   let res: RegisterResponse;
   try {
-    res = await enrol(api, { token: opts.token, machineId, key }, opts.signal);
+    res = await enrol(api, { token: opts.token, machineId, key, host: opts.host }, opts.signal);
   } catch (err) {
     throw new AgentError(`registration with ${serverUrl} failed: ${describeError(err)}`, undefined, { cause: err });
   } finally {

@@ -44,6 +44,8 @@ export function runProcess(argv: readonly string[], opts: ProcessOptions): Promi
       stdio: ["ignore", "pipe", "pipe"],
       env: opts.env ?? process.env,
       shell: false,
+      // No console window per tool run on Windows (detached children get their own otherwise).
+      windowsHide: true,
       ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
       ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
     });
@@ -73,7 +75,10 @@ export function runProcess(argv: readonly string[], opts: ProcessOptions): Promi
     const killGroup = (signal: NodeJS.Signals) => {
       if (child.pid === undefined) return;
       try {
-        process.kill(-child.pid, signal);
+        // Windows has no process groups to signal (a negative PID is refused there): the child
+        // itself is stopped (TerminateProcess), so a timeout still ends the run.
+        if (process.platform === "win32") child.kill(signal);
+        else process.kill(-child.pid, signal);
       } catch {
         // the group is already gone
       }

@@ -1,5 +1,6 @@
 import { AgentError, EXIT_USAGE } from "./errors.ts";
 import { StateError } from "./state/files.ts";
+import type { HostAccess } from "./platform.ts";
 import { machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal } from "./state/journal.ts";
 import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
@@ -24,7 +25,7 @@ export interface AgentStatusReport {
   registerTime: string;
 }
 
-export async function readStatus(opts: { stateDir: string; machineIdSeed?: string | undefined }): Promise<AgentStatusReport> {
+export async function readStatus(opts: { stateDir: string; machineIdSeed?: string | undefined; host?: HostAccess | undefined }): Promise<AgentStatusReport> {
   try {
     const registration = await registrationFile(opts.stateDir).load();
     if (!registration) {
@@ -35,7 +36,7 @@ export async function readStatus(opts: { stateDir: string; machineIdSeed?: strin
       // Never changes state: the running agent owns recovery of the journal.
       openJournal(opts.stateDir, { readOnly: true }),
       scanSummaryFile(opts.stateDir).load(),
-      machineIdOfThisHost(opts.machineIdSeed),
+      machineIdOfThisHost(opts.machineIdSeed, opts.host),
     ]);
     return {
       stateDir: opts.stateDir,

@@ -1,7 +1,9 @@
-// Readers of the host's state shared by collect_specs and the system/storage metrics.
+// Readers of the host's state shared by collect_specs and the system/storage metrics, for
+// Linux, macOS and Windows. Each reader takes the HostAccess it reads through (tests give a
+// fake one) and says honestly what it could not read instead of failing the whole reading.
 import { create } from "@bufbuild/protobuf";
 import { type DiskInfo, DiskInfoSchema } from "@redflag/gen/command_pb";
-import { readFile, statfs } from "node:fs/promises";
+import { createHostAccess, system32, toolOutput, type HostAccess } from "./platform.ts";
 
 // File systems that hold data; everything else in /proc/self/mounts (proc, sysfs, cgroup,
 // tmpfs, squashfs snap images …) is not a disk an operator cares about.
@@ -25,24 +27,31 @@ const unescape = (field: string) => field.replace(/\\([0-7]{3})/g, (_, octal: st
 // The real file systems among the mounts, each device once (bind mounts and btrfs subvolumes
 // would otherwise count the same space several times; the shortest mount point wins).
 export function parseMounts(text: string): Mount[] {
-  const byDevice = new Map<string, Mount>();
+  const mounts: Mount[] = [];
   for (const line of text.split("\n")) {
     const [device, mountPoint, fsType] = line.split(" ").map(unescape);
     if (!device || !mountPoint || !fsType) continue;
     const real = DISK_FS_TYPES.has(fsType) || (fsType === "overlay" && mountPoint === "/");
-    if (!real) continue;
-    const key = `${device} ${fsType}`;
+    if (real) mounts.push({ device, mountPoint, fsType });
+  }
+  return oncePerDevice(mounts);
+}
+
+function oncePerDevice(mounts: Mount[]): Mount[] {
+  const byDevice = new Map<string, Mount>();
+  for (const mount of mounts) {
+    const key = `${mount.device} ${mount.fsType}`;
     const seen = byDevice.get(key);
-    if (!seen || mountPoint.length < seen.mountPoint.length) byDevice.set(key, { device, mountPoint, fsType });
+    if (!seen || mount.mountPoint.length < seen.mountPoint.length) byDevice.set(key, mount);
   }
   return [...byDevice.values()].sort((a, b) => a.mountPoint.localeCompare(b.mountPoint));
 }
 
-export async function diskInfo(mount: Mount): Promise<DiskInfo | undefined> {
+export async function diskInfo(mount: Mount, host: HostAccess = createHostAccess({})): Promise<DiskInfo | undefined> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const stats = await Promise.race([
-      statfs(mount.mountPoint, { bigint: true }),
+      host.statfs(mount.mountPoint),
       new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), STATFS_TIMEOUT_MS))),
     ]);
     if (!stats) return undefined;
@@ -72,27 +81,206 @@ export function parseMeminfo(text: string): Map<string, bigint> {
   return out;
 }
 
-export async function readText(file: string): Promise<string | undefined> {
-  try {
-    return await readFile(file, "utf8");
-  } catch {
-    return undefined;
-  }
+// Memory as the OS counts it: "available" is what programs can get without swapping.
+export interface MemoryReading {
+  totalBytes: bigint;
+  availableBytes: bigint;
+  swapTotalBytes: bigint;
+  swapUsedBytes: bigint;
+  // What could not be read, in words for the result message.
+  problems: string[];
 }
 
-export async function rebootRequired(): Promise<{ required: boolean; by: string[] }> {
-  const flag = await readText("/var/run/reboot-required");
+// Linux: /proc/meminfo's MemAvailable. Windows: Node's free memory is the OS's "available"
+// (GlobalMemoryStatusEx); the page file is not read. macOS: Node's free memory counts free pages
+// only, so available is free plus inactive pages from vm_stat (as psutil counts it), and swap
+// comes from sysctl vm.swapusage.
+export async function readMemory(host: HostAccess = createHostAccess({}), signal?: AbortSignal): Promise<MemoryReading> {
+  const totalBytes = BigInt(host.os.totalmem());
+  const free = BigInt(host.os.freemem());
+  const problems: string[] = [];
+  let availableBytes = free;
+  let swapTotalBytes = 0n;
+  let swapUsedBytes = 0n;
+  if (host.platform === "linux") {
+    const meminfo = parseMeminfo((await host.readText("/proc/meminfo")) ?? "");
+    availableBytes = meminfo.get("MemAvailable") ?? free;
+    swapTotalBytes = meminfo.get("SwapTotal") ?? 0n;
+    swapUsedBytes = swapTotalBytes - (meminfo.get("SwapFree") ?? swapTotalBytes);
+  } else if (host.platform === "darwin") {
+    const vm = await toolOutput(host, [VM_STAT], signal);
+    const pages = "stdout" in vm ? parseVmStat(vm.stdout) : undefined;
+    if (pages) availableBytes = pages.available;
+    else problems.push(`memory available counts free pages only (${"error" in vm ? vm.error : `${VM_STAT} printed no page counts`})`);
+    const swap = await toolOutput(host, [SYSCTL, "-n", "vm.swapusage"], signal);
+    const usage = "stdout" in swap ? parseSwapUsage(swap.stdout) : undefined;
+    if (usage) ({ total: swapTotalBytes, used: swapUsedBytes } = usage);
+    else problems.push(`swap unknown (${"error" in swap ? swap.error : `${SYSCTL} printed no vm.swapusage`})`);
+  }
+  if (availableBytes > totalBytes) availableBytes = totalBytes;
+  return { totalBytes, availableBytes, swapTotalBytes, swapUsedBytes, problems };
+}
+
+const VM_STAT = "/usr/bin/vm_stat";
+const SYSCTL = "/usr/sbin/sysctl";
+
+// vm_stat(1): "Mach Virtual Memory Statistics: (page size of 16384 bytes)", then lines like
+// "Pages free:    3562." ("Pages free" already leaves out speculative pages).
+export function parseVmStat(text: string): { pageSize: bigint; available: bigint } | undefined {
+  const pageSize = /page size of (\d+) bytes/.exec(text)?.[1];
+  const count = (name: string) => new RegExp(`^${name}:\\s+(\\d+)\\.?\\s*$`, "m").exec(text)?.[1];
+  const free = count("Pages free");
+  const inactive = count("Pages inactive");
+  if (!pageSize || free === undefined || inactive === undefined) return undefined;
+  return { pageSize: BigInt(pageSize), available: (BigInt(free) + BigInt(inactive)) * BigInt(pageSize) };
+}
+
+const UNIT: Record<string, number> = { B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+// `sysctl -n vm.swapusage`: "total = 2048.00M  used = 1074.25M  free = 973.75M  (encrypted)".
+export function parseSwapUsage(text: string): { total: bigint; used: bigint } | undefined {
+  const size = (name: string) => {
+    const match = new RegExp(`${name} = (\\d+(?:\\.\\d+)?)([BKMGT])`).exec(text);
+    return match ? BigInt(Math.round(Number(match[1]) * UNIT[match[2]!]!)) : undefined;
+  };
+  const total = size("total");
+  const used = size("used");
+  return total !== undefined && used !== undefined ? { total, used } : undefined;
+}
+
+// 1, 5 and 15 minute load averages; none on Windows, which has no such figure (Node says 0, 0, 0).
+export function loadAverage(host: HostAccess): number[] {
+  return host.platform === "win32" ? [] : host.os.loadavg();
+}
+
+// Words for a result message: what the agent could not read, or nothing.
+export function unreadNote(memory: MemoryReading, reboot: RebootState, disks?: DiskReading): string {
+  const notes = [...memory.problems, ...(reboot.unknown ? [`reboot pending unknown: ${reboot.unknown}`] : []), ...(disks?.problem ? [disks.problem] : [])];
+  return notes.length > 0 ? `; ${notes.join("; ")}` : "";
+}
+
+export interface RebootState {
+  required: boolean;
+  // What asked for the reboot: packages on Debian and Ubuntu, the registry flags on Windows.
+  by: string[];
+  // Set when the agent cannot tell (then `required` is false): why, in words.
+  unknown?: string | undefined;
+}
+
+const CBS_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Component Based Servicing";
+const WU_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update";
+const SESSION_MANAGER_KEY = "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Session Manager";
+export const MACOS_REBOOT_UNKNOWN = "macOS does not say whether a restart is pending";
+
+// Linux: /var/run/reboot-required (Debian, Ubuntu). Windows: the flags Windows Update and
+// Component Based Servicing set (the RebootRequired and RebootPending keys) and pending file
+// renames. macOS keeps no such flag that a program can read without asking Apple's servers
+// (softwareupdate), so the answer there is "unknown".
+export async function rebootRequired(host: HostAccess = createHostAccess({}), signal?: AbortSignal): Promise<RebootState> {
+  if (host.platform === "win32") return windowsRebootPending(host, signal);
+  if (host.platform === "darwin") return { required: false, by: [], unknown: MACOS_REBOOT_UNKNOWN };
+  const flag = await host.readText("/var/run/reboot-required");
   if (flag === undefined) return { required: false, by: [] };
-  const pkgs = await readText("/var/run/reboot-required.pkgs");
+  const pkgs = await host.readText("/var/run/reboot-required.pkgs");
   const by = [...new Set((pkgs ?? "").split("\n").map((l) => l.trim()).filter(Boolean))];
   return { required: true, by };
 }
 
+// Each key is listed whole (its values and subkeys) rather than asked for one subkey or value:
+// reg.exe's "not found" is an exit status shared with real failures and a message in the
+// system's language, while key and value names are the same in every language.
+async function windowsRebootPending(host: HostAccess, signal?: AbortSignal): Promise<RebootState> {
+  const reg = system32(host, "reg.exe");
+  const list = async (key: string) => {
+    const out = await toolOutput(host, [reg, "query", key, "/reg:64"], signal);
+    if ("error" in out) return { error: out.error };
+    const parsed = parseRegQuery(out.stdout);
+    return parsed ?? { error: `${reg} printed no listing of ${key}` };
+  };
+  const [cbs, wu, sm] = await Promise.all([list(CBS_KEY), list(WU_KEY), list(SESSION_MANAGER_KEY)]);
+  const by: string[] = [];
+  const problems: string[] = [];
+  if ("error" in wu) problems.push(wu.error);
+  else if (wu.subkeys.some((k) => k.toLowerCase() === "rebootrequired")) by.push("Windows Update");
+  if ("error" in cbs) problems.push(cbs.error);
+  else if (cbs.subkeys.some((k) => k.toLowerCase() === "rebootpending")) by.push("Component Based Servicing");
+  if ("error" in sm) problems.push(sm.error);
+  else if (sm.values.some((v) => /^PendingFileRenameOperations2?$/i.test(v.name) && v.data.replace(/\\0/g, "").trim() !== "")) by.push("pending file renames");
+  if (by.length > 0) return { required: true, by };
+  if (problems.length > 0) return { required: false, by: [], unknown: problems.join("; ") };
+  return { required: false, by: [] };
+}
 
-// Every real file system with its size, use and inodes; a mount that does not answer in time is left out.
-export async function readDisks(): Promise<DiskInfo[]> {
-  const mounts = parseMounts((await readText("/proc/self/mounts")) ?? "");
-  return (await Promise.all(mounts.map(diskInfo))).filter((d): d is DiskInfo => d !== undefined);
+export interface RegListing {
+  values: { name: string; type: string; data: string }[];
+  // Names of the direct subkeys.
+  subkeys: string[];
+}
+
+// `reg query KEY` prints a blank line, the key's full name, one line per value
+// ("    Name    REG_TYPE    data"), a blank line, and one line per subkey (its full name).
+export function parseRegQuery(text: string): RegListing | undefined {
+  const lines = text.split("\n").map((l) => l.replace(/\r$/, ""));
+  const header = lines.findIndex((l) => /^HKEY_[A-Z_]+(\\|$)/.test(l));
+  if (header < 0) return undefined;
+  const key = lines[header]!;
+  const values: RegListing["values"] = [];
+  const subkeys: string[] = [];
+  for (const line of lines.slice(header + 1)) {
+    const value = /^ {4}(.+?) {4}(REG_[A-Z_]+)(?: {4}(.*))?$/.exec(line);
+    if (value) values.push({ name: value[1]!, type: value[2]!, data: value[3] ?? "" });
+    else if (line.toLowerCase().startsWith(`${key.toLowerCase()}\\`)) subkeys.push(line.slice(key.length + 1));
+  }
+  return { values, subkeys };
+}
+
+export interface DiskReading {
+  disks: DiskInfo[];
+  // Set when the file systems could not be listed.
+  problem?: string | undefined;
+}
+
+// Every real file system with its size, use and inodes; a mount that does not answer in time is
+// left out. Linux lists /proc/self/mounts, macOS the output of mount(8), Windows its drive
+// letters (each one that statfs can read: a drive without media is not a disk).
+export async function readDisks(host: HostAccess = createHostAccess({}), signal?: AbortSignal): Promise<DiskReading> {
+  let mounts: Mount[];
+  if (host.platform === "win32") {
+    mounts = [..."ABCDEFGHIJKLMNOPQRSTUVWXYZ"].map((letter) => ({ device: `${letter}:`, mountPoint: `${letter}:\\`, fsType: "" }));
+  } else if (host.platform === "darwin") {
+    const out = await toolOutput(host, [MOUNT], signal);
+    if ("error" in out) return { disks: [], problem: `cannot list file systems: ${out.error}` };
+    mounts = parseMacMounts(out.stdout);
+    if (mounts.length === 0) return { disks: [], problem: `cannot list file systems: ${MOUNT} printed none` };
+  } else {
+    const text = await host.readText("/proc/self/mounts");
+    if (text === undefined) return { disks: [], problem: "cannot list file systems: /proc/self/mounts is not readable" };
+    mounts = parseMounts(text);
+  }
+  const disks = (await Promise.all(mounts.map((m) => diskInfo(m, host)))).filter((d): d is DiskInfo => d !== undefined);
+  return { disks };
+}
+
+const MOUNT = "/sbin/mount";
+const MAC_DISK_FS_TYPES = new Set(["apfs", "hfs", "msdos", "exfat", "ntfs", "ufs", "zfs", "smbfs", "nfs", "afpfs", "webdav"]);
+// The volume that holds the users' data; like the other volumes of the system it is "nobrowse".
+const MAC_DATA_VOLUME = "/System/Volumes/Data";
+
+// mount(8) on macOS: "/dev/disk3s1s1 on / (apfs, sealed, local, read-only, journaled)". Keeps
+// the real file systems a user sees (not the system's "nobrowse" helper volumes, except the Data
+// volume), each device once.
+export function parseMacMounts(text: string): Mount[] {
+  const mounts: Mount[] = [];
+  for (const line of text.split("\n")) {
+    const match = /^(.+?) on (.+) \(([^()]*)\)$/.exec(line.trim());
+    if (!match) continue;
+    const [fsType = "", ...flags] = match[3]!.split(",").map((f) => f.trim());
+    const mountPoint = match[2]!;
+    if (!MAC_DISK_FS_TYPES.has(fsType)) continue;
+    if (flags.includes("nobrowse") && mountPoint !== MAC_DATA_VOLUME) continue;
+    mounts.push({ device: match[1]!, mountPoint, fsType });
+  }
+  return oncePerDevice(mounts);
 }
 
 export interface CpuTimes {

@@ -77,7 +77,7 @@ describe("register", () => {
     const server = agentOnServer();
     expect(outcome.agentId).toBe(server.agentId);
     expect(outcome.pinnedKeyIds).toEqual([cp.key.keyId]);
-    expect(server.machineId).toBe(computeMachineId({ ...(await readHostIdentifiers(undefined)), seed }));
+    expect(server.machineId).toBe(computeMachineId({ ...(await readHostIdentifiers(undefined)).ids, seed }));
 
     expect((await stat(stateDir)).mode & 0o777).toBe(0o700);
     for (const name of await readdir(stateDir)) {

@@ -1,31 +1,32 @@
 import { create } from "@bufbuild/protobuf";
 import { CollectSpecsResultSchema, CommandOutcome, SystemSpecsSchema } from "@redflag/gen/command_pb";
-import os from "node:os";
 import { collectOsInfo, hostname } from "../host.ts";
-import { parseMeminfo, readDisks, readText, rebootRequired } from "../system.ts";
+import { createHostAccess } from "../platform.ts";
+import { loadAverage, readDisks, readMemory, rebootRequired, unreadNote } from "../system.ts";
 import type { Executor } from "./types.ts";
 
-export const collectSpecs: Executor = async () => {
-  const cpus = os.cpus();
-  const meminfo = parseMeminfo((await readText("/proc/meminfo")) ?? "");
-  const disks = await readDisks();
-  const reboot = await rebootRequired();
+export const collectSpecs: Executor = async (ctx) => {
+  const host = ctx.host ?? createHostAccess(ctx.env);
+  const cpus = host.os.cpus();
+  const [memory, disks, reboot] = await Promise.all([readMemory(host, ctx.signal), readDisks(host, ctx.signal), rebootRequired(host, ctx.signal)]);
   const specs = create(SystemSpecsSchema, {
     hostname: hostname(),
-    os: await collectOsInfo(),
+    os: await collectOsInfo(host),
     cpuModel: cpus[0]?.model.trim() ?? "",
     cpuCores: cpus.length,
-    memoryTotalBytes: BigInt(os.totalmem()),
-    memoryAvailableBytes: meminfo.get("MemAvailable") ?? BigInt(os.freemem()),
-    disks,
-    uptimeSeconds: BigInt(Math.floor(os.uptime())),
+    memoryTotalBytes: memory.totalBytes,
+    memoryAvailableBytes: memory.availableBytes,
+    disks: disks.disks,
+    uptimeSeconds: BigInt(Math.floor(host.os.uptime())),
     rebootRequired: reboot.required,
     rebootRequiredBy: reboot.by,
-    loadAverage: os.loadavg(),
+    loadAverage: loadAverage(host),
   });
   return {
     outcome: CommandOutcome.SUCCEEDED,
-    message: `collected specs: ${specs.cpuCores} CPU(s), ${disks.length} disk(s)${reboot.required ? ", reboot required" : ""}`,
+    message:
+      `collected specs: ${specs.cpuCores} CPU(s), ${disks.disks.length} disk(s)${reboot.required ? ", reboot required" : ""}` +
+      unreadNote(memory, reboot, disks),
     detail: { case: "collectSpecs", value: create(CollectSpecsResultSchema, { specs }) },
   };
 };

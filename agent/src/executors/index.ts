@@ -13,6 +13,7 @@ import { confirmDependencies, dryRunUpdate, installUpdates, rollbackUpdate } fro
 import { scanUpdates } from "./scan-updates.ts";
 import { updateAgent } from "./update-agent.ts";
 import type { PinnedKeys } from "../envelope.ts";
+import type { HostAccess } from "../platform.ts";
 import type { ActionKind, Executor, ExecutorOutcome } from "./types.ts";
 
 export type { ActionKind, Executor, ExecutorContext, ExecutorOutcome } from "./types.ts";
@@ -47,6 +48,8 @@ export interface ExecuteOptions {
   // A scheduled scan rather than an operator's command.
   automatic?: boolean | undefined;
   env: NodeJS.ProcessEnv;
+  // How metrics and inventory read the host (tests give a fake one); this host by default.
+  host?: HostAccess | undefined;
   logger: Logger;
   // Aborted when the agent stops and the command's grace period is over.
   stopSignal?: AbortSignal | undefined;
@@ -126,6 +129,7 @@ async function runWithLimits(
           heartbeat: opts.heartbeat ?? createHeartbeat(),
           automatic: opts.automatic ?? false,
           env: opts.env,
+          host: opts.host,
           logger: opts.logger,
           pins: opts.pins ?? new Map(),
           installDir: opts.installDir,

@@ -2,7 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CommandOutcome, RebootResultSchema } from "@redflag/gen/command_pb";
 import { runProcess, tail, which } from "../run-process.ts";
-import { rebootRequired } from "../system.ts";
+import { createHostAccess } from "../platform.ts";
+import { rebootRequired, type RebootState } from "../system.ts";
 import type { Executor, ExecutorOutcome } from "./types.ts";
 
 // The restart is always at least a minute away, so the agent can journal and report the
@@ -31,10 +32,11 @@ export function rebootPlan(platform: NodeJS.Platform, tool: string, delaySeconds
   return null;
 }
 
-type RebootCheck = () => Promise<{ required: boolean; by: string[] }>;
+type RebootCheck = () => Promise<RebootState>;
 
-// `check` says whether the host needs a reboot (tests give their own).
-export const createReboot = (check: RebootCheck = rebootRequired): Executor => async (ctx): Promise<ExecutorOutcome> => {
+// `check` says whether the host needs a reboot (tests give their own); by default the host's own
+// flags (system.ts).
+export const createReboot = (check?: RebootCheck): Executor => async (ctx): Promise<ExecutorOutcome> => {
   if (ctx.command.action.case !== "reboot") throw new Error("not a reboot command");
   const { delaySeconds, message, force } = ctx.command.action.value;
   if (delaySeconds > MAX_DELAY_SECONDS) {
@@ -44,13 +46,19 @@ export const createReboot = (check: RebootCheck = rebootRequired): Executor => a
   if (message.length > MAX_MESSAGE_CHARS || /[\u0000-\u001f\u007f]/.test(message) || message.startsWith("-")) {
     return { outcome: CommandOutcome.FAILED, message: `reboot message must be at most ${MAX_MESSAGE_CHARS} printable characters and not start with "-"` };
   }
-  const required = await check();
+  const required = await (check ?? (() => rebootRequired(ctx.host ?? createHostAccess(ctx.env), ctx.signal)))();
   const notNeeded = (why: string) => ({
     outcome: CommandOutcome.SUCCEEDED,
     message: why,
     detail: { case: "reboot" as const, value: create(RebootResultSchema, { scheduled: false, wasRequired: false }) },
   });
-  if (!required.required && !force) return notNeeded("no reboot needed; nothing scheduled (use force to reboot anyway)");
+  if (!required.required && !force) {
+    return notNeeded(
+      required.unknown
+        ? `cannot tell whether a reboot is needed (${required.unknown}); nothing scheduled (use force to reboot anyway)`
+        : "no reboot needed; nothing scheduled (use force to reboot anyway)",
+    );
+  }
 
   const windows = process.platform === "win32";
   const tool = await which(windows ? "shutdown.exe" : "shutdown", ctx.env.PATH ?? "");

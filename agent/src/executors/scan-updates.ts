@@ -7,6 +7,7 @@ import {
   SubsystemRunSchema,
   SubsystemRunState,
 } from "@redflag/gen/command_pb";
+import { createHostAccess } from "../platform.ts";
 import { SCANNERS, scannerNamed } from "../scanners/index.ts";
 import { collectStorageMetrics, collectSystemMetrics, STORAGE, SYSTEM } from "../scanners/metrics.ts";
 import type { Executor } from "./types.ts";
@@ -27,13 +28,13 @@ export const scanUpdates: Executor = async (ctx) => {
       continue;
     }
     if (name === SYSTEM) {
-      const system = await collectSystemMetrics(ctx.signal);
+      const system = await collectSystemMetrics(ctx.signal, ctx.host ?? createHostAccess(ctx.env));
       runs.push(system.run);
       result.systemMetrics = system.metrics;
       continue;
     }
     if (name === STORAGE) {
-      const storage = await collectStorageMetrics();
+      const storage = await collectStorageMetrics(ctx.signal, ctx.host ?? createHostAccess(ctx.env));
       runs.push(storage.run);
       result.storageMetrics = storage.metrics;
       continue;

@@ -4,6 +4,7 @@ import type { Breakers } from "../breaker.ts";
 import type { Heartbeat } from "../heartbeat.ts";
 import type { SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
+import type { HostAccess } from "../platform.ts";
 import type { PinnedKeys } from "../envelope.ts";
 
 export interface ExecutorContext {
@@ -23,6 +24,8 @@ export interface ExecutorContext {
   readonly automatic: boolean;
   // Environment for child processes.
   readonly env: NodeJS.ProcessEnv;
+  // How metrics and inventory read the host; this host (through `env`) when not given.
+  readonly host?: HostAccess | undefined;
   readonly logger: Logger;
   // Command-signing keys this agent pinned (update_agent verifies its manifest with them).
   readonly pins: PinnedKeys;

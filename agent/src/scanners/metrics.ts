@@ -9,9 +9,9 @@ import {
   type SystemMetrics,
   SystemMetricsSchema,
 } from "@redflag/gen/command_pb";
-import os from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
-import { cpuTimes, cpuUsagePercent, parseMeminfo, readDisks, readText, rebootRequired } from "../system.ts";
+import { createHostAccess, type HostAccess } from "../platform.ts";
+import { cpuTimes, cpuUsagePercent, loadAverage, readDisks, readMemory, rebootRequired, unreadNote } from "../system.ts";
 
 // The "system" and "storage" subsystems report host metrics, not package updates.
 export const SYSTEM = "system";
@@ -19,37 +19,36 @@ export const STORAGE = "storage";
 
 const CPU_SAMPLE_MS = 250;
 
-export async function collectSystemMetrics(signal?: AbortSignal): Promise<{ run: SubsystemRun; metrics: SystemMetrics }> {
+export async function collectSystemMetrics(signal?: AbortSignal, host: HostAccess = createHostAccess({})): Promise<{ run: SubsystemRun; metrics: SystemMetrics }> {
   const started = Date.now();
-  const before = cpuTimes(os.cpus());
+  const before = cpuTimes(host.os.cpus());
   await sleep(CPU_SAMPLE_MS, undefined, { signal }).catch(() => undefined);
-  const after = cpuTimes(os.cpus());
-  const meminfo = parseMeminfo((await readText("/proc/meminfo")) ?? "");
-  const total = BigInt(os.totalmem());
-  const available = meminfo.get("MemAvailable") ?? BigInt(os.freemem());
-  const swapTotal = meminfo.get("SwapTotal") ?? 0n;
-  const reboot = await rebootRequired();
+  const after = cpuTimes(host.os.cpus());
+  const [memory, reboot] = await Promise.all([readMemory(host, signal), rebootRequired(host, signal)]);
+  const { totalBytes: total, availableBytes: available } = memory;
   const metrics = create(SystemMetricsSchema, {
     cpuUsagePercent: Math.round(cpuUsagePercent(before, after) * 10) / 10,
-    cpuCores: os.cpus().length,
+    cpuCores: host.os.cpus().length,
     memoryTotalBytes: total,
     memoryAvailableBytes: available,
     memoryUsedBytes: total > available ? total - available : 0n,
-    swapTotalBytes: swapTotal,
-    swapUsedBytes: swapTotal - (meminfo.get("SwapFree") ?? swapTotal),
-    loadAverage: os.loadavg(),
-    uptimeSeconds: BigInt(Math.floor(os.uptime())),
+    swapTotalBytes: memory.swapTotalBytes,
+    swapUsedBytes: memory.swapUsedBytes,
+    loadAverage: loadAverage(host),
+    uptimeSeconds: BigInt(Math.floor(host.os.uptime())),
     rebootRequired: reboot.required,
     rebootRequiredBy: reboot.by,
   });
   const usedPct = total > 0n ? Number((metrics.memoryUsedBytes * 1000n) / total) / 10 : 0;
-  const message = `cpu ${metrics.cpuUsagePercent}%, memory ${usedPct}% used${reboot.required ? ", reboot required" : ""}`;
+  const message = `cpu ${metrics.cpuUsagePercent}%, memory ${usedPct}% used${reboot.required ? ", reboot required" : ""}${unreadNote(memory, reboot)}`;
   return { run: ran(SYSTEM, message, started), metrics };
 }
 
-export async function collectStorageMetrics(): Promise<{ run: SubsystemRun; metrics: StorageMetrics }> {
+// A host whose file systems cannot be listed fails this subsystem, with the reason.
+export async function collectStorageMetrics(signal?: AbortSignal, host: HostAccess = createHostAccess({})): Promise<{ run: SubsystemRun; metrics: StorageMetrics }> {
   const started = Date.now();
-  const disks = await readDisks();
+  const { disks, problem } = await readDisks(host, signal);
+  if (problem) return { run: ran(STORAGE, problem, started, SubsystemRunState.FAILED), metrics: create(StorageMetricsSchema, { disks }) };
   const fullest = disks.reduce<{ mount: string; pct: number } | undefined>((top, d) => {
     const pct = d.sizeBytes > 0n ? Number((d.usedBytes * 1000n) / d.sizeBytes) / 10 : 0;
     return !top || pct > top.pct ? { mount: d.mountPoint, pct } : top;
@@ -58,10 +57,10 @@ export async function collectStorageMetrics(): Promise<{ run: SubsystemRun; metr
   return { run: ran(STORAGE, message, started), metrics: create(StorageMetricsSchema, { disks }) };
 }
 
-function ran(subsystem: string, message: string, started: number): SubsystemRun {
+function ran(subsystem: string, message: string, started: number, state = SubsystemRunState.RAN): SubsystemRun {
   return create(SubsystemRunSchema, {
     subsystem,
-    state: SubsystemRunState.RAN,
+    state,
     message,
     duration: durationFromMs(Date.now() - started),
   });

@@ -1,9 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
+import { createHostAccess, type HostAccess } from "../platform.ts";
+import { ensureWindowsPrivateDir } from "./windows-acl.ts";
 
 // The state directory holds credentials and the agent's private key: no other user may read it.
-export async function ensurePrivateDir(dir: string): Promise<void> {
+// On Windows that is its ACL (windows-acl.ts).
+export async function ensurePrivateDir(dir: string, host: HostAccess = createHostAccess({})): Promise<void> {
+  if (host.platform === "win32") return ensureWindowsPrivateDir(dir, host);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
 }
@@ -32,6 +36,8 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array): 
 }
 
 async function syncDir(dir: string): Promise<void> {
+  // Windows cannot flush a directory handle (EPERM); NTFS journals the rename itself.
+  if (process.platform === "win32") return;
   const handle = await open(dir, "r");
   try {
     await handle.sync();

@@ -7,7 +7,9 @@ import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { generateKeyPair, keyIdOf } from "../envelope.ts";
 import { StateError } from "./files.ts";
-import { computeMachineId, loadOrCreateAgentKey, machineIdOfThisHost } from "./identity.ts";
+import { fakeHost, type FakeHost } from "../../test/support/fake-host.ts";
+import { CRYPTOGRAPHY_KEY, FAKE_REG, IOREG_PLATFORM, printsRecorded, REG_MACHINE_GUID, regOutput } from "../../test/support/recorded-host-tools.ts";
+import { computeMachineId, loadOrCreateAgentKey, machineIdOfThisHost, parseMachineGuid, parsePlatformUuid } from "./identity.ts";
 import { loadPinnedKeys, savePinnedKeys } from "./registration.ts";
 
 const dirs: string[] = [];
@@ -52,6 +54,100 @@ describe("machine ID", () => {
     const id = await machineIdOfThisHost(undefined);
     expect(id).toMatch(/^[0-9a-f]{64}$/);
     expect(await machineIdOfThisHost("seed")).not.toBe(id);
+  });
+});
+
+describe("machine ID on Linux", () => {
+  it("is the same as before Windows and macOS were added, from /etc/machine-id and product_uuid", async () => {
+    const files = { "/etc/machine-id": "3d1219c7c4c5404aaa1f6d2a48adfda4\n", "/sys/class/dmi/id/product_uuid": "4C4C4544-0038-3010-8052-B4C04F4A4E32\n" };
+    const host = await fakeHost({ platform: "linux", files });
+    hosts.push(host);
+    // The hash a Linux agent registered with before this change (kept, so no agent has to re-register).
+    const expected = createHash("sha256")
+      .update("redflag.v1.machine-id\nmachine-id=3d1219c7c4c5404aaa1f6d2a48adfda4\nproduct-uuid=4c4c4544-0038-3010-8052-b4c04f4a4e32\n")
+      .digest("hex");
+    expect(await machineIdOfThisHost(undefined, host)).toBe(expected);
+  });
+
+  it("falls back to D-Bus's machine-id, and names what it tried when there is none", async () => {
+    const dbus = await fakeHost({ platform: "linux", files: { "/var/lib/dbus/machine-id": "3d1219c7c4c5404aaa1f6d2a48adfda4\n" } });
+    const none = await fakeHost({ platform: "linux" });
+    hosts.push(dbus, none);
+    expect(await machineIdOfThisHost(undefined, dbus)).toBe(computeMachineId({ machineId: "3d1219c7c4c5404aaa1f6d2a48adfda4" }));
+    await expect(machineIdOfThisHost(undefined, none)).rejects.toThrow(
+      "cannot identify this host: neither /etc/machine-id nor /var/lib/dbus/machine-id is readable; create one (systemd-machine-id-setup) or set REDFLAG_AGENT_MACHINE_ID_SEED",
+    );
+  });
+});
+
+const hosts: FakeHost[] = [];
+afterEach(async () => {
+  for (const host of hosts.splice(0)) await host.remove();
+});
+
+describe("machine ID on Windows", () => {
+  const windows = async (outputs: Record<string, string> = { [regOutput(CRYPTOGRAPHY_KEY, "MachineGuid")]: REG_MACHINE_GUID }) => {
+    const host = await fakeHost({ platform: "win32", systemRoot: "D:\\WINDOWS", tools: { "D:\\WINDOWS\\System32\\reg.exe": FAKE_REG }, outputs });
+    hosts.push(host);
+    return host;
+  };
+
+  it("hashes the MachineGuid, read with reg.exe from %SystemRoot%\\System32 (never from PATH), 64-bit view", async () => {
+    const host = await windows();
+    const id = await machineIdOfThisHost(undefined, host);
+    expect(id).toBe(computeMachineId({ machineGuid: "6c9f2e8a-41b7-4d3e-9a55-0f3b2c7d18e4" }));
+    expect(id).not.toBe(computeMachineId({ machineId: "6c9f2e8a-41b7-4d3e-9a55-0f3b2c7d18e4" }));
+    expect(await machineIdOfThisHost("agent-2", host)).not.toBe(id);
+    expect(host.runs[0]).toEqual(["D:\\WINDOWS\\System32\\reg.exe", "query", CRYPTOGRAPHY_KEY, "/v", "MachineGuid", "/reg:64"]);
+  });
+
+  it("fails with what it tried and why when the value is missing, reg.exe fails or prints something else", async () => {
+    await expect(machineIdOfThisHost("seed", await windows({}))).rejects.toThrow(
+      "cannot identify this host: the MachineGuid in HKLM\\SOFTWARE\\Microsoft\\Cryptography could not be read " +
+        "(D:\\WINDOWS\\System32\\reg.exe failed (exit status 1): ERROR: The system was unable to find the specified registry key or value.)",
+    );
+    const denied = await windows();
+    await denied.tools.write("reg.denied", "");
+    await expect(machineIdOfThisHost(undefined, denied)).rejects.toThrow(/could not be read \(.*reg\.exe failed \(exit status 1\): ERROR: Access is denied\.\)$/);
+    const garbled = await windows({ [regOutput(CRYPTOGRAPHY_KEY, "MachineGuid")]: "\r\nHKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Cryptography\r\n    MachineGuid    REG_SZ    not-a-guid\r\n" });
+    await expect(machineIdOfThisHost(undefined, garbled)).rejects.toThrow(/could not be read \(D:\\WINDOWS\\System32\\reg\.exe printed no MachineGuid\)/);
+  });
+
+  it("fails clearly when reg.exe is not there at all", async () => {
+    const host = await fakeHost({ platform: "win32" });
+    hosts.push(host);
+    await expect(machineIdOfThisHost(undefined, host)).rejects.toThrow(/MachineGuid .* could not be read \(C:\\Windows\\System32\\reg\.exe could not start: .*ENOENT/);
+  });
+
+  it("reads the GUID only from a MachineGuid REG_SZ line", () => {
+    expect(parseMachineGuid(REG_MACHINE_GUID)).toBe("6c9f2e8a-41b7-4d3e-9a55-0f3b2c7d18e4");
+    expect(parseMachineGuid("    MachineGuidX    REG_SZ    6C9F2E8A-41B7-4D3E-9A55-0F3B2C7D18E4")).toBeUndefined();
+    expect(parseMachineGuid("")).toBeUndefined();
+  });
+});
+
+describe("machine ID on macOS", () => {
+  const mac = async (output?: string) => {
+    const host = await fakeHost({ platform: "darwin", tools: { "/usr/sbin/ioreg": printsRecorded("ioreg") }, outputs: output === undefined ? {} : { "ioreg.out": output } });
+    hosts.push(host);
+    return host;
+  };
+
+  it("hashes the IOPlatformUUID from /usr/sbin/ioreg, and nothing else it prints", async () => {
+    const host = await mac(IOREG_PLATFORM);
+    expect(await machineIdOfThisHost(undefined, host)).toBe(computeMachineId({ platformUuid: "5a0e1c2b-3d4f-4a6b-8c8d-9e0f1a2b3c4d" }));
+    expect(host.runs).toEqual([["/usr/sbin/ioreg", "-rd1", "-c", "IOPlatformExpertDevice"]]);
+    expect(parsePlatformUuid(IOREG_PLATFORM.replace("IOPlatformUUID", "IOPlatformSerialNumberX"))).toBeUndefined();
+  });
+
+  it("fails with what it tried when ioreg is missing, fails or prints no UUID", async () => {
+    await expect(machineIdOfThisHost(undefined, await fakeHost({ platform: "darwin" }).then((h) => (hosts.push(h), h)))).rejects.toThrow(
+      /^cannot identify this host: the IOPlatformUUID of the IOPlatformExpertDevice could not be read \(\/usr\/sbin\/ioreg could not start: .*ENOENT/,
+    );
+    const failing = await mac("");
+    await failing.tools.write("ioreg.fail", "ioreg: IOServiceGetMatchingServices failed");
+    await expect(machineIdOfThisHost(undefined, failing)).rejects.toThrow(/\(\/usr\/sbin\/ioreg failed \(exit status 1\): ioreg: IOServiceGetMatchingServices failed\)$/);
+    await expect(machineIdOfThisHost(undefined, await mac('"IOPlatformUUID" = "garbled"\n'))).rejects.toThrow(/\(\/usr\/sbin\/ioreg printed no IOPlatformUUID\)$/);
   });
 });
 
