@@ -9,7 +9,7 @@ import {
   PackageResultState,
   ScanUpdatesSchema,
 } from "@redflag/gen/command_pb";
-import { AgentStatusSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, AgentUpgradeFailureSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { access } from "node:fs/promises";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
@@ -31,7 +31,7 @@ import { acquireLock } from "./state/lock.ts";
 import { loadKeySetState, loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
 import { advanceKeySetState, checkKeySet, keySetRevision } from "./key-set.ts";
 import { configIssueTime, openSignedConfig } from "./signed-config.ts";
-import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
+import { readFailure, writeConfirmation } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { openScanPartStore, type ScanPartStore } from "./state/scan-parts.ts";
 import { createReporter } from "./report.ts";
@@ -71,6 +71,9 @@ export interface RunOptions extends Partial<Omit<Config, "stateDir">> {
   env?: NodeJS.ProcessEnv;
   executors?: ExecutorTable;
   timing?: Partial<Timing>;
+  // This process is a new release on trial (REDFLAG_AGENT_UPGRADE_TRIAL, see upgrade-trial.ts):
+  // it confirms after its first complete poll cycle and refuses update_agent.
+  upgradeTrial?: boolean;
 }
 
 export interface RunSummary extends ProcessSummary {
@@ -105,12 +108,6 @@ async function run(options: RunOptions): Promise<RunSummary> {
       EXIT_USAGE,
     );
   if (!(await file.load())) throw notRegistered();
-  // An unconfirmed new release that keeps failing goes back to the one before it.
-  const watchdog = await checkUpgradeAtStart(config.installDir);
-  if (watchdog.action === "rolled_back") {
-    logger.error({ version: watchdog.upgrade.version, backTo: watchdog.upgrade.from, starts: watchdog.upgrade.starts }, "new release never completed a poll cycle; switched back");
-    return { cycles: 0, delivered: 0, reported: 0, executed: 0, rejected: 0, redelivered: 0, dropped: 0, restart: `rolled back from ${watchdog.upgrade.version}` };
-  }
   await ensurePrivateDir(config.stateDir);
   const lock = await acquireLock(config.stateDir);
   let closeTransport: (() => void) | undefined;
@@ -160,7 +157,7 @@ async function run(options: RunOptions): Promise<RunSummary> {
       lastScan: await scanSummary.load(),
       autoScans,
       scanParts,
-      confirmUpgrade: watchdog.action === "trying",
+      upgradeTrial: Boolean(options.upgradeTrial),
     });
     logger.info(
       { agentId: registration.agentId, server: registration.serverUrl, version: AGENT_VERSION, once: Boolean(options.once) },
@@ -188,7 +185,7 @@ interface AgentDeps {
   lastScan: ScanSummary | undefined;
   autoScans: AutoScans;
   scanParts: ScanPartStore;
-  confirmUpgrade: boolean;
+  upgradeTrial: boolean;
 }
 
 function createAgent(deps: AgentDeps) {
@@ -211,8 +208,10 @@ function createAgent(deps: AgentDeps) {
   const intervalSeconds = (next?: number) =>
     heartbeat.interval(Date.now()) ?? (next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds);
 
-  const status = async () =>
-    create(AgentStatusSchema, {
+  const status = async () => {
+    // An upgrade this agent tried and abandoned, until the next update_agent replaces it.
+    const failure = await readFailure(config.installDir).catch(() => undefined);
+    return create(AgentStatusSchema, {
       agentVersion: AGENT_VERSION,
       uptimeSeconds: BigInt(Math.floor((Date.now() - startedAt) / 1000)),
       configRevision: session.registration.agentConfig?.revision ?? 0n,
@@ -222,7 +221,11 @@ function createAgent(deps: AgentDeps) {
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
       rebootRequired: await exists("/var/run/reboot-required"),
       trustedKeysRevision: keySetRevision(deps.pins.keys()),
+      upgradeFailure: failure
+        ? create(AgentUpgradeFailureSchema, { version: failure.version, reason: failure.reason, time: timestampFromDate(new Date(failure.at)) })
+        : undefined,
     });
+  };
 
   const breakers = createBreakers();
   const locks = createSourceLocks();
@@ -241,6 +244,7 @@ function createAgent(deps: AgentDeps) {
       stopSignal: commandStop.signal,
       pins: deps.pins,
       installDir: config.installDir,
+      onTrial: deps.upgradeTrial,
       server: { url: session.registration.serverUrl, caFile: config.caFile ?? session.registration.caFile },
       requestRestart: (reason) => {
         totals.restart = reason;
@@ -263,8 +267,8 @@ function createAgent(deps: AgentDeps) {
     return result;
   };
   const rescan = new Set<string>();
-  // Only a process started on an unconfirmed release confirms it (not the one that installed it).
-  let upgradeConfirmed = !deps.confirmUpgrade;
+  // Only a release on trial confirms, once, after its first complete poll cycle.
+  let upgradeConfirmed = !deps.upgradeTrial;
 
   // Scans the given subsystems now and keeps the result as a scan report until acknowledged.
   const scanAndKeep = async (subsystems: string[], why: string): Promise<void> => {
@@ -380,10 +384,10 @@ function createAgent(deps: AgentDeps) {
         await flush(stop);
       }
     }
-    if (!upgradeConfirmed) {
+    if (!upgradeConfirmed && config.installDir) {
+      await writeConfirmation(config.installDir, AGENT_VERSION);
       upgradeConfirmed = true;
-      const upgrade = await confirmUpgrade(config.installDir);
-      if (upgrade) logger.info({ version: upgrade.version }, "new release confirmed: it completed a poll cycle");
+      logger.info({ version: AGENT_VERSION }, "new release on trial completed a poll cycle; confirmed it to the release that started it");
     }
     return { executed, intervalSeconds: intervalSeconds(res.nextPollSeconds) };
   };
