@@ -63,8 +63,13 @@ export async function buildAgent(opts: { platforms: readonly Platform[]; out: st
       logLevel: "warn",
       // The version the build says it is (--version, the status it reports, the releases it compares).
       plugins: [{ name: "stamp-version", load: (id) => (path.resolve(id) === versionModule ? `export const AGENT_VERSION = ${JSON.stringify(version)};\n` : null) }],
+      // main.ts's `import.meta.main` becomes false in the bundle, as it should: single-file.ts
+      // starts the CLI itself. Other warnings go where the build logs.
+      onLog: (level, entry) => {
+        if (entry.code !== "EMPTY_IMPORT_META") log(`rolldown ${level}: ${entry.message}`);
+      },
     });
-    await bundle.write({ file: script, format: "cjs", inlineDynamicImports: true });
+    await bundle.write({ file: script, format: "cjs", codeSplitting: false });
     await bundle.close();
     const code = await readFile(script);
     log(`bundled the agent ${version}: ${size(code.length)}`);

@@ -178,4 +178,15 @@ describe("the upgrade records", () => {
     expect((await pruneReleases(dir, ["0.4.0", "0.3.0"])).sort()).toEqual(["0.1.0"]);
     expect((await readdir(path.join(dir, "releases"))).sort()).toEqual(["0.2.0", "0.3.0", "0.4.0"]);
   });
+
+  // The Windows branch, run here: Node ignores the junction type off Windows and makes a symlink
+  // with the same absolute target; what it checks is the order of the renames and the clean-up.
+  it("switch `current` on Windows as a junction to the absolute release directory, leaving nothing behind", async () => {
+    for (const v of ["0.1.0", "0.2.0"]) await mkdir(path.join(dir, "releases", v), { recursive: true });
+    await switchCurrent(dir, "0.1.0", "win32");
+    await switchCurrent(dir, "0.2.0", "win32");
+    expect(await readlink(path.join(dir, "current"))).toBe(path.join(dir, "releases", "0.2.0"));
+    expect(await currentRelease(dir)).toBe("0.2.0");
+    expect(await readdir(dir)).toEqual(["current", "releases"]);
+  });
 });
