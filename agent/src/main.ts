@@ -82,8 +82,12 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       const logger = createLogger(cfg.logLevel);
       const stop = new AbortController();
       let signals = 0;
+      // A release on trial may get SIGTERM twice, from the service manager (to every process of
+      // the service) and from the release that supervises it; only the first counts, and that
+      // parent kills it if it does not stop in time.
+      const onTrial = Boolean(env[TRIAL_ENV]);
       const onSignal = (signal: NodeJS.Signals) => {
-        if (++signals > 1) {
+        if (++signals > 1 && !onTrial) {
           logger.warn({ signal }, "second signal: exiting without waiting");
           process.exit(EXIT_FAILURE);
         }
@@ -92,15 +96,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       };
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
-      // A new release on trial is started by the release that installed it, with this variable;
-      // its own child processes (package managers) do not need it.
-      const upgradeTrial = Boolean(env[TRIAL_ENV]);
+      // A new release on trial is started by the release that installed it, with TRIAL_ENV; its
+      // own child processes (package managers) do not need it.
       const childEnv = { ...env };
       delete childEnv[TRIAL_ENV];
       try {
         // A verified release waiting for its trial: this release runs it as a child and
         // switches to it only once it has completed a poll cycle (see upgrade-trial.ts).
-        if (cfg.installDir && !opts.once && !upgradeTrial) {
+        if (cfg.installDir && !opts.once && !onTrial) {
           const trial = await runPendingUpgrade({
             installDir: cfg.installDir,
             args: argv,
@@ -117,7 +120,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
             return;
           }
         }
-        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env: childEnv, upgradeTrial });
+        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env: childEnv, upgradeTrial: onTrial });
         if (summary.restart) {
           logger.info({ reason: summary.restart }, "exiting so the service manager starts the agent again; that start tries the new release");
           exitCode = EXIT_RESTART;

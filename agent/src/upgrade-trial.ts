@@ -173,26 +173,25 @@ function watch(child: ChildProcess, opts: TrialOptions, version: string, deadlin
   });
 }
 
-// SIGTERM (to its process group), the stop grace to finish, then SIGKILL.
+// SIGTERM to the release on trial (not to its process group: a package manager it runs must not
+// be interrupted, the agent lets its command finish within the stop grace), then SIGKILL to the
+// whole group once the grace is over; systemd's KillMode=mixed does the same.
 async function stop(child: ChildProcess, graceSeconds: number, logger: Logger): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const kill = (signal: NodeJS.Signals) => {
-    try {
-      if (process.platform !== "win32") process.kill(-child.pid!, signal);
-      else child.kill(signal);
-    } catch {
-      child.kill(signal);
-    }
-  };
-  kill("SIGTERM");
+  child.kill("SIGTERM");
   // The child's own stop grace for a running command, and a little more to report and exit.
   const graceMs = graceSeconds * 1000 + 5000;
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), graceMs)));
   if (await Promise.race([exited.then(() => false), late])) {
     logger.warn({ pid: child.pid, graceSeconds }, "the release on trial did not stop in time; killing it");
-    kill("SIGKILL");
+    try {
+      if (process.platform !== "win32") process.kill(-child.pid, "SIGKILL");
+      else child.kill("SIGKILL");
+    } catch {
+      child.kill("SIGKILL");
+    }
     await exited;
   }
   clearTimeout(timer);

@@ -47,7 +47,7 @@ describe("the trial of a new release", () => {
   // As the agent on trial confirms: its own version, after its first poll cycle.
   const confirms = (version: string) =>
     `echo "$@" > "$INSTALL/args"; echo "$REDFLAG_AGENT_UPGRADE_TRIAL" > "$INSTALL/trial-env"; ` +
-    `trap 'echo stopped > "$INSTALL/stopped"; exit 0' TERM; ` +
+    `trap 'kill $!; echo stopped > "$INSTALL/stopped"; exit 0' TERM; ` +
     `printf '{"version":"${version}","at":"x"}' > "$INSTALL/${CONFIRMED_FILE}"; sleep 30 & wait`;
 
   beforeEach(async () => {
@@ -129,7 +129,7 @@ describe("the trial of a new release", () => {
   });
 
   it("stops the release on trial before it stops itself", async () => {
-    await release(NEW, `trap 'echo stopped > "$INSTALL/stopped"; exit 0' TERM; echo up > "$INSTALL/up"; sleep 60 & wait`);
+    await release(NEW, `trap 'kill $!; echo stopped > "$INSTALL/stopped"; exit 0' TERM; echo up > "$INSTALL/up"; sleep 60 & wait`);
     await recordUpgrade(dir, { version: NEW, from: AGENT_VERSION });
     const stop = new AbortController();
     const running = trial({ signal: stop.signal });
