@@ -166,6 +166,9 @@ describe("the upgrade records", () => {
     expect(await readPendingUpgrade(dir)).toBeUndefined();
     await writeFile(path.join(dir, FAILED_FILE), JSON.stringify({ version: "0.2.0" }));
     expect(await readFailure(dir)).toBeUndefined();
+    // Every poll reports it: a time that is not one must not break the poll.
+    await writeFile(path.join(dir, FAILED_FILE), JSON.stringify({ version: "0.2.0", from: "0.1.0", reason: "x", at: "yesterday" }));
+    expect(await readFailure(dir)).toBeUndefined();
     expect(await readFailure(undefined)).toBeUndefined();
   });
 

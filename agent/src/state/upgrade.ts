@@ -97,7 +97,7 @@ export async function recordFailure(installDir: string, failure: Omit<FailedUpgr
 export async function readFailure(installDir: string | undefined): Promise<FailedUpgrade | undefined> {
   if (!installDir) return undefined;
   const failure = await readJson<FailedUpgrade>(path.join(installDir, FAILED_FILE));
-  return failure && typeof failure.reason === "string" && typeof failure.at === "string" ? failure : undefined;
+  return failure && typeof failure.reason === "string" && typeof failure.at === "string" && Number.isFinite(Date.parse(failure.at)) ? failure : undefined;
 }
 
 // The version `current` points at (the name of its releases/ directory), if it points anywhere.
