@@ -111,8 +111,12 @@ export async function buildAgent(opts: { platforms: readonly Platform[]; out: st
         await mkdir(incoming);
         await rename(path.join(work, platform, "bin"), path.join(incoming, "bin"));
         await rename(path.join(work, platform, "redflag-agent.tgz"), path.join(incoming, "redflag-agent.tgz"));
-        await rm(cached, { recursive: true, force: true });
-        await rename(incoming, cached);
+        // Another build of the same bundle (a test file running beside this one) may have got
+        // there first; its copy is as good as this one.
+        await rename(incoming, cached).catch(async (err: NodeJS.ErrnoException) => {
+          if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+          await rm(incoming, { recursive: true, force: true });
+        });
       }
 
       const platformDir = path.join(opts.out, platform);

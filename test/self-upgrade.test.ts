@@ -9,16 +9,19 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import pkg from "../agent/package.json" with { type: "json" };
 import { buildAgent, type BuiltAgent } from "../scripts/build-agent.ts";
 import { run } from "./support/processes.ts";
 import { supervise, type Supervisor } from "./support/supervisor.ts";
 
 const exec = promisify(execFile);
-const A = "0.1.1";
-const B = "0.1.2";
+// A is the version of agent/package.json, built as test/agent-binary.test.ts builds it (one
+// build for both, from the cache); B is the same source stamped as another version.
+const A = pkg.version;
+const B = "9.0.1";
 // Releases that are not agents: one exits 1 at once, one sleeps and never polls.
-const CRASHES = "0.1.3";
-const SLEEPS = "0.1.4";
+const CRASHES = "9.0.2";
+const SLEEPS = "9.0.3";
 const platform = "linux-x64";
 
 // Issue 14: a real single-file agent, installed as the install script lays it out and run by a
@@ -68,7 +71,8 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("a single
   beforeAll(async () => {
     work = await mkdtemp(path.join(tmpdir(), "rf-self-upgrade-"));
     // A and B are the same source stamped with two versions (cached across runs by the build).
-    const a = (await buildAgent({ platforms: [platform], out: path.join(work, "a"), version: A, log: () => {} }))[0]!;
+    const a = (await buildAgent({ platforms: [platform], out: path.join(work, "a"), log: () => {} }))[0]!;
+    expect(a.version).toBe(A);
     const publish = path.join(work, "publish");
     built = (await buildAgent({ platforms: [platform], out: publish, version: B, log: () => {} }))[0]!;
     await rm(path.join(publish, platform), { recursive: true });
