@@ -16,8 +16,8 @@ import { run } from "./support/processes.ts";
 
 // An admin ships a new agent release: `redflag releases publish` puts the build in the control
 // plane's registry, `redflag agents upgrade` queues it, and a real agent process downloads it
-// from the control plane, verifies the signed manifest, switches and exits 3 so its service
-// manager starts the new release. An operator cannot queue one; bytes altered in storage are
+// from the control plane, verifies the signed manifest, unpacks it for a trial and exits 3 so its
+// service manager starts it again to try the new release. An operator cannot queue one; bytes altered in storage are
 // refused by the agent.
 describe("update_agent end to end, from the release registry", () => {
   let cp: TestControlPlane;
@@ -112,18 +112,15 @@ describe("update_agent end to end, from the release registry", () => {
     const good = JSON.parse((await upgrade()).stdout) as { command: { id: string } };
     const second = await agentRun();
     expect(second.code, second.stderr).toBe(3);
-    expect(second.stderr).toContain("exiting so the service manager starts the release now in place");
+    expect(second.stderr).toContain("exiting so the service manager starts the agent again; that start tries the new release");
     const done = (await cp.admin.commands.getCommand({ id: good.command.id })).command!;
     expect(done.state).toBe(CommandState.SUCCEEDED);
-    expect(done.result?.message).toBe("installed version 9.9.9; the agent restarts into it after reporting this result");
-    expect(await readlink(path.join(installDir, "current"))).toBe(path.join("releases", "9.9.9"));
-    expect(await readFile(path.join(installDir, "current", "bin", "redflag-agent"), "utf8")).toContain("built for this platform");
-    // The watchdog is armed until the new release completes a poll cycle; this one does.
-    expect(JSON.parse(await readFile(path.join(installDir, "upgrade.json"), "utf8"))).toMatchObject({ version: "9.9.9", to: "releases/9.9.9", starts: 0 });
-    const third = await agentRun();
-    expect(third.code, third.stderr).toBe(0);
-    expect(third.stderr).toContain("new release confirmed");
-    await expect(readFile(path.join(installDir, "upgrade.json"))).rejects.toThrow();
+    expect(done.result?.message).toMatch(/^installed version 9\.9\.9 beside [^;]+; the agent restarts to try it and switches to it once it has completed a poll cycle/);
+    expect(await readFile(path.join(installDir, "releases", "9.9.9", "bin", "redflag-agent"), "utf8")).toContain("built for this platform");
+    // Nothing is switched yet: the next start of this release tries the new one as its child
+    // (test/self-upgrade.test.ts runs that with real single-file agents).
+    await expect(readlink(path.join(installDir, "current"))).rejects.toThrow();
+    expect(JSON.parse(await readFile(path.join(installDir, "upgrade.json"), "utf8"))).toMatchObject({ version: "9.9.9", starts: 0 });
     // A dozen CLI and agent processes in a row: give a loaded machine time.
   }, 240_000);
 });

@@ -37,6 +37,8 @@ export interface Config {
   // Where update_agent unpacks releases and switches the "current" symlink; unset means this
   // agent's installation is managed by something else (a package) and update_agent refuses.
   readonly installDir: string | undefined;
+  // How long a new release on trial has to complete its first poll cycle (upgrade-trial.ts).
+  readonly upgradeTrialSeconds: number;
 }
 
 // Values command-line flags may set; they win over the environment.
@@ -65,6 +67,7 @@ export const defaultConfig: Config = Object.freeze({
   longPollSeconds: 60,
   stopGraceSeconds: 30,
   installDir: undefined,
+  upgradeTrialSeconds: 300,
 });
 
 // Reads every REDFLAG_AGENT_* setting once, reports all problems together, and returns a frozen object.
@@ -104,6 +107,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     longPollSeconds: integer("REDFLAG_AGENT_LONG_POLL_SECONDS", defaultConfig.longPollSeconds, 0, 60),
     stopGraceSeconds: integer("REDFLAG_AGENT_STOP_GRACE_SECONDS", defaultConfig.stopGraceSeconds, 0, 3600),
     installDir: env.REDFLAG_AGENT_INSTALL_DIR ? paths.resolve(cwd, env.REDFLAG_AGENT_INSTALL_DIR) : undefined,
+    upgradeTrialSeconds: integer("REDFLAG_AGENT_UPGRADE_TRIAL_SECONDS", defaultConfig.upgradeTrialSeconds, 1, 86400),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

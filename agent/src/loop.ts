@@ -9,7 +9,7 @@ import {
   PackageResultState,
   ScanUpdatesSchema,
 } from "@redflag/gen/command_pb";
-import { AgentStatusSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, AgentUpgradeFailureSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
 import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts";
@@ -31,7 +31,7 @@ import { acquireLock } from "./state/lock.ts";
 import { loadKeySetState, loadPinnedKeys, registrationFile, savePinnedKeys } from "./state/registration.ts";
 import { advanceKeySetState, checkKeySet, keySetRevision } from "./key-set.ts";
 import { configIssueTime, openSignedConfig } from "./signed-config.ts";
-import { checkUpgradeAtStart, confirmUpgrade } from "./state/upgrade.ts";
+import { readFailure, writeConfirmation } from "./state/upgrade.ts";
 import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { openScanPartStore, type ScanPartStore } from "./state/scan-parts.ts";
 import { createReporter } from "./report.ts";
@@ -76,6 +76,9 @@ export interface RunOptions extends Partial<Omit<Config, "stateDir">> {
   host?: HostAccess;
   executors?: ExecutorTable;
   timing?: Partial<Timing>;
+  // This process is a new release on trial (REDFLAG_AGENT_UPGRADE_TRIAL, see upgrade-trial.ts):
+  // it confirms after its first complete poll cycle and refuses update_agent.
+  upgradeTrial?: boolean;
 }
 
 export interface RunSummary extends ProcessSummary {
@@ -110,12 +113,6 @@ async function run(options: RunOptions): Promise<RunSummary> {
       EXIT_USAGE,
     );
   if (!(await file.load())) throw notRegistered();
-  // An unconfirmed new release that keeps failing goes back to the one before it.
-  const watchdog = await checkUpgradeAtStart(config.installDir);
-  if (watchdog.action === "rolled_back") {
-    logger.error({ version: watchdog.upgrade.version, backTo: watchdog.upgrade.from, starts: watchdog.upgrade.starts }, "new release never completed a poll cycle; switched back");
-    return { cycles: 0, delivered: 0, reported: 0, executed: 0, rejected: 0, redelivered: 0, dropped: 0, restart: `rolled back from ${watchdog.upgrade.version}` };
-  }
   const env = options.env ?? process.env;
   const host = options.host ?? createHostAccess(env);
   await ensurePrivateDir(config.stateDir, host);
@@ -168,7 +165,7 @@ async function run(options: RunOptions): Promise<RunSummary> {
       lastScan: await scanSummary.load(),
       autoScans,
       scanParts,
-      confirmUpgrade: watchdog.action === "trying",
+      upgradeTrial: Boolean(options.upgradeTrial),
     });
     logger.info(
       { agentId: registration.agentId, server: registration.serverUrl, version: AGENT_VERSION, once: Boolean(options.once) },
@@ -197,7 +194,7 @@ interface AgentDeps {
   lastScan: ScanSummary | undefined;
   autoScans: AutoScans;
   scanParts: ScanPartStore;
-  confirmUpgrade: boolean;
+  upgradeTrial: boolean;
 }
 
 function createAgent(deps: AgentDeps) {
@@ -228,8 +225,10 @@ function createAgent(deps: AgentDeps) {
     }
     return reboot.required;
   };
-  const status = async () =>
-    create(AgentStatusSchema, {
+  const status = async () => {
+    // An upgrade this agent tried and abandoned, until the next update_agent replaces it.
+    const failure = await readFailure(config.installDir).catch(() => undefined);
+    return create(AgentStatusSchema, {
       agentVersion: AGENT_VERSION,
       uptimeSeconds: BigInt(Math.floor((Date.now() - startedAt) / 1000)),
       configRevision: session.registration.agentConfig?.revision ?? 0n,
@@ -239,7 +238,11 @@ function createAgent(deps: AgentDeps) {
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
       rebootRequired: await rebootPending(),
       trustedKeysRevision: keySetRevision(deps.pins.keys()),
+      upgradeFailure: failure
+        ? create(AgentUpgradeFailureSchema, { version: failure.version, reason: failure.reason, time: timestampFromDate(new Date(failure.at)) })
+        : undefined,
     });
+  };
 
   const breakers = createBreakers();
   const locks = createSourceLocks();
@@ -259,6 +262,7 @@ function createAgent(deps: AgentDeps) {
       stopSignal: commandStop.signal,
       pins: deps.pins,
       installDir: config.installDir,
+      onTrial: deps.upgradeTrial,
       server: { url: session.registration.serverUrl, caFile: config.caFile ?? session.registration.caFile },
       requestRestart: (reason) => {
         totals.restart = reason;
@@ -281,8 +285,8 @@ function createAgent(deps: AgentDeps) {
     return result;
   };
   const rescan = new Set<string>();
-  // Only a process started on an unconfirmed release confirms it (not the one that installed it).
-  let upgradeConfirmed = !deps.confirmUpgrade;
+  // Only a release on trial confirms, once, after its first complete poll cycle.
+  let upgradeConfirmed = !deps.upgradeTrial;
 
   // Scans the given subsystems now and keeps the result as a scan report until acknowledged.
   const scanAndKeep = async (subsystems: string[], why: string): Promise<void> => {
@@ -398,10 +402,10 @@ function createAgent(deps: AgentDeps) {
         await flush(stop);
       }
     }
-    if (!upgradeConfirmed) {
+    if (!upgradeConfirmed && config.installDir) {
+      await writeConfirmation(config.installDir, AGENT_VERSION);
       upgradeConfirmed = true;
-      const upgrade = await confirmUpgrade(config.installDir);
-      if (upgrade) logger.info({ version: upgrade.version }, "new release confirmed: it completed a poll cycle");
+      logger.info({ version: AGENT_VERSION }, "new release on trial completed a poll cycle; confirmed it to the release that started it");
     }
     return { executed, intervalSeconds: intervalSeconds(res.nextPollSeconds) };
   };

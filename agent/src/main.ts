@@ -10,18 +10,23 @@ import { runAgent } from "./loop.ts";
 import { registerAgent } from "./register.ts";
 import { defaultInstallDir, installService, uninstallService } from "./service/install.ts";
 import { StateError } from "./state/files.ts";
+import { TRIAL_ENV } from "./state/upgrade.ts";
+import { runPendingUpgrade } from "./upgrade-trial.ts";
 import { formatStatus, readStatus } from "./status.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 const exitCodesHelp = (stateDir: string) => `
 Exit codes: 0 success, 1 failure (control plane unreachable or refusing), 2 usage or state
-problem (bad flags or environment, not registered, damaged state directory), 3 a new release
-was installed by update_agent (the service manager starts it).
+problem (bad flags or environment, not registered, damaged state directory), 3 restart me:
+update_agent installed a new release (the next start tries it), or a new release on trial
+completed a poll cycle and \`current\` now points at it (the service manager starts it).
 
 Environment: REDFLAG_AGENT_STATE_DIR (default ${stateDir}), REDFLAG_AGENT_CA_FILE,
 REDFLAG_AGENT_LOG_LEVEL, REDFLAG_AGENT_APT_REFRESH=0 (never run apt-get update),
 REDFLAG_AGENT_LONG_POLL_SECONDS (0-60), REDFLAG_AGENT_STOP_GRACE_SECONDS,
-REDFLAG_AGENT_INSTALL_DIR (where update_agent unpacks releases), and
+REDFLAG_AGENT_INSTALL_DIR (where update_agent unpacks releases),
+REDFLAG_AGENT_UPGRADE_TRIAL_SECONDS (default 300: how long a new release has to complete its
+first poll cycle before the agent stays on the release it runs), and
 REDFLAG_AGENT_MACHINE_ID_SEED: mixed into the machine ID so several agents can share one host
 (tests, containers); each needs its own state directory.`;
 
@@ -84,8 +89,12 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: Nod
       const logger = createLogger(cfg.logLevel);
       const stop = new AbortController();
       let signals = 0;
+      // A release on trial may get SIGTERM twice, from the service manager (to every process of
+      // the service) and from the release that supervises it; only the first counts, and that
+      // parent kills it if it does not stop in time.
+      const onTrial = Boolean(env[TRIAL_ENV]);
       const onSignal = (signal: NodeJS.Signals) => {
-        if (++signals > 1) {
+        if (++signals > 1 && !onTrial) {
           logger.warn({ signal }, "second signal: exiting without waiting");
           process.exit(EXIT_FAILURE);
         }
@@ -94,10 +103,33 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: Nod
       };
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
+      // A new release on trial is started by the release that installed it, with TRIAL_ENV; its
+      // own child processes (package managers) do not need it.
+      const childEnv = { ...env };
+      delete childEnv[TRIAL_ENV];
       try {
-        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env, host });
+        // A verified release waiting for its trial: this release runs it as a child and
+        // switches to it only once it has completed a poll cycle (see upgrade-trial.ts).
+        if (cfg.installDir && !opts.once && !onTrial) {
+          const trial = await runPendingUpgrade({
+            installDir: cfg.installDir,
+            args: argv,
+            env: childEnv,
+            trialSeconds: cfg.upgradeTrialSeconds,
+            stopGraceSeconds: cfg.stopGraceSeconds,
+            signal: stop.signal,
+            logger,
+          });
+          if (trial.outcome === "stopped") return;
+          if (trial.outcome === "switched") {
+            logger.info({ version: trial.version, pruned: trial.pruned }, "exiting so the service manager starts the new release");
+            exitCode = EXIT_RESTART;
+            return;
+          }
+        }
+        const summary = await runAgent({ ...cfg, once: Boolean(opts.once), signal: stop.signal, logger, env: childEnv, host, upgradeTrial: onTrial });
         if (summary.restart) {
-          logger.info({ reason: summary.restart }, "exiting so the service manager starts the release now in place");
+          logger.info({ reason: summary.restart }, "exiting so the service manager starts the agent again; that start tries the new release");
           exitCode = EXIT_RESTART;
         }
       } finally {

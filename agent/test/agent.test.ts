@@ -4,7 +4,7 @@ import { Code } from "@connectrpc/connect";
 import { CollectSpecsSchema, type Command, CommandOutcome, DisableHeartbeatSchema, EnableHeartbeatSchema, RebootSchema, ScanUpdatesSchema, SignedCommandSchema, SubsystemRunState } from "@redflag/gen/command_pb";
 import { execFile } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -17,6 +17,8 @@ import { openJournal } from "../src/state/journal.ts";
 import { openAutoScans } from "../src/state/auto-scans.ts";
 import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
 import { silentLogger } from "../src/log.ts";
+import { CONFIRMED_FILE, recordFailure } from "../src/state/upgrade.ts";
+import { AGENT_VERSION } from "../src/version.ts";
 import { registerAgent, runAgent, readStatus, type RunOptions } from "../src/index.ts";
 import { newSigningKey, signCommand, startFakeControlPlane, type FakeControlPlane } from "./support/fake-control-plane.ts";
 
@@ -510,5 +512,26 @@ describe("TLS", () => {
     // The CA given at registration is remembered.
     await once();
     expect(cp.results.get(id)?.outcome).toBe(CommandOutcome.SUCCEEDED);
+  });
+});
+
+describe("the self-upgrade in the poll loop", () => {
+  beforeEach(register);
+
+  it("a release on trial confirms after its first complete poll cycle; any release reports the upgrade it abandoned", async () => {
+    const installDir = path.join(root, "opt");
+    await mkdir(installDir);
+    const confirmation = path.join(installDir, CONFIRMED_FILE);
+    await once({ installDir, upgradeTrial: true });
+    expect(JSON.parse(await readFile(confirmation, "utf8"))).toMatchObject({ version: AGENT_VERSION });
+    expect(cp.polls.at(-1)!.status!.upgradeFailure).toBeUndefined();
+
+    // Not on trial: nothing is confirmed; an abandoned upgrade is in every poll's status.
+    await rm(confirmation);
+    await recordFailure(installDir, { version: "9.9.9", from: AGENT_VERSION, reason: "it did not complete a poll cycle within 300 s" });
+    await once({ installDir });
+    await expect(stat(confirmation)).rejects.toMatchObject({ code: "ENOENT" });
+    expect(cp.polls.at(-1)!.status!.upgradeFailure).toMatchObject({ version: "9.9.9", reason: "it did not complete a poll cycle within 300 s" });
+    expect(cp.polls.at(-1)!.status!.upgradeFailure!.time).toBeDefined();
   });
 });

@@ -55,6 +55,7 @@ export interface ExecuteOptions {
   stopSignal?: AbortSignal | undefined;
   pins?: PinnedKeys | undefined;
   installDir?: string | undefined;
+  onTrial?: boolean | undefined;
   server?: { url: string; caFile: string | undefined } | undefined;
   requestRestart?: ((reason: string) => void) | undefined;
 }
@@ -133,6 +134,7 @@ async function runWithLimits(
           logger: opts.logger,
           pins: opts.pins ?? new Map(),
           installDir: opts.installDir,
+          onTrial: opts.onTrial,
           server: opts.server,
           requestRestart: opts.requestRestart ?? (() => {}),
         }),

@@ -34,6 +34,8 @@ export interface ExecutorContext {
   readonly server?: { readonly url: string; readonly caFile: string | undefined } | undefined;
   // Where agent releases live (REDFLAG_AGENT_INSTALL_DIR); undefined when not managed.
   readonly installDir: string | undefined;
+  // True in a new release on trial (upgrade-trial.ts): it refuses update_agent until switched to.
+  readonly onTrial?: boolean | undefined;
   // Asks the agent to exit once this command's result is reported (a new release is in place).
   readonly requestRestart: (reason: string) => void;
 }

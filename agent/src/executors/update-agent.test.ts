@@ -86,6 +86,7 @@ describe("update_agent", () => {
     keyId?: string;
     installDir?: string | null;
     server?: { url: string; caFile: string | undefined } | null;
+    onTrial?: boolean;
   } = {}) => {
     const manifest = opts.manifest ?? manifestFor(release);
     const installDir = opts.installDir === null ? undefined : (opts.installDir ?? (await mkdtemp(path.join(dir, "install-"))));
@@ -117,6 +118,7 @@ describe("update_agent", () => {
       logger: silentLogger,
       pins: new Map([[keyId, key.publicKey]]),
       installDir,
+      onTrial: opts.onTrial,
       server: opts.server === null ? undefined : (opts.server ?? { url: base, caFile: undefined }),
       requestRestart: (reason) => (restart = reason),
     };
@@ -124,20 +126,34 @@ describe("update_agent", () => {
     return { outcome, restart: () => restart, installDir };
   };
 
-  it("verifies, unpacks beside the running release, switches `current` and asks for a restart", async () => {
+  it("verifies, unpacks beside the running release, records it for a trial and asks for a restart, leaving `current` alone", async () => {
     const installDir = await mkdtemp(path.join(dir, "install-"));
     await mkdir(path.join(installDir, "releases", AGENT_VERSION, "bin"), { recursive: true });
     await run("ln", ["-s", path.join("releases", AGENT_VERSION), path.join(installDir, "current")]);
+    await writeFile(path.join(installDir, "upgrade-failed.json"), JSON.stringify({ version: "0.1.9", from: AGENT_VERSION, reason: "it did not start", at: "2026-01-01T00:00:00Z" }));
     const { outcome, restart } = await attempt({ installDir });
     expect(outcome).toEqual({
       outcome: CommandOutcome.SUCCEEDED,
-      message: `installed version 0.2.0 (was ${AGENT_VERSION}); the agent restarts into it after reporting this result`,
+      message: `installed version 0.2.0 beside ${AGENT_VERSION}; the agent restarts to try it and switches to it once it has completed a poll cycle (else it stays on ${AGENT_VERSION})`,
     });
-    expect(restart()).toBe("updated to 0.2.0");
-    expect(await readlink(path.join(installDir, "current"))).toBe(path.join("releases", "0.2.0"));
-    expect(await readFile(path.join(installDir, "current", "bin", "redflag-agent"), "utf8")).toBe("#!/bin/sh\necho 0.2.0\n");
+    expect(restart()).toBe("installed 0.2.0; trying it");
+    // `current` still points at the release that works; the next start tries the new one.
+    expect(await readlink(path.join(installDir, "current"))).toBe(path.join("releases", AGENT_VERSION));
+    expect(await readFile(path.join(installDir, "releases", "0.2.0", "bin", "redflag-agent"), "utf8")).toBe("#!/bin/sh\necho 0.2.0\n");
+    expect(JSON.parse(await readFile(path.join(installDir, "upgrade.json"), "utf8"))).toMatchObject({ version: "0.2.0", from: AGENT_VERSION, starts: 0 });
+    // A new attempt replaces the record of the last failure.
+    expect((await readdir(installDir)).sort()).toEqual(["current", "releases", "upgrade.json"]);
     // The running release is untouched and no download or staging leftovers remain.
     expect((await readdir(path.join(installDir, "releases"))).sort()).toEqual([AGENT_VERSION, "0.2.0"].sort());
+  });
+
+  it("refuses while it is itself a release on trial", async () => {
+    const result = await attempt({ onTrial: true });
+    expect(result.outcome).toEqual({
+      outcome: CommandOutcome.FAILED,
+      message: `this agent (${AGENT_VERSION}) is itself a new release on trial; send update_agent again once it has been switched to`,
+    });
+    expect(await readdir(path.join(result.installDir!, "releases")).catch(() => [])).toEqual([]);
   });
 
   it.each([

@@ -2,14 +2,14 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { type ArtifactManifest, ArtifactManifestSchema, CommandOutcome } from "@redflag/gen/command_pb";
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { access, mkdir, readFile, readlink, rename, rm } from "node:fs/promises";
+import { access, mkdir, readFile, rename, rm } from "node:fs/promises";
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { printable, verifyEnvelope } from "../envelope.ts";
 import { describeFailure, runProcess, which } from "../run-process.ts";
-import { recordUpgrade, switchCurrent } from "../state/upgrade.ts";
+import { currentRelease, recordUpgrade } from "../state/upgrade.ts";
 import { AGENT_VERSION } from "../version.ts";
 import type { Executor, ExecutorOutcome } from "./types.ts";
 
@@ -30,9 +30,11 @@ const failed = (message: string): ExecutorOutcome => ({ outcome: CommandOutcome.
 // update_agent: verify the manifest's own signature with a pinned key, download the artifact
 // from this agent's own control plane (its release registry, nowhere else),
 // check its size and SHA-256 against the manifest, unpack it beside the running release and
-// switch <install dir>/current to it atomically; then ask the agent to exit once the result is
-// reported, so the service manager starts the new release. Nothing is unpacked or switched
-// before every check has passed, and the running release is never modified.
+// record it as pending (upgrade.json); then ask the agent to exit once the result is reported.
+// The service manager starts this release again, which tries the new one as its child and
+// switches <install dir>/current only once that child has completed a poll cycle
+// (upgrade-trial.ts). Nothing is unpacked before every check has passed, and the running
+// release is never modified.
 export const updateAgent: Executor = async (ctx) => {
   if (ctx.command.action.case !== "updateAgent") throw new Error("not an update_agent command");
   const action = ctx.command.action.value;
@@ -76,6 +78,9 @@ export const updateAgent: Executor = async (ctx) => {
       `refused: the release would be downloaded from ${printable(url.origin)}, not from this agent's control plane (${server.origin}); agent releases come only from its registry`,
     );
   }
+  if (ctx.onTrial) {
+    return failed(`this agent (${AGENT_VERSION}) is itself a new release on trial; send update_agent again once it has been switched to`);
+  }
   if (!ctx.installDir) {
     return failed(
       `cannot update to ${manifest.version}: REDFLAG_AGENT_INSTALL_DIR is not set, so this agent does not know where its releases live (see the agent README)`,
@@ -108,21 +113,19 @@ export const updateAgent: Executor = async (ctx) => {
     if (!(await Promise.all(entries.map((e) => exists(path.join(staging, e))))).some(Boolean)) {
       return failed(`the release has no ${entries.join(" or ")}; nothing was installed`);
     }
+    // Never replaces the release that runs (a release of that version is "nothing to do" above,
+    // but `current` may point at a directory of another name).
+    if ((await currentRelease(ctx.installDir)) === manifest.version) return failed(`releases/${manifest.version} is the release in use; nothing was installed`);
     await rm(release, { recursive: true, force: true });
     await rename(staging, release);
 
-    // Switch atomically (a new symlink renamed over the old one), with the watchdog armed
-    // first: a release that never completes a poll cycle is switched back.
-    const current = path.join(ctx.installDir, "current");
-    const previous = await readlink(current).catch(() => undefined);
-    const target = path.join("releases", manifest.version);
-    await recordUpgrade(ctx.installDir, { version: manifest.version, from: previous ?? null, to: target });
-    await switchCurrent(ctx.installDir, target);
-    ctx.requestRestart(`updated to ${manifest.version}`);
-    const from = previous ? ` (was ${path.basename(previous)})` : "";
+    // `current` stays where it is: the next start of this release tries the new one as its
+    // child and switches only once it has completed a poll cycle (upgrade-trial.ts).
+    await recordUpgrade(ctx.installDir, { version: manifest.version, from: AGENT_VERSION });
+    ctx.requestRestart(`installed ${manifest.version}; trying it`);
     return {
       outcome: CommandOutcome.SUCCEEDED,
-      message: `installed version ${manifest.version}${from}; the agent restarts into it after reporting this result`,
+      message: `installed version ${manifest.version} beside ${AGENT_VERSION}; the agent restarts to try it and switches to it once it has completed a poll cycle (else it stays on ${AGENT_VERSION})`,
     };
   } finally {
     await rm(artifact, { force: true });

@@ -352,6 +352,15 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
    * @generated from field: uint64 trusted_keys_revision = 9;
    */
   trustedKeysRevision: bigint;
+
+  /**
+   * The last agent upgrade this agent abandoned: the new release it tried did not complete a
+   * poll cycle (it exited three times, or not within the trial time), so the agent kept running
+   * the release it reports in agent_version. Sent until the next update_agent; unset otherwise.
+   *
+   * @generated from field: redflag.v1.AgentUpgradeFailure upgrade_failure = 10;
+   */
+  upgradeFailure?: AgentUpgradeFailure | undefined;
 };
 
 /**
@@ -359,6 +368,38 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
  * Use `create(AgentStatusSchema)` to create a new message.
  */
 export declare const AgentStatusSchema: GenMessage<AgentStatus>;
+
+/**
+ * AgentUpgradeFailure says which release an agent tried and why it stayed on its own.
+ *
+ * @generated from message redflag.v1.AgentUpgradeFailure
+ */
+export declare type AgentUpgradeFailure = Message<"redflag.v1.AgentUpgradeFailure"> & {
+  /**
+   * The version that was tried.
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * When the agent abandoned it.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 3;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.AgentUpgradeFailure.
+ * Use `create(AgentUpgradeFailureSchema)` to create a new message.
+ */
+export declare const AgentUpgradeFailureSchema: GenMessage<AgentUpgradeFailure>;
 
 /**
  * TrustedKeySet is the set of command-signing keys agents should trust, published when keys
