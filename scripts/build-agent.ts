@@ -1,4 +1,4 @@
-// npm run build:agent [-- --platform linux-x64,win32-x64|host] [--out DIR] [--agent-version V] [--agent-version 0.1.1]
+// npm run build:agent [-- --platform linux-x64,win32-x64|host] [--out DIR] [--agent-version V]
 //
 // Builds the agent as one executable per platform: rolldown bundles agent/src/single-file.ts and
 // everything it imports into one CommonJS script; Node's single-executable applications turn it
