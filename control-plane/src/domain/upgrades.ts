@@ -239,9 +239,17 @@ export async function startFleetUpgrade(deps: UpgradeDeps, req: FleetUpgradeRequ
     else if (agent.agentVersion === target) skip(agent, `already runs ${target}`);
     else if (compareVersions(agent.agentVersion, target) > 0) skip(agent, `runs ${agent.agentVersion}, newer than ${target} (a fleet upgrade never downgrades)`);
     else {
-      outcome.upgrades.push(
-        await queueAgentUpgrade(deps, { agentId: agent.id, version: target, createdBy: req.createdBy, createdByKind: req.createdByKind, rolloutId }),
-      );
+      try {
+        outcome.upgrades.push(
+          await queueAgentUpgrade(deps, { agentId: agent.id, version: target, createdBy: req.createdBy, createdByKind: req.createdByKind, rolloutId }),
+        );
+      } catch (err) {
+        // Decommissioned or removed since it was selected, or its release deleted meanwhile:
+        // that agent is skipped, the others still get theirs.
+        const e = ConnectError.from(err);
+        if (e.code !== Code.FailedPrecondition && e.code !== Code.NotFound) throw err;
+        skip(agent, e.rawMessage);
+      }
     }
   }
   return outcome;

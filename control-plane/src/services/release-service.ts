@@ -98,6 +98,9 @@ export function upgradeToProto(row: UpgradeRow): AgentUpgrade {
   });
 }
 
+// Upgrades named one by one in a fleet upgrade's audit entry; the rest are counted.
+const MAX_AUDITED_UPGRADES = 1000;
+
 // Group and tag names as agents carry them (fleet-service.ts SetAgentLabels).
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 
@@ -249,7 +252,9 @@ export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pi
           percent: req.percent || 100,
           selected: outcome.selected,
           chosen: outcome.chosen,
-          queued: outcome.upgrades.map((u) => ({ agentId: u.agentId, commandId: u.commandId, toVersion: u.toVersion })),
+          // Bounded: a fleet of thousands makes one entry, not a megabyte.
+          queued: outcome.upgrades.slice(0, MAX_AUDITED_UPGRADES).map((u) => ({ agentId: u.agentId, commandId: u.commandId, toVersion: u.toVersion })),
+          queuedCount: outcome.upgrades.length,
           skipped: outcome.skipped.length,
         },
       });
