@@ -11,7 +11,7 @@ import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { choosePercent, nextUpgradeState, type UpgradeFacts } from "../src/domain/upgrades.ts";
+import { choosePercent, nextAutomatic, nextUpgradeState, type UpgradeFacts } from "../src/domain/upgrades.ts";
 import { generateKeyPair } from "../src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
@@ -337,5 +337,21 @@ describe("nextUpgradeState", () => {
 
   it("fails when the command was removed", () => {
     expect(nextUpgradeState({ ...base, command: null }, at("2026-12-05T10:01:00Z"), 900)).toMatchObject({ state: "failed", message: "its update_agent command was removed before the agent reported 0.2.0" });
+  });
+});
+
+describe("nextAutomatic", () => {
+  const seen = new Date("2026-12-05T10:00:00Z");
+  const behind = ["a", "b", "c", "d", "e"].map((id) => ({ agent: { id, lastSeenAt: id === "c" ? null : id === "d" ? new Date("2026-12-05T09:00:00Z") : seen }, version: "0.2.0" }));
+
+  it("takes at most the free slots, in order, skipping open, tried, never seen and long unseen agents", () => {
+    const pick = (opts: Partial<Parameters<typeof nextAutomatic>[1]>) =>
+      nextAutomatic(behind, { open: new Map(), tried: new Set(), seenAfter: new Date("2026-12-05T09:45:00Z"), free: 10, ...opts }).map((b) => b.agent.id);
+    expect(pick({})).toEqual(["a", "b", "e"]);
+    expect(pick({ free: 2 })).toEqual(["a", "b"]);
+    expect(pick({ free: 0 })).toEqual([]);
+    expect(pick({ open: new Map([["a", "0.2.0"]]), tried: new Set(["b\u00000.2.0"]) })).toEqual(["e"]);
+    // Tried on another version: that does not count for this one.
+    expect(pick({ tried: new Set(["b\u00000.1.9"]), free: 2 })).toEqual(["a", "b"]);
   });
 });

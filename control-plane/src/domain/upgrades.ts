@@ -284,17 +284,16 @@ export async function autoUpgrade(deps: UpgradeDeps, limits: AutoUpgradeLimits, 
   if (versions.length === 0) return { kind: "ran", queued: [] };
   const counts = await automaticUpgradeCounts(deps.db, versions);
   if (counts.failed > limits.maxFailures) return { kind: "halted", failed: counts.failed };
-  let free = limits.batch - counts.open;
+  const free = limits.batch - counts.open;
   if (free <= 0) return { kind: "ran", queued: [] };
-  const tried = await agentsTried(deps.db, versions);
-  const open = await openUpgrades(deps.db);
-  const seenAfter = now.getTime() - limits.seenWithinSeconds * 1000;
+  const next = nextAutomatic(behind, {
+    open: await openUpgrades(deps.db),
+    tried: await agentsTried(deps.db, versions),
+    seenAfter: new Date(now.getTime() - limits.seenWithinSeconds * 1000),
+    free,
+  });
   const queued: UpgradeRow[] = [];
-  // In agent ID order (as selected), so every tick takes the same next agents.
-  for (const { agent, version } of behind) {
-    if (free <= 0) break;
-    if (open.has(agent.id) || tried.has(`${agent.id}\0${version}`)) continue;
-    if (!agent.lastSeenAt || agent.lastSeenAt.getTime() < seenAfter) continue;
+  for (const { agent, version } of next) {
     const upgrade = await queueAgentUpgrade(deps, { agentId: agent.id, version, createdBy: "system", createdByKind: "system", automatic: true });
     await recordAudit(deps.db, {
       actorKind: "system",
@@ -306,7 +305,19 @@ export async function autoUpgrade(deps: UpgradeDeps, limits: AutoUpgradeLimits, 
       after: { commandId: upgrade.commandId, fromVersion: upgrade.fromVersion, toVersion: upgrade.toVersion },
     });
     queued.push(upgrade);
-    free--;
   }
   return { kind: "ran", queued };
+}
+
+// The agents the automatic upgrade takes next, at most `free`, in the order given (agent ID
+// order, so every tick takes the same ones): not those with an upgrade open, not those already
+// tried on that version, and only those seen since `seenAfter` (one that does not poll would
+// hold a slot until it times out).
+export function nextAutomatic<T extends { agent: Pick<FleetAgent, "id" | "lastSeenAt">; version: string }>(
+  behind: readonly T[],
+  opts: { open: ReadonlyMap<string, string>; tried: ReadonlySet<string>; seenAfter: Date; free: number },
+): T[] {
+  return behind
+    .filter(({ agent, version }) => !opts.open.has(agent.id) && !opts.tried.has(`${agent.id}\0${version}`) && agent.lastSeenAt !== null && agent.lastSeenAt >= opts.seenAfter)
+    .slice(0, Math.max(0, opts.free));
 }
