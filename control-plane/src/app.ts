@@ -220,7 +220,12 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       limits: config.listener,
       logger,
     });
-    const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
+    const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader, {
+      db: db.prisma,
+      signer: deps.signer,
+      wakeups,
+      events: deps.events,
+    });
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(
       () => void reloadSigningKeys(db.prisma, masterKey, deps.signer).catch((err: unknown) => logger.warn({ err }, "cannot reload signing keys")),

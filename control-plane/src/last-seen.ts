@@ -2,10 +2,13 @@ import type { Logger } from "./log.ts";
 import { flushLastSeen } from "./store/agents.ts";
 import type { Statements } from "./store/statements.ts";
 
-// A poll's status as stored: the serialized AgentStatus, and its reboot flag for the indexed column.
+// A poll's status as stored: the serialized AgentStatus, its reboot flag for the indexed column,
+// and the version the agent reports running (its agent_version column: upgrades are confirmed by
+// it, and the minimum supported version is checked against it).
 export interface PolledStatus {
   bytes: Uint8Array;
   rebootRequired: boolean;
+  agentVersion?: string | undefined;
 }
 
 export interface LastSeenBuffer {
@@ -31,7 +34,7 @@ export function createLastSeenBuffer(sql: Statements, intervalMs: number, logger
       pending = new Map();
       inFlight = batch;
       try {
-        await flushLastSeen(sql, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null })));
+        await flushLastSeen(sql, [...batch].map(([agentId, v]) => ({ agentId, at: v.at, status: v.status?.bytes ?? null, rebootRequired: v.status?.rebootRequired ?? null, agentVersion: v.status?.agentVersion || null })));
       } catch (err) {
         logger.warn({ err, agents: batch.size }, "could not record last-seen times; will retry");
         for (const [id, v] of batch) if (!pending.has(id)) pending.set(id, v);

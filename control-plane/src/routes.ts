@@ -44,11 +44,11 @@ export function createRoutes(deps: RouteDeps) {
     router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl, deps.signer));
     router.service(SecurityService, createSecurityService(deps));
     router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
-    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events, deps.config.idempotencyKeyTtlSeconds);
+    const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events, deps.config.idempotencyKeyTtlSeconds, deps.settings);
     router.service(CommandService, createCommandService(deps.db, commands, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));
-    router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events));
+    router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events, deps.settings));
     router.service(ReportService, createReportService(deps));
-    router.service(ReleaseService, createReleaseService(deps.db, deps.signer));
+    router.service(ReleaseService, createReleaseService(deps.db, deps.signer, deps));
   };
 }

@@ -5,6 +5,8 @@ import { pruneReportData } from "./store/reports.ts";
 import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
+import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgrades.ts";
+import { pruneUpgrades } from "./store/upgrades.ts";
 
 export interface Scheduler {
   tick(): Promise<void>;
@@ -21,9 +23,12 @@ export function createScheduler(
   settings?: Settings,
   events?: EventBus,
   isLeader: () => boolean = () => true,
+  // Queues the automatic agent upgrades; without it upgrades are only followed, never started.
+  upgrades?: UpgradeDeps,
 ): Scheduler {
   const resultTimeout = () => (settings ? settings.seconds("result_timeout") : config.resultTimeoutSeconds);
   let lastPrune = 0;
+  let halted = false;
   let running = false;
   const tick = async () => {
     if (running || !isLeader()) return;
@@ -35,6 +40,7 @@ export function createScheduler(
         logger.info({ commands: timedOut.length }, "commands timed out waiting for a result");
         events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
       }
+      await upgradeJobs(now);
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
       if (settings && now.getTime() - lastPrune > 3_600_000) {
@@ -46,6 +52,30 @@ export function createScheduler(
       logger.warn({ err }, "housekeeping failed; will retry");
     } finally {
       running = false;
+    }
+  };
+  // Agent upgrades: each open one moved on from its command and what its agent reports; then
+  // the automatic upgrade's next batch, unless too many of its upgrades failed.
+  const upgradeJobs = async (now: Date) => {
+    const timeout = settings ? settings.seconds("agent_upgrade_timeout") : 900;
+    const ended = await reconcileUpgrades(db, now, timeout);
+    for (const u of ended) {
+      if (u.state === "succeeded") logger.info({ upgradeId: u.id, hostname: u.hostname }, "agent upgrade succeeded");
+      else logger.warn({ upgradeId: u.id, hostname: u.hostname, state: u.state }, "agent upgrade did not succeed");
+    }
+    if (!settings || !upgrades) return;
+    const limits = {
+      batch: Number(settings.text("auto_upgrade_batch")),
+      maxFailures: Number(settings.text("auto_upgrade_max_failures")),
+      seenWithinSeconds: timeout,
+    };
+    const outcome = await autoUpgrade(upgrades, limits, now);
+    if (outcome.kind === "halted" && !halted) {
+      logger.warn({ failed: outcome.failed, maxFailures: limits.maxFailures }, "automatic agent upgrade stopped: too many upgrades failed (see `redflag agents upgrade-status`)");
+    }
+    halted = outcome.kind === "halted";
+    if (outcome.kind === "ran" && outcome.queued.length > 0) {
+      logger.info({ agents: outcome.queued.map((u) => u.agentId), versions: [...new Set(outcome.queued.map((u) => u.toVersion))] }, "automatic agent upgrade queued");
     }
   };
   const timer = setInterval(() => void tick(), config.sweepIntervalMs);
@@ -63,5 +93,6 @@ export async function prune(db: Prisma, now: Date, settings: Settings) {
   const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before("retention_security_events") } } });
   // Update history goes with the commands that made it.
   const reports = await pruneReportData(db, { metrics: before("retention_metrics"), updateEvents: before("retention_commands") });
-  return { commands: commands.count, audit: audit.count, events: events.count, ...reports };
+  const upgrades = await pruneUpgrades(db, before("retention_commands"));
+  return { commands: commands.count, audit: audit.count, events: events.count, upgrades, ...reports };
 }

@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
@@ -27,6 +28,7 @@ export interface Api {
   commands: Client<typeof CommandService>;
   settings: Client<typeof SettingsService>;
   security: Client<typeof SecurityService>;
+  releases: Client<typeof ReleaseService>;
 }
 
 export function createApi(transport: Transport): Api {
@@ -42,6 +44,7 @@ export function createApi(transport: Transport): Api {
     commands: createClient(CommandService, transport),
     settings: createClient(SettingsService, transport),
     security: createClient(SecurityService, transport),
+    releases: createClient(ReleaseService, transport),
   };
 }
 

@@ -36,6 +36,8 @@ describe("policy table", () => {
     expect(policyFor("redflag.v1.CommandService", "CreateCommand")).toBe("operator");
     expect(policyFor("redflag.v1.ReleaseService", "PublishRelease")).toBe("admin");
     expect(policyFor("redflag.v1.ReleaseService", "DeleteRelease")).toBe("admin");
+    expect(policyFor("redflag.v1.ReleaseService", "StartFleetUpgrade")).toBe("admin");
+    expect(policyFor("redflag.v1.ReleaseService", "ListAgentUpgrades")).toBe("viewer");
     expect(policyFor("redflag.v1.Nope", "Anything")).toBeUndefined();
   });
 });

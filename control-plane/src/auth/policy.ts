@@ -55,8 +55,10 @@ allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApp
 allow(ReportService, "viewer");
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is
 // no secret (agents download it without credentials), so everyone who reads the fleet sees it.
-allow(ReleaseService, "viewer", ["ListReleases"]);
-allow(ReleaseService, "admin", ["PublishRelease", "DeleteRelease"]);
+// Fleet upgrades replace agents as root like update_agent: admins only; their progress is fleet
+// information like the agents' versions.
+allow(ReleaseService, "viewer", ["ListReleases", "ListAgentUpgrades"]);
+allow(ReleaseService, "admin", ["PublishRelease", "DeleteRelease", "StartFleetUpgrade"]);
 
 export function policyFor(service: string, method: string): Access | undefined {
   return table.get(`${service}/${method}`);

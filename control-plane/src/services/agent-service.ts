@@ -61,6 +61,7 @@ import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { compareVersions, redeliveryWindow, type Settings } from "../settings.ts";
+import { isReleaseVersion } from "../domain/releases.ts";
 import { int64, invalid, text, time, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -238,7 +239,9 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       if (req.maxCommands > MAX_COMMANDS_PER_POLL) throw invalid(`max_commands must be at most ${MAX_COMMANDS_PER_POLL}`);
       const limit = req.maxCommands || 10;
 
-      deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired } : null);
+      // The version is kept only when it is one (it confirms upgrades; it is shown everywhere).
+      const agentVersion = req.status && isReleaseVersion(req.status.agentVersion) ? req.status.agentVersion : undefined;
+      deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired, agentVersion } : null);
 
       const deadline = Date.now() + req.waitSeconds * 1000;
       // A copy: the decoded bytes are a view into the connection's 64 KiB read buffer, which a

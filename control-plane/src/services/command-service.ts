@@ -12,7 +12,10 @@ import { createCommand, createCommandOnce, getCommand, listCommands } from "../s
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { CommandSigner } from "../signing/signer.ts";
-import { upgradeFromRegistry } from "../domain/agent-upgrade.ts";
+import { resolveUpgrade } from "../domain/agent-upgrade.ts";
+import { noteUpgrade, requireSupportedVersion } from "../domain/upgrades.ts";
+import type { ReleaseRow } from "../store/releases.ts";
+import type { Settings } from "../settings.ts";
 import { authorizeContent, authorizeKind } from "../domain/command-privilege.ts";
 import { prepareAction } from "./actions.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
@@ -55,7 +58,14 @@ function idempotencyCaller(ctx: HandlerContext): string {
   return principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`;
 }
 
-export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: CommandSigner, events: EventBus, idempotencyKeyTtlSeconds = 86_400): CommandQueue {
+export function createCommandQueue(
+  db: Prisma,
+  wakeups: Wakeups,
+  signer: CommandSigner,
+  events: EventBus,
+  idempotencyKeyTtlSeconds = 86_400,
+  settings?: Pick<Settings, "text">,
+): CommandQueue {
   return {
     async queue(ctx, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
       if (idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
@@ -68,7 +78,14 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
       let action = prepareAction(requested);
       if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
       await authorizeContent(db, role, agentId, action);
-      if (action.case === "updateAgent") action = { case: "updateAgent", value: await upgradeFromRegistry(db, signer, agentId, action.value.version) };
+      // Below the minimum supported version an agent may be upgraded, and nothing else.
+      if (settings) await requireSupportedVersion(db, settings.text("minimum_agent_version"), [agentId], action.case);
+      let release: ReleaseRow | undefined;
+      if (action.case === "updateAgent") {
+        const upgrade = await resolveUpgrade(db, signer, agentId, action.value.version);
+        release = upgrade.release;
+        action = { case: "updateAgent", value: upgrade.action };
+      }
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
       const idempotency = idempotencyKey
@@ -78,6 +95,8 @@ export function createCommandQueue(db: Prisma, wakeups: Wakeups, signer: Command
       const { row, replayed } = idempotency ? await createCommandOnce(db, input, idempotency) : { row: await createCommand(db, input), replayed: false };
       // A retry that found its command: nothing changed, so nothing to wake, publish or audit.
       if (replayed) return commandToProto(row);
+      // Followed until the agent reports the new version (ReleaseService.ListAgentUpgrades).
+      if (release) await noteUpgrade(db, { agentId, commandId: row.id, release, createdBy: row.createdBy });
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
       await audit(db, ctx, {

@@ -18,6 +18,7 @@ import type { ApiKey as ApiKeyRow, AuditEntry as AuditRow } from "../generated/p
 import { type User, UserSchema } from "@redflag/gen/identity_pb";
 import { type ApiToken, ApiTokenSchema } from "@redflag/gen/api_token_service_pb";
 import { type AuditEntry, AuditEntrySchema } from "@redflag/gen/audit_service_pb";
+import { isBelow } from "../domain/upgrades.ts";
 import { roleToProto } from "../auth/roles.ts";
 
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
@@ -89,8 +90,10 @@ const FAMILIES: Record<string, OsFamily> = {
   darwin: OsFamily.DARWIN,
 };
 
-export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number): Agent {
+// `minimumVersion` is the setting minimum_agent_version: an agent below it is marked upgrade_required.
+export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number, minimumVersion = ""): Agent {
   return create(AgentSchema, {
+    upgradeRequired: !row.decommissionedAt && isBelow(row.agentVersion, minimumVersion),
     updatesBySeverity: row.updates.bySeverity ?? {},
     tags: row.tags ?? [],
     group: row.group ?? "",

@@ -2,7 +2,15 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { ArtifactManifestSchema } from "@redflag/gen/command_pb";
-import { type AgentRelease, AgentReleaseSchema, type PublishReleaseRequest, ReleaseService } from "@redflag/gen/release_service_pb";
+import {
+  type AgentRelease,
+  AgentReleaseSchema,
+  type AgentUpgrade,
+  AgentUpgradeSchema,
+  AgentUpgradeState,
+  type PublishReleaseRequest,
+  ReleaseService,
+} from "@redflag/gen/release_service_pb";
 import { createHash } from "node:crypto";
 import { downloadPath, isPlatform, isReleaseVersion, MAX_ARTIFACT_BYTES } from "../domain/releases.ts";
 import type { CommandSigner } from "../signing/signer.ts";
@@ -17,8 +25,10 @@ import {
   storeChunk,
 } from "../store/releases.ts";
 import type { Prisma } from "../store/types.ts";
-import { audit, callerName } from "./audit.ts";
-import { invalid, nextPageToken, pageSize, pageToken } from "./validate.ts";
+import { listUpgrades, type UpgradeRow, type UpgradeState } from "../store/upgrades.ts";
+import { type FleetSelection, startFleetUpgrade, type UpgradeDeps } from "../domain/upgrades.ts";
+import { audit, callerName, commandCreator } from "./audit.ts";
+import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 // One message of the stream carries at most this much of the artifact; every message but the
 // last at least MIN_CHUNK, so a stream of tiny messages cannot make an upload cost far more
@@ -59,6 +69,41 @@ export function releaseToProto(row: ReleaseRow, signer: CommandSigner): AgentRel
   });
 }
 
+const UPGRADE_STATES: Record<UpgradeState, AgentUpgradeState> = {
+  queued: AgentUpgradeState.QUEUED,
+  installing: AgentUpgradeState.INSTALLING,
+  succeeded: AgentUpgradeState.SUCCEEDED,
+  failed: AgentUpgradeState.FAILED,
+  rolled_back: AgentUpgradeState.ROLLED_BACK,
+};
+const UPGRADE_STATE_FILTER = new Map(Object.entries(UPGRADE_STATES).map(([db, proto]) => [proto, db as UpgradeState]));
+const ts = (d: Date | null) => (d ? timestampFromDate(d) : undefined);
+
+export function upgradeToProto(row: UpgradeRow): AgentUpgrade {
+  return create(AgentUpgradeSchema, {
+    id: row.id,
+    agentId: row.agentId,
+    hostname: row.agent.hostname,
+    fromVersion: row.fromVersion,
+    toVersion: row.toVersion,
+    platform: row.platform,
+    state: UPGRADE_STATES[row.state as UpgradeState] ?? AgentUpgradeState.UNSPECIFIED,
+    message: row.message,
+    commandId: row.commandId ?? "",
+    rolloutId: row.rolloutId ?? "",
+    createdBy: row.createdBy,
+    createTime: ts(row.createdAt),
+    updateTime: ts(row.updatedAt),
+    finishTime: ts(row.finishedAt),
+  });
+}
+
+// Upgrades named one by one in a fleet upgrade's audit entry; the rest are counted.
+const MAX_AUDITED_UPGRADES = 1000;
+
+// Group and tag names as agents carry them (fleet-service.ts SetAgentLabels).
+const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
+
 // Collects the stream's bytes into CHUNK_BYTES pieces and hands each one on as it fills.
 function chunker(write: (data: Uint8Array) => Promise<void>) {
   let parts: Buffer[] = [];
@@ -83,7 +128,8 @@ function chunker(write: (data: Uint8Array) => Promise<void>) {
   };
 }
 
-export function createReleaseService(db: Prisma, signer: CommandSigner): ServiceImpl<typeof ReleaseService> {
+export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pick<UpgradeDeps, "wakeups" | "events">): ServiceImpl<typeof ReleaseService> {
+  const upgrades: UpgradeDeps = { db, signer, ...deps };
   return {
     async publishRelease(requests: AsyncIterable<PublishReleaseRequest>, ctx: HandlerContext) {
       const stream = requests[Symbol.asyncIterator]();
@@ -172,6 +218,68 @@ export function createReleaseService(db: Prisma, signer: CommandSigner): Service
       const platform = req.platform ? checkPlatform("platform", req.platform) : undefined;
       const { rows, next } = await listPublishedReleases(db, { platform }, pageSize(req.pageSize), pageToken(req.pageToken));
       return { releases: rows.map((r) => releaseToProto(r, signer)), nextPageToken: nextPageToken(next) };
+    },
+
+    async startFleetUpgrade(req, ctx) {
+      let selection: FleetSelection;
+      const label = (field: string, value: string) => {
+        const name = text(field, value, { max: 63, required: true }).trim().toLowerCase();
+        if (!LABEL.test(name)) throw invalid(`${field} ${quoted(value)} is not a ${field}: lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+        return name;
+      };
+      switch (req.selection.case) {
+        case "all":
+          if (!req.selection.value) throw invalid("all must be true when it is the selection");
+          selection = { all: true };
+          break;
+        case "group":
+          selection = { group: label("group", req.selection.value) };
+          break;
+        case "tag":
+          selection = { tag: label("tag", req.selection.value) };
+          break;
+        default:
+          throw invalid("a selection is required: all, group or tag");
+      }
+      if (req.percent > 100) throw invalid("percent must be from 1 to 100 (0 means 100)");
+      const version = req.version ? checkVersion("version", req.version) : "";
+      const outcome = await startFleetUpgrade(upgrades, { selection, percent: req.percent, version, ...commandCreator(ctx) });
+      await audit(db, ctx, {
+        target: "group" in selection ? `group:${selection.group}` : "tag" in selection ? `tag:${selection.tag}` : "fleet",
+        after: {
+          rolloutId: outcome.rolloutId,
+          version: version || "newest",
+          percent: req.percent || 100,
+          selected: outcome.selected,
+          chosen: outcome.chosen,
+          // Bounded: a fleet of thousands makes one entry, not a megabyte.
+          queued: outcome.upgrades.slice(0, MAX_AUDITED_UPGRADES).map((u) => ({ agentId: u.agentId, commandId: u.commandId, toVersion: u.toVersion })),
+          queuedCount: outcome.upgrades.length,
+          skipped: outcome.skipped.length,
+        },
+      });
+      return {
+        rolloutId: outcome.rolloutId,
+        selectedCount: outcome.selected,
+        chosenCount: outcome.chosen,
+        upgrades: outcome.upgrades.map(upgradeToProto),
+        skipped: outcome.skipped,
+      };
+    },
+
+    async listAgentUpgrades(req) {
+      let state: UpgradeState | undefined;
+      if (req.state !== AgentUpgradeState.UNSPECIFIED) {
+        state = UPGRADE_STATE_FILTER.get(req.state);
+        if (!state) throw invalid(`state ${req.state} is not an upgrade state`);
+      }
+      const filter = {
+        rolloutId: req.rolloutId ? uuid("rollout_id", req.rolloutId) : undefined,
+        agentId: req.agentId ? uuid("agent_id", req.agentId) : undefined,
+        state,
+      };
+      const { rows, next } = await listUpgrades(db, filter, pageSize(req.pageSize), pageToken(req.pageToken));
+      return { upgrades: rows.map(upgradeToProto), nextPageToken: nextPageToken(next) };
     },
 
     async deleteRelease(req, ctx) {

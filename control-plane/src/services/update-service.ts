@@ -22,6 +22,8 @@ import type { AgentConfigs } from "./agent-config.ts";
 import { audit, callerName, commandCreator } from "./audit.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, text, uuid } from "./validate.ts";
+import { requireSupportedVersion } from "../domain/upgrades.ts";
+import type { Settings } from "../settings.ts";
 
 type Where = PrismaNs.PackageUpdateWhereInput;
 
@@ -87,7 +89,13 @@ function heldBy(holds: HoldRow[]) {
     fleet.find(u.source, u.name) !== undefined || perAgent.get(u.agentId)?.find(u.source, u.name) !== undefined;
 }
 
-export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: AgentConfigs, events: EventBus): ServiceImpl<typeof UpdateService> {
+export function createUpdateService(
+  db: Prisma,
+  wakeups: Wakeups,
+  agentConfigs: AgentConfigs,
+  events: EventBus,
+  settings?: Pick<Settings, "text">,
+): ServiceImpl<typeof UpdateService> {
 
   // Sets status on the selected updates except held ones; returns what changed.
   const decide = async (ctx: HandlerContext, sel: UpdateSelection | undefined, status: "approved" | "rejected", from: string[]) => {
@@ -186,6 +194,8 @@ export function createUpdateService(db: Prisma, wakeups: Wakeups, agentConfigs: 
       const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
       const byAgent = new Map<string, typeof rows>();
       for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
+      // Refused for all when one of them runs below the minimum supported version: it may only be upgraded.
+      if (settings) await requireSupportedVersion(db, settings.text("minimum_agent_version"), [...byAgent.keys()], "installUpdates");
       const commands = [];
       for (const [agentId, updates] of byAgent) {
         // Pinned to the approved versions: the agent installs exactly what was approved.

@@ -508,23 +508,25 @@ export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undef
 }
 
 // Applies buffered last-seen times and statuses in one statement. rebootRequired is the
-// status's flag (null when the poll carried no status).
+// status's flag and agentVersion the version it reports (null when the poll carried no status).
 export async function flushLastSeen(
   sql: Statements,
-  entries: { agentId: string; at: Date; status: Uint8Array | null; rebootRequired: boolean | null }[],
+  entries: { agentId: string; at: Date; status: Uint8Array | null; rebootRequired: boolean | null; agentVersion?: string | null }[],
 ): Promise<void> {
   if (entries.length === 0) return;
   const ids = entries.map((e) => e.agentId);
   const times = entries.map((e) => e.at);
   const statuses = entries.map((e) => (e.status ? Buffer.from(e.status) : null));
   const reboots = entries.map((e) => e.rebootRequired);
-  await sql.rows("redflag_flush_last_seen", FLUSH_LAST_SEEN, [ids, times, statuses, reboots]);
+  const versions = entries.map((e) => e.agentVersion ?? null);
+  await sql.rows("redflag_flush_last_seen", FLUSH_LAST_SEEN, [ids, times, statuses, reboots, versions]);
 }
 
 const FLUSH_LAST_SEEN = `
     UPDATE agents AS a
        SET last_seen_at = GREATEST(COALESCE(a.last_seen_at, v.at), v.at),
            status = COALESCE(v.status, a.status),
-           reboot_required = COALESCE(v.reboot_required, a.reboot_required)
-      FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::boolean[]) AS v(id, at, status, reboot_required)
+           reboot_required = COALESCE(v.reboot_required, a.reboot_required),
+           agent_version = COALESCE(v.agent_version, a.agent_version)
+      FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::boolean[], $5::text[]) AS v(id, at, status, reboot_required, agent_version)
      WHERE a.id = v.id`;

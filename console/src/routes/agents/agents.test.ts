@@ -20,6 +20,7 @@ const FAMILY: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WI
 function agent(n: number, over: Partial<Agent> = {}): Agent {
   return {
     $typeName: "redflag.v1.Agent",
+    upgradeRequired: false,
     id: id(n),
     hostname: `host-${String(n).padStart(2, "0")}`,
     machineId: "",

@@ -114,6 +114,14 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: google.protobuf.Timestamp reregistration_allowed_until = 17;
    */
   reregistrationAllowedUntil?: Timestamp | undefined;
+
+  /**
+   * The agent runs a version below the minimum supported one (setting minimum_agent_version):
+   * it may only be upgraded (update_agent); any other command for it is refused.
+   *
+   * @generated from field: bool upgrade_required = 18;
+   */
+  upgradeRequired: boolean;
 };
 
 /**

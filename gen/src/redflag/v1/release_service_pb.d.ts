@@ -2,7 +2,7 @@
 // @generated from file redflag/v1/release_service.proto (package redflag.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
@@ -271,6 +271,345 @@ export declare type DeleteReleaseResponse = Message<"redflag.v1.DeleteReleaseRes
 export declare const DeleteReleaseResponseSchema: GenMessage<DeleteReleaseResponse>;
 
 /**
+ * AgentUpgrade is one agent's upgrade to one release version.
+ *
+ * @generated from message redflag.v1.AgentUpgrade
+ */
+export declare type AgentUpgrade = Message<"redflag.v1.AgentUpgrade"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string agent_id = 2;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: string hostname = 3;
+   */
+  hostname: string;
+
+  /**
+   * The version the agent reported when the upgrade was queued, and the one it upgrades to.
+   *
+   * @generated from field: string from_version = 4;
+   */
+  fromVersion: string;
+
+  /**
+   * @generated from field: string to_version = 5;
+   */
+  toVersion: string;
+
+  /**
+   * The platform of the build it gets ("linux-x64" …, or "any").
+   *
+   * @generated from field: string platform = 6;
+   */
+  platform: string;
+
+  /**
+   * @generated from field: redflag.v1.AgentUpgradeState state = 7;
+   */
+  state: AgentUpgradeState;
+
+  /**
+   * Why it failed or was rolled back, or what it waits for.
+   *
+   * @generated from field: string message = 8;
+   */
+  message: string;
+
+  /**
+   * The update_agent command; empty once that command was removed (retention).
+   *
+   * @generated from field: string command_id = 9;
+   */
+  commandId: string;
+
+  /**
+   * The fleet upgrade that queued it; empty for an upgrade of one agent.
+   *
+   * @generated from field: string rollout_id = 10;
+   */
+  rolloutId: string;
+
+  /**
+   * Who queued it ("system" for the automatic upgrade).
+   *
+   * @generated from field: string created_by = 11;
+   */
+  createdBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 12;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 13;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * Set once it succeeded, failed or was rolled back.
+   *
+   * @generated from field: google.protobuf.Timestamp finish_time = 14;
+   */
+  finishTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.AgentUpgrade.
+ * Use `create(AgentUpgradeSchema)` to create a new message.
+ */
+export declare const AgentUpgradeSchema: GenMessage<AgentUpgrade>;
+
+/**
+ * @generated from message redflag.v1.StartFleetUpgradeRequest
+ */
+export declare type StartFleetUpgradeRequest = Message<"redflag.v1.StartFleetUpgradeRequest"> & {
+  /**
+   * Which agents: exactly one of these. Decommissioned agents are never selected.
+   *
+   * @generated from oneof redflag.v1.StartFleetUpgradeRequest.selection
+   */
+  selection: {
+    /**
+     * Every agent.
+     *
+     * @generated from field: bool all = 1;
+     */
+    value: boolean;
+    case: "all";
+  } | {
+    /**
+     * The agents of this group.
+     *
+     * @generated from field: string group = 2;
+     */
+    value: string;
+    case: "group";
+  } | {
+    /**
+     * The agents with this tag.
+     *
+     * @generated from field: string tag = 3;
+     */
+    value: string;
+    case: "tag";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * 1..100: this share of the selected agents, rounded up, chosen by a stable hash of their IDs
+   * (the agents of 10% are among those of 50%); 0 means 100.
+   *
+   * @generated from field: uint32 percent = 4;
+   */
+  percent: number;
+
+  /**
+   * A published release version; empty means the newest published for each agent's platform.
+   *
+   * @generated from field: string version = 5;
+   */
+  version: string;
+};
+
+/**
+ * Describes the message redflag.v1.StartFleetUpgradeRequest.
+ * Use `create(StartFleetUpgradeRequestSchema)` to create a new message.
+ */
+export declare const StartFleetUpgradeRequestSchema: GenMessage<StartFleetUpgradeRequest>;
+
+/**
+ * SkippedAgent is a selected agent a fleet upgrade left alone, and why.
+ *
+ * @generated from message redflag.v1.SkippedAgent
+ */
+export declare type SkippedAgent = Message<"redflag.v1.SkippedAgent"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: string hostname = 2;
+   */
+  hostname: string;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message redflag.v1.SkippedAgent.
+ * Use `create(SkippedAgentSchema)` to create a new message.
+ */
+export declare const SkippedAgentSchema: GenMessage<SkippedAgent>;
+
+/**
+ * @generated from message redflag.v1.StartFleetUpgradeResponse
+ */
+export declare type StartFleetUpgradeResponse = Message<"redflag.v1.StartFleetUpgradeResponse"> & {
+  /**
+   * Names the upgrades this call queued (ListAgentUpgradesRequest.rollout_id).
+   *
+   * @generated from field: string rollout_id = 1;
+   */
+  rolloutId: string;
+
+  /**
+   * Agents the selection matched, and how many of them the percentage chose.
+   *
+   * @generated from field: uint32 selected_count = 2;
+   */
+  selectedCount: number;
+
+  /**
+   * @generated from field: uint32 chosen_count = 3;
+   */
+  chosenCount: number;
+
+  /**
+   * The upgrades queued, one per chosen agent that needed one.
+   *
+   * @generated from field: repeated redflag.v1.AgentUpgrade upgrades = 4;
+   */
+  upgrades: AgentUpgrade[];
+
+  /**
+   * Chosen agents that were not upgraded.
+   *
+   * @generated from field: repeated redflag.v1.SkippedAgent skipped = 5;
+   */
+  skipped: SkippedAgent[];
+};
+
+/**
+ * Describes the message redflag.v1.StartFleetUpgradeResponse.
+ * Use `create(StartFleetUpgradeResponseSchema)` to create a new message.
+ */
+export declare const StartFleetUpgradeResponseSchema: GenMessage<StartFleetUpgradeResponse>;
+
+/**
+ * @generated from message redflag.v1.ListAgentUpgradesRequest
+ */
+export declare type ListAgentUpgradesRequest = Message<"redflag.v1.ListAgentUpgradesRequest"> & {
+  /**
+   * Filters; empty matches everything.
+   *
+   * @generated from field: string rollout_id = 1;
+   */
+  rolloutId: string;
+
+  /**
+   * @generated from field: string agent_id = 2;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: redflag.v1.AgentUpgradeState state = 3;
+   */
+  state: AgentUpgradeState;
+
+  /**
+   * 1..500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message redflag.v1.ListAgentUpgradesRequest.
+ * Use `create(ListAgentUpgradesRequestSchema)` to create a new message.
+ */
+export declare const ListAgentUpgradesRequestSchema: GenMessage<ListAgentUpgradesRequest>;
+
+/**
+ * @generated from message redflag.v1.ListAgentUpgradesResponse
+ */
+export declare type ListAgentUpgradesResponse = Message<"redflag.v1.ListAgentUpgradesResponse"> & {
+  /**
+   * @generated from field: repeated redflag.v1.AgentUpgrade upgrades = 1;
+   */
+  upgrades: AgentUpgrade[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message redflag.v1.ListAgentUpgradesResponse.
+ * Use `create(ListAgentUpgradesResponseSchema)` to create a new message.
+ */
+export declare const ListAgentUpgradesResponseSchema: GenMessage<ListAgentUpgradesResponse>;
+
+/**
+ * Where an agent upgrade stands. It succeeds only when the agent reports the new version.
+ *
+ * @generated from enum redflag.v1.AgentUpgradeState
+ */
+export enum AgentUpgradeState {
+  /**
+   * @generated from enum value: AGENT_UPGRADE_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Its update_agent command waits for the agent's next poll.
+   *
+   * @generated from enum value: AGENT_UPGRADE_STATE_QUEUED = 1;
+   */
+  QUEUED = 1,
+
+  /**
+   * The agent has the command: it installs the release, restarts, and reports its version.
+   *
+   * @generated from enum value: AGENT_UPGRADE_STATE_INSTALLING = 2;
+   */
+  INSTALLING = 2,
+
+  /**
+   * The agent reported the new version.
+   *
+   * @generated from enum value: AGENT_UPGRADE_STATE_SUCCEEDED = 3;
+   */
+  SUCCEEDED = 3,
+
+  /**
+   * The command failed, or the agent did not report the new version in time.
+   *
+   * @generated from enum value: AGENT_UPGRADE_STATE_FAILED = 4;
+   */
+  FAILED = 4,
+
+  /**
+   * The agent installed the release but came back reporting its old version.
+   *
+   * @generated from enum value: AGENT_UPGRADE_STATE_ROLLED_BACK = 5;
+   */
+  ROLLED_BACK = 5,
+}
+
+/**
+ * Describes the enum redflag.v1.AgentUpgradeState.
+ */
+export declare const AgentUpgradeStateSchema: GenEnum<AgentUpgradeState>;
+
+/**
  * ReleaseService keeps the control plane's registry of agent releases: the only place an agent
  * upgrade (update_agent) can come from. Agents download the builds from /downloads/<platform>.
  *
@@ -310,6 +649,29 @@ export declare const ReleaseService: GenService<{
     methodKind: "unary";
     input: typeof DeleteReleaseRequestSchema;
     output: typeof DeleteReleaseResponseSchema;
+  },
+  /**
+   * StartFleetUpgrade queues update_agent for the agents of a selection (all agents, a group or
+   * a tag), or a percentage of them chosen deterministically, to one release version or to the
+   * newest published for each agent's platform. Agents already on that version, with an
+   * upgrade in progress, or without a build for their platform are skipped and listed with why.
+   *
+   * @generated from rpc redflag.v1.ReleaseService.StartFleetUpgrade
+   */
+  startFleetUpgrade: {
+    methodKind: "unary";
+    input: typeof StartFleetUpgradeRequestSchema;
+    output: typeof StartFleetUpgradeResponseSchema;
+  },
+  /**
+   * ListAgentUpgrades lists agent upgrades with their progress, newest first.
+   *
+   * @generated from rpc redflag.v1.ReleaseService.ListAgentUpgrades
+   */
+  listAgentUpgrades: {
+    methodKind: "unary";
+    input: typeof ListAgentUpgradesRequestSchema;
+    output: typeof ListAgentUpgradesResponseSchema;
   },
 }>;
 
