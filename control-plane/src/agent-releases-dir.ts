@@ -6,7 +6,6 @@ import path from "node:path";
 import { publishArtifact } from "./domain/release-publish.ts";
 import { isPlatform, isReleaseVersion, MAX_ARTIFACT_BYTES, newestVersion, parseArtifactFileName } from "./domain/releases.ts";
 import type { Logger } from "./log.ts";
-import { recordAudit } from "./store/audit.ts";
 import { findPublishedRelease } from "./store/releases.ts";
 import type { Prisma } from "./store/types.ts";
 
@@ -22,7 +21,8 @@ export interface PublishedDir {
   refused: string[];
 }
 
-// Who publishes, in "created by" and the audit log.
+// Who published, as the registry shows it (`redflag releases list`). The audit log records what
+// people and keys do through the API; this is the control plane's own act, in its log.
 const PUBLISHER = "system";
 
 async function digestFile(file: string): Promise<Buffer> {
@@ -95,15 +95,6 @@ export async function publishAgentReleasesDir(opts: { dir: string; db: Prisma; l
       throw err;
     }
     const sha = sha256.toString("hex");
-    await recordAudit(db, {
-      actorKind: PUBLISHER,
-      actorId: "",
-      actorName: PUBLISHER,
-      action: "redflag.v1.ReleaseService/PublishRelease",
-      target: `release:${build.version}/${build.platform}`,
-      remoteAddr: "",
-      after: { version: build.version, platform: build.platform, sizeBytes: String(info.size), sha256: sha, file: build.file },
-    });
     logger.info({ file: build.file, version: build.version, platform: build.platform, sizeBytes: info.size, sha256: sha }, `published agent release ${build.version} for ${build.platform} from ${build.name}`);
     done.published.push(build.name);
   }
