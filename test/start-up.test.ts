@@ -47,6 +47,23 @@ describe("a port already in use", () => {
   });
 });
 
+describe("a TLS certificate that cannot be read", () => {
+  it("is one line naming the file and the settings, exit code 1", async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), "rf-tls-"));
+    try {
+      const cert = path.join(dataDir, "missing-cert.pem");
+      const res = await run(["control-plane/src/main.ts"], {
+        env: { REDFLAG_ADDR: "127.0.0.1:0", REDFLAG_DATA_DIR: path.join(dataDir, "data"), REDFLAG_TLS_CERT: cert, REDFLAG_TLS_KEY: path.join(dataDir, "missing-key.pem") },
+      });
+      expect(res.code).toBe(1);
+      expect(res.stderr).toBe(`redflag-server: cannot read ${cert} (ENOENT); check REDFLAG_TLS_CERT and REDFLAG_TLS_KEY\n`);
+      expect(res.stdout).toBe("");
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("starting without a console build", () => {
   let db: FreshDatabase;
   let server: ServerProcess;
@@ -78,7 +95,7 @@ describe("starting without a console build", () => {
   });
 
   it("answers / and every console page with a page saying how to build the console", async () => {
-    for (const page of ["/", "/agents", "/setup", "/agents/0b5f6a8e/updates"]) {
+    for (const page of ["/", "/agents", "/setup", "/agents/0b5f6a8e/updates", "/index.html"]) {
       const res = await fetch(`${server.url}${page}`, { headers: { accept: "text/html" } });
       expect(res.status, page).toBe(503);
       expect(res.headers.get("content-type")).toBe("text/html; charset=utf-8");

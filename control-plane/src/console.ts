@@ -65,10 +65,11 @@ export function createConsoleFiles(dir: string, logger: Logger): ConsoleFiles {
       if (pathname.startsWith("/redflag.v1.") || pathname.startsWith("/auth/") || pathname === "/healthz") return false;
       const wanted = path.resolve(root, `.${pathname}`);
       if (wanted !== root && !wanted.startsWith(root + path.sep)) return false;
-      const page = path.extname(pathname) === "" || pathname.endsWith(".html");
-      const found = (await file(wanted)) ?? (page ? await file(index) : undefined);
+      const extensionless = path.extname(pathname) === "";
+      const found = (await file(wanted)) ?? (extensionless ? await file(index) : undefined);
       if (!found) {
-        if (!page || (await file(index))) return false;
+        // A page (or /index.html itself) of a console that is not there.
+        if (!(extensionless || pathname.endsWith(".html")) || (await file(index))) return false;
         sendPage(req, res, 503, {
           title: "The RedFlag console is not built",
           lines: [
