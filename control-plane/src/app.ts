@@ -261,6 +261,8 @@ async function wire(
         });
       },
     });
+    // Read before anything below starts (the ready line says whether setup is still to do).
+    const setupRequired = (await peopleCount(db.prisma)) === 0;
     serve({ request: rpc.request, stream: rpc.stream });
     const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader);
     // A rotation on another replica, or a grace period that ended, reaches this signer.
@@ -282,7 +284,7 @@ async function wire(
         host: config.host,
         port: server.port,
         tls: config.tls !== undefined,
-        setupRequired: (await peopleCount(db.prisma)) === 0,
+        setupRequired,
         adminKeyFile,
       }),
     );
