@@ -1,5 +1,5 @@
 import { createContextValues } from "@connectrpc/connect";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createAgentRegistry, type AgentRegistry } from "./auth/agent-registry.ts";
 import { createAgentTokens, type AgentTokens } from "./auth/agent-tokens.ts";
@@ -14,6 +14,9 @@ import type { EventBus } from "./events.ts";
 import { createRpcHandlers } from "./rpc-handler.ts";
 import { createClientAddress } from "./client-address.ts";
 import { startServer, type RunningServer } from "./server.ts";
+import { readyLine } from "./ready-line.ts";
+import { publishAgentReleasesDir } from "./agent-releases-dir.ts";
+import { peopleCount } from "./store/people.ts";
 import { fingerprint } from "./signing/keys.ts";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
@@ -22,7 +25,7 @@ import { createAgentConfigs, type AgentConfigs } from "./services/agent-config.t
 import { createSettings, redeliveryWindow } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";
-import { createConsoleFiles } from "./console.ts";
+import { createConsoleFiles, sendNotFound } from "./console.ts";
 import { createMetrics } from "./metrics.ts";
 import { createProbes } from "./probes.ts";
 import { createDownloads } from "./downloads.ts";
@@ -56,8 +59,61 @@ export interface App {
 // /readyz answers 503 when the database takes longer than this.
 const READINESS_TIMEOUT_MS = 2000;
 
-// Wires the control plane: database (embedded or PostgreSQL), keys, services, HTTP server.
-export async function startApp(config: Config, logger: Logger): Promise<App> {
+export interface StartOptions {
+  // Receives the one plain line for a person once the control plane is ready (main.ts prints
+  // it on stderr, apart from the JSON logs).
+  announce?: (line: string) => void;
+}
+
+// A start-up problem a person fixes from one sentence (a port in use, a certificate that cannot
+// be read): main.ts prints its message alone, without a stack trace.
+export class StartError extends Error {
+  override readonly name = "StartError";
+}
+
+type ServerOptions = Parameters<typeof startServer>[0];
+
+// Wires the control plane: listener, database (embedded or PostgreSQL), keys, services.
+export async function startApp(config: Config, logger: Logger, options: StartOptions = {}): Promise<App> {
+  // The port first, so one already in use is reported at once rather than after the database
+  // has started. Until everything is wired, requests are answered 503 (the process is alive:
+  // /healthz says so; /readyz is not ready).
+  const starting = (pathname: string, res: { writeHead(status: number, headers: Record<string, string>): unknown; end(body: string): unknown }) => {
+    const alive = pathname === "/healthz";
+    res.writeHead(alive ? 200 : 503, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store", ...(alive ? {} : { "retry-after": "5" }) });
+    res.end(alive ? "ok\n" : "RedFlag is starting; try again in a few seconds\n");
+  };
+  let handler: ServerOptions["handler"] = (req, res) => starting((req.url ?? "/").split("?")[0]!, res);
+  let streamHandler: ServerOptions["streamHandler"];
+  const server = await startServer({
+    handler: (req, res) => handler(req, res),
+    streamHandler: (stream, headers) => streamHandler?.(stream, headers) ?? false,
+    host: config.host,
+    port: config.port,
+    tls: config.tls,
+    limits: config.listener,
+    logger,
+  }).catch((err: unknown) => {
+    throw listenError(err, config);
+  });
+  try {
+    return await wire(config, logger, options, server, (served) => {
+      handler = served.request;
+      streamHandler = served.stream;
+    });
+  } catch (err) {
+    await server.close(0);
+    throw err;
+  }
+}
+
+async function wire(
+  config: Config,
+  logger: Logger,
+  options: StartOptions,
+  server: RunningServer,
+  serve: (handlers: { request: ServerOptions["handler"]; stream: NonNullable<ServerOptions["streamHandler"]> }) => void,
+): Promise<App> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
   try {
@@ -65,7 +121,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
     const keys = await ensureSigningKeys(db.prisma, masterKey);
     const tokenSecret = await ensureSecret(db.prisma, masterKey, "access-token-hmac");
     const renewSecret = await ensureSecret(db.prisma, masterKey, "renew-successor-hmac");
-    await writeAdminKeyIfNew(db, config.dataDir, logger);
+    const adminKeyFile = await writeAdminKeyIfNew(db, config.dataDir, logger);
 
     const settings = createSettings(db.prisma, config);
     await settings.load();
@@ -174,7 +230,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       metrics,
       renewSecret,
     };
-    const consoleFiles = createConsoleFiles(config.consoleDir);
+    const consoleFiles = createConsoleFiles(config.consoleDir, logger);
     const downloads = createDownloads({ db: db.prisma, logger, signer: deps.signer });
     const installScripts = createInstallScripts({ publicUrl: config.publicUrl, tls: config.tls !== undefined });
     const oidc = config.oidc
@@ -197,10 +253,7 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
           if (probes.handle(req, res)) return;
           if (downloads.handle(req, res)) return;
           if (installScripts.handle(req, res)) return;
-          const notFound = () => {
-            res.writeHead(404, { "content-type": "text/plain" });
-            res.end("not found\n");
-          };
+          const notFound = () => sendNotFound(req, res, (req.url ?? "/").split("?")[0]!);
           consoleFiles
             .handle(req, res as never)
             .then((served) => served || notFound())
@@ -211,15 +264,9 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
         });
       },
     });
-    const server = await startServer({
-      handler: rpc.request,
-      streamHandler: rpc.stream,
-      host: config.host,
-      port: config.port,
-      tls: config.tls,
-      limits: config.listener,
-      logger,
-    });
+    // Read before anything below starts (the ready line says whether setup is still to do).
+    const setupRequired = (await peopleCount(db.prisma)) === 0;
+    serve({ request: rpc.request, stream: rpc.stream });
     const scheduler = createScheduler(db.prisma, config, logger, settings, deps.events, cluster.isLeader, {
       db: db.prisma,
       signer: deps.signer,
@@ -232,6 +279,23 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
       60_000,
     );
     keyTimer.unref();
+    // Builds found beside the control plane (npm start, the Docker image) join the registry
+    // before it says it is ready: an install command copied at once finds them.
+    if (config.agentReleasesDir) {
+      await publishAgentReleasesDir({ dir: config.agentReleasesDir, db: db.prisma, logger }).catch((err: unknown) =>
+        logger.warn({ err, dir: config.agentReleasesDir }, "cannot publish the agent builds found at start-up; publish them with `redflag releases publish DIR`"),
+      );
+    }
+    options.announce?.(
+      readyLine({
+        publicUrl: config.publicUrl,
+        host: config.host,
+        port: server.port,
+        tls: config.tls !== undefined,
+        setupRequired,
+        adminKeyFile,
+      }),
+    );
     logger.info(
       {
         url: server.url,
@@ -268,15 +332,38 @@ export async function startApp(config: Config, logger: Logger): Promise<App> {
   }
 }
 
-async function writeAdminKeyIfNew(db: Database, dataDir: string, logger: Logger) {
+// Returns the key's file while the key works and the file is there.
+async function writeAdminKeyIfNew(db: Database, dataDir: string, logger: Logger): Promise<string | undefined> {
   const file = path.join(dataDir, "admin.key");
   const key = await ensureBootstrapAdminKey(db.prisma);
   if (key.state === "created") {
     await writeFile(file, key.secret + "\n", { mode: 0o600 });
     logger.info({ file }, "created the admin API key; scripts read it with: redflag --api-key-file " + file);
+    return file;
   } else if (key.state === "revoked") {
     logger.info({ revokedAt: key.revokedAt.toISOString() }, "the admin API key is revoked; sign in as a person or use a personal API token");
-  } else {
-    logger.info({ file }, "admin API key already exists");
+    return undefined;
+  }
+  logger.info({ file }, "admin API key already exists");
+  return (await stat(file).then((s) => s.isFile(), () => false)) ? file : undefined;
+}
+
+// Why the listener could not start, as a person fixes it: which setting, which value, what to do.
+function listenError(err: unknown, config: Config): unknown {
+  const { code, path: file } = err as NodeJS.ErrnoException;
+  // Only reading the certificate or key fails with a file's path.
+  if (file) return new StartError(`cannot read ${file} (${code ?? "error"}); check REDFLAG_TLS_CERT and REDFLAG_TLS_KEY`, { cause: err });
+  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  const addr = `${host}:${config.port}`;
+  const other = `${host}:${config.port === 8080 ? 8081 : 8080}`;
+  switch (code) {
+    case "EADDRINUSE":
+      return new StartError(`REDFLAG_ADDR=${addr}: port ${config.port} is already in use by another program (another RedFlag?); stop it, or set REDFLAG_ADDR to a free port, for example REDFLAG_ADDR=${other}`, { cause: err });
+    case "EACCES":
+      return new StartError(`REDFLAG_ADDR=${addr}: not allowed to listen on port ${config.port} (ports below 1024 need root); set REDFLAG_ADDR to a port from 1024 up, for example REDFLAG_ADDR=${host}:8080`, { cause: err });
+    case "EADDRNOTAVAIL":
+      return new StartError(`REDFLAG_ADDR=${addr}: ${config.host} is not an address of this machine; use one of its addresses, or 0.0.0.0 to listen on all of them`, { cause: err });
+    default:
+      return err;
   }
 }

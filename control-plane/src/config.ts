@@ -24,6 +24,9 @@ export interface Config {
   readonly publicUrl: string | undefined;
   // The built console served at /.
   readonly consoleDir: string;
+  // Agent builds here (redflag-agent-<version>-<platform>.tgz) are published to the release
+  // registry at start-up; unset: none (npm start and the Docker image set it).
+  readonly agentReleasesDir: string | undefined;
   // Single sign-on through OpenID Connect; unset: passwords only.
   readonly oidc: OidcConfig | undefined;
   // Sent commands with no result after this become timed_out.
@@ -192,6 +195,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     publicUrl: publicUrl(env.REDFLAG_PUBLIC_URL),
     oidc: oidcConfig(),
     consoleDir: env.REDFLAG_CONSOLE_DIR ? path.resolve(cwd, env.REDFLAG_CONSOLE_DIR) : DEFAULT_CONSOLE_DIR,
+    agentReleasesDir: env.REDFLAG_AGENT_RELEASES_DIR ? path.resolve(cwd, env.REDFLAG_AGENT_RELEASES_DIR) : undefined,
     resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
     deliveryLeaseSeconds: duration("REDFLAG_DELIVERY_LEASE", "5m", 1),
     maxDeliveries: integer("REDFLAG_MAX_DELIVERIES", 5, 1, 20),

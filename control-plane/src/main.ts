@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig } from "./config.ts";
-import { startApp } from "./app.ts";
+import { StartError, startApp } from "./app.ts";
 import { createLogger } from "./log.ts";
 
 // redflag-server: reads REDFLAG_* and DATABASE_URL, serves until SIGTERM/SIGINT.
@@ -15,7 +15,12 @@ async function main() {
     throw err;
   }
   const logger = createLogger(config.logLevel);
-  const app = await startApp(config, logger).catch((err: unknown) => {
+  const app = await startApp(config, logger, { announce: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
+    // A problem said in one sentence (a port in use): that sentence alone, no stack trace.
+    if (err instanceof StartError) {
+      process.stderr.write(`redflag-server: ${err.message}\n`);
+      process.exit(1);
+    }
     logger.fatal({ err }, "could not start");
     process.stderr.write(`redflag-server: ${(err as Error).message}\n`);
     process.exit(1);

@@ -77,6 +77,7 @@ import {
 } from "@redflag/gen/user_service_pb";
 import { createInterface } from "node:readline";
 import { loadSession, removeSession, saveSession } from "./session-file.ts";
+import { ARTIFACT_NAME_HINT, parseArtifactFileName } from "../domain/releases.ts";
 import { Argument, Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream, readFileSync } from "node:fs";
@@ -1550,10 +1551,8 @@ ${table(["AGENT VERSION", "AGENTS"], labels(r.agentsByVersion))}`,
 // ---- releases
 const releasesCmd = program.command("releases").description("the registry of agent releases, the only source of agent upgrades (admins publish)");
 
-// What `releases publish` takes: redflag-agent-<version>-<platform>.tgz (or .tar.gz), a tarball
-// holding bin/redflag-agent, as update_agent installs it.
-const ARTIFACT_NAME = /^redflag-agent-(.+)-(any|[a-z][a-z0-9]*-[a-z0-9]+)\.(?:tgz|tar\.gz)$/;
-const ARTIFACT_HINT = "redflag-agent-<version>-<platform>.tgz, for example redflag-agent-0.2.0-linux-x64.tgz or redflag-agent-0.2.0-any.tgz";
+// What `releases publish` takes: files named as parseArtifactFileName says (domain/releases.ts).
+const ARTIFACT_HINT = ARTIFACT_NAME_HINT;
 // A publish streams the whole artifact; give a slow link time.
 const PUBLISH_TIMEOUT_MS = 60 * 60_000;
 const PUBLISH_CHUNK_BYTES = 1024 * 1024;
@@ -1571,8 +1570,8 @@ async function artifactsIn(paths: string[]): Promise<Artifact[]> {
     if (!info) throw new CliError(`${p} does not exist`);
     const files = info.isDirectory() ? (await readdir(p)).sort().map((name) => path.join(p, name)) : [p];
     const matching = files.flatMap((file) => {
-      const m = ARTIFACT_NAME.exec(path.basename(file));
-      return m ? [{ file, version: m[1]!, platform: m[2]! }] : [];
+      const named = parseArtifactFileName(path.basename(file));
+      return named ? [{ file, ...named }] : [];
     });
     if (matching.length === 0) {
       throw new CliError(info.isDirectory() ? `${p} holds no agent build named ${ARTIFACT_HINT}` : `${p} is not named ${ARTIFACT_HINT}`);

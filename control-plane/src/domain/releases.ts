@@ -96,3 +96,14 @@ export function downloadPath(version: string, platform: string): string {
 export function artifactFileName(version: string, platform: string): string {
   return `redflag-agent-${version}-${platform}.tgz`;
 }
+
+// What a build is published from: redflag-agent-<version>-<platform>.tgz (or .tar.gz), a tarball
+// holding bin/redflag-agent[.exe], as update_agent installs it. The version and platform are
+// still to be checked (isReleaseVersion, isPlatform).
+const ARTIFACT_NAME = /^redflag-agent-(.+)-(any|[a-z][a-z0-9]*-[a-z0-9]+)\.(?:tgz|tar\.gz)$/;
+export const ARTIFACT_NAME_HINT = "redflag-agent-<version>-<platform>.tgz, for example redflag-agent-0.2.0-linux-x64.tgz or redflag-agent-0.2.0-any.tgz";
+
+export function parseArtifactFileName(name: string): { version: string; platform: string } | undefined {
+  const m = ARTIFACT_NAME.exec(name);
+  return m ? { version: m[1]!, platform: m[2]! } : undefined;
+}

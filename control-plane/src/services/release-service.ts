@@ -1,7 +1,6 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { ArtifactManifestSchema } from "@redflag/gen/command_pb";
 import {
   type AgentRelease,
   AgentReleaseSchema,
@@ -11,19 +10,10 @@ import {
   type PublishReleaseRequest,
   ReleaseService,
 } from "@redflag/gen/release_service_pb";
-import { createHash } from "node:crypto";
 import { downloadPath, isPlatform, isReleaseVersion, MAX_ARTIFACT_BYTES } from "../domain/releases.ts";
 import type { CommandSigner } from "../signing/signer.ts";
-import {
-  abortUpload,
-  beginUpload,
-  CHUNK_BYTES,
-  deleteRelease,
-  listPublishedReleases,
-  publishUpload,
-  type ReleaseRow,
-  storeChunk,
-} from "../store/releases.ts";
+import { publishArtifact } from "../domain/release-publish.ts";
+import { deleteRelease, listPublishedReleases, type ReleaseRow } from "../store/releases.ts";
 import type { Prisma } from "../store/types.ts";
 import { listUpgrades, type UpgradeRow, type UpgradeState } from "../store/upgrades.ts";
 import { type FleetSelection, startFleetUpgrade, type UpgradeDeps } from "../domain/upgrades.ts";
@@ -35,8 +25,6 @@ import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./valid
 // than its bytes.
 const MAX_CHUNK = 4 * 1024 * 1024;
 const MIN_CHUNK = 64 * 1024;
-// An upload that stored nothing for this long is abandoned: a new one may take its place.
-const STALE_UPLOAD_MS = 10 * 60_000;
 
 const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
 const hex = (data: Uint8Array) => Buffer.from(data).toString("hex");
@@ -104,30 +92,6 @@ const MAX_AUDITED_UPGRADES = 1000;
 // Group and tag names as agents carry them (fleet-service.ts SetAgentLabels).
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 
-// Collects the stream's bytes into CHUNK_BYTES pieces and hands each one on as it fills.
-function chunker(write: (data: Uint8Array) => Promise<void>) {
-  let parts: Buffer[] = [];
-  let held = 0;
-  return {
-    async add(data: Uint8Array) {
-      parts.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
-      held += data.byteLength;
-      while (held >= CHUNK_BYTES) {
-        const all = Buffer.concat(parts, held);
-        await write(all.subarray(0, CHUNK_BYTES));
-        const rest = all.subarray(CHUNK_BYTES);
-        parts = rest.length > 0 ? [Buffer.from(rest)] : [];
-        held = rest.length;
-      }
-    },
-    async end() {
-      if (held > 0) await write(Buffer.concat(parts, held));
-      parts = [];
-      held = 0;
-    },
-  };
-}
-
 export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pick<UpgradeDeps, "wakeups" | "events">): ServiceImpl<typeof ReleaseService> {
   const upgrades: UpgradeDeps = { db, signer, ...deps };
   return {
@@ -144,45 +108,8 @@ export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pi
         throw invalid(`header.size_bytes must be from 1 to ${MAX_ARTIFACT_BYTES} (512 MiB)`);
       }
       if (header.sha256.length !== 32) throw invalid("header.sha256 must be the 32-byte SHA-256 of the artifact");
-      const size = Number(header.sizeBytes);
-      const manifest = toBinary(ArtifactManifestSchema, create(ArtifactManifestSchema, { version, platform, sizeBytes: header.sizeBytes, sha256: header.sha256 }));
-      const now = new Date();
-      const begun = await beginUpload(db, {
-        version,
-        platform,
-        sizeBytes: header.sizeBytes,
-        sha256: header.sha256,
-        manifest,
-        createdBy: callerName(ctx),
-        now,
-        staleBefore: new Date(now.getTime() - STALE_UPLOAD_MS),
-      });
-      if (begun.kind === "published") {
-        const same = Buffer.from(begun.release.sha256).equals(Buffer.from(header.sha256)) && begun.release.sizeBytes === header.sizeBytes;
-        if (!same) {
-          throw new ConnectError(
-            `${version} for ${platform} is already published with another artifact (SHA-256 ${hex(begun.release.sha256)}); a published release never changes: delete it first with \`redflag releases delete ${version} --platform ${platform}\``,
-            Code.FailedPrecondition,
-          );
-        }
-        // The same build again (a publish run repeated): read what the client sends, keep nothing.
-        let seen = 0;
-        for await (const msg of { [Symbol.asyncIterator]: () => stream }) {
-          seen += msg.part.case === "chunk" ? msg.part.value.byteLength : 0;
-          if (seen > size) throw invalid(`the artifact is larger than header.size_bytes (${size})`);
-        }
-        return { release: releaseToProto(begun.release, signer), created: false };
-      }
-
-      const releaseId = begun.id;
-      let published: ReleaseRow | undefined;
-      try {
-        const hash = createHash("sha256");
-        let seq = 0;
-        const pieces = chunker(async (data) => {
-          await storeChunk(db, releaseId, seq++, data, new Date());
-        });
-        let received = 0;
+      // The artifact's bytes from the rest of the stream, each message checked as it comes.
+      async function* artifact(): AsyncGenerator<Uint8Array> {
         let short = false;
         for await (const msg of { [Symbol.asyncIterator]: () => stream }) {
           if (msg.part.case !== "chunk") throw invalid("only the first message carries a header; every later one carries the next piece of the artifact");
@@ -191,27 +118,16 @@ export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pi
           if (data.byteLength > MAX_CHUNK) throw invalid(`a chunk of ${data.byteLength} bytes; at most ${MAX_CHUNK} per message`);
           if (short) throw invalid(`a chunk smaller than ${MIN_CHUNK} bytes was followed by another; only the last may be that small`);
           short = data.byteLength < MIN_CHUNK;
-          received += data.byteLength;
-          if (received > size) throw invalid(`the artifact is larger than header.size_bytes (${size}); nothing was published`);
-          hash.update(data);
-          await pieces.add(data);
+          yield data;
         }
-        if (received !== size) throw invalid(`the stream ended after ${received} of the ${size} bytes header.size_bytes announced; nothing was published`);
-        const digest = hash.digest();
-        if (!digest.equals(Buffer.from(header.sha256))) {
-          throw invalid(`the artifact's SHA-256 is ${digest.toString("hex")}, the header says ${hex(header.sha256)}; nothing was published`);
-        }
-        await pieces.end();
-        published = await publishUpload(db, releaseId, new Date());
-        if (!published) throw new ConnectError(`the upload of ${version} for ${platform} was deleted while it ran; nothing was published`, Code.Aborted);
-      } finally {
-        if (!published) await abortUpload(db, releaseId).catch(() => {});
       }
+      const { release, created } = await publishArtifact(db, { version, platform, sizeBytes: header.sizeBytes, sha256: header.sha256 }, artifact(), callerName(ctx));
+      if (!created) return { release: releaseToProto(release, signer), created: false };
       await audit(db, ctx, {
         target: `release:${version}/${platform}`,
-        after: { version, platform, sizeBytes: String(size), sha256: hex(header.sha256) },
+        after: { version, platform, sizeBytes: String(header.sizeBytes), sha256: hex(header.sha256) },
       });
-      return { release: releaseToProto(published, signer), created: true };
+      return { release: releaseToProto(release, signer), created: true };
     },
 
     async listReleases(req) {

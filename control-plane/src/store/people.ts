@@ -37,6 +37,8 @@ export async function userById(db: Prisma, id: string): Promise<UserRow> {
 
 // How many enabled admins there are (the last one can be neither demoted nor disabled).
 export const activeAdmins = (db: Prisma) => db.user.count({ where: { role: "admin", disabledAt: null } });
+// People of any role, enabled or not; none: the setup wizard makes the first admin.
+export const peopleCount = (db: Prisma) => db.user.count();
 
 export async function createApiToken(
   db: Prisma,
