@@ -2,6 +2,7 @@ import { durationMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { PackageChangeKind, PackageResultState, SubsystemRunState, type PackageChange } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import { enumLabel, formatDuration } from "./format.ts";
+import { plural } from "./plural.ts";
 
 // Words and groupings for what commands report: dry-run changes, per-package results,
 // subsystem runs, tool durations. Shared by the updates page, Activity and the agent page.
@@ -47,7 +48,7 @@ export function changeSummary(changes: readonly PackageChange[]): string {
   return groupChanges(changes)
     .map((g) => {
       const [one, many] = words[g.kind] ?? ["other change", "other changes"];
-      return `${g.changes.length} ${g.changes.length === 1 ? one : many}`;
+      return plural(g.changes.length, one, many);
     })
     .join(", ");
 }
@@ -61,8 +62,9 @@ export function durationText(d: Duration | undefined): string {
   return formatDuration(Math.round(ms / 1000));
 }
 
-// "1 package", "3 packages".
-export const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+// "1 package", "3 packages": the console's one plural helper, here for the components that
+// already take it from this file.
+export { plural } from "./plural.ts";
 
 // Badge tone of a command state: colour always next to the word.
 export function stateTone(s: CommandState): "ok" | "bad" | "warn" | "" {
