@@ -10,6 +10,9 @@ import { plural } from "./plural.ts";
 export const changeKindLabel = (k: PackageChangeKind) => enumLabel(PackageChangeKind, k);
 export const packageResultLabel = (s: PackageResultState) => enumLabel(PackageResultState, s);
 export const subsystemStateLabel = (s: SubsystemRunState) => enumLabel(SubsystemRunState, s);
+// What a subsystem's run reads as beside its name: "apt scanned", not "apt ran 121 updates".
+const RUN_WORDS: Record<number, string> = { [SubsystemRunState.RAN]: "scanned", [SubsystemRunState.NOT_PRESENT]: "not on this host" };
+export const subsystemRunWords = (s: SubsystemRunState) => RUN_WORDS[s] ?? subsystemStateLabel(s);
 
 export interface ChangeGroup {
   kind: PackageChangeKind;
