@@ -22,6 +22,7 @@ describe("the plural helper", () => {
     expect(fixPlurals("found 121 update(s), 3 security")).toBe("found 121 updates, 3 security");
     expect(fixPlurals("found 1 update(s), 0 security")).toBe("found 1 update, 0 security");
     expect(fixPlurals("2 of 3 update(s) failed; 1 tag(s) could not be checked")).toBe("2 of 3 updates failed; 1 tag could not be checked");
+    expect(fixPlurals("1 file system(s), fullest / at 12.4%; 3 file system(s)")).toBe("1 file system, fullest / at 12.4%; 3 file systems");
     // Nothing else is touched.
     expect(fixPlurals("apt: exit code 100 (see output)")).toBe("apt: exit code 100 (see output)");
     expect(fixPlurals("")).toBe("");

@@ -13,7 +13,8 @@ export function plural(n: number | bigint, one: string, many = `${one}s`): strin
 }
 
 // Text written elsewhere (an agent's or the server's message) with "N word(s)" in it, said as
-// people say it: "found 121 update(s), 1 security" → "found 121 updates, 1 security".
+// people say it: "found 121 update(s), 1 security" → "found 121 updates, 1 security", "1 file
+// system(s)" → "1 file system".
 export function fixPlurals(text: string): string {
-  return text.replace(/\b(\d+) ([A-Za-z][A-Za-z-]*)\(s\)/g, (_, n: string, word: string) => plural(Number(n), word));
+  return text.replace(/\b(\d+) ((?:[A-Za-z-]+ )?[A-Za-z][A-Za-z-]*)\(s\)/g, (_, n: string, words: string) => plural(Number(n), words));
 }
