@@ -3,6 +3,8 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import path from "node:path";
+import { createRequire } from "node:module";
+import { mkdir } from "node:fs/promises";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
@@ -26,6 +28,7 @@ declare function getSelection(): { toString(): string } | null;
 declare const sessionStorage: object;
 declare const localStorage: object;
 
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 const REGULAR = 118;
 const SECURITY = ["openssl", "libssl3", "curl"];
 const pkgName = (i: number) => `lib-regular-${String(i).padStart(3, "0")}`;
@@ -47,12 +50,27 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     REDFLAG_AGENT_LONG_POLL_SECONDS: "3",
   };
   const nav = (p: Page, name: string) => p.getByRole("navigation", { name: "Main" }).getByRole("link", { name, exact: true });
+  // The new views, photographed into test-output/screenshots/ and checked with axe-core against
+  // WCAG 2 A and AA, as test/console.test.ts does for the main pages.
+  const shots = path.join(root, "test-output", "screenshots");
+  const violations = new Map<string, string[]>();
+  const shot = async (name: string) => {
+    await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true, style: ".notices { display: none !important; }" });
+    await page.addScriptTag({ path: axePath });
+    const found = await page.evaluate(async () => {
+      const axe = (globalThis as unknown as { axe: { run(ctx: unknown, opts: unknown): Promise<{ violations: { id: string; help: string; nodes: { target: string[] }[] }[] }> } }).axe;
+      const res = await axe.run((globalThis as unknown as { document: unknown }).document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+      return res.violations.map((v) => `${v.id} (${v.help}): ${v.nodes.map((n) => n.target.join(" ")).slice(0, 5).join(", ")}`);
+    });
+    if (found.length > 0) violations.set(name, found);
+  };
 
   beforeAll(async () => {
     const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
     expect(build.code, build.stderr).toBe(0);
     cp = await startTestControlPlane({ REDFLAG_POLL_INTERVAL: "3s" });
     work = await mkdtemp(path.join(tmpdir(), "rf-first-run-"));
+    await mkdir(shots, { recursive: true });
     const regular = Array.from({ length: REGULAR }, (_, i) => pkgName(i));
     apt = await createFakeApt(work, {
       installed: [...SECURITY, ...regular].map((n) => `${n} amd64 1.0-1`),
@@ -85,6 +103,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     const warning = page.getByTestId("server-url-warning");
     expect(await warning.textContent()).toContain("other machines cannot reach it");
     expect(await warning.textContent()).toContain("REDFLAG_PUBLIC_URL=");
+    await shot("setup-url-warning");
     // The step is in the URL, never the password.
     expect(new URL(page.url()).search).toBe("?step=url");
     await page.reload();
@@ -95,6 +114,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     await page.reload();
     await page.getByRole("heading", { name: "Check the signing key" }).waitFor();
     fingerprint = (await page.getByTestId("fingerprint").textContent())!;
+    await shot("setup-signing-key");
     expect(fingerprint).toMatch(/^([0-9a-f]{2}:){31}[0-9a-f]{2}$/);
     expect(await page.evaluate(() => JSON.stringify(sessionStorage) + JSON.stringify(localStorage))).not.toContain("passphrase");
     await page.getByRole("button", { name: "Enrol a machine" }).click();
@@ -116,12 +136,14 @@ describe("the console for a new user, with a real agent on a host with 121 updat
       const command = (await page.getByTestId(`install-${platform}`).textContent())!;
       expect(command).toContain(secret);
       expect(command).toContain(fingerprint);
-      const button = page.getByRole("button", { name: `Copy ${platform} command` });
-      await button.click();
-      await expect.poll(() => button.textContent()).toBe("Copied");
+      const button = page.locator(`[data-testid="install-block"][data-platform="${platform}"] button`);
+      expect(await button.evaluate((b) => (b as unknown as { innerText: string }).innerText)).toBe("Copy");
+      await page.getByRole("button", { name: `Copy ${platform} command` }).click();
+      await page.getByRole("button", { name: `Copied ${platform} command` }).waitFor();
       expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(command);
     }
     expect(await page.getByTestId("install-linux").textContent()).toContain(`${cp.url}/install/linux.sh`);
+    await shot("tokens-install-commands");
   });
 
   it("copies by selection where the page has no clipboard API (plain http to another machine)", async () => {
@@ -132,9 +154,8 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     await bare.goto(`${cp.url}/tokens`);
     await bare.getByRole("button", { name: "Create token" }).click();
     const command = (await bare.getByTestId("install-linux").textContent())!;
-    const button = bare.getByRole("button", { name: "Copy linux command" });
-    await button.click();
-    await expect.poll(() => button.textContent()).toBe("Copied");
+    await bare.getByRole("button", { name: "Copy linux command" }).click();
+    await bare.getByRole("button", { name: "Copied linux command" }).waitFor();
     expect(await bare.evaluate(() => getSelection()?.toString())).toBe(command);
     await bare.close();
   });
@@ -166,6 +187,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     expect(await rows.filter({ hasText: "not rated" }).count()).toBe(17);
     expect(await rows.filter({ hasText: "unknown" }).count()).toBe(0);
     // Short enough that the command history is near; and linked from the top.
+    await shot("agent-detail-121-updates");
     const collapsed = await page.evaluate(() => document.documentElement.scrollHeight);
     expect(collapsed).toBeLessThan(5000);
     await page.getByRole("navigation", { name: "On this page" }).getByRole("link", { name: "Command history" }).click();
@@ -192,6 +214,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     expect(runs.some((r) => r.includes("apt") && r.includes("scanned"))).toBe(true);
     expect(runs.join(" ")).not.toContain("not present");
     expect(runs.join(" ")).not.toContain("(s)");
+    await shot("scan-result");
   });
 
   it("the Updates page says matches right, rates regular updates \"not rated\", and groups by package", async () => {
@@ -214,6 +237,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     const hosts = page.getByTestId("package-hosts");
     await hosts.getByRole("link", { name: host }).waitFor();
     expect(await hosts.getByRole("link", { name: host }).getAttribute("href")).toMatch(/^\/agents\/[0-9a-f-]{36}$/);
+    await shot("updates-by-package");
     // Filters keep the view.
     await page.getByLabel("Security fixes only").check();
     await expect.poll(() => page.getByTestId("package-update").count()).toBe(3);
@@ -229,6 +253,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     expect(body).not.toMatch(/registration_token:[0-9a-f-]{36}/);
     expect(body).not.toMatch(/agent:[0-9a-f-]{36}/);
     expect(await page.getByTestId("audit-target").filter({ hasText: host }).first().getAttribute("href")).toMatch(/^\/agents\//);
+    await shot("audit-targets");
   });
 
   it("answers unknown pages with a page that offers a way back, and serves a favicon", async () => {
@@ -236,6 +261,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     expect(res?.status()).toBe(200);
     await page.getByRole("heading", { name: "Page not found" }).waitFor();
     expect(await page.getByTestId("error-page").textContent()).toContain("/no-such-page");
+    await shot("not-found");
     await page.getByRole("link", { name: "Go to the dashboard" }).click();
     await page.getByRole("heading", { name: "Dashboard" }).waitFor();
     expect(await page.locator('link[rel="icon"]').getAttribute("href")).toMatch(/favicon\.svg$/);
@@ -244,5 +270,9 @@ describe("the console for a new user, with a real agent on a host with 121 updat
       expect(icon.status).toBe(200);
       expect(icon.headers.get("content-type")).toBe(type);
     }
+  });
+
+  it("meets WCAG 2.1 A and AA on every view it showed (axe-core)", () => {
+    expect(Object.fromEntries(violations)).toEqual({});
   });
 });

@@ -153,7 +153,7 @@ describe("the registration tokens page", () => {
     await fireEvent.click(within(blocks[2]!).getByRole("button", { name: "Copy windows command" }));
     await waitFor(() => expect(writeText).toHaveBeenCalledWith(screen.getByTestId("install-windows").textContent));
     expect(notices.list.at(-1)?.text).toBe("Windows command copied");
-    expect(within(blocks[2]!).getByRole("button", { name: "Copy windows command" }).textContent).toBe("Copied");
+    expect(within(blocks[2]!).getByRole("button", { name: "Copied windows command" })).toBeTruthy();
 
     // The new token is in the list, without its secret.
     const row = await screen.findByTestId("token");
