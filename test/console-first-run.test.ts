@@ -225,7 +225,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     expect(await page.getByTestId("total").textContent()).toMatch(/^\s*118 updates match these filters/);
 
     await page.goto(`${cp.url}/updates`);
-    await page.getByRole("button", { name: "By package" }).click();
+    await page.getByRole("navigation", { name: "Show updates" }).getByRole("link", { name: "By package" }).click();
     await page.waitForURL(/view=packages/);
     await page.getByTestId("package-update").first().waitFor();
     expect(await page.getByTestId("package-total").textContent()).toMatch(/121 packages with pending updates/);
