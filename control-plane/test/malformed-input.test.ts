@@ -70,6 +70,7 @@ describe("page tokens", () => {
     ["SecurityService/ListSecurityEvents", (pageToken) => admin.security.listSecurityEvents({ pageToken })],
     ["UserService/ListUsers", (pageToken) => admin.users.listUsers({ pageToken })],
     ["UpdateService/ListUpdates", (pageToken) => admin.updates.listUpdates({ pageToken })],
+    ["UpdateService/ListPackageUpdates", (pageToken) => admin.updates.listPackageUpdates({ pageToken })],
   ];
   const tokens: [string, string][] = [
     ["not base64", "!!!"],

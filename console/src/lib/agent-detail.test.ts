@@ -1,9 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
+import { CommandResultSchema, CommandType, SubsystemRunState } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { describe, expect, it } from "vitest";
-import { actorLabel, durationInput, heartbeatState, isPerson, isPersonName, parseDurationInput } from "./agent-detail.ts";
+import { absentSources, actorLabel, durationInput, heartbeatState, isPerson, isPersonName, parseDurationInput } from "./agent-detail.ts";
 
 const now = Date.UTC(2026, 11, 1, 12);
 const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: string, untilMin?: number, kind = CommandCreator.PERSON) =>
@@ -84,5 +84,29 @@ describe("duration fields", () => {
     expect(durationInput(900)).toBe("15m");
     expect(durationInput(90)).toBe("90s");
     expect(durationInput(172_800)).toBe("2d");
+  });
+});
+
+describe("package sources not on the host", () => {
+  const scan = (id: string, runs: [string, SubsystemRunState][]) =>
+    create(CommandInfoSchema, {
+      id,
+      type: CommandType.SCAN_UPDATES,
+      state: CommandState.SUCCEEDED,
+      result: create(CommandResultSchema, {
+        detail: { case: "scanUpdates", value: { subsystems: runs.map(([subsystem, state]) => ({ subsystem, state })) } },
+      }),
+    });
+
+  it("takes each source from the newest scan that ran it, and ignores other commands", () => {
+    const newest = scan("2", [["apt", SubsystemRunState.RAN], ["dnf", SubsystemRunState.NOT_PRESENT]]);
+    // An older scan saw snap missing and docker there; docker has since gone.
+    const older = scan("1", [["snap", SubsystemRunState.NOT_PRESENT], ["docker", SubsystemRunState.RAN], ["zypper", SubsystemRunState.NOT_PRESENT]]);
+    const docker = scan("3", [["docker", SubsystemRunState.NOT_PRESENT]]);
+    const reboot = create(CommandInfoSchema, { id: "r", type: CommandType.REBOOT, state: CommandState.SUCCEEDED });
+    expect(absentSources([docker, reboot, newest, older])).toEqual(["dnf", "docker", "snap", "zypper"]);
+    // A source that was missing and is now there is no longer absent.
+    expect(absentSources([scan("4", [["dnf", SubsystemRunState.RAN]]), newest])).toEqual([]);
+    expect(absentSources([])).toEqual([]);
   });
 });

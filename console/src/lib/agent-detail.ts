@@ -1,5 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { CommandType } from "@redflag/gen/command_pb";
+import { CommandType, SubsystemRunState } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { MetricSample } from "@redflag/gen/report_service_pb";
 import { parseDuration } from "./format.ts";
@@ -55,6 +55,17 @@ const SUBSYSTEM_LABELS: Record<string, string> = {
   storage: "Storage",
 };
 export const subsystemLabel = (name: string) => SUBSYSTEM_LABELS[name] ?? name;
+
+// The package sources that are not on this host, as its most recent scans found (each source
+// by the latest scan that ran it, commands newest first). A source never scanned is not counted.
+export function absentSources(commands: readonly CommandInfo[]): string[] {
+  const latest = new Map<string, SubsystemRunState>();
+  for (const c of commands) {
+    if (c.type !== CommandType.SCAN_UPDATES || c.result?.detail?.case !== "scanUpdates") continue;
+    for (const run of c.result.detail.value.subsystems) if (!latest.has(run.subsystem)) latest.set(run.subsystem, run.state);
+  }
+  return [...latest].filter(([, state]) => state === SubsystemRunState.NOT_PRESENT).map(([name]) => name).sort();
+}
 
 export type HeartbeatPhase = "on" | "off" | "turning-on" | "turning-off" | "expired" | "failed";
 

@@ -2,6 +2,7 @@ import { durationMs, type Duration } from "@bufbuild/protobuf/wkt";
 import { PackageChangeKind, PackageResultState, SubsystemRunState, type PackageChange } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import { enumLabel, formatDuration } from "./format.ts";
+import { plural } from "./plural.ts";
 
 // Words and groupings for what commands report: dry-run changes, per-package results,
 // subsystem runs, tool durations. Shared by the updates page, Activity and the agent page.
@@ -9,6 +10,9 @@ import { enumLabel, formatDuration } from "./format.ts";
 export const changeKindLabel = (k: PackageChangeKind) => enumLabel(PackageChangeKind, k);
 export const packageResultLabel = (s: PackageResultState) => enumLabel(PackageResultState, s);
 export const subsystemStateLabel = (s: SubsystemRunState) => enumLabel(SubsystemRunState, s);
+// What a subsystem's run reads as beside its name: "apt scanned", not "apt ran 121 updates".
+const RUN_WORDS: Record<number, string> = { [SubsystemRunState.RAN]: "scanned", [SubsystemRunState.NOT_PRESENT]: "not on this host" };
+export const subsystemRunWords = (s: SubsystemRunState) => RUN_WORDS[s] ?? subsystemStateLabel(s);
 
 export interface ChangeGroup {
   kind: PackageChangeKind;
@@ -47,7 +51,7 @@ export function changeSummary(changes: readonly PackageChange[]): string {
   return groupChanges(changes)
     .map((g) => {
       const [one, many] = words[g.kind] ?? ["other change", "other changes"];
-      return `${g.changes.length} ${g.changes.length === 1 ? one : many}`;
+      return plural(g.changes.length, one, many);
     })
     .join(", ");
 }
@@ -61,8 +65,9 @@ export function durationText(d: Duration | undefined): string {
   return formatDuration(Math.round(ms / 1000));
 }
 
-// "1 package", "3 packages".
-export const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
+// "1 package", "3 packages": the console's one plural helper, here for the components that
+// already take it from this file.
+export { plural } from "./plural.ts";
 
 // Badge tone of a command state: colour always next to the word.
 export function stateTone(s: CommandState): "ok" | "bad" | "warn" | "" {

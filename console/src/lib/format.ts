@@ -13,7 +13,9 @@ export const enumLabel = (values: Record<number, string>, v: number): string =>
 export const healthLabel = (h: AgentHealth) => enumLabel(AgentHealth, h);
 export const stateLabel = (s: CommandState) => enumLabel(CommandState, s);
 export const typeLabel = (t: CommandType) => enumLabel(CommandType, t);
-export const severityLabel = (s: UpdateSeverity) => enumLabel(UpdateSeverity, s);
+// Severity as people read it. Most distributions rate only security updates: the rest (Debian's
+// regular updates) come without a severity, which is "not rated" rather than an alarming "unknown".
+export const severityLabel = (s: UpdateSeverity) => (s === UpdateSeverity.UNKNOWN || s === UpdateSeverity.UNSPECIFIED ? "not rated" : enumLabel(UpdateSeverity, s));
 export const statusLabel = (s: UpdateStatus) => enumLabel(UpdateStatus, s);
 export const roleLabel = (r: Role) => enumLabel(Role, r);
 const OS_FAMILIES: Record<number, string> = { [OsFamily.LINUX]: "Linux", [OsFamily.WINDOWS]: "Windows", [OsFamily.DARWIN]: "macOS" };

@@ -50,7 +50,7 @@ allow(FleetService, "operator", ["SetAgentLabels", "UpdateSubsystems", "TriggerS
 allow(FleetService, "admin", ["DecommissionAgent", "RebindMachineId", "AllowReregistration"]);
 allow(CommandService, "viewer", ["ListCommands", "GetCommand", "WatchEvents"]);
 allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryCommand"]);
-allow(UpdateService, "viewer", ["ListUpdates", "ListHolds"]);
+allow(UpdateService, "viewer", ["ListUpdates", "ListPackageUpdates", "ListHolds"]);
 allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
 allow(ReportService, "viewer");
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is

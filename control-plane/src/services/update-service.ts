@@ -7,6 +7,7 @@ import {
   FleetUpdateSchema,
   type Hold,
   HoldSchema,
+  PackageUpdateGroupSchema,
   type UpdateSelection,
   UpdateService,
   UpdateStatus,
@@ -14,6 +15,7 @@ import {
 import { compileHolds, HOLD_NAME } from "@redflag/common/holds";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { createCommand } from "../store/commands.ts";
+import { listPackageGroups, type UpdateFilter } from "../store/package-updates.ts";
 import { createHold, deleteHold, getHold, holdsFor, listHolds, type HoldRow } from "../store/holds.ts";
 import type { Prisma } from "../store/types.ts";
 import type { EventBus } from "../events.ts";
@@ -38,44 +40,71 @@ const SEVERITY_NAME = (s: UpdateSeverity) => {
 };
 const SEVERITY_PROTO = (name: string) => (UpdateSeverity as unknown as Record<string, UpdateSeverity>)[name.toUpperCase()] ?? UpdateSeverity.UNKNOWN;
 
-// A selection as a query. `require` refuses an empty one: bulk actions never hit the whole
-// fleet by accident (set `all` to mean it).
-export function selectionWhere(sel: UpdateSelection | undefined, require: boolean): Where {
-  const and: Where[] = [];
+// A selection checked and read into a filter. `require` refuses an empty one: bulk actions
+// never hit the whole fleet by accident (set `all` to mean it).
+export function selectionFilter(sel: UpdateSelection | undefined, require: boolean): UpdateFilter {
+  const f: UpdateFilter = { keys: [], agentIds: [], severities: [], securityOnly: false, packageName: "", source: "", group: "", tag: "", status: "" };
   if (sel) {
     if (sel.keys.length > 1000) throw invalid("selection.keys has more than 1000 entries");
-    if (sel.keys.length > 0) {
-      and.push({
-        OR: sel.keys.map((k, i) => {
-          if (!SOURCE.test(k.source) || !NAME.test(k.name)) throw invalid(`selection.keys[${i}] does not name an update (agent_id, source, name, architecture)`);
-          return { agentId: uuid(`selection.keys[${i}].agent_id`, k.agentId), source: k.source, name: k.name, architecture: k.architecture };
-        }),
-      });
-    }
-    if (sel.agentIds.length > 0) and.push({ agentId: { in: sel.agentIds.map((id, i) => uuid(`selection.agent_ids[${i}]`, id)) } });
-    if (sel.severities.length > 0) and.push({ severity: { in: sel.severities.map(SEVERITY_NAME) } });
-    if (sel.securityOnly) and.push({ security: true });
+    f.keys = sel.keys.map((k, i) => {
+      if (!SOURCE.test(k.source) || !NAME.test(k.name)) throw invalid(`selection.keys[${i}] does not name an update (agent_id, source, name, architecture)`);
+      return { agentId: uuid(`selection.keys[${i}].agent_id`, k.agentId), source: k.source, name: k.name, architecture: k.architecture };
+    });
+    f.agentIds = sel.agentIds.map((id, i) => uuid(`selection.agent_ids[${i}]`, id));
+    f.severities = sel.severities.map(SEVERITY_NAME);
+    f.securityOnly = sel.securityOnly;
     if (sel.packageName) {
       if (!NAME.test(sel.packageName)) throw invalid(`selection.package_name "${sel.packageName.slice(0, 64)}" is not a package name`);
-      and.push({ name: sel.packageName });
+      f.packageName = sel.packageName;
     }
     if (sel.group) {
       if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.group)) throw invalid(`selection.group "${sel.group.slice(0, 64)}" is not a group name`);
-      and.push({ agent: { group: sel.group } });
+      f.group = sel.group;
     }
     if (sel.tag) {
       if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.tag)) throw invalid(`selection.tag "${sel.tag.slice(0, 64)}" is not a tag`);
-      and.push({ agent: { tags: { has: sel.tag } } });
+      f.tag = sel.tag;
     }
     if (sel.source) {
       if (!SOURCE.test(sel.source)) throw invalid(`selection.source "${sel.source.slice(0, 64)}" is not a source name`);
-      and.push({ source: sel.source });
+      f.source = sel.source;
     }
   }
-  if (require && and.length === 0 && !sel?.all) {
+  const empty = !f.keys.length && !f.agentIds.length && !f.severities.length && !f.securityOnly && !f.packageName && !f.group && !f.tag && !f.source;
+  if (require && empty && !sel?.all) {
     throw invalid("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)");
   }
+  return f;
+}
+
+// A selection as a query (see selectionFilter).
+export function selectionWhere(sel: UpdateSelection | undefined, require: boolean): Where {
+  const f = selectionFilter(sel, require);
+  const and: Where[] = [];
+  if (f.keys.length > 0) and.push({ OR: f.keys });
+  if (f.agentIds.length > 0) and.push({ agentId: { in: f.agentIds } });
+  if (f.severities.length > 0) and.push({ severity: { in: f.severities } });
+  if (f.securityOnly) and.push({ security: true });
+  if (f.packageName) and.push({ name: f.packageName });
+  if (f.group) and.push({ agent: { group: f.group } });
+  if (f.tag) and.push({ agent: { tags: { has: f.tag } } });
+  if (f.source) and.push({ source: f.source });
   return { AND: and, agent: { decommissionedAt: null } };
+}
+
+// The offset a page token of a list carries.
+function pageOffset(token: string): number {
+  if (!token) return 0;
+  const decoded = Buffer.from(token, "base64url").toString("utf8");
+  if (!/^o\d{1,9}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
+  return Number(decoded.slice(1));
+}
+
+function statusName(status: UpdateStatus): string {
+  if (status === UpdateStatus.UNSPECIFIED) return "";
+  const name = STATUS_NAMES[status];
+  if (!name) throw invalid(`status ${status} is not an update status`);
+  return name;
 }
 
 // Which of these agents' updates a hold keeps: the fleet-wide holds and each agent's own, every
@@ -120,18 +149,10 @@ export function createUpdateService(
   return {
     async listUpdates(req) {
       const size = pageSize(req.pageSize);
-      let offset = 0;
-      if (req.pageToken) {
-        const decoded = Buffer.from(req.pageToken, "base64url").toString("utf8");
-        if (!/^o\d{1,9}$/.test(decoded)) throw invalid("page_token is not valid; pass the next_page_token of a previous page");
-        offset = Number(decoded.slice(1));
-      }
+      const offset = pageOffset(req.pageToken);
       const where: Where = { ...selectionWhere(req.filter, false) };
-      if (req.status !== UpdateStatus.UNSPECIFIED) {
-        const status = STATUS_NAMES[req.status];
-        if (!status) throw invalid(`status ${req.status} is not an update status`);
-        where.status = status;
-      }
+      const status = statusName(req.status);
+      if (status) where.status = status;
       const [rows, total] = await Promise.all([
         db.packageUpdate.findMany({
           where,
@@ -175,6 +196,31 @@ export function createUpdateService(
       );
       const next = rows.length > size ? Buffer.from(`o${offset + size}`).toString("base64url") : "";
       return { updates, nextPageToken: next || nextPageToken(undefined), total };
+    },
+
+    async listPackageUpdates(req) {
+      const size = pageSize(req.pageSize);
+      const offset = pageOffset(req.pageToken);
+      const filter = { ...selectionFilter(req.filter, false), status: statusName(req.status) };
+      const { rows, total } = await listPackageGroups(db, filter, { offset, limit: size });
+      const packages = rows.map((r) =>
+        create(PackageUpdateGroupSchema, {
+          source: r.source,
+          name: r.name,
+          availableVersion: r.availableVersion,
+          architectures: r.architectures,
+          severity: SEVERITY_PROTO(r.severity),
+          security: r.security,
+          rebootRequired: r.rebootRequired,
+          agentCount: r.agents,
+          pendingCount: r.pending,
+          approvedCount: r.approved,
+          rejectedCount: r.rejected,
+          firstSeenTime: timestampFromDate(r.firstSeenAt),
+        }),
+      );
+      const next = offset + rows.length < total ? Buffer.from(`o${offset + size}`).toString("base64url") : "";
+      return { packages, nextPageToken: next, total };
     },
 
     async approveUpdates(req, ctx) {

@@ -2,6 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AuditEntrySchema, AuditService, type AuditEntry, type ListAuditEntriesRequest } from "@redflag/gen/audit_service_pb";
+import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { UserService } from "@redflag/gen/user_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -12,12 +14,32 @@ import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
 import Audit from "./+page.svelte";
 
 const AGENT = "5f1c2d3e-0000-4000-8000-00000000abcd";
+const GONE = "5f1c2d3e-0000-4000-8000-00000000dead";
+const BO = "7a0b1c2d-0000-4000-8000-0000000000b0";
 
 // An AuditService like the control plane's: actor by exact name, action contains, target
 // starts with, since as a time; newest first, paged.
 function fakeServer(entries: AuditEntry[]) {
   const requests: ListAuditEntriesRequest[] = [];
-  const routes = (router: ConnectRouter) =>
+  // Names for targets: one list per kind, and a single agent when the list misses it.
+  const lookups: string[] = [];
+  const routes = (router: ConnectRouter) => {
+    router.service(FleetService, {
+      listAgents() {
+        lookups.push("listAgents");
+        return { agents: [{ id: AGENT, hostname: "web-1" }] };
+      },
+      getAgent(req) {
+        lookups.push(`getAgent ${req.agentId}`);
+        return { agent: { id: req.agentId, hostname: "old-db" } };
+      },
+    });
+    router.service(UserService, {
+      listUsers() {
+        lookups.push("listUsers");
+        return { users: [{ id: BO, username: "bo", displayName: "Bo Berg" }] };
+      },
+    });
     router.service(AuditService, {
       listAuditEntries(req) {
         requests.push(req);
@@ -34,7 +56,8 @@ function fakeServer(entries: AuditEntry[]) {
         return { entries: all.slice(start, start + size), nextPageToken: start + size < all.length ? String(start + size) : "" };
       },
     });
-  return { routes, requests };
+  };
+  return { routes, requests, lookups };
 }
 
 const entry = (i: number, over: { actorKind?: string; actorName?: string; action?: string; target?: string; beforeJson?: string; afterJson?: string; outcome?: string } = {}) =>
@@ -102,6 +125,25 @@ describe("the audit log", () => {
     expect(navigations.at(-1)).toBe("/audit");
   });
 
+  it("names targets (people, agents) with one lookup per kind, not one per row", async () => {
+    const server = fakeServer([
+      entry(0, { target: `user:${BO}` }),
+      entry(1, { target: `user:${BO}` }),
+      entry(2),
+      entry(3),
+      entry(4, { target: `agent:${GONE}` }),
+      entry(5, { target: "settings" }),
+    ]);
+    renderWithApi(Audit, server.routes);
+    await waitFor(() => expect(screen.getAllByTestId("audit-target").map((t) => t.textContent)).toEqual(["Bo Berg (bo)", "Bo Berg (bo)", "web-1", "web-1", "old-db"]));
+    const rows = screen.getAllByTestId("audit-entry");
+    expect(within(rows[0]!).getByRole("link", { name: "Bo Berg (bo)" }).getAttribute("href")).toBe("/settings?tab=people");
+    expect(rows[0]!.textContent).toMatch(/user\s*Bo Berg/);
+    expect(rows[5]!.textContent).toContain("settings");
+    // One list of people, one of agents, and the one agent that list did not have.
+    expect(server.lookups.sort()).toEqual(["getAgent " + GONE, "listAgents", "listUsers"]);
+  });
+
   it("shows each row's actor, action, target link and outcome, and expands before and after side by side", async () => {
     renderWithApi(
       Audit,
@@ -118,7 +160,10 @@ describe("the audit log", () => {
     expect(labels!.textContent).toMatch(/person\s*ana/);
     expect(labels!.textContent).toContain("SetAgentLabels");
     expect(labels!.textContent).toContain("FleetService");
-    expect(within(labels!).getByRole("link", { name: `agent:${AGENT}` }).getAttribute("href")).toBe(`/agents/${AGENT}`);
+    // The target by name, linked to its page; the raw target stays in the title.
+    const target = await within(labels!).findByRole("link", { name: "web-1" });
+    expect(target.getAttribute("href")).toBe(`/agents/${AGENT}`);
+    expect(target.getAttribute("title")).toBe(`agent:${AGENT}`);
     expect(within(labels!).getByText("ok")).toBeTruthy();
     expect(login!.textContent).toMatch(/anonymous\s*mallory/);
     expect(login!.dataset.outcome).toBe("wrong username or password");

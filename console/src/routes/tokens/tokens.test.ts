@@ -18,7 +18,7 @@ import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
 import Tokens from "./+page.svelte";
 
 // A TokenService like the control plane's: the same checks, messages and codes.
-function fakeServer(initial: RegistrationToken[] = []) {
+function fakeServer(initial: RegistrationToken[] = [], serverUrlWarning = "") {
   const tokens = [...initial];
   const calls: string[] = [];
   const creates: CreateRegistrationTokenRequest[] = [];
@@ -52,6 +52,8 @@ function fakeServer(initial: RegistrationToken[] = []) {
             { platform: "windows", command: `& "$env:ProgramFiles\\RedFlag\\redflag-agent.exe" register --server http://cp:8080 --token '${secret}' --fingerprint ${FINGERPRINT}` },
           ],
           signingKeyFingerprint: FINGERPRINT,
+          serverUrl: "http://cp:8080",
+          serverUrlWarning,
         };
       },
       listRegistrationTokens() {
@@ -119,7 +121,7 @@ describe("the registration tokens page", () => {
     expect(await screen.findByText(/No registration tokens yet/)).toBeTruthy();
   });
 
-  it("creates a token, shows its secret once with a command per platform in keyboard-navigable tabs", async () => {
+  it("creates a token, shows its secret once with a command per platform, each with a copy button", async () => {
     const server = fakeServer();
     const writeText = vi.fn(async () => {});
     Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
@@ -137,37 +139,21 @@ describe("the registration tokens page", () => {
     expect(server.creates[0]!.ttl?.seconds).toBe(86_400n);
     expect(screen.getByRole("heading", { name: /shown only once/ })).toBeTruthy();
 
-    // One tab per platform; Linux first, its command carries the secret.
-    const tabs = screen.getAllByRole("tab");
-    expect(tabs.map((t) => t.textContent)).toEqual(["Linux", "macOS", "Windows"]);
-    expect(tabs[0]!.getAttribute("aria-selected")).toBe("true");
+    // One block per platform, each with its own copy button; every command carries the secret.
+    const blocks = screen.getAllByTestId("install-block");
+    expect(blocks.map((b) => within(b).getByRole("heading").textContent)).toEqual(["Linux", "macOS", "Windows"]);
     expect(screen.getByTestId("install-linux").textContent).toContain(secret.textContent);
     // The commands pin the signing key; the page says which, to compare with the Security page.
     expect(screen.getByTestId("signing-key-fingerprint").textContent).toBe(FINGERPRINT);
     expect(screen.getByTestId("install-linux").textContent).toContain(`--fingerprint ${FINGERPRINT}`);
-    expect(screen.getByTestId("install-windows").closest("[role=tabpanel]")!.hasAttribute("hidden")).toBe(true);
-    // Only the selected tab is in the Tab order.
-    expect(tabs.map((t) => t.tabIndex)).toEqual([0, -1, -1]);
+    // The server's URL is one other machines can reach: no warning.
+    expect(screen.queryByTestId("server-url-warning")).toBeNull();
 
-    // Arrow keys move between tabs (wrapping), Home/End jump.
-    tabs[0]!.focus();
-    await fireEvent.keyDown(tabs[0]!, { key: "ArrowRight" });
-    expect(document.activeElement).toBe(tabs[1]);
-    expect(tabs[1]!.getAttribute("aria-selected")).toBe("true");
-    expect(screen.getByTestId("install-macos").closest("[role=tabpanel]")!.hasAttribute("hidden")).toBe(false);
-    await fireEvent.keyDown(tabs[1]!, { key: "End" });
-    expect(document.activeElement).toBe(tabs[2]);
-    await fireEvent.keyDown(tabs[2]!, { key: "ArrowRight" });
-    expect(document.activeElement).toBe(tabs[0]);
-    await fireEvent.keyDown(tabs[0]!, { key: "ArrowLeft" });
-    expect(document.activeElement).toBe(tabs[2]);
-    expect(tabs[2]!.getAttribute("aria-selected")).toBe("true");
-
-    // Copy puts the visible platform's command on the clipboard and says so.
-    const windowsPanel = screen.getByTestId("install-windows").closest("[role=tabpanel]") as HTMLElement;
-    await fireEvent.click(within(windowsPanel).getByRole("button", { name: /Copy/ }));
+    // Copy puts that platform's command on the clipboard and says so.
+    await fireEvent.click(within(blocks[2]!).getByRole("button", { name: "Copy windows command" }));
     await waitFor(() => expect(writeText).toHaveBeenCalledWith(screen.getByTestId("install-windows").textContent));
-    expect(notices.list.at(-1)?.text).toMatch(/copied/);
+    expect(notices.list.at(-1)?.text).toBe("Windows command copied");
+    expect(within(blocks[2]!).getByRole("button", { name: "Copied windows command" })).toBeTruthy();
 
     // The new token is in the list, without its secret.
     const row = await screen.findByTestId("token");
@@ -180,6 +166,19 @@ describe("the registration tokens page", () => {
     await fireEvent.click(screen.getByRole("button", { name: "I have copied it" }));
     expect(screen.queryByTestId("token-secret")).toBeNull();
     expect(document.body.textContent).not.toContain("rfreg_secret1abcdefghijklmnop");
+  });
+
+  it("says above the commands when other machines cannot reach the server's URL", async () => {
+    const warning = "127.0.0.1:8080 is this machine's loopback address: the commands work on this machine only, other machines cannot reach it. Set REDFLAG_PUBLIC_URL to an address they can reach (for example REDFLAG_PUBLIC_URL=http://192.168.1.10:8080) and restart the control plane.";
+    renderWithApi(Tokens, fakeServer([], warning).routes);
+    await screen.findByText(/No registration tokens yet/);
+    await fireEvent.click(screen.getByRole("button", { name: "Create token" }));
+    const shown = await screen.findByTestId("server-url-warning");
+    expect(shown.textContent).toContain(warning);
+    expect(shown.textContent).toContain("Other machines cannot use these commands yet.");
+    // Above the first command, where it is read before anything is copied.
+    const first = screen.getAllByTestId("install-block")[0]!;
+    expect(shown.compareDocumentPosition(first) & Node.DOCUMENT_POSITION_FOLLOWING).toBeTruthy();
   });
 
   it("selects the text when the clipboard is unavailable", async () => {

@@ -209,7 +209,7 @@ describe("the Updates page", () => {
       keys: [],
       all: false,
     });
-    expect((await screen.findByTestId("total")).textContent).toContain("match these filters");
+    expect((await screen.findByTestId("total")).textContent).toMatch(/^1 update matches these filters/);
     expect((screen.getByLabelText("Package") as HTMLInputElement).value).toBe("openssl");
     expect((screen.getByLabelText("critical") as HTMLInputElement).checked).toBe(true);
     expect((screen.getByLabelText("low") as HTMLInputElement).checked).toBe(false);
@@ -458,6 +458,72 @@ describe("the Updates page", () => {
     await waitFor(() => expect(screen.getAllByTestId("update")).toHaveLength(3));
     expect(requests.map((r) => [r.pageToken, r.filter?.source])).toEqual([["", "apt"], ["after-bbb", "apt"]]);
     expect(screen.queryByRole("button", { name: /^Load more/ })).toBeNull();
+  });
+
+  it("groups by package with ?view=packages, opens a row onto its hosts at that version, and keeps the view when filtering", async () => {
+    setTestUrl("/updates?view=packages&security=1");
+    const { routes } = server();
+    const groups: { filter?: UpdateSelection; status: UpdateStatus }[] = [];
+    const hostLists: ListUpdatesRequest[] = [];
+    const update = (agentId: string, hostname: string, available: string) => ({
+      agentId,
+      hostname,
+      update: { source: "apt", name: "openssl", architecture: "amd64", currentVersion: "3.0.14", availableVersion: available, severity: UpdateSeverity.SECURITY, security: true },
+      status: UpdateStatus.PENDING,
+    });
+    let failHosts = false;
+    const byPackage = (router: ConnectRouter) => {
+      routes(router);
+      router.service(UpdateService, {
+        listPackageUpdates(req) {
+          groups.push({ filter: req.filter, status: req.status });
+          return {
+            total: 2,
+            packages: [
+              { source: "apt", name: "openssl", availableVersion: "3.0.15", architectures: ["amd64"], severity: UpdateSeverity.SECURITY, security: true, agentCount: 2, pendingCount: 1, approvedCount: 1 },
+              { source: "apt", name: "tzdata", availableVersion: "2024b", architectures: ["all"], severity: UpdateSeverity.UNKNOWN, agentCount: 1, pendingCount: 1 },
+            ],
+          };
+        },
+        listUpdates(req) {
+          hostLists.push(req);
+          if (failHosts) throw new ConnectError("selection.package_name is not a package name", Code.InvalidArgument);
+          // Another host has openssl at another version: not this row's.
+          return { updates: [update(WEB, "web-1", "3.0.15"), update(DB, "db-1", "3.0.15"), update("cccccccc-0000-4000-8000-000000000003", "old-1", "3.0.13")], total: 3 };
+        },
+        listHolds: () => ({ holds: [] }),
+      });
+    };
+    renderWithApi(Updates, byPackage);
+    const rows = await screen.findAllByTestId("package-update");
+    expect(rows.map((r) => [r.dataset.package, r.dataset.version])).toEqual([["openssl", "3.0.15"], ["tzdata", "2024b"]]);
+    expect(screen.getByTestId("package-total").textContent).toMatch(/^\s*2 packages with updates matching these filters/);
+    expect(groups[0]!.filter?.securityOnly).toBe(true);
+    // The host list is not loaded for nothing.
+    expect(hostLists).toEqual([]);
+    expect(rows[0]!.textContent).toContain("1 pending, 1 approved");
+    expect(rows[1]!.textContent).toContain("not rated");
+    expect(screen.getByRole("link", { name: "By package" }).getAttribute("aria-current")).toBe("page");
+    expect(screen.getByRole("link", { name: "By host" }).getAttribute("href")).toBe("/updates?security=1");
+
+    const open = within(rows[0]!).getByRole("button", { name: "Show the 2 hosts that need openssl 3.0.15" });
+    await fireEvent.click(open);
+    const hosts = await screen.findAllByTestId("package-host");
+    expect(hosts.map((h) => within(h).getByRole("link").textContent)).toEqual(["web-1", "db-1"]);
+    expect(within(hosts[0]!).getByRole("link").getAttribute("href")).toBe(`/agents/${WEB}`);
+    expect(hostLists[0]!.filter).toMatchObject({ packageName: "openssl", source: "apt", securityOnly: true });
+    expect(screen.getByRole("link", { name: "Select and install openssl on the by-host view" }).getAttribute("href")).toBe("/updates?package=openssl&source=apt");
+    await fireEvent.click(within(rows[0]!).getByRole("button", { name: /^Hide the 2 hosts/ }));
+    expect(screen.queryByTestId("package-hosts")).toBeNull();
+
+    // A failure is said in the row, in the server's words.
+    failHosts = true;
+    await fireEvent.click(within(rows[1]!).getByRole("button", { name: /^Show the 1 host that need/ }));
+    expect((await within(screen.getByTestId("package-hosts")).findByRole("alert")).textContent).toContain("selection.package_name is not a package name");
+
+    // Filtering keeps the view.
+    await fireEvent.change(within(screen.getByRole("form", { name: "Filter updates" })).getByLabelText("Source"), { target: { value: "apt" } });
+    expect(navigations.at(-1)).toBe("http://console.test/updates?source=apt&security=1&view=packages");
   });
 
   it("says so when the fleet has nothing pending", async () => {

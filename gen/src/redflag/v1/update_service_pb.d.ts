@@ -256,6 +256,156 @@ export declare type ListUpdatesResponse = Message<"redflag.v1.ListUpdatesRespons
 export declare const ListUpdatesResponseSchema: GenMessage<ListUpdatesResponse>;
 
 /**
+ * @generated from message redflag.v1.ListPackageUpdatesRequest
+ */
+export declare type ListPackageUpdatesRequest = Message<"redflag.v1.ListPackageUpdatesRequest"> & {
+  /**
+   * 1..500; 0 means 50.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Filters, as in ListUpdates; empty matches everything.
+   *
+   * @generated from field: redflag.v1.UpdateSelection filter = 3;
+   */
+  filter?: UpdateSelection | undefined;
+
+  /**
+   * Only updates in this status.
+   *
+   * @generated from field: redflag.v1.UpdateStatus status = 4;
+   */
+  status: UpdateStatus;
+};
+
+/**
+ * Describes the message redflag.v1.ListPackageUpdatesRequest.
+ * Use `create(ListPackageUpdatesRequestSchema)` to create a new message.
+ */
+export declare const ListPackageUpdatesRequestSchema: GenMessage<ListPackageUpdatesRequest>;
+
+/**
+ * PackageUpdateGroup is one package at one available version across the hosts that need it.
+ *
+ * @generated from message redflag.v1.PackageUpdateGroup
+ */
+export declare type PackageUpdateGroup = Message<"redflag.v1.PackageUpdateGroup"> & {
+  /**
+   * @generated from field: string source = 1;
+   */
+  source: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string available_version = 3;
+   */
+  availableVersion: string;
+
+  /**
+   * The architectures seen, sorted ("amd64", "all").
+   *
+   * @generated from field: repeated string architectures = 4;
+   */
+  architectures: string[];
+
+  /**
+   * The most severe rating any host reported for it.
+   *
+   * @generated from field: redflag.v1.UpdateSeverity severity = 5;
+   */
+  severity: UpdateSeverity;
+
+  /**
+   * A security fix on at least one host.
+   *
+   * @generated from field: bool security = 6;
+   */
+  security: boolean;
+
+  /**
+   * Installing it needs a reboot on at least one host.
+   *
+   * @generated from field: bool reboot_required = 7;
+   */
+  rebootRequired: boolean;
+
+  /**
+   * How many hosts need it, and how many of those are in each status.
+   *
+   * @generated from field: uint32 agent_count = 8;
+   */
+  agentCount: number;
+
+  /**
+   * @generated from field: uint32 pending_count = 9;
+   */
+  pendingCount: number;
+
+  /**
+   * @generated from field: uint32 approved_count = 10;
+   */
+  approvedCount: number;
+
+  /**
+   * @generated from field: uint32 rejected_count = 11;
+   */
+  rejectedCount: number;
+
+  /**
+   * When the first host reported it.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen_time = 12;
+   */
+  firstSeenTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.PackageUpdateGroup.
+ * Use `create(PackageUpdateGroupSchema)` to create a new message.
+ */
+export declare const PackageUpdateGroupSchema: GenMessage<PackageUpdateGroup>;
+
+/**
+ * @generated from message redflag.v1.ListPackageUpdatesResponse
+ */
+export declare type ListPackageUpdatesResponse = Message<"redflag.v1.ListPackageUpdatesResponse"> & {
+  /**
+   * @generated from field: repeated redflag.v1.PackageUpdateGroup packages = 1;
+   */
+  packages: PackageUpdateGroup[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * How many packages (groups) match the filter in all.
+   *
+   * @generated from field: uint32 total = 3;
+   */
+  total: number;
+};
+
+/**
+ * Describes the message redflag.v1.ListPackageUpdatesResponse.
+ * Use `create(ListPackageUpdatesResponseSchema)` to create a new message.
+ */
+export declare const ListPackageUpdatesResponseSchema: GenMessage<ListPackageUpdatesResponse>;
+
+/**
  * @generated from message redflag.v1.ApproveUpdatesRequest
  */
 export declare type ApproveUpdatesRequest = Message<"redflag.v1.ApproveUpdatesRequest"> & {
@@ -585,6 +735,18 @@ export declare const UpdateService: GenService<{
     methodKind: "unary";
     input: typeof ListUpdatesRequestSchema;
     output: typeof ListUpdatesResponseSchema;
+  },
+  /**
+   * ListPackageUpdates lists the same updates grouped by package and version: one row per
+   * source, name and available version, with how many hosts need it. Most severe first, then
+   * the most hosts.
+   *
+   * @generated from rpc redflag.v1.UpdateService.ListPackageUpdates
+   */
+  listPackageUpdates: {
+    methodKind: "unary";
+    input: typeof ListPackageUpdatesRequestSchema;
+    output: typeof ListPackageUpdatesResponseSchema;
   },
   /**
    * ApproveUpdates approves the selected updates (at their current available version).

@@ -114,11 +114,12 @@ describe("one command's page", () => {
     expect(screen.getByTestId("result-message").textContent).toContain("1 update found");
     const cells = (r: HTMLElement) => [...(r as HTMLTableRowElement).cells].map((td) => td.textContent?.trim());
     expect(screen.getAllByTestId("found-update").map(cells)).toEqual([["openssl", "apt", "3.0.15-1 → 3.0.16-1", "security", "bookworm-security"]]);
+    // Sources the host does not have are one quiet line, not a row each.
     expect(screen.getAllByTestId("subsystem-run").map((r) => [r.dataset.state, ...cells(r)])).toEqual([
-      ["ran", "apt", "ran", "1", "2.3 s", ""],
-      ["not present", "docker", "not present", "0", "—", "docker is not installed"],
+      ["ran", "apt", "scanned", "1", "2.3 s", ""],
       ["failed", "snap", "failed", "0", "0.1 s", "snapd is not running"],
     ]);
+    expect(screen.getByTestId("absent-sources").textContent?.trim()).toBe("Not on this host: docker.");
     // Finished and successful: nothing to cancel or retry.
     expect(screen.queryByRole("button", { name: /Retry|Cancel/ })).toBeNull();
   });
