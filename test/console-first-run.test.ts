@@ -264,7 +264,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     await shot("not-found");
     await page.getByRole("link", { name: "Go to the dashboard" }).click();
     await page.getByRole("heading", { name: "Dashboard" }).waitFor();
-    expect(await page.locator('link[rel="icon"]').getAttribute("href")).toMatch(/favicon\.svg$/);
+    expect(await page.locator('link[rel="icon"]').first().getAttribute("href")).toMatch(/favicon\.svg$/);
     for (const [file, type] of [["favicon.svg", "image/svg+xml"], ["favicon.ico", "image/x-icon"]]) {
       const icon = await fetch(`${cp.url}/${file}`);
       expect(icon.status).toBe(200);

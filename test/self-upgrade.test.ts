@@ -2,13 +2,16 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ArtifactManifestSchema, CommandSchema } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import type { Agent } from "@redflag/gen/fleet_service_pb";
+import { AgentUpgradeState, ReleaseService } from "@redflag/gen/release_service_pb";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import pkg from "../agent/package.json" with { type: "json" };
 import { buildAgent, type BuiltAgent } from "../scripts/build-agent.ts";
 import { run } from "./support/processes.ts";
@@ -54,6 +57,14 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("a single
     expect(queued.code, queued.stderr).toBe(0);
     return (JSON.parse(queued.stdout) as { command: { id: string } }).command.id;
   };
+  // The control plane's record of the upgrade a command made: it ends only on what the agent
+  // reports (the new version from a poll that is not on trial, or the old one back).
+  const upgradeRecord = (commandId: string, state: AgentUpgradeState) =>
+    waitFor(`the upgrade record of ${commandId} to be ${AgentUpgradeState[state]}`, async () => {
+      const releases = createClient(ReleaseService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
+      const found = (await releases.listAgentUpgrades({ agentId })).upgrades.find((u) => u.commandId === commandId);
+      return found?.state === state ? found : undefined;
+    });
   const finished = (id: string) =>
     waitFor(`command ${id} to finish`, async () => {
       const command = (await cp.admin.commands.getCommand({ id })).command!;
@@ -175,6 +186,9 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("a single
     expect(await releases()).toEqual([A]);
     expect(await reported()).toBe(A);
     expect(JSON.parse(await readFile(path.join(installDir, "upgrade-failed.json"), "utf8"))).toMatchObject({ version: CRASHES, from: A });
+    expect((await upgradeRecord(id, AgentUpgradeState.ROLLED_BACK)).message).toBe(
+      `the agent installed ${CRASHES} but came back reporting ${A}: the upgrade was rolled back: it exited 3 times before completing a poll cycle (the last time with exit code 1)`,
+    );
   });
 
   it("rolls back a release that starts but never polls, within the trial time", async () => {
@@ -191,6 +205,7 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("a single
     expect(await releases()).toEqual([A]);
     // The sleeping release went with its trial.
     await expect(exec("pgrep", ["-f", "sleep 600"])).rejects.toMatchObject({ code: 1 });
+    expect((await upgradeRecord(id, AgentUpgradeState.ROLLED_BACK)).message).toMatch(/: it did not complete a poll cycle within 3 s$/);
     supervisor.env.REDFLAG_AGENT_UPGRADE_TRIAL_SECONDS = "30";
   });
 
@@ -215,5 +230,6 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("a single
       return seen.status?.agentVersion === B && seen.status.upgradeFailure === undefined;
     });
     expect(built.version).toBe(B);
+    expect((await upgradeRecord(id, AgentUpgradeState.SUCCEEDED)).message).toBe(`the agent reports ${B}`);
   }, 180_000);
 });

@@ -225,6 +225,9 @@ function createAgent(deps: AgentDeps) {
     }
     return reboot.required;
   };
+  // Only a release on trial confirms, once, after its first complete poll cycle; until then
+  // every poll says it is on trial.
+  let upgradeConfirmed = !deps.upgradeTrial;
   const status = async () => {
     // An upgrade this agent tried and abandoned, until the next update_agent replaces it.
     const failure = await readFailure(config.installDir).catch(() => undefined);
@@ -238,6 +241,7 @@ function createAgent(deps: AgentDeps) {
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
       rebootRequired: await rebootPending(),
       trustedKeysRevision: keySetRevision(deps.pins.keys()),
+      upgradeTrial: !upgradeConfirmed,
       upgradeFailure: failure
         ? create(AgentUpgradeFailureSchema, { version: failure.version, reason: failure.reason, time: timestampFromDate(new Date(failure.at)) })
         : undefined,
@@ -285,8 +289,6 @@ function createAgent(deps: AgentDeps) {
     return result;
   };
   const rescan = new Set<string>();
-  // Only a release on trial confirms, once, after its first complete poll cycle.
-  let upgradeConfirmed = !deps.upgradeTrial;
 
   // Scans the given subsystems now and keeps the result as a scan report until acknowledged.
   const scanAndKeep = async (subsystems: string[], why: string): Promise<void> => {

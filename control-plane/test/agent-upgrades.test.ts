@@ -1,10 +1,10 @@
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandOutcome, CommandSchema } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
-import { OsFamily } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { AgentUpgradeState, type PublishReleaseRequest, PublishReleaseRequestSchema, ReleaseService } from "@redflag/gen/release_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
@@ -333,6 +333,24 @@ describe("nextUpgradeState", () => {
     expect(nextUpgradeState(same, at("2026-12-05T10:01:00Z"), 900)).toBeUndefined();
     const installed = { ...same, installedAt: at("2026-12-05T10:02:00Z"), command: { ...base.command!, state: "succeeded" } };
     expect(nextUpgradeState({ ...installed, agent: { agentVersion: "0.2.0", lastSeenAt: at("2026-12-05T10:03:00Z") } }, at("2026-12-05T10:04:00Z"), 900)).toMatchObject({ state: "succeeded" });
+  });
+
+  it("waits while the new release is on trial, and names the agent's reason when it was rolled back", () => {
+    const installed = { ...base, installedAt: at("2026-12-05T10:02:00Z"), command: { ...base.command!, state: "succeeded" } };
+    const polled = (status: Parameters<typeof create<typeof AgentStatusSchema>>[1]) => ({
+      ...installed,
+      agent: { agentVersion: "0.1.0", lastSeenAt: at("2026-12-05T10:03:00Z"), status: toBinary(AgentStatusSchema, create(AgentStatusSchema, status)) },
+    });
+    // The trial's own polls (it reports 0.2.0, which the control plane does not take as the
+    // agent's version yet) move nothing.
+    expect(nextUpgradeState(polled({ agentVersion: "0.2.0", upgradeTrial: true }), at("2026-12-05T10:04:00Z"), 900)).toBeUndefined();
+    // The release before it came back: rolled back, with the reason the agent gave.
+    expect(
+      nextUpgradeState(polled({ agentVersion: "0.1.0", upgradeFailure: { version: "0.2.0", reason: "it exited 3 times before completing a poll cycle" } }), at("2026-12-05T10:04:00Z"), 900),
+    ).toMatchObject({
+      state: "rolled_back",
+      message: "the agent installed 0.2.0 but came back reporting 0.1.0: the upgrade was rolled back: it exited 3 times before completing a poll cycle",
+    });
   });
 
   it("fails when the command was removed", () => {

@@ -1,6 +1,7 @@
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
+import { type AgentStatus, AgentStatusSchema } from "@redflag/gen/common_pb";
 import { formatDuration } from "../duration.ts";
 import type { EventBus } from "../events.ts";
 import type { CommandCreator } from "../generated/prisma/client.ts";
@@ -112,7 +113,8 @@ export interface UpgradeFacts {
   fromVersion: string;
   toVersion: string;
   installedAt: Date | null;
-  agent: { agentVersion: string; lastSeenAt: Date | null };
+  // status: the last poll's AgentStatus, serialized (a release on trial, an abandoned upgrade).
+  agent: { agentVersion: string; lastSeenAt: Date | null; status?: Uint8Array | null };
   // Null once the command was removed.
   command: { state: string; sentAt: Date | null; result: { message: string } | null } | null;
 }
@@ -133,7 +135,11 @@ const short = (text: string) => (text.length > 300 ? `${text.slice(0, 300)}…` 
 // again after the install (seen at installedAt) reporting another version.
 export function nextUpgradeState(u: UpgradeFacts, now: Date, timeoutSeconds: number): UpgradeChange | undefined {
   const reports = u.agent.agentVersion;
-  const seenAfterInstall = u.installedAt !== null && u.agent.lastSeenAt !== null && u.agent.lastSeenAt > u.installedAt;
+  const status = lastStatus(u.agent.status);
+  // The new release on trial polls before it has proved itself (the release before it switches
+  // back unless the trial completes): that poll says neither success nor rollback.
+  const onTrial = status?.upgradeTrial === true;
+  const seenAfterInstall = !onTrial && u.installedAt !== null && u.agent.lastSeenAt !== null && u.agent.lastSeenAt > u.installedAt;
   // A reinstall of the version an agent already runs counts once the agent came back with it.
   if (reports === u.toVersion && (u.fromVersion !== u.toVersion || seenAfterInstall)) {
     return { state: "succeeded", message: `the agent reports ${u.toVersion}`, finishedAt: now };
@@ -149,7 +155,8 @@ export function nextUpgradeState(u: UpgradeFacts, now: Date, timeoutSeconds: num
   if (cmd.state === "succeeded") {
     if (!u.installedAt) return { state: "installing", message: `installed ${u.toVersion}; waiting for the agent to restart and report it`, installedAt: now };
     if (seenAfterInstall) {
-      return { state: "rolled_back", message: `the agent installed ${u.toVersion} but came back reporting ${reports}: the upgrade was rolled back`, finishedAt: now };
+      const failure = status?.upgradeFailure?.version === u.toVersion ? `: ${status.upgradeFailure.reason}` : "";
+      return { state: "rolled_back", message: short(`the agent installed ${u.toVersion} but came back reporting ${reports}: the upgrade was rolled back${failure}`), finishedAt: now };
     }
   }
   const since = cmd.sentAt ?? u.installedAt;
@@ -158,6 +165,15 @@ export function nextUpgradeState(u: UpgradeFacts, now: Date, timeoutSeconds: num
   }
   if (u.state === "queued") return { state: "installing", message: `the agent received the upgrade to ${u.toVersion}` };
   return undefined;
+}
+
+function lastStatus(bytes: Uint8Array | null | undefined): AgentStatus | undefined {
+  if (!bytes) return undefined;
+  try {
+    return fromBinary(AgentStatusSchema, bytes);
+  } catch {
+    return undefined;
+  }
 }
 
 // Moves every open upgrade on; returns those that ended.

@@ -240,7 +240,9 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const limit = req.maxCommands || 10;
 
       // The version is kept only when it is one (it confirms upgrades; it is shown everywhere).
-      const agentVersion = req.status && isReleaseVersion(req.status.agentVersion) ? req.status.agentVersion : undefined;
+      // A release on trial after an upgrade is not yet the agent's version: the release before
+      // it switches back unless the trial completes (the upgrade succeeds on a poll without it).
+      const agentVersion = req.status && !req.status.upgradeTrial && isReleaseVersion(req.status.agentVersion) ? req.status.agentVersion : undefined;
       deps.lastSeen.record(agentId, new Date(), req.status ? { bytes: toBinary(AgentStatusSchema, req.status), rebootRequired: req.status.rebootRequired, agentVersion } : null);
 
       const deadline = Date.now() + req.waitSeconds * 1000;

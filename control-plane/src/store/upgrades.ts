@@ -83,7 +83,7 @@ export async function upgradesToReconcile(db: Prisma, limit: number) {
       toVersion: true,
       installedAt: true,
       automatic: true,
-      agent: { select: { hostname: true, agentVersion: true, lastSeenAt: true } },
+      agent: { select: { hostname: true, agentVersion: true, lastSeenAt: true, status: true } },
       command: { select: { state: true, sentAt: true, result: { select: { message: true } } } },
     },
   });

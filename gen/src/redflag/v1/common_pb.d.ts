@@ -361,6 +361,15 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
    * @generated from field: redflag.v1.AgentUpgradeFailure upgrade_failure = 10;
    */
   upgradeFailure?: AgentUpgradeFailure | undefined;
+
+  /**
+   * This release is a new one on trial after update_agent: it has not completed its first poll
+   * cycle yet, and the release before it will switch back if it does not. The control plane
+   * counts the agent as running agent_version only from a poll where this is false.
+   *
+   * @generated from field: bool upgrade_trial = 11;
+   */
+  upgradeTrial: boolean;
 };
 
 /**
