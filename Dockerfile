@@ -22,7 +22,7 @@ COPY console console
 COPY scripts scripts
 RUN npm run build:console
 # Fetches the official Node binaries for the other platforms from the npm registry (scripts/build-agent.ts).
-RUN npm run build:agent -- --platform linux-x64,linux-arm64,win32-x64
+RUN npm run build:agent -- --platform linux-x64,linux-arm64,win32-x64,darwin-x64,darwin-arm64
 # What the image keeps: the dependencies the control plane runs with.
 RUN npm prune --omit=dev --no-audit --no-fund
 

@@ -16,7 +16,7 @@ import { root, run, type RunResult } from "./support/processes.ts";
 //
 // What cannot be replayed is said where it is skipped: the base image (this machine's Node 24 and
 // npm stand in for node:24-bookworm-slim), `USER` and the chown of /var/lib/redflag (checked as
-// written instead), and the other agent platforms: building linux-arm64 and win32-x64 as well
+// written instead), and the other agent platforms: building linux-arm64, win32-x64 and macOS as well
 // adds about two minutes of postject and gzip on these 2-core machines for nothing the
 // linux-x64 build does not already show (scripts/build-agent.ts treats every platform alike;
 // test/agent-binary.test.ts runs the linux-x64 one), so the replay builds linux-x64 only.
@@ -195,7 +195,7 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("the Dock
     expect(build.steps.filter((s) => s.op === "RUN").map((s) => s.args)).toEqual([
       "npm ci --no-audit --no-fund",
       "npm run build:console",
-      "npm run build:agent -- --platform linux-x64,linux-arm64,win32-x64",
+      "npm run build:agent -- --platform linux-x64,linux-arm64,win32-x64,darwin-x64,darwin-arm64",
       "npm prune --omit=dev --no-audit --no-fund",
     ]);
     const user = image.steps.filter((s) => s.op === "USER").map((s) => s.args);
