@@ -1,3 +1,4 @@
+import path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CommandOutcome, RebootResultSchema } from "@redflag/gen/command_pb";
@@ -61,7 +62,11 @@ export const createReboot = (check?: RebootCheck): Executor => async (ctx): Prom
   }
 
   const windows = process.platform === "win32";
-  const tool = await which(windows ? "shutdown.exe" : "shutdown", ctx.env.PATH ?? "");
+  // On Windows the one in System32 (the agent runs as SYSTEM: a shutdown.exe earlier on PATH
+  // must not run in its stead).
+  const tool = windows
+    ? path.win32.join(ctx.env.SystemRoot ?? "C:\\Windows", "System32", "shutdown.exe")
+    : await which("shutdown", ctx.env.PATH ?? "");
   if (!tool) return { outcome: CommandOutcome.FAILED, message: "cannot reboot: shutdown is not available on this host" };
   const plan = rebootPlan(process.platform, tool, delaySeconds, message);
   if (!plan) return { outcome: CommandOutcome.FAILED, message: `reboot is not supported on ${process.platform}` };

@@ -225,12 +225,15 @@ export function wuFailure(what: string, result: ProcessResult): string {
 const envValue = (env: NodeJS.ProcessEnv, name: string): string | undefined =>
   env[name] ?? Object.entries(env).find(([k]) => k.toUpperCase() === name.toUpperCase())?.[1];
 
-// Windows PowerShell (5.1 ships with every supported Windows): on PATH, else in System32.
+// Windows PowerShell (5.1 ships with every supported Windows): the one in System32 first, so a
+// powershell.exe placed earlier on PATH never runs in its stead (the agent runs as SYSTEM);
+// PATH only where System32 has none (the tests' fake, off Windows).
 export async function findPowerShell(env: NodeJS.ProcessEnv, platform: NodeJS.Platform = process.platform): Promise<string | undefined> {
-  const onPath = await which("powershell.exe", envValue(env, "PATH") ?? "");
-  if (onPath || platform !== "win32") return onPath;
-  const builtIn = path.win32.join(envValue(env, "SystemRoot") ?? "C:\\Windows", "System32", "WindowsPowerShell", "v1.0", "powershell.exe");
-  return (await access(builtIn).then(() => true, () => false)) ? builtIn : undefined;
+  if (platform === "win32") {
+    const builtIn = path.win32.join(envValue(env, "SystemRoot") ?? "C:\\Windows", "System32", "WindowsPowerShell", "v1.0", "powershell.exe");
+    if (await access(builtIn).then(() => true, () => false)) return builtIn;
+  }
+  return which("powershell.exe", envValue(env, "PATH") ?? "");
 }
 
 // `powershell.exe -Command` joins every argument after the script into its command text, so
