@@ -155,7 +155,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: Nod
       const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
       const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
       await installService(
-        { platform: platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`), logger: createLogger(cfg.logLevel) },
+        { platform, root: path.resolve(opts.root), env, out: (line) => process.stdout.write(`${line}\n`), logger: createLogger(env.REDFLAG_AGENT_LOG_LEVEL ? cfg.logLevel : "warn") },
         {
           installDir: opts.installDir ? path.resolve(opts.installDir) : (cfg.installDir ?? defaultInstallDir(platform, env)),
           stateDir: cfg.stateDir,
