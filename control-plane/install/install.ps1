@@ -129,7 +129,8 @@ try {
   if ($NoStart) { $agentArgs += '--no-start' }
   $exe = Join-Path $current 'bin\redflag-agent.exe'
   if ($Token) {
-    $Token | & $exe @agentArgs --token-file -
+    # Through standard input: the token never appears in the agent's command line.
+    $Token | & $exe @agentArgs '--token-file' '-'
   } else {
     & $exe @agentArgs
   }

@@ -1,6 +1,8 @@
 import http from "node:http";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
+import { createRequire } from "node:module";
+import { Language, Parser, type Node } from "web-tree-sitter";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -72,5 +74,33 @@ describe("the install scripts the control plane serves", () => {
     const post = await get(cp, "/install/linux.sh", {}, "POST");
     expect(post.status).toBe(405);
     expect(post.headers.allow).toBe("GET, HEAD");
+  });
+});
+
+// No PowerShell here (pwsh is in neither the npm registry nor Debian): windows.ps1 is checked
+// with the tree-sitter PowerShell grammar instead, which marks what it cannot parse. The
+// script's behaviour on Windows is reviewed by reading (agent/README.md, "Installing as a
+// service"), not run.
+describe("windows.ps1", () => {
+  async function parseErrors(text: string): Promise<string[]> {
+    await Parser.init();
+    const wasm = createRequire(import.meta.url).resolve("tree-sitter-powershell/tree-sitter-powershell.wasm");
+    const parser = new Parser();
+    parser.setLanguage(await Language.load(wasm));
+    const tree = parser.parse(text)!;
+    const errors: string[] = [];
+    const walk = (n: Node) => {
+      if (n.isError || n.isMissing) errors.push(`${n.isMissing ? "missing" : "cannot parse"} at ${n.startPosition.row + 1}:${n.startPosition.column + 1}: ${n.text.slice(0, 60)}`);
+      for (const c of n.children) if (c) walk(c);
+    };
+    walk(tree.rootNode);
+    return errors;
+  }
+
+  it("parses as PowerShell, and the check finds a broken copy", async () => {
+    const ps1 = await readFile(path.join(scripts, "install.ps1"), "utf8");
+    expect(await parseErrors(ps1)).toEqual([]);
+    expect(await parseErrors(ps1.replace("if ($fp -and $fp -notmatch", "if ($fp -and $fp -notmatch ("))).not.toEqual([]);
+    expect(await parseErrors(ps1.replace(/\n\}\n$/, "\n"))).not.toEqual([]);
   });
 });
