@@ -1,11 +1,10 @@
 import { spawn } from "node:child_process";
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freshDatabase, type FreshDatabase } from "../control-plane/test/support/database.ts";
-import { root, run, type RunResult } from "./support/processes.ts";
+import { freePort, root, run, type RunResult } from "./support/processes.ts";
 
 // Issue 14: the image compose.yaml builds. No Docker daemon runs on these machines, so this test
 // reads the Dockerfile and replays its steps outside Docker: each stage's COPY instructions copy
@@ -243,13 +242,3 @@ describe.runIf(process.platform === "linux" && process.arch === "x64")("the Dock
   });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -1,11 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freshDatabase, type FreshDatabase } from "../control-plane/test/support/database.ts";
-import { root } from "./support/processes.ts";
+import { freePort, root } from "./support/processes.ts";
 
 // Issue 14: `npm start` (scripts/start.ts) shows the console build's output only when the build
 // fails, then runs the control plane with the agent builds in dist/agent published. Run with the
@@ -104,13 +103,3 @@ describe("npm start", () => {
   });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
 import { createInterface } from "node:readline";
 import path from "node:path";
 
@@ -81,4 +82,16 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
       });
     },
   };
+}
+
+// A port nothing listens on right now (the OS picks it), for a process that must be told one.
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
 }
