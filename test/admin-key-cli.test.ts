@@ -43,7 +43,7 @@ describe("revoking the admin key through the redflag CLI", () => {
     expect(dead.stderr).toBe("redflag: Unauthenticated: the API token is not valid (unknown or revoked)\n");
 
     // The stored session of root-admin: the key is gone for good.
-    expect((await cli(["security", "overview"])).stdout).toMatch(/admin\.key revoked; 1 admin\(s\)/);
+    expect((await cli(["security", "overview"])).stdout).toMatch(/admin\.key revoked; 1 admin/);
     const again = await cli(["security", "revoke-admin-key", "--yes"]);
     expect(again.stderr).toBe("redflag: FailedPrecondition: the admin key is already revoked\n");
     const audit = await cli(["audit", "--action", "RevokeAdminKey"]);

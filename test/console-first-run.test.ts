@@ -174,7 +174,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
     await page.getByRole("heading", { name: host }).waitFor();
     await page.getByRole("button", { name: /^Scan now/ }).first().click();
     await page.locator('[data-testid="agent-command"][data-state="succeeded"]').filter({ hasText: "scan updates" }).first().waitFor({ timeout: 60_000 });
-    // The agent's "found 121 update(s)" reads as counted words.
+    // The agent's scan result reads as counted words.
     expect(await page.getByTestId("agent-command").first().textContent()).toContain("found 121 updates, 3 security");
     await page.reload();
     await page.getByTestId("agent-update").first().waitFor();

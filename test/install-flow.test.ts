@@ -77,7 +77,7 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
     await agentRunsOnce();
     const scanned = await stored(scan);
     expect(scanned.state).toBe(CommandState.SUCCEEDED);
-    expect(scanned.result?.message).toMatch(/^found 5 update\(s\), 2 security/);
+    expect(scanned.result?.message).toMatch(/^found 5 updates, 2 security/);
     const pending = async () => (await cp.admin.fleet.getAgent({ agentId })).agent!.pendingUpdateCount;
     expect(await pending()).toBe(5);
 
@@ -85,7 +85,7 @@ describe.runIf(process.getuid?.() === 0)("install flow: dry run → confirm → 
     await agentRunsOnce();
     const preview = await stored(dryRun);
     expect(preview.state).toBe(CommandState.SUCCEEDED);
-    expect(preview.result?.message).toBe("3 package(s) would change: 2 upgrade, 1 install");
+    expect(preview.result?.message).toBe("3 packages would change: 2 upgrades, 1 install");
     if (preview.result?.detail.case !== "dryRunUpdate") throw new Error("no dry-run detail");
     expect(preview.result.detail.value.changes.map((c) => [c.kind, c.name, c.fromVersion, c.toVersion])).toEqual([
       [PackageChangeKind.UPGRADE, "nginx", "1.22.1-9", "1.22.1-9+deb12u2"],

@@ -73,7 +73,7 @@ describe.runIf(process.getuid?.() === 0)("operator flow through the CLI", () => 
 
     expect(await cli(["updates", "list", "--group", "elsewhere"])).toBe("(none)\n");
     const approved = await cli(["updates", "approve", "--severity", "security", "--group", "dmz", "--install"]);
-    expect(approved).toMatch(/^approved and queued 2 package\(s\) in 1 install command\(s\)\n/);
+    expect(approved).toMatch(/^approved and queued 2 packages in 1 install command\n/);
     const commandId = approved.trim().split("\n")[1]!.split(/\s+/)[1]!;
     expect((await cli(["updates", "list", "--status", "approved"]))).toMatch(/curl.*approved, install pending/);
 

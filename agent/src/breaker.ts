@@ -1,3 +1,4 @@
+import { plural } from "@redflag/common/plural";
 import type { CircuitBreakerConfig } from "@redflag/gen/common_pb";
 
 export type BreakerState = "closed" | "open" | "half_open";
@@ -48,7 +49,7 @@ export function createBreakers(now: () => number = Date.now): Breakers {
         allowed: false,
         state: "open",
         reason:
-          `circuit breaker open after ${config.failureThreshold} failure(s) in ${config.windowSeconds}s; ` +
+          `circuit breaker open after ${plural(config.failureThreshold, "failure")} in ${config.windowSeconds}s; ` +
           `next try after ${new Date(Math.max(reopensAt, now())).toISOString()}`,
       };
     },

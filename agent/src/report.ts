@@ -1,5 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { plural } from "@redflag/common/plural";
 import {
   IncompleteScanSchema,
   type ReportResultsRequestSchema,
@@ -267,7 +268,7 @@ function failedScan(result: CommandResult, reason: string): CommandResult {
   return create(CommandResultSchema, {
     commandId: result.commandId,
     outcome: CommandOutcome.FAILED,
-    message: `the control plane did not accept the ${found} update(s) this scan found: ${reason}`,
+    message: `the control plane did not accept the ${plural(found, "update")} this scan found: ${reason}`,
     startTime: result.startTime,
     finishTime: result.finishTime,
     sequence: result.sequence,

@@ -201,7 +201,7 @@ describe("readiness", () => {
       expect(await checkReadiness(pool, ["20261123220819_init"], 2000)).toEqual({ ready: true });
       expect(await checkReadiness(pool, ["20261123220819_init", "29990101000000_from_the_future"], 2000)).toEqual({
         ready: false,
-        reason: "1 migration(s) not applied: 29990101000000_from_the_future",
+        reason: "1 migration not applied: 29990101000000_from_the_future",
       });
       // On PostgreSQL (TEST_DATABASE_URL) through the real endpoint; the unreachable case above
       // covers the embedded database.

@@ -245,7 +245,7 @@ describe("installs by operators", () => {
     const queued = (await operator.createCommand({ agentId: host.agentId, action: dryRun(ref("apt", "openssl")) })).command!;
     const command = await delivered(host);
     await host.client.reportResults({
-      results: [{ commandId: command.id, outcome: CommandOutcome.SUCCEEDED, message: "2 package(s) would change", sequence: command.sequence, detail: { case: "dryRunUpdate", value: { changes: found } } }],
+      results: [{ commandId: command.id, outcome: CommandOutcome.SUCCEEDED, message: "2 packages would change", sequence: command.sequence, detail: { case: "dryRunUpdate", value: { changes: found } } }],
     });
 
     // The same set in another order is the same set.
@@ -256,7 +256,7 @@ describe("installs by operators", () => {
       await refused(
         () => operator.createCommand({ agentId: host.agentId, action: confirm(queued.id, changes) }),
         "PermissionDenied",
-        new RegExp(`^confirm_dependencies\\.changes are not the 2 change\\(s\\) dry run ${queued.id} reported; confirm exactly what it found`),
+        new RegExp(`^confirm_dependencies\\.changes are not the 2 changes dry run ${queued.id} reported; confirm exactly what it found`),
       );
     }
     // Another host's dry run cannot be confirmed here.

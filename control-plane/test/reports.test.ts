@@ -292,7 +292,7 @@ describe.each(availableBackends)("ReportService on %s", (backend: Backend) => {
     const cli = async (...args: string[]) => (await promisify(execFile)(process.execPath, [main, "--server", cp.url, "--api-key", cp.adminKey, ...args])).stdout;
     const text = await cli("report", "--days", "3");
     expect(text).toMatch(/^agents: 5 \(2 online, 1 offline, 1 stale, 1 never reported, 1 decommissioned\)\n/);
-    expect(text).toContain("pending updates: 7, 4 security, on 2 agent(s): 2 critical, 1 important, 1 security, 2 low, 1 unknown\n");
+    expect(text).toContain("pending updates: 7, 4 security, on 2 agents: 2 critical, 1 important, 1 security, 2 low, 1 unknown\n");
     expect(text).toContain("needs a reboot: 1\n");
     expect(text).toMatch(/\nrecent failures:\nFINISHED .*\n\S+Z +\S+ +\S+ +\S+ +collect_specs +timed_out\n/);
     expect(text.match(/^\d{4}-\d\d-\d\d /gm)).toHaveLength(3);

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { CollectSpecsResultSchema, CommandOutcome, SystemSpecsSchema } from "@redflag/gen/command_pb";
 import { collectOsInfo, hostname } from "../host.ts";
 import { createHostAccess } from "../platform.ts";
@@ -25,7 +26,7 @@ export const collectSpecs: Executor = async (ctx) => {
   return {
     outcome: CommandOutcome.SUCCEEDED,
     message:
-      `collected specs: ${specs.cpuCores} CPU(s), ${disks.disks.length} disk(s)${reboot.required ? ", reboot required" : ""}` +
+      `collected specs: ${plural(specs.cpuCores, "CPU")}, ${plural(disks.disks.length, "disk")}${reboot.required ? ", reboot required" : ""}` +
       unreadNote(memory, reboot, disks),
     detail: { case: "collectSpecs", value: create(CollectSpecsResultSchema, { specs }) },
   };

@@ -217,7 +217,7 @@ describe("install_updates", () => {
     expect(out.detail.value.packages[0]).toMatchObject({
       name: "nginx",
       state: PackageResultState.FAILED,
-      reason: "refused: the transaction would install held package(s) libnginx-new (held by the agent config (libnginx-new): pinned by ops)",
+      reason: "refused: the transaction would install held package libnginx-new (held by the agent config (libnginx-new): pinned by ops)",
     });
     expect(apt.calls.map((c) => c.method)).toEqual(["dryRun"]);
     expect(apt.installed.nginx).toBe("1.22-1");
@@ -269,7 +269,7 @@ describe("dry_run_update and confirm_dependencies", () => {
     const { apt, deps } = setup();
     const sim = await createDryRunUpdate(deps)(context(dryRun([ref("apt", "nginx")])));
     expect(sim.outcome).toBe(CommandOutcome.SUCCEEDED);
-    expect(sim.message).toBe("2 package(s) would change: 1 upgrade, 1 install");
+    expect(sim.message).toBe("2 packages would change: 1 upgrade, 1 install");
     if (sim.detail?.case !== "dryRunUpdate") throw new Error("no detail");
     const changes = sim.detail.value.changes;
     expect(changes.map((c) => [c.kind, c.name, c.toVersion])).toEqual([
@@ -346,7 +346,7 @@ describe("dry_run_update and confirm_dependencies", () => {
     expect(out.message).toBe("no package would change; apt: Unable to locate package nosuch");
     const held = await createDryRunUpdate(deps)(context(dryRun([ref("apt", "nginx")]), { holds: [["apt", "libnginx-new"]] }));
     expect(held.message).toBe(
-      "2 package(s) would change: 1 upgrade, 1 install; apt/libnginx-new would install but is held by the agent config (libnginx-new); an install would be refused",
+      "2 packages would change: 1 upgrade, 1 install; apt/libnginx-new would install but is held by the agent config (libnginx-new); an install would be refused",
     );
   });
 });

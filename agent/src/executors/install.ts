@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { compileHolds } from "@redflag/common/holds";
+import { pick, plural } from "@redflag/common/plural";
 import type { PackageHold } from "@redflag/gen/common_pb";
 import {
   CommandOutcome,
@@ -37,6 +38,14 @@ const KIND_NAMES: Record<number, string> = {
   [PackageChangeKind.INSTALL]: "install",
   [PackageChangeKind.REMOVE]: "remove",
   [PackageChangeKind.DOWNGRADE]: "downgrade",
+};
+
+// The same changes counted: "2 upgrades, 1 removal".
+const KIND_COUNTED: Record<string, [string, string]> = {
+  upgrade: ["upgrade", "upgrades"],
+  install: ["install", "installs"],
+  remove: ["removal", "removals"],
+  downgrade: ["downgrade", "downgrades"],
 };
 
 // A hold names a package of one source or of every source ("*"); "*" in the name matches any
@@ -133,7 +142,7 @@ async function guardedInstall(
     const touched = sim.changes.filter((c) => holds.find(c.source || installer.source, c.name));
     if (touched.length > 0) {
       const names = touched.map((c) => `${c.name} (${holds.reason(c.source || installer.source, c.name)})`).join(", ");
-      const reason = `refused: the transaction would ${KIND_NAMES[touched[0]!.kind] ?? "change"} held package(s) ${names}`;
+      const reason = `refused: the transaction would ${KIND_NAMES[touched[0]!.kind] ?? "change"} held ${pick(touched.length, "package", "packages")} ${names}`;
       report.errors.push(`${installer.source}: ${reason}`);
       report.packages.push(...refs.map((r) => packageResult(r, PackageResultState.FAILED, { to: r.version, reason })));
       return;
@@ -276,8 +285,8 @@ export const createDryRunUpdate = (deps: InstallDeps = {}): Executor => async (c
   const counts = Object.entries(KIND_NAMES)
     .map(([kind, name]) => [name, changes.filter((c) => c.kind === Number(kind)).length] as const)
     .filter(([, n]) => n > 0)
-    .map(([name, n]) => `${n} ${name}`);
-  const summary = changes.length === 0 ? "no package would change" : `${changes.length} package(s) would change: ${counts.join(", ")}`;
+    .map(([name, n]) => plural(n, ...KIND_COUNTED[name]!));
+  const summary = changes.length === 0 ? "no package would change" : `${plural(changes.length, "package would change", "packages would change")}: ${counts.join(", ")}`;
   return {
     outcome: problems.length === 0 ? CommandOutcome.SUCCEEDED : CommandOutcome.FAILED,
     message: [summary, ...problems].join("; "),

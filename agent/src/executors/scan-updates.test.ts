@@ -22,9 +22,8 @@ describe("scan_updates", () => {
     const apt = subsystems.find((s) => s.subsystem === "apt");
     expect(apt).toMatchObject({ state: SubsystemRunState.RAN, updateCount: updates.length });
     expect(apt!.duration).toBeDefined();
-    expect(result.message).toMatch(
-      new RegExp(`^found ${updates.length} update\\(s\\), ${updates.filter((u) => u.security).length} security; system: cpu `),
-    );
+    const found = updates.length === 0 ? "no updates" : `${updates.length} updates?, ${updates.filter((u) => u.security).length} security`;
+    expect(result.message).toMatch(new RegExp(`^found ${found}; system: cpu `));
   });
 
   it("reports system and storage metrics separately from package updates", async () => {
@@ -45,7 +44,7 @@ describe("scan_updates", () => {
     const root = storageMetrics!.disks.find((d) => d.mountPoint === "/");
     expect(root!.sizeBytes).toBeGreaterThan(root!.usedBytes);
     expect(root!.inodesTotal).toBeGreaterThanOrEqual(root!.inodesUsed);
-    expect(result.message).toMatch(/^system: cpu [\d.]+%, memory [\d.]+% used.*; storage: \d+ file system\(s\), fullest /);
+    expect(result.message).toMatch(/^system: cpu [\d.]+%, memory [\d.]+% used.*; storage: \d+ file systems?, fullest /);
   });
 
   it("skips subsystems this agent does not have, and apt when the config disables it", async () => {
@@ -94,7 +93,7 @@ describe("scan_updates", () => {
       if (skippedRun.detail.case !== "scanUpdates") throw new Error("no scan detail");
       expect(skippedRun.detail.value.subsystems.find((s) => s.subsystem === "apt")).toMatchObject({
         state: SubsystemRunState.SKIPPED,
-        message: expect.stringMatching(/^circuit breaker open after 2 failure\(s\) in 600s; next try after /),
+        message: expect.stringMatching(/^circuit breaker open after 2 failures in 600s; next try after /),
       });
       expect(skippedRun.message).toMatch(/^apt skipped: circuit breaker open/);
       const named = await executeCommand(scan(["apt"]), run);

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural, pluralOrNo } from "@redflag/common/plural";
 import {
   CommandOutcome,
   type PackageUpdate,
@@ -80,7 +81,7 @@ export const scanUpdates: Executor = async (ctx) => {
   }
   const security = updates.filter((u) => u.security).length;
   const parts: string[] = [];
-  if (ran.length > 0) parts.push(`found ${updates.length} update(s), ${security} security`);
+  if (ran.length > 0) parts.push(updates.length === 0 ? `found ${pluralOrNo(0, "update")}` : `found ${plural(updates.length, "update")}, ${security} security`);
   else if (sources.length > 0 && sources.every((r) => r.state === SubsystemRunState.NOT_PRESENT)) {
     parts.push("no package source to scan on this host");
   }

@@ -253,7 +253,7 @@ describe("docker installer against a fake Engine API", () => {
     expect(out.error).toBeUndefined();
     expect(out.rebootRequired).toBe(false);
     expect(out.packages.map((p) => [p.name, p.state, p.fromVersion, p.toVersion, p.reason])).toEqual([
-      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, nginx2, `${CONTAINER_NOTE}: 2 container(s) (web, proxy) keep running the previous image until they are recreated`],
+      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, nginx2, `${CONTAINER_NOTE}: 2 containers (web, proxy) keep running the previous image until they are recreated`],
       ["redis:7.4", PackageResultState.SKIPPED, redis, redis, "already up to date"],
     ]);
     expect(out.output.map((o) => [o.argv, o.exitCode])).toEqual([

@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { pick, plural } from "@redflag/common/plural";
 import { type PackageRef, PackageRefSchema, ToolOutputSchema } from "@redflag/gen/command_pb";
 import {
   DOCKER,
@@ -223,7 +224,7 @@ async function containerUsers(s: Session): Promise<Map<string, string[]>> {
 function containerNote(users: readonly string[] | undefined): string {
   if (!users?.length) return `${CONTAINER_NOTE}; no container used the previous image`;
   const names = `${users.slice(0, 5).join(", ")}${users.length > 5 ? ", …" : ""}`;
-  return `${CONTAINER_NOTE}: ${users.length} container(s) (${names}) keep running the previous image until they are recreated`;
+  return `${CONTAINER_NOTE}: ${plural(users.length, "container")} (${names}) ${pick(users.length, "keeps", "keep")} running the previous image until ${pick(users.length, "it is", "they are")} recreated`;
 }
 
 // Brings one tag to the newest image (pin undefined) or to exactly `pin`, and reports it from

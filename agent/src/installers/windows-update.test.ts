@@ -93,7 +93,7 @@ esac`,
       ["KB9999999", PackageResultState.SKIPPED, "", "", "not pending on this host (installed already, hidden or superseded)"],
     ]);
     expect(out.rebootRequired).toBe(true);
-    expect(out.error).toBe("1 of 3 update(s) failed");
+    expect(out.error).toBe("1 of 3 updates failed");
     expect(await request(t)).toEqual([{ Key: "KB5046633", Version: "" }, { Key: "KB5047487", Version: "" }, { Key: "KB9999999", Version: "" }]);
     // One PowerShell run, recorded by the script's name rather than its text.
     expect(out.output).toHaveLength(1);

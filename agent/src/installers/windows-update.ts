@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { type PackageRef, PackageRefSchema } from "@redflag/gen/command_pb";
 import { runProcess, type ProcessResult } from "../run-process.ts";
 import {
@@ -273,7 +274,7 @@ export function createWindowsUpdateInstaller(platform: NodeJS.Platform = process
         packages: packagesOut,
         output: s.output,
         rebootRequired: parsed.rebootRequired || parsed.results.some((r) => r.rebootRequired),
-        error: failed > 0 ? `${failed} of ${refs.length} update(s) failed` : undefined,
+        error: failed > 0 ? `${failed} of ${plural(refs.length, "update")} failed` : undefined,
       };
     },
 

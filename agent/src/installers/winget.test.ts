@@ -109,7 +109,7 @@ describe("winget installer with fake tools", () => {
       ["7zip.7zip", PackageResultState.FAILED, "winget upgrade failed (0x8A150006: running the installer failed): Installer failed with exit code: 1603"],
       ["Microsoft.Edge", PackageResultState.INSTALLED, ""],
     ]);
-    expect(out.error).toBe("1 of 2 package(s) failed");
+    expect(out.error).toBe("1 of 2 packages failed");
   });
 
   it("fails a package while another installation holds the installer lock, or the download fails", async () => {

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { type PackageRef, PackageRefSchema } from "@redflag/gen/command_pb";
 import { runProcess, type ProcessResult } from "../run-process.ts";
 import {
@@ -112,7 +113,7 @@ export function createWingetInstaller(host: WingetHostOptions = {}): Installer {
       packages,
       output: s.output,
       rebootRequired,
-      error: failed > 0 ? (refs.length === 1 ? packages[0]!.reason : `${failed} of ${refs.length} package(s) failed`) : undefined,
+      error: failed > 0 ? (refs.length === 1 ? packages[0]!.reason : `${failed} of ${plural(refs.length, "package")} failed`) : undefined,
     };
   };
 

@@ -173,7 +173,7 @@ describe("scanApt with fake tools", () => {
     const scan = await scanApt({ refresh: true, timeoutMs: 5000, env, isRoot: true });
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
     expect(scan.run.updateCount).toBe(4);
-    expect(scan.run.message).toMatch(/^4 update\(s\), 3 security; package lists not refreshed: apt-get update failed \(exit status 100\): E: Could not get lock/);
+    expect(scan.run.message).toMatch(/^4 updates, 3 security; package lists not refreshed: apt-get update failed \(exit status 100\): E: Could not get lock/);
   });
 
   it("fails the subsystem when apt itself fails, without apt's CLI warning in the reason", async () => {

@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { plural } from "@redflag/common/plural";
 import {
   type PackageUpdate,
   PackageUpdateSchema,
@@ -8,6 +9,7 @@ import {
   UpdateSeverity,
 } from "@redflag/gen/command_pb";
 import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { countSummary } from "./common.ts";
 import type { Scanner, ScanOptions, ScanResult } from "./types.ts";
 
 export const APT = "apt";
@@ -146,7 +148,7 @@ export async function scanApt(opts: AptScanOptions): Promise<AptScan> {
     return { run: run(SubsystemRunState.FAILED, [failure("apt list --upgradable", list), ...notes].join("; ")), updates: [] };
   }
   const { candidates, ignoredLines } = parseAptListUpgradable(list.stdout);
-  if (ignoredLines > 0) notes.push(`${ignoredLines} unrecognised line(s) in apt output ignored`);
+  if (ignoredLines > 0) notes.push(`${plural(ignoredLines, "unrecognised line")} in apt output ignored`);
 
   const sizes = new Map<string, bigint>();
   if (aptCache && candidates.length > 0) {
@@ -163,8 +165,7 @@ export async function scanApt(opts: AptScanOptions): Promise<AptScan> {
   }
 
   const updates = candidates.map((c) => toPackageUpdate(c, sizes));
-  const security = updates.filter((u) => u.security).length;
-  const summary = `${updates.length} update(s), ${security} security`;
+  const summary = countSummary(updates);
   return { run: run(SubsystemRunState.RAN, [summary, ...notes].join("; "), updates.length), updates };
 }
 

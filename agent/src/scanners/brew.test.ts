@@ -185,14 +185,14 @@ describe("scanBrew with fake tools", () => {
   it("refreshes with brew update, then lists outdated formulae and casks without auto-updating", async () => {
     const t = await tools(`${envCheck}\ncase "$1" in update) exit 0;; outdated) ${printFile("outdated.json")};; esac`);
     const scan = await scanBrew(opts(t, true), noLocations);
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 5, message: "5 update(s), 0 security; 1 pinned (brew pin), left out of installs of everything" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 5, message: "5 updates, 0 security; 1 pinned (brew pin), left out of installs of everything" });
     expect(await t.calls("brew")).toEqual([["update", "--quiet"], ["outdated", "--json=v2"]]);
   });
 
   it("reports nothing outdated as a clean run", async () => {
     const t = await tools(printFile("nothing.json"), { "nothing.json": NOTHING });
     const scan = await scanBrew(opts(t), noLocations);
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "0 update(s), 0 security; formulae and casks not refreshed (refresh disabled)" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "no updates; formulae and casks not refreshed (refresh disabled)" });
   });
 
   it("still scans when the refresh is locked out or offline, and says why", async () => {
@@ -200,7 +200,7 @@ describe("scanBrew with fake tools", () => {
     const scan = await scanBrew(opts(locked, true), noLocations);
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
     expect(scan.run.message).toBe(
-      "5 update(s), 0 security; formulae and casks not refreshed: brew update failed (exit status 1): Error: Another `brew update` process is already running.; 1 pinned (brew pin), left out of installs of everything",
+      "5 updates, 0 security; formulae and casks not refreshed: brew update failed (exit status 1): Error: Another `brew update` process is already running.; 1 pinned (brew pin), left out of installs of everything",
     );
 
     const offline = await tools(`case "$1" in update) echo "curl: (6) Could not resolve host: formulae.brew.sh" >&2; echo "Error: Failed to download https://formulae.brew.sh/api/formula.jws.json!" >&2; exit 1;; esac\n${printFile("outdated.json")}`);
@@ -274,7 +274,7 @@ describe("scanBrew with fake tools", () => {
       const env = { PATH: "/usr/bin:/bin", EXPECTED_HOME: runner!.env.HOME, TMPDIR: "/var/root-only-tmp" };
       const scan = await scanBrew({ refresh: false, timeoutMs: 5000, env, isRoot: true }, { locations: [path.join(bin, "brew")] });
       expect(scan.run.state).toBe(SubsystemRunState.RAN);
-      expect(scan.run.message).toBe("2 update(s), 0 security; formulae and casks not refreshed (refresh disabled); run as nobody, who owns Homebrew");
+      expect(scan.run.message).toBe("2 updates, 0 security; formulae and casks not refreshed (refresh disabled); run as nobody, who owns Homebrew");
     });
   });
 });

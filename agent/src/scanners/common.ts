@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { plural, pluralOrNo } from "@redflag/common/plural";
 import { type PackageUpdate, SubsystemRunSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
 import { runProcess, type ProcessResult } from "../run-process.ts";
 import type { ScanOptions, ScanResult } from "./types.ts";
@@ -34,8 +35,10 @@ export function scanSession(subsystem: string, opts: ScanOptions, extraEnv: Node
   };
 }
 
+// "5 updates, 2 security"; "no updates" when the source has none.
 export function countSummary(updates: readonly PackageUpdate[]): string {
-  return `${updates.length} update(s), ${updates.filter((u) => u.security).length} security`;
+  if (updates.length === 0) return pluralOrNo(0, "update");
+  return `${plural(updates.length, "update")}, ${updates.filter((u) => u.security).length} security`;
 }
 
 // "Critical", "important", "Moderate", "low" as advisories spell them; anything else is unknown.

@@ -132,7 +132,7 @@ describe("scanDnf with fake tools", () => {
       },
     );
     const scan = await scanDnf({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "5 update(s), 3 security", updateCount: 5 });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "5 updates, 3 security", updateCount: 5 });
     expect(scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.severity, u.security, u.rebootRequired])).toEqual([
       ["kernel", "6.10.12-200.fc40", "6.11.7-200.fc40", UpdateSeverity.IMPORTANT, true, true],
       ["kernel-core", "6.10.12-200.fc40", "6.11.7-200.fc40", UpdateSeverity.IMPORTANT, true, true],
@@ -151,14 +151,14 @@ describe("scanDnf with fake tools", () => {
       { "check.out": CENTOS7_YUM, "rpm.out": "bash.x86_64 4.2.46-34.el7\n" },
     );
     const scan = await scanDnf({ refresh: false, timeoutMs: 5000, env: t.env(), isRoot: false });
-    expect(scan.run.message).toBe("2 update(s), 0 security; metadata not refreshed (refresh disabled); using yum");
+    expect(scan.run.message).toBe("2 updates, 0 security; metadata not refreshed (refresh disabled); using yum");
     expect((await t.calls("yum"))[0]).toEqual(["-q", "-C", "check-update"]);
   });
 
   it("says there is nothing when check-update exits 0", async () => {
     const t = await tools({ dnf: "exit 0", rpm });
     const scan = await scanDnf({ refresh: false, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "0 update(s), 0 security; metadata not refreshed (refresh disabled)" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "no updates; metadata not refreshed (refresh disabled)" });
   });
 
   it("fails on a metadata download error, keeping dnf's words", async () => {
@@ -177,14 +177,14 @@ describe("scanDnf with fake tools", () => {
     );
     const scan = await scanDnf({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: true });
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
-    expect(scan.run.message).toMatch(/^2 update\(s\), 0 security; metadata not refreshed: dnf makecache failed \(exit status 1\): .*rpmdb_lock/);
+    expect(scan.run.message).toMatch(/^2 updates, 0 security; metadata not refreshed: dnf makecache failed \(exit status 1\): .*rpmdb_lock/);
     expect(scan.run.message).toMatch(/no advisory data: dnf updateinfo failed/);
   });
 
   it("counts garbage it cannot read", async () => {
     const t = await tools({ dnf: `${printFile("check.out")}; exit 100`, rpm }, { "check.out": "\u0000\u0001garbage\nbash.x86_64 not-a-version! updates\n", "rpm.out": "" });
     const scan = await scanDnf({ refresh: false, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run.message).toContain("1 unrecognised line(s) in dnf output ignored");
+    expect(scan.run.message).toContain("1 unrecognised line in dnf output ignored");
     expect(scan.updates).toEqual([]);
   });
 

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE, scanSession, severityFromWord } from "./common.ts";
@@ -175,7 +176,7 @@ export async function scanDnf(opts: ScanOptions): Promise<ScanResult> {
     return s.failed([describeFailure(`${kind} check-update`, check), ...notes].join("; "));
   }
   const { candidates, ignoredLines } = parseCheckUpdate(check.stdout);
-  if (ignoredLines > 0) notes.push(`${ignoredLines} unrecognised line(s) in ${kind} output ignored`);
+  if (ignoredLines > 0) notes.push(`${plural(ignoredLines, "unrecognised line")} in ${kind} output ignored`);
   if (candidates.length === 0) return s.ran([], notes);
 
   const rpm = await which("rpm", s.env.PATH ?? "");

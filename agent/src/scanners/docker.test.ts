@@ -379,7 +379,7 @@ describe("local images and containers", () => {
         { tag: tags[1]!, error: "docker.io rate limit reached (HTTP 429)" },
         { tag: tags[2]!, error: "tag not found on docker.io (HTTP 404)" },
       ]),
-    ).toBe("3 tag(s) could not be checked: a:1, b:1: docker.io rate limit reached (HTTP 429); c:1: tag not found on docker.io (HTTP 404)");
+    ).toBe("3 tags could not be checked: a:1, b:1: docker.io rate limit reached (HTTP 429); c:1: tag not found on docker.io (HTTP 404)");
   });
 });
 
@@ -502,9 +502,9 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
     expect(scan.run.updateCount).toBe(3);
     expect(scan.run.message).toBe(
-      "3 update(s), 0 security; 5 tag(s) checked; 2 of the outdated image(s) used by containers (not restarted by an install); " +
-        "1 tag(s) without a registry digest skipped (built or loaded locally); 1 untagged image(s) ignored; " +
-        "1 container(s) still run an image their tag no longer names (old-web); recreate them to use the pulled image",
+      "3 updates, 0 security; 5 tags checked; 2 outdated images used by containers (not restarted by an install); " +
+        "1 tag without a registry digest skipped (built or loaded locally); 1 untagged image ignored; " +
+        "1 container still runs an image its tag no longer names (old-web); recreate it to use the pulled image",
     );
     expect(scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository])).toEqual([
       ["nginx:1.27", nginxOld, nginxNew, "docker.io"],
@@ -535,7 +535,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     reset();
     engine.images = [images[1]!, images[2]!];
     const scan = await scanDocker(opts(), { socketPath: engine.socketPath, registryUrl, configPath });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "0 update(s), 0 security; 2 tag(s) checked" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "no updates; 2 tags checked" });
   });
 
   it("asks one token per repository, and at most four registry requests at a time", async () => {
@@ -545,7 +545,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     hub.delayMs = 50;
     engine.images = many;
     const scan = await scanDocker(opts(), { socketPath: engine.socketPath, registryUrl, configPath });
-    expect(scan.run.message).toBe("5 update(s), 0 security; 10 tag(s) checked");
+    expect(scan.run.message).toBe("5 updates, 0 security; 10 tags checked");
     expect(hub.requests.filter((r) => r.url.startsWith("/token"))).toHaveLength(1);
     expect(hub.maxInFlight).toBeGreaterThan(1);
     expect(hub.maxInFlight).toBeLessThanOrEqual(4);
@@ -560,9 +560,9 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(noCredentials.run.state).toBe(SubsystemRunState.RAN);
     expect(noCredentials.updates.map((u) => u.name)).toEqual(["nginx:1.27"]);
     expect(noCredentials.run.message).toContain(
-      "1 tag(s) checked; 1 of the outdated image(s) used by containers (not restarted by an install); 4 tag(s) could not be checked: " +
+      "1 tag checked; 1 outdated image used by containers (not restarted by an install); 4 tags could not be checked: " +
         "redis:7.4: docker.io denied anonymous access (private or missing repository) and the Docker config has no credentials for it; grafana/grafana:11.3.0: docker.io rate limit reached (HTTP 429); " +
-        "ghcr.io/acme/api:latest: tag not found on ghcr.io (HTTP 404); and 1 other reason(s)",
+        "ghcr.io/acme/api:latest: tag not found on ghcr.io (HTTP 404); and 1 other reason",
     );
 
     // Wrong credentials, and a credential helper the agent does not run.
@@ -572,7 +572,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     await writeFile(wrong, JSON.stringify({ auths: { "registry.acme.test:5000": { username: "ci", password: "nope" } }, credsStore: "desktop" }));
     const refused = await scanDocker(opts(), { socketPath: engine.socketPath, registryUrl, configPath: wrong });
     expect(refused.run.message).toContain(
-      "2 tag(s) could not be checked: redis:7.4: docker.io denied anonymous access (private or missing repository) and the Docker config has no credentials for it; " +
+      "2 tags could not be checked: redis:7.4: docker.io denied anonymous access (private or missing repository) and the Docker config has no credentials for it; " +
         "registry.acme.test:5000/team/worker:2: registry.acme.test:5000 refused the credentials from the Docker config",
     );
     expect(refused.run.message).toContain('credential helpers (credsStore "desktop") are not run; registries behind them cannot be checked');
@@ -585,7 +585,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(scan.run).toMatchObject({
       state: SubsystemRunState.RAN,
       message:
-        "0 update(s), 0 security; 0 tag(s) checked; 1 tag(s) could not be checked: registry.acme.test:5000/team/worker:2: " +
+        "no updates; 0 tags checked; 1 tag could not be checked: registry.acme.test:5000/team/worker:2: " +
         "registry.acme.test:5000 requires credentials and the Docker config has none for it",
     });
     expect(acme.requests.map((r) => r.authorization)).toEqual([undefined]);
@@ -642,7 +642,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(Date.now() - started).toBeLessThan(4000);
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
     expect(scan.updates.map((u) => u.name)).toEqual(["nginx:1.27", "registry.acme.test:5000/team/worker:2"]);
-    expect(scan.run.message).toMatch(/1 tag\(s\) could not be checked: ghcr\.io\/acme\/api:latest: ghcr\.io did not answer: no answer within \d+m?s/);
+    expect(scan.run.message).toMatch(/1 tag could not be checked: ghcr\.io\/acme\/api:latest: ghcr\.io did not answer: no answer within \d+m?s/);
   });
 
   it("reports an unreachable registry per tag", async () => {
@@ -650,7 +650,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     engine.images = [images[0]!, images[1]!];
     const scan = await scanDocker(opts(), { socketPath: engine.socketPath, registryUrl: () => "http://127.0.0.1:9", configPath });
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
-    expect(scan.run.message).toBe("0 update(s), 0 security; 0 tag(s) checked; 2 tag(s) could not be checked: nginx:1.27, redis:7.4: docker.io refused the connection");
+    expect(scan.run.message).toBe("no updates; 0 tags checked; 2 tags could not be checked: nginx:1.27, redis:7.4: docker.io refused the connection");
   });
 
   it("stops when the agent stops it", async () => {

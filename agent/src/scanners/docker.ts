@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { pick, plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { stat } from "node:fs/promises";
 import { scanSession } from "./common.ts";
@@ -342,7 +343,7 @@ export function describeUnchecked(failed: readonly TagCheck[]): string {
     byReason.set(reason, [...(byReason.get(reason) ?? []), c.tag.ref.local]);
   }
   const groups = [...byReason].map(([reason, names]) => `${names.slice(0, 4).join(", ")}${names.length > 4 ? ` and ${names.length - 4} more` : ""}: ${reason}`);
-  return `${failed.length} tag(s) could not be checked: ${groups.slice(0, 3).join("; ")}${groups.length > 3 ? `; and ${groups.length - 3} other reason(s)` : ""}`;
+  return `${plural(failed.length, "tag")} could not be checked: ${groups.slice(0, 3).join("; ")}${groups.length > 3 ? `; and ${plural(groups.length - 3, "other reason")}` : ""}`;
 }
 
 // Everything a scan learns, for the scanner's message and for the installer.
@@ -395,24 +396,27 @@ export async function scanDocker(opts: ScanOptions, deps: DockerDeps = {}): Prom
   const { survey } = result;
   const outdated = survey.checks.filter(isOutdated);
   const failed = survey.checks.filter((c) => c.error !== undefined);
-  const notes: string[] = [`${survey.checks.length - failed.length} tag(s) checked`];
+  const notes: string[] = [`${plural(survey.checks.length - failed.length, "tag")} checked`];
 
   const used = new Set(survey.containers.map((c) => c.ImageID).filter(Boolean));
   const inUse = outdated.filter((c) => used.has(c.tag.image.Id)).length;
-  if (inUse > 0) notes.push(`${inUse} of the outdated image(s) used by containers (not restarted by an install)`);
+  if (inUse > 0) notes.push(`${plural(inUse, "outdated image")} used by containers (not restarted by an install)`);
   if (failed.length > 0) notes.push(describeUnchecked(failed));
   const authFailures = failed.filter((c) => c.errorKind === "auth" && !survey.config.auths.has(c.tag.ref.registry));
   if (authFailures.length > 0 && survey.config.helpers.length > 0) {
     notes.push(`credential helpers (${survey.config.helpers.join(", ")}) are not run; registries behind them cannot be checked`);
   }
   if (survey.config.problem) notes.push(`registry credentials not read: ${survey.config.problem}`);
-  if (survey.local.withoutDigest.length > 0) notes.push(`${survey.local.withoutDigest.length} tag(s) without a registry digest skipped (built or loaded locally)`);
-  if (survey.local.unreadable.length > 0) notes.push(`${survey.local.unreadable.length} tag(s) not understood: ${survey.local.unreadable.slice(0, 3).join(", ")}`);
-  if (survey.local.untagged > 0) notes.push(`${survey.local.untagged} untagged image(s) ignored`);
+  if (survey.local.withoutDigest.length > 0) notes.push(`${plural(survey.local.withoutDigest.length, "tag")} without a registry digest skipped (built or loaded locally)`);
+  if (survey.local.unreadable.length > 0) notes.push(`${plural(survey.local.unreadable.length, "tag")} not understood: ${survey.local.unreadable.slice(0, 3).join(", ")}`);
+  if (survey.local.untagged > 0) notes.push(`${plural(survey.local.untagged, "untagged image")} ignored`);
   const stale = supersededContainers(survey.images, survey.containers);
   if (stale.length > 0) {
     const names = stale.slice(0, 5).map(containerName).join(", ");
-    notes.push(`${stale.length} container(s) still run an image their tag no longer names (${names}${stale.length > 5 ? ", …" : ""}); recreate them to use the pulled image`);
+    notes.push(
+      `${plural(stale.length, "container still runs", "containers still run")} an image ${pick(stale.length, "its", "their")} tag no longer names ` +
+        `(${names}${stale.length > 5 ? ", …" : ""}); recreate ${pick(stale.length, "it", "them")} to use the pulled image`,
+    );
   }
   return s.ran(outdated.map(toDockerUpdate), notes);
 }

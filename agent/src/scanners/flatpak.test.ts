@@ -50,7 +50,7 @@ describe("scanFlatpak with fake tools", () => {
   it("lists updates with installed versions; a runtime's commit stands in for its version", async () => {
     const t = await tools(`case "$1" in remote-ls) ${printFile("remote.out")};; list) ${printFile("list.out")};; esac`);
     const scan = await scanFlatpak({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "3 update(s), 0 security" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "3 updates, 0 security" });
     expect(scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.sizeBytes])).toEqual([
       ["org.mozilla.firefox", "131.0.3", "132.0.2", "flathub", 98400000n],
       ["org.freedesktop.Platform.GL.default", "24.2.3", "24.2.6", "flathub", 154200000n],
@@ -62,7 +62,7 @@ describe("scanFlatpak with fake tools", () => {
   it("reads cached remote metadata only when not refreshing", async () => {
     const t = await tools(`case "$1" in remote-ls) ${printFile("remote.out")};; list) ${printFile("list.out")};; esac`);
     const scan = await scanFlatpak({ refresh: false, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run.message).toBe("3 update(s), 0 security; remote metadata not refreshed (refresh disabled)");
+    expect(scan.run.message).toBe("3 updates, 0 security; remote metadata not refreshed (refresh disabled)");
     expect((await t.calls("flatpak"))[0]).toContain("--cached");
   });
 

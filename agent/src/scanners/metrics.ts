@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { plural } from "@redflag/common/plural";
 import {
   type StorageMetrics,
   StorageMetricsSchema,
@@ -53,7 +54,7 @@ export async function collectStorageMetrics(signal?: AbortSignal, host: HostAcce
     const pct = d.sizeBytes > 0n ? Number((d.usedBytes * 1000n) / d.sizeBytes) / 10 : 0;
     return !top || pct > top.pct ? { mount: d.mountPoint, pct } : top;
   }, undefined);
-  const message = `${disks.length} file system(s)${fullest ? `, fullest ${fullest.mount} at ${fullest.pct}%` : ""}`;
+  const message = `${plural(disks.length, "file system")}${fullest ? `, fullest ${fullest.mount} at ${fullest.pct}%` : ""}`;
   return { run: ran(STORAGE, message, started), metrics: create(StorageMetricsSchema, { disks }) };
 }
 

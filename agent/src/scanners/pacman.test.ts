@@ -71,7 +71,7 @@ describe("scanPacman with fake tools", () => {
       { "cu.out": CHECKUPDATES, "si.out": SI, "qu.out": "" },
     );
     const scan = await scanPacman({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: false });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "4 update(s), 0 security; 1 from the AUR" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "4 updates, 0 security; 1 from the AUR" });
     expect(scan.updates.map((u) => [u.name, u.repository, u.architecture, u.severity, u.rebootRequired, u.sizeBytes])).toEqual([
       ["linux", "core", "x86_64", UpdateSeverity.UNKNOWN, true, 146853069n],
       ["openssl", "core", "x86_64", UpdateSeverity.UNKNOWN, false, 5190451n],
@@ -84,7 +84,7 @@ describe("scanPacman with fake tools", () => {
   it("reads the local databases with pacman -Qu when not refreshing, noting IgnorePkg holds", async () => {
     const t = await tools({ pacman, checkupdates: "exit 1" }, { "si.out": "", "qu.out": QU_WITH_IGNORED });
     const scan = await scanPacman({ refresh: false, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run.message).toBe("2 update(s), 0 security; sync databases not refreshed (refresh disabled); 1 held by IgnorePkg in pacman.conf");
+    expect(scan.run.message).toBe("2 updates, 0 security; sync databases not refreshed (refresh disabled); 1 held by IgnorePkg in pacman.conf");
     expect(await t.calls("checkupdates")).toEqual([]);
   });
 

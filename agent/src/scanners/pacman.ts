@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../run-process.ts";
 import { C_LOCALE, parseSize, scanSession } from "./common.ts";
@@ -101,7 +102,7 @@ export async function scanPacman(opts: ScanOptions): Promise<ScanResult> {
     if (res.exitCode !== 0 && !(res.exitCode === 1 && !res.stderr.trim())) return s.failed([describeFailure("pacman -Qu", res), ...notes].join("; "));
     listing = parseUpgradeList(res.stdout);
   }
-  if (listing.ignoredLines > 0) notes.push(`${listing.ignoredLines} unrecognised line(s) ignored`);
+  if (listing.ignoredLines > 0) notes.push(`${plural(listing.ignoredLines, "unrecognised line")} ignored`);
   const ignored = listing.candidates.filter((c) => c.ignored).length;
   if (ignored > 0) notes.push(`${ignored} held by IgnorePkg in pacman.conf`);
 

@@ -41,7 +41,7 @@ describe("scanSnap with fake tools", () => {
   it("lists pending refreshes with installed versions, channels and sizes", async () => {
     const t = await tools(`case "$1" in refresh) ${printFile("refresh.out")};; list) ${printFile("list.out")};; esac`, { "refresh.out": REFRESH_LIST, "list.out": SNAP_LIST });
     const scan = await scanSnap({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "2 update(s), 0 security" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "2 updates, 0 security" });
     expect(scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.sizeBytes])).toEqual([
       ["core22", "20240904", "20241001", "latest/stable", 77000000n],
       ["firefox", "131.0.3-1", "132.0.2-1", "latest/stable/…", 283000000n],

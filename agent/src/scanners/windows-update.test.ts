@@ -175,7 +175,7 @@ describe("scanWindowsUpdate with a fake PowerShell", () => {
   it("searches online through the COM script and reports every update", async () => {
     const t = await tools(printFile("search.json"));
     const scan = await scanWindowsUpdate(opts(t), "win32");
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 4, message: "4 update(s), 2 security" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 4, message: "4 updates, 2 security" });
     const argv = (await t.calls("powershell.exe"))[0]!;
     expect(argv.slice(0, 5)).toEqual(["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-Command"]);
     expect(argv.slice(5, -1).join("\n")).toBe(SEARCH_SCRIPT);
@@ -185,15 +185,15 @@ describe("scanWindowsUpdate with a fake PowerShell", () => {
   it("reads Windows' cached results without refresh, and a single update", async () => {
     const t = await tools(printFile("one.json"));
     const scan = await scanWindowsUpdate(opts(t, false), "win32");
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "1 update(s), 0 security; results of Windows' last update scan (refresh disabled)" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "1 update, 0 security; results of Windows' last update scan (refresh disabled)" });
     expect((await t.calls("powershell.exe"))[0]!.at(-1)).toBe("'offline'");
   });
 
   it("reports a pending restart and nothing to install", async () => {
     const german = await tools(printFile("german.json"));
-    expect((await scanWindowsUpdate(opts(german), "win32")).run.message).toBe("1 update(s), 1 security; a restart is pending from an earlier install");
+    expect((await scanWindowsUpdate(opts(german), "win32")).run.message).toBe("1 update, 1 security; a restart is pending from an earlier install");
     const empty = await tools("exit 0");
-    expect((await scanWindowsUpdate(opts(empty), "win32")).run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "0 update(s), 0 security" });
+    expect((await scanWindowsUpdate(opts(empty), "win32")).run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "no updates" });
   });
 
   it("names Windows Update errors: no network, service disabled, another operation running", async () => {

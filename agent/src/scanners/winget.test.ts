@@ -246,7 +246,7 @@ describe("scanWinget with fake tools", () => {
     expect(res.run).toMatchObject({
       state: SubsystemRunState.RAN,
       updateCount: 5,
-      message: "5 update(s), 0 security; 1 package(s) left out: winget cut off their IDs; 1 pinned package(s) left out (winget pin)",
+      message: "5 updates, 0 security; 1 package left out: winget cut off its ID; 1 pinned package left out (winget pin)",
     });
     expect(res.updates.map((u) => u.name)).toEqual(["Microsoft.Edge", "7zip.7zip", "Microsoft.VCRedist.2015+.x64", "Microsoft.Teams.Classic", "Git.Git"]);
     expect(await t.calls("winget")).toEqual([["upgrade", "--include-unknown", "--accept-source-agreements", "--disable-interactivity"]]);
@@ -255,20 +255,20 @@ describe("scanWinget with fake tools", () => {
   it("reads a German table the same way", async () => {
     const t = await tools(printFile("de.txt"));
     const res = await scan(t);
-    expect(res.run).toMatchObject({ state: SubsystemRunState.RAN, message: "3 update(s), 0 security" });
+    expect(res.run).toMatchObject({ state: SubsystemRunState.RAN, message: "3 updates, 0 security" });
     expect(res.updates[1]).toMatchObject({ name: "Tencent.TencentMeeting", currentVersion: "3.28.1", availableVersion: "3.29.0", repository: "winget" });
   });
 
   it("reports nothing to upgrade as a clean run", async () => {
     const t = await tools('echo "No applicable upgrade found."; exit 143');
-    expect((await scan(t)).run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "0 update(s), 0 security" });
+    expect((await scan(t)).run).toMatchObject({ state: SubsystemRunState.RAN, updateCount: 0, message: "no updates" });
   });
 
   it("keeps the other sources' upgrades when one source cannot be reached", async () => {
     const t = await tools(`echo "Failed when searching source: msstore"; echo "An unexpected error occurred while executing the command:"; echo "0x80072ee7 : The server name or address could not be resolved"; ${printFile("pipe.txt")}; exit 175`);
     const res = await scan(t);
     expect(res.run.state).toBe(SubsystemRunState.RAN);
-    expect(res.run.message).toBe("4 update(s), 0 security; some sources could not be opened (0x8A15004B); their upgrades are missing");
+    expect(res.run.message).toBe("4 updates, 0 security; some sources could not be opened (0x8A15004B); their upgrades are missing");
   });
 
   it("fails when no source can be reached, with winget's words", async () => {
@@ -293,7 +293,7 @@ describe("scanWinget with fake tools", () => {
     expect((await scan(garbage)).run).toMatchObject({
       state: SubsystemRunState.RAN,
       updateCount: 0,
-      message: "0 update(s), 0 security; no upgrade table in winget's output: Copyright (c) Microsoft Corporation.",
+      message: "no updates; no upgrade table in winget's output: Copyright (c) Microsoft Corporation.",
     });
   });
 

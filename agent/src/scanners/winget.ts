@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { pick, plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { access, readdir } from "node:fs/promises";
 import path from "node:path";
@@ -311,9 +312,9 @@ export async function listUpgrades(run: (argv: string[]) => Promise<ProcessResul
     const said = wingetSaid(result);
     if (said && !COUNT_LINE.test(said)) notes.push(`no upgrade table in winget's output: ${said}`);
   }
-  if (parsed.truncated > 0) notes.push(`${parsed.truncated} package(s) left out: winget cut off their IDs`);
-  if (parsed.explicit > 0) notes.push(`${parsed.explicit} pinned package(s) left out (winget pin)`);
-  if (parsed.ignored > 0) notes.push(`${parsed.ignored} unrecognised row(s) ignored`);
+  if (parsed.truncated > 0) notes.push(`${plural(parsed.truncated, "package")} left out: winget cut off ${pick(parsed.truncated, "its ID", "their IDs")}`);
+  if (parsed.explicit > 0) notes.push(`${plural(parsed.explicit, "pinned package")} left out (winget pin)`);
+  if (parsed.ignored > 0) notes.push(`${plural(parsed.ignored, "unrecognised row")} ignored`);
   return { ...parsed, notes, error: undefined };
 }
 

@@ -80,7 +80,7 @@ describe("scanZypper with fake tools", () => {
   it("scans, treating zypper's informational exit codes as success", async () => {
     const t = await tools({ zypper: zypper(100), rpm: 'echo "timezone.x86_64 2024a-150000.75.28.1"' }, { "updates.xml": UPDATES, "patches.xml": PATCHES });
     const scan = await scanZypper({ refresh: true, timeoutMs: 5000, env: t.env(), isRoot: true });
-    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "4 update(s), 3 security; 3 patch(es) needed, 2 security" });
+    expect(scan.run).toMatchObject({ state: SubsystemRunState.RAN, message: "4 updates, 3 security; 3 patches needed, 2 security" });
     expect(scan.updates.find((u) => u.name === "timezone")?.currentVersion).toBe("2024a-150000.75.28.1");
     expect((await t.calls("zypper")).map((a) => a.at(-1))).toEqual(["refresh", "list-updates", "list-patches"]);
   });

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { describeFailure, which, type ProcessResult } from "../run-process.ts";
 import { C_LOCALE, scanSession, severityFromWord } from "./common.ts";
@@ -174,7 +175,7 @@ export async function scanZypper(opts: ScanOptions): Promise<ScanResult> {
   const patchList = await s.run([...base, "list-patches"]);
   const patches = ZYPPER_OK.has(patchList.exitCode ?? -1) ? parseListPatches(patchList.stdout) : [];
   if (!ZYPPER_OK.has(patchList.exitCode ?? -1)) notes.push(`no patch data: ${zypperFailure("zypper list-patches", patchList)}`);
-  else if (patches.length > 0) notes.push(`${patches.length} patch(es) needed, ${patches.filter((p) => p.category === "security").length} security`);
+  else if (patches.length > 0) notes.push(`${plural(patches.length, "patch", "patches")} needed, ${patches.filter((p) => p.category === "security").length} security`);
 
   // list-updates knows the installed edition; rpm fills in what it leaves out.
   const missing = packages.filter((p) => !p.currentVersion).map((p) => p.name);

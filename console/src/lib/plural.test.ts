@@ -23,6 +23,9 @@ describe("the plural helper", () => {
     expect(fixPlurals("found 1 update(s), 0 security")).toBe("found 1 update, 0 security");
     expect(fixPlurals("2 of 3 update(s) failed; 1 tag(s) could not be checked")).toBe("2 of 3 updates failed; 1 tag could not be checked");
     expect(fixPlurals("1 file system(s), fullest / at 12.4%; 3 file system(s)")).toBe("1 file system, fullest / at 12.4%; 3 file systems");
+    expect(fixPlurals("4 update(s), 3 security; 1 patch(es) needed; 3 patch(es) needed")).toBe("4 updates, 3 security; 1 patch needed; 3 patches needed");
+    // Messages already written as people write them stay as they are.
+    expect(fixPlurals("found no updates; 1 file system, fullest / at 12%")).toBe("found no updates; 1 file system, fullest / at 12%");
     // Nothing else is touched.
     expect(fixPlurals("apt: exit code 100 (see output)")).toBe("apt: exit code 100 (see output)");
     expect(fixPlurals("")).toBe("");

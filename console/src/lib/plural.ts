@@ -1,20 +1,16 @@
 // Counted words for people: "1 update", "3 updates", "1 update matches", "2 updates match".
-// One place, so the console never prints "1 updates", "update(s)" or "1 update match".
+// One place, so the console never prints "1 updates", "update(s)" or "1 update match". The
+// helper itself is shared with the agent and the control plane (@redflag/common/plural).
 
-// The word (or phrase) for n, without the number: pick(1, "matches", "match") → "matches".
-export function pick(n: number | bigint, one: string, many = `${one}s`): string {
-  return Number(n) === 1 ? one : many;
-}
+import { plural } from "@redflag/common/plural";
 
-// n with its word: plural(3, "update") → "3 updates"; plural(1, "person", "people") → "1 person".
-// The forms can carry a verb: plural(1, "update matches", "updates match") → "1 update matches".
-export function plural(n: number | bigint, one: string, many = `${one}s`): string {
-  return `${n} ${pick(n, one, many)}`;
-}
+export { pick, plural, pluralOrNo } from "@redflag/common/plural";
 
-// Text written elsewhere (an agent's or the server's message) with "N word(s)" in it, said as
-// people say it: "found 121 update(s), 1 security" → "found 121 updates, 1 security", "1 file
-// system(s)" → "1 file system".
+// Text written elsewhere with "N word(s)" or "N word(es)" in it, as older agents still write their
+// messages, said as people say it: "found 121 update(s), 1 security" → "found 121 updates, 1
+// security", "1 file system(s)" → "1 file system", "3 patch(es)" → "3 patches".
 export function fixPlurals(text: string): string {
-  return text.replace(/\b(\d+) ((?:[A-Za-z-]+ )?[A-Za-z][A-Za-z-]*)\(s\)/g, (_, n: string, words: string) => plural(Number(n), words));
+  return text.replace(/\b(\d+) ((?:[A-Za-z-]+ )?[A-Za-z][A-Za-z-]*)\((e?s)\)/g, (_, n: string, words: string, ending: string) =>
+    plural(Number(n), words, words + ending),
+  );
 }

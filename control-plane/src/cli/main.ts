@@ -2,6 +2,7 @@ import { create, toJson, type DescMessage, type MessageShape } from "@bufbuild/p
 import { durationFromMs, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { plural } from "@redflag/common/plural";
 import {
   CommandType,
   PackageChangeKind,
@@ -268,7 +269,7 @@ tokens
     const t = res.token!;
     process.stdout.write(
       `${res.secret}\n\n` +
-        `token ${t.id}: ${t.seats} seat(s), expires ${time(t.expireTime)?.toISOString() ?? "never"}.\n` +
+        `token ${t.id}: ${plural(t.seats, "seat")}, expires ${time(t.expireTime)?.toISOString() ?? "never"}.\n` +
         `The secret above is shown only now. Agents pin the signing key with fingerprint\n${res.signingKeyFingerprint}\n` +
         `(the console's Security page shows the same). To enrol a machine, paste the line for its platform there\n` +
         `(on Windows in PowerShell as Administrator): it installs the agent as a service, registers it with\n${res.serverUrl} and starts it.\n\n` +
@@ -455,7 +456,7 @@ agents
     const c = await clients();
     const res = await c.fleet.decommissionAgent({ agentId: await resolveAgent(c, id, { live: true }) });
     if (json()) return printJson(DecommissionAgentResponseSchema, res);
-    process.stdout.write(`${res.agent!.hostname} decommissioned; ${res.cancelledCommands} pending command(s) cancelled\n`);
+    process.stdout.write(`${res.agent!.hostname} decommissioned; ${plural(res.cancelledCommands, "pending command")} cancelled\n`);
   });
 
 agents
@@ -1043,12 +1044,12 @@ selectionOptions(updatesCmd.command("approve"))
     if (o.install) {
       const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o), approve: true });
       if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
-      process.stdout.write(`approved and queued ${res.packages} package(s) in ${res.commands.length} install command(s)\n`);
+      process.stdout.write(`approved and queued ${plural(res.packages, "package")} in ${plural(res.commands.length, "install command")}\n`);
       return printQueuedInstalls(c, res.commands);
     }
     const res = await c.updates.approveUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(ApproveUpdatesResponseSchema, res);
-    process.stdout.write(`approved ${res.approved} update(s)${res.held ? `; ${res.held} held, left as they were` : ""}\n`);
+    process.stdout.write(`approved ${plural(res.approved, "update")}${res.held ? `; ${res.held} held, left as they were` : ""}\n`);
   });
 
 selectionOptions(updatesCmd.command("reject"))
@@ -1057,7 +1058,7 @@ selectionOptions(updatesCmd.command("reject"))
     const c = await clients();
     const res = await c.updates.rejectUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(RejectUpdatesResponseSchema, res);
-    process.stdout.write(`rejected ${res.rejected} update(s)\n`);
+    process.stdout.write(`rejected ${plural(res.rejected, "update")}\n`);
   });
 
 selectionOptions(updatesCmd.command("install"))
@@ -1066,7 +1067,7 @@ selectionOptions(updatesCmd.command("install"))
     const c = await clients();
     const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o) });
     if (json()) return printJson(InstallApprovedUpdatesResponseSchema, res);
-    process.stdout.write(`queued ${res.packages} approved package(s) in ${res.commands.length} install command(s)\n`);
+    process.stdout.write(`queued ${plural(res.packages, "approved package")} in ${plural(res.commands.length, "install command")}\n`);
     await printQueuedInstalls(c, res.commands);
   });
 
@@ -1177,7 +1178,7 @@ settingsCmd
       throw new CliError(`cannot read ${file}: ${err.code ?? err.message}`);
     });
     const res = await (await clients()).settings.importSettings({ json: text });
-    process.stdout.write(`imported: ${res.changed} setting(s) changed\n`);
+    process.stdout.write(`imported: ${plural(res.changed, "setting")} changed\n`);
   });
 
 const securityCmd = program.command("security").description("signing keys, credential lifetimes and security events (admins)");
@@ -1191,7 +1192,7 @@ securityCmd
     process.stdout.write(
       `${table(["KEY ID", "STATE", "ALGORITHM", "FINGERPRINT", "RETIRES"], o.signingKeys.map((k) => [k.keyId, k.state, k.algorithm, k.fingerprint, time(k.retireTime)?.toISOString() ?? ""]))}\n` +
         `command expiry ${secs(o.commandExpiry)}, access tokens ${secs(o.accessTokenTtl)}, refresh tokens ${secs(o.refreshTokenTtl)} (at most ${secs(o.refreshTokenMaxAge)})\n` +
-        `admin.key ${o.adminKeyActive ? "active (revoke it once people sign in)" : "revoked"}; ${o.admins} admin(s); ${o.usersWithoutTotp} password user(s) without TOTP\n\n` +
+        `admin.key ${o.adminKeyActive ? "active (revoke it once people sign in)" : "revoked"}; ${plural(o.admins, "admin")}; ${plural(o.usersWithoutTotp, "password user")} without TOTP\n\n` +
         table(["EVENT", "24H", "30D"], o.eventCounts.map((c) => [c.type, String(c.last24h), String(c.last30d)])),
     );
   });
@@ -1523,7 +1524,7 @@ program
     process.stdout.write(
       `agents: ${r.totalAgents} (${health})
 ` +
-        `pending updates: ${r.pendingUpdates}, ${r.securityUpdates} security, on ${r.agentsWithUpdates} agent(s)${severities ? `: ${severities}` : ""}
+        `pending updates: ${r.pendingUpdates}, ${r.securityUpdates} security, on ${plural(r.agentsWithUpdates, "agent")}${severities ? `: ${severities}` : ""}
 ` +
         `needs a reboot: ${r.rebootRequiredCount}${r.rebootRequiredCount > r.rebootRequired.length ? ` (first ${r.rebootRequired.length} shown)` : ""}
 ` +

@@ -1,5 +1,6 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { plural } from "@redflag/common/plural";
 import { type Command, CommandResultSchema, type PackageChange, type PackageRef } from "@redflag/gen/command_pb";
 import type { RoleName } from "../auth/roles.ts";
 import { commandWithResult, everReported, reportedUpdates } from "../store/command-privilege.ts";
@@ -87,6 +88,6 @@ async function requireOwnDryRun(db: Prisma, agentId: string, dryRunId: string, c
   const want = reported.map(changeKey).sort();
   const got = changes.map(changeKey).sort();
   if (want.length !== got.length || want.some((k, i) => k !== got[i])) {
-    throw denied(`confirm_dependencies.changes are not the ${reported.length} change(s) dry run ${dryRunId} reported; confirm exactly what it found (${OPERATORS_RULE})`);
+    throw denied(`confirm_dependencies.changes are not the ${plural(reported.length, "change")} dry run ${dryRunId} reported; confirm exactly what it found (${OPERATORS_RULE})`);
   }
 }

@@ -2,6 +2,7 @@ import { toJson } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { plural } from "@redflag/common/plural";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { PrincipalSchema, UserSchema } from "@redflag/gen/identity_pb";
 import { kPrincipal, kRemoteAddr, kUserAgent, type Principal } from "../auth/context.ts";
@@ -140,7 +141,7 @@ export function createAuthService(deps: AuthServiceDeps): ServiceImpl<typeof Aut
       const waitMs = Math.max(byAddress.wait(address), byUserAtAddress.wait(userAtAddress));
       if (waitMs > 0) {
         const seconds = Math.ceil(waitMs / 1000);
-        throw new ConnectError(`too many failed sign-ins from this address; try again in ${seconds} second(s)`, Code.ResourceExhausted, { "retry-after": String(seconds) });
+        throw new ConnectError(`too many failed sign-ins from this address; try again in ${plural(seconds, "second")}`, Code.ResourceExhausted, { "retry-after": String(seconds) });
       }
 
       const user = await db.user.findUnique({ where: { username: name } });

@@ -1,4 +1,5 @@
 // The queries behind /metrics and /readyz: cheap, read-only, bounded by a timeout by their callers.
+import { plural } from "@redflag/common/plural";
 import type pg from "pg";
 import type { Prisma } from "./types.ts";
 
@@ -55,7 +56,7 @@ export async function checkReadiness(pool: pg.Pool, migrations: readonly string[
     if (!Array.isArray(outcome)) return { ready: false, reason: "the database is unreachable" };
     const applied = new Set(outcome.map((row) => row.migration_name));
     const missing = migrations.filter((name) => !applied.has(name));
-    if (missing.length > 0) return { ready: false, reason: `${missing.length} migration(s) not applied: ${missing.join(", ")}` };
+    if (missing.length > 0) return { ready: false, reason: `${plural(missing.length, "migration")} not applied: ${missing.join(", ")}` };
     return { ready: true };
   } finally {
     clearTimeout(timer);

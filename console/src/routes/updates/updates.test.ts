@@ -157,7 +157,7 @@ function server(opts: { approveError?: ConnectError; dryRun?: "succeeds" | "fail
                     sequence: 7n,
                     result: {
                       outcome: CommandOutcome.SUCCEEDED,
-                      message: "3 package(s) would change: 2 upgrade, 1 install",
+                      message: "3 packages would change: 2 upgrades, 1 install",
                       detail: { case: "dryRunUpdate", value: { changes: opts.changes ?? CHANGES, output: [{ argv: ["apt-get", "-s", "install", "openssl"], exitCode: 0, stdoutTail: "Inst openssl [3.0.15-1] (3.0.16-1 Debian-Security:12/stable-security [amd64])" }] } },
                     },
                   });

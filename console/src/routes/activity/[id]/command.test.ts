@@ -184,7 +184,7 @@ describe("one command's page", () => {
       state: CommandState.SUCCEEDED,
       sequence: 5n,
       deliveryCount: 1,
-      result: { outcome: CommandOutcome.SUCCEEDED, message: "2 package(s) would change", detail: { case: "dryRunUpdate", value: { changes } } },
+      result: { outcome: CommandOutcome.SUCCEEDED, message: "2 packages would change", detail: { case: "dryRunUpdate", value: { changes } } },
     });
     set(done);
     feed.changed(done);
