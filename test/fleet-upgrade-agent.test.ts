@@ -8,8 +8,9 @@ import { startTestControlPlane, type TestControlPlane } from "../control-plane/t
 import { root, run } from "./support/processes.ts";
 
 // A real agent process upgraded by a fleet upgrade: the release it installs is this agent's own
-// code stamped 9.9.9, so after the restart it reports 9.9.9, and only then does the control
-// plane count the upgrade as succeeded. The release lives under the project's test-output
+// code stamped 9.9.9. The agent tries it as its child, switches to it once it has polled, and
+// only when the new release polls as itself (not on trial) does the control plane count the
+// upgrade as succeeded. The release lives under the project's test-output
 // folder, so its code finds the project's node_modules as an installed agent finds its own.
 describe("a fleet upgrade of a real agent, done when the agent reports the new version", () => {
   let cp: TestControlPlane;
@@ -64,12 +65,19 @@ describe("a fleet upgrade of a real agent, done when the agent reports the new v
     expect(first.code, first.stderr).toBe(3);
     expect((await status()).stdout).toMatch(/0\.1\.0\s+9\.9\.9\s+installing\s+.*installed 9\.9\.9; waiting for the agent to restart and report it\n/);
 
-    // The service manager starts what `current` points at: the new release, which polls as 9.9.9.
-    const restarted = await promisify(execFile)(path.join(installDir, "current", "bin", "redflag-agent"), ["run", "--once", "--state-dir", stateDir], {
+    // The service manager starts the agent again: it finds the release waiting and runs it as
+    // its child, on trial. The trial's polls say so, and do not count as the new version; once
+    // the child has completed a poll cycle, `current` points at it and the agent exits again.
+    const trial = await run(["agent/src/main.ts", "run", "--state-dir", stateDir], { env, timeoutMs: 120_000 });
+    expect(trial.code, trial.stderr).toBe(3);
+    expect(trial.stderr).toContain("exiting so the service manager starts the new release");
+    expect((await status()).stdout).toMatch(/0\.1\.0\s+9\.9\.9\s+installing\s+/);
+
+    // The service manager starts what `current` points at now: the new release, which polls as 9.9.9.
+    await promisify(execFile)(path.join(installDir, "current", "bin", "redflag-agent"), ["run", "--once", "--state-dir", stateDir], {
       env: { ...process.env, ...env },
       cwd: work,
     });
-    expect(restarted.stderr).toContain("new release confirmed");
     const done = await status();
     expect(done.stdout).toMatch(/0\.1\.0\s+9\.9\.9\s+succeeded\s+.*the agent reports 9\.9\.9\n/);
     expect(done.stdout).toMatch(/\n1 succeeded\n$/);

@@ -41,9 +41,9 @@ describe("redflag agents upgrade (fleet) and upgrade-status", () => {
   it("queues half of a group, prints a hint that works, and refuses what it cannot mean", async () => {
     const none = await cli(["agents", "upgrade"]);
     expect(none.code).toBe(1);
-    expect(none.stderr).toBe("redflag: name an agent ID, or exactly one of --all, --group <group> and --tag <tag>\n");
+    expect(none.stderr).toBe("redflag: name an agent (ID or hostname), or exactly one of --all, --group <group> and --tag <tag>\n");
     const both = await cli(["agents", "upgrade", agents[0]!.agentId, "--all"]);
-    expect(both.stderr).toBe("redflag: name one agent ID, or --all, --group or --tag, not both\n");
+    expect(both.stderr).toBe("redflag: name one agent, or --all, --group or --tag, not both\n");
     const badShare = await cli(["agents", "upgrade", "--all", "--percent", "0"]);
     expect(badShare.code).toBe(2);
     expect(badShare.stderr).toContain("must be a whole number from 1 to 100");
