@@ -91,14 +91,19 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
     const abort = new AbortController();
     const seen: CommandState[] = [];
     const stream = b.admin.commands.watchEvents({ agentId: agent.agentId }, { signal: abort.signal });
+    // The feed says it is live with a keep-alive at once; only then is anything queued (a fixed
+    // pause lost the first events on a loaded machine).
+    let live!: () => void;
+    const isLive = new Promise<void>((resolve) => (live = resolve));
     const reading = (async () => {
       for await (const event of stream) {
+        live();
         if (event.kind !== "command") continue;
         seen.push(event.command!.state);
         if (event.command!.state === CommandState.SUCCEEDED) break;
       }
     })();
-    await sleep(200);
+    await Promise.race([isLive, sleep(10_000)]);
     await a.admin.commands.createCommand({ agentId: agent.agentId, action: collectSpecs });
     const polled = await onA.pollCommands({ nonce: nonce() });
     const cmd = fromBinary(CommandSchema, polled.commands[0]!.command);
