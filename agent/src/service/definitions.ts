@@ -29,13 +29,17 @@ export const agentExecutable = (layout: ServiceLayout, windows = false) =>
 const systemdWord = (text: string) => `"${text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/%/g, "%%")}"`;
 
 // The agent runs as root: package managers need it. The unit takes away what package managers
-// do not need: its own /tmp, no way to change the clock, hostname, kernel modules or real-time
-// scheduling, native system calls only. The file system stays writable where package managers
-// write (/usr, /etc, /var, /opt, /boot, /srv, /snap) and read-only elsewhere (/home, /root,
-// /mnt, /media …), as ProtectSystem=strict with ReadWritePaths does. NoNewPrivileges is set
-// unless SELinux enforces: there it would stop the domain transitions that rpm scriptlets need.
+// do not need: its own /tmp, no way to change the clock or hostname, no real-time scheduling,
+// the cgroup tree read-only. The file system stays writable where package managers and their
+// maintainer scripts write (/usr, /etc, /var, /opt, /boot, /srv, /run for the sockets of
+// systemd and Docker, /snap, /nix, Homebrew's /home/linuxbrew) and read-only elsewhere (the
+// rest of /home, /root, /mnt, /media …), as ProtectSystem=strict with ReadWritePaths does.
+// Left out on purpose: ProtectKernelModules (it hides /usr/lib/modules, which kernel packages
+// write), ProtectKernelTunables (procps runs sysctl --system), SystemCallArchitectures=native
+// (multiarch packages' scripts may run 32-bit programs). NoNewPrivileges is set unless SELinux
+// enforces: there it would stop the domain transitions that rpm scriptlets need.
 export function systemdUnit(layout: ServiceLayout, opts: { serverUrl: string; noNewPrivileges: boolean }): string {
-  const rw = ["/usr", "/etc", "/var", "/opt", "/boot", "/srv", "-/snap", "-/nix", layout.stateDir, layout.installDir];
+  const rw = ["/usr", "/etc", "/var", "/opt", "/boot", "/srv", "/run", "-/snap", "-/nix", "-/home/linuxbrew", layout.stateDir, layout.installDir];
   return [
     "# Written by `redflag-agent install`; `redflag-agent uninstall` removes it.",
     "[Unit]",
@@ -61,11 +65,9 @@ export function systemdUnit(layout: ServiceLayout, opts: { serverUrl: string; no
     `ReadWritePaths=${rw.map((p) => (p.includes(" ") ? systemdWord(p) : p)).join(" ")}`,
     "ProtectClock=yes",
     "ProtectHostname=yes",
-    "ProtectKernelModules=yes",
     "ProtectControlGroups=yes",
     "RestrictRealtime=yes",
     "LockPersonality=yes",
-    "SystemCallArchitectures=native",
     "",
     "[Install]",
     "WantedBy=multi-user.target",
