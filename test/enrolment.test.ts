@@ -264,6 +264,29 @@ describe("re-registering a known machine with real agents", () => {
     expect((await security.listSecurityEvents({ type: "agent_reregistered" })).events[0]).toMatchObject({ agentId, severity: "info" });
   });
 
+  it("an agent that keeps no token (installed by the install script) says how to recover instead of registering again", async () => {
+    const { env, victimDir, agentId } = await enrolled("no-token");
+    const file = path.join(victimDir, "agent.json");
+    const saved = JSON.parse(await readFile(file, "utf8")) as Record<string, string>;
+    await writeFile(file, JSON.stringify({ ...saved, registrationToken: "", accessToken: "not.a.token", refreshToken: "lost" }));
+    const once = await run(["agent/src/main.ts", "run", "--once", "--state-dir", victimDir], { env });
+    expect(once.code).not.toBe(0);
+    expect(once.stderr).toContain(
+      "the agent's credentials were refused, and it keeps no registration token to register again with (the install script leaves none on disk); " +
+        `stop the agent's service and run \`redflag-agent register --server ${cp.url} --token <new token> --fingerprint <fingerprint>\` ` +
+        "(it keeps this host's key and agent ID), then start the service again",
+    );
+    expect((await securityClient().listSecurityEvents({ type: "agent_reregistered" })).events.filter((e) => e.agentId === agentId)).toEqual([]);
+    // The hint, followed: the same agent, working again.
+    const { secret, signingKeyFingerprint } = await cp.admin.tokens.createRegistrationToken({ seats: 1 });
+    const again = await run(["agent/src/main.ts", "register", "--server", cp.url, "--token", secret, "--fingerprint", signingKeyFingerprint, "--state-dir", victimDir], { env });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain(`registered as agent ${agentId}`);
+    const cmd = (await cp.admin.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
+    expect((await run(["agent/src/main.ts", "run", "--once", "--state-dir", victimDir], { env })).code).toBe(0);
+    expect((await cp.admin.commands.getCommand({ id: cmd.id })).command?.state).toBe(CommandState.SUCCEEDED);
+  });
+
   it("a decommissioned agent stays out, even with its key, until the command printed in the refusal lets it back once", { timeout: 120_000 }, async () => {
     const { env, victimDir, register, agentId } = await enrolled("decommissioned");
     // Decommissioned: its own key no longer gets it back in.

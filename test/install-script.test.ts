@@ -166,8 +166,7 @@ describe.runIf(process.platform === "linux" && process.arch === "x64" && process
       return state === CommandState.SUCCEEDED ? state : undefined;
     });
 
-    // The token is in no file the installer left, but the agent's own state (agent.json, 0600,
-    // for re-registering by itself), and in no process's command line.
+    // The token is in no file (the agent keeps none either) and in no process's command line.
     const holders: string[] = [];
     const walk = async (dir: string): Promise<void> => {
       for (const entry of await readdir(dir, { withFileTypes: true })) {
@@ -177,7 +176,7 @@ describe.runIf(process.platform === "linux" && process.arch === "x64" && process
       }
     };
     await walk(prefix);
-    expect(holders).toEqual(["var/lib/redflag-agent/agent.json"]);
+    expect(holders).toEqual([]);
     expect(cmdline).not.toContain(secret);
   });
 

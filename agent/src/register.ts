@@ -30,6 +30,9 @@ export interface RegisterOptions {
   // Plain http:// to a host other than this one (refused without it).
   insecureHttp?: boolean | undefined;
   machineIdSeed?: string | undefined;
+  // false: the token is used once and not saved (the install scripts: no token left on disk).
+  // The agent then cannot register again on its own when its credentials are lost.
+  keepToken?: boolean | undefined;
   // How the agent reads this host (its platform, system tools); this host when not given.
   host?: HostAccess | undefined;
   logger?: Logger;
@@ -184,7 +187,7 @@ async function enrolAndSave(opts: RegisterOptions, serverUrl: string, fingerprin
     ? openSignedConfig(res.signedConfig, pinsOf(keys.keys), { agentId: res.agentId, current: undefined, now: new Date() })
     : undefined;
   if (config && !config.ok) throw new AgentError(`registration refused: the agent config in the control plane's answer is not valid (${config.reason})`);
-  const registration = registrationFromResponse(res, { serverUrl, caFile: opts.caFile, token: opts.token }, new Date(), config?.config);
+  const registration = registrationFromResponse(res, { serverUrl, caFile: opts.caFile, token: opts.keepToken === false ? "" : opts.token }, new Date(), config?.config);
   try {
     await savePinnedKeys(opts.stateDir, keys.keys, keys.state);
   } catch (err) {

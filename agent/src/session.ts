@@ -103,6 +103,13 @@ export function createSession(deps: SessionDeps): Session {
   };
 
   const reregister = async (signal?: AbortSignal) => {
+    if (!registration.registrationToken) {
+      throw new CredentialsLostError(
+        "the agent's credentials were refused, and it keeps no registration token to register again with (the install script leaves none on disk); " +
+          `stop the agent's service and run \`redflag-agent register --server ${registration.serverUrl} --token <new token> --fingerprint <fingerprint>\` ` +
+          "(it keeps this host's key and agent ID), then start the service again",
+      );
+    }
     let res;
     try {
       res = await enrol(api, { token: registration.registrationToken, machineId: deps.machineId, key: deps.key }, signal);

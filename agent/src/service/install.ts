@@ -144,6 +144,8 @@ export async function installService(host: ServiceHost, opts: InstallOptions): P
       fingerprint: opts.fingerprint,
       insecureHttp: opts.insecureHttp,
       machineIdSeed: opts.machineIdSeed,
+      // Used once: no token stays on disk (the promise for the one-line install).
+      keepToken: false,
       ...(host.logger ? { logger: host.logger } : {}),
     });
     agentId = outcome.agentId;

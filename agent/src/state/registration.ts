@@ -11,7 +11,8 @@ export interface Registration {
   readonly serverUrl: string;
   readonly caFile: string | undefined;
   readonly agentId: string;
-  // Kept so the agent can enrol again on its own when its credentials are revoked or lost.
+  // Kept so the agent can enrol again on its own when its credentials are revoked or lost;
+  // empty when it was installed by an install script, which keeps no token on disk.
   readonly registrationToken: string;
   readonly accessToken: string;
   // Local clock when the access token arrived; with the expiry it gives the token's lifetime.
@@ -88,7 +89,7 @@ function parseRegistration(file: string, data: Buffer): Registration {
     serverUrl: text("serverUrl"),
     caFile: typeof raw.caFile === "string" ? raw.caFile : undefined,
     agentId: text("agentId"),
-    registrationToken: text("registrationToken"),
+    registrationToken: typeof raw.registrationToken === "string" ? raw.registrationToken : "",
     accessToken: text("accessToken"),
     accessTokenIssueTime: date("accessTokenIssueTime"),
     accessTokenExpireTime: date("accessTokenExpireTime"),
