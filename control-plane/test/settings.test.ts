@@ -47,15 +47,17 @@ describe("SettingsService", () => {
     expect(polled.nextPollSeconds).toBe(120);
   });
 
-  it("refuses agents older than the minimum version", async () => {
+  it("lets an agent older than the minimum version register, marked as needing an upgrade before anything else", async () => {
     await settings.updateSettings({ values: { minimum_agent_version: "9.0.0" } });
     const token = await newRegistrationToken(cp);
-    await expect(cp.agentClient().register(registerRequest(token, randomMachineId(), generateKeyPair()))).rejects.toMatchObject({
+    const res = await cp.agentClient().register(registerRequest(token, randomMachineId(), generateKeyPair()));
+    expect((await cp.admin.fleet.getAgent({ agentId: res.agentId })).agent?.upgradeRequired).toBe(true);
+    await expect(cp.admin.commands.createCommand({ agentId: res.agentId, action: { case: "collectSpecs", value: {} } })).rejects.toMatchObject({
       code: Code.FailedPrecondition,
-      rawMessage: expect.stringMatching(/older than the minimum 9\.0\.0; upgrade the agent first/),
+      rawMessage: expect.stringMatching(/below the minimum supported 9\.0\.0: upgrade it first/),
     });
     await settings.updateSettings({ values: { minimum_agent_version: "" } });
-    await expect(cp.agentClient().register(registerRequest(token, randomMachineId(), generateKeyPair()))).resolves.toBeDefined();
+    expect((await cp.admin.fleet.getAgent({ agentId: res.agentId })).agent?.upgradeRequired).toBe(false);
     expect(compareVersions("0.1.0", "0.1.0")).toBe(0);
     expect(compareVersions("0.10.0", "0.9.9")).toBe(1);
     expect(compareVersions("1.0.0-rc.1", "1.0.0")).toBe(-1);

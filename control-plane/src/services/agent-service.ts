@@ -60,7 +60,7 @@ import type { Wakeups } from "../wakeups.ts";
 import type { PendingIndex } from "../pending.ts";
 import type { AgentConfigs } from "./agent-config.ts";
 import type { EventBus } from "../events.ts";
-import { compareVersions, redeliveryWindow, type Settings } from "../settings.ts";
+import { redeliveryWindow, type Settings } from "../settings.ts";
 import { isReleaseVersion } from "../domain/releases.ts";
 import { int64, invalid, text, time, uuid } from "./validate.ts";
 
@@ -123,10 +123,9 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const tokenHash = sha256(req.registrationToken);
       rateLimit(registerPerAddress, ctx.values.get(kRemoteAddr), "Register calls from this address");
       rateLimit(registerPerToken, tokenHash.toString("base64"), "registrations with this registration token");
-      const minimum = deps.settings.text("minimum_agent_version");
-      if (minimum && compareVersions(input.agentVersion, minimum) < 0) {
-        throw new ConnectError(`agent version ${input.agentVersion} is older than the minimum ${minimum}; upgrade the agent first`, Code.FailedPrecondition);
-      }
+      // An agent below minimum_agent_version registers too (a host reinstalled from an old
+      // build must be able to come back to be upgraded): it is marked "upgrade required", and
+      // nothing but update_agent may be queued for it (domain/command-privilege.ts).
       const now = new Date();
       const refresh = newRefreshToken(now);
       const agent = await registerAgent(db, {
