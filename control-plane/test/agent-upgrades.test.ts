@@ -12,8 +12,7 @@ import { UserService } from "@redflag/gen/user_service_pb";
 import { createHash, randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { choosePercent, nextAutomatic, nextUpgradeState, type UpgradeFacts } from "../src/domain/upgrades.ts";
-import { generateKeyPair } from "../src/signing/keys.ts";
-import { newRegistrationToken, nonce, randomMachineId, registerRequest, type TestAgent } from "./support/agents.ts";
+import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 const PASSWORD = "a long enough passphrase 42";
@@ -38,24 +37,9 @@ async function failure(promise: Promise<unknown>): Promise<ConnectError> {
 // An agent driven through the API as a real one talks to it: it registers with its version, OS
 // and CPU, polls with a status naming the version it runs, and reports results.
 async function enrol(cp: TestControlPlane, token: string, opts: { hostname: string; version?: string; arch?: string }): Promise<TestAgent & { version: string }> {
-  const machineId = randomMachineId();
-  const key = generateKeyPair();
-  const req = registerRequest(token, machineId, key, opts.hostname);
-  const registration = await cp.agentClient().register({
-    ...req,
-    agentVersion: opts.version ?? "0.1.0",
-    os: { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12", kernel: "6.1.0", arch: opts.arch ?? "x86_64" },
-  });
-  return {
-    agentId: registration.agentId,
-    machineId,
-    key,
-    registration,
-    accessToken: registration.accessToken,
-    refreshToken: registration.refreshToken,
-    client: cp.agentClient({ authorization: `Bearer ${registration.accessToken}`, "x-machine-id": machineId }),
-    version: opts.version ?? "0.1.0",
-  };
+  const version = opts.version ?? "0.1.0";
+  const os = { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12", kernel: "6.1.0", arch: opts.arch ?? "x86_64" };
+  return { ...(await registerTestAgent(cp, token, { hostname: opts.hostname, request: { agentVersion: version, os } })), version };
 }
 
 // One poll reporting `version`, written through at once (as the buffer does within seconds).

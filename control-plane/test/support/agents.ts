@@ -1,7 +1,7 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import { AgentService, RegisterProofSchema, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
+import { AgentService, RegisterProofSchema, type RegisterRequestSchema, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
 import { type AgentConfig, AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { randomBytes } from "node:crypto";
 import { generateKeyPair, sign, verify, type KeyPair } from "../../src/signing/keys.ts";
@@ -47,15 +47,16 @@ export function registerRequest(token: string, machineId: string, key: KeyPair, 
   };
 }
 
-// Registers a test-driven agent directly through the API (no agent process).
+// Registers a test-driven agent directly through the API (no agent process). `request`
+// overrides fields of the Register request (its version, its OS).
 export async function registerTestAgent(
   cp: TestControlPlane,
   token: string,
-  opts: { machineId?: string; key?: KeyPair; hostname?: string } = {},
+  opts: { machineId?: string; key?: KeyPair; hostname?: string; request?: Pick<MessageInitShape<typeof RegisterRequestSchema>, "agentVersion" | "os"> } = {},
 ): Promise<TestAgent> {
   const machineId = opts.machineId ?? randomMachineId();
   const key = opts.key ?? generateKeyPair();
-  const registration = await cp.agentClient().register(registerRequest(token, machineId, key, opts.hostname));
+  const registration = await cp.agentClient().register({ ...registerRequest(token, machineId, key, opts.hostname), ...opts.request });
   return {
     agentId: registration.agentId,
     machineId,
