@@ -1,7 +1,6 @@
 import { Command, CommanderError } from "commander";
-import { readFile } from "node:fs/promises";
+import { createReadStream } from "node:fs";
 import path from "node:path";
-import { text } from "node:stream/consumers";
 import { ConfigError, defaultStateDir, loadConfig, type Config, type ConfigFlags } from "./config.ts";
 import { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_RESTART, EXIT_USAGE } from "./errors.ts";
 import { createLogger } from "./log.ts";
@@ -231,13 +230,28 @@ function report(err: unknown): number {
 }
 
 // "-" reads standard input, so a script can hand the token over through a pipe: it never
-// appears in the process list or on disk.
+// appears in the process list or on disk. At most MAX_TOKEN_BYTES are read: a token file that is
+// a device or a huge file is refused, not read to the end.
+const MAX_TOKEN_BYTES = 4096;
 async function readToken(file: string): Promise<string> {
+  let stream: NodeJS.ReadableStream | undefined;
   try {
-    if (file === "-") return (await text(process.stdin)).trim();
-    return (await readFile(file, "utf8")).trim();
+    stream = file === "-" ? process.stdin : createReadStream(file, { end: MAX_TOKEN_BYTES });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of stream) {
+      const bytes = typeof chunk === "string" ? Buffer.from(chunk) : (chunk as Buffer);
+      chunks.push(bytes);
+      size += bytes.length;
+      if (size > MAX_TOKEN_BYTES) break;
+    }
+    if (size > MAX_TOKEN_BYTES) throw new AgentError(`${file === "-" ? "standard input" : file} holds more than ${MAX_TOKEN_BYTES} bytes: that is not a registration token`, EXIT_USAGE);
+    return Buffer.concat(chunks).toString("utf8").trim();
   } catch (err) {
+    if (err instanceof AgentError) throw err;
     throw new AgentError(`cannot read the token file ${file}: ${(err as Error).message}`, EXIT_USAGE);
+  } finally {
+    if (file !== "-") (stream as { destroy?: () => void } | undefined)?.destroy?.();
   }
 }
 

@@ -68,6 +68,16 @@ describe("redflag-agent", () => {
     expect(badEnv.stderr).toBe("redflag-agent: invalid environment: REDFLAG_AGENT_APT_REFRESH=maybe must be 1 or 0\n");
   });
 
+  it("refuses a token file that is far too long to be a token, without reading it to the end", async () => {
+    const big = path.join(dir, "big-token");
+    await writeFile(big, "x".repeat(5000));
+    for (const [file, name] of [[big, big], ["/dev/zero", "/dev/zero"]] as const) {
+      const reg = await agent(["register", "--server", cp.url, "--token-file", file, "--state-dir", path.join(dir, "never")]);
+      expect(reg.code).toBe(2);
+      expect(reg.stderr).toBe(`redflag-agent: ${name} holds more than 4096 bytes: that is not a registration token\n`);
+    }
+  });
+
   it("registers with a token file, then shows its status without secrets", async () => {
     const tokenFile = path.join(dir, "token");
     await writeFile(tokenFile, `${cp.token}\n`);
