@@ -76,7 +76,9 @@ export async function startServer(opts: {
   let h1: http.Server | undefined;
   let h2: http2.Http2Server | http2.Http2SecureServer;
   if (opts.tls) {
-    const [cert, key] = await Promise.all([readFile(opts.tls.certFile), readFile(opts.tls.keyFile)]);
+    // One after the other: when both are missing, the certificate is the one named, every time.
+    const cert = await readFile(opts.tls.certFile);
+    const key = await readFile(opts.tls.keyFile);
     h2 = http2.createSecureServer({ cert, key, allowHTTP1: true, handshakeTimeout: limits.headersTimeoutMs, ...h2Options }, opts.handler);
     // The HTTP/1.1 side of a TLS port is Node's HTTP/1.1 server code run with this server as its
     // settings: set them before it listens (connection tracking starts then).
