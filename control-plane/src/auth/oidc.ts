@@ -2,10 +2,9 @@ import type { IncomingMessage as Http1Request } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import * as client from "openid-client";
 import type { Config } from "../config.ts";
-import { newId } from "../ids.ts";
+import { signInWithOidc } from "../domain/people.ts";
 import type { Logger } from "../log.ts";
 import { recordAudit } from "../store/audit.ts";
-import { createSession } from "../store/people.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "./principals.ts";
@@ -156,21 +155,21 @@ export function createOidcRoutes(deps: {
       await recordSecurityEvent(db, { type: "login_failed", severity: "warning", message: `single sign-on refused for ${String(claims.sub)}: no role in claim ${cfg.roleClaim}`, remoteAddr, detail: { subject } });
       return page(res, 403, `Your account has no RedFlag role (claim "${cfg.roleClaim}"). Ask an admin.`);
     }
-    const now = new Date();
-    let user = await db.user.findFirst({ where: { oidcSubject: subject } });
-    if (user?.disabledAt) return page(res, 403, "This account is disabled; ask an admin.");
-    if (!user) {
-      let username = usernameFrom(claims);
-      if (await db.user.findUnique({ where: { username } })) username = `${username.slice(0, 23)}-${newId().slice(0, 4)}`;
-      const displayName = typeof claims.name === "string" ? claims.name.slice(0, 100) : username;
-      user = await db.user.create({ data: { id: newId(), username, displayName, role, authSource: "oidc", oidcSubject: subject, lastLoginAt: now } });
-    } else {
-      // The provider's groups decide the role at every sign-in.
-      user = await db.user.update({ where: { id: user.id }, data: { role, lastLoginAt: now } });
-      deps.principals.forget();
-    }
-    const session = await createSession(db, { userId: user.id, remoteAddr, userAgent: String(req.headers["user-agent"] ?? ""), ttlMs: SESSION_TTL_MS, now });
-    await recordAudit(db, { actorKind: "session", actorId: user.id, actorName: user.username, action: "oidc/Callback", target: `user:${user.id}`, remoteAddr, after: { role, subject } });
+    const signedIn = await signInWithOidc(
+      db,
+      {
+        subject,
+        username: usernameFrom(claims),
+        displayName: typeof claims.name === "string" ? claims.name.slice(0, 100) : undefined,
+        role,
+        client: { remoteAddr, userAgent: String(req.headers["user-agent"] ?? "") },
+        now: new Date(),
+      },
+      (tx, user) => recordAudit(tx, { actorKind: "session", actorId: user.id, actorName: user.username, action: "oidc/Callback", target: `user:${user.id}`, remoteAddr, after: { role, subject } }),
+    );
+    if (signedIn === "disabled") return page(res, 403, "This account is disabled; ask an admin.");
+    const { session } = signedIn;
+    if (signedIn.known) deps.principals.forget();
     res.writeHead(302, { location: "/", "set-cookie": sessionCookie(session.secret, Math.floor(SESSION_TTL_MS / 1000), secure), "cache-control": "no-store" });
     res.end("");
   };

@@ -1,5 +1,6 @@
 import { ConnectError, Code } from "@connectrpc/connect";
 import { sha256 } from "../ids.ts";
+import { apiKeyByHash, sessionByHash, touchApiKey, touchSession } from "../store/people.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Principal } from "./context.ts";
 import { isRoleName, lower, type RoleName } from "./roles.ts";
@@ -30,14 +31,14 @@ export function createPrincipalResolver(db: Prisma, now: () => number = Date.now
   const touch = async (kind: "session" | "key", id: string, at: number) => {
     if ((touched.get(id) ?? 0) > at - TOUCH_EVERY_MS) return;
     touched.set(id, at);
-    if (kind === "session") await db.session.update({ where: { id }, data: { lastSeenAt: new Date(at) } });
-    else await db.apiKey.update({ where: { id }, data: { lastUsedAt: new Date(at) } });
+    if (kind === "session") await touchSession(db, id, new Date(at));
+    else await touchApiKey(db, id, new Date(at));
   };
 
   const lookup = async (secret: string, at: number): Promise<Principal> => {
     const hash = new Uint8Array(sha256(secret));
     if (secret.startsWith("rfses_")) {
-      const s = await db.session.findUnique({ where: { tokenHash: hash }, include: { user: true } });
+      const s = await sessionByHash(db, hash);
       if (!s || s.revokedAt) throw unauthenticated("the session has ended; sign in again");
       if (s.expiresAt.getTime() <= at || s.lastSeenAt.getTime() + SESSION_IDLE_MS <= at) throw unauthenticated("the session expired; sign in again");
       if (s.user.disabledAt) throw unauthenticated("this account is disabled");
@@ -45,7 +46,7 @@ export function createPrincipalResolver(db: Prisma, now: () => number = Date.now
       await touch("session", s.id, at);
       return { kind: "session", role: s.user.role, name: s.user.username, userId: s.user.id, credentialId: s.id };
     }
-    const key = await db.apiKey.findUnique({ where: { tokenHash: hash }, include: { user: true } });
+    const key = await apiKeyByHash(db, hash);
     if (!key || key.revokedAt) throw unauthenticated("the API token is not valid (unknown or revoked)");
     if (key.expiresAt && key.expiresAt.getTime() <= at) throw unauthenticated(`the API token "${key.name}" expired`);
     if (key.kind === "bootstrap") {

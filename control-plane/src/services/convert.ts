@@ -18,16 +18,21 @@ import type { ApiKey as ApiKeyRow, AuditEntry as AuditRow } from "../generated/p
 import { type User, UserSchema } from "@redflag/gen/identity_pb";
 import { type ApiToken, ApiTokenSchema } from "@redflag/gen/api_token_service_pb";
 import { type AuditEntry, AuditEntrySchema } from "@redflag/gen/audit_service_pb";
+import { registrationTokenState } from "../domain/registration-tokens.ts";
 import { isBelow } from "../domain/upgrades.ts";
 import { roleToProto } from "../auth/roles.ts";
 
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 
+const TOKEN_STATES = {
+  active: RegistrationTokenState.ACTIVE,
+  revoked: RegistrationTokenState.REVOKED,
+  expired: RegistrationTokenState.EXPIRED,
+  exhausted: RegistrationTokenState.EXHAUSTED,
+} as const;
+
 export function registrationTokenToProto(row: RegistrationTokenRow, now: Date): RegistrationToken {
-  let state = RegistrationTokenState.ACTIVE;
-  if (row.revokedAt) state = RegistrationTokenState.REVOKED;
-  else if (row.expiresAt && row.expiresAt <= now) state = RegistrationTokenState.EXPIRED;
-  else if (row.usedSeats >= row.seats) state = RegistrationTokenState.EXHAUSTED;
+  const state = TOKEN_STATES[registrationTokenState(row, now)];
   return create(RegistrationTokenSchema, {
     id: row.id,
     note: row.note,

@@ -7,12 +7,15 @@ import type { CommandSigner } from "../signing/signer.ts";
 import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
 import { ensureSigningKeys, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
+import { activeAdminKeys, activeAdmins, peopleWithoutTotp } from "../store/people.ts";
+import { countSecurityEvents, listSecurityEvents, SECURITY_EVENT_TYPES } from "../store/security-events.ts";
+import { listSigningKeys } from "../store/signing-keys.ts";
 import { audit } from "./audit.ts";
 import { fingerprint } from "../signing/keys.ts";
 import type { Prisma } from "../store/types.ts";
 import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
 
-const EVENT_TYPES = ["machine_id_mismatch", "refresh_token_reuse", "renew_bad_signature", "result_for_foreign_command", "registration_token_invalid", "login_failed", "machine_id_rebound", "admin_key_revoked", "agent_reregistered", "registration_refused"];
+const EVENT_TYPES: readonly string[] = SECURITY_EVENT_TYPES;
 
 export interface SecurityServiceDeps {
   db: Prisma;
@@ -48,14 +51,14 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
       const day = new Date(now - 86_400_000);
       const month = new Date(now - 30 * 86_400_000);
       const [keys, recent, older, adminKeys, withoutTotp, admins] = await Promise.all([
-        db.signingKey.findMany({ orderBy: { createdAt: "desc" } }),
-        db.securityEvent.groupBy({ by: ["type"], where: { createdAt: { gte: day } }, _count: { _all: true } }),
-        db.securityEvent.groupBy({ by: ["type"], where: { createdAt: { gte: month } }, _count: { _all: true } }),
-        db.apiKey.count({ where: { kind: "bootstrap", revokedAt: null } }),
-        db.user.count({ where: { totpEnabled: false, disabledAt: null, authSource: "password" } }),
-        db.user.count({ where: { role: "admin", disabledAt: null } }),
+        listSigningKeys(db),
+        countSecurityEvents(db, day),
+        countSecurityEvents(db, month),
+        activeAdminKeys(db),
+        peopleWithoutTotp(db),
+        activeAdmins(db),
       ]);
-      const count = (rows: typeof recent, type: string) => rows.find((r) => r.type === type)?._count._all ?? 0;
+      const count = (counts: typeof recent, type: string) => counts.get(type) ?? 0;
       return {
         signingKeys: keys.map((k) => keyInfo(k, now)),
         commandExpiry: durationFromMs(config.commandExpirySeconds * 1000),
@@ -75,14 +78,9 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
       if (type && !EVENT_TYPES.includes(type)) throw invalid(`type "${type}" is not an event type (${EVENT_TYPES.join(", ")})`);
       if (req.severity && !["info", "warning", "critical"].includes(req.severity)) throw invalid("severity must be info, warning or critical");
       const size = pageSize(req.pageSize);
-      const rows = await db.securityEvent.findMany({
-        where: { ...(type ? { type } : {}), ...(req.severity ? { severity: req.severity } : {}), ...(before !== undefined ? { id: { lt: before } } : {}) },
-        orderBy: { id: "desc" },
-        take: size + 1,
-      });
-      const page = rows.slice(0, size);
+      const { rows, next } = await listSecurityEvents(db, { type, severity: req.severity }, size, before);
       return {
-        events: page.map((e) =>
+        events: rows.map((e) =>
           create(SecurityEventSchema, {
             id: e.id.toString(),
             time: timestampFromDate(e.createdAt),
@@ -95,7 +93,7 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
             detailJson: JSON.stringify(e.detail ?? {}),
           }),
         ),
-        nextPageToken: nextIdPageToken(rows.length > size ? page.at(-1)!.id : undefined),
+        nextPageToken: nextIdPageToken(next),
       };
     },
 
@@ -105,7 +103,7 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
       const { active, previousKeyId } = await rotateSigningKey(db, deps.masterKey, grace);
       await reloadSigningKeys(db, deps.masterKey, deps.signer);
       const now = Date.now();
-      const rows = await db.signingKey.findMany({ where: { id: { in: [active.keyId, ...(previousKeyId ? [previousKeyId] : [])] } } });
+      const rows = await listSigningKeys(db, [active.keyId, ...(previousKeyId ? [previousKeyId] : [])]);
       const info = (id: string | undefined) => {
         const row = rows.find((r) => r.id === id);
         return row ? keyInfo(row, now) : undefined;

@@ -1,13 +1,9 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { toJson } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
-import { RegistrationTokenSchema, RegistrationTokenState, TokenService } from "@redflag/gen/token_service_pb";
+import { RegistrationTokenSchema, TokenService } from "@redflag/gen/token_service_pb";
 import { audit, callerName } from "./audit.ts";
-import {
-  createRegistrationToken,
-  listRegistrationTokens,
-  revokeRegistrationToken,
-} from "../store/registration-tokens.ts";
+import { issueRegistrationToken, removeRegistrationToken, withdrawRegistrationToken } from "../domain/registration-tokens.ts";
+import { listRegistrationTokens } from "../store/registration-tokens.ts";
 import type { Prisma } from "../store/types.ts";
 import { activeKeyFingerprint, type CommandSigner } from "../signing/signer.ts";
 import { registrationTokenToProto } from "./convert.ts";
@@ -32,19 +28,13 @@ export function createTokenService(
       }
       const note = text("note", req.note, { max: 200 });
       const now = new Date();
-      const { token, secret } = await createRegistrationToken(db, {
-        seats: req.seats,
-        ttlSeconds,
-        note,
-        createdBy: callerName(ctx),
-        now,
-      });
-      const proto = registrationTokenToProto(token, now);
-      await audit(db, ctx, { target: `registration_token:${token.id}`, after: toJson(RegistrationTokenSchema, proto) });
+      const { token, secret } = await issueRegistrationToken(db, { seats: req.seats, ttlSeconds, note, createdBy: callerName(ctx), now }, (tx, token) =>
+        audit(tx, ctx, { target: `registration_token:${token.id}`, after: toJson(RegistrationTokenSchema, registrationTokenToProto(token, now)) }),
+      );
       const signingKeyFingerprint = activeKeyFingerprint(signer);
       const serverUrl = agentServerUrl(ctx, publicUrl);
       return {
-        token: proto,
+        token: registrationTokenToProto(token, now),
         secret,
         installCommands: installCommands(serverUrl, secret, signingKeyFingerprint),
         signingKeyFingerprint,
@@ -61,24 +51,17 @@ export function createTokenService(
 
     async deleteRegistrationToken(req, ctx) {
       const id = uuid("id", req.id);
-      const row = await db.registrationToken.findUnique({ where: { id }, omit: { tokenHash: true } });
-      if (!row) throw new ConnectError(`registration token ${id} does not exist`, Code.NotFound);
       const now = new Date();
-      const proto = registrationTokenToProto(row, now);
-      if (proto.state === RegistrationTokenState.ACTIVE) {
-        throw new ConnectError("the token is still active; revoke it first", Code.FailedPrecondition);
-      }
-      await db.registrationToken.delete({ where: { id } });
-      await audit(db, ctx, { target: `registration_token:${id}`, before: toJson(RegistrationTokenSchema, proto) });
+      await removeRegistrationToken(db, id, now, (tx, row) => audit(tx, ctx, { target: `registration_token:${id}`, before: toJson(RegistrationTokenSchema, registrationTokenToProto(row, now)) }));
       return {};
     },
 
     async revokeRegistrationToken(req, ctx) {
       const now = new Date();
-      const row = await revokeRegistrationToken(db, uuid("id", req.id), now);
-      const proto = registrationTokenToProto(row, now);
-      await audit(db, ctx, { target: `registration_token:${row.id}`, after: toJson(RegistrationTokenSchema, proto) });
-      return { token: proto };
+      const row = await withdrawRegistrationToken(db, uuid("id", req.id), now, (tx, row) =>
+        audit(tx, ctx, { target: `registration_token:${row.id}`, after: toJson(RegistrationTokenSchema, registrationTokenToProto(row, now)) }),
+      );
+      return { token: registrationTokenToProto(row, now) };
     },
   };
 }

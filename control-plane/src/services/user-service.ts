@@ -1,16 +1,14 @@
 import { toJson } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Role, UserSchema } from "@redflag/gen/identity_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { kPrincipal } from "../auth/context.ts";
-import { hashPassword } from "../auth/passwords.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
 import { roleFromProto } from "../auth/roles.ts";
-import { newId } from "../ids.ts";
-import { activeAdmins, revokeSessions, userById } from "../store/people.ts";
-import type { Prisma } from "../store/types.ts";
+import { createPerson, disablePerson, enablePerson, newPassword, person, resetPassword, updatePerson, username } from "../domain/people.ts";
+import { listUsers, type UserRow } from "../store/people.ts";
+import type { Prisma, Tx } from "../store/types.ts";
 import { audit } from "./audit.ts";
-import { newPassword, username } from "./auth-service.ts";
 import { userToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
@@ -20,77 +18,55 @@ export function createUserService(db: Prisma, principals: PrincipalResolver): Se
     if (!name) throw invalid(`${field} must be viewer, operator or admin`);
     return name;
   };
-  // The last enabled admin can be neither demoted nor disabled: nobody could manage people.
-  const keepAnAdmin = async (user: { role: string; disabledAt: Date | null }, what: string) => {
-    if (user.role === "admin" && !user.disabledAt && (await activeAdmins(db)) <= 1) {
-      throw new ConnectError(`cannot ${what} the last admin; make someone else admin first`, Code.FailedPrecondition);
-    }
-  };
+  const json = (user: UserRow) => toJson(UserSchema, userToProto(user));
+  // The audit entry of a change to a person: the person before and after.
+  const changed = (ctx: HandlerContext, before: UserRow, extra: object = {}) => (tx: Tx, user: UserRow) =>
+    audit(tx, ctx, { target: `user:${user.id}`, before: json(before), after: { ...(json(user) as object), ...extra } });
 
   return {
     async listUsers(req) {
       const after = pageToken(req.pageToken);
-      const size = pageSize(req.pageSize);
-      const rows = await db.user.findMany({ orderBy: [{ username: "asc" }], take: size + 1, ...(after ? { cursor: { id: after }, skip: 1 } : {}) });
-      return { users: rows.slice(0, size).map(userToProto), nextPageToken: nextPageToken(rows.length > size ? rows[size - 1]!.id : undefined) };
+      const { rows, next } = await listUsers(db, pageSize(req.pageSize), after);
+      return { users: rows.map(userToProto), nextPageToken: nextPageToken(next) };
     },
 
     async createUser(req, ctx) {
       const name = username(req.username);
       const password = newPassword(req.password, name);
       const displayName = text("display_name", req.displayName.trim(), { max: 100 }) || name;
-      const data = { id: newId(), username: name, displayName, role: role(req.role), passwordHash: await hashPassword(password), passwordChangedAt: new Date() };
-      const user = await db.user.create({ data }).catch((err: { code?: string }) => {
-        if (err.code === "P2002") throw new ConnectError(`the username "${name}" is taken`, Code.AlreadyExists);
-        throw err;
-      });
-      await audit(db, ctx, { target: `user:${user.id}`, after: toJson(UserSchema, userToProto(user)) });
+      const user = await createPerson(db, { username: name, displayName, role: role(req.role), password }, (tx, user) =>
+        audit(tx, ctx, { target: `user:${user.id}`, after: json(user) }),
+      );
       return { user: userToProto(user) };
     },
 
     async updateUser(req, ctx) {
-      const before = await userById(db, uuid("id", req.id));
+      const before = await person(db, uuid("id", req.id));
       const nextRole = req.role === Role.UNSPECIFIED ? before.role : role(req.role);
       const displayName = req.displayName ? text("display_name", req.displayName.trim(), { max: 100 }) : before.displayName;
-      if (nextRole !== "admin") await keepAnAdmin(before, "demote");
-      const user = await db.user.update({ where: { id: before.id }, data: { role: nextRole, displayName } });
+      const user = await updatePerson(db, before, { role: nextRole, displayName }, changed(ctx, before));
       principals.forget();
-      await audit(db, ctx, { target: `user:${user.id}`, before: toJson(UserSchema, userToProto(before)), after: toJson(UserSchema, userToProto(user)) });
       return { user: userToProto(user) };
     },
 
     async disableUser(req, ctx) {
-      const before = await userById(db, uuid("id", req.id));
-      if (before.id === ctx.values.get(kPrincipal)?.userId) throw new ConnectError("you cannot disable yourself", Code.FailedPrecondition);
-      await keepAnAdmin(before, "disable");
-      const now = new Date();
-      const user = await db.user.update({ where: { id: before.id }, data: { disabledAt: before.disabledAt ?? now } });
-      // Sessions end now; API tokens stop working while the owner is disabled.
-      await revokeSessions(db, user.id, now);
+      const before = await person(db, uuid("id", req.id));
+      const user = await disablePerson(db, before, ctx.values.get(kPrincipal)?.userId, new Date(), changed(ctx, before));
       principals.forget();
-      await audit(db, ctx, { target: `user:${user.id}`, before: toJson(UserSchema, userToProto(before)), after: toJson(UserSchema, userToProto(user)) });
       return { user: userToProto(user) };
     },
 
     async enableUser(req, ctx) {
-      const before = await userById(db, uuid("id", req.id));
-      const user = await db.user.update({ where: { id: before.id }, data: { disabledAt: null } });
+      const before = await person(db, uuid("id", req.id));
+      const user = await enablePerson(db, before, changed(ctx, before));
       principals.forget();
-      await audit(db, ctx, { target: `user:${user.id}`, before: toJson(UserSchema, userToProto(before)), after: toJson(UserSchema, userToProto(user)) });
       return { user: userToProto(user) };
     },
 
     async resetPassword(req, ctx) {
-      const before = await userById(db, uuid("id", req.id));
-      const password = newPassword(req.newPassword, before.username);
-      const now = new Date();
-      const user = await db.user.update({
-        where: { id: before.id },
-        data: { passwordHash: await hashPassword(password), passwordChangedAt: now, ...(req.clearTotp ? { totpEnabled: false, totpSecretEnc: null, totpLastStep: null } : {}) },
-      });
-      await revokeSessions(db, user.id, now);
+      const before = await person(db, uuid("id", req.id));
+      const user = await resetPassword(db, before, { password: req.newPassword, clearTotp: req.clearTotp, now: new Date() }, changed(ctx, before, { passwordReset: true }));
       principals.forget();
-      await audit(db, ctx, { target: `user:${user.id}`, before: toJson(UserSchema, userToProto(before)), after: { ...(toJson(UserSchema, userToProto(user)) as object), passwordReset: true } });
       return { user: userToProto(user) };
     },
   };

@@ -9,6 +9,7 @@ import { PrismaClient } from "../generated/prisma/client.ts";
 import { EMBEDDED_PORT, startEmbeddedPostgres } from "./embedded.ts";
 import { applyMigrations } from "./migrate.ts";
 import { createStatements, type Statements } from "./statements.ts";
+import type { Prisma, Tx } from "./types.ts";
 
 export interface OpenDatabaseOptions {
   // Unset: the embedded database in dataDir.
@@ -129,6 +130,9 @@ function reason(err: unknown): string {
   const message = typeof e?.message === "string" && e.message ? e.message : String(err);
   return typeof e?.code === "string" && !message.includes(e.code) ? `${message} (${e.code})` : message;
 }
+
+// Runs fn in one transaction: the store functions it calls with tx commit or roll back together.
+export const inTransaction = <T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> => db.$transaction(fn);
 
 const UNIQUE_VIOLATION = "23505";
 // SQLSTATEs meaning the server went away or turns connections away: class 08 (connection

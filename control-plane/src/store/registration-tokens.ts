@@ -1,6 +1,7 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { newId, newSecret, SECRET_PREFIX, sha256 } from "../ids.ts";
-import { bytes, type Prisma } from "./types.ts";
+import { bytes, type Prisma, type Tx } from "./types.ts";
+
+type Db = Prisma | Tx;
 
 export interface RegistrationTokenRow {
   id: string;
@@ -15,7 +16,7 @@ export interface RegistrationTokenRow {
 }
 
 export async function createRegistrationToken(
-  db: Prisma,
+  db: Db,
   input: { seats: number; ttlSeconds: number | undefined; note: string; createdBy: string; now: Date },
 ): Promise<{ token: RegistrationTokenRow; secret: string }> {
   const secret = newSecret(SECRET_PREFIX.registration);
@@ -35,7 +36,7 @@ export async function createRegistrationToken(
 }
 
 // Keyset pagination over (created_at desc, id desc); the page token is the last row's id.
-export async function listRegistrationTokens(db: Prisma, pageSize: number, after: string | undefined) {
+export async function listRegistrationTokens(db: Db, pageSize: number, after: string | undefined) {
   const rows = await db.registrationToken.findMany({
     orderBy: [{ createdAt: "desc" }, { id: "desc" }],
     take: pageSize + 1,
@@ -45,9 +46,17 @@ export async function listRegistrationTokens(db: Prisma, pageSize: number, after
   return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
 }
 
-export async function revokeRegistrationToken(db: Prisma, id: string, now: Date): Promise<RegistrationTokenRow> {
-  const existing = await db.registrationToken.findUnique({ where: { id }, omit: { tokenHash: true } });
-  if (!existing) throw new ConnectError(`registration token ${id} does not exist`, Code.NotFound);
-  if (existing.revokedAt) return existing;
+export async function registrationTokenById(db: Db, id: string): Promise<RegistrationTokenRow | undefined> {
+  return (await db.registrationToken.findUnique({ where: { id }, omit: { tokenHash: true } })) ?? undefined;
+}
+
+// Undefined when there is no such token; a revoked one stays as it was.
+export async function revokeRegistrationToken(db: Db, id: string, now: Date): Promise<RegistrationTokenRow | undefined> {
+  const existing = await registrationTokenById(db, id);
+  if (!existing || existing.revokedAt) return existing;
   return db.registrationToken.update({ where: { id }, data: { revokedAt: now }, omit: { tokenHash: true } });
+}
+
+export async function deleteRegistrationToken(db: Db, id: string): Promise<void> {
+  await db.registrationToken.delete({ where: { id } });
 }

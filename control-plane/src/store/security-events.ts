@@ -1,20 +1,24 @@
 import type { Prisma, Tx } from "./types.ts";
 
-export type SecurityEventType =
-  | "machine_id_mismatch"
-  | "refresh_token_reuse"
-  | "renew_bad_signature"
-  | "result_for_foreign_command"
-  | "registration_token_invalid"
-  | "login_failed"
-  | "machine_id_rebound"
-  | "admin_key_revoked"
-  | "agent_reregistered"
-  | "registration_refused";
+export const SECURITY_EVENT_TYPES = [
+  "machine_id_mismatch",
+  "refresh_token_reuse",
+  "renew_bad_signature",
+  "result_for_foreign_command",
+  "registration_token_invalid",
+  "login_failed",
+  "machine_id_rebound",
+  "admin_key_revoked",
+  "agent_reregistered",
+  "registration_refused",
+] as const;
+
+export type SecurityEventType = (typeof SECURITY_EVENT_TYPES)[number];
+export type SecuritySeverity = "info" | "warning" | "critical";
 
 export interface SecurityEventInput {
   type: SecurityEventType;
-  severity: "info" | "warning" | "critical";
+  severity: SecuritySeverity;
   message: string;
   agentId?: string | undefined;
   machineId?: string | undefined;
@@ -34,4 +38,25 @@ export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventI
       detail: event.detail ?? {},
     },
   });
+}
+
+// Newest first, keyset over id; the page token is the last row's id.
+export async function listSecurityEvents(
+  db: Prisma,
+  filter: { type?: string | undefined; severity?: string | undefined },
+  pageSize: number,
+  before: bigint | undefined,
+) {
+  const rows = await db.securityEvent.findMany({
+    where: { ...(filter.type ? { type: filter.type } : {}), ...(filter.severity ? { severity: filter.severity } : {}), ...(before !== undefined ? { id: { lt: before } } : {}) },
+    orderBy: { id: "desc" },
+    take: pageSize + 1,
+  });
+  return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
+}
+
+// How many events of each type were recorded since then.
+export async function countSecurityEvents(db: Prisma, since: Date): Promise<Map<string, number>> {
+  const rows = await db.securityEvent.groupBy({ by: ["type"], where: { createdAt: { gte: since } }, _count: { _all: true } });
+  return new Map(rows.map((r) => [r.type, r._count._all]));
 }
