@@ -8,8 +8,8 @@ import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/ge
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
-import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../agent/src/envelope.ts";
-import { keySetRevision } from "../control-plane/src/signing/signer.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "@redflag/common/signing/envelope";
+import { keySetRevision } from "@redflag/common/signing/key-ids";
 import { jittered, seededRandom, summarize, type LatencySummary } from "./stats.ts";
 
 export type PollMode = "interval" | "heartbeat" | "long-poll";

@@ -1,7 +1,7 @@
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import { describe, expect, it } from "vitest";
-import { keyIdOf } from "../agent/src/envelope.ts";
-import { openSignedConfig } from "../agent/src/signed-config.ts";
+import { keyIdOf } from "@redflag/common/signing/key-ids";
+import { openSignedConfig } from "../agent/src/trust/signed-config.ts";
 import { loadConfig } from "../control-plane/src/config.ts";
 import { createAgentConfigs } from "../control-plane/src/services/agent-config.ts";
 import { generateKeyPair } from "../control-plane/src/signing/keys.ts";

@@ -15,8 +15,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newSigningKey, signKeySet } from "../agent/test/support/fake-control-plane.ts";
-import { sign } from "../control-plane/src/signing/keys.ts";
-import { KEY_SET_TYPE, pae } from "../control-plane/src/signing/pae.ts";
+import { KEY_SET_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { injectedCommand, startMitm, type Mitm } from "./support/mitm.ts";
 import { root, run } from "./support/processes.ts";
@@ -71,7 +70,7 @@ describe("a man in the middle of `redflag-agent register` over plain http", () =
       const body = toBinary(TrustedKeySetSchema, set);
       const keySet = create(SignedKeySetSchema, {
         keySet: body,
-        signatures: [...res.keySet!.signatures, { keyId: attacker.keyId, signature: sign(attacker.secretKey, pae(KEY_SET_TYPE, body)) }],
+        signatures: [...res.keySet!.signatures, { keyId: attacker.keyId, signature: signEnvelope(attacker.secretKey, KEY_SET_TYPE, body) }],
       });
       return { ...res, trustedKeys: [...res.trustedKeys, attackerKey], keySet };
     };

@@ -14,8 +14,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LINK_APPLICATION_NAME } from "../control-plane/src/cluster.ts";
 import { SUBSYSTEMS } from "../control-plane/src/services/agent-config.ts";
 import { createCommand } from "../control-plane/src/store/commands.ts";
-import { generateKeyPair, verify } from "../control-plane/src/signing/keys.ts";
-import { COMMAND_TYPE, pae } from "../control-plane/src/signing/pae.ts";
+import { COMMAND_TYPE, verifySignature } from "@redflag/common/signing/envelope";
+import { generateKeyPair } from "../control-plane/src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent, signedRenew, type TestAgent } from "../control-plane/test/support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { freshDatabase, type FreshDatabase } from "../control-plane/test/support/database.ts";
@@ -141,7 +141,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
         const results = [];
         for (const signed of res.commands) {
           const key = keys.get(signed.keyId);
-          if (!key || !verify(key, pae(COMMAND_TYPE, signed.command), signed.signature)) problems.push(`bad signature from replica ${replica}`);
+          if (!key || !verifySignature(key, COMMAND_TYPE, signed.command, signed.signature)) problems.push(`bad signature from replica ${replica}`);
           const cmd = fromBinary(CommandSchema, signed.command);
           if (cmd.agentId !== agent.agentId) problems.push(`command ${cmd.id} for another agent`);
           if (Buffer.compare(Buffer.from(cmd.nonce), Buffer.from(n)) !== 0) problems.push(`command ${cmd.id} without the poll's nonce`);

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createAgentApi, createAgentTransport, type AgentApi, type AgentTransport } from "../agent/src/client.ts";
-import { generateKeyPair } from "../agent/src/envelope.ts";
+import { generateKeyPair } from "../agent/src/trust/envelope.ts";
 import { silentLogger } from "../agent/src/log.ts";
 import { registrationFromResponse } from "../agent/src/register.ts";
 import { createSession } from "../agent/src/session.ts";

@@ -1,10 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Command, CommandOutcome, type CommandResult, CommandResultSchema, type SignedCommand } from "@redflag/gen/command_pb";
-import type { PinnedKeys } from "./envelope.ts";
+import type { PinnedKeys } from "./trust/envelope.ts";
 import type { Logger } from "./log.ts";
 import { type Journal, type JournalRecovery, JournalWriteError } from "./state/journal.ts";
-import { checkCommand, openSignedCommand } from "./verify.ts";
+import { checkCommand, openSignedCommand } from "./trust/verify.ts";
 
 export interface ProcessDeps {
   journal: Journal;

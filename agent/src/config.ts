@@ -1,3 +1,4 @@
+import { envValues } from "@redflag/common/config-values";
 import path from "node:path";
 
 import { windowsDir } from "./platform.ts";
@@ -74,24 +75,7 @@ export const defaultConfig: Config = Object.freeze({
 export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd = process.cwd(), platform: NodeJS.Platform = process.platform): Config {
   const paths = platform === "win32" ? path.win32 : path.posix;
   const problems: string[] = [];
-  const integer = (name: string, fallback: number, min: number, max: number): number => {
-    const text = env[name];
-    if (text === undefined || text === "") return fallback;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      problems.push(`${name}=${text} must be a whole number from ${min} to ${max}`);
-      return fallback;
-    }
-    return value;
-  };
-  const boolean = (name: string, fallback: boolean): boolean => {
-    const text = env[name]?.toLowerCase();
-    if (text === undefined || text === "") return fallback;
-    if (["1", "true", "yes", "on"].includes(text)) return true;
-    if (["0", "false", "no", "off"].includes(text)) return false;
-    problems.push(`${name}=${env[name]} must be 1 or 0`);
-    return fallback;
-  };
+  const { integer, boolean } = envValues(env, problems);
 
   const stateDir = flags.stateDir || env.REDFLAG_AGENT_STATE_DIR || defaultStateDir(env, platform);
   const caFile = flags.caFile || env.REDFLAG_AGENT_CA_FILE || undefined;

@@ -5,5 +5,6 @@ export { registerAgent, type RegisterOptions, type RegisterOutcome } from "./reg
 export { readStatus, type AgentStatusReport } from "./status.ts";
 export { AgentError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./errors.ts";
 export { computeMachineId, machineIdOfThisHost } from "./state/identity.ts";
-export { pae, keyIdOf, COMMAND_TYPE, RENEW_PAYLOAD_TYPE } from "./envelope.ts";
+export { pae, COMMAND_TYPE, RENEW_PAYLOAD_TYPE } from "@redflag/common/signing/envelope";
+export { keyIdOf } from "@redflag/common/signing/key-ids";
 export { main } from "./main.ts";

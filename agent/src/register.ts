@@ -4,7 +4,8 @@ import type { Transport } from "@connectrpc/connect";
 import { RegisterProofSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import { createAgentApi, createAgentTransport, isLoopbackUrl, parseServerUrl, type AgentApi } from "./client.ts";
-import { REGISTER_PROOF_TYPE, signEnvelope, type KeyPair } from "./envelope.ts";
+import { REGISTER_PROOF_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import type { KeyPair } from "./trust/envelope.ts";
 import { AgentError, describeError, EXIT_USAGE } from "./errors.ts";
 import { collectOsInfo, hostname } from "./host.ts";
 import { silentLogger, type Logger } from "./log.ts";
@@ -13,10 +14,11 @@ import { ensurePrivateDir, removeStaleTempFiles, StateError } from "./state/file
 import { loadOrCreateAgentKey, machineIdOfThisHost } from "./state/identity.ts";
 import { resetJournal } from "./state/journal.ts";
 import { acquireLock } from "./state/lock.ts";
-import { openSignedConfig } from "./signed-config.ts";
+import { openSignedConfig } from "./trust/signed-config.ts";
 import { pinsOf, registrationFile, savePinnedKeys, type Registration } from "./state/registration.ts";
 import { AGENT_VERSION } from "./version.ts";
-import { checkRegisterKeySet, fingerprintOf, parseFingerprint } from "./key-set.ts";
+import { checkRegisterKeySet, parseFingerprint } from "./trust/key-set.ts";
+import { fingerprintOf } from "@redflag/common/signing/key-ids";
 
 export interface RegisterOptions {
   stateDir: string;

@@ -4,11 +4,12 @@ import { Code } from "@connectrpc/connect";
 import { RenewPayloadSchema } from "@redflag/gen/agent_service_pb";
 import type { AgentConfig } from "@redflag/gen/common_pb";
 import type { AgentApi, Credentials } from "./client.ts";
-import { RENEW_PAYLOAD_TYPE, signEnvelope, type KeyPair, type PinnedKeys } from "./envelope.ts";
+import { RENEW_PAYLOAD_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import type { KeyPair, PinnedKeys } from "./trust/envelope.ts";
 import { connectCode, CredentialsLostError, describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { enrol, registrationFromResponse } from "./register.ts";
-import { openSignedConfig } from "./signed-config.ts";
+import { openSignedConfig } from "./trust/signed-config.ts";
 import type { Journal } from "./state/journal.ts";
 import { samePins, type Registration, type RegistrationFile } from "./state/registration.ts";
 

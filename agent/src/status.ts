@@ -5,7 +5,7 @@ import { machineIdOfThisHost } from "./state/identity.ts";
 import { openJournal } from "./state/journal.ts";
 import { loadPinnedKeys, registrationFile } from "./state/registration.ts";
 import { scanSummaryFile } from "./state/scan-summary.ts";
-import { configIssueTime } from "./signed-config.ts";
+import { configIssueTime } from "./trust/signed-config.ts";
 
 // What `redflag-agent status` shows. No secrets: IDs, times and counts only.
 export interface AgentStatusReport {

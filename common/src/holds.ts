@@ -1,4 +1,5 @@
 import { globMatcher, type Matcher, MAX_PATTERN_LENGTH } from "./glob.ts";
+import { packageNamePattern } from "./package-name.ts";
 
 // A hold keeps packages as they are: `source` names one package source or every one ("*"; an
 // empty source means the same), `name` a package or a pattern ("linux-image-*").
@@ -9,7 +10,7 @@ export interface HoldRule {
 
 // What a hold's name may be: a package name in which "*" stands for any run of characters.
 // Checked in linear time (one character class); the length is bounded with it.
-export const HOLD_NAME = new RegExp(`^[A-Za-z0-9_@*][A-Za-z0-9_@.+:/=*-]{0,${MAX_PATTERN_LENGTH - 1}}$`);
+export const HOLD_NAME = packageNamePattern("*", MAX_PATTERN_LENGTH);
 
 // At most this many holds per scope (fleet-wide, or one agent), so at most twice as many apply to
 // one agent: every hold is sent to agents in their config and checked against every package an

@@ -17,7 +17,7 @@ import { startServer, type RunningServer } from "./server.ts";
 import { readyLine } from "./ready-line.ts";
 import { publishAgentReleasesDir } from "./agent-releases-dir.ts";
 import { peopleCount } from "./store/people.ts";
-import { fingerprint } from "./signing/keys.ts";
+import { fingerprintOf } from "@redflag/common/signing/key-ids";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver, type PrincipalResolver } from "./auth/principals.ts";
@@ -301,7 +301,7 @@ async function wire(
         url: server.url,
         database: db.kind,
         signingKeyId: keys.active.keyId,
-        signingKeyFingerprint: fingerprint(keys.active.publicKey),
+        signingKeyFingerprint: fingerprintOf(keys.active.publicKey),
       },
       "redflag control plane listening",
     );

@@ -1,6 +1,5 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "./config.ts";
-import { parseDuration } from "./duration.ts";
 
 describe("loadConfig", () => {
   it("has working defaults", () => {
@@ -88,15 +87,5 @@ describe("listener limits", () => {
     expect(() => loadConfig({ REDFLAG_HEADERS_TIMEOUT: "1m", REDFLAG_REQUEST_TIMEOUT: "30s" })).toThrow(/REDFLAG_REQUEST_TIMEOUT must not be shorter than REDFLAG_HEADERS_TIMEOUT/);
     expect(() => loadConfig({ REDFLAG_MAX_STREAMS_PER_CONNECTION: "0" })).toThrow(/REDFLAG_MAX_STREAMS_PER_CONNECTION=0 must be a whole number from 1 to 10000/);
     expect(() => loadConfig({ REDFLAG_IDLE_TIMEOUT: "0" })).toThrow(/REDFLAG_IDLE_TIMEOUT=0 must be at least 1s/);
-  });
-});
-
-describe("durations", () => {
-  it("parse what operators type", () => {
-    expect(parseDuration("90")).toBe(90);
-    expect(parseDuration("10m")).toBe(600);
-    expect(parseDuration("7d")).toBe(604_800);
-    expect(() => parseDuration("7 days")).toThrow(/not a duration/);
-    expect(() => parseDuration("-1s")).toThrow(/not a duration/);
   });
 });

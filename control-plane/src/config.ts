@@ -1,7 +1,7 @@
 import { DEFAULT_CONSOLE_DIR } from "./console.ts";
 import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
 import path from "node:path";
-import { parseDuration } from "./duration.ts";
+import { envValues } from "@redflag/common/config-values";
 import type { RateLimit } from "./auth/rate-limit.ts";
 import { parseTrustedProxies, type Cidr } from "./client-address.ts";
 import type { ListenerLimits } from "./server.ts";
@@ -116,27 +116,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     problems.push(`REDFLAG_PUBLIC_URL=${text} must be an http(s) URL such as https://redflag.example.com`);
     return undefined;
   };
-  const duration = (name: string, fallback: string, min = 1): number => {
-    const text = env[name] ?? fallback;
-    try {
-      const seconds = parseDuration(text);
-      if (seconds < min) problems.push(`${name}=${text} must be at least ${min}s`);
-      return seconds;
-    } catch (err) {
-      problems.push(`${name}: ${(err as Error).message}`);
-      return parseDuration(fallback);
-    }
-  };
-  const integer = (name: string, fallback: number, min: number, max: number): number => {
-    const text = env[name];
-    if (text === undefined || text === "") return fallback;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      problems.push(`${name}=${text} must be a whole number from ${min} to ${max}`);
-      return fallback;
-    }
-    return value;
-  };
+  const { duration, integer } = envValues(env, problems);
 
   // "PER_MINUTE:BURST" (burst defaults to twice the rate); 0 turns the limit off.
   const rate = (name: string, fallback: string): RateLimit => {

@@ -1,5 +1,5 @@
 import type { Config } from "./config.ts";
-import { formatDuration, parseDuration } from "./duration.ts";
+import { formatDuration, parseDuration } from "@redflag/common/config-values";
 import type { Redelivery } from "./store/commands.ts";
 import type { Prisma } from "./store/types.ts";
 

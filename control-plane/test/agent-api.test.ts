@@ -5,8 +5,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandOutcome, CommandSchema, SubsystemRunState, UpdateSeverity } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateKeyPair, verify } from "../src/signing/keys.ts";
-import { COMMAND_TYPE, pae } from "../src/signing/pae.ts";
+import { COMMAND_TYPE, verifySignature } from "@redflag/common/signing/envelope";
+import { signingVectors } from "@redflag/common/signing/test-vectors";
+import { generateKeyPair } from "../src/signing/keys.ts";
 import {
   configIn,
   newRegistrationToken,
@@ -291,6 +292,27 @@ describe("Renew", () => {
     // None of the refused attempts spent the refresh token.
     await expect(cp.agentClient().renew(signedRenew(agent, agent.refreshToken))).resolves.toBeDefined();
   });
+
+  // With the identity point as the agent's key, one fixed signature passes ZIP-215 verification
+  // (the library's default) over any payload: whoever holds the refresh token could renew
+  // without any private key. Verification is strict (RFC 8032), as the agent's.
+  it("refuses signatures only ZIP-215 accepts, from an agent enrolled with a small-order key", async () => {
+    const token = await newRegistrationToken(cp);
+    const { refused } = signingVectors();
+    const smallOrder = { keyId: "small-order", publicKey: refused[0]!.publicKey, secretKey: new Uint8Array(32) };
+    const machineId = randomMachineId();
+    // Without a proof, as agents older than RegisterProof enrol.
+    const { proof: _proof, proofSignature: _signature, ...request } = registerRequest(token, machineId, smallOrder);
+    const registration = await cp.agentClient().register(request);
+    const agent = { agentId: registration.agentId, machineId, key: smallOrder };
+    for (const forged of refused) {
+      const { payload } = signedRenew(agent, registration.refreshToken);
+      await expectCode(cp.agentClient().renew({ payload, signature: forged.signature }), Code.Unauthenticated, /renew signature does not verify/);
+      // Nor does a RegisterProof "signed" that way vouch for the key.
+      const other = registerRequest(token, randomMachineId(), smallOrder);
+      await expectCode(cp.agentClient().register({ ...other, proofSignature: forged.signature }), Code.PermissionDenied, /proof_signature does not verify/);
+    }
+  });
 });
 
 describe("PollCommands", () => {
@@ -303,7 +325,7 @@ describe("PollCommands", () => {
     const pinned = agent.registration.trustedKeys[0]!;
     const decoded = res.commands.map((sc) => {
       expect(sc.keyId).toBe(pinned.keyId);
-      expect(verify(pinned.publicKey, pae(COMMAND_TYPE, sc.command), sc.signature)).toBe(true);
+      expect(verifySignature(pinned.publicKey, COMMAND_TYPE, sc.command, sc.signature)).toBe(true);
       return fromBinary(CommandSchema, sc.command);
     });
     expect(decoded.map((c) => c.id)).toEqual(ids);
@@ -555,7 +577,7 @@ describe("delivery after a lost poll answer", () => {
     expect(claims).toBeLessThanOrEqual(2);
     const signed = again!.commands[0]!;
     const pinned = agent.registration.trustedKeys[0]!;
-    expect(verify(pinned.publicKey, pae(COMMAND_TYPE, signed.command), signed.signature)).toBe(true);
+    expect(verifySignature(pinned.publicKey, COMMAND_TYPE, signed.command, signed.signature)).toBe(true);
     const second = fromBinary(CommandSchema, signed.command);
     expect(second).toMatchObject({ id, sequence: 2n, firstSequence: 1n });
     expect(Buffer.from(second.nonce).equals(Buffer.from(n))).toBe(true);

@@ -7,8 +7,8 @@ import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { AgentHealth } from "@redflag/gen/fleet_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateKeyPair, verify } from "../src/signing/keys.ts";
-import { KEY_SET_TYPE, pae } from "../src/signing/pae.ts";
+import { KEY_SET_TYPE, verifySignature } from "@redflag/common/signing/envelope";
+import { generateKeyPair } from "../src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerProof, registerRequest, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -231,7 +231,7 @@ describe("the key set in the Register answer", () => {
     const key = await cp.app.db.prisma.signingKey.findUniqueOrThrow({ where: { id: cp.app.signingKeyId } });
     expect(timestampDate(set.issueTime!)).toEqual(key.createdAt);
     expect(first.signatures.map((s) => s.keyId)).toEqual([cp.app.signingKeyId]);
-    expect(verify(key.publicKey, pae(KEY_SET_TYPE, first.keySet), first.signatures[0]!.signature)).toBe(true);
+    expect(verifySignature(key.publicKey, KEY_SET_TYPE, first.keySet, first.signatures[0]!.signature)).toBe(true);
 
     cp = await cp.restart();
     const again = (await registerTestAgent(cp, await newRegistrationToken(cp))).registration.keySet!;

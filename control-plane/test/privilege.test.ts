@@ -16,8 +16,7 @@ import { PublishReleaseRequestSchema, ReleaseService } from "@redflag/gen/releas
 import { UserService } from "@redflag/gen/user_service_pb";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { verify } from "../src/signing/keys.ts";
-import { MANIFEST_TYPE, pae } from "../src/signing/pae.ts";
+import { MANIFEST_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -133,7 +132,7 @@ describe("update_agent", () => {
     expect(value.manifest).toEqual(release.manifest);
     expect(value.keyId).toBe(cp.app.signer.activeKeyId);
     const pinned = agent.registration.trustedKeys.find((k) => k.keyId === value.keyId)!;
-    expect(verify(pinned.publicKey, pae(MANIFEST_TYPE, value.manifest), value.manifestSignature)).toBe(true);
+    expect(verifySignature(pinned.publicKey, MANIFEST_TYPE, value.manifest, value.manifestSignature)).toBe(true);
     await agent.client.reportResults({ results: [{ commandId: command.id, outcome: CommandOutcome.SUCCEEDED, message: "ok", sequence: command.sequence }] });
   });
 

@@ -11,8 +11,7 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compareVersions, isPlatform, isReleaseVersion, newestVersion } from "../src/domain/releases.ts";
 import { parseRange } from "../src/downloads.ts";
-import { verify } from "../src/signing/keys.ts";
-import { MANIFEST_TYPE, pae } from "../src/signing/pae.ts";
+import { MANIFEST_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { CHUNK_BYTES } from "../src/store/releases.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 import { freshDatabase, type FreshDatabase } from "./support/database.ts";
@@ -135,7 +134,7 @@ describe("the release registry", () => {
     expect(fromBinary(ArtifactManifestSchema, release.manifest)).toMatchObject({ version: "0.2.0", platform: "linux-x64", sizeBytes: BigInt(artifact.length), sha256: sha(artifact) });
     expect(release.keyId).toBe(cp.app.signer.activeKeyId);
     const key = cp.app.signer.trustedKeys().find((k) => k.keyId === release.keyId)!;
-    expect(verify(key.publicKey, pae(MANIFEST_TYPE, release.manifest), release.manifestSignature)).toBe(true);
+    expect(verifySignature(key.publicKey, MANIFEST_TYPE, release.manifest, release.manifestSignature)).toBe(true);
 
     const audit = await cp.app.db.prisma.auditEntry.findFirst({ where: { action: "redflag.v1.ReleaseService/PublishRelease" } });
     expect(audit).toMatchObject({ actorName: "admin.key", target: "release:0.2.0/linux-x64" });
@@ -283,7 +282,7 @@ describe("the release registry", () => {
     expect(fromBinary(ArtifactManifestSchema, manifest)).toMatchObject({ version: "0.2.0", platform: "linux-x64", sizeBytes: BigInt(artifact.length) });
     const key = cp.app.signer.trustedKeys().find((k) => k.keyId === cp.app.signer.activeKeyId)!;
     expect(Buffer.from(lines.public_key!, "base64").equals(Buffer.from(key.publicKey))).toBe(true);
-    expect(verify(key.publicKey, pae(MANIFEST_TYPE, manifest), Buffer.from(lines.signature!, "base64"))).toBe(true);
+    expect(verifySignature(key.publicKey, MANIFEST_TYPE, manifest, Buffer.from(lines.signature!, "base64"))).toBe(true);
     // The newest without a version; a 404 that says how to publish for a platform with none.
     expect((await get("/downloads/linux-x64/manifest")).body.toString()).toContain("version=0.2.0\n");
     const none = await get("/downloads/linux-riscv64/manifest");

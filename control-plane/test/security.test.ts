@@ -14,10 +14,9 @@ import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { loadConfig } from "../src/config.ts";
 import { reloadSigningKeys } from "../src/services/security-service.ts";
 import { ensureBootstrapAdminKey } from "../src/store/bootstrap.ts";
-import { verify } from "../src/signing/keys.ts";
+import { KEY_SET_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { loadMasterKey } from "../src/signing/master-key.ts";
-import { KEY_SET_TYPE, pae } from "../src/signing/pae.ts";
-import { keySetRevision } from "../src/signing/signer.ts";
+import { keySetRevision } from "@redflag/common/signing/key-ids";
 import { newRegistrationToken, nonce, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -86,7 +85,7 @@ describe("signing-key rotation", () => {
     const set = fromBinary(TrustedKeySetSchema, polled.keySet!.keySet);
     expect(set.keys.map((k) => k.keyId).sort()).toEqual([newId, oldId].sort());
     const byOld = polled.keySet!.signatures.find((s) => s.keyId === oldId)!;
-    expect(verify(oldPublic, pae(KEY_SET_TYPE, polled.keySet!.keySet), byOld.signature)).toBe(true);
+    expect(verifySignature(oldPublic, KEY_SET_TYPE, polled.keySet!.keySet, byOld.signature)).toBe(true);
     // Up to date: nothing to send.
     const quiet = await agent.client.pollCommands({ nonce: nonce(), status: { trustedKeysRevision: keySetRevision([newId, oldId]) } });
     expect(quiet.keySet).toBeUndefined();

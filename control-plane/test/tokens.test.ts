@@ -3,7 +3,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { RegistrationTokenState } from "@redflag/gen/token_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fingerprint } from "../src/signing/keys.ts";
+import { fingerprintOf } from "@redflag/common/signing/key-ids";
 import { installCommands, isLoopbackUrl, serverUrlWarning } from "../src/domain/enrolment.ts";
 import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -27,7 +27,7 @@ describe("TokenService", () => {
     // by its fingerprint (loopback http needs no --insecure-http).
     expect(res.signingKeyFingerprint).toMatch(/^([0-9a-f]{2}:){31}[0-9a-f]{2}$/);
     const key = await cp.app.db.prisma.signingKey.findUniqueOrThrow({ where: { id: cp.app.signer.activeKeyId } });
-    expect(res.signingKeyFingerprint).toBe(fingerprint(key.publicKey));
+    expect(res.signingKeyFingerprint).toBe(fingerprintOf(key.publicKey));
     expect(res.installCommands.map((c) => c.command)).toEqual([
       `curl -fsSL '${cp.url}/install/linux.sh' | sudo sh -s -- --token '${res.secret}' --fingerprint ${res.signingKeyFingerprint}`,
       `curl -fsSL '${cp.url}/install/macos.sh' | sudo sh -s -- --token '${res.secret}' --fingerprint ${res.signingKeyFingerprint}`,

@@ -12,7 +12,7 @@ import { collectSpecs } from "./collect-specs.ts";
 import { confirmDependencies, dryRunUpdate, installUpdates, rollbackUpdate } from "./install.ts";
 import { scanUpdates } from "./scan-updates.ts";
 import { updateAgent } from "./update-agent.ts";
-import type { PinnedKeys } from "../envelope.ts";
+import type { PinnedKeys } from "../trust/envelope.ts";
 import type { HostAccess } from "../platform.ts";
 import type { ActionKind, Executor, ExecutorOutcome } from "./types.ts";
 

@@ -5,7 +5,7 @@ import type { Heartbeat } from "../heartbeat.ts";
 import type { SourceLocks } from "../source-lock.ts";
 import type { Logger } from "../log.ts";
 import type { HostAccess } from "../platform.ts";
-import type { PinnedKeys } from "../envelope.ts";
+import type { PinnedKeys } from "../trust/envelope.ts";
 
 export interface ExecutorContext {
   readonly command: Command;

@@ -7,7 +7,7 @@ import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
-import { printable, verifyEnvelope } from "../envelope.ts";
+import { printable, verifyEnvelope } from "../trust/envelope.ts";
 import { describeFailure, runProcess, which } from "../run-process.ts";
 import { currentRelease, recordUpgrade } from "../state/upgrade.ts";
 import { AGENT_VERSION } from "../version.ts";

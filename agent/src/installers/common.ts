@@ -11,6 +11,7 @@ import {
   type ToolOutput,
   ToolOutputSchema,
 } from "@redflag/gen/command_pb";
+import { PACKAGE_ARCH, PACKAGE_NAME, PACKAGE_VERSION, sourceNamePattern } from "@redflag/common/package-name";
 import { runProcess, tail, type ProcessResult } from "../run-process.ts";
 import type { InstallOptions, InstallOutcome } from "./types.ts";
 
@@ -61,40 +62,14 @@ export function packageChange(
   });
 }
 
-// Package names across sources: Debian and RPM names, Homebrew formulae ("node@20",
-// "user/tap/formula"), snap and flatpak IDs ("org.mozilla.firefox"), winget IDs
-// ("Microsoft.PowerToys"), Docker references ("ghcr.io/org/app:1.2" or "@sha256:…"). Never a
-// leading "-" (it would read as an option), never whitespace, quotes or shell metacharacters.
-const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
-// What each source's tool takes as one package and nothing more (the control plane checks the
-// same): apt, dnf and zypper install a local file or URL given where a name goes, dnf a group
-// ("@group"), zypper a pattern or patch ("pattern:x"), apt a target release ("curl/sid"),
-// pacman a repository's package ("repo/name"). Their names are plain names.
-const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
-const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
-const SOURCE_NAMES: Record<string, RegExp> = {
-  apt: PLAIN_NAME,
-  dnf: PLAIN_NAME,
-  zypper: PLAIN_NAME,
-  pacman: PLAIN_NAME,
-  snap: PLAIN_NAME,
-  flatpak: PLAIN_NAME,
-  winget: PLAIN_NAME,
-  windows_update: PLAIN_NAME,
-  brew: BREW_NAME,
-};
-// Versions: Debian/RPM epochs and tildes, semver, build tags.
-const VERSION = /^[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}$/;
-const ARCH = /^[A-Za-z0-9_-]{0,32}$/;
-
 // A human reason when a ref cannot be passed to a package tool; undefined when it can.
 export function validateRef(ref: Pick<PackageRef, "name" | "version" | "architecture"> & { source?: string }): string | undefined {
   if (!ref.name) return "the package name is empty";
-  if (!NAME.test(ref.name)) return `"${printable(ref.name)}" is not a valid package name`;
-  const rule = ref.source ? SOURCE_NAMES[ref.source] : undefined;
+  if (!PACKAGE_NAME.test(ref.name)) return `"${printable(ref.name)}" is not a valid package name`;
+  const rule = ref.source ? sourceNamePattern(ref.source) : undefined;
   if (rule && !rule.test(ref.name)) return `"${printable(ref.name)}" is not a valid ${ref.source} package name (no paths, URLs, groups or repositories)`;
-  if (ref.version && !VERSION.test(ref.version)) return `"${printable(ref.version)}" is not a valid version of ${ref.name}`;
-  if (!ARCH.test(ref.architecture)) return `"${printable(ref.architecture)}" is not a valid architecture`;
+  if (ref.version && !PACKAGE_VERSION.test(ref.version)) return `"${printable(ref.version)}" is not a valid version of ${ref.name}`;
+  if (!PACKAGE_ARCH.test(ref.architecture)) return `"${printable(ref.architecture)}" is not a valid architecture`;
   return undefined;
 }
 

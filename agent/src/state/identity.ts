@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import path from "node:path";
 import { createHostAccess, system32, toolOutput, type HostAccess } from "../platform.ts";
-import { generateKeyPair, keyPairFromSecret, type KeyPair } from "../envelope.ts";
+import { generateKeyPair, keyPairFromSecret, type KeyPair } from "../trust/envelope.ts";
 import { readIfExists, StateError, writeFileAtomic } from "./files.ts";
 
 export interface HostIdentifiers {

@@ -1,8 +1,9 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type AgentConfig, AgentConfigSchema, type TrustedKey } from "@redflag/gen/common_pb";
 import path from "node:path";
-import { keyIdOf, type PinnedKeys } from "../envelope.ts";
-import { NO_KEY_SET_STATE, type KeySetState } from "../key-set.ts";
+import { keyIdOf } from "@redflag/common/signing/key-ids";
+import type { PinnedKeys } from "../trust/envelope.ts";
+import { NO_KEY_SET_STATE, type KeySetState } from "../trust/key-set.ts";
 import { createSerialWriter, readIfExists, StateError, writeFileAtomic } from "./files.ts";
 
 // What the agent knows about its enrolment: where the control plane is, who the agent is, and

@@ -84,7 +84,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { createReadStream, readFileSync } from "node:fs";
 import { readFile, readdir, stat } from "node:fs/promises";
 import path from "node:path";
-import { parseDuration } from "../duration.ts";
+import { parseDuration } from "@redflag/common/config-values";
 import { isUuid } from "../ids.ts";
 import { ago, enumName, size, table } from "./output.ts";
 import pkg from "../../package.json" with { type: "json" };

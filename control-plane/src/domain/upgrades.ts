@@ -2,7 +2,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { type AgentStatus, AgentStatusSchema } from "@redflag/gen/common_pb";
-import { formatDuration } from "../duration.ts";
+import { formatDuration } from "@redflag/common/config-values";
 import type { EventBus } from "../events.ts";
 import type { CommandCreator } from "../generated/prisma/client.ts";
 import { newId, sha256 } from "../ids.ts";

@@ -3,34 +3,18 @@ import { durationMs } from "@bufbuild/protobuf/wkt";
 import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { isReleaseVersion } from "../domain/releases.ts";
 import { invalid, text } from "./validate.ts";
+import { PACKAGE_ARCH, PACKAGE_NAME, PACKAGE_VERSION, PLAIN_NAME_SOURCES, sourceNamePattern } from "@redflag/common/package-name";
 
 // What an operator may put in a command, checked before it is stored so a mistake is a clear
 // InvalidArgument now rather than a failed command later. The agent checks again: it trusts
 // the signature, not the input.
 
 const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
-// Package names of every source: Debian/RPM names, brew formulae and taps, snap/flatpak and
-// winget IDs, Docker references. Never a leading "-" (an option to the tool) or shell syntax.
-const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
-// What each source's tool takes as one package and nothing more. apt, dnf and zypper install
-// a local file or a URL given where a name goes ("./x.deb", "https://…/x.rpm"), dnf a group
-// ("@group"), zypper a pattern or patch ("pattern:x"), apt a release ("curl/sid"): names of
-// these sources are plain names, without "/", ":" or "@" (the agent refuses them too).
-const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
-// Homebrew: "formula", "node@20", "user/tap/formula" (the tap must already be installed: the
-// agent upgrades only what `brew outdated` lists).
-const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
-const SOURCE_NAMES: Record<string, { pattern: RegExp; hint: string }> = {
-  ...Object.fromEntries(
-    ["apt", "dnf", "zypper", "pacman", "snap", "flatpak", "winget", "windows_update"].map((s) => [
-      s,
-      { pattern: PLAIN_NAME, hint: `${s} package names are plain names: letters, digits and . _ + - (no paths, URLs, groups or repositories)` },
-    ]),
-  ),
-  brew: { pattern: BREW_NAME, hint: 'Homebrew names are a formula or cask, optionally "user/tap/" before it' },
+// Why a name broke its source's stricter rule (sourceNamePattern in common/src/package-name.ts).
+const SOURCE_HINTS: Record<string, string> = {
+  ...Object.fromEntries(PLAIN_NAME_SOURCES.map((s) => [s, `${s} package names are plain names: letters, digits and . _ + - (no paths, URLs, groups or repositories)`])),
+  brew: 'Homebrew names are a formula or cask, optionally "user/tap/" before it',
 };
-const VERSION = /^[A-Za-z0-9_][A-Za-z0-9_.+~:-]{0,127}$/;
-const ARCH = /^[A-Za-z0-9_-]{0,32}$/;
 const MAX_PACKAGES = 1000;
 
 const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
@@ -38,11 +22,12 @@ const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.sl
 function packageRef(field: string, ref: PackageRef | undefined): void {
   if (!ref) throw invalid(`${field} is required`);
   if (!SOURCE.test(ref.source)) throw invalid(`${field}.source ${quoted(ref.source)} is not a package source name (apt, dnf, docker …)`);
-  if (!NAME.test(ref.name)) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name`);
-  const rule = SOURCE_NAMES[ref.source];
-  if (rule && !rule.pattern.test(ref.name)) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name: ${rule.hint}`);
-  if (ref.version && !VERSION.test(ref.version)) throw invalid(`${field}.version ${quoted(ref.version)} is not a valid version`);
-  if (!ARCH.test(ref.architecture)) throw invalid(`${field}.architecture ${quoted(ref.architecture)} is not a valid architecture`);
+  if (!PACKAGE_NAME.test(ref.name)) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name`);
+  if (sourceNamePattern(ref.source)?.test(ref.name) === false) {
+    throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name: ${SOURCE_HINTS[ref.source]}`);
+  }
+  if (ref.version && !PACKAGE_VERSION.test(ref.version)) throw invalid(`${field}.version ${quoted(ref.version)} is not a valid version`);
+  if (!PACKAGE_ARCH.test(ref.architecture)) throw invalid(`${field}.architecture ${quoted(ref.architecture)} is not a valid architecture`);
 }
 
 function packageList(field: string, refs: readonly PackageRef[], required: boolean): void {
@@ -92,7 +77,7 @@ export function prepareAction(action: Command["action"]): Command["action"] {
         }
         if (c.kind !== PackageChangeKind.REMOVE && !c.toVersion) throw invalid(`${field}.to_version is required (only a removal has none)`);
         packageRef(field, { ...c, version: c.toVersion, $typeName: "redflag.v1.PackageRef" });
-        if (c.fromVersion && !VERSION.test(c.fromVersion)) throw invalid(`${field}.from_version ${quoted(c.fromVersion)} is not a valid version`);
+        if (c.fromVersion && !PACKAGE_VERSION.test(c.fromVersion)) throw invalid(`${field}.from_version ${quoted(c.fromVersion)} is not a valid version`);
       });
       return action;
     }
@@ -101,7 +86,7 @@ export function prepareAction(action: Command["action"]): Command["action"] {
       packageRef("rollback_update.package", pkg);
       const version = targetVersion || pkg!.version;
       if (!version) throw invalid("rollback_update.target_version is required");
-      if (!VERSION.test(version)) throw invalid(`rollback_update.target_version ${quoted(version)} is not a valid version`);
+      if (!PACKAGE_VERSION.test(version)) throw invalid(`rollback_update.target_version ${quoted(version)} is not a valid version`);
       return action;
     }
     case "reboot":

@@ -3,8 +3,8 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { AgentConfigSchema, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../config.ts";
-import { generateKeyPair, verify, type KeyPair } from "../signing/keys.ts";
-import { AGENT_CONFIG_TYPE, pae } from "../signing/pae.ts";
+import { AGENT_CONFIG_TYPE, verifySignature } from "@redflag/common/signing/envelope";
+import { generateKeyPair, type KeyPair } from "../signing/keys.ts";
 import { createCommandSigner } from "../signing/signer.ts";
 import type { Prisma } from "../store/types.ts";
 import { createAgentConfigs } from "./agent-config.ts";
@@ -59,7 +59,7 @@ describe("agent configs", () => {
 describe("signed agent configs", () => {
   const open = (signed: SignedAgentConfig, keys: KeyPair[]) => {
     const key = keys.find((k) => k.keyId === signed.keyId)!;
-    expect(verify(key.publicKey, pae(AGENT_CONFIG_TYPE, signed.config), signed.signature)).toBe(true);
+    expect(verifySignature(key.publicKey, AGENT_CONFIG_TYPE, signed.config, signed.signature)).toBe(true);
     return fromBinary(AgentConfigSchema, signed.config);
   };
   const micros = (t: Timestamp | undefined) => t!.seconds * 1_000_000n + BigInt(t!.nanos / 1000);

@@ -36,8 +36,7 @@ import { isMachineId, sha256 } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Logger } from "../log.ts";
-import { verify } from "../signing/keys.ts";
-import { pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../signing/pae.ts";
+import { REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import type { CommandSigner } from "../signing/signer.ts";
 import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken, type RegisterProofInput } from "../store/agents.ts";
 import {
@@ -171,7 +170,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
 
       const state = await getAgentAuthState(db, payload.agentId);
       if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
-      if (!verify(state.publicKey, pae(RENEW_PAYLOAD_TYPE, req.payload), req.signature)) {
+      if (!verifySignature(state.publicKey, RENEW_PAYLOAD_TYPE, req.payload, req.signature)) {
         await recordSecurityEvent(db, {
           type: "renew_bad_signature",
           severity: "critical",
@@ -384,8 +383,7 @@ function registerProof(req: RegisterRequest): RegisterProofInput | undefined {
   if (!Buffer.from(proof.agentPublicKey).equals(Buffer.from(req.agentPublicKey))) throw invalid("proof.agent_public_key must be the request's agent_public_key");
   if (!proof.signTime) throw invalid("proof.sign_time is required");
   const signTime = time("proof.sign_time", proof.signTime);
-  const signed = pae(REGISTER_PROOF_TYPE, req.proof);
-  return { signTime, signedBy: (publicKey) => verify(publicKey, signed, req.proofSignature) };
+  return { signTime, signedBy: (publicKey) => verifySignature(publicKey, REGISTER_PROOF_TYPE, req.proof, req.proofSignature) };
 }
 
 const OUTCOMES = {

@@ -11,7 +11,7 @@ import { activeAdminKeys, activeAdmins, peopleWithoutTotp } from "../store/peopl
 import { countSecurityEvents, listSecurityEvents, SECURITY_EVENT_TYPES } from "../store/security-events.ts";
 import { listSigningKeys } from "../store/signing-keys.ts";
 import { audit } from "./audit.ts";
-import { fingerprint } from "../signing/keys.ts";
+import { fingerprintOf } from "@redflag/common/signing/key-ids";
 import type { Prisma } from "../store/types.ts";
 import { idPageToken, invalid, nextIdPageToken, pageSize, text } from "./validate.ts";
 
@@ -28,7 +28,7 @@ export interface SecurityServiceDeps {
 const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; active: boolean; createdAt: Date; retiredAt: Date | null }, now: number) =>
   create(SigningKeyInfoSchema, {
     keyId: k.id,
-    fingerprint: fingerprint(k.publicKey),
+    fingerprint: fingerprintOf(k.publicKey),
     algorithm: k.algorithm === "ed25519" ? "Ed25519" : k.algorithm,
     state: k.active ? "active" : !k.retiredAt || k.retiredAt.getTime() > now ? "trusted" : "retired",
     createTime: timestampFromDate(k.createdAt),

@@ -3,7 +3,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { SettingChangeSchema, SettingSchema, SettingsService } from "@redflag/gen/settings_service_pb";
 import type { Config } from "../config.ts";
-import { formatDuration } from "../duration.ts";
+import { formatDuration } from "@redflag/common/config-values";
 import { normalise, SETTINGS, type Settings, type SettingValue } from "../settings.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit, callerName } from "./audit.ts";

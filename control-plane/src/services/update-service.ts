@@ -13,6 +13,7 @@ import {
   UpdateStatus,
 } from "@redflag/gen/update_service_pb";
 import { compileHolds, HOLD_NAME } from "@redflag/common/holds";
+import { PACKAGE_NAME } from "@redflag/common/package-name";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { createCommand } from "../store/commands.ts";
 import { listPackageGroups, type UpdateFilter } from "../store/package-updates.ts";
@@ -30,7 +31,6 @@ import type { Settings } from "../settings.ts";
 type Where = PrismaNs.PackageUpdateWhereInput;
 
 const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
-const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
 const STATUS_NAMES: Record<number, string> = { [UpdateStatus.PENDING]: "pending", [UpdateStatus.APPROVED]: "approved", [UpdateStatus.REJECTED]: "rejected" };
 const STATUS_PROTO = Object.fromEntries(Object.entries(STATUS_NAMES).map(([k, v]) => [v, Number(k) as UpdateStatus]));
 const SEVERITY_NAME = (s: UpdateSeverity) => {
@@ -47,14 +47,14 @@ export function selectionFilter(sel: UpdateSelection | undefined, require: boole
   if (sel) {
     if (sel.keys.length > 1000) throw invalid("selection.keys has more than 1000 entries");
     f.keys = sel.keys.map((k, i) => {
-      if (!SOURCE.test(k.source) || !NAME.test(k.name)) throw invalid(`selection.keys[${i}] does not name an update (agent_id, source, name, architecture)`);
+      if (!SOURCE.test(k.source) || !PACKAGE_NAME.test(k.name)) throw invalid(`selection.keys[${i}] does not name an update (agent_id, source, name, architecture)`);
       return { agentId: uuid(`selection.keys[${i}].agent_id`, k.agentId), source: k.source, name: k.name, architecture: k.architecture };
     });
     f.agentIds = sel.agentIds.map((id, i) => uuid(`selection.agent_ids[${i}]`, id));
     f.severities = sel.severities.map(SEVERITY_NAME);
     f.securityOnly = sel.securityOnly;
     if (sel.packageName) {
-      if (!NAME.test(sel.packageName)) throw invalid(`selection.package_name "${sel.packageName.slice(0, 64)}" is not a package name`);
+      if (!PACKAGE_NAME.test(sel.packageName)) throw invalid(`selection.package_name "${sel.packageName.slice(0, 64)}" is not a package name`);
       f.packageName = sel.packageName;
     }
     if (sel.group) {

@@ -1,8 +1,9 @@
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
-import * as ed from "@noble/ed25519";
+import { newSecretKey, publicKeyOf } from "@redflag/common/signing/envelope";
+import { keyIdOf } from "@redflag/common/signing/key-ids";
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 
-// @noble/ed25519 v3 needs SHA-512 for its synchronous API; node:crypto provides it.
-ed.hashes.sha512 = (message: Uint8Array) => new Uint8Array(createHash("sha512").update(message).digest());
+// The control plane's command-signing keys and its secrets at rest. What a signature is (PAE,
+// payload types, key IDs, strict verification) is common/src/signing/, shared with the agent.
 
 export interface KeyPair {
   readonly keyId: string;
@@ -10,38 +11,13 @@ export interface KeyPair {
   readonly secretKey: Uint8Array;
 }
 
-// A key ID is the first 16 hex characters of SHA-256 over the raw public key.
-export function keyIdOf(publicKey: Uint8Array): string {
-  return createHash("sha256").update(publicKey).digest("hex").slice(0, 16);
-}
-
 export function generateKeyPair(): KeyPair {
-  const secretKey = ed.utils.randomSecretKey();
-  const publicKey = ed.getPublicKey(secretKey);
-  return { keyId: keyIdOf(publicKey), publicKey, secretKey };
+  return keyPairFromSecret(newSecretKey());
 }
 
 export function keyPairFromSecret(secretKey: Uint8Array): KeyPair {
-  const publicKey = ed.getPublicKey(secretKey);
+  const publicKey = publicKeyOf(secretKey);
   return { keyId: keyIdOf(publicKey), publicKey, secretKey };
-}
-
-export function sign(secretKey: Uint8Array, message: Uint8Array): Uint8Array {
-  return ed.sign(message, secretKey);
-}
-
-export function verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
-  if (publicKey.length !== 32 || signature.length !== 64) return false;
-  try {
-    return ed.verify(signature, message, publicKey);
-  } catch {
-    return false;
-  }
-}
-
-// Fingerprint shown to operators: SHA-256 of the public key, colon-separated hex.
-export function fingerprint(publicKey: Uint8Array): string {
-  return createHash("sha256").update(publicKey).digest("hex").match(/../g)!.join(":");
 }
 
 // Secrets at rest (signing seeds, JWT secret) are sealed with AES-256-GCM under the master

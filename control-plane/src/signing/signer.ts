@@ -11,9 +11,9 @@ import {
   TrustedKeySchema,
   TrustedKeySetSchema,
 } from "@redflag/gen/common_pb";
-import { createHash } from "node:crypto";
-import { fingerprint, sign, type KeyPair } from "./keys.ts";
-import { AGENT_CONFIG_TYPE, COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, pae } from "./pae.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, KEY_SET_TYPE, MANIFEST_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import { fingerprintOf, keySetRevision } from "@redflag/common/signing/key-ids";
+import type { KeyPair } from "./keys.ts";
 
 export interface CommandHeader {
   id: string;
@@ -54,11 +54,6 @@ export interface AgentConfigHeader {
   issueTime: Timestamp;
 }
 
-// The revision of a key set: 53 bits of SHA-256 over its sorted key IDs (exact in JSON too).
-export function keySetRevision(keyIds: readonly string[]): bigint {
-  return createHash("sha256").update([...keyIds].sort().join(",")).digest().readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
-}
-
 // What was signed, for the signature-operation metric.
 export type SignatureKind = "command" | "manifest" | "key_set" | "agent_config";
 
@@ -78,7 +73,7 @@ export function createCommandSigner(
     const body = toBinary(TrustedKeySetSchema, create(TrustedKeySetSchema, { keys, revision, issueTime: timestampFromDate(issueTime) }));
     signedSet = create(SignedKeySetSchema, {
       keySet: body,
-      signatures: trusted.map((k) => ({ keyId: k.keyId, signature: sign(k.secretKey, pae(KEY_SET_TYPE, body)) })),
+      signatures: trusted.map((k) => ({ keyId: k.keyId, signature: signEnvelope(k.secretKey, KEY_SET_TYPE, body) })),
     });
     onSign("key_set", trusted.length);
   };
@@ -111,13 +106,13 @@ export function createCommandSigner(
       onSign("command", 1);
       return create(SignedCommandSchema, {
         command,
-        signature: sign(active.secretKey, pae(COMMAND_TYPE, command)),
+        signature: signEnvelope(active.secretKey, COMMAND_TYPE, command),
         keyId: active.keyId,
       });
     },
     signManifest(manifest) {
       onSign("manifest", 1);
-      return { manifestSignature: sign(active.secretKey, pae(MANIFEST_TYPE, manifest)), keyId: active.keyId };
+      return { manifestSignature: signEnvelope(active.secretKey, MANIFEST_TYPE, manifest), keyId: active.keyId };
     },
     signAgentConfig(header, content) {
       const head = toBinary(AgentConfigSchema, create(AgentConfigSchema, { agentId: header.agentId, issueTime: header.issueTime }));
@@ -125,7 +120,7 @@ export function createCommandSigner(
       onSign("agent_config", 1);
       return create(SignedAgentConfigSchema, {
         config,
-        signature: sign(active.secretKey, pae(AGENT_CONFIG_TYPE, config)),
+        signature: signEnvelope(active.secretKey, AGENT_CONFIG_TYPE, config),
         keyId: active.keyId,
       });
     },
@@ -145,5 +140,5 @@ function joined(a: Uint8Array, b: Uint8Array): Uint8Array {
 export function activeKeyFingerprint(signer: Pick<CommandSigner, "activeKeyId" | "trustedKeys">): string {
   const active = signer.trustedKeys().find((k) => k.keyId === signer.activeKeyId);
   if (!active) throw new Error("the active signing key is not among the trusted keys");
-  return fingerprint(active.publicKey);
+  return fingerprintOf(active.publicKey);
 }

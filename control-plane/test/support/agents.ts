@@ -4,8 +4,8 @@ import type { Client } from "@connectrpc/connect";
 import { AgentService, RegisterProofSchema, type RegisterRequestSchema, RenewPayloadSchema, type RegisterResponse } from "@redflag/gen/agent_service_pb";
 import { type AgentConfig, AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { randomBytes } from "node:crypto";
-import { generateKeyPair, sign, verify, type KeyPair } from "../../src/signing/keys.ts";
-import { AGENT_CONFIG_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "../../src/signing/pae.ts";
+import { AGENT_CONFIG_TYPE, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE, signEnvelope, verifySignature } from "@redflag/common/signing/envelope";
+import { generateKeyPair, type KeyPair } from "../../src/signing/keys.ts";
 import type { TestControlPlane } from "./control-plane.ts";
 
 export interface TestAgent {
@@ -32,7 +32,7 @@ export function registerProof(machineId: string, key: KeyPair, opts: { signer?: 
     RegisterProofSchema,
     create(RegisterProofSchema, { machineId, agentPublicKey: key.publicKey, signTime: timestampFromDate(opts.signTime ?? new Date()) }),
   );
-  return { proof, proofSignature: sign((opts.signer ?? key).secretKey, pae(REGISTER_PROOF_TYPE, proof)) };
+  return { proof, proofSignature: signEnvelope((opts.signer ?? key).secretKey, REGISTER_PROOF_TYPE, proof) };
 }
 
 export function registerRequest(token: string, machineId: string, key: KeyPair, hostname = "host-" + machineId.slice(0, 6)) {
@@ -82,7 +82,7 @@ export function signedRenew(
       signTime: timestampFromDate(opts.signTime ?? new Date()),
     }),
   );
-  const signature = sign((opts.signingKey ?? agent.key).secretKey, pae(RENEW_PAYLOAD_TYPE, payload));
+  const signature = signEnvelope((opts.signingKey ?? agent.key).secretKey, RENEW_PAYLOAD_TYPE, payload);
   return { payload, signature };
 }
 
@@ -93,7 +93,7 @@ export const nonce = () => new Uint8Array(randomBytes(32));
 export function configIn(agent: { agentId: string; registration: RegisterResponse }, signed: SignedAgentConfig | undefined): AgentConfig | undefined {
   if (!signed) return undefined;
   const key = agent.registration.trustedKeys.find((k) => k.keyId === signed.keyId);
-  if (!key || !verify(key.publicKey, pae(AGENT_CONFIG_TYPE, signed.config), signed.signature)) throw new Error("the config's signature does not verify");
+  if (!key || !verifySignature(key.publicKey, AGENT_CONFIG_TYPE, signed.config, signed.signature)) throw new Error("the config's signature does not verify");
   const config = fromBinary(AgentConfigSchema, signed.config);
   if (config.agentId !== agent.agentId) throw new Error(`the config is for agent ${config.agentId}, not ${agent.agentId}`);
   return config;

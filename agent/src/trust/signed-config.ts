@@ -1,7 +1,8 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig } from "@redflag/gen/common_pb";
-import { AGENT_CONFIG_TYPE, printable, verifyEnvelope, type PinnedKeys } from "./envelope.ts";
+import { AGENT_CONFIG_TYPE } from "@redflag/common/signing/envelope";
+import { printable, verifyEnvelope, type PinnedKeys } from "./envelope.ts";
 import { ISSUE_TIME_SKEW_MS } from "./verify.ts";
 
 // `unchanged`: the very config applied now, sent again (harmless; nothing to apply).

@@ -2,8 +2,10 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { SignedKeySetSchema, TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { describe, expect, it } from "vitest";
-import { COMMAND_TYPE, generateKeyPair, KEY_SET_TYPE, keyIdOf, signEnvelope } from "./envelope.ts";
-import { advanceKeySetState, checkKeySet, checkRegisterKeySet, fingerprintOf, keySetRevision, NO_KEY_SET_STATE, parseFingerprint } from "./key-set.ts";
+import { COMMAND_TYPE, KEY_SET_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import { generateKeyPair } from "./envelope.ts";
+import { fingerprintOf, keyIdOf, keySetRevision } from "@redflag/common/signing/key-ids";
+import { advanceKeySetState, checkKeySet, checkRegisterKeySet, NO_KEY_SET_STATE, parseFingerprint } from "./key-set.ts";
 
 const old = generateKeyPair();
 const next = generateKeyPair();

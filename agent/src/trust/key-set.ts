@@ -1,19 +1,14 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { type SignedKeySet, type TrustedKey, TrustedKeySetSchema } from "@redflag/gen/common_pb";
-import { createHash } from "node:crypto";
-import { KEY_SET_TYPE, keyIdOf, type PinnedKeys, printable, verifyEnvelope } from "./envelope.ts";
+import { KEY_SET_TYPE } from "@redflag/common/signing/envelope";
+import { fingerprintOf, keyIdOf, keySetRevision } from "@redflag/common/signing/key-ids";
+import { type PinnedKeys, printable, verifyEnvelope } from "./envelope.ts";
 import { ISSUE_TIME_SKEW_MS } from "./verify.ts";
 
 const MAX_KEYS = 8;
 // Key IDs this agent dropped and will never pin again; the oldest are forgotten past this.
 export const MAX_RETIRED_KEY_IDS = 64;
-
-// The revision of a set of pinned keys, derived the way the control plane derives it: 53 bits
-// of SHA-256 over the sorted key IDs joined by ",". The agent reports it on every poll.
-export function keySetRevision(keyIds: Iterable<string>): bigint {
-  return createHash("sha256").update([...keyIds].sort().join(",")).digest().readBigUInt64BE(0) & 0x1f_ffff_ffff_ffffn;
-}
 
 // What an agent remembers about the key set it follows, so sets only move forward: the issue
 // time and revision of the newest set it accepted, and the keys it has dropped.
@@ -28,12 +23,6 @@ export const NO_KEY_SET_STATE: KeySetState = { issueTime: undefined, revision: u
 export type KeySetCheck =
   | { ok: true; keys: TrustedKey[]; signer: string; issueTime: Date; revision: bigint }
   | { ok: false; reason: string };
-
-// The fingerprint people compare: SHA-256 of the public key, colon-separated lowercase hex, as
-// the console's setup and Security pages, `redflag tokens create` and `register` show it.
-export function fingerprintOf(publicKey: Uint8Array): string {
-  return createHash("sha256").update(publicKey).digest("hex").match(/../g)!.join(":");
-}
 
 // Reads a fingerprint as people paste it: the colon-separated form (any case), or the same 64
 // hex digits without colons. Anything else is refused rather than guessed at.

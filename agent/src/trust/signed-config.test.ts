@@ -2,7 +2,9 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type AgentConfig, AgentConfigSchema, type SignedAgentConfig, SignedAgentConfigSchema } from "@redflag/gen/common_pb";
 import { describe, expect, it } from "vitest";
-import { AGENT_CONFIG_TYPE, COMMAND_TYPE, generateKeyPair, keyIdOf, signEnvelope } from "./envelope.ts";
+import { AGENT_CONFIG_TYPE, COMMAND_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import { generateKeyPair } from "./envelope.ts";
+import { keyIdOf } from "@redflag/common/signing/key-ids";
 import { openSignedConfig } from "./signed-config.ts";
 
 const key = generateKeyPair();

@@ -2,7 +2,9 @@ import { create, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type Command, CommandSchema, SignedCommandSchema } from "@redflag/gen/command_pb";
 import { describe, expect, it } from "vitest";
-import { COMMAND_TYPE, generateKeyPair, keyIdOf, signEnvelope } from "./envelope.ts";
+import { COMMAND_TYPE, signEnvelope } from "@redflag/common/signing/envelope";
+import { generateKeyPair } from "./envelope.ts";
+import { keyIdOf } from "@redflag/common/signing/key-ids";
 import { checkCommand, openSignedCommand, readUnverifiedId } from "./verify.ts";
 
 const key = generateKeyPair();

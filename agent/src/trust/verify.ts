@@ -3,7 +3,8 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { type Command, CommandSchema, type SignedCommand } from "@redflag/gen/command_pb";
 import { timingSafeEqual } from "node:crypto";
-import { COMMAND_TYPE, printable, verifyEnvelope, type PinnedKeys } from "./envelope.ts";
+import { COMMAND_TYPE } from "@redflag/common/signing/envelope";
+import { printable, verifyEnvelope, type PinnedKeys } from "./envelope.ts";
 
 // A command may claim an issue time this far ahead of our clock (skew between hosts). Expiry
 // gets no such tolerance: an expired command is never run.
