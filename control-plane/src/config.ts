@@ -1,5 +1,5 @@
 import { DEFAULT_CONSOLE_DIR } from "./console.ts";
-import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
+import { parseRoleMap, type RoleMap } from "./auth/role-map.ts";
 import path from "node:path";
 import { parseDuration } from "./duration.ts";
 import type { RateLimit } from "./auth/rate-limit.ts";
@@ -58,6 +58,21 @@ export interface Config {
     readonly renewPerAddress: RateLimit;
     readonly renewPerAgent: RateLimit;
   };
+}
+
+// Single sign-on through OpenID Connect (auth/oidc.ts).
+export interface OidcConfig {
+  issuer: string;
+  clientId: string;
+  clientSecret: string;
+  // Where the provider sends the browser back: <public URL>/auth/oidc/callback.
+  redirectUrl: string | undefined;
+  // The claim holding group or role names, and which value grants which role
+  // ("admin=redflag-admins,operator=redflag-ops,viewer=*"); the highest match wins.
+  roleClaim: string;
+  roleMap: RoleMap;
+  // Allow an http:// issuer (a provider on this machine, for development and tests).
+  allowHttp: boolean;
 }
 
 export interface SettingDefaults {
