@@ -4,6 +4,7 @@ import { keyIdOf } from "@redflag/common/signing/key-ids";
 import { openSignedConfig } from "../agent/src/trust/signed-config.ts";
 import { loadConfig } from "../control-plane/src/config.ts";
 import { createAgentConfigs } from "../control-plane/src/services/agent-config.ts";
+import { createSettings } from "../control-plane/src/settings.ts";
 import { generateKeyPair } from "../control-plane/src/signing/keys.ts";
 import { createCommandSigner } from "../control-plane/src/signing/signer.ts";
 import type { Prisma } from "../control-plane/src/store/types.ts";
@@ -15,7 +16,8 @@ function replica() {
   const reads: ((rows: unknown[]) => void)[] = [];
   const read = () => new Promise<unknown[]>((resolve) => reads.push(resolve));
   const db = { hold: { findMany: read }, agent: { findMany: read } } as unknown as Prisma;
-  const configs = createAgentConfigs(loadConfig({}, "/srv"), db, undefined, 3_600_000);
+  // The environment's default settings, never reloaded: the only reads are the ones answered here.
+  const configs = createAgentConfigs(db, createSettings(db, loadConfig({}, "/srv"), Infinity), 3_600_000);
   // Answers the holds query, then the overrides query.
   const answer = async (holds: unknown[]) => {
     for (const rows of [holds, []]) {

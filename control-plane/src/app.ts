@@ -148,7 +148,7 @@ async function wire(
     // This replica's caches; a change made here drops them on the other replicas too (below).
     const agentsHere = createAgentRegistry(db.prisma);
     const principalsHere = createPrincipalResolver(db.prisma);
-    const agentConfigsHere = createAgentConfigs(config, db.prisma, settings);
+    const agentConfigsHere = createAgentConfigs(db.prisma, settings);
     let reloadingSettings = false;
     const dropCache = (cache: string) => {
       const all = cache === "*";
@@ -180,7 +180,7 @@ async function wire(
     metrics.attach({
       db: db.prisma,
       pool: db.pool,
-      pollIntervalSeconds: () => settings.seconds("poll_interval"),
+      pollIntervalSeconds: () => settings.pollIntervalSeconds,
       logger,
       pending,
       longPolls: () => cluster.wakeups.waiting(),

@@ -6,7 +6,7 @@ describe("loadConfig", () => {
     const c = loadConfig({}, "/srv");
     expect(c).toMatchObject({ host: "0.0.0.0", port: 8080, dataDir: "/srv/data", databaseUrl: undefined, tls: undefined });
     expect(c.accessTokenTtlSeconds).toBe(3600);
-    expect(c.commandExpirySeconds).toBe(600);
+    expect(c.settingDefaults.commandExpirySeconds).toBe(600);
     expect(c.refreshTokenSlidingSeconds).toBe(90 * 86_400);
     expect(Object.isFrozen(c)).toBe(true);
   });
@@ -25,7 +25,7 @@ describe("loadConfig", () => {
     );
     expect(c).toMatchObject({ host: "::1", port: 9000, databaseUrl: "postgres://u@db/redflag", dataDir: "/var/lib/redflag" });
     expect(c.tls).toEqual({ certFile: "c.pem", keyFile: "k.pem" });
-    expect(c.commandExpirySeconds).toBe(900);
+    expect(c.settingDefaults.commandExpirySeconds).toBe(900);
   });
 
   it("reports every problem at once", () => {

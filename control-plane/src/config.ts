@@ -1,5 +1,5 @@
 import { DEFAULT_CONSOLE_DIR } from "./console.ts";
-import { parseRoleMap, type OidcConfig } from "./auth/oidc.ts";
+import { parseRoleMap, type RoleMap } from "./auth/role-map.ts";
 import path from "node:path";
 import { envValues } from "@redflag/common/config-values";
 import type { RateLimit } from "./auth/rate-limit.ts";
@@ -19,7 +19,6 @@ export interface Config {
   readonly accessTokenTtlSeconds: number;
   readonly refreshTokenSlidingSeconds: number;
   readonly refreshTokenAbsoluteSeconds: number;
-  readonly commandExpirySeconds: number;
   // The URL agents reach this server at, for install commands; unset: what each caller used.
   readonly publicUrl: string | undefined;
   // The built console served at /.
@@ -29,17 +28,11 @@ export interface Config {
   readonly agentReleasesDir: string | undefined;
   // Single sign-on through OpenID Connect; unset: passwords only.
   readonly oidc: OidcConfig | undefined;
-  // Sent commands with no result after this become timed_out.
-  readonly resultTimeoutSeconds: number;
-  // A delivered command with no result after this may be delivered again (at least once).
-  readonly deliveryLeaseSeconds: number;
-  // Deliveries of one command at most.
-  readonly maxDeliveries: number;
   // How long a CreateCommand idempotency key is remembered.
   readonly idempotencyKeyTtlSeconds: number;
-  readonly pollIntervalSeconds: number;
-  readonly pollJitterPercent: number;
-  readonly commandTimeoutSeconds: number;
+  // The environment's defaults of runtime settings an admin can change (settings.ts). Read the
+  // effective values from Settings, never these.
+  readonly settingDefaults: SettingDefaults;
   // Renew payloads signed further than this from the server clock are refused.
   readonly renewMaxSkewSeconds: number;
   // The identical signed Renew sent again within this (its answer was lost) gets the same answer;
@@ -65,6 +58,34 @@ export interface Config {
     readonly renewPerAddress: RateLimit;
     readonly renewPerAgent: RateLimit;
   };
+}
+
+// Single sign-on through OpenID Connect (auth/oidc.ts).
+export interface OidcConfig {
+  issuer: string;
+  clientId: string;
+  clientSecret: string;
+  // Where the provider sends the browser back: <public URL>/auth/oidc/callback.
+  redirectUrl: string | undefined;
+  // The claim holding group or role names, and which value grants which role
+  // ("admin=redflag-admins,operator=redflag-ops,viewer=*"); the highest match wins.
+  roleClaim: string;
+  roleMap: RoleMap;
+  // Allow an http:// issuer (a provider on this machine, for development and tests).
+  allowHttp: boolean;
+}
+
+export interface SettingDefaults {
+  readonly pollIntervalSeconds: number;
+  readonly pollJitterPercent: number;
+  readonly commandTimeoutSeconds: number;
+  readonly commandExpirySeconds: number;
+  // Sent commands with no result after this become timed_out.
+  readonly resultTimeoutSeconds: number;
+  // A delivered command with no result after this may be delivered again (at least once).
+  readonly deliveryLeaseSeconds: number;
+  // Deliveries of one command at most.
+  readonly maxDeliveries: number;
 }
 
 export class ConfigError extends Error {
@@ -171,18 +192,20 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     accessTokenTtlSeconds: duration("REDFLAG_ACCESS_TOKEN_TTL", "1h", 60),
     refreshTokenSlidingSeconds: duration("REDFLAG_REFRESH_TOKEN_TTL", "90d", 3600),
     refreshTokenAbsoluteSeconds: duration("REDFLAG_REFRESH_TOKEN_MAX_AGE", "365d", 3600),
-    commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
     publicUrl: publicUrl(env.REDFLAG_PUBLIC_URL),
     oidc: oidcConfig(),
     consoleDir: env.REDFLAG_CONSOLE_DIR ? path.resolve(cwd, env.REDFLAG_CONSOLE_DIR) : DEFAULT_CONSOLE_DIR,
     agentReleasesDir: env.REDFLAG_AGENT_RELEASES_DIR ? path.resolve(cwd, env.REDFLAG_AGENT_RELEASES_DIR) : undefined,
-    resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
-    deliveryLeaseSeconds: duration("REDFLAG_DELIVERY_LEASE", "5m", 1),
-    maxDeliveries: integer("REDFLAG_MAX_DELIVERIES", 5, 1, 20),
     idempotencyKeyTtlSeconds: duration("REDFLAG_IDEMPOTENCY_KEY_TTL", "24h", 60),
-    pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
-    pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
-    commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),
+    settingDefaults: Object.freeze({
+      pollIntervalSeconds: duration("REDFLAG_POLL_INTERVAL", "60s", 1),
+      pollJitterPercent: integer("REDFLAG_POLL_JITTER_PERCENT", 20, 0, 100),
+      commandTimeoutSeconds: duration("REDFLAG_COMMAND_TIMEOUT", "30m", 5),
+      commandExpirySeconds: duration("REDFLAG_COMMAND_EXPIRY", "10m", 10),
+      resultTimeoutSeconds: duration("REDFLAG_RESULT_TIMEOUT", "2h", 5),
+      deliveryLeaseSeconds: duration("REDFLAG_DELIVERY_LEASE", "5m", 1),
+      maxDeliveries: integer("REDFLAG_MAX_DELIVERIES", 5, 1, 20),
+    }),
     renewMaxSkewSeconds: duration("REDFLAG_RENEW_MAX_SKEW", "5m", 5),
     renewRetryWindowSeconds: duration("REDFLAG_RENEW_RETRY_WINDOW", "60s", 0),
     lastSeenFlushMs: integer("REDFLAG_LAST_SEEN_FLUSH_MS", 5000, 10, 600_000),

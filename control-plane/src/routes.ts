@@ -43,7 +43,7 @@ export function createRoutes(deps: RouteDeps) {
     router.service(AuditService, createAuditService(deps.db));
     router.service(TokenService, createTokenService(deps.db, deps.config.publicUrl, deps.signer));
     router.service(SecurityService, createSecurityService(deps));
-    router.service(SettingsService, createSettingsService(deps.db, deps.config, deps.settings));
+    router.service(SettingsService, createSettingsService(deps.db, deps.settings));
     const commands = createCommandQueue(deps.db, deps.wakeups, deps.signer, deps.events, deps.config.idempotencyKeyTtlSeconds, deps.settings);
     router.service(CommandService, createCommandService(deps.db, commands, deps.events));
     router.service(FleetService, createFleetService({ ...deps, commands }));

@@ -20,13 +20,12 @@ export function createScheduler(
   db: Prisma,
   config: Config,
   logger: Logger,
-  settings?: Settings,
+  settings: Settings,
   events?: EventBus,
   isLeader: () => boolean = () => true,
   // Queues the automatic agent upgrades; without it upgrades are only followed, never started.
   upgrades?: UpgradeDeps,
 ): Scheduler {
-  const resultTimeout = () => (settings ? settings.seconds("result_timeout") : config.resultTimeoutSeconds);
   let lastPrune = 0;
   let halted = false;
   let running = false;
@@ -35,7 +34,7 @@ export function createScheduler(
     running = true;
     try {
       const now = new Date();
-      const timedOut = await sweepTimedOut(db, new Date(now.getTime() - resultTimeout() * 1000), now);
+      const timedOut = await sweepTimedOut(db, new Date(now.getTime() - settings.resultTimeoutSeconds * 1000), now);
       if (timedOut.length > 0) {
         logger.info({ commands: timedOut.length }, "commands timed out waiting for a result");
         events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
@@ -43,7 +42,7 @@ export function createScheduler(
       await upgradeJobs(now);
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
-      if (settings && now.getTime() - lastPrune > 3_600_000) {
+      if (now.getTime() - lastPrune > 3_600_000) {
         lastPrune = now.getTime();
         const pruned = { ...(await prune(db, now, settings)), idempotencyKeys: await pruneIdempotencyKeys(db, new Date(now.getTime() - config.idempotencyKeyTtlSeconds * 1000)) };
         if (Object.values(pruned).some((n) => n > 0)) logger.info(pruned, "old records removed (retention)");
@@ -57,16 +56,16 @@ export function createScheduler(
   // Agent upgrades: each open one moved on from its command and what its agent reports; then
   // the automatic upgrade's next batch, unless too many of its upgrades failed.
   const upgradeJobs = async (now: Date) => {
-    const timeout = settings ? settings.seconds("agent_upgrade_timeout") : 900;
+    const timeout = settings.agentUpgradeTimeoutSeconds;
     const ended = await reconcileUpgrades(db, now, timeout);
     for (const u of ended) {
       if (u.state === "succeeded") logger.info({ upgradeId: u.id, hostname: u.hostname }, "agent upgrade succeeded");
       else logger.warn({ upgradeId: u.id, hostname: u.hostname, state: u.state }, "agent upgrade did not succeed");
     }
-    if (!settings || !upgrades) return;
+    if (!upgrades) return;
     const limits = {
-      batch: Number(settings.text("auto_upgrade_batch")),
-      maxFailures: Number(settings.text("auto_upgrade_max_failures")),
+      batch: settings.autoUpgradeBatch,
+      maxFailures: settings.autoUpgradeMaxFailures,
       seenWithinSeconds: timeout,
     };
     const outcome = await autoUpgrade(upgrades, limits, now);
@@ -84,15 +83,17 @@ export function createScheduler(
   return { stop: () => clearInterval(timer), tick };
 }
 
-export async function prune(db: Prisma, now: Date, settings: Settings) {
-  const before = (key: string) => new Date(now.getTime() - settings.seconds(key) * 1000);
+type Retention = Pick<Settings, "retentionCommandsSeconds" | "retentionMetricsSeconds" | "retentionAuditSeconds" | "retentionSecurityEventsSeconds">;
+
+export async function prune(db: Prisma, now: Date, settings: Retention) {
+  const before = (seconds: number) => new Date(now.getTime() - seconds * 1000);
   const commands = await db.command.deleteMany({
-    where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before("retention_commands") } },
+    where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before(settings.retentionCommandsSeconds) } },
   });
-  const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before("retention_audit") } } });
-  const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before("retention_security_events") } } });
+  const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before(settings.retentionAuditSeconds) } } });
+  const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before(settings.retentionSecurityEventsSeconds) } } });
   // Update history goes with the commands that made it.
-  const reports = await pruneReportData(db, { metrics: before("retention_metrics"), updateEvents: before("retention_commands") });
-  const upgrades = await pruneUpgrades(db, before("retention_commands"));
+  const reports = await pruneReportData(db, { metrics: before(settings.retentionMetricsSeconds), updateEvents: before(settings.retentionCommandsSeconds) });
+  const upgrades = await pruneUpgrades(db, before(settings.retentionCommandsSeconds));
   return { commands: commands.count, audit: audit.count, events: events.count, upgrades, ...reports };
 }

@@ -3,7 +3,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseRoleMap, roleFor } from "../src/auth/oidc.ts";
+import { parseRoleMap, roleFor } from "../src/auth/role-map.ts";
 import { loadConfig } from "../src/config.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 import { startTestOidcProvider, type TestOidcProvider } from "./support/oidc-provider.ts";

@@ -131,7 +131,7 @@ describe.each(availableBackends)("the people domain on %s", (backend: Backend) =
 
   it("records a failed sign-in as a security event and an audit entry", async () => {
     const user = await somebody();
-    const signIn = createPasswordSignIn({ db, masterKey: Buffer.alloc(32, 1), settings: { text: () => "100" } });
+    const signIn = createPasswordSignIn({ db, masterKey: Buffer.alloc(32, 1), settings: { loginFailuresPerAddress: 100, loginFailuresPerUser: 100 } });
     const record = audited<{ name: string }>((r) => `username-test:${r.name}`);
     await expectCode(signIn({ username: user.username, password: "wrong wrong wrong", totpCode: "", client }, record), Code.Unauthenticated, /wrong username or password/);
     expect(await db.securityEvent.count({ where: { type: "login_failed", message: { contains: user.username } } })).toBe(1);

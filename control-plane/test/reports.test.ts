@@ -309,13 +309,14 @@ describe.each(availableBackends)("ReportService on %s", (backend: Backend) => {
     const old = new Date(Date.now() - 40 * DAY_MS);
     await prisma.metricSample.create({ data: { id: randomUUID(), agentId: db.agentId, time: old } });
     await prisma.updateEvent.create({ data: { agentId: db.agentId, time: new Date(Date.now() - 200 * DAY_MS), kind: "found", source: "apt", name: "x", architecture: "", version: "1" } });
-    const pruned = await prune(prisma, new Date(), settingsFor({ retention_metrics: 30, retention_commands: 180 }));
+    const pruned = await prune(prisma, new Date(), settingsFor({ metrics: 30, commands: 180 }));
     expect(pruned).toMatchObject({ metrics: 1, updateEvents: 1 });
     expect((await reports.listAgentMetrics({ agentId: db.agentId, since: timestampFromDate(new Date(0)) })).samples).toHaveLength(2);
   });
 });
 
 // Retention settings in days; everything else kept for ten years.
-function settingsFor(days: Record<string, number>) {
-  return { seconds: (key: string) => (days[key] ?? 3650) * 86_400, text: () => "" } as never;
+function settingsFor(days: { metrics?: number; commands?: number }) {
+  const seconds = (d: number | undefined) => (d ?? 3650) * 86_400;
+  return { retentionMetricsSeconds: seconds(days.metrics), retentionCommandsSeconds: seconds(days.commands), retentionAuditSeconds: seconds(undefined), retentionSecurityEventsSeconds: seconds(undefined) };
 }

@@ -4,12 +4,14 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
+import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { CommandSchema } from "@redflag/gen/command_pb";
 import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { loadConfig } from "../src/config.ts";
 import { reloadSigningKeys } from "../src/services/security-service.ts";
@@ -48,6 +50,22 @@ describe("SecurityService", () => {
     expect(events.events[0]).toMatchObject({ type: "login_failed", severity: "warning", message: 'sign-in failed for "sam": wrong username or password' });
     expect(JSON.parse(events.events[0]!.detailJson)).toEqual({ username: "sam", reason: "wrong username or password" });
     await expect(security.listSecurityEvents({ type: "nope" })).rejects.toMatchObject({ code: Code.InvalidArgument });
+  });
+
+  it("reports the command expiry commands are signed with: the command_expiry setting, not the environment's default", async () => {
+    const settings = createClient(SettingsService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
+    await settings.updateSettings({ values: { command_expiry: "15m" } });
+    try {
+      expect(Number((await security.getSecurityOverview({})).commandExpiry?.seconds)).toBe(900);
+      const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+      await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "collectSpecs", value: {} } });
+      const signed = (await agent.client.pollCommands({ nonce: nonce() })).commands[0]!;
+      const command = fromBinary(CommandSchema, signed.command);
+      expect(timestampDate(command.expireTime!).getTime() - timestampDate(command.issueTime!).getTime()).toBe(900_000);
+    } finally {
+      await settings.updateSettings({ values: { command_expiry: "" } });
+    }
+    expect(Number((await security.getSecurityOverview({})).commandExpiry?.seconds)).toBe(600);
   });
 
   it("puts the public URL in install commands, and refuses one that is not a URL", async () => {

@@ -88,8 +88,9 @@ describe("SettingsService", () => {
 
   it("prunes old records by the retention settings", async () => {
     await cp.app.db.prisma.auditEntry.create({ data: { actorKind: "session", actorName: "old", action: "x", createdAt: new Date(Date.now() - 500 * 86_400_000) } });
-    const settingsAccess = { seconds: (k: string) => (k === "retention_audit" ? 400 * 86_400 : 3650 * 86_400), text: () => "" } as never;
-    const pruned = await prune(cp.app.db.prisma, new Date(), settingsAccess);
+    const tenYears = 3650 * 86_400;
+    const retention = { retentionAuditSeconds: 400 * 86_400, retentionCommandsSeconds: tenYears, retentionMetricsSeconds: tenYears, retentionSecurityEventsSeconds: tenYears };
+    const pruned = await prune(cp.app.db.prisma, new Date(), retention);
     expect(pruned.audit).toBe(1);
     expect(await cp.app.db.prisma.auditEntry.count({ where: { actorName: "old" } })).toBe(0);
   });

@@ -1,56 +1,19 @@
 import type { IncomingMessage as Http1Request } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import * as client from "openid-client";
-import type { Config } from "../config.ts";
+import type { Config, OidcConfig } from "../config.ts";
 import { signInWithOidc } from "../domain/people.ts";
 import type { Logger } from "../log.ts";
 import { recordAudit } from "../store/audit.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "./principals.ts";
-import { ROLES, type RoleName } from "./roles.ts";
+import { roleFor } from "./role-map.ts";
 
 // Single sign-on through OpenID Connect (authorization code with PKCE, state and nonce, via
 // openid-client). The browser goes to /auth/oidc/login, signs in at the provider, and comes
 // back to /auth/oidc/callback, which finds or creates the person (by issuer and subject),
 // maps a claim to a role, starts a session and returns to the console.
-
-export interface OidcConfig {
-  issuer: string;
-  clientId: string;
-  clientSecret: string;
-  // Where the provider sends the browser back: <public URL>/auth/oidc/callback.
-  redirectUrl: string | undefined;
-  // The claim holding group or role names, and which value grants which role
-  // ("admin=redflag-admins,operator=redflag-ops,viewer=*"); the highest match wins.
-  roleClaim: string;
-  roleMap: { role: RoleName; value: string }[];
-  // Allow an http:// issuer (a provider on this machine, for development and tests).
-  allowHttp: boolean;
-}
-
-export function parseRoleMap(text: string): { role: RoleName; value: string }[] | string {
-  const out: { role: RoleName; value: string }[] = [];
-  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const [role, value] = part.split("=").map((s) => s?.trim());
-    if (!role || !value || !(ROLES as readonly string[]).includes(role)) return `"${part}" must be role=value with role viewer, operator or admin`;
-    out.push({ role: role as RoleName, value });
-  }
-  return out.length > 0 ? out : "the role map is empty";
-}
-
-// The highest role the claim grants, or undefined when it grants none.
-export function roleFor(claims: Record<string, unknown>, cfg: Pick<OidcConfig, "roleClaim" | "roleMap">): RoleName | undefined {
-  const raw = claims[cfg.roleClaim];
-  const values = Array.isArray(raw) ? raw.map(String) : typeof raw === "string" ? raw.split(/[ ,]+/) : [];
-  let best: RoleName | undefined;
-  for (const { role, value } of cfg.roleMap) {
-    if (value === "*" || values.includes(value)) {
-      if (!best || ROLES.indexOf(role) > ROLES.indexOf(best)) best = role;
-    }
-  }
-  return best;
-}
 
 const USERNAME_CHARS = /[^a-z0-9._-]/g;
 function usernameFrom(claims: Record<string, unknown>): string {

@@ -39,14 +39,14 @@ export interface SignInRecord {
 
 export type PasswordSignIn = (attempt: SignInAttempt, record: AuditHook<SignInRecord>) => Promise<{ user: UserRow; session: NewSession }>;
 
-export function createPasswordSignIn(deps: { db: Prisma; masterKey: Buffer; settings: Pick<Settings, "text"> }): PasswordSignIn {
+export function createPasswordSignIn(deps: { db: Prisma; masterKey: Buffer; settings: Pick<Settings, "loginFailuresPerAddress" | "loginFailuresPerUser"> }): PasswordSignIn {
   const { db } = deps;
   // Sign-ins are slowed down, never locked (auth/rate-limit.ts): per client address, and per
   // username at that address, so guessing from one place cannot lock the person out elsewhere.
-  const throttle = (setting: string) =>
-    createLoginThrottle({ free: () => Number(deps.settings.text(setting)), maxDelayMs: MAX_LOGIN_DELAY_MS, forgetMs: FORGET_LOGIN_FAILURES_MS });
-  const byAddress = throttle("login_failures_per_address");
-  const byUserAtAddress = throttle("login_failures_per_user");
+  const throttle = (free: () => number) =>
+    createLoginThrottle({ free, maxDelayMs: MAX_LOGIN_DELAY_MS, forgetMs: FORGET_LOGIN_FAILURES_MS });
+  const byAddress = throttle(() => deps.settings.loginFailuresPerAddress);
+  const byUserAtAddress = throttle(() => deps.settings.loginFailuresPerUser);
 
   return async (attempt, record) => {
     const address = attempt.client.remoteAddr || "unknown";

@@ -6,6 +6,7 @@ import { loadConfig } from "../config.ts";
 import { AGENT_CONFIG_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { generateKeyPair, type KeyPair } from "../signing/keys.ts";
 import { createCommandSigner } from "../signing/signer.ts";
+import { createSettings } from "../settings.ts";
 import type { Prisma } from "../store/types.ts";
 import { createAgentConfigs } from "./agent-config.ts";
 
@@ -23,12 +24,15 @@ function controlledDb() {
   return { db, reads, answer };
 }
 
+// The environment's defaults; never reloaded, so the test's database sees no settings read.
+const defaultSettings = (db: Prisma) => createSettings(db, loadConfig({}, "/srv"), Infinity);
+
 const hold = (name: string) => ({ source: "apt", name, reason: "pinned", agentId: null, createdAt: new Date() });
 
 describe("agent configs", () => {
   it("keep answering from the last read while a due refresh runs, and wait for a fresh read after an invalidation", async () => {
     const { db, reads, answer } = controlledDb();
-    const configs = createAgentConfigs(loadConfig({}, "/srv"), db, undefined, 0);
+    const configs = createAgentConfigs(db, defaultSettings(db), 0);
 
     const first = configs.forAgent("a");
     await answer([hold("nginx")]);
@@ -66,7 +70,7 @@ describe("signed agent configs", () => {
 
   it("are bound to the agent and to when the holds were read, and signed once per agent, config and key", async () => {
     const { db, answer } = controlledDb();
-    const configs = createAgentConfigs(loadConfig({}, "/srv"), db, undefined, 3_600_000);
+    const configs = createAgentConfigs(db, defaultSettings(db), 3_600_000);
     const first = generateKeyPair();
     let signatures = 0;
     const signer = createCommandSigner(first, [first], (kind, n) => {

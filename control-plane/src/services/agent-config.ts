@@ -8,12 +8,11 @@ import {
   type SubsystemConfig,
   SubsystemConfigSchema,
 } from "@redflag/gen/common_pb";
-import type { Settings } from "../settings.ts";
+import type { EffectiveSettings, Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import type { Prisma } from "../store/types.ts";
 import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { createHash } from "node:crypto";
-import type { Config } from "../config.ts";
 
 // Package sources the agent knows, then the host metrics; each is a subsystem the operator can tune.
 export const SUBSYSTEMS = [
@@ -25,13 +24,17 @@ const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, sto
 
 // The effective config for agents. Its revision is derived from its content, so any change
 // (here or, later, per-agent overrides) is delivered without bookkeeping.
-export function buildAgentConfig(config: Config, holds: readonly PackageHold[] = [], overrides: readonly SubsystemConfig[] = []): AgentConfig {
+export function buildAgentConfig(
+  settings: Pick<EffectiveSettings, "pollIntervalSeconds" | "pollJitterPercent" | "commandTimeoutSeconds">,
+  holds: readonly PackageHold[] = [],
+  overrides: readonly SubsystemConfig[] = [],
+): AgentConfig {
   const own = new Map(overrides.map((o) => [o.name, o]));
   const body = create(AgentConfigSchema, {
     holds: [...holds],
-    pollIntervalSeconds: config.pollIntervalSeconds,
-    pollJitterPercent: config.pollJitterPercent,
-    commandTimeoutSeconds: config.commandTimeoutSeconds,
+    pollIntervalSeconds: settings.pollIntervalSeconds,
+    pollJitterPercent: settings.pollJitterPercent,
+    commandTimeoutSeconds: settings.commandTimeoutSeconds,
     subsystems: SUBSYSTEMS.map((name) => own.get(name) ?? defaultSubsystem(name)),
   });
   const digest = createHash("sha256").update(toBinary(AgentConfigSchema, body)).digest();
@@ -67,17 +70,7 @@ export interface AgentConfigs {
 // Holds are read from the database at most every `refreshMs` (so replicas pick up each
 // other's changes) and the configs built from them are cached per agent, so an idle poll does
 // not touch the database for its config.
-export function createAgentConfigs(config: Config, db: Prisma, settings?: Settings, refreshMs = 30_000): AgentConfigs {
-  // The settings an admin changed win over the environment's values.
-  const effective = (): Config =>
-    settings
-      ? {
-          ...config,
-          pollIntervalSeconds: settings.seconds("poll_interval"),
-          pollJitterPercent: Number(settings.text("poll_jitter_percent")),
-          commandTimeoutSeconds: settings.seconds("command_timeout"),
-        }
-      : config;
+export function createAgentConfigs(db: Prisma, settings: Settings, refreshMs = 30_000): AgentConfigs {
   // `readAt` is when the read began: what it returned was current then, so it is the issue time
   // of every config built from it. A later read (here or on another replica) sees at least the
   // same changes, so issue times order configs by the state they reflect, not by when they were
@@ -88,7 +81,7 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
   const signed = new Map<string, { config: AgentConfig; keyId: string; signed: SignedAgentConfig }>();
   // A config's serialized content, shared by every agent that gets the same object.
   const content = new WeakMap<AgentConfig, Uint8Array>();
-  let fleetWide = buildAgentConfig(effective());
+  let fleetWide = buildAgentConfig(settings);
   // Strictly increasing on this replica, in microseconds: a read right after a change never
   // shares its issue time with the read before it.
   let lastRead = 0;
@@ -122,7 +115,7 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
           ready = state;
           built.clear();
           signed.clear();
-          fleetWide = buildAgentConfig(effective());
+          fleetWide = buildAgentConfig(settings);
         }
         return state;
       })
@@ -144,7 +137,7 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
     if (cached && state === ready) return cached;
     const holds = [...state.global, ...(state.byAgent.get(agentId) ?? [])];
     const own = state.overrides.get(agentId) ?? [];
-    const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(effective(), holds, own);
+    const cfg = holds.length === 0 && own.length === 0 ? fleetWide : buildAgentConfig(settings, holds, own);
     if (state === ready) {
       if (built.size > 100_000) built.clear();
       built.set(agentId, cfg);
@@ -175,10 +168,10 @@ export function createAgentConfigs(config: Config, db: Prisma, settings?: Settin
       reading = undefined;
       built.clear();
       signed.clear();
-      fleetWide = buildAgentConfig(effective());
+      fleetWide = buildAgentConfig(settings);
     },
   };
-  settings?.onChange(() => configs.invalidate());
+  settings.onChange(() => configs.invalidate());
   return configs;
 }
 

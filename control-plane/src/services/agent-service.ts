@@ -316,7 +316,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
     return [];
   }
   const issueTime = new Date();
-  const expireTime = new Date(issueTime.getTime() + deps.settings.seconds("command_expiry") * 1000);
+  const expireTime = new Date(issueTime.getTime() + deps.settings.commandExpirySeconds * 1000);
   const again = redeliveryWindow(deps.settings, issueTime);
   const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime, again));
   deps.metrics?.claim(claimed.length > 0 ? "delivered" : "empty");

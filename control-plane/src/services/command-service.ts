@@ -64,7 +64,7 @@ export function createCommandQueue(
   signer: CommandSigner,
   events: EventBus,
   idempotencyKeyTtlSeconds = 86_400,
-  settings?: Pick<Settings, "text">,
+  settings: Pick<Settings, "minimumAgentVersion">,
 ): CommandQueue {
   return {
     async queue(ctx, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
@@ -79,7 +79,7 @@ export function createCommandQueue(
       if (timeoutSeconds > 24 * 3600) throw invalid("timeout_seconds must be at most 86400");
       await authorizeContent(db, role, agentId, action);
       // Below the minimum supported version an agent may be upgraded, and nothing else.
-      if (settings) await requireSupportedVersion(db, settings.text("minimum_agent_version"), [agentId], action.case);
+      await requireSupportedVersion(db, settings.minimumAgentVersion, [agentId], action.case);
       let release: ReleaseRow | undefined;
       if (action.case === "updateAgent") {
         const upgrade = await resolveUpgrade(db, signer, agentId, action.value.version);

@@ -41,8 +41,8 @@ export function withBufferedLastSeen(row: AgentRow, lastSeen: LastSeenBuffer): A
 export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
   const { db, lastSeen } = deps;
   // Health is measured in poll intervals, as the admin set them.
-  const interval = () => deps.settings.seconds("poll_interval");
-  const proto = (row: AgentRow) => agentToProto(withBufferedLastSeen(row, lastSeen), new Date(), interval(), deps.settings.text("minimum_agent_version"));
+  const interval = () => deps.settings.pollIntervalSeconds;
+  const proto = (row: AgentRow) => agentToProto(withBufferedLastSeen(row, lastSeen), new Date(), interval(), deps.settings.minimumAgentVersion);
   const existing = async (agentId: string) => {
     const row = await getAgent(db, uuid("agent_id", agentId));
     if (!row) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);

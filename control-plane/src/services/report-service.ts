@@ -72,7 +72,7 @@ function labelCounts(entries: { label: string; count: number }[]) {
 
 export function createReportService(deps: ReportServiceDeps): ServiceImpl<typeof ReportService> {
   const { db } = deps;
-  const interval = () => deps.settings.seconds("poll_interval");
+  const interval = () => deps.settings.pollIntervalSeconds;
 
   return {
     async getFleetOverview(req) {

@@ -3,6 +3,7 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { SecurityEventSchema, SecurityService, SigningKeyInfoSchema } from "@redflag/gen/security_service_pb";
 import type { Config } from "../config.ts";
+import type { Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
@@ -23,6 +24,7 @@ export interface SecurityServiceDeps {
   masterKey: Buffer;
   signer: CommandSigner;
   principals: PrincipalResolver;
+  settings: Pick<Settings, "commandExpirySeconds">;
 }
 
 const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; active: boolean; createdAt: Date; retiredAt: Date | null }, now: number) =>
@@ -61,7 +63,7 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
       const count = (counts: typeof recent, type: string) => counts.get(type) ?? 0;
       return {
         signingKeys: keys.map((k) => keyInfo(k, now)),
-        commandExpiry: durationFromMs(config.commandExpirySeconds * 1000),
+        commandExpiry: durationFromMs(deps.settings.commandExpirySeconds * 1000),
         accessTokenTtl: durationFromMs(config.accessTokenTtlSeconds * 1000),
         refreshTokenTtl: durationFromMs(config.refreshTokenSlidingSeconds * 1000),
         refreshTokenMaxAge: durationFromMs(config.refreshTokenAbsoluteSeconds * 1000),

@@ -2,20 +2,20 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { SettingChangeSchema, SettingSchema, SettingsService } from "@redflag/gen/settings_service_pb";
-import type { Config } from "../config.ts";
 import { formatDuration } from "@redflag/common/config-values";
 import { normalise, SETTINGS, type Settings, type SettingValue } from "../settings.ts";
+import { listSettingChanges, writeSettings } from "../store/settings.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit, callerName } from "./audit.ts";
 import { invalid, pageSize, text } from "./validate.ts";
 
 const bound = (type: string, n: number | undefined) => (n === undefined ? "" : type === "duration" ? formatDuration(n) : String(n));
 
-function settingToProto(s: SettingValue, config: Config) {
+function settingToProto(s: SettingValue) {
   return create(SettingSchema, {
     key: s.def.key,
     value: s.value,
-    defaultValue: s.def.fallback(config),
+    defaultValue: s.defaultValue,
     isDefault: s.isDefault,
     type: s.def.type,
     description: s.def.description,
@@ -26,8 +26,8 @@ function settingToProto(s: SettingValue, config: Config) {
   });
 }
 
-export function createSettingsService(db: Prisma, config: Config, settings: Settings): ServiceImpl<typeof SettingsService> {
-  const list = () => settings.all().map((s) => settingToProto(s, config));
+export function createSettingsService(db: Prisma, settings: Settings): ServiceImpl<typeof SettingsService> {
+  const list = () => settings.all().map(settingToProto);
 
   // Checks every value first; then stores all of them with their history in one transaction.
   const apply = async (ctx: HandlerContext, values: Record<string, string>) => {
@@ -48,20 +48,20 @@ export function createSettingsService(db: Prisma, config: Config, settings: Sett
       const b = before.get(c.key)!;
       return c.value === undefined ? !b.isDefault : b.isDefault || b.value !== c.value;
     });
-    await db.$transaction(async (tx) => {
-      for (const c of changes) {
+    await writeSettings(
+      db,
+      changes.map((c) => {
         const b = before.get(c.key)!;
-        if (c.value === undefined) await tx.setting.delete({ where: { key: c.key } });
-        else await tx.setting.upsert({ where: { key: c.key }, create: { key: c.key, value: c.value, updatedBy: who }, update: { value: c.value, updatedBy: who, updatedAt: new Date() } });
-        await tx.settingChange.create({ data: { key: c.key, before: b.isDefault ? null : b.value, after: c.value ?? null, changedBy: who } });
-      }
-    });
+        return { key: c.key, before: b.isDefault ? null : b.value, after: c.value ?? null };
+      }),
+      who,
+    );
     await settings.load();
     if (changes.length > 0) {
       await audit(db, ctx, {
         target: "settings",
         before: Object.fromEntries(changes.map((c) => [c.key, before.get(c.key)!.value])),
-        after: Object.fromEntries(changes.map((c) => [c.key, c.value ?? `${before.get(c.key)!.def.fallback(config)} (default)`])),
+        after: Object.fromEntries(changes.map((c) => [c.key, c.value ?? `${before.get(c.key)!.defaultValue} (default)`])),
       });
     }
     return changes.length;
@@ -79,7 +79,7 @@ export function createSettingsService(db: Prisma, config: Config, settings: Sett
 
     async listSettingChanges(req) {
       const key = text("key", req.key, { max: 64 });
-      const rows = await db.settingChange.findMany({ where: key ? { key } : {}, orderBy: { id: "desc" }, take: pageSize(req.pageSize) });
+      const rows = await listSettingChanges(db, key || undefined, pageSize(req.pageSize));
       return {
         changes: rows.map((r) => create(SettingChangeSchema, { key: r.key, before: r.before ?? "", after: r.after ?? "", changedBy: r.changedBy, changeTime: timestampFromDate(r.changedAt) })),
       };

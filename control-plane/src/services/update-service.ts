@@ -123,7 +123,7 @@ export function createUpdateService(
   wakeups: Wakeups,
   agentConfigs: AgentConfigs,
   events: EventBus,
-  settings?: Pick<Settings, "text">,
+  settings: Pick<Settings, "minimumAgentVersion">,
 ): ServiceImpl<typeof UpdateService> {
 
   // Sets status on the selected updates except held ones; returns what changed.
@@ -241,7 +241,7 @@ export function createUpdateService(
       const byAgent = new Map<string, typeof rows>();
       for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
       // Refused for all when one of them runs below the minimum supported version: it may only be upgraded.
-      if (settings) await requireSupportedVersion(db, settings.text("minimum_agent_version"), [...byAgent.keys()], "installUpdates");
+      await requireSupportedVersion(db, settings.minimumAgentVersion, [...byAgent.keys()], "installUpdates");
       const commands = [];
       for (const [agentId, updates] of byAgent) {
         // Pinned to the approved versions: the agent installs exactly what was approved.
