@@ -4,7 +4,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import controlPlanePkg from "../package.json" with { type: "json" };
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
-import { runCli } from "./support/cli.ts";
+import { runInProcess } from "./support/cli.ts";
 import { startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
 // The redflag CLI called in-process (main(argv, env, io)) against a real control plane: what it
@@ -26,15 +26,15 @@ describe("redflag CLI in-process", () => {
 
   // As the admin, with nothing from this process's own environment.
   const admin = (args: string[], input?: string) =>
-    runCli(["--server", cp.url, "--api-key", cp.adminKey, ...args], { env: { REDFLAG_CONFIG_DIR: config }, input });
+    runInProcess(["--server", cp.url, "--api-key", cp.adminKey, ...args], { env: { REDFLAG_CONFIG_DIR: config }, input });
 
   it("prints its version and help without a server", async () => {
-    expect(await runCli(["--version"])).toEqual({ code: 0, stdout: `${controlPlanePkg.version}\n`, stderr: "" });
-    const help = await runCli(["tokens", "--help"]);
+    expect(await runInProcess(["--version"])).toEqual({ code: 0, stdout: `${controlPlanePkg.version}\n`, stderr: "" });
+    const help = await runInProcess(["tokens", "--help"]);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: redflag tokens \[options\] \[command\]\n/);
     expect(help.stdout).toContain("create [options]  create a registration token; its secret is printed once");
-    const unknown = await runCli(["bogus"]);
+    const unknown = await runInProcess(["bogus"]);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^error: unknown command 'bogus'\n/);
   });
@@ -121,15 +121,15 @@ describe("redflag CLI in-process", () => {
   });
 
   it("reads the credential from the env it is given, signs in through standard input, and keeps the session in REDFLAG_CONFIG_DIR", async () => {
-    const viaEnv = await runCli(["whoami"], { env: { REDFLAG_SERVER: cp.url, REDFLAG_API_KEY: cp.adminKey, REDFLAG_CONFIG_DIR: config } });
+    const viaEnv = await runInProcess(["whoami"], { env: { REDFLAG_SERVER: cp.url, REDFLAG_API_KEY: cp.adminKey, REDFLAG_CONFIG_DIR: config } });
     expect(viaEnv).toMatchObject({ code: 0, stdout: expect.stringMatching(/: admin through admin key\n$/) });
 
-    const noKey = await runCli(["--server", cp.url, "--api-key-file", path.join(config, "missing.key"), "whoami"], { env: { REDFLAG_CONFIG_DIR: config } });
+    const noKey = await runInProcess(["--server", cp.url, "--api-key-file", path.join(config, "missing.key"), "whoami"], { env: { REDFLAG_CONFIG_DIR: config } });
     expect(noKey.code).toBe(1);
     expect(noKey.stderr).toBe(`redflag: no API key: ${path.join(config, "missing.key")} is not readable; pass --api-key, set REDFLAG_API_KEY, or point --api-key-file at the server's admin.key\n`);
-    const badUrl = await runCli(["--server", "not a url", "--api-key", "x", "whoami"]);
+    const badUrl = await runInProcess(["--server", "not a url", "--api-key", "x", "whoami"]);
     expect(badUrl).toEqual({ code: 1, stdout: "", stderr: "redflag: --server not a url is not a URL (for example http://127.0.0.1:8080)\n" });
-    const wrongKey = await runCli(["--server", cp.url, "--api-key", "rfadm_wrong", "whoami"]);
+    const wrongKey = await runInProcess(["--server", cp.url, "--api-key", "rfadm_wrong", "whoami"]);
     expect(wrongKey.code).toBe(1);
     expect(wrongKey.stderr).toMatch(/^redflag: Unauthenticated: /);
 
@@ -141,7 +141,7 @@ describe("redflag CLI in-process", () => {
     expect(noTerminal).toEqual({ code: 1, stdout: "", stderr: "redflag: no terminal to type a password on: pass --password-stdin and pipe it in\n" });
     expect((await admin(["users", "list"])).stdout).not.toContain("ivan");
 
-    const session = (args: string[], input?: string) => runCli(["--server", cp.url, ...args], { env: { REDFLAG_CONFIG_DIR: config, REDFLAG_API_KEY: "" }, input });
+    const session = (args: string[], input?: string) => runInProcess(["--server", cp.url, ...args], { env: { REDFLAG_CONFIG_DIR: config, REDFLAG_API_KEY: "" }, input });
     const wrong = await session(["login", "--username", "olga", "--password-stdin"], "not her passphrase\n");
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toMatch(/^redflag: Unauthenticated: /);
@@ -154,7 +154,7 @@ describe("redflag CLI in-process", () => {
   });
 
   it("says when the control plane cannot be reached", async () => {
-    const down = await runCli(["--server", "http://127.0.0.1:9", "--api-key", "x", "agents", "list"]);
+    const down = await runInProcess(["--server", "http://127.0.0.1:9", "--api-key", "x", "agents", "list"]);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/^redflag: Unavailable: cannot reach the control plane at http:\/\/127\.0\.0\.1:9: /);
   });

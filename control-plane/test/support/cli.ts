@@ -9,7 +9,7 @@ export interface CliRun {
 
 // Runs the redflag CLI in this process: `env` is all the environment it sees, `input` its
 // standard input (not a terminal), and what it writes is collected.
-export async function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<CliRun> {
+export async function runInProcess(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<CliRun> {
   let stdout = "";
   let stderr = "";
   const sink = (append: (text: string) => void) =>
