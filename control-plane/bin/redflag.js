@@ -1,3 +1,4 @@
 #!/usr/bin/env node
 // Runs the TypeScript source directly: Node 24 strips types natively.
-await import("../src/cli/main.ts");
+const { runCli } = await import("../src/cli/main.ts");
+runCli();

@@ -1,3 +1,5 @@
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+
 // Plain aligned tables for people; scripts use --json.
 export function table(headers: string[], rows: string[][]): string {
   if (rows.length === 0) return "(none)\n";
@@ -33,3 +35,6 @@ export function size(bytes: bigint | number): string {
   }
   return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
 }
+
+// A protobuf Timestamp as a Date (undefined stays undefined).
+export const time = (t: { seconds: bigint; nanos: number } | undefined) => (t ? timestampDate(t as never) : undefined);

@@ -1,0 +1,358 @@
+import { create, toJson } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState, UpdateAgentSchema } from "@redflag/gen/command_pb";
+import {
+  CommandState,
+  CreateCommandRequestSchema,
+  GetCommandResponseSchema,
+  ListCommandsResponseSchema,
+  type CommandInfo,
+  type CreateCommandRequest,
+} from "@redflag/gen/command_service_pb";
+import { Option, type Command } from "commander";
+import { randomUUID } from "node:crypto";
+import { AGENT_ARG, hostnames, resolveAgent } from "../agent-ref.ts";
+import { CliError, type CliContext, type Clients } from "../context.ts";
+import { collect, seconds } from "../options.ts";
+import { ago, enumName, table, time } from "../output.ts";
+
+const UPGRADES_FROM_REGISTRY =
+  "update_agent takes no --url, --artifact or --platform: agent upgrades come only from the control plane's release registry. " +
+  "Publish the build with `redflag releases publish DIR`, then queue `--type update_agent --release <version>` (or `redflag agents upgrade <id> --version <version>`)";
+
+const QUEUE_TYPES = [
+  "scan_updates",
+  "collect_specs",
+  "install_updates",
+  "dry_run_update",
+  "confirm_dependencies",
+  "rollback_update",
+  "reboot",
+  "enable_heartbeat",
+  "disable_heartbeat",
+  "update_agent",
+] as const;
+
+const FINAL = new Set([
+  CommandState.SUCCEEDED,
+  CommandState.FAILED,
+  CommandState.REJECTED,
+  CommandState.TIMED_OUT,
+  CommandState.CANCELLED,
+]);
+
+interface QueueOptions {
+  agent: string;
+  type: string;
+  subsystem?: string[];
+  package?: string[];
+  source?: string[];
+  delay?: number;
+  message?: string;
+  force?: boolean;
+  duration?: number;
+  interval?: number;
+  fromDryRun?: string;
+  toVersion?: string;
+  release?: string;
+  url?: string;
+  artifact?: string;
+  platform?: string;
+  timeout?: number;
+  wait?: number;
+  idempotencyKey?: string;
+}
+
+// redflag commands: commands queued for agents.
+export function registerCommands(program: Command, cli: CliContext): void {
+  const commands = program.command("commands").description("commands queued for agents");
+
+  commands
+    .command("queue")
+    .description("queue a command for an agent; prints the command ID")
+    .requiredOption("--agent <agent>", AGENT_ARG)
+    .addOption(new Option("--type <type>", "command type").choices(QUEUE_TYPES).makeOptionMandatory())
+    .option("--subsystem <name>", "scan_updates: subsystem to scan (repeatable)", collect)
+    .option("--package <source:name[=version]>", "install/dry run: package (repeatable)", collect)
+    .option("--source <name>", "install_updates: upgrade everything of this source (repeatable)", collect)
+    .option("--delay <duration>", "reboot: delay", seconds)
+    .option("--message <text>", "reboot: message to logged-in users")
+    .option("--force", "reboot: even when the host does not need it")
+    .option("--duration <duration>", "enable_heartbeat: how long", seconds)
+    .option("--interval <duration>", "enable_heartbeat: poll interval (default 5s)", seconds)
+    .option("--from-dry-run <command-id>", "confirm_dependencies: install exactly what this dry run reported")
+    .option("--to-version <version>", "rollback_update: the version to go back to")
+    .option("--release <version>", "update_agent: a version from `redflag releases list` (default: the newest for the agent's platform)")
+    .addOption(new Option("--url <url>").hideHelp())
+    .addOption(new Option("--artifact <file>").hideHelp())
+    .addOption(new Option("--platform <os-arch>").hideHelp())
+    .option("--timeout <duration>", "execution timeout on the agent", seconds)
+    .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
+    .option("--idempotency-key <key>", "queue at most one command for this key (a day), also when this whole call is run again; default: a new key per call, reused on its own retries")
+    .action(async (o: QueueOptions) => {
+      const c = await cli.clients();
+      o.agent = await resolveAgent(c, o.agent, { live: true });
+      const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0, idempotencyKey: o.idempotencyKey ?? randomUUID() });
+      req.action = await buildAction(o, c);
+      const res = await retryUnanswered(cli, () => c.commands.createCommand(req));
+      let command = res.command!;
+      if (o.wait) command = await waitFor(c, command, o.wait);
+      if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
+      cli.out(o.wait ? describeCommand(command, await hostnames(c, [command.agentId])) : `${command.id}\n`);
+      if (o.wait && command.state !== CommandState.SUCCEEDED) cli.exitCode = 1;
+    });
+
+  commands
+    .command("list")
+    .description("list commands and their states")
+    .option("--agent <agent>", `only this agent's commands (${AGENT_ARG})`)
+    .option("--state <state>", "only commands in this state (pending, sent, succeeded, failed, rejected, timed_out, cancelled)")
+    .action(async (o: { agent?: string; state?: string }) => {
+      let state = CommandState.UNSPECIFIED;
+      if (o.state) {
+        const named = CommandState[o.state.toUpperCase() as keyof typeof CommandState] as CommandState | undefined;
+        if (named === undefined) throw new CliError(`--state ${o.state} is not a command state`);
+        state = named;
+      }
+      const c = await cli.clients();
+      const res = await c.commands.listCommands({ agentId: o.agent ? await resolveAgent(c, o.agent) : "", state, pageSize: 500 });
+      if (cli.json()) return cli.printJson(ListCommandsResponseSchema, res);
+      const hosts = await hostnames(c, res.commands.map((cmd) => cmd.agentId));
+      cli.out(
+        table(
+          ["ID", "HOST", "AGENT", "TYPE", "STATE", "SEQ", "CREATED", "RESULT"],
+          res.commands.map((c) => [
+            c.id,
+            hosts.get(c.agentId) ?? "",
+            c.agentId,
+            enumName(CommandType, c.type),
+            enumName(CommandState, c.state),
+            c.sequence ? String(c.sequence) : "-",
+            ago(time(c.createTime)),
+            c.result?.message.split("\n")[0]?.slice(0, 60) ?? "",
+          ]),
+        ),
+      );
+    });
+
+  commands
+    .command("get")
+    .description("show one command with its result")
+    .argument("<id>", "command ID")
+    .action(async (id: string) => {
+      const c = await cli.clients();
+      const res = await c.commands.getCommand({ id });
+      if (cli.json()) return cli.printJson(GetCommandResponseSchema, res);
+      cli.out(describeCommand(res.command!, await hostnames(c, [res.command!.agentId])));
+    });
+
+  commands
+    .command("cancel")
+    .description("stop a command that was not delivered yet")
+    .argument("<id>", "command ID")
+    .action(async (id: string) => {
+      const res = await (await cli.clients()).commands.cancelCommand({ id });
+      cli.out(`${res.command!.id} cancelled\n`);
+    });
+
+  commands
+    .command("retry")
+    .description("queue a failed, timed-out, rejected or cancelled command again")
+    .argument("<id>", "command ID")
+    .action(async (id: string) => {
+      const res = await (await cli.clients()).commands.retryCommand({ id });
+      if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: res.command }));
+      cli.out(`${res.command!.id}\n`);
+    });
+
+  commands
+    .command("watch")
+    .description("print command changes as they happen (Ctrl-C to stop)")
+    .option("--agent <agent>", `only this agent (${AGENT_ARG})`)
+    .action(async (o: { agent?: string }) => {
+      const stop = new AbortController();
+      const onSigint = () => stop.abort();
+      process.once("SIGINT", onSigint);
+      try {
+        await watch(cli, o.agent, stop.signal);
+      } catch (err) {
+        if (!stop.signal.aborted) throw err;
+      } finally {
+        process.off("SIGINT", onSigint);
+      }
+    });
+}
+
+// Prints command events until `signal` stops the stream.
+async function watch(cli: CliContext, agent: string | undefined, signal: AbortSignal): Promise<void> {
+  const client = await cli.clients();
+  const agentId = agent ? await resolveAgent(client, agent) : "";
+  // Each agent's hostname is looked up once, when its first event arrives.
+  const hosts = new Map<string, string>();
+  for await (const event of client.commands.watchEvents({ agentId }, { signal, timeoutMs: 0 })) {
+    if (event.kind !== "command") continue;
+    const c = event.command!;
+    if (cli.json()) {
+      cli.out(JSON.stringify(toJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }))) + "\n");
+      continue;
+    }
+    if (!hosts.has(c.agentId)) hosts.set(c.agentId, (await hostnames(client, [c.agentId])).get(c.agentId) ?? "");
+    cli.out(`${time(event.time)!.toISOString()}  ${hosts.get(c.agentId)}  ${c.agentId}  ${enumName(CommandType, c.type)}  ${enumName(CommandState, c.state)}  ${c.id}${c.result ? `  ${c.result.message}` : ""}\n`);
+  }
+}
+
+// A queued command: its ID, or with --json the whole command.
+export function printQueued(cli: CliContext, c: CommandInfo): void {
+  if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: c }));
+  cli.out(`${c.id}\n`);
+}
+
+function packageRef(text: string) {
+  const match = /^([a-z_]+):([^=\s]+)(?:=(\S+))?$/.exec(text);
+  if (!match) throw new CliError(`--package ${text} must look like source:name or source:name=version (apt:curl=8.5.0-2)`);
+  return create(PackageRefSchema, { source: match[1]!, name: match[2]!, version: match[3] ?? "" });
+}
+
+async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRequest["action"]> {
+  const packages = (o.package ?? []).map(packageRef);
+  switch (o.type) {
+    case "confirm_dependencies": {
+      if (!o.fromDryRun) throw new CliError("confirm_dependencies needs --from-dry-run <command-id>");
+      const dryRun = (await c.commands.getCommand({ id: o.fromDryRun })).command!;
+      const result = dryRun.result;
+      if (dryRun.state !== CommandState.SUCCEEDED || result?.detail.case !== "dryRunUpdate") {
+        throw new CliError(`command ${o.fromDryRun} is not a successful dry run (it is ${enumName(CommandState, dryRun.state)})`);
+      }
+      if (dryRun.agentId !== o.agent) throw new CliError(`dry run ${o.fromDryRun} was for agent ${dryRun.agentId}, not ${o.agent}`);
+      return {
+        case: "confirmDependencies",
+        value: { $typeName: "redflag.v1.ConfirmDependencies", dryRunCommandId: dryRun.id, changes: result.detail.value.changes },
+      };
+    }
+    case "rollback_update": {
+      if (packages.length !== 1 || !o.toVersion) throw new CliError("rollback_update needs one --package source:name and --to-version");
+      return { case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: packages[0], targetVersion: o.toVersion } };
+    }
+    case "scan_updates":
+      return { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: o.subsystem ?? [] } };
+    case "collect_specs":
+      return { case: "collectSpecs", value: { $typeName: "redflag.v1.CollectSpecs" } };
+    case "install_updates":
+      return { case: "installUpdates", value: { $typeName: "redflag.v1.InstallUpdates", packages, sources: o.source ?? [] } };
+    case "dry_run_update":
+      return { case: "dryRunUpdate", value: { $typeName: "redflag.v1.DryRunUpdate", packages } };
+    case "reboot":
+      return {
+        case: "reboot",
+        value: { $typeName: "redflag.v1.Reboot", delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true },
+      };
+    case "enable_heartbeat":
+      return {
+        case: "enableHeartbeat",
+        value: {
+          $typeName: "redflag.v1.EnableHeartbeat",
+          intervalSeconds: o.interval ?? 5,
+          duration: durationFromMs((o.duration ?? 600) * 1000),
+        },
+      };
+    case "disable_heartbeat":
+      return { case: "disableHeartbeat", value: { $typeName: "redflag.v1.DisableHeartbeat" } };
+    case "update_agent":
+      if (o.url || o.artifact || o.platform) throw new CliError(UPGRADES_FROM_REGISTRY);
+      // The control plane picks the build for the agent's platform and signs its manifest.
+      return { case: "updateAgent", value: create(UpdateAgentSchema, { version: o.release ?? "" }) };
+    default:
+      throw new CliError(`--type must be one of: ${QUEUE_TYPES.join(", ")}`);
+  }
+}
+
+// A call whose answer never came may still have been carried out: retried only with an
+// idempotency key in the request, so the control plane answers a retry with what the first
+// call did instead of doing it again.
+async function retryUnanswered<T>(cli: CliContext, call: () => Promise<T>): Promise<T> {
+  const delays = [500, 1000, 2000];
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      const code = err instanceof ConnectError ? err.code : undefined;
+      // connect-node reports a connection cut mid-call ("socket hang up") as Aborted.
+      const unanswered = code === Code.Unavailable || code === Code.DeadlineExceeded || code === Code.Unknown || code === Code.Aborted;
+      if (!unanswered || attempt >= delays.length) throw err;
+      cli.err(`redflag: no answer (${Code[code!]}: ${(err as ConnectError).rawMessage}); trying again with the same idempotency key\n`);
+      await new Promise((r) => setTimeout(r, delays[attempt]));
+    }
+  }
+}
+
+// The command once it is final (succeeded, failed …), polled twice a second.
+export async function waitFor(c: Clients, command: CommandInfo, forSeconds: number): Promise<CommandInfo> {
+  const deadline = Date.now() + forSeconds * 1000;
+  while (!FINAL.has(command.state)) {
+    if (Date.now() > deadline) {
+      throw new CliError(`command ${command.id} is still ${enumName(CommandState, command.state)} after ${forSeconds}s`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    command = (await c.commands.getCommand({ id: command.id })).command!;
+  }
+  return command;
+}
+
+// One command with its result, for people. `hosts`: the agent's hostname, when it is known.
+export function describeCommand(c: CommandInfo, hosts: Map<string, string>): string {
+  const host = hosts.get(c.agentId);
+  const lines = [
+    `id:       ${c.id}`,
+    `agent:    ${host ? `${host} (${c.agentId})` : c.agentId}`,
+    `type:     ${enumName(CommandType, c.type)}`,
+    `state:    ${enumName(CommandState, c.state)}`,
+    `sequence: ${c.sequence || "-"}`,
+    `delivered: ${c.deliveryCount === 0 ? "not yet" : c.deliveryCount === 1 ? "once" : `${c.deliveryCount} times (no result arrived within the delivery lease)`}`,
+    `created:  ${time(c.createTime)?.toISOString()} by ${c.createdBy}`,
+  ];
+  const r = c.result;
+  if (r) {
+    lines.push(`result:   ${r.message}`);
+    if (r.detail.case === "scanUpdates") {
+      const scan = r.detail.value;
+      for (const s of scan.subsystems) lines.push(`  ${s.subsystem}: ${enumName({ 1: "ran", 2: "failed", 3: "skipped", 4: "not present" }, s.state)} ${s.message}`);
+      if (scan.updateParts > 0) {
+        lines.push(`updates:  sent in ${scan.updateParts} parts, too many to list here; \`redflag updates list --agent ${c.agentId}\` shows them`);
+      } else {
+        lines.push(
+          table(
+            ["PACKAGE", "CURRENT", "AVAILABLE", "REPOSITORY", "SECURITY"],
+            scan.updates.map((u) => [u.name, u.currentVersion, u.availableVersion, u.repository, u.security ? "yes" : ""]),
+          ).trimEnd(),
+        );
+      }
+    }
+    const detail = r.detail;
+    if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {
+      lines.push(
+        table(
+          ["SOURCE", "PACKAGE", "FROM", "TO", "OUTCOME", "REASON"],
+          detail.value.packages.map((p) => [
+            p.source,
+            p.name,
+            p.fromVersion,
+            p.toVersion,
+            enumName(PackageResultState, p.state),
+            p.reason,
+          ]),
+        ).trimEnd(),
+      );
+      if (detail.value.rebootRequired) lines.push("the host needs a reboot");
+    }
+    if (detail.case === "dryRunUpdate") {
+      lines.push(
+        table(
+          ["CHANGE", "SOURCE", "PACKAGE", "FROM", "TO"],
+          detail.value.changes.map((ch) => [enumName(PackageChangeKind, ch.kind), ch.source, ch.name, ch.fromVersion, ch.toVersion]),
+        ).trimEnd(),
+      );
+    }
+  }
+  return lines.join("\n") + "\n";
+}
