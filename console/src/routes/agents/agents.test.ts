@@ -6,11 +6,11 @@ import { Role } from "@redflag/gen/identity_pb";
 import { UpdateService, type InstallApprovedUpdatesRequest } from "@redflag/gen/update_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Agents from "./+page.svelte";
 
 const id = (n: number) => `0b7c2f0e-3a55-4d1e-9a8e-${String(n).padStart(12, "0")}`;

@@ -6,10 +6,10 @@ import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { UserService, type ResetPasswordRequest } from "@redflag/gen/user_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import People from "./People.svelte";
 
 // A UserService like the control plane's: the same password rules, the last admin kept.

@@ -17,12 +17,12 @@ import { create } from "@bufbuild/protobuf";
 import { PackageChangeSchema } from "@redflag/gen/command_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Updates from "./+page.svelte";
-import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "../activity/fixtures.ts";
+import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "#lib/testing/fixtures.ts";
 
 const DRY = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const CONFIRM = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";

@@ -4,7 +4,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CommandCreator, CommandInfoSchema, type CommandInfo, type WatchEventsResponseSchema } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
-import { session } from "../../lib/session.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
 
 export const WEB = "5b0e8f0a-1f4e-4c55-9a43-0c2f6b1d7e01";
 export const DB = "8c3d2a91-6b7e-4f10-8e22-3a9b4c5d6e02";
