@@ -1,4 +1,4 @@
-// Shared by the Activity and Updates component tests: agents, commands as the control plane
+// Shared by the Activity, Command and Updates component tests: agents, commands as the control plane
 // returns them, and a WatchEvents feed a test pushes events into.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
