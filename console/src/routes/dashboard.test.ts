@@ -11,6 +11,7 @@ import { screen, waitFor, within } from "@testing-library/svelte";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { renderWithApi } from "#lib/testing/api.ts";
 import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { notFound } from "#lib/testing/server-rules.ts";
 import { session } from "#lib/session.svelte.ts";
 import Dashboard from "./+page.svelte";
 
@@ -90,7 +91,7 @@ function routes(overview: () => Overview | Promise<never>, calls: { days: number
     router.service(FleetService, {
       getAgent(req) {
         const hostname = { [WEB1]: "web-1", [DB1]: "db-1" }[req.agentId];
-        if (!hostname) throw new ConnectError(`agent ${req.agentId} does not exist`, Code.NotFound);
+        if (!hostname) throw notFound("agent", req.agentId);
         return { agent: { id: req.agentId, hostname } };
       },
     });
