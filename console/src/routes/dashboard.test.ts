@@ -9,9 +9,10 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { GetFleetOverviewResponseSchema } from "@redflag/gen/report_service_pb";
 import { screen, waitFor, within } from "@testing-library/svelte";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { renderWithApi } from "../lib/testing/api.ts";
-import { setTestUrl } from "../lib/testing/app-state.svelte.ts";
-import { session } from "../lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { notFound } from "#lib/testing/server-rules.ts";
+import { session } from "#lib/session.svelte.ts";
 import Dashboard from "./+page.svelte";
 
 const WEB1 = "0b7c2f0e-3a55-4d1e-9a8e-1f2b3c4d5e01";
@@ -90,7 +91,7 @@ function routes(overview: () => Overview | Promise<never>, calls: { days: number
     router.service(FleetService, {
       getAgent(req) {
         const hostname = { [WEB1]: "web-1", [DB1]: "db-1" }[req.agentId];
-        if (!hostname) throw new ConnectError(`agent ${req.agentId} does not exist`, Code.NotFound);
+        if (!hostname) throw notFound("agent", req.agentId);
         return { agent: { id: req.agentId, hostname } };
       },
     });

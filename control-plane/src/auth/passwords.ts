@@ -7,8 +7,8 @@ const PARAMS = { N: 2 ** 15, r: 8, p: 1 };
 const KEY_BYTES = 32;
 const MAX_MEMORY = 64 * 1024 * 1024;
 
-export const MIN_PASSWORD_LENGTH = 12;
-export const MAX_PASSWORD_LENGTH = 256;
+// The rule for new passwords is shared with the console.
+export { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, passwordProblem } from "@redflag/common/passwords";
 
 function scrypt(password: string, salt: Buffer, params: ScryptOptions): Promise<Buffer> {
   return new Promise((resolve, reject) =>
@@ -36,13 +36,4 @@ let decoy: Promise<string> | undefined;
 export function decoyHash(): Promise<string> {
   decoy ??= hashPassword(randomBytes(16).toString("hex"));
   return decoy;
-}
-
-// Why a new password is refused, or undefined when it is acceptable.
-export function passwordProblem(password: string, username: string): string | undefined {
-  if (password.length < MIN_PASSWORD_LENGTH) return `the password must be at least ${MIN_PASSWORD_LENGTH} characters`;
-  if (password.length > MAX_PASSWORD_LENGTH) return `the password must be at most ${MAX_PASSWORD_LENGTH} characters`;
-  if (password.toLowerCase().includes(username.toLowerCase()) && username.length >= 3) return "the password must not contain the username";
-  if (new Set(password).size < 5) return "the password is too repetitive";
-  return undefined;
 }

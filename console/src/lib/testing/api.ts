@@ -1,7 +1,7 @@
 import { createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { render } from "@testing-library/svelte";
 import type { Component } from "svelte";
-import { API_CONTEXT, connectionInterceptor, createApi, type Api } from "../api.ts";
+import { API_CONTEXT, connectionInterceptor, createApi, type Api } from "#lib/api.ts";
 
 // Component tests talk to handlers written in the test through Connect's in-memory router
 // transport: the same clients, serialization and error codes as against the real server.

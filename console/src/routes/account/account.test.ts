@@ -1,13 +1,15 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { passwordProblem } from "@redflag/common/passwords";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { invalid } from "#lib/testing/server-rules.ts";
 import Account from "./+page.svelte";
 
 const SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
@@ -25,7 +27,8 @@ function fakeServer() {
       changePassword(req) {
         state.calls.push("changePassword");
         if (req.currentPassword !== state.password) throw new ConnectError("the current password is wrong", Code.PermissionDenied);
-        if (req.newPassword.length < 12) throw new ConnectError("the password must be at least 12 characters", Code.InvalidArgument);
+        const problem = passwordProblem(req.newPassword, "ana");
+        if (problem) throw invalid(problem);
         state.password = req.newPassword;
         return {};
       },

@@ -5,12 +5,13 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Activity from "./+page.svelte";
-import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "./fixtures.ts";
+import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "#lib/testing/fixtures.ts";
+import { checkCancellable, checkRetryable } from "#lib/testing/server-rules.ts";
 
 const INSTALL = "11111111-1111-4111-8111-111111111111";
 const SCAN = "22222222-2222-4222-8222-222222222222";
@@ -41,21 +42,21 @@ function server(opts: { feed: EventFeed; commands?: CommandInfo[]; watch?: (req:
       },
       cancelCommand(req) {
         const c = commands.find((x) => x.id === req.id)!;
-        if (c.state !== CommandState.PENDING) throw new ConnectError(`command ${req.id} is sent; only a pending command can be cancelled`, Code.FailedPrecondition);
+        checkCancellable(c);
         const cancelled = evolve(c, { state: CommandState.CANCELLED, finishTime: ago(0) });
         commands = commands.map((x) => (x.id === c.id ? cancelled : x));
         return { command: cancelled };
       },
       retryCommand(req) {
         retried.push(req.id);
-        if (req.id === FAILED) {
-          return { command: command({ id: NEW, agentId: DB, type: CommandType.SCAN_UPDATES, state: CommandState.PENDING, createTime: ago(0) }) };
-        }
-        throw new ConnectError(`command ${req.id} is succeeded; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
+        checkRetryable(commands.find((x) => x.id === req.id)!);
+        return { command: command({ id: NEW, agentId: DB, type: CommandType.SCAN_UPDATES, state: CommandState.PENDING, createTime: ago(0) }) };
       },
     });
   };
-  return { routes, lists, watches, retried };
+  // A command changes on the server without an event reaching the page (someone else acted).
+  const set = (c: CommandInfo) => (commands = commands.map((x) => (x.id === c.id ? c : x)));
+  return { routes, lists, watches, retried, set };
 }
 
 const rowIds = () => screen.getAllByTestId("command").map((r) => r.dataset.commandId);
@@ -110,9 +111,10 @@ describe("the Activity feed", () => {
     const feed = new EventFeed();
     // The row still says failed, but someone retried it meanwhile and it succeeded.
     const stale = command({ id: SCAN, agentId: DB, type: CommandType.SCAN_UPDATES, state: CommandState.FAILED, result: { outcome: CommandOutcome.FAILED, message: "timeout" } });
-    const { routes, retried } = server({ feed, commands: [stale] });
+    const { routes, retried, set } = server({ feed, commands: [stale] });
     renderWithApi(Activity, routes);
     await waitFor(() => expect(rowIds()).toEqual([SCAN]));
+    set(evolve(stale, { state: CommandState.SUCCEEDED, result: { outcome: CommandOutcome.SUCCEEDED, message: "3 updates found" } }));
     await fireEvent.click(screen.getByRole("button", { name: "Retry scan updates on db-1" }));
     expect((await screen.findByRole("alert")).textContent).toBe(
       `command ${SCAN} is succeeded; only a failed, timed-out, rejected or cancelled command can be retried`,

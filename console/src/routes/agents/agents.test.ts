@@ -6,11 +6,12 @@ import { Role } from "@redflag/gen/identity_pb";
 import { UpdateService, type InstallApprovedUpdatesRequest } from "@redflag/gen/update_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { agentDecommissioned, checkTags, notFound } from "#lib/testing/server-rules.ts";
 import Agents from "./+page.svelte";
 
 const id = (n: number) => `0b7c2f0e-3a55-4d1e-9a8e-${String(n).padStart(12, "0")}`;
@@ -49,7 +50,6 @@ function server(fleet: Agent[]) {
   const labels: { agentId: string; tags: string[]; group: string }[] = [];
   const installs: InstallApprovedUpdatesRequest[] = [];
   const decommissioned = new Set<string>();
-  const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
   const routes = (router: ConnectRouter) => {
     router.service(FleetService, {
       listAgents(req) {
@@ -71,16 +71,15 @@ function server(fleet: Agent[]) {
         return { agents: page, nextPageToken: start + size < rows.length ? btoa(page.at(-1)!.id) : "" };
       },
       triggerScan(req) {
-        if (!fleet.some((a) => a.id === req.agentId)) throw new ConnectError(`agent ${req.agentId} does not exist`, Code.NotFound);
-        if (decommissioned.has(req.agentId)) throw new ConnectError(`agent ${req.agentId} is decommissioned`, Code.FailedPrecondition);
+        if (!fleet.some((a) => a.id === req.agentId)) throw notFound("agent", req.agentId);
+        if (decommissioned.has(req.agentId)) throw agentDecommissioned(req.agentId);
         scans.push(req.agentId);
         return { command: { id: crypto.randomUUID(), agentId: req.agentId } };
       },
       setAgentLabels(req) {
         const a = fleet.find((x) => x.id === req.agentId);
-        if (!a) throw new ConnectError(`agent ${req.agentId} does not exist`, Code.NotFound);
-        const tags = [...new Set(req.tags.map((t) => t.trim().toLowerCase()))];
-        for (const t of tags) if (!LABEL.test(t)) throw new ConnectError(`tag "${t}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`, Code.InvalidArgument);
+        if (!a) throw notFound("agent", req.agentId);
+        const tags = checkTags(req.tags);
         labels.push({ agentId: req.agentId, tags: req.tags, group: req.group });
         a.tags = tags;
         a.group = req.group;

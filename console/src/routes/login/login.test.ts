@@ -3,10 +3,10 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
 import Login from "./+page.svelte";
 
 // A server with one person, "ana", whose account has TOTP on. Like the real one, it asks for the

@@ -12,11 +12,11 @@ import {
 } from "@redflag/gen/security_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Security from "./+page.svelte";
 
 const FP1 = "aa:".repeat(31) + "aa";

@@ -6,10 +6,11 @@ import { Role } from "@redflag/gen/identity_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { notFound } from "#lib/testing/server-rules.ts";
 import Settings from "./+page.svelte";
 
 // An ApiTokenService like the control plane's: a token never does more than its owner, only
@@ -51,7 +52,7 @@ function fakeServer(existing: ApiToken[] = []) {
       },
       revokeApiToken(req) {
         const t = tokens.find((x) => x.id === req.id);
-        if (!t) throw new ConnectError(`API token ${req.id} does not exist`, Code.NotFound);
+        if (!t) throw notFound("API token", req.id);
         t.revokeTime ??= timestampFromDate(new Date());
         return { token: t };
       },

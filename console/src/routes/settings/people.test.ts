@@ -1,18 +1,20 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { passwordProblem } from "@redflag/common/passwords";
 import { Role, UserSchema, type User } from "@redflag/gen/identity_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { UserService, type ResetPasswordRequest } from "@redflag/gen/user_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { notFound } from "#lib/testing/server-rules.ts";
 import People from "./People.svelte";
 
-// A UserService like the control plane's: the same password rules, the last admin kept.
+// A UserService like the control plane's: its password rule (shared, from @redflag/common), the last admin kept.
 function fakeServer() {
   const users: User[] = [
     create(UserSchema, { id: "u-ana", username: "ana", displayName: "Ana Lima", role: Role.ADMIN, totpEnabled: true, authSource: "password", lastLoginTime: timestampFromDate(new Date(Date.now() - 3_600_000)) }),
@@ -22,12 +24,10 @@ function fakeServer() {
   const resets: ResetPasswordRequest[] = [];
   const find = (id: string) => {
     const u = users.find((x) => x.id === id);
-    if (!u) throw new ConnectError(`user ${id} does not exist`, Code.NotFound);
+    if (!u) throw notFound("user", id);
     return u;
   };
   const activeAdmins = () => users.filter((u) => u.role === Role.ADMIN && !u.disabled).length;
-  const passwordProblem = (p: string, name: string) =>
-    p.length < 12 ? "the password must be at least 12 characters" : p.toLowerCase().includes(name) ? "the password must not contain the username" : undefined;
   const routes = (router: ConnectRouter) => {
     router.service(SettingsService, { listSettings: () => ({ settings: [] }) });
     router.service(UserService, {
@@ -160,11 +160,11 @@ describe("people in settings", () => {
     await waitFor(() => expect(screen.getAllByTestId("person")).toHaveLength(3));
     await fireEvent.click(within(row("bo")).getByRole("button", { name: "Reset the password of bo" }));
     const form = screen.getByRole("form", { name: "New password for bo" });
-    await fireEvent.input(within(form).getByLabelText("New password for bo"), { target: { value: "bo has a new one" } });
-    await fireEvent.input(within(form).getByLabelText("Repeat it"), { target: { value: "bo has a new one" } });
+    await fireEvent.input(within(form).getByLabelText("New password for bo"), { target: { value: "bo bo bo bo bo" } });
+    await fireEvent.input(within(form).getByLabelText("Repeat it"), { target: { value: "bo bo bo bo bo" } });
     await fireEvent.click(within(form).getByLabelText(/Also turn off TOTP/));
     await fireEvent.click(within(form).getByRole("button", { name: "Set password" }));
-    expect((await within(form).findByRole("alert")).textContent).toBe("the password must not contain the username");
+    expect((await within(form).findByRole("alert")).textContent).toBe("the password is too repetitive");
 
     await fireEvent.input(within(form).getByLabelText("New password for bo"), { target: { value: "a fresh passphrase" } });
     await fireEvent.input(within(form).getByLabelText("Repeat it"), { target: { value: "a fresh passphrase" } });

@@ -11,10 +11,11 @@ import {
 } from "@redflag/gen/token_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { session } from "../../lib/session.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
+import { notFound } from "#lib/testing/server-rules.ts";
 import Tokens from "./+page.svelte";
 
 // A TokenService like the control plane's: the same checks, messages and codes.
@@ -63,7 +64,7 @@ function fakeServer(initial: RegistrationToken[] = [], serverUrlWarning = "") {
       revokeRegistrationToken(req) {
         calls.push("revoke");
         const t = tokens.find((x) => x.id === req.id);
-        if (!t) throw new ConnectError(`registration token ${req.id} does not exist`, Code.NotFound);
+        if (!t) throw notFound("registration token", req.id);
         t.state = RegistrationTokenState.REVOKED;
         t.revokeTime = timestampFromDate(new Date());
         return { token: t };
@@ -71,7 +72,7 @@ function fakeServer(initial: RegistrationToken[] = [], serverUrlWarning = "") {
       deleteRegistrationToken(req) {
         calls.push("delete");
         const i = tokens.findIndex((x) => x.id === req.id);
-        if (i < 0) throw new ConnectError(`registration token ${req.id} does not exist`, Code.NotFound);
+        if (i < 0) throw notFound("registration token", req.id);
         if (tokens[i]!.state === RegistrationTokenState.ACTIVE) throw new ConnectError("the token is still active; revoke it first", Code.FailedPrecondition);
         tokens.splice(i, 1);
         return {};

@@ -17,12 +17,13 @@ import { create } from "@bufbuild/protobuf";
 import { PackageChangeSchema } from "@redflag/gen/command_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../lib/notices.svelte.ts";
-import { renderWithApi } from "../../lib/testing/api.ts";
-import { navigations } from "../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Updates from "./+page.svelte";
-import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "../activity/fixtures.ts";
+import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "#lib/testing/fixtures.ts";
+import { checkSelection, notFound } from "#lib/testing/server-rules.ts";
 
 const DRY = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const CONFIRM = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
@@ -78,12 +79,6 @@ function server(opts: { approveError?: ConnectError; dryRun?: "succeeds" | "fail
     if (sel.packageName && sel.packageName !== r.name) return false;
     return true;
   };
-  const required = (sel: UpdateSelection | undefined) => {
-    const any = sel && (sel.keys.length || sel.agentIds.length || sel.severities.length || sel.securityOnly || sel.packageName || sel.source || sel.group || sel.tag);
-    if (!any && !sel?.all) {
-      throw new ConnectError("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)", Code.InvalidArgument);
-    }
-  };
   const routes = (router: ConnectRouter) => {
     router.service(FleetService, { listAgents: () => ({ agents: AGENTS }) });
     router.service(UpdateService, {
@@ -107,21 +102,21 @@ function server(opts: { approveError?: ConnectError; dryRun?: "succeeds" | "fail
       approveUpdates(req) {
         approvals.push(req);
         if (opts.approveError) throw opts.approveError;
-        required(req.selection);
+        checkSelection(req.selection);
         const chosen = rows.filter((r) => matches(req.selection, r) && r.status !== UpdateStatus.APPROVED);
         rows = rows.map((r) => (chosen.includes(r) && !r.held ? { ...r, status: UpdateStatus.APPROVED } : r));
         return { approved: chosen.filter((r) => !r.held).length, held: chosen.filter((r) => r.held).length };
       },
       rejectUpdates(req) {
         rejections.push(req);
-        required(req.selection);
+        checkSelection(req.selection);
         const chosen = rows.filter((r) => matches(req.selection, r) && r.status !== UpdateStatus.REJECTED);
         rows = rows.map((r) => (chosen.includes(r) ? { ...r, status: UpdateStatus.REJECTED } : r));
         return { rejected: chosen.length };
       },
       installApprovedUpdates(req) {
         installs.push(req);
-        required(req.selection);
+        checkSelection(req.selection);
         if (req.approve) rows = rows.map((r) => (matches(req.selection, r) && r.status === UpdateStatus.PENDING && !r.held ? { ...r, status: UpdateStatus.APPROVED } : r));
         const todo = rows.filter((r) => matches(req.selection, r) && r.status === UpdateStatus.APPROVED && !r.held);
         const agents = [...new Set(todo.map((r) => r.agentId))];
@@ -170,7 +165,7 @@ function server(opts: { approveError?: ConnectError; dryRun?: "succeeds" | "fail
       },
       getCommand(req) {
         const c = commands.get(req.id);
-        if (!c) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
+        if (!c) throw notFound("command", req.id);
         return { command: c };
       },
       watchEvents: (_req, ctx) => feed.stream(ctx.signal),

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import {
   CommandOutcome,
   CommandType,
@@ -15,12 +15,13 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { cleanup, fireEvent, screen, waitFor } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../../lib/notices.svelte.ts";
-import { renderWithApi } from "../../../lib/testing/api.ts";
-import { navigations } from "../../../lib/testing/app-navigation.ts";
-import { setTestUrl } from "../../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { navigations } from "#lib/testing/app-navigation.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import CommandPage from "./+page.svelte";
-import { ago, command, EventFeed, evolve, signIn, WEB } from "../fixtures.ts";
+import { ago, command, EventFeed, evolve, signIn, WEB } from "#lib/testing/fixtures.ts";
+import { checkCancellable, checkRetryable, notFound } from "#lib/testing/server-rules.ts";
 
 const ID = "11111111-1111-4111-8111-111111111111";
 const RETRY = "22222222-2222-4222-8222-222222222222";
@@ -34,19 +35,19 @@ function server(initial: CommandInfo | undefined, feed = new EventFeed()) {
     router.service(FleetService, { getAgent: (req) => ({ agent: { id: req.agentId, hostname: "web-1" } }) });
     router.service(CommandService, {
       getCommand(req) {
-        if (!current || req.id !== current.id) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
+        if (!current || req.id !== current.id) throw notFound("command", req.id);
         return { command: current };
       },
       watchEvents: (_req, ctx) => feed.stream(ctx.signal),
       retryCommand(req) {
         retried.push(req.id);
-        if (current?.state === CommandState.SUCCEEDED) {
-          throw new ConnectError(`command ${req.id} is succeeded; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
-        }
-        return { command: command({ id: RETRY, agentId: WEB, type: current!.type, state: CommandState.PENDING }) };
+        if (!current) throw notFound("command", req.id);
+        checkRetryable(current);
+        return { command: command({ id: RETRY, agentId: WEB, type: current.type, state: CommandState.PENDING }) };
       },
       cancelCommand(req) {
-        if (current?.state !== CommandState.PENDING) throw new ConnectError(`command ${req.id} is sent; only a pending command can be cancelled`, Code.FailedPrecondition);
+        if (!current) throw notFound("command", req.id);
+        checkCancellable(current);
         current = evolve(current, { state: CommandState.CANCELLED, finishTime: ago(0) });
         return { command: current };
       },

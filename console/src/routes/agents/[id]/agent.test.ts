@@ -7,12 +7,12 @@ import { AgentHealth } from "@redflag/gen/fleet_service_pb";
 import { UpdateStatus } from "@redflag/gen/update_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { notices } from "../../../lib/notices.svelte.ts";
-import { session } from "../../../lib/session.svelte.ts";
-import { renderWithApi } from "../../../lib/testing/api.ts";
-import { setTestUrl } from "../../../lib/testing/app-state.svelte.ts";
+import { notices } from "#lib/notices.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
+import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Page from "./+page.svelte";
-import { AGENT_ID, ago, command, defaultSubsystem, disk, fakeServer, sample, update, type FakeOptions } from "./fake-server.ts";
+import { AGENT_ID, ago, command, defaultSubsystem, disk, fakeServer, sample, update, type FakeOptions } from "#lib/testing/agent-server.ts";
 
 const GiB = 2 ** 30;
 const MIN = 60_000;

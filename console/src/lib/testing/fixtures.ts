@@ -1,10 +1,10 @@
-// Shared by the Activity and Updates component tests: agents, commands as the control plane
+// Shared by the Activity, Command and Updates component tests: agents, commands as the control plane
 // returns them, and a WatchEvents feed a test pushes events into.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { CommandCreator, CommandInfoSchema, type CommandInfo, type WatchEventsResponseSchema } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
-import { session } from "../../lib/session.svelte.ts";
+import { session } from "#lib/session.svelte.ts";
 
 export const WEB = "5b0e8f0a-1f4e-4c55-9a43-0c2f6b1d7e01";
 export const DB = "8c3d2a91-6b7e-4f10-8e22-3a9b4c5d6e02";

@@ -7,6 +7,7 @@ import { OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/
 import { AgentHealth, AgentSchema, FleetService, type Agent } from "@redflag/gen/fleet_service_pb";
 import { MetricSampleSchema, ReportService, type MetricSample } from "@redflag/gen/report_service_pb";
 import { FleetUpdateSchema, UpdateService, UpdateStatus, type FleetUpdate, type Hold } from "@redflag/gen/update_service_pb";
+import { agentDecommissioned, checkCancellable, checkRetryable, checkSelection, checkTags, notFound } from "./server-rules.ts";
 
 // An in-memory control plane for the agent page's tests: one agent and what the real services
 // would answer about it, with the same error codes and messages (control-plane/src/services),
@@ -128,12 +129,12 @@ export function fakeServer(opts: FakeOptions = {}) {
 
   const existing = (agentId: string) => {
     uuid("agent_id", agentId);
-    if (opts.missing || agentId !== AGENT_ID) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
+    if (opts.missing || agentId !== AGENT_ID) throw notFound("agent", agentId);
     return state.agent;
   };
   const active = (agentId: string) => {
     const a = existing(agentId);
-    if (a.health === AgentHealth.DECOMMISSIONED) throw new ConnectError(`agent ${agentId} is decommissioned`, Code.FailedPrecondition);
+    if (a.health === AgentHealth.DECOMMISSIONED) throw agentDecommissioned(agentId);
     return a;
   };
   const queue = (type: CommandType): CommandInfo => {
@@ -154,8 +155,7 @@ export function fakeServer(opts: FakeOptions = {}) {
       setAgentLabels(req) {
         calls.push(["setAgentLabels", req]);
         existing(req.agentId);
-        const tags = [...new Set(req.tags.map((t) => t.trim().toLowerCase()))];
-        for (const tag of tags) if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(tag)) throw invalid(`tag "${tag}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+        const tags = checkTags(req.tags);
         state.agent = create(AgentSchema, { ...state.agent, tags, group: req.group.trim().toLowerCase() });
         return { agent: state.agent };
       },
@@ -241,9 +241,7 @@ export function fakeServer(opts: FakeOptions = {}) {
       installApprovedUpdates(req) {
         calls.push(["installApprovedUpdates", req]);
         const sel = req.selection;
-        if (!sel || (sel.keys.length === 0 && sel.agentIds.length === 0 && !sel.all)) {
-          throw invalid("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)");
-        }
+        checkSelection(sel);
         const picked = state.updates.filter(
           (u) =>
             (sel.agentIds.length === 0 || sel.agentIds.includes(u.agentId)) &&
@@ -267,10 +265,8 @@ export function fakeServer(opts: FakeOptions = {}) {
       cancelCommand(req) {
         calls.push(["cancelCommand", req]);
         const c = state.commands.find((x) => x.id === req.id);
-        if (!c) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
-        if (c.state !== CommandState.PENDING) {
-          throw new ConnectError(`command ${req.id} is ${CommandState[c.state]!.toLowerCase()}; only a pending command can be cancelled`, Code.FailedPrecondition);
-        }
+        if (!c) throw notFound("command", req.id);
+        checkCancellable(c);
         const done = create(CommandInfoSchema, { ...c, state: CommandState.CANCELLED, finishTime: timestampFromMs(Date.now()) });
         state.commands = state.commands.map((x) => (x.id === c.id ? done : x));
         publish(done);
@@ -279,10 +275,8 @@ export function fakeServer(opts: FakeOptions = {}) {
       retryCommand(req) {
         calls.push(["retryCommand", req]);
         const c = state.commands.find((x) => x.id === req.id);
-        if (!c) throw new ConnectError(`command ${req.id} does not exist`, Code.NotFound);
-        if (![CommandState.FAILED, CommandState.TIMED_OUT, CommandState.REJECTED, CommandState.CANCELLED].includes(c.state)) {
-          throw new ConnectError(`command ${req.id} is ${CommandState[c.state]!.toLowerCase()}; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
-        }
+        if (!c) throw notFound("command", req.id);
+        checkRetryable(c);
         return { command: queue(c.type) };
       },
       async *watchEvents(req, ctx) {

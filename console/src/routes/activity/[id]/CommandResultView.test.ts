@@ -4,8 +4,8 @@ import { CommandState } from "@redflag/gen/command_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { screen } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
-import { command, signIn, WEB } from "../../routes/activity/fixtures.ts";
-import { renderWithApi } from "../testing/api.ts";
+import { command, signIn, WEB } from "#lib/testing/fixtures.ts";
+import { renderWithApi } from "#lib/testing/api.ts";
 import CommandResultView from "./CommandResultView.svelte";
 
 const ID = "11111111-1111-4111-8111-111111111111";

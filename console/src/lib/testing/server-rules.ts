@@ -1,0 +1,44 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import type { UpdateSelection } from "@redflag/gen/update_service_pb";
+
+// The control plane's refusals that the component tests' in-memory servers imitate: the same
+// codes and messages as control-plane/src/services, written once here so that a change there has
+// one place to follow in the console's tests. The console itself never imports this file.
+
+export const invalid = (message: string) => new ConnectError(message, Code.InvalidArgument);
+
+// "agent <id> does not exist", "command <id> does not exist", ...
+export const notFound = (kind: string, id: string) => new ConnectError(`${kind} ${id} does not exist`, Code.NotFound);
+
+// fleet-service.ts: commands are refused for a decommissioned agent.
+export const agentDecommissioned = (agentId: string) => new ConnectError(`agent ${agentId} is decommissioned`, Code.FailedPrecondition);
+
+// fleet-service.ts (SetAgentLabels): tags are trimmed, lower-cased and de-duplicated, then each
+// must be a label.
+const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
+export function checkTags(tags: readonly string[]): string[] {
+  const clean = [...new Set(tags.map((t) => t.trim().toLowerCase()))];
+  for (const tag of clean) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+  return clean;
+}
+
+// command-service.ts names a state as the database spells it, "_" read as a space ("timed out").
+const stateWords = (state: CommandState) => (CommandState[state] ?? "unspecified").toLowerCase().replace("_", " ");
+
+export function checkCancellable(c: CommandInfo): void {
+  if (c.state !== CommandState.PENDING) throw new ConnectError(`command ${c.id} is ${stateWords(c.state)}; only a pending command can be cancelled`, Code.FailedPrecondition);
+}
+
+const RETRYABLE = [CommandState.FAILED, CommandState.TIMED_OUT, CommandState.REJECTED, CommandState.CANCELLED];
+export function checkRetryable(c: CommandInfo): void {
+  if (!RETRYABLE.includes(c.state)) {
+    throw new ConnectError(`command ${c.id} is ${stateWords(c.state)}; only a failed, timed-out, rejected or cancelled command can be retried`, Code.FailedPrecondition);
+  }
+}
+
+// update-service.ts: a selection that changes updates must name something, or say `all`.
+export function checkSelection(sel: UpdateSelection | undefined): asserts sel is UpdateSelection {
+  const named = sel && (sel.keys.length || sel.agentIds.length || sel.severities.length || sel.securityOnly || sel.packageName || sel.source || sel.group || sel.tag);
+  if (!named && !sel?.all) throw invalid("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)");
+}
