@@ -1,13 +1,13 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { SecurityEventSchema, SecurityService, SigningKeyInfoSchema } from "@redflag/gen/security_service_pb";
 import type { Config } from "../config.ts";
 import type { Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
-import { ensureSigningKeys, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
+import { AdminKeyRevokeRefused, ensureSigningKeys, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
 import { activeAdminKeys, activeAdmins, peopleWithoutTotp } from "../store/people.ts";
 import { countSecurityEvents, listSecurityEvents, SECURITY_EVENT_TYPES } from "../store/security-events.ts";
 import { listSigningKeys } from "../store/signing-keys.ts";
@@ -102,7 +102,9 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
     async rotateSigningKey(req, ctx) {
       const grace = req.grace ? Number(req.grace.seconds) : 7 * 86_400;
       if (grace < 3600 || grace > 90 * 86_400) throw invalid("grace must be from 1 hour to 90 days");
-      const { active, previousKeyId } = await rotateSigningKey(db, deps.masterKey, grace);
+      const { active, previousKeyId } = await rotateSigningKey(db, deps.masterKey, grace, (tx, done) =>
+        audit(tx, ctx, { target: "signing-keys", before: { activeKeyId: done.previousKeyId }, after: { activeKeyId: done.activeKeyId, graceSeconds: grace } }),
+      );
       await reloadSigningKeys(db, deps.masterKey, deps.signer);
       const now = Date.now();
       const rows = await listSigningKeys(db, [active.keyId, ...(previousKeyId ? [previousKeyId] : [])]);
@@ -110,7 +112,6 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
         const row = rows.find((r) => r.id === id);
         return row ? keyInfo(row, now) : undefined;
       };
-      await audit(db, ctx, { target: "signing-keys", before: { activeKeyId: previousKeyId }, after: { activeKeyId: active.keyId, graceSeconds: grace } });
       return { activeKey: info(active.keyId), previousKey: info(previousKeyId) };
     },
 
@@ -119,10 +120,20 @@ export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<ty
     // admin afterwards, which the store checks.
     async revokeAdminKey(_req, ctx) {
       const principal = ctx.values.get(kPrincipal)!;
-      const { revokedAt, keyIds } = await revokeBootstrapAdminKey(db, { name: principal.name, kind: principal.kind, remoteAddr: ctx.values.get(kRemoteAddr) });
+      const by = { name: principal.name, kind: principal.kind, remoteAddr: ctx.values.get(kRemoteAddr) };
+      const { revokedAt } = await revokeBootstrapAdminKey(db, by, (tx, done) =>
+        audit(tx, ctx, { target: "admin-key", before: { active: true, keyIds: done.keyIds }, after: { active: false, revokeTime: done.revokedAt.toISOString() } }),
+      ).catch((err: unknown) => {
+        if (!(err instanceof AdminKeyRevokeRefused)) throw err;
+        throw new ConnectError(
+          err.reason === "already_revoked"
+            ? "the admin key is already revoked"
+            : "no enabled admin person exists: revoking the admin key now would lock everyone out; set up or create an admin user first, then revoke it",
+          Code.FailedPrecondition,
+        );
+      });
       // Cached lookups would let the key through for a few more seconds.
       deps.principals.forget();
-      await audit(db, ctx, { target: "admin-key", before: { active: true, keyIds }, after: { active: false, revokeTime: revokedAt.toISOString() } });
       return { revokeTime: timestampFromDate(revokedAt) };
     },
   };

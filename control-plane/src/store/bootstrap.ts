@@ -1,4 +1,3 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { randomBytes } from "node:crypto";
 import { generateKeyPair, keyPairFromSecret, seal, unseal, type KeyPair } from "../signing/keys.ts";
 import { newId, newSecret, SECRET_PREFIX, sha256 } from "../ids.ts";
@@ -58,7 +57,15 @@ export async function ensureSigningKeys(
 }
 
 // Makes a new key active; the old active key stays trusted until now + graceSeconds.
-export async function rotateSigningKey(db: Prisma, masterKey: Buffer, graceSeconds: number, now = new Date()) {
+// Makes a new active signing key; the old one stays trusted for graceSeconds. `record` writes
+// the caller's audit entry in the same transaction.
+export async function rotateSigningKey(
+  db: Prisma,
+  masterKey: Buffer,
+  graceSeconds: number,
+  record: (tx: Tx, done: { activeKeyId: string; previousKeyId: string | undefined }) => Promise<void> = async () => {},
+  now = new Date(),
+) {
   const pair = generateKeyPair();
   const previous = await locked(db, async (tx) => {
     const old = await tx.signingKey.findFirst({ where: { active: true } });
@@ -72,6 +79,7 @@ export async function rotateSigningKey(db: Prisma, masterKey: Buffer, graceSecon
         createdAt: now,
       },
     });
+    await record(tx, { activeKeyId: pair.keyId, previousKeyId: old?.id });
     return old;
   });
   return { active: pair, previousKeyId: previous?.id };
@@ -112,19 +120,30 @@ export async function ensureBootstrapAdminKey(db: Prisma): Promise<BootstrapAdmi
   });
 }
 
-// Revokes the bootstrap admin key, recording a security event in the same transaction. Refuses
-// when it is already revoked, or when no enabled admin person exists who could still sign in.
-export async function revokeBootstrapAdminKey(db: Prisma, by: { name: string; kind: string; remoteAddr: string }, now = new Date()): Promise<{ revokedAt: Date; keyIds: string[] }> {
+// Why the bootstrap admin key could not be revoked: it already is, or no enabled admin person
+// exists who could still sign in afterwards. The caller says so in its own words.
+export class AdminKeyRevokeRefused extends Error {
+  readonly reason: "already_revoked" | "no_admin";
+  constructor(reason: "already_revoked" | "no_admin") {
+    super(`the admin key cannot be revoked: ${reason}`);
+    this.reason = reason;
+  }
+}
+
+// Revokes the bootstrap admin key, recording a security event and the caller's audit entry in
+// the same transaction. Throws AdminKeyRevokeRefused when it is already revoked, or when no
+// enabled admin person exists who could still sign in.
+export async function revokeBootstrapAdminKey(
+  db: Prisma,
+  by: { name: string; kind: string; remoteAddr: string },
+  record: (tx: Tx, done: { revokedAt: Date; keyIds: string[] }) => Promise<void> = async () => {},
+  now = new Date(),
+): Promise<{ revokedAt: Date; keyIds: string[] }> {
   return locked(db, async (tx) => {
     const keys = await tx.apiKey.findMany({ where: { kind: "bootstrap", revokedAt: null }, select: { id: true } });
-    if (keys.length === 0) throw new ConnectError("the admin key is already revoked", Code.FailedPrecondition);
+    if (keys.length === 0) throw new AdminKeyRevokeRefused("already_revoked");
     const admins = await tx.user.count({ where: { role: "admin", disabledAt: null } });
-    if (admins === 0) {
-      throw new ConnectError(
-        "no enabled admin person exists: revoking the admin key now would lock everyone out; set up or create an admin user first, then revoke it",
-        Code.FailedPrecondition,
-      );
-    }
+    if (admins === 0) throw new AdminKeyRevokeRefused("no_admin");
     const keyIds = keys.map((k) => k.id);
     await tx.apiKey.updateMany({ where: { id: { in: keyIds } }, data: { revokedAt: now } });
     await recordSecurityEvent(tx, {
@@ -134,6 +153,7 @@ export async function revokeBootstrapAdminKey(db: Prisma, by: { name: string; ki
       remoteAddr: by.remoteAddr || undefined,
       detail: { by: by.name, actorKind: by.kind },
     });
+    await record(tx, { revokedAt: now, keyIds });
     return { revokedAt: now, keyIds };
   });
 }
