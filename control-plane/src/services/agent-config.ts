@@ -1,4 +1,5 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { SUBSYSTEMS } from "@redflag/common/sources";
 import {
   type AgentConfig,
   AgentConfigSchema,
@@ -16,10 +17,7 @@ import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
 
 // Package sources the agent knows, then the host metrics; each is a subsystem the operator can tune.
-export const SUBSYSTEMS = [
-  "apt", "dnf", "zypper", "pacman", "snap", "flatpak", "brew", "winget", "windows_update", "docker",
-  "system", "storage",
-] as const;
+export { SUBSYSTEMS };
 
 const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, storage: 3600 };
 
