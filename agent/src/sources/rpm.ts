@@ -1,4 +1,5 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
+import { which, type ProcessResult } from "../run-process.ts";
 
 // What dnf (and yum) and zypper share: both install RPMs, and both ask rpm what is installed.
 
@@ -27,6 +28,15 @@ export function parseRpmQuery(text: string): Map<string, string> {
     versions.set(na.name, match[2]!);
   }
   return versions;
+}
+
+// The installed versions of `names` (as parseRpmQuery keys them), asked of rpm through the
+// caller's session `run`; empty when nothing is asked or rpm is missing.
+export async function queryRpm(env: NodeJS.ProcessEnv, names: readonly string[], run: (argv: string[]) => Promise<ProcessResult>): Promise<Map<string, string>> {
+  if (names.length === 0) return new Map();
+  const rpm = await which("rpm", env.PATH ?? "");
+  if (!rpm) return new Map();
+  return parseRpmQuery((await run([rpm, "-q", "--qf", RPM_QUERY_FORMAT, "--", ...new Set(names)])).stdout);
 }
 
 // Kernel, firmware, microcode and the libraries every process maps need a restart.

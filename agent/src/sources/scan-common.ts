@@ -57,6 +57,18 @@ export function severityFromWord(word: string | undefined): UpdateSeverity {
   }
 }
 
+// How bad a severity is, to keep the worst of several advisories: an unrated security fix
+// ranks above "low" and below "moderate".
+const SEVERITY_RANK: Record<number, number> = {
+  [UpdateSeverity.UNKNOWN]: 0,
+  [UpdateSeverity.LOW]: 1,
+  [UpdateSeverity.SECURITY]: 2,
+  [UpdateSeverity.MODERATE]: 3,
+  [UpdateSeverity.IMPORTANT]: 4,
+  [UpdateSeverity.CRITICAL]: 5,
+};
+export const severityRank = (severity: UpdateSeverity): number => SEVERITY_RANK[severity] ?? 0;
+
 // "12.3 MiB", "58MB", "100 k", "2.3 M" → bytes; 0n when it cannot tell. `unit` is what the
 // tool means by k/M/G: 1024 for most package managers, 1000 for snap and flatpak (SI).
 export function parseSize(text: string | undefined, unit: 1000 | 1024 = 1024): bigint {

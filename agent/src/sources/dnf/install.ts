@@ -1,7 +1,7 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { describeFailure, which } from "../../run-process.ts";
+import { describeFailure } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
-import { parseRpmQuery, RPM_ARCHES, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
+import { queryRpm, RPM_ARCHES, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
 import { DNF, findDnf } from "./scan.ts";
 import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
@@ -98,11 +98,7 @@ export function createDnfInstaller(): Installer {
     return { ...t, excludes: [...opts.holds].map((h) => `--exclude=${h}`) };
   };
 
-  const installed = async (s: ReturnType<typeof session>, names: readonly string[]) => {
-    const rpm = await which("rpm", s.env.PATH ?? "");
-    if (!rpm || names.length === 0) return new Map<string, string>();
-    return parseRpmQuery((await s.run([rpm, "-q", "--qf", RPM_QUERY_FORMAT, "--", ...new Set(names)], false)).stdout);
-  };
+  const installed = (s: ReturnType<typeof session>, names: readonly string[]) => queryRpm(s.env, names, (argv) => s.run(argv, false));
 
   // Pinned versions come from a dry run (install exactly these); unpinned names are updates.
   const verb = (refs: readonly PackageRef[]) => (refs.every((r) => r.version) ? "install" : "upgrade");

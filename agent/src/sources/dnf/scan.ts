@@ -2,8 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../../run-process.ts";
-import { nameArch, parseRpmQuery, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../rpm.ts";
-import { C_LOCALE, scanSession, severityFromWord } from "../scan-common.ts";
+import { nameArch, queryRpm, RPM_REBOOT_PACKAGES } from "../rpm.ts";
+import { C_LOCALE, scanSession, severityFromWord, severityRank } from "../scan-common.ts";
 import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
 
 export const DNF = "dnf";
@@ -84,15 +84,7 @@ const securitySeverity = (word: string | undefined) => {
   return severity === UpdateSeverity.UNKNOWN ? UpdateSeverity.SECURITY : severity;
 };
 
-const RANK: Record<number, number> = {
-  [UpdateSeverity.UNKNOWN]: 0,
-  [UpdateSeverity.LOW]: 1,
-  [UpdateSeverity.SECURITY]: 2,
-  [UpdateSeverity.MODERATE]: 3,
-  [UpdateSeverity.IMPORTANT]: 4,
-  [UpdateSeverity.CRITICAL]: 5,
-};
-const rank = (a: Advisory) => (a.security ? 10 : 0) + (RANK[a.severity] ?? 0);
+const rank = (a: Advisory) => (a.security ? 10 : 0) + severityRank(a.severity);
 
 const withoutEpoch = (version: string) => version.replace(/^\d+:/, "");
 
@@ -151,13 +143,7 @@ export async function scanDnf(opts: ScanOptions): Promise<ScanResult> {
   if (ignoredLines > 0) notes.push(`${plural(ignoredLines, "unrecognised line")} in ${kind} output ignored`);
   if (candidates.length === 0) return s.ran([], notes);
 
-  const rpm = await which("rpm", s.env.PATH ?? "");
-  const installed = new Map<string, string>();
-  if (rpm) {
-    const names = [...new Set(candidates.map((c) => c.name))];
-    const q = await s.run([rpm, "-q", "--qf", RPM_QUERY_FORMAT, "--", ...names]);
-    for (const [k, v] of parseRpmQuery(q.stdout)) installed.set(k, v);
-  }
+  const installed = await queryRpm(s.env, candidates.map((c) => c.name), s.run);
 
   // Advisories say which updates fix what, and how badly; without them severity is unknown.
   const info = await s.run(kind === "yum" ? [tool, "-q", "-C", "updateinfo", "list", "updates"] : [tool, "-q", "-C", "updateinfo", "list", "--updates"]);

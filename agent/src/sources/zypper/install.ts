@@ -1,7 +1,7 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
 import { which } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
-import { parseRpmQuery, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
+import { queryRpm, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
 import { xmlElements, ZYPPER, ZYPPER_OK, zypperFailure, zypperMessages } from "./scan.ts";
 import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
@@ -51,11 +51,7 @@ export function zypperReasonFor(name: string, messages: readonly string[]): stri
 
 export function createZypperInstaller(): Installer {
   const session = (opts: InstallOptions) => toolSession(opts, C_LOCALE);
-  const installed = async (s: ReturnType<typeof session>, names: readonly string[]) => {
-    const rpm = await which("rpm", s.env.PATH ?? "");
-    if (!rpm || names.length === 0) return new Map<string, string>();
-    return parseRpmQuery((await s.run([rpm, "-q", "--qf", RPM_QUERY_FORMAT, "--", ...new Set(names)], false)).stdout);
-  };
+  const installed = (s: ReturnType<typeof session>, names: readonly string[]) => queryRpm(s.env, names, (argv) => s.run(argv, false));
   // Pinned versions come from a dry run (exactly these); unpinned names are updates only.
   const verb = (refs: readonly PackageRef[]) => (refs.every((r) => r.version) ? ["install", "--auto-agree-with-licenses", "--no-recommends"] : ["update", "--auto-agree-with-licenses", "--no-recommends"]);
 

@@ -2,8 +2,8 @@ import { create } from "@bufbuild/protobuf";
 import { plural } from "@redflag/common/plural";
 import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redflag/gen/command_pb";
 import { describeFailure, which, type ProcessResult } from "../../run-process.ts";
-import { C_LOCALE, scanSession, severityFromWord } from "../scan-common.ts";
-import { parseRpmQuery, RPM_QUERY_FORMAT, RPM_REBOOT_PACKAGES } from "../rpm.ts";
+import { C_LOCALE, scanSession, severityFromWord, severityRank } from "../scan-common.ts";
+import { queryRpm, RPM_REBOOT_PACKAGES } from "../rpm.ts";
 import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
 
 export const ZYPPER = "zypper";
@@ -104,15 +104,6 @@ export function patchMatcher(summary: string): ((name: string) => boolean) | und
   return (name) => names.some((n) => name === n || name.startsWith(`${n}-`) || name === `lib${n}` || new RegExp(`^lib${n.replace(/[.+]/g, "\\$&")}[0-9_-]`).test(name));
 }
 
-const SEVERITY_RANK: Record<number, number> = {
-  [UpdateSeverity.UNKNOWN]: 0,
-  [UpdateSeverity.LOW]: 1,
-  [UpdateSeverity.SECURITY]: 2,
-  [UpdateSeverity.MODERATE]: 3,
-  [UpdateSeverity.IMPORTANT]: 4,
-  [UpdateSeverity.CRITICAL]: 5,
-};
-
 export function toZypperUpdates(packages: readonly ZypperPackage[], patches: readonly ZypperPatch[]): PackageUpdate[] {
   const matchers = patches.map((p) => ({ patch: p, matches: patchMatcher(p.summary) }));
   return packages.map((pkg) => {
@@ -126,7 +117,7 @@ export function toZypperUpdates(packages: readonly ZypperPackage[], patches: rea
       security = true;
       const s = severityFromWord(patch.severity);
       const rated = s === UpdateSeverity.UNKNOWN ? UpdateSeverity.SECURITY : s;
-      if ((SEVERITY_RANK[rated] ?? 0) > (SEVERITY_RANK[severity] ?? 0)) severity = rated;
+      if (severityRank(rated) > severityRank(severity)) severity = rated;
     }
     return create(PackageUpdateSchema, {
       source: ZYPPER,
@@ -179,9 +170,8 @@ export async function scanZypper(opts: ScanOptions): Promise<ScanResult> {
 
   // list-updates knows the installed edition; rpm fills in what it leaves out.
   const missing = packages.filter((p) => !p.currentVersion).map((p) => p.name);
-  const rpm = missing.length > 0 ? await which("rpm", s.env.PATH ?? "") : undefined;
-  if (rpm) {
-    const installed = parseRpmQuery((await s.run([rpm, "-q", "--qf", RPM_QUERY_FORMAT, "--", ...missing])).stdout);
+  if (missing.length > 0) {
+    const installed = await queryRpm(s.env, missing, s.run);
     for (const p of packages) if (!p.currentVersion) p.currentVersion = installed.get(`${p.name}.${p.architecture}`) ?? installed.get(p.name) ?? "";
   }
   return s.ran(toZypperUpdates(packages, patches), notes);
