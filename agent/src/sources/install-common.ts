@@ -1,6 +1,5 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { PACKAGE_SOURCES } from "@redflag/common/sources";
 import {
   type PackageChange,
   PackageChangeKind,
@@ -73,9 +72,15 @@ const NAME = /^[A-Za-z0-9_@][A-Za-z0-9_@.+:/=-]{0,254}$/;
 // pacman a repository's package ("repo/name"). Their names are plain names.
 const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
 const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
-// Docker references keep the general rule: a registry, a tag and a digest are part of the name.
 const SOURCE_NAMES: Record<string, RegExp> = {
-  ...Object.fromEntries(PACKAGE_SOURCES.filter((s) => s !== "brew" && s !== "docker").map((s) => [s, PLAIN_NAME])),
+  apt: PLAIN_NAME,
+  dnf: PLAIN_NAME,
+  zypper: PLAIN_NAME,
+  pacman: PLAIN_NAME,
+  snap: PLAIN_NAME,
+  flatpak: PLAIN_NAME,
+  winget: PLAIN_NAME,
+  windows_update: PLAIN_NAME,
   brew: BREW_NAME,
 };
 // Versions: Debian/RPM epochs and tildes, semver, build tags.

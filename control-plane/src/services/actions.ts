@@ -1,6 +1,5 @@
 import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import { PACKAGE_SOURCES } from "@redflag/common/sources";
 import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { isReleaseVersion } from "../domain/releases.ts";
 import { invalid, text } from "./validate.ts";
@@ -23,7 +22,7 @@ const PLAIN_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
 const BREW_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
 const SOURCE_NAMES: Record<string, { pattern: RegExp; hint: string }> = {
   ...Object.fromEntries(
-    PACKAGE_SOURCES.filter((s) => s !== "brew" && s !== "docker").map((s) => [
+    ["apt", "dnf", "zypper", "pacman", "snap", "flatpak", "winget", "windows_update"].map((s) => [
       s,
       { pattern: PLAIN_NAME, hint: `${s} package names are plain names: letters, digits and . _ + - (no paths, URLs, groups or repositories)` },
     ]),
