@@ -22,11 +22,10 @@ import {
 import { describe, expect, it } from "vitest";
 import { createBreakers } from "../breaker.ts";
 import { createHeartbeat } from "../heartbeat.ts";
-import { packageChange, packageResult } from "../installers/common.ts";
-import type { Installer, InstallOptions } from "../installers/types.ts";
+import { packageChange, packageResult } from "../sources/install-common.ts";
+import type { Installer, InstallOptions, Scanner } from "../sources/types.ts";
 import { silentLogger } from "../log.ts";
 import { createSourceLocks, type SourceLocks } from "../source-lock.ts";
-import type { Scanner } from "../scanners/types.ts";
 import {
   createConfirmDependencies,
   createDryRunUpdate,

@@ -15,11 +15,9 @@ import {
   SubsystemRunState,
   type ToolOutput,
 } from "@redflag/gen/command_pb";
-import { packageResult, validateRef } from "../installers/common.ts";
-import { INSTALLERS } from "../installers/index.ts";
-import type { InstallOptions, Installer, InstallOutcome } from "../installers/types.ts";
-import { scannerNamed } from "../scanners/index.ts";
-import type { Scanner } from "../scanners/types.ts";
+import { packageResult, validateRef } from "../sources/install-common.ts";
+import type { InstallOptions, Installer, InstallOutcome, Scanner } from "../sources/types.ts";
+import { INSTALLERS, scannerNamed } from "../sources/index.ts";
 import type { Executor, ExecutorContext } from "./types.ts";
 
 // install_updates, dry_run_update, confirm_dependencies and rollback_update share one shape:

@@ -9,8 +9,8 @@ import {
   SubsystemRunState,
 } from "@redflag/gen/command_pb";
 import { createHostAccess } from "../platform.ts";
-import { SCANNERS, scannerNamed } from "../scanners/index.ts";
-import { collectStorageMetrics, collectSystemMetrics, STORAGE, SYSTEM } from "../scanners/metrics.ts";
+import { SCANNERS, scannerNamed } from "../sources/index.ts";
+import { collectStorageMetrics, collectSystemMetrics, STORAGE, SYSTEM } from "../metrics.ts";
 import type { Executor } from "./types.ts";
 
 export const scanUpdates: Executor = async (ctx) => {

@@ -1,4 +1,5 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { SUBSYSTEMS } from "@redflag/common/sources";
 import {
   type AgentConfig,
   AgentConfigSchema,
@@ -15,10 +16,7 @@ import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { createHash } from "node:crypto";
 
 // Package sources the agent knows, then the host metrics; each is a subsystem the operator can tune.
-export const SUBSYSTEMS = [
-  "apt", "dnf", "zypper", "pacman", "snap", "flatpak", "brew", "winget", "windows_update", "docker",
-  "system", "storage",
-] as const;
+export { SUBSYSTEMS };
 
 const METRIC_INTERVALS: Partial<Record<string, number>> = { system: 15 * 60, storage: 3600 };
 

@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { isSubsystem, SUBSYSTEMS } from "@redflag/common/sources";
 import { CommandType, UpdateSeverity, type DiskInfo } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandInfoSchema, CommandService, CommandState, WatchEventsResponseSchema, type CommandInfo, type WatchEventsResponse } from "@redflag/gen/command_service_pb";
 import { OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/gen/common_pb";
@@ -16,7 +17,6 @@ import { agentDecommissioned, checkCancellable, checkRetryable, checkSelection, 
 export const AGENT_ID = "3f2b8c1e-5d4a-4e6b-9c7d-1a2b3c4d5e6f";
 export const MACHINE_ID = "ab".repeat(32);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const SUBSYSTEMS = ["apt", "dnf", "zypper", "pacman", "snap", "flatpak", "brew", "winget", "windows_update", "docker", "system", "storage"];
 const invalid = (m: string) => new ConnectError(m, Code.InvalidArgument);
 const uuid = (field: string, v: string) => {
   if (!UUID.test(v)) throw invalid(`${field} must be a UUID (got "${v.slice(0, 64)}")`);
@@ -164,7 +164,7 @@ export function fakeServer(opts: FakeOptions = {}) {
         active(req.agentId);
         req.subsystems.forEach((s, i) => {
           const field = `subsystems[${i}]`;
-          if (!SUBSYSTEMS.includes(s.name)) throw invalid(`${field}.name "${s.name}" is not a subsystem (${SUBSYSTEMS.join(", ")})`);
+          if (!isSubsystem(s.name)) throw invalid(`${field}.name "${s.name}" is not a subsystem (${SUBSYSTEMS.join(", ")})`);
           if (s.autoRun && (s.intervalSeconds < 300 || s.intervalSeconds > 7 * 86_400)) throw invalid(`${field}.interval_seconds must be from 300 to 604800 when auto_run is on`);
           if (s.timeoutSeconds < 10 || s.timeoutSeconds > 6 * 3600) throw invalid(`${field}.timeout_seconds must be from 10 to 21600`);
         });

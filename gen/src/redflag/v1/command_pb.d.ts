@@ -184,7 +184,9 @@ export declare const CommandSchema: GenMessage<Command>;
  */
 export declare type PackageRef = Message<"redflag.v1.PackageRef"> & {
   /**
-   * Package source, for example "apt", "dnf", "winget", "docker".
+   * Package source, for example "apt", "dnf", "winget", "docker". The names are defined once,
+   * in PACKAGE_SOURCES of common/src/sources.ts (@redflag/common/sources); every other field
+   * that names a source or a subsystem uses the same names.
    *
    * @generated from field: string source = 1;
    */
@@ -221,7 +223,7 @@ export declare const PackageRefSchema: GenMessage<PackageRef>;
  */
 export declare type ScanUpdates = Message<"redflag.v1.ScanUpdates"> & {
   /**
-   * Subsystems to run; empty means every enabled subsystem.
+   * Subsystems to run (SUBSYSTEMS in common/src/sources.ts); empty means every enabled subsystem.
    *
    * @generated from field: repeated string subsystems = 1;
    */
@@ -838,6 +840,8 @@ export declare const HeartbeatResultSchema: GenMessage<HeartbeatResult>;
  */
 export declare type PackageUpdate = Message<"redflag.v1.PackageUpdate"> & {
   /**
+   * A name of PACKAGE_SOURCES in common/src/sources.ts.
+   *
    * @generated from field: string source = 1;
    */
   source: string;
@@ -905,6 +909,8 @@ export declare const PackageUpdateSchema: GenMessage<PackageUpdate>;
  */
 export declare type SubsystemRun = Message<"redflag.v1.SubsystemRun"> & {
   /**
+   * A name of SUBSYSTEMS in common/src/sources.ts: a package source, "system" or "storage".
+   *
    * @generated from field: string subsystem = 1;
    */
   subsystem: string;

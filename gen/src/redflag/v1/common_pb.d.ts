@@ -91,6 +91,8 @@ export declare const TrustedKeySchema: GenMessage<TrustedKey>;
  */
 export declare type SubsystemConfig = Message<"redflag.v1.SubsystemConfig"> & {
   /**
+   * A name of SUBSYSTEMS in common/src/sources.ts: a package source, "system" or "storage".
+   *
    * @generated from field: string name = 1;
    */
   name: string;

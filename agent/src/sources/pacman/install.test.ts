@@ -1,0 +1,115 @@
+import { create } from "@bufbuild/protobuf";
+import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
+import { mkdir, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../../test/support/fake-tools.ts";
+import { createPacmanInstaller, findCachedPackage, pacmanReasonFor, parsePrintTargets } from "./install.ts";
+import { NOT_INSTALLED } from "../install-common.ts";
+import type { InstallOptions } from "../types.ts";
+
+describe("pacman helpers", () => {
+  it("reads --print targets", () => {
+    expect(parsePrintTargets("openssl 3.4.0-2\nlibnghttp3 1.6.0-1\n:: warning\n")).toEqual([
+      { name: "openssl", version: "3.4.0-2" },
+      { name: "libnghttp3", version: "1.6.0-1" },
+    ]);
+  });
+
+  it("finds pacman's error about one package", () => {
+    const out = "error: target not found: nosuch\nerror: failed to commit transaction (conflicting files)\nerror: openssl: signature from \"x\" is invalid\n";
+    expect(pacmanReasonFor("nosuch", out)).toBe("error: target not found: nosuch");
+    expect(pacmanReasonFor("openssl", out)).toBe('error: openssl: signature from "x" is invalid');
+    expect(pacmanReasonFor("nosu", out)).toBeUndefined();
+  });
+});
+
+describe("pacman installer with fake tools", () => {
+  const made: FakeTools[] = [];
+  afterAll(() => removeFakeTools(...made));
+  const opts = (t: FakeTools, extra: Partial<InstallOptions> = {}): InstallOptions => ({ timeoutMs: 10_000, env: t.env(), isRoot: true, holds: new Set(), ...extra });
+  const ref = (name: string, version = "") => create(PackageRefSchema, { source: "pacman", name, version });
+  // pacman -Q answers from q.before until a transaction ran, then from q.after.
+  const tools = async (transaction: string, files: Record<string, string>, extra: Record<string, string> = {}) => {
+    const t = await fakeTools(
+      "pacman-install",
+      {
+        pacman: `case "$1" in -Q) if [ -e "$D/ran" ]; then ${printFile("q.after")}; else ${printFile("q.before")}; fi; exit 0;; -S) case "$*" in *--print*) ${printFile("print.out")}; exit 0;; esac;; esac\n${transaction}`,
+        ...extra,
+      },
+      { "q.before": "", "q.after": "", "print.out": "", ...files },
+    );
+    made.push(t);
+    return t;
+  };
+  const installer = createPacmanInstaller();
+
+  it("previews with --print, classifying upgrades, new dependencies and downgrades", async () => {
+    const t = await tools("exit 1", { "print.out": "openssl 3.4.0-2\nlibnghttp3 1.6.0-1\nca-certificates 20240101-1\n", "q.before": "openssl 3.4.0-1\nca-certificates 20241010-1\n" }, {
+      vercmp: 'case "$1 $2" in "20240101-1 20241010-1") echo -1;; *) echo 1;; esac',
+    });
+    const sim = await installer.dryRun!([ref("openssl")], opts(t, { holds: new Set(["linux", "glibc"]) }));
+    expect(sim.changes.map((c) => [c.kind, c.name, c.fromVersion, c.toVersion])).toEqual([
+      [PackageChangeKind.UPGRADE, "openssl", "3.4.0-1", "3.4.0-2"],
+      [PackageChangeKind.INSTALL, "libnghttp3", "", "1.6.0-1"],
+      [PackageChangeKind.DOWNGRADE, "ca-certificates", "20241010-1", "20240101-1"],
+    ]);
+    expect((await t.calls("pacman"))[0]).toEqual(["-S", "--print", "--print-format", "%n %v", "--needed", "--noconfirm", "--ignore", "linux,glibc", "--", "openssl"]);
+  });
+
+  it("installs from the current sync databases (no -y) and reports each package", async () => {
+    const t = await tools(': > "$D/ran"; exit 0', { "q.before": "openssl 3.4.0-1\nlinux 6.11.8.arch1-1\n", "q.after": "openssl 3.4.0-2\nlinux 6.11.9.arch1-1\n" });
+    const out = await installer.install([ref("openssl"), ref("linux")], opts(t));
+    expect(out.packages.map((p) => [p.name, p.state, p.fromVersion, p.toVersion])).toEqual([
+      ["openssl", PackageResultState.INSTALLED, "3.4.0-1", "3.4.0-2"],
+      ["linux", PackageResultState.INSTALLED, "6.11.8.arch1-1", "6.11.9.arch1-1"],
+    ]);
+    expect(out.rebootRequired).toBe(true);
+    expect((await t.calls("pacman")).find((a) => a[0] === "-S")).toEqual(["-S", "--needed", "--noconfirm", "--", "openssl", "linux"]);
+  });
+
+  it("fails what pacman cannot find, with its words", async () => {
+    // Installed, but in no sync database (built from the AUR, say).
+    const t = await tools('echo "error: target not found: nosuch" >&2; exit 1', { "q.before": "nosuch 1.0-1\n", "q.after": "nosuch 1.0-1\n" });
+    const out = await installer.install([ref("nosuch")], opts(t));
+    expect(out.packages[0]).toMatchObject({ state: PackageResultState.FAILED, reason: "error: target not found: nosuch" });
+  });
+
+  it("never installs a package or group the host does not have, nor rolls one back from the cache", async () => {
+    const t = await tools(': > "$D/ran"; exit 0', { "q.before": "openssl 3.4.0-1\n", "q.after": "openssl 3.4.0-2\n" });
+    const out = await installer.install([ref("base-devel"), ref("openssl"), ref("nmap")], opts(t));
+    expect(out.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["base-devel", PackageResultState.SKIPPED, NOT_INSTALLED],
+      ["openssl", PackageResultState.INSTALLED, ""],
+      ["nmap", PackageResultState.SKIPPED, NOT_INSTALLED],
+    ]);
+    expect((await t.calls("pacman")).find((a) => a[0] === "-S")).toEqual(["-S", "--needed", "--noconfirm", "--", "openssl"]);
+
+    const cached = await tools("exit 0", { "q.before": "openssl 3.4.0-2\n" });
+    const cache = path.join(cached.dir, "cache");
+    await mkdir(cache);
+    await writeFile(path.join(cache, "nmap-7.95-1-x86_64.pkg.tar.zst"), "downloaded, never installed");
+    const back = await createPacmanInstaller({ cacheDirs: [cache] }).rollback!(ref("nmap", "7.95-1"), opts(cached));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.SKIPPED, reason: NOT_INSTALLED });
+    expect((await cached.calls("pacman")).some((a) => a[0] === "-U")).toBe(false);
+  });
+
+  it("rolls back from the package cache, and says when the version is not there", async () => {
+    const t = await tools(': > "$D/ran"; exit 0', { "q.before": "openssl 3.4.0-2\n", "q.after": "openssl 3.4.0-1\n" });
+    const cache = path.join(t.dir, "cache");
+    await mkdir(cache);
+    await writeFile(path.join(cache, "openssl-3.4.0-1-x86_64.pkg.tar.zst"), "pkg");
+    await writeFile(path.join(cache, "openssl-3.4.0-1-x86_64.pkg.tar.zst.sig"), "sig");
+    await writeFile(path.join(cache, "openssl-1.1-1.1.1w-1-x86_64.pkg.tar.zst"), "other package");
+    expect(await findCachedPackage([cache], "openssl", "3.4.0-1")).toBe(path.join(cache, "openssl-3.4.0-1-x86_64.pkg.tar.zst"));
+    expect(await findCachedPackage([cache], "openssl", "1.1")).toBeUndefined();
+
+    const withCache = createPacmanInstaller({ cacheDirs: [cache] });
+    const out = await withCache.rollback!(ref("openssl", "3.4.0-1"), opts(t));
+    expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "3.4.0-2", toVersion: "3.4.0-1" });
+    expect((await t.calls("pacman")).find((a) => a[0] === "-U")).toEqual(["-U", "--noconfirm", "--", path.join(cache, "openssl-3.4.0-1-x86_64.pkg.tar.zst")]);
+
+    const missing = await withCache.rollback!(ref("openssl", "3.3.0-1"), opts(t));
+    expect(missing.packages[0]!.reason).toBe(`version 3.3.0-1 of openssl is not in the package cache (${cache})`);
+  });
+});
