@@ -1,3 +1,4 @@
+import { PACKAGE_SOURCES } from "./sources.ts";
 // What may be handed to a package tool as a package: checked by the control plane before a
 // command is stored (a clear InvalidArgument now) and by the agent before the tool runs (it
 // trusts the signature, not the input).
@@ -24,7 +25,9 @@ export const PACKAGE_NAME = packageNamePattern();
 // pacman a repository's package ("repo/name"): names of these sources are plain names, without
 // "/", ":" or "@".
 export const PLAIN_PACKAGE_NAME = /^[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,254}$/;
-export const PLAIN_NAME_SOURCES: readonly string[] = ["apt", "dnf", "zypper", "pacman", "snap", "flatpak", "winget", "windows_update"];
+// Every source but Homebrew (names with taps, below) and Docker (image references, checked by
+// the docker source itself).
+export const PLAIN_NAME_SOURCES: readonly string[] = PACKAGE_SOURCES.filter((s) => s !== "brew" && s !== "docker");
 // Homebrew: "formula", "node@20", "user/tap/formula" (the tap must already be installed: the
 // agent upgrades only what `brew outdated` lists).
 export const BREW_PACKAGE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}(?:\/[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,99}){0,2}$/;
