@@ -2,6 +2,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CommandType, SubsystemRunState } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { MetricSample } from "@redflag/gen/report_service_pb";
+import { isSubsystem, type SubsystemName } from "@redflag/common/sources";
 import { parseDuration } from "./format.ts";
 
 // Helpers for the agent detail page that need no component: who queued a command, what the
@@ -40,7 +41,8 @@ export function actorLabel(name: string, kind: CommandCreator): string {
 }
 
 // Subsystem names as people know them; unknown ones as they are.
-const SUBSYSTEM_LABELS: Record<string, string> = {
+// Typed by the shared list: a new source without a label fails the type check.
+const SUBSYSTEM_LABELS: Record<SubsystemName, string> = {
   apt: "APT",
   dnf: "DNF",
   zypper: "Zypper",
@@ -54,7 +56,7 @@ const SUBSYSTEM_LABELS: Record<string, string> = {
   system: "System metrics",
   storage: "Storage",
 };
-export const subsystemLabel = (name: string) => SUBSYSTEM_LABELS[name] ?? name;
+export const subsystemLabel = (name: string) => (isSubsystem(name) ? SUBSYSTEM_LABELS[name] : name);
 
 // The package sources that are not on this host, as its most recent scans found (each source
 // by the latest scan that ran it, commands newest first). A source never scanned is not counted.
