@@ -58,7 +58,7 @@ import type { Prisma } from "../store/types.ts";
 import type { Statements } from "../store/statements.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { PendingIndex } from "../pending.ts";
-import type { AgentConfigs } from "./agent-config.ts";
+import type { AgentConfigs } from "../domain/agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { redeliveryWindow, type Settings } from "../settings.ts";
 import { isReleaseVersion } from "../domain/releases.ts";

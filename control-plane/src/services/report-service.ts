@@ -25,7 +25,7 @@ import {
 } from "../store/reports.ts";
 import type { Prisma } from "../store/types.ts";
 import { agentHealthWhere, agentToProto, commandToProto } from "./convert.ts";
-import { withBufferedLastSeen } from "./fleet-service.ts";
+import { withBufferedLastSeen } from "../domain/agents.ts";
 import { invalid, time, uuid } from "./validate.ts";
 
 export interface ReportServiceDeps {

@@ -291,14 +291,13 @@ async function admitReregistration(
 }
 
 // Lets one Register of the agent's machine through until `until`, with or without the agent's
-// key, also when it is decommissioned. Returns undefined for an unknown agent.
-export async function allowReregistration(db: Prisma, agentId: string, until: Date, by: string): Promise<{ before: Date | null } | undefined> {
-  return db.$transaction(async (tx) => {
-    const row = await tx.agent.findUnique({ where: { id: agentId }, select: { reregistrationAllowedUntil: true } });
-    if (!row) return undefined;
-    await tx.agent.update({ where: { id: agentId }, data: { reregistrationAllowedUntil: until, reregistrationAllowedBy: by } });
-    return { before: row.reregistrationAllowedUntil };
-  });
+// key, also when it is decommissioned. Returns undefined for an unknown agent. Call it inside a
+// transaction (inTransaction).
+export async function allowReregistration(tx: Tx, agentId: string, until: Date, by: string): Promise<{ before: Date | null } | undefined> {
+  const row = await tx.agent.findUnique({ where: { id: agentId }, select: { reregistrationAllowedUntil: true } });
+  if (!row) return undefined;
+  await tx.agent.update({ where: { id: agentId }, data: { reregistrationAllowedUntil: until, reregistrationAllowedBy: by } });
+  return { before: row.reregistrationAllowedUntil };
 }
 
 interface TokenRow {
@@ -451,11 +450,11 @@ export interface UpdateCounts {
 
 export type AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>> & { updates: UpdateCounts };
 
-const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
+const findAgent = (db: Prisma | Tx, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
 
 // Pending and security update counts per agent, from the stored scan results: updates awaiting
 // a decision or an install, not the rejected ones (as in the fleet's pending-updates report).
-async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
+async function updateCounts(db: Prisma | Tx, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
   const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0, bySeverity: {} }]));
   if (agentIds.length === 0) return counts;
   const rows = await db.packageUpdate.groupBy({
@@ -500,11 +499,52 @@ export async function listAgents(db: Prisma, pageSize: number, after: string | u
   };
 }
 
-export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undefined> {
+export async function getAgent(db: Prisma | Tx, id: string): Promise<AgentRow | undefined> {
   const row = await findAgent(db, id);
   if (!row) return undefined;
   const counts = await updateCounts(db, [id]);
   return { ...row, updates: counts.get(id)! };
+}
+
+export async function setAgentLabels(db: Prisma | Tx, id: string, labels: { tags: string[]; group: string }): Promise<void> {
+  await db.agent.update({ where: { id }, data: labels });
+}
+
+// An agent's own subsystem settings: a serialized AgentConfig, or null for none.
+export async function agentConfigOverrides(db: Prisma | Tx, id: string): Promise<Uint8Array | null> {
+  return (await db.agent.findUnique({ where: { id }, select: { config: true } }))?.config ?? null;
+}
+
+export async function setAgentConfigOverrides(db: Prisma | Tx, id: string, config: Uint8Array | null): Promise<void> {
+  await db.agent.update({ where: { id }, data: { config: config ? Buffer.from(config) : null } });
+}
+
+// Every agent's own subsystem settings, for the agents that have any.
+export function allAgentConfigOverrides(db: Prisma): Promise<{ id: string; config: Uint8Array | null }[]> {
+  return db.agent.findMany({ where: { config: { not: null } }, select: { id: true, config: true } });
+}
+
+// Takes an agent out of the fleet in one transaction: its access tokens die with the generation
+// bump, its refresh token families are revoked, its pending updates dropped and its pending
+// commands cancelled (returns how many).
+// Call it inside a transaction (inTransaction) so these happen together.
+export async function decommissionAgent(tx: Tx, id: string, now: Date): Promise<number> {
+  await tx.agent.update({ where: { id }, data: { decommissionedAt: now, credentialGeneration: { increment: 1 } } });
+  await tx.refreshTokenFamily.updateMany({ where: { agentId: id, revokedAt: null }, data: { revokedAt: now, revokeReason: "decommissioned" } });
+  await tx.packageUpdate.deleteMany({ where: { agentId: id } });
+  return (await tx.command.updateMany({ where: { agentId: id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count;
+}
+
+// Binds the agent to another machine ID; false when another agent has that one. Inside a
+// transaction, a refusal aborts it: the caller's transaction must end there.
+export async function setMachineId(db: Prisma | Tx, id: string, machineId: string): Promise<boolean> {
+  try {
+    await db.agent.update({ where: { id }, data: { machineId } });
+    return true;
+  } catch (err) {
+    if (isUniqueViolation(err)) return false;
+    throw err;
+  }
 }
 
 // Applies buffered last-seen times and statuses in one statement. rebootRequired is the

@@ -9,6 +9,7 @@ import { PrismaClient } from "../generated/prisma/client.ts";
 import { EMBEDDED_PORT, startEmbeddedPostgres } from "./embedded.ts";
 import { applyMigrations } from "./migrate.ts";
 import { createStatements, type Statements } from "./statements.ts";
+import type { Prisma, Tx } from "./types.ts";
 
 export interface OpenDatabaseOptions {
   // Unset: the embedded database in dataDir.
@@ -156,6 +157,9 @@ export function isUniqueViolation(err: unknown): boolean {
       e.kind === "UniqueConstraintViolation",
   );
 }
+
+// Runs fn in one transaction: every write it makes through tx commits together, or none does.
+export const inTransaction = <T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> => db.$transaction(fn);
 
 // The database is unreachable or dropped the connection: worth retrying later, not a bug.
 export function isConnectionError(err: unknown): boolean {

@@ -1,0 +1,100 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { HandlerContext } from "@connectrpc/connect";
+import { CommandSchema, PackageRefSchema } from "@redflag/gen/command_pb";
+import type { EventBus } from "../events.ts";
+import { callerName, commandCreator } from "../services/audit.ts";
+import type { Settings } from "../settings.ts";
+import type { CommandRow } from "../store/commands.ts";
+import { storeCommand } from "./store-command.ts";
+import { inTransaction } from "../store/db.ts";
+import { holdsFor } from "../store/holds.ts";
+import { approvedUpdates, decideUpdates, linkInstallCommand, listUpdates, updatesIn, type UpdateFilter } from "../store/package-updates.ts";
+import type { Prisma } from "../store/types.ts";
+import type { Wakeups } from "../wakeups.ts";
+import { auditIn } from "./audit.ts";
+import { heldBy } from "./holds.ts";
+import { requireSupportedVersion } from "./upgrades.ts";
+
+// Pending updates and what operators decide about them: approve, reject, install. A selection
+// (UpdateFilter, checked by the adapter) names the updates; held packages are never approved
+// or installed.
+
+export type Decision = "approved" | "rejected";
+
+// Sets `status` on the selected updates now in one of the `from` states, except held ones when
+// approving, and records it in the audit log: both in one transaction. `target` names what the
+// audit entry is about. Returns how many changed and how many a hold kept.
+export async function decide(
+  db: Prisma,
+  ctx: HandlerContext,
+  filter: UpdateFilter,
+  target: string,
+  status: Decision,
+  from: string[],
+): Promise<{ changed: number; held: number }> {
+  return inTransaction(db, async (tx) => {
+    const rows = await updatesIn(tx, filter, from);
+    const isHeld = heldBy(await holdsFor(tx, [...new Set(rows.map((r) => r.agentId))]));
+    const chosen = status === "approved" ? rows.filter((r) => !isHeld(r)) : rows;
+    await decideUpdates(tx, chosen, { status, by: callerName(ctx), at: new Date() });
+    await auditIn(tx, ctx, {
+      target,
+      after: { status, count: chosen.length, updates: chosen.slice(0, 200).map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
+    });
+    return { changed: chosen.length, held: rows.length - chosen.length };
+  });
+}
+
+// A page of updates, each with whether a hold keeps it.
+export async function updatePage(db: Prisma, filter: UpdateFilter, page: { offset: number; limit: number }) {
+  const found = await listUpdates(db, filter, page);
+  const isHeld = heldBy(await holdsFor(db, [...new Set(found.rows.map((r) => r.agentId))]));
+  return { ...found, rows: found.rows.map((r) => ({ ...r, held: isHeld(r) })) };
+}
+
+export interface InstallDeps {
+  db: Prisma;
+  wakeups: Wakeups;
+  events: EventBus;
+  settings?: Pick<Settings, "text"> | undefined;
+}
+
+// Queues one install_updates command per agent for its approved, not held, selected updates,
+// pinned to the approved versions (the agent installs exactly what was approved). Refused for
+// all when one of the agents runs below the minimum supported version: it may only be upgraded.
+export async function installApproved(deps: InstallDeps, ctx: HandlerContext, filter: UpdateFilter): Promise<{ commands: CommandRow[]; packages: number }> {
+  const { db } = deps;
+  const rows = await approvedUpdates(db, filter);
+  const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
+  const byAgent = new Map<string, typeof rows>();
+  for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
+  if (deps.settings) await requireSupportedVersion(db, deps.settings.text("minimum_agent_version"), [...byAgent.keys()], "installUpdates");
+  const commands: CommandRow[] = [];
+  for (const [agentId, updates] of byAgent) {
+    const action = {
+      case: "installUpdates" as const,
+      value: {
+        $typeName: "redflag.v1.InstallUpdates" as const,
+        packages: updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture })),
+        sources: [],
+      },
+    };
+    // The command, the updates it installs and its audit entry commit together.
+    const row = await inTransaction(db, async (tx) => {
+      const row = await storeCommand(tx, {
+        agentId,
+        type: "install_updates",
+        action: toBinary(CommandSchema, create(CommandSchema, { action })),
+        timeoutSeconds: 0,
+        ...commandCreator(ctx),
+      });
+      await linkInstallCommand(tx, updates, row.id);
+      await auditIn(tx, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } });
+      return row;
+    });
+    deps.wakeups.notify(agentId);
+    deps.events.publish([{ commandId: row.id, agentId }]);
+    commands.push(row);
+  }
+  return { commands, packages: [...byAgent.values()].reduce((n, u) => n + u.length, 0) };
+}
