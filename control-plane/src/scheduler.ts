@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
-import { pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
+import { pruneFinishedCommands, pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
+import { pruneAudit, pruneSecurityEvents } from "./store/retention.ts";
 import { pruneReportData } from "./store/reports.ts";
 import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
@@ -86,13 +87,11 @@ export function createScheduler(
 
 export async function prune(db: Prisma, now: Date, settings: Settings) {
   const before = (key: string) => new Date(now.getTime() - settings.seconds(key) * 1000);
-  const commands = await db.command.deleteMany({
-    where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before("retention_commands") } },
-  });
-  const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before("retention_audit") } } });
-  const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before("retention_security_events") } } });
+  const commands = await pruneFinishedCommands(db, before("retention_commands"));
+  const audit = await pruneAudit(db, before("retention_audit"));
+  const events = await pruneSecurityEvents(db, before("retention_security_events"));
   // Update history goes with the commands that made it.
   const reports = await pruneReportData(db, { metrics: before("retention_metrics"), updateEvents: before("retention_commands") });
   const upgrades = await pruneUpgrades(db, before("retention_commands"));
-  return { commands: commands.count, audit: audit.count, events: events.count, upgrades, ...reports };
+  return { commands, audit, events, upgrades, ...reports };
 }

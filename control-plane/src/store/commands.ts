@@ -98,6 +98,11 @@ export async function cancelPendingCommand(db: Prisma | Tx, id: string, now: Dat
   return (await db.command.updateMany({ where: { id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count > 0;
 }
 
+// Deletes finished commands (and with them their results) created before `before`; returns how many.
+export async function pruneFinishedCommands(db: Prisma, before: Date): Promise<number> {
+  return (await db.command.deleteMany({ where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before } } })).count;
+}
+
 // Forgets idempotency keys used before `before`; returns how many.
 export async function pruneIdempotencyKeys(db: Prisma, before: Date): Promise<number> {
   return (await db.commandIdempotencyKey.deleteMany({ where: { createdAt: { lt: before } } })).count;

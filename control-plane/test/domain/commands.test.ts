@@ -1,0 +1,58 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { CommandService } from "@redflag/gen/command_service_pb";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cancelCommand, createCommandQueue } from "../../src/domain/commands.ts";
+import type { EventBus } from "../../src/events.ts";
+import type { CommandSigner } from "../../src/signing/signer.ts";
+import type { Wakeups } from "../../src/wakeups.ts";
+import { availableBackends, type Backend } from "../support/database.ts";
+import { adminContext, failInsertsInto, insertAgent, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+
+const published: string[] = [];
+const events = { publish: (e: { commandId: string }[]) => published.push(...e.map((x) => x.commandId)) } as unknown as EventBus;
+const wakeups = { notify: () => {} } as unknown as Wakeups;
+const scan = { case: "scanUpdates" as const, value: { $typeName: "redflag.v1.ScanUpdates" as const, subsystems: [] } };
+
+describe.each(availableBackends)("the command queue on %s", (backend: Backend) => {
+  let m: MediumDatabase;
+  beforeAll(async () => {
+    m = await openMediumDatabase(backend);
+  });
+  afterAll(async () => {
+    await m?.close();
+  });
+
+  it("queues once per idempotency key, refuses the key for another request, and refuses unknown agents", async () => {
+    const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events);
+    const agent = await insertAgent(m.db, "app-1");
+    const ctx = adminContext("CreateCommand", CommandService);
+    const first = await queue.queue(ctx, agent.id, scan, 0, "key-1");
+    expect((await queue.queue(ctx, agent.id, scan, 0, "key-1")).id).toBe(first.id);
+    const other = await queue.queue(ctx, agent.id, scan, 60, "key-1").catch((e: unknown) => e);
+    expect((other as ConnectError).code).toBe(Code.FailedPrecondition);
+    expect((other as ConnectError).rawMessage).toBe(`idempotency_key "key-1" was already used for a different request (command ${first.id}); use a new key for a new command`);
+    const missing = await queue.queue(ctx, "00000000-0000-4000-8000-000000000000", scan).catch((e: unknown) => e);
+    expect((missing as ConnectError).code).toBe(Code.NotFound);
+    expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(1);
+  });
+
+  it("cancels a pending command with its audit entry, or (when that cannot be written) not at all", async () => {
+    const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events);
+    const agent = await insertAgent(m.db, "app-2");
+    const row = await queue.queue(adminContext("CreateCommand", CommandService), agent.id, scan);
+    const ctx = adminContext("CancelCommand", CommandService);
+
+    const undo = await failInsertsInto(m.db, "audit_entries");
+    try {
+      await expect(cancelCommand(m.db, events, ctx, row.id)).rejects.toThrow(/refused by the test/);
+    } finally {
+      await undo();
+    }
+    expect((await m.db.command.findUniqueOrThrow({ where: { id: row.id } })).state).toBe("pending");
+
+    expect((await cancelCommand(m.db, events, ctx, row.id)).state).toBe("cancelled");
+    expect(await m.db.auditEntry.count({ where: { action: "redflag.v1.CommandService/CancelCommand", target: `agent:${agent.id}` } })).toBe(1);
+    const again = await cancelCommand(m.db, events, ctx, row.id).catch((e: unknown) => e);
+    expect((again as ConnectError).code).toBe(Code.FailedPrecondition);
+  });
+});
