@@ -9,8 +9,8 @@ import {
   RegistrationTokenState,
   type RegistrationToken,
 } from "@redflag/gen/token_service_pb";
-import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType, Prisma as PrismaNs } from "../generated/prisma/client.ts";
-import type { AgentRow } from "../store/agents.ts";
+import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { AgentHealthName, AgentRow } from "../store/agents.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
 import type { UserRow } from "../store/people.ts";
@@ -66,23 +66,14 @@ export function healthCutoffs(now: Date, pollIntervalSeconds: number): { online:
 
 // The agents in one health state, as a query with agentHealth's thresholds; undefined for a
 // value that is not a health state.
-export function agentHealthWhere(health: AgentHealth, now: Date, pollIntervalSeconds: number): PrismaNs.AgentWhereInput | undefined {
-  const { online, offline } = healthCutoffs(now, pollIntervalSeconds);
-  switch (health) {
-    case AgentHealth.ONLINE:
-      return { decommissionedAt: null, lastSeenAt: { gte: online } };
-    case AgentHealth.OFFLINE:
-      return { decommissionedAt: null, lastSeenAt: { lt: online, gte: offline } };
-    case AgentHealth.STALE:
-      return { decommissionedAt: null, lastSeenAt: { lt: offline } };
-    case AgentHealth.NEVER_REPORTED:
-      return { decommissionedAt: null, lastSeenAt: null };
-    case AgentHealth.DECOMMISSIONED:
-      return { decommissionedAt: { not: null } };
-    default:
-      return undefined;
-  }
-}
+// The store's name of each health (store/agents.ts healthWhere).
+export const HEALTH_NAMES = new Map<AgentHealth, AgentHealthName>([
+  [AgentHealth.ONLINE, "online"],
+  [AgentHealth.OFFLINE, "offline"],
+  [AgentHealth.STALE, "stale"],
+  [AgentHealth.NEVER_REPORTED, "never_reported"],
+  [AgentHealth.DECOMMISSIONED, "decommissioned"],
+]);
 
 const FAMILIES: Record<string, OsFamily> = {
   linux: OsFamily.LINUX,

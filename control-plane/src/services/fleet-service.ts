@@ -5,10 +5,9 @@ import { AgentConfigSchema, OsFamily, SubsystemConfigSchema, type SubsystemConfi
 import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { Config } from "../config.ts";
-import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { isMachineId, isUuid } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
-import { hostnameIs, listAgents, type AgentRow } from "../store/agents.ts";
+import { findAgents, type AgentFilter, type AgentOrder, type AgentRow } from "../store/agents.ts";
 import type { Prisma } from "../store/types.ts";
 import { SUBSYSTEMS, type AgentConfigs } from "../domain/agent-config.ts";
 import {
@@ -24,7 +23,7 @@ import {
 } from "../domain/agents.ts";
 import type { CommandQueue } from "../domain/commands.ts";
 import type { Settings } from "../settings.ts";
-import { agentHealthWhere, agentToProto, commandToProto } from "./convert.ts";
+import { agentToProto, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 export interface FleetServiceDeps {
@@ -39,6 +38,12 @@ export interface FleetServiceDeps {
 
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WINDOWS]: "windows", [OsFamily.DARWIN]: "darwin" };
+const SORTS = new Map<AgentSort, AgentOrder["by"]>([
+  [AgentSort.UNSPECIFIED, "hostname"],
+  [AgentSort.HOSTNAME, "hostname"],
+  [AgentSort.LAST_SEEN, "last_seen"],
+  [AgentSort.REGISTERED, "registered"],
+]);
 
 export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
   const { db, lastSeen } = deps;
@@ -48,48 +53,35 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
   const existing = (agentId: string) => existingAgent(db, uuid("agent_id", agentId));
   const active = (agentId: string) => activeAgent(db, uuid("agent_id", agentId));
 
-  const healthWhere = (health: AgentHealth): PrismaNs.AgentWhereInput => {
-    const where = agentHealthWhere(health, new Date(), interval());
-    if (!where) throw invalid(`health ${health} is not an agent health`);
-    return where;
-  };
-
   const queue = async (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => commandToProto(await deps.commands.queue(ctx, agentId, action));
 
   return {
     async listAgents(req) {
-      const and: PrismaNs.AgentWhereInput[] = [];
-      if (req.health !== AgentHealth.UNSPECIFIED) and.push(healthWhere(req.health));
+      const filter: AgentFilter = {};
+      if (req.health !== AgentHealth.UNSPECIFIED) {
+        const name = HEALTH_NAMES.get(req.health);
+        if (!name) throw invalid(`health ${req.health} is not an agent health`);
+        filter.health = { name, cutoffs: healthCutoffs(new Date(), interval()) };
+      }
       if (req.osFamily !== OsFamily.UNSPECIFIED) {
         const family = FAMILY_NAMES[req.osFamily];
         if (!family) throw invalid(`os_family ${req.osFamily} is not an OS family`);
-        and.push({ osFamily: family });
+        filter.osFamily = family;
       }
-      if (req.tag) and.push({ tags: { has: text("tag", req.tag, { max: 63 }) } });
-      if (req.group) and.push({ group: text("group", req.group, { max: 63 }) });
+      if (req.tag) filter.tag = text("tag", req.tag, { max: 63 });
+      if (req.group) filter.group = text("group", req.group, { max: 63 });
       if (req.search) {
         const q = text("search", req.search.trim(), { max: 100 });
-        const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
-        if (isUuid(q)) or.push({ id: q });
-        and.push({ OR: or });
+        filter.search = { text: q, id: isUuid(q) ? q : undefined };
       }
-      if (req.hostname) and.push(hostnameIs(text("hostname", req.hostname.trim(), { max: 253, required: true })));
+      if (req.hostname) filter.hostname = text("hostname", req.hostname.trim(), { max: 253, required: true });
       if (req.agentIds.length > 0) {
         if (req.agentIds.length > 500) throw invalid("agent_ids holds at most 500 IDs");
-        and.push({ id: { in: req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id)) } });
+        filter.agentIds = req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id));
       }
-      const dir = req.descending ? "desc" : "asc";
-      const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
-        req.sort === AgentSort.LAST_SEEN
-          ? [{ lastSeenAt: { sort: dir, nulls: "last" } }]
-          : req.sort === AgentSort.REGISTERED
-            ? [{ registeredAt: dir }]
-            : req.sort === AgentSort.HOSTNAME || req.sort === AgentSort.UNSPECIFIED
-              ? [{ hostname: dir }]
-              : (() => {
-                  throw invalid(`sort ${req.sort} is not an agent sort`);
-                })();
-      const { rows, next } = await listAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), { where: { AND: and }, orderBy });
+      const by = SORTS.get(req.sort);
+      if (!by) throw invalid(`sort ${req.sort} is not an agent sort`);
+      const { rows, next } = await findAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), filter, { by, descending: req.descending });
       return { agents: rows.map(proto), nextPageToken: nextPageToken(next) };
     },
 

@@ -476,11 +476,77 @@ export interface AgentListQuery {
   orderBy?: PrismaNs.AgentOrderByWithRelationInput[];
 }
 
+// Health by when an agent was last heard from: since `online` it is online, since `offline`
+// offline, before that stale (see services/convert.ts agentHealth).
+export type AgentHealthName = "online" | "offline" | "stale" | "never_reported" | "decommissioned";
+export interface HealthCutoffs {
+  online: Date;
+  offline: Date;
+}
+
+export function healthWhere(health: AgentHealthName, { online, offline }: HealthCutoffs): PrismaNs.AgentWhereInput {
+  switch (health) {
+    case "online":
+      return { decommissionedAt: null, lastSeenAt: { gte: online } };
+    case "offline":
+      return { decommissionedAt: null, lastSeenAt: { lt: online, gte: offline } };
+    case "stale":
+      return { decommissionedAt: null, lastSeenAt: { lt: offline } };
+    case "never_reported":
+      return { decommissionedAt: null, lastSeenAt: null };
+    case "decommissioned":
+      return { decommissionedAt: { not: null } };
+  }
+}
+
+// How many agents have each health, in the same order.
+export async function countAgentsByHealth(db: Prisma, healths: AgentHealthName[], cutoffs: HealthCutoffs): Promise<number[]> {
+  return Promise.all(healths.map((h) => db.agent.count({ where: healthWhere(h, cutoffs) })));
+}
+
+// What ListAgents filters on (already checked); every set field must match.
+export interface AgentFilter {
+  health?: { name: AgentHealthName; cutoffs: HealthCutoffs } | undefined;
+  osFamily?: string | undefined;
+  tag?: string | undefined;
+  group?: string | undefined;
+  // Part of the hostname or OS name, any case, or the agent ID.
+  search?: { text: string; id: string | undefined } | undefined;
+  hostname?: string | undefined;
+  agentIds?: string[] | undefined;
+}
+
+export interface AgentOrder {
+  by: "hostname" | "last_seen" | "registered";
+  descending: boolean;
+}
+
 // Agents whose hostname is exactly this one, ignoring case. Prisma sends a case-insensitive
 // `equals` as ILIKE with the value as it is, where "_" and "%" would match other characters:
 // they (and the escape character itself) are escaped.
-export function hostnameIs(hostname: string): PrismaNs.AgentWhereInput {
+function hostnameIs(hostname: string): PrismaNs.AgentWhereInput {
   return { hostname: { equals: hostname.replace(/[\\%_]/g, "\\$&"), mode: "insensitive" } };
+}
+
+// A page of the agents that match, in this order (ties by ID).
+export function findAgents(db: Prisma, pageSize: number, after: string | undefined, filter: AgentFilter, order: AgentOrder) {
+  const and: PrismaNs.AgentWhereInput[] = [];
+  if (filter.health) and.push(healthWhere(filter.health.name, filter.health.cutoffs));
+  if (filter.osFamily) and.push({ osFamily: filter.osFamily });
+  if (filter.tag) and.push({ tags: { has: filter.tag } });
+  if (filter.group) and.push({ group: filter.group });
+  if (filter.search) {
+    const q = filter.search.text;
+    const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
+    if (filter.search.id) or.push({ id: filter.search.id });
+    and.push({ OR: or });
+  }
+  if (filter.hostname) and.push(hostnameIs(filter.hostname));
+  if (filter.agentIds && filter.agentIds.length > 0) and.push({ id: { in: filter.agentIds } });
+  const dir = order.descending ? "desc" : "asc";
+  const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
+    order.by === "last_seen" ? [{ lastSeenAt: { sort: dir, nulls: "last" } }] : order.by === "registered" ? [{ registeredAt: dir }] : [{ hostname: dir }];
+  return listAgents(db, pageSize, after, { where: { AND: and }, orderBy });
 }
 
 export async function listAgents(db: Prisma, pageSize: number, after: string | undefined, query: AgentListQuery = {}) {
