@@ -1,7 +1,7 @@
 import type { Statements } from "./statements.ts";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { newId } from "../ids.ts";
+import { StoreRefusal } from "./refusal.ts";
 import { isUniqueViolation } from "./db.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -92,7 +92,7 @@ export async function registerAgent(db: Prisma, input: RegisterInput): Promise<R
       remoteAddr: input.remoteAddr || undefined,
       detail: { reason: r.reason, hostname: input.hostname.slice(0, 253) },
     });
-    throw new ConnectError(r.message, Code.PermissionDenied);
+    throw new StoreRefusal("forbidden", r.message);
   }
 }
 
@@ -100,7 +100,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
   const [token] = await tx.$queryRaw<TokenRow[]>`
     SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
      WHERE token_hash = ${input.registrationTokenHash}`;
-  if (!token) throw new ConnectError("registration token is not valid", Code.Unauthenticated);
+  if (!token) throw new StoreRefusal("unauthenticated", "registration token is not valid");
   refuseToken(token, input.now);
 
   const existing = await tx.agent.findUnique({
@@ -121,7 +121,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
   let proofTime: Date | null = null;
   if (!existing) {
     if (input.proof && !selfSigned) {
-      throw new ConnectError("proof_signature does not verify with agent_public_key", Code.PermissionDenied);
+      throw new StoreRefusal("forbidden", "proof_signature does not verify with agent_public_key");
     }
     // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
     const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
@@ -212,7 +212,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
     const [now] = await tx.$queryRaw<TokenRow[]>`
       SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens WHERE id = ${token.id}::uuid`;
     if (now) refuseToken(now, input.now);
-    throw now ? noSeats(now) : new ConnectError("registration token is not valid", Code.Unauthenticated);
+    throw now ? noSeats(now) : new StoreRefusal("unauthenticated", "registration token is not valid");
   }
   return { ...agent, machineId: input.machineId, replaced: Boolean(existing), via };
 }
@@ -309,14 +309,14 @@ interface TokenRow {
 }
 
 function refuseToken(token: TokenRow, now: Date) {
-  if (token.revoked_at) throw new ConnectError("registration token has been revoked", Code.Unauthenticated);
+  if (token.revoked_at) throw new StoreRefusal("unauthenticated", "registration token has been revoked");
   if (token.expires_at && token.expires_at <= now) {
-    throw new ConnectError(`registration token expired at ${token.expires_at.toISOString()}`, Code.Unauthenticated);
+    throw new StoreRefusal("unauthenticated", `registration token expired at ${token.expires_at.toISOString()}`);
   }
 }
 
 const noSeats = (token: TokenRow) =>
-  new ConnectError(`registration token has no seats left (${token.used_seats} of ${token.seats} used)`, Code.ResourceExhausted);
+  new StoreRefusal("exhausted", `registration token has no seats left (${token.used_seats} of ${token.seats} used)`);
 
 export interface AgentAuthState {
   machineId: string;
