@@ -1,8 +1,7 @@
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { SubsystemConfig } from "@redflag/gen/common_pb";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
-import { callerName } from "../services/audit.ts";
 import {
   agentConfigOverrides,
   allowReregistration,
@@ -17,7 +16,7 @@ import { inTransaction } from "../store/db.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import { agentOverrides, type AgentConfigs } from "./agent-config.ts";
-import { auditIn } from "./audit.ts";
+import type { AuditHook } from "./audit.ts";
 
 // What operators change about enrolled agents: labels, per-agent settings, taking one out of
 // the fleet, binding it to another machine, letting a machine register again. Each change and
@@ -43,10 +42,10 @@ export async function activeAgent(db: Prisma, agentId: string): Promise<AgentRow
   return row;
 }
 
-export async function relabelAgent(db: Prisma, ctx: HandlerContext, before: AgentRow, labels: { tags: string[]; group: string }): Promise<AgentRow> {
+export async function relabelAgent(db: Prisma, before: AgentRow, labels: { tags: string[]; group: string }, record: AuditHook<void>): Promise<AgentRow> {
   await inTransaction(db, async (tx) => {
     await setAgentLabels(tx, before.id, labels);
-    await auditIn(tx, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: labels });
+    await record(tx);
   });
   return existingAgent(db, before.id);
 }
@@ -56,30 +55,32 @@ export async function subsystemOverrides(db: Prisma, agentId: string): Promise<S
   return agentOverrides(await agentConfigOverrides(db, agentId));
 }
 
-// Replaces the agent's own subsystem settings (already checked) with `subsystems`, serialized
-// as `stored` (null for none); the next poll of the agent gets the new config.
+// Replaces the agent's own subsystem settings (already checked, serialized as an AgentConfig;
+// null for none); the audit entry gets the settings it had before. The next poll of the agent
+// gets the new config.
 export async function setSubsystemOverrides(
   db: Prisma,
   agentConfigs: AgentConfigs,
-  ctx: HandlerContext,
   agentId: string,
-  change: { stored: Uint8Array | null; audit: (before: SubsystemConfig[]) => { before: unknown; after: unknown } },
+  stored: Uint8Array | null,
+  record: AuditHook<SubsystemConfig[]>,
 ): Promise<void> {
   await inTransaction(db, async (tx) => {
     const before = agentOverrides(await agentConfigOverrides(tx, agentId));
-    await setAgentConfigOverrides(tx, agentId, change.stored);
-    await auditIn(tx, ctx, { target: `agent:${agentId}`, ...change.audit(before) });
+    await setAgentConfigOverrides(tx, agentId, stored);
+    await record(tx, before);
   });
   agentConfigs.invalidate();
 }
 
 // Takes the agent out of the fleet: credentials revoked, pending commands cancelled, its
 // updates dropped. Returns the agent as it is now and how many commands were cancelled.
-export async function decommission(db: Prisma, agents: AgentRegistry, ctx: HandlerContext, before: AgentRow): Promise<{ agent: AgentRow; cancelled: number }> {
+// The audit entry gets how many commands were cancelled.
+export async function decommission(db: Prisma, agents: AgentRegistry, before: AgentRow, record: AuditHook<number>): Promise<{ agent: AgentRow; cancelled: number }> {
   if (before.decommissionedAt) return { agent: before, cancelled: 0 };
   const cancelled = await inTransaction(db, async (tx) => {
     const n = await decommissionAgent(tx, before.id, new Date());
-    await auditIn(tx, ctx, { target: `agent:${before.id}`, before: { decommissioned: false }, after: { decommissioned: true, cancelledCommands: n } });
+    await record(tx, n);
     return n;
   });
   agents.invalidate(before.id);
@@ -88,7 +89,7 @@ export async function decommission(db: Prisma, agents: AgentRegistry, ctx: Handl
 
 // Binds the agent to the machine ID its host now has (a reinstall, new hardware), raising a
 // security event; the rebind, the event and the audit entry commit together or not at all.
-export async function rebindMachineId(db: Prisma, agents: AgentRegistry, ctx: HandlerContext, before: AgentRow, machineId: string): Promise<AgentRow> {
+export async function rebindMachineId(db: Prisma, agents: AgentRegistry, before: AgentRow, machineId: string, record: AuditHook<void>): Promise<AgentRow> {
   if (machineId === before.machineId) return before;
   await inTransaction(db, async (tx) => {
     if (!(await setMachineId(tx, before.id, machineId))) throw new ConnectError("another agent is registered with this machine ID", Code.AlreadyExists);
@@ -100,24 +101,26 @@ export async function rebindMachineId(db: Prisma, agents: AgentRegistry, ctx: Ha
       machineId,
       detail: { previousMachineId: before.machineId },
     });
-    await auditIn(tx, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId } });
+    await record(tx);
   });
   agents.invalidate(before.id);
   return existingAgent(db, before.id);
 }
 
 // Lets one Register of this machine through until `until`: without the agent's key (a
-// reinstalled host), and for a decommissioned agent (letting it back).
-export async function allowAgentReregistration(db: Prisma, ctx: HandlerContext, agentId: string, until: Date): Promise<AgentRow> {
+// reinstalled host), and for a decommissioned agent (letting it back). The audit entry gets the
+// deadline it replaced and the agent as it is now.
+export async function allowAgentReregistration(
+  db: Prisma,
+  agentId: string,
+  grant: { until: Date; by: string },
+  record: AuditHook<{ before: Date | null; agent: AgentRow }>,
+): Promise<AgentRow> {
   return inTransaction(db, async (tx) => {
-    const done = await allowReregistration(tx, agentId, until, callerName(ctx));
+    const done = await allowReregistration(tx, agentId, grant.until, grant.by);
     if (!done) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
-    const after = await getAgent(tx, agentId);
-    await auditIn(tx, ctx, {
-      target: `agent:${agentId}`,
-      before: { reregistrationAllowedUntil: done.before?.toISOString() ?? null },
-      after: { reregistrationAllowedUntil: until.toISOString(), decommissioned: after!.decommissionedAt !== null },
-    });
-    return after!;
+    const agent = (await getAgent(tx, agentId))!;
+    await record(tx, { before: done.before, agent });
+    return agent;
   });
 }

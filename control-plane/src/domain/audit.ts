@@ -1,7 +1,6 @@
-import type { HandlerContext } from "@connectrpc/connect";
-import { audit } from "../services/audit.ts";
-import type { Prisma, Tx } from "../store/types.ts";
+import type { Tx } from "../store/types.ts";
 
-// services/audit.ts's audit() inside a transaction: the entry commits, or rolls back, with the
-// change it records. audit() only inserts the entry, which the transaction's client does too.
-export const auditIn = (tx: Tx, ctx: HandlerContext, entry: Parameters<typeof audit>[2]): Promise<void> => audit(tx as Prisma, ctx, entry);
+// Records the audit entry of a change inside the change's own transaction, so the change and
+// its record commit together or not at all. The adapter supplies it: it knows the caller and
+// the wire form the entry keeps (services/audit.ts).
+export type AuditHook<T> = (tx: Tx, done: T) => Promise<void>;

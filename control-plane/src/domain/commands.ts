@@ -17,7 +17,7 @@ import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
 import { prepareAction } from "./actions.ts";
 import { resolveUpgrade } from "./agent-upgrade.ts";
-import { auditIn } from "./audit.ts";
+import type { AuditHook } from "./audit.ts";
 import { authorizeContent, authorizeKind } from "./command-privilege.ts";
 import { commandRefusal, storeCommand } from "./store-command.ts";
 import { noteUpgrade, requireSupportedVersion } from "./upgrades.ts";
@@ -117,15 +117,15 @@ export function createCommandQueue(
 }
 
 // Cancels a command that is still pending (once delivered, the agent runs it) and records it
-// in the audit log, in one transaction; returns it as it is now.
-export async function cancelCommand(db: Prisma, events: EventBus, ctx: HandlerContext, id: string): Promise<CommandRow> {
+// (as it was) in the audit log, in one transaction; returns it as it is now.
+export async function cancelCommand(db: Prisma, events: EventBus, id: string, record: AuditHook<CommandRow>): Promise<CommandRow> {
   const row = await inTransaction(db, async (tx) => {
     const row = await getCommand(tx, id);
     if (!row) throw new ConnectError(`command ${id} does not exist`, Code.NotFound);
     if (!(await cancelPendingCommand(tx, id, new Date()))) {
       throw new ConnectError(`command ${id} is ${row.state.replace("_", " ")}; only a pending command can be cancelled`, Code.FailedPrecondition);
     }
-    await auditIn(tx, ctx, { target: `agent:${row.agentId}`, before: { commandId: id, state: row.state }, after: { commandId: id, state: "cancelled" } });
+    await record(tx, row);
     return row;
   });
   events.publish([{ commandId: id, agentId: row.agentId }]);

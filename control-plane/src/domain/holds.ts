@@ -1,11 +1,10 @@
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { compileHolds, MAX_HOLDS_PER_SCOPE } from "@redflag/common/holds";
-import { callerName } from "../services/audit.ts";
 import { inTransaction } from "../store/db.ts";
 import { createHold, deleteHold, getHold, type HoldRow } from "../store/holds.ts";
 import type { Prisma } from "../store/types.ts";
 import type { AgentConfigs } from "./agent-config.ts";
-import { auditIn } from "./audit.ts";
+import type { AuditHook } from "./audit.ts";
 
 // Holds keep packages from being approved and installed, fleet-wide or on one agent; agents get
 // them in their signed config and refuse held packages themselves too.
@@ -26,13 +25,14 @@ export interface NewHold {
   source: string;
   name: string;
   reason: string;
+  createdBy: string;
 }
 
-// Adds a hold (checked: source, name pattern and reason) and records it in the audit log, in
-// one transaction; the next poll of each agent gets the new config.
-export async function setHold(db: Prisma, agentConfigs: AgentConfigs, ctx: HandlerContext, input: NewHold): Promise<HoldRow> {
+// Adds a hold (checked: source, name pattern and reason) and its audit entry, in one
+// transaction; the next poll of each agent gets the new config.
+export async function setHold(db: Prisma, agentConfigs: AgentConfigs, input: NewHold, record: AuditHook<HoldRow>): Promise<HoldRow> {
   const row = await inTransaction(db, async (tx) => {
-    const outcome = await createHold(tx, { ...input, createdBy: callerName(ctx) });
+    const outcome = await createHold(tx, input);
     if ("missingAgent" in outcome) throw new ConnectError(`agent ${input.agentId} does not exist`, Code.NotFound);
     if ("full" in outcome) {
       const scope = input.agentId ? `agent ${input.agentId} has` : "the fleet has";
@@ -41,22 +41,20 @@ export async function setHold(db: Prisma, agentConfigs: AgentConfigs, ctx: Handl
         Code.ResourceExhausted,
       );
     }
-    await auditIn(tx, ctx, { target: outcome.hold.agentId ? `agent:${outcome.hold.agentId}` : "fleet", after: holdJson(outcome.hold) });
+    await record(tx, outcome.hold);
     return outcome.hold;
   });
   agentConfigs.invalidate();
   return row;
 }
 
-// Removes a hold and records it in the audit log, in one transaction.
-export async function removeHold(db: Prisma, agentConfigs: AgentConfigs, ctx: HandlerContext, id: string): Promise<void> {
+// Removes a hold and records it (as it was) in the audit log, in one transaction.
+export async function removeHold(db: Prisma, agentConfigs: AgentConfigs, id: string, record: AuditHook<HoldRow>): Promise<void> {
   await inTransaction(db, async (tx) => {
     const row = await getHold(tx, id);
     if (!row) throw new ConnectError(`hold ${id} does not exist`, Code.NotFound);
     await deleteHold(tx, id);
-    await auditIn(tx, ctx, { target: row.agentId ? `agent:${row.agentId}` : "fleet", before: holdJson(row) });
+    await record(tx, row);
   });
   agentConfigs.invalidate();
 }
-
-const holdJson = (row: HoldRow) => ({ id: row.id, agentId: row.agentId, source: row.source, name: row.name, reason: row.reason });

@@ -1,8 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import type { HandlerContext } from "@connectrpc/connect";
 import { CommandSchema, PackageRefSchema } from "@redflag/gen/command_pb";
 import type { EventBus } from "../events.ts";
-import { callerName, commandCreator } from "../services/audit.ts";
 import type { Settings } from "../settings.ts";
 import type { CommandRow } from "../store/commands.ts";
 import { storeCommand } from "./store-command.ts";
@@ -11,7 +9,8 @@ import { holdsFor } from "../store/holds.ts";
 import { approvedUpdates, decideUpdates, linkInstallCommand, listUpdates, updatesIn, type UpdateFilter } from "../store/package-updates.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../wakeups.ts";
-import { auditIn } from "./audit.ts";
+import type { CommandCreator } from "../generated/prisma/client.ts";
+import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";
 import { requireSupportedVersion } from "./upgrades.ts";
 
@@ -21,26 +20,23 @@ import { requireSupportedVersion } from "./upgrades.ts";
 
 export type Decision = "approved" | "rejected";
 
+export type DecidedUpdate = Awaited<ReturnType<typeof updatesIn>>[number];
+
 // Sets `status` on the selected updates now in one of the `from` states, except held ones when
-// approving, and records it in the audit log: both in one transaction. `target` names what the
-// audit entry is about. Returns how many changed and how many a hold kept.
+// approving, and records the updates it changed in the audit log: both in one transaction.
+// Returns how many changed and how many a hold kept.
 export async function decide(
   db: Prisma,
-  ctx: HandlerContext,
   filter: UpdateFilter,
-  target: string,
-  status: Decision,
-  from: string[],
+  decision: { status: Decision; from: string[]; by: string },
+  record: AuditHook<DecidedUpdate[]>,
 ): Promise<{ changed: number; held: number }> {
   return inTransaction(db, async (tx) => {
-    const rows = await updatesIn(tx, filter, from);
+    const rows = await updatesIn(tx, filter, decision.from);
     const isHeld = heldBy(await holdsFor(tx, [...new Set(rows.map((r) => r.agentId))]));
-    const chosen = status === "approved" ? rows.filter((r) => !isHeld(r)) : rows;
-    await decideUpdates(tx, chosen, { status, by: callerName(ctx), at: new Date() });
-    await auditIn(tx, ctx, {
-      target,
-      after: { status, count: chosen.length, updates: chosen.slice(0, 200).map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
-    });
+    const chosen = decision.status === "approved" ? rows.filter((r) => !isHeld(r)) : rows;
+    await decideUpdates(tx, chosen, { status: decision.status, by: decision.by, at: new Date() });
+    await record(tx, chosen);
     return { changed: chosen.length, held: rows.length - chosen.length };
   });
 }
@@ -62,7 +58,14 @@ export interface InstallDeps {
 // Queues one install_updates command per agent for its approved, not held, selected updates,
 // pinned to the approved versions (the agent installs exactly what was approved). Refused for
 // all when one of the agents runs below the minimum supported version: it may only be upgraded.
-export async function installApproved(deps: InstallDeps, ctx: HandlerContext, filter: UpdateFilter): Promise<{ commands: CommandRow[]; packages: number }> {
+export type InstallQueued = { command: CommandRow; updates: Awaited<ReturnType<typeof approvedUpdates>> };
+
+export async function installApproved(
+  deps: InstallDeps,
+  filter: UpdateFilter,
+  creator: { createdBy: string; createdByKind: CommandCreator },
+  record: AuditHook<InstallQueued>,
+): Promise<{ commands: CommandRow[]; packages: number }> {
   const { db } = deps;
   const rows = await approvedUpdates(db, filter);
   const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
@@ -86,10 +89,10 @@ export async function installApproved(deps: InstallDeps, ctx: HandlerContext, fi
         type: "install_updates",
         action: toBinary(CommandSchema, create(CommandSchema, { action })),
         timeoutSeconds: 0,
-        ...commandCreator(ctx),
+        ...creator,
       });
       await linkInstallCommand(tx, updates, row.id);
-      await auditIn(tx, ctx, { target: `agent:${agentId}`, after: { commandId: row.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } });
+      await record(tx, { command: row, updates });
       return row;
     });
     deps.wakeups.notify(agentId);

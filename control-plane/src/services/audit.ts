@@ -2,13 +2,14 @@ import type { HandlerContext } from "@connectrpc/connect";
 import { kPrincipal, kRemoteAddr, type Principal } from "../auth/context.ts";
 import type { CommandCreator } from "../generated/prisma/client.ts";
 import { recordAudit } from "../store/audit.ts";
-import type { Prisma } from "../store/types.ts";
+import type { Prisma, Tx } from "../store/types.ts";
 
 // Records one change made by the caller of this RPC: who (from the verified principal, or the
 // name given for an anonymous caller such as Setup or a failed login), what (the RPC), on
-// what, from where, and the state before and after. Never pass secrets in before/after.
+// what, from where, and the state before and after. Never pass secrets in before/after. db may
+// be a transaction's client, so the entry commits with the change it records.
 export async function audit(
-  db: Prisma,
+  db: Prisma | Tx,
   ctx: HandlerContext,
   entry: { target: string; before?: unknown; after?: unknown; outcome?: string; anonymousName?: string },
 ): Promise<void> {

@@ -8,6 +8,7 @@ import type { CommandChanged, EventBus } from "../events.ts";
 import type { CommandState as DbCommandState } from "../generated/prisma/client.ts";
 import { getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
+import { audit } from "./audit.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
 
@@ -42,7 +43,11 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
     },
 
     async cancelCommand(req, ctx) {
-      return { command: commandToProto(await cancelCommand(db, events, ctx, uuid("id", req.id))) };
+      const id = uuid("id", req.id);
+      const row = await cancelCommand(db, events, id, (tx, before) =>
+        audit(tx, ctx, { target: `agent:${before.agentId}`, before: { commandId: id, state: before.state }, after: { commandId: id, state: "cancelled" } }),
+      );
+      return { command: commandToProto(row) };
     },
 
     async retryCommand(req, ctx) {

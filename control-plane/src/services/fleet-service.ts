@@ -22,6 +22,7 @@ import {
   withBufferedLastSeen,
 } from "../domain/agents.ts";
 import type { CommandQueue } from "../domain/commands.ts";
+import { audit, callerName } from "./audit.ts";
 import type { Settings } from "../settings.ts";
 import { agentToProto, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
@@ -96,7 +97,10 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
       for (const tag of tags) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
       const group = req.group.trim().toLowerCase();
       if (group && !LABEL.test(group)) throw invalid(`group "${group.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
-      return { agent: proto(await relabelAgent(db, ctx, before, { tags, group })) };
+      const after = await relabelAgent(db, before, { tags, group }, (tx) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: { tags, group } }),
+      );
+      return { agent: proto(after) };
     },
 
     async getAgentConfig(req) {
@@ -120,10 +124,14 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
         }
         return create(SubsystemConfigSchema, s);
       });
-      await setSubsystemOverrides(db, deps.agentConfigs, ctx, row.id, {
-        stored: subsystems.length > 0 ? toBinary(AgentConfigSchema, create(AgentConfigSchema, { subsystems })) : null,
-        audit: (before) => ({ before: before.map((s) => toJson(SubsystemConfigSchema, s)), after: subsystems.map((s) => toJson(SubsystemConfigSchema, s)) }),
-      });
+      const stored = subsystems.length > 0 ? toBinary(AgentConfigSchema, create(AgentConfigSchema, { subsystems })) : null;
+      await setSubsystemOverrides(db, deps.agentConfigs, row.id, stored, (tx, before) =>
+        audit(tx, ctx, {
+          target: `agent:${row.id}`,
+          before: before.map((s) => toJson(SubsystemConfigSchema, s)),
+          after: subsystems.map((s) => toJson(SubsystemConfigSchema, s)),
+        }),
+      );
       return { config: await deps.agentConfigs.forAgent(row.id) };
     },
 
@@ -151,14 +159,20 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
     },
 
     async decommissionAgent(req, ctx) {
-      const { agent, cancelled } = await decommission(db, deps.agents, ctx, await existing(req.agentId));
+      const before = await existing(req.agentId);
+      const { agent, cancelled } = await decommission(db, deps.agents, before, (tx, cancelledCommands) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { decommissioned: false }, after: { decommissioned: true, cancelledCommands } }),
+      );
       return { agent: proto(agent), cancelledCommands: cancelled };
     },
 
     async rebindMachineId(req, ctx) {
       const before = await active(req.agentId);
       if (!isMachineId(req.machineId)) throw invalid("machine_id must be 64 lower-case hex characters (the agent prints it in `redflag-agent status`)");
-      return { agent: proto(await rebindMachineId(db, deps.agents, ctx, before, req.machineId)) };
+      const after = await rebindMachineId(db, deps.agents, before, req.machineId, (tx) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId: req.machineId } }),
+      );
+      return { agent: proto(after) };
     },
 
     // One Register of this machine is let through until the deadline: without the agent's key
@@ -168,7 +182,13 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
       const seconds = req.validFor ? durationMs(req.validFor) / 1000 : 3600;
       if (!(seconds >= 60 && seconds <= 7 * 86_400)) throw invalid("valid_for must be from 1 minute to 7 days");
       const until = new Date(Date.now() + seconds * 1000);
-      const after = await allowAgentReregistration(db, ctx, agentId, until);
+      const after = await allowAgentReregistration(db, agentId, { until, by: callerName(ctx) }, (tx, done) =>
+        audit(tx, ctx, {
+          target: `agent:${agentId}`,
+          before: { reregistrationAllowedUntil: done.before?.toISOString() ?? null },
+          after: { reregistrationAllowedUntil: until.toISOString(), decommissioned: done.agent.decommissionedAt !== null },
+        }),
+      );
       return { agent: proto(after), allowedUntil: timestampFromDate(until) };
     },
   };

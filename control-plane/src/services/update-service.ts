@@ -22,6 +22,7 @@ import type { Wakeups } from "../wakeups.ts";
 import type { AgentConfigs } from "../domain/agent-config.ts";
 import { removeHold, setHold } from "../domain/holds.ts";
 import { decide, installApproved, updatePage, type Decision } from "../domain/updates.ts";
+import { audit, callerName, commandCreator } from "./audit.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, text, uuid } from "./validate.ts";
 import type { Settings } from "../settings.ts";
@@ -99,7 +100,12 @@ export function createUpdateService(
 
   // Sets status on the selected updates except held ones; returns what changed.
   const decideOn = (ctx: HandlerContext, sel: UpdateSelection | undefined, status: Decision, from: string[]) =>
-    decide(db, ctx, selectionFilter(sel, true), sel?.agentIds.length === 1 ? `agent:${sel.agentIds[0]}` : "updates", status, from);
+    decide(db, selectionFilter(sel, true), { status, from, by: callerName(ctx) }, (tx, chosen) =>
+      audit(tx, ctx, {
+        target: sel?.agentIds.length === 1 ? `agent:${sel.agentIds[0]}` : "updates",
+        after: { status, count: chosen.length, updates: chosen.slice(0, 200).map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
+      }),
+    );
 
   return {
     async listUpdates(req) {
@@ -173,7 +179,9 @@ export function createUpdateService(
 
     async installApprovedUpdates(req, ctx) {
       if (req.approve) await decideOn(ctx, req.selection, "approved", ["pending"]);
-      const { commands, packages } = await installApproved({ db, wakeups, events, settings }, ctx, selectionFilter(req.selection, true));
+      const { commands, packages } = await installApproved({ db, wakeups, events, settings }, selectionFilter(req.selection, true), commandCreator(ctx), (tx, { command, updates }) =>
+        audit(tx, ctx, { target: `agent:${command.agentId}`, after: { commandId: command.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } }),
+      );
       return { commands: commands.map(commandToProto), packages };
     },
 
@@ -191,12 +199,15 @@ export function createUpdateService(
       }
       if (req.name.replace(/\*/g, "") === "") throw invalid('a hold on "*" alone would hold every package; name the packages');
       const reason = text("reason", req.reason, { max: 200 });
-      return { hold: holdToProto(await setHold(db, agentConfigs, ctx, { agentId, source, name: req.name, reason })) };
+      const row = await setHold(db, agentConfigs, { agentId, source, name: req.name, reason, createdBy: callerName(ctx) }, (tx, row) =>
+        audit(tx, ctx, { target: row.agentId ? `agent:${row.agentId}` : "fleet", after: holdJson(row) }),
+      );
+      return { hold: holdToProto(row) };
     },
 
     async removeHold(req, ctx) {
       const id = uuid("id", req.id);
-      await removeHold(db, agentConfigs, ctx, id);
+      await removeHold(db, agentConfigs, id, (tx, row) => audit(tx, ctx, { target: row.agentId ? `agent:${row.agentId}` : "fleet", before: holdJson(row) }));
       return {};
     },
   };
@@ -214,3 +225,4 @@ function holdToProto(row: HoldRow): Hold {
   });
 }
 
+const holdJson = (row: HoldRow) => ({ id: row.id, agentId: row.agentId, source: row.source, name: row.name, reason: row.reason });

@@ -1,4 +1,4 @@
-import type { Prisma } from "./types.ts";
+import type { Prisma, Tx } from "./types.ts";
 
 export interface AuditInput {
   actorKind: string;
@@ -14,7 +14,7 @@ export interface AuditInput {
 
 const json = (value: unknown) => (value === undefined ? undefined : (JSON.parse(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v))) as object));
 
-export async function recordAudit(db: Prisma, entry: AuditInput): Promise<void> {
+export async function recordAudit(db: Prisma | Tx, entry: AuditInput): Promise<void> {
   await db.auditEntry.create({
     data: {
       actorKind: entry.actorKind,

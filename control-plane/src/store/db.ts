@@ -131,6 +131,9 @@ function reason(err: unknown): string {
   return typeof e?.code === "string" && !message.includes(e.code) ? `${message} (${e.code})` : message;
 }
 
+// Runs fn in one transaction: the store functions it calls with tx commit or roll back together.
+export const inTransaction = <T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> => db.$transaction(fn);
+
 const UNIQUE_VIOLATION = "23505";
 // SQLSTATEs meaning the server went away or turns connections away: class 08 (connection
 // exception), admin/crash shutdown, cannot connect now, too many connections.
@@ -157,9 +160,6 @@ export function isUniqueViolation(err: unknown): boolean {
       e.kind === "UniqueConstraintViolation",
   );
 }
-
-// Runs fn in one transaction: every write it makes through tx commits together, or none does.
-export const inTransaction = <T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> => db.$transaction(fn);
 
 // The database is unreachable or dropped the connection: worth retrying later, not a bug.
 export function isConnectionError(err: unknown): boolean {

@@ -2,11 +2,14 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AgentRegistry } from "../../src/auth/agent-registry.ts";
 import { activeAgent, decommission, existingAgent, rebindMachineId } from "../../src/domain/agents.ts";
+import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { adminContext, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
 
 const invalidated: string[] = [];
 const registry = { invalidate: (id: string) => invalidated.push(id) } as unknown as AgentRegistry;
+const rebound = (agentId: string) => auditAs<void>("RebindMachineId", FleetService, `agent:${agentId}`);
+const decommissioned = (agentId: string) => auditAs("DecommissionAgent", FleetService, `agent:${agentId}`, (cancelled: number) => ({ cancelled }));
 const NEW_MACHINE = () => Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
 
 describe.each(availableBackends)("agents on %s", (backend: Backend) => {
@@ -24,7 +27,7 @@ describe.each(availableBackends)("agents on %s", (backend: Backend) => {
   it("rebinds the machine ID with a security event and an audit entry", async () => {
     const agent = await insertAgent(m.db, "db-1");
     const machineId = NEW_MACHINE();
-    const after = await rebindMachineId(m.db, registry, adminContext("RebindMachineId"), await activeAgent(m.db, agent.id), machineId);
+    const after = await rebindMachineId(m.db, registry, await activeAgent(m.db, agent.id), machineId, rebound(agent.id));
     expect(after.machineId).toBe(machineId);
     expect(await events(agent.id)).toBe(1);
     expect(await audits(agent.id, "RebindMachineId")).toBe(1);
@@ -37,7 +40,7 @@ describe.each(availableBackends)("agents on %s", (backend: Backend) => {
       const before = await existingAgent(m.db, agent.id);
       const undo = await failInsertsInto(m.db, table);
       try {
-        await expect(rebindMachineId(m.db, registry, adminContext("RebindMachineId"), before, NEW_MACHINE())).rejects.toThrow(/refused by the test/);
+        await expect(rebindMachineId(m.db, registry, before, NEW_MACHINE(), rebound(agent.id))).rejects.toThrow(/refused by the test/);
       } finally {
         await undo();
       }
@@ -50,7 +53,7 @@ describe.each(availableBackends)("agents on %s", (backend: Backend) => {
   it("refuses another agent's machine ID with AlreadyExists, writing nothing", async () => {
     const one = await insertAgent(m.db, "db-3");
     const other = await insertAgent(m.db, "db-4");
-    const err = await rebindMachineId(m.db, registry, adminContext("RebindMachineId"), await existingAgent(m.db, one.id), other.machineId).catch((e: unknown) => e);
+    const err = await rebindMachineId(m.db, registry, await existingAgent(m.db, one.id), other.machineId, rebound(one.id)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConnectError);
     expect((err as ConnectError).code).toBe(Code.AlreadyExists);
     expect((err as ConnectError).rawMessage).toBe("another agent is registered with this machine ID");
@@ -65,7 +68,7 @@ describe.each(availableBackends)("agents on %s", (backend: Backend) => {
 
     const undo = await failInsertsInto(m.db, "audit_entries");
     try {
-      await expect(decommission(m.db, registry, adminContext("DecommissionAgent"), await existingAgent(m.db, agent.id))).rejects.toThrow(/refused by the test/);
+      await expect(decommission(m.db, registry, await existingAgent(m.db, agent.id), decommissioned(agent.id))).rejects.toThrow(/refused by the test/);
     } finally {
       await undo();
     }
@@ -73,7 +76,7 @@ describe.each(availableBackends)("agents on %s", (backend: Backend) => {
     expect(await m.db.packageUpdate.count({ where: { agentId: agent.id } })).toBe(1);
     expect(await m.db.command.count({ where: { agentId: agent.id, state: "pending" } })).toBe(1);
 
-    const { agent: after, cancelled } = await decommission(m.db, registry, adminContext("DecommissionAgent"), await existingAgent(m.db, agent.id));
+    const { agent: after, cancelled } = await decommission(m.db, registry, await existingAgent(m.db, agent.id), decommissioned(agent.id));
     expect(after.decommissionedAt).not.toBeNull();
     expect(cancelled).toBe(1);
     expect(await m.db.packageUpdate.count({ where: { agentId: agent.id } })).toBe(0);

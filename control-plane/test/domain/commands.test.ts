@@ -6,7 +6,7 @@ import type { EventBus } from "../../src/events.ts";
 import type { CommandSigner } from "../../src/signing/signer.ts";
 import type { Wakeups } from "../../src/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { adminContext, failInsertsInto, insertAgent, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { adminContext, auditAs, failInsertsInto, insertAgent, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
 
 const published: string[] = [];
 const events = { publish: (e: { commandId: string }[]) => published.push(...e.map((x) => x.commandId)) } as unknown as EventBus;
@@ -40,19 +40,19 @@ describe.each(availableBackends)("the command queue on %s", (backend: Backend) =
     const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events);
     const agent = await insertAgent(m.db, "app-2");
     const row = await queue.queue(adminContext("CreateCommand", CommandService), agent.id, scan);
-    const ctx = adminContext("CancelCommand", CommandService);
+    const record = auditAs("CancelCommand", CommandService, `agent:${agent.id}`);
 
     const undo = await failInsertsInto(m.db, "audit_entries");
     try {
-      await expect(cancelCommand(m.db, events, ctx, row.id)).rejects.toThrow(/refused by the test/);
+      await expect(cancelCommand(m.db, events, row.id, record)).rejects.toThrow(/refused by the test/);
     } finally {
       await undo();
     }
     expect((await m.db.command.findUniqueOrThrow({ where: { id: row.id } })).state).toBe("pending");
 
-    expect((await cancelCommand(m.db, events, ctx, row.id)).state).toBe("cancelled");
+    expect((await cancelCommand(m.db, events, row.id, record)).state).toBe("cancelled");
     expect(await m.db.auditEntry.count({ where: { action: "redflag.v1.CommandService/CancelCommand", target: `agent:${agent.id}` } })).toBe(1);
-    const again = await cancelCommand(m.db, events, ctx, row.id).catch((e: unknown) => e);
+    const again = await cancelCommand(m.db, events, row.id, record).catch((e: unknown) => e);
     expect((again as ConnectError).code).toBe(Code.FailedPrecondition);
   });
 });

@@ -8,7 +8,7 @@ import type { EventBus } from "../../src/events.ts";
 import type { UpdateFilter } from "../../src/store/package-updates.ts";
 import type { Wakeups } from "../../src/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { adminContext, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
 
 const filter = (f: Partial<UpdateFilter>): UpdateFilter => ({
   keys: [],
@@ -23,6 +23,8 @@ const filter = (f: Partial<UpdateFilter>): UpdateFilter => ({
   ...f,
 });
 const configs = { invalidate: () => {} } as unknown as AgentConfigs;
+const oscar = { createdBy: "oscar", createdByKind: "person" as const };
+const hold = (agentId: string | null, name: string) => ({ agentId, source: "apt", name, reason: "pinned", createdBy: "oscar" });
 const woken: string[] = [];
 const published: string[] = [];
 const wakeups = { notify: (id: string) => woken.push(id) } as unknown as Wakeups;
@@ -44,13 +46,15 @@ describe.each(availableBackends)("updates and holds on %s", (backend: Backend) =
   it("approves the selection except held packages, and records it in the audit log", async () => {
     const agent = await insertAgent(m.db, "web-1");
     for (const name of ["curl", "nginx", "openssl"]) await insertUpdate(m.db, agent.id, name);
-    await setHold(m.db, configs, adminContext("SetHold", UpdateService), { agentId: agent.id, source: "apt", name: "open*", reason: "pinned" });
+    await setHold(m.db, configs, hold(agent.id, "open*"), auditAs("SetHold", UpdateService, `agent:${agent.id}`));
 
-    const outcome = await decide(m.db, adminContext("ApproveUpdates", UpdateService), filter({ agentIds: [agent.id] }), `agent:${agent.id}`, "approved", ["pending"]);
+    const approve = auditAs("ApproveUpdates", UpdateService, `agent:${agent.id}`, (chosen: { name: string }[]) => ({ count: chosen.length, names: chosen.map((u) => u.name) }));
+    const outcome = await decide(m.db, filter({ agentIds: [agent.id] }), { status: "approved", from: ["pending"], by: "oscar" }, approve);
     expect(outcome).toEqual({ changed: 2, held: 1 });
     expect(await statuses(agent.id)).toEqual({ curl: "approved", nginx: "approved", openssl: "pending" });
     const entry = await m.db.auditEntry.findFirstOrThrow({ where: { action: "redflag.v1.UpdateService/ApproveUpdates" } });
-    expect(entry).toMatchObject({ actorName: "oscar", target: `agent:${agent.id}`, after: { status: "approved", count: 2 } });
+    expect(entry).toMatchObject({ actorName: "oscar", target: `agent:${agent.id}`, after: { count: 2, names: ["curl", "nginx"] } });
+    expect((await m.db.packageUpdate.findFirstOrThrow({ where: { agentId: agent.id, name: "curl" } })).decidedBy).toBe("oscar");
 
     const page = await updatePage(m.db, filter({ agentIds: [agent.id] }), { offset: 0, limit: 10 });
     expect(page.rows.map((r) => [r.name, r.held])).toEqual([["curl", false], ["nginx", false], ["openssl", true]]);
@@ -62,7 +66,8 @@ describe.each(availableBackends)("updates and holds on %s", (backend: Backend) =
     const before = await audits("ApproveUpdates");
     const undo = await failInsertsInto(m.db, "audit_entries");
     try {
-      await expect(decide(m.db, adminContext("ApproveUpdates", UpdateService), filter({ agentIds: [agent.id] }), "updates", "approved", ["pending"])).rejects.toThrow(/refused by the test/);
+      const approve = auditAs("ApproveUpdates", UpdateService, "updates");
+      await expect(decide(m.db, filter({ agentIds: [agent.id] }), { status: "approved", from: ["pending"], by: "oscar" }, approve)).rejects.toThrow(/refused by the test/);
     } finally {
       await undo();
     }
@@ -73,18 +78,18 @@ describe.each(availableBackends)("updates and holds on %s", (backend: Backend) =
   it("installs approved updates with one command per agent; a failed audit entry leaves no command and no link", async () => {
     const agent = await insertAgent(m.db, "web-3");
     for (const name of ["curl", "nginx"]) await insertUpdate(m.db, agent.id, name, { status: "approved" });
-    const ctx = adminContext("InstallApprovedUpdates", UpdateService);
+    const record = auditAs("InstallApprovedUpdates", UpdateService, `agent:${agent.id}`);
 
     const undo = await failInsertsInto(m.db, "audit_entries");
     try {
-      await expect(installApproved({ db: m.db, wakeups, events }, ctx, filter({ agentIds: [agent.id] }))).rejects.toThrow(/refused by the test/);
+      await expect(installApproved({ db: m.db, wakeups, events }, filter({ agentIds: [agent.id] }), oscar, record)).rejects.toThrow(/refused by the test/);
     } finally {
       await undo();
     }
     expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(0);
     expect(woken).not.toContain(agent.id);
 
-    const { commands, packages } = await installApproved({ db: m.db, wakeups, events }, ctx, filter({ agentIds: [agent.id] }));
+    const { commands, packages } = await installApproved({ db: m.db, wakeups, events }, filter({ agentIds: [agent.id] }), oscar, record);
     expect(packages).toBe(2);
     expect(commands.map((c) => [c.agentId, c.type, c.createdBy])).toEqual([[agent.id, "install_updates", "oscar"]]);
     expect((await m.db.packageUpdate.findMany({ where: { agentId: agent.id } })).map((u) => u.commandId)).toEqual([commands[0]!.id, commands[0]!.id]);
@@ -96,16 +101,16 @@ describe.each(availableBackends)("updates and holds on %s", (backend: Backend) =
     const agent = await insertAgent(m.db, "web-4");
     const undo = await failInsertsInto(m.db, "audit_entries");
     try {
-      await expect(setHold(m.db, configs, adminContext("SetHold", UpdateService), { agentId: agent.id, source: "apt", name: "nginx", reason: "" })).rejects.toThrow(/refused by the test/);
+      await expect(setHold(m.db, configs, hold(agent.id, "nginx"), auditAs("SetHold", UpdateService, "fleet"))).rejects.toThrow(/refused by the test/);
     } finally {
       await undo();
     }
     expect(await m.db.hold.count({ where: { agentId: agent.id } })).toBe(0);
 
-    const missing = await setHold(m.db, configs, adminContext("SetHold", UpdateService), { agentId: "00000000-0000-4000-8000-000000000000", source: "apt", name: "x", reason: "" }).catch((e: unknown) => e);
+    const missing = await setHold(m.db, configs, hold("00000000-0000-4000-8000-000000000000", "x"), auditAs("SetHold", UpdateService, "fleet")).catch((e: unknown) => e);
     expect(missing).toBeInstanceOf(ConnectError);
     expect((missing as ConnectError).code).toBe(Code.NotFound);
-    const gone = await removeHold(m.db, configs, adminContext("RemoveHold", UpdateService), "00000000-0000-4000-8000-000000000000").catch((e: unknown) => e);
+    const gone = await removeHold(m.db, configs, "00000000-0000-4000-8000-000000000000", auditAs("RemoveHold", UpdateService, "fleet")).catch((e: unknown) => e);
     expect((gone as ConnectError).code).toBe(Code.NotFound);
   });
 });

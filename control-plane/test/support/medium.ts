@@ -7,6 +7,8 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
 import { kPrincipal, kRemoteAddr } from "../../src/auth/context.ts";
+import type { AuditHook } from "../../src/domain/audit.ts";
+import { audit } from "../../src/services/audit.ts";
 import { newId } from "../../src/ids.ts";
 import { openDatabase, type Database } from "../../src/store/db.ts";
 import type { Prisma } from "../../src/store/types.ts";
@@ -43,6 +45,12 @@ export function adminContext(methodName: string, service: DescService = FleetSer
     .set(kPrincipal, { kind: "session", role: "admin", name: "oscar", userId: newId(), credentialId: newId() })
     .set(kRemoteAddr, "192.0.2.7");
   return createHandlerContext({ service, method, protocolName: "connect", requestMethod: "POST", url: `http://test/${service.typeName}/${method.name}`, contextValues });
+}
+
+// The audit hook an adapter would pass: an entry by oscar for `methodName` of `service` about
+// `target`, with what the domain hands it (through `after`) as its after state.
+export function auditAs<T>(methodName: string, service: DescService, target: string, after: (done: T) => unknown = () => undefined): AuditHook<T> {
+  return (tx, done) => audit(tx, adminContext(methodName, service), { target, after: after(done) });
 }
 
 // An enrolled agent, written straight into the database.
