@@ -1,12 +1,11 @@
-import { create, toBinary, toJson } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
-import { kPrincipal } from "../auth/context.ts";
+import type { RoleName } from "../auth/roles.ts";
 import type { EventBus } from "../events.ts";
-import type { CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { CommandCreator, CommandType as DbCommandType } from "../generated/prisma/client.ts";
 import { sha256 } from "../ids.ts";
-import { audit, commandCreator } from "../services/audit.ts";
 import { invalid } from "../services/validate.ts";
 import type { Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
@@ -50,21 +49,25 @@ const ACTION_TYPES: Record<string, DbCommandType> = {
   updateAgent: "update_agent",
 };
 
+// Who queues a command, as the adapter read it from the verified credential.
+export interface CommandCaller {
+  role: RoleName | undefined;
+  // Idempotency keys are scoped to who uses them (a person's sessions share theirs, each API
+  // token and the admin key has its own), so nobody can collide with, or learn about, another
+  // caller's keys.
+  keyScope: string;
+  creator: { createdBy: string; createdByKind: CommandCreator };
+  // Records a queued command in the audit log, with the action as it was stored.
+  record: AuditHook<{ row: CommandRow; action: Command["action"] }>;
+}
+
 export interface CommandQueue {
   // Checks, stores and audits one command for one agent and wakes the agent's long-poll. With
   // an idempotency key, a retry of the same request returns the command already queued.
-  queue(ctx: HandlerContext, agentId: string, action: Command["action"], timeoutSeconds?: number, idempotencyKey?: string): Promise<CommandRow>;
+  queue(caller: CommandCaller, agentId: string, action: Command["action"], timeoutSeconds?: number, idempotencyKey?: string): Promise<CommandRow>;
 }
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
-
-// Keys are scoped to who uses them: a person's sessions share theirs, each API token (and the
-// admin key) has its own, so nobody can collide with, or learn about, another caller's keys.
-function idempotencyCaller(ctx: HandlerContext): string {
-  const principal = ctx.values.get(kPrincipal);
-  if (!principal) return "system";
-  return principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`;
-}
 
 export function createCommandQueue(
   db: Prisma,
@@ -75,11 +78,11 @@ export function createCommandQueue(
   settings?: Pick<Settings, "text">,
 ): CommandQueue {
   return {
-    async queue(ctx, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
+    async queue(caller, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
       if (idempotencyKey !== "" && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
         throw invalid("idempotency_key must be 1 to 128 of A-Z a-z 0-9 . _ : - (for example a UUID)");
       }
-      const role = ctx.values.get(kPrincipal)?.role;
+      const { role } = caller;
       authorizeKind(role, requested);
       // Hashed as asked, before the action is prepared (an upgrade is filled in from the registry then).
       const requestHash = sha256(toBinary(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { agentId, timeoutSeconds, action: requested })));
@@ -97,9 +100,9 @@ export function createCommandQueue(
       // Stored as a Command holding only the action; the signed header is added at delivery.
       const bytes = toBinary(CommandSchema, create(CommandSchema, { action, timeoutSeconds }));
       const idempotency = idempotencyKey
-        ? { caller: idempotencyCaller(ctx), key: idempotencyKey, requestHash, usedAfter: new Date(Date.now() - idempotencyKeyTtlSeconds * 1000) }
+        ? { caller: caller.keyScope, key: idempotencyKey, requestHash, usedAfter: new Date(Date.now() - idempotencyKeyTtlSeconds * 1000) }
         : undefined;
-      const input = { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...commandCreator(ctx) };
+      const input = { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...caller.creator };
       const { row, replayed } = idempotency ? onceOrRefused(await createCommandOnce(db, input, idempotency), agentId, idempotencyKey) : { row: await storeCommand(db, input), replayed: false };
       // A retry that found its command: nothing changed, so nothing to wake, publish or audit.
       if (replayed) return row;
@@ -107,10 +110,7 @@ export function createCommandQueue(
       if (release) await noteUpgrade(db, { agentId, commandId: row.id, release, createdBy: row.createdBy });
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
-      await audit(db, ctx, {
-        target: `agent:${agentId}`,
-        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
-      });
+      await caller.record(db, { row, action });
       return row;
     },
   };

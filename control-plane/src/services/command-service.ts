@@ -9,7 +9,7 @@ import type { CommandState as DbCommandState } from "../generated/prisma/client.
 import { getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit } from "./audit.ts";
-import { COMMAND_STATES, commandToProto } from "./convert.ts";
+import { COMMAND_STATES, commandCaller, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, uuid } from "./validate.ts";
 
 const STATE_FILTER = new Map<CommandState, DbCommandState>(
@@ -22,7 +22,7 @@ const KEEPALIVE_MS = 20_000;
 export function createCommandService(db: Prisma, commands: CommandQueue, events: EventBus): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
-      return { command: commandToProto(await commands.queue(ctx, uuid("agent_id", req.agentId), req.action, req.timeoutSeconds, req.idempotencyKey)) };
+      return { command: commandToProto(await commands.queue(commandCaller(ctx), uuid("agent_id", req.agentId), req.action, req.timeoutSeconds, req.idempotencyKey)) };
     },
 
     async listCommands(req) {
@@ -61,7 +61,7 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       // filled in afresh from the registry (the release may be gone, the signing key rotated).
       let action = fromBinary(CommandSchema, row.action).action;
       if (action.case === "updateAgent") action = { case: "updateAgent", value: create(UpdateAgentSchema, { version: action.value.version }) };
-      return { command: commandToProto(await commands.queue(ctx, row.agentId, action, row.timeoutSeconds)) };
+      return { command: commandToProto(await commands.queue(commandCaller(ctx), row.agentId, action, row.timeoutSeconds)) };
     },
 
     async *watchEvents(req, ctx) {

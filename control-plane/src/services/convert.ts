@@ -1,6 +1,10 @@
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toJson } from "@bufbuild/protobuf";
+import type { HandlerContext } from "@connectrpc/connect";
+import { kPrincipal } from "../auth/context.ts";
+import type { CommandCaller } from "../domain/commands.ts";
+import { audit, commandCreator } from "./audit.ts";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { CommandCreator, CommandInfoSchema, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandState, CreateCommandRequestSchema, type CommandInfo } from "@redflag/gen/command_service_pb";
 import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSchema, type Agent } from "@redflag/gen/fleet_service_pb";
@@ -202,4 +206,20 @@ export function auditToProto(row: AuditRow): AuditEntry {
     afterJson: row.after === null ? "" : JSON.stringify(row.after),
     outcome: row.outcome,
   });
+}
+
+// The caller of an RPC that queues commands, for the command queue (domain/commands.ts): its
+// role, whose idempotency keys it uses, who the command is created by, and its audit entry.
+export function commandCaller(ctx: HandlerContext): CommandCaller {
+  const principal = ctx.values.get(kPrincipal);
+  return {
+    role: principal?.role,
+    keyScope: !principal ? "system" : principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`,
+    creator: commandCreator(ctx),
+    record: (tx, { row, action }) =>
+      audit(tx, ctx, {
+        target: `agent:${row.agentId}`,
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
+      }),
+  };
 }

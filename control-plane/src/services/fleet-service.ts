@@ -24,7 +24,7 @@ import {
 import type { CommandQueue } from "../domain/commands.ts";
 import { audit, callerName } from "./audit.ts";
 import type { Settings } from "../settings.ts";
-import { agentToProto, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
+import { agentToProto, commandCaller, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 export interface FleetServiceDeps {
@@ -54,7 +54,7 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
   const existing = (agentId: string) => existingAgent(db, uuid("agent_id", agentId));
   const active = (agentId: string) => activeAgent(db, uuid("agent_id", agentId));
 
-  const queue = async (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => commandToProto(await deps.commands.queue(ctx, agentId, action));
+  const queue = async (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => commandToProto(await deps.commands.queue(commandCaller(ctx), agentId, action));
 
   return {
     async listAgents(req) {

@@ -1,10 +1,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { AgentRegistry } from "../../src/auth/agent-registry.ts";
 import { activeAgent, decommission, existingAgent, rebindMachineId } from "../../src/domain/agents.ts";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { auditAs, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
 
 const invalidated: string[] = [];
 const registry = { invalidate: (id: string) => invalidated.push(id) } as unknown as AgentRegistry;
@@ -13,13 +13,7 @@ const decommissioned = (agentId: string) => auditAs("DecommissionAgent", FleetSe
 const NEW_MACHINE = () => Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex");
 
 describe.each(availableBackends)("agents on %s", (backend: Backend) => {
-  let m: MediumDatabase;
-  beforeAll(async () => {
-    m = await openMediumDatabase(backend);
-  });
-  afterAll(async () => {
-    await m?.close();
-  });
+  const m = mediumDatabase(backend);
 
   const events = (agentId: string) => m.db.securityEvent.count({ where: { agentId, type: "machine_id_rebound" } });
   const audits = (agentId: string, method: string) => m.db.auditEntry.count({ where: { target: `agent:${agentId}`, action: `redflag.v1.FleetService/${method}` } });

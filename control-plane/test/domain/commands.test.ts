@@ -1,31 +1,31 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandService } from "@redflag/gen/command_service_pb";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { cancelCommand, createCommandQueue } from "../../src/domain/commands.ts";
+import { describe, expect, it } from "vitest";
+import { cancelCommand, createCommandQueue, type CommandCaller } from "../../src/domain/commands.ts";
 import type { EventBus } from "../../src/events.ts";
 import type { CommandSigner } from "../../src/signing/signer.ts";
 import type { Wakeups } from "../../src/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { adminContext, auditAs, failInsertsInto, insertAgent, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, mediumDatabase } from "../support/medium.ts";
 
 const published: string[] = [];
 const events = { publish: (e: { commandId: string }[]) => published.push(...e.map((x) => x.commandId)) } as unknown as EventBus;
 const wakeups = { notify: () => {} } as unknown as Wakeups;
+const oscar = (method: string): CommandCaller => ({
+  role: "admin",
+  keyScope: "user:oscar",
+  creator: { createdBy: "oscar", createdByKind: "person" },
+  record: (tx, { row }) => auditAs(method, CommandService, `agent:${row.agentId}`)(tx, undefined),
+});
 const scan = { case: "scanUpdates" as const, value: { $typeName: "redflag.v1.ScanUpdates" as const, subsystems: [] } };
 
 describe.each(availableBackends)("the command queue on %s", (backend: Backend) => {
-  let m: MediumDatabase;
-  beforeAll(async () => {
-    m = await openMediumDatabase(backend);
-  });
-  afterAll(async () => {
-    await m?.close();
-  });
+  const m = mediumDatabase(backend);
 
   it("queues once per idempotency key, refuses the key for another request, and refuses unknown agents", async () => {
     const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events);
     const agent = await insertAgent(m.db, "app-1");
-    const ctx = adminContext("CreateCommand", CommandService);
+    const ctx = oscar("CreateCommand");
     const first = await queue.queue(ctx, agent.id, scan, 0, "key-1");
     expect((await queue.queue(ctx, agent.id, scan, 0, "key-1")).id).toBe(first.id);
     const other = await queue.queue(ctx, agent.id, scan, 60, "key-1").catch((e: unknown) => e);
@@ -39,7 +39,7 @@ describe.each(availableBackends)("the command queue on %s", (backend: Backend) =
   it("cancels a pending command with its audit entry, or (when that cannot be written) not at all", async () => {
     const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events);
     const agent = await insertAgent(m.db, "app-2");
-    const row = await queue.queue(adminContext("CreateCommand", CommandService), agent.id, scan);
+    const row = await queue.queue(oscar("CreateCommand"), agent.id, scan);
     const record = auditAs("CancelCommand", CommandService, `agent:${agent.id}`);
 
     const undo = await failInsertsInto(m.db, "audit_entries");

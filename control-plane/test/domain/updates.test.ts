@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateService } from "@redflag/gen/update_service_pb";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import type { AgentConfigs } from "../../src/domain/agent-config.ts";
 import { removeHold, setHold } from "../../src/domain/holds.ts";
 import { decide, installApproved, updatePage } from "../../src/domain/updates.ts";
@@ -8,7 +8,7 @@ import type { EventBus } from "../../src/events.ts";
 import type { UpdateFilter } from "../../src/store/package-updates.ts";
 import type { Wakeups } from "../../src/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { auditAs, failInsertsInto, insertAgent, insertUpdate, openMediumDatabase, type MediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
 
 const filter = (f: Partial<UpdateFilter>): UpdateFilter => ({
   keys: [],
@@ -31,13 +31,7 @@ const wakeups = { notify: (id: string) => woken.push(id) } as unknown as Wakeups
 const events = { publish: (e: { commandId: string }[]) => published.push(...e.map((x) => x.commandId)) } as unknown as EventBus;
 
 describe.each(availableBackends)("updates and holds on %s", (backend: Backend) => {
-  let m: MediumDatabase;
-  beforeAll(async () => {
-    m = await openMediumDatabase(backend);
-  });
-  afterAll(async () => {
-    await m?.close();
-  });
+  const m = mediumDatabase(backend);
 
   const statuses = async (agentId: string) =>
     Object.fromEntries((await m.db.packageUpdate.findMany({ where: { agentId }, orderBy: { name: "asc" } })).map((u) => [u.name, u.status]));

@@ -6,6 +6,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
+import { afterAll, beforeAll } from "vitest";
 import { kPrincipal, kRemoteAddr } from "../../src/auth/context.ts";
 import type { AuditHook } from "../../src/domain/audit.ts";
 import { audit } from "../../src/services/audit.ts";
@@ -35,6 +36,21 @@ export async function openMediumDatabase(backend: Backend): Promise<MediumDataba
       await fresh.cleanup();
     },
   };
+}
+
+// A fresh database for the tests of the calling describe block, opened before them and closed
+// after them; `db` is set once they run.
+export function mediumDatabase(backend: Backend): { db: Prisma } {
+  const holder = {} as { db: Prisma };
+  let opened: MediumDatabase | undefined;
+  beforeAll(async () => {
+    opened = await openMediumDatabase(backend);
+    holder.db = opened.db;
+  });
+  afterAll(async () => {
+    await opened?.close();
+  });
+  return holder;
 }
 
 // The context of an RPC of `service` made by an admin called oscar.
