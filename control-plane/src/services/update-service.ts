@@ -13,8 +13,7 @@ import {
   UpdateStatus,
 } from "@redflag/gen/update_service_pb";
 import { HOLD_NAME } from "@redflag/common/holds";
-import type { UpdateFilter } from "../store/package-updates.ts";
-import { listPackageGroups } from "../store/package-updates.ts";
+import { listPackageGroups, type UpdateFilter } from "../store/package-updates.ts";
 import { listHolds, type HoldRow } from "../store/holds.ts";
 import type { Prisma } from "../store/types.ts";
 import type { EventBus } from "../events.ts";
