@@ -7,7 +7,7 @@ import { chmod, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promise
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SUBSYSTEMS } from "../control-plane/src/services/agent-config.ts";
+import { SUBSYSTEMS } from "../control-plane/src/domain/agent-config.ts";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { freshDatabase, type FreshDatabase } from "../control-plane/test/support/database.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";

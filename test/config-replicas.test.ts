@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { keyIdOf } from "@redflag/common/signing/key-ids";
 import { openSignedConfig } from "../agent/src/trust/signed-config.ts";
 import { loadConfig } from "../control-plane/src/config.ts";
-import { createAgentConfigs } from "../control-plane/src/services/agent-config.ts";
+import { createAgentConfigs } from "../control-plane/src/domain/agent-config.ts";
 import { createSettings } from "../control-plane/src/settings.ts";
 import { generateKeyPair } from "../control-plane/src/signing/keys.ts";
 import { createCommandSigner } from "../control-plane/src/signing/signer.ts";

@@ -46,7 +46,7 @@ describe("contracts", () => {
 
 describe("package sources", () => {
   it("are the same set in the control plane's subsystems, the agent's scanners and its installers", async () => {
-    const { SUBSYSTEMS } = await import("../control-plane/src/services/agent-config.ts");
+    const { SUBSYSTEMS } = await import("../control-plane/src/domain/agent-config.ts");
     const { SCANNERS, INSTALLERS } = await import("../agent/src/sources/index.ts");
     const sources = SUBSYSTEMS.filter((s) => s !== "system" && s !== "storage");
     expect(SCANNERS.map((s) => s.name).sort()).toEqual([...sources].sort());

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SUBSYSTEMS } from "../control-plane/src/services/agent-config.ts";
+import { SUBSYSTEMS } from "../control-plane/src/domain/agent-config.ts";
 import { headerInterceptor } from "../control-plane/test/support/control-plane.ts";
 import { availableBackends, freshDatabase, type Backend, type FreshDatabase } from "../control-plane/test/support/database.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";

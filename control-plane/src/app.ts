@@ -21,7 +21,7 @@ import { fingerprintOf } from "@redflag/common/signing/key-ids";
 import { loadMasterKey } from "./signing/master-key.ts";
 import { createCommandSigner, type CommandSigner } from "./signing/signer.ts";
 import { createPrincipalResolver, type PrincipalResolver } from "./auth/principals.ts";
-import { createAgentConfigs, type AgentConfigs } from "./services/agent-config.ts";
+import { createAgentConfigs, type AgentConfigs } from "./domain/agent-config.ts";
 import { createSettings, redeliveryWindow } from "./settings.ts";
 import { reloadSigningKeys } from "./services/security-service.ts";
 import { createOidcRoutes } from "./auth/oidc.ts";

@@ -17,7 +17,8 @@ import { createAgentService, type AgentServiceDeps } from "./services/agent-serv
 import { createApiTokenService } from "./services/api-token-service.ts";
 import { createAuditService } from "./services/audit-service.ts";
 import { createAuthService } from "./services/auth-service.ts";
-import { createCommandQueue, createCommandService } from "./services/command-service.ts";
+import { createCommandService } from "./services/command-service.ts";
+import { createCommandQueue } from "./domain/commands.ts";
 import { createFleetService } from "./services/fleet-service.ts";
 import { createReleaseService } from "./services/release-service.ts";
 import { createReportService } from "./services/report-service.ts";

@@ -1,6 +1,7 @@
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
-import { pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
+import { pruneFinishedCommands, pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
+import { pruneAudit, pruneSecurityEvents } from "./store/retention.ts";
 import { pruneReportData } from "./store/reports.ts";
 import type { EventBus } from "./events.ts";
 import type { Settings } from "./settings.ts";
@@ -87,13 +88,11 @@ type Retention = Pick<Settings, "retentionCommandsSeconds" | "retentionMetricsSe
 
 export async function prune(db: Prisma, now: Date, settings: Retention) {
   const before = (seconds: number) => new Date(now.getTime() - seconds * 1000);
-  const commands = await db.command.deleteMany({
-    where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before(settings.retentionCommandsSeconds) } },
-  });
-  const audit = await db.auditEntry.deleteMany({ where: { createdAt: { lt: before(settings.retentionAuditSeconds) } } });
-  const events = await db.securityEvent.deleteMany({ where: { createdAt: { lt: before(settings.retentionSecurityEventsSeconds) } } });
+  const commands = await pruneFinishedCommands(db, before(settings.retentionCommandsSeconds));
+  const audit = await pruneAudit(db, before(settings.retentionAuditSeconds));
+  const events = await pruneSecurityEvents(db, before(settings.retentionSecurityEventsSeconds));
   // Update history goes with the commands that made it.
   const reports = await pruneReportData(db, { metrics: before(settings.retentionMetricsSeconds), updateEvents: before(settings.retentionCommandsSeconds) });
   const upgrades = await pruneUpgrades(db, before(settings.retentionCommandsSeconds));
-  return { commands: commands.count, audit: audit.count, events: events.count, upgrades, ...reports };
+  return { commands, audit, events, upgrades, ...reports };
 }

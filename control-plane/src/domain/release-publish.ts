@@ -71,6 +71,13 @@ export async function publishArtifact(
     now,
     staleBefore: new Date(now.getTime() - STALE_UPLOAD_MS),
   });
+  if (begun.kind === "in_progress") {
+    throw new ConnectError(
+      `another upload of ${version} for ${platform} is in progress (started ${begun.startedAt.toISOString()} by ${begun.startedBy}); wait for it, or delete it with \`redflag releases delete ${version} --platform ${platform}\``,
+      Code.FailedPrecondition,
+    );
+  }
+  if (begun.kind === "racing") throw new ConnectError(`${version} for ${platform} is being published by someone else right now; try again shortly`, Code.FailedPrecondition);
   if (begun.kind === "published") {
     const same = Buffer.from(begun.release.sha256).equals(Buffer.from(header.sha256)) && begun.release.sizeBytes === header.sizeBytes;
     if (!same) {

@@ -8,7 +8,7 @@ import type { CommandCreator } from "../generated/prisma/client.ts";
 import { newId, sha256 } from "../ids.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { recordAudit } from "../store/audit.ts";
-import { createCommand } from "../store/commands.ts";
+import { storeCommand as createCommand } from "./store-command.ts";
 import type { ReleaseRow } from "../store/releases.ts";
 import type { Prisma } from "../store/types.ts";
 import {

@@ -57,10 +57,11 @@ import type { Prisma } from "../store/types.ts";
 import type { Statements } from "../store/statements.ts";
 import type { Wakeups } from "../wakeups.ts";
 import type { PendingIndex } from "../pending.ts";
-import type { AgentConfigs } from "./agent-config.ts";
+import type { AgentConfigs } from "../domain/agent-config.ts";
 import type { EventBus } from "../events.ts";
 import { redeliveryWindow, type Settings } from "../settings.ts";
 import { isReleaseVersion } from "../domain/releases.ts";
+import { refusalAsRpcError } from "../domain/refusals.ts";
 import { int64, invalid, text, time, uuid } from "./validate.ts";
 
 export interface AgentServiceDeps {
@@ -135,7 +136,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         remoteAddr: ctx.values.get(kRemoteAddr),
         proof,
         maxProofSkewMs: config.renewMaxSkewSeconds * 1000,
-      });
+      }).catch(refusalAsRpcError);
       deps.agents.invalidate(agent.id);
       const access = await deps.tokens.issue(agent.id, agent.machineId, agent.credentialGeneration, now);
       deps.logger.info(
@@ -280,15 +281,15 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const scans = toScanReports(req.scans, now, config);
       const parts = toScanParts(req.scanParts);
       // Parts first: a result or report in the same call may complete its scan.
-      for (const part of parts) await stagePart(db, agentId, part, config.maxScanUpdates);
+      for (const part of parts) await stagePart(db, agentId, part, config.maxScanUpdates).catch(refusalAsRpcError);
       // A call goes through at most as many staged updates as it may carry: applying a bigger
       // scan takes more calls (it is named in incomplete_scans, with no part missing, until done).
       const budget = { rows: config.maxReportUpdates };
       const outcome =
         unique.size > 0
-          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget)
+          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget).catch(refusalAsRpcError)
           : { acknowledged: [], refused: [], incomplete: [] };
-      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans, budget) : { acknowledged: [], incomplete: [] };
+      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans, budget).catch(refusalAsRpcError) : { acknowledged: [], incomplete: [] };
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
       deps.metrics?.resultsRecorded(outcome.acknowledged.length);
       return {

@@ -1,6 +1,10 @@
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toJson } from "@bufbuild/protobuf";
+import type { HandlerContext } from "@connectrpc/connect";
+import { kPrincipal } from "../auth/context.ts";
+import type { CommandCaller } from "../domain/commands.ts";
+import { audit, commandCreator } from "./audit.ts";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { CommandCreator, CommandInfoSchema, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
+import { CommandCreator, CommandInfoSchema, CommandState, CreateCommandRequestSchema, type CommandInfo } from "@redflag/gen/command_service_pb";
 import { CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSchema, type Agent } from "@redflag/gen/fleet_service_pb";
@@ -9,8 +13,8 @@ import {
   RegistrationTokenState,
   type RegistrationToken,
 } from "@redflag/gen/token_service_pb";
-import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType, Prisma as PrismaNs } from "../generated/prisma/client.ts";
-import type { AgentRow } from "../store/agents.ts";
+import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { AgentHealthName, AgentRow } from "../store/agents.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
 import type { UserRow } from "../store/people.ts";
@@ -71,23 +75,14 @@ export function healthCutoffs(now: Date, pollIntervalSeconds: number): { online:
 
 // The agents in one health state, as a query with agentHealth's thresholds; undefined for a
 // value that is not a health state.
-export function agentHealthWhere(health: AgentHealth, now: Date, pollIntervalSeconds: number): PrismaNs.AgentWhereInput | undefined {
-  const { online, offline } = healthCutoffs(now, pollIntervalSeconds);
-  switch (health) {
-    case AgentHealth.ONLINE:
-      return { decommissionedAt: null, lastSeenAt: { gte: online } };
-    case AgentHealth.OFFLINE:
-      return { decommissionedAt: null, lastSeenAt: { lt: online, gte: offline } };
-    case AgentHealth.STALE:
-      return { decommissionedAt: null, lastSeenAt: { lt: offline } };
-    case AgentHealth.NEVER_REPORTED:
-      return { decommissionedAt: null, lastSeenAt: null };
-    case AgentHealth.DECOMMISSIONED:
-      return { decommissionedAt: { not: null } };
-    default:
-      return undefined;
-  }
-}
+// The store's name of each health (store/agents.ts healthWhere).
+export const HEALTH_NAMES = new Map<AgentHealth, AgentHealthName>([
+  [AgentHealth.ONLINE, "online"],
+  [AgentHealth.OFFLINE, "offline"],
+  [AgentHealth.STALE, "stale"],
+  [AgentHealth.NEVER_REPORTED, "never_reported"],
+  [AgentHealth.DECOMMISSIONED, "decommissioned"],
+]);
 
 const FAMILIES: Record<string, OsFamily> = {
   linux: OsFamily.LINUX,
@@ -216,4 +211,20 @@ export function auditToProto(row: AuditRow): AuditEntry {
     afterJson: row.after === null ? "" : JSON.stringify(row.after),
     outcome: row.outcome,
   });
+}
+
+// The caller of an RPC that queues commands, for the command queue (domain/commands.ts): its
+// role, whose idempotency keys it uses, who the command is created by, and its audit entry.
+export function commandCaller(ctx: HandlerContext): CommandCaller {
+  const principal = ctx.values.get(kPrincipal);
+  return {
+    role: principal?.role,
+    keyScope: !principal ? "system" : principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`,
+    creator: commandCreator(ctx),
+    record: (tx, { row, action }) =>
+      audit(tx, ctx, {
+        target: `agent:${row.agentId}`,
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
+      }),
+  };
 }

@@ -1,21 +1,30 @@
 import { create, toBinary, toJson } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { AgentConfigSchema, OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/gen/common_pb";
 import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service_pb";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { Config } from "../config.ts";
-import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { isMachineId, isUuid } from "../ids.ts";
 import type { LastSeenBuffer } from "../last-seen.ts";
-import { allowReregistration, getAgent, hostnameIs, listAgents, type AgentRow } from "../store/agents.ts";
-import { recordSecurityEvent } from "../store/security-events.ts";
+import { findAgents, type AgentFilter, type AgentOrder, type AgentRow } from "../store/agents.ts";
 import type { Prisma } from "../store/types.ts";
-import { agentOverrides, SUBSYSTEMS, type AgentConfigs } from "./agent-config.ts";
+import { SUBSYSTEMS, type AgentConfigs } from "../domain/agent-config.ts";
+import {
+  activeAgent,
+  allowAgentReregistration,
+  decommission,
+  existingAgent,
+  rebindMachineId,
+  relabelAgent,
+  setSubsystemOverrides,
+  subsystemOverrides,
+  withBufferedLastSeen,
+} from "../domain/agents.ts";
+import type { CommandQueue } from "../domain/commands.ts";
 import { audit, callerName } from "./audit.ts";
-import type { CommandQueue } from "./command-service.ts";
 import type { Settings } from "../settings.ts";
-import { agentHealthWhere, agentToProto } from "./convert.ts";
+import { agentToProto, commandCaller, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 export interface FleetServiceDeps {
@@ -30,72 +39,50 @@ export interface FleetServiceDeps {
 
 const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WINDOWS]: "windows", [OsFamily.DARWIN]: "darwin" };
-
-// The row with what this process heard but has not flushed yet.
-export function withBufferedLastSeen(row: AgentRow, lastSeen: LastSeenBuffer): AgentRow {
-  const buffered = lastSeen.peek(row.id);
-  if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
-  return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
-}
+const SORTS = new Map<AgentSort, AgentOrder["by"]>([
+  [AgentSort.UNSPECIFIED, "hostname"],
+  [AgentSort.HOSTNAME, "hostname"],
+  [AgentSort.LAST_SEEN, "last_seen"],
+  [AgentSort.REGISTERED, "registered"],
+]);
 
 export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof FleetService> {
   const { db, lastSeen } = deps;
   // Health is measured in poll intervals, as the admin set them.
   const interval = () => deps.settings.pollIntervalSeconds;
   const proto = (row: AgentRow) => agentToProto(withBufferedLastSeen(row, lastSeen), new Date(), interval(), deps.settings.minimumAgentVersion);
-  const existing = async (agentId: string) => {
-    const row = await getAgent(db, uuid("agent_id", agentId));
-    if (!row) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
-    return row;
-  };
-  const active = async (agentId: string) => {
-    const row = await existing(agentId);
-    if (row.decommissionedAt) throw new ConnectError(`agent ${agentId} is decommissioned`, Code.FailedPrecondition);
-    return row;
-  };
+  const existing = (agentId: string) => existingAgent(db, uuid("agent_id", agentId));
+  const active = (agentId: string) => activeAgent(db, uuid("agent_id", agentId));
 
-  const healthWhere = (health: AgentHealth): PrismaNs.AgentWhereInput => {
-    const where = agentHealthWhere(health, new Date(), interval());
-    if (!where) throw invalid(`health ${health} is not an agent health`);
-    return where;
-  };
-
-  const queue = (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => deps.commands.queue(ctx, agentId, action);
+  const queue = async (ctx: HandlerContext, agentId: string, action: Parameters<CommandQueue["queue"]>[2]) => commandToProto(await deps.commands.queue(commandCaller(ctx), agentId, action));
 
   return {
     async listAgents(req) {
-      const and: PrismaNs.AgentWhereInput[] = [];
-      if (req.health !== AgentHealth.UNSPECIFIED) and.push(healthWhere(req.health));
+      const filter: AgentFilter = {};
+      if (req.health !== AgentHealth.UNSPECIFIED) {
+        const name = HEALTH_NAMES.get(req.health);
+        if (!name) throw invalid(`health ${req.health} is not an agent health`);
+        filter.health = { name, cutoffs: healthCutoffs(new Date(), interval()) };
+      }
       if (req.osFamily !== OsFamily.UNSPECIFIED) {
         const family = FAMILY_NAMES[req.osFamily];
         if (!family) throw invalid(`os_family ${req.osFamily} is not an OS family`);
-        and.push({ osFamily: family });
+        filter.osFamily = family;
       }
-      if (req.tag) and.push({ tags: { has: text("tag", req.tag, { max: 63 }) } });
-      if (req.group) and.push({ group: text("group", req.group, { max: 63 }) });
+      if (req.tag) filter.tag = text("tag", req.tag, { max: 63 });
+      if (req.group) filter.group = text("group", req.group, { max: 63 });
       if (req.search) {
         const q = text("search", req.search.trim(), { max: 100 });
-        const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
-        if (isUuid(q)) or.push({ id: q });
-        and.push({ OR: or });
+        filter.search = { text: q, id: isUuid(q) ? q : undefined };
       }
-      if (req.hostname) and.push(hostnameIs(text("hostname", req.hostname.trim(), { max: 253, required: true })));
+      if (req.hostname) filter.hostname = text("hostname", req.hostname.trim(), { max: 253, required: true });
       if (req.agentIds.length > 0) {
         if (req.agentIds.length > 500) throw invalid("agent_ids holds at most 500 IDs");
-        and.push({ id: { in: req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id)) } });
+        filter.agentIds = req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id));
       }
-      const dir = req.descending ? "desc" : "asc";
-      const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
-        req.sort === AgentSort.LAST_SEEN
-          ? [{ lastSeenAt: { sort: dir, nulls: "last" } }]
-          : req.sort === AgentSort.REGISTERED
-            ? [{ registeredAt: dir }]
-            : req.sort === AgentSort.HOSTNAME || req.sort === AgentSort.UNSPECIFIED
-              ? [{ hostname: dir }]
-              : (() => {
-                  throw invalid(`sort ${req.sort} is not an agent sort`);
-                })();
-      const { rows, next } = await listAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), { where: { AND: and }, orderBy });
+      const by = SORTS.get(req.sort);
+      if (!by) throw invalid(`sort ${req.sort} is not an agent sort`);
+      const { rows, next } = await findAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), filter, { by, descending: req.descending });
       return { agents: rows.map(proto), nextPageToken: nextPageToken(next) };
     },
 
@@ -110,16 +97,15 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
       for (const tag of tags) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
       const group = req.group.trim().toLowerCase();
       if (group && !LABEL.test(group)) throw invalid(`group "${group.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
-      await db.agent.update({ where: { id: before.id }, data: { tags, group } });
-      const after = await existing(before.id);
-      await audit(db, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: { tags, group } });
+      const after = await relabelAgent(db, before, { tags, group }, (tx) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: { tags, group } }),
+      );
       return { agent: proto(after) };
     },
 
     async getAgentConfig(req) {
       const row = await existing(req.agentId);
-      const stored = await db.agent.findUnique({ where: { id: row.id }, select: { config: true } });
-      return { config: await deps.agentConfigs.forAgent(row.id), overrides: agentOverrides(stored?.config ?? null) };
+      return { config: await deps.agentConfigs.forAgent(row.id), overrides: await subsystemOverrides(db, row.id) };
     },
 
     async updateSubsystems(req, ctx) {
@@ -138,16 +124,14 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
         }
         return create(SubsystemConfigSchema, s);
       });
-      const stored = await db.agent.findUnique({ where: { id: row.id }, select: { config: true } });
-      const before = agentOverrides(stored?.config ?? null);
-      const bytes = subsystems.length > 0 ? toBinary(AgentConfigSchema, create(AgentConfigSchema, { subsystems })) : null;
-      await db.agent.update({ where: { id: row.id }, data: { config: bytes ? Buffer.from(bytes) : null } });
-      deps.agentConfigs.invalidate();
-      await audit(db, ctx, {
-        target: `agent:${row.id}`,
-        before: before.map((s) => toJson(SubsystemConfigSchema, s)),
-        after: subsystems.map((s) => toJson(SubsystemConfigSchema, s)),
-      });
+      const stored = subsystems.length > 0 ? toBinary(AgentConfigSchema, create(AgentConfigSchema, { subsystems })) : null;
+      await setSubsystemOverrides(db, deps.agentConfigs, row.id, stored, (tx, before) =>
+        audit(tx, ctx, {
+          target: `agent:${row.id}`,
+          before: before.map((s) => toJson(SubsystemConfigSchema, s)),
+          after: subsystems.map((s) => toJson(SubsystemConfigSchema, s)),
+        }),
+      );
       return { config: await deps.agentConfigs.forAgent(row.id) };
     },
 
@@ -176,41 +160,19 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
 
     async decommissionAgent(req, ctx) {
       const before = await existing(req.agentId);
-      if (before.decommissionedAt) return { agent: proto(before), cancelledCommands: 0 };
-      const now = new Date();
-      // Credentials die with the generation bump (access tokens) and the revoked families
-      // (refresh tokens); pending commands will never be delivered.
-      const cancelled = await db.$transaction(async (tx) => {
-        await tx.agent.update({ where: { id: before.id }, data: { decommissionedAt: now, credentialGeneration: { increment: 1 } } });
-        await tx.refreshTokenFamily.updateMany({ where: { agentId: before.id, revokedAt: null }, data: { revokedAt: now, revokeReason: "decommissioned" } });
-        await tx.packageUpdate.deleteMany({ where: { agentId: before.id } });
-        return (await tx.command.updateMany({ where: { agentId: before.id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count;
-      });
-      deps.agents.invalidate(before.id);
-      const after = await existing(before.id);
-      await audit(db, ctx, { target: `agent:${before.id}`, before: { decommissioned: false }, after: { decommissioned: true, cancelledCommands: cancelled } });
-      return { agent: proto(after), cancelledCommands: cancelled };
+      const { agent, cancelled } = await decommission(db, deps.agents, before, (tx, cancelledCommands) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { decommissioned: false }, after: { decommissioned: true, cancelledCommands } }),
+      );
+      return { agent: proto(agent), cancelledCommands: cancelled };
     },
 
     async rebindMachineId(req, ctx) {
       const before = await active(req.agentId);
       if (!isMachineId(req.machineId)) throw invalid("machine_id must be 64 lower-case hex characters (the agent prints it in `redflag-agent status`)");
-      if (req.machineId === before.machineId) return { agent: proto(before) };
-      await db.agent.update({ where: { id: before.id }, data: { machineId: req.machineId } }).catch((err: { code?: string }) => {
-        if (err.code === "P2002") throw new ConnectError("another agent is registered with this machine ID", Code.AlreadyExists);
-        throw err;
-      });
-      deps.agents.invalidate(before.id);
-      await recordSecurityEvent(db, {
-        type: "machine_id_rebound",
-        severity: "warning",
-        message: `machine ID of ${before.hostname} rebound by an admin`,
-        agentId: before.id,
-        machineId: req.machineId,
-        detail: { previousMachineId: before.machineId },
-      });
-      await audit(db, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId: req.machineId } });
-      return { agent: proto(await existing(before.id)) };
+      const after = await rebindMachineId(db, deps.agents, before, req.machineId, (tx) =>
+        audit(tx, ctx, { target: `agent:${before.id}`, before: { machineId: before.machineId }, after: { machineId: req.machineId } }),
+      );
+      return { agent: proto(after) };
     },
 
     // One Register of this machine is let through until the deadline: without the agent's key
@@ -220,14 +182,13 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
       const seconds = req.validFor ? durationMs(req.validFor) / 1000 : 3600;
       if (!(seconds >= 60 && seconds <= 7 * 86_400)) throw invalid("valid_for must be from 1 minute to 7 days");
       const until = new Date(Date.now() + seconds * 1000);
-      const done = await allowReregistration(db, agentId, until, callerName(ctx));
-      if (!done) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
-      const after = await existing(agentId);
-      await audit(db, ctx, {
-        target: `agent:${agentId}`,
-        before: { reregistrationAllowedUntil: done.before?.toISOString() ?? null },
-        after: { reregistrationAllowedUntil: until.toISOString(), decommissioned: after.decommissionedAt !== null },
-      });
+      const after = await allowAgentReregistration(db, agentId, { until, by: callerName(ctx) }, (tx, done) =>
+        audit(tx, ctx, {
+          target: `agent:${agentId}`,
+          before: { reregistrationAllowedUntil: done.before?.toISOString() ?? null },
+          after: { reregistrationAllowedUntil: until.toISOString(), decommissioned: done.agent.decommissionedAt !== null },
+        }),
+      );
       return { agent: proto(after), allowedUntil: timestampFromDate(until) };
     },
   };

@@ -16,7 +16,6 @@ import type { Settings } from "../settings.ts";
 import {
   agentExists,
   agentLabels,
-  countAgents,
   dailyActivity,
   listMetricSamples,
   pendingUpdates,
@@ -24,8 +23,9 @@ import {
   recentFailures,
 } from "../store/reports.ts";
 import type { Prisma } from "../store/types.ts";
-import { agentHealthWhere, agentToProto, commandToProto } from "./convert.ts";
-import { withBufferedLastSeen } from "./fleet-service.ts";
+import { agentToProto, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
+import { countAgentsByHealth } from "../store/agents.ts";
+import { withBufferedLastSeen } from "../domain/agents.ts";
 import { invalid, time, uuid } from "./validate.ts";
 
 export interface ReportServiceDeps {
@@ -83,7 +83,7 @@ export function createReportService(deps: ReportServiceDeps): ServiceImpl<typeof
       const days = Array.from({ length: count }, (_, i) => new Date(today - (count - 1 - i) * DAY_MS));
 
       const [healthCounts, pending, reboot, failures, daily, labels] = await Promise.all([
-        countAgents(db, HEALTHS.map((h) => agentHealthWhere(h, now, interval())!)),
+        countAgentsByHealth(db, HEALTHS.map((h) => HEALTH_NAMES.get(h)!), healthCutoffs(now, interval())),
         pendingUpdates(db),
         rebootRequiredAgents(db, MAX_REBOOT_HOSTS),
         recentFailures(db, MAX_FAILURES),

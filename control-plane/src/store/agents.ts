@@ -1,7 +1,7 @@
 import type { Statements } from "./statements.ts";
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { newId } from "../ids.ts";
+import { StoreRefusal } from "./refusal.ts";
 import { isUniqueViolation } from "./db.ts";
 import { recordSecurityEvent } from "./security-events.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
@@ -92,7 +92,7 @@ export async function registerAgent(db: Prisma, input: RegisterInput): Promise<R
       remoteAddr: input.remoteAddr || undefined,
       detail: { reason: r.reason, hostname: input.hostname.slice(0, 253) },
     });
-    throw new ConnectError(r.message, Code.PermissionDenied);
+    throw new StoreRefusal("forbidden", r.message);
   }
 }
 
@@ -100,7 +100,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
   const [token] = await tx.$queryRaw<TokenRow[]>`
     SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens
      WHERE token_hash = ${input.registrationTokenHash}`;
-  if (!token) throw new ConnectError("registration token is not valid", Code.Unauthenticated);
+  if (!token) throw new StoreRefusal("unauthenticated", "registration token is not valid");
   refuseToken(token, input.now);
 
   const existing = await tx.agent.findUnique({
@@ -121,7 +121,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
   let proofTime: Date | null = null;
   if (!existing) {
     if (input.proof && !selfSigned) {
-      throw new ConnectError("proof_signature does not verify with agent_public_key", Code.PermissionDenied);
+      throw new StoreRefusal("forbidden", "proof_signature does not verify with agent_public_key");
     }
     // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
     const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
@@ -212,7 +212,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
     const [now] = await tx.$queryRaw<TokenRow[]>`
       SELECT id, seats, used_seats, expires_at, revoked_at FROM registration_tokens WHERE id = ${token.id}::uuid`;
     if (now) refuseToken(now, input.now);
-    throw now ? noSeats(now) : new ConnectError("registration token is not valid", Code.Unauthenticated);
+    throw now ? noSeats(now) : new StoreRefusal("unauthenticated", "registration token is not valid");
   }
   return { ...agent, machineId: input.machineId, replaced: Boolean(existing), via };
 }
@@ -291,14 +291,13 @@ async function admitReregistration(
 }
 
 // Lets one Register of the agent's machine through until `until`, with or without the agent's
-// key, also when it is decommissioned. Returns undefined for an unknown agent.
-export async function allowReregistration(db: Prisma, agentId: string, until: Date, by: string): Promise<{ before: Date | null } | undefined> {
-  return db.$transaction(async (tx) => {
-    const row = await tx.agent.findUnique({ where: { id: agentId }, select: { reregistrationAllowedUntil: true } });
-    if (!row) return undefined;
-    await tx.agent.update({ where: { id: agentId }, data: { reregistrationAllowedUntil: until, reregistrationAllowedBy: by } });
-    return { before: row.reregistrationAllowedUntil };
-  });
+// key, also when it is decommissioned. Returns undefined for an unknown agent. Call it inside a
+// transaction (inTransaction).
+export async function allowReregistration(tx: Tx, agentId: string, until: Date, by: string): Promise<{ before: Date | null } | undefined> {
+  const row = await tx.agent.findUnique({ where: { id: agentId }, select: { reregistrationAllowedUntil: true } });
+  if (!row) return undefined;
+  await tx.agent.update({ where: { id: agentId }, data: { reregistrationAllowedUntil: until, reregistrationAllowedBy: by } });
+  return { before: row.reregistrationAllowedUntil };
 }
 
 interface TokenRow {
@@ -310,14 +309,14 @@ interface TokenRow {
 }
 
 function refuseToken(token: TokenRow, now: Date) {
-  if (token.revoked_at) throw new ConnectError("registration token has been revoked", Code.Unauthenticated);
+  if (token.revoked_at) throw new StoreRefusal("unauthenticated", "registration token has been revoked");
   if (token.expires_at && token.expires_at <= now) {
-    throw new ConnectError(`registration token expired at ${token.expires_at.toISOString()}`, Code.Unauthenticated);
+    throw new StoreRefusal("unauthenticated", `registration token expired at ${token.expires_at.toISOString()}`);
   }
 }
 
 const noSeats = (token: TokenRow) =>
-  new ConnectError(`registration token has no seats left (${token.used_seats} of ${token.seats} used)`, Code.ResourceExhausted);
+  new StoreRefusal("exhausted", `registration token has no seats left (${token.used_seats} of ${token.seats} used)`);
 
 export interface AgentAuthState {
   machineId: string;
@@ -451,11 +450,11 @@ export interface UpdateCounts {
 
 export type AgentRow = NonNullable<Awaited<ReturnType<typeof findAgent>>> & { updates: UpdateCounts };
 
-const findAgent = (db: Prisma, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
+const findAgent = (db: Prisma | Tx, id: string) => db.agent.findUnique({ where: { id }, select: agentListSelect });
 
 // Pending and security update counts per agent, from the stored scan results: updates awaiting
 // a decision or an install, not the rejected ones (as in the fleet's pending-updates report).
-async function updateCounts(db: Prisma, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
+async function updateCounts(db: Prisma | Tx, agentIds: string[]): Promise<Map<string, UpdateCounts>> {
   const counts = new Map<string, UpdateCounts>(agentIds.map((id) => [id, { pending: 0, security: 0, bySeverity: {} }]));
   if (agentIds.length === 0) return counts;
   const rows = await db.packageUpdate.groupBy({
@@ -477,11 +476,77 @@ export interface AgentListQuery {
   orderBy?: PrismaNs.AgentOrderByWithRelationInput[];
 }
 
+// Health by when an agent was last heard from: since `online` it is online, since `offline`
+// offline, before that stale (see services/convert.ts agentHealth).
+export type AgentHealthName = "online" | "offline" | "stale" | "never_reported" | "decommissioned";
+export interface HealthCutoffs {
+  online: Date;
+  offline: Date;
+}
+
+export function healthWhere(health: AgentHealthName, { online, offline }: HealthCutoffs): PrismaNs.AgentWhereInput {
+  switch (health) {
+    case "online":
+      return { decommissionedAt: null, lastSeenAt: { gte: online } };
+    case "offline":
+      return { decommissionedAt: null, lastSeenAt: { lt: online, gte: offline } };
+    case "stale":
+      return { decommissionedAt: null, lastSeenAt: { lt: offline } };
+    case "never_reported":
+      return { decommissionedAt: null, lastSeenAt: null };
+    case "decommissioned":
+      return { decommissionedAt: { not: null } };
+  }
+}
+
+// How many agents have each health, in the same order.
+export async function countAgentsByHealth(db: Prisma, healths: AgentHealthName[], cutoffs: HealthCutoffs): Promise<number[]> {
+  return Promise.all(healths.map((h) => db.agent.count({ where: healthWhere(h, cutoffs) })));
+}
+
+// What ListAgents filters on (already checked); every set field must match.
+export interface AgentFilter {
+  health?: { name: AgentHealthName; cutoffs: HealthCutoffs } | undefined;
+  osFamily?: string | undefined;
+  tag?: string | undefined;
+  group?: string | undefined;
+  // Part of the hostname or OS name, any case, or the agent ID.
+  search?: { text: string; id: string | undefined } | undefined;
+  hostname?: string | undefined;
+  agentIds?: string[] | undefined;
+}
+
+export interface AgentOrder {
+  by: "hostname" | "last_seen" | "registered";
+  descending: boolean;
+}
+
 // Agents whose hostname is exactly this one, ignoring case. Prisma sends a case-insensitive
 // `equals` as ILIKE with the value as it is, where "_" and "%" would match other characters:
 // they (and the escape character itself) are escaped.
-export function hostnameIs(hostname: string): PrismaNs.AgentWhereInput {
+function hostnameIs(hostname: string): PrismaNs.AgentWhereInput {
   return { hostname: { equals: hostname.replace(/[\\%_]/g, "\\$&"), mode: "insensitive" } };
+}
+
+// A page of the agents that match, in this order (ties by ID).
+export function findAgents(db: Prisma, pageSize: number, after: string | undefined, filter: AgentFilter, order: AgentOrder) {
+  const and: PrismaNs.AgentWhereInput[] = [];
+  if (filter.health) and.push(healthWhere(filter.health.name, filter.health.cutoffs));
+  if (filter.osFamily) and.push({ osFamily: filter.osFamily });
+  if (filter.tag) and.push({ tags: { has: filter.tag } });
+  if (filter.group) and.push({ group: filter.group });
+  if (filter.search) {
+    const q = filter.search.text;
+    const or: PrismaNs.AgentWhereInput[] = [{ hostname: { contains: q, mode: "insensitive" } }, { osName: { contains: q, mode: "insensitive" } }];
+    if (filter.search.id) or.push({ id: filter.search.id });
+    and.push({ OR: or });
+  }
+  if (filter.hostname) and.push(hostnameIs(filter.hostname));
+  if (filter.agentIds && filter.agentIds.length > 0) and.push({ id: { in: filter.agentIds } });
+  const dir = order.descending ? "desc" : "asc";
+  const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
+    order.by === "last_seen" ? [{ lastSeenAt: { sort: dir, nulls: "last" } }] : order.by === "registered" ? [{ registeredAt: dir }] : [{ hostname: dir }];
+  return listAgents(db, pageSize, after, { where: { AND: and }, orderBy });
 }
 
 export async function listAgents(db: Prisma, pageSize: number, after: string | undefined, query: AgentListQuery = {}) {
@@ -500,11 +565,52 @@ export async function listAgents(db: Prisma, pageSize: number, after: string | u
   };
 }
 
-export async function getAgent(db: Prisma, id: string): Promise<AgentRow | undefined> {
+export async function getAgent(db: Prisma | Tx, id: string): Promise<AgentRow | undefined> {
   const row = await findAgent(db, id);
   if (!row) return undefined;
   const counts = await updateCounts(db, [id]);
   return { ...row, updates: counts.get(id)! };
+}
+
+export async function setAgentLabels(db: Prisma | Tx, id: string, labels: { tags: string[]; group: string }): Promise<void> {
+  await db.agent.update({ where: { id }, data: labels });
+}
+
+// An agent's own subsystem settings: a serialized AgentConfig, or null for none.
+export async function agentConfigOverrides(db: Prisma | Tx, id: string): Promise<Uint8Array | null> {
+  return (await db.agent.findUnique({ where: { id }, select: { config: true } }))?.config ?? null;
+}
+
+export async function setAgentConfigOverrides(db: Prisma | Tx, id: string, config: Uint8Array | null): Promise<void> {
+  await db.agent.update({ where: { id }, data: { config: config ? Buffer.from(config) : null } });
+}
+
+// Every agent's own subsystem settings, for the agents that have any.
+export function allAgentConfigOverrides(db: Prisma): Promise<{ id: string; config: Uint8Array | null }[]> {
+  return db.agent.findMany({ where: { config: { not: null } }, select: { id: true, config: true } });
+}
+
+// Takes an agent out of the fleet in one transaction: its access tokens die with the generation
+// bump, its refresh token families are revoked, its pending updates dropped and its pending
+// commands cancelled (returns how many).
+// Call it inside a transaction (inTransaction) so these happen together.
+export async function decommissionAgent(tx: Tx, id: string, now: Date): Promise<number> {
+  await tx.agent.update({ where: { id }, data: { decommissionedAt: now, credentialGeneration: { increment: 1 } } });
+  await tx.refreshTokenFamily.updateMany({ where: { agentId: id, revokedAt: null }, data: { revokedAt: now, revokeReason: "decommissioned" } });
+  await tx.packageUpdate.deleteMany({ where: { agentId: id } });
+  return (await tx.command.updateMany({ where: { agentId: id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count;
+}
+
+// Binds the agent to another machine ID; false when another agent has that one. Inside a
+// transaction, a refusal aborts it: the caller's transaction must end there.
+export async function setMachineId(db: Prisma | Tx, id: string, machineId: string): Promise<boolean> {
+  try {
+    await db.agent.update({ where: { id }, data: { machineId } });
+    return true;
+  } catch (err) {
+    if (isUniqueViolation(err)) return false;
+    throw err;
+  }
 }
 
 // Applies buffered last-seen times and statuses in one statement. rebootRequired is the

@@ -1,4 +1,3 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
@@ -35,12 +34,22 @@ export interface IdempotencyKey {
   usedAfter: Date;
 }
 
+// Why a command was not stored: its agent is unknown or decommissioned.
+export type CommandRefused = { refused: "missing_agent" | "decommissioned" };
+
 // Queues a command under an idempotency key: a key this caller already used for the same
 // request returns that command (replayed) instead of queueing another; for another request it
-// is refused. Two creates racing with one key queue one command: the loser's insert of the key
-// fails, its transaction (and command) rolls back, and it returns the winner's.
-export async function createCommandOnce(db: Prisma, input: CreateCommandInput, idempotency: IdempotencyKey) {
+// is not used (`conflict` names the command it queued). Two creates racing with one key queue
+// one command: the loser's insert of the key fails, its transaction (and command) rolls back,
+// and it returns the winner's.
+export async function createCommandOnce(
+  db: Prisma,
+  input: CreateCommandInput,
+  idempotency: IdempotencyKey,
+): Promise<{ row: CommandRow; replayed: boolean } | { conflict: string } | CommandRefused> {
   const agent = await findAgent(db, input.agentId);
+  if (!agent) return { refused: "missing_agent" };
+  if (agent.decommissionedAt) return { refused: "decommissioned" };
   for (let attempt = 0; ; attempt++) {
     try {
       return await db.$transaction(async (tx) => {
@@ -51,15 +60,10 @@ export async function createCommandOnce(db: Prisma, input: CreateCommandInput, i
           used = null;
         }
         if (used) {
-          if (!Buffer.from(used.requestHash).equals(Buffer.from(idempotency.requestHash))) {
-            throw new ConnectError(
-              `idempotency_key "${idempotency.key}" was already used for a different request (command ${used.commandId}); use a new key for a new command`,
-              Code.FailedPrecondition,
-            );
-          }
+          if (!Buffer.from(used.requestHash).equals(Buffer.from(idempotency.requestHash))) return { conflict: used.commandId };
           return { row: used.command, replayed: true };
         }
-        const row = await insertCommand(tx, input, agent);
+        const row = await insertCommand(tx, input);
         await tx.commandIdempotencyKey.create({
           data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id },
         });
@@ -72,24 +76,31 @@ export async function createCommandOnce(db: Prisma, input: CreateCommandInput, i
   }
 }
 
-export async function createCommand(db: Prisma, input: CreateCommandInput) {
-  return insertCommand(db, input, await findAgent(db, input.agentId));
+// Queues a command for an agent that exists and is not decommissioned.
+export async function createCommand(db: Prisma | Tx, input: CreateCommandInput): Promise<CommandRow | CommandRefused> {
+  const agent = await findAgent(db, input.agentId);
+  if (!agent) return { refused: "missing_agent" };
+  if (agent.decommissionedAt) return { refused: "decommissioned" };
+  return insertCommand(db, input);
 }
 
-async function findAgent(db: Prisma, agentId: string) {
-  const agent = await db.agent.findUnique({ where: { id: agentId }, select: { decommissionedAt: true } });
-  if (!agent) throw new ConnectError(`agent ${agentId} does not exist`, Code.NotFound);
-  return agent;
-}
+const findAgent = (db: Prisma | Tx, agentId: string) => db.agent.findUnique({ where: { id: agentId }, select: { decommissionedAt: true } });
 
-async function insertCommand(db: Tx | Prisma, input: CreateCommandInput, agent: { decommissionedAt: Date | null }) {
-  if (agent.decommissionedAt) {
-    throw new ConnectError(`agent ${input.agentId} is decommissioned`, Code.FailedPrecondition);
-  }
+function insertCommand(db: Tx | Prisma, input: CreateCommandInput) {
   return db.command.create({
     data: { id: newId(), ...input, action: Buffer.from(input.action) },
     include: { result: true },
   });
+}
+
+// Cancels the command if it is still pending; false when it is not (or does not exist).
+export async function cancelPendingCommand(db: Prisma | Tx, id: string, now: Date): Promise<boolean> {
+  return (await db.command.updateMany({ where: { id, state: "pending" }, data: { state: "cancelled", finishedAt: now } })).count > 0;
+}
+
+// Deletes finished commands (and with them their results) created before `before`; returns how many.
+export async function pruneFinishedCommands(db: Prisma, before: Date): Promise<number> {
+  return (await db.command.deleteMany({ where: { state: { in: ["succeeded", "failed", "rejected", "timed_out", "cancelled"] }, createdAt: { lt: before } } })).count;
 }
 
 // Forgets idempotency keys used before `before`; returns how many.
@@ -466,7 +477,7 @@ export async function listCommands(
   return { rows: rows.slice(0, pageSize), next: rows.length > pageSize ? rows[pageSize - 1]!.id : undefined };
 }
 
-export async function getCommand(db: Prisma, id: string) {
+export async function getCommand(db: Prisma | Tx, id: string) {
   return db.command.findUnique({ where: { id }, include: { result: true } });
 }
 

@@ -1,8 +1,8 @@
 import { Prisma as Sql } from "../generated/prisma/client.ts";
-import type { Prisma } from "./types.ts";
+import type { Prisma, Tx } from "./types.ts";
 
 // Which pending updates a list or a bulk action covers: a validated UpdateSelection (see
-// services/update-service.ts) plus an optional status. Every set field must match; agents that
+// domain/updates.ts) plus an optional status. Every set field must match; agents that
 // are decommissioned never count.
 export interface UpdateFilter {
   keys: { agentId: string; source: string; name: string; architecture: string }[];
@@ -112,4 +112,82 @@ export async function listPackageGroups(db: Prisma, filter: UpdateFilter, page: 
       firstSeenAt: r.firstSeenAt,
     })),
   };
+}
+
+// One update of one agent, as a selection key names it.
+export interface UpdateKey {
+  agentId: string;
+  source: string;
+  name: string;
+  architecture: string;
+}
+
+// The filter as a Prisma query (the same conditions as conditions() above).
+function filterWhere(f: UpdateFilter): Sql.PackageUpdateWhereInput {
+  const and: Sql.PackageUpdateWhereInput[] = [];
+  if (f.keys.length > 0) and.push({ OR: f.keys });
+  if (f.agentIds.length > 0) and.push({ agentId: { in: f.agentIds } });
+  if (f.severities.length > 0) and.push({ severity: { in: f.severities } });
+  if (f.securityOnly) and.push({ security: true });
+  if (f.packageName) and.push({ name: f.packageName });
+  if (f.group) and.push({ agent: { group: f.group } });
+  if (f.tag) and.push({ agent: { tags: { has: f.tag } } });
+  if (f.source) and.push({ source: f.source });
+  if (f.status) and.push({ status: f.status });
+  return { AND: and, agent: { decommissionedAt: null } };
+}
+
+const keyOf = (u: UpdateKey): UpdateKey => ({ agentId: u.agentId, source: u.source, name: u.name, architecture: u.architecture });
+
+// The filtered updates in one of these states (the filter's own status is ignored).
+export function updatesIn(db: Prisma | Tx, filter: UpdateFilter, states: string[]) {
+  return db.packageUpdate.findMany({
+    where: { ...filterWhere({ ...filter, status: "" }), status: { in: states } },
+    select: { agentId: true, source: true, name: true, architecture: true, availableVersion: true },
+  });
+}
+
+// Records a decision on these updates, in batches of 500 keys per statement.
+export async function decideUpdates(db: Prisma | Tx, keys: UpdateKey[], decision: { status: string; by: string; at: Date }): Promise<void> {
+  for (let i = 0; i < keys.length; i += 500) {
+    await db.packageUpdate.updateMany({
+      where: { OR: keys.slice(i, i + 500).map(keyOf) },
+      data: { status: decision.status, decidedBy: decision.by, decidedAt: decision.at },
+    });
+  }
+}
+
+// A page of the filtered updates with their hosts' names, ordered by host, and how many match
+// in all; with the state of each install command the page refers to.
+export async function listUpdates(db: Prisma, filter: UpdateFilter, page: { offset: number; limit: number }) {
+  const where = filterWhere(filter);
+  const [rows, total] = await Promise.all([
+    db.packageUpdate.findMany({
+      where,
+      include: { agent: { select: { hostname: true } } },
+      orderBy: [{ agent: { hostname: "asc" } }, { agentId: "asc" }, { source: "asc" }, { name: "asc" }, { architecture: "asc" }],
+      skip: page.offset,
+      take: page.limit + 1,
+    }),
+    db.packageUpdate.count({ where }),
+  ]);
+  const shown = rows.slice(0, page.limit);
+  const commandIds = [...new Set(shown.map((r) => r.commandId).filter((id): id is string => id !== null))];
+  const commandStates = new Map(
+    (await db.command.findMany({ where: { id: { in: commandIds } }, select: { id: true, state: true } })).map((c) => [c.id, c.state]),
+  );
+  return { rows: shown, more: rows.length > page.limit, total, commandStates };
+}
+
+// The filtered updates that are approved, by agent, source and name.
+export function approvedUpdates(db: Prisma, filter: UpdateFilter) {
+  return db.packageUpdate.findMany({
+    where: { ...filterWhere({ ...filter, status: "" }), status: "approved" },
+    orderBy: [{ agentId: "asc" }, { source: "asc" }, { name: "asc" }],
+  });
+}
+
+// Marks these updates as being installed by this command.
+export async function linkInstallCommand(db: Prisma | Tx, keys: UpdateKey[], commandId: string): Promise<void> {
+  await db.packageUpdate.updateMany({ where: { OR: keys.map(keyOf) }, data: { commandId } });
 }

@@ -1,4 +1,3 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
 import { bytes, type Prisma } from "./types.ts";
@@ -41,9 +40,16 @@ export interface NewRelease {
   staleBefore: Date;
 }
 
-export type BeginUpload = { kind: "started"; id: string } | { kind: "published"; release: ReleaseRow };
+export type BeginUpload =
+  | { kind: "started"; id: string }
+  | { kind: "published"; release: ReleaseRow }
+  // Another upload of it stored a chunk after staleBefore: it is still running.
+  | { kind: "in_progress"; startedAt: Date; startedBy: string }
+  // Another upload of it began at the same moment.
+  | { kind: "racing" };
 
-// Starts an upload, or finds the release already published under this version and platform.
+// Starts an upload, or finds the release already published under this version and platform,
+// or another upload of it.
 export async function beginUpload(db: Prisma, input: NewRelease): Promise<BeginUpload> {
   const existing = await db.agentRelease.findUnique({
     where: { version_platform: { version: input.version, platform: input.platform } },
@@ -52,10 +58,7 @@ export async function beginUpload(db: Prisma, input: NewRelease): Promise<BeginU
   if (existing?.state === "published") return { kind: "published", release: existing };
   if (existing) {
     if (existing.updatedAt >= input.staleBefore) {
-      throw new ConnectError(
-        `another upload of ${input.version} for ${input.platform} is in progress (started ${existing.createdAt.toISOString()} by ${existing.createdBy}); wait for it, or delete it with \`redflag releases delete ${input.version} --platform ${input.platform}\``,
-        Code.FailedPrecondition,
-      );
+      return { kind: "in_progress", startedAt: existing.createdAt, startedBy: existing.createdBy };
     }
     await db.agentRelease.deleteMany({ where: { id: existing.id, state: "uploading" } });
   }
@@ -76,9 +79,7 @@ export async function beginUpload(db: Prisma, input: NewRelease): Promise<BeginU
       },
     });
   } catch (err) {
-    if (isUniqueViolation(err)) {
-      throw new ConnectError(`${input.version} for ${input.platform} is being published by someone else right now; try again shortly`, Code.FailedPrecondition);
-    }
+    if (isUniqueViolation(err)) return { kind: "racing" };
     throw err;
   }
   return { kind: "started", id };

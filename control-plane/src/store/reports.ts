@@ -6,11 +6,6 @@ import type { Prisma } from "./types.ts";
 // Queries for ReportService. Every figure is counted by the database; only small grouped
 // results (a row per severity, per day, per OS) come back.
 
-// How many agents match each query, in the same order.
-export async function countAgents(db: Prisma, wheres: PrismaNs.AgentWhereInput[]): Promise<number[]> {
-  return Promise.all(wheres.map((where) => db.agent.count({ where })));
-}
-
 export interface PendingSummary {
   bySeverity: { severity: string; count: number }[];
   pending: number;

@@ -11,9 +11,9 @@
 // scans never interleave; while a scan is being applied its view is partly old and partly new.
 // If applying stops half-way (the process dies), the staged scan stays, and the agent, whose
 // report was not acknowledged, sends it again: applying it again finishes the job.
-import { Code, ConnectError } from "@connectrpc/connect";
 import { Prisma as Sql } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
+import { StoreRefusal } from "./refusal.ts";
 import type { Prisma, Tx } from "./types.ts";
 
 export interface PackageUpdateInput {
@@ -81,11 +81,11 @@ export async function stagePart(db: Prisma, agentId: string, part: IncomingPart,
   await dropExpiredUploads(db, agentId);
   const upload = await openPartUpload(db, agentId, part.scanId, part.partCount);
   if (upload.partCount !== part.partCount) {
-    throw new ConnectError(
+    throw new StoreRefusal(
+      "invalid",
       upload.partCount === 0
         ? `scan ${part.scanId} was sent whole; it has no parts`
         : `scan ${part.scanId} was announced in ${upload.partCount} parts; this part says ${part.partCount}`,
-      Code.InvalidArgument,
     );
   }
   const outcome = await db.$transaction(async (tx) => {
@@ -101,10 +101,7 @@ export async function stagePart(db: Prisma, agentId: string, part: IncomingPart,
   }, BATCH_TX);
   if (outcome === "too big") {
     await dropUpload(db, upload.id);
-    throw new ConnectError(
-      `scan ${part.scanId} holds more than ${maxScanUpdates} updates, the most one scan may report; nothing of it was kept`,
-      Code.InvalidArgument,
-    );
+    throw new StoreRefusal("invalid", `scan ${part.scanId} holds more than ${maxScanUpdates} updates, the most one scan may report; nothing of it was kept`);
   }
   // Dropped between our look-up and the insert (expired, or pushed out by newer scans): the
   // agent learns which parts are missing when it sends the scan's result.
@@ -244,7 +241,7 @@ export async function withScanLease<T>(db: Prisma, agentId: string, fn: (lease: 
       RETURNING holder::text`;
     if (taken.length > 0) break;
     if (Date.now() + wait > deadline) {
-      throw new ConnectError("another scan of this agent is being recorded; try again shortly", Code.Unavailable);
+      throw new StoreRefusal("retry", "another scan of this agent is being recorded; try again shortly");
     }
     await new Promise((resolve) => setTimeout(resolve, wait));
   }
@@ -261,7 +258,7 @@ async function renewLease(tx: Tx, lease: Lease) {
   const n = await tx.$executeRaw`
     UPDATE scan_leases SET expires_at = now() + make_interval(secs => ${LEASE_SECONDS})
      WHERE agent_id = ${lease.agentId}::uuid AND holder = ${lease.holder}::uuid`;
-  if (n === 0) throw new ConnectError("recording this scan took too long; send it again", Code.Unavailable);
+  if (n === 0) throw new StoreRefusal("retry", "recording this scan took too long; send it again");
 }
 
 interface Key {
@@ -285,7 +282,7 @@ export async function applyStagedScan(
   finish: (tx: Tx) => Promise<void>,
 ): Promise<boolean> {
   const { agentId } = lease;
-  const gone = () => new ConnectError("the staged scan was dropped while it was being recorded; send it again", Code.Unavailable);
+  const gone = () => new StoreRefusal("retry", "the staged scan was dropped while it was being recorded; send it again");
   // Staged rows after `lo` up to and including `hi` (open-ended without them), in the order of
   // the primary keys of both tables: each range is found through the index.
   const stagedIn = (lo: Key | undefined, hi: Key | undefined) => Sql.sql`s.upload_id = ${uploadId}::uuid

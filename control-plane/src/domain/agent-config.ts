@@ -11,6 +11,8 @@ import {
 } from "@redflag/gen/common_pb";
 import type { EffectiveSettings, Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
+import { allAgentConfigOverrides } from "../store/agents.ts";
+import { allHolds } from "../store/holds.ts";
 import type { Prisma } from "../store/types.ts";
 import { type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import { createHash } from "node:crypto";
@@ -90,11 +92,11 @@ export function createAgentConfigs(db: Prisma, settings: Settings, refreshMs = 3
   };
   const load = async (): Promise<State> => {
     const readAt = readTime();
-    const rows = await db.hold.findMany({ orderBy: { createdAt: "asc" } });
+    const rows = await allHolds(db);
     const toProto = (h: (typeof rows)[number]) => create(PackageHoldSchema, { source: h.source, name: h.name, reason: h.reason });
     const byAgent = new Map<string, PackageHold[]>();
     for (const h of rows) if (h.agentId) byAgent.set(h.agentId, [...(byAgent.get(h.agentId) ?? []), toProto(h)]);
-    const own = await db.agent.findMany({ where: { config: { not: null } }, select: { id: true, config: true } });
+    const own = await allAgentConfigOverrides(db);
     const overrides = new Map(own.map((a) => [a.id, agentOverrides(a.config)]));
     return { at: Date.now(), readAt, global: rows.filter((h) => !h.agentId).map(toProto), byAgent, overrides };
   };

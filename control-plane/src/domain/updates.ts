@@ -1,0 +1,103 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { CommandSchema, PackageRefSchema } from "@redflag/gen/command_pb";
+import type { EventBus } from "../events.ts";
+import type { Settings } from "../settings.ts";
+import type { CommandRow } from "../store/commands.ts";
+import { storeCommand } from "./store-command.ts";
+import { inTransaction } from "../store/db.ts";
+import { holdsFor } from "../store/holds.ts";
+import { approvedUpdates, decideUpdates, linkInstallCommand, listUpdates, updatesIn, type UpdateFilter } from "../store/package-updates.ts";
+import type { Prisma } from "../store/types.ts";
+import type { Wakeups } from "../wakeups.ts";
+import type { CommandCreator } from "../generated/prisma/client.ts";
+import type { AuditHook } from "./audit.ts";
+import { heldBy } from "./holds.ts";
+import { requireSupportedVersion } from "./upgrades.ts";
+
+// Pending updates and what operators decide about them: approve, reject, install. A selection
+// (UpdateFilter, checked by the adapter) names the updates; held packages are never approved
+// or installed.
+
+export type Decision = "approved" | "rejected";
+
+export type DecidedUpdate = Awaited<ReturnType<typeof updatesIn>>[number];
+
+// Sets `status` on the selected updates now in one of the `from` states, except held ones when
+// approving, and records the updates it changed in the audit log: both in one transaction.
+// Returns how many changed and how many a hold kept.
+export async function decide(
+  db: Prisma,
+  filter: UpdateFilter,
+  decision: { status: Decision; from: string[]; by: string },
+  record: AuditHook<DecidedUpdate[]>,
+): Promise<{ changed: number; held: number }> {
+  return inTransaction(db, async (tx) => {
+    const rows = await updatesIn(tx, filter, decision.from);
+    const isHeld = heldBy(await holdsFor(tx, [...new Set(rows.map((r) => r.agentId))]));
+    const chosen = decision.status === "approved" ? rows.filter((r) => !isHeld(r)) : rows;
+    await decideUpdates(tx, chosen, { status: decision.status, by: decision.by, at: new Date() });
+    await record(tx, chosen);
+    return { changed: chosen.length, held: rows.length - chosen.length };
+  });
+}
+
+// A page of updates, each with whether a hold keeps it.
+export async function updatePage(db: Prisma, filter: UpdateFilter, page: { offset: number; limit: number }) {
+  const found = await listUpdates(db, filter, page);
+  const isHeld = heldBy(await holdsFor(db, [...new Set(found.rows.map((r) => r.agentId))]));
+  return { ...found, rows: found.rows.map((r) => ({ ...r, held: isHeld(r) })) };
+}
+
+export interface InstallDeps {
+  db: Prisma;
+  wakeups: Wakeups;
+  events: EventBus;
+  settings: Pick<Settings, "minimumAgentVersion">;
+}
+
+// Queues one install_updates command per agent for its approved, not held, selected updates,
+// pinned to the approved versions (the agent installs exactly what was approved). Refused for
+// all when one of the agents runs below the minimum supported version: it may only be upgraded.
+export type InstallQueued = { command: CommandRow; updates: Awaited<ReturnType<typeof approvedUpdates>> };
+
+export async function installApproved(
+  deps: InstallDeps,
+  filter: UpdateFilter,
+  creator: { createdBy: string; createdByKind: CommandCreator },
+  record: AuditHook<InstallQueued>,
+): Promise<{ commands: CommandRow[]; packages: number }> {
+  const { db } = deps;
+  const rows = await approvedUpdates(db, filter);
+  const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
+  const byAgent = new Map<string, typeof rows>();
+  for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
+  await requireSupportedVersion(db, deps.settings.minimumAgentVersion, [...byAgent.keys()], "installUpdates");
+  const commands: CommandRow[] = [];
+  for (const [agentId, updates] of byAgent) {
+    const action = {
+      case: "installUpdates" as const,
+      value: {
+        $typeName: "redflag.v1.InstallUpdates" as const,
+        packages: updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture })),
+        sources: [],
+      },
+    };
+    // The command, the updates it installs and its audit entry commit together.
+    const row = await inTransaction(db, async (tx) => {
+      const row = await storeCommand(tx, {
+        agentId,
+        type: "install_updates",
+        action: toBinary(CommandSchema, create(CommandSchema, { action })),
+        timeoutSeconds: 0,
+        ...creator,
+      });
+      await linkInstallCommand(tx, updates, row.id);
+      await record(tx, { command: row, updates });
+      return row;
+    });
+    deps.wakeups.notify(agentId);
+    deps.events.publish([{ commandId: row.id, agentId }]);
+    commands.push(row);
+  }
+  return { commands, packages: [...byAgent.values()].reduce((n, u) => n + u.length, 0) };
+}
