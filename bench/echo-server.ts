@@ -2,8 +2,8 @@ import { AgentService } from "@redflag/gen/agent_service_pb";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { loadConfig } from "../control-plane/src/config.ts";
-import { createRpcHandlers } from "../control-plane/src/rpc-handler.ts";
-import { startServer } from "../control-plane/src/server.ts";
+import { createRpcHandlers } from "../control-plane/src/http/rpc-handler.ts";
+import { startServer } from "../control-plane/src/http/server.ts";
 
 // The floor for benchmarks 1 and 3: the same listener (h2c + HTTP/1.1 on one port), the same RPC
 // plumbing (connect's handlers served on the HTTP/2 stream) and the same messages as the control

@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { reloadSigningKeys } from "../control-plane/src/services/security-service.ts";
+import { reloadSigningKeys } from "../control-plane/src/domain/signing-keys.ts";
 import { keyPairFromSecret, unseal } from "../control-plane/src/signing/keys.ts";
 import { loadMasterKey } from "../control-plane/src/signing/master-key.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";

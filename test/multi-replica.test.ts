@@ -11,7 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { LINK_APPLICATION_NAME } from "../control-plane/src/cluster.ts";
+import { LINK_APPLICATION_NAME } from "../control-plane/src/cluster/cluster.ts";
 import { SUBSYSTEMS } from "../control-plane/src/domain/agent-config.ts";
 import { createCommand } from "../control-plane/src/store/commands.ts";
 import { COMMAND_TYPE, verifySignature } from "@redflag/common/signing/envelope";

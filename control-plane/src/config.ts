@@ -1,10 +1,10 @@
-import { DEFAULT_CONSOLE_DIR } from "./console.ts";
+import { DEFAULT_CONSOLE_DIR } from "./http/console.ts";
 import { parseRoleMap, type RoleMap } from "./auth/role-map.ts";
 import path from "node:path";
 import { envValues } from "@redflag/common/config-values";
 import type { RateLimit } from "./auth/rate-limit.ts";
-import { parseTrustedProxies, type Cidr } from "./client-address.ts";
-import type { ListenerLimits } from "./server.ts";
+import { parseTrustedProxies, type Cidr } from "./http/client-address.ts";
+import type { ListenerLimits } from "./http/server.ts";
 
 export interface Config {
   readonly host: string;

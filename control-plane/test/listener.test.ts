@@ -13,8 +13,8 @@ import tls from "node:tls";
 import { promisify } from "node:util";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createRpcHandlers, LINGER_MS } from "../src/rpc-handler.ts";
-import { startServer } from "../src/server.ts";
+import { createRpcHandlers, LINGER_MS } from "../src/http/rpc-handler.ts";
+import { startServer } from "../src/http/server.ts";
 import { newRegistrationToken, nonce, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 

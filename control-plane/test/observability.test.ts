@@ -7,7 +7,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { errorInterceptor } from "../src/auth/interceptors.ts";
 import { loadConfig } from "../src/config.ts";
-import { metricsAccess } from "../src/probes.ts";
+import { metricsAccess } from "../src/http/probes.ts";
 import { checkReadiness } from "../src/store/observability.ts";
 import { generateKeyPair } from "../src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent } from "./support/agents.ts";

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compareVersions, isPlatform, isReleaseVersion, newestVersion } from "../src/domain/releases.ts";
-import { parseRange } from "../src/downloads.ts";
+import { parseRange } from "../src/http/downloads.ts";
 import { MANIFEST_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { CHUNK_BYTES } from "../src/store/releases.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";

@@ -14,7 +14,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CommandSchema } from "@redflag/gen/command_pb";
 import { TrustedKeySetSchema } from "@redflag/gen/common_pb";
 import { loadConfig } from "../src/config.ts";
-import { reloadSigningKeys } from "../src/services/security-service.ts";
+import { reloadSigningKeys } from "../src/domain/signing-keys.ts";
 import { ensureBootstrapAdminKey } from "../src/store/bootstrap.ts";
 import { KEY_SET_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { loadMasterKey } from "../src/signing/master-key.ts";

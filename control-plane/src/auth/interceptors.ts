@@ -11,8 +11,8 @@ import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "./context.ts";
 import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
 import { atLeast } from "./roles.ts";
 import { policyFor } from "./policy.ts";
-import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
-import { asInvalidArgument, isCallerFault } from "../rpc-parse-errors.ts";
+import { currentRequest, inRequest, requestIdFrom } from "../http/request-context.ts";
+import { asInvalidArgument, isCallerFault } from "../http/rpc-parse-errors.ts";
 
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);

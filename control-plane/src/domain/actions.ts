@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { isReleaseVersion } from "./releases.ts";
-import { invalid, text } from "../services/validate.ts";
+import { invalid, text } from "./input.ts";
 import { PACKAGE_ARCH, PACKAGE_NAME, PACKAGE_VERSION, PLAIN_NAME_SOURCES, sourceNamePattern } from "@redflag/common/package-name";
 
 // What an operator may put in a command, checked before it is stored so a mistake is a clear

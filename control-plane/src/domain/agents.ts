@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { SubsystemConfig } from "@redflag/gen/common_pb";
 import type { AgentRegistry } from "../auth/agent-registry.ts";
-import type { LastSeenBuffer } from "../last-seen.ts";
+import type { LastSeenBuffer } from "../cluster/last-seen.ts";
 import {
   agentConfigOverrides,
   allowReregistration,

@@ -1,6 +1,6 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CommandSchema, PackageRefSchema } from "@redflag/gen/command_pb";
-import type { EventBus } from "../events.ts";
+import type { EventBus } from "../cluster/events.ts";
 import type { Settings } from "../settings.ts";
 import type { CommandRow } from "../store/commands.ts";
 import { storeCommand } from "./store-command.ts";
@@ -8,7 +8,7 @@ import { inTransaction } from "../store/db.ts";
 import { holdsFor } from "../store/holds.ts";
 import { approvedUpdates, decideUpdates, linkInstallCommand, listUpdates, updatesIn, type UpdateFilter } from "../store/package-updates.ts";
 import type { Prisma } from "../store/types.ts";
-import type { Wakeups } from "../wakeups.ts";
+import type { Wakeups } from "../cluster/wakeups.ts";
 import type { CommandCreator } from "../generated/prisma/client.ts";
 import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";

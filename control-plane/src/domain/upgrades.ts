@@ -3,7 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { type AgentStatus, AgentStatusSchema } from "@redflag/gen/common_pb";
 import { formatDuration } from "@redflag/common/config-values";
-import type { EventBus } from "../events.ts";
+import type { EventBus } from "../cluster/events.ts";
 import type { CommandCreator } from "../generated/prisma/client.ts";
 import { newId, sha256 } from "../ids.ts";
 import type { CommandSigner } from "../signing/signer.ts";
@@ -24,7 +24,7 @@ import {
   type UpgradeState,
   upgradesToReconcile,
 } from "../store/upgrades.ts";
-import type { Wakeups } from "../wakeups.ts";
+import type { Wakeups } from "../cluster/wakeups.ts";
 import { releaseForAgent, resolveUpgrade } from "./agent-upgrade.ts";
 import { compareVersions } from "./releases.ts";
 

@@ -4,7 +4,7 @@ import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@conn
 import { CommandSchema, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { CommandService, CommandState } from "@redflag/gen/command_service_pb";
 import { cancelCommand, type CommandQueue } from "../domain/commands.ts";
-import type { CommandChanged, EventBus } from "../events.ts";
+import type { CommandChanged, EventBus } from "../cluster/events.ts";
 import type { CommandState as DbCommandState } from "../generated/prisma/client.ts";
 import { getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";

@@ -15,6 +15,7 @@ import {
 } from "@redflag/gen/token_service_pb";
 import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
 import type { AgentHealthName, AgentRow } from "../store/agents.ts";
+import { agentHealth } from "../domain/health.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
 import type { UserRow } from "../store/people.ts";
@@ -48,29 +49,6 @@ export function registrationTokenToProto(row: RegistrationTokenRow, now: Date): 
     state,
     prefix: row.prefix,
   });
-}
-
-// Online while silent for at most this many poll intervals; offline up to a day; stale after.
-const ONLINE_POLL_INTERVALS = 3;
-const OFFLINE_SECONDS = 86_400;
-
-// Health from the last time an agent was heard from, measured in poll intervals. An agent
-// never heard from is never counted as online.
-export function agentHealth(row: AgentRow, now: Date, pollIntervalSeconds: number): AgentHealth {
-  if (row.decommissionedAt) return AgentHealth.DECOMMISSIONED;
-  if (!row.lastSeenAt) return AgentHealth.NEVER_REPORTED;
-  const silentFor = (now.getTime() - row.lastSeenAt.getTime()) / 1000;
-  if (silentFor <= pollIntervalSeconds * ONLINE_POLL_INTERVALS) return AgentHealth.ONLINE;
-  if (silentFor <= OFFLINE_SECONDS) return AgentHealth.OFFLINE;
-  return AgentHealth.STALE;
-}
-
-// Heard from since `online`: online; since `offline`: offline; before: stale.
-export function healthCutoffs(now: Date, pollIntervalSeconds: number): { online: Date; offline: Date } {
-  return {
-    online: new Date(now.getTime() - pollIntervalSeconds * ONLINE_POLL_INTERVALS * 1000),
-    offline: new Date(now.getTime() - OFFLINE_SECONDS * 1000),
-  };
 }
 
 // The agents in one health state, as a query with agentHealth's thresholds; undefined for a

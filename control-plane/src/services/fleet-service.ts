@@ -6,7 +6,7 @@ import { AgentHealth, AgentSort, FleetService } from "@redflag/gen/fleet_service
 import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { Config } from "../config.ts";
 import { isMachineId, isUuid } from "../ids.ts";
-import type { LastSeenBuffer } from "../last-seen.ts";
+import type { LastSeenBuffer } from "../cluster/last-seen.ts";
 import { findAgents, type AgentFilter, type AgentOrder, type AgentRow } from "../store/agents.ts";
 import type { Prisma } from "../store/types.ts";
 import { SUBSYSTEMS, type AgentConfigs } from "../domain/agent-config.ts";
@@ -24,7 +24,8 @@ import {
 import type { CommandQueue } from "../domain/commands.ts";
 import { audit, callerName } from "./audit.ts";
 import type { Settings } from "../settings.ts";
-import { agentToProto, commandCaller, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
+import { healthCutoffs } from "../domain/health.ts";
+import { agentToProto, commandCaller, commandToProto, HEALTH_NAMES } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
 
 export interface FleetServiceDeps {

@@ -11,7 +11,7 @@ import {
   ReportService,
   SeverityCountSchema,
 } from "@redflag/gen/report_service_pb";
-import type { LastSeenBuffer } from "../last-seen.ts";
+import type { LastSeenBuffer } from "../cluster/last-seen.ts";
 import type { Settings } from "../settings.ts";
 import {
   agentExists,
@@ -23,7 +23,8 @@ import {
   recentFailures,
 } from "../store/reports.ts";
 import type { Prisma } from "../store/types.ts";
-import { agentToProto, commandToProto, HEALTH_NAMES, healthCutoffs } from "./convert.ts";
+import { healthCutoffs } from "../domain/health.ts";
+import { agentToProto, commandToProto, HEALTH_NAMES } from "./convert.ts";
 import { countAgentsByHealth } from "../store/agents.ts";
 import { withBufferedLastSeen } from "../domain/agents.ts";
 import { invalid, time, uuid } from "./validate.ts";

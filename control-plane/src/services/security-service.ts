@@ -7,10 +7,11 @@ import type { Settings } from "../settings.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { kPrincipal, kRemoteAddr } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
-import { AdminKeyRevokeRefused, ensureSigningKeys, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
+import { AdminKeyRevokeRefused, revokeBootstrapAdminKey, rotateSigningKey } from "../store/bootstrap.ts";
 import { activeAdminKeys, activeAdmins, peopleWithoutTotp } from "../store/people.ts";
 import { countSecurityEvents, listSecurityEvents, SECURITY_EVENT_TYPES } from "../store/security-events.ts";
 import { listSigningKeys } from "../store/signing-keys.ts";
+import { reloadSigningKeys } from "../domain/signing-keys.ts";
 import { audit } from "./audit.ts";
 import { fingerprintOf } from "@redflag/common/signing/key-ids";
 import type { Prisma } from "../store/types.ts";
@@ -36,14 +37,6 @@ const keyInfo = (k: { id: string; algorithm: string; publicKey: Uint8Array; acti
     createTime: timestampFromDate(k.createdAt),
     retireTime: k.retiredAt ? timestampFromDate(k.retiredAt) : undefined,
   });
-
-// Re-reads the trusted keys: after a rotation here, and periodically so a rotation on another
-// replica, or the end of a grace period, reaches this one's signer.
-export async function reloadSigningKeys(db: Prisma, masterKey: Buffer, signer: CommandSigner): Promise<void> {
-  const { active, trusted, issueTime } = await ensureSigningKeys(db, masterKey);
-  const same = active.keyId === signer.activeKeyId && trusted.length === signer.trustedKeys().length && trusted.every((k) => signer.trustedKeys().some((t) => t.keyId === k.keyId));
-  if (!same) signer.replace(active, trusted, issueTime);
-}
 
 export function createSecurityService(deps: SecurityServiceDeps): ServiceImpl<typeof SecurityService> {
   const { db, config } = deps;

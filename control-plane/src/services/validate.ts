@@ -1,19 +1,8 @@
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { isUuid } from "../ids.ts";
 
-export function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
-}
-
-// Printable text of bounded length; control characters would corrupt logs and tables.
-export function text(field: string, value: string, opts: { max: number; required?: boolean }): string {
-  if (opts.required && value.length === 0) throw invalid(`${field} is required`);
-  if (value.length > opts.max) throw invalid(`${field} is longer than ${opts.max} characters`);
-  // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f]/.test(value)) throw invalid(`${field} contains control characters`);
-  return value;
-}
+export { invalid, text } from "../domain/input.ts";
+import { invalid } from "../domain/input.ts";
 
 // The range protobuf defines for a Timestamp, 0001-01-01 to 9999-12-31 UTC: any clock, Date and
 // database column here holds it.

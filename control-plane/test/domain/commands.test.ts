@@ -2,9 +2,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { describe, expect, it } from "vitest";
 import { cancelCommand, createCommandQueue, type CommandCaller } from "../../src/domain/commands.ts";
-import type { EventBus } from "../../src/events.ts";
+import type { EventBus } from "../../src/cluster/events.ts";
 import type { CommandSigner } from "../../src/signing/signer.ts";
-import type { Wakeups } from "../../src/wakeups.ts";
+import type { Wakeups } from "../../src/cluster/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
 import { auditAs, failInsertsInto, insertAgent, mediumDatabase } from "../support/medium.ts";
 

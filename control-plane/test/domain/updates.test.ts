@@ -4,9 +4,9 @@ import { describe, expect, it } from "vitest";
 import type { AgentConfigs } from "../../src/domain/agent-config.ts";
 import { removeHold, setHold } from "../../src/domain/holds.ts";
 import { decide, installApproved, updatePage } from "../../src/domain/updates.ts";
-import type { EventBus } from "../../src/events.ts";
+import type { EventBus } from "../../src/cluster/events.ts";
 import type { UpdateFilter } from "../../src/store/package-updates.ts";
-import type { Wakeups } from "../../src/wakeups.ts";
+import type { Wakeups } from "../../src/cluster/wakeups.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
 import { auditAs, failInsertsInto, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
 

@@ -1,6 +1,6 @@
-import type { Logger } from "./log.ts";
-import { flushLastSeen } from "./store/agents.ts";
-import type { Statements } from "./store/statements.ts";
+import type { Logger } from "../log.ts";
+import { flushLastSeen } from "../store/agents.ts";
+import type { Statements } from "../store/statements.ts";
 
 // A poll's status as stored: the serialized AgentStatus, its reboot flag for the indexed column,
 // and the version the agent reports running (its agent_version column: upgrades are confirmed by

@@ -1,14 +1,14 @@
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import path from "node:path";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 // Serves the built console (static files from `npm run build -w @redflag/console`) at / on the
 // API's port: one origin, no CORS. Unknown pages get index.html (the console routes in the
 // browser); hashed assets under /_app/immutable are cached for a year. Without a built console
 // its pages say how to build it, and the API keeps working.
 
-export const DEFAULT_CONSOLE_DIR = path.resolve(import.meta.dirname, "..", "..", "console", "build");
+export const DEFAULT_CONSOLE_DIR = path.resolve(import.meta.dirname, "..", "..", "..", "console", "build");
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",

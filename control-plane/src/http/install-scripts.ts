@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import type http from "node:http";
 import type http2 from "node:http2";
 import path from "node:path";
-import { agentServerUrl } from "./domain/enrolment.ts";
+import { agentServerUrl } from "../domain/enrolment.ts";
 
 type Request = Pick<http.IncomingMessage | http2.Http2ServerRequest, "url" | "method" | "headers">;
 interface Response {
@@ -16,7 +16,7 @@ interface Response {
 }
 
 export const INSTALL_PREFIX = "/install/";
-const SCRIPTS_DIR = path.join(import.meta.dirname, "..", "install");
+const SCRIPTS_DIR = path.join(import.meta.dirname, "..", "..", "install");
 const PLACEHOLDER = "@@SERVER@@";
 
 // The scripts, read once: the POSIX shell one serves Linux and macOS (it tells them apart).

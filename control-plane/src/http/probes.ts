@@ -3,9 +3,9 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type http from "node:http";
 import type http2 from "node:http2";
-import type { Logger } from "./log.ts";
-import type { Metrics } from "./metrics.ts";
-import type { Readiness } from "./store/observability.ts";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import type { Readiness } from "../store/observability.ts";
 
 type Request = Pick<http.IncomingMessage | http2.Http2ServerRequest, "url" | "headers" | "socket">;
 interface Response {

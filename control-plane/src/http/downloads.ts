@@ -8,11 +8,11 @@
 // version, and both only select a database row. Anything else is a 400 that says what to ask for.
 import type http from "node:http";
 import type http2 from "node:http2";
-import { artifactFileName, isPlatform, isReleaseVersion, newestVersion } from "./domain/releases.ts";
-import type { Logger } from "./log.ts";
-import type { CommandSigner } from "./signing/signer.ts";
-import { findPublishedRelease, readChunk, type ReleaseRow } from "./store/releases.ts";
-import type { Prisma } from "./store/types.ts";
+import { artifactFileName, isPlatform, isReleaseVersion, newestVersion } from "../domain/releases.ts";
+import type { Logger } from "../log.ts";
+import type { CommandSigner } from "../signing/signer.ts";
+import { findPublishedRelease, readChunk, type ReleaseRow } from "../store/releases.ts";
+import type { Prisma } from "../store/types.ts";
 
 type Request = Pick<http.IncomingMessage | http2.Http2ServerRequest, "url" | "method" | "headers">;
 // What HTTP/1.1 and HTTP/2 (compatibility API) responses both offer.

@@ -3,7 +3,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 // Takes an HTTP/2 stream before Node wraps it for `handler`; false leaves it to `handler`.

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { createEventBus, type CommandChanged, type EventBus } from "./events.ts";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 import { createWakeups, type Wakeups } from "./wakeups.ts";
 
 // What several replicas on one PostgreSQL share beyond the tables: long-poll wake-ups and the

@@ -4,7 +4,7 @@ import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/conn
 import http2 from "node:http2";
 import type net from "node:net";
 import type { TLSSocket } from "node:tls";
-import type { Logger } from "./log.ts";
+import type { Logger } from "../log.ts";
 import { parseErrorsAsInvalidArgument, unicodeFailure } from "./rpc-parse-errors.ts";
 import { bodyTimedOut } from "./server.ts";
 
