@@ -4,12 +4,12 @@ import path from "node:path";
 import { createAgentRegistry, type AgentRegistry } from "./auth/agent-registry.ts";
 import { createAgentTokens, type AgentTokens } from "./auth/agent-tokens.ts";
 import { kRemoteAddr } from "./auth/context.ts";
-import { authInterceptor, errorInterceptor } from "./auth/interceptors.ts";
+import { authInterceptor, errorInterceptor } from "./http/interceptors.ts";
 import type { Config } from "./config.ts";
 import { createLastSeenBuffer, type LastSeenBuffer } from "./cluster/last-seen.ts";
 import type { Logger } from "./log.ts";
 import { createRoutes } from "./http/routes.ts";
-import { createScheduler, type Scheduler } from "./cluster/scheduler.ts";
+import { createScheduler, type Scheduler } from "./scheduler.ts";
 import type { EventBus } from "./cluster/events.ts";
 import { createRpcHandlers } from "./http/rpc-handler.ts";
 import { createClientAddress } from "./http/client-address.ts";
@@ -24,7 +24,7 @@ import { createPrincipalResolver, type PrincipalResolver } from "./auth/principa
 import { createAgentConfigs, type AgentConfigs } from "./domain/agent-config.ts";
 import { createSettings, redeliveryWindow } from "./settings.ts";
 import { reloadSigningKeys } from "./domain/signing-keys.ts";
-import { createOidcRoutes } from "./auth/oidc.ts";
+import { createOidcRoutes } from "./http/oidc.ts";
 import { createConsoleFiles, sendNotFound } from "./http/console.ts";
 import { createMetrics } from "./metrics.ts";
 import { createProbes } from "./http/probes.ts";
@@ -36,7 +36,7 @@ import { ensureBootstrapAdminKey, ensureSecret, ensureSigningKeys } from "./stor
 import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.ts";
 import { createCluster } from "./cluster/cluster.ts";
 import { createPendingIndex } from "./cluster/pending.ts";
-import { inRequest, requestIdFrom } from "./http/request-context.ts";
+import { inRequest, requestIdFrom } from "./request-context.ts";
 import { agentsWithPendingCommands } from "./store/commands.ts";
 
 export interface App {

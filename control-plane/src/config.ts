@@ -1,10 +1,8 @@
-import { DEFAULT_CONSOLE_DIR } from "./http/console.ts";
+import net from "node:net";
 import { parseRoleMap, type RoleMap } from "./auth/role-map.ts";
 import path from "node:path";
 import { envValues } from "@redflag/common/config-values";
 import type { RateLimit } from "./auth/rate-limit.ts";
-import { parseTrustedProxies, type Cidr } from "./http/client-address.ts";
-import type { ListenerLimits } from "./http/server.ts";
 
 export interface Config {
   readonly host: string;
@@ -60,7 +58,7 @@ export interface Config {
   };
 }
 
-// Single sign-on through OpenID Connect (auth/oidc.ts).
+// Single sign-on through OpenID Connect (http/oidc.ts).
 export interface OidcConfig {
   issuer: string;
   clientId: string;
@@ -251,4 +249,52 @@ function parseAddr(text: string, problems: string[]): [string, number] {
     return ["0.0.0.0", 8080];
   }
   return [match[1] ?? (match[2] || "0.0.0.0"), port];
+}
+
+// Where `npm run build -w @redflag/console` puts the console (REDFLAG_CONSOLE_DIR overrides it).
+export const DEFAULT_CONSOLE_DIR = path.resolve(import.meta.dirname, "..", "..", "console", "build");
+
+// Bounds on what a connection may hold and for how long; every one a setting (config.ts), so
+// tests can make them small.
+export interface ListenerLimits {
+  // A new connection must send its first request's headers (with TLS: finish the handshake,
+  // and again for the headers) within this.
+  readonly headersTimeoutMs: number;
+  // A request's body must have arrived this long after the request started. A long-poll or a
+  // WatchEvents stream has sent its whole (small) request long before: only the upload counts.
+  readonly requestTimeoutMs: number;
+  // A connection with no request in flight (an HTTP/1.1 keep-alive connection, an HTTP/2
+  // session without open streams) is closed after this.
+  readonly idleTimeoutMs: number;
+  // An HTTP/2 response the client stops reading (nothing written or read for this long once it
+  // started) is reset (rpc-handler.ts).
+  readonly responseStallMs: number;
+  // HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+  readonly maxStreamsPerConnection: number;
+  // Connections open at once; more are closed as soon as they are accepted.
+  readonly maxConnections: number;
+  // Request headers, all of them together (HTTP/1.1 header block, HTTP/2 header list).
+  readonly maxHeaderBytes: number;
+}
+
+export interface Cidr {
+  readonly address: string;
+  readonly prefix: number;
+  readonly family: "ipv4" | "ipv6";
+}
+
+// "10.0.0.0/8, 192.168.1.10 ::1" → CIDRs; a bare address is a /32 or /128. A string is the problem.
+export function parseTrustedProxies(text: string): Cidr[] | string {
+  const out: Cidr[] = [];
+  for (const item of text.split(/[\s,]+/).filter(Boolean)) {
+    const [address = "", bits, extra] = item.split("/");
+    const version = net.isIP(address);
+    const max = version === 6 ? 128 : 32;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
+    if (version === 0 || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
+      return `"${item.slice(0, 64)}" is not an IP address or CIDR (for example 10.0.0.0/8, 192.168.1.10 or fd00::/8)`;
+    }
+    out.push({ address, prefix, family: version === 6 ? "ipv6" : "ipv4" });
+  }
+  return out;
 }

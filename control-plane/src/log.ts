@@ -1,5 +1,5 @@
 import { pino, type Logger } from "pino";
-import { requestLogFields } from "./http/request-context.ts";
+import { requestLogFields } from "./request-context.ts";
 
 export type { Logger };
 

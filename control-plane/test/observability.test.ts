@@ -5,7 +5,7 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { errorInterceptor } from "../src/auth/interceptors.ts";
+import { errorInterceptor } from "../src/http/interceptors.ts";
 import { loadConfig } from "../src/config.ts";
 import { metricsAccess } from "../src/http/probes.ts";
 import { checkReadiness } from "../src/store/observability.ts";

@@ -24,7 +24,7 @@ import { randomUUID } from "node:crypto";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { prune } from "../src/cluster/scheduler.ts";
+import { prune } from "../src/scheduler.ts";
 import { sweepTimedOut } from "../src/store/commands.ts";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";

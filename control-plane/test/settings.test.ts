@@ -3,7 +3,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { compareVersions } from "../src/settings.ts";
-import { prune } from "../src/cluster/scheduler.ts";
+import { prune } from "../src/scheduler.ts";
 import { generateKeyPair } from "../src/signing/keys.ts";
 import { configIn, newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { createClientAddress, parseTrustedProxies, type Cidr } from "./client-address.ts";
+import { parseTrustedProxies, type Cidr } from "../config.ts";
+import { createClientAddress } from "./client-address.ts";
 
 const trusted = (text: string) => parseTrustedProxies(text) as Cidr[];
 

@@ -1,4 +1,5 @@
 import net from "node:net";
+import type { Cidr } from "../config.ts";
 
 // The address a request comes from, for rate limits, sign-in throttling, the audit, security
 // events and logs. Behind a reverse proxy every connection comes from the proxy, so with
@@ -6,28 +7,6 @@ import net from "node:net";
 // hops it appends to X-Forwarded-For: the client is the right-most hop that is not itself a
 // trusted proxy. A connection from anywhere else is never believed: its X-Forwarded-For is
 // ignored, so nobody can pick the address they are counted under.
-
-export interface Cidr {
-  readonly address: string;
-  readonly prefix: number;
-  readonly family: "ipv4" | "ipv6";
-}
-
-// "10.0.0.0/8, 192.168.1.10 ::1" → CIDRs; a bare address is a /32 or /128. A string is the problem.
-export function parseTrustedProxies(text: string): Cidr[] | string {
-  const out: Cidr[] = [];
-  for (const item of text.split(/[\s,]+/).filter(Boolean)) {
-    const [address = "", bits, extra] = item.split("/");
-    const version = net.isIP(address);
-    const max = version === 6 ? 128 : 32;
-    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
-    if (version === 0 || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
-      return `"${item.slice(0, 64)}" is not an IP address or CIDR (for example 10.0.0.0/8, 192.168.1.10 or fd00::/8)`;
-    }
-    out.push({ address, prefix, family: version === 6 ? "ipv6" : "ipv4" });
-  }
-  return out;
-}
 
 // The most hops of X-Forwarded-For looked at, from the right: a real chain of proxies is short.
 const MAX_HOPS = 16;

@@ -8,7 +8,6 @@ import type { Logger } from "../log.ts";
 // browser); hashed assets under /_app/immutable are cached for a year. Without a built console
 // its pages say how to build it, and the API keeps working.
 
-export const DEFAULT_CONSOLE_DIR = path.resolve(import.meta.dirname, "..", "..", "..", "console", "build");
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",

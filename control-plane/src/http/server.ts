@@ -3,34 +3,13 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
+import type { ListenerLimits } from "../config.ts";
 import type { Logger } from "../log.ts";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 // Takes an HTTP/2 stream before Node wraps it for `handler`; false leaves it to `handler`.
 type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
 
-// Bounds on what a connection may hold and for how long; every one a setting (config.ts), so
-// tests can make them small.
-export interface ListenerLimits {
-  // A new connection must send its first request's headers (with TLS: finish the handshake,
-  // and again for the headers) within this.
-  readonly headersTimeoutMs: number;
-  // A request's body must have arrived this long after the request started. A long-poll or a
-  // WatchEvents stream has sent its whole (small) request long before: only the upload counts.
-  readonly requestTimeoutMs: number;
-  // A connection with no request in flight (an HTTP/1.1 keep-alive connection, an HTTP/2
-  // session without open streams) is closed after this.
-  readonly idleTimeoutMs: number;
-  // An HTTP/2 response the client stops reading (nothing written or read for this long once it
-  // started) is reset (rpc-handler.ts).
-  readonly responseStallMs: number;
-  // HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-  readonly maxStreamsPerConnection: number;
-  // Connections open at once; more are closed as soon as they are accepted.
-  readonly maxConnections: number;
-  // Request headers, all of them together (HTTP/1.1 header block, HTTP/2 header list).
-  readonly maxHeaderBytes: number;
-}
 
 export interface RunningServer {
   readonly port: number;

@@ -1,13 +1,13 @@
-import type { Config } from "../config.ts";
-import type { Logger } from "../log.ts";
-import { pruneFinishedCommands, pruneIdempotencyKeys, sweepTimedOut } from "../store/commands.ts";
-import { pruneAudit, pruneSecurityEvents } from "../store/retention.ts";
-import { pruneReportData } from "../store/reports.ts";
-import type { EventBus } from "./events.ts";
-import type { Settings } from "../settings.ts";
-import type { Prisma } from "../store/types.ts";
-import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "../domain/upgrades.ts";
-import { pruneUpgrades } from "../store/upgrades.ts";
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+import { pruneFinishedCommands, pruneIdempotencyKeys, sweepTimedOut } from "./store/commands.ts";
+import { pruneAudit, pruneSecurityEvents } from "./store/retention.ts";
+import { pruneReportData } from "./store/reports.ts";
+import type { EventBus } from "./cluster/events.ts";
+import type { Settings } from "./settings.ts";
+import type { Prisma } from "./store/types.ts";
+import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgrades.ts";
+import { pruneUpgrades } from "./store/upgrades.ts";
 
 export interface Scheduler {
   tick(): Promise<void>;

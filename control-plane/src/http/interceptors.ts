@@ -5,14 +5,14 @@ import { isMachineId } from "../ids.ts";
 import { isConnectionError, isDataError } from "../store/db.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
-import type { AgentRegistry } from "./agent-registry.ts";
-import type { AgentTokens } from "./agent-tokens.ts";
-import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "./context.ts";
-import { sessionFromCookie, type PrincipalResolver } from "./principals.ts";
-import { atLeast } from "./roles.ts";
-import { policyFor } from "./policy.ts";
-import { currentRequest, inRequest, requestIdFrom } from "../http/request-context.ts";
-import { asInvalidArgument, isCallerFault } from "../http/rpc-parse-errors.ts";
+import type { AgentRegistry } from "../auth/agent-registry.ts";
+import type { AgentTokens } from "../auth/agent-tokens.ts";
+import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "../auth/context.ts";
+import { sessionFromCookie, type PrincipalResolver } from "../auth/principals.ts";
+import { atLeast } from "../auth/roles.ts";
+import { policyFor } from "../auth/policy.ts";
+import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
+import { asInvalidArgument, isCallerFault } from "./rpc-parse-errors.ts";
 
 // Codes that mean the server is at fault, logged as errors; the rest are the caller's (warn).
 const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unimplemented]);

@@ -7,8 +7,8 @@ import type { Logger } from "../log.ts";
 import { recordAudit } from "../store/audit.ts";
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
-import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "./principals.ts";
-import { roleFor } from "./role-map.ts";
+import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "../auth/principals.ts";
+import { roleFor } from "../auth/role-map.ts";
 
 // Single sign-on through OpenID Connect (authorization code with PKCE, state and nonce, via
 // openid-client). The browser goes to /auth/oidc/login, signs in at the provider, and comes
