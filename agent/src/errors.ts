@@ -61,3 +61,11 @@ export class CredentialsLostError extends Error {
     this.name = "CredentialsLostError";
   }
 }
+
+// The state directory is damaged, missing or not ours: the message says what to do.
+export class StateError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StateError";
+  }
+}

@@ -3,6 +3,7 @@ import { chmod, mkdir, open, readdir, readFile, rename, rm } from "node:fs/promi
 import path from "node:path";
 import { createHostAccess, type HostAccess } from "../platform.ts";
 import { ensureWindowsPrivateDir } from "./windows-acl.ts";
+import { StateError } from "../errors.ts";
 
 // The state directory holds credentials and the agent's private key: no other user may read it.
 // On Windows that is its ACL (windows-acl.ts).
@@ -72,9 +73,5 @@ export function createSerialWriter(file: string): (data: string | Uint8Array) =>
   };
 }
 
-export class StateError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "StateError";
-  }
-}
+// Damaged or missing state: the message tells the operator what to do (errors.ts).
+export { StateError };

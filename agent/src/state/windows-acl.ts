@@ -6,7 +6,7 @@
 import { mkdir, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { system32, toolOutput, type HostAccess } from "../platform.ts";
-import { StateError } from "./files.ts";
+import { StateError } from "../errors.ts";
 
 // Full control for LocalSystem and the Administrators group (by SID: account names are
 // translated), inherited by every file and folder inside.
