@@ -12,7 +12,7 @@ import type { CommandSigner } from "../signing/signer.ts";
 import { cancelPendingCommand, createCommandOnce, getCommand, type CommandRow } from "../store/commands.ts";
 import { inTransaction } from "../store/db.ts";
 import type { ReleaseRow } from "../store/releases.ts";
-import type { Prisma } from "../store/types.ts";
+import type { Prisma, Tx } from "../store/types.ts";
 import type { Wakeups } from "../cluster/wakeups.ts";
 import { prepareAction } from "./actions.ts";
 import { resolveUpgrade } from "./agent-upgrade.ts";
@@ -103,14 +103,26 @@ export function createCommandQueue(
         ? { caller: caller.keyScope, key: idempotencyKey, requestHash, usedAfter: new Date(Date.now() - idempotencyKeyTtlSeconds * 1000) }
         : undefined;
       const input = { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...caller.creator };
-      const { row, replayed } = idempotency ? onceOrRefused(await createCommandOnce(db, input, idempotency), agentId, idempotencyKey) : { row: await storeCommand(db, input), replayed: false };
+      // The command, its upgrade record (followed until the agent reports the new version:
+      // ReleaseService.ListAgentUpgrades) and its audit entry commit together or not at all.
+      const then = async (tx: Tx, row: CommandRow) => {
+        if (release) await noteUpgrade(tx, { agentId, commandId: row.id, release, createdBy: row.createdBy });
+        await caller.record(tx, { row, action });
+      };
+      const { row, replayed } = idempotency
+        ? onceOrRefused(await createCommandOnce(db, input, idempotency, then), agentId, idempotencyKey)
+        : {
+            row: await inTransaction(db, async (tx) => {
+              const row = await storeCommand(tx, input);
+              await then(tx, row);
+              return row;
+            }),
+            replayed: false,
+          };
       // A retry that found its command: nothing changed, so nothing to wake, publish or audit.
       if (replayed) return row;
-      // Followed until the agent reports the new version (ReleaseService.ListAgentUpgrades).
-      if (release) await noteUpgrade(db, { agentId, commandId: row.id, release, createdBy: row.createdBy });
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
-      await caller.record(db, { row, action });
       return row;
     },
   };

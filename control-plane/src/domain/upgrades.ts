@@ -10,7 +10,7 @@ import type { CommandSigner } from "../signing/signer.ts";
 import { recordAudit } from "../store/audit.ts";
 import { storeCommand as createCommand } from "./store-command.ts";
 import type { ReleaseRow } from "../store/releases.ts";
-import type { Prisma } from "../store/types.ts";
+import type { Prisma, Tx } from "../store/types.ts";
 import {
   agentsTried,
   agentVersions,
@@ -90,7 +90,7 @@ export async function queueAgentUpgrade(deps: UpgradeDeps, input: QueueUpgrade):
 
 // Records the upgrade an update_agent command makes, from the version the agent reports now.
 export async function noteUpgrade(
-  db: Prisma,
+  db: Prisma | Tx,
   input: { agentId: string; commandId: string; release: ReleaseRow; createdBy: string; rolloutId?: string | undefined; automatic?: boolean | undefined },
 ): Promise<UpgradeRow> {
   const [agent] = await agentVersions(db, [input.agentId]);

@@ -41,11 +41,13 @@ export type CommandRefused = { refused: "missing_agent" | "decommissioned" };
 // request returns that command (replayed) instead of queueing another; for another request it
 // is not used (`conflict` names the command it queued). Two creates racing with one key queue
 // one command: the loser's insert of the key fails, its transaction (and command) rolls back,
-// and it returns the winner's.
+// and it returns the winner's. `then` writes what goes with a new command (its audit entry) in
+// the same transaction; a replay writes nothing.
 export async function createCommandOnce(
   db: Prisma,
   input: CreateCommandInput,
   idempotency: IdempotencyKey,
+  then: (tx: Tx, row: CommandRow) => Promise<void> = async () => {},
 ): Promise<{ row: CommandRow; replayed: boolean } | { conflict: string } | CommandRefused> {
   const agent = await findAgent(db, input.agentId);
   if (!agent) return { refused: "missing_agent" };
@@ -67,6 +69,7 @@ export async function createCommandOnce(
         await tx.commandIdempotencyKey.create({
           data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id },
         });
+        await then(tx, row);
         return { row, replayed: false };
       });
     } catch (err) {

@@ -1,6 +1,6 @@
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
-import type { Prisma } from "./types.ts";
+import type { Prisma, Tx } from "./types.ts";
 
 // Agent upgrades: one row per update_agent command, and the state the control plane derives
 // for it from the command and from what the agent reports (domain/upgrades.ts).
@@ -40,9 +40,9 @@ const COLUMNS = {
 
 export type UpgradeRow = NonNullable<Awaited<ReturnType<typeof findUpgrade>>>;
 
-const findUpgrade = (db: Prisma, id: string) => db.agentUpgrade.findUnique({ where: { id }, select: COLUMNS });
+const findUpgrade = (db: Prisma | Tx, id: string) => db.agentUpgrade.findUnique({ where: { id }, select: COLUMNS });
 
-export async function recordUpgrade(db: Prisma, input: NewUpgrade): Promise<UpgradeRow> {
+export async function recordUpgrade(db: Prisma | Tx, input: NewUpgrade): Promise<UpgradeRow> {
   const id = newId();
   await db.agentUpgrade.create({
     data: {
@@ -165,7 +165,7 @@ export async function agentsTried(db: Prisma, versions: string[]): Promise<Set<s
 }
 
 // The version an agent reports and its hostname, for the minimum-version rule.
-export async function agentVersions(db: Prisma, agentIds: string[]) {
+export async function agentVersions(db: Prisma | Tx, agentIds: string[]) {
   return db.agent.findMany({ where: { id: { in: agentIds } }, select: { id: true, hostname: true, agentVersion: true } });
 }
 

@@ -39,6 +39,26 @@ describe.each(availableBackends)("the command queue on %s", (backend: Backend) =
     expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(1);
   });
 
+  it("queues a command with its audit entry, or (when that cannot be written) not at all, with or without an idempotency key", async () => {
+    const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events, 86_400, noMinimum);
+    const agent = await insertAgent(m.db, "app-3");
+    const undo = await failInsertsInto(m.db, "audit_entries");
+    try {
+      await expect(queue.queue(oscar("CreateCommand"), agent.id, scan)).rejects.toThrow(/refused by the test/);
+      await expect(queue.queue(oscar("CreateCommand"), agent.id, scan, 0, "key-3")).rejects.toThrow(/refused by the test/);
+    } finally {
+      await undo();
+    }
+    expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(0);
+    expect(await m.db.commandIdempotencyKey.count({ where: { key: "key-3" } })).toBe(0);
+
+    // The key was not spent by the failed attempt: the retry queues the command.
+    const row = await queue.queue(oscar("CreateCommand"), agent.id, scan, 0, "key-3");
+    expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(1);
+    expect(await m.db.auditEntry.count({ where: { action: "redflag.v1.CommandService/CreateCommand", target: `agent:${agent.id}` } })).toBe(1);
+    expect(published).toContain(row.id);
+  });
+
   it("cancels a pending command with its audit entry, or (when that cannot be written) not at all", async () => {
     const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, events, 86_400, noMinimum);
     const agent = await insertAgent(m.db, "app-2");
