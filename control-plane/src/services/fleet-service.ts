@@ -27,6 +27,7 @@ import type { Settings } from "../settings.ts";
 import { healthCutoffs } from "../domain/health.ts";
 import { agentToProto, commandCaller, commandToProto, HEALTH_NAMES } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
+import { LABEL, LABEL_RULE, MAX_TAGS, normaliseLabel, normaliseTags } from "@redflag/common/labels";
 
 export interface FleetServiceDeps {
   config: Config;
@@ -38,7 +39,6 @@ export interface FleetServiceDeps {
   settings: Settings;
 }
 
-const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 const FAMILY_NAMES: Record<number, string> = { [OsFamily.LINUX]: "linux", [OsFamily.WINDOWS]: "windows", [OsFamily.DARWIN]: "darwin" };
 const SORTS = new Map<AgentSort, AgentOrder["by"]>([
   [AgentSort.UNSPECIFIED, "hostname"],
@@ -93,11 +93,11 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
 
     async setAgentLabels(req, ctx) {
       const before = await existing(req.agentId);
-      if (req.tags.length > 32) throw invalid("at most 32 tags");
-      const tags = [...new Set(req.tags.map((t) => t.trim().toLowerCase()))];
-      for (const tag of tags) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
-      const group = req.group.trim().toLowerCase();
-      if (group && !LABEL.test(group)) throw invalid(`group "${group.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+      if (req.tags.length > MAX_TAGS) throw invalid(`at most ${MAX_TAGS} tags`);
+      const tags = normaliseTags(req.tags);
+      for (const tag of tags) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be ${LABEL_RULE}`);
+      const group = normaliseLabel(req.group);
+      if (group && !LABEL.test(group)) throw invalid(`group "${group.slice(0, 64)}" must be ${LABEL_RULE}`);
       const after = await relabelAgent(db, before, { tags, group }, (tx) =>
         audit(tx, ctx, { target: `agent:${before.id}`, before: { tags: before.tags, group: before.group }, after: { tags, group } }),
       );

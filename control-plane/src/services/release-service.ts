@@ -19,6 +19,7 @@ import { listUpgrades, type UpgradeRow, type UpgradeState } from "../store/upgra
 import { type FleetSelection, startFleetUpgrade, type UpgradeDeps } from "../domain/upgrades.ts";
 import { audit, callerName, commandCreator } from "./audit.ts";
 import { invalid, nextPageToken, pageSize, pageToken, text, uuid } from "./validate.ts";
+import { LABEL, LABEL_RULE, normaliseLabel } from "@redflag/common/labels";
 
 // One message of the stream carries at most this much of the artifact; every message but the
 // last at least MIN_CHUNK, so a stream of tiny messages cannot make an upload cost far more
@@ -90,7 +91,6 @@ export function upgradeToProto(row: UpgradeRow): AgentUpgrade {
 const MAX_AUDITED_UPGRADES = 1000;
 
 // Group and tag names as agents carry them (fleet-service.ts SetAgentLabels).
-const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 
 export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pick<UpgradeDeps, "wakeups" | "events">): ServiceImpl<typeof ReleaseService> {
   const upgrades: UpgradeDeps = { db, signer, ...deps };
@@ -139,8 +139,8 @@ export function createReleaseService(db: Prisma, signer: CommandSigner, deps: Pi
     async startFleetUpgrade(req, ctx) {
       let selection: FleetSelection;
       const label = (field: string, value: string) => {
-        const name = text(field, value, { max: 63, required: true }).trim().toLowerCase();
-        if (!LABEL.test(name)) throw invalid(`${field} ${quoted(value)} is not a ${field}: lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+        const name = normaliseLabel(text(field, value, { max: 63, required: true }));
+        if (!LABEL.test(name)) throw invalid(`${field} ${quoted(value)} is not a ${field}: ${LABEL_RULE}`);
         return name;
       };
       switch (req.selection.case) {

@@ -26,6 +26,7 @@ import { audit, callerName, commandCreator } from "./audit.ts";
 import { COMMAND_STATES, commandToProto } from "./convert.ts";
 import { invalid, nextPageToken, pageSize, text, uuid } from "./validate.ts";
 import type { Settings } from "../settings.ts";
+import { LABEL } from "@redflag/common/labels";
 
 const SOURCE = /^[a-z][a-z0-9_]{0,31}$/;
 const STATUS_NAMES: Record<number, string> = { [UpdateStatus.PENDING]: "pending", [UpdateStatus.APPROVED]: "approved", [UpdateStatus.REJECTED]: "rejected" };
@@ -55,11 +56,11 @@ export function selectionFilter(sel: UpdateSelection | undefined, require: boole
       f.packageName = sel.packageName;
     }
     if (sel.group) {
-      if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.group)) throw invalid(`selection.group "${sel.group.slice(0, 64)}" is not a group name`);
+      if (!LABEL.test(sel.group)) throw invalid(`selection.group "${sel.group.slice(0, 64)}" is not a group name`);
       f.group = sel.group;
     }
     if (sel.tag) {
-      if (!/^[a-z0-9][a-z0-9._:-]{0,62}$/.test(sel.tag)) throw invalid(`selection.tag "${sel.tag.slice(0, 64)}" is not a tag`);
+      if (!LABEL.test(sel.tag)) throw invalid(`selection.tag "${sel.tag.slice(0, 64)}" is not a tag`);
       f.tag = sel.tag;
     }
     if (sel.source) {

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { UpdateSelection } from "@redflag/gen/update_service_pb";
+import { LABEL, LABEL_RULE, normaliseTags } from "@redflag/common/labels";
 
 // The control plane's refusals that the component tests' in-memory servers imitate: the same
 // codes and messages as control-plane/src/services, written once here so that a change there has
@@ -16,10 +17,9 @@ export const agentDecommissioned = (agentId: string) => new ConnectError(`agent 
 
 // fleet-service.ts (SetAgentLabels): tags are trimmed, lower-cased and de-duplicated, then each
 // must be a label.
-const LABEL = /^[a-z0-9][a-z0-9._:-]{0,62}$/;
 export function checkTags(tags: readonly string[]): string[] {
-  const clean = [...new Set(tags.map((t) => t.trim().toLowerCase()))];
-  for (const tag of clean) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be lower-case letters, digits, '.', '_', ':' or '-' (up to 63)`);
+  const clean = normaliseTags(tags);
+  for (const tag of clean) if (!LABEL.test(tag)) throw invalid(`tag "${tag.slice(0, 64)}" must be ${LABEL_RULE}`);
   return clean;
 }
 
