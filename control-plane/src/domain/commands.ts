@@ -4,7 +4,7 @@ import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
 import type { RoleName } from "../auth/roles.ts";
 import type { EventBus } from "../cluster/events.ts";
-import type { CommandCreator, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { CommandCreator, CommandType as DbCommandType } from "../store/types.ts";
 import { sha256 } from "../ids.ts";
 import { invalid } from "./input.ts";
 import type { Settings } from "../settings.ts";

@@ -9,7 +9,7 @@ import { holdsFor } from "../store/holds.ts";
 import { approvedUpdates, decideUpdates, linkInstallCommand, listUpdates, updatesIn, type UpdateFilter } from "../store/package-updates.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Wakeups } from "../cluster/wakeups.ts";
-import type { CommandCreator } from "../generated/prisma/client.ts";
+import type { CommandCreator } from "../store/types.ts";
 import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";
 import { requireSupportedVersion } from "./upgrades.ts";

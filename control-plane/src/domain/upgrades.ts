@@ -4,7 +4,7 @@ import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { type AgentStatus, AgentStatusSchema } from "@redflag/gen/common_pb";
 import { formatDuration } from "@redflag/common/config-values";
 import type { EventBus } from "../cluster/events.ts";
-import type { CommandCreator } from "../generated/prisma/client.ts";
+import type { CommandCreator } from "../store/types.ts";
 import { newId, sha256 } from "../ids.ts";
 import type { CommandSigner } from "../signing/signer.ts";
 import { recordAudit } from "../store/audit.ts";

@@ -1,6 +1,6 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import { kPrincipal, kRemoteAddr, type Principal } from "../auth/context.ts";
-import type { CommandCreator } from "../generated/prisma/client.ts";
+import type { CommandCreator } from "../store/types.ts";
 import { recordAudit } from "../store/audit.ts";
 import type { Prisma, Tx } from "../store/types.ts";
 

@@ -5,7 +5,7 @@ import { CommandSchema, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { CommandService, CommandState } from "@redflag/gen/command_service_pb";
 import { cancelCommand, type CommandQueue } from "../domain/commands.ts";
 import type { CommandChanged, EventBus } from "../cluster/events.ts";
-import type { CommandState as DbCommandState } from "../generated/prisma/client.ts";
+import type { CommandState as DbCommandState } from "../store/types.ts";
 import { getCommand, listCommands } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit } from "./audit.ts";

@@ -13,13 +13,13 @@ import {
   RegistrationTokenState,
   type RegistrationToken,
 } from "@redflag/gen/token_service_pb";
-import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType } from "../generated/prisma/client.ts";
+import type { CommandCreator as DbCommandCreator, CommandState as DbCommandState, CommandType as DbCommandType } from "../store/types.ts";
 import type { AgentHealthName, AgentRow } from "../store/agents.ts";
 import { agentHealth } from "../domain/health.ts";
 import type { CommandRow } from "../store/commands.ts";
 import type { RegistrationTokenRow } from "../store/registration-tokens.ts";
 import type { UserRow } from "../store/people.ts";
-import type { ApiKey as ApiKeyRow, AuditEntry as AuditRow } from "../generated/prisma/client.ts";
+import type { ApiKey as ApiKeyRow, AuditEntry as AuditRow } from "../store/types.ts";
 import { type User, UserSchema } from "@redflag/gen/identity_pb";
 import { type ApiToken, ApiTokenSchema } from "@redflag/gen/api_token_service_pb";
 import { type AuditEntry, AuditEntrySchema } from "@redflag/gen/audit_service_pb";

@@ -8,3 +8,7 @@ export type Tx = Omit<PrismaClient, "$connect" | "$disconnect" | "$on" | "$trans
 export function bytes(data: Uint8Array): Uint8Array<ArrayBuffer> {
   return new Uint8Array(data);
 }
+
+// The generated client's enums and rows that the layers above name: they take them from here,
+// so only store/ imports the generated client.
+export type { ApiKey, AuditEntry, CommandCreator, CommandState, CommandType } from "../generated/prisma/client.ts";
