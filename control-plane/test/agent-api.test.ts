@@ -296,21 +296,26 @@ describe("Renew", () => {
   // With the identity point as the agent's key, one fixed signature passes ZIP-215 verification
   // (the library's default) over any payload: whoever holds the refresh token could renew
   // without any private key. Verification is strict (RFC 8032), as the agent's.
-  it("refuses signatures only ZIP-215 accepts, from an agent enrolled with a small-order key", async () => {
+  it("refuses to enrol a small-order key, and signatures only ZIP-215 accepts from an agent enrolled with one before that", async () => {
     const token = await newRegistrationToken(cp);
     const { refused } = signingVectors();
     const smallOrder = { keyId: "small-order", publicKey: refused[0]!.publicKey, secretKey: new Uint8Array(32) };
-    const machineId = randomMachineId();
-    // Without a proof, as agents older than RegisterProof enrol.
-    const { proof: _proof, proofSignature: _signature, ...request } = registerRequest(token, machineId, smallOrder);
-    const registration = await cp.agentClient().register(request);
-    const agent = { agentId: registration.agentId, machineId, key: smallOrder };
+    // Without a proof, as agents older than RegisterProof enrol: refused before any seat is spent.
+    const { proof: _proof, proofSignature: _signature, ...request } = registerRequest(token, randomMachineId(), smallOrder);
+    const agentsBefore = await countAgents();
+    await expectCode(cp.agentClient().register(request), Code.InvalidArgument, /agent_public_key is not a usable Ed25519 public key/);
+    expect(await countAgents()).toBe(agentsBefore);
+
+    // An agent whose stored key is small-order (enrolled before Register refused such keys).
+    const agent = await registerTestAgent(cp, token);
+    await cp.app.db.prisma.agent.update({ where: { id: agent.agentId }, data: { publicKey: Buffer.from(smallOrder.publicKey) } });
+    const enrolled = { agentId: agent.agentId, machineId: agent.machineId, key: smallOrder };
     for (const forged of refused) {
-      const { payload } = signedRenew(agent, registration.refreshToken);
+      const { payload } = signedRenew(enrolled, agent.registration.refreshToken);
       await expectCode(cp.agentClient().renew({ payload, signature: forged.signature }), Code.Unauthenticated, /renew signature does not verify/);
       // Nor does a RegisterProof "signed" that way vouch for the key.
       const other = registerRequest(token, randomMachineId(), smallOrder);
-      await expectCode(cp.agentClient().register({ ...other, proofSignature: forged.signature }), Code.PermissionDenied, /proof_signature does not verify/);
+      await expectCode(cp.agentClient().register({ ...other, proofSignature: forged.signature }), Code.InvalidArgument, /agent_public_key is not a usable Ed25519 public key/);
     }
   });
 });

@@ -3,6 +3,7 @@ import * as ed from "@noble/ed25519";
 import { describe, expect, it } from "vitest";
 import {
   AGENT_CONFIG_TYPE,
+  isUsablePublicKey,
   COMMAND_TYPE,
   KEY_SET_TYPE,
   MANIFEST_TYPE,
@@ -104,5 +105,20 @@ describe("key ids", () => {
     expect(fingerprintOf(new Uint8Array(32))).toMatch(/^([0-9a-f]{2}:){31}[0-9a-f]{2}$/);
     expect(keySetRevision(["b", "a"])).toBe(keySetRevision(["a", "b"]));
     expect(keySetRevision(["a", "b"])).toBeLessThan(2n ** 53n);
+  });
+});
+
+describe("isUsablePublicKey", () => {
+  it("accepts a real key and refuses small-order points, non-canonical encodings and wrong lengths", () => {
+    expect(isUsablePublicKey(publicKeyOf(newSecretKey()))).toBe(true);
+    const identity = new Uint8Array(32);
+    identity[0] = 1;
+    expect(isUsablePublicKey(identity)).toBe(false);
+    // y = p + 1: a non-canonical encoding of the identity, which ZIP-215 decodes.
+    const nonCanonical = new Uint8Array(32).fill(0xff);
+    nonCanonical[0] = 0xee;
+    nonCanonical[31] = 0x7f;
+    expect(isUsablePublicKey(nonCanonical)).toBe(false);
+    expect(isUsablePublicKey(new Uint8Array(31))).toBe(false);
   });
 });

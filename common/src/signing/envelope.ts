@@ -58,3 +58,15 @@ export function verifySignature(publicKey: Uint8Array, type: string, body: Uint8
     return false;
   }
 }
+
+// A key an agent may enrol with: the canonical encoding of a point that is not of small order.
+// No strict signature ever verifies with a small-order key, and with ZIP-215 rules one fixed
+// signature "verifies" over any message: such a key is refused at Register, not stored.
+export function isUsablePublicKey(publicKey: Uint8Array): boolean {
+  if (publicKey.length !== 32) return false;
+  try {
+    return !ed.Point.fromBytes(publicKey, false).isSmallOrder();
+  } catch {
+    return false;
+  }
+}

@@ -36,7 +36,7 @@ import { isMachineId, sha256 } from "../ids.ts";
 import type { LastSeenBuffer } from "../cluster/last-seen.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Logger } from "../log.ts";
-import { REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE, verifySignature } from "@redflag/common/signing/envelope";
+import { isUsablePublicKey, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import type { CommandSigner } from "../signing/signer.ts";
 import { getAgentAuthState, registerAgent, rotateRefreshToken, type NewRefreshToken, type RegisterProofInput } from "../store/agents.ts";
 import {
@@ -348,6 +348,9 @@ function validateRegister(req: RegisterRequest) {
   const hostname = text("hostname", req.hostname, { max: 253, required: true });
   if (!isMachineId(req.machineId)) throw invalid("machine_id must be 64 lowercase hex characters (SHA-256)");
   if (req.agentPublicKey.length !== 32) throw invalid("agent_public_key must be a 32-byte Ed25519 public key");
+  if (!isUsablePublicKey(req.agentPublicKey)) {
+    throw invalid("agent_public_key is not a usable Ed25519 public key (a small-order or non-canonical point): generate a new key pair");
+  }
   if (!req.os) throw invalid("os is required");
   if (req.os.family === OsFamily.UNSPECIFIED || !OsFamily[req.os.family]) {
     throw invalid("os.family must be LINUX, WINDOWS or DARWIN");
