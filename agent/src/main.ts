@@ -150,7 +150,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: Nod
     .option("--install-dir <dir>", `where the releases live (default ${defaultInstallDir(platform, env)})`)
     .option("--root <dir>", "write every file under this directory instead of / (building an image, tests)", "/")
     .option("--no-start", "write and enable the service without starting it")
-    .action(async (opts: { server?: string; token?: string; tokenFile?: string; fingerprint?: string; insecureHttp?: boolean; ca?: string; stateDir?: string; installDir?: string; root: string; start: boolean }) => {
+    .option("--aur", "on a host with pacman: let the agent build AUR updates, as the unprivileged user redflag-aur it creates (this trusts the AUR's maintainers with this host)")
+    .action(async (opts: { server?: string; token?: string; tokenFile?: string; fingerprint?: string; insecureHttp?: boolean; ca?: string; stateDir?: string; installDir?: string; root: string; start: boolean; aur?: boolean }) => {
       const cfg = config({ stateDir: opts.stateDir, caFile: opts.ca });
       const token = opts.tokenFile ? await readToken(opts.tokenFile) : opts.token;
       await installService(
@@ -165,6 +166,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, platform: Nod
           caFile: cfg.caFile,
           machineIdSeed: cfg.machineIdSeed,
           start: opts.start,
+          aur: Boolean(opts.aur),
         },
       );
     });

@@ -205,4 +205,56 @@ describe("redflag-agent install on Linux", () => {
     await uninstallService(host("linux").h, { installDir: "/opt/redflag-agent", stateDir: "/var/lib/redflag-agent", keepState: false });
     expect(await readFile(path.join(root, "usr/local/bin/redflag-agent"), "utf8")).toBe("someone else's");
   });
+
+  it("on a host with pacman, only with --aur creates the user AUR packages are built as, once, and uninstall removes only a user it made", async () => {
+    await release(path.join(root, "/opt/redflag-agent"), ["redflag-agent"]);
+    await registered(path.join(root, "/var/lib/redflag-agent"));
+    const bin = path.join(root, "arch-bin");
+    await mkdir(bin);
+    await writeFile(path.join(bin, "pacman"), "#!/bin/sh\n", { mode: 0o755 });
+    let userExists = false;
+    const arch = () => {
+      const made = host("linux", (argv) => {
+        if (argv[0] === "getent") return userExists ? ok("redflag-aur:x:970:970::/var/lib/redflag-aur:/usr/bin/nologin\n") : failed(2, "");
+        if (argv[0] === "useradd") userExists = true;
+        if (argv[0] === "userdel") userExists = false;
+        return ok();
+      });
+      made.h.env = { PATH: bin };
+      return made;
+    };
+    const plain = arch();
+    await installService(plain.h, options("/opt/redflag-agent", "/var/lib/redflag-agent"));
+    expect(plain.calls).toEqual(["getent passwd redflag-aur"]);
+    expect(plain.out).toContain("AUR updates are reported but not installed here; to build them as an unprivileged user: sudo redflag-agent install --aur");
+
+    const first = arch();
+    await installService(first.h, { ...options("/opt/redflag-agent", "/var/lib/redflag-agent"), aur: true });
+    expect(first.calls).toEqual([
+      "getent passwd redflag-aur",
+      "useradd --system --create-home --home-dir /var/lib/redflag-aur --shell /usr/bin/nologin redflag-aur",
+    ]);
+    expect(first.out).toContain("created the user redflag-aur (home /var/lib/redflag-aur): AUR packages are built as it, never as root");
+
+    // Run again (an upgrade in place): the user exists, and is still this installer's to remove.
+    const again = arch();
+    await installService(again.h, options("/opt/redflag-agent", "/var/lib/redflag-agent"));
+    expect(again.calls).toEqual(["getent passwd redflag-aur"]);
+    const record = JSON.parse(await readFile(path.join(root, "opt/redflag-agent/install.json"), "utf8")) as { buildUser: string | null };
+    expect(record.buildUser).toBe("redflag-aur");
+
+    const gone = arch();
+    await uninstallService(gone.h, { installDir: "/opt/redflag-agent", stateDir: "/var/lib/redflag-agent", keepState: false });
+    expect(gone.calls).toContain("userdel --remove redflag-aur");
+    expect(userExists).toBe(false);
+
+    // A user that was there before the install is left alone.
+    userExists = true;
+    await release(path.join(root, "/opt/redflag-agent"), ["redflag-agent"]);
+    await registered(path.join(root, "/var/lib/redflag-agent"));
+    await installService(arch().h, options("/opt/redflag-agent", "/var/lib/redflag-agent"));
+    const theirs = arch();
+    await uninstallService(theirs.h, { installDir: "/opt/redflag-agent", stateDir: "/var/lib/redflag-agent", keepState: false });
+    expect(theirs.calls.some((c) => c.startsWith("userdel"))).toBe(false);
+  });
 });

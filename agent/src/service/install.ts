@@ -11,7 +11,8 @@ import path from "node:path";
 import { AgentError, EXIT_USAGE } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { registerAgent } from "../register.ts";
-import { describeFailure, runProcess, type ProcessResult } from "../run-process.ts";
+import { describeFailure, runProcess, which, type ProcessResult } from "../run-process.ts";
+import { AUR_BUILD_HOME, AUR_BUILD_USER, CREATE_BUILD_USER, ENABLE_AUR } from "../sources/pacman/aur.ts";
 import { readIfExists, writeFileAtomic } from "../state/files.ts";
 import { registrationFile } from "../state/registration.ts";
 import { AGENT_VERSION } from "../version.ts";
@@ -63,6 +64,8 @@ export interface InstallOptions {
   caFile: string | undefined;
   machineIdSeed: string | undefined;
   start: boolean;
+  // On a host with pacman: create the unprivileged user AUR packages are built as.
+  aur?: boolean | undefined;
 }
 
 // What install.json records: what `uninstall` removes.
@@ -74,6 +77,9 @@ interface InstallRecord {
   stateDir: string;
   service: { kind: "systemd" | "launchd" | "winsw" | "none"; file: string | null };
   binLink: string | null;
+  // The unprivileged user AUR packages are built as, when this install created it (hosts with
+  // pacman; sources/pacman/aur.ts).
+  buildUser?: string | null;
   agentId: string;
   installTime: string;
 }
@@ -205,7 +211,24 @@ export async function installService(host: ServiceHost, opts: InstallOptions): P
     host.out(`service: ${WINDOWS_SERVICE_ID} (automatic start, restarts on failure${opts.start ? ", started" : ""}; \`Get-Service ${WINDOWS_SERVICE_ID}\`)`);
   }
 
-  // 3. `redflag-agent` on PATH (Linux, macOS), unless something else has that name.
+  // 3. On hosts with pacman, with --aur: the unprivileged user AUR packages are built as
+  // (makepkg and the AUR helpers refuse root, and a PKGBUILD is anyone's script). Made once;
+  // uninstall removes it only when this installer made it.
+  const previous = await readIfExists(at(join(opts.installDir, INSTALL_RECORD)));
+  let buildUser = previous ? ((JSON.parse(previous.toString("utf8")) as Partial<InstallRecord>).buildUser ?? null) : null;
+  if (host.platform === "linux" && (await which("pacman", host.env.PATH ?? ""))) {
+    if ((await run(["getent", "passwd", AUR_BUILD_USER])).exitCode === 0) {
+      host.out(`AUR packages are built as the user ${AUR_BUILD_USER}, which exists`);
+    } else if (!opts.aur) {
+      host.out(`AUR updates are reported but not installed here; to build them as an unprivileged user: ${ENABLE_AUR}`);
+    } else {
+      await must(run, CREATE_BUILD_USER.split(" "), `creating the user ${AUR_BUILD_USER} that builds AUR packages`);
+      buildUser = AUR_BUILD_USER;
+      host.out(`created the user ${AUR_BUILD_USER} (home ${AUR_BUILD_HOME}): AUR packages are built as it, never as root`);
+    }
+  }
+
+  // 4. `redflag-agent` on PATH (Linux, macOS), unless something else has that name.
   let binLink: string | null = null;
   if (!windows) {
     const link = at(BIN_LINK);
@@ -228,6 +251,7 @@ export async function installService(host: ServiceHost, opts: InstallOptions): P
     stateDir: opts.stateDir,
     service,
     binLink,
+    buildUser,
     agentId,
     installTime: new Date().toISOString(),
   };
@@ -293,6 +317,15 @@ export async function uninstallService(host: ServiceHost, opts: UninstallOptions
       await rm(at(link), { force: true });
       host.out(`removed ${link}`);
     }
+  }
+
+  if (record.buildUser) {
+    const removed = await run(["userdel", "--remove", record.buildUser]);
+    host.out(
+      removed.exitCode === 0
+        ? `removed the user ${record.buildUser} that built AUR packages`
+        : `${describeFailure(`userdel --remove ${record.buildUser}`, removed)}: remove the user yourself`,
+    );
   }
 
   if (!opts.keepState && (await exists(at(stateDir)))) {

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
-import { mkdir, writeFile } from "node:fs/promises";
+import { access, mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../../test/support/fake-tools.ts";
@@ -54,7 +54,7 @@ describe("pacman installer with fake tools", () => {
       [PackageChangeKind.INSTALL, "libnghttp3", "", "1.6.0-1"],
       [PackageChangeKind.DOWNGRADE, "ca-certificates", "20241010-1", "20240101-1"],
     ]);
-    expect((await t.calls("pacman"))[0]).toEqual(["-S", "--print", "--print-format", "%n %v", "--needed", "--noconfirm", "--ignore", "linux,glibc", "--", "openssl"]);
+    expect((await t.calls("pacman")).find((a) => a[0] === "-S")).toEqual(["-S", "--print", "--print-format", "%n %v", "--needed", "--noconfirm", "--ignore", "linux,glibc", "--", "openssl"]);
   });
 
   it("installs from the current sync databases (no -y) and reports each package", async () => {
@@ -111,5 +111,106 @@ describe("pacman installer with fake tools", () => {
 
     const missing = await withCache.rollback!(ref("openssl", "3.3.0-1"), opts(t));
     expect(missing.packages[0]!.reason).toBe(`version 3.3.0-1 of openssl is not in the package cache (${cache})`);
+  });
+
+  describe("from the AUR", () => {
+    const SRCINFO = [
+      "pkgbase = yay-bin",
+      "\tpkgver = 12.4.2",
+      "\tpkgrel = 1",
+      "\tarch = x86_64",
+      "\tdepends = pacman>6.1",
+      "\tdepends = git",
+      "\tmakedepends_x86_64 = curl",
+      "",
+      "pkgname = yay-bin",
+      "",
+    ].join("\n");
+    // pacman -Qqm lists yay-bin as foreign; -T names the dependencies the host lacks.
+    const aurTools = async (opts: { srcinfo?: string; makepkg?: string; missing?: string; depsInstall?: string; user?: boolean } = {}) => {
+      const t = await fakeTools(
+        "pacman-aur",
+        {
+          pacman: [
+            'case "$1" in',
+            '  -Q) if [ -e "$D/ran" ]; then echo "yay-bin 12.4.2-1"; else echo "yay-bin 12.4.1-1"; fi; exit 0;;',
+            '  -Qqm) echo yay-bin; exit 0;;',
+            `  -T) ${opts.missing ? `printf '%s\\n' ${opts.missing}; exit 127` : "exit 0"};;`,
+            `  -S) ${opts.depsInstall ?? "exit 0"};;`,
+            '  -U) : > "$D/ran"; exit 0;;',
+            "esac",
+            "exit 1",
+          ].join("\n"),
+          runuser: 'shift 3; exec "$@"',
+          getent: opts.user === false ? "exit 2" : 'echo "redflag-aur:x:970:970::$D/home:/usr/bin/nologin"',
+          git: `case "$1" in clone) mkdir -p "$D/home" && mkdir "$6" && exit 0;; -C) ${printFile("srcinfo")}; exit 0;; esac; exit 1`,
+          makepkg: opts.makepkg ?? ': > "$PKGDEST/yay-bin-12.4.2-1-x86_64.pkg.tar.zst"',
+        },
+        { srcinfo: opts.srcinfo ?? SRCINFO },
+      );
+      made.push(t);
+      return t;
+    };
+    const installer = createPacmanInstaller({ arch: "x86_64" });
+    const aurOpts = (t: FakeTools): InstallOptions => ({ timeoutMs: 10_000, env: t.env(true), isRoot: true, holds: new Set() });
+
+    it("builds as the unprivileged build user, installs the result with pacman -U, and cleans up", async () => {
+      const t = await aurTools({ missing: "curl" });
+      const out = await installer.install([ref("yay-bin", "12.4.2-1")], aurOpts(t));
+      expect(out.packages.map((p) => [p.name, p.state, p.fromVersion, p.toVersion, p.reason])).toEqual([["yay-bin", PackageResultState.INSTALLED, "12.4.1-1", "12.4.2-1", ""]]);
+      const git = await t.calls("git");
+      expect(git[0]!.slice(0, 5)).toEqual(["clone", "--depth", "1", "--", "https://aur.archlinux.org/yay-bin.git"]);
+      const buildDir = git[0]![5]!;
+      expect(buildDir).toMatch(new RegExp(`^${t.dir}/home/build-yay-bin-[0-9a-f]{12}$`));
+      // git and makepkg ran through runuser as redflag-aur; pacman ran as the agent.
+      expect((await t.calls("runuser")).map((a) => a.slice(0, 3))).toEqual([
+        ["-u", "redflag-aur", "--"],
+        ["-u", "redflag-aur", "--"],
+        ["-u", "redflag-aur", "--"],
+      ]);
+      expect((await t.calls("makepkg"))[0]).toEqual(["--dir", buildDir, "--noconfirm", "--nodeps", "--cleanbuild", "--clean", "--force"]);
+      const pacman = await t.calls("pacman");
+      expect(pacman.find((a) => a[0] === "-T")).toEqual(["-T", "--", "pacman>6.1", "git", "curl"]);
+      expect(pacman.find((a) => a[0] === "-S")).toEqual(["-S", "--needed", "--asdeps", "--noconfirm", "--", "curl"]);
+      expect(pacman.find((a) => a[0] === "-U")).toEqual(["-U", "--noconfirm", "--", `${buildDir}/yay-bin-12.4.2-1-x86_64.pkg.tar.zst`]);
+      await expect(access(buildDir)).rejects.toThrow();
+    });
+
+    it("refuses a version the AUR no longer has, and names the build user when it is missing", async () => {
+      const moved = await aurTools();
+      const stale = await installer.install([ref("yay-bin", "12.4.1-2")], aurOpts(moved));
+      expect(stale.packages[0]).toMatchObject({
+        state: PackageResultState.FAILED,
+        reason: "the AUR now has yay-bin 12.4.2-1, not the approved 12.4.1-2: scan again and approve the new version",
+      });
+      expect(await moved.calls("makepkg")).toEqual([]);
+
+      const noUser = await aurTools({ user: false });
+      const out = await installer.install([ref("yay-bin", "12.4.2-1")], aurOpts(noUser));
+      expect(out.packages[0]!.reason).toBe(
+        "cannot build from the AUR: AUR builds are not enabled on this host: `sudo redflag-agent install --aur` enables them (it creates redflag-aur, the unprivileged user that builds them)",
+      );
+      expect(await noUser.calls("git")).toEqual([]);
+    });
+
+    it("reports a failed build and a dependency that is itself in the AUR, installing nothing", async () => {
+      const broken = await aurTools({ makepkg: 'echo "==> ERROR: A failure occurred in build()." >&2; exit 4' });
+      const out = await installer.install([ref("yay-bin", "12.4.2-1")], aurOpts(broken));
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.FAILED, reason: "makepkg failed (exit status 4): ==> ERROR: A failure occurred in build()." });
+      expect((await broken.calls("pacman")).some((a) => a[0] === "-U")).toBe(false);
+
+      const aurDep = await aurTools({ missing: "yay-helper-lib", depsInstall: 'echo "error: target not found: yay-helper-lib" >&2; exit 1' });
+      const dep = await installer.install([ref("yay-bin", "12.4.2-1")], aurOpts(aurDep));
+      expect(dep.packages[0]!.reason).toBe(
+        "its dependencies yay-helper-lib could not be installed from the sync databases (one from the AUR must be installed first): pacman -S --asdeps failed (exit status 1): error: target not found: yay-helper-lib",
+      );
+      expect(await aurDep.calls("makepkg")).toEqual([]);
+    });
+
+    it("previews an AUR package as one upgrade to the approved version", async () => {
+      const t = await aurTools();
+      const sim = await installer.dryRun!([ref("yay-bin", "12.4.2-1")], aurOpts(t));
+      expect(sim.changes.map((c) => [c.kind, c.name, c.fromVersion, c.toVersion])).toEqual([[PackageChangeKind.UPGRADE, "yay-bin", "12.4.1-1", "12.4.2-1"]]);
+    });
   });
 });

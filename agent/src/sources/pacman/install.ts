@@ -1,13 +1,14 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
-import { readdir } from "node:fs/promises";
-import path from "node:path";
 import { describeFailure, which, type ProcessResult } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
 import { PACMAN, PACMAN_REBOOT_PACKAGES } from "./scan.ts";
 import { installedOnly, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "../types.ts";
 
-export const DEFAULT_CACHE_DIR = "/var/cache/pacman/pkg";
+import { buildAndInstall } from "./aur.ts";
+import { DEFAULT_CACHE_DIR, findCachedPackage } from "./cache.ts";
+
+export { DEFAULT_CACHE_DIR, findCachedPackage };
 
 // `pacman -Q` lines: "name version".
 export function parsePacmanQuery(text: string): Map<string, string> {
@@ -37,19 +38,12 @@ export function pacmanReasonFor(name: string, output: string): string | undefine
   return output.split("\n").map((l) => l.trim()).find((l) => re.test(l));
 }
 
-// The cached package file for name-version, for `pacman -U` (a rollback).
-export async function findCachedPackage(cacheDirs: readonly string[], name: string, version: string): Promise<string | undefined> {
-  const prefix = `${name}-${version}-`;
-  for (const dir of cacheDirs) {
-    const entries = await readdir(dir).catch(() => [] as string[]);
-    // name-version-arch.pkg.tar.{zst,xz}; the arch part has no dash, so a longer name cannot match.
-    const hit = entries.find((e) => e.startsWith(prefix) && /^[^-]+\.pkg\.tar\.(zst|xz|gz)$/.test(e.slice(prefix.length)));
-    if (hit) return path.join(dir, hit);
-  }
-  return undefined;
-}
+// Node's name for this CPU as pacman's .SRCINFO spells it.
+export const pacmanArch = (arch: string = process.arch) => ({ x64: "x86_64", arm64: "aarch64", ia32: "i686", arm: "armv7h" })[arch] ?? arch;
 
 export interface PacmanInstallerDeps {
+  // The CPU as .SRCINFO names it (x86_64, aarch64): this host's unless a test says otherwise.
+  arch?: string;
   // Where rollback looks for old packages when pacman-conf is missing (tests).
   cacheDirs?: string[];
 }
@@ -62,6 +56,13 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
   };
   const installed = async (s: ReturnType<typeof session>, pacman: string, names: readonly string[]) =>
     names.length === 0 ? new Map<string, string>() : parsePacmanQuery((await s.run([pacman, "-Q", "--", ...new Set(names)], false)).stdout);
+
+  // Installed packages that are in no sync database: built from the AUR (or by hand), so
+  // `pacman -S` cannot upgrade them. `pacman -Qqm` exits 1 when there are none.
+  const foreign = async (s: ReturnType<typeof session>, pacman: string) => {
+    const res = await s.run([pacman, "-Qqm"], false);
+    return new Set(res.exitCode === 0 ? res.stdout.split("\n").map((l) => l.trim()).filter(Boolean) : []);
+  };
 
   const denied = (refs: readonly PackageRef[], s: { output: ToolOutput[] }): InstallOutcome => ({
     packages: refs.map((r) => packageResult(r, PackageResultState.FAILED, { reason: "installing with pacman needs root" })),
@@ -93,7 +94,15 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
       const s = session(opts);
       const pacman = await which("pacman", s.env.PATH ?? "");
       if (!pacman) return { changes: [], output: s.output, error: "pacman is not installed on this host" };
-      const res = await s.run([pacman, "-S", "--print", "--print-format", "%n %v", "--needed", "--noconfirm", ...s.ignore, "--", ...packages.map((p) => p.name)]);
+      // AUR packages are built, not taken from the sync databases: each is one upgrade to the
+      // approved version (its build dependencies are known only once its PKGBUILD is fetched).
+      const aur = await foreign(s, pacman);
+      const built = packages.filter((p) => aur.has(p.name));
+      const builtNow = await installed(s, pacman, built.map((p) => p.name));
+      const aurChanges = built.map((p) => packageChange(PackageChangeKind.UPGRADE, PACMAN, p.name, { from: builtNow.get(p.name), to: p.version }));
+      const fromRepos = packages.filter((p) => !aur.has(p.name));
+      if (fromRepos.length === 0) return { changes: aurChanges, output: s.output };
+      const res = await s.run([pacman, "-S", "--print", "--print-format", "%n %v", "--needed", "--noconfirm", ...s.ignore, "--", ...fromRepos.map((p) => p.name)]);
       if (res.exitCode !== 0) return { changes: [], output: s.output, error: describeFailure("pacman -S --print", res) };
       const targets = parsePrintTargets(res.stdout);
       const current = await installed(s, pacman, targets.map((t) => t.name));
@@ -108,7 +117,7 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
         }
         changes.push(packageChange(kind, PACMAN, t.name, { from, to: t.version }));
       }
-      return { changes, output: s.output };
+      return { changes: [...changes, ...aurChanges], output: s.output };
     },
 
     // Named packages from the sync databases as they are (no -y: the same view the scan and
@@ -125,10 +134,21 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
       // installed goes to it.
       const { allowed, skipped } = installedOnly(packages, (ref) => before.has(ref.name), opts);
       if (allowed.length === 0) return { packages: packages.map((p) => skipped.get(p)!), output: s.output, rebootRequired: false };
-      const res = await s.run([pacman, "-S", "--needed", "--noconfirm", ...s.ignore, "--", ...allowed.map((p) => p.name)]);
-      const after = await installed(s, pacman, names);
-      const done = report(allowed, before, after, res, "pacman -S");
-      const results = new Map(allowed.map((ref, i) => [ref, done.packages[i]!]));
+      // Packages from the AUR are built as the unprivileged build user, one at a time (aur.ts).
+      const aur = await foreign(s, pacman);
+      const fromRepos = allowed.filter((p) => !aur.has(p.name));
+      const results = new Map<PackageRef, PackageResult>();
+      let done: Omit<InstallOutcome, "output" | "packages"> = { rebootRequired: false };
+      if (fromRepos.length > 0) {
+        const res = await s.run([pacman, "-S", "--needed", "--noconfirm", ...s.ignore, "--", ...fromRepos.map((p) => p.name)]);
+        const after = await installed(s, pacman, names);
+        const repo = report(fromRepos, before, after, res, "pacman -S");
+        fromRepos.forEach((ref, i) => results.set(ref, repo.packages[i]!));
+        done = { rebootRequired: repo.rebootRequired, error: repo.error };
+      }
+      for (const ref of allowed.filter((p) => aur.has(p.name))) {
+        results.set(ref, (await buildAndInstall(s, pacman, ref, before.get(ref.name), { arch: deps.arch ?? pacmanArch() })).result);
+      }
       return { ...done, packages: packages.map((p) => skipped.get(p) ?? results.get(p)!), output: s.output };
     },
 

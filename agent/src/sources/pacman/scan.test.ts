@@ -96,15 +96,34 @@ describe("scanPacman with fake tools", () => {
     expect(scan.run).toMatchObject({ state: SubsystemRunState.FAILED, message: "checkupdates failed (exit status 1): ==> ERROR: Cannot fetch updates" });
   });
 
-  it("fails when the local database is locked, and notes an AUR helper that refuses root", async () => {
+  it("fails when the local database is locked, and notes an AUR helper that fails", async () => {
     const locked = await tools({ pacman: 'echo "error: failed to init transaction (unable to lock database)" >&2; exit 1' });
     const scan = await scanPacman({ refresh: false, timeoutMs: 5000, env: locked.env(), isRoot: true });
     expect(scan.run.state).toBe(SubsystemRunState.FAILED);
     expect(scan.run.message).toMatch(/unable to lock database/);
 
-    const root = await tools({ pacman, checkupdates: "exit 2", yay: 'echo " -> Please avoid running yay as root/sudo." >&2; exit 1' }, { "si.out": "", "qu.out": "" });
-    const aur = await scanPacman({ refresh: true, timeoutMs: 5000, env: root.env(), isRoot: true });
+    const failing = await tools({ pacman, checkupdates: "exit 2", yay: 'echo " -> Failed to look up the AUR." >&2; exit 1' }, { "si.out": "", "qu.out": "" });
+    const aur = await scanPacman({ refresh: true, timeoutMs: 5000, env: failing.env(), isRoot: false });
     expect(aur.run.state).toBe(SubsystemRunState.RAN);
-    expect(aur.run.message).toContain("AUR not checked: yay -Qua failed (exit status 1): -> Please avoid running yay as root/sudo.");
+    expect(aur.run.message).toContain("AUR not checked: yay -Qua failed (exit status 1): -> Failed to look up the AUR.");
+  });
+
+  it("as root, asks the AUR helper as the unprivileged build user, and says how to enable AUR builds when there is none", async () => {
+    const helper = 'echo "yay-bin 12.4.1-1 -> 12.4.2-1"; exit 0';
+    const withUser = await tools(
+      { pacman, checkupdates: "exit 2", yay: helper, runuser: 'shift 3; exec "$@"', getent: 'echo "redflag-aur:x:970:970::/var/lib/redflag-aur:/usr/bin/nologin"' },
+      { "si.out": "", "qu.out": "" },
+    );
+    const scan = await scanPacman({ refresh: true, timeoutMs: 5000, env: withUser.env(), isRoot: true });
+    expect(scan.updates.map((u) => [u.name, u.repository])).toEqual([["yay-bin", "aur"]]);
+    expect(await withUser.calls("runuser")).toEqual([["-u", "redflag-aur", "--", `${withUser.dir}/bin/yay`, "-Qua"]]);
+
+    const noUser = await tools({ pacman, checkupdates: "exit 2", yay: helper, runuser: "exit 0", getent: "exit 2" }, { "si.out": "", "qu.out": "" });
+    const without = await scanPacman({ refresh: true, timeoutMs: 5000, env: noUser.env(), isRoot: true });
+    expect(without.run.state).toBe(SubsystemRunState.RAN);
+    expect(without.run.message).toContain(
+      "AUR not checked: AUR builds are not enabled on this host: `sudo redflag-agent install --aur` enables them (it creates redflag-aur, the unprivileged user that builds them)",
+    );
+    expect(await noUser.calls("yay")).toEqual([]);
   });
 });

@@ -4,6 +4,7 @@ import { type PackageUpdate, PackageUpdateSchema, UpdateSeverity } from "@redfla
 import { describeFailure, which } from "../../run-process.ts";
 import { C_LOCALE, parseSize, scanSession } from "../scan-common.ts";
 import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
+import { aurRunner } from "./aur.ts";
 
 export const PACMAN = "pacman";
 
@@ -114,10 +115,13 @@ export async function scanPacman(opts: ScanOptions): Promise<ScanResult> {
   const updates = listing.candidates.map((c) => toPacmanUpdate(c, info.get(c.name)));
 
   // AUR packages: the helpers compare installed foreign packages with the AUR. They refuse
-  // to run as root, and a failure is a note, never a failed pacman scan.
+  // to run as root, so a root agent runs them as the unprivileged build user (aur.ts); a
+  // failure is a note, never a failed pacman scan.
   const helper = paru ?? yay;
-  if (helper && opts.refresh) {
-    const res = await s.run([helper, "-Qua"], Math.min(60_000, s.remaining()));
+  const runner = helper && opts.refresh ? await aurRunner((argv) => s.run(argv), path, opts.isRoot) : undefined;
+  if (runner && "problem" in runner) notes.push(`AUR not checked: ${runner.problem}`);
+  else if (helper && runner) {
+    const res = await s.run([...runner.prefix, helper, "-Qua"], Math.min(60_000, s.remaining()));
     if (res.exitCode === 0 || (res.exitCode === 1 && !res.stderr.trim())) {
       const aur = parseUpgradeList(res.stdout);
       updates.push(...aur.candidates.map((c) => toPacmanUpdate(c, undefined, true)));
