@@ -1,16 +1,19 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
 import { createHash } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseImageRef } from "./registry.ts";
-import { CONTAINER_NOTE, createDockerInstaller, isHeld } from "./install.ts";
+import { createDockerInstaller, isHeld } from "./install.ts";
+import { OPT_OUT_LABEL } from "./recreate.ts";
 import { NOT_INSTALLED } from "../install-common.ts";
 import type { InstallOptions } from "../types.ts";
+import { fakeTools, type FakeTools, removeFakeTools } from "../../../test/support/fake-tools.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Fakes: a Docker Engine API on a Unix socket that keeps image state and records every request,
@@ -29,15 +32,76 @@ interface Image {
 
 type PullPlan = { digest: string } | { error: string } | { status: number; message: string } | { hang: true };
 
+// What a started container does, as its state is looked at: keeps running (no HEALTHCHECK),
+// exits at once, or has a HEALTHCHECK that says starting once and then healthy or unhealthy.
+type Behaviour = "runs" | "exits" | "healthy" | "unhealthy";
+
+interface Endpoint {
+  Aliases?: string[] | null;
+  NetworkID?: string;
+  IPAddress?: string;
+  IPAMConfig?: unknown;
+}
+
+interface Container {
+  Id: string;
+  Name: string;
+  // Image ID.
+  Image: string;
+  Config: Record<string, unknown> & { Image: string; Labels?: Record<string, string>; Hostname?: string };
+  HostConfig: Record<string, unknown>;
+  NetworkSettings: { Networks: Record<string, Endpoint> };
+  Mounts: { Type: string; Name?: string; Source: string; Destination: string; Driver?: string; RW: boolean }[];
+  State: { Status: string; Running: boolean; Restarting: boolean; ExitCode: number; Error: string; Health?: { Status: string; Log: { ExitCode: number; Output: string }[] } };
+  RestartCount: number;
+  looks: number;
+}
+
 interface FakeEngine {
   socketPath: string;
   images: Image[];
-  containers: { Id: string; Names: string[]; Image: string; ImageID: string; State: string }[];
+  containers: Container[];
+  // By container name, else by image ID; "runs" when neither is there.
+  behaviour: Map<string, Behaviour>;
+  // Bodies of POST /containers/create, as sent.
+  created: Record<string, unknown>[];
+  // Requests that fail: "METHOD /path" (no version prefix, no query) → the daemon's answer.
+  failing: Map<string, { status: number; message: string }>;
+  // Called before each request is answered (a fake `docker compose` acts through it).
+  onRequest?: (() => void) | undefined;
   // "repo:tag" or "repo@digest" → what pulling it does.
   pulls: Map<string, PullPlan>;
   requests: { method: string; url: string; headers: IncomingHttpHeaders }[];
   close(): Promise<void>;
 }
+
+let containerCount = 0;
+// A container as `docker run` leaves it: the image's Env and Cmd merged into its Config, its
+// short ID as hostname and as an alias on user-defined networks.
+function container(name: string, img: Image, from: string, extra: { labels?: Record<string, string>; running?: boolean } = {}): Container {
+  const Id = sha(`container ${name} ${++containerCount}`);
+  return {
+    Id,
+    Name: `/${name}`,
+    Image: img.Id,
+    Config: {
+      Hostname: Id.slice(0, 12),
+      Image: from,
+      Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", `ROLE=${name}`],
+      Cmd: ["serve"],
+      Labels: { "org.opencontainers.image.version": "old", ...extra.labels },
+      StopTimeout: 30,
+    },
+    HostConfig: { NetworkMode: "bridge", RestartPolicy: { Name: "unless-stopped", MaximumRetryCount: 0 }, PortBindings: {}, Binds: null, Mounts: null },
+    NetworkSettings: { Networks: { bridge: { Aliases: null, NetworkID: sha("bridge"), IPAddress: "172.17.0.2" } } },
+    Mounts: [],
+    State: extra.running === false ? { Status: "exited", Running: false, Restarting: false, ExitCode: 0, Error: "" } : { Status: "running", Running: true, Restarting: false, ExitCode: 0, Error: "" },
+    RestartCount: 0,
+    looks: 0,
+  };
+}
+
+const summary = (c: Container) => ({ Id: c.Id, Names: [c.Name], Image: c.Config.Image, ImageID: c.Image, State: c.State.Status, Labels: c.Config.Labels ?? {} });
 
 const imageId = (repo: string, digest: string) => `sha256:${sha(`config ${repo} ${digest}`)}`;
 const image = (repo: string, tags: string[], digest: string): Image => ({
@@ -57,13 +121,26 @@ async function startEngine(dir: string, images: Image[]): Promise<FakeEngine> {
     to.RepoTags.push(tag);
   };
   const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => answer(req, res, Buffer.concat(chunks).toString("utf8")));
+  });
+  const answer = (req: import("node:http").IncomingMessage, res: import("node:http").ServerResponse, text: string) => {
+    state.onRequest?.();
     state.requests.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers });
     const url = new URL(req.url ?? "/", "http://docker");
     const p = url.pathname.replace(/^\/v1\.\d+/, "");
     const json = (status: number, body: unknown) => res.writeHead(status, { "content-type": "application/json", "api-version": "1.47" }).end(`${JSON.stringify(body)}\n`);
+    const failing = state.failing.get(`${req.method} ${p}`);
+    if (failing) return json(failing.status, { message: failing.message });
     if (req.method === "GET" && p === "/version") return json(200, { Version: "27.3.1", ApiVersion: "1.47", MinAPIVersion: "1.24", Os: "linux", Arch: "amd64" });
     if (req.method === "GET" && p === "/images/json") return json(200, state.images.map((i) => ({ ...i, Containers: -1, SharedSize: -1, ParentId: "", Labels: null })));
-    if (req.method === "GET" && p === "/containers/json") return json(200, state.containers);
+    if (req.method === "GET" && p === "/containers/json") {
+      const labels: string[] = JSON.parse(url.searchParams.get("filters") ?? "{}").label ?? [];
+      const matches = (c: Container) => labels.every((l) => c.Config.Labels?.[l.split("=")[0]!] === l.split("=").slice(1).join("="));
+      return json(200, state.containers.filter(matches).map(summary));
+    }
+    if (p.startsWith("/containers/") || p.startsWith("/networks/")) return containers(req.method ?? "", p, url, text, json);
     const inspect = /^\/images\/(.+)\/json$/.exec(p);
     if (req.method === "GET" && inspect) {
       const name = decodeURIComponent(inspect[1]!);
@@ -110,11 +187,98 @@ async function startEngine(dir: string, images: Image[]): Promise<FakeEngine> {
       return res.writeHead(201).end();
     }
     json(404, { message: "page not found" });
-  });
+  };
+  const byRef = (ref: string) => state.containers.find((c) => c.Id === ref || c.Name === `/${ref}` || (ref.length >= 12 && c.Id.startsWith(ref)));
+  const look = (c: Container) => {
+    if (!c.State.Running) return;
+    c.looks++;
+    const behaviour = state.behaviour.get(c.Name.slice(1)) ?? state.behaviour.get(c.Image) ?? "runs";
+    if (behaviour === "exits") c.State = { Status: "exited", Running: false, Restarting: false, ExitCode: 1, Error: "" };
+    if (behaviour === "healthy" || behaviour === "unhealthy") {
+      const status = c.looks < 2 ? "starting" : behaviour;
+      c.State.Health = { Status: status, Log: status === "unhealthy" ? [{ ExitCode: 1, Output: "curl: (7) Failed to connect to localhost port 80\n" }] : [] };
+    }
+  };
+  const containers = (method: string, p: string, url: URL, text: string, json: (status: number, body: unknown) => void) => {
+    if (method === "POST" && p === "/containers/create") {
+      const body = JSON.parse(text) as Record<string, unknown> & { HostConfig: Record<string, unknown>; NetworkingConfig?: { EndpointsConfig: Record<string, Endpoint> } };
+      state.created.push(body);
+      const name = url.searchParams.get("name") ?? "";
+      if (byRef(name)) return json(409, { message: `Conflict. The container name "/${name}" is already in use` });
+      const img = find(body.Image as string);
+      if (!img) return json(404, { message: `No such image: ${String(body.Image)}` });
+      const { HostConfig, NetworkingConfig, ...config } = body;
+      const mounts = ((HostConfig.Mounts ?? []) as { Type: string; Source: string; Target: string; ReadOnly?: boolean }[]).map((m) => ({
+        Type: m.Type,
+        Name: m.Source,
+        Source: `/var/lib/docker/volumes/${m.Source}/_data`,
+        Destination: m.Target,
+        Driver: "local",
+        RW: !m.ReadOnly,
+      }));
+      const c: Container = {
+        Id: sha(`container ${name} ${++containerCount}`),
+        Name: `/${name}`,
+        Image: img.Id,
+        Config: config as Container["Config"],
+        HostConfig,
+        NetworkSettings: { Networks: { ...NetworkingConfig?.EndpointsConfig } },
+        Mounts: mounts,
+        State: { Status: "created", Running: false, Restarting: false, ExitCode: 0, Error: "" },
+        RestartCount: 0,
+        looks: 0,
+      };
+      state.containers.push(c);
+      return json(201, { Id: c.Id, Warnings: [] });
+    }
+    const connect = /^\/networks\/([^/]+)\/connect$/.exec(p);
+    if (method === "POST" && connect) {
+      const body = JSON.parse(text) as { Container: string; EndpointConfig: Endpoint };
+      const c = byRef(body.Container);
+      if (!c) return json(404, { message: `No such container: ${body.Container}` });
+      c.NetworkSettings.Networks[decodeURIComponent(connect[1]!)] = body.EndpointConfig;
+      return json(200, {});
+    }
+    const m = /^\/containers\/([^/]+)(\/[a-z]+)?$/.exec(p);
+    const c = m ? byRef(decodeURIComponent(m[1]!)) : undefined;
+    if (!m || !c) return json(404, { message: `No such container: ${m?.[1] ?? p}` });
+    const action = `${method} ${m[2] ?? ""}`;
+    if (action === "GET /json") {
+      look(c);
+      const { looks: _, ...inspected } = c;
+      return json(200, inspected);
+    }
+    if (action === "POST /stop") {
+      if (!c.State.Running) return json(304, {});
+      c.State = { Status: "exited", Running: false, Restarting: false, ExitCode: 0, Error: "" };
+      return json(204, {});
+    }
+    if (action === "POST /start") {
+      if (c.State.Running) return json(304, {});
+      c.State = { Status: "running", Running: true, Restarting: false, ExitCode: 0, Error: "" };
+      c.looks = 0;
+      return json(204, {});
+    }
+    if (action === "POST /rename") {
+      const name = url.searchParams.get("name") ?? "";
+      if (byRef(name)) return json(409, { message: `Conflict. The container name "/${name}" is already in use` });
+      c.Name = `/${name}`;
+      return json(204, {});
+    }
+    if (action === "DELETE ") {
+      if (c.State.Running && url.searchParams.get("force") !== "1") return json(409, { message: `cannot remove container "${c.Name}": container is running: stop the container before removing or force remove` });
+      state.containers = state.containers.filter((x) => x !== c);
+      return json(204, {});
+    }
+    json(404, { message: "page not found" });
+  };
   const state: FakeEngine = {
     socketPath,
     images,
     containers: [],
+    behaviour: new Map(),
+    created: [],
+    failing: new Map(),
     pulls: new Map(),
     requests: [],
     close: () =>
@@ -189,18 +353,27 @@ describe("docker installer against a fake Engine API", () => {
   const redis = digestOf("redis 7.4.1");
   const opts = (extra: Partial<InstallOptions> = {}): InstallOptions => ({ timeoutMs: 10_000, env: { HOME: dir }, isRoot: true, holds: new Set(), ...extra });
   const ref = (name: string, version = "") => create(PackageRefSchema, { source: "docker", name, version });
-  const installer = () => createDockerInstaller({ socketPath: engine.socketPath, registryUrl: () => hub.url, configPath: path.join(dir, "config.json") });
+  // The clock new containers are watched by: each wait moves it on, nothing sleeps.
+  let clock = 0;
+  const timing = {
+    now: () => clock,
+    sleep: async (ms: number) => {
+      clock += ms;
+      await new Promise((resolve) => setImmediate(resolve));
+    },
+    pollMs: 1000,
+    settleMs: 5000,
+    healthTimeoutMs: 60_000,
+  };
+  const installer = () => createDockerInstaller({ socketPath: engine.socketPath, registryUrl: () => hub.url, configPath: path.join(dir, "config.json"), recreateTiming: timing });
   const engineCalls = () => engine.requests.filter((r) => r.method === "POST").map((r) => r.url);
+  const imageCalls = () => engineCalls().filter((u) => u.includes("/images/"));
 
   beforeEach(async () => {
     dir = await mkdtemp(path.join(tmpdir(), "rf-docker-install-"));
     hub = await startRegistry();
     engine = await startEngine(dir, [image("acme/app", ["stable"], app1), image("nginx", ["1.27"], nginx1), image("redis", ["7.4"], redis)]);
-    engine.containers = [
-      { Id: sha("c web"), Names: ["/web"], Image: "nginx:1.27", ImageID: engine.images[1]!.Id, State: "running" },
-      { Id: sha("c proxy"), Names: ["/proxy"], Image: "nginx:1.27", ImageID: engine.images[1]!.Id, State: "running" },
-      { Id: sha("c cache"), Names: ["/cache"], Image: "redis:7.4", ImageID: engine.images[2]!.Id, State: "running" },
-    ];
+    engine.containers = [container("web", engine.images[1]!, "nginx:1.27"), container("proxy", engine.images[1]!, "nginx:1.27"), container("cache", engine.images[2]!, "redis:7.4")];
     hub.tags.set("acme/app:stable", app2);
     hub.tags.set("library/nginx:1.27", nginx2);
     hub.tags.set("library/redis:7.4", redis);
@@ -253,17 +426,18 @@ describe("docker installer against a fake Engine API", () => {
     expect(out.error).toBeUndefined();
     expect(out.rebootRequired).toBe(false);
     expect(out.packages.map((p) => [p.name, p.state, p.fromVersion, p.toVersion, p.reason])).toEqual([
-      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, nginx2, `${CONTAINER_NOTE}: 2 containers (web, proxy) keep running the previous image until they are recreated`],
+      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, nginx2, "recreated web, proxy on the new image"],
       ["redis:7.4", PackageResultState.SKIPPED, redis, redis, "already up to date"],
     ]);
-    expect(out.output.map((o) => [o.argv, o.exitCode])).toEqual([
+    expect(out.output.filter((o) => o.argv[1]!.includes("/images/")).map((o) => [o.argv, o.exitCode])).toEqual([
       [["POST", "/v1.41/images/create?fromImage=nginx&tag=1.27"], 0],
       [["POST", "/v1.41/images/create?fromImage=redis&tag=7.4"], 0],
     ]);
     expect(out.output[0]!.stdoutTail).toBe(`Pulling from library/nginx\n${sha(`layer ${nginx2}`).slice(0, 12)}: Pull complete\nDigest: ${nginx2}\nStatus: Downloaded newer image for nginx:1.27`);
-    // Nothing restarted, nothing removed: only pulls.
-    expect(engineCalls()).toEqual(["/v1.41/images/create?fromImage=nginx&tag=1.27", "/v1.41/images/create?fromImage=redis&tag=7.4"]);
-    expect(engine.requests.some((r) => r.url.includes("/containers/") && r.method !== "GET")).toBe(false);
+    expect(imageCalls()).toEqual(["/v1.41/images/create?fromImage=nginx&tag=1.27", "/v1.41/images/create?fromImage=redis&tag=7.4"]);
+    // The redis container's image did not change: it was not even looked at.
+    const cache = engine.containers.find((c) => c.Name === "/cache")!;
+    expect(engine.requests.filter((r) => r.url.includes(cache.Id))).toEqual([]);
   });
 
   it("installs everything pending except held images", async () => {
@@ -271,8 +445,8 @@ describe("docker installer against a fake Engine API", () => {
     engine.pulls.set("acme/app:stable", { digest: app2 });
     const out = await installer().install([], opts({ holds: new Set(["acme/app:stable"]) }));
     expect(out.packages.map((p) => [p.name, p.state, p.toVersion])).toEqual([["nginx:1.27", PackageResultState.INSTALLED, nginx2]]);
-    expect(engineCalls()).toEqual(["/v1.41/images/create?fromImage=nginx&tag=1.27"]);
-    expect(out.packages[0]!.reason).toContain("web, proxy");
+    expect(imageCalls()).toEqual(["/v1.41/images/create?fromImage=nginx&tag=1.27"]);
+    expect(out.packages[0]!.reason).toBe("recreated web, proxy on the new image");
   });
 
   it("reports the daemon's own reason for an image that fails while the others install", async () => {
@@ -288,7 +462,7 @@ describe("docker installer against a fake Engine API", () => {
         "",
         "the Docker daemon refused the pull (HTTP 404): pull access denied for ghcr.io/acme/private, repository does not exist or may require 'docker login': denied: requested access to the resource is denied",
       ],
-      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, expect.stringContaining("containers are not restarted")],
+      ["nginx:1.27", PackageResultState.INSTALLED, nginx1, "recreated web, proxy on the new image"],
     ]);
     expect(out.output[0]).toMatchObject({ exitCode: 1, stderrTail: expect.stringMatching(/^toomanyrequests/) });
     expect(out.output[1]).toMatchObject({ exitCode: 1 });
@@ -334,7 +508,7 @@ describe("docker installer against a fake Engine API", () => {
     engine.requests.length = 0;
     // The earlier image is still here, untagged: only the tag moves.
     const out = await installer().rollback!(ref("acme/app:stable", app1), opts());
-    expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: app2, toVersion: app1, reason: `${CONTAINER_NOTE}; no container used the previous image` });
+    expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: app2, toVersion: app1, reason: "no container used the previous image" });
     expect(engineCalls()).toEqual([`/v1.41/images/acme/app@${app1}/tag?repo=acme%2Fapp&tag=stable`]);
     expect(engine.images.find((i) => i.RepoTags.includes("acme/app:stable"))!.RepoDigests).toEqual([`acme/app@${app1}`]);
 
@@ -368,5 +542,279 @@ describe("docker installer against a fake Engine API", () => {
     expect(out.packages[0]!.reason).toMatch(/^pulling nginx:1\.27 failed: the Docker Engine API did not answer in time/);
     expect(out.output[0]).toMatchObject({ timedOut: true, exitCode: -1 });
     expect(out.packages[1]).toMatchObject({ state: PackageResultState.FAILED, reason: expect.stringMatching(/no time left/) });
+  });
+  describe("recreating the containers of a moved tag", () => {
+    const oldNginx = () => engine.images[1]!.Id;
+    const newNginx = imageId("nginx", nginx2);
+    const named = (name: string) => engine.containers.find((c) => c.Name === `/${name}`);
+    // What changed anything besides the pull.
+    const containerCalls = () => engine.requests.filter((r) => r.method !== "GET" && !r.url.includes("/images/create")).map((r) => `${r.method} ${r.url.replace(/^\/v1\.\d+/, "")}`);
+    beforeEach(() => engine.pulls.set("nginx:1.27", { digest: nginx2 }));
+    // The same containers as before the install, under their names, on the previous image, running.
+    const expectAsBefore = (ids: string[]) =>
+      expect(engine.containers.map((c) => [c.Id, c.Name, c.Image, c.State.Running])).toEqual([
+        [ids[0], "/web", oldNginx(), true],
+        [ids[1], "/proxy", oldNginx(), true],
+        [ids[2], "/cache", engine.images[2]!.Id, true],
+      ]);
+
+    it("recreates each container with its own configuration, volumes and networks, then removes the previous one", async () => {
+      const web = engine.containers[0]!;
+      const proxy = engine.containers[1]!;
+      const short = web.Id.slice(0, 12);
+      web.HostConfig.NetworkMode = "frontend";
+      web.HostConfig.Binds = ["/srv/web/conf:/etc/nginx/conf.d:ro", "webdata:/data"];
+      web.Mounts = [
+        { Type: "bind", Source: "/srv/web/conf", Destination: "/etc/nginx/conf.d", RW: false },
+        { Type: "volume", Name: "webdata", Source: "/var/lib/docker/volumes/webdata/_data", Destination: "/data", Driver: "local", RW: true },
+        { Type: "volume", Name: sha("anonymous"), Source: `/var/lib/docker/volumes/${sha("anonymous")}/_data`, Destination: "/var/cache/nginx", Driver: "local", RW: true },
+      ];
+      web.NetworkSettings.Networks = {
+        frontend: { Aliases: ["web", short], NetworkID: sha("frontend"), IPAddress: "172.20.0.5", IPAMConfig: { IPv4Address: "172.20.0.5" } },
+        backend: { Aliases: [short, "www"], NetworkID: sha("backend"), IPAddress: "172.21.0.5" },
+      };
+      // A stopped container is recreated too, and stays stopped.
+      proxy.State = { Status: "exited", Running: false, Restarting: false, ExitCode: 0, Error: "" };
+      const [webId, proxyId] = [web.Id, proxy.Id];
+
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: nginx1, toVersion: nginx2, reason: "recreated web, proxy on the new image" });
+      expect(engine.created[0]).toEqual({
+        Image: "nginx:1.27",
+        // The image's own PATH is left to the new image; the hostname was the old short ID.
+        Env: ["ROLE=web"],
+        Cmd: ["serve"],
+        Labels: { "org.opencontainers.image.version": "old" },
+        StopTimeout: 30,
+        HostConfig: {
+          NetworkMode: "frontend",
+          RestartPolicy: { Name: "unless-stopped", MaximumRetryCount: 0 },
+          PortBindings: {},
+          Binds: ["/srv/web/conf:/etc/nginx/conf.d:ro", "webdata:/data"],
+          // The anonymous volume is carried over by name; the named one already is, by its bind.
+          Mounts: [{ Type: "volume", Source: sha("anonymous"), Target: "/var/cache/nginx", ReadOnly: false }],
+        },
+        NetworkingConfig: { EndpointsConfig: { frontend: { IPAMConfig: { IPv4Address: "172.20.0.5" }, Aliases: ["web"] } } },
+      });
+      const newWeb = named("web")!;
+      const newProxy = named("proxy")!;
+      expect(containerCalls()).toEqual([
+        "POST /containers/create?name=web-redflag-next",
+        "POST /networks/backend/connect",
+        `POST /containers/${webId}/stop?t=30`,
+        `POST /containers/${webId}/rename?name=web-redflag-previous`,
+        `POST /containers/${newWeb.Id}/rename?name=web`,
+        `POST /containers/${newWeb.Id}/start`,
+        "POST /containers/create?name=proxy-redflag-next",
+        `POST /containers/${proxyId}/rename?name=proxy-redflag-previous`,
+        `POST /containers/${newProxy.Id}/rename?name=proxy`,
+        `DELETE /containers/${webId}`,
+        `DELETE /containers/${proxyId}`,
+      ]);
+      expect(newWeb).toMatchObject({ Image: newNginx, State: { Running: true } });
+      expect(newWeb.NetworkSettings.Networks.backend).toEqual({ Aliases: ["www"] });
+      expect(newWeb.Mounts.map((m) => m.Name)).toEqual([sha("anonymous")]);
+      expect(newProxy).toMatchObject({ Image: newNginx, State: { Status: "created", Running: false } });
+      expect(engine.containers.map((c) => c.Name).sort()).toEqual(["/cache", "/proxy", "/web"]);
+      // Running without a HEALTHCHECK: watched for the settle time, on the injected clock.
+      expect(clock).toBeGreaterThanOrEqual(5000);
+    });
+
+    it("waits for a HEALTHCHECK to say healthy", async () => {
+      engine.behaviour.set(newNginx, "healthy");
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "recreated web, proxy on the new image" });
+      expect(named("web")!.State.Health?.Status).toBe("healthy");
+    });
+
+    it("puts the previous container and tag back when the new image exits at once", async () => {
+      engine.behaviour.set(newNginx, "exits");
+      const before = engine.containers.map((c) => c.Id);
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({
+        state: PackageResultState.FAILED,
+        fromVersion: nginx1,
+        reason: "container web: the new container stopped (exited, exit code 1); rolled back: nginx:1.27 names the previous image again and web runs it",
+      });
+      expectAsBefore(before);
+      expect(engine.images.find((i) => i.RepoTags.includes("nginx:1.27"))!.Id).toBe(oldNginx());
+      expect(containerCalls().slice(-4)).toEqual([
+        expect.stringMatching(/^DELETE \/containers\/[0-9a-f]{64}\?force=1$/),
+        `POST /containers/${before[0]}/rename?name=web`,
+        `POST /containers/${before[0]}/start`,
+        `POST /images/${oldNginx()}/tag?repo=nginx&tag=1.27`,
+      ]);
+    });
+
+    it("puts every container of the tag back when one turns unhealthy after another came up", async () => {
+      engine.behaviour.set("web", "healthy");
+      engine.behaviour.set("proxy", "unhealthy");
+      const before = engine.containers.map((c) => c.Id);
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({
+        state: PackageResultState.FAILED,
+        reason:
+          "container proxy: the new container is unhealthy (curl: (7) Failed to connect to localhost port 80); " +
+          "rolled back: nginx:1.27 names the previous image again and web, proxy run it",
+      });
+      expectAsBefore(before);
+    });
+
+    it("gives up on a HEALTHCHECK that never answers, within its bound", async () => {
+      engine.behaviour.set(newNginx, "healthy");
+      // Looked at once per poll: still "starting" until the bound passes.
+      const never = { ...timing, healthTimeoutMs: 0 };
+      const out = await createDockerInstaller({ socketPath: engine.socketPath, registryUrl: () => hub.url, recreateTiming: never }).install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.FAILED, reason: expect.stringMatching(/^container web: the new container was not healthy within 0ms; rolled back/) });
+    });
+
+    it("fails and puts things back when the daemon refuses a step", async () => {
+      engine.failing.set("POST /containers/create", { status: 400, message: 'invalid mount config for type "volume": field Source must not be specified' });
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({
+        state: PackageResultState.FAILED,
+        reason:
+          'container web: creating the new web failed (HTTP 400): invalid mount config for type "volume": field Source must not be specified; ' +
+          "rolled back: nginx:1.27 names the previous image again and web runs it",
+      });
+      // Nothing was stopped: only the tag moved back.
+      expect(containerCalls()).toEqual(["POST /containers/create?name=web-redflag-next", `POST /images/${oldNginx()}/tag?repo=nginx&tag=1.27`]);
+      expect(out.output.at(-2)).toMatchObject({ argv: ["POST", "/v1.41/containers/create?name=web-redflag-next"], exitCode: 1 });
+    });
+
+    it("leaves containers that opted out, were created from another name of the image, or are held", async () => {
+      engine.containers[0]!.Config.Labels![OPT_OUT_LABEL] = "false";
+      engine.containers[1]!.Config.Image = `nginx@${nginx1}`;
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({
+        state: PackageResultState.INSTALLED,
+        reason: `left web (io.redflag.recreate=false), proxy (created from nginx@${nginx1}) on the previous image`,
+      });
+      expect(containerCalls()).toEqual([]);
+
+      engine.images = [image("nginx", ["1.27"], nginx1), image("redis", ["7.4"], redis)];
+      engine.containers = [container("web", engine.images[0]!, "nginx:1.27")];
+      const held = await installer().install([ref("nginx:1.27")], opts({ holds: new Set(["nginx"]) }));
+      expect(held.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "left web (held) on the previous image" });
+      expect(containerCalls()).toEqual([]);
+    });
+
+    it("recreates the containers on the earlier image when the tag is rolled back", async () => {
+      await installer().install([ref("nginx:1.27")], opts());
+      engine.requests.length = 0;
+      const back = await installer().rollback!(ref("nginx:1.27", nginx1), opts());
+      expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: nginx2, toVersion: nginx1, reason: "recreated web, proxy on the earlier image" });
+      expect(named("web")!.Image).toBe(oldNginx());
+    });
+
+    describe("Compose", () => {
+      let tools: FakeTools;
+      const files = () => [path.join(dir, "shop", "compose.yaml"), path.join(dir, "shop", "compose.override.yaml")];
+      let ups = 0;
+      beforeEach(async () => {
+        ups = 0;
+        const app = container("shop-app-1", engine.images[0]!, "acme/app:stable", {
+          labels: {
+            "com.docker.compose.project": "shop",
+            "com.docker.compose.service": "app",
+            "com.docker.compose.project.config_files": files().join(","),
+            "com.docker.compose.project.working_dir": path.join(dir, "shop"),
+          },
+        });
+        engine.containers = [app];
+        engine.pulls.set("acme/app:stable", { digest: app2 });
+        tools = await fakeTools("docker", { docker: 'if [ -f "$D/fail" ]; then echo "service app failed to start" >&2; exit 1; fi' });
+        // The fake `docker compose up` replaces the service's container with one on the image the
+        // tag names now, as Compose does when the image changed.
+        engine.onRequest = () => {
+          const runs = readFileSync(tools.file("docker.argv"), "utf8").split("@@end\n").length - 1;
+          for (; ups < runs; ups++) {
+            const old = engine.containers.find((c) => c.Config.Labels?.["com.docker.compose.service"] === "app")!;
+            const current = engine.images.find((i) => i.RepoTags.includes("acme/app:stable"))!;
+            engine.containers = engine.containers.filter((c) => c !== old);
+            engine.containers.push({ ...container("shop-app-1", current, "acme/app:stable", { labels: old.Config.Labels }), looks: 0 });
+          }
+        };
+        await writeFile(tools.file("docker.argv"), "");
+      });
+      afterEach(() => removeFakeTools(tools));
+      const withFiles = async () => {
+        await mkdir(path.join(dir, "shop"));
+        for (const f of files()) await writeFile(f, "services: {}\n");
+      };
+      const composeArgv = () => ["compose", "--project-name", "shop", "--project-directory", path.join(dir, "shop"), "-f", files()[0]!, "-f", files()[1]!, "up", "-d", "--no-deps", "app"];
+
+      it("recreates a Compose container through docker compose with the project's own files", async () => {
+        await withFiles();
+        const out = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "recreated shop-app-1 on the new image" });
+        expect(await tools.calls("docker")).toEqual([composeArgv()]);
+        expect(engine.containers.map((c) => [c.Name, c.Image])).toEqual([["/shop-app-1", imageId("acme/app", app2)]]);
+        // Compose made the container; the Engine API was only asked about it.
+        expect(containerCalls()).toEqual([]);
+      });
+
+      it("recreates a stopped Compose service without starting it", async () => {
+        await withFiles();
+        engine.containers[0]!.State = { Status: "exited", Running: false, Restarting: false, ExitCode: 0, Error: "" };
+        const out = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "recreated shop-app-1 on the new image" });
+        expect(await tools.calls("docker")).toEqual([composeArgv().map((a) => (a === "-d" ? "--no-start" : a))]);
+      });
+
+      it("re-pins the tag and runs docker compose up again when the new container turns unhealthy", async () => {
+        await withFiles();
+        engine.behaviour.set(imageId("acme/app", app2), "unhealthy");
+        const out = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(out.packages[0]).toMatchObject({
+          state: PackageResultState.FAILED,
+          reason:
+            "Compose service app of project shop: shop-app-1: the new container is unhealthy (curl: (7) Failed to connect to localhost port 80); " +
+            "rolled back: acme/app:stable names the previous image again and shop-app-1 runs it",
+        });
+        expect(await tools.calls("docker")).toEqual([composeArgv(), composeArgv()]);
+        engine.onRequest!();
+        expect(engine.containers.map((c) => [c.Name, c.Image])).toEqual([["/shop-app-1", imageId("acme/app", app1)]]);
+      });
+
+      it("says why docker compose failed and puts the tag back", async () => {
+        await withFiles();
+        await tools.write("fail", "");
+        const out = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(out.packages[0]!.state).toBe(PackageResultState.FAILED);
+        expect(out.packages[0]!.reason).toMatch(/^Compose service app of project shop: docker compose up app failed \(exit 1\): service app failed to start; the rollback is incomplete: docker compose up app failed/);
+        expect(engine.images.find((i) => i.RepoTags.includes("acme/app:stable"))!.Id).toBe(imageId("acme/app", app1));
+      });
+
+      it("leaves a whole Compose service when one of its containers opts out", async () => {
+        await withFiles();
+        const labels = { ...engine.containers[0]!.Config.Labels, [OPT_OUT_LABEL]: "false" };
+        engine.containers.push(container("shop-app-2", engine.images[0]!, "acme/app:stable", { labels }));
+        const out = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(out.packages[0]).toMatchObject({
+          state: PackageResultState.INSTALLED,
+          reason: "left shop-app-2 (io.redflag.recreate=false), shop-app-1 (Compose service app of project shop has a container with io.redflag.recreate=false) on the previous image",
+        });
+        expect(await tools.calls("docker")).toEqual([]);
+      });
+
+      it("leaves a Compose container as it is without the docker CLI or the project's files, and says so", async () => {
+        const out = await installer().install([ref("acme/app:stable")], opts());
+        expect(out.packages[0]).toMatchObject({
+          state: PackageResultState.INSTALLED,
+          reason: "left shop-app-1 (Compose project shop, service app: the docker CLI is not installed) on the previous image",
+        });
+        engine.images[0]!.RepoTags = ["acme/app:stable"];
+        engine.images = engine.images.filter((i) => i.Id !== imageId("acme/app", app2));
+        const noFiles = await installer().install([ref("acme/app:stable")], opts({ env: { HOME: dir, PATH: tools.env().PATH } }));
+        expect(noFiles.packages[0]).toMatchObject({
+          state: PackageResultState.INSTALLED,
+          reason: `left shop-app-1 (Compose project shop, service app: ${path.join(dir, "shop")} is missing) on the previous image`,
+        });
+        expect(await tools.calls("docker")).toEqual([]);
+        expect(containerCalls()).toEqual([]);
+        expect(engine.containers.map((c) => c.Image)).toEqual([imageId("acme/app", app1)]);
+      });
+    });
   });
 });

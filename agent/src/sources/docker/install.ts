@@ -1,16 +1,12 @@
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { pick, plural } from "@redflag/common/plural";
-import { type PackageRef, PackageRefSchema, ToolOutputSchema } from "@redflag/gen/command_pb";
+import { type PackageRef, PackageRefSchema } from "@redflag/gen/command_pb";
 import {
   DOCKER,
   type DockerDeps,
-  type Engine,
   EngineError,
   type EngineContainer,
   type EngineImage,
   type LocalTag,
-  containerName,
   engineMessage,
   findSocket,
   isOutdated,
@@ -18,7 +14,6 @@ import {
   surveyDocker,
 } from "./scan.ts";
 import {
-  type DockerConfig,
   DIGEST,
   type ImageRef,
   canonicalName,
@@ -29,18 +24,19 @@ import {
   parseRepository,
   registryAuthHeader,
 } from "./registry.ts";
-import { NOT_INSTALLED, OUTPUT_TAIL_CHARS, packageChange, PackageChangeKind, packageResult, PackageResultState } from "../install-common.ts";
+import { record, type Session, step } from "./engine-session.ts";
+import { DEFAULT_TIMING, type ImageConfig, recreateUsers } from "./recreate.ts";
+import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState } from "../install-common.ts";
 import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "../types.ts";
 
 // Docker images through the Engine API (no docker CLI):
 // - install pulls the tag (`POST /images/create?fromImage=repo&tag=tag`); a pinned version is a
 //   digest, pulled as `repo@digest` and tagged `repo:tag`, so exactly the approved image lands.
-//   Containers are never restarted: the ones on the previous image keep it until recreated.
+//   When that moved the tag to another image, the containers created from the tag are
+//   recreated on it as their owner made them, or all put back with the tag (recreate.ts).
 // - dry run asks the registry what each tag names now (as the scanner does); nothing is pulled.
 // - rollback re-pins the tag: the earlier digest (kept locally, else pulled as `repo@digest`)
-//   is tagged `repo:tag` again, so new containers use it.
-
-export const CONTAINER_NOTE = "containers are not restarted";
+//   is tagged `repo:tag` again, and the containers created from the tag are recreated on it.
 
 const NOT_A_REF = (name: string) => `"${name}" is not an image reference like "nginx:1.27" or "ghcr.io/org/app:latest"`;
 const NOT_A_DIGEST = (version: string) => `a Docker image version is its digest (sha256:<64 hex>), not "${version}"`;
@@ -70,14 +66,6 @@ const imageTagged = (images: readonly EngineImage[], ref: ImageRef) =>
     return other !== undefined && sameTag(other, ref);
   }));
 
-// One Engine API session of an installer operation: every call gets what is left of the
-// budget, and each call that changes something is recorded like a tool run.
-interface Session {
-  engine: Engine;
-  config: DockerConfig;
-  output: ToolOutput[];
-}
-
 type Begun = { session: Session; error?: undefined } | { session?: undefined; error: string };
 
 async function begin(opts: InstallOptions, deps: DockerDeps): Promise<Begun> {
@@ -85,9 +73,10 @@ async function begin(opts: InstallOptions, deps: DockerDeps): Promise<Begun> {
   if ("error" in socket) return { error: socket.error };
   if ("missing" in socket) return { error: `Docker is not installed or its socket is missing (${socket.missing})` };
   try {
-    const engine = await openEngine(socket.path, { signal: opts.signal, deadline: Date.now() + opts.timeoutMs });
+    const deadline = Date.now() + opts.timeoutMs;
+    const engine = await openEngine(socket.path, { signal: opts.signal, deadline });
     const config = await loadDockerConfig(deps.configPath ?? dockerConfigPath(opts.env));
-    return { session: { engine, config, output: [] } };
+    return { session: { engine, config, output: [], env: opts.env, signal: opts.signal, deadline } };
   } catch (err) {
     return { error: (err as Error).message };
   }
@@ -101,7 +90,7 @@ const failAll = (refs: readonly PackageRef[], reason: string, output: ToolOutput
 });
 
 // `GET /images/{name}/json`: undefined when there is no such image.
-async function inspect(s: Session, name: string): Promise<EngineImage | undefined> {
+async function inspect(s: Session, name: string): Promise<(EngineImage & { Config?: ImageConfig }) | undefined> {
   const res = await s.engine.call("GET", `/images/${name}/json`);
   if (res.status === 404) return undefined;
   if (res.status !== 200) throw new EngineError(`the Docker Engine API answered ${res.status} to inspecting ${name}: ${engineMessage(res.body)}`, res.status);
@@ -162,80 +151,48 @@ async function pull(s: Session, ref: ImageRef, tagOrDigest: string): Promise<{ e
     exitCode = -1;
     timedOut = e.code === "TIMEOUT";
   }
-  s.output.push(
-    create(ToolOutputSchema, {
-      argv: ["POST", `${s.engine.prefix}${apiPath}`],
-      exitCode,
-      stdoutTail: tail(kept.join("\n")),
-      stderrTail: tail(error ?? ""),
-      duration: durationFromMs(Date.now() - started),
-      timedOut,
-    }),
-  );
+  record(s, ["POST", `${s.engine.prefix}${apiPath}`], started, { exitCode, stdout: kept.join("\n"), error, timedOut });
   return { error, digest };
 }
 
 // `POST /images/{source}/tag?repo=…&tag=…`.
 async function tagImage(s: Session, source: string, ref: ImageRef): Promise<string | undefined> {
-  const started = Date.now();
   const apiPath = `/images/${source}/tag?${new URLSearchParams({ repo: ref.repository, tag: ref.tag })}`;
-  let error: string | undefined;
-  let exitCode = 0;
-  let timedOut = false;
-  try {
-    const res = await s.engine.call("POST", apiPath);
-    if (res.status !== 201 && res.status !== 200) {
-      error = `tagging ${source} as ${ref.local} failed (HTTP ${res.status}): ${engineMessage(res.body)}`;
-      exitCode = 1;
-    }
-  } catch (err) {
-    error = `tagging ${source} as ${ref.local} failed: ${(err as Error).message}`;
-    exitCode = -1;
-    timedOut = (err as EngineError).code === "TIMEOUT";
-  }
-  s.output.push(
-    create(ToolOutputSchema, {
-      argv: ["POST", `${s.engine.prefix}${apiPath}`],
-      exitCode,
-      stdoutTail: "",
-      stderrTail: tail(error ?? ""),
-      duration: durationFromMs(Date.now() - started),
-      timedOut,
-    }),
-  );
-  return error;
+  return (await step(s, "POST", apiPath, `tagging ${source} as ${ref.local}`)).error;
 }
 
-const tail = (text: string) => (text.length > OUTPUT_TAIL_CHARS ? `…${text.slice(-OUTPUT_TAIL_CHARS)}` : text);
-
-// Which containers run each image (by image ID); empty when the list cannot be had.
-async function containerUsers(s: Session): Promise<Map<string, string[]>> {
-  const users = new Map<string, string[]>();
+// Every container of the host (image IDs included); empty when the list cannot be had.
+async function listContainers(s: Session): Promise<EngineContainer[]> {
   try {
-    for (const c of await s.engine.json<EngineContainer[]>("/containers/json?all=1")) {
-      if (c.ImageID) users.set(c.ImageID, [...(users.get(c.ImageID) ?? []), containerName(c)]);
-    }
+    const list = await s.engine.json<EngineContainer[]>("/containers/json?all=1");
+    return Array.isArray(list) ? list : [];
   } catch {
-    // The note then just says containers are not restarted.
+    return [];
   }
-  return users;
 }
 
-function containerNote(users: readonly string[] | undefined): string {
-  if (!users?.length) return `${CONTAINER_NOTE}; no container used the previous image`;
-  const names = `${users.slice(0, 5).join(", ")}${users.length > 5 ? ", …" : ""}`;
-  return `${CONTAINER_NOTE}: ${plural(users.length, "container")} (${names}) ${pick(users.length, "keeps", "keep")} running the previous image until ${pick(users.length, "it is", "they are")} recreated`;
+interface Bring {
+  // The digest to pin the tag to; undefined: the newest.
+  pin: string | undefined;
+  // The host's containers before the pull.
+  containers: readonly EngineContainer[];
+  allowNew: boolean;
+  rollback: boolean;
+  holds: ReadonlySet<string>;
+  deps: DockerDeps;
 }
 
-// Brings one tag to the newest image (pin undefined) or to exactly `pin`, and reports it from
-// the daemon's own RepoDigests before and after.
+// Brings one tag to the newest image (pin undefined) or to exactly `pin`, reports it from the
+// daemon's own RepoDigests before and after, and recreates the containers created from the tag
+// when it moved to another image (a failure there puts the tag back and FAILS the package).
 // A tag the host does not have is pulled only as a new dependency of a confirmed update
 // (`allowNew`): an update never brings in an image, from whatever registry, that was not here.
-async function bringTag(s: Session, pkg: PackageRef, pin: string | undefined, users: Map<string, string[]>, allowNew: boolean): Promise<PackageResult> {
+async function bringTag(s: Session, pkg: PackageRef, how: Bring): Promise<PackageResult> {
+  const { pin, containers, allowNew, holds, deps } = how;
   const ref = parseImageRef(pkg.name);
   if (!ref || pkg.name.startsWith("-")) return packageResult(pkg, PackageResultState.FAILED, { to: pkg.version, reason: NOT_A_REF(pkg.name) });
   const fail = (reason: string, from?: string) => packageResult(pkg, PackageResultState.FAILED, { from, to: pin, reason });
-  let before: EngineImage | undefined;
+  let before: Awaited<ReturnType<typeof inspect>>;
   try {
     before = await inspect(s, ref.local);
   } catch (err) {
@@ -283,7 +240,25 @@ async function bringTag(s: Session, pkg: PackageRef, pin: string | undefined, us
   if (pin && to !== pin) return fail(`${ref.local} does not name ${pin} after re-tagging`, from);
   const changed = !before || after.Id !== before.Id || (to !== undefined && !fromDigests.includes(to));
   if (!changed) return packageResult(pkg, PackageResultState.SKIPPED, { from, to, reason: "already up to date" });
-  return packageResult(pkg, PackageResultState.INSTALLED, { from, to, reason: containerNote(before ? users.get(before.Id) : undefined) });
+  if (!before || before.Id === after.Id) return packageResult(pkg, PackageResultState.INSTALLED, { from, to, reason: "no container used the previous image" });
+  const previous = before;
+  const recreated = await recreateUsers(
+    s,
+    {
+      ref,
+      previousImage: previous.Id,
+      previousConfig: previous.Config,
+      containers,
+      target: how.rollback ? "the earlier image" : "the new image",
+      held: (name) => {
+        const r = parseImageRef(name);
+        return r !== undefined && isHeld(r, holds);
+      },
+      repin: () => tagImage(s, previous.Id, ref),
+    },
+    { ...DEFAULT_TIMING, ...deps.recreateTiming },
+  );
+  return packageResult(pkg, recreated.failed ? PackageResultState.FAILED : PackageResultState.INSTALLED, { from, to, reason: recreated.reason });
 }
 
 // The registry's view of every pending tag of this host (the scan), holds left out.
@@ -368,14 +343,14 @@ export function createDockerInstaller(deps: DockerDeps = {}): Installer {
       const begun = await begin({ ...opts, timeoutMs: deadline - Date.now() }, deps);
       if (!begun.session) return failAll(refs, begun.error);
       const s = begun.session;
-      const users = await containerUsers(s);
+      const containers = await listContainers(s);
       const results: PackageResult[] = [];
       for (const pkg of refs) {
         if (opts.signal?.aborted) {
           results.push(packageResult(pkg, PackageResultState.FAILED, { to: pkg.version, reason: "stopped before it was pulled" }));
           continue;
         }
-        results.push(await bringTag(s, pkg, pkg.version || undefined, users, opts.newPackages?.has(pkg.name) === true));
+        results.push(await bringTag(s, pkg, { pin: pkg.version || undefined, containers, allowNew: opts.newPackages?.has(pkg.name) === true, rollback: false, holds: opts.holds, deps }));
       }
       return { packages: results, output: s.output, rebootRequired: false };
     },
@@ -387,7 +362,7 @@ export function createDockerInstaller(deps: DockerDeps = {}): Installer {
       const begun = await begin(opts, deps);
       if (!begun.session) return failAll([pkg], begun.error);
       const s = begun.session;
-      const result = await bringTag(s, pkg, pkg.version, await containerUsers(s), false);
+      const result = await bringTag(s, pkg, { pin: pkg.version, containers: await listContainers(s), allowNew: false, rollback: true, holds: opts.holds, deps });
       return { packages: [result], output: s.output, rebootRequired: false };
     },
   };

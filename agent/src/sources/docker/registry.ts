@@ -35,6 +35,8 @@ export interface HttpRequest {
   // For streamed JSON-lines answers (a pull's progress): each line of a 2xx body goes here
   // instead of into `body`.
   onLine?: ((line: string) => void) | undefined;
+  // Request body (sent as JSON by the Engine API callers).
+  body?: string | undefined;
 }
 
 export interface HttpAnswer {
@@ -108,7 +110,7 @@ export function httpCall(req: HttpRequest): Promise<HttpAnswer> {
       },
     );
     outgoing.on("error", (err: NodeJS.ErrnoException) => finish(new HttpFailure(err.code ?? "ERROR", err.message)));
-    outgoing.end();
+    outgoing.end(req.body);
   });
 }
 

@@ -502,7 +502,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(scan.run.state).toBe(SubsystemRunState.RAN);
     expect(scan.run.updateCount).toBe(3);
     expect(scan.run.message).toBe(
-      "3 updates, 0 security; 5 tags checked; 2 outdated images used by containers (not restarted by an install); " +
+      "3 updates, 0 security; 5 tags checked; 2 outdated images used by containers (an install recreates them); " +
         "1 tag without a registry digest skipped (built or loaded locally); 1 untagged image ignored; " +
         "1 container still runs an image its tag no longer names (old-web); recreate it to use the pulled image",
     );
@@ -560,7 +560,7 @@ process.stdout.write(JSON.stringify({ state: scan.run.state, message: scan.run.m
     expect(noCredentials.run.state).toBe(SubsystemRunState.RAN);
     expect(noCredentials.updates.map((u) => u.name)).toEqual(["nginx:1.27"]);
     expect(noCredentials.run.message).toContain(
-      "1 tag checked; 1 outdated image used by containers (not restarted by an install); 4 tags could not be checked: " +
+      "1 tag checked; 1 outdated image used by containers (an install recreates them); 4 tags could not be checked: " +
         "redis:7.4: docker.io denied anonymous access (private or missing repository) and the Docker config has no credentials for it; grafana/grafana:11.3.0: docker.io rate limit reached (HTTP 429); " +
         "ghcr.io/acme/api:latest: tag not found on ghcr.io (HTTP 404); and 1 other reason",
     );

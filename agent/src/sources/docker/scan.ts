@@ -17,6 +17,7 @@ import {
   loadDockerConfig,
   parseImageRef,
 } from "./registry.ts";
+import type { RecreateTiming } from "./recreate.ts";
 import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
 
 // Docker images: every tagged image pulled from a registry is compared with what its tag names
@@ -27,7 +28,7 @@ import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
 // current, whether or not a container runs it right now (`docker compose pull` works the same
 // way). The container list adds what the images alone cannot say: which outdated images are in
 // use, and which containers still run an image whose tag a newer pull already moved (nothing
-// to pull for those: they need recreating, which this source never does).
+// to pull for those: they need recreating, which an install does only for the tag it moves).
 
 export const DOCKER = "docker";
 export const DEFAULT_SOCKET = "/var/run/docker.sock";
@@ -47,6 +48,8 @@ export interface DockerDeps {
   // Docker client config with registry credentials; default $DOCKER_CONFIG/config.json or
   // ~/.docker/config.json.
   configPath?: string | undefined;
+  // Clock and patience for new containers coming up (tests: a fake clock).
+  recreateTiming?: Partial<RecreateTiming> | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,6 +95,8 @@ export class EngineError extends Error {
 export interface EngineCall {
   headers?: Record<string, string> | undefined;
   onLine?: ((line: string) => void) | undefined;
+  // Sent as JSON.
+  json?: unknown;
 }
 
 export interface Engine {
@@ -160,7 +165,8 @@ export async function openEngine(socketPath: string, opts: { signal?: AbortSigna
         url: `http://docker${apiPath}`,
         socketPath,
         method,
-        headers: { ...call.headers },
+        headers: { ...call.headers, ...(call.json !== undefined ? { "content-type": "application/json" } : {}) },
+        body: call.json !== undefined ? JSON.stringify(call.json) : undefined,
         timeoutMs: left,
         signal: opts.signal,
         maxBodyBytes: 64 * 1024 * 1024,
@@ -214,6 +220,7 @@ export interface EngineContainer {
   Image?: string;
   ImageID?: string;
   State?: string;
+  Labels?: Record<string, string> | null;
 }
 
 export interface LocalTag {
@@ -400,7 +407,7 @@ export async function scanDocker(opts: ScanOptions, deps: DockerDeps = {}): Prom
 
   const used = new Set(survey.containers.map((c) => c.ImageID).filter(Boolean));
   const inUse = outdated.filter((c) => used.has(c.tag.image.Id)).length;
-  if (inUse > 0) notes.push(`${plural(inUse, "outdated image")} used by containers (not restarted by an install)`);
+  if (inUse > 0) notes.push(`${plural(inUse, "outdated image")} used by containers (an install recreates them)`);
   if (failed.length > 0) notes.push(describeUnchecked(failed));
   const authFailures = failed.filter((c) => c.errorKind === "auth" && !survey.config.auths.has(c.tag.ref.registry));
   if (authFailures.length > 0 && survey.config.helpers.length > 0) {
