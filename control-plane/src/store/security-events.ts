@@ -1,3 +1,4 @@
+import { enqueueNotification } from "./notifications.ts";
 import type { Prisma, Tx } from "./types.ts";
 
 export const SECURITY_EVENT_TYPES = [
@@ -26,7 +27,15 @@ export interface SecurityEventInput {
   detail?: Record<string, string | number | boolean>;
 }
 
+// Events anyone can cause without a credential (a wrong password, a made-up registration
+// token) are not notified: they would let a stranger flood the channels.
+const NOT_NOTIFIED: ReadonlySet<SecurityEventType> = new Set(["login_failed", "registration_token_invalid"]);
+
+// Also queues the notification (security_event) with the event, in the same transaction.
 export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventInput): Promise<void> {
+  const notify = !NOT_NOTIFIED.has(event.type);
+  if (notify && "$transaction" in db) return db.$transaction((tx) => recordSecurityEvent(tx, event));
+  if (notify) await enqueueNotification(db, { kind: "security_event", severity: event.severity, agentId: event.agentId, text: `${event.type}: ${event.message}` });
   await db.securityEvent.create({
     data: {
       type: event.type,
