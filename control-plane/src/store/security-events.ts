@@ -1,4 +1,3 @@
-import { enqueueNotification } from "./notifications.ts";
 import type { Prisma, Tx } from "./types.ts";
 
 export const SECURITY_EVENT_TYPES = [
@@ -33,9 +32,17 @@ const NOT_NOTIFIED: ReadonlySet<SecurityEventType> = new Set(["login_failed", "r
 
 // Also queues the notification (security_event) with the event, in the same transaction.
 export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventInput): Promise<void> {
-  const notify = !NOT_NOTIFIED.has(event.type);
-  if (notify && "$transaction" in db) return db.$transaction((tx) => recordSecurityEvent(tx, event));
-  if (notify) await enqueueNotification(db, { kind: "security_event", severity: event.severity, agentId: event.agentId, text: `${event.type}: ${event.message}` });
+  if (!NOT_NOTIFIED.has(event.type)) {
+    // One statement writes both, so they are kept together also outside a transaction.
+    await db.$executeRaw`
+      WITH recorded AS (
+        INSERT INTO security_events (type, severity, message, agent_id, machine_id, remote_addr, detail)
+        VALUES (${event.type}, ${event.severity}, ${event.message}, ${event.agentId ?? null}::uuid, ${event.machineId ?? null}, ${event.remoteAddr ?? null}, ${JSON.stringify(event.detail ?? {})}::jsonb)
+        RETURNING agent_id)
+      INSERT INTO notification_events (kind, severity, agent_id, text)
+      SELECT 'security_event', ${event.severity}, agent_id, ${`${event.type}: ${event.message}`.slice(0, 500)} FROM recorded`;
+    return;
+  }
   await db.securityEvent.create({
     data: {
       type: event.type,
