@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addChannel, addRule, afterQuietHours, inQuietHours, RETRY, retryDelayMs, runNotifications, type RuleInput } from "../../src/domain/notifications.ts";
 import { webhookSignature } from "../../src/domain/notification-senders.ts";
 import { enqueueNotification } from "../../src/store/notifications.ts";
+import { recordResults } from "../../src/store/commands.ts";
+import { newId } from "../../src/ids.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
 import { auditAs, insertAgent, mediumDatabase } from "../support/medium.ts";
 import { startHttpReceiver, type HttpReceiver } from "../support/receivers.ts";
@@ -187,5 +189,28 @@ describe.each(availableBackends)("notifications on %s", (backend: Backend) => {
     await runNotifications(deps(), now);
     await runNotifications(deps(), new Date(now.getTime() + 60_000));
     expect(bodies("/filtered").map((b) => b.text)).toEqual(["prod-1: in prod\ncontrol plane: no agent"]);
+  });
+
+  it("a scan that finds critical or security updates not offered before queues one event; the same scan again queues none", async () => {
+    const agent = await insertAgent(m.db, "scan-1");
+    const update = (name: string, severity: string, security: boolean, version = "1.1") => ({
+      source: "apt", name, architecture: "amd64", currentVersion: "1.0", availableVersion: version, repository: "debian", severity, security, sizeBytes: 10n, rebootRequired: false,
+    });
+    const scan = async (updates: ReturnType<typeof update>[]) => {
+      const id = newId();
+      await m.db.command.create({ data: { id, agentId: agent.id, type: "scan_updates", state: "sent", action: Buffer.alloc(0), createdBy: "oscar", sentAt: new Date() } });
+      const result = { commandId: id, outcome: "succeeded" as const, message: "", startedAt: null, finishedAt: null, bytes: new Uint8Array(), scan: { updates, parts: 0, sources: ["apt"] }, metrics: undefined, packages: [] };
+      expect((await recordResults(m.db, agent.id, [result], new Date(), "192.0.2.1", { rows: 10_000 })).acknowledged).toEqual([id]);
+    };
+    const queued = () => m.db.notificationEvent.findMany({ where: { agentId: agent.id } });
+    await scan([update("curl", "low", false), update("openssl", "important", true), update("sudo", "critical", false)]);
+    expect((await queued()).map((e) => [e.kind, e.severity, e.text])).toEqual([["critical_updates", "critical", "2 new critical or security updates: openssl, sudo"]]);
+    await m.db.notificationEvent.deleteMany({});
+    await scan([update("curl", "low", false), update("openssl", "important", true), update("sudo", "critical", false)]);
+    expect(await queued()).toEqual([]);
+    // A new version of one of them is news again.
+    await scan([update("curl", "low", false), update("openssl", "important", true, "1.2"), update("sudo", "critical", false)]);
+    expect((await queued()).map((e) => e.text)).toEqual(["1 new critical or security update: openssl"]);
+    await m.db.notificationEvent.deleteMany({});
   });
 });
