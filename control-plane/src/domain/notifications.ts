@@ -255,16 +255,8 @@ export const channels = async (db: Prisma) => (await listChannels(db)).map(viewC
 
 // --- rules ---
 
-export interface RuleInput {
-  name: string;
-  enabled: boolean;
-  events: string[];
-  minSeverity: string;
-  groups: string[];
-  channelIds: string[];
-  quiet: { start: string; end: string; timeZone: string } | undefined;
-  groupWindowSeconds: number;
-}
+// A rule as stored, with its quiet hours as one value.
+export type RuleInput = Omit<RuleWrite, "quietStart" | "quietEnd" | "quietTimeZone"> & { quiet: { start: string; end: string; timeZone: string } | undefined };
 
 const HHMM = /^([01]\d|2[0-3]):[0-5]\d$/;
 
