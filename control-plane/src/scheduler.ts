@@ -8,6 +8,8 @@ import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
 import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgrades.ts";
 import { pruneUpgrades } from "./store/upgrades.ts";
+import { runNotifications, type NotifierDeps } from "./domain/notifications.ts";
+import { pruneDeliveries } from "./store/notifications.ts";
 
 export interface Scheduler {
   tick(): Promise<void>;
@@ -26,6 +28,8 @@ export function createScheduler(
   isLeader: () => boolean = () => true,
   // Queues the automatic agent upgrades; without it upgrades are only followed, never started.
   upgrades?: UpgradeDeps,
+  // Routes the notification outbox and sends what is due; without it nothing is sent.
+  notifications?: NotifierDeps,
 ): Scheduler {
   let lastPrune = 0;
   let halted = false;
@@ -41,6 +45,13 @@ export function createScheduler(
         events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
       }
       await upgradeJobs(now);
+      if (notifications) {
+        const n = await runNotifications(notifications, now).catch((err: unknown) => {
+          logger.warn({ err }, "sending notifications failed; will retry");
+          return undefined;
+        });
+        if (n && n.failed > 0) logger.warn(n, "some notifications could not be sent (see `redflag notifications deliveries`)");
+      }
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
       if (now.getTime() - lastPrune > 3_600_000) {
@@ -94,5 +105,6 @@ export async function prune(db: Prisma, now: Date, settings: Retention) {
   // Update history goes with the commands that made it.
   const reports = await pruneReportData(db, { metrics: before(settings.retentionMetricsSeconds), updateEvents: before(settings.retentionCommandsSeconds) });
   const upgrades = await pruneUpgrades(db, before(settings.retentionCommandsSeconds));
-  return { commands, audit, events, upgrades, ...reports };
+  const notifications = await pruneDeliveries(db, before(settings.retentionCommandsSeconds));
+  return { commands, audit, events, upgrades, notifications, ...reports };
 }

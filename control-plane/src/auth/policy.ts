@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -41,6 +42,8 @@ allow(UserService, "admin");
 allow(ApiTokenService, "viewer");
 allow(AuditService, "admin");
 allow(SecurityService, "admin");
+// Channels hold secrets and reach outside hosts; the delivery log names hosts and events.
+allow(NotificationService, "admin");
 allow(SettingsService, "viewer", ["ListSettings"]);
 allow(SettingsService, "admin", ["UpdateSettings", "ListSettingChanges", "ExportSettings", "ImportSettings"]);
 

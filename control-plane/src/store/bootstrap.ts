@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { generateKeyPair, keyPairFromSecret, seal, unseal, type KeyPair } from "../signing/keys.ts";
 import { newId, newSecret, SECRET_PREFIX, sha256 } from "../ids.ts";
 import { recordSecurityEvent } from "./security-events.ts";
+import { enqueueNotification } from "./notifications.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
 
 // Start-up bootstrap runs under one transaction-scoped advisory lock so replicas starting
@@ -80,6 +81,7 @@ export async function rotateSigningKey(
       },
     });
     await record(tx, { activeKeyId: pair.keyId, previousKeyId: old?.id });
+    await enqueueNotification(tx, { kind: "security_event", severity: "info", text: `signing_key_rotated: the command-signing key ${old?.id ?? "(none)"} was replaced by ${pair.keyId}` });
     return old;
   });
   return { active: pair, previousKeyId: previous?.id };

@@ -12,6 +12,7 @@ import {
   type Staged,
 } from "./scans.ts";
 import { recordSecurityEvent } from "./security-events.ts";
+import { enqueueNotification } from "./notifications.ts";
 import type { Statements } from "./statements.ts";
 import { bytes, type Prisma, type Tx } from "./types.ts";
 
@@ -380,13 +381,15 @@ async function storeResult(tx: Tx, agentId: string, state: CommandState, result:
     },
   });
   // A cancelled command keeps its state; a late result still moves timed_out to what happened.
-  await tx.command.update({
+  const command = await tx.command.update({
     where: { id: result.commandId },
     data: {
       finishedAt,
       ...(state === "cancelled" ? {} : { state: result.outcome }),
     },
+    select: { type: true },
   });
+  if (command.type === "install_updates") await enqueueNotification(tx, installEvent(agentId, result));
   if (result.metrics) await recordMetricSamples(tx, agentId, [{ id: result.commandId, time: finishedAt, metrics: result.metrics }]);
   if (result.packages.length > 0) {
     await tx.updateEvent.createMany({ data: result.packages.map((p) => ({ agentId, time: finishedAt, commandId: result.commandId, ...p })) });
@@ -485,3 +488,15 @@ export async function getCommand(db: Prisma | Tx, id: string) {
 }
 
 export type CommandRow = NonNullable<Awaited<ReturnType<typeof getCommand>>>;
+
+// What an install result tells people: failed when the command or any package failed.
+function installEvent(agentId: string, result: IncomingResult) {
+  const failed = result.packages.filter((p) => p.kind === "failed").map((p) => p.name);
+  const installed = result.packages.filter((p) => p.kind === "installed").map((p) => p.name);
+  const names = (list: string[]) => `${list.slice(0, 5).join(", ")}${list.length > 5 ? ` and ${list.length - 5} more` : ""}`;
+  if (result.outcome !== "succeeded" || failed.length > 0) {
+    const what = failed.length > 0 ? `${names(failed)} failed` : "the install failed";
+    return { kind: "install_failed" as const, severity: "warning" as const, agentId, text: `${what}${result.message ? `: ${result.message}` : ""}` };
+  }
+  return { kind: "install_succeeded" as const, severity: "info" as const, agentId, text: installed.length > 0 ? `installed ${names(installed)}` : "nothing needed installing" };
+}

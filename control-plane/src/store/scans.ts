@@ -13,6 +13,7 @@
 // report was not acknowledged, sends it again: applying it again finishes the job.
 import { Prisma as Sql } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
+import { enqueueNotification } from "./notifications.ts";
 import { StoreRefusal } from "./refusal.ts";
 import type { Prisma, Tx } from "./types.ts";
 
@@ -315,6 +316,16 @@ export async function applyStagedScan(
           FROM staged_updates s
           LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
          WHERE ${stagedIn(lo, hi)} AND (p.agent_id IS NULL OR p.available_version <> s.available_version)`;
+      // New critical or security updates (not offered before in this version) are notified.
+      const [news] = await tx.$queryRaw<{ n: number; names: string[] }[]>`
+        SELECT count(*)::int AS n, (array_agg(s.name ORDER BY s.name))[1:5] AS names
+          FROM staged_updates s
+          LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
+         WHERE ${stagedIn(lo, hi)} AND (p.agent_id IS NULL OR p.available_version <> s.available_version) AND (s.security OR s.severity = 'critical')`;
+      if (news && news.n > 0) {
+        const more = news.n > news.names.length ? ` and ${news.n - news.names.length} more` : "";
+        await enqueueNotification(tx, { kind: "critical_updates", severity: "critical", agentId, text: `${news.n} new critical or security update${news.n === 1 ? "" : "s"}: ${news.names.join(", ")}${more}` });
+      }
       // first_seen_at survives, and so does a decision while the same version is offered; a row
       // the scan repeats is not written at all.
       await tx.$executeRaw`

@@ -26,7 +26,23 @@ export interface SecurityEventInput {
   detail?: Record<string, string | number | boolean>;
 }
 
+// Events anyone can cause without a credential (a wrong password, a made-up registration
+// token) are not notified: they would let a stranger flood the channels.
+const NOT_NOTIFIED: ReadonlySet<SecurityEventType> = new Set(["login_failed", "registration_token_invalid"]);
+
+// Also queues the notification (security_event) with the event, in the same transaction.
 export async function recordSecurityEvent(db: Prisma | Tx, event: SecurityEventInput): Promise<void> {
+  if (!NOT_NOTIFIED.has(event.type)) {
+    // One statement writes both, so they are kept together also outside a transaction.
+    await db.$executeRaw`
+      WITH recorded AS (
+        INSERT INTO security_events (type, severity, message, agent_id, machine_id, remote_addr, detail)
+        VALUES (${event.type}, ${event.severity}, ${event.message}, ${event.agentId ?? null}::uuid, ${event.machineId ?? null}, ${event.remoteAddr ?? null}, ${JSON.stringify(event.detail ?? {})}::jsonb)
+        RETURNING agent_id)
+      INSERT INTO notification_events (kind, severity, agent_id, text)
+      SELECT 'security_event', ${event.severity}, agent_id, ${`${event.type}: ${event.message}`.slice(0, 500)} FROM recorded`;
+    return;
+  }
   await db.securityEvent.create({
     data: {
       type: event.type,

@@ -1,5 +1,6 @@
 import type { Prisma as PrismaNs } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
+import { enqueueNotification } from "./notifications.ts";
 import type { Prisma, Tx } from "./types.ts";
 
 // Agent upgrades: one row per update_agent command, and the state the control plane derives
@@ -97,8 +98,15 @@ export async function moveUpgrade(
   change: { state: UpgradeState; message: string; installedAt?: Date; finishedAt?: Date },
   now: Date,
 ): Promise<boolean> {
-  const done = await db.agentUpgrade.updateMany({ where: { id, state: from }, data: { ...change, updatedAt: now } });
-  return done.count > 0;
+  const move = async (tx: Tx) => (await tx.agentUpgrade.updateMany({ where: { id, state: from }, data: { ...change, updatedAt: now } })).count > 0;
+  if (change.state !== "failed" && change.state !== "rolled_back") return move(db);
+  // An upgrade that ends badly is notified with the change that records it.
+  return db.$transaction(async (tx) => {
+    if (!(await move(tx))) return false;
+    const u = await tx.agentUpgrade.findUniqueOrThrow({ where: { id }, select: { agentId: true, toVersion: true } });
+    await enqueueNotification(tx, { kind: "agent_upgrade_failed", severity: "warning", agentId: u.agentId, text: `the upgrade to ${u.toVersion} ${change.state === "failed" ? "failed" : "was rolled back"}${change.message ? `: ${change.message}` : ""}` });
+    return true;
+  });
 }
 
 export interface UpgradeFilter {
