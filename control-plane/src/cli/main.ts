@@ -6,6 +6,7 @@ import { registerApiTokens } from "./commands/api-tokens.ts";
 import { registerAudit } from "./commands/audit.ts";
 import { registerCommands } from "./commands/commands.ts";
 import { registerHolds } from "./commands/holds.ts";
+import { registerPolicies } from "./commands/policies.ts";
 import { registerReleases } from "./commands/releases.ts";
 import { registerReports } from "./commands/reports.ts";
 import { registerSecurity } from "./commands/security.ts";
@@ -37,6 +38,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerCommands,
     registerUpdates,
     registerHolds,
+    registerPolicies,
     registerSettings,
     registerSecurity,
     registerSession,
