@@ -132,16 +132,19 @@ export async function preview(db: Prisma, rule: { id: string } | { definition: P
   return previewPolicy(db, d, now, limit);
 }
 
+// An audit entry lists at most this many updates (a batch may need several per rule).
+const AUDIT_CHUNK = 200;
+
 export interface AutoApproveLimits {
-  // Updates approved per transaction (and listed in one audit entry per rule).
+  // Updates approved per transaction, each evaluating every rule over the whole pending set.
   batch: number;
   // Transactions per run: a fleet's backlog is approved over several scheduler ticks.
   maxBatches: number;
 }
 
 // The scheduler's job: approves what enabled rules choose and whose delay has passed at `now`,
-// in bounded batches. Each batch commits with one audit entry per rule that approved in it, the
-// rule (ID and name) as the actor and every update it approved listed. Idempotent: only
+// in bounded batches. Each batch commits with the audit entries of the rules that approved in it:
+// the rule (ID and name) as the actor, every update it approved listed (AUDIT_CHUNK per entry). Idempotent: only
 // pending updates at the version a rule chose are changed, so a second run, a restart or a
 // second replica finds nothing left to do.
 export async function autoApprove(db: Prisma, now: Date, limits: AutoApproveLimits): Promise<AutoApproved[]> {
@@ -151,16 +154,19 @@ export async function autoApprove(db: Prisma, now: Date, limits: AutoApproveLimi
       const rows = await approveByPolicies(tx, now, limits.batch);
       const byPolicy = new Map<string, AutoApproved[]>();
       for (const r of rows) byPolicy.set(r.policyId, [...(byPolicy.get(r.policyId) ?? []), r]);
-      for (const [policyId, list] of byPolicy) {
-        await recordAudit(tx, {
-          actorKind: "policy",
-          actorId: policyId,
-          actorName: list[0]!.policyName,
-          action: "scheduler/AutoApprove",
-          target: `policy:${policyId}`,
-          remoteAddr: "",
-          after: { status: "approved", count: list.length, updates: list.map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
-        });
+      for (const [policyId, all] of byPolicy) {
+        for (let at = 0; at < all.length; at += AUDIT_CHUNK) {
+          const list = all.slice(at, at + AUDIT_CHUNK);
+          await recordAudit(tx, {
+            actorKind: "policy",
+            actorId: policyId,
+            actorName: list[0]!.policyName,
+            action: "scheduler/AutoApprove",
+            target: `policy:${policyId}`,
+            remoteAddr: "",
+            after: { status: "approved", count: list.length, updates: list.map((r) => `${r.agentId}/${r.source}/${r.name}=${r.availableVersion}`) },
+          });
+        }
       }
       return rows;
     });

@@ -39,68 +39,56 @@ export interface PolicyRow extends PolicyDefinition {
 
 // The glob in `pattern` (an SQL expression) as a LIKE pattern with "\" as its escape character.
 const likeOf = (pattern: Sql.Sql) => Sql.sql`replace(replace(replace(replace(${pattern}, '\\', '\\\\'), '%', '\\%'), '_', '\\_'), '*', '%')`;
-const nameMatchesAny = (patterns: Sql.Sql) =>
-  Sql.sql`EXISTS (SELECT 1 FROM unnest(${patterns}) AS g(p) WHERE u.name LIKE ${likeOf(Sql.raw("g.p"))} ESCAPE '\\')`;
+// `name` (an SQL expression) matches one of the globs in the array `patterns`.
+const matchesAny = (name: Sql.Sql, patterns: Sql.Sql) =>
+  Sql.sql`EXISTS (SELECT 1 FROM unnest(${patterns}) AS g(p) WHERE ${name} LIKE ${likeOf(Sql.raw("g.p"))} ESCAPE '\\')`;
 const unset = (list: Sql.Sql) => Sql.sql`coalesce(cardinality(${list}), 0) = 0`;
+// A hold of `scope` keeps package `name` of `source` (the rule of domain/holds.ts heldBy: its
+// source or every source, its name pattern).
+const holdKeeps = (scope: Sql.Sql, source: Sql.Sql, name: Sql.Sql) =>
+  Sql.sql`EXISTS (SELECT 1 FROM holds h WHERE ${scope} AND (h.source IN ('', '*') OR h.source = ${source})
+    AND ${name} LIKE ${likeOf(Sql.raw("h.name"))} ESCAPE '\\')`;
 
-// A rule's fields as SQL expressions: the columns of a saved rule (alias p), or parameters.
-interface RuleSql {
-  severities: Sql.Sql;
-  securityOnly: Sql.Sql;
-  sources: Sql.Sql;
-  namePatterns: Sql.Sql;
-  groups: Sql.Sql;
-  tags: Sql.Sql;
-  exclusions: Sql.Sql;
-  delaySeconds: Sql.Sql;
-}
-
-const SAVED: RuleSql = {
-  severities: Sql.raw("p.severities"),
-  securityOnly: Sql.raw("p.security_only"),
-  sources: Sql.raw("p.sources"),
-  namePatterns: Sql.raw("p.name_patterns"),
-  groups: Sql.raw("p.groups"),
-  tags: Sql.raw("p.tags"),
-  exclusions: Sql.raw("p.exclusions"),
-  delaySeconds: Sql.raw("p.delay_seconds"),
-};
-
+// The rules to evaluate as a relation: the enabled saved ones, or one definition as parameters.
+const ENABLED = Sql.sql`SELECT id, name, position, created_at, severities, security_only, sources, name_patterns, groups, tags, exclusions, delay_seconds
+  FROM policies WHERE enabled`;
 const texts = (list: string[]) => Sql.sql`${list}::text[]`;
-function given(d: PolicyDefinition): RuleSql {
-  return {
-    severities: texts(d.severities),
-    securityOnly: Sql.sql`${d.securityOnly}::boolean`,
-    sources: texts(d.sources),
-    namePatterns: texts(d.namePatterns),
-    groups: texts(d.groups),
-    tags: texts(d.tags),
-    exclusions: texts(d.exclusions),
-    delaySeconds: Sql.sql`${d.delaySeconds}::int`,
-  };
+const unsaved = (d: PolicyDefinition) =>
+  Sql.sql`SELECT '00000000-0000-0000-0000-000000000000'::uuid AS id, ${d.name}::text AS name, 0 AS position, now() AS created_at,
+    ${texts(d.severities)} AS severities, ${d.securityOnly}::boolean AS security_only, ${texts(d.sources)} AS sources,
+    ${texts(d.namePatterns)} AS name_patterns, ${texts(d.groups)} AS groups, ${texts(d.tags)} AS tags,
+    ${texts(d.exclusions)} AS exclusions, ${d.delaySeconds}::int AS delay_seconds`;
+
+// The pending updates of live agents that the rules choose, one row per update and rule (`m`),
+// with whether the rule's delay has passed at `now` (to the second, from when the update's
+// current version was first seen) and whether a hold keeps it. Name patterns, exclusions and
+// fleet-wide holds are matched once per distinct package name, not once per update (a fleet has
+// far fewer names than updates); an agent's own holds are looked up by its ID.
+function evaluated(rules: Sql.Sql, now: Date): Sql.Sql {
+  return Sql.sql`
+    r AS MATERIALIZED (${rules}),
+    names AS MATERIALIZED (SELECT DISTINCT source, name FROM package_updates WHERE status = 'pending'),
+    fleet_held AS MATERIALIZED (
+      SELECT n.source, n.name FROM names n WHERE ${holdKeeps(Sql.raw("h.agent_id IS NULL"), Sql.raw("n.source"), Sql.raw("n.name"))}),
+    named AS MATERIALIZED (
+      SELECT r.id AS rule_id, n.source, n.name FROM r JOIN names n ON ${unset(Sql.raw("r.sources"))} OR n.source = ANY (r.sources)
+       WHERE (${unset(Sql.raw("r.name_patterns"))} OR ${matchesAny(Sql.raw("n.name"), Sql.raw("r.name_patterns"))})
+         AND NOT ${matchesAny(Sql.raw("n.name"), Sql.raw("r.exclusions"))}),
+    m AS (
+      SELECT u.agent_id, a.hostname, u.source, u.name, u.architecture, u.available_version, u.severity, u.security, u.version_seen_at,
+             r.id AS rule_id, r.name AS rule_name, r.position, r.created_at,
+             u.version_seen_at + r.delay_seconds * interval '1 second' <= ${now}::timestamptz AS ready,
+             (f.name IS NOT NULL OR ${holdKeeps(Sql.raw("h.agent_id = u.agent_id"), Sql.raw("u.source"), Sql.raw("u.name"))}) AS held
+        FROM named c
+        JOIN r ON r.id = c.rule_id
+        JOIN package_updates u ON u.source = c.source AND u.name = c.name AND u.status = 'pending'
+        JOIN agents a ON a.id = u.agent_id AND a.decommissioned_at IS NULL
+        LEFT JOIN fleet_held f ON f.source = u.source AND f.name = u.name
+       WHERE (${unset(Sql.raw("r.severities"))} OR u.severity = ANY (r.severities))
+         AND (NOT r.security_only OR u.security)
+         AND (${unset(Sql.raw("r.groups"))} OR a."group" = ANY (r.groups))
+         AND (${unset(Sql.raw("r.tags"))} OR a.tags && r.tags))`;
 }
-
-// A pending update (alias u, its agent a) that the rule chooses, whatever its delay and holds.
-function chooses(r: RuleSql): Sql.Sql {
-  return Sql.sql`a.decommissioned_at IS NULL AND u.status = 'pending'
-    AND (${unset(r.severities)} OR u.severity = ANY (${r.severities}))
-    AND (NOT ${r.securityOnly} OR u.security)
-    AND (${unset(r.sources)} OR u.source = ANY (${r.sources}))
-    AND (${unset(r.groups)} OR a."group" = ANY (${r.groups}))
-    AND (${unset(r.tags)} OR a.tags && ${r.tags})
-    AND (${unset(r.namePatterns)} OR ${nameMatchesAny(r.namePatterns)})
-    AND NOT ${nameMatchesAny(r.exclusions)}`;
-}
-
-// The rule's delay has passed for the update at `now`: to the second, from when its current
-// version was first seen.
-const due = (r: RuleSql, now: Date) => Sql.sql`u.version_seen_at + ${r.delaySeconds} * interval '1 second' <= ${now}::timestamptz`;
-
-// A hold keeps the update (the same rule as domain/holds.ts heldBy: fleet-wide or the agent's
-// own, its source or every source, its name pattern).
-const held = Sql.sql`EXISTS (SELECT 1 FROM holds h
-  WHERE (h.agent_id IS NULL OR h.agent_id = u.agent_id) AND (h.source IN ('', '*') OR h.source = u.source)
-    AND u.name LIKE ${likeOf(Sql.raw("h.name"))} ESCAPE '\\')`;
 
 // Whether `name` matches the glob, as the database matches it (for tests of the translation).
 export async function databaseGlobMatches(db: Prisma, name: string, pattern: string): Promise<boolean> {
@@ -158,21 +146,19 @@ export interface PolicyMatchRow {
 // What one rule would approve at `now` (counted by the database), what it matches but waits
 // for its delay, and what a hold keeps; with the first `limit` approvable updates by hostname.
 export async function previewPolicy(db: Prisma, d: PolicyDefinition, now: Date, limit: number) {
-  const r = given(d);
   const [counts] = await db.$queryRaw<{ approvable: bigint; agents: bigint; waiting: bigint; held: bigint }[]>`
+    WITH ${evaluated(unsaved(d), now)}
     SELECT count(*) FILTER (WHERE ready AND NOT held) AS approvable,
            count(DISTINCT agent_id) FILTER (WHERE ready AND NOT held) AS agents,
            count(*) FILTER (WHERE NOT ready AND NOT held) AS waiting,
            count(*) FILTER (WHERE held) AS held
-      FROM (SELECT u.agent_id, ${due(r, now)} AS ready, ${held} AS held
-              FROM package_updates u JOIN agents a ON a.id = u.agent_id
-             WHERE ${chooses(r)}) m`;
+      FROM m`;
   const matches = await db.$queryRaw<PolicyMatchRow[]>`
-    SELECT u.agent_id AS "agentId", a.hostname, u.source, u.name, u.architecture, u.available_version AS "availableVersion",
-           u.severity, u.security, u.version_seen_at AS "versionSeenAt"
-      FROM package_updates u JOIN agents a ON a.id = u.agent_id
-     WHERE ${chooses(r)} AND ${due(r, now)} AND NOT ${held}
-     ORDER BY a.hostname, u.agent_id, u.source, u.name, u.architecture
+    WITH ${evaluated(unsaved(d), now)}
+    SELECT agent_id AS "agentId", hostname, source, name, architecture, available_version AS "availableVersion",
+           severity, security, version_seen_at AS "versionSeenAt"
+      FROM m WHERE ready AND NOT held
+     ORDER BY hostname, agent_id, source, name, architecture
      LIMIT ${limit}`;
   return {
     approvable: Number(counts?.approvable ?? 0),
@@ -202,19 +188,18 @@ export interface AutoApproved {
 export async function approveByPolicies(tx: Tx, now: Date, limit: number): Promise<AutoApproved[]> {
   await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext('redflag_holds'))`;
   return tx.$queryRaw<AutoApproved[]>`
-    WITH chosen AS (
-      SELECT DISTINCT ON (u.agent_id, u.source, u.name, u.architecture)
-             u.agent_id, u.source, u.name, u.architecture, u.available_version, p.id AS policy_id, p.name AS policy_name
-        FROM package_updates u JOIN agents a ON a.id = u.agent_id JOIN policies p ON p.enabled
-       WHERE ${chooses(SAVED)} AND ${due(SAVED, now)} AND NOT ${held}
-       ORDER BY u.agent_id, u.source, u.name, u.architecture, p.position, p.created_at, p.id
+    WITH ${evaluated(ENABLED, now)},
+    chosen AS (
+      SELECT DISTINCT ON (agent_id, source, name, architecture) agent_id, source, name, architecture, available_version, rule_id, rule_name
+        FROM m WHERE ready AND NOT held
+       ORDER BY agent_id, source, name, architecture, position, created_at, rule_id
        LIMIT ${limit}
     )
     UPDATE package_updates u
-       SET status = 'approved', decided_by = 'policy: ' || c.policy_name, decided_at = ${now}::timestamptz
+       SET status = 'approved', decided_by = 'policy: ' || c.rule_name, decided_at = ${now}::timestamptz
       FROM chosen c
      WHERE u.agent_id = c.agent_id AND u.source = c.source AND u.name = c.name AND u.architecture = c.architecture
        AND u.status = 'pending' AND u.available_version = c.available_version
     RETURNING u.agent_id AS "agentId", u.source, u.name, u.architecture, u.available_version AS "availableVersion",
-              c.policy_id AS "policyId", c.policy_name AS "policyName"`;
+              c.rule_id AS "policyId", c.rule_name AS "policyName"`;
 }

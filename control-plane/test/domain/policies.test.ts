@@ -1,6 +1,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { globMatcher } from "@redflag/common/glob";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
+import { readdirSync, readFileSync } from "node:fs";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { autoApprove, createPolicy, preview, removePolicy, updatePolicy } from "../../src/domain/policies.ts";
 import { newId } from "../../src/ids.ts";
@@ -28,6 +30,14 @@ const rule = (over: Partial<PolicyDefinition> = {}): PolicyDefinition => ({
 });
 const audited = <T>() => auditAs<T>("CreatePolicy", PolicyService, "policy");
 const limits = { batch: 200, maxBatches: 10 };
+
+// The backfill statement of the migration that added version_seen_at, as it is in its file.
+const MIGRATIONS = path.join(import.meta.dirname, "../../../prisma/migrations");
+const backfill = (() => {
+  const folder = readdirSync(MIGRATIONS).find((f) => f.endsWith("_add_policies"))!;
+  const sql = readFileSync(path.join(MIGRATIONS, folder, "migration.sql"), "utf8");
+  return sql.slice(sql.indexOf('UPDATE "package_updates"'), sql.indexOf(";", sql.indexOf('UPDATE "package_updates"')) + 1);
+})();
 
 async function refused(p: Promise<unknown>, code: Code, message: RegExp) {
   const err = await p.then(
@@ -165,6 +175,17 @@ describe.each(availableBackends)("policies on %s", (backend: Backend) => {
     expect(await autoApprove(m.db, T0, { batch: 3, maxBatches: 2 })).toHaveLength(4);
   });
 
+  it("lists at most 200 updates in one audit entry", async () => {
+    await reset();
+    const host = await insertAgent(m.db, "many-1");
+    const base = { agentId: host.id, source: "apt", architecture: "amd64", currentVersion: "1", availableVersion: "2", repository: "r", severity: "low", security: false, sizeBytes: 1n, rebootRequired: false, versionSeenAt: T0 };
+    await m.db.packageUpdate.createMany({ data: Array.from({ length: 250 }, (_, i) => ({ ...base, name: `lib-${i}` })) });
+    await create(rule({ namePatterns: ["lib-*"] }));
+    expect(await autoApprove(m.db, T0, { batch: 1000, maxBatches: 1 })).toHaveLength(250);
+    const entries = await m.db.auditEntry.findMany({ where: { action: "scheduler/AutoApprove" }, orderBy: { id: "asc" } });
+    expect(entries.map((e) => (e.after as { updates: string[] }).updates.length)).toEqual([200, 50]);
+  });
+
   it("previews a saved or unsaved rule without changing anything", async () => {
     await reset();
     const host = await insertAgent(m.db, "web-1");
@@ -178,6 +199,22 @@ describe.each(availableBackends)("policies on %s", (backend: Backend) => {
     expect(await m.db.packageUpdate.findMany({ orderBy: { name: "asc" } })).toEqual(before);
     expect(await m.db.policy.count()).toBe(0);
     expect(await m.db.auditEntry.count()).toBe(0);
+  });
+
+  it("backfills version_seen_at from the latest 'found' event of the current version, else first_seen_at", async () => {
+    await reset();
+    const host = await insertAgent(m.db, "old-1");
+    await update(host.id, "openssl", { seen: at(DAY) });
+    await update(host.id, "bash", { seen: at(DAY) });
+    const event = (version: string, time: Date) =>
+      m.db.updateEvent.create({ data: { agentId: host.id, time, kind: "found", source: "apt", name: "openssl", architecture: "amd64", version } });
+    await event("1.0", at(-20 * DAY));
+    await event("1.1", at(-9 * DAY));
+    await event("1.1", at(-5 * DAY));
+    expect(backfill).toMatch(/^UPDATE "package_updates" p SET "version_seen_at" = COALESCE\(/);
+    await m.db.$executeRawUnsafe(backfill);
+    const seen = Object.fromEntries((await m.db.packageUpdate.findMany({ where: { agentId: host.id } })).map((u) => [u.name, u.versionSeenAt]));
+    expect(seen).toEqual({ openssl: at(-5 * DAY), bash: new Date(T0.getTime() - 30 * DAY) });
   });
 
   it("refuses bad definitions with InvalidArgument and stores nothing", async () => {
