@@ -12,8 +12,8 @@ import type { Prisma, Tx } from "./types.ts";
 // the literal run that follows and, once the text runs out, gives up on every earlier "%" too
 // (like_match.c's LIKE_ABORT), so nothing is retried and the work stays within text length ×
 // pattern length. Patterns are bounded where they are accepted (at most 255 characters, at most
-// MAX_POLICY_PATTERNS per list); store/policies.test on both databases checks the two matchers
-// agree and that a pathological pattern returns at once.
+// MAX_POLICY_PATTERNS per list); control-plane/test/domain/policies.test.ts checks on both
+// databases that the two matchers agree and that a pathological pattern returns at once.
 
 export interface PolicyDefinition {
   name: string;
