@@ -112,11 +112,13 @@ describe.each(availableBackends)("policies on %s", (backend: Backend) => {
     expect(await m.db.auditEntry.count({ where: { action: "scheduler/AutoApprove" } })).toBe(1);
   });
 
-  it("never approves a held package, fleet-wide or per agent; exclusions win; a disabled rule does nothing", async () => {
+  it("never approves a held package, fleet-wide or per agent, nor on a decommissioned agent; exclusions win; a disabled rule does nothing", async () => {
     await reset();
     const a = await insertAgent(m.db, "db-1");
     const b = await insertAgent(m.db, "db-2");
-    for (const host of [a, b]) for (const n of ["linux-image-6.1", "postgresql-16", "curl", "bash"]) await update(host.id, n);
+    const gone = await insertAgent(m.db, "gone-1");
+    await m.db.agent.update({ where: { id: gone.id }, data: { decommissionedAt: T0 } });
+    for (const host of [a, b, gone]) for (const n of ["linux-image-6.1", "postgresql-16", "curl", "bash"]) await update(host.id, n);
     await m.db.hold.create({ data: { id: newId(), agentId: null, source: "*", name: "linux-image-*", createdBy: "oscar" } });
     await m.db.hold.create({ data: { id: newId(), agentId: a.id, source: "apt", name: "postgresql*", createdBy: "oscar" } });
     await create(rule({ name: "off", enabled: false, namePatterns: ["*"] }));
@@ -130,6 +132,8 @@ describe.each(availableBackends)("policies on %s", (backend: Backend) => {
     expect(await statusOf(a.id, "linux-image-6.1")).toBe("pending");
     expect(await statusOf(b.id, "linux-image-6.1")).toBe("pending");
     expect(await statusOf(a.id, "postgresql-16")).toBe("pending");
+    // A decommissioned agent's updates are nobody's to approve.
+    expect(await statusOf(gone.id, "curl")).toBe("pending");
   });
 
   it("chooses by severity, source, group and tag; the first rule in order is the one recorded", async () => {
