@@ -7,6 +7,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
@@ -20,7 +21,7 @@ import { policyFor } from "../src/auth/policy.ts";
 import { totpCode } from "../src/auth/totp.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
-const SERVICES: DescService[] = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService];
+const SERVICES: DescService[] = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService, PolicyService];
 const ADMIN_PASSWORD = "correct horse battery staple";
 const PASSWORD = "a long enough passphrase 42";
 

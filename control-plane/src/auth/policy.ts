@@ -5,6 +5,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
+import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -55,6 +56,11 @@ allow(CommandService, "viewer", ["ListCommands", "GetCommand", "WatchEvents"]);
 allow(CommandService, "operator", ["CreateCommand", "CancelCommand", "RetryCommand"]);
 allow(UpdateService, "viewer", ["ListUpdates", "ListPackageUpdates", "ListHolds"]);
 allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApprovedUpdates", "SetHold", "RemoveHold"]);
+// Auto-approval rules approve what an operator could approve by hand (installing stays a separate
+// step), so operators keep them; what a rule would approve is update information every viewer
+// already sees.
+allow(PolicyService, "viewer", ["ListPolicies", "PreviewPolicy"]);
+allow(PolicyService, "operator", ["CreatePolicy", "UpdatePolicy", "DeletePolicy"]);
 allow(ReportService, "viewer");
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is
 // no secret (agents download it without credentials), so everyone who reads the fleet sees it.

@@ -13,6 +13,7 @@ import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
+import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import type { Command } from "commander";
 import { readFileSync } from "node:fs";
@@ -128,6 +129,7 @@ function createClients(transport: ReturnType<typeof createConnectTransport>) {
     apiTokens: createClient(ApiTokenService, transport),
     audit: createClient(AuditService, transport),
     updates: createClient(UpdateService, transport),
+    policies: createClient(PolicyService, transport),
     settings: createClient(SettingsService, transport),
     security: createClient(SecurityService, transport),
     reports: createClient(ReportService, transport),

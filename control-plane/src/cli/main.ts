@@ -7,6 +7,7 @@ import { registerAudit } from "./commands/audit.ts";
 import { registerCommands } from "./commands/commands.ts";
 import { registerHolds } from "./commands/holds.ts";
 import { registerNotifications } from "./commands/notifications.ts";
+import { registerPolicies } from "./commands/policies.ts";
 import { registerReleases } from "./commands/releases.ts";
 import { registerReports } from "./commands/reports.ts";
 import { registerSecurity } from "./commands/security.ts";
@@ -38,6 +39,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerCommands,
     registerUpdates,
     registerHolds,
+    registerPolicies,
     registerSettings,
     registerSecurity,
     registerSession,

@@ -27,3 +27,11 @@ export function seconds(value: string): number {
 
 // A repeatable option: each use adds one value.
 export const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+// Update severities as the CLI names them, and a repeatable option that takes one.
+export const SEVERITY_NAMES = ["unknown", "low", "moderate", "important", "critical", "security"] as const;
+
+export function severityArg(value: string, previous: string[] = []): string[] {
+  if (!(SEVERITY_NAMES as readonly string[]).includes(value)) throw new InvalidArgumentError(`must be one of ${SEVERITY_NAMES.join(", ")}`);
+  return [...previous, value];
+}

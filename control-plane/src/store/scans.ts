@@ -326,13 +326,13 @@ export async function applyStagedScan(
         const more = news.n > news.names.length ? ` and ${news.n - news.names.length} more` : "";
         await enqueueNotification(tx, { kind: "critical_updates", severity: "critical", agentId, text: `${news.n} new critical or security update${news.n === 1 ? "" : "s"}: ${news.names.join(", ")}${more}` });
       }
-      // first_seen_at survives, and so does a decision while the same version is offered; a row
-      // the scan repeats is not written at all.
+      // first_seen_at survives, and so do version_seen_at (a policy's delay counts from it) and a
+      // decision while the same version is offered; a row the scan repeats is not written at all.
       await tx.$executeRaw`
         INSERT INTO package_updates AS p (agent_id, source, name, architecture, current_version, available_version,
-                                          repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at)
+                                          repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at, version_seen_at)
         SELECT ${agentId}::uuid, s.source, s.name, s.architecture, s.current_version, s.available_version,
-               s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz
+               s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz, ${scan.time}::timestamptz
           FROM staged_updates s WHERE ${stagedIn(lo, hi)}
         ON CONFLICT (agent_id, source, name, architecture) DO UPDATE SET
           current_version = EXCLUDED.current_version,
@@ -343,6 +343,7 @@ export async function applyStagedScan(
           size_bytes = EXCLUDED.size_bytes,
           reboot_required = EXCLUDED.reboot_required,
           last_seen_at = EXCLUDED.last_seen_at,
+          version_seen_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.version_seen_at ELSE EXCLUDED.version_seen_at END,
           status = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.status ELSE 'pending' END,
           decided_by = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_by END,
           decided_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_at END,

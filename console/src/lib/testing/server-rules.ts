@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { UpdateSelection } from "@redflag/gen/update_service_pb";
+import { HOLD_NAME } from "@redflag/common/holds";
 import { LABEL, LABEL_RULE, normaliseTags } from "@redflag/common/labels";
 
 // The control plane's refusals that the component tests' in-memory servers imitate: the same
@@ -41,4 +42,14 @@ export function checkRetryable(c: CommandInfo): void {
 export function checkSelection(sel: UpdateSelection | undefined): asserts sel is UpdateSelection {
   const named = sel && (sel.keys.length || sel.agentIds.length || sel.severities.length || sel.securityOnly || sel.packageName || sel.source || sel.group || sel.tag);
   if (!named && !sel?.all) throw invalid("the selection is empty: name keys, agents, severities, a package or a source (or set all to mean every update)");
+}
+
+// domain/policies.ts: each pattern list of a policy holds at most 50 package-name patterns.
+export function checkPolicyPatterns(field: string, values: readonly string[]): void {
+  if (values.length > 50) throw invalid(`${field} has ${values.length} entries; at most 50 are allowed`);
+  values.forEach((v, i) => {
+    if (!HOLD_NAME.test(v)) {
+      throw invalid(`${field}[${i}] "${v.slice(0, 64)}${v.length > 64 ? "…" : ""}" is not a package name pattern (a package name in which "*" stands for any run of characters, at most 255 characters)`);
+    }
+  });
 }

@@ -10,13 +10,11 @@ import {
   UpdateSelectionSchema,
   UpdateStatus,
 } from "@redflag/gen/update_service_pb";
-import { InvalidArgumentError, Option, type Command } from "commander";
+import { Option, type Command } from "commander";
 import { AGENT_ARG, hostnames, resolveAgents } from "../agent-ref.ts";
 import type { CliContext, Clients } from "../context.ts";
-import { collect } from "../options.ts";
+import { collect, SEVERITY_NAMES, severityArg } from "../options.ts";
 import { enumName, table } from "../output.ts";
-
-const SEVERITY_NAMES = ["unknown", "low", "moderate", "important", "critical", "security"] as const;
 
 interface SelectionOptions {
   agent?: string[];
@@ -41,11 +39,6 @@ const selection = async (c: Clients, o: SelectionOptions) =>
     tag: o.tag ?? "",
     all: o.all === true,
   });
-
-function severityArg(value: string, previous: string[] = []): string[] {
-  if (!(SEVERITY_NAMES as readonly string[]).includes(value)) throw new InvalidArgumentError(`must be one of ${SEVERITY_NAMES.join(", ")}`);
-  return [...previous, value];
-}
 
 const selectionOptions = (cmd: Command) =>
   cmd

@@ -28,7 +28,8 @@ export declare type AuditEntry = Message<"redflag.v1.AuditEntry"> & {
   time?: Timestamp | undefined;
 
   /**
-   * "session", "api_token", "admin_key" or "anonymous" (setup, failed login).
+   * "session", "api_token", "admin_key", "anonymous" (setup, failed login), "system" (the
+   * scheduler) or "policy" (an auto-approval policy: actor_id is its ID, actor_name its name).
    *
    * @generated from field: string actor_kind = 3;
    */
