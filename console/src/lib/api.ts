@@ -5,6 +5,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
+import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -31,6 +32,7 @@ export interface Api {
   security: Client<typeof SecurityService>;
   releases: Client<typeof ReleaseService>;
   policies: Client<typeof PolicyService>;
+  notifications: Client<typeof NotificationService>;
 }
 
 export function createApi(transport: Transport): Api {
@@ -48,6 +50,7 @@ export function createApi(transport: Transport): Api {
     security: createClient(SecurityService, transport),
     releases: createClient(ReleaseService, transport),
     policies: createClient(PolicyService, transport),
+    notifications: createClient(NotificationService, transport),
   };
 }
 

@@ -1,0 +1,95 @@
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "@redflag/gen/auth_service_pb";
+import { createHmac } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { startHttpReceiver, type HttpReceiver } from "../control-plane/test/support/receivers.ts";
+import { root, run } from "./support/processes.ts";
+
+const PASSWORD = "a console passphrase";
+const SIGNING = "a webhook signing secret";
+
+// The built console in Debian's Chromium against a real control plane and a real HTTP
+// receiver: an admin adds a webhook channel on the Notifications page, sends it a test
+// message, and sees it arrive (signed) and appear in the delivery log; a receiver that
+// refuses is reported in the server's words.
+describe("the console's notifications page, in a real browser", () => {
+  let cp: TestControlPlane;
+  let receiver: HttpReceiver;
+  let browser: Browser;
+  let page: Page;
+  const shots = path.join(root, "test-output", "screenshots");
+
+  beforeAll(async () => {
+    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
+    expect(build.code, build.stderr).toBe(0);
+    cp = await startTestControlPlane();
+    receiver = await startHttpReceiver();
+    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    await mkdir(shots, { recursive: true });
+    browser = await chromium.launch({
+      executablePath: "/usr/bin/chromium",
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+  }, 300_000);
+  afterAll(async () => {
+    await browser?.close();
+    await receiver?.close();
+    await cp?.close();
+  });
+
+  it("adds a webhook channel, sends a test message that arrives signed, and shows it in the delivery log", async () => {
+    await page.goto(`${cp.url}/login`);
+    await page.getByLabel("Username").fill("admin");
+    await page.getByLabel("Password").fill(PASSWORD);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Notifications", exact: true }).click();
+    await page.getByRole("heading", { name: "Notifications", level: 1 }).waitFor();
+    await page.getByText(/No channels yet. Add one below/).waitFor();
+    await page.getByText("Nothing sent yet").waitFor();
+
+    const form = page.getByRole("form", { name: "New channel" });
+    await form.getByLabel("Kind").selectOption({ label: "Webhook" });
+    await form.getByLabel("Name").fill("receiver");
+    await form.getByLabel("URL").fill(`${receiver.url}/hook`);
+    await form.getByLabel("Signing secret", { exact: false }).fill(SIGNING);
+    await form.getByRole("button", { name: "Add channel" }).click();
+    const row = page.getByTestId("channel");
+    await row.waitFor();
+    expect(await row.textContent()).toContain("signing secret set");
+    expect(await page.content()).not.toContain(SIGNING);
+
+    await row.getByRole("button", { name: "Send a test message to receiver" }).click();
+    const outcome = page.getByTestId("test-outcome");
+    await outcome.waitFor();
+    expect(await outcome.textContent()).toContain("Test message delivered to receiver.");
+    // It arrived at the receiver, signed over the timestamp and the body as docs/notifications.md says.
+    const hook = receiver.requests.filter((r) => r.path === "/hook").at(-1)!;
+    expect(hook.method).toBe("POST");
+    const timestamp = String(hook.headers["x-redflag-timestamp"]);
+    const expected = createHmac("sha256", SIGNING).update(`${timestamp}.${hook.body}`).digest("hex");
+    expect(hook.headers["x-redflag-signature"]).toBe(`sha256=${expected}`);
+    expect(JSON.parse(hook.body)).toMatchObject({ event: "test" });
+
+    const log = page.getByTestId("delivery");
+    await expect.poll(() => log.count()).toBe(1);
+    expect(await log.getAttribute("data-status")).toBe("sent");
+    expect(await log.locator("td").nth(1).textContent()).toBe("receiver");
+    expect(await log.locator("td").nth(5).textContent()).toBe("1");
+
+    // A receiver that refuses: the server's words beside the button and in the log.
+    receiver.answers.push((res) => res.writeHead(404).end("no_such_hook"));
+    await row.getByRole("button", { name: "Send a test message to receiver" }).click();
+    await expect.poll(() => outcome.getAttribute("data-delivered")).toBe("false");
+    expect(await outcome.textContent()).toContain("not delivered: the receiver answered 404: no_such_hook");
+    await expect.poll(() => log.count()).toBe(2);
+    expect(await log.first().getAttribute("data-status")).toBe("failed");
+    expect(await log.first().textContent()).toContain("the receiver answered 404: no_such_hook");
+    await page.screenshot({ path: path.join(shots, "notifications.png"), fullPage: true, style: ".notices { display: none !important; }" });
+  }, 120_000);
+});
