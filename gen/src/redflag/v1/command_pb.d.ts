@@ -267,6 +267,15 @@ export declare type InstallUpdates = Message<"redflag.v1.InstallUpdates"> & {
    * @generated from field: repeated string sources = 2;
    */
   sources: string[];
+
+  /**
+   * When set, the agent starts no package at or after this time and reports the ones it did not
+   * start as skipped (a package already installing finishes). The control plane sets it to the
+   * end of the maintenance window open when the command was queued; a caller's earlier time is kept.
+   *
+   * @generated from field: google.protobuf.Timestamp not_after = 3;
+   */
+  notAfter?: Timestamp | undefined;
 };
 
 /**
