@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -14,7 +15,7 @@ import { UserService } from "@redflag/gen/user_service_pb";
 import { describe, expect, it } from "vitest";
 import { policyFor, policyTable } from "./policy.ts";
 
-const ALL_SERVICES = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService];
+const ALL_SERVICES = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService, MaintenanceService];
 
 describe("policy table", () => {
   it("names every RPC of every service and nothing else", () => {
@@ -38,6 +39,8 @@ describe("policy table", () => {
     expect(policyFor("redflag.v1.ReleaseService", "DeleteRelease")).toBe("admin");
     expect(policyFor("redflag.v1.ReleaseService", "StartFleetUpgrade")).toBe("admin");
     expect(policyFor("redflag.v1.ReleaseService", "ListAgentUpgrades")).toBe("viewer");
+    expect(policyFor("redflag.v1.MaintenanceService", "CreateWindow")).toBe("operator");
+    expect(policyFor("redflag.v1.MaintenanceService", "PreviewWindow")).toBe("viewer");
     expect(policyFor("redflag.v1.Nope", "Anything")).toBeUndefined();
   });
 });

@@ -217,6 +217,15 @@ function localTime(zone: string): (d: Date) => string {
   };
 }
 
+// A recurrence checked and written the one way it is stored: the rule canonical, dtstart with
+// seconds ("2026-01-03T02:00:00").
+export function normaliseRecurrence(r: Recurrence): Recurrence {
+  compileRecurrence(r);
+  const t = checkDtstart(r.dtstart);
+  const dtstart = `${pad(t.year, 4)}-${pad(t.month)}-${pad(t.day)}T${pad(t.hour)}:${pad(t.minute)}:${pad(t.second)}`;
+  return { rrule: checkRrule(r.rrule).canonical, dtstart, durationSeconds: r.durationSeconds, timeZone: r.timeZone };
+}
+
 // Checks a recurrence and compiles it. Every check refuses with InvalidArgument and a message
 // naming the field; a rule that yields nothing within the caps is refused too.
 export function compileRecurrence(r: Recurrence): Schedule {

@@ -5,6 +5,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -20,6 +21,7 @@ import { createAuthService } from "../services/auth-service.ts";
 import { createCommandService } from "../services/command-service.ts";
 import { createCommandQueue } from "../domain/commands.ts";
 import { createFleetService } from "../services/fleet-service.ts";
+import { createMaintenanceService } from "../services/maintenance-service.ts";
 import { createReleaseService } from "../services/release-service.ts";
 import { createReportService } from "../services/report-service.ts";
 import { createSecurityService } from "../services/security-service.ts";
@@ -51,5 +53,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(UpdateService, createUpdateService(deps.db, deps.wakeups, deps.agentConfigs, deps.events, deps.settings));
     router.service(ReportService, createReportService(deps));
     router.service(ReleaseService, createReleaseService(deps.db, deps.signer, deps));
+    router.service(MaintenanceService, createMaintenanceService(deps.db));
   };
 }
