@@ -6,6 +6,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -131,6 +132,7 @@ function createClients(transport: ReturnType<typeof createConnectTransport>) {
     security: createClient(SecurityService, transport),
     reports: createClient(ReportService, transport),
     releases: createClient(ReleaseService, transport),
+    maintenance: createClient(MaintenanceService, transport),
   };
 }
 
