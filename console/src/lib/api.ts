@@ -4,6 +4,7 @@ import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -29,6 +30,7 @@ export interface Api {
   settings: Client<typeof SettingsService>;
   security: Client<typeof SecurityService>;
   releases: Client<typeof ReleaseService>;
+  maintenance: Client<typeof MaintenanceService>;
 }
 
 export function createApi(transport: Transport): Api {
@@ -45,6 +47,7 @@ export function createApi(transport: Transport): Api {
     settings: createClient(SettingsService, transport),
     security: createClient(SecurityService, transport),
     releases: createClient(ReleaseService, transport),
+    maintenance: createClient(MaintenanceService, transport),
   };
 }
 
