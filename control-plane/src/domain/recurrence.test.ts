@@ -106,16 +106,15 @@ describe("bounds", () => {
     const old = schedule({ dtstart: "1970-01-01T02:30", rrule: "FREQ=WEEKLY;BYDAY=MO,WE" });
     expect(old.occurrences(new Date("2099-06-01T00:00Z"), 100)).toHaveLength(100);
     expect(old.openAt(new Date("2099-06-01T02:45Z"))).toBeDefined();
-    // February 30 never comes; the answer is "none" (only dtstart), found within the caps.
-    const never = schedule({ dtstart: "2026-01-01T00:00", rrule: "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30" });
-    let none: unknown;
-    try {
-      none = never.nextStart(new Date("2026-01-02T00:00Z"));
-    } catch (err) {
-      none = (err as ConnectError).code;
-    }
-    expect([undefined, Code.InvalidArgument]).toContain(none);
+    // February 30 never comes: refused when compiled, within the caps.
+    expect(refusal(() => schedule({ dtstart: "2026-01-01T00:00", rrule: "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30" }))).toMatch(/needs too many steps/);
     expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it("refuses a rule whose occurrences are out of reach when it is compiled, and previews ten years at most", () => {
+    expect(refusal(() => schedule({ rrule: "FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=31" }))).toMatch(/needs too many steps to find its occurrences; simplify it/);
+    const leap = schedule({ rrule: "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29", dtstart: "2024-02-29T00:00" });
+    expect(leap.occurrences(new Date("2026-01-01T00:00Z"), 100).map((o) => o.start.toISOString().slice(0, 10))).toEqual(["2028-02-29", "2032-02-29"]);
   });
 
   it("counts dtstart once when the rule produces it too", () => {

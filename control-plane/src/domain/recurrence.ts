@@ -16,6 +16,8 @@ export const MAX_RRULE_LENGTH = 512;
 export const MIN_DURATION_SECONDS = 60;
 export const MAX_DURATION_SECONDS = 31 * 86_400;
 export const MAX_PREVIEW = 100;
+// A preview lists occurrences within this many years.
+export const PREVIEW_YEARS = 10;
 
 // The caps handed to the library: each question below is answered within them or refused.
 const MAX_ITERATIONS = 5_000;
@@ -45,7 +47,8 @@ export interface Schedule {
   openAt(now: Date): { start: Date; until: Date } | undefined;
   // The first occurrence starting strictly after `after`, or undefined.
   nextStart(after: Date): Date | undefined;
-  // Up to `count` occurrences still open at `after` or starting after it, in order.
+  // Up to `count` occurrences still open at `after` or starting after it (within PREVIEW_YEARS),
+  // in order.
   occurrences(after: Date, count: number): Occurrence[];
 }
 
@@ -267,6 +270,11 @@ export function compileRecurrence(r: Recurrence): Schedule {
     return { start, end, localStart: local(start), localEnd: local(end) };
   };
 
+  // Refused now rather than on every later question: a rule whose second occurrence is out of
+  // reach of the caps ("FREQ=MONTHLY;BYMONTH=2;BYMONTHDAY=31").
+  const first = next(new Date(Date.UTC(t.year, t.month - 1, t.day) - 2 * 86_400_000));
+  if (first) next(first);
+
   return {
     openAt(now) {
       const starts = openStarts(now);
@@ -287,9 +295,10 @@ export function compileRecurrence(r: Recurrence): Schedule {
       const n = Math.min(Math.max(count, 0), MAX_PREVIEW);
       const found = openStarts(after).slice(0, n).map(occurrence);
       let cursor = after;
+      const horizon = after.getTime() + PREVIEW_YEARS * 366 * 86_400_000;
       while (found.length < n) {
         const start = next(cursor);
-        if (!start) break;
+        if (!start || start.getTime() > horizon) break;
         found.push(occurrence(start));
         cursor = start;
       }

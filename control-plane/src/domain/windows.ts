@@ -48,10 +48,10 @@ export interface AgentWindows {
   nextBlackout?: { window: WindowRow; start: Date } | undefined;
 }
 
-// Compiled schedules, by window and version; a window's rule is checked when it is saved.
+// Compiled schedules, by recurrence; a window's rule is checked when it is saved.
 const schedules = new Map<string, Schedule>();
-export function scheduleOf(w: Pick<WindowRow, "id" | "updatedAt" | "rrule" | "dtstart" | "durationSeconds" | "timeZone">): Schedule {
-  const key = `${w.id}@${w.updatedAt.getTime()}`;
+export function scheduleOf(w: Pick<WindowRow, "rrule" | "dtstart" | "durationSeconds" | "timeZone">): Schedule {
+  const key = `${w.rrule}\n${w.dtstart}\n${w.durationSeconds}\n${w.timeZone}`;
   let s = schedules.get(key);
   if (!s) {
     if (schedules.size >= 2 * MAX_WINDOWS) schedules.clear();

@@ -367,7 +367,7 @@ export declare type PreviewWindowRequest = Message<"redflag.v1.PreviewWindowRequ
   } | { case: undefined; value?: undefined };
 
   /**
-   * How many occurrences: 1 to 100; 0 means 10.
+   * How many occurrences: 1 to 100; 0 means 10. Only occurrences within ten years are listed.
    *
    * @generated from field: uint32 count = 3;
    */
