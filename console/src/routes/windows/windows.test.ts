@@ -17,7 +17,7 @@ import { notices } from "#lib/notices.svelte.ts";
 import { session } from "#lib/session.svelte.ts";
 import { renderWithApi } from "#lib/testing/api.ts";
 import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
-import { invalid, notFound } from "#lib/testing/server-rules.ts";
+import { checkWindowSpec, notFound } from "#lib/testing/server-rules.ts";
 import Windows from "./+page.svelte";
 
 // A MaintenanceService like the control plane's for what the page uses: it keeps windows,
@@ -28,20 +28,11 @@ function fakeServer(initial: Window[] = []) {
   const created: WindowSpec[] = [];
   const previews: PreviewWindowRequest[] = [];
   let n = 0;
-  const check = (spec: WindowSpec) => {
-    if (spec.timeZone !== "UTC" && !Intl.supportedValuesOf("timeZone").includes(spec.timeZone)) {
-      throw invalid(`time_zone "${spec.timeZone}" is not an IANA time zone this server knows (for example Europe/Berlin, America/New_York or UTC)`);
-    }
-    const t = spec.targets;
-    if (!t?.allAgents && !t?.groups.length && !t?.tags.length && !t?.agentIds.length) {
-      throw invalid("window.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
-    }
-  };
   const routes = (router: ConnectRouter) =>
     router.service(MaintenanceService, {
       listWindows: () => ({ windows }),
       createWindow(req) {
-        check(req.window!);
+        checkWindowSpec(req.window!);
         created.push(req.window!);
         const w = create(WindowSchema, { id: `00000000-0000-4000-8000-00000000000${++n}`, spec: { ...req.window!, dtstart: `${req.window!.dtstart}:00` } });
         windows.push(w);
@@ -56,7 +47,7 @@ function fakeServer(initial: Window[] = []) {
       },
       previewWindow(req) {
         previews.push(req);
-        if (req.window.case === "spec") check({ ...req.window.value, targets: { allAgents: true } } as WindowSpec);
+        if (req.window.case === "spec") checkWindowSpec({ timeZone: req.window.value.timeZone, targets: { allAgents: true, groups: [], tags: [], agentIds: [] } });
         return {
           occurrences: [
             create(WindowOccurrenceSchema, { localStart: "2026-03-28T22:00:00+01:00", localEnd: "2026-03-29T03:00:00+02:00" }),
