@@ -200,6 +200,14 @@ describe("install_updates", () => {
     const none = await createInstallUpdates(bounded)(context(everything));
     expect(none.message).toMatch(/^installed 0, failed 0, skipped 2; 2 packages not started: the maintenance window ended at /);
     expect(apt.calls.filter((c) => c.method === "install")).toHaveLength(2);
+
+    // The window ends while the package is simulated: it is not started either.
+    const slow = { ...apt.installer, dryRun: async (refs: readonly PackageRef[], opts: InstallOptions) => ((clock += 1_200_000), apt.installer.dryRun!(refs, opts)) };
+    const during = { ...deps, installers: new Map([["apt", slow]]), now: () => clock };
+    const soon = { case: "installUpdates" as const, value: create(InstallUpdatesSchema, { packages: [ref("apt", "nginx")], notAfter: timestampFromMs(clock + 600_000) }) };
+    const skipped = await createInstallUpdates(during)(context(soon));
+    expect(skipped.message).toMatch(/^installed 0, failed 0, skipped 1; 1 package not started/);
+    expect(apt.calls.filter((c) => c.method === "install")).toHaveLength(2);
   });
 
   it("skips held packages, fails invalid names, and installs the rest", async () => {

@@ -207,9 +207,9 @@ export const createInstallUpdates = (deps: InstallDeps = {}): Executor => async 
   const over = () => endsAt !== undefined && now() >= endsAt;
   const lateReason = endsAt === undefined ? "" : `not started: the maintenance window ended at ${new Date(endsAt).toISOString()}`;
   let notStarted = 0;
-  const skipLate = (refs: readonly PackageRef[]) => {
+  const late = (refs: readonly PackageRef[]) => {
     notStarted += refs.length;
-    report.packages.push(...refs.map((r) => packageResult(r, PackageResultState.SKIPPED, { to: r.version, reason: lateReason })));
+    return refs.map((r) => packageResult(r, PackageResultState.SKIPPED, { to: r.version, reason: lateReason }));
   };
   if (packages.length === 0 && sources.length === 0) {
     return { outcome: CommandOutcome.FAILED, message: "install_updates names no packages and no sources; nothing was installed" };
@@ -239,8 +239,11 @@ export const createInstallUpdates = (deps: InstallDeps = {}): Executor => async 
       if (endsAt === undefined) return guardedInstall(ctx, installer, refs, holds, report, (opts) => installer.install(refs, opts));
       // Bounded by a window: one package at a time, each started only before its end.
       for (const [i, ref] of refs.entries()) {
-        if (over()) return skipLate(refs.slice(i));
-        await guardedInstall(ctx, installer, [ref], holds, report, (opts) => installer.install([ref], opts));
+        if (over()) return void report.packages.push(...late(refs.slice(i)));
+        // Checked again after the simulation, right before the package starts.
+        await guardedInstall(ctx, installer, [ref], holds, report, async (opts) =>
+          over() ? { packages: late([ref]), output: [], rebootRequired: false } : installer.install([ref], opts),
+        );
         if (ctx.signal.aborted) return;
       }
     });
