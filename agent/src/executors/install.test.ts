@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AgentConfigSchema, PackageHoldSchema } from "@redflag/gen/common_pb";
 import {
   type Command,
@@ -171,6 +171,43 @@ describe("install_updates", () => {
     expect(apt.calls.map((c) => [c.method, c.refs])).toEqual([["dryRun", ["curl", "linux-image-amd64"]], ["install", ["curl", "linux-image-amd64"]]]);
     expect(dnf.calls.map((c) => c.method)).toEqual(["dryRun", "install"]);
     expect(apt.calls[1]!.opts.timeoutMs).toBeGreaterThan(50_000);
+  });
+
+  it("starts no package at or after not_after (the window's end) and reports the ones left as skipped (injected clock)", async () => {
+    const { apt, dnf, deps } = setup();
+    // Each install takes ten minutes of the clock; the window ends 15 minutes in.
+    let clock = Date.parse("2026-06-13T23:30:00Z");
+    const timed = { ...apt.installer, install: async (refs: readonly PackageRef[], opts: InstallOptions) => ((clock += 600_000), apt.installer.install(refs, opts)) };
+    const bounded = { ...deps, installers: new Map([["apt", timed], ["dnf", dnf.installer]]), now: () => clock };
+    const action = { case: "installUpdates" as const, value: create(InstallUpdatesSchema, { packages: [ref("apt", "curl"), ref("apt", "openssl"), ref("apt", "nginx"), ref("dnf", "bash")], notAfter: timestampFromMs(Date.parse("2026-06-13T23:45:00Z")) }) };
+    const out = await createInstallUpdates(bounded)(context(action));
+    if (out.detail?.case !== "installUpdates") throw new Error("no detail");
+    const late = "not started: the maintenance window ended at 2026-06-13T23:45:00.000Z";
+    expect(out.detail.value.packages.map((p) => [p.name, p.state, p.reason])).toEqual([
+      ["curl", PackageResultState.INSTALLED, ""],
+      ["openssl", PackageResultState.INSTALLED, ""],
+      ["nginx", PackageResultState.SKIPPED, late],
+      ["bash", PackageResultState.SKIPPED, late],
+    ]);
+    // One package per install call once a window bounds the command; nothing after its end.
+    expect(apt.calls.filter((c) => c.method === "dryRun").map((c) => c.refs)).toEqual([["curl"], ["openssl"]]);
+    expect(dnf.calls).toEqual([]);
+    expect(out.outcome).toBe(CommandOutcome.SUCCEEDED);
+    expect(out.message).toBe(`installed 2, failed 0, skipped 2; 2 packages ${late}`);
+
+    // Delivered after the window: nothing starts, also for "everything pending in apt".
+    const everything = { case: "installUpdates" as const, value: create(InstallUpdatesSchema, { sources: ["apt"], notAfter: timestampFromMs(clock - 1) }) };
+    const none = await createInstallUpdates(bounded)(context(everything));
+    expect(none.message).toMatch(/^installed 0, failed 0, skipped 2; 2 packages not started: the maintenance window ended at /);
+    expect(apt.calls.filter((c) => c.method === "install")).toHaveLength(2);
+
+    // The window ends while the package is simulated: it is not started either.
+    const slow = { ...apt.installer, dryRun: async (refs: readonly PackageRef[], opts: InstallOptions) => ((clock += 1_200_000), apt.installer.dryRun!(refs, opts)) };
+    const during = { ...deps, installers: new Map([["apt", slow]]), now: () => clock };
+    const soon = { case: "installUpdates" as const, value: create(InstallUpdatesSchema, { packages: [ref("apt", "nginx")], notAfter: timestampFromMs(clock + 600_000) }) };
+    const skipped = await createInstallUpdates(during)(context(soon));
+    expect(skipped.message).toMatch(/^installed 0, failed 0, skipped 1; 1 package not started/);
+    expect(apt.calls.filter((c) => c.method === "install")).toHaveLength(2);
   });
 
   it("skips held packages, fails invalid names, and installs the rest", async () => {

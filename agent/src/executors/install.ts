@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { compileHolds } from "@redflag/common/holds";
 import { pick, plural } from "@redflag/common/plural";
 import type { PackageHold } from "@redflag/gen/common_pb";
@@ -29,6 +30,8 @@ export interface InstallDeps {
   installers?: ReadonlyMap<string, Installer>;
   // Lists the pending updates of a source for "install everything" (default: its scanner).
   scanner?: (source: string) => Scanner | undefined;
+  // The clock InstallUpdates.not_after is compared with (default: Date.now).
+  now?: () => number;
 }
 
 const KIND_NAMES: Record<number, string> = {
@@ -194,9 +197,20 @@ export const createInstallUpdates = (deps: InstallDeps = {}): Executor => async 
   if (ctx.command.action.case !== "installUpdates") throw new Error("not an install_updates command");
   const installers = deps.installers ?? INSTALLERS;
   const scannerOf = deps.scanner ?? scannerNamed;
-  const { packages, sources } = ctx.command.action.value;
+  const { packages, sources, notAfter } = ctx.command.action.value;
   const holds = holdMatcher(ctx.agentConfig?.holds ?? []);
   const report = emptyReport();
+  // The end of the maintenance window the command was queued in (or the start of a blackout):
+  // no package starts at or after it; the ones left are reported as skipped.
+  const endsAt = notAfter ? timestampMs(notAfter) : undefined;
+  const now = deps.now ?? Date.now;
+  const over = () => endsAt !== undefined && now() >= endsAt;
+  const lateReason = endsAt === undefined ? "" : `not started: the maintenance window ended at ${new Date(endsAt).toISOString()}`;
+  let notStarted = 0;
+  const late = (refs: readonly PackageRef[]) => {
+    notStarted += refs.length;
+    return refs.map((r) => packageResult(r, PackageResultState.SKIPPED, { to: r.version, reason: lateReason }));
+  };
   if (packages.length === 0 && sources.length === 0) {
     return { outcome: CommandOutcome.FAILED, message: "install_updates names no packages and no sources; nothing was installed" };
   }
@@ -222,13 +236,23 @@ export const createInstallUpdates = (deps: InstallDeps = {}): Executor => async 
         refs = admit(pending.refs, holds, report);
       }
       if (refs.length === 0) return;
-      await guardedInstall(ctx, installer, refs, holds, report, (opts) => installer.install(refs, opts));
+      if (endsAt === undefined) return guardedInstall(ctx, installer, refs, holds, report, (opts) => installer.install(refs, opts));
+      // Bounded by a window: one package at a time, each started only before its end.
+      for (const [i, ref] of refs.entries()) {
+        if (over()) return void report.packages.push(...late(refs.slice(i)));
+        // Checked again after the simulation, right before the package starts.
+        await guardedInstall(ctx, installer, [ref], holds, report, async (opts) =>
+          over() ? { packages: late([ref]), output: [], rebootRequired: false } : installer.install([ref], opts),
+        );
+        if (ctx.signal.aborted) return;
+      }
     });
     if (ctx.signal.aborted) break;
   }
 
   const result = create(InstallResultSchema, report);
   const summary = summarize(report, "installed");
+  if (notStarted > 0) summary.message += `; ${plural(notStarted, "package", "packages")} ${lateReason}`;
   return { ...summary, detail: { case: "installUpdates", value: result } };
 };
 

@@ -6,6 +6,7 @@ import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -33,6 +34,7 @@ export interface Api {
   releases: Client<typeof ReleaseService>;
   policies: Client<typeof PolicyService>;
   notifications: Client<typeof NotificationService>;
+  maintenance: Client<typeof MaintenanceService>;
 }
 
 export function createApi(transport: Transport): Api {
@@ -51,6 +53,7 @@ export function createApi(transport: Transport): Api {
     releases: createClient(ReleaseService, transport),
     policies: createClient(PolicyService, transport),
     notifications: createClient(NotificationService, transport),
+    maintenance: createClient(MaintenanceService, transport),
   };
 }
 

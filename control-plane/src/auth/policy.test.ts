@@ -6,6 +6,7 @@ import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -16,7 +17,7 @@ import { UserService } from "@redflag/gen/user_service_pb";
 import { describe, expect, it } from "vitest";
 import { policyFor, policyTable } from "./policy.ts";
 
-const ALL_SERVICES = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService, NotificationService, PolicyService];
+const ALL_SERVICES = [AgentService, AuthService, UserService, ApiTokenService, AuditService, TokenService, FleetService, CommandService, UpdateService, SecurityService, SettingsService, ReportService, ReleaseService, NotificationService, PolicyService, MaintenanceService];
 
 describe("policy table", () => {
   it("names every RPC of every service and nothing else", () => {
@@ -44,6 +45,8 @@ describe("policy table", () => {
     for (const m of NotificationService.methods) expect(policyFor(NotificationService.typeName, m.name)).toBe("admin");
     expect(policyFor("redflag.v1.PolicyService", "CreatePolicy")).toBe("operator");
     expect(policyFor("redflag.v1.PolicyService", "PreviewPolicy")).toBe("viewer");
+    expect(policyFor("redflag.v1.MaintenanceService", "CreateWindow")).toBe("operator");
+    expect(policyFor("redflag.v1.MaintenanceService", "PreviewWindow")).toBe("viewer");
     expect(policyFor("redflag.v1.Nope", "Anything")).toBeUndefined();
   });
 });

@@ -6,6 +6,7 @@ import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -62,6 +63,11 @@ allow(UpdateService, "operator", ["ApproveUpdates", "RejectUpdates", "InstallApp
 allow(PolicyService, "viewer", ["ListPolicies", "PreviewPolicy"]);
 allow(PolicyService, "operator", ["CreatePolicy", "UpdatePolicy", "DeletePolicy"]);
 allow(ReportService, "viewer");
+// Windows only narrow when installs and reboots may happen, never widen what anyone may do, and
+// the people who install and reboot (operators) are the ones who plan when: operators manage
+// them, blackouts included; every change is audited. Everyone who reads the fleet sees them.
+allow(MaintenanceService, "viewer", ["ListWindows", "PreviewWindow"]);
+allow(MaintenanceService, "operator", ["CreateWindow", "UpdateWindow", "DeleteWindow"]);
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is
 // no secret (agents download it without credentials), so everyone who reads the fleet sees it.
 // Fleet upgrades replace agents as root like update_agent: admins only; their progress is fleet

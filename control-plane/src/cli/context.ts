@@ -7,6 +7,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -135,6 +136,7 @@ function createClients(transport: ReturnType<typeof createConnectTransport>) {
     reports: createClient(ReportService, transport),
     releases: createClient(ReleaseService, transport),
     notifications: createClient(NotificationService, transport),
+    maintenance: createClient(MaintenanceService, transport),
   };
 }
 

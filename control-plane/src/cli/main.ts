@@ -16,6 +16,7 @@ import { registerSettings } from "./commands/settings.ts";
 import { registerTokens } from "./commands/tokens.ts";
 import { registerUpdates } from "./commands/updates.ts";
 import { registerUsers } from "./commands/users.ts";
+import { registerWindows } from "./commands/windows.ts";
 import { CliError, createContext, type CliContext, type CliIo } from "./context.ts";
 
 export type { CliIo } from "./context.ts";
@@ -40,6 +41,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerUpdates,
     registerHolds,
     registerPolicies,
+    registerWindows,
     registerSettings,
     registerSecurity,
     registerSession,

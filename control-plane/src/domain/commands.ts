@@ -20,6 +20,7 @@ import type { AuditHook } from "./audit.ts";
 import { authorizeContent, authorizeKind } from "./command-privilege.ts";
 import { commandRefusal, storeCommand } from "./store-command.ts";
 import { noteUpgrade, requireSupportedVersion } from "./upgrades.ts";
+import { boundInstall, windowGate } from "./windows.ts";
 
 // The command queue: what may be queued for an agent, by whom, once per idempotency key; and
 // cancelling what is still waiting. Agents take commands from it in PollCommands.
@@ -76,6 +77,7 @@ export function createCommandQueue(
   events: EventBus,
   idempotencyKeyTtlSeconds = 86_400,
   settings: Pick<Settings, "minimumAgentVersion">,
+  now: () => Date = () => new Date(),
 ): CommandQueue {
   return {
     async queue(caller, agentId, requested, timeoutSeconds = 0, idempotencyKey = "") {
@@ -91,6 +93,9 @@ export function createCommandQueue(
       await authorizeContent(db, role, agentId, action);
       // Below the minimum supported version an agent may be upgraded, and nothing else.
       await requireSupportedVersion(db, settings.minimumAgentVersion, [agentId], action.case);
+      // Refused in a blackout window; an install carries the end of the open maintenance window.
+      const notAfter = (await windowGate(db, [agentId], action.case, now())).get(agentId);
+      if (action.case === "installUpdates") action = { case: "installUpdates", value: boundInstall(action.value, notAfter) };
       let release: ReleaseRow | undefined;
       if (action.case === "updateAgent") {
         const upgrade = await resolveUpgrade(db, signer, agentId, action.value.version);

@@ -1,5 +1,5 @@
 import { create, toBinary } from "@bufbuild/protobuf";
-import { CommandSchema, PackageRefSchema } from "@redflag/gen/command_pb";
+import { CommandSchema, InstallUpdatesSchema, PackageRefSchema } from "@redflag/gen/command_pb";
 import type { EventBus } from "../cluster/events.ts";
 import type { Settings } from "../settings.ts";
 import type { CommandRow } from "../store/commands.ts";
@@ -13,6 +13,7 @@ import type { CommandCreator } from "../store/types.ts";
 import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";
 import { requireSupportedVersion } from "./upgrades.ts";
+import { boundInstall, windowGate } from "./windows.ts";
 
 // Pending updates and what operators decide about them: approve, reject, install. A selection
 // (UpdateFilter, checked by the adapter) names the updates; held packages are never approved
@@ -53,6 +54,8 @@ export interface InstallDeps {
   wakeups: Wakeups;
   events: EventBus;
   settings: Pick<Settings, "minimumAgentVersion">;
+  // The clock maintenance and blackout windows are read with.
+  now?: () => Date;
 }
 
 // Queues one install_updates command per agent for its approved, not held, selected updates,
@@ -72,16 +75,12 @@ export async function installApproved(
   const byAgent = new Map<string, typeof rows>();
   for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);
   await requireSupportedVersion(db, deps.settings.minimumAgentVersion, [...byAgent.keys()], "installUpdates");
+  // Refused for all when one agent is in a blackout window; each install bounded by its open window.
+  const notAfter = await windowGate(db, [...byAgent.keys()], "installUpdates", (deps.now ?? (() => new Date()))());
   const commands: CommandRow[] = [];
   for (const [agentId, updates] of byAgent) {
-    const action = {
-      case: "installUpdates" as const,
-      value: {
-        $typeName: "redflag.v1.InstallUpdates" as const,
-        packages: updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture })),
-        sources: [],
-      },
-    };
+    const packages = updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture }));
+    const action = { case: "installUpdates" as const, value: boundInstall(create(InstallUpdatesSchema, { packages }), notAfter.get(agentId)) };
     // The command, the updates it installs and its audit entry commit together.
     const row = await inTransaction(db, async (tx) => {
       const row = await storeCommand(tx, {

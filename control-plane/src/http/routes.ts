@@ -7,6 +7,7 @@ import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
+import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -24,6 +25,7 @@ import { createCommandQueue } from "../domain/commands.ts";
 import { createFleetService } from "../services/fleet-service.ts";
 import { createNotificationService } from "../services/notification-service.ts";
 import { createPolicyService } from "../services/policy-service.ts";
+import { createMaintenanceService } from "../services/maintenance-service.ts";
 import { createReleaseService } from "../services/release-service.ts";
 import { createReportService } from "../services/report-service.ts";
 import { createSecurityService } from "../services/security-service.ts";
@@ -57,5 +59,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ReportService, createReportService(deps));
     router.service(ReleaseService, createReleaseService(deps.db, deps.signer, deps));
     router.service(NotificationService, createNotificationService(deps));
+    router.service(MaintenanceService, createMaintenanceService(deps.db));
   };
 }

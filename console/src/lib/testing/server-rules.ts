@@ -53,3 +53,15 @@ export function checkPolicyPatterns(field: string, values: readonly string[]): v
     }
   });
 }
+
+// maintenance-service.ts and domain/recurrence.ts: a window's time zone must be one the server
+// knows, and its targets must name some agents.
+export function checkWindowSpec(spec: { timeZone: string; targets?: { allAgents: boolean; groups: string[]; tags: string[]; agentIds: string[] } | undefined }): void {
+  if (spec.timeZone !== "UTC" && !Intl.supportedValuesOf("timeZone").includes(spec.timeZone)) {
+    throw invalid(`time_zone "${spec.timeZone.slice(0, 64)}" is not an IANA time zone this server knows (for example Europe/Berlin, America/New_York or UTC)`);
+  }
+  const t = spec.targets;
+  if (!t?.allAgents && !t?.groups.length && !t?.tags.length && !t?.agentIds.length) {
+    throw invalid("window.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
+  }
+}

@@ -267,6 +267,16 @@ export declare type InstallUpdates = Message<"redflag.v1.InstallUpdates"> & {
    * @generated from field: repeated string sources = 2;
    */
   sources: string[];
+
+  /**
+   * When set, the agent starts no package at or after this time and reports the ones it did not
+   * start as skipped (a package already installing finishes). The control plane sets it when it
+   * queues the command: the end of the maintenance window open then, or the start of the next
+   * blackout window if that comes first. A value in a CreateCommand request is replaced.
+   *
+   * @generated from field: google.protobuf.Timestamp not_after = 3;
+   */
+  notAfter?: Timestamp | undefined;
 };
 
 /**

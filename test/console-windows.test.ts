@@ -1,0 +1,68 @@
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "@redflag/gen/auth_service_pb";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { root, run } from "./support/processes.ts";
+
+const PASSWORD = "a console passphrase";
+
+// The built console in Debian's Chromium against a real control plane: an admin previews a
+// weekly Berlin window, creates it, and finds it in the list.
+describe("the console's maintenance windows, in a real browser", () => {
+  let cp: TestControlPlane;
+  let browser: Browser;
+  let page: Page;
+  const shots = path.join(root, "test-output", "screenshots");
+
+  beforeAll(async () => {
+    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
+    expect(build.code, build.stderr).toBe(0);
+    cp = await startTestControlPlane();
+    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    await mkdir(shots, { recursive: true });
+    browser = await chromium.launch({
+      executablePath: "/usr/bin/chromium",
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+  }, 300_000);
+  afterAll(async () => {
+    await browser?.close();
+    await cp?.close();
+  });
+
+  it("previews a definition, creates the window and lists it", async () => {
+    await page.goto(`${cp.url}/login`);
+    await page.getByLabel("Username").fill("admin");
+    await page.getByLabel("Password").fill(PASSWORD);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Windows", exact: true }).click();
+    await page.getByRole("heading", { name: "Maintenance windows" }).waitFor();
+    await page.getByText("No windows yet").waitFor();
+
+    await page.getByLabel("Name").fill("db saturdays");
+    await page.getByLabel("Rule (RRULE)").fill("FREQ=WEEKLY;BYDAY=SA");
+    await page.getByLabel("First start (local)").fill("2026-03-21T22:00");
+    await page.getByLabel("Lasts").fill("5h");
+    await page.getByLabel("Time zone").fill("Europe/Berlin");
+    await page.getByLabel("Groups").fill("db");
+    await page.getByRole("button", { name: "Preview" }).click();
+    const occurrences = page.getByTestId("occurrence");
+    await expect.poll(() => occurrences.count()).toBe(10);
+    // The next ten from now, each at 22:00 Berlin time for five hours of elapsed time: 03:00,
+    // or 04:00 summer time on the night the clocks go forward, 02:00 winter time when they go back.
+    const shown = await occurrences.allTextContents();
+    for (const line of shown) expect(line).toMatch(/^\d{4}-\d{2}-\d{2}T22:00:00\+0[12]:00 → \d{4}-\d{2}-\d{2}T0[234]:00:00\+0[12]:00$/);
+
+    await page.getByRole("button", { name: "Create window" }).click();
+    const row = page.getByTestId("window");
+    await row.waitFor();
+    expect(await row.locator("td").first().textContent()).toBe("db saturdays");
+    expect(await row.textContent()).toContain("group db");
+    await page.screenshot({ path: path.join(shots, "windows.png"), fullPage: true, style: ".notices { display: none !important; }" });
+  }, 120_000);
+});
