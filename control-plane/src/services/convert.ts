@@ -199,10 +199,10 @@ export function commandCaller(ctx: HandlerContext): CommandCaller {
     role: principal?.role,
     keyScope: !principal ? "system" : principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`,
     creator: commandCreator(ctx),
-    record: (tx, { row, action }) =>
+    record: (tx, { row, action, merged }) =>
       audit(tx, ctx, {
         target: `agent:${row.agentId}`,
-        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })), ...(merged ? { merged: true } : {}) },
       }),
   };
 }

@@ -199,9 +199,20 @@ export declare const CreateCommandRequestSchema: GenMessage<CreateCommandRequest
  */
 export declare type CreateCommandResponse = Message<"redflag.v1.CreateCommandResponse"> & {
   /**
+   * The command queued, or when merged the pending command the request was merged into, as it
+   * is now.
+   *
    * @generated from field: redflag.v1.CommandInfo command = 1;
    */
   command?: CommandInfo | undefined;
+
+  /**
+   * The request was merged into a command already pending for the agent (see CreateCommand):
+   * nothing new was queued. Also set when an idempotent retry returns such a merge.
+   *
+   * @generated from field: bool merged = 2;
+   */
+  merged: boolean;
 };
 
 /**
@@ -353,11 +364,18 @@ export declare const RetryCommandRequestSchema: GenMessage<RetryCommandRequest>;
  */
 export declare type RetryCommandResponse = Message<"redflag.v1.RetryCommandResponse"> & {
   /**
-   * The new command.
+   * The new command, or the pending one it was merged into.
    *
    * @generated from field: redflag.v1.CommandInfo command = 1;
    */
   command?: CommandInfo | undefined;
+
+  /**
+   * Merged into a command already pending for the agent (see CreateCommand).
+   *
+   * @generated from field: bool merged = 2;
+   */
+  merged: boolean;
 };
 
 /**
@@ -523,7 +541,22 @@ export declare const CommandCreatorSchema: GenEnum<CommandCreator>;
  */
 export declare const CommandService: GenService<{
   /**
-   * CreateCommand queues one command for one agent; it is signed when delivered.
+   * CreateCommand queues one command for one agent; it is signed when delivered. An agent has
+   * at most one pending (undelivered) command of a kind: a second one is merged into the
+   * pending one or refused, per kind:
+   *   scan_updates, collect_specs, disable_heartbeat: merged; the pending command is returned
+   *     (a scan's subsystems become the union of both, "all" when either asked for all).
+   *   install_updates, dry_run_update: merged; the packages (or the sources) of both in one
+   *     command, the pending one's other settings kept and the longer timeout. Refused with
+   *     FailedPrecondition when one names packages and the other sources, when both name one
+   *     package at different versions, or when the union would be over 1000 packages.
+   *   enable_heartbeat: merged; the pending command takes the new interval and duration.
+   *   reboot, update_agent, rollback_update, confirm_dependencies: refused with
+   *     FailedPrecondition naming the pending command (cancel it first, or wait until it is
+   *     delivered).
+   * A merged create sets CreateCommandResponse.merged and queues nothing new. A command
+   * already delivered does not count: the new one is queued after it. Concurrent creates for
+   * one agent are serialised, so two at once queue one command.
    *
    * @generated from rpc redflag.v1.CommandService.CreateCommand
    */
@@ -563,7 +596,8 @@ export declare const CommandService: GenService<{
     output: typeof CancelCommandResponseSchema;
   },
   /**
-   * RetryCommand queues a new command with the same action as a finished, unsuccessful one.
+   * RetryCommand queues a new command with the same action as a finished, unsuccessful one,
+   * merged into or refused by a pending command of its kind as CreateCommand says.
    *
    * @generated from rpc redflag.v1.CommandService.RetryCommand
    */

@@ -1,0 +1,106 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type Command, CommandSchema, type PackageRef } from "@redflag/gen/command_pb";
+import { lockAgentQueue, lockPendingCommand, replacePendingAction, type CommandRow, type Placed } from "../store/commands.ts";
+import type { CommandType, Tx } from "../store/types.ts";
+
+// An agent has at most one pending (undelivered) command of a kind: a second request of that
+// kind is merged into the pending one or refused (CreateCommand's comment in
+// proto/redflag/v1/command_service.proto and docs/commands.md say which, per kind). A command
+// already delivered does not count; the new one is queued after it.
+
+const MAX_PACKAGES = 1000;
+
+// Kinds a second request of which is refused while one is pending: doing them twice is never
+// what was meant (two reboots, two upgrades), and two different ones cannot be one command.
+const REFUSED: Partial<Record<CommandType, string>> = {
+  reboot: "a reboot",
+  update_agent: "an agent upgrade",
+  rollback_update: "a rollback",
+  confirm_dependencies: "a dependency confirmation",
+};
+
+type Action = Command["action"];
+
+// What a merge makes of the pending command: its new action, or why the two cannot be one.
+type Merge = { action: Action } | { refused: string };
+
+const refKey = (p: PackageRef) => `${p.source}\u0000${p.name}\u0000${p.architecture}`;
+
+// The packages of both, each once; refused when one package is asked at two versions.
+function mergePackages(kind: string, pending: readonly PackageRef[], requested: readonly PackageRef[]): PackageRef[] | { refused: string } {
+  const byKey = new Map(pending.map((p) => [refKey(p), p]));
+  for (const p of requested) {
+    const seen = byKey.get(refKey(p));
+    if (seen && seen.version !== p.version) {
+      return { refused: `it asks for ${p.name} (${p.source}) at ${p.version || "the newest version"} and the pending ${kind} at ${seen.version || "the newest version"}` };
+    }
+    if (!seen) byKey.set(refKey(p), p);
+  }
+  if (byKey.size > MAX_PACKAGES) return { refused: `together they name ${byKey.size} packages; at most ${MAX_PACKAGES} per command` };
+  return [...byKey.values()];
+}
+
+const union = (a: readonly string[], b: readonly string[]) => [...new Set([...a, ...b])];
+
+function merge(pending: Action, requested: Action): Merge {
+  if (pending.case === "scanUpdates" && requested.case === "scanUpdates") {
+    // No subsystems means every one.
+    const a = pending.value.subsystems;
+    const b = requested.value.subsystems;
+    const subsystems = a.length === 0 || b.length === 0 ? [] : union(a, b);
+    return { action: { case: "scanUpdates", value: { ...pending.value, subsystems } } };
+  }
+  if (pending.case === "installUpdates" && requested.case === "installUpdates") {
+    const a = pending.value;
+    const b = requested.value;
+    if ((a.packages.length > 0) !== (b.packages.length > 0)) {
+      return { refused: a.packages.length > 0 ? "it names sources and the pending install names packages" : "it names packages and the pending install names sources" };
+    }
+    const packages = mergePackages("install", a.packages, b.packages);
+    if ("refused" in packages) return packages;
+    return { action: { case: "installUpdates", value: { ...a, packages, sources: union(a.sources, b.sources) } } };
+  }
+  if (pending.case === "dryRunUpdate" && requested.case === "dryRunUpdate") {
+    const packages = mergePackages("dry run", pending.value.packages, requested.value.packages);
+    if ("refused" in packages) return packages;
+    return { action: { case: "dryRunUpdate", value: { ...pending.value, packages } } };
+  }
+  // The newest request says how long and how often.
+  if (pending.case === "enableHeartbeat" && requested.case === "enableHeartbeat") return { action: requested };
+  // collect_specs, disable_heartbeat: nothing to add.
+  return { action: pending };
+}
+
+const sameAction = (a: Action, b: Action) =>
+  Buffer.from(toBinary(CommandSchema, create(CommandSchema, { action: a }))).equals(Buffer.from(toBinary(CommandSchema, create(CommandSchema, { action: b }))));
+
+function pendingRefusal(agentId: string, pending: CommandRow, what: string, why?: string): ConnectError {
+  const since = pending.createdAt.toISOString();
+  return new ConnectError(
+    why
+      ? `agent ${agentId} already has a pending ${what} (command ${pending.id}, queued ${since}) that this request cannot be merged into: ${why}; cancel it first (redflag commands cancel ${pending.id}) or wait until it is delivered`
+      : `agent ${agentId} already has ${what} pending (command ${pending.id}, queued ${since}); cancel it first (redflag commands cancel ${pending.id}) or wait until it is delivered`,
+    Code.FailedPrecondition,
+  );
+}
+
+// Inside the queue's transaction, before a new command is stored: takes the agent's queue lock
+// (held until commit, so two creates at once see each other), then merges the request into a
+// pending command of its kind (merged), refuses it (FailedPrecondition), or finds none
+// (undefined: store it as a new command).
+export async function mergeIntoPending(tx: Tx, agentId: string, type: CommandType, action: Action, timeoutSeconds: number): Promise<Placed | undefined> {
+  await lockAgentQueue(tx, agentId);
+  const pending = await lockPendingCommand(tx, agentId, type);
+  if (!pending) return undefined;
+  const refusedKind = REFUSED[type];
+  if (refusedKind) throw pendingRefusal(agentId, pending, refusedKind);
+  const before = fromBinary(CommandSchema, pending.action);
+  const merged = merge(before.action, action);
+  if ("refused" in merged) throw pendingRefusal(agentId, pending, type === "install_updates" ? "install" : "dry run", merged.refused);
+  // 0 is the agent's default, which may be longer than either.
+  const timeout = pending.timeoutSeconds === 0 || timeoutSeconds === 0 ? 0 : Math.max(pending.timeoutSeconds, timeoutSeconds);
+  if (sameAction(before.action, merged.action) && timeout === pending.timeoutSeconds) return { row: pending, merged: true };
+  const bytes = toBinary(CommandSchema, create(CommandSchema, { ...before, action: merged.action, timeoutSeconds: timeout }));
+  return { row: await replacePendingAction(tx, pending.id, bytes, timeout), merged: true };
+}
