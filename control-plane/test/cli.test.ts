@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -118,6 +119,20 @@ describe("redflag CLI in-process", () => {
     const pending = (await cp.admin.commands.listCommands({ agentId: web.agentId, pageSize: 50 })).commands.filter((c) => c.state === CommandState.PENDING);
     expect(pending.map((c) => c.id).sort()).toEqual([id, rebootId].sort());
     for (const c of pending) await cp.admin.commands.cancelCommand({ id: c.id });
+  });
+
+  it("lists the hosts that need a reboot and shows which sources said so", async () => {
+    await web.client.pollCommands({ nonce: randomBytes(16), status: { agentVersion: "0.1.0", rebootRequired: true, rebootRequiredBy: ["zypper"] } });
+    await cp.app.lastSeen.flush();
+    const listed = await admin(["agents", "list", "--reboot-required"]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/^ID\s+HOSTNAME\s+HEALTH\s+OS\s+VERSION\s+LAST SEEN\s+UPDATES\s+REBOOT\n/);
+    expect(listed.stdout).toMatch(new RegExp(`^${web.agentId}\\s+web-1\\s+.*\\s+required$`, "m"));
+    expect((await admin(["agents", "get", "web-1"])).stdout).toContain("\nreboot:      required (by zypper)\n");
+    await web.client.pollCommands({ nonce: randomBytes(16), status: { agentVersion: "0.1.0" } });
+    await cp.app.lastSeen.flush();
+    expect((await admin(["agents", "list", "--reboot-required"])).stdout).not.toContain(web.agentId);
+    expect((await admin(["agents", "get", "web-1"])).stdout).toContain("\nreboot:      not required\n");
   });
 
   it("sets and removes holds; a hold for an unknown host is not created", async () => {

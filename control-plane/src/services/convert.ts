@@ -72,6 +72,7 @@ const FAMILIES: Record<string, OsFamily> = {
 export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number, minimumVersion = ""): Agent {
   return create(AgentSchema, {
     upgradeRequired: !row.decommissionedAt && isBelow(row.agentVersion, minimumVersion),
+    rebootRequired: row.rebootRequired,
     updatesBySeverity: row.updates.bySeverity ?? {},
     tags: row.tags ?? [],
     group: row.group ?? "",
