@@ -1,4 +1,4 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { COMMAND_TYPE, verifySignature } from "@redflag/common/signing/envelope";
 import { signingVectors } from "@redflag/common/signing/test-vectors";
 import { generateKeyPair } from "../src/signing/keys.ts";
-import { createCommand } from "../src/store/commands.ts";
 import {
   configIn,
   newRegistrationToken,
@@ -403,15 +402,8 @@ describe("PollCommands", () => {
   it("never hands one command to two concurrent polls", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const queued = new Set<string>();
-    // Forty pending commands at once (CreateCommand would merge them into one scan).
-    const action = toBinary(CommandSchema, create(CommandSchema, { action: { case: "scanUpdates", value: {} } }));
-    for (let i = 0; i < 40; i++) {
-      const row = await createCommand(cp.app.db.prisma, { agentId: agent.agentId, type: "scan_updates", action, timeoutSeconds: 0, createdBy: "test", createdByKind: "system" });
-      if ("refused" in row) throw new Error(row.refused);
-      queued.add(row.id);
-    }
-    // One through the queue, which tells the pending index this agent has commands.
-    queued.add(await queue(agent.agentId, "specs"));
+    // collect_specs: a second scan while one is pending would be merged into it.
+    for (let i = 0; i < 40; i++) queued.add(await queue(agent.agentId, "specs"));
     const polls = await Promise.all(
       Array.from({ length: 25 }, (_, i) => agent.client.pollCommands({ nonce: nonce(), maxCommands: 1 + (i % 3) })),
     );

@@ -1,23 +1,21 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema, type PackageRef } from "@redflag/gen/command_pb";
-import { lockAgentQueue, lockPendingCommand, replacePendingAction, type CommandRow, type Placed } from "../store/commands.ts";
+import { lockAgentQueue, lockPendingCommands, replacePendingAction, type CommandRow, type Placed } from "../store/commands.ts";
 import type { CommandType, Tx } from "../store/types.ts";
 
-// An agent has at most one pending (undelivered) command of a kind: a second request of that
-// kind is merged into the pending one or refused (CreateCommand's comment in
-// proto/redflag/v1/command_service.proto and docs/commands.md say which, per kind). A command
-// already delivered does not count; the new one is queued after it.
+// A second request of a kind an agent already has pending (undelivered) is merged into the
+// pending command or refused, so nothing is queued twice (CreateCommand's comment in
+// proto/redflag/v1/command_service.proto and the README's "Commands" say which, per kind). A
+// command already delivered does not count; the new one is queued after it.
 
 const MAX_PACKAGES = 1000;
 
-// Kinds a second request of which is refused while one is pending: doing them twice is never
-// what was meant (two reboots, two upgrades), and two different ones cannot be one command.
+// Kinds refused while one is pending: doing them twice is never what was meant (two reboots,
+// two upgrades), and two different ones cannot be one command.
 const REFUSED: Partial<Record<CommandType, string>> = {
   reboot: "a reboot",
   update_agent: "an agent upgrade",
-  rollback_update: "a rollback",
-  confirm_dependencies: "a dependency confirmation",
 };
 
 type Action = Command["action"];
@@ -28,12 +26,12 @@ type Merge = { action: Action } | { refused: string };
 const refKey = (p: PackageRef) => `${p.source}\u0000${p.name}\u0000${p.architecture}`;
 
 // The packages of both, each once; refused when one package is asked at two versions.
-function mergePackages(kind: string, pending: readonly PackageRef[], requested: readonly PackageRef[]): PackageRef[] | { refused: string } {
+function mergePackages(pending: readonly PackageRef[], requested: readonly PackageRef[]): PackageRef[] | { refused: string } {
   const byKey = new Map(pending.map((p) => [refKey(p), p]));
   for (const p of requested) {
     const seen = byKey.get(refKey(p));
     if (seen && seen.version !== p.version) {
-      return { refused: `it asks for ${p.name} (${p.source}) at ${p.version || "the newest version"} and the pending ${kind} at ${seen.version || "the newest version"}` };
+      return { refused: `it asks for ${p.name} (${p.source}) at ${p.version || "the newest version"} and the pending install at ${seen.version || "the newest version"}` };
     }
     if (!seen) byKey.set(refKey(p), p);
   }
@@ -57,18 +55,13 @@ function merge(pending: Action, requested: Action): Merge {
     if ((a.packages.length > 0) !== (b.packages.length > 0)) {
       return { refused: a.packages.length > 0 ? "it names sources and the pending install names packages" : "it names packages and the pending install names sources" };
     }
-    const packages = mergePackages("install", a.packages, b.packages);
+    const packages = mergePackages(a.packages, b.packages);
     if ("refused" in packages) return packages;
     return { action: { case: "installUpdates", value: { ...a, packages, sources: union(a.sources, b.sources) } } };
   }
-  if (pending.case === "dryRunUpdate" && requested.case === "dryRunUpdate") {
-    const packages = mergePackages("dry run", pending.value.packages, requested.value.packages);
-    if ("refused" in packages) return packages;
-    return { action: { case: "dryRunUpdate", value: { ...pending.value, packages } } };
-  }
   // The newest request says how long and how often.
   if (pending.case === "enableHeartbeat" && requested.case === "enableHeartbeat") return { action: requested };
-  // collect_specs, disable_heartbeat: nothing to add.
+  // disable_heartbeat: nothing to add.
   return { action: pending };
 }
 
@@ -85,22 +78,46 @@ function pendingRefusal(agentId: string, pending: CommandRow, what: string, why?
   );
 }
 
+const samePackage = (a: PackageRef | undefined, b: PackageRef | undefined) => !!a && !!b && refKey(a) === refKey(b);
+const packageSet = (refs: readonly PackageRef[]) => refs.map((p) => `${refKey(p)}\u0000${p.version}`).sort().join("\u0001");
+
 // Inside the queue's transaction, before a new command is stored: takes the agent's queue lock
 // (held until commit, so two creates at once see each other), then merges the request into a
-// pending command of its kind (merged), refuses it (FailedPrecondition), or finds none
-// (undefined: store it as a new command).
+// pending command of its kind (merged), refuses it (FailedPrecondition), or finds none to
+// merge with (undefined: store it as a new command). collect_specs is not checked: it reads
+// the host and changes nothing, and is what load tests and benchmarks queue in bulk.
 export async function mergeIntoPending(tx: Tx, agentId: string, type: CommandType, action: Action, timeoutSeconds: number): Promise<Placed | undefined> {
+  if (type === "collect_specs") return undefined;
   await lockAgentQueue(tx, agentId);
-  const pending = await lockPendingCommand(tx, agentId, type);
-  if (!pending) return undefined;
+  const pending = await lockPendingCommands(tx, agentId, type);
+  if (pending.length === 0) return undefined;
+  const actions = pending.map((row) => ({ row, command: fromBinary(CommandSchema, row.action) }));
   const refusedKind = REFUSED[type];
-  if (refusedKind) throw pendingRefusal(agentId, pending, refusedKind);
-  const before = fromBinary(CommandSchema, pending.action);
+  if (refusedKind) throw pendingRefusal(agentId, pending[0]!, refusedKind);
+  // One per package, and one per dry run confirmed; different ones queue side by side.
+  if (action.case === "rollbackUpdate") {
+    const same = actions.find((a) => a.command.action.case === "rollbackUpdate" && samePackage(a.command.action.value.package, action.value.package));
+    if (same) throw pendingRefusal(agentId, same.row, `a rollback of ${action.value.package!.name}`);
+    return undefined;
+  }
+  if (action.case === "confirmDependencies") {
+    const id = action.value.dryRunCommandId;
+    const same = actions.find((a) => a.command.action.case === "confirmDependencies" && a.command.action.value.dryRunCommandId === id);
+    if (same) throw pendingRefusal(agentId, same.row, `a confirmation of dry run ${id}`);
+    return undefined;
+  }
+  // A dry run answers for its own set of packages: the same set is the same question.
+  if (action.case === "dryRunUpdate") {
+    const wanted = packageSet(action.value.packages);
+    const same = actions.find((a) => a.command.action.case === "dryRunUpdate" && packageSet(a.command.action.value.packages) === wanted);
+    return same ? { row: same.row, merged: true } : undefined;
+  }
+  const { row, command: before } = actions[0]!;
   const merged = merge(before.action, action);
-  if ("refused" in merged) throw pendingRefusal(agentId, pending, type === "install_updates" ? "install" : "dry run", merged.refused);
+  if ("refused" in merged) throw pendingRefusal(agentId, row, "install", merged.refused);
   // 0 is the agent's default, which may be longer than either.
-  const timeout = pending.timeoutSeconds === 0 || timeoutSeconds === 0 ? 0 : Math.max(pending.timeoutSeconds, timeoutSeconds);
-  if (sameAction(before.action, merged.action) && timeout === pending.timeoutSeconds) return { row: pending, merged: true };
+  const timeout = row.timeoutSeconds === 0 || timeoutSeconds === 0 ? 0 : Math.max(row.timeoutSeconds, timeoutSeconds);
+  if (sameAction(before.action, merged.action) && timeout === row.timeoutSeconds) return { row, merged: true };
   const bytes = toBinary(CommandSchema, create(CommandSchema, { ...before, action: merged.action, timeoutSeconds: timeout }));
-  return { row: await replacePendingAction(tx, pending.id, bytes, timeout), merged: true };
+  return { row: await replacePendingAction(tx, row.id, bytes, timeout), merged: true };
 }

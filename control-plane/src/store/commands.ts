@@ -103,17 +103,19 @@ export async function lockAgentQueue(tx: Tx, agentId: string): Promise<void> {
   await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext('redflag_queue'), hashtext(${agentId}))`;
 }
 
-// The agent's oldest pending (undelivered) command of this type, locked until the transaction
-// ends: a poll claiming it meanwhile skips it, and one that claimed it first wins (then there
-// is none pending).
-export async function lockPendingCommand(tx: Tx, agentId: string, type: CommandType): Promise<CommandRow | null> {
-  const [found] = await tx.$queryRaw<{ id: string }[]>`
+// The agent's pending (undelivered) commands of this type, oldest first, locked until the
+// transaction ends: a poll claiming one meanwhile skips it, and one that claimed it first wins
+// (then it is not pending).
+export async function lockPendingCommands(tx: Tx, agentId: string, type: CommandType, limit = 1000): Promise<CommandRow[]> {
+  const found = await tx.$queryRaw<{ id: string }[]>`
     SELECT id::text FROM commands
      WHERE agent_id = ${agentId}::uuid AND type = ${type}::command_type AND state = 'pending'
      ORDER BY created_at, id
-     LIMIT 1
+     LIMIT ${limit}
        FOR UPDATE`;
-  return found ? getCommand(tx, found.id) : null;
+  if (found.length === 0) return [];
+  const rows = await tx.command.findMany({ where: { id: { in: found.map((f) => f.id) } }, include: { result: true } });
+  return rows.sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || a.id.localeCompare(b.id));
 }
 
 // Replaces a pending command's action (a request merged into it).

@@ -105,6 +105,28 @@ describe.each(availableBackends)("one pending command of a kind per agent on %s"
     expect(unchanged.action.case === "installUpdates" && unchanged.action.value.packages.map((p) => p.name)).toEqual(["curl", "openssl"]);
   });
 
+  it("merges a dry run of the same packages, queues one of other packages beside it, refuses a second rollback of one package, and does not check collect_specs", async () => {
+    const queue = newQueue();
+    const agent = await insertAgent(m.db, "kinds-1");
+    const dryRun = (...packages: ReturnType<typeof pkg>[]): Command["action"] => ({ case: "dryRunUpdate", value: { $typeName: "redflag.v1.DryRunUpdate", packages } });
+    const first = await queue.queue(caller(), agent.id, dryRun(pkg("curl"), pkg("openssl")));
+    expect(await queue.queue(caller(), agent.id, dryRun(pkg("openssl"), pkg("curl")))).toMatchObject({ id: first.id, merged: true });
+    expect(await queue.queue(caller(), agent.id, dryRun(pkg("zlib1g")))).toMatchObject({ merged: false });
+
+    const rollback = (name: string): Command["action"] => ({ case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: pkg(name), targetVersion: "1.0-1" } });
+    const back = await queue.queue(caller(), agent.id, rollback("curl"));
+    const again = refusal(await queue.queue(caller(), agent.id, rollback("curl")).catch((e: unknown) => e));
+    expect(again.code).toBe(Code.FailedPrecondition);
+    expect(again.rawMessage).toContain(`already has a rollback of curl pending (command ${back.id}`);
+    expect(await queue.queue(caller(), agent.id, rollback("openssl"))).toMatchObject({ merged: false });
+
+    const specs: Command["action"] = { case: "collectSpecs", value: { $typeName: "redflag.v1.CollectSpecs" } };
+    const a = await queue.queue(caller(), agent.id, specs);
+    const b = await queue.queue(caller(), agent.id, specs);
+    expect(b.id).not.toBe(a.id);
+    expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(6);
+  });
+
   it("remembers a merge under an idempotency key: the retry returns the same command, merged", async () => {
     const queue = newQueue();
     const agent = await insertAgent(m.db, "key-1");

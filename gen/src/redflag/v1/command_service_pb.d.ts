@@ -541,22 +541,26 @@ export declare const CommandCreatorSchema: GenEnum<CommandCreator>;
  */
 export declare const CommandService: GenService<{
   /**
-   * CreateCommand queues one command for one agent; it is signed when delivered. An agent has
-   * at most one pending (undelivered) command of a kind: a second one is merged into the
-   * pending one or refused, per kind:
-   *   scan_updates, collect_specs, disable_heartbeat: merged; the pending command is returned
-   *     (a scan's subsystems become the union of both, "all" when either asked for all).
-   *   install_updates, dry_run_update: merged; the packages (or the sources) of both in one
-   *     command, the pending one's other settings kept and the longer timeout. Refused with
+   * CreateCommand queues one command for one agent; it is signed when delivered. A request of
+   * a kind the agent already has pending (queued, not delivered yet) is merged into the pending
+   * command or refused, so nothing is queued twice:
+   *   scan_updates: merged; the pending scan covers the subsystems of both ("all" when either
+   *     asked for all).
+   *   install_updates: merged; the packages (or the sources) of both in the pending install,
+   *     its other settings kept, the longer timeout (0, the agent's default, wins). Refused with
    *     FailedPrecondition when one names packages and the other sources, when both name one
-   *     package at different versions, or when the union would be over 1000 packages.
+   *     package at different versions, or when together they name over 1000 packages.
    *   enable_heartbeat: merged; the pending command takes the new interval and duration.
-   *   reboot, update_agent, rollback_update, confirm_dependencies: refused with
-   *     FailedPrecondition naming the pending command (cancel it first, or wait until it is
-   *     delivered).
-   * A merged create sets CreateCommandResponse.merged and queues nothing new. A command
-   * already delivered does not count: the new one is queued after it. Concurrent creates for
-   * one agent are serialised, so two at once queue one command.
+   *   disable_heartbeat: merged; the pending one is returned.
+   *   dry_run_update: merged when a pending dry run names the same packages and versions
+   *     (the same question); a dry run of other packages is queued beside it.
+   *   reboot, update_agent: refused with FailedPrecondition naming the pending command (cancel
+   *     it first, or wait until it is delivered).
+   *   rollback_update: refused while a rollback of the same package is pending.
+   *   confirm_dependencies: refused while a confirmation of the same dry run is pending.
+   *   collect_specs: not checked (it only reads the host).
+   * A merged create sets CreateCommandResponse.merged and queues nothing new. Creates for one
+   * agent are serialised, so two at once queue one command; an idempotency key replays a merge.
    *
    * @generated from rpc redflag.v1.CommandService.CreateCommand
    */
