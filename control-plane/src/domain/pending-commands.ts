@@ -6,8 +6,8 @@ import type { CommandType, Tx } from "../store/types.ts";
 
 // A second request of a kind an agent already has pending (undelivered) is merged into the
 // pending command or refused, so nothing is queued twice (CreateCommand's comment in
-// proto/redflag/v1/command_service.proto and the README's "Commands" say which, per kind). A
-// command already delivered does not count; the new one is queued after it.
+// proto/redflag/v1/command_service.proto and docs/commands.md say which, per kind). A command
+// already delivered does not count; the new one is queued after it.
 
 const MAX_PACKAGES = 1000;
 
