@@ -37,7 +37,7 @@ import { openAutoScans, type AutoScans } from "./state/auto-scans.ts";
 import { openScanPartStore, type ScanPartStore } from "./state/scan-parts.ts";
 import { createReporter } from "./report.ts";
 import { mergeScan, scanSummaryFile, type ScanSummary } from "./state/scan-summary.ts";
-import { rebootRequired } from "./system.ts";
+import { rebootRequired, type RebootState } from "./system.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 const REBOOT_CHECK_MS = 60_000;
@@ -219,12 +219,13 @@ function createAgent(deps: AgentDeps) {
     heartbeat.interval(Date.now()) ?? (next || session.registration.agentConfig?.pollIntervalSeconds || timing.defaultPollSeconds);
 
   // Read at most once a minute: on Windows it runs reg.exe, and polls can be seconds apart.
-  let reboot: { at: number; required: Promise<boolean> } | undefined;
+  let reboot: { at: number; state: Promise<RebootState> } | undefined;
   const rebootPending = () => {
     if (!reboot || Date.now() - reboot.at >= REBOOT_CHECK_MS) {
-      reboot = { at: Date.now(), required: rebootRequired(deps.host).then((r) => r.required, () => false) };
+      const state = rebootRequired(deps.host).catch((err: unknown): RebootState => ({ required: false, by: [], sources: [], unknown: String(err) }));
+      reboot = { at: Date.now(), state };
     }
-    return reboot.required;
+    return reboot.state;
   };
   // Only a release on trial confirms, once, after its first complete poll cycle; until then
   // every poll says it is on trial.
@@ -232,6 +233,7 @@ function createAgent(deps: AgentDeps) {
   const status = async () => {
     // An upgrade this agent tried and abandoned, until the next update_agent replaces it.
     const failure = await readFailure(config.installDir).catch(() => undefined);
+    const reboot = await rebootPending();
     return create(AgentStatusSchema, {
       agentVersion: AGENT_VERSION,
       uptimeSeconds: BigInt(Math.floor((Date.now() - startedAt) / 1000)),
@@ -240,7 +242,9 @@ function createAgent(deps: AgentDeps) {
       lastScanTime: lastScan ? timestampFromDate(lastScan.scanTime) : undefined,
       pendingUpdateCount: lastScan?.pendingUpdateCount ?? 0,
       securityUpdateCount: lastScan?.securityUpdateCount ?? 0,
-      rebootRequired: await rebootPending(),
+      rebootRequired: reboot.required,
+      rebootRequiredBy: reboot.sources,
+      rebootRequiredUnknown: reboot.unknown ?? "",
       trustedKeysRevision: keySetRevision(deps.pins.keys()),
       upgradeTrial: !upgradeConfirmed,
       upgradeFailure: failure

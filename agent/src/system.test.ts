@@ -2,7 +2,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { fakeHost, type FakeHost } from "../test/support/fake-host.ts";
 import {
   CBS_KEY,
+  DNF_NEEDS_RESTARTING_REBOOT,
+  FAKE_DNF,
   FAKE_REG,
+  FAKE_ZYPPER,
   MAC_MOUNT,
   printsRecorded,
   REG_CBS_CLEAN,
@@ -27,7 +30,9 @@ import {
   parseVmStat,
   readDisks,
   readMemory,
+  DNF_NEEDS_RESTARTING,
   rebootRequired,
+  ZYPPER_NEEDS_REBOOTING,
 } from "./system.ts";
 
 const cpu = (user: number, sys: number, idle: number) => ({ times: { user, nice: 0, sys, irq: 0, idle } });
@@ -66,11 +71,11 @@ describe("Windows", () => {
   const clean = { [regOutput(CBS_KEY)]: REG_CBS_CLEAN, [regOutput(WU_KEY)]: REG_WU_CLEAN, [regOutput(SESSION_MANAGER_KEY)]: REG_SESSION_MANAGER_CLEAN };
 
   it("needs a reboot by the flags Windows Update and Component Based Servicing set, and pending file renames", async () => {
-    expect(await rebootRequired(await windows(clean))).toEqual({ required: false, by: [] });
+    expect(await rebootRequired(await windows(clean))).toEqual({ required: false, by: [], sources: [] });
     const host = await windows({ ...clean, [regOutput(CBS_KEY)]: REG_CBS_PENDING, [regOutput(WU_KEY)]: REG_WU_REBOOT_REQUIRED });
-    expect(await rebootRequired(host)).toEqual({ required: true, by: ["Windows Update", "Component Based Servicing"] });
+    expect(await rebootRequired(host)).toEqual({ required: true, by: ["Windows Update", "Component Based Servicing"], sources: ["windows-update", "component-based-servicing"] });
     expect(host.runs.map((argv) => argv.join(" ")).sort()).toEqual([CBS_KEY, SESSION_MANAGER_KEY, WU_KEY].map((key) => `${reg} query ${key} /reg:64`).sort());
-    expect(await rebootRequired(await windows({ ...clean, [regOutput(SESSION_MANAGER_KEY)]: REG_SESSION_MANAGER_RENAMES }))).toEqual({ required: true, by: ["pending file renames"] });
+    expect(await rebootRequired(await windows({ ...clean, [regOutput(SESSION_MANAGER_KEY)]: REG_SESSION_MANAGER_RENAMES }))).toEqual({ required: true, by: ["pending file renames"], sources: ["pending-file-renames"] });
   });
 
   it("says it cannot tell (not 'no reboot') when reg.exe fails, is missing or prints something else", async () => {
@@ -84,7 +89,7 @@ describe("Windows", () => {
     expect(garbled.unknown).toBe(`C:\\Windows\\System32\\reg.exe printed no listing of ${WU_KEY}`);
     // One flag that is set is enough, even when another cannot be read.
     const partly = await windows({ [regOutput(CBS_KEY)]: REG_CBS_PENDING });
-    expect(await rebootRequired(partly)).toEqual({ required: true, by: ["Component Based Servicing"] });
+    expect(await rebootRequired(partly)).toEqual({ required: true, by: ["Component Based Servicing"], sources: ["component-based-servicing"] });
   });
 
   it("lists the registry's values and subkeys as reg.exe prints them", () => {
@@ -173,7 +178,7 @@ describe("macOS", () => {
   });
 
   it("says honestly that it cannot tell whether a restart is pending", async () => {
-    expect(await rebootRequired(await mac(recorded))).toEqual({ required: false, by: [], unknown: "macOS does not say whether a restart is pending" });
+    expect(await rebootRequired(await mac(recorded))).toEqual({ required: false, by: [], sources: [], unknown: "macOS does not say whether a restart is pending" });
   });
 
   it("parses vm_stat and vm.swapusage strictly", () => {
@@ -193,8 +198,37 @@ describe("Linux", () => {
       os: { totalmem: () => 24684092 * 1024, freemem: () => 1000 * 1024 },
     });
     expect(await readMemory(host)).toEqual({ totalBytes: 24684092n * 1024n, availableBytes: 20000000n * 1024n, swapTotalBytes: 1048572n * 1024n, swapUsedBytes: 572n * 1024n, problems: [] });
-    expect(await rebootRequired(host)).toEqual({ required: true, by: ["linux-image-6.1.0-28-amd64", "libc6"] });
+    expect(await rebootRequired(host)).toEqual({ required: true, by: ["linux-image-6.1.0-28-amd64", "libc6"], sources: ["dpkg"] });
     expect(await readDisks(host)).toEqual({ disks: [], problem: "cannot list file systems: /proc/self/mounts is not readable" });
-    expect(host.runs).toEqual([]);
+    // dnf and zypper are asked too; neither is installed here.
+    expect(host.runs).toEqual([[...DNF_NEEDS_RESTARTING], [...ZYPPER_NEEDS_REBOOTING]]);
+  });
+
+  const linux = (tools: Record<string, string>, markers: Record<string, string> = {}, files: Record<string, string> = {}) =>
+    made({ platform: "linux", tools: Object.fromEntries(Object.entries(tools).map(([name, body]) => [`/usr/bin/${name}`, body])), outputs: markers, files });
+
+  it("asks dnf needs-restarting -r: exit 1 with its answer means a reboot, 0 none, and its own failures are said", async () => {
+    expect(await rebootRequired(await linux({ dnf: FAKE_DNF }))).toEqual({ required: false, by: [], sources: [] });
+    expect(await rebootRequired(await linux({ dnf: FAKE_DNF }, { "dnf.reboot": DNF_NEEDS_RESTARTING_REBOOT }))).toEqual({ required: true, by: ["kernel", "systemd"], sources: ["dnf"] });
+    // Exit status 1 without dnf-plugins-core is not a reboot.
+    const noPlugin = await rebootRequired(await linux({ dnf: FAKE_DNF }, { "dnf.noplugin": "" }));
+    expect(noPlugin).toMatchObject({ required: false, sources: [] });
+    expect(noPlugin.unknown).toMatch(/^\/usr\/bin\/dnf needs-restarting failed \(exit status 1\): No such command: needs-restarting/);
+    expect((await rebootRequired(await linux({ dnf: FAKE_DNF }, { "dnf.broken": "" }))).unknown).toBe("/usr/bin/dnf needs-restarting failed (exit status 1): Error: rpmdb open failed");
+  });
+
+  it("asks zypper needs-rebooting: exit 102 means a reboot, 0 none, a held lock is said", async () => {
+    expect(await rebootRequired(await linux({ zypper: FAKE_ZYPPER }))).toEqual({ required: false, by: [], sources: [] });
+    expect(await rebootRequired(await linux({ zypper: FAKE_ZYPPER }, { "zypper.reboot": "" }))).toEqual({ required: true, by: [], sources: ["zypper"] });
+    const locked = await rebootRequired(await linux({ zypper: FAKE_ZYPPER }, { "zypper.locked": "" }));
+    expect(locked.required).toBe(false);
+    expect(locked.unknown).toMatch(/^\/usr\/bin\/zypper needs-rebooting failed \(exit status 7\): System management is locked/);
+  });
+
+  it("says every source that asks for a reboot, and a source that failed does not hide one that answered", async () => {
+    const both = await linux({ dnf: FAKE_DNF, zypper: FAKE_ZYPPER }, { "dnf.reboot": DNF_NEEDS_RESTARTING_REBOOT, "zypper.reboot": "" }, { "/var/run/reboot-required": "*** System restart required ***\n" });
+    expect(await rebootRequired(both)).toEqual({ required: true, by: ["kernel", "systemd"], sources: ["dpkg", "dnf", "zypper"] });
+    const partly = await linux({ dnf: FAKE_DNF, zypper: FAKE_ZYPPER }, { "dnf.broken": "", "zypper.reboot": "" });
+    expect(await rebootRequired(partly)).toEqual({ required: true, by: [], sources: ["zypper"] });
   });
 });

@@ -4,6 +4,7 @@
 import { create } from "@bufbuild/protobuf";
 import { type DiskInfo, DiskInfoSchema } from "@redflag/gen/command_pb";
 import { createHostAccess, system32, toolOutput, type HostAccess } from "./platform.ts";
+import { describeFailure } from "./run-process.ts";
 
 // File systems that hold data; everything else in /proc/self/mounts (proc, sysfs, cgroup,
 // tmpfs, squashfs snap images …) is not a disk an operator cares about.
@@ -161,8 +162,12 @@ export function unreadNote(memory: MemoryReading, reboot: RebootState, disks?: D
 
 export interface RebootState {
   required: boolean;
-  // What asked for the reboot: packages on Debian and Ubuntu, the registry flags on Windows.
+  // What asked for the reboot: packages on Linux (dpkg's list, dnf's), the registry flags on
+  // Windows.
   by: string[];
+  // Which sources said a reboot is needed ("dpkg", "dnf", "zypper", "windows-update",
+  // "component-based-servicing", "pending-file-renames"); empty when none did.
+  sources: string[];
   // Set when the agent cannot tell (then `required` is false): why, in words.
   unknown?: string | undefined;
 }
@@ -172,18 +177,59 @@ const WU_KEY = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdat
 const SESSION_MANAGER_KEY = "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Session Manager";
 export const MACOS_REBOOT_UNKNOWN = "macOS does not say whether a restart is pending";
 
-// Linux: /var/run/reboot-required (Debian, Ubuntu). Windows: the flags Windows Update and
-// Component Based Servicing set (the RebootRequired and RebootPending keys) and pending file
-// renames. macOS keeps no such flag that a program can read without asking Apple's servers
-// (softwareupdate), so the answer there is "unknown".
+// The package tools that can tell, run by absolute path. `-C` keeps dnf from refreshing
+// metadata (needs-restarting loads it, and the poll must not wait on the network).
+export const DNF_NEEDS_RESTARTING = ["/usr/bin/dnf", "-C", "-q", "needs-restarting", "-r"] as const;
+export const ZYPPER_NEEDS_REBOOTING = ["/usr/bin/zypper", "--non-interactive", "--quiet", "needs-rebooting"] as const;
+
+// Linux: every source that can tell, together: dpkg's flag /var/run/reboot-required (and
+// .pkgs; Debian, Ubuntu), `dnf needs-restarting -r` (Fedora, RHEL and their kin) and `zypper
+// needs-rebooting` (openSUSE, SLES); a tool that is not installed is not asked. Windows: the
+// flags Windows Update and Component Based Servicing set (the RebootRequired and RebootPending
+// keys) and pending file renames. macOS keeps no such flag that a program can read without
+// asking Apple's servers (softwareupdate), so the answer there is "unknown".
 export async function rebootRequired(host: HostAccess = createHostAccess({}), signal?: AbortSignal): Promise<RebootState> {
   if (host.platform === "win32") return windowsRebootPending(host, signal);
-  if (host.platform === "darwin") return { required: false, by: [], unknown: MACOS_REBOOT_UNKNOWN };
-  const flag = await host.readText("/var/run/reboot-required");
-  if (flag === undefined) return { required: false, by: [] };
+  if (host.platform === "darwin") return { required: false, by: [], sources: [], unknown: MACOS_REBOOT_UNKNOWN };
+  const [dpkg, dnf, zypper] = await Promise.all([dpkgRebootFlag(host), askTool(host, DNF_NEEDS_RESTARTING, 1, signal), askTool(host, ZYPPER_NEEDS_REBOOTING, 102, signal)]);
+  const by = new Set<string>();
+  const sources: string[] = [];
+  const problems: string[] = [];
+  for (const [source, answer] of [["dpkg", dpkg], ["dnf", dnf], ["zypper", zypper]] as const) {
+    if (answer === "absent" || answer === "no") continue;
+    if ("error" in answer) problems.push(answer.error);
+    else {
+      sources.push(source);
+      for (const p of answer.by) by.add(p);
+    }
+  }
+  if (sources.length > 0) return { required: true, by: [...by], sources };
+  if (problems.length > 0) return { required: false, by: [], sources: [], unknown: problems.join("; ") };
+  return { required: false, by: [], sources: [] };
+}
+
+type Answer = "absent" | "no" | { by: string[] } | { error: string };
+
+async function dpkgRebootFlag(host: HostAccess): Promise<Answer> {
+  if ((await host.readText("/var/run/reboot-required")) === undefined) return "absent";
   const pkgs = await host.readText("/var/run/reboot-required.pkgs");
-  const by = [...new Set((pkgs ?? "").split("\n").map((l) => l.trim()).filter(Boolean))];
-  return { required: true, by };
+  return { by: (pkgs ?? "").split("\n").map((l) => l.trim()).filter(Boolean) };
+}
+
+// A tool that answers with its exit status: 0 no reboot, `needed` a reboot (dnf: 1, zypper:
+// 102); anything else is a failure, and a tool that is not there is not asked. dnf also exits 1
+// on its own errors ("No such command" without dnf-plugins-core), with nothing on stdout; its
+// answer always prints something, and lists what needs the reboot as " * name" lines.
+async function askTool(host: HostAccess, argv: readonly string[], needed: number, signal?: AbortSignal): Promise<Answer> {
+  const result = await host.run(argv, signal);
+  const what = `${argv[0]!} ${argv.filter((a) => !a.startsWith("-")).slice(1).join(" ")}`;
+  if (result.spawnError?.code === "ENOENT") return "absent";
+  const finished = !result.spawnError && !result.timedOut && !result.aborted;
+  if (finished && result.exitCode === 0) return "no";
+  if (finished && result.exitCode === needed && (needed !== 1 || result.stdout.trim() !== "")) {
+    return { by: result.stdout.split("\n").flatMap((l) => /^\s*\*\s+(\S+)/.exec(l)?.[1] ?? []) };
+  }
+  return { error: describeFailure(what, result) };
 }
 
 // Each key is listed whole (its values and subkeys) rather than asked for one subkey or value:
@@ -199,16 +245,18 @@ async function windowsRebootPending(host: HostAccess, signal?: AbortSignal): Pro
   };
   const [cbs, wu, sm] = await Promise.all([list(CBS_KEY), list(WU_KEY), list(SESSION_MANAGER_KEY)]);
   const by: string[] = [];
+  const sources: string[] = [];
   const problems: string[] = [];
+  const said = (words: string, source: string) => (by.push(words), sources.push(source));
   if ("error" in wu) problems.push(wu.error);
-  else if (wu.subkeys.some((k) => k.toLowerCase() === "rebootrequired")) by.push("Windows Update");
+  else if (wu.subkeys.some((k) => k.toLowerCase() === "rebootrequired")) said("Windows Update", "windows-update");
   if ("error" in cbs) problems.push(cbs.error);
-  else if (cbs.subkeys.some((k) => k.toLowerCase() === "rebootpending")) by.push("Component Based Servicing");
+  else if (cbs.subkeys.some((k) => k.toLowerCase() === "rebootpending")) said("Component Based Servicing", "component-based-servicing");
   if ("error" in sm) problems.push(sm.error);
-  else if (sm.values.some((v) => /^PendingFileRenameOperations2?$/i.test(v.name) && v.data.replace(/\\0/g, "").trim() !== "")) by.push("pending file renames");
-  if (by.length > 0) return { required: true, by };
-  if (problems.length > 0) return { required: false, by: [], unknown: problems.join("; ") };
-  return { required: false, by: [] };
+  else if (sm.values.some((v) => /^PendingFileRenameOperations2?$/i.test(v.name) && v.data.replace(/\\0/g, "").trim() !== "")) said("pending file renames", "pending-file-renames");
+  if (by.length > 0) return { required: true, by, sources };
+  if (problems.length > 0) return { required: false, by: [], sources: [], unknown: problems.join("; ") };
+  return { required: false, by: [], sources: [] };
 }
 
 export interface RegListing {

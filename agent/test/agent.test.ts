@@ -17,6 +17,9 @@ import { openJournal } from "../src/state/journal.ts";
 import { openAutoScans } from "../src/state/auto-scans.ts";
 import { ScanReportSchema } from "@redflag/gen/agent_service_pb";
 import { silentLogger } from "../src/log.ts";
+import { createHostAccess, type HostAccess } from "../src/platform.ts";
+import { fakeHost } from "./support/fake-host.ts";
+import { FAKE_DNF, FAKE_ZYPPER } from "./support/recorded-host-tools.ts";
 import { CONFIRMED_FILE, recordFailure } from "../src/state/upgrade.ts";
 import { AGENT_VERSION } from "../src/version.ts";
 import { registerAgent, runAgent, readStatus, type RunOptions } from "../src/index.ts";
@@ -129,6 +132,32 @@ describe("run --once", () => {
     });
     expect(status.lastScanTime).toBeDefined();
     expect((await readStatus({ stateDir, machineIdSeed: seed })).journal).toEqual({ entries: 1, unacknowledged: 0 });
+  });
+
+  it("says on every poll whether the host needs a reboot, which sources said so, and what it could not read", async () => {
+    await register();
+    // This host as it is, but with dpkg's flag set, zypper asking for a reboot and dnf broken.
+    const real = createHostAccess(process.env);
+    const tools = await fakeHost({ platform: "linux", tools: { "/usr/bin/zypper": FAKE_ZYPPER, "/usr/bin/dnf": FAKE_DNF }, outputs: { "zypper.reboot": "", "dnf.broken": "" } });
+    const host: HostAccess = {
+      ...real,
+      readText: async (file) => (file === "/var/run/reboot-required" ? "*** System restart required ***\n" : file === "/var/run/reboot-required.pkgs" ? "libc6\n" : real.readText(file)),
+      run: (argv, signal) => (argv[0] === "/usr/bin/zypper" || argv[0] === "/usr/bin/dnf" ? tools.run(argv, signal) : real.run(argv, signal)),
+    };
+    try {
+      await once({ host });
+      expect(cp.polls.at(-1)!.status).toMatchObject({ rebootRequired: true, rebootRequiredBy: ["dpkg", "zypper"], rebootRequiredUnknown: "" });
+      // With nothing asking for one, a source that failed is said.
+      await rm(tools.tools.file("zypper.reboot"));
+      await once({ host: { ...host, readText: (file) => real.readText(file === "/var/run/reboot-required" ? "/nonexistent/reboot-required" : file) } });
+      expect(cp.polls.at(-1)!.status).toMatchObject({
+        rebootRequired: false,
+        rebootRequiredBy: [],
+        rebootRequiredUnknown: "/usr/bin/dnf needs-restarting failed (exit status 1): Error: rpmdb open failed",
+      });
+    } finally {
+      await tools.remove();
+    }
   });
 
   it("fails every kind it does not support yet, without stopping", async () => {

@@ -41,10 +41,11 @@ async function expectCode(promise: Promise<unknown>, code: Code, message?: RegEx
 
 const countAgents = () => cp.app.db.prisma.agent.count();
 
-async function queue(agentId: string) {
+// A scan; a second one while the first is pending is merged into it, so `kind` picks another.
+async function queue(agentId: string, kind: "scan" | "specs" = "scan") {
   const res = await cp.admin.commands.createCommand({
     agentId,
-    action: { case: "scanUpdates", value: { subsystems: ["apt"] } },
+    action: kind === "scan" ? { case: "scanUpdates", value: { subsystems: ["apt"] } } : { case: "collectSpecs", value: {} },
   });
   return res.command!.id;
 }
@@ -323,7 +324,7 @@ describe("Renew", () => {
 describe("PollCommands", () => {
   it("delivers queued commands signed over PAE, with the poll's nonce and rising sequence numbers", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
-    const ids = [await queue(agent.agentId), await queue(agent.agentId)];
+    const ids = [await queue(agent.agentId), await queue(agent.agentId, "specs")];
     const n = nonce();
     const res = await agent.client.pollCommands({ nonce: n, maxCommands: 10 });
     expect(res.commands).toHaveLength(2);
@@ -335,10 +336,10 @@ describe("PollCommands", () => {
     });
     expect(decoded.map((c) => c.id)).toEqual(ids);
     expect(decoded.map((c) => c.sequence)).toEqual([1n, 2n]);
+    expect(decoded.map((c) => c.action.case)).toEqual(["scanUpdates", "collectSpecs"]);
     for (const c of decoded) {
       expect(c.agentId).toBe(agent.agentId);
       expect(Buffer.from(c.nonce).equals(Buffer.from(n))).toBe(true);
-      expect(c.action.case).toBe("scanUpdates");
       const ttl = timestampDate(c.expireTime!).getTime() - timestampDate(c.issueTime!).getTime();
       expect(ttl).toBe(600_000);
     }
@@ -401,7 +402,8 @@ describe("PollCommands", () => {
   it("never hands one command to two concurrent polls", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const queued = new Set<string>();
-    for (let i = 0; i < 40; i++) queued.add(await queue(agent.agentId));
+    // collect_specs: a second scan while one is pending would be merged into it.
+    for (let i = 0; i < 40; i++) queued.add(await queue(agent.agentId, "specs"));
     const polls = await Promise.all(
       Array.from({ length: 25 }, (_, i) => agent.client.pollCommands({ nonce: nonce(), maxCommands: 1 + (i % 3) })),
     );

@@ -2,7 +2,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
-import { CommandOutcome, CommandSchema } from "@redflag/gen/command_pb";
+import { CommandOutcome, CommandSchema, CommandType } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { Role } from "@redflag/gen/identity_pb";
@@ -225,8 +225,16 @@ describe("fleet upgrades, progress and the minimum supported version", () => {
     const agents = (await cp.admin.fleet.listAgents({ pageSize: 100 })).agents;
     expect(agents.filter((a) => a.upgradeRequired).map((a) => a.hostname).sort()).toEqual(["pi", "web-1", "web-2", "web-3", "web-4"]);
     expect((await cp.admin.commands.listCommands({ agentId: old.agentId })).commands).toHaveLength(before);
-    // The upgrade itself is let through (its earlier one is still queued: this is a second).
-    const upgrade = await cp.admin.commands.createCommand({ agentId: old.agentId, action: { case: "updateAgent", value: { version: "0.2.0" } } });
+    // The upgrade itself is let through; while its earlier one is still queued, a second is
+    // refused (one pending upgrade per agent).
+    const upgradeAgain = () => cp.admin.commands.createCommand({ agentId: old.agentId, action: { case: "updateAgent", value: { version: "0.2.0" } } });
+    const pending = (await cp.admin.commands.listCommands({ agentId: old.agentId, state: CommandState.PENDING })).commands.filter((c) => c.type === CommandType.UPDATE_AGENT);
+    expect(pending).toHaveLength(1);
+    const second = await failure(upgradeAgain());
+    expect(second.code).toBe(Code.FailedPrecondition);
+    expect(second.rawMessage).toContain(`already has an agent upgrade pending (command ${pending[0]!.id}`);
+    await cp.admin.commands.cancelCommand({ id: pending[0]!.id });
+    const upgrade = await upgradeAgain();
     expect(upgrade.command?.state).toBe(CommandState.PENDING);
     await settings.updateSettings({ values: { minimum_agent_version: "" } });
   });

@@ -1,6 +1,8 @@
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { CommandState } from "@redflag/gen/command_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import controlPlanePkg from "../package.json" with { type: "json" };
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
@@ -82,13 +84,55 @@ describe("redflag CLI in-process", () => {
     expect((await cp.admin.commands.getCommand({ id })).command).toMatchObject({ agentId: web.agentId });
 
     // Nobody polls for web-1: the wait ends with the command still pending.
-    const waited = await admin(["commands", "queue", "--agent", web.agentId, "--type", "collect_specs", "--wait", "1s"]);
+    const waited = await admin(["commands", "queue", "--agent", web.agentId, "--type", "scan_updates", "--wait", "1s"]);
     expect(waited.code).toBe(1);
     expect(waited.stderr).toMatch(/^redflag: command \S+ is still pending after 1s\n$/);
 
     const listed = await admin(["commands", "list", "--agent", "web-1"]);
     expect(listed.stdout).toMatch(new RegExp(`^${id}\\s+web-1\\s+${web.agentId}\\s+collect_specs\\s+pending\\s+-`, "m"));
     expect(await admin(["commands", "cancel", id])).toEqual({ code: 0, stdout: `${id} cancelled\n`, stderr: "" });
+    await cp.admin.commands.cancelCommand({ id: waited.stderr.split(" ")[2]! });
+  });
+
+  it("says when a command was merged into one already pending, and why a second reboot is refused", async () => {
+    const first = await admin(["commands", "queue", "--agent", "web-1", "--type", "install_updates", "--package", "apt:curl"]);
+    expect(first.code, first.stderr).toBe(0);
+    const id = first.stdout.trim();
+    const merged = await admin(["commands", "queue", "--agent", "web-1", "--type", "install_updates", "--package", "apt:openssl"]);
+    expect(merged).toEqual({
+      code: 0,
+      stdout: `${id}\n`,
+      stderr: `redflag: merged into install_updates command ${id}, already pending for web-1: nothing new was queued\n`,
+    });
+    const json = JSON.parse((await admin(["--json", "commands", "queue", "--agent", "web-1", "--type", "install_updates", "--package", "apt:openssl"])).stdout);
+    expect(json).toMatchObject({ command: { id }, merged: true });
+
+    const reboot = await admin(["commands", "queue", "--agent", "web-1", "--type", "reboot"]);
+    expect(reboot.code, reboot.stderr).toBe(0);
+    const rebootId = reboot.stdout.trim();
+    const again = await admin(["agents", "reboot", "web-1"]);
+    expect(again.code).toBe(1);
+    expect(again.stdout).toBe("");
+    expect(again.stderr).toMatch(
+      new RegExp(`^redflag: FailedPrecondition: agent ${web.agentId} already has a reboot pending \\(command ${rebootId}, queued \\S+\\); cancel it first \\(redflag commands cancel ${rebootId}\\) or wait until it is delivered\n$`),
+    );
+    const pending = (await cp.admin.commands.listCommands({ agentId: web.agentId, pageSize: 50 })).commands.filter((c) => c.state === CommandState.PENDING);
+    expect(pending.map((c) => c.id).sort()).toEqual([id, rebootId].sort());
+    for (const c of pending) await cp.admin.commands.cancelCommand({ id: c.id });
+  });
+
+  it("lists the hosts that need a reboot and shows which sources said so", async () => {
+    await web.client.pollCommands({ nonce: randomBytes(16), status: { agentVersion: "0.1.0", rebootRequired: true, rebootRequiredBy: ["zypper"] } });
+    await cp.app.lastSeen.flush();
+    const listed = await admin(["agents", "list", "--reboot-required"]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/^ID\s+HOSTNAME\s+HEALTH\s+OS\s+VERSION\s+LAST SEEN\s+UPDATES\s+REBOOT\n/);
+    expect(listed.stdout).toMatch(new RegExp(`^${web.agentId}\\s+web-1\\s+.*\\s+required$`, "m"));
+    expect((await admin(["agents", "get", "web-1"])).stdout).toContain("\nreboot:      required (by zypper)\n");
+    await web.client.pollCommands({ nonce: randomBytes(16), status: { agentVersion: "0.1.0" } });
+    await cp.app.lastSeen.flush();
+    expect((await admin(["agents", "list", "--reboot-required"])).stdout).not.toContain(web.agentId);
+    expect((await admin(["agents", "get", "web-1"])).stdout).toContain("\nreboot:      not required\n");
   });
 
   it("sets and removes holds; a hold for an unknown host is not created", async () => {

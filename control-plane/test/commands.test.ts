@@ -159,8 +159,9 @@ describe("CreateCommand idempotency keys", () => {
     const first = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: key })).command!;
     const retry = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: key })).command!;
     expect(retry.id).toBe(first.id);
-    // Retries racing each other still queue one.
-    const racing = await Promise.all(Array.from({ length: 5 }, () => cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: "race-1" })));
+    // Retries racing each other still queue one (a scan: a second collect_specs would merge).
+    const scan = { case: "scanUpdates" as const, value: {} };
+    const racing = await Promise.all(Array.from({ length: 5 }, () => cp.admin.commands.createCommand({ agentId: target.agentId, action: scan, idempotencyKey: "race-1" })));
     expect(new Set(racing.map((r) => r.command!.id)).size).toBe(1);
     expect(await queued(target.agentId)).toBe(2);
     // One audit entry per command queued, none for the answered retries.
@@ -185,8 +186,10 @@ describe("CreateCommand idempotency keys", () => {
     expect(byToken.id).not.toBe(byKey.id);
     expect(await queued(target.agentId)).toBe(2);
 
-    // A day later the key is free again.
+    // A day later the key is free again (the first command is done by then: a pending one
+    // would take the request in).
     await cp.app.db.prisma.commandIdempotencyKey.updateMany({ where: { key: "nightly" }, data: { createdAt: new Date(Date.now() - 25 * 3600_000) } });
+    await cp.admin.commands.cancelCommand({ id: byKey.id });
     const later = (await cp.admin.commands.createCommand({ agentId: target.agentId, action: specs, idempotencyKey: "nightly" })).command!;
     expect(later.id).not.toBe(byKey.id);
     expect(await queued(target.agentId)).toBe(3);

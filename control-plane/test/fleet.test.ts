@@ -52,6 +52,22 @@ describe("FleetService", () => {
     await expectCode(fleet.listAgents({ sort: 42 as AgentSort }), Code.InvalidArgument, /not an agent sort/);
   });
 
+  it("keeps the reboot flag of every poll on the agent record, with the sources that said so, and filters by it", async () => {
+    const needsReboot = () => fleet.listAgents({ rebootRequired: true }).then((r) => r.agents.map((x) => x.id));
+    expect(await needsReboot()).toEqual([]);
+    await a.client.pollCommands({ nonce: nonce(), status: { agentVersion: "0.1.0", rebootRequired: true, rebootRequiredBy: ["dpkg", "dnf"] } });
+    // Before the buffered status is written, readers see it already.
+    expect((await fleet.getAgent({ agentId: a.agentId })).agent).toMatchObject({ rebootRequired: true, status: { rebootRequiredBy: ["dpkg", "dnf"] } });
+    await cp.app.lastSeen.flush();
+    expect(await needsReboot()).toEqual([a.agentId]);
+    expect((await fleet.listAgents({})).agents.find((x) => x.id === b.agentId)?.rebootRequired).toBe(false);
+    // A poll without the reboot flag (after the reboot) clears it.
+    await a.client.pollCommands({ nonce: nonce(), status: { agentVersion: "0.1.0", rebootRequired: false, rebootRequiredUnknown: "/usr/bin/dnf needs-restarting failed (exit status 1)" } });
+    await cp.app.lastSeen.flush();
+    expect(await needsReboot()).toEqual([]);
+    expect((await fleet.getAgent({ agentId: a.agentId })).agent).toMatchObject({ rebootRequired: false, status: { rebootRequiredBy: [], rebootRequiredUnknown: "/usr/bin/dnf needs-restarting failed (exit status 1)" } });
+  });
+
   it("overrides subsystems per agent and delivers them in that agent's config only", async () => {
     await expectCode(fleet.updateSubsystems({ agentId: a.agentId, subsystems: [{ name: "portage", enabled: true, timeoutSeconds: 60 }] }), Code.InvalidArgument, /not a subsystem/);
     await expectCode(fleet.updateSubsystems({ agentId: a.agentId, subsystems: [{ name: "apt", enabled: true, autoRun: true, intervalSeconds: 5, timeoutSeconds: 60 }] }), Code.InvalidArgument, /interval_seconds must be from 300/);

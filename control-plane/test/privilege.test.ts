@@ -218,6 +218,8 @@ describe("installs by operators", () => {
   it("installs and simulates what the host reported", async () => {
     await operator.createCommand({ agentId: host.agentId, action: install(ref("apt", "openssl"), ref("apt", "libssl3", "3.0.17-1~deb12u2", "amd64")) });
     await operator.createCommand({ agentId: host.agentId, action: dryRun(ref("apt", "openssl")) });
+    // An install of packages and one of sources cannot be one pending command.
+    await clear();
     await operator.createCommand({ agentId: host.agentId, action: { case: "installUpdates", value: { $typeName: "redflag.v1.InstallUpdates", packages: [], sources: ["apt"] } } });
     await clear();
   });

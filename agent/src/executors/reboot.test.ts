@@ -31,7 +31,7 @@ const run = (needed: boolean, value: Parameters<typeof command>[0]) =>
     aptRefresh: false,
     env: { PATH: dir },
     logger: silentLogger,
-    executors: { reboot: createReboot(async () => ({ required: needed, by: needed ? ["linux-image-6.1.0-28-amd64"] : [] })) },
+    executors: { reboot: createReboot(async () => ({ required: needed, by: needed ? ["linux-image-6.1.0-28-amd64"] : [], sources: needed ? ["dpkg"] : [] })) },
   });
 
 describe("reboot", () => {

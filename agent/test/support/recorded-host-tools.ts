@@ -194,3 +194,41 @@ map auto_home on /System/Volumes/Data/home (autofs, automounted, nobrowse)
 /dev/disk5s1 on /Volumes/Time Machine (hfs, local, nodev, nosuid, journaled, noowners)
 //alice@nas.local/media on /Volumes/media (smbfs, nodev, nosuid, mounted by alice)
 `;
+
+// Fedora 40 (dnf 4.21): `dnf -C -q needs-restarting -r` after a kernel and systemd update,
+// exit status 1.
+export const DNF_NEEDS_RESTARTING_REBOOT = `Core libraries or services have been updated since boot-up:
+  * kernel
+  * systemd
+
+Reboot is required to fully utilize these updates.
+More information: https://access.redhat.com/solutions/27943
+`;
+// The same with nothing updated since boot, exit status 0.
+export const DNF_NEEDS_RESTARTING_CLEAN = `No core libraries or services have been updated since boot-up.
+Reboot should not be necessary.
+`;
+
+// dnf: answers `-C -q needs-restarting -r` from "dnf.reboot" (exit 1) or as a clean host
+// (exit 0); without dnf-plugins-core ("dnf.noplugin") it fails the way dnf does, also with
+// exit status 1 but nothing on stdout; with "dnf.broken" it fails like a broken rpmdb.
+export const FAKE_DNF = String.raw`[ "$*" = "-C -q needs-restarting -r" ] || { echo "unexpected arguments: $*" >&2; exit 2; }
+if [ -e "$D/dnf.noplugin" ]; then
+  echo "No such command: needs-restarting. Please use /usr/bin/dnf --help" >&2
+  echo "It could be a DNF plugin command, try: \"dnf install 'dnf-command(needs-restarting)'\"" >&2
+  exit 1
+fi
+[ -e "$D/dnf.broken" ] && { echo "Error: rpmdb open failed" >&2; exit 1; }
+[ -e "$D/dnf.reboot" ] && { cat "$D/dnf.reboot"; exit 1; }
+printf '%s' "${DNF_NEEDS_RESTARTING_CLEAN}"`;
+
+// zypper: `--non-interactive --quiet needs-rebooting` exits 102 (ZYPPER_EXIT_INF_REBOOT_NEEDED)
+// with "zypper.reboot", 0 without; with "zypper.locked" another zypper holds the lock (exit 7).
+export const FAKE_ZYPPER = String.raw`[ "$*" = "--non-interactive --quiet needs-rebooting" ] || { echo "unexpected arguments: $*" >&2; exit 2; }
+if [ -e "$D/zypper.locked" ]; then
+  echo "System management is locked by the application with pid 2211 (zypper)." >&2
+  echo "Close this application before trying again." >&2
+  exit 7
+fi
+[ -e "$D/zypper.reboot" ] && exit 102
+exit 0`;

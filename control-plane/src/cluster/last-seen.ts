@@ -14,7 +14,7 @@ export interface PolledStatus {
 export interface LastSeenBuffer {
   record(agentId: string, at: Date, status: PolledStatus | null): void;
   // What this process heard but has not written yet, so readers are never behind the buffer.
-  peek(agentId: string): { at: Date; status: Uint8Array | null } | undefined;
+  peek(agentId: string): { at: Date; status: Uint8Array | null; rebootRequired: boolean | undefined } | undefined;
   flush(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -53,7 +53,7 @@ export function createLastSeenBuffer(sql: Statements, intervalMs: number, logger
     },
     peek(agentId) {
       const entry = pending.get(agentId) ?? inFlight.get(agentId);
-      return entry && { at: entry.at, status: entry.status?.bytes ?? null };
+      return entry && { at: entry.at, status: entry.status?.bytes ?? null, rebootRequired: entry.status?.rebootRequired };
     },
     flush,
     async stop() {

@@ -26,7 +26,12 @@ import type { AuditHook } from "./audit.ts";
 export function withBufferedLastSeen(row: AgentRow, lastSeen: LastSeenBuffer): AgentRow {
   const buffered = lastSeen.peek(row.id);
   if (!buffered || (row.lastSeenAt && row.lastSeenAt >= buffered.at)) return row;
-  return { ...row, lastSeenAt: buffered.at, status: buffered.status ? new Uint8Array(buffered.status) : row.status };
+  return {
+    ...row,
+    lastSeenAt: buffered.at,
+    status: buffered.status ? new Uint8Array(buffered.status) : row.status,
+    rebootRequired: buffered.rebootRequired ?? row.rebootRequired,
+  };
 }
 
 export async function existingAgent(db: Prisma, agentId: string): Promise<AgentRow> {

@@ -18,6 +18,7 @@ import { prepareAction } from "./actions.ts";
 import { resolveUpgrade } from "./agent-upgrade.ts";
 import type { AuditHook } from "./audit.ts";
 import { authorizeContent, authorizeKind } from "./command-privilege.ts";
+import { mergeIntoPending } from "./pending-commands.ts";
 import { commandRefusal, storeCommand } from "./store-command.ts";
 import { noteUpgrade, requireSupportedVersion } from "./upgrades.ts";
 import { boundInstall, windowGate } from "./windows.ts";
@@ -59,13 +60,18 @@ export interface CommandCaller {
   keyScope: string;
   creator: { createdBy: string; createdByKind: CommandCreator };
   // Records a queued command in the audit log, with the action as it was stored.
-  record: AuditHook<{ row: CommandRow; action: Command["action"] }>;
+  // merged: the action went into a command of its kind already pending (row).
+  record: AuditHook<{ row: CommandRow; action: Command["action"]; merged: boolean }>;
 }
+
+// A queued command; merged when the request went into a command of its kind already pending
+// (domain/pending-commands.ts) instead of a new one.
+export type QueuedCommand = CommandRow & { merged: boolean };
 
 export interface CommandQueue {
   // Checks, stores and audits one command for one agent and wakes the agent's long-poll. With
   // an idempotency key, a retry of the same request returns the command already queued.
-  queue(caller: CommandCaller, agentId: string, action: Command["action"], timeoutSeconds?: number, idempotencyKey?: string): Promise<CommandRow>;
+  queue(caller: CommandCaller, agentId: string, action: Command["action"], timeoutSeconds?: number, idempotencyKey?: string): Promise<QueuedCommand>;
 }
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -108,27 +114,34 @@ export function createCommandQueue(
         ? { caller: caller.keyScope, key: idempotencyKey, requestHash, usedAfter: new Date(Date.now() - idempotencyKeyTtlSeconds * 1000) }
         : undefined;
       const input = { agentId, type: ACTION_TYPES[action.case!]!, action: bytes, timeoutSeconds, ...caller.creator };
+      // One pending command of a kind per agent: merged into it, refused, or a new one.
+      let mergedNow = false;
+      const place = async (tx: Tx) => {
+        const placed = (await mergeIntoPending(tx, agentId, input.type, action, timeoutSeconds)) ?? { row: await storeCommand(tx, input), merged: false };
+        mergedNow = placed.merged;
+        return placed;
+      };
       // The command, its upgrade record (followed until the agent reports the new version:
       // ReleaseService.ListAgentUpgrades) and its audit entry commit together or not at all.
       const then = async (tx: Tx, row: CommandRow) => {
         if (release) await noteUpgrade(tx, { agentId, commandId: row.id, release, createdBy: row.createdBy });
-        await caller.record(tx, { row, action });
+        await caller.record(tx, { row, action, merged: mergedNow });
       };
-      const { row, replayed } = idempotency
-        ? onceOrRefused(await createCommandOnce(db, input, idempotency, then), agentId, idempotencyKey)
+      const { row, replayed, merged } = idempotency
+        ? onceOrRefused(await createCommandOnce(db, input, idempotency, then, place), agentId, idempotencyKey)
         : {
-            row: await inTransaction(db, async (tx) => {
-              const row = await storeCommand(tx, input);
-              await then(tx, row);
-              return row;
-            }),
+            ...(await inTransaction(db, async (tx) => {
+              const placed = await place(tx);
+              await then(tx, placed.row);
+              return placed;
+            })),
             replayed: false,
           };
       // A retry that found its command: nothing changed, so nothing to wake, publish or audit.
-      if (replayed) return row;
+      if (replayed) return { ...row, merged };
       wakeups.notify(agentId);
       events.publish([{ commandId: row.id, agentId }]);
-      return row;
+      return { ...row, merged };
     },
   };
 }

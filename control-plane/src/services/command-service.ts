@@ -22,7 +22,8 @@ const KEEPALIVE_MS = 20_000;
 export function createCommandService(db: Prisma, commands: CommandQueue, events: EventBus): ServiceImpl<typeof CommandService> {
   return {
     async createCommand(req, ctx: HandlerContext) {
-      return { command: commandToProto(await commands.queue(commandCaller(ctx), uuid("agent_id", req.agentId), req.action, req.timeoutSeconds, req.idempotencyKey)) };
+      const row = await commands.queue(commandCaller(ctx), uuid("agent_id", req.agentId), req.action, req.timeoutSeconds, req.idempotencyKey);
+      return { command: commandToProto(row), merged: row.merged };
     },
 
     async listCommands(req) {
@@ -61,7 +62,8 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       // filled in afresh from the registry (the release may be gone, the signing key rotated).
       let action = fromBinary(CommandSchema, row.action).action;
       if (action.case === "updateAgent") action = { case: "updateAgent", value: create(UpdateAgentSchema, { version: action.value.version }) };
-      return { command: commandToProto(await commands.queue(commandCaller(ctx), row.agentId, action, row.timeoutSeconds)) };
+      const queued = await commands.queue(commandCaller(ctx), row.agentId, action, row.timeoutSeconds);
+      return { command: commandToProto(queued), merged: queued.merged };
     },
 
     async *watchEvents(req, ctx) {

@@ -72,6 +72,7 @@ const FAMILIES: Record<string, OsFamily> = {
 export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: number, minimumVersion = ""): Agent {
   return create(AgentSchema, {
     upgradeRequired: !row.decommissionedAt && isBelow(row.agentVersion, minimumVersion),
+    rebootRequired: row.rebootRequired,
     updatesBySeverity: row.updates.bySeverity ?? {},
     tags: row.tags ?? [],
     group: row.group ?? "",
@@ -199,10 +200,10 @@ export function commandCaller(ctx: HandlerContext): CommandCaller {
     role: principal?.role,
     keyScope: !principal ? "system" : principal.kind === "session" && principal.userId ? `user:${principal.userId}` : `key:${principal.credentialId}`,
     creator: commandCreator(ctx),
-    record: (tx, { row, action }) =>
+    record: (tx, { row, action, merged }) =>
       audit(tx, ctx, {
         target: `agent:${row.agentId}`,
-        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })) },
+        after: { commandId: row.id, type: row.type, action: toJson(CreateCommandRequestSchema, create(CreateCommandRequestSchema, { action })), ...(merged ? { merged: true } : {}) },
       }),
   };
 }

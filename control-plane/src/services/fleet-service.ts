@@ -81,6 +81,7 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
         if (req.agentIds.length > 500) throw invalid("agent_ids holds at most 500 IDs");
         filter.agentIds = req.agentIds.map((id, i) => uuid(`agent_ids[${i}]`, id));
       }
+      if (req.rebootRequired) filter.rebootRequired = true;
       const by = SORTS.get(req.sort);
       if (!by) throw invalid(`sort ${req.sort} is not an agent sort`);
       const { rows, next } = await findAgents(db, pageSize(req.pageSize), pageToken(req.pageToken), filter, { by, descending: req.descending });

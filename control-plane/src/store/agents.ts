@@ -440,6 +440,7 @@ const agentListSelect = {
   lastScanAt: true,
   tags: true,
   group: true,
+  rebootRequired: true,
 } as const;
 
 export interface UpdateCounts {
@@ -514,6 +515,8 @@ export interface AgentFilter {
   search?: { text: string; id: string | undefined } | undefined;
   hostname?: string | undefined;
   agentIds?: string[] | undefined;
+  // Only agents whose host needs a reboot.
+  rebootRequired?: boolean | undefined;
 }
 
 export interface AgentOrder {
@@ -543,6 +546,7 @@ export function findAgents(db: Prisma, pageSize: number, after: string | undefin
   }
   if (filter.hostname) and.push(hostnameIs(filter.hostname));
   if (filter.agentIds && filter.agentIds.length > 0) and.push({ id: { in: filter.agentIds } });
+  if (filter.rebootRequired) and.push({ rebootRequired: true });
   const dir = order.descending ? "desc" : "asc";
   const orderBy: PrismaNs.AgentOrderByWithRelationInput[] =
     order.by === "last_seen" ? [{ lastSeenAt: { sort: dir, nulls: "last" } }] : order.by === "registered" ? [{ registeredAt: dir }] : [{ hostname: dir }];

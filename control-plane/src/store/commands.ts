@@ -44,12 +44,15 @@ export type CommandRefused = { refused: "missing_agent" | "decommissioned" };
 // one command: the loser's insert of the key fails, its transaction (and command) rolls back,
 // and it returns the winner's. `then` writes what goes with a new command (its audit entry) in
 // the same transaction; a replay writes nothing.
+// `place` stores the command in the transaction (by default a new row); it may instead merge
+// the request into a command already pending (merged), which the key then remembers.
 export async function createCommandOnce(
   db: Prisma,
   input: CreateCommandInput,
   idempotency: IdempotencyKey,
   then: (tx: Tx, row: CommandRow) => Promise<void> = async () => {},
-): Promise<{ row: CommandRow; replayed: boolean } | { conflict: string } | CommandRefused> {
+  place: (tx: Tx) => Promise<Placed> = async (tx) => ({ row: await insertCommand(tx, input), merged: false }),
+): Promise<{ row: CommandRow; replayed: boolean; merged: boolean } | { conflict: string } | CommandRefused> {
   const agent = await findAgent(db, input.agentId);
   if (!agent) return { refused: "missing_agent" };
   if (agent.decommissionedAt) return { refused: "decommissioned" };
@@ -64,14 +67,14 @@ export async function createCommandOnce(
         }
         if (used) {
           if (!Buffer.from(used.requestHash).equals(Buffer.from(idempotency.requestHash))) return { conflict: used.commandId };
-          return { row: used.command, replayed: true };
+          return { row: used.command, replayed: true, merged: used.merged };
         }
-        const row = await insertCommand(tx, input);
+        const { row, merged } = await place(tx);
         await tx.commandIdempotencyKey.create({
-          data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id },
+          data: { caller: idempotency.caller, key: idempotency.key, requestHash: bytes(idempotency.requestHash), commandId: row.id, merged },
         });
         await then(tx, row);
-        return { row, replayed: false };
+        return { row, replayed: false, merged };
       });
     } catch (err) {
       if (attempt === 0 && isUniqueViolation(err)) continue;
@@ -86,6 +89,39 @@ export async function createCommand(db: Prisma | Tx, input: CreateCommandInput):
   if (!agent) return { refused: "missing_agent" };
   if (agent.decommissionedAt) return { refused: "decommissioned" };
   return insertCommand(db, input);
+}
+
+// A command as placed in the queue: a new row, or one already pending that took the request in.
+export interface Placed {
+  row: CommandRow;
+  merged: boolean;
+}
+
+// Holds the agent's queue until the transaction ends, so that two creates for one agent look
+// for a pending command of their kind one after the other (a transaction-scoped advisory lock:
+// PollCommands' claim does not take it, so a poll never waits on it).
+export async function lockAgentQueue(tx: Tx, agentId: string): Promise<void> {
+  await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext('redflag_queue'), hashtext(${agentId}))`;
+}
+
+// The agent's pending (undelivered) commands of this type, oldest first, locked until the
+// transaction ends: a poll claiming one meanwhile skips it, and one that claimed it first wins
+// (then it is not pending).
+export async function lockPendingCommands(tx: Tx, agentId: string, type: CommandType, limit = 1000): Promise<CommandRow[]> {
+  const found = await tx.$queryRaw<{ id: string }[]>`
+    SELECT id::text FROM commands
+     WHERE agent_id = ${agentId}::uuid AND type = ${type}::command_type AND state = 'pending'
+     ORDER BY created_at, id
+     LIMIT ${limit}
+       FOR UPDATE`;
+  if (found.length === 0) return [];
+  const rows = await tx.command.findMany({ where: { id: { in: found.map((f) => f.id) } }, include: { result: true } });
+  return rows.sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || a.id.localeCompare(b.id));
+}
+
+// Replaces a pending command's action (a request merged into it).
+export async function replacePendingAction(tx: Tx, id: string, action: Uint8Array, timeoutSeconds: number): Promise<CommandRow> {
+  return tx.command.update({ where: { id }, data: { action: Buffer.from(action), timeoutSeconds }, include: { result: true } });
 }
 
 const findAgent = (db: Prisma | Tx, agentId: string) => db.agent.findUnique({ where: { id: agentId }, select: { decommissionedAt: true } });

@@ -22,6 +22,7 @@ function agent(n: number, over: Partial<Agent> = {}): Agent {
   return {
     $typeName: "redflag.v1.Agent",
     upgradeRequired: false,
+    rebootRequired: false,
     id: id(n),
     hostname: `host-${String(n).padStart(2, "0")}`,
     machineId: "",

@@ -2,6 +2,7 @@ import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { plural } from "@redflag/common/plural";
 import { OsFamily } from "@redflag/gen/common_pb";
 import {
+  type Agent,
   AgentHealth,
   AgentSort,
   AllowReregistrationResponseSchema,
@@ -22,6 +23,14 @@ import { printQueued } from "./commands.ts";
 
 const HEALTH_NAMES = ["online", "offline", "stale", "never_reported", "decommissioned"] as const;
 
+// Whether the host needs a reboot and which sources said so, or what could not be read.
+function rebootLine(a: Agent): string {
+  const by = a.status?.rebootRequiredBy ?? [];
+  const unknown = a.status?.rebootRequiredUnknown;
+  if (a.rebootRequired) return `required${by.length ? ` (by ${by.join(", ")})` : ""}`;
+  return unknown ? `not required as far as read (${unknown})` : "not required";
+}
+
 // redflag agents: registered agents (their upgrades: agent-upgrades.ts).
 export function registerAgents(program: Command, cli: CliContext): void {
   const agents = program.command("agents").description("registered agents");
@@ -34,9 +43,10 @@ export function registerAgents(program: Command, cli: CliContext): void {
     .option("--tag <tag>", "only agents with this tag")
     .option("--group <group>", "only agents in this group")
     .option("--search <text>", "hostname, OS name or agent ID contains")
+    .option("--reboot-required", "only agents whose host needs a reboot")
     .addOption(new Option("--sort <field>", "order").choices(["hostname", "last_seen", "registered"]).default("hostname"))
     .option("--desc", "reverse the order")
-    .action(async (o: { health?: string; os?: string; tag?: string; group?: string; search?: string; sort: string; desc?: boolean }) => {
+    .action(async (o: { health?: string; os?: string; tag?: string; group?: string; search?: string; rebootRequired?: boolean; sort: string; desc?: boolean }) => {
       const res = await (await cli.clients()).fleet.listAgents({
         pageSize: 500,
         health: o.health ? (AgentHealth as unknown as Record<string, AgentHealth>)[o.health.toUpperCase()]! : AgentHealth.UNSPECIFIED,
@@ -44,13 +54,14 @@ export function registerAgents(program: Command, cli: CliContext): void {
         tag: o.tag ?? "",
         group: o.group ?? "",
         search: o.search ?? "",
+        rebootRequired: o.rebootRequired === true,
         sort: (AgentSort as unknown as Record<string, AgentSort>)[o.sort.toUpperCase()]!,
         descending: o.desc === true,
       });
       if (cli.json()) return cli.printJson(ListAgentsResponseSchema, res);
       cli.out(
         table(
-          ["ID", "HOSTNAME", "HEALTH", "OS", "VERSION", "LAST SEEN", "UPDATES"],
+          ["ID", "HOSTNAME", "HEALTH", "OS", "VERSION", "LAST SEEN", "UPDATES", "REBOOT"],
           res.agents.map((a) => [
             a.id,
             a.hostname,
@@ -59,6 +70,7 @@ export function registerAgents(program: Command, cli: CliContext): void {
             a.upgradeRequired ? `${a.agentVersion} (upgrade required)` : a.agentVersion,
             ago(time(a.lastSeenTime)),
             a.lastScanTime ? `${a.pendingUpdateCount} (${a.securityUpdateCount} security)` : "not scanned",
+            a.rebootRequired ? "required" : "",
           ]),
         ),
       );
@@ -86,6 +98,7 @@ export function registerAgents(program: Command, cli: CliContext): void {
           `last scan:   ${ago(time(a.lastScanTime))}`,
           `updates:     ${a.pendingUpdateCount} pending, ${a.securityUpdateCount} security${Object.keys(a.updatesBySeverity).length ? ` (${Object.entries(a.updatesBySeverity).map(([s, n]) => `${n} ${s}`).join(", ")})` : ""}`,
           `labels:      ${a.tags.join(", ") || "(no tags)"}; group ${a.group || "(none)"}`,
+          `reboot:      ${rebootLine(a)}`,
         ].join("\n") + "\n",
       );
     });

@@ -5,8 +5,10 @@ import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState, U
 import {
   CommandState,
   CreateCommandRequestSchema,
+  CreateCommandResponseSchema,
   GetCommandResponseSchema,
   ListCommandsResponseSchema,
+  RetryCommandResponseSchema,
   type CommandInfo,
   type CreateCommandRequest,
 } from "@redflag/gen/command_service_pb";
@@ -98,7 +100,8 @@ export function registerCommands(program: Command, cli: CliContext): void {
       const res = await retryUnanswered(cli, () => c.commands.createCommand(req));
       let command = res.command!;
       if (o.wait) command = await waitFor(c, command, o.wait);
-      if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
+      if (cli.json()) return cli.printJson(CreateCommandResponseSchema, create(CreateCommandResponseSchema, { command, merged: res.merged }));
+      if (res.merged) await noteMerged(cli, c, command);
       cli.out(o.wait ? describeCommand(command, await hostnames(c, [command.agentId])) : `${command.id}\n`);
       if (o.wait && command.state !== CommandState.SUCCEEDED) cli.exitCode = 1;
     });
@@ -161,8 +164,10 @@ export function registerCommands(program: Command, cli: CliContext): void {
     .description("queue a failed, timed-out, rejected or cancelled command again")
     .argument("<id>", "command ID")
     .action(async (id: string) => {
-      const res = await (await cli.clients()).commands.retryCommand({ id });
-      if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command: res.command }));
+      const c = await cli.clients();
+      const res = await c.commands.retryCommand({ id });
+      if (cli.json()) return cli.printJson(RetryCommandResponseSchema, res);
+      if (res.merged) await noteMerged(cli, c, res.command!);
       cli.out(`${res.command!.id}\n`);
     });
 
@@ -265,6 +270,13 @@ async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRe
     default:
       throw new CliError(`--type must be one of: ${QUEUE_TYPES.join(", ")}`);
   }
+}
+
+// Says on stderr (stdout stays the command ID, for scripts) that nothing new was queued: the
+// request went into a command of its kind that was already pending.
+async function noteMerged(cli: CliContext, c: Clients, command: CommandInfo): Promise<void> {
+  const host = (await hostnames(c, [command.agentId])).get(command.agentId) ?? command.agentId;
+  cli.err(`redflag: merged into ${enumName(CommandType, command.type)} command ${command.id}, already pending for ${host}: nothing new was queued\n`);
 }
 
 // A call whose answer never came may still have been carried out: retried only with an

@@ -199,9 +199,20 @@ export declare const CreateCommandRequestSchema: GenMessage<CreateCommandRequest
  */
 export declare type CreateCommandResponse = Message<"redflag.v1.CreateCommandResponse"> & {
   /**
+   * The command queued, or when merged the pending command the request was merged into, as it
+   * is now.
+   *
    * @generated from field: redflag.v1.CommandInfo command = 1;
    */
   command?: CommandInfo | undefined;
+
+  /**
+   * The request was merged into a command already pending for the agent (see CreateCommand):
+   * nothing new was queued. Also set when an idempotent retry returns such a merge.
+   *
+   * @generated from field: bool merged = 2;
+   */
+  merged: boolean;
 };
 
 /**
@@ -353,11 +364,18 @@ export declare const RetryCommandRequestSchema: GenMessage<RetryCommandRequest>;
  */
 export declare type RetryCommandResponse = Message<"redflag.v1.RetryCommandResponse"> & {
   /**
-   * The new command.
+   * The new command, or the pending one it was merged into.
    *
    * @generated from field: redflag.v1.CommandInfo command = 1;
    */
   command?: CommandInfo | undefined;
+
+  /**
+   * Merged into a command already pending for the agent (see CreateCommand).
+   *
+   * @generated from field: bool merged = 2;
+   */
+  merged: boolean;
 };
 
 /**
@@ -523,7 +541,26 @@ export declare const CommandCreatorSchema: GenEnum<CommandCreator>;
  */
 export declare const CommandService: GenService<{
   /**
-   * CreateCommand queues one command for one agent; it is signed when delivered.
+   * CreateCommand queues one command for one agent; it is signed when delivered. A request of
+   * a kind the agent already has pending (queued, not delivered yet) is merged into the pending
+   * command or refused, so nothing is queued twice:
+   *   scan_updates: merged; the pending scan covers the subsystems of both ("all" when either
+   *     asked for all).
+   *   install_updates: merged; the packages (or the sources) of both in the pending install,
+   *     its other settings kept, the longer timeout (0, the agent's default, wins). Refused with
+   *     FailedPrecondition when one names packages and the other sources, when both name one
+   *     package at different versions, or when together they name over 1000 packages.
+   *   enable_heartbeat: merged; the pending command takes the new interval and duration.
+   *   disable_heartbeat: merged; the pending one is returned.
+   *   dry_run_update: merged when a pending dry run names the same packages and versions
+   *     (the same question); a dry run of other packages is queued beside it.
+   *   reboot, update_agent: refused with FailedPrecondition naming the pending command (cancel
+   *     it first, or wait until it is delivered).
+   *   rollback_update: refused while a rollback of the same package is pending.
+   *   confirm_dependencies: refused while a confirmation of the same dry run is pending.
+   *   collect_specs: not checked (it only reads the host).
+   * A merged create sets CreateCommandResponse.merged and queues nothing new. Creates for one
+   * agent are serialised, so two at once queue one command; an idempotency key replays a merge.
    *
    * @generated from rpc redflag.v1.CommandService.CreateCommand
    */
@@ -563,7 +600,8 @@ export declare const CommandService: GenService<{
     output: typeof CancelCommandResponseSchema;
   },
   /**
-   * RetryCommand queues a new command with the same action as a finished, unsuccessful one.
+   * RetryCommand queues a new command with the same action as a finished, unsuccessful one,
+   * merged into or refused by a pending command of its kind as CreateCommand says.
    *
    * @generated from rpc redflag.v1.CommandService.RetryCommand
    */

@@ -344,6 +344,8 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
   securityUpdateCount: number;
 
   /**
+   * The host needs a reboot, by any source that can tell (see reboot_required_by).
+   *
    * @generated from field: bool reboot_required = 8;
    */
   rebootRequired: boolean;
@@ -372,6 +374,24 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
    * @generated from field: bool upgrade_trial = 11;
    */
   upgradeTrial: boolean;
+
+  /**
+   * Which sources said the host needs a reboot: "dpkg" (/var/run/reboot-required), "dnf"
+   * (dnf needs-restarting -r), "zypper" (zypper needs-rebooting), "windows-update",
+   * "component-based-servicing", "pending-file-renames" (Windows).
+   * Empty when none did.
+   *
+   * @generated from field: repeated string reboot_required_by = 12;
+   */
+  rebootRequiredBy: string[];
+
+  /**
+   * What could not be read, in words ("dnf needs-restarting failed: …"); empty when every
+   * source on the host answered. reboot_required is then what the other sources said.
+   *
+   * @generated from field: string reboot_required_unknown = 13;
+   */
+  rebootRequiredUnknown: string;
 };
 
 /**

@@ -122,6 +122,14 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: bool upgrade_required = 18;
    */
   upgradeRequired: boolean;
+
+  /**
+   * The host needs a reboot: the latest poll status or scan said so (status.reboot_required_by
+   * says which sources), kept until a later one says it does not.
+   *
+   * @generated from field: bool reboot_required = 19;
+   */
+  rebootRequired: boolean;
 };
 
 /**
@@ -200,6 +208,13 @@ export declare type ListAgentsRequest = Message<"redflag.v1.ListAgentsRequest"> 
    * @generated from field: repeated string agent_ids = 11;
    */
   agentIds: string[];
+
+  /**
+   * Only agents whose host needs a reboot (Agent.reboot_required) when true.
+   *
+   * @generated from field: bool reboot_required = 12;
+   */
+  rebootRequired: boolean;
 };
 
 /**
