@@ -57,7 +57,9 @@ function merge(pending: Action, requested: Action): Merge {
     }
     const packages = mergePackages(a.packages, b.packages);
     if ("refused" in packages) return packages;
-    return { action: { case: "installUpdates", value: { ...a, packages, sources: union(a.sources, b.sources) } } };
+    // The merged install goes out under the window open now: the request's bound, which the
+    // queue computed a moment ago (the pending one's may have passed while it waited).
+    return { action: { case: "installUpdates", value: { ...a, packages, sources: union(a.sources, b.sources), notAfter: b.notAfter } } };
   }
   // The newest request says how long and how often.
   if (pending.case === "enableHeartbeat" && requested.case === "enableHeartbeat") return { action: requested };
