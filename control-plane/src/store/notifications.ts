@@ -5,8 +5,8 @@ import { bytes } from "./types.ts";
 // Notifications: channels (secrets sealed by the caller), rules, the event outbox and the
 // delivery log. The rules about them are in domain/notifications.ts.
 
-export const NOTIFICATION_EVENTS = ["install_failed", "install_succeeded", "security_event", "agent_upgrade_failed", "critical_updates"] as const;
-export type NotificationEventKind = (typeof NOTIFICATION_EVENTS)[number];
+import type { NotificationEventKind } from "@redflag/common/notification-events";
+export { NOTIFICATION_EVENTS, type NotificationEventKind } from "@redflag/common/notification-events";
 export const SEVERITIES = ["info", "warning", "critical"] as const;
 export type Severity = (typeof SEVERITIES)[number];
 

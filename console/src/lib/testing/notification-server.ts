@@ -15,6 +15,7 @@ import {
 } from "@redflag/gen/notification_service_pb";
 import { LABEL, LABEL_RULE, normaliseLabel } from "@redflag/common/labels";
 import { invalid } from "./server-rules.ts";
+import { NOTIFICATION_EVENTS } from "@redflag/common/notification-events";
 
 // An in-memory NotificationService for the Notifications page's tests, refusing bad input with
 // the control plane's codes and messages (control-plane/src/domain/notifications.ts,
@@ -30,7 +31,7 @@ const KIND_NAMES: Record<number, string> = {
   [ChannelKind.GOTIFY]: "gotify",
   [ChannelKind.EMAIL]: "email",
 };
-const EVENTS = ["install_failed", "install_succeeded", "security_event", "agent_upgrade_failed", "critical_updates"];
+const EVENTS: readonly string[] = NOTIFICATION_EVENTS;
 const ADDRESS = /^[^\s@<>]+@[^\s@<>]+$/;
 const HHMM = /^([01]\d|2[0-3]):[0-5]\d$/;
 

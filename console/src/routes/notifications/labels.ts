@@ -1,3 +1,4 @@
+import { NOTIFICATION_EVENT_LABELS, NOTIFICATION_EVENTS } from "@redflag/common/notification-events";
 import { ChannelKind } from "@redflag/gen/notification_service_pb";
 
 // Words for what NotificationService names by enum or by key.
@@ -11,13 +12,7 @@ export const KIND_LABELS: Record<number, string> = {
   [ChannelKind.EMAIL]: "Email",
 };
 
-// The event kinds a rule can choose (notification_service.proto, NotificationRule.events).
-export const EVENTS = [
-  { key: "install_failed", label: "Install failed" },
-  { key: "install_succeeded", label: "Install succeeded" },
-  { key: "security_event", label: "Security event" },
-  { key: "agent_upgrade_failed", label: "Agent upgrade failed" },
-  { key: "critical_updates", label: "New critical or security updates" },
-];
+// The event kinds a rule can choose, defined once with the control plane's list.
+export const EVENTS = NOTIFICATION_EVENTS.map((key) => ({ key, label: NOTIFICATION_EVENT_LABELS[key] }));
 
 export const eventLabel = (key: string) => (key === "test" ? "Test message" : (EVENTS.find((e) => e.key === key)?.label ?? key));
