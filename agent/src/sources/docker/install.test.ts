@@ -699,6 +699,24 @@ describe("docker installer against a fake Engine API", () => {
       expect(containerCalls()).toEqual([]);
     });
 
+    it("removes a stopped <name>-redflag-next left by an interrupted update, and stops at one that runs", async () => {
+      // Left by an agent killed between creating the new container and naming it.
+      engine.containers.push(container("web-redflag-next", engine.images[2]!, "redis:7.4", { running: false }));
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "recreated web, proxy on the new image" });
+      expect(containerCalls()[0]).toBe("DELETE /containers/web-redflag-next");
+      expect(named("web-redflag-next")).toBeUndefined();
+    });
+
+    it("refuses to touch a <name>-redflag-next that runs, and puts the tag back", async () => {
+      engine.containers.push(container("web-redflag-next", engine.images[2]!, "redis:7.4"));
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]!.state).toBe(PackageResultState.FAILED);
+      expect(out.packages[0]!.reason).toContain("a container web-redflag-next is running (left by an interrupted update and started since): remove or rename it, then update again");
+      expect(named("web-redflag-next")!.State.Running).toBe(true);
+      expect(named("web")!.Image).toBe(oldNginx());
+    });
+
     it("recreates the containers on the earlier image when the tag is rolled back", async () => {
       await installer().install([ref("nginx:1.27")], opts());
       engine.requests.length = 0;

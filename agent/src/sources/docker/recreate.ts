@@ -3,7 +3,7 @@ import path from "node:path";
 import { runProcess, which } from "../../run-process.ts";
 import { record, type Session, step } from "./engine-session.ts";
 import { type ImageRef, canonicalName, formatMs, parseImageRef } from "./registry.ts";
-import { type EngineContainer, containerName } from "./scan.ts";
+import { type EngineContainer, containerName, engineMessage } from "./scan.ts";
 
 // After a pull moved a tag to a new image, the containers that ran the previous image are
 // recreated on the new one the way their owner made them:
@@ -221,8 +221,30 @@ async function undo(s: Session, w: Swap): Promise<string[]> {
   return problems;
 }
 
+// Whether a container of this name exists, and runs.
+async function lookUp(s: Session, name: string): Promise<"none" | "running" | "stopped" | { error: string }> {
+  try {
+    const res = await s.engine.call("GET", containerPath(name, "/json"));
+    if (res.status === 404) return "none";
+    if (res.status !== 200) return { error: `looking for ${name} failed (HTTP ${res.status}): ${engineMessage(res.body)}` };
+    return (JSON.parse(res.body.toString("utf8")) as { State?: { Running?: boolean } }).State?.Running ? "running" : "stopped";
+  } catch (err) {
+    return { error: `looking for ${name} failed: ${(err as Error).message}` };
+  }
+}
+
 async function recreatePlain(s: Session, c: ContainerInspect, move: TagMove, t: RecreateTiming, swap: Swap): Promise<string | undefined> {
   const { name } = swap;
+  // A `<name>-redflag-next` that is there already was left by an update that stopped half-way
+  // (the agent was killed between creating it and naming it): it never ran, and goes. One that
+  // runs was started by someone: the update stops there and says so.
+  const leftover = await lookUp(s, `${name}-redflag-next`);
+  if (typeof leftover === "object") return leftover.error;
+  if (leftover === "running") return `a container ${name}-redflag-next is running (left by an interrupted update and started since): remove or rename it, then update again`;
+  if (leftover === "stopped") {
+    const r = await step(s, "DELETE", containerPath(`${name}-redflag-next`), `removing ${name}-redflag-next, left by an interrupted update`);
+    if (r.error) return r.error;
+  }
   const { body, extraNetworks } = createBody(c, move.ref.local, move.previousConfig);
   const made = await step(s, "POST", `/containers/create?${new URLSearchParams({ name: `${name}-redflag-next` })}`, `creating the new ${name}`, { json: body });
   if (made.error) return made.error;
