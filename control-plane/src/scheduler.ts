@@ -8,7 +8,7 @@ import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
 import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgrades.ts";
 import { pruneUpgrades } from "./store/upgrades.ts";
-import { runNotifications, type NotifierDeps } from "./domain/notifications.ts";
+import { noticeAgentHealth, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
 import { autoApprove } from "./domain/policies.ts";
 
@@ -34,6 +34,9 @@ export function createScheduler(
   notifications?: NotifierDeps,
 ): Scheduler {
   let lastPrune = 0;
+  // Agent offline/back notices: once a minute, and only about what happened while watched.
+  let lastHealthNotice = 0;
+  const watchingSince = new Date();
   let halted = false;
   let running = false;
   const tick = async (at?: Date) => {
@@ -47,6 +50,14 @@ export function createScheduler(
         events?.publish(timedOut.map((c) => ({ commandId: c.id, agentId: c.agentId })));
       }
       await upgradeJobs(now);
+      if (notifications && now.getTime() - lastHealthNotice >= 60_000) {
+        lastHealthNotice = now.getTime();
+        const seen = await noticeAgentHealth(db, now, settings.pollIntervalSeconds, watchingSince).catch((err: unknown) => {
+          logger.warn({ err }, "noticing agents that went offline or came back failed; will retry");
+          return { offline: 0, back: 0 };
+        });
+        if (seen.offline + seen.back > 0) logger.info(seen, "agents went offline or came back (notified)");
+      }
       if (notifications) {
         const n = await runNotifications(notifications, now).catch((err: unknown) => {
           logger.warn({ err }, "sending notifications failed; will retry");

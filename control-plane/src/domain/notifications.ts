@@ -10,6 +10,7 @@ import {
   deleteChannel,
   deleteRule,
   dueDeliveries,
+  enqueueNotification,
   enabledChannelIds,
   findChannel,
   findRule,
@@ -32,6 +33,8 @@ import {
 } from "../store/notifications.ts";
 import type { Prisma, Tx } from "../store/types.ts";
 import type { AuditHook } from "./audit.ts";
+import { healthCutoffs } from "./health.ts";
+import { markBackOnline, markGoneOffline } from "../store/agents.ts";
 import { invalid, text } from "./input.ts";
 import {
   CHANNEL_KINDS,
@@ -504,6 +507,26 @@ async function attempt(deps: NotifierDeps, d: DueDelivery, now: Date, test = fal
     sentAt: delivered ? now : null,
   });
   return { delivered, error };
+}
+
+// Agents that stopped polling, and agents that came back, as notification events: an agent is
+// offline once it has been silent for longer than it may be online (three poll intervals,
+// domain/health.ts), told once, and told again when it polls. Nothing is told as offline until
+// the control plane has watched for that long itself (`watchingSince`: its start), so a
+// restart after a long outage does not report every agent as gone.
+export async function noticeAgentHealth(db: Prisma, now: Date, pollIntervalSeconds: number, watchingSince: Date): Promise<{ offline: number; back: number }> {
+  const { online } = healthCutoffs(now, pollIntervalSeconds);
+  return inTransaction(db, async (tx) => {
+    const back = await markBackOnline(tx, online, 1000);
+    for (const a of back) {
+      await enqueueNotification(tx, { kind: "agent_back", severity: "info", agentId: a.id, text: `polls again (reported offline at ${a.offlineSince.toISOString()})` });
+    }
+    const gone = online >= watchingSince ? await markGoneOffline(tx, online, now, 1000) : [];
+    for (const a of gone) {
+      await enqueueNotification(tx, { kind: "agent_offline", severity: "warning", agentId: a.id, text: `stopped polling: last heard from at ${a.lastSeenAt.toISOString()}` });
+    }
+    return { offline: gone.length, back: back.length };
+  });
 }
 
 // The leader's notification job: route the outbox, then send what is due.

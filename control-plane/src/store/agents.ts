@@ -640,3 +640,29 @@ const FLUSH_LAST_SEEN = `
            agent_version = COALESCE(v.agent_version, a.agent_version)
       FROM unnest($1::uuid[], $2::timestamptz[], $3::bytea[], $4::boolean[], $5::text[]) AS v(id, at, status, reboot_required, agent_version)
      WHERE a.id = v.id`;
+
+// Agents heard from before `cutoff` (silent since), not decommissioned and not yet reported
+// offline: marked as reported now, so each going-offline is told once. At most `limit` a round.
+export async function markGoneOffline(tx: Tx, cutoff: Date, now: Date, limit: number): Promise<{ id: string; lastSeenAt: Date }[]> {
+  const rows = await tx.$queryRaw<{ id: string; last_seen_at: Date }[]>`
+    UPDATE agents SET offline_notified_at = ${now}
+     WHERE id IN (SELECT id FROM agents
+                   WHERE decommissioned_at IS NULL AND offline_notified_at IS NULL
+                     AND last_seen_at IS NOT NULL AND last_seen_at < ${cutoff}
+                   ORDER BY last_seen_at LIMIT ${limit} FOR UPDATE SKIP LOCKED)
+    RETURNING id, last_seen_at`;
+  return rows.map((r) => ({ id: r.id, lastSeenAt: r.last_seen_at }));
+}
+
+// Agents reported offline that have polled since `cutoff` (or were decommissioned): the mark
+// is cleared; the polling ones are returned, to be told as back.
+export async function markBackOnline(tx: Tx, cutoff: Date, limit: number): Promise<{ id: string; offlineSince: Date }[]> {
+  const rows = await tx.$queryRaw<{ id: string; offline_notified_at: Date; decommissioned_at: Date | null }[]>`
+    UPDATE agents a SET offline_notified_at = NULL
+      FROM (SELECT id, offline_notified_at FROM agents
+             WHERE offline_notified_at IS NOT NULL AND (last_seen_at >= ${cutoff} OR decommissioned_at IS NOT NULL)
+             LIMIT ${limit} FOR UPDATE SKIP LOCKED) b
+     WHERE a.id = b.id
+    RETURNING a.id, b.offline_notified_at, a.decommissioned_at`;
+  return rows.filter((r) => !r.decommissioned_at).map((r) => ({ id: r.id, offlineSince: r.offline_notified_at }));
+}

@@ -1,7 +1,7 @@
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addChannel, addRule, afterQuietHours, inQuietHours, RETRY, retryDelayMs, runNotifications, type RuleInput } from "../../src/domain/notifications.ts";
+import { addChannel, addRule, afterQuietHours, inQuietHours, noticeAgentHealth, RETRY, retryDelayMs, runNotifications, type RuleInput } from "../../src/domain/notifications.ts";
 import { webhookSignature } from "../../src/domain/notification-senders.ts";
 import { enqueueNotification } from "../../src/store/notifications.ts";
 import { recordResults } from "../../src/store/commands.ts";
@@ -211,6 +211,32 @@ describe.each(availableBackends)("notifications on %s", (backend: Backend) => {
     // A new version of one of them is news again.
     await scan([update("curl", "low", false), update("openssl", "important", true, "1.2"), update("sudo", "critical", false)]);
     expect((await queued()).map((e) => e.text)).toEqual(["1 new critical or security update: openssl"]);
+    await m.db.notificationEvent.deleteMany({});
+  });
+
+  it("tells an agent going offline once, and again when it polls, but nothing about what happened before it watched", async () => {
+    const agent = await insertAgent(m.db, "quiet-1");
+    const queued = () => m.db.notificationEvent.findMany({ where: { agentId: agent.id }, orderBy: { id: "asc" } });
+    const heard = (iso: string) => m.db.agent.update({ where: { id: agent.id }, data: { lastSeenAt: at(iso) } });
+    const poll = 60;
+    // Silent for 3 poll intervals and 1 second: offline. But the control plane started 2 minutes
+    // ago: it has not watched long enough to tell.
+    await heard("2026-06-01T11:56:59Z");
+    expect(await noticeAgentHealth(m.db, at("2026-06-01T12:00:00Z"), poll, at("2026-06-01T11:58:00Z"))).toEqual({ offline: 0, back: 0 });
+    // Watching for 10 minutes: told once, however often it looks.
+    expect(await noticeAgentHealth(m.db, at("2026-06-01T12:00:00Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 1, back: 0 });
+    expect(await noticeAgentHealth(m.db, at("2026-06-01T12:01:00Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 0, back: 0 });
+    // It polls again: back, once.
+    await heard("2026-06-01T12:05:00Z");
+    expect(await noticeAgentHealth(m.db, at("2026-06-01T12:05:30Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 0, back: 1 });
+    expect(await noticeAgentHealth(m.db, at("2026-06-01T12:06:00Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 0, back: 0 });
+    expect((await queued()).map((e) => [e.kind, e.severity, e.text])).toEqual([
+      ["agent_offline", "warning", "stopped polling: last heard from at 2026-06-01T11:56:59.000Z"],
+      ["agent_back", "info", "polls again (reported offline at 2026-06-01T12:00:00.000Z)"],
+    ]);
+    // A decommissioned agent is never told as offline, nor as back.
+    await m.db.agent.update({ where: { id: agent.id }, data: { decommissionedAt: at("2026-06-01T12:10:00Z") } });
+    expect(await noticeAgentHealth(m.db, at("2026-06-02T12:00:00Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 0, back: 0 });
     await m.db.notificationEvent.deleteMany({});
   });
 });
