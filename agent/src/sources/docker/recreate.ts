@@ -3,7 +3,9 @@ import path from "node:path";
 import { runProcess, which } from "../../run-process.ts";
 import { record, type Session, step } from "./engine-session.ts";
 import { type ImageRef, canonicalName, formatMs, parseImageRef } from "./registry.ts";
-import { type EngineContainer, containerName, engineMessage } from "./scan.ts";
+import { type EngineContainer, type RecreateTiming, containerName, engineMessage } from "./scan.ts";
+
+export type { RecreateTiming };
 
 // After a pull moved a tag to a new image, the containers that ran the previous image are
 // recreated on the new one the way their owner made them:
@@ -24,17 +26,6 @@ const COMPOSE_PROJECT = "com.docker.compose.project";
 const COMPOSE_SERVICE = "com.docker.compose.service";
 const COMPOSE_FILES = "com.docker.compose.project.config_files";
 const COMPOSE_DIR = "com.docker.compose.project.working_dir";
-
-export interface RecreateTiming {
-  now(): number;
-  sleep(ms: number): Promise<void>;
-  // Between two looks at a new container's state.
-  pollMs: number;
-  // How long a container without a HEALTHCHECK must stay running.
-  settleMs: number;
-  // How long a HEALTHCHECK may take to say healthy.
-  healthTimeoutMs: number;
-}
 
 export const DEFAULT_TIMING: RecreateTiming = {
   now: () => Date.now(),

@@ -17,7 +17,6 @@ import {
   loadDockerConfig,
   parseImageRef,
 } from "./registry.ts";
-import type { RecreateTiming } from "./recreate.ts";
 import type { Scanner, ScanOptions, ScanResult } from "../types.ts";
 
 // Docker images: every tagged image pulled from a registry is compared with what its tag names
@@ -37,6 +36,18 @@ export const DEFAULT_SOCKET = "/var/run/docker.sock";
 const PREFERRED_API = "1.41";
 const REGISTRY_CONCURRENCY = 4;
 const REGISTRY_REQUEST_TIMEOUT_MS = 15_000;
+
+// How recreating containers waits (install.ts, recreate.ts): the clock and the patience.
+export interface RecreateTiming {
+  now(): number;
+  sleep(ms: number): Promise<void>;
+  // Between two looks at a new container's state.
+  pollMs: number;
+  // How long a container without a HEALTHCHECK must stay running.
+  settleMs: number;
+  // How long a HEALTHCHECK may take to say healthy.
+  healthTimeoutMs: number;
+}
 
 export interface DockerDeps {
   // Engine API socket; default DOCKER_HOST=unix://… from the environment, else
