@@ -8,7 +8,7 @@ import type { Settings } from "./settings.ts";
 import type { Prisma } from "./store/types.ts";
 import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgrades.ts";
 import { pruneUpgrades } from "./store/upgrades.ts";
-import { noticeAgentHealth, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
+import { noticeAgentHealth, noticeReboots, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
 import { autoApprove } from "./domain/policies.ts";
 
@@ -34,7 +34,8 @@ export function createScheduler(
   notifications?: NotifierDeps,
 ): Scheduler {
   let lastPrune = 0;
-  // Agent offline/back notices: once a minute, and only about what happened while watched.
+  // Agent offline/back and reboot notices: once a minute (offline only about what happened
+  // while watched).
   let lastHealthNotice = 0;
   const watchingSince = new Date();
   let halted = false;
@@ -57,6 +58,11 @@ export function createScheduler(
           return { offline: 0, back: 0 };
         });
         if (seen.offline + seen.back > 0) logger.info(seen, "agents went offline or came back (notified)");
+        const reboots = await noticeReboots(db, now).catch((err: unknown) => {
+          logger.warn({ err }, "noticing agents that need a reboot failed; will retry");
+          return { required: 0, done: 0 };
+        });
+        if (reboots.required + reboots.done > 0) logger.info(reboots, "agents need a reboot or no longer do (notified)");
       }
       if (notifications) {
         const n = await runNotifications(notifications, now).catch((err: unknown) => {

@@ -34,7 +34,7 @@ import {
 import type { Prisma, Tx } from "../store/types.ts";
 import type { AuditHook } from "./audit.ts";
 import { healthCutoffs } from "./health.ts";
-import { markBackOnline, markGoneOffline } from "../store/agents.ts";
+import { markBackOnline, markGoneOffline, markRebootDone, markRebootRequired } from "../store/agents.ts";
 import { invalid, text } from "./input.ts";
 import {
   CHANNEL_KINDS,
@@ -526,6 +526,20 @@ export async function noticeAgentHealth(db: Prisma, now: Date, pollIntervalSecon
       await enqueueNotification(tx, { kind: "agent_offline", severity: "warning", agentId: a.id, text: `stopped polling: last heard from at ${a.lastSeenAt.toISOString()}` });
     }
     return { offline: gone.length, back: back.length };
+  });
+}
+
+// Agents that report needing a reboot (any source, from their poll status), told
+// once, and told again once they no longer need one.
+export async function noticeReboots(db: Prisma, now: Date): Promise<{ required: number; done: number }> {
+  return inTransaction(db, async (tx) => {
+    const done = await markRebootDone(tx, 1000);
+    for (const a of done) {
+      await enqueueNotification(tx, { kind: "reboot_done", severity: "info", agentId: a.id, text: `no longer needs a reboot (told it did at ${a.requiredSince.toISOString()})` });
+    }
+    const required = await markRebootRequired(tx, now, 1000);
+    for (const a of required) await enqueueNotification(tx, { kind: "reboot_required", severity: "warning", agentId: a.id, text: "needs a reboot to finish its updates" });
+    return { required: required.length, done: done.length };
   });
 }
 

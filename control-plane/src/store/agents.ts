@@ -666,3 +666,26 @@ export async function markBackOnline(tx: Tx, cutoff: Date, limit: number): Promi
     RETURNING a.id, b.offline_notified_at, a.decommissioned_at`;
   return rows.filter((r) => !r.decommissioned_at).map((r) => ({ id: r.id, offlineSince: r.offline_notified_at }));
 }
+
+// Agents that report needing a reboot, not yet told: marked as told now. At most `limit`.
+export async function markRebootRequired(tx: Tx, now: Date, limit: number): Promise<{ id: string }[]> {
+  return tx.$queryRaw<{ id: string }[]>`
+    UPDATE agents SET reboot_notified_at = ${now}
+     WHERE id IN (SELECT id FROM agents
+                   WHERE reboot_required AND reboot_notified_at IS NULL AND decommissioned_at IS NULL
+                   LIMIT ${limit} FOR UPDATE SKIP LOCKED)
+    RETURNING id`;
+}
+
+// Agents told as needing a reboot that no longer report it (rebooted, as a rule), or were
+// decommissioned: the mark is cleared; the others are returned, to be told.
+export async function markRebootDone(tx: Tx, limit: number): Promise<{ id: string; requiredSince: Date }[]> {
+  const rows = await tx.$queryRaw<{ id: string; reboot_notified_at: Date; decommissioned_at: Date | null }[]>`
+    UPDATE agents a SET reboot_notified_at = NULL
+      FROM (SELECT id, reboot_notified_at FROM agents
+             WHERE reboot_notified_at IS NOT NULL AND (NOT reboot_required OR decommissioned_at IS NOT NULL)
+             LIMIT ${limit} FOR UPDATE SKIP LOCKED) b
+     WHERE a.id = b.id
+    RETURNING a.id, b.reboot_notified_at, a.decommissioned_at`;
+  return rows.filter((r) => !r.decommissioned_at).map((r) => ({ id: r.id, requiredSince: r.reboot_notified_at }));
+}

@@ -1,7 +1,7 @@
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { addChannel, addRule, afterQuietHours, inQuietHours, noticeAgentHealth, RETRY, retryDelayMs, runNotifications, type RuleInput } from "../../src/domain/notifications.ts";
+import { addChannel, addRule, afterQuietHours, inQuietHours, noticeAgentHealth, noticeReboots, RETRY, retryDelayMs, runNotifications, type RuleInput } from "../../src/domain/notifications.ts";
 import { webhookSignature } from "../../src/domain/notification-senders.ts";
 import { enqueueNotification } from "../../src/store/notifications.ts";
 import { recordResults } from "../../src/store/commands.ts";
@@ -237,6 +237,28 @@ describe.each(availableBackends)("notifications on %s", (backend: Backend) => {
     // A decommissioned agent is never told as offline, nor as back.
     await m.db.agent.update({ where: { id: agent.id }, data: { decommissionedAt: at("2026-06-01T12:10:00Z") } });
     expect(await noticeAgentHealth(m.db, at("2026-06-02T12:00:00Z"), poll, at("2026-06-01T11:50:00Z"))).toEqual({ offline: 0, back: 0 });
+    await m.db.notificationEvent.deleteMany({});
+  });
+
+  it("tells an agent that needs a reboot once, and again once it no longer does", async () => {
+    const agent = await insertAgent(m.db, "reboot-1");
+    const queued = () => m.db.notificationEvent.findMany({ where: { agentId: agent.id }, orderBy: { id: "asc" } });
+    const needs = (rebootRequired: boolean) => m.db.agent.update({ where: { id: agent.id }, data: { rebootRequired } });
+    expect(await noticeReboots(m.db, at("2026-06-01T12:00:00Z"))).toEqual({ required: 0, done: 0 });
+    await needs(true);
+    expect(await noticeReboots(m.db, at("2026-06-01T12:01:00Z"))).toEqual({ required: 1, done: 0 });
+    expect(await noticeReboots(m.db, at("2026-06-01T12:02:00Z"))).toEqual({ required: 0, done: 0 });
+    await needs(false);
+    expect(await noticeReboots(m.db, at("2026-06-01T12:30:00Z"))).toEqual({ required: 0, done: 1 });
+    expect(await noticeReboots(m.db, at("2026-06-01T12:31:00Z"))).toEqual({ required: 0, done: 0 });
+    expect((await queued()).map((e) => [e.kind, e.severity, e.text])).toEqual([
+      ["reboot_required", "warning", "needs a reboot to finish its updates"],
+      ["reboot_done", "info", "no longer needs a reboot (told it did at 2026-06-01T12:01:00.000Z)"],
+    ]);
+    // A decommissioned agent is not told about.
+    await needs(true);
+    await m.db.agent.update({ where: { id: agent.id }, data: { decommissionedAt: at("2026-06-01T13:00:00Z") } });
+    expect(await noticeReboots(m.db, at("2026-06-01T13:01:00Z"))).toEqual({ required: 0, done: 0 });
     await m.db.notificationEvent.deleteMany({});
   });
 });

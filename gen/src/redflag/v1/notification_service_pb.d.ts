@@ -443,7 +443,8 @@ export declare type NotificationRule = Message<"redflag.v1.NotificationRule"> & 
 
   /**
    * Event kinds: install_failed, install_succeeded, security_event, agent_upgrade_failed,
-   * critical_updates, agent_offline, agent_back (common/src/notification-events.ts). At least one.
+   * critical_updates, agent_offline, agent_back, reboot_required, reboot_done
+   * (common/src/notification-events.ts). At least one.
    *
    * @generated from field: repeated string events = 4;
    */

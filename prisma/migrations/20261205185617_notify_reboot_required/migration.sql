@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "agents" ADD COLUMN     "reboot_notified_at" TIMESTAMPTZ(3);
