@@ -5,10 +5,11 @@ import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { mkdir } from "node:fs/promises";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
+import { buildConsole, launchChromium } from "./support/browser.ts";
 import { root, run } from "./support/processes.ts";
 
 // The console as a new user meets it, in Debian's Chromium against a real control plane (on a
@@ -66,8 +67,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
   };
 
   beforeAll(async () => {
-    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
-    expect(build.code, build.stderr).toBe(0);
+    await buildConsole(180_000);
     cp = await startTestControlPlane({ REDFLAG_POLL_INTERVAL: "3s" });
     work = await mkdtemp(path.join(tmpdir(), "rf-first-run-"));
     await mkdir(shots, { recursive: true });
@@ -76,10 +76,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
       installed: [...SECURITY, ...regular].map((n) => `${n} amd64 1.0-1`),
       available: [...SECURITY.map((n) => `${n} amd64 1.0-2 bookworm-security`), ...regular.map((n) => `${n} amd64 1.0-2 bookworm`)],
     });
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: cp.url });
     page = await context.newPage();

@@ -9,12 +9,13 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateKeyPair } from "../control-plane/src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent, type TestAgent } from "../control-plane/test/support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { root, run } from "./support/processes.ts";
+import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
+import { root } from "./support/processes.ts";
 
 const PASSWORD = "a console passphrase";
 
@@ -35,8 +36,7 @@ describe("the console's fleet upgrade, in a real browser", () => {
   const shots = path.join(root, "test-output", "screenshots");
 
   beforeAll(async () => {
-    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
-    expect(build.code, build.stderr).toBe(0);
+    await buildConsole(180_000);
     // The scheduler moves upgrades on only when the test ticks it.
     cp = await startTestControlPlane({ REDFLAG_SWEEP_INTERVAL_MS: "3600000" });
     await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
@@ -52,10 +52,7 @@ describe("the console's fleet upgrade, in a real browser", () => {
     });
     for (const id of [...agents.map((a) => a.agentId), pi.agentId]) await cp.admin.fleet.setAgentLabels({ agentId: id, group: "web", tags: [] });
     await mkdir(shots, { recursive: true });
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
     page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
@@ -64,10 +61,7 @@ describe("the console's fleet upgrade, in a real browser", () => {
   });
 
   it("starts a fleet upgrade from the dialog, lists the skipped agent with why, and shows progress per agent", async () => {
-    await page.goto(`${cp.url}/login`);
-    await page.getByLabel("Username").fill("admin");
-    await page.getByLabel("Password").fill(PASSWORD);
-    await page.getByRole("button", { name: "Sign in" }).click();
+    await signIn(page, cp.url, "admin", PASSWORD);
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Upgrades", exact: true }).click();
     await page.getByRole("heading", { name: "Agent upgrades" }).waitFor();
     await page.getByText("No agent upgrades yet").waitFor();

@@ -3,10 +3,11 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { root, run } from "./support/processes.ts";
+import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
+import { root } from "./support/processes.ts";
 
 const PASSWORD = "a console passphrase";
 
@@ -19,15 +20,11 @@ describe("the console's maintenance windows, in a real browser", () => {
   const shots = path.join(root, "test-output", "screenshots");
 
   beforeAll(async () => {
-    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 180_000 });
-    expect(build.code, build.stderr).toBe(0);
+    await buildConsole(180_000);
     cp = await startTestControlPlane();
     await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
     await mkdir(shots, { recursive: true });
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
     page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
@@ -36,10 +33,7 @@ describe("the console's maintenance windows, in a real browser", () => {
   });
 
   it("previews a definition, creates the window and lists it", async () => {
-    await page.goto(`${cp.url}/login`);
-    await page.getByLabel("Username").fill("admin");
-    await page.getByLabel("Password").fill(PASSWORD);
-    await page.getByRole("button", { name: "Sign in" }).click();
+    await signIn(page, cp.url, "admin", PASSWORD);
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Windows", exact: true }).click();
     await page.getByRole("heading", { name: "Maintenance windows" }).waitFor();
     await page.getByText("No windows yet").waitFor();

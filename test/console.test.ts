@@ -3,11 +3,12 @@ import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import path from "node:path";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { type Browser, type BrowserContext, type Page } from "playwright-core";
 import { createRequire } from "node:module";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
+import { buildConsole, launchChromium } from "./support/browser.ts";
 import { root, run } from "./support/processes.ts";
 
 // The console in real headless Chromium (Debian's, see ENVIRONMENT.md; .ci/run installs it)
@@ -58,8 +59,7 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
   };
 
   beforeAll(async () => {
-    const build = await run([path.join(root, "node_modules", "vite", "bin", "vite.js"), "build"], { cwd: path.join(root, "console"), timeoutMs: 120_000 });
-    expect(build.code, build.stderr).toBe(0);
+    await buildConsole(120_000);
     cp = await startTestControlPlane({ REDFLAG_POLL_INTERVAL: "3s" });
     work = await mkdtemp(path.join(tmpdir(), "rf-console-"));
     apt = await createFakeApt(work, {
@@ -72,11 +72,7 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
       ],
     });
     await mkdir(shots, { recursive: true });
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      // playwright-core gives the browser its own fresh profile.
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium();
     context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     page = await context.newPage();
   });
