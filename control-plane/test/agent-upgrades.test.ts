@@ -225,14 +225,17 @@ describe("fleet upgrades, progress and the minimum supported version", () => {
     const agents = (await cp.admin.fleet.listAgents({ pageSize: 100 })).agents;
     expect(agents.filter((a) => a.upgradeRequired).map((a) => a.hostname).sort()).toEqual(["pi", "web-1", "web-2", "web-3", "web-4"]);
     expect((await cp.admin.commands.listCommands({ agentId: old.agentId })).commands).toHaveLength(before);
-    // The upgrade itself is let through; while its earlier one is still queued, a second is
-    // refused (one pending upgrade per agent).
+    // The upgrade itself is let through; while its earlier one is still queued, the same upgrade
+    // asked again is that one (merged: one pending upgrade per agent, followed once).
     const upgradeAgain = () => cp.admin.commands.createCommand({ agentId: old.agentId, action: { case: "updateAgent", value: { version: "0.2.0" } } });
     const pending = (await cp.admin.commands.listCommands({ agentId: old.agentId, state: CommandState.PENDING })).commands.filter((c) => c.type === CommandType.UPDATE_AGENT);
     expect(pending).toHaveLength(1);
-    const second = await failure(upgradeAgain());
-    expect(second.code).toBe(Code.FailedPrecondition);
-    expect(second.rawMessage).toContain(`already has an agent upgrade pending (command ${pending[0]!.id}`);
+    const followed = (await viewer.listAgentUpgrades({ agentId: old.agentId })).upgrades.length;
+    const second = await upgradeAgain();
+    expect(second.merged).toBe(true);
+    expect(second.command?.id).toBe(pending[0]!.id);
+    expect((await cp.admin.commands.listCommands({ agentId: old.agentId, state: CommandState.PENDING })).commands.filter((c) => c.type === CommandType.UPDATE_AGENT)).toHaveLength(1);
+    expect((await viewer.listAgentUpgrades({ agentId: old.agentId })).upgrades).toHaveLength(followed);
     await cp.admin.commands.cancelCommand({ id: pending[0]!.id });
     const upgrade = await upgradeAgain();
     expect(upgrade.command?.state).toBe(CommandState.PENDING);

@@ -124,7 +124,8 @@ export function createCommandQueue(
       // The command, its upgrade record (followed until the agent reports the new version:
       // ReleaseService.ListAgentUpgrades) and its audit entry commit together or not at all.
       const then = async (tx: Tx, row: CommandRow) => {
-        if (release) await noteUpgrade(tx, { agentId, commandId: row.id, release, createdBy: row.createdBy });
+        // A merged upgrade is followed already, under the pending command.
+        if (release && !mergedNow) await noteUpgrade(tx, { agentId, commandId: row.id, release, createdBy: row.createdBy });
         await caller.record(tx, { row, action, merged: mergedNow });
       };
       const { row, replayed, merged } = idempotency

@@ -94,6 +94,12 @@ export async function mergeIntoPending(tx: Tx, agentId: string, type: CommandTyp
   const pending = await lockPendingCommands(tx, agentId, type);
   if (pending.length === 0) return undefined;
   const actions = pending.map((row) => ({ row, command: fromBinary(CommandSchema, row.action) }));
+  // The same upgrade asked again (a fleet upgrade, then the hint a refusal prints): it is the
+  // pending one. An upgrade to another version is refused below.
+  if (action.case === "updateAgent") {
+    const same = actions.find((a) => a.command.action.case === "updateAgent" && a.command.action.value.version === action.value.version);
+    if (same) return { row: same.row, merged: true };
+  }
   const refusedKind = REFUSED[type];
   if (refusedKind) throw pendingRefusal(agentId, pending[0]!, refusedKind);
   // One per package, and one per dry run confirmed; different ones queue side by side.
