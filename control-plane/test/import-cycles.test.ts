@@ -43,3 +43,17 @@ describe("control-plane modules", () => {
     expect(cycles()).toEqual([]);
   });
 });
+
+// Only store/ talks to the database (schema.prisma says so; docs/architecture.md draws it): a
+// query written anywhere else, even a count, belongs in a store function.
+describe("database access", () => {
+  it("happens in store/ only", () => {
+    const query = /\b(?:db|tx|prisma)\.[a-zA-Z]+\.(?:find|create|update|delete|upsert|count|aggregate|groupBy)\w*\(|\$(?:queryRaw|executeRaw|queryRawUnsafe|executeRawUnsafe)\b/;
+    const outside = modules(root)
+      .filter((f) => !f.startsWith(path.join(root, "store") + path.sep))
+      .flatMap((f) => readFileSync(f, "utf8").split("\n").map((line, i) => ({ f, line, i })))
+      .filter(({ line }) => query.test(line))
+      .map(({ f, i, line }) => `${path.relative(root, f)}:${i + 1}: ${line.trim()}`);
+    expect(outside).toEqual([]);
+  });
+});

@@ -4,6 +4,8 @@ import { isUuid, newId } from "../ids.ts";
 import { seal, unseal } from "../signing/keys.ts";
 import { isUniqueViolation, inTransaction } from "../store/db.ts";
 import {
+  countChannels,
+  countRules,
   createChannel,
   createDelivery,
   createRule,
@@ -11,6 +13,7 @@ import {
   deleteRule,
   dueDeliveries,
   enqueueNotification,
+  existingChannelIds,
   enabledChannelIds,
   findChannel,
   findRule,
@@ -20,6 +23,7 @@ import {
   NOTIFICATION_EVENTS,
   recordAttempt,
   routeOutbox,
+  rulesUsingChannel,
   SEVERITIES,
   updateChannel,
   updateRule,
@@ -171,7 +175,7 @@ export async function addChannel(db: Prisma, masterKey: Buffer, input: ChannelIn
   const id = newId();
   try {
     return await inTransaction(db, async (tx) => {
-      if ((await tx.notificationChannel.count()) >= MAX_CHANNELS) throw new ConnectError(`at most ${MAX_CHANNELS} channels`, Code.ResourceExhausted);
+      if ((await countChannels(tx)) >= MAX_CHANNELS) throw new ConnectError(`at most ${MAX_CHANNELS} channels`, Code.ResourceExhausted);
       const row = await createChannel(
         tx,
         id,
@@ -245,9 +249,9 @@ export async function removeChannel(db: Prisma, id: string, record: AuditHook<Ch
   await inTransaction(db, async (tx) => {
     const row = await findChannel(tx, id);
     if (!row) throw channelNotFound(id);
-    const inUse = await tx.notificationRule.findMany({ where: { channelIds: { has: id } }, select: { name: true } });
+    const inUse = await rulesUsingChannel(tx, id);
     if (inUse.length > 0) {
-      throw new ConnectError(`the channel is used by ${inUse.length === 1 ? "rule" : "rules"} ${inUse.map((r) => `"${r.name}"`).join(", ")}: remove it from them first`, Code.FailedPrecondition);
+      throw new ConnectError(`the channel is used by ${inUse.length === 1 ? "rule" : "rules"} ${inUse.map((name) => `"${name}"`).join(", ")}: remove it from them first`, Code.FailedPrecondition);
     }
     await deleteChannel(tx, id);
     await record(tx, viewChannel(row));
@@ -285,8 +289,8 @@ async function checkRule(tx: Tx, input: RuleInput): Promise<RuleWrite> {
   if (input.channelIds.length === 0 || input.channelIds.length > 20) throw invalid("channel_ids must list 1 to 20 channels");
   const channelIds = [...new Set(input.channelIds)];
   for (const id of channelIds) if (!isUuid(id)) throw invalid(`channel_ids: "${id.slice(0, 64)}" is not a channel ID`);
-  const found = await tx.notificationChannel.findMany({ where: { id: { in: channelIds } }, select: { id: true } });
-  const missing = channelIds.filter((id) => !found.some((c) => c.id === id));
+  const found = await existingChannelIds(tx, channelIds);
+  const missing = channelIds.filter((id) => !found.has(id));
   if (missing.length > 0) throw new ConnectError(`no notification channel has ID ${missing.join(", ")}`, Code.NotFound);
   if (input.quiet) {
     if (!HHMM.test(input.quiet.start) || !HHMM.test(input.quiet.end)) throw invalid('quiet_hours.start and quiet_hours.end must be local times "HH:MM"');
@@ -313,7 +317,7 @@ const ruleNotFound = (id: string) => new ConnectError(`no notification rule has 
 export async function addRule(db: Prisma, input: RuleInput, record: AuditHook<RuleRow>, now = new Date()): Promise<RuleRow> {
   try {
     return await inTransaction(db, async (tx) => {
-      if ((await tx.notificationRule.count()) >= MAX_RULES) throw new ConnectError(`at most ${MAX_RULES} rules`, Code.ResourceExhausted);
+      if ((await countRules(tx)) >= MAX_RULES) throw new ConnectError(`at most ${MAX_RULES} rules`, Code.ResourceExhausted);
       const row = await createRule(tx, await checkRule(tx, input), now);
       await record(tx, row);
       return row;

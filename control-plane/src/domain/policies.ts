@@ -7,6 +7,7 @@ import { inTransaction } from "../store/db.ts";
 import {
   approveByPolicies,
   countPolicies,
+  lockPolicies,
   deletePolicy,
   getPolicy,
   insertPolicy,
@@ -78,7 +79,7 @@ const missing = (id: string) => new ConnectError(`policy ${id} does not exist`, 
 export async function createPolicy(db: Prisma, input: PolicyDefinition, by: string, now: Date, record: AuditHook<PolicyRow>): Promise<PolicyRow> {
   const d = checkDefinition(input);
   return inTransaction(db, async (tx) => {
-    await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext('redflag_policies'))`;
+    await lockPolicies(tx);
     const count = await countPolicies(tx);
     if (count >= MAX_POLICIES) throw new ConnectError(`there are ${count} policies, the most allowed (${MAX_POLICIES}); delete one first, or widen an existing one`, Code.ResourceExhausted);
     const row = await insertPolicy(tx, d, by, now);

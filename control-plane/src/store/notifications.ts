@@ -185,3 +185,14 @@ export async function getDelivery(db: Prisma, id: string) {
 export async function pruneDeliveries(db: Prisma, before: Date): Promise<number> {
   return (await db.notificationDelivery.deleteMany({ where: { createdAt: { lt: before }, status: { not: "waiting" } } })).count;
 }
+
+// --- counts and references the rules check ---
+
+export const countChannels = (db: Prisma | Tx) => db.notificationChannel.count();
+export const countRules = (db: Prisma | Tx) => db.notificationRule.count();
+// The rules that send to this channel, by name.
+export const rulesUsingChannel = async (db: Prisma | Tx, channelId: string) =>
+  (await db.notificationRule.findMany({ where: { channelIds: { has: channelId } }, select: { name: true } })).map((r) => r.name);
+// Which of these channel IDs exist.
+export const existingChannelIds = async (db: Prisma | Tx, ids: readonly string[]) =>
+  new Set((await db.notificationChannel.findMany({ where: { id: { in: [...ids] } }, select: { id: true } })).map((c) => c.id));

@@ -203,3 +203,9 @@ export async function approveByPolicies(tx: Tx, now: Date, limit: number): Promi
     RETURNING u.agent_id AS "agentId", u.source, u.name, u.architecture, u.available_version AS "availableVersion",
               c.rule_id AS "policyId", c.rule_name AS "policyName"`;
 }
+
+// Serialises policy creation until the transaction ends, so a count then an insert cannot
+// overshoot the limit when two run at once.
+export async function lockPolicies(tx: Tx): Promise<void> {
+  await tx.$executeRaw`SELECT pg_advisory_xact_lock(hashtext('redflag_policies'))`;
+}
