@@ -333,9 +333,9 @@ describe("a request body still arriving after its answer", () => {
   const twoMessages = (junk: number) => Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), Buffer.from([0, 0, 0, 0, 100]), Buffer.alloc(junk)]);
   const grpcStatus = (body: Buffer) => /grpc-status: ?(\d+)/.exec(body.toString("latin1"))?.[1];
 
-  function postH1(agent: http.Agent, body: Buffer) {
+  function postH1(agent: http.Agent, body: Buffer, to = path) {
     return new Promise<{ status?: number; connection?: string; grpcStatus?: string; port?: number; error?: string }>((resolve) => {
-      const req = http.request(new URL(path, cp.url), { method: "POST", agent, headers: { ...headers(), "content-length": body.length } });
+      const req = http.request(new URL(to, cp.url), { method: "POST", agent, headers: { ...headers(), "content-length": body.length } });
       let port: number | undefined;
       const timer = setTimeout(() => {
         req.destroy();
@@ -363,6 +363,23 @@ describe("a request body still arriving after its answer", () => {
     try {
       const first = await postH1(agent, twoMessages(500_000));
       expect(first).toMatchObject({ status: 200, connection: "keep-alive", grpcStatus: "3" });
+      const next = await postH1(agent, Buffer.from([0, 0, 0, 0, 0]));
+      expect(next).toEqual({ status: 200, connection: "keep-alive", grpcStatus: "0", port: first.port });
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it("is read and dropped after a client stream the handler refused, so the next request on the keep-alive connection is served", async () => {
+    // PublishRelease reads its messages one by one: a first message that is no header is refused
+    // while the rest of the upload is still unread (the fuzzer found the next request on the
+    // connection waiting for ever).
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const chunkOnly = Buffer.concat([Buffer.from([0, 0, 0, 0, 3, 0x12, 0x01, 0x00]), Buffer.from([0, 0, 6, 0x1a, 0x80]), Buffer.alloc(400_000)]);
+      const first = await postH1(agent, chunkOnly, "/redflag.v1.ReleaseService/PublishRelease");
+      expect(first).toMatchObject({ status: 200, connection: "keep-alive" });
+      expect(first.grpcStatus).not.toBe("0");
       const next = await postH1(agent, Buffer.from([0, 0, 0, 0, 0]));
       expect(next).toEqual({ status: 200, connection: "keep-alive", grpcStatus: "0", port: first.port });
     } finally {

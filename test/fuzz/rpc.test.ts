@@ -1,19 +1,10 @@
-import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import type { DescMethod } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentService } from "@redflag/gen/agent_service_pb";
-import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
-import { AuditService } from "@redflag/gen/audit_service_pb";
 import { AuthService } from "@redflag/gen/auth_service_pb";
-import { CommandService } from "@redflag/gen/command_service_pb";
-import { FleetService } from "@redflag/gen/fleet_service_pb";
-import { ReleaseService } from "@redflag/gen/release_service_pb";
-import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
-import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
-import { UpdateService } from "@redflag/gen/update_service_pb";
-import { UserService } from "@redflag/gen/user_service_pb";
 import { randomBytes, randomInt } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
@@ -22,6 +13,7 @@ import path from "node:path";
 import { brotliDecompressSync, gunzipSync, gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { policyFor } from "../../control-plane/src/auth/policy.ts";
+import { RPC_SERVICES } from "../../control-plane/src/http/routes.ts";
 import { generateKeyPair } from "../../control-plane/src/signing/keys.ts";
 import { randomMachineId, registerRequest } from "../../control-plane/test/support/agents.ts";
 import { freshDatabase, type FreshDatabase } from "../../control-plane/test/support/database.ts";
@@ -54,22 +46,7 @@ const MAX_FAILURES = 5;
 // REDFLAG_FUZZ_TRACE=1 prints every case and its answer, to see what came before a failure.
 const TRACE = process.env.REDFLAG_FUZZ_TRACE === "1";
 
-const SERVICES: DescService[] = [
-  AgentService,
-  ApiTokenService,
-  AuditService,
-  AuthService,
-  CommandService,
-  FleetService,
-  ReleaseService,
-  ReportService,
-  SecurityService,
-  SettingsService,
-  TokenService,
-  UpdateService,
-  UserService,
-];
-const METHODS = SERVICES.flatMap((s) => s.methods);
+const METHODS = RPC_SERVICES.flatMap((s) => s.methods);
 
 // What never belongs in an answer: stack frames, source paths, library and database internals.
 // (The generator never produces these, so an echo of the input cannot trip it.)

@@ -1,3 +1,4 @@
+import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AgentService } from "@redflag/gen/agent_service_pb";
 import { ApiTokenService } from "@redflag/gen/api_token_service_pb";
@@ -34,6 +35,27 @@ import type { Settings } from "../settings.ts";
 import { createTokenService } from "../services/token-service.ts";
 import { createUpdateService } from "../services/update-service.ts";
 import { createUserService } from "../services/user-service.ts";
+
+// Every service the control plane serves (routes.test.ts holds createRoutes to it): the policy
+// table's test and the RPC fuzzer walk this list, so a new service cannot be left out of either.
+export const RPC_SERVICES: readonly DescService[] = [
+  AgentService,
+  AuthService,
+  UserService,
+  ApiTokenService,
+  AuditService,
+  TokenService,
+  SecurityService,
+  SettingsService,
+  CommandService,
+  FleetService,
+  UpdateService,
+  PolicyService,
+  ReportService,
+  ReleaseService,
+  NotificationService,
+  MaintenanceService,
+];
 
 export interface RouteDeps extends AgentServiceDeps {
   principals: PrincipalResolver;

@@ -64,7 +64,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     request(req, res) {
       const handler = paths.get(pathOf(req.url ?? ""));
       if (!handler) return opts.fallback(req, res);
-      const read = { bytes: 0, linger: false };
+      const read: BodyRead = { bytes: 0, linger: false };
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
         ureq = {
@@ -80,7 +80,7 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       }
       // (on "finish": connect's universalResponseToNodeResponse waits for an "end" event that an
       // HTTP/1.1 response never emits)
-      res.once("finish", () => dropUnreadRequest(req, read.linger));
+      res.once("finish", () => dropUnreadRequest(req, read));
       serve(handler, ureq)
         .then((ures) => {
           // More left unread than will be dropped: the client must not send its next request on
@@ -133,14 +133,26 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
 
 function ignore() {}
 
+interface BodyRead {
+  // Bytes of the body read so far.
+  bytes: number;
+  // The answer closes the connection: everything still arriving is dropped until it does.
+  linger: boolean;
+  // The reader, while the body is being read.
+  body?: AsyncGenerator<Uint8Array>;
+}
+
 // The request's chunks, like connect-node's own reader, except that a reader stopping early (after
 // a message it cannot decode, or one too many) leaves the request alone instead of destroying it,
 // and with it the connection the answer is about to be written to.
-async function* nodeRequestBody(req: NodeRequest, read: { bytes: number }): AsyncGenerator<Uint8Array> {
-  for await (const chunk of req.iterator({ destroyOnReturn: false })) {
-    read.bytes += (chunk as Uint8Array).byteLength;
-    yield chunk as Uint8Array;
-  }
+function nodeRequestBody(req: NodeRequest, read: BodyRead): AsyncGenerator<Uint8Array> {
+  read.body = (async function* () {
+    for await (const chunk of req.iterator({ destroyOnReturn: false })) {
+      read.bytes += (chunk as Uint8Array).byteLength;
+      yield chunk as Uint8Array;
+    }
+  })();
+  return read.body;
 }
 
 // What the request's Content-Length says is still to come; without one (chunked), unknown.
@@ -153,15 +165,19 @@ function unreadBytes(req: NodeRequest, read: number): number {
 // request would wait behind it for ever (Node reads no further while a body it started is unread).
 // The rest is read and dropped, up to UNREAD_BODY_LIMIT; past that the connection is closed. When
 // the answer said it closes the connection (lingering), everything is dropped until it does.
-function dropUnreadRequest(req: NodeRequest, lingering: boolean) {
+function dropUnreadRequest(req: NodeRequest, read: BodyRead) {
   if (req.complete || req.destroyed || "stream" in req) return;
   let dropped = 0;
   req.on("data", (chunk: Buffer) => {
     dropped += chunk.length;
-    if (dropped > UNREAD_BODY_LIMIT && !lingering) req.socket.destroy();
+    if (dropped > UNREAD_BODY_LIMIT && !read.linger) req.socket.destroy();
   });
   // A reader that stopped left the request paused: a "data" listener alone would not resume it.
   req.resume();
+  // A reader left half-way (a client stream its handler refused after one message) still listens
+  // for "readable", which keeps the request paused whatever resume() says; ending it lets the
+  // "data" listener above take over.
+  void read.body?.return(undefined).catch(ignore);
 }
 
 // RFC 9112 9.6: a connection closed at once with request bytes unread is reset by the kernel, and
