@@ -126,9 +126,10 @@ export const WindowKind = /*@__PURE__*/
 /**
  * MaintenanceService manages recurring maintenance and blackout windows. A window repeats by an
  * RFC 5545 recurrence rule in an IANA time zone, lasts a fixed duration, and applies to groups,
- * tags, single agents or the whole fleet. An install or reboot queued for an agent inside an open
- * blackout window is refused; an install queued inside an open maintenance window carries the
- * window's end, after which the agent starts no new package.
+ * tags, single agents or the whole fleet. An install, reboot or agent upgrade queued for an agent
+ * inside an open blackout window is refused (fleet and automatic agent upgrades pass it by); an
+ * install queued inside an open maintenance window carries the window's end, after which the
+ * agent starts no new package.
  *
  * @generated from service redflag.v1.MaintenanceService
  */
