@@ -138,9 +138,10 @@ async function wire(
     const requestAddress = (req: { socket?: { remoteAddress?: string } | null; headers: NodeJS.Dict<string | string[]> }) =>
       clientAddress(req.socket?.remoteAddress, req.headers["x-forwarded-for"]);
 
+    const readiness = () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS);
     const probes = createProbes({
       metrics,
-      readiness: () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS),
+      readiness,
       metricsToken: config.metricsToken,
       clientAddress: requestAddress,
       logger,
@@ -229,6 +230,7 @@ async function wire(
       logger,
       metrics,
       renewSecret,
+      readiness,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir, logger);
     const downloads = createDownloads({ db: db.prisma, logger, signer: deps.signer });

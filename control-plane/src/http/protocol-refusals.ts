@@ -11,7 +11,8 @@ import { requestIdFrom } from "../request-context.ts";
 //   protocol's mapping). Other requests go on to the web console and plain routes.
 // - a known RPC with the wrong HTTP method (405) or content type (415): connect answers those with
 //   an empty body; they get `Allow` or `Accept-Post` (RFC 9110, RFC 9112's POST hint) and a line
-//   saying what would work.
+//   saying what would work. A bidirectional stream over HTTP/1.1 (505) is UNIMPLEMENTED in the
+//   caller's protocol.
 // - every answer carries `x-request-id`: the caller's when it looks like an ID, else a new one.
 
 // "/package.Service/Method", as every RPC protocol here forms its paths.
@@ -105,7 +106,21 @@ export function explainRefusal(res: UniversalServerResponse, h: UniversalHandler
     return explained(`${contentType ? `content type "${contentType.slice(0, 100)}"` : "a request without a content type"} is not supported for ${rpc}; use one of ${types.join(", ")}`);
   }
   if (res.status === 505 && !res.body) {
-    return explained(`${rpc} streams both ways and needs HTTP/2`);
+    // A bidirectional stream over HTTP/1.1 (connect closes the connection after it, so a client
+    // coded for full duplex does not hang): said as the caller's protocol says UNIMPLEMENTED.
+    const message = `${rpc} streams both ways and needs HTTP/2`;
+    const family = rpcFamily(contentType);
+    if (family === "grpc" || family === "grpc-web") {
+      header.set("content-type", contentType.split(";")[0]!.trim());
+      header.set("grpc-status", String(Code.Unimplemented));
+      header.set("grpc-message", encodeURIComponent(message));
+      return { ...res, status: 200, header, body: once(new Uint8Array(0)) };
+    }
+    if (family === "connect") {
+      header.set("content-type", "application/json");
+      return { ...res, header, body: once(errorToJsonBytes(new ConnectError(message, Code.Unimplemented), {})) };
+    }
+    return explained(message);
   }
   return { ...res, header };
 }
