@@ -37,6 +37,7 @@ import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.
 import { createCluster } from "./cluster/cluster.ts";
 import { createPendingIndex } from "./cluster/pending.ts";
 import { inRequest, requestIdFrom } from "./request-context.ts";
+import { createCors } from "./http/cors.ts";
 import { agentsWithPendingCommands } from "./store/commands.ts";
 
 export interface App {
@@ -243,6 +244,7 @@ async function wire(
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
       responseStallMs: config.listener.responseStallMs,
+      cors: createCors(config.corsOrigins),
       contextValues: (remoteAddress, forwardedFor) => createContextValues().set(kRemoteAddr, clientAddress(remoteAddress, forwardedFor)),
       logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.

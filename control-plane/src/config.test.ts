@@ -51,6 +51,22 @@ describe("loadConfig", () => {
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);
   });
 
+  it("reads REDFLAG_CORS_ORIGINS as exact origins, and refuses a wildcard, paths and too many", () => {
+    expect(loadConfig({}).corsOrigins).toEqual([]);
+    expect(loadConfig({ REDFLAG_CORS_ORIGINS: "https://App.example.com, http://localhost:5173" }).corsOrigins).toEqual(["https://app.example.com", "http://localhost:5173"]);
+    const refused = (value: string) => {
+      try {
+        loadConfig({ REDFLAG_CORS_ORIGINS: value });
+      } catch (err) {
+        return (err as ConfigError).message;
+      }
+      return "accepted";
+    };
+    expect(refused("*")).toMatch(/REDFLAG_CORS_ORIGINS: "\*" is not accepted: name each origin/);
+    expect(refused("https://app.example.com/console")).toMatch(/"https:\/\/app.example.com\/console" is not an origin: write the scheme, host and port only/);
+    expect(refused(Array.from({ length: 33 }, (_, i) => `https://a${i}.example`).join(","))).toMatch(/at most 32 origins/);
+  });
+
   it("reads Register and Renew rate limits as PER_MINUTE[:BURST], 0 turning one off", () => {
     expect(loadConfig({}).rateLimits).toEqual({
       registerPerAddress: { perMinute: 60, burst: 120 },

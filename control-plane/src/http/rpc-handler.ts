@@ -6,6 +6,7 @@ import type net from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "../log.ts";
 import { requestIdFrom } from "../request-context.ts";
+import type { Cors } from "./cors.ts";
 import { explainRefusal, takeRequestId, unknownRpc } from "./protocol-refusals.ts";
 import { parseErrorsAsInvalidArgument, unicodeFailure } from "./rpc-parse-errors.ts";
 import { bodyTimedOut } from "./server.ts";
@@ -34,6 +35,8 @@ export interface RpcHandlerOptions {
   contextValues?: (remoteAddress: string | undefined, forwardedFor: string | string[] | undefined) => ContextValues;
   fallback: (req: NodeRequest, res: NodeResponse) => void;
   logger: Logger;
+  // Cross-origin calls from the origins REDFLAG_CORS_ORIGINS names (cors.ts); unset: none.
+  cors?: Cors | undefined;
 }
 
 // The protocol work (Connect, gRPC, gRPC-Web; compression, timeouts, errors, limits) stays in
@@ -54,9 +57,12 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     const refused = (reason: string) => opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused");
     const requestId = takeRequestId(req.header);
     const contentType = req.header.get("content-type") ?? "";
+    const preflight = opts.cors?.preflight(req.method, req.header, h.allowedMethods);
+    if (preflight) return Promise.resolve(explainRefusal(preflight, h, req.method, contentType, requestId));
+    const decorate = (res: UniversalServerResponse) => (opts.cors ? opts.cors.decorate(res, req.header) : res);
     return h(req).then(
-      (res) => parseErrorsAsInvalidArgument(explainRefusal(res, h, req.method, contentType, requestId), h.method, refused),
-      (err: unknown) => explainRefusal(unicodeFailure(contentType, err, refused), h, req.method, contentType, requestId),
+      async (res) => decorate(await parseErrorsAsInvalidArgument(explainRefusal(res, h, req.method, contentType, requestId), h.method, refused)),
+      (err: unknown) => decorate(explainRefusal(unicodeFailure(contentType, err, refused), h, req.method, contentType, requestId)),
     );
   };
   const failed = (h: UniversalHandler, reason: unknown) => {
