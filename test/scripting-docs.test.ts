@@ -61,8 +61,9 @@ describe("docs/scripting.md, run as written", () => {
   const cleartext = () => ({ REDFLAG_URL: plain.url, REDFLAG_TOKEN: plain.adminKey });
   const tls = () => ({ REDFLAG_URL: `https://localhost:${secure.app.server.port}`, REDFLAG_TOKEN: secure.adminKey, REDFLAG_CA: path.join(dir, "ca.pem") });
 
-  it("curl with Connect JSON", async () => {
+  it("curl with Connect JSON, by POST and by GET", async () => {
     expect(JSON.parse(await bash("curl", cleartext()))).toMatchObject({ agents: [{ hostname: "web-1" }] });
+    expect(JSON.parse(await bash("curl-get", cleartext()))).toMatchObject({ agents: [{ hostname: "web-1" }] });
   });
 
   it("buf curl through reflection, and with the schema", async () => {
