@@ -304,6 +304,33 @@ export function parseTrustedProxies(text: string): Cidr[] | string {
   return out;
 }
 
+// The REDFLAG_* variables in `env` that the control plane does not use: misspelt
+// (REDFLAG_MASTERKEY), or needing another one set (REDFLAG_OIDC_CLIENT_ID without
+// REDFLAG_OIDC_ISSUER). Without this they would be ignored without a word. The CLI's own
+// variables are not the server's concern.
+const CLI_VARIABLES = new Set(["REDFLAG_SERVER", "REDFLAG_API_KEY", "REDFLAG_API_KEY_FILE", "REDFLAG_CONFIG_DIR"]);
+
+export function unusedVariables(env: NodeJS.ProcessEnv, cwd = process.cwd()): string[] {
+  const read = new Set<string>();
+  const recording = new Proxy(
+    { ...env },
+    {
+      get(target, key) {
+        if (typeof key === "string") read.add(key);
+        return target[key as string];
+      },
+    },
+  );
+  try {
+    loadConfig(recording, cwd);
+  } catch {
+    // what is wrong is loadConfig's to say
+  }
+  return Object.keys(env)
+    .filter((k) => k.startsWith("REDFLAG_") && env[k] !== undefined && !read.has(k) && !CLI_VARIABLES.has(k))
+    .sort();
+}
+
 // REDFLAG_CORS_ORIGINS (http/cors.ts): browser apps on these origins may call the RPCs.
 export const MAX_CORS_ORIGINS = 32;
 

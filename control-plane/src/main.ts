@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, loadConfig, unusedVariables } from "./config.ts";
 import { StartError, startApp } from "./app.ts";
 import { createLogger } from "./log.ts";
 
@@ -15,6 +15,8 @@ async function main() {
     throw err;
   }
   const logger = createLogger(config.logLevel);
+  const unused = unusedVariables(process.env);
+  if (unused.length > 0) logger.warn({ variables: unused }, `not used by the control plane, misspelt or needing another variable set: ${unused.join(", ")}`);
   const app = await startApp(config, logger, { announce: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
     // A problem said in one sentence (a port in use): that sentence alone, no stack trace.
     if (err instanceof StartError) {
