@@ -3,7 +3,19 @@ import { StartError, startApp } from "./app.ts";
 import { createLogger } from "./log.ts";
 
 // redflag-server: reads REDFLAG_* and DATABASE_URL, serves until SIGTERM/SIGINT.
+// `redflag-server doctor [--json]` checks what it needs instead (doctor.ts).
 async function main() {
+  const [command, ...rest] = process.argv.slice(2);
+  if (command === "doctor") {
+    const { doctor, formatFindings } = await import("./doctor.ts");
+    const findings = await doctor({ env: process.env });
+    process.stdout.write(rest.includes("--json") ? `${JSON.stringify(findings, null, 2)}\n` : formatFindings(findings));
+    process.exit(findings.some((f) => f.level === "fail") ? 1 : 0);
+  }
+  if (command !== undefined) {
+    process.stderr.write(`redflag-server: unknown command "${command.slice(0, 40)}"; run it without arguments to serve, or "redflag-server doctor" to check this machine\n`);
+    process.exit(2);
+  }
   let config;
   try {
     config = loadConfig(process.env);
