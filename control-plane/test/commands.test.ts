@@ -46,7 +46,7 @@ describe("CreateCommand checks what each action asks", () => {
       /^confirm_dependencies\.changes\[0\]\.to_version is required \(only a removal has none\)$/,
     ],
     ["rollback without a version", { case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: ref("apt", "curl"), targetVersion: "" } }, /^rollback_update\.target_version is required$/],
-    ["a reboot a month away", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 30 * 86_400, message: "", force: false } }, /^reboot\.delay_seconds must be at most 604800/],
+    ["a reboot a month away", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 30 * 86_400, message: "", force: false, preHook: "", postHook: "", hookTimeoutSeconds: 0 } }, /^reboot\.delay_seconds must be at most 604800/],
     ["a scan of a nonsense subsystem", { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: ["apt; rm -rf /"] } }, /^scan_updates\.subsystems\[0\] "apt; rm -rf \/" is not a subsystem name/],
   ])("refuses %s with InvalidArgument and stores nothing", async (_, action, message) => {
     const before = await cp.app.db.prisma.command.count();
