@@ -193,7 +193,8 @@ export async function rebootAfterInstalls(deps: RebootJobDeps, now: Date, limits
         agentId: agent.id,
         type: "reboot",
         action: toBinary(CommandSchema, create(CommandSchema, { action: { case: "reboot", value: action } })),
-        timeoutSeconds: 0,
+        // A pre-hook may run up to its limit before the restart is scheduled.
+        timeoutSeconds: policy.preHook ? Math.max(600, policy.hookTimeoutSeconds + 120) : 0,
         createdBy: `reboot-policy:${policy.name}`,
         createdByKind: "system",
       });
