@@ -161,6 +161,8 @@ export async function rebootAfterInstalls(deps: RebootJobDeps, now: Date, limits
   const policies = await enabledRebootPolicies(db);
   const windows = policies.length > 0 ? await enabledWindows(db) : [];
   const rebooted = new Set<string>();
+  // Installs decided without a reboot, marked together.
+  const decided: string[] = [];
   for await (const install of finished(db, "install_updates", ["succeeded", "failed"], limits)) {
     const agent = install.agent;
     const policy = agent.decommissionedAt || rebooted.has(agent.id) ? undefined : policyFor(policies, agent);
@@ -168,7 +170,7 @@ export async function rebootAfterInstalls(deps: RebootJobDeps, now: Date, limits
       policy !== undefined &&
       (policy.mode === "always" ? installedSomething(install) : policy.mode === "when_required" ? installedSomething(install) || agent.rebootRequired : false);
     if (!policy || !wanted) {
-      await markFollowedUp(db, [install.id], now);
+      decided.push(install.id);
       continue;
     }
     const at = windowsAt(windows, agent, now);
@@ -216,6 +218,7 @@ export async function rebootAfterInstalls(deps: RebootJobDeps, now: Date, limits
     }
     queued.push({ agentId: agent.id, policyName: policy.name, installCommandId: install.id, commandId });
   }
+  await markFollowedUp(db, decided, now);
   return { queued, waiting };
 }
 
@@ -228,17 +231,19 @@ export async function followReboots(db: Prisma, now: Date, limits: FollowLimits 
   const policies = await enabledRebootPolicies(db);
   const overdue: string[] = [];
   let back = 0;
+  // Reboots with nothing (more) to watch, marked together.
+  const done: string[] = [];
   for await (const reboot of finished(db, "reboot", ["succeeded"], limits)) {
     const detail = decode(reboot.result)?.detail;
     const agent = reboot.agent;
     if (detail?.case !== "reboot" || !detail.value.scheduled || !detail.value.rebootTime || agent.decommissionedAt) {
-      await markFollowedUp(db, [reboot.id], now);
+      done.push(reboot.id);
       continue;
     }
     const rebootTime = timestampDate(detail.value.rebootTime);
     if (agent.lastSeenAt && agent.lastSeenAt > rebootTime) {
       back++;
-      await markFollowedUp(db, [reboot.id], now);
+      done.push(reboot.id);
       continue;
     }
     const timeout = policyFor(policies, agent)?.returnTimeoutSeconds ?? DEFAULT_RETURN_TIMEOUT_SECONDS;
@@ -258,5 +263,6 @@ export async function followReboots(db: Prisma, now: Date, limits: FollowLimits 
       }
     });
   }
+  await markFollowedUp(db, done, now);
   return { overdue, back, cleared };
 }

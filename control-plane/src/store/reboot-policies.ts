@@ -128,8 +128,9 @@ export async function commandsToFollow(
 
 // Marks commands as followed up (each is decided once).
 export async function markFollowedUp(db: Prisma | Tx, ids: readonly string[], now: Date): Promise<void> {
-  if (ids.length === 0) return;
-  await db.command.updateMany({ where: { id: { in: [...ids] }, followedUpAt: null }, data: { followedUpAt: now } });
+  for (let i = 0; i < ids.length; i += 1000) {
+    await db.command.updateMany({ where: { id: { in: ids.slice(i, i + 1000) }, followedUpAt: null }, data: { followedUpAt: now } });
+  }
 }
 
 // Every finished install of this agent not followed up yet: one reboot covers them all.
