@@ -64,9 +64,9 @@ describe("reboot policies on the windows page", () => {
     const server = fakeServer();
     renderWithApi(RebootPolicies, server.routes);
     await screen.findByText(/No reboot policies/);
-    await fireEvent.input(screen.getByLabelText("Policy name"), { target: { value: "db" } });
-    await fireEvent.change(screen.getByLabelText("Reboot"), { target: { value: "always" } });
-    await fireEvent.input(screen.getByLabelText("Policy groups"), { target: { value: "db" } });
+    await fireEvent.input(screen.getByLabelText("Reboot policy"), { target: { value: "db" } });
+    await fireEvent.change(screen.getByLabelText("Mode"), { target: { value: "always" } });
+    await fireEvent.input(screen.getByLabelText("Group(s)"), { target: { value: "db" } });
     await fireEvent.input(screen.getByLabelText("Pre-reboot hook"), { target: { value: "../bin/sh" } });
     await fireEvent.click(screen.getByRole("button", { name: "Create reboot policy" }));
     expect((await screen.findByRole("alert")).textContent).toContain('policy.pre_hook "../bin/sh" is not a hook name');
