@@ -9,7 +9,11 @@ import { MaintenanceService, RebootMode, RebootPolicySpecSchema, WindowKind } fr
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { recordScanReports } from "../src/store/commands.ts";
+import { runInProcess } from "./support/cli.ts";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 
@@ -154,5 +158,15 @@ describe("scheduled installs and reboot policies", () => {
     const listed = (await fleet.listAgents({ group: "web" })).agents.find((a) => a.id === web.agentId);
     expect(listed?.rebootOverdueSince).toBeDefined();
     expect(await cp.app.db.prisma.notificationEvent.count({ where: { kind: "reboot_overdue", agentId: web.agentId } })).toBe(1);
+    // The CLI says so too.
+    const config = await mkdtemp(path.join(tmpdir(), "rf-reboots-"));
+    try {
+      const cli = (args: string[]) => runInProcess(["--server", cp.url, "--api-key", cp.adminKey, ...args], { env: { REDFLAG_CONFIG_DIR: config } });
+      const since = new Date(rebootTime.getTime() + 10 * 60_000).toISOString();
+      expect((await cli(["agents", "get", web.agentId])).stdout).toContain(`; not back after its reboot (overdue since ${since})`);
+      expect((await cli(["agents", "list", "--group", "web"])).stdout).toMatch(/^\S+\s+web-1\s+.*\s(required, )?overdue$/m);
+    } finally {
+      await rm(config, { recursive: true, force: true });
+    }
   });
 });
