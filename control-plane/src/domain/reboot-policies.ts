@@ -28,7 +28,9 @@ import {
 import type { Prisma } from "../store/types.ts";
 import { enabledWindows } from "../store/windows.ts";
 import type { AuditHook } from "./audit.ts";
+import type { Settings } from "../settings.ts";
 import { storeCommand } from "./store-command.ts";
+import { isBelow } from "./upgrades.ts";
 import { type AgentLabels, windowsAt } from "./windows.ts";
 
 // Reboot policies: what happens after an install, per group, tag or agent. The leader follows
@@ -109,6 +111,8 @@ export interface RebootJobDeps {
   db: Prisma;
   wakeups: Pick<Wakeups, "notify">;
   events: Pick<EventBus, "publish">;
+  // An agent below the minimum supported version may only be upgraded: its reboot waits.
+  settings?: Pick<Settings, "minimumAgentVersion">;
 }
 
 export interface FollowLimits {
@@ -174,7 +178,7 @@ export async function rebootAfterInstalls(deps: RebootJobDeps, now: Date, limits
       continue;
     }
     const at = windowsAt(windows, agent, now);
-    if (at.blackout || (policy.windowOnly && !at.maintenance)) {
+    if (at.blackout || (policy.windowOnly && !at.maintenance) || isBelow(agent.agentVersion, deps.settings?.minimumAgentVersion ?? "")) {
       waiting++;
       continue;
     }

@@ -92,7 +92,7 @@ export interface FinishedCommand {
   finishedAt: Date;
   // Serialized redflag.v1.CommandResult, when the agent sent one.
   result: Uint8Array | null;
-  agent: { id: string; hostname: string; group: string; tags: string[]; rebootRequired: boolean; lastSeenAt: Date | null; decommissionedAt: Date | null };
+  agent: { id: string; hostname: string; group: string; tags: string[]; agentVersion: string; rebootRequired: boolean; lastSeenAt: Date | null; decommissionedAt: Date | null };
 }
 
 // Finished commands of this type (in these states) not followed up yet, oldest first, after the
@@ -120,7 +120,7 @@ export async function commandsToFollow(
       state: true,
       finishedAt: true,
       result: { select: { result: true } },
-      agent: { select: { id: true, hostname: true, group: true, tags: true, rebootRequired: true, lastSeenAt: true, decommissionedAt: true } },
+      agent: { select: { id: true, hostname: true, group: true, tags: true, agentVersion: true, rebootRequired: true, lastSeenAt: true, decommissionedAt: true } },
     },
   });
   return rows.map((r) => ({ ...r, finishedAt: r.finishedAt!, result: r.result?.result ?? null }));

@@ -249,6 +249,17 @@ describe.each(availableBackends)("scheduled installs and reboot policies on %s",
     await m.db.rebootPolicy.deleteMany({});
   });
 
+  it("keeps the reboot of an agent below the minimum supported version waiting until it is upgraded", async () => {
+    const old = await labelled(m.db, "old-1", {});
+    await addRebootPolicy(m.db, policy({ name: "old", agentIds: [old], mode: "always" }), "oscar", recordPolicy);
+    await finishedInstall(m.db, old, new Date("2026-07-01T09:00Z"), true);
+    const deps = { db: m.db, wakeups, events, settings: { minimumAgentVersion: "0.2.0" } };
+    expect(await rebootAfterInstalls(deps, new Date("2026-07-01T09:01Z"))).toEqual({ queued: [], waiting: 1 });
+    await m.db.agent.update({ where: { id: old }, data: { agentVersion: "0.2.0" } });
+    expect((await rebootAfterInstalls(deps, new Date("2026-07-01T09:02Z"))).queued.map((q) => q.agentId)).toEqual([old]);
+    await m.db.rebootPolicy.deleteMany({});
+  });
+
   it("flags a host that does not poll within its return timeout after a reboot, once, and clears the flag when it polls", async () => {
     const late = await labelled(m.db, "late-1", { group: "slow" });
     const prompt = await labelled(m.db, "prompt-1", {});
