@@ -1,6 +1,7 @@
 import { envValues } from "@redflag/common/config-values";
 import path from "node:path";
 
+import { defaultHooksDir } from "./executors/reboot-hooks.ts";
 import { windowsDir } from "./platform.ts";
 
 export const DEFAULT_STATE_DIR = "/var/lib/redflag-agent";
@@ -40,6 +41,9 @@ export interface Config {
   readonly installDir: string | undefined;
   // How long a new release on trial has to complete its first poll cycle (upgrade-trial.ts).
   readonly upgradeTrialSeconds: number;
+  // Where the reboot hooks a Reboot command may name live (executors/reboot-hooks.ts):
+  // REDFLAG_AGENT_HOOKS_DIR, else /etc/redflag-agent/hooks on Linux.
+  readonly hooksDir: string;
 }
 
 // Values command-line flags may set; they win over the environment.
@@ -69,6 +73,7 @@ export const defaultConfig: Config = Object.freeze({
   stopGraceSeconds: 30,
   installDir: undefined,
   upgradeTrialSeconds: 300,
+  hooksDir: defaultHooksDir({}),
 });
 
 // Reads every REDFLAG_AGENT_* setting once, reports all problems together, and returns a frozen object.
@@ -92,6 +97,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, flags: ConfigFlags = {}, cwd 
     stopGraceSeconds: integer("REDFLAG_AGENT_STOP_GRACE_SECONDS", defaultConfig.stopGraceSeconds, 0, 3600),
     installDir: env.REDFLAG_AGENT_INSTALL_DIR ? paths.resolve(cwd, env.REDFLAG_AGENT_INSTALL_DIR) : undefined,
     upgradeTrialSeconds: integer("REDFLAG_AGENT_UPGRADE_TRIAL_SECONDS", defaultConfig.upgradeTrialSeconds, 1, 86400),
+    hooksDir: paths.resolve(cwd, env.REDFLAG_AGENT_HOOKS_DIR || defaultHooksDir(env, platform)),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

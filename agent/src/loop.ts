@@ -9,7 +9,7 @@ import {
   PackageResultState,
   ScanUpdatesSchema,
 } from "@redflag/gen/command_pb";
-import { AgentStatusSchema, AgentUpgradeFailureSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
+import { AgentStatusSchema, AgentUpgradeFailureSchema, PostRebootHookSchema, type SignedAgentConfig, type SignedKeySet } from "@redflag/gen/common_pb";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createBackoff, jittered, sleep } from "./backoff.ts";
 import { createAgentApi, createAgentTransport, type AgentApi } from "./client.ts";
@@ -21,6 +21,7 @@ import { createBreakers } from "./breaker.ts";
 import { createSourceLocks } from "./source-lock.ts";
 import { createHeartbeat } from "./heartbeat.ts";
 import { executeCommand, type ExecutorTable } from "./executors/index.ts";
+import { readPostHook, runPendingPostHook } from "./executors/reboot-hooks.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createHostAccess, type HostAccess } from "./platform.ts";
 import { createSession, type Session } from "./session.ts";
@@ -227,6 +228,14 @@ function createAgent(deps: AgentDeps) {
     }
     return reboot.state;
   };
+  // The post-hook of the last reboot, once the host has restarted since it was scheduled: run in
+  // the background (polls go on meanwhile), its outcome kept and reported in every status until
+  // the next reboot command.
+  void runPendingPostHook(config.stateDir, { dir: config.hooksDir, env: deps.env, signal: commandStop.signal })
+    .then((r) => {
+      if (r?.ran && r.ran.at >= startedAt) logger[r.ran.ok ? "info" : "warn"]({ hook: r.name, commandId: r.commandId, outcome: r.ran.message }, "post-reboot hook ran");
+    })
+    .catch((err: unknown) => logger.warn({ err: describeError(err) }, "cannot run the post-reboot hook"));
   // Only a release on trial confirms, once, after its first complete poll cycle; until then
   // every poll says it is on trial.
   let upgradeConfirmed = !deps.upgradeTrial;
@@ -234,6 +243,7 @@ function createAgent(deps: AgentDeps) {
     // An upgrade this agent tried and abandoned, until the next update_agent replaces it.
     const failure = await readFailure(config.installDir).catch(() => undefined);
     const reboot = await rebootPending();
+    const postHook = await readPostHook(config.stateDir);
     return create(AgentStatusSchema, {
       agentVersion: AGENT_VERSION,
       uptimeSeconds: BigInt(Math.floor((Date.now() - startedAt) / 1000)),
@@ -249,6 +259,9 @@ function createAgent(deps: AgentDeps) {
       upgradeTrial: !upgradeConfirmed,
       upgradeFailure: failure
         ? create(AgentUpgradeFailureSchema, { version: failure.version, reason: failure.reason, time: timestampFromDate(new Date(failure.at)) })
+        : undefined,
+      postRebootHook: postHook?.ran
+        ? create(PostRebootHookSchema, { commandId: postHook.commandId, name: postHook.name, ok: postHook.ran.ok, message: postHook.ran.message, time: timestampFromDate(new Date(postHook.ran.at)) })
         : undefined,
     });
   };
@@ -271,6 +284,8 @@ function createAgent(deps: AgentDeps) {
       stopSignal: commandStop.signal,
       pins: deps.pins,
       installDir: config.installDir,
+      stateDir: config.stateDir,
+      hooksDir: config.hooksDir,
       onTrial: deps.upgradeTrial,
       server: { url: session.registration.serverUrl, caFile: config.caFile ?? session.registration.caFile },
       requestRestart: (reason) => {

@@ -4,7 +4,7 @@ import { Code } from "@connectrpc/connect";
 import { CollectSpecsSchema, type Command, CommandOutcome, DisableHeartbeatSchema, EnableHeartbeatSchema, RebootSchema, ScanUpdatesSchema, SignedCommandSchema, SubsystemRunState } from "@redflag/gen/command_pb";
 import { execFile } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -21,6 +21,7 @@ import { createHostAccess, type HostAccess } from "../src/platform.ts";
 import { fakeHost } from "./support/fake-host.ts";
 import { FAKE_DNF, FAKE_ZYPPER } from "./support/recorded-host-tools.ts";
 import { CONFIRMED_FILE, recordFailure } from "../src/state/upgrade.ts";
+import { readPostHook, rememberPostHook } from "../src/executors/reboot-hooks.ts";
 import { AGENT_VERSION } from "../src/version.ts";
 import { registerAgent, runAgent, readStatus, type RunOptions } from "../src/index.ts";
 import { newSigningKey, signCommand, startFakeControlPlane, type FakeControlPlane } from "./support/fake-control-plane.ts";
@@ -158,6 +159,25 @@ describe("run --once", () => {
     } finally {
       await tools.remove();
     }
+  });
+
+  it("runs the last reboot's post-hook once after the restart and reports its outcome on every poll", async () => {
+    await register();
+    const hooksDir = path.join(root, "hooks");
+    await mkdir(hooksDir, { mode: 0o755 });
+    await chmod(hooksDir, 0o755);
+    await writeFile(path.join(hooksDir, "undrain"), `#!/bin/sh\necho ran >> "${root}/undrain-ran"\necho "back in the pool"\n`);
+    await chmod(path.join(hooksDir, "undrain"), 0o755);
+    // A reboot scheduled long before this host last booted.
+    await rememberPostHook(stateDir, { commandId: "reboot-1", name: "undrain", timeoutSeconds: 5, scheduledAt: 1000 });
+    await once({ hooksDir });
+    const deadline = Date.now() + 10_000;
+    while (!(await readPostHook(stateDir))?.ran && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await once({ hooksDir });
+    expect(cp.polls.at(-1)!.status!.postRebootHook).toMatchObject({ commandId: "reboot-1", name: "undrain", ok: true, message: "ok: back in the pool" });
+    await once({ hooksDir });
+    expect(cp.polls.at(-1)!.status!.postRebootHook?.ok).toBe(true);
+    expect((await readFile(path.join(root, "undrain-ran"), "utf8")).trim().split("\n")).toEqual(["ran"]);
   });
 
   it("fails every kind it does not support yet, without stopping", async () => {

@@ -11,6 +11,8 @@ import { pruneUpgrades } from "./store/upgrades.ts";
 import { noticeAgentHealth, noticeReboots, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
 import { autoApprove } from "./domain/policies.ts";
+import { installInWindows } from "./domain/scheduled-installs.ts";
+import { followReboots, rebootAfterInstalls } from "./domain/reboot-policies.ts";
 
 export interface Scheduler {
   // One round of every job; `now` stands in for the clock (tests).
@@ -28,7 +30,8 @@ export function createScheduler(
   settings: Settings,
   events?: EventBus,
   isLeader: () => boolean = () => true,
-  // Queues the automatic agent upgrades; without it upgrades are only followed, never started.
+  // Queues the automatic agent upgrades, the installs of auto-install windows and the reboots of
+  // reboot policies; without it upgrades and reboots are only followed, nothing is started.
   upgrades?: UpgradeDeps,
   // Routes the notification outbox and sends what is due; without it nothing is sent.
   notifications?: NotifierDeps,
@@ -72,6 +75,7 @@ export function createScheduler(
         if (n && n.failed > 0) logger.warn(n, "some notifications could not be sent (see `redflag notifications deliveries`)");
       }
       await approveByPolicy(now);
+      await windowsAndReboots(now);
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
       if (now.getTime() - lastPrune > 3_600_000) {
@@ -118,6 +122,23 @@ export function createScheduler(
     if (approved.length > 0) {
       logger.info({ updates: approved.length, policies: [...new Set(approved.map((a) => a.policyName))] }, "updates approved by policy");
     }
+  };
+  // Installs inside auto-install maintenance windows, then what reboot policies decide about the
+  // installs that finished, then whether rebooted hosts came back. Each job is bounded per run.
+  const windowsAndReboots = async (now: Date) => {
+    if (upgrades) {
+      const deps = { db, wakeups: upgrades.wakeups, events: upgrades.events, settings };
+      const installs = await installInWindows(deps, now);
+      if (installs.queued.length > 0) {
+        logger.info({ agents: installs.queued.length, windows: [...new Set(installs.queued.map((q) => q.window))] }, "installs queued in maintenance windows");
+      }
+      const reboots = await rebootAfterInstalls(deps, now);
+      if (reboots.queued.length > 0) {
+        logger.info({ agents: reboots.queued.map((r) => r.agentId), policies: [...new Set(reboots.queued.map((r) => r.policyName))] }, "reboots queued by reboot policy");
+      }
+    }
+    const back = await followReboots(db, now);
+    if (back.overdue.length > 0) logger.warn({ agents: back.overdue }, "hosts did not come back after a reboot (notified)");
   };
   const timer = setInterval(() => void tick(), config.sweepIntervalMs);
   timer.unref();

@@ -46,7 +46,11 @@ describe("CreateCommand checks what each action asks", () => {
       /^confirm_dependencies\.changes\[0\]\.to_version is required \(only a removal has none\)$/,
     ],
     ["rollback without a version", { case: "rollbackUpdate", value: { $typeName: "redflag.v1.RollbackUpdate", package: ref("apt", "curl"), targetVersion: "" } }, /^rollback_update\.target_version is required$/],
-    ["a reboot a month away", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 30 * 86_400, message: "", force: false } }, /^reboot\.delay_seconds must be at most 604800/],
+    ["a reboot a month away", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 30 * 86_400, message: "", force: false, preHook: "", postHook: "", hookTimeoutSeconds: 0 } }, /^reboot\.delay_seconds must be at most 604800/],
+    // A hook is a name the host's owner installed, never a path or a command line.
+    ["a reboot hook that is a path", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 0, message: "", force: false, preHook: "../../bin/sh", postHook: "", hookTimeoutSeconds: 0 } }, /^reboot\.pre_hook "\.\.\/\.\.\/bin\/sh" is not a hook name/],
+    ["a reboot hook that is a command line", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 0, message: "", force: false, preHook: "", postHook: "curl x|sh", hookTimeoutSeconds: 0 } }, /^reboot\.post_hook "curl x\|sh" is not a hook name/],
+    ["a reboot hook running an hour", { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 0, message: "", force: false, preHook: "drain", postHook: "", hookTimeoutSeconds: 3600 } }, /^reboot\.hook_timeout_seconds must be at most 1800/],
     ["a scan of a nonsense subsystem", { case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems: ["apt; rm -rf /"] } }, /^scan_updates\.subsystems\[0\] "apt; rm -rf \/" is not a subsystem name/],
   ])("refuses %s with InvalidArgument and stores nothing", async (_, action, message) => {
     const before = await cp.app.db.prisma.command.count();

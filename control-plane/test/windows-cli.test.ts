@@ -33,7 +33,7 @@ describe("redflag windows", () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/--rrule <rule>\s+RFC 5545 RRULE/);
     const examples = help.stdout.split("\n").filter((l) => l.trim().startsWith("redflag windows "));
-    expect(examples).toHaveLength(3);
+    expect(examples).toHaveLength(4);
     for (const line of examples) {
       const run = await admin(words(line.trim()).slice(1));
       expect(run.code, `${line}\n${run.stderr}`).toBe(0);
@@ -41,6 +41,7 @@ describe("redflag windows", () => {
     const list = await admin(["windows", "list"]);
     expect(list.stdout).toMatch(/^NAME\s+KIND\s+RRULE\s+START\s+DURATION\s+TIME ZONE\s+APPLIES TO\s+STATE\s+NEXT \(UTC\)\s+ID$/m);
     expect(list.stdout).toMatch(/^db saturdays\s+maintenance\s+FREQ=WEEKLY;BYDAY=SA\s+2026-01-03T22:00:00\s+4h\s+Europe\/Berlin\s+group:db\s+(closed|open until \S+)\s+\S+\s+\S+$/m);
+    expect(list.stdout).toMatch(/^web patch nights\s+maintenance \(auto-install\)\s+FREQ=WEEKLY;BYDAY=TU,TH\s+2026-01-06T01:00:00\s+3h\s+UTC\s+group:web\s/m);
     expect(list.stdout).toMatch(/^year-end freeze\s+blackout\s+FREQ=YEARLY\s+2026-12-20T00:00:00\s+16d\s+America\/New_York\s+all agents\s/m);
     expect(await runInProcess(["windows", "--help"])).toMatchObject({ code: 0, stdout: expect.stringMatching(/create \[options\]\s+add a window/) });
   });
@@ -80,6 +81,11 @@ describe("redflag windows", () => {
     const forAgent = await admin(["windows", "list", "--agent", web.agentId]);
     expect(forAgent.stdout).toMatch(/^web quiet\s+blackout\s+FREQ=DAILY\s+2026-01-01T03:00:00\s+30m\s+UTC\s+agent:\S+\s+disabled\s+\S+$/m);
     expect(forAgent.stdout).toMatch(/^db saturdays\s/m);
+    // Auto-install is for maintenance windows: refused on this blackout, changing nothing; then off again.
+    const blackout = await admin(["windows", "update", "web quiet", "--auto-install"]);
+    expect(blackout).toEqual({ code: 1, stdout: "", stderr: "redflag: InvalidArgument: window.auto_install is for maintenance windows: a blackout window installs nothing\n" });
+    expect((await admin(["windows", "update", "web patch nights", "--no-auto-install"])).code).toBe(0);
+    expect((await admin(["windows", "list"])).stdout).toMatch(/^web patch nights\s+maintenance\s+FREQ/m);
     expect(await admin(["windows", "delete", "web quiet"])).toEqual({ code: 0, stdout: 'window "web quiet" deleted\n', stderr: "" });
     expect(await admin(["windows", "delete", "web quiet"])).toEqual({ code: 1, stdout: "", stderr: "redflag: no window is named web quiet; `redflag windows list` shows them\n" });
   });

@@ -55,6 +55,8 @@ export interface ExecuteOptions {
   stopSignal?: AbortSignal | undefined;
   pins?: PinnedKeys | undefined;
   installDir?: string | undefined;
+  stateDir?: string | undefined;
+  hooksDir?: string | undefined;
   onTrial?: boolean | undefined;
   server?: { url: string; caFile: string | undefined } | undefined;
   requestRestart?: ((reason: string) => void) | undefined;
@@ -134,6 +136,8 @@ async function runWithLimits(
           logger: opts.logger,
           pins: opts.pins ?? new Map(),
           installDir: opts.installDir,
+          stateDir: opts.stateDir,
+          hooksDir: opts.hooksDir,
           onTrial: opts.onTrial,
           server: opts.server,
           requestRestart: opts.requestRestart ?? (() => {}),

@@ -5,6 +5,7 @@ import { CommandOutcome, RebootResultSchema } from "@redflag/gen/command_pb";
 import { runProcess, tail, which } from "../run-process.ts";
 import { createHostAccess } from "../platform.ts";
 import { rebootRequired, type RebootState } from "../system.ts";
+import { defaultHooksDir, rememberPostHook, runHook } from "./reboot-hooks.ts";
 import type { Executor, ExecutorOutcome } from "./types.ts";
 
 // The restart is always at least a minute away, so the agent can journal and report the
@@ -35,11 +36,18 @@ export function rebootPlan(platform: NodeJS.Platform, tool: string, delaySeconds
 
 type RebootCheck = () => Promise<RebootState>;
 
+export interface RebootOptions {
+  // Whom a hook may belong to (tests run as a user, not root); root and the agent's user by default.
+  trustedOwner?: (uid: number) => boolean;
+}
+
 // `check` says whether the host needs a reboot (tests give their own); by default the host's own
-// flags (system.ts).
-export const createReboot = (check?: RebootCheck): Executor => async (ctx): Promise<ExecutorOutcome> => {
+// flags (system.ts). A pre-hook runs right before the restart is scheduled and a failure cancels
+// it; a post-hook is kept in the state directory and run at the first start after the restart
+// (reboot-hooks.ts), its outcome reported in the agent's status.
+export const createReboot = (check?: RebootCheck, options: RebootOptions = {}): Executor => async (ctx): Promise<ExecutorOutcome> => {
   if (ctx.command.action.case !== "reboot") throw new Error("not a reboot command");
-  const { delaySeconds, message, force } = ctx.command.action.value;
+  const { delaySeconds, message, force, preHook, postHook, hookTimeoutSeconds } = ctx.command.action.value;
   if (delaySeconds > MAX_DELAY_SECONDS) {
     return { outcome: CommandOutcome.FAILED, message: `reboot delay ${delaySeconds}s is above the 7-day limit` };
   }
@@ -70,6 +78,21 @@ export const createReboot = (check?: RebootCheck): Executor => async (ctx): Prom
   if (!tool) return { outcome: CommandOutcome.FAILED, message: "cannot reboot: shutdown is not available on this host" };
   const plan = rebootPlan(process.platform, tool, delaySeconds, message);
   if (!plan) return { outcome: CommandOutcome.FAILED, message: `reboot is not supported on ${process.platform}` };
+  if (postHook && !ctx.stateDir) return { outcome: CommandOutcome.FAILED, message: "cannot keep a post-reboot hook: this agent has no state directory" };
+
+  const hooksDir = ctx.hooksDir ?? defaultHooksDir(ctx.env);
+  let preHookOutcome = "";
+  if (preHook) {
+    const hook = await runHook(preHook, { dir: hooksDir, timeoutSeconds: hookTimeoutSeconds, phase: "pre", commandId: ctx.command.id, signal: ctx.signal, env: ctx.env, ...options });
+    preHookOutcome = hook.message;
+    if (!hook.ok) {
+      return {
+        outcome: CommandOutcome.FAILED,
+        message: `reboot cancelled, the pre-hook did not succeed: ${hook.message}`,
+        detail: { case: "reboot", value: create(RebootResultSchema, { scheduled: false, wasRequired: required.required, preHookOutcome }) },
+      };
+    }
+  }
 
   const res = await runProcess(plan.argv, { env: ctx.env, signal: ctx.signal, timeoutMs: 30_000 });
   if (res.exitCode !== 0) {
@@ -77,15 +100,23 @@ export const createReboot = (check?: RebootCheck): Executor => async (ctx): Prom
     return { outcome: CommandOutcome.FAILED, message: `could not schedule the reboot: ${why}` };
   }
   const at = Date.now() + plan.delaySeconds * 1000;
+  // This reboot replaces what the last one left to do after its restart.
+  let kept = "";
+  if (ctx.stateDir) {
+    kept = await rememberPostHook(ctx.stateDir, postHook ? { commandId: ctx.command.id, name: postHook, timeoutSeconds: hookTimeoutSeconds, scheduledAt: Date.now() } : undefined).then(
+      () => (postHook ? `; post-hook ${postHook} runs after the restart` : ""),
+      (err: unknown) => (postHook ? `; the post-hook ${postHook} could not be kept and will not run: ${(err as Error).message}` : ""),
+    );
+  }
   const because = required.required
     ? `required${required.by.length ? ` by ${required.by.slice(0, 5).join(", ")}` : ""}`
     : "forced";
   return {
     outcome: CommandOutcome.SUCCEEDED,
-    message: `reboot scheduled for ${new Date(at).toISOString()} (${because})`,
+    message: `reboot scheduled for ${new Date(at).toISOString()} (${because})${preHook ? `; pre-hook ${preHook} ${preHookOutcome}` : ""}${kept}`,
     detail: {
       case: "reboot",
-      value: create(RebootResultSchema, { scheduled: true, rebootTime: timestampFromMs(at), wasRequired: required.required }),
+      value: create(RebootResultSchema, { scheduled: true, rebootTime: timestampFromMs(at), wasRequired: required.required, preHookOutcome }),
     },
   };
 };

@@ -36,6 +36,10 @@ export interface ExecutorContext {
   readonly installDir: string | undefined;
   // True in a new release on trial (upgrade-trial.ts): it refuses update_agent until switched to.
   readonly onTrial?: boolean | undefined;
+  // The agent's state directory (a reboot's post-hook is kept there across the restart) and its
+  // hooks directory; undefined outside the poll loop (then the OS default hooks directory).
+  readonly stateDir?: string | undefined;
+  readonly hooksDir?: string | undefined;
   // Asks the agent to exit once this command's result is reported (a new release is in place).
   readonly requestRestart: (reason: string) => void;
 }

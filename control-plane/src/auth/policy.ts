@@ -75,8 +75,8 @@ allow(ReportService, "viewer");
 // Windows only narrow when installs and reboots may happen, never widen what anyone may do, and
 // the people who install and reboot (operators) are the ones who plan when: operators manage
 // them, blackouts included; every change is audited. Everyone who reads the fleet sees them.
-allow(MaintenanceService, "viewer", ["ListWindows", "PreviewWindow"]);
-allow(MaintenanceService, "operator", ["CreateWindow", "UpdateWindow", "DeleteWindow"]);
+allow(MaintenanceService, "viewer", ["ListWindows", "PreviewWindow", "ListRebootPolicies"]);
+allow(MaintenanceService, "operator", ["CreateWindow", "UpdateWindow", "DeleteWindow", "CreateRebootPolicy", "UpdateRebootPolicy", "DeleteRebootPolicy"]);
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is
 // no secret (agents download it without credentials), so everyone who reads the fleet sees it.
 // Fleet upgrades replace agents as root like update_agent: admins only; their progress is fleet

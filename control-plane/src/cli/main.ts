@@ -8,6 +8,7 @@ import { registerCommands } from "./commands/commands.ts";
 import { registerHolds } from "./commands/holds.ts";
 import { registerNotifications } from "./commands/notifications.ts";
 import { registerPolicies } from "./commands/policies.ts";
+import { registerRebootPolicies } from "./commands/reboot-policies.ts";
 import { registerReleases } from "./commands/releases.ts";
 import { registerReports } from "./commands/reports.ts";
 import { registerSecurity } from "./commands/security.ts";
@@ -42,6 +43,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerHolds,
     registerPolicies,
     registerWindows,
+    registerRebootPolicies,
     registerSettings,
     registerSecurity,
     registerSession,

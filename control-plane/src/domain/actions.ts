@@ -1,3 +1,4 @@
+import { HOOK_NAME, HOOK_NAME_RULE, MAX_HOOK_TIMEOUT_SECONDS } from "@redflag/common/reboot-hooks";
 import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
@@ -92,6 +93,11 @@ export function prepareAction(action: Command["action"]): Command["action"] {
     case "reboot":
       if (action.value.delaySeconds > 7 * 86_400) throw invalid("reboot.delay_seconds must be at most 604800 (7 days)");
       text("reboot.message", action.value.message, { max: 200 });
+      for (const field of ["pre_hook", "post_hook"] as const) {
+        const name = field === "pre_hook" ? action.value.preHook : action.value.postHook;
+        if (name !== "" && !HOOK_NAME.test(name)) throw invalid(`reboot.${field} "${name.slice(0, 64)}" is not a hook name: ${HOOK_NAME_RULE}`);
+      }
+      if (action.value.hookTimeoutSeconds > MAX_HOOK_TIMEOUT_SECONDS) throw invalid(`reboot.hook_timeout_seconds must be at most ${MAX_HOOK_TIMEOUT_SECONDS} (30 minutes)`);
       return action;
     case "enableHeartbeat": {
       const { intervalSeconds, duration } = action.value;

@@ -14,6 +14,7 @@ import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";
 import { requireSupportedVersion } from "./upgrades.ts";
 import { boundInstall, windowGate } from "./windows.ts";
+import { linkedInstalls } from "../store/windows.ts";
 
 // Pending updates and what operators decide about them: approve, reject, install. A selection
 // (UpdateFilter, checked by the adapter) names the updates; held packages are never approved
@@ -51,8 +52,8 @@ export async function updatePage(db: Prisma, filter: UpdateFilter, page: { offse
 
 export interface InstallDeps {
   db: Prisma;
-  wakeups: Wakeups;
-  events: EventBus;
+  wakeups: Pick<Wakeups, "notify">;
+  events: Pick<EventBus, "publish">;
   settings: Pick<Settings, "minimumAgentVersion">;
   // The clock maintenance and blackout windows are read with.
   now?: () => Date;
@@ -68,9 +69,19 @@ export async function installApproved(
   filter: UpdateFilter,
   creator: { createdBy: string; createdByKind: CommandCreator },
   record: AuditHook<InstallQueued>,
+  // Only updates no install has been tried for since this time: none linked, or the linked one
+  // finished and was queued before it (a window's scheduled install: not twice in one opening).
+  untriedSince?: Date,
 ): Promise<{ commands: CommandRow[]; packages: number }> {
   const { db } = deps;
-  const rows = await approvedUpdates(db, filter);
+  let rows = await approvedUpdates(db, filter);
+  if (untriedSince) {
+    const linked = await linkedInstalls(db, [...new Set(rows.map((r) => r.commandId).filter((id): id is string => id !== null))]);
+    rows = rows.filter((r) => {
+      const c = r.commandId ? linked.get(r.commandId) : undefined;
+      return !c || (c.state !== "pending" && c.state !== "sent" && c.createdAt < untriedSince);
+    });
+  }
   const isHeld = heldBy(await holdsFor(db, [...new Set(rows.map((r) => r.agentId))]));
   const byAgent = new Map<string, typeof rows>();
   for (const r of rows) if (!isHeld(r)) byAgent.set(r.agentId, [...(byAgent.get(r.agentId) ?? []), r]);

@@ -73,6 +73,7 @@ export function agentToProto(row: AgentRow, now: Date, pollIntervalSeconds: numb
   return create(AgentSchema, {
     upgradeRequired: !row.decommissionedAt && isBelow(row.agentVersion, minimumVersion),
     rebootRequired: row.rebootRequired,
+    rebootOverdueSince: row.rebootOverdueSince ? ts(row.rebootOverdueSince) : undefined,
     updatesBySeverity: row.updates.bySeverity ?? {},
     tags: row.tags ?? [],
     group: row.group ?? "",

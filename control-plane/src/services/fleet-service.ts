@@ -156,7 +156,7 @@ export function createFleetService(deps: FleetServiceDeps): ServiceImpl<typeof F
     async rebootAgent(req, ctx) {
       const row = await active(req.agentId);
       return {
-        command: await queue(ctx, row.id, { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: req.delaySeconds, message: req.message, force: req.force } }),
+        command: await queue(ctx, row.id, { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: req.delaySeconds, message: req.message, force: req.force, preHook: "", postHook: "", hookTimeoutSeconds: 0 } }),
       };
     },
 

@@ -3,6 +3,11 @@ import { type Duration, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import {
   MaintenanceService,
+  type RebootPolicy,
+  RebootMode,
+  RebootPolicySchema,
+  type RebootPolicySpec,
+  RebootPolicySpecSchema,
   type Window,
   WindowKind,
   WindowOccurrenceSchema,
@@ -11,7 +16,10 @@ import {
   WindowSpecSchema,
 } from "@redflag/gen/maintenance_service_pb";
 import { LABEL, LABEL_RULE, normaliseLabel } from "@redflag/common/labels";
+import { HOOK_NAME, HOOK_NAME_RULE, DEFAULT_HOOK_TIMEOUT_SECONDS, MAX_HOOK_TIMEOUT_SECONDS } from "@redflag/common/reboot-hooks";
 import { compileRecurrence, MAX_PREVIEW } from "../domain/recurrence.ts";
+import { addRebootPolicy, changeRebootPolicy, DEFAULT_RETURN_TIMEOUT_SECONDS, removeRebootPolicy } from "../domain/reboot-policies.ts";
+import { listRebootPolicies, type RebootPolicyInput, type RebootPolicyRow } from "../store/reboot-policies.ts";
 import { addWindow, appliesTo, changeWindow, removeWindow, scheduleOf } from "../domain/windows.ts";
 import type { Prisma } from "../store/types.ts";
 import { agentLabels, getWindow, listWindows, type WindowInput, type WindowRow } from "../store/windows.ts";
@@ -26,6 +34,14 @@ function seconds(field: string, d: Duration | undefined): number {
   if (!d) throw invalid(`${field} is required (for example 4h)`);
   if (d.nanos !== 0) throw invalid(`${field} must be whole seconds`);
   if (d.seconds < 0n || d.seconds > 10n ** 9n) throw invalid(`${field} must be from 1 minute to 31 days`);
+  return Number(d.seconds);
+}
+
+// A bounded duration in whole seconds; `fallback` when unset.
+function boundedSeconds(field: string, d: Duration | undefined, min: number, max: number, words: string, fallback: number): number {
+  if (!d) return fallback;
+  if (d.nanos !== 0) throw invalid(`${field} must be whole seconds`);
+  if (d.seconds < BigInt(min) || d.seconds > BigInt(max)) throw invalid(`${field} must be from ${words}`);
   return Number(d.seconds);
 }
 
@@ -50,32 +66,86 @@ const recurrenceOf = (spec: WindowSpec) => ({
   timeZone: spec.timeZone,
 });
 
+// The agents a window or a reboot policy names (`field`: "window" or "policy").
+function targetsOf(field: string, t: WindowSpec["targets"]) {
+  const groups = labels(`${field}.targets.groups`, t?.groups ?? []);
+  const tags = labels(`${field}.targets.tags`, t?.tags ?? []);
+  const agentIds = t?.agentIds ?? [];
+  if (agentIds.length > MAX_TARGETS) throw invalid(`${field}.targets.agent_ids has more than ${MAX_TARGETS} entries`);
+  const allAgents = t?.allAgents ?? false;
+  if (!allAgents && groups.length + tags.length + agentIds.length === 0) {
+    throw invalid(`${field}.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet`);
+  }
+  return { allAgents, groups, tags, agentIds: [...new Set(agentIds.map((id, i) => uuid(`${field}.targets.agent_ids[${i}]`, id)))] };
+}
+
 // A spec checked on the wire; the recurrence itself is checked by the domain.
 function windowInput(spec: WindowSpec | undefined): WindowInput {
   if (!spec) throw invalid("window is required");
   const name = text("window.name", spec.name.trim(), { max: 64, required: true });
   const kind = KINDS[spec.kind];
   if (!kind) throw invalid("window.kind must be MAINTENANCE or BLACKOUT");
-  const t = spec.targets;
-  const groups = labels("window.targets.groups", t?.groups ?? []);
-  const tags = labels("window.targets.tags", t?.tags ?? []);
-  const agentIds = t?.agentIds ?? [];
-  if (agentIds.length > MAX_TARGETS) throw invalid(`window.targets.agent_ids has more than ${MAX_TARGETS} entries`);
-  const allAgents = t?.allAgents ?? false;
-  if (!allAgents && groups.length + tags.length + agentIds.length === 0) {
-    throw invalid("window.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
-  }
   return {
     name,
     kind,
     ...recurrenceOf(spec),
-    allAgents,
-    groups,
-    tags,
-    agentIds: [...new Set(agentIds.map((id, i) => uuid(`window.targets.agent_ids[${i}]`, id)))],
+    ...targetsOf("window", spec.targets),
+    enabled: spec.enabled,
+    autoInstall: autoInstallOf(kind, spec.autoInstall),
+  };
+}
+
+function autoInstallOf(kind: WindowInput["kind"], autoInstall: boolean): boolean {
+  if (autoInstall && kind === "blackout") throw invalid("window.auto_install is for maintenance windows: a blackout window installs nothing");
+  return autoInstall;
+}
+
+const MODES: Record<number, RebootPolicyInput["mode"]> = { [RebootMode.NEVER]: "never", [RebootMode.WHEN_REQUIRED]: "when_required", [RebootMode.ALWAYS]: "always" };
+const MODE_PROTO = { never: RebootMode.NEVER, when_required: RebootMode.WHEN_REQUIRED, always: RebootMode.ALWAYS } as const;
+
+function hook(field: string, name: string): string {
+  if (name !== "" && !HOOK_NAME.test(name)) throw invalid(`${field} "${name.slice(0, 64)}" is not a hook name (the name of an executable in the agent's hooks directory): ${HOOK_NAME_RULE}`);
+  return name;
+}
+
+function rebootPolicyInput(spec: RebootPolicySpec | undefined): RebootPolicyInput {
+  if (!spec) throw invalid("policy is required");
+  const mode = MODES[spec.mode];
+  if (!mode) throw invalid("policy.mode must be NEVER, WHEN_REQUIRED or ALWAYS");
+  return {
+    name: text("policy.name", spec.name.trim(), { max: 64, required: true }),
+    ...targetsOf("policy", spec.targets),
+    mode,
+    windowOnly: spec.windowOnly,
+    preHook: hook("policy.pre_hook", spec.preHook),
+    postHook: hook("policy.post_hook", spec.postHook),
+    hookTimeoutSeconds: boundedSeconds("policy.hook_timeout", spec.hookTimeout, 1, MAX_HOOK_TIMEOUT_SECONDS, "1 second to 30 minutes", DEFAULT_HOOK_TIMEOUT_SECONDS),
+    returnTimeoutSeconds: boundedSeconds("policy.return_timeout", spec.returnTimeout, 60, 86_400, "1 minute to 24 hours", DEFAULT_RETURN_TIMEOUT_SECONDS),
     enabled: spec.enabled,
   };
 }
+
+const rebootPolicyToProto = (row: RebootPolicyRow): RebootPolicy =>
+  create(RebootPolicySchema, {
+    id: row.id,
+    spec: create(RebootPolicySpecSchema, {
+      name: row.name,
+      targets: { allAgents: row.allAgents, groups: row.groups, tags: row.tags, agentIds: row.agentIds },
+      mode: MODE_PROTO[row.mode],
+      windowOnly: row.windowOnly,
+      preHook: row.preHook,
+      postHook: row.postHook,
+      hookTimeout: { seconds: BigInt(row.hookTimeoutSeconds), nanos: 0 },
+      returnTimeout: { seconds: BigInt(row.returnTimeoutSeconds), nanos: 0 },
+      enabled: row.enabled,
+    }),
+    createdBy: row.createdBy,
+    createTime: timestampFromDate(row.createdAt),
+    updateTime: timestampFromDate(row.updatedAt),
+  });
+
+// A reboot policy as its audit entries keep it.
+const rebootPolicyJson = ({ createdAt: _c, updatedAt: _u, createdBy: _b, ...rest }: RebootPolicyRow) => rest;
 
 export function createMaintenanceService(db: Prisma, now: () => Date = () => new Date()): ServiceImpl<typeof MaintenanceService> {
   const toProto = (row: WindowRow, at: Date): Window => {
@@ -93,6 +163,7 @@ export function createMaintenanceService(db: Prisma, now: () => Date = () => new
         timeZone: row.timeZone,
         targets: { allAgents: row.allAgents, groups: row.groups, tags: row.tags, agentIds: row.agentIds },
         enabled: row.enabled,
+        autoInstall: row.autoInstall ?? false,
       }),
       createdBy: row.createdBy,
       createTime: timestampFromDate(row.createdAt),
@@ -152,6 +223,29 @@ export function createMaintenanceService(db: Prisma, now: () => Date = () => new
       );
       return { occurrences };
     },
+
+    async listRebootPolicies() {
+      return { policies: (await listRebootPolicies(db)).map(rebootPolicyToProto) };
+    },
+
+    async createRebootPolicy(req, ctx) {
+      const row = await addRebootPolicy(db, rebootPolicyInput(req.policy), callerName(ctx), (tx, row) => audit(tx, ctx, { target: `reboot_policy:${row.id}`, after: rebootPolicyJson(row) }));
+      return { policy: rebootPolicyToProto(row) };
+    },
+
+    async updateRebootPolicy(req, ctx) {
+      const id = uuid("id", req.id);
+      const row = await changeRebootPolicy(db, id, rebootPolicyInput(req.policy), now(), (tx, { before, after }) =>
+        audit(tx, ctx, { target: `reboot_policy:${id}`, before: rebootPolicyJson(before), after: rebootPolicyJson(after) }),
+      );
+      return { policy: rebootPolicyToProto(row) };
+    },
+
+    async deleteRebootPolicy(req, ctx) {
+      const id = uuid("id", req.id);
+      await removeRebootPolicy(db, id, (tx, row) => audit(tx, ctx, { target: `reboot_policy:${id}`, before: rebootPolicyJson(row) }));
+      return {};
+    },
   };
 }
 
@@ -169,4 +263,5 @@ const windowJson = (w: WindowRow) => ({
   tags: w.tags,
   agentIds: w.agentIds,
   enabled: w.enabled,
+  autoInstall: w.autoInstall ?? false,
 });

@@ -441,6 +441,7 @@ const agentListSelect = {
   tags: true,
   group: true,
   rebootRequired: true,
+  rebootOverdueSince: true,
 } as const;
 
 export interface UpdateCounts {

@@ -16,6 +16,8 @@ export interface WindowInput {
   tags: string[];
   agentIds: string[];
   enabled: boolean;
+  // Maintenance windows only: queue the approved updates' install while open (false if unset).
+  autoInstall?: boolean;
 }
 
 export interface WindowRow extends WindowInput {
@@ -89,4 +91,37 @@ export async function updateWindow(tx: Tx, id: string, input: WindowInput, now: 
 
 export async function deleteWindow(tx: Tx, id: string): Promise<void> {
   await tx.maintenanceWindow.deleteMany({ where: { id } });
+}
+
+// The labels a window or a reboot policy picks agents by.
+export interface Targets {
+  allAgents: boolean;
+  groups: string[];
+  tags: string[];
+  agentIds: string[];
+}
+
+// Agents these targets pick (not decommissioned), after `afterId` in ID order, that have an
+// approved update no install has been tried for since `since`: none linked, the linked one gone,
+// or the linked one finished and queued before `since`. At most `limit`.
+export async function agentsWithUntriedUpdates(db: Prisma | Tx, targets: Targets, since: Date, afterId: string, limit: number): Promise<string[]> {
+  const rows = await db.$queryRaw<{ agent_id: string }[]>`
+    SELECT DISTINCT u.agent_id::text AS agent_id
+      FROM package_updates u
+      JOIN agents a ON a.id = u.agent_id
+      LEFT JOIN commands c ON c.id = u.command_id
+     WHERE u.status = 'approved' AND a.decommissioned_at IS NULL
+       AND (u.command_id IS NULL OR c.id IS NULL OR (c.state NOT IN ('pending', 'sent') AND c.created_at < ${since}))
+       AND (${targets.allAgents} OR a."group" = ANY(${targets.groups}::text[]) OR a.tags && ${targets.tags}::text[] OR a.id = ANY(${targets.agentIds}::uuid[]))
+       AND u.agent_id > ${afterId}::uuid
+     ORDER BY 1
+     LIMIT ${limit}`;
+  return rows.map((r) => r.agent_id);
+}
+
+// The install commands these updates are linked to: state and when each was queued.
+export async function linkedInstalls(db: Prisma | Tx, ids: readonly string[]): Promise<Map<string, { state: string; createdAt: Date }>> {
+  if (ids.length === 0) return new Map();
+  const rows = await db.command.findMany({ where: { id: { in: [...ids] } }, select: { id: true, state: true, createdAt: true } });
+  return new Map(rows.map((r) => [r.id, { state: r.state, createdAt: r.createdAt }]));
 }

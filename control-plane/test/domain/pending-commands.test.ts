@@ -25,7 +25,7 @@ const caller = (recorded: { merged: boolean }[] = []): CommandCaller => ({
   },
 });
 const scan = (...subsystems: string[]): Command["action"] => ({ case: "scanUpdates", value: { $typeName: "redflag.v1.ScanUpdates", subsystems } });
-const reboot: Command["action"] = { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 0, message: "", force: false } };
+const reboot: Command["action"] = { case: "reboot", value: { $typeName: "redflag.v1.Reboot", delaySeconds: 0, message: "", force: false, preHook: "", postHook: "", hookTimeoutSeconds: 0 } };
 const pkg = (name: string, version = "") => create(PackageRefSchema, { source: "apt", name, version, architecture: "amd64" });
 const install = (...packages: ReturnType<typeof pkg>[]): Command["action"] => ({ case: "installUpdates", value: { $typeName: "redflag.v1.InstallUpdates", packages, sources: [] } });
 const installSources = (...sources: string[]): Command["action"] => ({ case: "installUpdates", value: { $typeName: "redflag.v1.InstallUpdates", packages: [], sources } });

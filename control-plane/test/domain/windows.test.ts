@@ -26,7 +26,7 @@ const oscar: CommandCaller = {
   creator: { createdBy: "oscar", createdByKind: "person" },
   record: (tx, { row }) => auditAs("CreateCommand", CommandService, `agent:${row.agentId}`)(tx, undefined),
 };
-const reboot = { case: "reboot" as const, value: { $typeName: "redflag.v1.Reboot" as const, delaySeconds: 0, message: "", force: false } };
+const reboot = { case: "reboot" as const, value: { $typeName: "redflag.v1.Reboot" as const, delaySeconds: 0, message: "", force: false, preHook: "", postHook: "", hookTimeoutSeconds: 0 } };
 const scan = { case: "scanUpdates" as const, value: { $typeName: "redflag.v1.ScanUpdates" as const, subsystems: [] } };
 const install = (name: string) => ({
   case: "installUpdates" as const,

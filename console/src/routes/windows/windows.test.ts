@@ -31,6 +31,8 @@ function fakeServer(initial: Window[] = []) {
   const routes = (router: ConnectRouter) =>
     router.service(MaintenanceService, {
       listWindows: () => ({ windows }),
+      // The page's reboot policies (RebootPolicies.svelte, tested in reboot-policies.test.ts).
+      listRebootPolicies: () => ({ policies: [] }),
       createWindow(req) {
         checkWindowSpec(req.window!);
         created.push(req.window!);
@@ -105,10 +107,24 @@ describe("the maintenance windows page", () => {
 
     await fireEvent.click(screen.getByRole("button", { name: "Create window" }));
     await waitFor(() => expect(server.created).toHaveLength(1));
-    expect(server.created[0]).toMatchObject({ name: "db saturdays", kind: WindowKind.MAINTENANCE, targets: { groups: ["db", "web"], allAgents: false } });
+    expect(server.created[0]).toMatchObject({ name: "db saturdays", kind: WindowKind.MAINTENANCE, targets: { groups: ["db", "web"], allAgents: false }, autoInstall: false });
     expect(server.created[0]!.duration?.seconds).toBe(14_400n);
     expect(await screen.findByTestId("window")).toBeTruthy();
     expect(notices.list.at(-1)?.text).toBe("Window db saturdays created.");
+  });
+
+  it("creates a maintenance window that installs approved updates while open, and says so in the list", async () => {
+    const server = fakeServer();
+    renderWithApi(Windows, server.routes);
+    await screen.findByText(/No windows yet/);
+    await fireEvent.input(screen.getByLabelText("Name"), { target: { value: "web nights" } });
+    await fireEvent.input(screen.getByLabelText("First start (local)"), { target: { value: "2026-01-06T01:00" } });
+    await fireEvent.input(screen.getByLabelText("Groups"), { target: { value: "web" } });
+    await fireEvent.click(screen.getByLabelText("Install approved updates while open"));
+    await fireEvent.click(screen.getByRole("button", { name: "Create window" }));
+    await waitFor(() => expect(server.created).toHaveLength(1));
+    expect(server.created[0]).toMatchObject({ name: "web nights", kind: WindowKind.MAINTENANCE, autoInstall: true });
+    expect((await screen.findByTestId("window")).textContent).toContain("maintenance (installs approved updates)");
   });
 
   it("shows the server's reason and a bad duration without saving", async () => {

@@ -27,8 +27,9 @@ const HEALTH_NAMES = ["online", "offline", "stale", "never_reported", "decommiss
 function rebootLine(a: Agent): string {
   const by = a.status?.rebootRequiredBy ?? [];
   const unknown = a.status?.rebootRequiredUnknown;
-  if (a.rebootRequired) return `required${by.length ? ` (by ${by.join(", ")})` : ""}`;
-  return unknown ? `not required as far as read (${unknown})` : "not required";
+  const overdue = a.rebootOverdueSince ? `; not back after its reboot (overdue since ${time(a.rebootOverdueSince)!.toISOString()})` : "";
+  if (a.rebootRequired) return `required${by.length ? ` (by ${by.join(", ")})` : ""}${overdue}`;
+  return `${unknown ? `not required as far as read (${unknown})` : "not required"}${overdue}`;
 }
 
 // redflag agents: registered agents (their upgrades: agent-upgrades.ts).
@@ -70,7 +71,7 @@ export function registerAgents(program: Command, cli: CliContext): void {
             a.upgradeRequired ? `${a.agentVersion} (upgrade required)` : a.agentVersion,
             ago(time(a.lastSeenTime)),
             a.lastScanTime ? `${a.pendingUpdateCount} (${a.securityUpdateCount} security)` : "not scanned",
-            a.rebootRequired ? "required" : "",
+            [a.rebootRequired ? "required" : "", a.rebootOverdueSince ? "overdue" : ""].filter(Boolean).join(", "),
           ]),
         ),
       );

@@ -250,7 +250,7 @@ async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRe
     case "reboot":
       return {
         case: "reboot",
-        value: { $typeName: "redflag.v1.Reboot", delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true },
+        value: { $typeName: "redflag.v1.Reboot", delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true, preHook: "", postHook: "", hookTimeoutSeconds: 0 },
       };
     case "enable_heartbeat":
       return {

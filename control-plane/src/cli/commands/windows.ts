@@ -22,6 +22,9 @@ import { table, time } from "../output.ts";
 
 const KINDS = { maintenance: WindowKind.MAINTENANCE, blackout: WindowKind.BLACKOUT } as const;
 const kindName = (k: WindowKind) => (k === WindowKind.BLACKOUT ? "blackout" : k === WindowKind.MAINTENANCE ? "maintenance" : "unspecified");
+// A maintenance window that installs by itself says so in the KIND column.
+const kindText = (s: WindowSpec) => `${kindName(s.kind)}${s.autoInstall ? " (auto-install)" : ""}`;
+const AUTO_INSTALL_HELP = "maintenance only: while it is open, queue the install of each agent's approved, not held updates (bounded by its end)";
 const WINDOW_ARG = "window ID or name";
 
 const RULE_HELP = `RFC 5545 RRULE: FREQ=DAILY, WEEKLY, MONTHLY or YEARLY, with INTERVAL, COUNT, UNTIL (UTC, 20271231T235959Z), BYDAY, BYMONTHDAY, BYMONTH, BYSETPOS... ("FREQ=WEEKLY;BYDAY=SA", "FREQ=MONTHLY;BYDAY=1SU"); every occurrence starts at --start's time of day`;
@@ -80,6 +83,7 @@ const targetsText = (w: WindowSpec, hosts: Map<string, string>) => {
 // Printed under `redflag windows create --help`; each line runs as printed (windows-cli.test.ts).
 const CREATE_EXAMPLES = `Examples:
   redflag windows create --name "db saturdays" --group db --rrule "FREQ=WEEKLY;BYDAY=SA" --start 2026-01-03T22:00 --duration 4h --time-zone Europe/Berlin
+  redflag windows create --name "web patch nights" --group web --auto-install --rrule "FREQ=WEEKLY;BYDAY=TU,TH" --start 2026-01-06T01:00 --duration 3h --time-zone UTC
   redflag windows create --name "year-end freeze" --kind blackout --all-agents --rrule FREQ=YEARLY --start 2026-12-20T00:00 --duration 16d --time-zone America/New_York
   redflag windows preview "db saturdays" --count 5`;
 
@@ -110,7 +114,7 @@ export function registerWindows(program: Command, cli: CliContext): void {
             const s = w.spec!;
             const open = time(w.openUntil);
             const state = !s.enabled ? "disabled" : open ? `open until ${utc(open)}` : "closed";
-            return [s.name, kindName(s.kind), s.rrule, s.dtstart, formatDuration(Number(s.duration?.seconds ?? 0n)), s.timeZone, targetsText(s, hosts), state, utc(time(w.nextStartTime)), w.id];
+            return [s.name, kindText(s), s.rrule, s.dtstart, formatDuration(Number(s.duration?.seconds ?? 0n)), s.timeZone, targetsText(s, hosts), state, utc(time(w.nextStartTime)), w.id];
           }),
         ),
       );
@@ -123,9 +127,10 @@ export function registerWindows(program: Command, cli: CliContext): void {
       .requiredOption("--name <name>", "unique name")
       .addOption(new Option("--kind <kind>", "maintenance, or blackout (refuses installs and reboots while open)").choices(Object.keys(KINDS)).default("maintenance"))
       .option("--disabled", "create it disabled")
+      .option("--auto-install", AUTO_INSTALL_HELP)
       .addHelpText("after", `\n${CREATE_EXAMPLES}`),
     true,
-  ).action(async (o: DefinitionOptions & { disabled?: boolean }) => {
+  ).action(async (o: DefinitionOptions & { disabled?: boolean; autoInstall?: boolean }) => {
     const c = await cli.clients();
     const res = await c.maintenance.createWindow({
       window: create(WindowSpecSchema, {
@@ -137,12 +142,13 @@ export function registerWindows(program: Command, cli: CliContext): void {
         timeZone: o.timeZone!,
         targets: { allAgents: o.allAgents ?? false, groups: o.group ?? [], tags: o.tag ?? [], agentIds: await resolveAgents(c, o.agent, { live: true }) },
         enabled: !o.disabled,
+        autoInstall: o.autoInstall ?? false,
       }),
     });
     if (cli.json()) return cli.printJson(CreateWindowResponseSchema, res);
     const w = res.window!;
     const next = time(w.nextStartTime);
-    cli.out(`created ${kindName(w.spec!.kind)} window "${w.spec!.name}": ${w.id}${next ? `; next opens ${utc(next)}` : ""}\n`);
+    cli.out(`created ${kindText(w.spec!)} window "${w.spec!.name}": ${w.id}${next ? `; next opens ${utc(next)}` : ""}\n`);
   });
 
   definitionOptions(
@@ -153,9 +159,11 @@ export function registerWindows(program: Command, cli: CliContext): void {
       .option("--name <name>", "new name")
       .addOption(new Option("--kind <kind>", "maintenance or blackout").choices(Object.keys(KINDS)))
       .option("--enable", "enable it")
-      .option("--disable", "disable it (kept, but it neither opens nor refuses anything)"),
+      .option("--disable", "disable it (kept, but it neither opens nor refuses anything)")
+      .option("--auto-install", AUTO_INSTALL_HELP)
+      .option("--no-auto-install", "stop installing by itself"),
     false,
-  ).action(async (ref: string, o: DefinitionOptions & { enable?: boolean; disable?: boolean }) => {
+  ).action(async (ref: string, o: DefinitionOptions & { enable?: boolean; disable?: boolean; autoInstall?: boolean }) => {
     if (o.enable && o.disable) throw new CliError("--enable and --disable contradict each other");
     const c = await cli.clients();
     const current = await resolveWindow(c, ref);
@@ -174,6 +182,7 @@ export function registerWindows(program: Command, cli: CliContext): void {
           ? { allAgents: o.allAgents ?? false, groups: o.group ?? [], tags: o.tag ?? [], agentIds: await resolveAgents(c, o.agent, { live: true }) }
           : s.targets,
         enabled: o.enable ? true : o.disable ? false : s.enabled,
+        autoInstall: o.autoInstall ?? s.autoInstall,
       }),
     });
     if (cli.json()) return cli.printJson(UpdateWindowResponseSchema, res);

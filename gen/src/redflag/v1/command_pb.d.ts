@@ -414,6 +414,31 @@ export declare type Reboot = Message<"redflag.v1.Reboot"> & {
    * @generated from field: bool force = 3;
    */
   force: boolean;
+
+  /**
+   * The name of an executable in the agent's hooks directory (put there by the host's owner; an
+   * operator picks among them and cannot run anything else) to run before the reboot is
+   * scheduled; a failure (exit status not 0, time limit, missing or unsafe file) cancels the
+   * reboot. Empty: none. Matches [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+   *
+   * @generated from field: string pre_hook = 4;
+   */
+  preHook: string;
+
+  /**
+   * The same, run when the agent starts after the reboot; its outcome is reported as the
+   * agent's next status (AgentStatus.post_reboot_hook).
+   *
+   * @generated from field: string post_hook = 5;
+   */
+  postHook: string;
+
+  /**
+   * Time limit of each hook: 1 to 1800 seconds; 0 means 300.
+   *
+   * @generated from field: uint32 hook_timeout_seconds = 6;
+   */
+  hookTimeoutSeconds: number;
 };
 
 /**
@@ -812,6 +837,14 @@ export declare type RebootResult = Message<"redflag.v1.RebootResult"> & {
    * @generated from field: bool was_required = 3;
    */
   wasRequired: boolean;
+
+  /**
+   * What the pre-hook did ("" when there was none): "ok", or why it failed (then nothing is
+   * scheduled and the command fails).
+   *
+   * @generated from field: string pre_hook_outcome = 4;
+   */
+  preHookOutcome: string;
 };
 
 /**

@@ -392,6 +392,14 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
    * @generated from field: string reboot_required_unknown = 13;
    */
   rebootRequiredUnknown: string;
+
+  /**
+   * The post-hook of the last reboot command that named one, once it ran after the restart
+   * (Reboot.post_hook); sent in every status until the next reboot command.
+   *
+   * @generated from field: redflag.v1.PostRebootHook post_reboot_hook = 14;
+   */
+  postRebootHook?: PostRebootHook | undefined;
 };
 
 /**
@@ -399,6 +407,50 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
  * Use `create(AgentStatusSchema)` to create a new message.
  */
 export declare const AgentStatusSchema: GenMessage<AgentStatus>;
+
+/**
+ * PostRebootHook is what a reboot's post-hook did when the agent started after the restart.
+ *
+ * @generated from message redflag.v1.PostRebootHook
+ */
+export declare type PostRebootHook = Message<"redflag.v1.PostRebootHook"> & {
+  /**
+   * The reboot command that named it.
+   *
+   * @generated from field: string command_id = 1;
+   */
+  commandId: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * It ran and exited with status 0 within its time limit.
+   *
+   * @generated from field: bool ok = 3;
+   */
+  ok: boolean;
+
+  /**
+   * Why not, or a bounded excerpt of what it printed (at most 500 characters).
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 5;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.PostRebootHook.
+ * Use `create(PostRebootHookSchema)` to create a new message.
+ */
+export declare const PostRebootHookSchema: GenMessage<PostRebootHook>;
 
 /**
  * AgentUpgradeFailure says which release an agent tried and why it stayed on its own.

@@ -130,6 +130,15 @@ export declare type Agent = Message<"redflag.v1.Agent"> & {
    * @generated from field: bool reboot_required = 19;
    */
   rebootRequired: boolean;
+
+  /**
+   * Set when the host was to reboot (a reboot command said when) and did not poll again within
+   * its reboot policy's return_timeout (15 minutes without one): when that time ran out.
+   * Cleared once it polls again.
+   *
+   * @generated from field: google.protobuf.Timestamp reboot_overdue_since = 20;
+   */
+  rebootOverdueSince?: Timestamp | undefined;
 };
 
 /**

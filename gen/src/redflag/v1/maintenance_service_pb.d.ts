@@ -114,6 +114,16 @@ export declare type WindowSpec = Message<"redflag.v1.WindowSpec"> & {
    * @generated from field: bool enabled = 8;
    */
   enabled: boolean;
+
+  /**
+   * Maintenance windows only (refused on a blackout): while the window is open for an agent, the
+   * control plane queues one install of the agent's approved, not held updates that no pending
+   * install covers yet, bounded by the window's end. An update whose install was already tried
+   * in this opening (and failed) waits for the next one.
+   *
+   * @generated from field: bool auto_install = 9;
+   */
+  autoInstall: boolean;
 };
 
 /**
@@ -404,6 +414,250 @@ export declare type PreviewWindowResponse = Message<"redflag.v1.PreviewWindowRes
 export declare const PreviewWindowResponseSchema: GenMessage<PreviewWindowResponse>;
 
 /**
+ * RebootPolicySpec is a reboot policy's definition. When several enabled policies apply to an
+ * agent, the most specific one wins: one naming the agent's ID over one naming one of its tags,
+ * over one naming its group, over one for all agents; among equals, the first by name.
+ *
+ * @generated from message redflag.v1.RebootPolicySpec
+ */
+export declare type RebootPolicySpec = Message<"redflag.v1.RebootPolicySpec"> & {
+  /**
+   * Unique; 1 to 64 characters.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The agents it applies to (the same rules as a window's targets).
+   *
+   * @generated from field: redflag.v1.WindowTargets targets = 2;
+   */
+  targets?: WindowTargets | undefined;
+
+  /**
+   * @generated from field: redflag.v1.RebootMode mode = 3;
+   */
+  mode: RebootMode;
+
+  /**
+   * Reboot only while a maintenance window is open for the host: a reboot due outside one waits
+   * for the next. Otherwise the reboot is queued as soon as the install has finished. A blackout
+   * window always makes it wait.
+   *
+   * @generated from field: bool window_only = 4;
+   */
+  windowOnly: boolean;
+
+  /**
+   * Names of executables the host's owner put in the agent's hooks directory
+   * (/etc/redflag-agent/hooks on Linux): the pre-hook runs before the reboot is scheduled and a
+   * failure cancels it; the post-hook runs when the agent starts after the reboot. Empty: none.
+   * Each matches [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+   *
+   * @generated from field: string pre_hook = 5;
+   */
+  preHook: string;
+
+  /**
+   * @generated from field: string post_hook = 6;
+   */
+  postHook: string;
+
+  /**
+   * How long each hook may run: 1 second to 30 minutes; unset means 5 minutes.
+   *
+   * @generated from field: google.protobuf.Duration hook_timeout = 7;
+   */
+  hookTimeout?: Duration | undefined;
+
+  /**
+   * How long the host has, after the time it was to reboot, to poll again before it is flagged
+   * (Agent.reboot_overdue_since, notification reboot_overdue): 1 minute to 24 hours; unset
+   * means 15 minutes.
+   *
+   * @generated from field: google.protobuf.Duration return_timeout = 8;
+   */
+  returnTimeout?: Duration | undefined;
+
+  /**
+   * A disabled policy is kept but applies to no one.
+   *
+   * @generated from field: bool enabled = 9;
+   */
+  enabled: boolean;
+};
+
+/**
+ * Describes the message redflag.v1.RebootPolicySpec.
+ * Use `create(RebootPolicySpecSchema)` to create a new message.
+ */
+export declare const RebootPolicySpecSchema: GenMessage<RebootPolicySpec>;
+
+/**
+ * RebootPolicy is a saved reboot policy.
+ *
+ * @generated from message redflag.v1.RebootPolicy
+ */
+export declare type RebootPolicy = Message<"redflag.v1.RebootPolicy"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: redflag.v1.RebootPolicySpec spec = 2;
+   */
+  spec?: RebootPolicySpec | undefined;
+
+  /**
+   * @generated from field: string created_by = 3;
+   */
+  createdBy: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 4;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp update_time = 5;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.RebootPolicy.
+ * Use `create(RebootPolicySchema)` to create a new message.
+ */
+export declare const RebootPolicySchema: GenMessage<RebootPolicy>;
+
+/**
+ * @generated from message redflag.v1.ListRebootPoliciesRequest
+ */
+export declare type ListRebootPoliciesRequest = Message<"redflag.v1.ListRebootPoliciesRequest"> & {
+};
+
+/**
+ * Describes the message redflag.v1.ListRebootPoliciesRequest.
+ * Use `create(ListRebootPoliciesRequestSchema)` to create a new message.
+ */
+export declare const ListRebootPoliciesRequestSchema: GenMessage<ListRebootPoliciesRequest>;
+
+/**
+ * @generated from message redflag.v1.ListRebootPoliciesResponse
+ */
+export declare type ListRebootPoliciesResponse = Message<"redflag.v1.ListRebootPoliciesResponse"> & {
+  /**
+   * @generated from field: repeated redflag.v1.RebootPolicy policies = 1;
+   */
+  policies: RebootPolicy[];
+};
+
+/**
+ * Describes the message redflag.v1.ListRebootPoliciesResponse.
+ * Use `create(ListRebootPoliciesResponseSchema)` to create a new message.
+ */
+export declare const ListRebootPoliciesResponseSchema: GenMessage<ListRebootPoliciesResponse>;
+
+/**
+ * @generated from message redflag.v1.CreateRebootPolicyRequest
+ */
+export declare type CreateRebootPolicyRequest = Message<"redflag.v1.CreateRebootPolicyRequest"> & {
+  /**
+   * @generated from field: redflag.v1.RebootPolicySpec policy = 1;
+   */
+  policy?: RebootPolicySpec | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.CreateRebootPolicyRequest.
+ * Use `create(CreateRebootPolicyRequestSchema)` to create a new message.
+ */
+export declare const CreateRebootPolicyRequestSchema: GenMessage<CreateRebootPolicyRequest>;
+
+/**
+ * @generated from message redflag.v1.CreateRebootPolicyResponse
+ */
+export declare type CreateRebootPolicyResponse = Message<"redflag.v1.CreateRebootPolicyResponse"> & {
+  /**
+   * @generated from field: redflag.v1.RebootPolicy policy = 1;
+   */
+  policy?: RebootPolicy | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.CreateRebootPolicyResponse.
+ * Use `create(CreateRebootPolicyResponseSchema)` to create a new message.
+ */
+export declare const CreateRebootPolicyResponseSchema: GenMessage<CreateRebootPolicyResponse>;
+
+/**
+ * @generated from message redflag.v1.UpdateRebootPolicyRequest
+ */
+export declare type UpdateRebootPolicyRequest = Message<"redflag.v1.UpdateRebootPolicyRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: redflag.v1.RebootPolicySpec policy = 2;
+   */
+  policy?: RebootPolicySpec | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.UpdateRebootPolicyRequest.
+ * Use `create(UpdateRebootPolicyRequestSchema)` to create a new message.
+ */
+export declare const UpdateRebootPolicyRequestSchema: GenMessage<UpdateRebootPolicyRequest>;
+
+/**
+ * @generated from message redflag.v1.UpdateRebootPolicyResponse
+ */
+export declare type UpdateRebootPolicyResponse = Message<"redflag.v1.UpdateRebootPolicyResponse"> & {
+  /**
+   * @generated from field: redflag.v1.RebootPolicy policy = 1;
+   */
+  policy?: RebootPolicy | undefined;
+};
+
+/**
+ * Describes the message redflag.v1.UpdateRebootPolicyResponse.
+ * Use `create(UpdateRebootPolicyResponseSchema)` to create a new message.
+ */
+export declare const UpdateRebootPolicyResponseSchema: GenMessage<UpdateRebootPolicyResponse>;
+
+/**
+ * @generated from message redflag.v1.DeleteRebootPolicyRequest
+ */
+export declare type DeleteRebootPolicyRequest = Message<"redflag.v1.DeleteRebootPolicyRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message redflag.v1.DeleteRebootPolicyRequest.
+ * Use `create(DeleteRebootPolicyRequestSchema)` to create a new message.
+ */
+export declare const DeleteRebootPolicyRequestSchema: GenMessage<DeleteRebootPolicyRequest>;
+
+/**
+ * @generated from message redflag.v1.DeleteRebootPolicyResponse
+ */
+export declare type DeleteRebootPolicyResponse = Message<"redflag.v1.DeleteRebootPolicyResponse"> & {
+};
+
+/**
+ * Describes the message redflag.v1.DeleteRebootPolicyResponse.
+ * Use `create(DeleteRebootPolicyResponseSchema)` to create a new message.
+ */
+export declare const DeleteRebootPolicyResponseSchema: GenMessage<DeleteRebootPolicyResponse>;
+
+/**
  * WindowKind says what a window does while it is open.
  *
  * @generated from enum redflag.v1.WindowKind
@@ -434,6 +688,45 @@ export enum WindowKind {
  * Describes the enum redflag.v1.WindowKind.
  */
 export declare const WindowKindSchema: GenEnum<WindowKind>;
+
+/**
+ * RebootMode says when a reboot policy reboots a host after an install.
+ *
+ * @generated from enum redflag.v1.RebootMode
+ */
+export enum RebootMode {
+  /**
+   * @generated from enum value: REBOOT_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Never: the host is rebooted only by a person (or another policy that applies first).
+   *
+   * @generated from enum value: REBOOT_MODE_NEVER = 1;
+   */
+  NEVER = 1,
+
+  /**
+   * After an install that installed something, or while the host reports that it needs a
+   * reboot: the agent reboots only if the host still says it needs one.
+   *
+   * @generated from enum value: REBOOT_MODE_WHEN_REQUIRED = 2;
+   */
+  WHEN_REQUIRED = 2,
+
+  /**
+   * After every install that installed something, whether the host says it needs one or not.
+   *
+   * @generated from enum value: REBOOT_MODE_ALWAYS = 3;
+   */
+  ALWAYS = 3,
+}
+
+/**
+ * Describes the enum redflag.v1.RebootMode.
+ */
+export declare const RebootModeSchema: GenEnum<RebootMode>;
 
 /**
  * MaintenanceService manages recurring maintenance and blackout windows. A window repeats by an
@@ -495,6 +788,46 @@ export declare const MaintenanceService: GenService<{
     methodKind: "unary";
     input: typeof PreviewWindowRequestSchema;
     output: typeof PreviewWindowResponseSchema;
+  },
+  /**
+   * ListRebootPolicies lists the reboot policies by name.
+   *
+   * @generated from rpc redflag.v1.MaintenanceService.ListRebootPolicies
+   */
+  listRebootPolicies: {
+    methodKind: "unary";
+    input: typeof ListRebootPoliciesRequestSchema;
+    output: typeof ListRebootPoliciesResponseSchema;
+  },
+  /**
+   * CreateRebootPolicy adds a reboot policy.
+   *
+   * @generated from rpc redflag.v1.MaintenanceService.CreateRebootPolicy
+   */
+  createRebootPolicy: {
+    methodKind: "unary";
+    input: typeof CreateRebootPolicyRequestSchema;
+    output: typeof CreateRebootPolicyResponseSchema;
+  },
+  /**
+   * UpdateRebootPolicy replaces a reboot policy's definition (name included) as a whole.
+   *
+   * @generated from rpc redflag.v1.MaintenanceService.UpdateRebootPolicy
+   */
+  updateRebootPolicy: {
+    methodKind: "unary";
+    input: typeof UpdateRebootPolicyRequestSchema;
+    output: typeof UpdateRebootPolicyResponseSchema;
+  },
+  /**
+   * DeleteRebootPolicy removes a reboot policy.
+   *
+   * @generated from rpc redflag.v1.MaintenanceService.DeleteRebootPolicy
+   */
+  deleteRebootPolicy: {
+    methodKind: "unary";
+    input: typeof DeleteRebootPolicyRequestSchema;
+    output: typeof DeleteRebootPolicyResponseSchema;
   },
 }>;
 

@@ -443,7 +443,7 @@ export declare type NotificationRule = Message<"redflag.v1.NotificationRule"> & 
 
   /**
    * Event kinds: install_failed, install_succeeded, security_event, agent_upgrade_failed,
-   * critical_updates, agent_offline, agent_back, reboot_required, reboot_done
+   * critical_updates, agent_offline, agent_back, reboot_required, reboot_done, reboot_overdue
    * (common/src/notification-events.ts). At least one.
    *
    * @generated from field: repeated string events = 4;

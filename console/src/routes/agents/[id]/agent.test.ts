@@ -65,6 +65,12 @@ describe("the agent page", () => {
     expect(cells).toEqual(["/var", "/dev/sd4", "ext4", "10.0 GiB", "9.5 GiB (95%)", "90%"]);
   });
 
+  it("says when the host did not come back after its reboot", async () => {
+    open({ agent: { rebootOverdueSince: timestampFromMs(Date.parse("2026-07-01T11:00:00Z")) } });
+    await loaded();
+    expect(screen.getByTestId("reboot-overdue").textContent).toMatch(/^not back after reboot since .*2026/);
+  });
+
   it("says how to get readings when there are none yet, and queues that scan", async () => {
     const { server } = open({ samples: [] });
     await loaded();
