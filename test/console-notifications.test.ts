@@ -8,7 +8,7 @@ import { type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { startHttpReceiver, type HttpReceiver } from "../control-plane/test/support/receivers.ts";
-import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
+import { buildConsole, launchChromium, navTo, signIn } from "./support/browser.ts";
 import { root } from "./support/processes.ts";
 
 const PASSWORD = "a console passphrase";
@@ -42,7 +42,7 @@ describe("the console's notifications page, in a real browser", () => {
 
   it("adds a webhook channel, sends a test message that arrives signed, and shows it in the delivery log", async () => {
     await signIn(page, cp.url, "admin", PASSWORD);
-    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Notifications", exact: true }).click();
+    await navTo(page, "Notifications");
     await page.getByRole("heading", { name: "Notifications", level: 1 }).waitFor();
     await page.getByText(/No channels yet. Add one below/).waitFor();
     await page.getByText("Nothing sent yet").waitFor();
