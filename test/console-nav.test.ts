@@ -10,6 +10,22 @@ import { startTestControlPlane, type TestControlPlane } from "../control-plane/t
 import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
 import { root } from "./support/processes.ts";
 
+// The page's DOM as far as these checks read it inside the browser (test files compile without lib "dom").
+interface Rect { top: number; bottom: number; left: number; right: number }
+interface Node_ {
+  textContent: string | null;
+  children: ArrayLike<Node_>;
+  lastElementChild: Node_ | null;
+  getBoundingClientRect(): Rect;
+  querySelector(selector: string): Node_ | null;
+  querySelectorAll(selector: string): Iterable<Node_>;
+  getAttribute(name: string): string | null;
+  closest(selector: string): Node_ | null;
+  cloneNode(deep: boolean): Node_;
+  insertBefore(node: Node_, before: Node_ | null): void;
+}
+declare const document: { querySelector(selector: string): Node_ | null; activeElement: Node_ | null; documentElement: { scrollWidth: number } };
+
 const PASSWORD = "a console passphrase";
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
@@ -19,7 +35,7 @@ const PAGES = ["/", "/agents", "/updates", "/policies", "/activity", "/upgrades"
 // The header's items (brand, each navigation entry, the account) as boxes on the page.
 async function headerBoxes(page: Page) {
   return page.evaluate(() => {
-    const box = (el: Element) => {
+    const box = (el: Node_) => {
       const r = el.getBoundingClientRect();
       return { text: (el.textContent ?? "").trim().replace(/\s+/g, " "), top: r.top, bottom: r.bottom, left: r.left, right: r.right };
     };
@@ -73,7 +89,7 @@ describe("the console's main navigation, in a real browser", () => {
     // And with one more entry (as other pages will add), still one row.
     await page.evaluate(() => {
       const list = document.querySelector("nav#nav > ul")!;
-      const extra = list.children[5]!.cloneNode(true) as HTMLElement; // "Upgrades"
+      const extra = list.children[5]!.cloneNode(true); // "Upgrades"
       extra.querySelector("a")!.textContent = "Rollouts";
       list.insertBefore(extra, list.lastElementChild);
     });
@@ -97,7 +113,7 @@ describe("the console's main navigation, in a real browser", () => {
     for (let i = 0; i < 30; i++) {
       await page.keyboard.press("Tab");
       const focused = await page.evaluate(() => {
-        const el = document.activeElement as HTMLElement | null;
+        const el = document.activeElement;
         return { href: el?.getAttribute("href") ?? "", text: el?.textContent?.trim() ?? "", expanded: el?.getAttribute("aria-expanded") ?? "", inNav: !!el?.closest("nav#nav") };
       });
       if (!focused.inNav) break;
