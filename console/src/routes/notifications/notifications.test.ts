@@ -260,13 +260,14 @@ describe("the notifications page", () => {
     const many = Array.from({ length: 60 }, (_, i) => delivery(i));
     many[0] = create(NotificationDeliverySchema, { ...delivery(0), status: "waiting", attempts: 3, lastError: "the receiver answered 503", nextAttemptTime: timestampFromDate(new Date(Date.now() + 120_000)) });
     renderWithApi(Notifications, notificationServer({ channels: [slack()], deliveries: many }).routes);
-    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(50));
+    // Fifty rows take a while on a busy machine: more than waitFor's default second.
+    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(50), { timeout: 5000 });
     const first = screen.getAllByTestId("delivery")[0]!;
     expect(first.dataset.status).toBe("waiting");
     const cells = within(first).getAllByRole("cell").map((c) => c.textContent?.trim());
     expect(cells.slice(1)).toEqual(["ops-slack", "Install failed", "Install failed: host-0", "waiting due in 2 min", "3", "the receiver answered 503"]);
     await fireEvent.click(screen.getByRole("button", { name: "Load more" }));
-    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(60));
+    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(60), { timeout: 5000 });
     expect(screen.queryByRole("button", { name: "Load more" })).toBeNull();
   });
 
