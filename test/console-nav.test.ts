@@ -124,6 +124,8 @@ describe("the console's main navigation, in a real browser", () => {
       }
     }
     expect(reached).toEqual(PAGES);
+    // Tabbing on out of it closed it.
+    expect(await admin.getAttribute("aria-expanded")).toBe("false");
 
     // Escape closes it and puts the focus back on its button.
     await admin.focus();
