@@ -17,13 +17,3 @@ export class Editing<T extends { id: string }> {
     if (id) [...document.querySelectorAll<HTMLElement>("[data-edit]")].find((el) => el.dataset.edit === id)?.focus();
   }
 }
-
-// Seconds as the control plane's duration syntax ("4h", "90s", "2w"): the largest unit that
-// divides them, so a saved duration reads back into a form as it was written.
-export function durationText(seconds: number | bigint): string {
-  const s = Number(seconds);
-  for (const [unit, size] of [["w", 604_800], ["d", 86_400], ["h", 3600], ["m", 60]] as const) {
-    if (s > 0 && s % size === 0) return `${s / size}${unit}`;
-  }
-  return `${s}s`;
-}
