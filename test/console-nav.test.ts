@@ -29,7 +29,8 @@ declare const document: { querySelector(selector: string): Node_ | null; activeE
 const PASSWORD = "a console passphrase";
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
-// Every page the main navigation leads to, as an admin sees it.
+// The main navigation's entries, the admins' group aside, and every page it leads to.
+const ENTRIES = ["Dashboard", "Agents", "Updates", "Policies", "Activity", "Upgrades", "Windows", "Settings"];
 const PAGES = ["/", "/agents", "/updates", "/policies", "/activity", "/upgrades", "/windows", "/settings", "/tokens", "/security", "/audit", "/notifications"];
 
 // The header's items (brand, each navigation entry, the account) as boxes on the page.
@@ -51,8 +52,8 @@ async function headerBoxes(page: Page) {
 }
 
 // The built console in Chromium at 1280 × 800, signed in as an admin with a long name: the
-// main navigation stays on one row with room for one more entry, and every page it names can
-// be reached with the keyboard alone.
+// main navigation stays on one row, also with one more entry (Rollouts), and every page it
+// names can be reached with the keyboard alone.
 describe("the console's main navigation, in a real browser", () => {
   let cp: TestControlPlane;
   let browser: Browser;
@@ -72,29 +73,31 @@ describe("the console's main navigation, in a real browser", () => {
     await cp?.close();
   });
 
-  it("keeps an admin's full navigation on one row at 1280 px, with room for one more entry", async () => {
+  it("keeps an admin's full navigation on one row at 1280 px, with room for a Rollouts entry", async () => {
     await signIn(page, cp.url, "margaret.hamilton", PASSWORD);
     await page.getByRole("heading", { name: "Dashboard" }).first().waitFor();
     const { header, items, brand, me } = await headerBoxes(page);
-    expect(items.map((i) => i.text)).toEqual(["Dashboard", "Agents", "Updates", "Policies", "Activity", "Upgrades", "Windows", "Settings", "Admin ▾"]);
+    const names = items.map((i) => i.text);
+    // Every entry of today's menu in order (pages added later, such as Rollouts, may sit between them), the Admin group last.
+    expect(names.filter((n) => ENTRIES.includes(n))).toEqual(ENTRIES);
+    expect(names.at(-1)).toBe("Admin ▾");
     // One row: every entry, the brand and the account share the first entry's line.
     for (const b of [...items, brand, me]) {
       expect(Math.abs(b.top + b.bottom - (items[0]!.top + items[0]!.bottom)) / 2, `"${b.text}" is off the first row`).toBeLessThan(8);
     }
     expect(header.bottom - header.top).toBeLessThan(64);
-    // Room for one more entry as wide as the widest now, before the account.
-    const widest = Math.max(...items.map((i) => i.right - i.left));
-    expect(me.left - items.at(-1)!.right, `free ${me.left - items.at(-1)!.right} px, an entry needs ${widest}`).toBeGreaterThan(widest);
 
-    // And with one more entry (as other pages will add), still one row.
-    await page.evaluate(() => {
-      const list = document.querySelector("nav#nav > ul")!;
-      const extra = list.children[5]!.cloneNode(true); // "Upgrades"
-      extra.querySelector("a")!.textContent = "Rollouts";
-      list.insertBefore(extra, list.lastElementChild);
-    });
-    const more = await headerBoxes(page);
-    for (const b of [...more.items, more.me]) expect(Math.abs(b.top - more.items[0]!.top), `"${b.text}" wrapped`).toBeLessThan(8);
+    // The Rollouts entry other work adds: until it is there, a stand-in as wide, still on one row.
+    if (!names.includes("Rollouts")) {
+      await page.evaluate(() => {
+        const list = document.querySelector("nav#nav > ul")!;
+        const extra = list.children[5]!.cloneNode(true); // "Upgrades"
+        extra.querySelector("a")!.textContent = "Rollouts";
+        list.insertBefore(extra, list.lastElementChild);
+      });
+      const more = await headerBoxes(page);
+      for (const b of [...more.items, more.me]) expect(Math.abs(b.top - more.items[0]!.top), `"${b.text}" wrapped`).toBeLessThan(8);
+    }
     await page.screenshot({ path: path.join(shots, "nav-1280.png"), clip: { x: 0, y: 0, width: 1280, height: 120 } });
     await page.reload();
   }, 120_000);
@@ -123,7 +126,9 @@ describe("the console's main navigation, in a real browser", () => {
         expect(await admin.getAttribute("aria-expanded")).toBe("true");
       }
     }
-    expect(reached).toEqual(PAGES);
+    // Each page once (pages added later may be among them).
+    expect(reached.filter((href) => PAGES.includes(href))).toEqual(PAGES);
+    expect(new Set(reached).size).toBe(reached.length);
     // Tabbing on out of it closed it.
     expect(await admin.getAttribute("aria-expanded")).toBe("false");
 
