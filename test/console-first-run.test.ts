@@ -9,7 +9,7 @@ import { type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
-import { buildConsole, launchChromium } from "./support/browser.ts";
+import { buildConsole, launchChromium, navTo } from "./support/browser.ts";
 import { root, run } from "./support/processes.ts";
 
 // The console as a new user meets it, in Debian's Chromium against a real control plane (on a
@@ -242,7 +242,7 @@ describe("the console for a new user, with a real agent on a host with 121 updat
   });
 
   it("the audit log names its targets, linked", async () => {
-    await nav(page, "Audit log").click();
+    await navTo(page, "Audit log");
     await page.getByTestId("audit-entry").first().waitFor();
     // The token made on the Tokens page, by its prefix, and the agent by its hostname.
     await page.getByTestId("audit-target").filter({ hasText: secret.slice(0, 12) }).first().waitFor();

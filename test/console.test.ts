@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { createFakeApt, type FakeApt } from "./support/fake-apt.ts";
-import { buildConsole, launchChromium } from "./support/browser.ts";
+import { buildConsole, launchChromium, navTo } from "./support/browser.ts";
 import { root, run } from "./support/processes.ts";
 
 // The console in real headless Chromium (Debian's, see ENVIRONMENT.md; .ci/run installs it)
@@ -211,7 +211,7 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
   });
 
   it("revokes the token, and shows the dashboard, settings, security and audit pages", async () => {
-    await nav(page, "Tokens").click();
+    await navTo(page, "Tokens");
     const token = page.getByTestId("token").filter({ hasText: "lab machines" });
     await token.getByRole("button", { name: /Revoke token/ }).click();
     const confirm = page.getByRole("dialog");
@@ -226,10 +226,10 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
     await nav(page, "Settings").click();
     await page.getByText("How often an idle agent polls").waitFor();
     await shot("settings");
-    await nav(page, "Security").click();
+    await navTo(page, "Security");
     await page.getByTestId("active-fingerprint").waitFor();
     await shot("security");
-    await nav(page, "Audit log").click();
+    await navTo(page, "Audit log");
     await page.getByTestId("audit-entry").filter({ hasText: "RevokeRegistrationToken" }).first().waitFor();
     await shot("audit");
   });

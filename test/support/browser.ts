@@ -55,3 +55,12 @@ export async function signIn(page: Page, baseUrl: string, username: string, pass
   await page.getByLabel("Password").fill(password);
   await page.getByRole("button", { name: "Sign in" }).click();
 }
+
+// Follows a link of the main navigation, as a person does: the admins' pages (Tokens, Security,
+// Audit log, Notifications) sit behind the "Admin" button, opened first when they are hidden.
+export async function navTo(page: Page, name: string): Promise<void> {
+  const nav = page.getByRole("navigation", { name: "Main" });
+  const link = nav.getByRole("link", { name, exact: true });
+  if (!(await link.isVisible())) await nav.getByRole("button", { name: "Admin" }).click();
+  await link.click();
+}

@@ -12,6 +12,8 @@ import {
   type NotificationChannel,
   type NotificationDelivery,
   type NotificationRule,
+  type UpdateChannelRequest,
+  type UpdateRuleRequest,
 } from "@redflag/gen/notification_service_pb";
 import { LABEL, LABEL_RULE, normaliseLabel } from "@redflag/common/labels";
 import { invalid } from "./server-rules.ts";
@@ -19,7 +21,7 @@ import { NOTIFICATION_EVENTS } from "@redflag/common/notification-events";
 
 // An in-memory NotificationService for the Notifications page's tests, refusing bad input with
 // the control plane's codes and messages (control-plane/src/domain/notifications.ts,
-// checkChannel and checkRule; services/notification-service.ts). Test messages are delivered
+// checkChannel, checkRule, changeChannel and changeRule; services/notification-service.ts). Test messages are delivered
 // unless `receiver` says what the receiver answers instead.
 
 const KIND_NAMES: Record<number, string> = {
@@ -35,20 +37,27 @@ const EVENTS: readonly string[] = NOTIFICATION_EVENTS;
 const ADDRESS = /^[^\s@<>]+@[^\s@<>]+$/;
 const HHMM = /^([01]\d|2[0-3]):[0-5]\d$/;
 
-function checkChannel(req: CreateChannelRequest): string {
+type Secrets = { url: string; token: string; signingSecret: string; smtpPassword: string };
+type ChannelInput = Pick<CreateChannelRequest, "name" | "kind" | "email" | "ntfyPriority"> & { secrets: Secrets | undefined };
+
+// Checks a channel as domain/notifications.ts checkChannel does and returns its secret hint.
+// `secrets` undefined: a channel given to the server at the start, whose secrets it never saw
+// (they are taken as valid and its hint kept).
+function checkChannel(req: ChannelInput, hint = ""): string {
   const kind = KIND_NAMES[req.kind];
   if (!kind) throw invalid("kind is required (webhook, slack, discord, teams, ntfy, gotify or email)");
   if (!req.name) throw invalid("name is required");
   if (req.name.length > 64) throw invalid("name is longer than 64 characters");
+  const known = req.secrets !== undefined;
   const s = { url: req.secrets?.url ?? "", token: req.secrets?.token ?? "", signingSecret: req.secrets?.signingSecret ?? "", smtpPassword: req.secrets?.smtpPassword ?? "" };
   const needs = { url: kind !== "email", token: kind === "gotify", signingSecret: kind === "webhook", smtpPassword: false };
   const allowed = { url: needs.url, token: kind === "gotify" || kind === "ntfy", signingSecret: needs.signingSecret, smtpPassword: kind === "email" };
   const names = { url: "secrets.url", token: "secrets.token", signingSecret: "secrets.signing_secret", smtpPassword: "secrets.smtp_password" } as const;
-  for (const key of Object.keys(names) as (keyof typeof names)[]) {
+  for (const key of known ? (Object.keys(names) as (keyof typeof names)[]) : []) {
     if (needs[key] && !s[key]) throw invalid(`a ${kind} channel needs ${names[key]}`);
     if (!allowed[key] && s[key]) throw invalid(`a ${kind} channel takes no ${names[key]}`);
   }
-  if (needs.url) {
+  if (known && needs.url) {
     let url: URL;
     try {
       url = new URL(s.url);
@@ -57,7 +66,7 @@ function checkChannel(req: CreateChannelRequest): string {
     }
     if (url.protocol !== "https:" && url.protocol !== "http:") throw invalid("secrets.url must be an http:// or https:// URL");
   }
-  if (kind === "webhook" && (s.signingSecret.length < 16 || s.signingSecret.length > 256)) throw invalid("secrets.signing_secret must be 16 to 256 characters");
+  if (known && kind === "webhook" && (s.signingSecret.length < 16 || s.signingSecret.length > 256)) throw invalid("secrets.signing_secret must be 16 to 256 characters");
   if (kind === "email") {
     const e = req.email;
     if (!e) throw invalid("an email channel needs email settings (smtp_host, from, to)");
@@ -71,6 +80,7 @@ function checkChannel(req: CreateChannelRequest): string {
   }
   const priority = req.ntfyPriority || 3;
   if (priority < 1 || priority > 5) throw invalid("ntfy_priority must be from 1 to 5");
+  if (!known) return hint;
   // The hint, as secretHint() writes it.
   const tail = (v: string) => (v.length > 8 ? `…${v.slice(-4)}` : "…");
   const parts: string[] = [];
@@ -81,13 +91,18 @@ function checkChannel(req: CreateChannelRequest): string {
   return parts.join(", ");
 }
 
-export function notificationServer(init: { channels?: NotificationChannel[]; deliveries?: NotificationDelivery[] } = {}) {
+export function notificationServer(init: { channels?: NotificationChannel[]; rules?: NotificationRule[]; deliveries?: NotificationDelivery[] } = {}) {
   const channels = [...(init.channels ?? [])];
-  const rules: NotificationRule[] = [];
+  const rules = [...(init.rules ?? [])];
   const deliveries = [...(init.deliveries ?? [])];
   const calls: string[] = [];
   const creates: CreateChannelRequest[] = [];
   const ruleCreates: CreateRuleRequest[] = [];
+  const channelUpdates: UpdateChannelRequest[] = [];
+  const ruleUpdates: UpdateRuleRequest[] = [];
+  // Each channel's secrets, as the control plane seals them; none for the channels given at the start.
+  const sealed = new Map<string, Secrets>();
+  const secretsOf = (s: Partial<Secrets> | undefined): Secrets => ({ url: s?.url ?? "", token: s?.token ?? "", signingSecret: s?.signingSecret ?? "", smtpPassword: s?.smtpPassword ?? "" });
   // What the receiver of the next test messages answers: undefined delivers.
   const receiver: { error?: string } = {};
   let n = 0;
@@ -95,16 +110,60 @@ export function notificationServer(init: { channels?: NotificationChannel[]; del
   const nameTaken = (name: string) => new ConnectError(`a channel or rule named "${name}" already exists`, Code.AlreadyExists);
   const channelNotFound = (id: string) => new ConnectError(`no notification channel has ID ${id}`, Code.NotFound);
 
+  // domain/notifications.ts checkRule, with the rule as it would be stored.
+  function checkRule(given: NotificationRule | undefined): NotificationRule {
+    const rule = given;
+    if (!rule) throw invalid("rule is required");
+    if (!rule.name) throw invalid("name is required");
+    if (rule.events.length === 0) throw invalid(`events must name at least one of ${EVENTS.join(", ")}`);
+    for (const e of rule.events) if (!EVENTS.includes(e)) throw invalid(`events: "${e.slice(0, 64)}" is not an event (${EVENTS.join(", ")})`);
+    const minSeverity = rule.minSeverity || "info";
+    if (!["info", "warning", "critical"].includes(minSeverity)) throw invalid("min_severity must be info, warning or critical");
+    const groups = [...new Set(rule.groups.map(normaliseLabel))];
+    for (const g of groups) if (!LABEL.test(g)) throw invalid(`group "${g.slice(0, 64)}" is not a label: ${LABEL_RULE}`);
+    if (rule.channelIds.length === 0 || rule.channelIds.length > 20) throw invalid("channel_ids must list 1 to 20 channels");
+    const missing = rule.channelIds.filter((id) => !channels.some((c) => c.id === id));
+    if (missing.length > 0) throw new ConnectError(`no notification channel has ID ${missing.join(", ")}`, Code.NotFound);
+    const quiet = rule.quietHours;
+    if (quiet) {
+      if (!HHMM.test(quiet.start) || !HHMM.test(quiet.end)) throw invalid('quiet_hours.start and quiet_hours.end must be local times "HH:MM"');
+      if (quiet.start === quiet.end) throw invalid("quiet_hours.start and quiet_hours.end must differ");
+      let zone = quiet.timeZone.length > 0;
+      try {
+        new Intl.DateTimeFormat("en-US", { timeZone: quiet.timeZone });
+      } catch {
+        zone = false;
+      }
+      if (!zone) throw invalid(`quiet_hours.time_zone "${quiet.timeZone.slice(0, 64)}" is not an IANA time zone (for example Europe/Berlin)`);
+    }
+    const seconds = rule.groupWindow ? Number(rule.groupWindow.seconds) : 60;
+    if (seconds < 10 || seconds > 3600) throw invalid("group_window must be from 10 seconds to 1 hour");
+    return create(NotificationRuleSchema, {
+      id: rule.id,
+      name: rule.name,
+      enabled: rule.enabled,
+      events: [...new Set(rule.events)],
+      minSeverity,
+      groups,
+      channelIds: [...new Set(rule.channelIds)],
+      quietHours: quiet && { start: quiet.start, end: quiet.end, timeZone: quiet.timeZone },
+      groupWindow: { seconds: BigInt(seconds) },
+    });
+  }
+
   const routes = (router: ConnectRouter) =>
     router.service(NotificationService, {
       createChannel(req) {
         calls.push("createChannel");
         creates.push(req);
-        const secretHint = checkChannel(req);
+        const secrets = secretsOf(req.secrets);
+        const secretHint = checkChannel({ ...req, secrets });
         if ([...channels, ...rules].some((x) => x.name === req.name)) throw nameTaken(req.name);
         const now = timestampFromDate(new Date());
+        const id = newId();
+        sealed.set(id, secrets);
         const channel = create(NotificationChannelSchema, {
-          id: newId(),
+          id,
           name: req.name,
           kind: req.kind,
           enabled: !req.disabled,
@@ -115,6 +174,40 @@ export function notificationServer(init: { channels?: NotificationChannel[]; del
           updateTime: now,
         });
         channels.push(channel);
+        channels.sort((a, b) => a.name.localeCompare(b.name));
+        return { channel };
+      },
+      // domain/notifications.ts changeChannel: what is not given is kept; secrets, when given,
+      // replace all of the channel's secrets; the whole is checked again.
+      updateChannel(req) {
+        calls.push("updateChannel");
+        channelUpdates.push(req);
+        const i = channels.findIndex((c) => c.id === req.id);
+        if (i < 0) throw channelNotFound(req.id);
+        const c = channels[i]!;
+        const secrets = req.secrets ? secretsOf(req.secrets) : sealed.get(c.id);
+        const input = {
+          name: req.name ?? c.name,
+          kind: c.kind,
+          secrets,
+          email: req.email ?? c.email,
+          ntfyPriority: req.ntfyPriority ?? c.ntfyPriority,
+        };
+        const secretHint = checkChannel(input, c.secretHint);
+        if ([...channels, ...rules].some((x) => x.id !== c.id && x.name === input.name)) throw nameTaken(input.name);
+        if (secrets) sealed.set(c.id, secrets);
+        const channel = create(NotificationChannelSchema, {
+          id: c.id,
+          name: input.name,
+          kind: c.kind,
+          enabled: req.enabled ?? c.enabled,
+          secretHint,
+          email: input.email && { ...input.email, smtpPort: input.email.smtpPort || 587, smtpSecurity: input.email.smtpSecurity || "starttls" },
+          ntfyPriority: c.kind === ChannelKind.NTFY ? input.ntfyPriority || 3 : 0,
+          createTime: c.createTime,
+          updateTime: timestampFromDate(new Date()),
+        });
+        channels.splice(i, 1, channel);
         channels.sort((a, b) => a.name.localeCompare(b.name));
         return { channel };
       },
@@ -158,48 +251,24 @@ export function notificationServer(init: { channels?: NotificationChannel[]; del
       createRule(req) {
         calls.push("createRule");
         ruleCreates.push(req);
-        const rule = req.rule;
-        if (!rule) throw invalid("rule is required");
-        if (!rule.name) throw invalid("name is required");
-        if (rule.events.length === 0) throw invalid(`events must name at least one of ${EVENTS.join(", ")}`);
-        for (const e of rule.events) if (!EVENTS.includes(e)) throw invalid(`events: "${e.slice(0, 64)}" is not an event (${EVENTS.join(", ")})`);
-        const minSeverity = rule.minSeverity || "info";
-        if (!["info", "warning", "critical"].includes(minSeverity)) throw invalid("min_severity must be info, warning or critical");
-        const groups = [...new Set(rule.groups.map(normaliseLabel))];
-        for (const g of groups) if (!LABEL.test(g)) throw invalid(`group "${g.slice(0, 64)}" is not a label: ${LABEL_RULE}`);
-        if (rule.channelIds.length === 0 || rule.channelIds.length > 20) throw invalid("channel_ids must list 1 to 20 channels");
-        const missing = rule.channelIds.filter((id) => !channels.some((c) => c.id === id));
-        if (missing.length > 0) throw new ConnectError(`no notification channel has ID ${missing.join(", ")}`, Code.NotFound);
-        const quiet = rule.quietHours;
-        if (quiet) {
-          if (!HHMM.test(quiet.start) || !HHMM.test(quiet.end)) throw invalid('quiet_hours.start and quiet_hours.end must be local times "HH:MM"');
-          if (quiet.start === quiet.end) throw invalid("quiet_hours.start and quiet_hours.end must differ");
-          let zone = quiet.timeZone.length > 0;
-          try {
-            new Intl.DateTimeFormat("en-US", { timeZone: quiet.timeZone });
-          } catch {
-            zone = false;
-          }
-          if (!zone) throw invalid(`quiet_hours.time_zone "${quiet.timeZone.slice(0, 64)}" is not an IANA time zone (for example Europe/Berlin)`);
-        }
-        const seconds = rule.groupWindow ? Number(rule.groupWindow.seconds) : 60;
-        if (seconds < 10 || seconds > 3600) throw invalid("group_window must be from 10 seconds to 1 hour");
-        if ([...channels, ...rules].some((x) => x.name === rule.name)) throw nameTaken(rule.name);
+        const saved = checkRule(req.rule);
+        if ([...channels, ...rules].some((x) => x.name === saved.name)) throw nameTaken(saved.name);
         const now = timestampFromDate(new Date());
-        const saved = create(NotificationRuleSchema, {
-          id: newId(),
-          name: rule.name,
-          enabled: rule.enabled,
-          events: [...new Set(rule.events)],
-          minSeverity,
-          groups,
-          channelIds: [...new Set(rule.channelIds)],
-          quietHours: quiet && { start: quiet.start, end: quiet.end, timeZone: quiet.timeZone },
-          groupWindow: { seconds: BigInt(seconds) },
-          createTime: now,
-          updateTime: now,
-        });
+        saved.id = newId();
+        saved.createTime = saved.updateTime = now;
         rules.push(saved);
+        return { rule: saved };
+      },
+      updateRule(req) {
+        calls.push("updateRule");
+        ruleUpdates.push(req);
+        const i = rules.findIndex((r) => r.id === req.rule?.id);
+        if (i < 0) throw new ConnectError(`no notification rule has ID ${req.rule?.id ?? ""}`, Code.NotFound);
+        const saved = checkRule(req.rule);
+        if ([...channels, ...rules].some((x) => x.id !== saved.id && x.name === saved.name)) throw nameTaken(saved.name);
+        saved.createTime = rules[i]!.createTime;
+        saved.updateTime = timestampFromDate(new Date());
+        rules.splice(i, 1, saved);
         return { rule: saved };
       },
       listRules() {
@@ -221,5 +290,5 @@ export function notificationServer(init: { channels?: NotificationChannel[]; del
         return { deliveries: page, nextPageToken: offset + size < deliveries.length ? btoa(String(offset + size)) : "" };
       },
     });
-  return { routes, calls, creates, ruleCreates, channels, rules, deliveries, receiver };
+  return { routes, calls, creates, ruleCreates, channelUpdates, ruleUpdates, sealed, channels, rules, deliveries, receiver };
 }

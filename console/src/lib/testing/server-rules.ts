@@ -65,3 +65,15 @@ export function checkWindowSpec(spec: { timeZone: string; targets?: { allAgents:
     throw invalid("window.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
   }
 }
+
+// domain/windows.ts: names are unique.
+export const windowNameTaken = (name: string) => new ConnectError(`a window named "${name}" already exists; pick another name or update that one`, Code.AlreadyExists);
+
+// domain/policies.ts: names are unique, and a rule must choose something.
+export const policyNameTaken = (name: string) => new ConnectError(`a policy named "${name}" already exists`, Code.AlreadyExists);
+export function checkPolicyCriteria(c: { severities: unknown[]; securityOnly: boolean; sources: string[]; namePatterns: string[]; groups: string[]; tags: string[] } | undefined): void {
+  const criteria = (c?.severities.length ?? 0) + (c?.sources.length ?? 0) + (c?.namePatterns.length ?? 0) + (c?.groups.length ?? 0) + (c?.tags.length ?? 0);
+  if (criteria === 0 && !c?.securityOnly) {
+    throw invalid(`definition.criteria is empty: a rule needs at least one of severities, security_only, sources, name_patterns, groups or tags (name pattern "*" approves every update)`);
+  }
+}

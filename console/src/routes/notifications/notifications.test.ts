@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Role } from "@redflag/gen/identity_pb";
-import { ChannelKind, NotificationChannelSchema, NotificationDeliverySchema } from "@redflag/gen/notification_service_pb";
+import { ChannelKind, NotificationChannelSchema, NotificationDeliverySchema, NotificationRuleSchema } from "@redflag/gen/notification_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
 import { notices } from "#lib/notices.svelte.ts";
@@ -260,13 +260,164 @@ describe("the notifications page", () => {
     const many = Array.from({ length: 60 }, (_, i) => delivery(i));
     many[0] = create(NotificationDeliverySchema, { ...delivery(0), status: "waiting", attempts: 3, lastError: "the receiver answered 503", nextAttemptTime: timestampFromDate(new Date(Date.now() + 120_000)) });
     renderWithApi(Notifications, notificationServer({ channels: [slack()], deliveries: many }).routes);
-    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(50));
+    // Fifty rows take a while on a busy machine: more than waitFor's default second.
+    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(50), { timeout: 5000 });
     const first = screen.getAllByTestId("delivery")[0]!;
     expect(first.dataset.status).toBe("waiting");
     const cells = within(first).getAllByRole("cell").map((c) => c.textContent?.trim());
     expect(cells.slice(1)).toEqual(["ops-slack", "Install failed", "Install failed: host-0", "waiting due in 2 min", "3", "the receiver answered 503"]);
     await fireEvent.click(screen.getByRole("button", { name: "Load more" }));
-    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(60));
+    await waitFor(() => expect(screen.getAllByTestId("delivery")).toHaveLength(60), { timeout: 5000 });
     expect(screen.queryByRole("button", { name: "Load more" })).toBeNull();
+  });
+
+  it("edits a channel in the same form without showing its secrets: empty secret fields keep them, filled ones replace them all", async () => {
+    const server = notificationServer();
+    renderWithApi(Notifications, server.routes);
+    await screen.findByText(/No channels yet/);
+    await fill("Name", "receiver");
+    await fill("URL", "https://hooks.example.com/redflag/abcdef123456");
+    await fill("Signing secret", "a signing secret of some length");
+    await fireEvent.click(screen.getByRole("button", { name: "Add channel" }));
+    const row = await screen.findByTestId("channel");
+
+    await fireEvent.click(within(row).getByRole("button", { name: "Edit channel receiver" }));
+    let form = screen.getByRole("form", { name: "Edit channel receiver" });
+    expect(screen.queryByRole("form", { name: "New channel" })).toBeNull();
+    const kind = within(form).getByLabelText<HTMLSelectElement>("Kind");
+    expect(kind.disabled).toBe(true);
+    expect(kind.value).toBe(String(ChannelKind.WEBHOOK));
+    const name = within(form).getByLabelText<HTMLInputElement>("Name");
+    expect(document.activeElement).toBe(name);
+    expect(name.value).toBe("receiver");
+    const url = within(form).getByLabelText<HTMLInputElement>("URL", { exact: false });
+    const secret = within(form).getByLabelText<HTMLInputElement>("Signing secret", { exact: false });
+    expect([url.value, secret.value]).toEqual(["", ""]);
+    expect(url.placeholder).toBe("unchanged");
+    const hint = within(form).getByTestId("secret-hint");
+    expect(url.getAttribute("aria-describedby")).toBe(hint.id);
+    expect(hint.textContent).toContain("now: hooks.example.com/…3456, signing secret set. Leave the secret fields empty to keep them.");
+    expect(document.body.textContent).not.toContain("a signing secret of some length");
+
+    // Renamed and disabled; the secrets are not sent, so they stay.
+    await fireEvent.input(name, { target: { value: "receiver-2" } });
+    await fireEvent.click(within(form).getByLabelText("Enabled"));
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    await waitFor(() => expect(server.channelUpdates).toHaveLength(1));
+    expect(server.channelUpdates[0]).toMatchObject({ id: server.channels[0]!.id, name: "receiver-2", enabled: false });
+    expect(server.channelUpdates[0]!.secrets).toBeUndefined();
+    expect(server.channelUpdates[0]!.email).toBeUndefined();
+    expect(server.channelUpdates[0]!.ntfyPriority).toBeUndefined();
+    await waitFor(() => expect(screen.getByTestId("channel").dataset.name).toBe("receiver-2"));
+    expect(screen.getByTestId("channel").textContent).toContain("disabled");
+    expect(screen.getByTestId("channel").textContent).toContain("hooks.example.com/…3456, signing secret set");
+    expect(notices.list.at(-1)?.text).toBe("Channel receiver-2 saved.");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Edit channel receiver-2" })));
+    expect([...server.sealed.values()]).toEqual([{ url: "https://hooks.example.com/redflag/abcdef123456", token: "", signingSecret: "a signing secret of some length", smtpPassword: "" }]);
+
+    // A new URL alone would drop the signing secret: the server refuses it in its words, and nothing changes.
+    await fireEvent.click(screen.getByRole("button", { name: "Edit channel receiver-2" }));
+    form = screen.getByRole("form", { name: "Edit channel receiver-2" });
+    await fireEvent.input(within(form).getByLabelText("URL", { exact: false }), { target: { value: "https://hooks.example.com/redflag/new-0000-9999" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    expect((await within(form).findByRole("alert")).textContent).toBe("a webhook channel needs secrets.signing_secret");
+    expect(server.sealed.get(server.channels[0]!.id)!.url).toBe("https://hooks.example.com/redflag/abcdef123456");
+    await fireEvent.input(within(form).getByLabelText("Signing secret", { exact: false }), { target: { value: "another secret, long enough" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    await waitFor(() => expect(screen.getByTestId("channel").textContent).toContain("hooks.example.com/…9999, signing secret set"));
+    expect(server.channelUpdates.at(-1)!.secrets).toMatchObject({ url: "https://hooks.example.com/redflag/new-0000-9999", signingSecret: "another secret, long enough" });
+    expect(document.body.textContent).not.toContain("another secret, long enough");
+  });
+
+  it("edits an email channel's addresses and keeps its password; Escape leaves a channel unchanged", async () => {
+    const server = notificationServer();
+    renderWithApi(Notifications, server.routes);
+    await screen.findByText(/No channels yet/);
+    await fireEvent.change(screen.getByLabelText("Kind"), { target: { value: String(ChannelKind.EMAIL) } });
+    await fill("Name", "mail");
+    await fill("SMTP host", "smtp.example.com");
+    await fill("SMTP user", "redflag");
+    await fill("SMTP password", "hunter2hunter2");
+    await fill("From", "redflag@example.com");
+    await fill("To", "ops@example.com");
+    await fireEvent.click(screen.getByRole("button", { name: "Add channel" }));
+    await screen.findByTestId("channel");
+
+    await fireEvent.click(screen.getByRole("button", { name: "Edit channel mail" }));
+    let form = screen.getByRole("form", { name: "Edit channel mail" });
+    expect(within(form).getByLabelText<HTMLInputElement>("SMTP host").value).toBe("smtp.example.com");
+    expect(within(form).getByLabelText<HTMLInputElement>("SMTP port").value).toBe("587");
+    expect(within(form).getByLabelText<HTMLInputElement>("SMTP password", { exact: false }).value).toBe("");
+    expect(within(form).getByTestId("secret-hint").textContent).toContain("now: redflag with a password.");
+    await fireEvent.input(within(form).getByLabelText("To", { exact: false }), { target: { value: "ops@example.com, oncall@example.com" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    await waitFor(() => expect(server.channelUpdates).toHaveLength(1));
+    expect(server.channelUpdates[0]!.secrets).toBeUndefined();
+    expect(server.channelUpdates[0]!.email).toMatchObject({ smtpHost: "smtp.example.com", smtpUsername: "redflag", to: ["ops@example.com", "oncall@example.com"] });
+    await waitFor(() => expect(screen.getByTestId("channel").textContent).toContain("→ ops@example.com, oncall@example.com (redflag with a password)"));
+
+    await fireEvent.click(screen.getByRole("button", { name: "Edit channel mail" }));
+    form = screen.getByRole("form", { name: "Edit channel mail" });
+    await fireEvent.input(within(form).getByLabelText("Name"), { target: { value: "not saved" } });
+    await fireEvent.keyDown(within(form).getByLabelText("Name"), { key: "Escape" });
+    await waitFor(() => expect(screen.getByRole("form", { name: "New channel" })).toBeTruthy());
+    expect(server.channelUpdates).toHaveLength(1);
+    expect(screen.getByTestId("channel").dataset.name).toBe("mail");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Edit channel mail" })));
+  });
+
+  it("edits a rule in the same form, prefilled; the server's refusal shows beside it and Cancel leaves it as it was", async () => {
+    const rule = create(NotificationRuleSchema, {
+      id: "22222222-2222-4222-8222-222222222222",
+      name: "failures",
+      enabled: true,
+      events: ["install_failed"],
+      minSeverity: "warning",
+      groups: ["web"],
+      channelIds: [SLACK_ID],
+      quietHours: { start: "22:00", end: "07:00", timeZone: "Europe/Berlin" },
+      groupWindow: { seconds: 300n },
+    });
+    const server = notificationServer({ channels: [slack()], rules: [rule] });
+    renderWithApi(Notifications, server.routes);
+    const row = await screen.findByTestId("rule");
+    await fireEvent.click(within(row).getByRole("button", { name: "Edit rule failures" }));
+    const form = screen.getByRole("form", { name: "Edit rule failures" });
+    expect(screen.queryByRole("form", { name: "New rule" })).toBeNull();
+    expect(document.activeElement).toBe(within(form).getByLabelText("Name"));
+    expect(within(form).getByLabelText<HTMLInputElement>("Name").value).toBe("failures");
+    expect(within(form).getByLabelText<HTMLInputElement>("Install failed").checked).toBe(true);
+    expect(within(form).getByLabelText<HTMLInputElement>("Security event").checked).toBe(false);
+    expect(within(form).getByLabelText<HTMLSelectElement>("Minimum severity").value).toBe("warning");
+    expect(within(form).getByLabelText<HTMLInputElement>("Agent groups", { exact: false }).value).toBe("web");
+    expect(within(form).getByLabelText<HTMLInputElement>("ops-slack").checked).toBe(true);
+    expect(within(form).getByLabelText<HTMLInputElement>("Time zone").value).toBe("Europe/Berlin");
+    expect(within(form).getByLabelText<HTMLInputElement>("Group window").value).toBe("5m");
+
+    // Refused: no events left. Nothing changes.
+    await fireEvent.click(within(form).getByLabelText("Install failed"));
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    expect((await within(form).findByRole("alert")).textContent).toMatch(/^events must name at least one of install_failed/);
+    expect(server.rules[0]).toBe(rule);
+
+    await fireEvent.click(within(form).getByLabelText("Security event"));
+    await fireEvent.click(within(form).getByLabelText("Hold messages back during quiet hours"));
+    await fireEvent.input(within(form).getByLabelText("Group window"), { target: { value: "2m" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    await waitFor(() => expect(server.ruleUpdates).toHaveLength(2));
+    expect(server.ruleUpdates[1]!.rule).toMatchObject({ id: rule.id, name: "failures", enabled: true, events: ["security_event"], minSeverity: "warning", groups: ["web"], channelIds: [SLACK_ID], groupWindow: { seconds: 120n } });
+    expect(server.ruleUpdates[1]!.rule!.quietHours).toBeUndefined();
+    await waitFor(() => expect(screen.getByRole("form", { name: "New rule" })).toBeTruthy());
+    const cells = within(screen.getByTestId("rule")).getAllByRole("cell").map((c) => c.textContent?.trim());
+    expect(cells.slice(0, 7)).toEqual(["failures", "Security event", "warning", "web", "ops-slack", "none", "2 min"]);
+    expect(notices.list.at(-1)?.text).toBe("Rule failures saved.");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Edit rule failures" })));
+
+    await fireEvent.click(screen.getByRole("button", { name: "Edit rule failures" }));
+    await fireEvent.input(within(screen.getByRole("form", { name: "Edit rule failures" })).getByLabelText("Name"), { target: { value: "renamed" } });
+    await fireEvent.click(within(screen.getByRole("form", { name: "Edit rule failures" })).getByRole("button", { name: "Cancel" }));
+    expect(screen.queryByRole("form", { name: "Edit rule failures" })).toBeNull();
+    expect(server.ruleUpdates).toHaveLength(2);
+    expect(server.rules[0]!.name).toBe("failures");
   });
 });

@@ -1,75 +1,15 @@
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ConnectRouter } from "@connectrpc/connect";
 import { UpdateSeverity } from "@redflag/gen/command_pb";
 import { Role } from "@redflag/gen/identity_pb";
-import {
-  type CreatePolicyRequest,
-  type Policy,
-  PolicyMatchSchema,
-  PolicySchema,
-  PolicyService,
-  type PreviewPolicyRequest,
-  type UpdatePolicyRequest,
-} from "@redflag/gen/policy_service_pb";
+import { PolicySchema } from "@redflag/gen/policy_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
 import { notices } from "#lib/notices.svelte.ts";
 import { session } from "#lib/session.svelte.ts";
 import { renderWithApi } from "#lib/testing/api.ts";
 import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
-import { checkPolicyPatterns, notFound } from "#lib/testing/server-rules.ts";
+import { policyServer as fakeServer } from "#lib/testing/policy-server.ts";
 import Policies from "./+page.svelte";
-
-const seen = timestampFromDate(new Date(Date.now() - 3 * 86_400_000));
-
-// A PolicyService like the control plane's: the same pattern checks and messages; a preview
-// that changes nothing and answers from a fixed fleet.
-function fakeServer(initial: Policy[] = []) {
-  const policies = [...initial];
-  const creates: CreatePolicyRequest[] = [];
-  const previews: PreviewPolicyRequest[] = [];
-  const updates: UpdatePolicyRequest[] = [];
-  let n = 0;
-  const routes = (router: ConnectRouter) =>
-    router.service(PolicyService, {
-      listPolicies: () => ({ policies }),
-      createPolicy(req) {
-        creates.push(req);
-        checkPolicyPatterns("definition.criteria.name_patterns", req.definition?.criteria?.namePatterns ?? []);
-        const policy = create(PolicySchema, { id: `00000000-0000-4000-8000-00000000000${++n}`, definition: req.definition, createdBy: "olu" });
-        policies.push(policy);
-        return { policy };
-      },
-      updatePolicy(req) {
-        updates.push(req);
-        const p = policies.find((x) => x.id === req.id);
-        if (!p) throw notFound("policy", req.id);
-        p.definition = req.definition;
-        return { policy: p };
-      },
-      deletePolicy(req) {
-        const i = policies.findIndex((x) => x.id === req.id);
-        if (i < 0) throw notFound("policy", req.id);
-        policies.splice(i, 1);
-        return {};
-      },
-      previewPolicy(req) {
-        previews.push(req);
-        if (req.rule.case === "definition") checkPolicyPatterns("definition.criteria.name_patterns", req.rule.value.criteria?.namePatterns ?? []);
-        return {
-          approvable: 2n,
-          agents: 2n,
-          waiting: 1n,
-          held: 3n,
-          matches: ["web-1", "web-2"].map((hostname, i) =>
-            create(PolicyMatchSchema, { agentId: `a${i}`, hostname, source: "apt", name: "openssl", architecture: "amd64", availableVersion: "3.0.15", severity: UpdateSeverity.SECURITY, security: true, firstSeenTime: seen }),
-          ),
-        };
-      },
-    });
-  return { routes, policies, creates, previews, updates };
-}
 
 const policy = (over: { enabled?: boolean } = {}) =>
   create(PolicySchema, {
@@ -162,6 +102,61 @@ describe("the policies page", () => {
     renderWithApi(Policies, fakeServer([policy()]).routes);
     expect(await screen.findByRole("button", { name: "Preview security after 2 days" })).toBeTruthy();
     expect(screen.queryByRole("button", { name: "Delete security after 2 days" })).toBeNull();
+    expect(screen.queryByRole("button", { name: "Edit security after 2 days" })).toBeNull();
     expect(screen.queryByRole("form", { name: "New policy" })).toBeNull();
+  });
+
+  it("edits a policy in the same form, prefilled, previews the change, and saves exactly that", async () => {
+    const server = fakeServer([policy()]);
+    renderWithApi(Policies, server.routes);
+    await fireEvent.click(await screen.findByRole("button", { name: "Edit security after 2 days" }));
+    const form = screen.getByRole("form", { name: "Edit policy security after 2 days" });
+    expect(screen.queryByRole("form", { name: "New policy" })).toBeNull();
+    const name = within(form).getByLabelText<HTMLInputElement>("Name");
+    expect(document.activeElement).toBe(name);
+    expect(name.value).toBe("security after 2 days");
+    expect(within(form).getByLabelText<HTMLInputElement>("Security updates only").checked).toBe(true);
+    expect(within(form).getByLabelText<HTMLTextAreaElement>("Except packages").value).toBe("linux-image-*");
+    expect(within(form).getByLabelText<HTMLInputElement>("Delay after first seen").value).toBe("2d");
+    expect(within(form).getByLabelText<HTMLInputElement>("Enabled").checked).toBe(true);
+
+    await fireEvent.input(within(form).getByLabelText("Delay after first seen"), { target: { value: "1w" } });
+    await fireEvent.input(within(form).getByLabelText("Groups"), { target: { value: "web" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Preview" }));
+    expect((await within(form).findByTestId("policy-preview")).textContent).toContain("Would approve 2 updates");
+    expect(server.previews.at(-1)!.rule).toMatchObject({ case: "definition", value: { delaySeconds: 604_800, criteria: { groups: ["web"] } } });
+
+    const save = within(form).getByRole<HTMLButtonElement>("button", { name: "Save changes" });
+    await waitFor(() => expect(save.disabled).toBe(false));
+    await fireEvent.click(save);
+    await waitFor(() => expect(server.updates).toHaveLength(1));
+    expect(server.updates[0]!.id).toBe(policy().id);
+    expect(server.updates[0]!.definition).toMatchObject({ name: "security after 2 days", enabled: true, criteria: { securityOnly: true, groups: ["web"] }, exclusions: ["linux-image-*"], delaySeconds: 604_800 });
+    await waitFor(() => expect(screen.getByRole("form", { name: "New policy" })).toBeTruthy());
+    expect(notices.list.at(-1)?.text).toBe("Policy security after 2 days saved.");
+    await waitFor(() => expect(screen.getByTestId("policy").textContent).toContain("7 d after first seen"));
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Edit security after 2 days" })));
+    expect(server.creates).toEqual([]);
+  });
+
+  it("shows a refused edit in the server's words, changes nothing, and Escape leaves it as it was", async () => {
+    const other = create(PolicySchema, { id: "22222222-2222-4222-8222-222222222222", definition: { name: "web at once", enabled: true, criteria: { groups: ["web"] } } });
+    const server = fakeServer([policy(), other]);
+    renderWithApi(Policies, server.routes);
+    await fireEvent.click(await screen.findByRole("button", { name: "Edit security after 2 days" }));
+    const form = screen.getByRole("form", { name: "Edit policy security after 2 days" });
+    await fireEvent.input(within(form).getByLabelText("Name"), { target: { value: "web at once" } });
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    expect((await within(form).findByRole("alert")).textContent).toBe('a policy named "web at once" already exists');
+    await fireEvent.input(within(form).getByLabelText("Name"), { target: { value: "nothing chosen" } });
+    await fireEvent.click(within(form).getByLabelText("Security updates only"));
+    await fireEvent.click(within(form).getByRole("button", { name: "Save changes" }));
+    await waitFor(() => expect(within(form).getByRole("alert").textContent).toMatch(/^definition.criteria is empty/));
+    expect(server.policies.map((p) => p.definition?.name)).toEqual(["security after 2 days", "web at once"]);
+
+    await fireEvent.keyDown(within(form).getByLabelText("Name"), { key: "Escape" });
+    await waitFor(() => expect(screen.getByRole("form", { name: "New policy" })).toBeTruthy());
+    expect(screen.getAllByTestId("policy")[0]!.textContent).toContain("security after 2 days");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByRole("button", { name: "Edit security after 2 days" })));
   });
 });
