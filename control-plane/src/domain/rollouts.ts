@@ -60,10 +60,12 @@ import { agentWindowsAt, boundInstall, installNotAfter } from "./windows.ts";
 // the last one stopped and nothing is done twice.
 
 // Bounds: the hosts a rollout may hold, the rollouts not over yet (each is looked at on every
-// tick), and the installs queued per rollout per tick (the rest wait for the next tick).
+// tick), and the installs queued per rollout and in all per tick (each is one short transaction;
+// the rest wait for the next tick, so one tick stays short).
 export const MAX_ROLLOUT_HOSTS = 10_000;
 export const MAX_OPEN_ROLLOUTS = 50;
-const INSTALLS_PER_TICK = 200;
+const INSTALLS_PER_ROLLOUT_PER_TICK = 200;
+const INSTALLS_PER_TICK = 500;
 const SETTLE_BATCH = 1000;
 // Hostnames a halt reason names before "and N more".
 const NAMED_IN_REASON = 5;
@@ -449,10 +451,12 @@ export interface AdvanceOutcome {
 // The scheduler's job (leader only), once per tick. Idempotent: see the top of this file.
 export async function advanceRollouts(deps: RolloutDeps, now: Date): Promise<AdvanceOutcome> {
   const out: AdvanceOutcome = { settled: await settleQueued(deps.db, now), queued: 0, halted: [], promoted: [], finished: [] };
+  let budget = INSTALLS_PER_TICK;
   for (const row of await runningRollouts(deps.db, MAX_OPEN_ROLLOUTS)) {
     const index = row.currentRing;
-    if (row.rings[index]?.state === "installing") {
-      for (const host of await waitingHosts(deps.db, row.id, index, INSTALLS_PER_TICK)) {
+    if (row.rings[index]?.state === "installing" && budget > 0) {
+      for (const host of await waitingHosts(deps.db, row.id, index, Math.min(budget, INSTALLS_PER_ROLLOUT_PER_TICK))) {
+        budget--;
         const started = await startHost(deps, row, host, now);
         if (started === "stopped") break;
         if (started === "queued") out.queued++;

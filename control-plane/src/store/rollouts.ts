@@ -222,9 +222,10 @@ export function runningRollouts(db: Prisma, limit: number) {
   return db.rollout.findMany({ where: { state: "running" }, include: withRings, orderBy: [{ createdAt: "asc" }, { id: "asc" }], take: limit });
 }
 
-// Hosts of a ring still waiting for their install, by hostname.
+// Hosts of a ring still waiting for their install: those not tried yet first (no message), then
+// those told to wait (a blackout), by hostname; so hosts kept waiting never crowd out the others.
 export function waitingHosts(db: Prisma | Tx, rolloutId: string, ring: number, limit: number) {
-  return db.rolloutHost.findMany({ where: { rolloutId, ring, state: "waiting" }, orderBy: [{ hostname: "asc" }, { agentId: "asc" }], take: limit });
+  return db.rolloutHost.findMany({ where: { rolloutId, ring, state: "waiting" }, orderBy: [{ message: "asc" }, { hostname: "asc" }, { agentId: "asc" }], take: limit });
 }
 
 // Moves a host on when it is still in `from`; false when it is not (someone else moved it).
