@@ -3,8 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandSchema, InstallUpdatesSchema, PackageRefSchema } from "@redflag/gen/command_pb";
 import type { EventBus } from "../cluster/events.ts";
 import type { Wakeups } from "../cluster/wakeups.ts";
-import { sha256 } from "../ids.ts";
-import { newId } from "../ids.ts";
+import { newId, sha256 } from "../ids.ts";
 import type { Settings } from "../settings.ts";
 import { recordAudit } from "../store/audit.ts";
 import { cancelPendingCommand } from "../store/commands.ts";
@@ -359,8 +358,8 @@ async function startHost(deps: RolloutDeps, row: RolloutRow, host: { agentId: st
   let placed;
   try {
     placed = await inTransaction(db, async (tx) => {
-      const now2 = await rolloutStateShared(tx, row.id);
-      if (now2?.state !== "running" || now2.currentRing !== host.ring) throw new Stopped();
+      const current = await rolloutStateShared(tx, row.id);
+      if (current?.state !== "running" || current.currentRing !== host.ring) throw new Stopped();
       const placed = (await mergeIntoPending(tx, host.agentId, "install_updates", action, 0)) ?? {
         row: await storeCommand(tx, {
           agentId: host.agentId,
