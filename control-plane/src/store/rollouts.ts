@@ -336,3 +336,9 @@ export async function commandStates(db: Prisma, ids: readonly string[]): Promise
 export function agentForInstall(db: Prisma | Tx, agentId: string) {
   return db.agent.findUnique({ where: { id: agentId }, select: { id: true, hostname: true, decommissionedAt: true } });
 }
+
+// Removes finished and aborted rollouts (with their rings and hosts) that ended before `before`;
+// returns how many. Running, paused and halted ones stay whatever their age.
+export async function pruneEndedRollouts(db: Prisma, before: Date): Promise<number> {
+  return (await db.rollout.deleteMany({ where: { state: { in: ["finished", "aborted"] }, endedAt: { lt: before } } })).count;
+}

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addChannel, addRule, runNotifications } from "../../src/domain/notifications.ts";
 import { abortRollout, advanceRollouts, createRollout, pauseRollout, placeAgents, previewRollout, resumeRollout, type RolloutDeps } from "../../src/domain/rollouts.ts";
 import { addWindow } from "../../src/domain/windows.ts";
+import { prune } from "../../src/scheduler.ts";
 import type { RingInput, RolloutInput } from "../../src/store/rollouts.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
 import { auditAs, failInsertsInto, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
@@ -310,6 +311,21 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     expect((await hosts(created.id)).map((h) => [h.state, h.commandId])).toEqual([["waiting", null]]);
     expect(await m.db.packageUpdate.count({ where: { commandId: { not: null } } })).toBe(0);
     expect(await advanceRollouts(deps(), T0)).toMatchObject({ queued: 1 });
+  });
+
+  it("are pruned with the commands' retention once finished or aborted, never while open", async () => {
+    await reset();
+    const agents = await fleet(2);
+    const ended = await createRollout(m.db, spec("ended", [ring("all", { kind: "rest" })]), "oscar", T0, audited());
+    await abortRollout({ db: m.db, events: { publish() {} } }, ended.id, "oscar", T0, audited("AbortRollout"));
+    const open = await createRollout(m.db, spec("open", [ring("all", { kind: "rest" })]), "oscar", T0, audited());
+    const DAY = 86_400;
+    const retention = { retentionCommandsSeconds: 30 * DAY, retentionAuditSeconds: 3650 * DAY, retentionMetricsSeconds: 3650 * DAY, retentionSecurityEventsSeconds: 3650 * DAY };
+    expect((await prune(m.db, at(29 * 24 * HOUR), retention)).rollouts).toBe(0);
+    expect((await prune(m.db, at(31 * 24 * HOUR), retention)).rollouts).toBe(1);
+    expect((await m.db.rollout.findMany()).map((r) => r.id)).toEqual([open.id]);
+    expect(await m.db.rolloutHost.count({ where: { rolloutId: ended.id } })).toBe(0);
+    void agents;
   });
 
   it("refuses a name taken, targets with no agent, and explicit updates of agents it does not target; a refusal changes nothing", async () => {
