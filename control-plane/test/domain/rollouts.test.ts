@@ -276,6 +276,20 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     expect((await hostOf(created.id, agents[0]!.id)).state).toBe("queued");
   });
 
+  it("fails a host whose agent is below the minimum supported version, saying how to upgrade it, and skips a decommissioned one", async () => {
+    await reset();
+    const agents = await fleet(3);
+    const created = await createRollout(m.db, spec("old agents", [ring("all", { kind: "rest" }, { thresholdPercent: 1 })]), "oscar", T0, audited());
+    await m.db.agent.update({ where: { id: agents[1]!.id }, data: { decommissionedAt: T0 } });
+    await advanceRollouts({ ...deps(), settings: { minimumAgentVersion: "0.2.0", pollIntervalSeconds: 60 } }, T0);
+    expect(await hostOf(created.id, agents[0]!.id)).toMatchObject({
+      state: "failed",
+      message: `agent web-0 runs 0.1.0, below the minimum supported 0.2.0: upgrade it first (\`redflag agents upgrade ${agents[0]!.id}\`)`,
+    });
+    expect(await hostOf(created.id, agents[1]!.id)).toMatchObject({ state: "skipped", message: "not installed: the agent was decommissioned" });
+    expect(await m.db.command.count()).toBe(0);
+  });
+
   it("pauses (nothing new queued), aborts (undelivered installs cancelled, the rest skipped) and refuses what the state does not allow", async () => {
     await reset();
     const agents = await fleet(3);
