@@ -1,6 +1,6 @@
 // The events a notification rule can choose (notification_service.proto, NotificationRule.events):
 // the control plane refuses any other, and the console lists these, with their words.
-export const NOTIFICATION_EVENTS = ["install_failed", "install_succeeded", "security_event", "agent_upgrade_failed", "critical_updates", "agent_offline", "agent_back", "reboot_required", "reboot_done", "reboot_overdue"] as const;
+export const NOTIFICATION_EVENTS = ["install_failed", "install_succeeded", "security_event", "agent_upgrade_failed", "critical_updates", "agent_offline", "agent_back", "reboot_required", "reboot_done", "reboot_overdue", "rollout_halted", "rollout_finished"] as const;
 export type NotificationEventKind = (typeof NOTIFICATION_EVENTS)[number];
 
 export const NOTIFICATION_EVENT_LABELS: Record<NotificationEventKind, string> = {
@@ -14,4 +14,6 @@ export const NOTIFICATION_EVENT_LABELS: Record<NotificationEventKind, string> = 
   reboot_required: "Reboot required",
   reboot_done: "Reboot done",
   reboot_overdue: "Host did not come back after a reboot",
+  rollout_halted: "Rollout halted",
+  rollout_finished: "Rollout finished",
 };

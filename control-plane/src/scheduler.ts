@@ -10,9 +10,11 @@ import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgra
 import { pruneUpgrades } from "./store/upgrades.ts";
 import { noticeAgentHealth, noticeReboots, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
+import { pruneEndedRollouts } from "./store/rollouts.ts";
 import { autoApprove } from "./domain/policies.ts";
 import { installInWindows } from "./domain/scheduled-installs.ts";
 import { followReboots, rebootAfterInstalls } from "./domain/reboot-policies.ts";
+import { advanceRollouts, type RolloutDeps } from "./domain/rollouts.ts";
 
 export interface Scheduler {
   // One round of every job; `now` stands in for the clock (tests).
@@ -35,6 +37,8 @@ export function createScheduler(
   upgrades?: UpgradeDeps,
   // Routes the notification outbox and sends what is due; without it nothing is sent.
   notifications?: NotifierDeps,
+  // Queues the installs of staged rollouts and moves them on; without it rollouts stand still.
+  rollouts?: Omit<RolloutDeps, "settings">,
 ): Scheduler {
   let lastPrune = 0;
   // Agent offline/back and reboot notices: once a minute (offline only about what happened
@@ -42,10 +46,14 @@ export function createScheduler(
   let lastHealthNotice = 0;
   const watchingSince = new Date();
   let halted = false;
-  let running = false;
+  // The round in progress: a tick asked for meanwhile waits for it (and runs nothing itself), so
+  // `await tick()` never returns while a round is still writing.
+  let inProgress: Promise<void> | undefined;
   const tick = async (at?: Date) => {
-    if (running || !isLeader()) return;
-    running = true;
+    if (inProgress) return inProgress;
+    if (!isLeader()) return;
+    let done!: () => void;
+    inProgress = new Promise((resolve) => (done = resolve));
     try {
       const now = at ?? new Date();
       const timedOut = await sweepTimedOut(db, new Date(now.getTime() - settings.resultTimeoutSeconds * 1000), now);
@@ -76,6 +84,7 @@ export function createScheduler(
       }
       await approveByPolicy(now);
       await windowsAndReboots(now);
+      await rolloutJobs(now);
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
       if (now.getTime() - lastPrune > 3_600_000) {
@@ -86,7 +95,8 @@ export function createScheduler(
     } catch (err) {
       logger.warn({ err }, "housekeeping failed; will retry");
     } finally {
-      running = false;
+      inProgress = undefined;
+      done();
     }
   };
   // Agent upgrades: each open one moved on from its command and what its agent reports; then
@@ -140,6 +150,19 @@ export function createScheduler(
     const back = await followReboots(db, now);
     if (back.overdue.length > 0) logger.warn({ agents: back.overdue }, "hosts did not come back after a reboot (notified)");
   };
+  // Staged rollouts: after auto-approval, so a ring starting now installs what was just approved.
+  const rolloutJobs = async (now: Date) => {
+    if (!rollouts) return;
+    const done = await advanceRollouts({ ...rollouts, settings }, now).catch((err: unknown) => {
+      logger.warn({ err }, "moving rollouts on failed; will retry");
+      return undefined;
+    });
+    if (!done) return;
+    if (done.queued > 0) logger.info({ installs: done.queued }, "rollout installs queued");
+    for (const name of done.halted) logger.warn({ rollout: name }, "rollout halted (see `redflag rollouts list`)");
+    for (const name of done.promoted) logger.info({ rollout: name }, "rollout promoted to its next ring");
+    for (const name of done.finished) logger.info({ rollout: name }, "rollout finished");
+  };
   const timer = setInterval(() => void tick(), config.sweepIntervalMs);
   timer.unref();
   void tick();
@@ -159,5 +182,7 @@ export async function prune(db: Prisma, now: Date, settings: Retention) {
   const reports = await pruneReportData(db, { metrics: before(settings.retentionMetricsSeconds), updateEvents: before(settings.retentionCommandsSeconds) });
   const upgrades = await pruneUpgrades(db, before(settings.retentionCommandsSeconds));
   const notifications = await pruneDeliveries(db, before(settings.retentionCommandsSeconds));
-  return { commands, audit, events, upgrades, notifications, ...reports };
+  // A rollout's history goes with the commands it queued.
+  const rollouts = await pruneEndedRollouts(db, before(settings.retentionCommandsSeconds));
+  return { commands, audit, events, upgrades, notifications, rollouts, ...reports };
 }

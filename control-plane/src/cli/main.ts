@@ -11,6 +11,7 @@ import { registerPolicies } from "./commands/policies.ts";
 import { registerRebootPolicies } from "./commands/reboot-policies.ts";
 import { registerReleases } from "./commands/releases.ts";
 import { registerReports } from "./commands/reports.ts";
+import { registerRollouts } from "./commands/rollouts.ts";
 import { registerSecurity } from "./commands/security.ts";
 import { registerSession } from "./commands/session.ts";
 import { registerSettings } from "./commands/settings.ts";
@@ -44,6 +45,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerPolicies,
     registerWindows,
     registerRebootPolicies,
+    registerRollouts,
     registerSettings,
     registerSecurity,
     registerSession,
