@@ -109,6 +109,15 @@ describe("list_package_versions", () => {
     expect(apt.asked).toEqual([]);
   });
 
+  it("names the real sources that cannot go back, in words", async () => {
+    const out = await createListPackageVersions()(context(list(ref("windows_update", "KB5044284"), ref("brew", "wget"))));
+    const answers = out.detail?.case === "listPackageVersions" ? out.detail.value.packages : [];
+    expect(answers.map((a) => [a.rollbackSupported, a.reason])).toEqual([
+      [false, "Windows Update cannot install an earlier revision of an update; uninstall the update in Windows instead"],
+      [false, "Homebrew installs only the current version of a formula or cask; it cannot go back to an earlier one"],
+    ]);
+  });
+
   it("takes 1 to 50 packages", async () => {
     const { run } = setup();
     expect(await run(context(list()))).toMatchObject({ outcome: CommandOutcome.FAILED, message: "list_package_versions names no packages" });

@@ -16,7 +16,7 @@ export const MAX_VERSION_PACKAGES = 50;
 // Sources that cannot go back at all, in words an operator can act on.
 const NO_ROLLBACK: Record<string, string> = {
   brew: "Homebrew installs only the current version of a formula or cask; it cannot go back to an earlier one",
-  "windows-update": "Windows Update cannot install an earlier revision of an update; uninstall the update in Windows instead",
+  windows_update: "Windows Update cannot install an earlier revision of an update; uninstall the update in Windows instead",
 };
 const noRollback = (source: string) => NO_ROLLBACK[source] ?? `rollback is not supported for ${source}: it cannot install an earlier version`;
 
