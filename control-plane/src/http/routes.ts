@@ -16,6 +16,9 @@ import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
+import { Health } from "@redflag/gen/grpc/health/v1/health_pb";
+import { ServerReflection as ReflectionV1 } from "@redflag/gen/grpc/reflection/v1/reflection_pb";
+import { ServerReflection as ReflectionV1alpha } from "@redflag/gen/grpc/reflection/v1alpha/reflection_pb";
 import type { PrincipalResolver } from "../auth/principals.ts";
 import { createAgentService, type AgentServiceDeps } from "../services/agent-service.ts";
 import { createApiTokenService } from "../services/api-token-service.ts";
@@ -35,6 +38,9 @@ import type { Settings } from "../settings.ts";
 import { createTokenService } from "../services/token-service.ts";
 import { createUpdateService } from "../services/update-service.ts";
 import { createUserService } from "../services/user-service.ts";
+import { createHealthService } from "../services/health-service.ts";
+import { createReflectionServices } from "../services/reflection-service.ts";
+import type { Readiness } from "../store/observability.ts";
 
 // Every service the control plane serves (routes.test.ts holds createRoutes to it): the policy
 // table's test and the RPC fuzzer walk this list, so a new service cannot be left out of either.
@@ -55,12 +61,18 @@ export const RPC_SERVICES: readonly DescService[] = [
   ReleaseService,
   NotificationService,
   MaintenanceService,
+  // The standard gRPC services: health (the /readyz answer) and server reflection (the schema).
+  Health,
+  ReflectionV1,
+  ReflectionV1alpha,
 ];
 
 export interface RouteDeps extends AgentServiceDeps {
   principals: PrincipalResolver;
   masterKey: Buffer;
   settings: Settings;
+  // What /readyz answers; the gRPC health service gives the same.
+  readiness: () => Promise<Readiness>;
 }
 
 export function createRoutes(deps: RouteDeps) {
@@ -82,5 +94,9 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ReleaseService, createReleaseService(deps.db, deps.signer, deps));
     router.service(NotificationService, createNotificationService(deps));
     router.service(MaintenanceService, createMaintenanceService(deps.db));
+    router.service(Health, createHealthService({ readiness: deps.readiness, services: new Set(RPC_SERVICES.map((s) => s.typeName)) }));
+    const reflection = createReflectionServices(RPC_SERVICES);
+    router.service(ReflectionV1, reflection.v1);
+    router.service(ReflectionV1alpha, reflection.v1alpha);
   };
 }
