@@ -70,6 +70,8 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
         "nginx amd64 1.22.1-9+deb12u2 bookworm",
         "libnginx-mod-new amd64 1.22.1-9+deb12u2 bookworm",
       ],
+      // Earlier versions the repositories still have: what a rollback can go back to.
+      older: ["openssl amd64 3.0.15-1~deb12u1 bookworm", "openssl amd64 3.0.11-1~deb12u2 bookworm"],
     });
     await mkdir(shots, { recursive: true });
     browser = await launchChromium();
@@ -208,6 +210,26 @@ describe.runIf(process.getuid?.() === 0)("the console in a real browser, with a 
     await page.getByTestId("confirm-queued").waitFor();
     await expect.poll(async () => (await apt.installed()).get("libnginx-mod-new"), { timeout: 30_000 }).toBe("1.22.1-9+deb12u2");
     expect((await apt.installed()).get("nginx")).toBe("1.22.1-9+deb12u2");
+  });
+
+  it("rolls openssl back from the agent page to a version the host says it can go back to", async () => {
+    await nav(page, "Agents").click();
+    await page.getByTestId("agent").filter({ hasText: host }).getByRole("link", { name: host, exact: true }).click();
+    const installed = page.getByRole("region", { name: "Installed recently" });
+    await installed.getByTestId("installed-package").filter({ hasText: "openssl" }).waitFor();
+    await installed.getByRole("button", { name: `Roll back openssl on ${host}…` }).click();
+    // The page asks the agent, which answers on its next poll; the dialog follows it live.
+    const dialog = page.getByRole("dialog", { name: `Roll back openssl on ${host}` });
+    const choice = dialog.getByTestId("rollback-version");
+    await choice.first().waitFor({ timeout: 30_000 });
+    expect((await choice.allTextContents()).map((t) => t.replace(/\s+/g, " ").trim())).toEqual(["3.0.15-1~deb12u1 from bookworm", "3.0.11-1~deb12u2 from bookworm"]);
+    await dialog.getByRole("radio", { name: /3\.0\.15-1~deb12u1/ }).check();
+    await shot("rollback");
+    await dialog.getByRole("button", { name: "Roll back…" }).click();
+    await dialog.getByRole("button", { name: "Roll back to 3.0.15-1~deb12u1" }).click();
+    await page.getByTestId("notice").filter({ hasText: `Rollback of openssl to 3.0.15-1~deb12u1 queued for ${host}` }).waitFor();
+    await expect.poll(async () => (await apt.installed()).get("openssl"), { timeout: 30_000 }).toBe("3.0.15-1~deb12u1");
+    await page.locator('[data-testid="agent-command"][data-state="succeeded"]').filter({ hasText: "rollback update" }).first().waitFor({ timeout: 30_000 });
   });
 
   it("revokes the token, and shows the dashboard, settings, security and audit pages", async () => {

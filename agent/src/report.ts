@@ -231,7 +231,9 @@ function resultSize(result: CommandResult): { bytes: number; entries: number } {
       ? d.value.updates.length
       : d.case === "installUpdates" || d.case === "confirmDependencies" || d.case === "rollbackUpdate"
         ? d.value.packages.length
-        : 0;
+        : d.case === "listPackageVersions"
+          ? d.value.packages.reduce((n, p) => n + 1 + p.versions.length, 0)
+          : 0;
   return { bytes: toBinary(CommandResultSchema, result).length, entries };
 }
 

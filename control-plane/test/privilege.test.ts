@@ -211,6 +211,10 @@ describe("installs by operators", () => {
     case: "rollbackUpdate",
     value: { $typeName: "redflag.v1.RollbackUpdate", package: ref("apt", name), targetVersion: to },
   });
+  const versions = (...packages: ReturnType<typeof ref>[]): CreateCommandRequest["action"] => ({
+    case: "listPackageVersions",
+    value: { $typeName: "redflag.v1.ListPackageVersions", packages },
+  });
   const clear = async () => {
     await cp.app.db.prisma.command.updateMany({ where: { agentId: host.agentId, state: "pending" }, data: { state: "cancelled" } });
   };
@@ -230,14 +234,16 @@ describe("installs by operators", () => {
     ["an install of another architecture", () => install(ref("apt", "openssl", "", "i386")), /^install_updates\.packages\[0\] apt:openssl \(i386\) is not a pending update/],
     ["a dry run of a package the host never reported", () => dryRun(ref("apt", "nmap")), /^dry_run_update\.packages\[0\] apt:nmap is not a pending update this agent reported/],
     ["a rollback of a package the host never reported", () => rollback("netcat-traditional", "1.10-47"), /^rollback_update\.package apt:netcat-traditional is a package this agent never reported/],
+    ["a version listing of a package the host never reported", () => versions(ref("apt", "curl"), ref("apt", "netcat-traditional")), /^list_package_versions\.packages\[1\] apt:netcat-traditional is a package this agent never reported/],
     ["a confirmation without a dry run", () => confirm("", [change(PackageChangeKind.INSTALL, "netcat-traditional", "", "1.10-47")]), /^confirm_dependencies\.dry_run_command_id must name the dry run being confirmed/],
     ["a confirmation of a dry run that does not exist", () => confirm(randomUUID(), [change(PackageChangeKind.INSTALL, "netcat-traditional", "", "1.10-47")]), /^confirm_dependencies\.dry_run_command_id [0-9a-f-]{36} is not a dry run of this agent/],
   ])("refuses an operator's %s (PermissionDenied), queues nothing", async (_, action, message) => {
     await refused(() => operator.createCommand({ agentId: host.agentId, action: action() }), "PermissionDenied", message);
   });
 
-  it("rolls back a package the host reported before", async () => {
+  it("rolls back a package the host reported before, and asks which versions it can go back to", async () => {
     await operator.createCommand({ agentId: host.agentId, action: rollback("curl", "7.88.1-10+deb12u5") });
+    await operator.createCommand({ agentId: host.agentId, action: versions(ref("apt", "curl"), ref("apt", "openssl")) });
     await clear();
   });
 
@@ -278,6 +284,7 @@ describe("installs by operators", () => {
   it("lets an admin name packages the host did not report (the agent still installs only updates of what is installed)", async () => {
     await admin.createCommand({ agentId: host.agentId, action: install(ref("apt", "netcat-traditional")) });
     await admin.createCommand({ agentId: host.agentId, action: rollback("netcat-traditional", "1.10-47") });
+    await admin.createCommand({ agentId: host.agentId, action: versions(ref("apt", "netcat-traditional")) });
     await clear();
   });
 

@@ -311,6 +311,32 @@ describe.each(availableBackends)("a big scan applied over several calls on %s", 
     expect(await cp.app.db.prisma.updateEvent.count({ where: { agentId: agent.agentId, kind: "found", name: { startsWith: "new-" } } })).toBe(2400);
   });
 
+  it("counts each version a version listing reports against the same per-call limit, and stores one within it", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const packages = Array.from({ length: 20 }, (_, i) => ({ source: "apt", name: `pkg-${i}` }));
+    const commandId = (await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "listPackageVersions", value: { packages } } })).command!.id;
+    await agent.client.pollCommands({ nonce: nonce() });
+    const answer = (versionsEach: number) => ({
+      commandId,
+      outcome: CommandOutcome.SUCCEEDED,
+      message: "listed",
+      detail: {
+        case: "listPackageVersions" as const,
+        value: { packages: packages.map((p) => ({ package: p, installedVersion: "2.0-1", rollbackSupported: true, versions: Array.from({ length: versionsEach }, (_, v) => ({ version: `1.${v}-1` })) })) },
+      },
+    });
+    // 20 packages and 20 × 50 versions: 1,020 entries, over the 1,000 of this control plane.
+    const refused = await agent.client.reportResults({ results: [answer(50)] }).catch((e: unknown) => ConnectError.from(e));
+    expect(refused).toBeInstanceOf(ConnectError);
+    expect((refused as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((refused as ConnectError).rawMessage).toMatch(/this report carries 1020 updates and package results; at most 1000 per call/);
+    expect((await cp.admin.commands.getCommand({ id: commandId })).command!.state).toBe(CommandState.SENT);
+    const ok = await agent.client.reportResults({ results: [answer(40)] });
+    expect(ok.acknowledgedCommandIds).toEqual([commandId]);
+    const stored = (await cp.admin.commands.getCommand({ id: commandId })).command!;
+    expect(stored.result?.detail.case === "listPackageVersions" && stored.result.detail.value.packages[19]!.versions.length).toBe(40);
+  });
+
   it("starts a scan applied part-way over when another scan of the agent was applied meanwhile", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const commandId = (await cp.admin.commands.createCommand({ agentId: agent.agentId, action: { case: "scanUpdates", value: { subsystems: ["apt"] } } })).command!.id;

@@ -2,9 +2,10 @@ import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 // A stateful stand-in for apt on a Debian host, as shell scripts: `apt list --upgradable`,
-// `apt-get -s install` (simulation), `apt-get install`, `apt-cache show` and `dpkg-query -W`,
-// answering from two files in `dir`: installed ("name arch version") and available
-// ("name arch version suite"). Installing "nginx" drags in a new dependency, as real upgrades
+// `apt-get -s install` (simulation), `apt-get install`, `apt-cache policy` and `dpkg-query -W`,
+// answering from three files in `dir`: installed ("name arch version"), available ("name arch
+// version suite": the candidate) and older (the same, earlier versions a repository still has,
+// newest first). A pinned version no repository has is "not found", as apt says it. Installing "nginx" drags in a new dependency, as real upgrades
 // do; a package named "broken-*" fails in its post-installation script like a real dpkg
 // error. Every apt-get argv is appended to `dir/argv.log`, one line per run.
 export interface FakeApt {
@@ -43,6 +44,9 @@ for spec in $specs; do
   name=$(echo "$spec" | sed 's/[:=].*//'); want=$(echo "$spec" | sed -n 's/^[^=]*=//p')
   line=$(grep "^$name " "$STATE/available")
   [ -n "$line" ] || { echo "E: Unable to locate package $name" >&2; exit 100; }
+  if [ -n "$want" ] && ! cut -d' ' -f1,3 "$STATE/available" "$STATE/older" | grep -qxF "$name $want"; then
+    echo "E: Version '$want' for '$name' was not found" >&2; exit 100
+  fi
   arch=$(echo "$line" | cut -d' ' -f2); ver=$want; [ -n "$ver" ] || ver=$(echo "$line" | cut -d' ' -f3)
   cur=$(grep "^$name $arch " "$STATE/installed" | cut -d' ' -f3)
   if [ -z "$cur" ] && [ "$only" = 1 ]; then echo "Skipping $name, it is not installed and only upgrades are requested."; continue; fi
@@ -84,15 +88,39 @@ done
 exit 0
 `;
 
-const APT_CACHE = "#!/bin/sh\nexit 0\n";
+// apt-cache policy: the candidate, the installed version (***), then the older ones.
+const APT_CACHE = String.raw`#!/bin/sh
+[ "$1" = "policy" ] || exit 0
+shift; [ "$1" = "--" ] && shift
+for spec in "$@"; do
+  name=$(echo "$spec" | sed 's/:.*//')
+  cur=$(grep "^$name " "$STATE/installed" | cut -d' ' -f3)
+  cand=$(grep "^$name " "$STATE/available" | cut -d' ' -f3)
+  [ -n "$cur$cand" ] || continue
+  echo "$name:"
+  echo "  Installed: ${"$"}{cur:-(none)}"
+  echo "  Candidate: ${"$"}{cand:-$cur}"
+  echo "  Version table:"
+  if [ -n "$cand" ] && [ "$cand" != "$cur" ]; then
+    grep "^$name " "$STATE/available" | while read -r n a v suite; do echo "     $v 500"; echo "        500 http://deb.debian.org/debian $suite/main $a Packages"; done
+  fi
+  if [ -n "$cur" ]; then echo " *** $cur 100"; echo "        100 /var/lib/dpkg/status"; fi
+  grep "^$name " "$STATE/older" | while read -r n a v suite; do
+    [ "$v" = "$cur" ] && continue
+    echo "     $v 500"; echo "        500 http://deb.debian.org/debian $suite/main $a Packages"
+  done
+done
+exit 0
+`;
 
-export async function createFakeApt(dir: string, state: { installed: string[]; available: string[] }): Promise<FakeApt> {
+export async function createFakeApt(dir: string, state: { installed: string[]; available: string[]; older?: string[] }): Promise<FakeApt> {
   const bin = path.join(dir, "bin");
   const stateDir = path.join(dir, "state");
   await mkdir(bin, { recursive: true });
   await mkdir(stateDir, { recursive: true });
   await writeFile(path.join(stateDir, "installed"), `${state.installed.join("\n")}\n`);
   await writeFile(path.join(stateDir, "available"), `${state.available.join("\n")}\n`);
+  await writeFile(path.join(stateDir, "older"), state.older?.length ? `${state.older.join("\n")}\n` : "");
   const scripts = { apt: APT, "apt-get": APT_GET, "dpkg-query": DPKG_QUERY, "apt-cache": APT_CACHE };
   for (const [name, script] of Object.entries(scripts)) {
     // The state directory is baked in: the agent hands package tools a trimmed environment.

@@ -10,6 +10,7 @@ import { reboot } from "./reboot.ts";
 import type { Logger } from "../log.ts";
 import { collectSpecs } from "./collect-specs.ts";
 import { confirmDependencies, dryRunUpdate, installUpdates, rollbackUpdate } from "./install.ts";
+import { listPackageVersions } from "./package-versions.ts";
 import { scanUpdates } from "./scan-updates.ts";
 import { updateAgent } from "./update-agent.ts";
 import type { PinnedKeys } from "../trust/envelope.ts";
@@ -27,6 +28,7 @@ export const defaultExecutors: ExecutorTable = {
   dryRunUpdate,
   confirmDependencies,
   rollbackUpdate,
+  listPackageVersions,
   enableHeartbeat,
   disableHeartbeat,
   reboot,

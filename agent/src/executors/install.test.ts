@@ -414,4 +414,14 @@ describe("rollback_update", () => {
     const noVersion = await createRollbackUpdate(d2)(context(rollback(ref("apt", "curl"), "")));
     expect(noVersion.message).toContain("no target version to roll back to");
   });
+
+  it("takes only a version of the form list_package_versions reports: never an option, never overlong", async () => {
+    const { apt, deps } = setup();
+    for (const version of ["--reinstall", "-1", "1 2", `1${"0".repeat(128)}`, "1.0;rm"]) {
+      const out = await createRollbackUpdate(deps)(context(rollback(ref("apt", "curl"), version)));
+      expect(out.outcome, version).toBe(CommandOutcome.FAILED);
+      expect(out.message, version).toMatch(/is not a valid version of curl/);
+    }
+    expect(apt.calls).toEqual([]);
+  });
 });

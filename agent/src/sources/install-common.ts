@@ -7,6 +7,8 @@ import {
   type PackageRef,
   type PackageResult,
   PackageResultSchema,
+  type RollbackVersion,
+  RollbackVersionSchema,
   PackageResultState,
   type ToolOutput,
   ToolOutputSchema,
@@ -121,4 +123,24 @@ export function needsRoot(refs: readonly Pick<PackageRef, "source" | "name" | "a
     rebootRequired: false,
     error: `${what} needs root; run the agent as root`,
   };
+}
+
+// At most this many earlier versions are offered per package (ListPackageVersions).
+export const MAX_ROLLBACK_VERSIONS = 50;
+const MAX_VERSION_DESCRIPTION = 200;
+
+// The versions a source found, as ListPackageVersions reports them: only what a rollback would
+// accept (the version rule of @redflag/common, which also refuses a leading "-"), each once, in
+// the order given (newest first), at most MAX_ROLLBACK_VERSIONS.
+export function rollbackVersions(found: readonly { version: string; description?: string | undefined }[]): RollbackVersion[] {
+  const seen = new Set<string>();
+  const versions: RollbackVersion[] = [];
+  for (const { version, description } of found) {
+    if (!PACKAGE_VERSION.test(version) || seen.has(version)) continue;
+    seen.add(version);
+    const text = (description ?? "").replace(/[\u0000-\u001f\u007f]/g, " ");
+    versions.push(create(RollbackVersionSchema, { version, description: text.length > MAX_VERSION_DESCRIPTION ? `${text.slice(0, MAX_VERSION_DESCRIPTION - 1)}…` : text }));
+    if (versions.length === MAX_ROLLBACK_VERSIONS) break;
+  }
+  return versions;
 }

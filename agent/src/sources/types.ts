@@ -1,4 +1,4 @@
-import type { PackageChange, PackageRef, PackageResult, PackageUpdate, SubsystemRun, ToolOutput } from "@redflag/gen/command_pb";
+import type { PackageChange, PackageRef, PackageResult, PackageUpdate, RollbackVersion, SubsystemRun, ToolOutput } from "@redflag/gen/command_pb";
 
 // Scanning: finding a source's pending updates.
 
@@ -64,6 +64,17 @@ export interface InstallOutcome {
   error?: string | undefined;
 }
 
+// What `versions` found for one package: the earlier versions `rollback` can go to.
+export interface VersionsOutcome {
+  // The version installed now; "" when the package is not installed.
+  installed: string;
+  // Earlier versions `rollback` accepts as pkg.version, newest first.
+  versions: RollbackVersion[];
+  output: ToolOutput[];
+  // Set when the tool could not be asked or failed, as a human reason; `versions` is then empty.
+  error?: string | undefined;
+}
+
 // How one package source installs. Every method is given validated refs of its own source
 // only (names and versions checked by `validateRef`), passes them as argv, never through a
 // shell, and runs with the per-source lock already held by the caller.
@@ -78,6 +89,10 @@ export interface Installer {
   // Installs `pkg.version`, an earlier version than the installed one. Absent when the source
   // cannot go back; the executor then answers with a clear "unsupported".
   rollback?(pkg: PackageRef, opts: InstallOptions): Promise<InstallOutcome>;
+  // The earlier versions of an installed package that `rollback` can go to (what a repository,
+  // the cache or the tool still holds). Reads only; never installs, downloads or refreshes.
+  // Absent where there is no rollback, or where the source cannot list them.
+  versions?(pkg: PackageRef, opts: InstallOptions): Promise<VersionsOutcome>;
 }
 
 // One package source: its scanner and its installer, under the one name both answer to (a name
@@ -88,4 +103,4 @@ export interface PackageSource {
   readonly installer: Installer;
 }
 
-export type { PackageChange, PackageRef, PackageResult, ToolOutput };
+export type { PackageChange, PackageRef, PackageResult, RollbackVersion, ToolOutput };

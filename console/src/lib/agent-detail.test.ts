@@ -1,9 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { CommandResultSchema, CommandType, SubsystemRunState } from "@redflag/gen/command_pb";
+import { CommandResultSchema, CommandType, PackageResultState, SubsystemRunState } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { describe, expect, it } from "vitest";
-import { absentSources, actorLabel, durationInput, heartbeatState, isPerson, isPersonName, parseDurationInput } from "./agent-detail.ts";
+import { absentSources, actorLabel, durationInput, heartbeatState, isPerson, isPersonName, parseDurationInput, recentlyInstalled } from "./agent-detail.ts";
 
 const now = Date.UTC(2026, 11, 1, 12);
 const hb = (type: CommandType, state: CommandState, minutesAgo: number, by: string, untilMin?: number, kind = CommandCreator.PERSON) =>
@@ -108,5 +108,33 @@ describe("package sources not on the host", () => {
     // A source that was missing and is now there is no longer absent.
     expect(absentSources([scan("4", [["dnf", SubsystemRunState.RAN]]), newest])).toEqual([]);
     expect(absentSources([])).toEqual([]);
+  });
+});
+
+describe("packages installed recently", () => {
+  const done = (id: string, minutesAgo: number, kind: "installUpdates" | "rollbackUpdate" | "dryRunUpdate", packages: [string, string, string, PackageResultState][]) =>
+    create(CommandInfoSchema, {
+      id,
+      type: CommandType.INSTALL_UPDATES,
+      state: CommandState.SUCCEEDED,
+      finishTime: timestampFromMs(Date.now() - minutesAgo * 60_000),
+      result: create(CommandResultSchema, {
+        detail:
+          kind === "dryRunUpdate"
+            ? { case: kind, value: { changes: packages.map(([name, from, to]) => ({ source: "apt", name, fromVersion: from, toVersion: to })) } }
+            : { case: kind, value: { packages: packages.map(([name, from, to, state]) => ({ source: "apt", name, architecture: "amd64", fromVersion: from, toVersion: to, state })) } },
+      }),
+    });
+
+  it("lists each installed package once at its latest change, newest first, and nothing a dry run or a failure reported", () => {
+    const list = recentlyInstalled([
+      done("c3", 5, "rollbackUpdate", [["curl", "2", "1", PackageResultState.INSTALLED]]),
+      done("c2", 60, "installUpdates", [["curl", "1", "2", PackageResultState.INSTALLED], ["openssl", "3.0", "3.1", PackageResultState.INSTALLED], ["zlib1g", "1", "2", PackageResultState.FAILED]]),
+      done("c1", 90, "dryRunUpdate", [["nginx", "1", "2", PackageResultState.UNSPECIFIED]]),
+    ]);
+    expect(list.map((p) => [p.name, p.fromVersion, p.toVersion, p.commandId])).toEqual([
+      ["curl", "2", "1", "c3"],
+      ["openssl", "3.0", "3.1", "c2"],
+    ]);
   });
 });

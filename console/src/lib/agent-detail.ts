@@ -1,5 +1,5 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { CommandType, SubsystemRunState } from "@redflag/gen/command_pb";
+import { CommandType, PackageResultState, SubsystemRunState } from "@redflag/gen/command_pb";
 import { CommandCreator, CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { MetricSample } from "@redflag/gen/report_service_pb";
 import { isSubsystem, type SubsystemName } from "@redflag/common/sources";
@@ -152,4 +152,36 @@ export function diskPoints(samples: readonly MetricSample[]): { mount: string; p
   const latest = samples.findLast((s) => s.storage)?.storage?.disks.map((d) => d.mountPoint) ?? [];
   const order = [...new Set([...latest, ...byMount.keys()])];
   return order.filter((m) => byMount.has(m)).map((mount) => ({ mount, points: byMount.get(mount)! }));
+}
+
+// A package the host installed (or rolled back) recently, as its command history says: what
+// a rollback can be offered for.
+export interface InstalledPackage {
+  source: string;
+  name: string;
+  architecture: string;
+  fromVersion: string;
+  toVersion: string;
+  // When the command that installed it finished (ms), and which command it was.
+  time: number;
+  commandId: string;
+}
+
+// Each package installed by the finished installs, confirmations and rollbacks in `commands`,
+// once (its latest change), newest first.
+export function recentlyInstalled(commands: readonly CommandInfo[]): InstalledPackage[] {
+  const latest = new Map<string, InstalledPackage>();
+  for (const c of commands) {
+    const detail = c.result?.detail;
+    if (detail?.case !== "installUpdates" && detail?.case !== "confirmDependencies" && detail?.case !== "rollbackUpdate") continue;
+    const time = c.finishTime ? timestampDate(c.finishTime).getTime() : c.createTime ? timestampDate(c.createTime).getTime() : 0;
+    for (const p of detail.value.packages) {
+      if (p.state !== PackageResultState.INSTALLED) continue;
+      const key = `${p.source}\u0000${p.name}\u0000${p.architecture}`;
+      const seen = latest.get(key);
+      if (seen && seen.time >= time) continue;
+      latest.set(key, { source: p.source, name: p.name, architecture: p.architecture, fromVersion: p.fromVersion, toVersion: p.toVersion, time, commandId: c.id });
+    }
+  }
+  return [...latest.values()].sort((a, b) => b.time - a.time || a.name.localeCompare(b.name));
 }

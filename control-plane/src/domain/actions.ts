@@ -1,7 +1,7 @@
 import { HOOK_NAME, HOOK_NAME_RULE, MAX_HOOK_TIMEOUT_SECONDS } from "@redflag/common/reboot-hooks";
 import { create } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import { type Command, PackageChangeKind, type PackageRef, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
+import { type Command, ListPackageVersionsSchema, PackageChangeKind, type PackageRef, PackageRefSchema, type UpdateAgent, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import { isReleaseVersion } from "./releases.ts";
 import { invalid, text } from "./input.ts";
 import { PACKAGE_ARCH, PACKAGE_NAME, PACKAGE_VERSION, PLAIN_NAME_SOURCES, sourceNamePattern } from "@redflag/common/package-name";
@@ -17,6 +17,8 @@ const SOURCE_HINTS: Record<string, string> = {
   brew: 'Homebrew names are a formula or cask, optionally "user/tap/" before it',
 };
 const MAX_PACKAGES = 1000;
+// list_package_versions answers up to 50 versions per package; 50 packages keep one answer small.
+export const MAX_VERSION_PACKAGES = 50;
 
 const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
 
@@ -89,6 +91,17 @@ export function prepareAction(action: Command["action"]): Command["action"] {
       if (!version) throw invalid("rollback_update.target_version is required");
       if (!PACKAGE_VERSION.test(version)) throw invalid(`rollback_update.target_version ${quoted(version)} is not a valid version`);
       return action;
+    }
+    case "listPackageVersions": {
+      const { packages } = action.value;
+      if (packages.length === 0) throw invalid("list_package_versions.packages must name at least one package");
+      if (packages.length > MAX_VERSION_PACKAGES) {
+        throw invalid(`list_package_versions.packages names ${packages.length} packages; at most ${MAX_VERSION_PACKAGES} per command`);
+      }
+      packageList("list_package_versions.packages", packages, true);
+      // The answer is every version there is: a version asked is dropped, not stored.
+      const refs = packages.map((p) => create(PackageRefSchema, { source: p.source, name: p.name, architecture: p.architecture }));
+      return { case: "listPackageVersions", value: create(ListPackageVersionsSchema, { packages: refs }) };
     }
     case "reboot":
       if (action.value.delaySeconds > 7 * 86_400) throw invalid("reboot.delay_seconds must be at most 604800 (7 days)");

@@ -17,6 +17,8 @@ import { isUuid } from "../ids.ts";
 //   its pending updates (install, dry run), a dry run it ran (confirm: exactly that set, so new
 //   packages come in only as dependencies the host's resolver chose), a package it reported
 //   at some time (rollback). "Everything pending" of a source is what the host itself lists.
+//   list_package_versions asks which versions a rollback could go to: it installs nothing,
+//   but follows rollback's rule (an operator asks about packages the host reported).
 //   Admins may name other packages of the host's sources; the agent still refuses any that are
 //   not installed (except dependencies a confirmed update pulls in), whoever asks.
 // - scan_updates, collect_specs, enable/disable_heartbeat, reboot run no caller-chosen code
@@ -49,6 +51,14 @@ export async function authorizeContent(db: Prisma, role: RoleName | undefined, a
       const pkg = action.value.package!;
       if (!(await everReported(db, agentId, pkg.source, pkg.name))) {
         throw denied(`rollback_update.package ${spec(pkg)} is a package this agent never reported; ${OPERATORS_RULE}`);
+      }
+      return;
+    }
+    case "listPackageVersions": {
+      for (const [i, pkg] of action.value.packages.entries()) {
+        if (!(await everReported(db, agentId, pkg.source, pkg.name))) {
+          throw denied(`list_package_versions.packages[${i}] ${spec(pkg)} is a package this agent never reported; ${OPERATORS_RULE}`);
+        }
       }
       return;
     }

@@ -49,6 +49,7 @@ const ACTION_TYPES: Record<string, DbCommandType> = {
   enableHeartbeat: "enable_heartbeat",
   disableHeartbeat: "disable_heartbeat",
   updateAgent: "update_agent",
+  listPackageVersions: "list_package_versions",
 };
 
 // Who queues a command, as the adapter read it from the verified credential.

@@ -120,6 +120,12 @@ export async function mergeIntoPending(tx: Tx, agentId: string, type: CommandTyp
     const same = actions.find((a) => a.command.action.case === "dryRunUpdate" && packageSet(a.command.action.value.packages) === wanted);
     return same ? { row: same.row, merged: true } : undefined;
   }
+  // So does a version listing (it only reads): asking again while it waits follows the same one.
+  if (action.case === "listPackageVersions") {
+    const wanted = packageSet(action.value.packages);
+    const same = actions.find((a) => a.command.action.case === "listPackageVersions" && packageSet(a.command.action.value.packages) === wanted);
+    return same ? { row: same.row, merged: true } : undefined;
+  }
   const { row, command: before } = actions[0]!;
   const merged = merge(before.action, action);
   if ("refused" in merged) throw pendingRefusal(agentId, row, "install", merged.refused);

@@ -409,6 +409,8 @@ function checkReportSize(req: ReportResultsRequest, config: Config) {
     if (detail.case === "scanUpdates") entries += detail.value.updates.length;
     else if (detail.case === "installUpdates" || detail.case === "confirmDependencies" || detail.case === "rollbackUpdate") {
       entries += detail.value.packages.length;
+    } else if (detail.case === "listPackageVersions") {
+      for (const p of detail.value.packages) entries += 1 + p.versions.length;
     }
   }
   for (const scan of req.scans) entries += scan.result?.updates.length ?? 0;

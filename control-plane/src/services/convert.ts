@@ -111,6 +111,7 @@ export const COMMAND_TYPES: Record<DbCommandType, CommandType> = {
   enable_heartbeat: CommandType.ENABLE_HEARTBEAT,
   disable_heartbeat: CommandType.DISABLE_HEARTBEAT,
   update_agent: CommandType.UPDATE_AGENT,
+  list_package_versions: CommandType.LIST_PACKAGE_VERSIONS,
 };
 
 export const COMMAND_STATES: Record<DbCommandState, CommandState> = {

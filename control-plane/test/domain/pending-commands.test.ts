@@ -127,6 +127,18 @@ describe.each(availableBackends)("one pending command of a kind per agent on %s"
     expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(6);
   });
 
+  it("merges a version listing of the same packages (versions asked are dropped), queues one of other packages beside it", async () => {
+    const queue = newQueue();
+    const agent = await insertAgent(m.db, "versions-1");
+    const list = (...packages: ReturnType<typeof pkg>[]): Command["action"] => ({ case: "listPackageVersions", value: { $typeName: "redflag.v1.ListPackageVersions", packages } });
+    const first = await queue.queue(caller(), agent.id, list(pkg("curl", "7.88.1-10"), pkg("openssl")));
+    const stored = await actionOf(m.db, first.id);
+    expect(stored.action.case === "listPackageVersions" && stored.action.value.packages.map((p) => [p.name, p.version])).toEqual([["curl", ""], ["openssl", ""]]);
+    expect(await queue.queue(caller(), agent.id, list(pkg("openssl"), pkg("curl")))).toMatchObject({ id: first.id, merged: true });
+    expect(await queue.queue(caller(), agent.id, list(pkg("zlib1g")))).toMatchObject({ merged: false });
+    expect(await m.db.command.count({ where: { agentId: agent.id, type: "list_package_versions" } })).toBe(2);
+  });
+
   it("remembers a merge under an idempotency key: the retry returns the same command, merged", async () => {
     const queue = newQueue();
     const agent = await insertAgent(m.db, "key-1");

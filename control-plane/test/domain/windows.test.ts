@@ -1,7 +1,7 @@
-import { fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { CommandSchema } from "@redflag/gen/command_pb";
+import { type Command, CommandSchema, ListPackageVersionsSchema, PackageRefSchema, RollbackUpdateSchema } from "@redflag/gen/command_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
@@ -132,6 +132,11 @@ describe.each(availableBackends)("maintenance windows on %s", (backend: Backend)
     }
     expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(before);
     await queue.queue(oscar, agent.id, scan);
+    // Asking which versions a rollback could go to changes nothing: not refused either.
+    const versions: Command["action"] = { case: "listPackageVersions", value: create(ListPackageVersionsSchema, { packages: [create(PackageRefSchema, { source: "apt", name: "openssl" })] }) };
+    expect(await queue.queue(oscar, agent.id, versions)).toMatchObject({ type: "list_package_versions", state: "pending" });
+    const back: Command["action"] = { case: "rollbackUpdate", value: create(RollbackUpdateSchema, { package: create(PackageRefSchema, { source: "apt", name: "openssl" }), targetVersion: "3.0.11-1" }) };
+    expect(code(await queue.queue(oscar, agent.id, back).catch((e: unknown) => e))).toBe("FailedPrecondition");
     // After it, with no window open or coming: no bound at all... until next year's audit week.
     now = new Date("2026-06-20T06:00Z");
     expect(notAfterOf(await queue.queue(oscar, agent.id, install("openssl")))).toBe("2027-06-15T06:00:00.000Z");

@@ -1,11 +1,13 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
+import { readFileSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { scanApt } from "./scan.ts";
-import { aptReasonFor, aptSpec, createAptInstaller, parseAptSimulation, parseDpkgQuery } from "./install.ts";
+import { aptReasonFor, aptSpec, createAptInstaller, parseAptPolicy, parseAptSimulation, parseDpkgQuery } from "./install.ts";
+import { fakeTools, printFile, removeFakeTools } from "../../../test/support/fake-tools.ts";
 import { NOT_INSTALLED } from "../install-common.ts";
 import type { InstallOptions } from "../types.ts";
 
@@ -338,5 +340,54 @@ describe("apt installer on this machine (simulation only)", () => {
     const sim = await installer.dryRun!([create(PackageRefSchema, { source: "apt", name: "redflag-no-such-package" })], opts);
     expect(sim.changes).toEqual([]);
     expect(sim.error).toMatch(/E: Unable to locate package redflag-no-such-package/);
+  });
+});
+
+// Recorded on Debian 12 (LC_ALL=C apt-cache policy curl / libc6).
+const POLICY_CURL = readFileSync(path.join(import.meta.dirname, "testdata", "apt-cache-policy-curl.txt"), "utf8");
+const POLICY_LIBC6 = readFileSync(path.join(import.meta.dirname, "testdata", "apt-cache-policy-libc6.txt"), "utf8");
+
+describe("apt rollback versions", () => {
+  it("offers the older versions a repository still lists, newest first, never the newer ones", () => {
+    expect(parseAptPolicy(POLICY_CURL)).toEqual({
+      installed: "7.88.1-10+deb12u14",
+      older: [{ version: "7.88.1-10+deb12u5", description: "from bookworm-security" }],
+    });
+    // The installed version is also the newest: everything below it.
+    expect(parseAptPolicy(POLICY_LIBC6)).toEqual({ installed: "2.36-9+deb12u14", older: [{ version: "2.36-9+deb12u7", description: "from bookworm-security" }] });
+  });
+
+  it("offers nothing only dpkg remembers, and nothing for a package that is not installed", () => {
+    const stale = POLICY_CURL.replace("500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages", "100 /var/lib/dpkg/status");
+    expect(parseAptPolicy(stale).older).toEqual([]);
+    const none = "hello:\n  Installed: (none)\n  Candidate: 2.10-3\n  Version table:\n     2.10-3 500\n        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n";
+    expect(parseAptPolicy(none)).toEqual({ installed: "", older: [] });
+    expect(parseAptPolicy("")).toEqual({ installed: "", older: [] });
+  });
+
+  it("asks apt-cache with the name after --, and the listed version rolls back as printed", async () => {
+    const t = await fakeTools("apt-versions", { "apt-cache": printFile("policy.out") }, { "policy.out": POLICY_CURL });
+    try {
+      const installer = createAptInstaller({ rebootCheck: async () => false });
+      const opts: InstallOptions = { timeoutMs: 10_000, env: t.env(), isRoot: false, holds: new Set() };
+      const out = await installer.versions!(create(PackageRefSchema, { source: "apt", name: "curl", architecture: "amd64" }), opts);
+      expect(out.error).toBeUndefined();
+      expect(out.installed).toBe("7.88.1-10+deb12u14");
+      expect(out.versions.map((v) => [v.version, v.description])).toEqual([["7.88.1-10+deb12u5", "from bookworm-security"]]);
+      expect(await t.calls("apt-cache")).toEqual([["policy", "--", "curl:amd64"]]);
+      expect(out.output[0]!.argv.slice(1)).toEqual(["policy", "--", "curl:amd64"]);
+    } finally {
+      await removeFakeTools(t);
+    }
+  });
+});
+
+describe("apt rollback versions on this machine", () => {
+  it("lists what the real apt-cache offers for an installed package", async () => {
+    const installer = createAptInstaller();
+    const out = await installer.versions!(create(PackageRefSchema, { source: "apt", name: "bash" }), { timeoutMs: 60_000, env: process.env, isRoot: false, holds: new Set() });
+    expect(out.error).toBeUndefined();
+    expect(out.installed).toMatch(/^\d/);
+    for (const v of out.versions) expect(v.version).not.toBe(out.installed);
   });
 });

@@ -2,8 +2,8 @@ import type { PackageRef } from "@redflag/gen/command_pb";
 import { describeFailure, which } from "../../run-process.ts";
 import { APT, parseAptListUpgradable } from "./scan.ts";
 import { rebootRequired as hostRebootRequired } from "../../system.ts";
-import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, VersionsOutcome } from "../types.ts";
 
 // Never a prompt, never a pager, never a question from needrestart or apt-listchanges; keep
 // the configuration files the admin changed (confold) and take the maintainer's for the rest.
@@ -70,6 +70,53 @@ function sectionNames(text: string, header: RegExp): Set<string> {
   return names;
 }
 
+// `apt-cache policy <name>` (LC_ALL=C), one block per package:
+//   curl:
+//     Installed: 7.88.1-10+deb12u14
+//     Candidate: 7.88.1-10+deb12u15
+//     Version table:
+//        7.88.1-10+deb12u15 500
+//           500 http://deb.debian.org/debian bookworm/main amd64 Packages
+//    *** 7.88.1-10+deb12u14 100
+//           100 /var/lib/dpkg/status
+//        7.88.1-10+deb12u5 500
+//           500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+// The table is newest first and "***" marks the installed version. Older versions a repository
+// still lists are what `apt-get install name=version --allow-downgrades` can go back to; one
+// known only from /var/lib/dpkg/status (no repository has it any more) cannot be installed.
+export function parseAptPolicy(text: string): { installed: string; older: { version: string; description: string }[] } {
+  let installed = "";
+  let seenInstalled = false;
+  const older: { version: string; description: string; origins: string[] }[] = [];
+  let current: { origins: string[] } | undefined;
+  for (const line of text.split("\n")) {
+    const inst = /^ {2}Installed: (\S+)$/.exec(line);
+    if (inst) {
+      installed = inst[1] === "(none)" ? "" : inst[1]!;
+      continue;
+    }
+    const row = /^ (\*\*\*| {3}) (\S+) -?\d+$/.exec(line);
+    if (row) {
+      if (row[1] === "***") {
+        seenInstalled = true;
+        current = undefined;
+      } else if (seenInstalled && installed) {
+        current = { origins: [] };
+        older.push({ version: row[2]!, description: "", origins: current.origins });
+      } else {
+        current = undefined;
+      }
+      continue;
+    }
+    const origin = /^ {8}-?\d+ (\S+)(?: (\S+))?/.exec(line);
+    if (origin && current && origin[1] !== "/var/lib/dpkg/status") current.origins.push(origin[2] ? origin[2].replace(/\/.*$/, "") : origin[1]!);
+  }
+  return {
+    installed,
+    older: older.filter((o) => o.origins.length > 0).map((o) => ({ version: o.version, description: `from ${[...new Set(o.origins)].join(", ")}` })),
+  };
+}
+
 // How parseDpkgQuery keys a ref: "name:arch", or "name" for arch-independent packages.
 const dpkgKey = (ref: Pick<PackageRef, "name" | "architecture">) => (ref.architecture && ref.architecture !== "all" ? `${ref.name}:${ref.architecture}` : ref.name);
 
@@ -121,8 +168,8 @@ export function createAptInstaller(deps: AptInstallerDeps = {}): Installer {
 
   const tools = async (env: NodeJS.ProcessEnv) => {
     const path = env.PATH ?? "";
-    const [aptGet, dpkgQuery, apt] = await Promise.all(["apt-get", "dpkg-query", "apt"].map((n) => which(n, path)));
-    return { aptGet, dpkgQuery, apt };
+    const [aptGet, dpkgQuery, apt, aptCache] = await Promise.all(["apt-get", "dpkg-query", "apt", "apt-cache"].map((n) => which(n, path)));
+    return { aptGet, dpkgQuery, apt, aptCache };
   };
 
   const installed = async (s: ReturnType<typeof session>, dpkgQuery: string, names: readonly string[]) => {
@@ -231,6 +278,18 @@ export function createAptInstaller(deps: AptInstallerDeps = {}): Installer {
     async rollback(pkg, opts) {
       const s = session(opts);
       return transact(s, [pkg], ["--allow-downgrades"], opts);
+    },
+
+    // Reads apt's lists as they are (no apt-get update): what `rollback` can install now.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const { aptCache } = await tools(s.env);
+      if (!aptCache) return { installed: "", versions: [], output: s.output, error: "apt-cache is not installed on this host" };
+      const arch = pkg.architecture && pkg.architecture !== "all" ? `:${pkg.architecture}` : "";
+      const result = await s.run([aptCache, "policy", "--", `${pkg.name}${arch}`]);
+      if (result.exitCode !== 0) return { installed: "", versions: [], output: s.output, error: describeFailure("apt-cache policy", result, APT_NOISE) };
+      const policy = parseAptPolicy(result.stdout);
+      return { installed: policy.installed, versions: policy.installed ? rollbackVersions(policy.older) : [], output: s.output };
     },
   };
 }

@@ -1,8 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../../test/support/fake-tools.ts";
-import { createDnfInstaller, dnfReasonFor, parseDnfTransaction, rpmSpec } from "./install.ts";
+import { createDnfInstaller, dnfReasonFor, parseDnfDuplicates, parseDnfTransaction, rpmSpec } from "./install.ts";
 import { NOT_INSTALLED } from "../install-common.ts";
 import type { InstallOptions } from "../types.ts";
 
@@ -187,5 +189,70 @@ describe("dnf installer with fake tools", () => {
     const out = await installer.install([ref("curl")], opts(t, { isRoot: false }));
     expect(out.error).toBe("installing with dnf needs root; run the agent as root");
     expect(await t.calls("dnf")).toEqual([]);
+  });
+});
+
+const dnfTestdata = (name: string) => readFileSync(path.join(import.meta.dirname, "testdata", name), "utf8");
+// The layout of `dnf list --showduplicates` as dnf 4 and dnf 5 print it.
+const DNF4_DUPLICATES = dnfTestdata("dnf4-list-showduplicates-openssl-libs.txt");
+const DNF5_DUPLICATES = dnfTestdata("dnf5-list-showduplicates-curl.txt");
+
+describe("dnf rollback versions", () => {
+  it("offers the older versions of the installed architecture, newest first, never newer ones", () => {
+    expect(parseDnfDuplicates(DNF4_DUPLICATES, "openssl-libs")).toEqual({
+      installed: "1:3.2.2-9.fc41",
+      older: [{ version: "1:3.2.2-7.fc41", description: "from fedora" }],
+    });
+    expect(parseDnfDuplicates(DNF4_DUPLICATES, "openssl-libs", "i686")).toEqual({ installed: "", older: [] });
+    expect(parseDnfDuplicates(DNF5_DUPLICATES, "curl")).toEqual({
+      installed: "8.9.1-3.fc41",
+      older: [
+        { version: "8.9.1-2.fc41", description: "from fedora" },
+        { version: "8.9.1-1.fc41", description: "from updates-archive" },
+      ],
+    });
+  });
+
+  it("reads a wrapped long name and ignores other packages", () => {
+    const text = "Installed Packages\ncrypto-policies-scripts-with-a-really-long-name.noarch\n    20241010-2.fc41   @updates\nAvailable Packages\ncrypto-policies-scripts-with-a-really-long-name.noarch\n    20241010-1.fc41   fedora\ncurl.x86_64  8.0-1.fc41  fedora\n";
+    expect(parseDnfDuplicates(text, "crypto-policies-scripts-with-a-really-long-name").older).toEqual([{ version: "20241010-1.fc41", description: "from fedora" }]);
+  });
+
+  it("asks dnf from its cache with the name after --, and the version rolls back as listed", async () => {
+    const t = await fakeTools(
+      "dnf-versions",
+      {
+        dnf: `case "$*" in *list*) ${printFile("list.out")}; exit 0;; *downgrade*) : > "$D/ran"; exit 0;; esac; exit 1`,
+        rpm: `if [ -e "$D/ran" ]; then echo "curl.x86_64 8.9.1-2.fc41"; else echo "curl.x86_64 8.9.1-3.fc41"; fi`,
+      },
+      { "list.out": DNF5_DUPLICATES },
+    );
+    try {
+      const installer = createDnfInstaller();
+      const opts: InstallOptions = { timeoutMs: 10_000, env: t.env(), isRoot: true, holds: new Set() };
+      const out = await installer.versions!(create(PackageRefSchema, { source: "dnf", name: "curl" }), opts);
+      expect(out.error).toBeUndefined();
+      expect(out.versions.map((v) => v.version)).toEqual(["8.9.1-2.fc41", "8.9.1-1.fc41"]);
+      expect((await t.calls("dnf"))[0]).toEqual(["-q", "-C", "list", "--showduplicates", "--", "curl"]);
+      const back = await installer.rollback!(create(PackageRefSchema, { source: "dnf", name: "curl", version: out.versions[0]!.version }), opts);
+      expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "8.9.1-3.fc41", toVersion: "8.9.1-2.fc41" });
+      expect((await t.calls("dnf")).find((a) => a.includes("downgrade"))!.slice(-3)).toEqual(["downgrade", "--", "curl-8.9.1-2.fc41"]);
+    } finally {
+      await removeFakeTools(t);
+    }
+  });
+
+  it("says the package is not installed when dnf lists nothing, and reports a failing dnf", async () => {
+    const t = await fakeTools("dnf-versions-none", { dnf: `case "$*" in *nosuch*) echo "Error: No matching Packages to list" >&2; exit 1;; esac; echo "Cache-only enabled but no cache for 'fedora'" >&2; exit 2` });
+    try {
+      const opts: InstallOptions = { timeoutMs: 10_000, env: t.env(), isRoot: false, holds: new Set() };
+      const none = await createDnfInstaller().versions!(create(PackageRefSchema, { source: "dnf", name: "nosuch" }), opts);
+      expect(none).toMatchObject({ installed: "", versions: [] });
+      expect(none.error).toBeUndefined();
+      const broken = await createDnfInstaller().versions!(create(PackageRefSchema, { source: "dnf", name: "curl" }), opts);
+      expect(broken.error).toMatch(/^dnf list --showduplicates failed \(exit status 2\)/);
+    } finally {
+      await removeFakeTools(t);
+    }
   });
 });

@@ -1,10 +1,11 @@
 import type { PackageRef } from "@redflag/gen/command_pb";
 import { describeFailure } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
-import { queryRpm, RPM_ARCHES, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
+import { nameArch, queryRpm, RPM_ARCHES, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
+import { compareEvr } from "../vercmp.ts";
 import { DNF, findDnf } from "./scan.ts";
-import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, VersionsOutcome } from "../types.ts";
 
 // "name", "name.arch", "name-version", "name-version.arch" as dnf and yum take them.
 export function rpmSpec(ref: Pick<PackageRef, "name" | "version" | "architecture">): string {
@@ -88,6 +89,46 @@ export function dnfReasonFor(name: string, output: string): string | undefined {
   return undefined;
 }
 
+// `dnf list --showduplicates <name>` (dnf4 and yum: "Installed Packages", dnf5: "Installed
+// packages"), one row per version and repository, a long name wrapping the rest of its row:
+//   Installed Packages
+//   curl.x86_64          8.9.1-2.fc41          @updates
+//   Available Packages
+//   curl.x86_64          8.9.1-1.fc41          fedora
+//   curl.x86_64          8.9.1-2.fc41          updates
+// The versions older than the installed one (of its architecture, or `arch`), newest first,
+// are what `dnf downgrade name-version` can go to.
+export function parseDnfDuplicates(text: string, name: string, arch = ""): { installed: string; older: { version: string; description: string }[] } {
+  const installed: { version: string; arch: string }[] = [];
+  const available: { version: string; arch: string; repo: string }[] = [];
+  let section: "installed" | "available" | undefined;
+  let wrapped: string | undefined;
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line) continue;
+    if (/^Installed packages$/i.test(line)) section = "installed";
+    else if (/^Available packages$/i.test(line)) section = "available";
+    else if (/^\S+$/.test(line)) wrapped = line;
+    else if (section) {
+      const tokens = wrapped ? [wrapped, ...line.split(/\s+/)] : line.split(/\s+/);
+      wrapped = undefined;
+      const na = nameArch(tokens[0] ?? "");
+      const version = tokens[1];
+      if (!na || !version || na.name !== name || (arch && na.arch !== arch)) continue;
+      if (section === "installed") installed.push({ version, arch: na.arch });
+      else available.push({ version, arch: na.arch, repo: tokens[2] ?? "" });
+    }
+  }
+  // Several installed (kernels): the newest is the one to go back from.
+  const current = installed.sort((a, b) => compareEvr(b.version, a.version))[0];
+  if (!current) return { installed: "", older: [] };
+  const older = available
+    .filter((a) => (a.arch === current.arch || a.arch === "noarch" || current.arch === "noarch") && compareEvr(a.version, current.version) < 0)
+    .sort((a, b) => compareEvr(b.version, a.version))
+    .map((a) => ({ version: a.version, description: a.repo ? `from ${a.repo}` : "" }));
+  return { installed: current.version, older };
+}
+
 const OPERATION_ABORTED = /Operation aborted|Exiting on user command|Transaction check error|^Is this ok/m;
 
 export function createDnfInstaller(): Installer {
@@ -169,6 +210,20 @@ export function createDnfInstaller(): Installer {
 
     // `dnf downgrade name-version`: the version must still be in an enabled repository.
     rollback: (pkg, opts) => transact([pkg], "downgrade", opts),
+
+    // From the metadata cached now (-C: nothing is refreshed, as in the dry run).
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const found = await findDnf(s.env);
+      if (!found) return { installed: "", versions: [], output: s.output, error: "dnf is not installed on this host" };
+      const result = await s.run([found.tool, "-q", "-C", "list", "--showduplicates", "--", pkg.name]);
+      const listed = parseDnfDuplicates(result.stdout, pkg.name, pkg.architecture);
+      // Exit status 1 with nothing listed: no such package, installed or available.
+      if (result.exitCode !== 0 && !(result.exitCode === 1 && !listed.installed)) {
+        return { installed: "", versions: [], output: s.output, error: describeFailure(`${found.kind} list --showduplicates`, result) };
+      }
+      return { installed: listed.installed, versions: rollbackVersions(listed.older), output: s.output };
+    },
   };
 }
 

@@ -522,6 +522,22 @@ describe("docker installer against a fake Engine API", () => {
     expect(engineCalls()).toEqual([`/v1.41/images/create?fromImage=acme%2Fapp&tag=${app1.replace(":", "%3A")}`, `/v1.41/images/acme/app@${app1}/tag?repo=acme%2Fapp&tag=stable`]);
   });
 
+  it("offers the earlier images of the tag kept on the host, by digest, and rolls back to the one chosen as listed", async () => {
+    expect(await installer().versions!(ref("acme/app:stable"), opts())).toMatchObject({ installed: app1, versions: [] });
+    engine.pulls.set("acme/app:stable", { digest: app2 });
+    await installer().install([ref("acme/app:stable")], opts());
+    const out = await installer().versions!(ref("acme/app:stable"), opts());
+    expect(out.error).toBeUndefined();
+    expect(out.installed).toBe(app2);
+    expect(out.versions.map((v) => v.version)).toEqual([app1]);
+    expect(out.versions[0]!.description).toMatch(/^kept on this host/);
+    engine.requests.length = 0;
+    const back = await installer().rollback!(ref("acme/app:stable", out.versions[0]!.version), opts());
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: app2, toVersion: app1 });
+    // A tag the host does not have: nothing to go back to.
+    expect(await installer().versions!(ref("acme/other:1"), opts())).toMatchObject({ installed: "", versions: [] });
+  });
+
   it("refuses a rollback target that is not a digest and a name that is not a tag, touching nothing", async () => {
     const bad = await installer().rollback!(ref("acme/app:stable", "1.2.3"), opts());
     expect(bad.packages[0]).toMatchObject({ state: PackageResultState.FAILED, reason: 'rollback needs the earlier image digest: a Docker image version is its digest (sha256:<64 hex>), not "1.2.3"' });

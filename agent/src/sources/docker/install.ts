@@ -26,8 +26,8 @@ import {
 } from "./registry.ts";
 import { record, type Session, step } from "./engine-session.ts";
 import { DEFAULT_TIMING, type ImageConfig, recreateUsers } from "./recreate.ts";
-import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "../types.ts";
+import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput, VersionsOutcome } from "../types.ts";
 
 // Docker images through the Engine API (no docker CLI):
 // - install pulls the tag (`POST /images/create?fromImage=repo&tag=tag`); a pinned version is a
@@ -364,6 +364,31 @@ export function createDockerInstaller(deps: DockerDeps = {}): Installer {
       const s = begun.session;
       const result = await bringTag(s, pkg, { pin: pkg.version, containers: await listContainers(s), allowNew: false, rollback: true, holds: opts.holds, deps });
       return { packages: [result], output: s.output, rebootRequired: false };
+    },
+
+    // The earlier images of the tag's repository still on the host (an install or recreate
+    // leaves the previous image behind, untagged, until it is pruned), newest first, by digest.
+    // Digests the registry still has but the host does not are not listed.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const ref = parseImageRef(pkg.name);
+      if (!ref || pkg.name.startsWith("-")) return { installed: "", versions: [], output: [], error: NOT_A_REF(pkg.name) };
+      const begun = await begin(opts, deps);
+      if (!begun.session) return { installed: "", versions: [], output: [], error: begun.error };
+      const s = begun.session;
+      try {
+        const images = await s.engine.json<EngineImage[]>("/images/json");
+        const current = imageTagged(images, ref);
+        if (!current) return { installed: "", versions: [], output: s.output };
+        const now = digestsFor(current.RepoDigests, ref);
+        const created = (i: EngineImage) => (i.Created ? `, created ${new Date(i.Created * 1000).toISOString().replace(/\.\d+Z$/, "Z")}` : "");
+        const earlier = images
+          .filter((i) => i.Id !== current.Id)
+          .sort((a, b) => (b.Created ?? 0) - (a.Created ?? 0))
+          .flatMap((i) => digestsFor(i.RepoDigests, ref).filter((d) => !now.includes(d)).map((version) => ({ version, description: `kept on this host${created(i)}` })));
+        return { installed: now[0] ?? current.Id, versions: rollbackVersions(earlier), output: s.output };
+      } catch (err) {
+        return { installed: "", versions: [], output: s.output, error: (err as Error).message };
+      }
     },
   };
 }

@@ -219,6 +219,8 @@ export interface EngineImage {
   Id: string;
   RepoTags?: string[] | null;
   RepoDigests?: string[] | null;
+  // Seconds since the epoch.
+  Created?: number;
   Containers?: number;
   Size?: number;
 }

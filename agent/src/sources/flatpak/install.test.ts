@@ -58,4 +58,24 @@ describe("flatpak installer with fake tools", () => {
     const bad = await installer.rollback!(ref("org.mozilla.firefox", "131.0.3"), opts(t));
     expect(bad.packages[0]!.reason).toMatch(/^a flatpak rollback needs the full commit/);
   });
+
+  it("offers the remote's commits below the installed one, newest first, and rolls back to the one chosen as listed", async () => {
+    const log = testdata("flatpak-remote-info-log.txt");
+    const commits = [...new Set([...log.matchAll(/Commit: ([0-9a-f]{64})/g)].map((m) => m[1]!))];
+    const t = await tools(`case "$1" in remote-info) ${printFile("log.out")}; exit 0;; esac; : > "$D/ran"; exit 0`);
+    // The installed firefox is the second commit of the history (flatpak list shows 12 digits).
+    await t.write("list.out", LIST.replace("1a2b3c4d5e6f", commits[1]!.slice(0, 12)));
+    await t.write("log.out", log);
+    const out = await installer.versions!(ref("org.mozilla.firefox"), { ...opts(t), isRoot: false });
+    expect(out.error).toBeUndefined();
+    expect(out.installed).toBe("131.0.3");
+    expect(out.versions.map((v) => [v.version, v.description])).toEqual([
+      [commits[2], "2024-10-09 17:40:02 +0000: Update firefox to 131.0.2 (77e8f9a0)"],
+      [commits[3], "2024-10-01 12:00:00 +0000: Update firefox to 131.0 (0b1c2d3e)"],
+    ]);
+    expect((await t.calls("flatpak")).find((a) => a[0] === "remote-info")).toEqual(["remote-info", "--system", "--log", "--", "flathub", "org.mozilla.firefox/x86_64/stable"]);
+    await installer.rollback!(ref("org.mozilla.firefox", out.versions[0]!.version), opts(t));
+    expect((await t.calls("flatpak")).find((a) => a[0] === "update")).toEqual(["update", "--system", "--noninteractive", "-y", `--commit=${commits[2]}`, "--", "org.mozilla.firefox"]);
+    expect(await installer.versions!(ref("org.example.Missing"), opts(t))).toMatchObject({ installed: "", versions: [] });
+  });
 });

@@ -1,8 +1,8 @@
 import { describeFailure, which } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
 import { FLATPAK, type InstalledRef, LIST_COLUMNS, parseInstalled, pendingFlatpaks, versionOf } from "./scan.ts";
-import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, VersionsOutcome } from "../types.ts";
 
 const COMMIT = /^[0-9a-f]{64}$/;
 
@@ -10,6 +10,31 @@ export function flatpakReasonFor(name: string, output: string): string | undefin
   const escaped = name.replace(/\./g, "\\.");
   const re = new RegExp(`(^error: .*${escaped}|${escaped}.*: (error|failed))`, "i");
   return output.split("\n").map((l) => l.trim()).find((l) => re.test(l));
+}
+
+// `flatpak remote-info --log <remote> <ref>` (LC_ALL=C): the ref's details, then its commits
+// newest first, each as
+//       Commit: 5a1b…(64 hex)
+//      Subject: Update to 131.0.3 (abc1234)
+//         Date: 2024-10-15 08:12:44 +0000
+// The commits after the installed one (`installed` is the commit as `flatpak list` shows it,
+// possibly shortened) are what `flatpak update --commit=` can go back to.
+export function parseRemoteLog(text: string, installed: string): { version: string; description: string }[] {
+  const commits: { version: string; subject: string; date: string }[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^\s*(Commit|Subject|Date):\s*(.*)$/.exec(line);
+    if (!m) continue;
+    if (m[1] === "Commit") {
+      if (COMMIT.test(m[2]!.trim()) && !commits.some((c) => c.version === m[2]!.trim())) commits.push({ version: m[2]!.trim(), subject: "", date: "" });
+    } else if (commits.length > 0) {
+      const last = commits.at(-1)!;
+      if (m[1] === "Subject" && !last.subject) last.subject = m[2]!.trim();
+      if (m[1] === "Date" && !last.date) last.date = m[2]!.trim();
+    }
+  }
+  const at = installed ? commits.findIndex((c) => c.version.startsWith(installed)) : -1;
+  if (at < 0) return [];
+  return commits.slice(at + 1).map((c) => ({ version: c.version, description: [c.date, c.subject].filter(Boolean).join(": ") }));
 }
 
 export function createFlatpakInstaller(): Installer {
@@ -84,6 +109,22 @@ export function createFlatpakInstaller(): Installer {
         };
       }
       return transact([pkg], (flatpak) => [flatpak, "update", "--system", "--noninteractive", "-y", `--commit=${pkg.version}`, "--", pkg.name], opts, "flatpak update --commit");
+    },
+
+    // The remote's history of the installed ref, below the installed commit. Asks the remote
+    // (flatpak keeps no history locally); changes nothing.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const flatpak = await which("flatpak", s.env.PATH ?? "");
+      if (!flatpak) return { installed: "", versions: [], output: s.output, error: "flatpak is not installed on this host" };
+      const list = await installed(s, flatpak);
+      const ref = list.get(pkg.name);
+      if (!ref) return { installed: "", versions: [], output: s.output };
+      const label = versionOf(ref.version, ref.commit);
+      if (!ref.origin || !ref.arch || !ref.branch) return { installed: label, versions: [], output: s.output, error: `flatpak list did not say where ${pkg.name} comes from` };
+      const result = await s.run([flatpak, "remote-info", "--system", "--log", "--", ref.origin, `${ref.application}/${ref.arch}/${ref.branch}`]);
+      if (result.exitCode !== 0) return { installed: label, versions: [], output: s.output, error: describeFailure("flatpak remote-info --log", result) };
+      return { installed: label, versions: rollbackVersions(parseRemoteLog(result.stdout, ref.commit)), output: s.output };
     },
   };
 }

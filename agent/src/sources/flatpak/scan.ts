@@ -54,12 +54,14 @@ export interface InstalledRef {
   branch: string;
   arch: string;
   commit: string;
+  // The remote it was installed from.
+  origin?: string;
 }
 
 export function parseInstalled(text: string): Map<string, InstalledRef> {
   const refs = new Map<string, InstalledRef>();
   for (const r of parseColumns(text, LIST_COLUMNS.split(","))) {
-    const ref = { application: r.application!, version: r.version ?? "", branch: r.branch ?? "", arch: r.arch ?? "", commit: r.active ?? "" };
+    const ref = { application: r.application!, version: r.version ?? "", branch: r.branch ?? "", arch: r.arch ?? "", commit: r.active ?? "", origin: r.origin ?? "" };
     refs.set(`${ref.application}/${ref.arch}/${ref.branch}`, ref);
     if (!refs.has(ref.application)) refs.set(ref.application, ref);
   }

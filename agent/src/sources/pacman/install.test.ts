@@ -1,10 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redflag/gen/command_pb";
+import { readFileSync } from "node:fs";
 import { access, mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, printFile, removeFakeTools, type FakeTools } from "../../../test/support/fake-tools.ts";
-import { createPacmanInstaller, findCachedPackage, pacmanReasonFor, parsePrintTargets } from "./install.ts";
+import { cachedVersions, createPacmanInstaller, findCachedPackage, pacmanReasonFor, parsePrintTargets } from "./install.ts";
 import { NOT_INSTALLED } from "../install-common.ts";
 import type { InstallOptions } from "../types.ts";
 
@@ -212,5 +213,47 @@ describe("pacman installer with fake tools", () => {
       const sim = await installer.dryRun!([ref("yay-bin", "12.4.2-1")], aurOpts(t));
       expect(sim.changes.map((c) => [c.kind, c.name, c.fromVersion, c.toVersion])).toEqual([[PackageChangeKind.UPGRADE, "yay-bin", "12.4.1-1", "12.4.2-1"]]);
     });
+  });
+});
+
+// File names as an Arch package cache holds them (ls /var/cache/pacman/pkg): packages, their
+// signatures, and packages whose names start with the same word.
+const CACHE_LISTING = readFileSync(path.join(import.meta.dirname, "testdata", "cache-listing.txt"), "utf8").split("\n").filter(Boolean);
+
+describe("pacman rollback versions", () => {
+  const made: FakeTools[] = [];
+  afterAll(() => removeFakeTools(...made));
+
+  it("offers the older package files in the cache, newest first, and each rolls back as listed", async () => {
+    const t = await fakeTools("pacman-versions", {
+      pacman: `case "$1" in -Q) if [ -e "$D/ran" ]; then echo "openssl 3.3.10-1"; else echo "openssl 3.4.0-1"; fi; exit 0;; -U) : > "$D/ran"; exit 0;; esac; exit 1`,
+    });
+    made.push(t);
+    const cache = path.join(t.dir, "cache");
+    await mkdir(cache);
+    for (const name of CACHE_LISTING) await writeFile(path.join(cache, name), "pkg");
+    expect(await cachedVersions([cache], "openssl")).toEqual(["3.4.1-1", "3.4.0-1", "3.3.10-1", "3.3.2-1"]);
+    const installer = createPacmanInstaller({ cacheDirs: [cache] });
+    const opts: InstallOptions = { timeoutMs: 10_000, env: t.env(), isRoot: true, holds: new Set() };
+    const out = await installer.versions!(create(PackageRefSchema, { source: "pacman", name: "openssl" }), opts);
+    expect(out).toMatchObject({ installed: "3.4.0-1" });
+    expect(out.error).toBeUndefined();
+    // Not the installed one, not the newer one only downloaded, not openssl-1.1 or python-openssl.
+    expect(out.versions.map((v) => [v.version, v.description])).toEqual([
+      ["3.3.10-1", "in the package cache"],
+      ["3.3.2-1", "in the package cache"],
+    ]);
+    const back = await installer.rollback!(create(PackageRefSchema, { source: "pacman", name: "openssl", version: out.versions[0]!.version }), opts);
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "3.4.0-1", toVersion: "3.3.10-1" });
+    expect((await t.calls("pacman")).find((a) => a[0] === "-U")).toEqual(["-U", "--noconfirm", "--", path.join(cache, "openssl-3.3.10-1-x86_64.pkg.tar.zst")]);
+  });
+
+  it("offers nothing for a package that is not installed, and needs no root to look", async () => {
+    const t = await fakeTools("pacman-versions-none", { pacman: `echo "error: package 'nmap' was not found" >&2; exit 1` });
+    made.push(t);
+    const out = await createPacmanInstaller({ cacheDirs: [t.dir] }).versions!(create(PackageRefSchema, { source: "pacman", name: "nmap" }), { timeoutMs: 10_000, env: t.env(), isRoot: false, holds: new Set() });
+    expect(out).toMatchObject({ installed: "", versions: [] });
+    expect(out.error).toBeUndefined();
+    expect(await t.calls("pacman")).toEqual([["-Q", "--", "nmap"]]);
   });
 });

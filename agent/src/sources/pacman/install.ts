@@ -2,13 +2,14 @@ import type { PackageRef } from "@redflag/gen/command_pb";
 import { describeFailure, which, type ProcessResult } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
 import { PACMAN, PACMAN_REBOOT_PACKAGES } from "./scan.ts";
-import { installedOnly, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "../types.ts";
+import { installedOnly, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput, VersionsOutcome } from "../types.ts";
+import { compareEvr } from "../vercmp.ts";
 
 import { buildAndInstall } from "./aur.ts";
-import { DEFAULT_CACHE_DIR, findCachedPackage } from "./cache.ts";
+import { cachedVersions, DEFAULT_CACHE_DIR, findCachedPackage } from "./cache.ts";
 
-export { DEFAULT_CACHE_DIR, findCachedPackage };
+export { cachedVersions, DEFAULT_CACHE_DIR, findCachedPackage };
 
 // `pacman -Q` lines: "name version".
 export function parsePacmanQuery(text: string): Map<string, string> {
@@ -86,6 +87,14 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
     return { packages, rebootRequired, error: failedAll };
   };
 
+  // Where pacman keeps the packages it installed (pacman-conf CacheDir).
+  const cacheDirsOf = async (s: ReturnType<typeof session>): Promise<string[]> => {
+    if (deps.cacheDirs) return deps.cacheDirs;
+    const conf = await which("pacman-conf", s.env.PATH ?? "");
+    const res = conf ? await s.run([conf, "CacheDir"], false) : undefined;
+    return res?.exitCode === 0 ? res.stdout.split("\n").map((l) => l.trim()).filter(Boolean) : [DEFAULT_CACHE_DIR];
+  };
+
   return {
     source: PACMAN,
     present: async (env) => (await which("pacman", env.PATH ?? "")) !== undefined,
@@ -158,12 +167,7 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
       const pacman = await which("pacman", s.env.PATH ?? "");
       if (!pacman) return { packages: [], output: s.output, rebootRequired: false, error: "pacman is not installed on this host" };
       if (!opts.isRoot) return denied([pkg], s);
-      let cacheDirs = deps.cacheDirs;
-      if (!cacheDirs) {
-        const conf = await which("pacman-conf", s.env.PATH ?? "");
-        const res = conf ? await s.run([conf, "CacheDir"], false) : undefined;
-        cacheDirs = res?.exitCode === 0 ? res.stdout.split("\n").map((l) => l.trim()).filter(Boolean) : [DEFAULT_CACHE_DIR];
-      }
+      const cacheDirs = await cacheDirsOf(s);
       // The cache may hold packages that were only downloaded: a rollback is of what is installed.
       const current = await installed(s, pacman, [pkg.name]);
       const { skipped } = installedOnly([pkg], (ref) => current.has(ref.name), {});
@@ -180,6 +184,18 @@ export function createPacmanInstaller(deps: PacmanInstallerDeps = {}): Installer
       const res = await s.run([pacman, "-U", "--noconfirm", "--", file]);
       const after = await installed(s, pacman, [pkg.name]);
       return { ...report([pkg], before, after, res, "pacman -U"), output: s.output };
+    },
+
+    // The older package files in the cache: exactly what `rollback` installs with pacman -U.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const pacman = await which("pacman", s.env.PATH ?? "");
+      if (!pacman) return { installed: "", versions: [], output: s.output, error: "pacman is not installed on this host" };
+      const installedNow = (await installed(s, pacman, [pkg.name])).get(pkg.name) ?? "";
+      if (!installedNow) return { installed: "", versions: [], output: s.output };
+      const dirs = await cacheDirsOf(s);
+      const older = (await cachedVersions(dirs, pkg.name)).filter((v) => compareEvr(v, installedNow, true) < 0);
+      return { installed: installedNow, versions: rollbackVersions(older.map((version) => ({ version, description: "in the package cache" }))), output: s.output };
     },
   };
 }

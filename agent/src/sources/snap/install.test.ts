@@ -63,4 +63,20 @@ describe("snap installer with fake tools", () => {
     const gone = await installer.rollback!(ref("firefox", "120.0-1"), opts(t));
     expect(gone.packages[0]!.reason).toBe("snapd keeps no revision of firefox at 120.0-1; kept: 130.0-2 (rev 5091)");
   });
+
+  it("offers the revisions snapd kept, newest first, and reverts to the one chosen as listed", async () => {
+    const t = await tools(': > "$D/ran"; exit 0');
+    await t.write("all.out", testdata("snap-list-all.txt"));
+    const out = await installer.versions!(ref("firefox"), opts(t, { isRoot: false }));
+    expect(out).toMatchObject({ installed: "131.0.3-1" });
+    expect(out.error).toBeUndefined();
+    expect(out.versions.map((v) => [v.version, v.description])).toEqual([
+      ["5091", "version 130.0-2 (revision 5091)"],
+      ["4793", "version 129.0.2-1 (revision 4793)"],
+    ]);
+    expect((await installer.versions!(ref("lxd"), opts(t))).versions).toEqual([]);
+    expect(await installer.versions!(ref("vlc"), opts(t))).toMatchObject({ installed: "", versions: [] });
+    await installer.rollback!(ref("firefox", out.versions[1]!.version), opts(t));
+    expect((await t.calls("snap")).find((a) => a[0] === "revert")).toEqual(["revert", "firefox", "--revision", "4793"]);
+  });
 });

@@ -1,8 +1,8 @@
 import { describeFailure, which } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
 import { parseSnapTable, pendingSnaps, SNAP, type SnapRow } from "./scan.ts";
-import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult } from "../types.ts";
+import { needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageResult, VersionsOutcome } from "../types.ts";
 
 // snapd prints "error: …" lines; the one naming a snap explains its failure.
 export function snapReasonFor(name: string, output: string): string | undefined {
@@ -91,6 +91,24 @@ export function createSnapInstaller(): Installer {
         };
       }
       return transact([pkg], (tool) => [tool, "revert", pkg.name, "--revision", kept.revision], opts, "snap revert");
+    },
+
+    // The disabled revisions snapd kept (`snap list --all`), newest first: what `snap revert`
+    // goes to. Each is named by its revision, which is unique where versions may repeat.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const snap = await which("snap", s.env.PATH ?? "");
+      if (!snap) return { installed: "", versions: [], output: s.output, error: "snap is not installed on this host" };
+      const result = await s.run([snap, "list", "--all"]);
+      if (result.exitCode !== 0) return { installed: "", versions: [], output: s.output, error: describeFailure("snap list --all", result) };
+      const rows = parseSnapTable(result.stdout).filter((r) => r.name === pkg.name);
+      const now = current(rows, pkg.name);
+      if (!now) return { installed: "", versions: [], output: s.output };
+      const kept = rows
+        .filter((r) => r.notes.includes("disabled") && /^\d+$/.test(r.revision))
+        .sort((a, b) => Number(b.revision) - Number(a.revision))
+        .map((r) => ({ version: r.revision, description: `version ${r.version} (revision ${r.revision})` }));
+      return { installed: now.version, versions: rollbackVersions(kept), output: s.output };
     },
   };
 }

@@ -3,7 +3,7 @@ import { PackageChangeKind, PackageRefSchema, PackageResultState } from "@redfla
 import { afterAll, describe, expect, it } from "vitest";
 import { fakeTools, removeFakeTools, type FakeTools } from "../../../test/support/fake-tools.ts";
 import { runProcess, type ProcessOptions } from "../../run-process.ts";
-import { createWingetInstaller } from "./install.ts";
+import { createWingetInstaller, parseShowVersions } from "./install.ts";
 import { NOT_INSTALLED } from "../install-common.ts";
 import type { InstallOptions } from "../types.ts";
 
@@ -48,6 +48,7 @@ case "$1" in
 list) if [ -e "$D/ran-$3" ]; then f="list-$3.after"; else f="list-$3.before"; fi
   pr "$f" && exit 0; echo "No installed package found matching input criteria."; exit 120;;
 upgrade) if [ "$2" = "--include-unknown" ]; then pr upgrades.txt; exit 0; fi;;
+show) pr "show-$3" && exit 0; echo "No package found matching input criteria."; exit 120;;
 esac
 : > "$D/ran-$3"
 [ -e "$D/do-$3" ] && . "$D/do-$3"
@@ -198,6 +199,19 @@ describe("winget installer with fake tools", () => {
       reason: "winget install failed (0x8A150017: no manifest matches (the version may no longer be in the source)): No version found matching: 9.20",
     });
     expect(failed.error).toBe(failed.packages[0]!.reason);
+  });
+
+  it("offers the versions the source still has below the installed one, and rolls back to the one chosen as listed", async () => {
+    const t = await fake({ ...changing("7zip.7zip", "24.08", "23.01"), "show-7zip.7zip": "Found 7-Zip [7zip.7zip]\nVersion\n-------\n24.09\n24.08\n23.01\n22.01\n" });
+    const out = await installer.versions!(ref("7zip.7zip"), opts(t, { isRoot: false }));
+    expect(out.error).toBeUndefined();
+    expect(out.installed).toBe("24.08");
+    expect(out.versions.map((v) => v.version)).toEqual(["23.01", "22.01"]);
+    expect((await t.calls("winget")).find((a) => a[0] === "show")).toEqual(["show", "--id", "7zip.7zip", "--exact", "--versions", "--accept-source-agreements", "--disable-interactivity"]);
+    const back = await installer.rollback!(ref("7zip.7zip", out.versions[0]!.version), opts(t));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "24.08", toVersion: "23.01" });
+    expect(await installer.versions!(ref("Evil.Miner"), opts(t))).toMatchObject({ installed: "", versions: [] });
+    expect(parseShowVersions("\r   - \r   \\ \rFound Git [Git.Git]\r\nVersion\r\n-------\r\n2.47.1\r\n")).toEqual(["2.47.1"]);
   });
 
   it("never rolls back, that is installs, a package the host does not have", async () => {

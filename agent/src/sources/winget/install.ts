@@ -17,8 +17,9 @@ import {
   type WingetHostOptions,
   type WingetRow,
 } from "./scan.ts";
-import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState, toolOutput } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput } from "../types.ts";
+import { NOT_INSTALLED, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolOutput } from "../install-common.ts";
+import { segmentCompare } from "../vercmp.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, ToolOutput, VersionsOutcome } from "../types.ts";
 
 // Silent, exact, every agreement accepted, no prompt. --include-unknown lets winget upgrade
 // the packages whose installed version it cannot read, which the scan reports too.
@@ -31,6 +32,20 @@ const SUCCESS = new Set([0, 0x8a150109, 0x8a15010b]);
 
 // Versions winget cannot read: "Unknown" (translated) or only bounded ("< 1.7.0").
 const unreadable = (version: string | undefined) => !!version && (version.startsWith("<") || !/\d/.test(version));
+
+// `winget show --id X --exact --versions`: a heading line, then (in any language) a one-column
+// table whose header is underlined with dashes, one version a line, newest first:
+//   Found 7-Zip [7zip.7zip]
+//   Version
+//   -------
+//   24.08
+//   23.01
+export function parseShowVersions(text: string): string[] {
+  const lines = text.split(/\r?\n/).map((l) => l.replace(/^.*\r/, "").trim());
+  const rule = lines.findIndex((l) => /^-{3,}$/.test(l));
+  if (rule < 0) return [];
+  return lines.slice(rule + 1).filter((l) => /^[0-9A-Za-z][0-9A-Za-z._+-]*$/.test(l));
+}
 
 export function createWingetInstaller(host: WingetHostOptions = {}): Installer {
   const exec = host.exec ?? runProcess;
@@ -175,6 +190,22 @@ export function createWingetInstaller(host: WingetHostOptions = {}): Installer {
         return { packages: [packageResult(pkg, PackageResultState.FAILED, { reason })], output: s.output, rebootRequired: false, error: reason };
       }
       return transact(s, winget, [pkg], (ref) => [winget, "install", "--id", ref.name, "--version", ref.version, "--force", ...UNATTENDED], opts, true);
+    },
+
+    // The versions the source still has a manifest for, below the installed one.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const winget = await findWinget(opts.env, host);
+      if (!winget) return { installed: "", versions: [], output: s.output, error: "winget is not installed on this host" };
+      const installed = await installedVersion(s, winget, pkg.name);
+      if (!installed) return { installed: "", versions: [], output: s.output };
+      if (unreadable(installed)) {
+        return { installed, versions: [], output: s.output, error: `winget cannot read the installed version of ${pkg.name} ("${installed}"), so it cannot tell which versions are earlier` };
+      }
+      const result = await s.run([winget, "show", "--id", pkg.name, "--exact", "--versions", ...WINGET_FLAGS]);
+      if (result.exitCode !== 0) return { installed, versions: [], output: s.output, error: wingetFailure("winget show --versions", result) };
+      const older = parseShowVersions(result.stdout).filter((v) => segmentCompare(v, installed) < 0);
+      return { installed, versions: rollbackVersions(older.map((version) => ({ version, description: "in the winget source" }))), output: s.output };
     },
   };
 }

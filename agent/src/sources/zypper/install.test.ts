@@ -91,6 +91,27 @@ describe("zypper installer with fake tools", () => {
     expect((await t.calls("zypper"))[0]).toEqual(["--non-interactive", "--xmlout", "install", "--oldpackage", "--auto-agree-with-licenses", "--", "curl=8.6.0-150600.4.6.1"]);
   });
 
+  it("offers the older versions a repository has, newest first, and the one chosen rolls back as listed", async () => {
+    const t = await tools(`case "$*" in *search*) ${printFile("search.xml")}; exit 0;; esac; : > "$D/ran"; exit 0`, {
+      "search.xml": readFileSync(path.join(import.meta.dirname, "testdata", "zypper-search-curl.xml"), "utf8"),
+      "rpm.before": "curl.x86_64 8.6.0-150600.4.9.1\n",
+      "rpm.after": "curl.x86_64 8.6.0-150600.4.6.1\n",
+    });
+    const out = await installer.versions!(ref("curl"), opts(t, { isRoot: false }));
+    expect(out.error).toBeUndefined();
+    expect(out.installed).toBe("8.6.0-150600.4.9.1");
+    // Not the installed one again, not the newer update, not the i586 build.
+    expect(out.versions.map((v) => [v.version, v.description])).toEqual([
+      ["8.6.0-150600.4.6.1", "from Update repository with updates from SUSE Linux Enterprise 15"],
+      ["8.6.0-150600.2.3", "from Main Repository"],
+    ]);
+    expect((await t.calls("zypper"))[0]).toEqual(["--non-interactive", "--xmlout", "--no-refresh", "search", "-s", "--match-exact", "-t", "package", "--", "curl"]);
+    const back = await installer.rollback!(ref("curl", out.versions[0]!.version), opts(t));
+    expect(back.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, fromVersion: "8.6.0-150600.4.9.1", toVersion: "8.6.0-150600.4.6.1" });
+    const none = await installer.versions!(ref("nmap"), opts(t));
+    expect(none).toMatchObject({ installed: "", versions: [] });
+  });
+
   it("reports a held lock as the failure of every package", async () => {
     const t = await tools(`echo '<stream><message type="error">System management is locked by the application with pid 4711 (zypper).</message></stream>'; exit 7`, { "rpm.before": "curl.x86_64 1\n", "rpm.after": "curl.x86_64 1\n" });
     const out = await installer.install([ref("curl")], opts(t));

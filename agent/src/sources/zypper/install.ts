@@ -3,8 +3,9 @@ import { which } from "../../run-process.ts";
 import { C_LOCALE } from "../scan-common.ts";
 import { queryRpm, RPM_REBOOT_PACKAGES, rpmKey } from "../rpm.ts";
 import { xmlElements, ZYPPER, ZYPPER_OK, zypperFailure, zypperMessages } from "./scan.ts";
-import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, toolSession } from "../install-common.ts";
-import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult } from "../types.ts";
+import { installedOnly, needsRoot, packageChange, PackageChangeKind, packageResult, PackageResultState, rollbackVersions, toolSession } from "../install-common.ts";
+import { compareEvr } from "../vercmp.ts";
+import type { DryRunOutcome, InstallOptions, Installer, InstallOutcome, PackageChange, PackageResult, VersionsOutcome } from "../types.ts";
 
 // "name", "name.arch", "name=version", "name.arch=version" as zypper takes them.
 export function zypperSpec(ref: Pick<PackageRef, "name" | "version" | "architecture">): string {
@@ -41,6 +42,26 @@ export function parseInstallSummary(xml: string): PackageChange[] {
     }
   }
   return changes;
+}
+
+// `zypper --xmlout search -s --match-exact -t package <name>`: one <solvable> per version and
+// repository; status "installed" (repository "(System Packages)"), "other-version" or
+// "not-installed". The versions older than the installed one (of its architecture, or `arch`)
+// that a repository has, newest first, are what `zypper install --oldpackage` can go to.
+export function parseZypperVersions(xml: string, name: string, arch = ""): { installed: string; older: { version: string; description: string }[] } {
+  const rows = xmlElements(xml, "solvable")
+    .map(({ attrs }) => attrs)
+    .filter((a) => a.name === name && (a.kind ?? "package") === "package" && a.edition && (!arch || a.arch === arch));
+  const current = rows.filter((a) => a.status === "installed").sort((a, b) => compareEvr(b.edition!, a.edition!))[0];
+  if (!current) return { installed: "", older: [] };
+  const fromRepos = rows.filter((a) => a.status !== "installed" && a.repository && !a.repository.startsWith("(System") && a.repository !== "@System");
+  const sameArch = fromRepos.filter((a) => a.arch === current.arch || a.arch === "noarch" || current.arch === "noarch");
+  const byVersion = new Map<string, string[]>();
+  for (const a of sameArch) if (compareEvr(a.edition!, current.edition!) < 0) byVersion.set(a.edition!, [...(byVersion.get(a.edition!) ?? []), a.repository!]);
+  const older = [...byVersion]
+    .sort(([a], [b]) => compareEvr(b, a))
+    .map(([version, repos]) => ({ version, description: `from ${[...new Set(repos)].join(", ")}` }));
+  return { installed: current.edition!, older };
 }
 
 // The zypper message naming one package, if any ("No provider of 'foo' found.").
@@ -106,6 +127,20 @@ export function createZypperInstaller(): Installer {
 
     // `zypper install --oldpackage name=version`: the version must be in an enabled repository.
     rollback: (pkg, opts) => transact([pkg], ["install", "--oldpackage", "--auto-agree-with-licenses"], opts),
+
+    // From the repository data as it is (--no-refresh), with the installed version beside it.
+    async versions(pkg, opts): Promise<VersionsOutcome> {
+      const s = session(opts);
+      const zypper = await which("zypper", s.env.PATH ?? "");
+      if (!zypper) return { installed: "", versions: [], output: s.output, error: "zypper is not installed on this host" };
+      const result = await s.run([zypper, "--non-interactive", "--xmlout", "--no-refresh", "search", "-s", "--match-exact", "-t", "package", "--", pkg.name]);
+      // 104: nothing matched, which here means not installed and in no repository.
+      if (!ZYPPER_OK.has(result.exitCode ?? -1) && result.exitCode !== 104) {
+        return { installed: "", versions: [], output: s.output, error: zypperFailure("zypper search", result) };
+      }
+      const found = parseZypperVersions(result.stdout, pkg.name, pkg.architecture);
+      return { installed: found.installed, versions: rollbackVersions(found.older), output: s.output };
+    },
   };
 }
 

@@ -8,7 +8,7 @@ import { OsFamily, SubsystemConfigSchema, type SubsystemConfig } from "@redflag/
 import { AgentHealth, AgentSchema, FleetService, type Agent } from "@redflag/gen/fleet_service_pb";
 import { MetricSampleSchema, ReportService, type MetricSample } from "@redflag/gen/report_service_pb";
 import { FleetUpdateSchema, UpdateService, UpdateStatus, type FleetUpdate, type Hold } from "@redflag/gen/update_service_pb";
-import { agentDecommissioned, checkCancellable, checkRetryable, checkSelection, checkTags, notFound } from "./server-rules.ts";
+import { agentDecommissioned, checkCancellable, checkRetryable, checkRollback, checkSelection, checkTags, checkVersionListing, notFound } from "./server-rules.ts";
 
 // An in-memory control plane for the agent page's tests: one agent and what the real services
 // would answer about it, with the same error codes and messages (control-plane/src/services),
@@ -117,6 +117,8 @@ export function fakeServer(opts: FakeOptions = {}) {
   };
   const caller = opts.caller ?? "ana";
   const callerKind = opts.callerKind ?? CommandCreator.PERSON;
+  // CreateCommand answers these with errors, as the real one would (a blackout, say), in order.
+  const refusals: ConnectError[] = [];
   // Requests that change something, in order, as [method, request].
   const calls: [string, unknown][] = [];
   // The live feed: push() sends a command change to every open WatchEvents stream.
@@ -258,6 +260,27 @@ export function fakeServer(opts: FakeOptions = {}) {
       listHolds: (req) => (uuid("agent_id", req.agentId), { holds: state.holds }),
     });
     router.service(CommandService, {
+      // Only the kinds the agent page queues through CreateCommand.
+      createCommand(req) {
+        calls.push(["createCommand", req]);
+        active(req.agentId);
+        const refused = refusals.shift();
+        if (refused) throw refused;
+        if (req.action.case === "listPackageVersions") {
+          checkVersionListing(req.action.value.packages);
+          return { command: queue(CommandType.LIST_PACKAGE_VERSIONS), merged: false };
+        }
+        if (req.action.case === "rollbackUpdate") {
+          checkRollback(req.action.value.package, req.action.value.targetVersion);
+          return { command: queue(CommandType.ROLLBACK_UPDATE), merged: false };
+        }
+        throw invalid(`the test server does not queue ${req.action.case ?? "nothing"}`);
+      },
+      getCommand(req) {
+        const c = state.commands.find((x) => x.id === req.id);
+        if (!c) throw notFound("command", req.id);
+        return { command: c };
+      },
       listCommands(req) {
         if (req.agentId) uuid("agent_id", req.agentId);
         return { commands: state.commands.filter((c) => !req.agentId || c.agentId === req.agentId), nextPageToken: "" };
@@ -314,6 +337,10 @@ export function fakeServer(opts: FakeOptions = {}) {
     change(c: CommandInfo) {
       state.commands = [c, ...state.commands.filter((x) => x.id !== c.id)];
       publish(c);
+    },
+    // The next CreateCommand is refused with this error.
+    refuseNext(err: ConnectError) {
+      refusals.push(err);
     },
     // The feed breaks, as when the control plane restarts.
     breakFeeds() {

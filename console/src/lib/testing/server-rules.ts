@@ -3,6 +3,8 @@ import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb"
 import type { UpdateSelection } from "@redflag/gen/update_service_pb";
 import { HOLD_NAME } from "@redflag/common/holds";
 import { LABEL, LABEL_RULE, normaliseTags } from "@redflag/common/labels";
+import { PACKAGE_NAME, PACKAGE_VERSION, sourceNamePattern } from "@redflag/common/package-name";
+import type { PackageRef } from "@redflag/gen/command_pb";
 
 // The control plane's refusals that the component tests' in-memory servers imitate: the same
 // codes and messages as control-plane/src/services, written once here so that a change there has
@@ -76,4 +78,23 @@ export function checkPolicyCriteria(c: { severities: unknown[]; securityOnly: bo
   if (criteria === 0 && !c?.securityOnly) {
     throw invalid(`definition.criteria is empty: a rule needs at least one of severities, security_only, sources, name_patterns, groups or tags (name pattern "*" approves every update)`);
   }
+}
+
+// domain/actions.ts: what list_package_versions and rollback_update may name (the messages of
+// CreateCommand's refusals; the source hints are left out).
+const quoted = (value: string) => JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+function checkPackageRef(field: string, ref: PackageRef | undefined): void {
+  if (!ref) throw invalid(`${field} is required`);
+  if (!/^[a-z][a-z0-9_]{0,31}$/.test(ref.source)) throw invalid(`${field}.source ${quoted(ref.source)} is not a package source name (apt, dnf, docker …)`);
+  if (!PACKAGE_NAME.test(ref.name) || sourceNamePattern(ref.source)?.test(ref.name) === false) throw invalid(`${field}.name ${quoted(ref.name)} is not a valid package name`);
+}
+export function checkVersionListing(packages: readonly PackageRef[]): void {
+  if (packages.length === 0) throw invalid("list_package_versions.packages must name at least one package");
+  if (packages.length > 50) throw invalid(`list_package_versions.packages names ${packages.length} packages; at most 50 per command`);
+  packages.forEach((p, i) => checkPackageRef(`list_package_versions.packages[${i}]`, p));
+}
+export function checkRollback(pkg: PackageRef | undefined, targetVersion: string): void {
+  checkPackageRef("rollback_update.package", pkg);
+  if (!targetVersion) throw invalid("rollback_update.target_version is required");
+  if (!PACKAGE_VERSION.test(targetVersion)) throw invalid(`rollback_update.target_version ${quoted(targetVersion)} is not a valid version`);
 }

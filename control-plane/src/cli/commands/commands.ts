@@ -1,7 +1,7 @@
 import { create, toJson } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState, UpdateAgentSchema } from "@redflag/gen/command_pb";
+import { CommandType, PackageChangeKind, PackageRefSchema, PackageResultState, type PackageVersions, UpdateAgentSchema } from "@redflag/gen/command_pb";
 import {
   CommandState,
   CreateCommandRequestSchema,
@@ -34,6 +34,7 @@ const QUEUE_TYPES = [
   "enable_heartbeat",
   "disable_heartbeat",
   "update_agent",
+  "list_package_versions",
 ] as const;
 
 const FINAL = new Set([
@@ -76,7 +77,7 @@ export function registerCommands(program: Command, cli: CliContext): void {
     .requiredOption("--agent <agent>", AGENT_ARG)
     .addOption(new Option("--type <type>", "command type").choices(QUEUE_TYPES).makeOptionMandatory())
     .option("--subsystem <name>", "scan_updates: subsystem to scan (repeatable)", collect)
-    .option("--package <source:name[=version]>", "install/dry run: package (repeatable)", collect)
+    .option("--package <source:name[=version]>", "install/dry run/rollback/list_package_versions: package (repeatable)", collect)
     .option("--source <name>", "install_updates: upgrade everything of this source (repeatable)", collect)
     .option("--delay <duration>", "reboot: delay", seconds)
     .option("--message <text>", "reboot: message to logged-in users")
@@ -148,6 +149,34 @@ export function registerCommands(program: Command, cli: CliContext): void {
       const res = await c.commands.getCommand({ id });
       if (cli.json()) return cli.printJson(GetCommandResponseSchema, res);
       cli.out(describeCommand(res.command!, await hostnames(c, [res.command!.agentId])));
+    });
+
+  commands
+    .command("versions")
+    .description("ask an agent which earlier versions of packages it can roll back to, wait for the answer, and print each with the rollback command to run")
+    .argument("<agent>", AGENT_ARG)
+    .argument("<source:name...>", "packages, for example apt:curl (1 to 50)")
+    .option("--wait <duration>", "how long to wait for the agent's answer", seconds, 120)
+    .option("--idempotency-key <key>", "ask at most once for this key (a day)")
+    .addHelpText("after", "\nExample:\n  redflag commands versions web-1 apt:curl apt:openssl\n")
+    .action(async (agent: string, refs: string[], o: { wait: number; idempotencyKey?: string }) => {
+      const c = await cli.clients();
+      const agentId = await resolveAgent(c, agent, { live: true });
+      const packages = refs.map((text) => {
+        const ref = packageRef(text);
+        if (ref.version) throw new CliError(`${text}: name the package only (source:name); the answer lists every version it can go back to`);
+        return ref;
+      });
+      const req = create(CreateCommandRequestSchema, {
+        agentId,
+        idempotencyKey: o.idempotencyKey ?? randomUUID(),
+        action: { case: "listPackageVersions", value: { $typeName: "redflag.v1.ListPackageVersions", packages } },
+      });
+      const res = await retryUnanswered(cli, () => c.commands.createCommand(req));
+      const command = await waitFor(c, res.command!, o.wait);
+      if (cli.json()) return cli.printJson(GetCommandResponseSchema, create(GetCommandResponseSchema, { command }));
+      cli.out(describeVersions(command, agentId));
+      if (command.state !== CommandState.SUCCEEDED) cli.exitCode = 1;
     });
 
   commands
@@ -247,6 +276,9 @@ async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRe
       return { case: "installUpdates", value: { $typeName: "redflag.v1.InstallUpdates", packages, sources: o.source ?? [] } };
     case "dry_run_update":
       return { case: "dryRunUpdate", value: { $typeName: "redflag.v1.DryRunUpdate", packages } };
+    case "list_package_versions":
+      if (packages.length === 0) throw new CliError("list_package_versions needs at least one --package source:name");
+      return { case: "listPackageVersions", value: { $typeName: "redflag.v1.ListPackageVersions", packages } };
     case "reboot":
       return {
         case: "reboot",
@@ -357,6 +389,7 @@ export function describeCommand(c: CommandInfo, hosts: Map<string, string>): str
       );
       if (detail.value.rebootRequired) lines.push("the host needs a reboot");
     }
+    if (detail.case === "listPackageVersions") lines.push(versionLines(detail.value.packages, c.agentId).trimEnd());
     if (detail.case === "dryRunUpdate") {
       lines.push(
         table(
@@ -367,4 +400,32 @@ export function describeCommand(c: CommandInfo, hosts: Map<string, string>): str
     }
   }
   return lines.join("\n") + "\n";
+}
+
+// The answer of a list_package_versions command: per package, what is installed, the versions
+// it can go back to (newest first) and the exact command that rolls back to the newest of them,
+// or why there are none.
+export function describeVersions(c: CommandInfo, agentId: string): string {
+  const r = c.result;
+  if (!r) return `command ${c.id} is ${enumName(CommandState, c.state)} without an answer\n`;
+  if (r.detail.case !== "listPackageVersions") return `${enumName(CommandState, c.state)}: ${r.message}\n`;
+  return versionLines(r.detail.value.packages, agentId);
+}
+
+function versionLines(packages: readonly PackageVersions[], agentId: string): string {
+  const blocks = packages.map((p) => {
+    const ref = p.package!;
+    const spec = `${ref.source}:${ref.name}`;
+    const head = p.installedVersion ? `${spec}  installed ${p.installedVersion}` : spec;
+    if (p.versions.length === 0) return `${head}\n  nothing to go back to: ${p.reason || "no earlier version"}\n`;
+    // Versions follow the package-version rule (letters, digits and . _ + ~ : -, no leading
+    // "-"), so the line is safe to paste into a shell as printed.
+    return [
+      head,
+      table(["VERSION", "WHERE"], p.versions.map((v) => [v.version, v.description])).trimEnd().replace(/^/gm, "  "),
+      `  roll back with: redflag commands queue --agent ${agentId} --type rollback_update --package ${spec} --to-version ${p.versions[0]!.version}`,
+      "",
+    ].join("\n");
+  });
+  return blocks.join("\n");
 }

@@ -168,6 +168,12 @@ export declare type Command = Message<"redflag.v1.Command"> & {
      */
     value: UpdateAgent;
     case: "updateAgent";
+  } | {
+    /**
+     * @generated from field: redflag.v1.ListPackageVersions list_package_versions = 20;
+     */
+    value: ListPackageVersions;
+    case: "listPackageVersions";
   } | { case: undefined; value?: undefined };
 };
 
@@ -391,6 +397,134 @@ export declare type RollbackUpdate = Message<"redflag.v1.RollbackUpdate"> & {
  * Use `create(RollbackUpdateSchema)` to create a new message.
  */
 export declare const RollbackUpdateSchema: GenMessage<RollbackUpdate>;
+
+/**
+ * ListPackageVersions asks which earlier versions of installed packages the host can go back
+ * to: what a RollbackUpdate of each may name. It only reads the host (the package tool's
+ * lists, its cache, its kept revisions) and installs nothing, so blackout windows do not
+ * refuse it.
+ *
+ * @generated from message redflag.v1.ListPackageVersions
+ */
+export declare type ListPackageVersions = Message<"redflag.v1.ListPackageVersions"> & {
+  /**
+   * 1 to 50 packages, each a source and a name; version is ignored, architecture narrows apt
+   * and dnf to one architecture when set.
+   *
+   * @generated from field: repeated redflag.v1.PackageRef packages = 1;
+   */
+  packages: PackageRef[];
+};
+
+/**
+ * Describes the message redflag.v1.ListPackageVersions.
+ * Use `create(ListPackageVersionsSchema)` to create a new message.
+ */
+export declare const ListPackageVersionsSchema: GenMessage<ListPackageVersions>;
+
+/**
+ * RollbackVersion is one version a package can go back to.
+ *
+ * @generated from message redflag.v1.RollbackVersion
+ */
+export declare type RollbackVersion = Message<"redflag.v1.RollbackVersion"> & {
+  /**
+   * What RollbackUpdate.target_version names: a package version (apt, dnf, zypper, pacman,
+   * winget), a snap revision, a flatpak commit, a docker image digest. At most 128 characters.
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * What a person reads next to it, at most 200 characters: where it comes from ("bookworm-
+   * security", "in the package cache"), the snap version of a revision, a commit's date.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message redflag.v1.RollbackVersion.
+ * Use `create(RollbackVersionSchema)` to create a new message.
+ */
+export declare const RollbackVersionSchema: GenMessage<RollbackVersion>;
+
+/**
+ * PackageVersions answers ListPackageVersions for one package.
+ *
+ * @generated from message redflag.v1.PackageVersions
+ */
+export declare type PackageVersions = Message<"redflag.v1.PackageVersions"> & {
+  /**
+   * The package as it was asked (source, name, architecture).
+   *
+   * @generated from field: redflag.v1.PackageRef package = 1;
+   */
+  package?: PackageRef | undefined;
+
+  /**
+   * The version installed now; empty when the package is not installed.
+   *
+   * @generated from field: string installed_version = 2;
+   */
+  installedVersion: string;
+
+  /**
+   * Versions a RollbackUpdate can go to, newest first, at most 50.
+   *
+   * @generated from field: repeated redflag.v1.RollbackVersion versions = 3;
+   */
+  versions: RollbackVersion[];
+
+  /**
+   * Whether the source can roll back on this host at all (false for Homebrew, Windows Update,
+   * or a source whose tool is missing).
+   *
+   * @generated from field: bool rollback_supported = 4;
+   */
+  rollbackSupported: boolean;
+
+  /**
+   * Set when `versions` is empty: why there is nothing to go back to, in words ("not
+   * installed", "Homebrew installs only the current version", the tool's error).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message redflag.v1.PackageVersions.
+ * Use `create(PackageVersionsSchema)` to create a new message.
+ */
+export declare const PackageVersionsSchema: GenMessage<PackageVersions>;
+
+/**
+ * PackageVersionsResult lists, per package asked, the versions it can go back to.
+ *
+ * @generated from message redflag.v1.PackageVersionsResult
+ */
+export declare type PackageVersionsResult = Message<"redflag.v1.PackageVersionsResult"> & {
+  /**
+   * One per package asked, in the order asked.
+   *
+   * @generated from field: repeated redflag.v1.PackageVersions packages = 1;
+   */
+  packages: PackageVersions[];
+
+  /**
+   * @generated from field: repeated redflag.v1.ToolOutput output = 2;
+   */
+  output: ToolOutput[];
+};
+
+/**
+ * Describes the message redflag.v1.PackageVersionsResult.
+ * Use `create(PackageVersionsResultSchema)` to create a new message.
+ */
+export declare const PackageVersionsResultSchema: GenMessage<PackageVersionsResult>;
 
 /**
  * Reboot restarts the host.
@@ -657,6 +791,12 @@ export declare type CommandResult = Message<"redflag.v1.CommandResult"> & {
      */
     value: HeartbeatResult;
     case: "heartbeat";
+  } | {
+    /**
+     * @generated from field: redflag.v1.PackageVersionsResult list_package_versions = 20;
+     */
+    value: PackageVersionsResult;
+    case: "listPackageVersions";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1314,6 +1454,11 @@ export enum CommandType {
    * @generated from enum value: COMMAND_TYPE_UPDATE_AGENT = 10;
    */
   UPDATE_AGENT = 10,
+
+  /**
+   * @generated from enum value: COMMAND_TYPE_LIST_PACKAGE_VERSIONS = 11;
+   */
+  LIST_PACKAGE_VERSIONS = 11,
 }
 
 /**

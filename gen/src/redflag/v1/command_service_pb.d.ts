@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
-import type { CollectSpecs, CommandResult, CommandType, ConfirmDependencies, DisableHeartbeat, DryRunUpdate, EnableHeartbeat, InstallUpdates, Reboot, RollbackUpdate, ScanUpdates, UpdateAgent } from "./command_pb.js";
+import type { CollectSpecs, CommandResult, CommandType, ConfirmDependencies, DisableHeartbeat, DryRunUpdate, EnableHeartbeat, InstallUpdates, ListPackageVersions, Reboot, RollbackUpdate, ScanUpdates, UpdateAgent } from "./command_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /**
@@ -185,6 +185,12 @@ export declare type CreateCommandRequest = Message<"redflag.v1.CreateCommandRequ
      */
     value: UpdateAgent;
     case: "updateAgent";
+  } | {
+    /**
+     * @generated from field: redflag.v1.ListPackageVersions list_package_versions = 20;
+     */
+    value: ListPackageVersions;
+    case: "listPackageVersions";
   } | { case: undefined; value?: undefined };
 };
 
@@ -558,6 +564,8 @@ export declare const CommandService: GenService<{
    *     it first, or wait until it is delivered).
    *   rollback_update: refused while a rollback of the same package is pending.
    *   confirm_dependencies: refused while a confirmation of the same dry run is pending.
+   *   list_package_versions: merged when a pending one names the same packages (the same
+   *     question); one of other packages is queued beside it.
    *   collect_specs: not checked (it only reads the host).
    * A merged create sets CreateCommandResponse.merged and queues nothing new. Creates for one
    * agent are serialised, so two at once queue one command; an idempotency key replays a merge.

@@ -101,4 +101,33 @@ describe("a command's result", () => {
     expect(specs).toContain("required by linux-image-6.1.0-18-amd64");
     expect(screen.getByRole("cell", { name: "25.0 GiB (25%)" })).toBeTruthy();
   });
+
+  it("lists the versions each package can go back to, or why there are none", () => {
+    renderWithApi(CommandResultView, none, {
+      command: command({
+        id: ID,
+        agentId: WEB,
+        type: CommandType.LIST_PACKAGE_VERSIONS,
+        state: CommandState.SUCCEEDED,
+        result: {
+          outcome: CommandOutcome.SUCCEEDED,
+          message: "curl: 2 earlier versions",
+          detail: {
+            case: "listPackageVersions",
+            value: {
+              packages: [
+                { package: { source: "apt", name: "curl" }, installedVersion: "7.88.1-10+deb12u14", rollbackSupported: true, versions: [{ version: "7.88.1-10+deb12u5", description: "from bookworm-security" }, { version: "7.88.1-10" }] },
+                { package: { source: "brew", name: "wget" }, rollbackSupported: false, reason: "Homebrew installs only the current version of a formula or cask; it cannot go back to an earlier one" },
+              ],
+            },
+          },
+        },
+      }),
+    });
+    const rows = screen.getAllByTestId("package-versions").map((r) => [...r.querySelectorAll("td")].map((c) => c.textContent?.replace(/\s+/g, " ").trim()));
+    expect(rows).toEqual([
+      ["curl", "apt", "7.88.1-10+deb12u14", "7.88.1-10+deb12u5 from bookworm-security7.88.1-10"],
+      ["wget", "brew", "—", "Homebrew installs only the current version of a formula or cask; it cannot go back to an earlier one"],
+    ]);
+  });
 });

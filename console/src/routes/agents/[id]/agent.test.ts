@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { CommandOutcome, CommandResultSchema, CommandType } from "@redflag/gen/command_pb";
+import { CommandOutcome, CommandResultSchema, CommandType, PackageResultState } from "@redflag/gen/command_pb";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandCreator, CommandInfoSchema, CommandState } from "@redflag/gen/command_service_pb";
 import { PrincipalSchema, Role } from "@redflag/gen/identity_pb";
 import { AgentHealth } from "@redflag/gen/fleet_service_pb";
@@ -477,4 +478,151 @@ describe("the agent page", () => {
     expect(server.streamsOpened).toBe(2);
     expect(server.liveStreams).toBe(1);
   }, 10_000);
+});
+
+describe("rolling back a package the host installed", () => {
+  beforeEach(() => {
+    notices.list = [];
+    session.principal = undefined;
+  });
+
+  const installed = () =>
+    command({
+      type: CommandType.INSTALL_UPDATES,
+      state: CommandState.FAILED,
+      finishTime: ago(30 * MIN),
+      result: create(CommandResultSchema, {
+        outcome: CommandOutcome.FAILED,
+        message: "installed 1, failed 1, skipped 0",
+        detail: {
+          case: "installUpdates",
+          value: {
+            packages: [
+              { source: "apt", name: "curl", architecture: "amd64", fromVersion: "7.88.1-10+deb12u5", toVersion: "7.88.1-10+deb12u14", state: PackageResultState.INSTALLED },
+              { source: "apt", name: "openssl", architecture: "amd64", fromVersion: "3.0.15-1", toVersion: "3.0.17-1", state: PackageResultState.FAILED, reason: "dpkg: error" },
+            ],
+          },
+        },
+      }),
+    });
+  // The agent's answer to the listing the dialog queued, as the live feed brings it.
+  const answer = async (server: ReturnType<typeof fakeServer>, state: CommandState, result: Parameters<typeof create<typeof CommandResultSchema>>[1]) => {
+    const listing = await waitFor(() => {
+      const found = server.state.commands.find((c) => c.type === CommandType.LIST_PACKAGE_VERSIONS);
+      if (!found) throw new Error("the listing is not queued yet");
+      return found;
+    });
+    server.change(create(CommandInfoSchema, { ...listing, state, finishTime: timestampFromMs(Date.now()), result: create(CommandResultSchema, result) }));
+  };
+  const rollbackButton = async () => {
+    // Answers come on the live feed: it must be open before the agent "reports".
+    await screen.findByTestId("agent-live");
+    return screen.findByRole("button", { name: "Roll back curl on web-1…" });
+  };
+
+  it("lists what the host installed, asks it which versions curl can go back to, and queues the chosen one after a confirmation", async () => {
+    const { server } = open({ commands: [installed()] });
+    await loaded();
+    const section = screen.getByRole("region", { name: "Installed recently" });
+    await waitFor(() => expect(within(section).queryAllByTestId("installed-package").map((r) => r.dataset.package)).toEqual(["curl"]));
+    await fireEvent.click(await rollbackButton());
+    await waitFor(() =>
+      expect(calls(server, "createCommand")).toMatchObject([{ agentId: AGENT_ID, action: { case: "listPackageVersions", value: { packages: [{ source: "apt", name: "curl", architecture: "amd64" }] } } }]),
+    );
+    const dialog = await screen.findByRole("dialog", { name: "Roll back curl on web-1" });
+    expect((await within(dialog).findByTestId("rollback-waiting")).textContent).toMatch(/Waiting for web-1 to answer which versions of curl it can go back to/);
+
+    await answer(server, CommandState.SUCCEEDED, {
+      outcome: CommandOutcome.SUCCEEDED,
+      message: "curl: 2 earlier versions",
+      detail: {
+        case: "listPackageVersions",
+        value: {
+          packages: [
+            {
+              package: { source: "apt", name: "curl", architecture: "amd64" },
+              installedVersion: "7.88.1-10+deb12u14",
+              rollbackSupported: true,
+              versions: [
+                { version: "7.88.1-10+deb12u5", description: "from bookworm-security" },
+                { version: "7.88.1-10", description: "from bookworm" },
+              ],
+            },
+          ],
+        },
+      },
+    });
+    const choices = await within(dialog).findAllByTestId("rollback-version");
+    expect(choices.map((c) => c.textContent?.replace(/\s+/g, " ").trim())).toEqual(["7.88.1-10+deb12u5 from bookworm-security", "7.88.1-10 from bookworm"]);
+    const next = within(dialog).getByRole("button", { name: "Roll back…" }) as HTMLButtonElement;
+    expect(next.disabled).toBe(true);
+    await fireEvent.click(within(dialog).getByRole("radio", { name: /7\.88\.1-10\+deb12u5/ }));
+    await fireEvent.click(next);
+    expect(within(dialog).getByTestId("rollback-confirm").textContent).toMatch(/Roll back curl \(apt\) on web-1 from 7\.88\.1-10\+deb12u14 to 7\.88\.1-10\+deb12u5\?/);
+    // Nothing is queued before the confirmation.
+    expect(calls(server, "createCommand")).toHaveLength(1);
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Roll back to 7.88.1-10+deb12u5" }));
+    await waitFor(() =>
+      expect(calls(server, "createCommand")[1]).toMatchObject({
+        agentId: AGENT_ID,
+        action: { case: "rollbackUpdate", value: { package: { source: "apt", name: "curl", architecture: "amd64" }, targetVersion: "7.88.1-10+deb12u5" } },
+      }),
+    );
+    await waitFor(() => expect(screen.queryByRole("dialog")).toBeNull());
+    expect(noticeTexts()).toContain("Rollback of curl to 7.88.1-10+deb12u5 queued for web-1");
+    await waitFor(() => expect(rows("agent-command").some((r) => r.textContent?.includes("rollback update"))).toBe(true));
+  });
+
+  it("says in words when there is nothing to go back to, when the agent could not list, and when the rollback is refused", async () => {
+    const { server } = open({ commands: [installed()] });
+    await loaded();
+    await fireEvent.click(await rollbackButton());
+    let dialog = await screen.findByRole("dialog", { name: "Roll back curl on web-1" });
+    await within(dialog).findByTestId("rollback-waiting");
+    await answer(server, CommandState.SUCCEEDED, {
+      outcome: CommandOutcome.SUCCEEDED,
+      detail: { case: "listPackageVersions", value: { packages: [{ package: { source: "apt", name: "curl" }, installedVersion: "7.88.1-10+deb12u14", rollbackSupported: true, reason: "no earlier version of curl is available to go back to" }] } },
+    });
+    expect((await within(dialog).findByTestId("rollback-none")).textContent?.replace(/\s+/g, " ")).toBe(
+      "web-1 has nothing to go back to for curl (installed: 7.88.1-10+deb12u14): no earlier version of curl is available to go back to.",
+    );
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Done" }));
+    await waitFor(() => expect(screen.queryByRole("dialog")).toBeNull());
+
+    // The agent failed: its message.
+    server.state.commands = server.state.commands.filter((c) => c.type !== CommandType.LIST_PACKAGE_VERSIONS);
+    await fireEvent.click(await rollbackButton());
+    dialog = await screen.findByRole("dialog", { name: "Roll back curl on web-1" });
+    await within(dialog).findByTestId("rollback-waiting");
+    await answer(server, CommandState.FAILED, { outcome: CommandOutcome.FAILED, message: "curl: apt-cache policy failed (exit status 100): E: The package lists or status file could not be parsed or opened." });
+    expect((await within(dialog).findByRole("alert")).textContent).toBe(
+      "web-1 could not list the versions of curl: curl: apt-cache policy failed (exit status 100): E: The package lists or status file could not be parsed or opened.",
+    );
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Done" }));
+
+    // The rollback refused (a blackout window): the server's words, the dialog stays.
+    server.state.commands = server.state.commands.filter((c) => c.type !== CommandType.LIST_PACKAGE_VERSIONS);
+    await fireEvent.click(await rollbackButton());
+    dialog = await screen.findByRole("dialog", { name: "Roll back curl on web-1" });
+    await within(dialog).findByTestId("rollback-waiting");
+    await answer(server, CommandState.SUCCEEDED, {
+      outcome: CommandOutcome.SUCCEEDED,
+      detail: { case: "listPackageVersions", value: { packages: [{ package: { source: "apt", name: "curl" }, installedVersion: "7.88.1-10+deb12u14", rollbackSupported: true, versions: [{ version: "7.88.1-10+deb12u5" }] }] } },
+    });
+    await fireEvent.click(await within(dialog).findByRole("radio", { name: /7\.88\.1-10\+deb12u5/ }));
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Roll back…" }));
+    const blackout = 'agent web-1 is in blackout window "freeze" until 2026-12-27T00:00:00Z: no install or reboot can be queued for it before then';
+    server.refuseNext(new ConnectError(blackout, Code.FailedPrecondition));
+    await fireEvent.click(within(dialog).getByRole("button", { name: "Roll back to 7.88.1-10+deb12u5" }));
+    expect((await within(dialog).findByRole("alert")).textContent).toContain(blackout);
+    expect(screen.getByRole("dialog", { name: "Roll back curl on web-1" })).toBeTruthy();
+    expect(noticeTexts().some((t) => t.startsWith("Rollback of"))).toBe(false);
+  });
+
+  it("offers no rollback to viewers, and shows what was installed", async () => {
+    open({ commands: [installed()] }, Role.VIEWER);
+    await loaded();
+    await waitFor(() => expect(rows("installed-package")).toHaveLength(1));
+    expect(screen.queryByRole("button", { name: /^Roll back/ })).toBeNull();
+  });
 });
