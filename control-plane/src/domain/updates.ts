@@ -1,4 +1,5 @@
 import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandSchema, InstallUpdatesSchema, PackageRefSchema } from "@redflag/gen/command_pb";
 import type { EventBus } from "../cluster/events.ts";
 import type { Settings } from "../settings.ts";
@@ -14,6 +15,7 @@ import type { AuditHook } from "./audit.ts";
 import { heldBy } from "./holds.ts";
 import { requireSupportedVersion } from "./upgrades.ts";
 import { boundInstall, windowGate } from "./windows.ts";
+import { mergeIntoPending } from "./pending-commands.ts";
 import { linkedInstalls } from "../store/windows.ts";
 
 // Pending updates and what operators decide about them: approve, reject, install. A selection
@@ -72,7 +74,7 @@ export async function installApproved(
   // Only updates no install has been tried for since this time: none linked, or the linked one
   // finished and was queued before it (a window's scheduled install: not twice in one opening).
   untriedSince?: Date,
-): Promise<{ commands: CommandRow[]; packages: number }> {
+): Promise<{ commands: CommandRow[]; packages: number; skipped: { agentId: string; reason: string }[] }> {
   const { db } = deps;
   let rows = await approvedUpdates(db, filter);
   if (untriedSince) {
@@ -89,25 +91,40 @@ export async function installApproved(
   // Refused for all when one agent is in a blackout window; each install bounded by its open window.
   const notAfter = await windowGate(db, [...byAgent.keys()], "installUpdates", (deps.now ?? (() => new Date()))());
   const commands: CommandRow[] = [];
+  const skipped: { agentId: string; reason: string }[] = [];
   for (const [agentId, updates] of byAgent) {
     const packages = updates.map((u) => create(PackageRefSchema, { source: u.source, name: u.name, version: u.availableVersion, architecture: u.architecture }));
     const action = { case: "installUpdates" as const, value: boundInstall(create(InstallUpdatesSchema, { packages }), notAfter.get(agentId)) };
-    // The command, the updates it installs and its audit entry commit together.
-    const row = await inTransaction(db, async (tx) => {
-      const row = await storeCommand(tx, {
-        agentId,
-        type: "install_updates",
-        action: toBinary(CommandSchema, create(CommandSchema, { action })),
-        timeoutSeconds: 0,
-        ...creator,
+    // The command (or the install already pending for the agent, merged into: one pending
+    // command of a kind per agent), the updates it installs and its audit entry commit together.
+    let row: CommandRow;
+    try {
+      row = await inTransaction(db, async (tx) => {
+        const merged = await mergeIntoPending(tx, agentId, "install_updates", action, 0);
+        const row =
+          merged?.row ??
+          (await storeCommand(tx, {
+            agentId,
+            type: "install_updates",
+            action: toBinary(CommandSchema, create(CommandSchema, { action })),
+            timeoutSeconds: 0,
+            ...creator,
+          }));
+        await linkInstallCommand(tx, updates, row.id);
+        await record(tx, { command: row, updates });
+        return row;
       });
-      await linkInstallCommand(tx, updates, row.id);
-      await record(tx, { command: row, updates });
-      return row;
-    });
+    } catch (err) {
+      // A pending install these cannot join: that agent is left out, and the answer says why.
+      if (!(err instanceof ConnectError) || err.code !== Code.FailedPrecondition) throw err;
+      skipped.push({ agentId, reason: err.rawMessage });
+      continue;
+    }
     deps.wakeups.notify(agentId);
     deps.events.publish([{ commandId: row.id, agentId }]);
     commands.push(row);
   }
-  return { commands, packages: [...byAgent.values()].reduce((n, u) => n + u.length, 0) };
+  const left = new Set(skipped.map((s) => s.agentId));
+  const packages = [...byAgent].filter(([agentId]) => !left.has(agentId)).reduce((n, [, u]) => n + u.length, 0);
+  return { commands, packages, skipped };
 }

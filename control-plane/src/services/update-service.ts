@@ -179,10 +179,10 @@ export function createUpdateService(
 
     async installApprovedUpdates(req, ctx) {
       if (req.approve) await decideOn(ctx, req.selection, "approved", ["pending"]);
-      const { commands, packages } = await installApproved({ db, wakeups, events, settings }, selectionFilter(req.selection, true), commandCreator(ctx), (tx, { command, updates }) =>
+      const { commands, packages, skipped } = await installApproved({ db, wakeups, events, settings }, selectionFilter(req.selection, true), commandCreator(ctx), (tx, { command, updates }) =>
         audit(tx, ctx, { target: `agent:${command.agentId}`, after: { commandId: command.id, type: "install_updates", packages: updates.map((u) => `${u.source}/${u.name}=${u.availableVersion}`) } }),
       );
-      return { commands: commands.map(commandToProto), packages };
+      return { commands: commands.map(commandToProto), packages, skipped };
     },
 
     async listHolds(req) {

@@ -1,9 +1,12 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { CommandSchema } from "@redflag/gen/command_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { describe, expect, it } from "vitest";
 import type { AgentConfigs } from "../../src/domain/agent-config.ts";
 import { removeHold, setHold } from "../../src/domain/holds.ts";
 import { decide, installApproved, updatePage } from "../../src/domain/updates.ts";
+import { storeCommand } from "../../src/domain/store-command.ts";
 import type { EventBus } from "../../src/cluster/events.ts";
 import type { UpdateFilter } from "../../src/store/package-updates.ts";
 import type { Wakeups } from "../../src/cluster/wakeups.ts";
@@ -92,6 +95,35 @@ describe.each(availableBackends)("updates and holds on %s", (backend: Backend) =
     expect((await m.db.packageUpdate.findMany({ where: { agentId: agent.id } })).map((u) => u.commandId)).toEqual([commands[0]!.id, commands[0]!.id]);
     expect(woken).toContain(agent.id);
     expect(published).toContain(commands[0]!.id);
+  });
+
+  it("merges into the install already pending for an agent instead of queuing a second; one it cannot join leaves the agent out, saying why", async () => {
+    const agent = await insertAgent(m.db, "web-5");
+    await insertUpdate(m.db, agent.id, "curl", { status: "approved" });
+    const record = auditAs("InstallApprovedUpdates", UpdateService, `agent:${agent.id}`);
+    const first = await installApproved({ db: m.db, wakeups, events, settings: noMinimum }, filter({ agentIds: [agent.id] }), oscar, record);
+    await insertUpdate(m.db, agent.id, "nginx", { status: "approved" });
+    const second = await installApproved({ db: m.db, wakeups, events, settings: noMinimum }, filter({ agentIds: [agent.id] }), oscar, record);
+    expect(second.commands.map((c) => c.id)).toEqual(first.commands.map((c) => c.id));
+    expect(await m.db.command.count({ where: { agentId: agent.id, state: "pending" } })).toBe(1);
+    const pending = fromBinary(CommandSchema, (await m.db.command.findFirstOrThrow({ where: { agentId: agent.id } })).action);
+    expect(pending.action.case === "installUpdates" && pending.action.value.packages.map((p) => `${p.name}=${p.version}`).sort()).toEqual(["curl=1.1", "nginx=1.1"]);
+
+    // A pending install by source (apt upgrade of everything) cannot take pinned packages.
+    const other = await insertAgent(m.db, "web-6");
+    await insertUpdate(m.db, other.id, "curl", { status: "approved" });
+    const bySource = await storeCommand(m.db, {
+      agentId: other.id,
+      type: "install_updates",
+      action: toBinary(CommandSchema, create(CommandSchema, { action: { case: "installUpdates", value: { sources: ["apt"] } } })),
+      timeoutSeconds: 0,
+      ...oscar,
+    });
+    const left = await installApproved({ db: m.db, wakeups, events, settings: noMinimum }, filter({ agentIds: [other.id] }), oscar, record);
+    expect(left.commands).toEqual([]);
+    expect(left.packages).toBe(0);
+    expect(left.skipped).toEqual([{ agentId: other.id, reason: expect.stringContaining(`it names packages and the pending install names sources; cancel it first (redflag commands cancel ${bySource.id})`) }]);
+    expect(await m.db.command.count({ where: { agentId: other.id } })).toBe(1);
   });
 
   it("a hold whose audit entry cannot be written is not set; removing one that does not exist is NotFound", async () => {

@@ -5,6 +5,7 @@ import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb"
 import {
   ApproveUpdatesResponseSchema,
   InstallApprovedUpdatesResponseSchema,
+  type InstallSkipped,
   ListUpdatesResponseSchema,
   RejectUpdatesResponseSchema,
   UpdateSelectionSchema,
@@ -88,7 +89,7 @@ export function registerUpdates(program: Command, cli: CliContext): void {
         const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o), approve: true });
         if (cli.json()) return cli.printJson(InstallApprovedUpdatesResponseSchema, res);
         cli.out(`approved and queued ${plural(res.packages, "package")} in ${plural(res.commands.length, "install command")}\n`);
-        return printQueuedInstalls(cli, c, res.commands);
+        return printQueuedInstalls(cli, c, res.commands, res.skipped);
       }
       const res = await c.updates.approveUpdates({ selection: await selection(c, o) });
       if (cli.json()) return cli.printJson(ApproveUpdatesResponseSchema, res);
@@ -111,13 +112,15 @@ export function registerUpdates(program: Command, cli: CliContext): void {
       const res = await c.updates.installApprovedUpdates({ selection: await selection(c, o) });
       if (cli.json()) return cli.printJson(InstallApprovedUpdatesResponseSchema, res);
       cli.out(`queued ${plural(res.packages, "approved package")} in ${plural(res.commands.length, "install command")}\n`);
-      await printQueuedInstalls(cli, c, res.commands);
+      await printQueuedInstalls(cli, c, res.commands, res.skipped);
     });
 }
 
 // One line per queued install: agent ID, command ID, then the host (last, so scripts that read
 // the first two fields keep working).
-async function printQueuedInstalls(cli: CliContext, c: Clients, commands: CommandInfo[]) {
-  const hosts = await hostnames(c, commands.map((cmd) => cmd.agentId));
+// Agents left out (a pending install their updates cannot join) are said on stderr, with why.
+async function printQueuedInstalls(cli: CliContext, c: Clients, commands: CommandInfo[], skipped: InstallSkipped[] = []) {
+  const hosts = await hostnames(c, [...commands.map((cmd) => cmd.agentId), ...skipped.map((s) => s.agentId)]);
   for (const cmd of commands) cli.out(`${cmd.agentId}  ${cmd.id}  ${hosts.get(cmd.agentId) ?? ""}\n`);
+  for (const s of skipped) cli.err(`left out ${hosts.get(s.agentId) ?? s.agentId}: ${s.reason}\n`);
 }

@@ -506,7 +506,8 @@ export declare const InstallApprovedUpdatesRequestSchema: GenMessage<InstallAppr
  */
 export declare type InstallApprovedUpdatesResponse = Message<"redflag.v1.InstallApprovedUpdatesResponse"> & {
   /**
-   * The commands queued, one per agent.
+   * The commands queued, one per agent: new ones, or an install already pending for the agent
+   * (not delivered yet) that the updates were merged into.
    *
    * @generated from field: repeated redflag.v1.CommandInfo commands = 1;
    */
@@ -516,6 +517,14 @@ export declare type InstallApprovedUpdatesResponse = Message<"redflag.v1.Install
    * @generated from field: uint32 packages = 2;
    */
   packages: number;
+
+  /**
+   * Agents whose pending install these updates cannot be merged into (it names sources, or a
+   * package at another version): nothing was queued for them, and why.
+   *
+   * @generated from field: repeated redflag.v1.InstallSkipped skipped = 3;
+   */
+  skipped: InstallSkipped[];
 };
 
 /**
@@ -523,6 +532,29 @@ export declare type InstallApprovedUpdatesResponse = Message<"redflag.v1.Install
  * Use `create(InstallApprovedUpdatesResponseSchema)` to create a new message.
  */
 export declare const InstallApprovedUpdatesResponseSchema: GenMessage<InstallApprovedUpdatesResponse>;
+
+/**
+ * InstallSkipped is an agent an install of approved updates left alone, and why.
+ *
+ * @generated from message redflag.v1.InstallSkipped
+ */
+export declare type InstallSkipped = Message<"redflag.v1.InstallSkipped"> & {
+  /**
+   * @generated from field: string agent_id = 1;
+   */
+  agentId: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message redflag.v1.InstallSkipped.
+ * Use `create(InstallSkippedSchema)` to create a new message.
+ */
+export declare const InstallSkippedSchema: GenMessage<InstallSkipped>;
 
 /**
  * Hold keeps packages as they are: never installed, even as a dependency.
