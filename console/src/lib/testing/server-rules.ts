@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandState, type CommandInfo } from "@redflag/gen/command_service_pb";
 import type { UpdateSelection } from "@redflag/gen/update_service_pb";
 import { HOLD_NAME } from "@redflag/common/holds";
+import { HOOK_NAME, HOOK_NAME_RULE } from "@redflag/common/reboot-hooks";
 import { LABEL, LABEL_RULE, normaliseTags } from "@redflag/common/labels";
 import { PACKAGE_NAME, PACKAGE_VERSION, sourceNamePattern } from "@redflag/common/package-name";
 import type { PackageRef } from "@redflag/gen/command_pb";
@@ -70,6 +71,35 @@ export function checkWindowSpec(spec: { timeZone: string; targets?: { allAgents:
 
 // domain/windows.ts: names are unique.
 export const windowNameTaken = (name: string) => new ConnectError(`a window named "${name}" already exists; pick another name or update that one`, Code.AlreadyExists);
+
+// maintenance-service.ts (rebootPolicyInput): a reboot policy needs a name and targets, its hooks
+// are names of executables in the agent's hooks directory, its limits are bounded.
+export function checkRebootPolicySpec(spec: {
+  name: string;
+  preHook: string;
+  postHook: string;
+  hookTimeout?: { seconds: bigint; nanos: number } | undefined;
+  returnTimeout?: { seconds: bigint; nanos: number } | undefined;
+  targets?: { allAgents: boolean; groups: string[]; tags: string[]; agentIds: string[] } | undefined;
+}): void {
+  if (spec.name.trim() === "") throw invalid("policy.name is required");
+  if (spec.name.trim().length > 64) throw invalid("policy.name is longer than 64 characters");
+  const t = spec.targets;
+  if (!t?.allAgents && !t?.groups.length && !t?.tags.length && !t?.agentIds.length) {
+    throw invalid("policy.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
+  }
+  for (const [field, name] of [["pre_hook", spec.preHook], ["post_hook", spec.postHook]] as const) {
+    if (name !== "" && !HOOK_NAME.test(name)) throw invalid(`policy.${field} "${name.slice(0, 64)}" is not a hook name (the name of an executable in the agent's hooks directory): ${HOOK_NAME_RULE}`);
+  }
+  const bounded = (field: string, d: { seconds: bigint } | undefined, min: bigint, max: bigint, words: string) => {
+    if (d && (d.seconds < min || d.seconds > max)) throw invalid(`policy.${field} must be from ${words}`);
+  };
+  bounded("hook_timeout", spec.hookTimeout, 1n, 1800n, "1 second to 30 minutes");
+  bounded("return_timeout", spec.returnTimeout, 60n, 86_400n, "1 minute to 24 hours");
+}
+
+// domain/reboot-policies.ts: names are unique.
+export const rebootPolicyNameTaken = (name: string) => new ConnectError(`a reboot policy named "${name}" already exists; pick another name or update that one`, Code.AlreadyExists);
 
 // domain/policies.ts: names are unique, and a rule must choose something.
 export const policyNameTaken = (name: string) => new ConnectError(`a policy named "${name}" already exists`, Code.AlreadyExists);
