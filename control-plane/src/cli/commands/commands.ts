@@ -12,6 +12,8 @@ import {
   type CommandInfo,
   type CreateCommandRequest,
 } from "@redflag/gen/command_service_pb";
+import { formatDuration } from "@redflag/common/config-values";
+import { DEFAULT_HOOK_TIMEOUT_SECONDS, MAX_HOOK_TIMEOUT_SECONDS, MIN_HOOK_TIMEOUT_SECONDS } from "@redflag/common/reboot-hooks";
 import { Option, type Command } from "commander";
 import { randomUUID } from "node:crypto";
 import { AGENT_ARG, hostnames, resolveAgent } from "../agent-ref.ts";
@@ -37,6 +39,8 @@ const QUEUE_TYPES = [
   "list_package_versions",
 ] as const;
 
+const HOOK_HELP = "NAME is an executable the host's owner put in the agent's hooks directory (/etc/redflag-agent/hooks on Linux)";
+
 const FINAL = new Set([
   CommandState.SUCCEEDED,
   CommandState.FAILED,
@@ -54,6 +58,9 @@ interface QueueOptions {
   delay?: number;
   message?: string;
   force?: boolean;
+  preHook?: string;
+  postHook?: string;
+  hookTimeout?: number;
   duration?: number;
   interval?: number;
   fromDryRun?: string;
@@ -82,6 +89,9 @@ export function registerCommands(program: Command, cli: CliContext): void {
     .option("--delay <duration>", "reboot: delay", seconds)
     .option("--message <text>", "reboot: message to logged-in users")
     .option("--force", "reboot: even when the host does not need it")
+    .option("--pre-hook <name>", `reboot: run this hook before the reboot is scheduled; a failure cancels the reboot. ${HOOK_HELP}`)
+    .option("--post-hook <name>", `reboot: run this hook when the agent starts after the reboot. ${HOOK_HELP}`)
+    .option("--hook-timeout <duration>", "reboot: time limit of each hook, 1s to 30m (default 5m)", seconds)
     .option("--duration <duration>", "enable_heartbeat: how long", seconds)
     .option("--interval <duration>", "enable_heartbeat: poll interval (default 5s)", seconds)
     .option("--from-dry-run <command-id>", "confirm_dependencies: install exactly what this dry run reported")
@@ -90,13 +100,14 @@ export function registerCommands(program: Command, cli: CliContext): void {
     .addOption(new Option("--url <url>").hideHelp())
     .addOption(new Option("--artifact <file>").hideHelp())
     .addOption(new Option("--platform <os-arch>").hideHelp())
-    .option("--timeout <duration>", "execution timeout on the agent", seconds)
+    .option("--timeout <duration>", "execution timeout on the agent (a reboot with --pre-hook: default the hook's limit plus 2m, at least 10m)", seconds)
     .option("--wait <duration>", "wait until the command finishes, then print its result", seconds)
     .option("--idempotency-key <key>", "queue at most one command for this key (a day), also when this whole call is run again; default: a new key per call, reused on its own retries")
     .action(async (o: QueueOptions) => {
+      const timeoutSeconds = commandTimeout(o);
       const c = await cli.clients();
       o.agent = await resolveAgent(c, o.agent, { live: true });
-      const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds: o.timeout ?? 0, idempotencyKey: o.idempotencyKey ?? randomUUID() });
+      const req = create(CreateCommandRequestSchema, { agentId: o.agent, timeoutSeconds, idempotencyKey: o.idempotencyKey ?? randomUUID() });
       req.action = await buildAction(o, c);
       const res = await retryUnanswered(cli, () => c.commands.createCommand(req));
       let command = res.command!;
@@ -248,6 +259,26 @@ function packageRef(text: string) {
   return create(PackageRefSchema, { source: match[1]!, name: match[2]!, version: match[3] ?? "" });
 }
 
+// The command's time limit on the agent (0: the agent's default). A reboot's pre-hook runs inside
+// the command, so by default the limit covers the hook's, as a reboot policy's reboot does
+// (domain/reboot-policies.ts); a --timeout the hook cannot finish in is refused. Hook options on
+// another type, or a time limit without a hook, would do nothing: refused too.
+function commandTimeout(o: QueueOptions): number {
+  const hooked = o.preHook !== undefined || o.postHook !== undefined;
+  if (o.type !== "reboot" && (hooked || o.hookTimeout !== undefined)) throw new CliError(`--pre-hook, --post-hook and --hook-timeout are for --type reboot, not ${o.type}`);
+  if (o.hookTimeout !== undefined) {
+    if (!hooked) throw new CliError("--hook-timeout limits the hooks of a reboot: give --pre-hook or --post-hook too");
+    if (o.hookTimeout < MIN_HOOK_TIMEOUT_SECONDS || o.hookTimeout > MAX_HOOK_TIMEOUT_SECONDS) throw new CliError("--hook-timeout must be from 1s to 30m");
+  }
+  if (!o.preHook) return o.timeout ?? 0;
+  const hookLimit = o.hookTimeout ?? DEFAULT_HOOK_TIMEOUT_SECONDS;
+  if (o.timeout === undefined) return Math.max(600, hookLimit + 120);
+  if (o.timeout <= hookLimit) {
+    throw new CliError(`--timeout ${formatDuration(o.timeout)} leaves the pre-hook no time to finish (its limit is ${formatDuration(hookLimit)}): give a longer --timeout, or leave it out`);
+  }
+  return o.timeout;
+}
+
 async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRequest["action"]> {
   const packages = (o.package ?? []).map(packageRef);
   switch (o.type) {
@@ -282,7 +313,16 @@ async function buildAction(o: QueueOptions, c: Clients): Promise<CreateCommandRe
     case "reboot":
       return {
         case: "reboot",
-        value: { $typeName: "redflag.v1.Reboot", delaySeconds: o.delay ?? 0, message: o.message ?? "", force: o.force === true, preHook: "", postHook: "", hookTimeoutSeconds: 0 },
+        value: {
+          $typeName: "redflag.v1.Reboot",
+          delaySeconds: o.delay ?? 0,
+          message: o.message ?? "",
+          force: o.force === true,
+          // The control plane checks the names (no path) and the limit, and the agent again.
+          preHook: o.preHook ?? "",
+          postHook: o.postHook ?? "",
+          hookTimeoutSeconds: o.hookTimeout ?? 0,
+        },
       };
     case "enable_heartbeat":
       return {
