@@ -38,7 +38,8 @@ describe("CORS", () => {
     expect(res.status).toBe(204);
     const h = headersOf(res);
     expect(h["access-control-allow-origin"]).toBe(APP);
-    expect(h["access-control-allow-methods"]).toBe("POST");
+    // ListAgents is a read: Connect GET as well as POST.
+    expect(h["access-control-allow-methods"]).toBe("POST, GET");
     expect(h["access-control-allow-headers"]!.toLowerCase().split(", ")).toEqual(expect.arrayContaining(["authorization", "content-type", "connect-protocol-version", "x-request-id"]));
     expect(h["access-control-max-age"]).toBe("7200");
     expect(h.vary).toContain("Origin");
@@ -65,7 +66,7 @@ describe("CORS", () => {
     const res = await preflight(plain, APP);
     expect(res.status).toBe(405);
     expect(headersOf(res)["access-control-allow-origin"]).toBeUndefined();
-    expect(headersOf(res).allow).toBe("POST");
+    expect(headersOf(res).allow).toBe("POST, GET");
     expect(headersOf(await call(plain, APP))["access-control-allow-origin"]).toBeUndefined();
   });
 });
