@@ -65,3 +65,36 @@ export function checkWindowSpec(spec: { timeZone: string; targets?: { allAgents:
     throw invalid("window.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
   }
 }
+
+// rollout-service.ts and domain/rollouts.ts: what a rollout's state allows, said with its name.
+export const rolloutNameTaken = (name: string) => new ConnectError(`a rollout named "${name}" already exists; pick another name`, Code.AlreadyExists);
+export const rolloutStateRefused = (name: string, state: string, allowed: string, verb: string) =>
+  new ConnectError(`rollout "${name}" is ${state}; only a ${allowed} rollout can be ${verb}`, Code.FailedPrecondition);
+
+// A rollout's definition, as domain/rollouts.ts refuses it before placing any agent.
+export function checkRolloutSpec(spec: {
+  name: string;
+  targets?: { allAgents: boolean; groups: string[]; tags: string[]; agentIds: string[] } | undefined;
+  updates: { case: string | undefined };
+  rings: { name: string; size: { case: string | undefined; value?: unknown }; successThresholdPercent: number; soak?: { seconds: bigint } | undefined }[];
+}): void {
+  if (spec.name.length < 1 || spec.name.length > 64) throw invalid("spec.name must be 1 to 64 characters");
+  const t = spec.targets;
+  if (!t?.allAgents && !t?.groups.length && !t?.tags.length && !t?.agentIds.length) {
+    throw invalid("spec.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
+  }
+  if (!spec.updates.case) throw invalid("spec.updates is missing: give update_keys or all_approved");
+  if (spec.rings.length < 1 || spec.rings.length > 10) throw invalid(`spec.rings has ${spec.rings.length} rings; a rollout has 1 to 10`);
+  const names = new Set<string>();
+  spec.rings.forEach((r, i) => {
+    const at = `spec.rings[${i}]`;
+    if (r.name.length < 1 || r.name.length > 64) throw invalid(`${at}.name must be 1 to 64 characters`);
+    if (names.has(r.name)) throw invalid(`${at}.name "${r.name}" is used by an earlier ring; ring names are unique`);
+    names.add(r.name);
+    if (!r.size.case) throw invalid(`${at}.size is missing: give agents, percent or rest`);
+    if (r.size.case === "percent" && ((r.size.value as number) < 1 || (r.size.value as number) > 100)) throw invalid(`${at}.percent must be 1 to 100`);
+    if (r.size.case === "rest" && i !== spec.rings.length - 1) throw invalid(`${at} is "rest" but is not the last ring; only the last ring may be rest`);
+    if (r.successThresholdPercent > 100) throw invalid(`${at}.success_threshold_percent must be 1 to 100 (0 means 100)`);
+    if ((r.soak?.seconds ?? 0n) > 7n * 86_400n || (r.soak?.seconds ?? 0n) < 0n) throw invalid(`${at}.soak must be 0 to 7 days`);
+  });
+}
