@@ -3,6 +3,7 @@ import { RolloutHostState, RolloutState } from "@redflag/gen/rollout_service_pb"
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
 import { beforeEach, describe, expect, it } from "vitest";
 import { notices } from "#lib/notices.svelte.ts";
+import { handOverUpdates, takeHandedOverUpdates } from "#lib/rollout-handover.ts";
 import { session } from "#lib/session.svelte.ts";
 import { createTestApi, renderWithApi } from "#lib/testing/api.ts";
 import { navigations } from "#lib/testing/app-navigation.ts";
@@ -144,6 +145,18 @@ describe("the rollouts page", () => {
       [id(1), "apt", "curl", "amd64"],
       [id(2), "apt", "curl", "amd64"],
     ]);
+  });
+
+  it("starts from the updates selected on the Updates page", async () => {
+    const server = rolloutServer(AGENTS);
+    handOverUpdates([{ agentId: id(1), source: "apt", name: "openssl", architecture: "amd64" }]);
+    renderWithApi(Rollouts, server.routes);
+    await screen.findByText(/No rollouts yet/);
+    expect(screen.getByTestId("handed-over").textContent).toContain("selected on the Updates page");
+    expect((screen.getByLabelText("These updates") as HTMLInputElement).checked).toBe(true);
+    expect((screen.getByLabelText("Updates, one per line") as HTMLTextAreaElement).value).toBe(`${id(1)} apt openssl amd64`);
+    // Handed over once: the next visit starts empty.
+    expect(takeHandedOverUpdates()).toBe("");
   });
 
   it("shows the server's refusal next to the form in its words, and creates nothing", async () => {

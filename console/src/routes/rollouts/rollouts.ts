@@ -80,8 +80,6 @@ export function parseUpdateKeys(text: string): UpdateKey[] {
   return keys;
 }
 
-export const formatUpdateKey = (k: UpdateKey) => [k.agentId, k.source, k.name, k.architecture].filter(Boolean).join(" ");
-
 // The local time a soak ends, as a person reads a clock: "14:05", or "Mon 14:05" when it is
 // not today.
 export function clockTime(d: Date, now = new Date()): string {
