@@ -272,7 +272,7 @@ async function wire(
       signer: deps.signer,
       wakeups,
       events: deps.events,
-    }, { db: db.prisma, masterKey });
+    }, { db: db.prisma, masterKey }, { db: db.prisma, wakeups, events: deps.events });
     // A rotation on another replica, or a grace period that ended, reaches this signer.
     const keyTimer = setInterval(
       () => void reloadSigningKeys(db.prisma, masterKey, deps.signer).catch((err: unknown) => logger.warn({ err }, "cannot reload signing keys")),

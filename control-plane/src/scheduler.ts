@@ -11,6 +11,7 @@ import { pruneUpgrades } from "./store/upgrades.ts";
 import { noticeAgentHealth, noticeReboots, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
 import { autoApprove } from "./domain/policies.ts";
+import { advanceRollouts, type RolloutDeps } from "./domain/rollouts.ts";
 
 export interface Scheduler {
   // One round of every job; `now` stands in for the clock (tests).
@@ -32,6 +33,8 @@ export function createScheduler(
   upgrades?: UpgradeDeps,
   // Routes the notification outbox and sends what is due; without it nothing is sent.
   notifications?: NotifierDeps,
+  // Queues the installs of staged rollouts and moves them on; without it rollouts stand still.
+  rollouts?: Omit<RolloutDeps, "settings">,
 ): Scheduler {
   let lastPrune = 0;
   // Agent offline/back and reboot notices: once a minute (offline only about what happened
@@ -72,6 +75,7 @@ export function createScheduler(
         if (n && n.failed > 0) logger.warn(n, "some notifications could not be sent (see `redflag notifications deliveries`)");
       }
       await approveByPolicy(now);
+      await rolloutJobs(now);
       // Retention, at most hourly: old finished commands, audit entries, security events,
       // metric readings and update history.
       if (now.getTime() - lastPrune > 3_600_000) {
@@ -118,6 +122,19 @@ export function createScheduler(
     if (approved.length > 0) {
       logger.info({ updates: approved.length, policies: [...new Set(approved.map((a) => a.policyName))] }, "updates approved by policy");
     }
+  };
+  // Staged rollouts: after auto-approval, so a ring starting now installs what was just approved.
+  const rolloutJobs = async (now: Date) => {
+    if (!rollouts) return;
+    const done = await advanceRollouts({ ...rollouts, settings }, now).catch((err: unknown) => {
+      logger.warn({ err }, "moving rollouts on failed; will retry");
+      return undefined;
+    });
+    if (!done) return;
+    if (done.queued > 0) logger.info({ installs: done.queued }, "rollout installs queued");
+    for (const name of done.halted) logger.warn({ rollout: name }, "rollout halted (see `redflag rollouts list`)");
+    for (const name of done.promoted) logger.info({ rollout: name }, "rollout promoted to its next ring");
+    for (const name of done.finished) logger.info({ rollout: name }, "rollout finished");
   };
   const timer = setInterval(() => void tick(), config.sweepIntervalMs);
   timer.unref();

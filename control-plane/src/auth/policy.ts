@@ -7,6 +7,7 @@ import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
+import { RolloutService } from "@redflag/gen/rollout_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
@@ -68,6 +69,11 @@ allow(ReportService, "viewer");
 // them, blackouts included; every change is audited. Everyone who reads the fleet sees them.
 allow(MaintenanceService, "viewer", ["ListWindows", "PreviewWindow"]);
 allow(MaintenanceService, "operator", ["CreateWindow", "UpdateWindow", "DeleteWindow"]);
+// A rollout installs only approved, not held updates (as InstallApprovedUpdates does) on the
+// schedule its rings set, so the people who install (operators) run it; its progress is fleet
+// information every viewer already sees.
+allow(RolloutService, "viewer", ["ListRollouts", "GetRollout", "PreviewRollout"]);
+allow(RolloutService, "operator", ["CreateRollout", "PauseRollout", "ResumeRollout", "AbortRollout"]);
 // The registry is what agents upgrade from (as root): only admins change it. What is in it is
 // no secret (agents download it without credentials), so everyone who reads the fleet sees it.
 // Fleet upgrades replace agents as root like update_agent: admins only; their progress is fleet

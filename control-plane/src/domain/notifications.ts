@@ -1,3 +1,4 @@
+import { NOTIFICATION_EVENT_LABELS } from "@redflag/common/notification-events";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LABEL, LABEL_RULE, normaliseLabel } from "@redflag/common/labels";
 import { isUuid, newId } from "../ids.ts";
@@ -443,14 +444,9 @@ async function routeEvents(tx: Tx, events: EventToRoute[], rules: RuleRow[], now
   }
 }
 
-const EVENT_LABELS: Record<string, string> = {
-  install_failed: "Install failed",
-  install_succeeded: "Install succeeded",
-  security_event: "Security event",
-  agent_upgrade_failed: "Agent upgrade failed",
-  critical_updates: "New critical or security updates",
-  test: "Test message",
-};
+// Every event's words come from the one list the console shows too (a kind missing there would
+// be titled by its key).
+const EVENT_LABELS: Record<string, string> = { ...NOTIFICATION_EVENT_LABELS, test: "Test message" };
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 

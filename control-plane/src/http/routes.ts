@@ -11,6 +11,7 @@ import { PolicyService } from "@redflag/gen/policy_service_pb";
 import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
+import { RolloutService } from "@redflag/gen/rollout_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
@@ -29,6 +30,7 @@ import { createPolicyService } from "../services/policy-service.ts";
 import { createMaintenanceService } from "../services/maintenance-service.ts";
 import { createReleaseService } from "../services/release-service.ts";
 import { createReportService } from "../services/report-service.ts";
+import { createRolloutService } from "../services/rollout-service.ts";
 import { createSecurityService } from "../services/security-service.ts";
 import { createSettingsService } from "../services/settings-service.ts";
 import type { Settings } from "../settings.ts";
@@ -55,6 +57,7 @@ export const RPC_SERVICES: readonly DescService[] = [
   ReleaseService,
   NotificationService,
   MaintenanceService,
+  RolloutService,
 ];
 
 export interface RouteDeps extends AgentServiceDeps {
@@ -82,5 +85,6 @@ export function createRoutes(deps: RouteDeps) {
     router.service(ReleaseService, createReleaseService(deps.db, deps.signer, deps));
     router.service(NotificationService, createNotificationService(deps));
     router.service(MaintenanceService, createMaintenanceService(deps.db));
+    router.service(RolloutService, createRolloutService({ db: deps.db, events: deps.events, settings: deps.settings }));
   };
 }

@@ -184,7 +184,7 @@ describe("the notifications page", () => {
     await fill("Name", "failures", ruleForm());
     await fireEvent.click(screen.getByRole("button", { name: "Add rule" }));
     expect((await within(ruleForm()).findByRole("alert")).textContent).toBe(
-      "events must name at least one of install_failed, install_succeeded, security_event, agent_upgrade_failed, critical_updates, agent_offline, agent_back, reboot_required, reboot_done",
+      "events must name at least one of install_failed, install_succeeded, security_event, agent_upgrade_failed, critical_updates, agent_offline, agent_back, reboot_required, reboot_done, rollout_halted, rollout_finished",
     );
 
     const form = ruleForm();
