@@ -15,11 +15,12 @@ import {
   type RolloutSpec,
   RolloutState,
 } from "@redflag/gen/rollout_service_pb";
-import { checkRolloutSpec, invalid, notFound, rolloutNameTaken, rolloutStateRefused } from "./server-rules.ts";
+import { agentsLeftOut, checkRolloutSpec, emptyRing, notFound, ringNamesStranger, rolloutNameTaken, rolloutStateRefused } from "./server-rules.ts";
 
 // An in-memory RolloutService that behaves like the control plane's for what the console
 // uses: it places agents in rings as documented (named agents, then percentages of those left,
-// rounded up, then the rest), keeps rollouts with their hosts, moves states on Pause, Resume
+// rounded up, then the rest; in the order the test lists them, where the control plane orders
+// them by a hash), keeps rollouts with their hosts, moves states on Pause, Resume
 // (past a halt: the ring is overridden and its waiting hosts skipped) and Abort, and refuses
 // with the control plane's codes and messages (server-rules.ts). Tests move hosts on with
 // `setHost`, `halt` and `soak`, as the scheduler and the agents would.
@@ -64,7 +65,7 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
       if (r.size.case !== "agents") return;
       for (const id of r.size.value.agentIds) {
         const a = targets.find((t) => t.id === id);
-        if (!a) throw invalid(`spec.rings[${i}] names agent ${id}, which is not one of the rollout's target agents`);
+        if (!a) throw ringNamesStranger(r.name, id);
         left.delete(a);
         rings[i]!.push(a);
       }
@@ -79,13 +80,10 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
         left.clear();
       }
     });
+    if (left.size > 0) throw agentsLeftOut([...left].map((a) => a.hostname).sort(), spec.rings.at(-1)!.name);
     rings.forEach((g, i) => {
-      if (g.length === 0) throw invalid(`ring "${spec.rings[i]!.name}" would have no agent`);
+      if (g.length === 0) throw emptyRing(spec.rings[i]!.name, spec.rings[i]!.size.case === "rest");
     });
-    if (left.size > 0) {
-      const names = [...left].map((a) => a.hostname).sort();
-      throw invalid(`${left.size} target agents would be in no ring (${names.slice(0, 5).join(", ")}); make the last ring "rest" or name them`);
-    }
     return rings;
   }
 
@@ -110,6 +108,9 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
     r.updateTime = timestampNow();
     return r;
   }
+
+  const refused = (r: Rollout, what: "pause" | "resume" | "abort") =>
+    rolloutStateRefused({ name: r.spec!.name, state: STATE_WORDS[r.state]!, haltedRing: r.rings[r.currentRing]?.name }, what);
 
   const find = (id: string) => {
     const r = rollouts.find((x) => x.id === id);
@@ -172,14 +173,14 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
       },
       pauseRollout(req) {
         const r = find(req.id);
-        if (r.state !== RolloutState.RUNNING) throw rolloutStateRefused(r.spec!.name, STATE_WORDS[r.state]!, "running", "paused");
+        if (r.state !== RolloutState.RUNNING) throw refused(r, "pause");
         actions.push(`pause ${r.id}`);
         r.state = RolloutState.PAUSED;
         return { rollout: refresh(r) };
       },
       resumeRollout(req) {
         const r = find(req.id);
-        if (r.state !== RolloutState.PAUSED && r.state !== RolloutState.HALTED) throw rolloutStateRefused(r.spec!.name, STATE_WORDS[r.state]!, "paused or halted", "resumed");
+        if (r.state !== RolloutState.PAUSED && r.state !== RolloutState.HALTED) throw refused(r, "resume");
         actions.push(`resume ${r.id}`);
         if (r.state === RolloutState.HALTED) {
           const ring = r.currentRing;
@@ -195,7 +196,7 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
       },
       abortRollout(req) {
         const r = find(req.id);
-        if (r.state === RolloutState.ABORTED || r.state === RolloutState.FINISHED) throw rolloutStateRefused(r.spec!.name, STATE_WORDS[r.state]!, "running, paused or halted", "aborted");
+        if (r.state === RolloutState.ABORTED || r.state === RolloutState.FINISHED) throw refused(r, "abort");
         actions.push(`abort ${r.id}`);
         r.state = RolloutState.ABORTED;
         r.endTime = timestampNow();
