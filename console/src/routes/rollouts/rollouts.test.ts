@@ -108,7 +108,7 @@ describe("the rollouts page", () => {
     await type("Rollout name", "two rings");
     await fireEvent.click(screen.getByRole("button", { name: "Preview" }));
     // Without a "rest" ring, agents are left out: the server says which.
-    expect((await screen.findByRole("alert")).textContent).toBe("5 target agents would be in no ring (db-1, db-2, web-08, web-09, web-10); make the last ring \"rest\" or name them");
+    expect((await screen.findByRole("alert")).textContent).toBe("5 target agents would be left out (db-1, db-2, web-08, web-09, web-10): the last ring (\"wave 2\") must be \"rest\", or the rings must cover every target agent");
     await fireEvent.change(within(ringEditor(2)).getByLabelText("Size"), { target: { value: "rest" } });
     await fireEvent.click(screen.getByRole("button", { name: "Preview" }));
     const preview = await screen.findByTestId("rollout-preview");
@@ -201,7 +201,8 @@ describe("the rollouts page", () => {
     expect(rings.map((g) => g.dataset.state)).toEqual(["soaking", "waiting", "waiting"]);
     expect(within(rings[0]!).getByTestId("progress").textContent).toContain("1 succeeded");
     expect(within(rings[0]!).getByTestId("soak").textContent).toBe(`promotes at ${clockTime(soakEnd)} (in 40 min)`);
-    expect(rings[1]!.textContent).toContain("50% of the agents left; passes at 80% succeeded");
+    expect(rings[0]!.textContent).toContain("1 named agent; passes at 100% succeeded; soak 1 h");
+    expect(rings[1]!.textContent).toContain("50% of the agents left; passes at 80% succeeded; no soak");
     const hosts = within(detail).getAllByTestId("rollout-host");
     expect(hosts).toHaveLength(10);
     const web01 = hosts.find((h) => h.textContent?.includes("web-01"))!;
@@ -263,7 +264,7 @@ describe("the rollouts page", () => {
     // Someone else paused it meanwhile: this page still offers Pause.
     server.rollouts[0]!.state = RolloutState.PAUSED;
     await fireEvent.click(within(detail).getByRole("button", { name: "Pause" }));
-    expect((await within(detail).findByRole("alert")).textContent).toBe('Could not pause openssl: rollout "openssl" is paused; only a running rollout can be paused');
+    expect((await within(detail).findByRole("alert")).textContent).toBe('Could not pause openssl: rollout "openssl" is paused; nothing to pause');
     // The detail reloads and now offers what the state allows.
     await waitFor(() => expect(screen.getByTestId("rollout-detail").dataset.state).toBe("paused"));
   });
