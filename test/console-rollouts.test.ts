@@ -88,7 +88,7 @@ describe("the console's staged rollouts, in a real browser", () => {
     await form.getByLabel("Groups").fill("web");
     const canary = form.getByRole("group", { name: "Ring 1" });
     await canary.getByLabel("Size").selectOption("agents");
-    await canary.getByLabel("Agent IDs").fill(agents[0]!.agentId);
+    await canary.getByLabel("Agents (hostnames or IDs)").fill(hostnames[0]!);
     await canary.getByLabel("Soak time").fill("");
     const rest = form.getByRole("group", { name: "Ring 2" });
     await rest.getByLabel("Success threshold (%)").fill("100");

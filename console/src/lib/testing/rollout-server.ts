@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { type ConnectRouter } from "@connectrpc/connect";
+import { AgentSchema, FleetService } from "@redflag/gen/fleet_service_pb";
 import {
   type CreateRolloutRequest,
   type PreviewRolloutRequest,
@@ -131,7 +132,16 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
     for (const h of hostsOf.get(r.id) ?? []) if (h.ring === i && h.state === RolloutHostState.WAITING) h.state = RolloutHostState.QUEUED;
   }
 
-  const routes = (router: ConnectRouter) =>
+  const routes = (router: ConnectRouter) => {
+    // The form finds agents by hostname, as the console does everywhere.
+    router.service(FleetService, {
+      listAgents: (req) => ({
+        agents: agents
+          .filter((a) => (!req.hostname || a.hostname.toLowerCase() === req.hostname.toLowerCase()) && (!req.group || a.group === req.group))
+          .slice(0, req.pageSize || 50)
+          .map((a) => create(AgentSchema, { id: a.id, hostname: a.hostname, group: a.group ?? "", tags: a.tags ?? [] })),
+      }),
+    });
     router.service(RolloutService, {
       listRollouts: () => ({ rollouts: [...rollouts].reverse().map(refresh) }),
       getRollout(req) {
@@ -204,6 +214,7 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
         return { rollout: refresh(r) };
       },
     });
+  };
 
   return {
     routes,

@@ -101,7 +101,8 @@ describe("the rollouts page", () => {
     expect(screen.getAllByTestId("ring-editor").map((f) => (within(f).getByLabelText("Name") as HTMLInputElement).value)).toEqual(["canary", "wave 2", "rest"]);
     // Canaries by name instead of a percentage.
     await fireEvent.change(within(ringEditor(1)).getByLabelText("Size"), { target: { value: "agents" } });
-    await type("Agent IDs", `${id(3)} ${id(4)}`, ringEditor(1));
+    // By hostname or by ID.
+    await type("Agents (hostnames or IDs)", `web-03 ${id(4)}`, ringEditor(1));
     await type("Percent", "50", ringEditor(2));
     await type("Soak time", "2h", ringEditor(2));
     await fireEvent.click(screen.getByRole("button", { name: "Remove ring 3" }));
@@ -114,9 +115,9 @@ describe("the rollouts page", () => {
     const preview = await screen.findByTestId("rollout-preview");
     expect(within(preview).getAllByTestId("preview-ring").map((r) => r.querySelectorAll("td")[1]!.textContent)).toEqual(["2", "10"]);
     expect(screen.queryByRole("alert")).toBeNull();
-    expect(server.previews.at(-1)!.spec!.rings.map((r) => [r.name, r.size.case, r.soak?.seconds])).toEqual([
-      ["canary", "agents", 3600n],
-      ["wave 2", "rest", 7200n],
+    expect(server.previews.at(-1)!.spec!.rings.map((r) => [r.name, r.size.case, r.size.value, r.soak?.seconds])).toEqual([
+      ["canary", "agents", expect.objectContaining({ agentIds: [id(3), id(4)] }), 3600n],
+      ["wave 2", "rest", true, 7200n],
     ]);
   });
 
@@ -157,6 +158,18 @@ describe("the rollouts page", () => {
     expect((screen.getByLabelText("Updates, one per line") as HTMLTextAreaElement).value).toBe(`${id(1)} apt openssl amd64`);
     // Handed over once: the next visit starts empty.
     expect(takeHandedOverUpdates()).toBe("");
+  });
+
+  it("says which hostname names no agent, without asking the server to create anything", async () => {
+    const server = rolloutServer(AGENTS);
+    renderWithApi(Rollouts, server.routes);
+    await screen.findByText(/No rollouts yet/);
+    await type("Rollout name", "canaries");
+    await fireEvent.change(within(ringEditor(1)).getByLabelText("Size"), { target: { value: "agents" } });
+    await type("Agents (hostnames or IDs)", "web-01 web-99", ringEditor(1));
+    await fireEvent.click(screen.getByRole("button", { name: "Start rollout" }));
+    expect((await screen.findByRole("alert")).textContent).toBe('no agent is called "web-99"; give a hostname or an agent ID');
+    expect(server.created).toEqual([]);
   });
 
   it("shows the server's refusal next to the form in its words, and creates nothing", async () => {
