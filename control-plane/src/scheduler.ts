@@ -42,10 +42,14 @@ export function createScheduler(
   let lastHealthNotice = 0;
   const watchingSince = new Date();
   let halted = false;
-  let running = false;
+  // The round in progress: a tick asked for meanwhile waits for it (and runs nothing itself), so
+  // `await tick()` never returns while a round is still writing.
+  let inProgress: Promise<void> | undefined;
   const tick = async (at?: Date) => {
-    if (running || !isLeader()) return;
-    running = true;
+    if (inProgress) return inProgress;
+    if (!isLeader()) return;
+    let done!: () => void;
+    inProgress = new Promise((resolve) => (done = resolve));
     try {
       const now = at ?? new Date();
       const timedOut = await sweepTimedOut(db, new Date(now.getTime() - settings.resultTimeoutSeconds * 1000), now);
@@ -86,7 +90,8 @@ export function createScheduler(
     } catch (err) {
       logger.warn({ err }, "housekeeping failed; will retry");
     } finally {
-      running = false;
+      inProgress = undefined;
+      done();
     }
   };
   // Agent upgrades: each open one moved on from its command and what its agent reports; then

@@ -10,6 +10,7 @@ import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
+import { RolloutService } from "@redflag/gen/rollout_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
@@ -137,6 +138,7 @@ function createClients(transport: ReturnType<typeof createConnectTransport>) {
     releases: createClient(ReleaseService, transport),
     notifications: createClient(NotificationService, transport),
     maintenance: createClient(MaintenanceService, transport),
+    rollouts: createClient(RolloutService, transport),
   };
 }
 

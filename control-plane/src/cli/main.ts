@@ -10,6 +10,7 @@ import { registerNotifications } from "./commands/notifications.ts";
 import { registerPolicies } from "./commands/policies.ts";
 import { registerReleases } from "./commands/releases.ts";
 import { registerReports } from "./commands/reports.ts";
+import { registerRollouts } from "./commands/rollouts.ts";
 import { registerSecurity } from "./commands/security.ts";
 import { registerSession } from "./commands/session.ts";
 import { registerSettings } from "./commands/settings.ts";
@@ -42,6 +43,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: CliIo = {
     registerHolds,
     registerPolicies,
     registerWindows,
+    registerRollouts,
     registerSettings,
     registerSecurity,
     registerSession,
