@@ -130,7 +130,7 @@ describe("the rollouts page", () => {
     await type("Updates, one per line", `${id(1)} apt curl amd64\n${id(2)}/apt/curl/amd64\n\n${id(3)} apt`);
     await fireEvent.click(screen.getByRole("button", { name: "Start rollout" }));
     expect((await screen.findByRole("alert")).textContent).toContain(`line 4 ("${id(3)} apt") is not an update`);
-    await type("Updates, one per line", `${id(1)} apt curl amd64\n${id(2)}/apt/curl/amd64`);
+    await type("Updates, one per line", `${id(1)} apt curl amd64\nweb-02/apt/curl/amd64`);
     await type("Soak time", "an hour", ringEditor(1));
     await fireEvent.click(screen.getByRole("button", { name: "Start rollout" }));
     await waitFor(() => expect(screen.getByRole("alert").textContent).toBe('ring 1: "an hour" is not a soak time; write it like 30m, 4h or 1d (empty: none)'));

@@ -63,9 +63,10 @@ export function overall(r: Rollout): { done: number; succeeded: number; failed: 
 // Lists typed as "a, b" or one per line.
 export const list = (text: string) => text.split(/[\s,]+/).filter(Boolean);
 
-// Updates pasted one per line as "<agent ID> <source> <package> [<architecture>]" (spaces,
-// tabs or "/" between them; the Updates page hands over its selection in the same form). A
-// line that is not one throws, naming the line.
+// Updates pasted one per line as "<agent> <source> <package> [<architecture>]" (spaces, tabs
+// or "/" between them, so `redflag rollouts create --update` values fit; the Updates page
+// hands over its selection in the same form). The agent is a hostname or an ID, resolved by
+// the form. A line that is not one throws, naming the line.
 export function parseUpdateKeys(text: string): UpdateKey[] {
   const keys: UpdateKey[] = [];
   text.split("\n").forEach((raw, i) => {
@@ -73,7 +74,7 @@ export function parseUpdateKeys(text: string): UpdateKey[] {
     if (!line || line.startsWith("#")) return;
     const parts = line.split(/[\s/]+/);
     if (parts.length < 3 || parts.length > 4) {
-      throw new Error(`line ${i + 1} ("${line.slice(0, 80)}") is not an update: write the agent ID, the source, the package and (if it has one) the architecture, separated by spaces`);
+      throw new Error(`line ${i + 1} ("${line.slice(0, 80)}") is not an update: write the agent (hostname or ID), the source, the package and (if it has one) the architecture, separated by spaces`);
     }
     keys.push(create(UpdateKeySchema, { agentId: parts[0], source: parts[1], name: parts[2], architecture: parts[3] ?? "" }));
   });
