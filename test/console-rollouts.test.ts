@@ -142,5 +142,11 @@ describe("the console's staged rollouts, in a real browser", () => {
     await detail.getByRole("button", { name: "Resume" }).click();
     await expect.poll(() => detail.getAttribute("data-state")).toBe("running");
     await expect.poll(() => row.getAttribute("data-state")).toBe("running");
+
+    // On a phone the rollout fits the screen; its tables scroll inside their frames.
+    await page.setViewportSize({ width: 375, height: 800 });
+    const overflow = await detail.evaluate((el) => el.scrollWidth - el.clientWidth);
+    expect(overflow).toBeLessThanOrEqual(0);
+    await page.screenshot({ path: path.join(shots, "rollouts-375.png"), fullPage: true, style: ".notices { display: none !important; }" });
   }, 120_000);
 });
