@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { type ConnectRouter } from "@connectrpc/connect";
-import { AgentSchema, FleetService } from "@redflag/gen/fleet_service_pb";
+import { AgentHealth, AgentSchema, FleetService } from "@redflag/gen/fleet_service_pb";
 import {
   type CreateRolloutRequest,
   type PreviewRolloutRequest,
@@ -33,6 +33,8 @@ export interface FakeAgent {
   tags?: string[];
   // Approved updates it would install now.
   updates: number;
+  // Decommissioned: listed by hostname, never a target.
+  decommissioned?: boolean;
 }
 
 const STATE_WORDS: Record<number, string> = {
@@ -53,7 +55,7 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
 
   const targetsOf = (spec: RolloutSpec) => {
     const t = spec.targets!;
-    return agents.filter((a) => t.allAgents || (a.group && t.groups.includes(a.group)) || (a.tags ?? []).some((g) => t.tags.includes(g)) || t.agentIds.includes(a.id));
+    return agents.filter((a) => !a.decommissioned).filter((a) => t.allAgents || (a.group && t.groups.includes(a.group)) || (a.tags ?? []).some((g) => t.tags.includes(g)) || t.agentIds.includes(a.id));
   };
 
   // Agent index by ring, as the control plane places them; throws its refusals.
@@ -139,7 +141,7 @@ export function rolloutServer(agents: FakeAgent[], initial: { rollout: Rollout; 
         agents: agents
           .filter((a) => (!req.hostname || a.hostname.toLowerCase() === req.hostname.toLowerCase()) && (!req.group || a.group === req.group))
           .slice(0, req.pageSize || 50)
-          .map((a) => create(AgentSchema, { id: a.id, hostname: a.hostname, group: a.group ?? "", tags: a.tags ?? [] })),
+          .map((a) => create(AgentSchema, { id: a.id, hostname: a.hostname, group: a.group ?? "", tags: a.tags ?? [], health: a.decommissioned ? AgentHealth.DECOMMISSIONED : AgentHealth.ONLINE })),
       }),
     });
     router.service(RolloutService, {

@@ -160,8 +160,13 @@ describe("the rollouts page", () => {
     expect(takeHandedOverUpdates()).toBe("");
   });
 
-  it("says which hostname names no agent, without asking the server to create anything", async () => {
-    const server = rolloutServer(AGENTS);
+  it("says which hostname names no agent or several, and passes over a decommissioned namesake", async () => {
+    const twins: FakeAgent[] = [
+      { id: id(20), hostname: "web-01", updates: 0, decommissioned: true },
+      { id: id(21), hostname: "twin", updates: 0 },
+      { id: id(22), hostname: "twin", updates: 0 },
+    ];
+    const server = rolloutServer([...AGENTS, ...twins]);
     renderWithApi(Rollouts, server.routes);
     await screen.findByText(/No rollouts yet/);
     await type("Rollout name", "canaries");
@@ -169,7 +174,15 @@ describe("the rollouts page", () => {
     await type("Agents (hostnames or IDs)", "web-01 web-99", ringEditor(1));
     await fireEvent.click(screen.getByRole("button", { name: "Start rollout" }));
     expect((await screen.findByRole("alert")).textContent).toBe('no agent is called "web-99"; give a hostname or an agent ID');
+    await type("Agents (hostnames or IDs)", "web-01 twin", ringEditor(1));
+    await fireEvent.click(screen.getByRole("button", { name: "Start rollout" }));
+    await waitFor(() => expect(screen.getByRole("alert").textContent).toBe('several agents are called "twin"; give the agent ID of the one you mean'));
     expect(server.created).toEqual([]);
+    await type("Agents (hostnames or IDs)", "WEB-01", ringEditor(1));
+    await fireEvent.click(screen.getByRole("button", { name: "Preview" }));
+    await screen.findByTestId("rollout-preview");
+    const canary = server.previews[0]!.spec!.rings[0]!.size;
+    expect(canary.case === "agents" && canary.value.agentIds).toEqual([id(1)]);
   });
 
   it("shows the server's refusal next to the form in its words, and creates nothing", async () => {
