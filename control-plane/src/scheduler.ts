@@ -10,6 +10,7 @@ import { autoUpgrade, reconcileUpgrades, type UpgradeDeps } from "./domain/upgra
 import { pruneUpgrades } from "./store/upgrades.ts";
 import { noticeAgentHealth, noticeReboots, runNotifications, type NotifierDeps } from "./domain/notifications.ts";
 import { pruneDeliveries } from "./store/notifications.ts";
+import { pruneEndedRollouts } from "./store/rollouts.ts";
 import { autoApprove } from "./domain/policies.ts";
 import { advanceRollouts, type RolloutDeps } from "./domain/rollouts.ts";
 
@@ -160,5 +161,7 @@ export async function prune(db: Prisma, now: Date, settings: Retention) {
   const reports = await pruneReportData(db, { metrics: before(settings.retentionMetricsSeconds), updateEvents: before(settings.retentionCommandsSeconds) });
   const upgrades = await pruneUpgrades(db, before(settings.retentionCommandsSeconds));
   const notifications = await pruneDeliveries(db, before(settings.retentionCommandsSeconds));
-  return { commands, audit, events, upgrades, notifications, ...reports };
+  // A rollout's history goes with the commands it queued.
+  const rollouts = await pruneEndedRollouts(db, before(settings.retentionCommandsSeconds));
+  return { commands, audit, events, upgrades, notifications, rollouts, ...reports };
 }

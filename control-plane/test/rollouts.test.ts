@@ -264,5 +264,15 @@ describe("RolloutService", () => {
     expect((await viewer.listRollouts({})).rollouts).toHaveLength(before);
     expect(Code[(await failure(viewer.getRollout({ id: "00000000-0000-4000-8000-000000000000" }))).code]).toBe("NotFound");
     expect(Code[(await failure(viewer.getRollout({ id: "x" }))).code]).toBe("InvalidArgument");
+    // Lists come in pages, newest first; bounds are refused.
+    const first = await viewer.listRollouts({ pageSize: 1 });
+    const second = await viewer.listRollouts({ pageSize: 1, pageToken: first.nextPageToken });
+    expect([...first.rollouts, ...second.rollouts].map((r) => r.spec!.name)).toEqual(["curl", "openssl june"]);
+    expect(second.nextPageToken).toBe("");
+    expect((await failure(viewer.listRollouts({ pageSize: 201 }))).rawMessage).toBe("page_size must be from 0 to 200");
+    const id = first.rollouts[0]!.id;
+    expect((await failure(viewer.getRollout({ id, ring: 2 }))).rawMessage).toBe("ring 2 does not exist; the rollout has rings 0 to 1");
+    expect((await failure(viewer.getRollout({ id, hostPageSize: 1001 }))).rawMessage).toBe("host_page_size must be from 0 to 1000");
+    expect(Code[(await failure(viewer.getRollout({ id, hostPageToken: "garbage!" }))).code]).toBe("InvalidArgument");
   });
 });

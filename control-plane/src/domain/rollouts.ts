@@ -3,8 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CommandSchema, InstallUpdatesSchema, PackageRefSchema } from "@redflag/gen/command_pb";
 import type { EventBus } from "../cluster/events.ts";
 import type { Wakeups } from "../cluster/wakeups.ts";
-import { sha256 } from "../ids.ts";
-import { newId } from "../ids.ts";
+import { newId, sha256 } from "../ids.ts";
 import type { Settings } from "../settings.ts";
 import { recordAudit } from "../store/audit.ts";
 import { cancelPendingCommand } from "../store/commands.ts";
@@ -60,10 +59,12 @@ import { agentWindowsAt, boundInstall, installNotAfter } from "./windows.ts";
 // the last one stopped and nothing is done twice.
 
 // Bounds: the hosts a rollout may hold, the rollouts not over yet (each is looked at on every
-// tick), and the installs queued per rollout per tick (the rest wait for the next tick).
+// tick), and the installs queued per rollout and in all per tick (each is one short transaction;
+// the rest wait for the next tick, so one tick stays short).
 export const MAX_ROLLOUT_HOSTS = 10_000;
 export const MAX_OPEN_ROLLOUTS = 50;
-const INSTALLS_PER_TICK = 200;
+const INSTALLS_PER_ROLLOUT_PER_TICK = 200;
+const INSTALLS_PER_TICK = 500;
 const SETTLE_BATCH = 1000;
 // Hostnames a halt reason names before "and N more".
 const NAMED_IN_REASON = 5;
@@ -357,8 +358,8 @@ async function startHost(deps: RolloutDeps, row: RolloutRow, host: { agentId: st
   let placed;
   try {
     placed = await inTransaction(db, async (tx) => {
-      const now2 = await rolloutStateShared(tx, row.id);
-      if (now2?.state !== "running" || now2.currentRing !== host.ring) throw new Stopped();
+      const current = await rolloutStateShared(tx, row.id);
+      if (current?.state !== "running" || current.currentRing !== host.ring) throw new Stopped();
       const placed = (await mergeIntoPending(tx, host.agentId, "install_updates", action, 0)) ?? {
         row: await storeCommand(tx, {
           agentId: host.agentId,
@@ -449,10 +450,12 @@ export interface AdvanceOutcome {
 // The scheduler's job (leader only), once per tick. Idempotent: see the top of this file.
 export async function advanceRollouts(deps: RolloutDeps, now: Date): Promise<AdvanceOutcome> {
   const out: AdvanceOutcome = { settled: await settleQueued(deps.db, now), queued: 0, halted: [], promoted: [], finished: [] };
+  let budget = INSTALLS_PER_TICK;
   for (const row of await runningRollouts(deps.db, MAX_OPEN_ROLLOUTS)) {
     const index = row.currentRing;
-    if (row.rings[index]?.state === "installing") {
-      for (const host of await waitingHosts(deps.db, row.id, index, INSTALLS_PER_TICK)) {
+    if (row.rings[index]?.state === "installing" && budget > 0) {
+      for (const host of await waitingHosts(deps.db, row.id, index, Math.min(budget, INSTALLS_PER_ROLLOUT_PER_TICK))) {
+        budget--;
         const started = await startHost(deps, row, host, now);
         if (started === "stopped") break;
         if (started === "queued") out.queued++;

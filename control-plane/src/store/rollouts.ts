@@ -222,9 +222,10 @@ export function runningRollouts(db: Prisma, limit: number) {
   return db.rollout.findMany({ where: { state: "running" }, include: withRings, orderBy: [{ createdAt: "asc" }, { id: "asc" }], take: limit });
 }
 
-// Hosts of a ring still waiting for their install, by hostname.
+// Hosts of a ring still waiting for their install: those not tried yet first (no message), then
+// those told to wait (a blackout), by hostname; so hosts kept waiting never crowd out the others.
 export function waitingHosts(db: Prisma | Tx, rolloutId: string, ring: number, limit: number) {
-  return db.rolloutHost.findMany({ where: { rolloutId, ring, state: "waiting" }, orderBy: [{ hostname: "asc" }, { agentId: "asc" }], take: limit });
+  return db.rolloutHost.findMany({ where: { rolloutId, ring, state: "waiting" }, orderBy: [{ message: "asc" }, { hostname: "asc" }, { agentId: "asc" }], take: limit });
 }
 
 // Moves a host on when it is still in `from`; false when it is not (someone else moved it).
@@ -334,4 +335,10 @@ export async function commandStates(db: Prisma, ids: readonly string[]): Promise
 // An agent as a rollout's install needs it: whether it is still part of the fleet.
 export function agentForInstall(db: Prisma | Tx, agentId: string) {
   return db.agent.findUnique({ where: { id: agentId }, select: { id: true, hostname: true, decommissionedAt: true } });
+}
+
+// Removes finished and aborted rollouts (with their rings and hosts) that ended before `before`;
+// returns how many. Running, paused and halted ones stay whatever their age.
+export async function pruneEndedRollouts(db: Prisma, before: Date): Promise<number> {
+  return (await db.rollout.deleteMany({ where: { state: { in: ["finished", "aborted"] }, endedAt: { lt: before } } })).count;
 }

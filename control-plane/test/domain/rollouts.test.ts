@@ -9,9 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addChannel, addRule, runNotifications } from "../../src/domain/notifications.ts";
 import { abortRollout, advanceRollouts, createRollout, pauseRollout, placeAgents, previewRollout, resumeRollout, type RolloutDeps } from "../../src/domain/rollouts.ts";
 import { addWindow } from "../../src/domain/windows.ts";
+import { prune } from "../../src/scheduler.ts";
 import type { RingInput, RolloutInput } from "../../src/store/rollouts.ts";
 import { availableBackends, type Backend } from "../support/database.ts";
-import { auditAs, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
+import { auditAs, failInsertsInto, insertAgent, insertUpdate, mediumDatabase } from "../support/medium.ts";
 import { startHttpReceiver, type HttpReceiver } from "../support/receivers.ts";
 
 const masterKey = randomBytes(32);
@@ -271,6 +272,60 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     expect(await m.db.auditEntry.count({ where: { action: "redflag.v1.RolloutService/AbortRollout" } })).toBe(1);
     expect(await advanceRollouts(deps(), at(2 * MIN))).toMatchObject({ queued: 0 });
     await refused(abortRollout({ db: m.db, events: { publish() {} } }, created.id, "oscar", at(MIN), audited("AbortRollout")), Code.FailedPrecondition, /rollout "stop" is aborted; nothing to abort/);
+  });
+
+  it("two schedulers at once (a leader change mid-tick) queue each host's install once and halt once", async () => {
+    await reset();
+    const agents = await fleet(6);
+    const created = await createRollout(m.db, spec("twice", [ring("all", { kind: "rest" }, { thresholdPercent: 50 })]), "oscar", T0, audited());
+    const [a, b] = await Promise.all([advanceRollouts(deps(), T0), advanceRollouts(deps(), T0)]);
+    expect(a.queued + b.queued).toBe(6);
+    expect(await m.db.command.count()).toBe(6);
+    expect(await m.db.auditEntry.count({ where: { action: "scheduler/RolloutInstall", actorName: "twice" } })).toBe(6);
+    const all = await hosts(created.id);
+    for (const h of all.slice(0, 4)) await finish(h.commandId!, "failed", at(MIN));
+    const judged = await Promise.all([advanceRollouts(deps(), at(2 * MIN)), advanceRollouts(deps(), at(2 * MIN))]);
+    expect(judged.flatMap((j) => j.halted)).toEqual(["twice"]);
+    expect(await m.db.notificationEvent.count({ where: { kind: "rollout_halted" } })).toBe(1);
+    void agents;
+  });
+
+  it("leaves nothing behind when an audit write fails: no rollout, no command, the host still waiting", async () => {
+    await reset();
+    await fleet(1);
+    const undo = await failInsertsInto(m.db, "audit_entries");
+    try {
+      await expect(createRollout(m.db, spec("unaudited", [ring("all", { kind: "rest" })]), "oscar", T0, audited())).rejects.toThrow();
+      expect(await m.db.rollout.count()).toBe(0);
+    } finally {
+      await undo();
+    }
+    const created = await createRollout(m.db, spec("audited", [ring("all", { kind: "rest" })]), "oscar", T0, audited());
+    const undoAgain = await failInsertsInto(m.db, "audit_entries");
+    try {
+      await expect(advanceRollouts(deps(), T0)).rejects.toThrow();
+    } finally {
+      await undoAgain();
+    }
+    expect(await m.db.command.count()).toBe(0);
+    expect((await hosts(created.id)).map((h) => [h.state, h.commandId])).toEqual([["waiting", null]]);
+    expect(await m.db.packageUpdate.count({ where: { commandId: { not: null } } })).toBe(0);
+    expect(await advanceRollouts(deps(), T0)).toMatchObject({ queued: 1 });
+  });
+
+  it("are pruned with the commands' retention once finished or aborted, never while open", async () => {
+    await reset();
+    const agents = await fleet(2);
+    const ended = await createRollout(m.db, spec("ended", [ring("all", { kind: "rest" })]), "oscar", T0, audited());
+    await abortRollout({ db: m.db, events: { publish() {} } }, ended.id, "oscar", T0, audited("AbortRollout"));
+    const open = await createRollout(m.db, spec("open", [ring("all", { kind: "rest" })]), "oscar", T0, audited());
+    const DAY = 86_400;
+    const retention = { retentionCommandsSeconds: 30 * DAY, retentionAuditSeconds: 3650 * DAY, retentionMetricsSeconds: 3650 * DAY, retentionSecurityEventsSeconds: 3650 * DAY };
+    expect((await prune(m.db, at(29 * 24 * HOUR), retention)).rollouts).toBe(0);
+    expect((await prune(m.db, at(31 * 24 * HOUR), retention)).rollouts).toBe(1);
+    expect((await m.db.rollout.findMany()).map((r) => r.id)).toEqual([open.id]);
+    expect(await m.db.rolloutHost.count({ where: { rolloutId: ended.id } })).toBe(0);
+    void agents;
   });
 
   it("refuses a name taken, targets with no agent, and explicit updates of agents it does not target; a refusal changes nothing", async () => {
