@@ -1,7 +1,7 @@
 import { Role } from "@redflag/gen/identity_pb";
 import { RolloutHostState, RolloutState } from "@redflag/gen/rollout_service_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
-import { beforeEach, describe, expect, it } from "vitest";
+import { beforeEach, describe, expect, it, vi } from "vitest";
 import { notices } from "#lib/notices.svelte.ts";
 import { handOverUpdates, takeHandedOverUpdates } from "#lib/rollout-handover.ts";
 import { session } from "#lib/session.svelte.ts";
@@ -259,6 +259,25 @@ describe("the rollouts page", () => {
     const after = screen.getByTestId("rollout-detail");
     expect(within(after).queryByRole("button", { name: /Pause|Resume|Abort/ })).toBeNull();
     expect(within(after).getAllByTestId("rollout-host").filter((h) => h.dataset.state === "skipped")).toHaveLength(9);
+  });
+
+  it("follows a running rollout every five seconds, list and detail, without a reload", async () => {
+    const server = rolloutServer(AGENTS);
+    const r = await startedRollout(server);
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] });
+    try {
+      setTestUrl(`/rollouts?id=${r.id}`);
+      renderWithApi(Rollouts, server.routes);
+      const detail = await screen.findByTestId("rollout-detail");
+      expect((await screen.findByTestId("rollout")).textContent).toContain("1 installing, 9 waiting");
+      expect(within(detail).getAllByTestId("rollout-host").find((h) => h.textContent?.includes("web-01"))!.dataset.state).toBe("installing");
+      server.setHost(r.id, "web-01", RolloutHostState.SUCCEEDED);
+      vi.advanceTimersByTime(5000);
+      await waitFor(() => expect(within(detail).getAllByTestId("rollout-host").find((h) => h.textContent?.includes("web-01"))!.dataset.state).toBe("succeeded"));
+      await waitFor(() => expect(screen.getByTestId("rollout").textContent).toContain("1 succeeded, 9 waiting"));
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("explains that resuming a halted rollout overrides the halt, and moves past the ring", async () => {
