@@ -14,7 +14,7 @@
 #   SHADOW_DATABASE_SERVER  a PostgreSQL where the user may CREATE DATABASE; a database named
 #                           redflag_shadow_* is created there and dropped again
 #                           (default postgres://postgres@127.0.0.1:5432/postgres)
-#   PRISMA6_DIR             where the CLI is installed (default: $TMPDIR/redflag-prisma-<version>)
+#   PRISMA6_DIR             where the CLI is installed (default: $TMPDIR/redflag-prisma-<versions>)
 set -euo pipefail
 
 readonly PRISMA6_VERSION=6.19.3
@@ -22,7 +22,7 @@ readonly PG_VERSION=8.23.1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly ROOT
 readonly MIGRATIONS="$ROOT/prisma/migrations"
-readonly TOOL_DIR="${PRISMA6_DIR:-${TMPDIR:-/tmp}/redflag-prisma-$PRISMA6_VERSION}"
+readonly TOOL_DIR="${PRISMA6_DIR:-${TMPDIR:-/tmp}/redflag-prisma-$PRISMA6_VERSION-pg$PG_VERSION}"
 export SHADOW_DATABASE_SERVER="${SHADOW_DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 usage() {
@@ -41,14 +41,22 @@ case "$mode" in
   *) [[ "$mode" =~ ^[a-z0-9_]+$ ]] || { echo "migration name: lower-case letters, digits and _ only" >&2; exit 2; } ;;
 esac
 
+# Installed beside, then moved into place whole: an install cut short (or two at once) never
+# leaves a folder that looks installed and is not.
 install_cli() {
-  [[ -x "$TOOL_DIR/node_modules/.bin/prisma" ]] && return
+  [[ -e "$TOOL_DIR/.installed" ]] && return
   echo "installing prisma@$PRISMA6_VERSION in $TOOL_DIR (once)" >&2
-  mkdir -p "$TOOL_DIR"
-  (cd "$TOOL_DIR" &&
+  mkdir -p "$(dirname "$TOOL_DIR")"
+  local staging
+  staging="$(mktemp -d "$TOOL_DIR.XXXXXX")"
+  (cd "$staging" &&
     echo '{ "private": true, "type": "module" }' > package.json &&
     npm install --no-audit --no-fund --loglevel=error \
-      "prisma@$PRISMA6_VERSION" "@prisma/adapter-pg@$PRISMA6_VERSION" "pg@$PG_VERSION" >&2)
+      "prisma@$PRISMA6_VERSION" "@prisma/adapter-pg@$PRISMA6_VERSION" "pg@$PG_VERSION" >&2) || { rm -rf "$staging"; return 1; }
+  touch "$staging/.installed"
+  rm -rf "$TOOL_DIR"
+  mv -T "$staging" "$TOOL_DIR" 2>/dev/null || rm -rf "$staging"
+  [[ -e "$TOOL_DIR/.installed" ]]
 }
 
 # The 6.x CLI rejects the Prisma 7 generator options and wants a datasource url; neither

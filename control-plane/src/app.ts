@@ -37,6 +37,7 @@ import { DEFAULT_MIGRATIONS_DIR, openDatabase, type Database } from "./store/db.
 import { createCluster } from "./cluster/cluster.ts";
 import { createPendingIndex } from "./cluster/pending.ts";
 import { inRequest, requestIdFrom } from "./request-context.ts";
+import { createCors } from "./http/cors.ts";
 import { agentsWithPendingCommands } from "./store/commands.ts";
 
 export interface App {
@@ -138,9 +139,10 @@ async function wire(
     const requestAddress = (req: { socket?: { remoteAddress?: string } | null; headers: NodeJS.Dict<string | string[]> }) =>
       clientAddress(req.socket?.remoteAddress, req.headers["x-forwarded-for"]);
 
+    const readiness = () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS);
     const probes = createProbes({
       metrics,
-      readiness: () => checkReadiness(db.pool, migrationNames, READINESS_TIMEOUT_MS),
+      readiness,
       metricsToken: config.metricsToken,
       clientAddress: requestAddress,
       logger,
@@ -229,6 +231,7 @@ async function wire(
       logger,
       metrics,
       renewSecret,
+      readiness,
     };
     const consoleFiles = createConsoleFiles(config.consoleDir, logger);
     const downloads = createDownloads({ db: db.prisma, logger, signer: deps.signer });
@@ -241,6 +244,7 @@ async function wire(
       interceptors: [errorInterceptor(logger, metrics), authInterceptor(deps)],
       readMaxBytes: config.maxRequestBytes,
       responseStallMs: config.listener.responseStallMs,
+      cors: createCors(config.corsOrigins),
       contextValues: (remoteAddress, forwardedFor) => createContextValues().set(kRemoteAddr, clientAddress(remoteAddress, forwardedFor)),
       logger,
       // Plain HTTP routes get a request ID too, echoed and on their log lines.

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, loadConfig, unusedVariables } from "./config.ts";
 
 describe("loadConfig", () => {
   it("has working defaults", () => {
@@ -49,6 +49,28 @@ describe("loadConfig", () => {
     expect(error!.message).toMatch(/^invalid environment:/);
     expect(error!.message).toMatch(/REDFLAG_ADDR=nonsense/);
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);
+  });
+
+  it("names the REDFLAG_ variables it does not use: a typo, or one that needs another set", () => {
+    const env = { REDFLAG_MASTERKEY: "x", REDFLAG_ADDR: "127.0.0.1:9000", REDFLAG_OIDC_CLIENT_ID: "app", REDFLAG_SERVER: "http://cli-only", PATH: "/bin" };
+    expect(unusedVariables(env)).toEqual(["REDFLAG_MASTERKEY", "REDFLAG_OIDC_CLIENT_ID"]);
+    expect(unusedVariables({ ...env, REDFLAG_MASTERKEY: undefined, REDFLAG_OIDC_ISSUER: "https://id.example.com", REDFLAG_OIDC_CLIENT_SECRET: "s" })).toEqual([]);
+  });
+
+  it("reads REDFLAG_CORS_ORIGINS as exact origins, and refuses a wildcard, paths and too many", () => {
+    expect(loadConfig({}).corsOrigins).toEqual([]);
+    expect(loadConfig({ REDFLAG_CORS_ORIGINS: "https://App.example.com, http://localhost:5173" }).corsOrigins).toEqual(["https://app.example.com", "http://localhost:5173"]);
+    const refused = (value: string) => {
+      try {
+        loadConfig({ REDFLAG_CORS_ORIGINS: value });
+      } catch (err) {
+        return (err as ConfigError).message;
+      }
+      return "accepted";
+    };
+    expect(refused("*")).toMatch(/REDFLAG_CORS_ORIGINS: "\*" is not accepted: name each origin/);
+    expect(refused("https://app.example.com/console")).toMatch(/"https:\/\/app.example.com\/console" is not an origin: write the scheme, host and port only/);
+    expect(refused(Array.from({ length: 33 }, (_, i) => `https://a${i}.example`).join(","))).toMatch(/at most 32 origins/);
   });
 
   it("reads Register and Renew rate limits as PER_MINUTE[:BURST], 0 turning one off", () => {

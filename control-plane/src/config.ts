@@ -43,6 +43,8 @@ export interface Config {
   readonly listener: ListenerLimits;
   // Reverse proxies whose X-Forwarded-For is believed (client-address.ts); empty: none.
   readonly trustedProxies: readonly Cidr[];
+  // Browser apps on these origins may call the RPCs (REDFLAG_CORS_ORIGINS); empty: none.
+  readonly corsOrigins: readonly string[];
   // Updates (and install package results) one ReportResults call may carry, and updates one scan
   // may hold across its parts. Agents never send more than 1,000 per call, the lowest allowed.
   readonly maxReportUpdates: number;
@@ -171,6 +173,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
 
   const trustedProxies = parseTrustedProxies(env.REDFLAG_TRUSTED_PROXIES ?? "");
   if (typeof trustedProxies === "string") problems.push(`REDFLAG_TRUSTED_PROXIES: ${trustedProxies}`);
+  const corsOrigins = parseCorsOrigins(env.REDFLAG_CORS_ORIGINS ?? "");
+  if (typeof corsOrigins === "string") problems.push(`REDFLAG_CORS_ORIGINS: ${corsOrigins}`);
 
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
@@ -223,6 +227,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     maxScanUpdates: integer("REDFLAG_MAX_SCAN_UPDATES", 50_000, 1000, 1_000_000),
     metricsToken,
     trustedProxies: Object.freeze(typeof trustedProxies === "string" ? [] : trustedProxies),
+    corsOrigins: Object.freeze(typeof corsOrigins === "string" ? [] : corsOrigins),
     rateLimits: Object.freeze({
       registerPerAddress: rate("REDFLAG_REGISTER_RATE_PER_ADDRESS", "60:120"),
       registerPerToken: rate("REDFLAG_REGISTER_RATE_PER_TOKEN", "300:600"),
@@ -297,4 +302,51 @@ export function parseTrustedProxies(text: string): Cidr[] | string {
     out.push({ address, prefix, family: version === 6 ? "ipv6" : "ipv4" });
   }
   return out;
+}
+
+// The REDFLAG_* variables in `env` that the control plane does not use: misspelt
+// (REDFLAG_MASTERKEY), or needing another one set (REDFLAG_OIDC_CLIENT_ID without
+// REDFLAG_OIDC_ISSUER). Without this they would be ignored without a word. The CLI's own
+// variables are not the server's concern.
+const CLI_VARIABLES = new Set(["REDFLAG_SERVER", "REDFLAG_API_KEY", "REDFLAG_API_KEY_FILE", "REDFLAG_CONFIG_DIR"]);
+
+export function unusedVariables(env: NodeJS.ProcessEnv, cwd = process.cwd()): string[] {
+  const read = new Set<string>();
+  const recording = new Proxy(
+    { ...env },
+    {
+      get(target, key) {
+        if (typeof key === "string") read.add(key);
+        return target[key as string];
+      },
+    },
+  );
+  try {
+    loadConfig(recording, cwd);
+  } catch {
+    // what is wrong is loadConfig's to say
+  }
+  return Object.keys(env)
+    .filter((k) => k.startsWith("REDFLAG_") && env[k] !== undefined && !read.has(k) && !CLI_VARIABLES.has(k))
+    .sort();
+}
+
+// REDFLAG_CORS_ORIGINS (http/cors.ts): browser apps on these origins may call the RPCs.
+export const MAX_CORS_ORIGINS = 32;
+
+// "https://app.example.com" or "http://localhost:5173": a scheme, a host and maybe a port, nothing else.
+const ORIGIN = /^https?:\/\/[A-Za-z0-9.-]{1,253}(:\d{1,5})?$/;
+
+// The origins of REDFLAG_CORS_ORIGINS (comma-separated), or the reason they are not.
+export function parseCorsOrigins(text: string): string[] | string {
+  const origins = text
+    .split(",")
+    .map((o) => o.trim())
+    .filter(Boolean);
+  if (origins.length > MAX_CORS_ORIGINS) return `at most ${MAX_CORS_ORIGINS} origins`;
+  for (const o of origins) {
+    if (o === "*") return `"*" is not accepted: name each origin, for example https://app.example.com`;
+    if (!ORIGIN.test(o)) return `"${o.slice(0, 100)}" is not an origin: write the scheme, host and port only, for example https://app.example.com`;
+  }
+  return [...new Set(origins.map((o) => o.toLowerCase()))];
 }

@@ -13,18 +13,32 @@ export function probeUrl(config: { host: string; port: number; tls: unknown }): 
   return `${config.tls ? "https" : "http"}://${host}:${config.port}/readyz`;
 }
 
+// Asks this machine's control plane /readyz: its status and body. The certificate is the
+// server's own, asked for on this machine: its name need not match.
+export function askReady(url: string, timeoutMs = TIMEOUT_MS): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const get = url.startsWith("https:") ? (u: string, cb: (res: http.IncomingMessage) => void) => https.get(u, { rejectUnauthorized: false }, cb) : http.get;
+    const req = get(url, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (d: Buffer) => chunks.push(d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8").slice(0, 4096) }));
+      res.on("error", reject);
+    });
+    req.setTimeout(timeoutMs, () => req.destroy(new Error("timed out")));
+    req.on("error", reject);
+  });
+}
+
 if (import.meta.main) {
   const url = probeUrl(loadConfig(process.env));
-  // The certificate is the server's own, asked for on this machine: its name need not match.
-  const get = url.startsWith("https:") ? (u: string, cb: (res: http.IncomingMessage) => void) => https.get(u, { rejectUnauthorized: false }, cb) : http.get;
-  const req = get(url, (res) => {
-    res.resume();
-    if (res.statusCode !== 200) process.stderr.write(`${url}: ${res.statusCode}\n`);
-    process.exit(res.statusCode === 200 ? 0 : 1);
-  });
-  req.setTimeout(TIMEOUT_MS, () => req.destroy(new Error("timed out")));
-  req.on("error", (err) => {
-    process.stderr.write(`${url}: ${err.message}\n`);
-    process.exit(1);
-  });
+  askReady(url).then(
+    ({ status }) => {
+      if (status !== 200) process.stderr.write(`${url}: ${status}\n`);
+      process.exit(status === 200 ? 0 : 1);
+    },
+    (err: Error) => {
+      process.stderr.write(`${url}: ${err.message}\n`);
+      process.exit(1);
+    },
+  );
 }

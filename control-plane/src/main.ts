@@ -1,9 +1,21 @@
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, loadConfig, unusedVariables } from "./config.ts";
 import { StartError, startApp } from "./app.ts";
 import { createLogger } from "./log.ts";
 
 // redflag-server: reads REDFLAG_* and DATABASE_URL, serves until SIGTERM/SIGINT.
+// `redflag-server doctor [--json]` checks what it needs instead (doctor.ts).
 async function main() {
+  const [command, ...rest] = process.argv.slice(2);
+  if (command === "doctor") {
+    const { doctor, formatFindings } = await import("./doctor.ts");
+    const findings = await doctor({ env: process.env });
+    process.stdout.write(rest.includes("--json") ? `${JSON.stringify(findings, null, 2)}\n` : formatFindings(findings));
+    process.exit(findings.some((f) => f.level === "fail") ? 1 : 0);
+  }
+  if (command !== undefined) {
+    process.stderr.write(`redflag-server: unknown command "${command.slice(0, 40)}"; run it without arguments to serve, or "redflag-server doctor" to check this machine\n`);
+    process.exit(2);
+  }
   let config;
   try {
     config = loadConfig(process.env);
@@ -15,6 +27,8 @@ async function main() {
     throw err;
   }
   const logger = createLogger(config.logLevel);
+  const unused = unusedVariables(process.env);
+  if (unused.length > 0) logger.warn({ variables: unused }, `not used by the control plane, misspelt or needing another variable set: ${unused.join(", ")}`);
   const app = await startApp(config, logger, { announce: (line) => process.stderr.write(`${line}\n`) }).catch((err: unknown) => {
     // A problem said in one sentence (a port in use): that sentence alone, no stack trace.
     if (err instanceof StartError) {

@@ -4,6 +4,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandOutcome, CommandSchema, CommandType } from "@redflag/gen/command_pb";
 import { CommandState } from "@redflag/gen/command_service_pb";
+import { MaintenanceService, WindowKind } from "@redflag/gen/maintenance_service_pb";
 import { AgentStatusSchema, OsFamily } from "@redflag/gen/common_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { AgentUpgradeState, type PublishReleaseRequest, PublishReleaseRequestSchema, ReleaseService } from "@redflag/gen/release_service_pb";
@@ -370,5 +371,67 @@ describe("nextAutomatic", () => {
     expect(pick({ open: new Map([["a", "0.2.0"]]), tried: new Set(["b\u00000.2.0"]) })).toEqual(["e"]);
     // Tried on another version: that does not count for this one.
     expect(pick({ tried: new Set(["b\u00000.1.9"]), free: 2 })).toEqual(["a", "b"]);
+  });
+});
+
+describe("agent upgrades and blackout windows", () => {
+  let cp: TestControlPlane;
+  let releases: Client<typeof ReleaseService>;
+  let settings: Client<typeof SettingsService>;
+  let frozen: TestAgent;
+  let free: TestAgent;
+
+  beforeAll(async () => {
+    cp = await startTestControlPlane(ENV);
+    releases = createClient(ReleaseService, as(cp, cp.adminKey));
+    settings = createClient(SettingsService, as(cp, cp.adminKey));
+    await releases.publishRelease(stream(randomBytes(1024), "0.2.0", "linux-x64"));
+    const token = await newRegistrationToken(cp, 5);
+    frozen = await enrol(cp, token, { hostname: "frozen" });
+    free = await enrol(cp, token, { hostname: "free" });
+    for (const a of [frozen, free]) await poll(cp, a, "0.1.0");
+    // Open since yesterday, every day for a day: open now, whatever the time.
+    const yesterday = new Date(Date.now() - 86_400_000).toISOString().slice(0, 10);
+    await createClient(MaintenanceService, as(cp, cp.adminKey)).createWindow({
+      window: {
+        name: "freeze",
+        kind: WindowKind.BLACKOUT,
+        rrule: "FREQ=DAILY;COUNT=3",
+        dtstart: `${yesterday}T00:00`,
+        timeZone: "UTC",
+        duration: { seconds: 86_400n },
+        targets: { agentIds: [frozen.agentId] },
+        enabled: true,
+      },
+    });
+  }, 60_000);
+  afterAll(async () => {
+    await cp?.close();
+  });
+
+  const blackout = /^in blackout window "freeze" until \S+Z \(.* UTC\)$/;
+
+  it("refuses an upgrade of an agent in a blackout, and a fleet upgrade passes it by with the reason", async () => {
+    const asked = await failure(cp.admin.commands.createCommand({ agentId: frozen.agentId, action: { case: "updateAgent", value: { version: "0.2.0" } } }));
+    expect([Code[asked.code], asked.rawMessage]).toEqual(["FailedPrecondition", expect.stringMatching(/^agent frozen is in blackout window "freeze" until .*: no install, reboot or agent upgrade can be queued for it before then$/)]);
+
+    const fleet = await releases.startFleetUpgrade({ selection: { case: "all", value: true } });
+    expect(fleet.upgrades.map((u) => u.hostname)).toEqual(["free"]);
+    expect(fleet.skipped.map((s) => [s.hostname, s.reason])).toEqual([["frozen", expect.stringMatching(blackout)]]);
+  });
+
+  it("the automatic upgrade waits for the blackout to end", async () => {
+    // The fleet upgrade above is still open for "free": the automatic one has nothing else to take.
+    await settings.updateSettings({ values: { auto_upgrade_batch: "5" } });
+    await cp.app.lastSeen.flush();
+    await cp.app.scheduler.tick();
+    const upgrades = await cp.app.db.prisma.agentUpgrade.findMany({ include: { agent: true } });
+    expect(upgrades.map((u) => `${u.agent.hostname} ${u.automatic ? "automatic" : "fleet"}`)).toEqual(["free fleet"]);
+    // Once the window is gone, the frozen agent is taken.
+    const windows = createClient(MaintenanceService, as(cp, cp.adminKey));
+    for (const w of (await windows.listWindows({})).windows) await windows.deleteWindow({ id: w.id });
+    await cp.app.scheduler.tick();
+    const after = await cp.app.db.prisma.agentUpgrade.findMany({ where: { automatic: true }, include: { agent: true } });
+    expect(after.map((u) => u.agent.hostname)).toEqual(["frozen"]);
   });
 });

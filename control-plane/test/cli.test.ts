@@ -3,6 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { CommandState } from "@redflag/gen/command_service_pb";
+import { NOTIFICATION_EVENTS } from "@redflag/common/notification-events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import controlPlanePkg from "../package.json" with { type: "json" };
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
@@ -36,6 +37,9 @@ describe("redflag CLI in-process", () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/^Usage: redflag tokens \[options\] \[command\]\n/);
     expect(help.stdout).toContain("create [options]  create a registration token; its secret is printed once");
+    // Every event a rule can choose is named in the help (it used to list five of nine).
+    const rules = (await runInProcess(["notifications", "rules", "create", "--help"])).stdout.replace(/\s+/g, " ");
+    for (const event of NOTIFICATION_EVENTS) expect(rules).toContain(event);
     const unknown = await runInProcess(["bogus"]);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/^error: unknown command 'bogus'\n/);

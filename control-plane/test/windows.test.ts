@@ -136,7 +136,7 @@ describe("MaintenanceService", () => {
     ).window!;
     expect(freeze.openUntil).toBeDefined();
     const until = timestampDate(freeze.openUntil!).toISOString().replace(".000Z", "Z");
-    const message = new RegExp(`^agent \\S+ is in blackout window "freeze" until ${until} \\(.* UTC\\): no install or reboot can be queued for it before then$`);
+    const message = new RegExp(`^agent \\S+ is in blackout window "freeze" until ${until} \\(.* UTC\\): no install, reboot or agent upgrade can be queued for it before then$`);
 
     const reboot = await failure(cp.admin.fleet.rebootAgent({ agentId: agent.agentId }));
     expect([Code[reboot.code], reboot.rawMessage]).toEqual(["FailedPrecondition", expect.stringMatching(message)]);

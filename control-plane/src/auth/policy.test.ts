@@ -3,9 +3,13 @@ import { describe, expect, it } from "vitest";
 import { policyFor, policyTable } from "./policy.ts";
 
 describe("policy table", () => {
-  it("opens only registration, renewal, setup and sign-in to callers without credentials, and denies the unknown", () => {
+  it("opens only registration, renewal, setup, sign-in, health and reflection to callers without credentials, and denies the unknown", () => {
     const open = [...policyTable()].filter(([, access]) => access === "public").map(([rpc]) => rpc);
     expect(open.sort()).toEqual([
+      "grpc.health.v1.Health/Check",
+      "grpc.health.v1.Health/Watch",
+      "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
       "redflag.v1.AgentService/Register",
       "redflag.v1.AgentService/Renew",
       "redflag.v1.AuthService/GetSetupState",

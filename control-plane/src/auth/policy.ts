@@ -15,6 +15,9 @@ import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
+import { Health } from "@redflag/gen/grpc/health/v1/health_pb";
+import { ServerReflection as ReflectionV1 } from "@redflag/gen/grpc/reflection/v1/reflection_pb";
+import { ServerReflection as ReflectionV1alpha } from "@redflag/gen/grpc/reflection/v1alpha/reflection_pb";
 import type { DescService } from "@bufbuild/protobuf";
 import type { RoleName } from "./roles.ts";
 
@@ -32,6 +35,12 @@ function allow(service: DescService, access: Access, methods?: string[]) {
     table.set(`${service.typeName}/${name}`, access);
   }
 }
+
+// Probes (Kubernetes, load balancers) carry no credentials. Reflection gives the schema only,
+// which is public anyway (proto/ in the repository); every RPC it describes keeps its own line.
+allow(Health, "public");
+allow(ReflectionV1, "public");
+allow(ReflectionV1alpha, "public");
 
 allow(AgentService, "public", ["Register", "Renew"]);
 allow(AgentService, "agent", ["PollCommands", "ReportResults"]);

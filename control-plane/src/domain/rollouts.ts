@@ -15,7 +15,6 @@ import {
   agentForInstall,
   approvedKeysOf,
   approvedUpdatesOf,
-  commandStates,
   countOpenRollouts,
   endedQueuedHosts,
   existingAgents,
@@ -151,11 +150,10 @@ export async function previewRollout(db: Prisma, input: RolloutInput): Promise<R
   const agentIds = hosts.map((h) => h.agentId);
   const approved = await approvedKeysOf(db, agentIds);
   const isHeld = heldBy(await holdsFor(db, agentIds));
-  const states = await commandStates(db, [...new Set(approved.map((u) => u.commandId).filter((id): id is string => id !== null))]);
   const wanted = input.allApproved ? undefined : new Map([...keysByAgent(input.updateKeys)].map(([id, keys]) => [id, new Set(keys.map(keyOf))]));
   const counts = new Map<string, number>();
   for (const u of approved) {
-    if (isHeld(u) || (u.commandId && states.get(u.commandId) === "succeeded")) continue;
+    if (isHeld(u) || u.installed) continue;
     if (wanted && !wanted.get(u.agentId)?.has(keyOf(u))) continue;
     counts.set(u.agentId, (counts.get(u.agentId) ?? 0) + 1);
   }
@@ -341,7 +339,7 @@ async function startHost(deps: RolloutDeps, row: RolloutRow, host: { agentId: st
   const keys = row.allApproved ? undefined : (row.updateKeys as unknown as RolloutKey[]).filter((k) => k.agentId === host.agentId);
   if (keys && keys.length === 0) return end("nothing_to_do", "none of the rollout's updates is for this host");
   const isHeld = heldBy(await holdsFor(db, [host.agentId]));
-  const updates = (await approvedUpdatesOf(db, host.agentId, keys)).filter((u) => !isHeld(u) && u.commandState !== "succeeded");
+  const updates = (await approvedUpdatesOf(db, host.agentId, keys)).filter((u) => !isHeld(u) && !u.installed);
   if (updates.length === 0) return end("nothing_to_do", "nothing left to install: the rollout's updates are installed, no longer approved, or held");
   try {
     await requireSupportedVersion(db, deps.settings.minimumAgentVersion, [host.agentId], "installUpdates");

@@ -27,6 +27,7 @@ import {
 import type { Wakeups } from "../cluster/wakeups.ts";
 import { releaseForAgent, resolveUpgrade } from "./agent-upgrade.ts";
 import { compareVersions } from "./releases.ts";
+import { agentsInBlackout } from "./windows.ts";
 
 // The rules of agent upgrades beyond the one command: when an upgrade counts as done, which
 // agents a fleet upgrade takes, what an agent below the minimum supported version may still
@@ -239,6 +240,7 @@ export async function startFleetUpgrade(deps: UpgradeDeps, req: FleetUpgradeRequ
   }
   const chosen = choosePercent(selected, req.percent);
   const open = await openUpgrades(deps.db, chosen.map((a) => a.id));
+  const frozen = await agentsInBlackout(deps.db, chosen.map((a) => a.id), new Date());
   const find = releaseFinder(deps.db, req.version);
   const rolloutId = newId();
   const outcome: FleetUpgradeOutcome = { rolloutId, selected: selected.length, chosen: chosen.length, upgrades: [], skipped: [] };
@@ -252,6 +254,7 @@ export async function startFleetUpgrade(deps: UpgradeDeps, req: FleetUpgradeRequ
     const target = found.release.version;
     const inProgress = open.get(agent.id);
     if (inProgress !== undefined) skip(agent, `an upgrade to ${inProgress} is in progress`);
+    else if (frozen.has(agent.id)) skip(agent, frozen.get(agent.id)!);
     else if (agent.agentVersion === target) skip(agent, `already runs ${target}`);
     else if (compareVersions(agent.agentVersion, target) > 0) skip(agent, `runs ${agent.agentVersion}, newer than ${target} (a fleet upgrade never downgrades)`);
     else {
@@ -302,7 +305,9 @@ export async function autoUpgrade(deps: UpgradeDeps, limits: AutoUpgradeLimits, 
   if (counts.failed > limits.maxFailures) return { kind: "halted", failed: counts.failed };
   const free = limits.batch - counts.open;
   if (free <= 0) return { kind: "ran", queued: [] };
-  const next = nextAutomatic(behind, {
+  // An agent in a blackout window waits until it closes (it is not "tried").
+  const frozen = await agentsInBlackout(deps.db, behind.map((b) => b.agent.id), now);
+  const next = nextAutomatic(behind.filter((b) => !frozen.has(b.agent.id)), {
     open: await openUpgrades(deps.db),
     tried: await agentsTried(deps.db, versions),
     seenAfter: new Date(now.getTime() - limits.seenWithinSeconds * 1000),

@@ -20,13 +20,14 @@ import type { AuditHook } from "./audit.ts";
 import { compileRecurrence, normaliseRecurrence, type Schedule } from "./recurrence.ts";
 
 // Maintenance and blackout windows (recurrence.ts computes their occurrences). While a blackout
-// window is open for an agent, no install, confirmed dry run, rollback or reboot may be queued
-// for it; an install queued while a maintenance window is open carries the window's end (or the
+// window is open for an agent, no install, confirmed dry run, rollback, reboot or agent upgrade
+// may be queued for it (fleet and automatic agent upgrades pass it by until it closes); an install queued while a maintenance window is open carries the window's end (or the
 // start of the next blackout, when that comes first) as InstallUpdates.not_after, and the agent
 // starts no package after it.
 
-// The command kinds a blackout refuses: they change the host's packages or restart it.
-const CHANGES = new Set<Command["action"]["case"]>(["installUpdates", "confirmDependencies", "rollbackUpdate", "reboot"]);
+// The command kinds a blackout refuses: they change the host's packages, restart it, or replace
+// the agent on it.
+const CHANGES = new Set<Command["action"]["case"]>(["installUpdates", "confirmDependencies", "rollbackUpdate", "reboot", "updateAgent"]);
 
 export interface AgentLabels {
   id: string;
@@ -108,11 +109,22 @@ export async function windowGate(db: Prisma, agentIds: readonly string[], action
     const { window, until } = first.blackout!;
     const more = blocked.length > 1 ? `; ${blocked.length - 1} more of the selected agents are in a blackout too, leave them out of the selection` : "";
     throw new ConnectError(
-      `agent ${first.hostname} is in blackout window "${window.name}" until ${when(until, window.timeZone)}: no install or reboot can be queued for it before then${more}`,
+      `agent ${first.hostname} is in blackout window "${window.name}" until ${when(until, window.timeZone)}: no install, reboot or agent upgrade can be queued for it before then${more}`,
       Code.FailedPrecondition,
     );
   }
   return new Map([...at].map(([id, w]) => [id, installNotAfter(w)]));
+}
+
+// The agents among these for which a blackout window is open at `now`: why each is left out, in
+// words ("in blackout window "freeze" until …").
+export async function agentsInBlackout(db: Prisma, agentIds: readonly string[], now: Date): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  if (agentIds.length === 0) return out;
+  for (const [id, at] of await agentWindowsAt(db, agentIds, now)) {
+    if (at.blackout) out.set(id, `in blackout window "${at.blackout.window.name}" until ${when(at.blackout.until, at.blackout.window.timeZone)}`);
+  }
+  return out;
 }
 
 // The time after which an install queued now starts no package: the end of the open maintenance

@@ -17,6 +17,9 @@ import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
+import { Health } from "@redflag/gen/grpc/health/v1/health_pb";
+import { ServerReflection as ReflectionV1 } from "@redflag/gen/grpc/reflection/v1/reflection_pb";
+import { ServerReflection as ReflectionV1alpha } from "@redflag/gen/grpc/reflection/v1alpha/reflection_pb";
 import type { PrincipalResolver } from "../auth/principals.ts";
 import { createAgentService, type AgentServiceDeps } from "../services/agent-service.ts";
 import { createApiTokenService } from "../services/api-token-service.ts";
@@ -37,6 +40,9 @@ import type { Settings } from "../settings.ts";
 import { createTokenService } from "../services/token-service.ts";
 import { createUpdateService } from "../services/update-service.ts";
 import { createUserService } from "../services/user-service.ts";
+import { createHealthService } from "../services/health-service.ts";
+import { createReflectionServices } from "../services/reflection-service.ts";
+import type { Readiness } from "../store/observability.ts";
 
 // Every service the control plane serves (routes.test.ts holds createRoutes to it): the policy
 // table's test and the RPC fuzzer walk this list, so a new service cannot be left out of either.
@@ -58,12 +64,18 @@ export const RPC_SERVICES: readonly DescService[] = [
   NotificationService,
   MaintenanceService,
   RolloutService,
+  // The standard gRPC services: health (the /readyz answer) and server reflection (the schema).
+  Health,
+  ReflectionV1,
+  ReflectionV1alpha,
 ];
 
 export interface RouteDeps extends AgentServiceDeps {
   principals: PrincipalResolver;
   masterKey: Buffer;
   settings: Settings;
+  // What /readyz answers; the gRPC health service gives the same.
+  readiness: () => Promise<Readiness>;
 }
 
 export function createRoutes(deps: RouteDeps) {
@@ -86,5 +98,9 @@ export function createRoutes(deps: RouteDeps) {
     router.service(NotificationService, createNotificationService(deps));
     router.service(MaintenanceService, createMaintenanceService(deps.db));
     router.service(RolloutService, createRolloutService({ db: deps.db, events: deps.events, settings: deps.settings }));
+    router.service(Health, createHealthService({ readiness: deps.readiness, services: new Set(RPC_SERVICES.map((s) => s.typeName)) }));
+    const reflection = createReflectionServices(RPC_SERVICES);
+    router.service(ReflectionV1, reflection.v1);
+    router.service(ReflectionV1alpha, reflection.v1alpha);
   };
 }

@@ -123,7 +123,8 @@ const grpcWeb = { "content-type": "application/grpc-web+proto" };
 
 type Case = [name: string, via: typeof h1, path: string, headers: Record<string, string>, body: Uint8Array, expected: { status: number; grpcStatus?: string }];
 
-// Answered the same by both: status, headers (but the date and connection handling), body, trailers.
+// Answered the same by both: status, headers (but the date and connection handling, and the
+// request ID only ours adds), body, trailers.
 const same: Case[] = [
   ["Connect unary JSON over HTTP/1.1", h1, login, connectJson, json({ username: "sam" }), { status: 200 }],
   ["Connect unary JSON over HTTP/2", h2, login, connectJson, json({ username: "sam" }), { status: 200 }],
@@ -136,10 +137,6 @@ const same: Case[] = [
   ["gRPC-Web over HTTP/1.1", h1, login, grpcWeb, envelope(binary("sam")), { status: 200 }],
   ["gRPC-Web over HTTP/2", h2, login, grpcWeb, envelope(binary("sam")), { status: 200 }],
   ["gRPC-Web error from the handler", h1, login, grpcWeb, envelope(binary("missing")), { status: 200 }],
-  ["an unknown method over HTTP/1.1 (to the fallback)", h1, "/redflag.v1.AuthService/Nope", connectJson, json({}), { status: 404 }],
-  ["an unknown method over HTTP/2 (to the fallback)", h2, "/redflag.v1.AuthService/Nope", connectJson, json({}), { status: 404 }],
-  ["a bad content type over HTTP/1.1", h1, login, { "content-type": "text/plain" }, json({}), { status: 415 }],
-  ["a bad content type over HTTP/2", h2, login, { "content-type": "text/plain" }, json({}), { status: 415 }],
   ["an oversized Connect body over HTTP/1.1", h1, login, connectJson, json({ username: "x".repeat(2000) }), { status: 429 }],
   ["an oversized Connect body over HTTP/2", h2, login, connectJson, json({ username: "x".repeat(2000) }), { status: 429 }],
   ["an oversized gRPC message", h2, login, grpc, envelope(binary("x".repeat(2000))), { status: 200, grpcStatus: "8" }],
@@ -151,7 +148,9 @@ const same: Case[] = [
 describe("rpc-handler answers like connect-node's adapter", () => {
   it.each(same)("%s", async (_name, send, path, headers, body, expected) => {
     const [a, b] = [await send(ours, path, headers, body), await send(theirs, path, headers, body)];
-    expect(a).toEqual(b);
+    const { "x-request-id": requestId, ...rest } = a.headers;
+    expect({ ...a, headers: rest }).toEqual(b);
+    expect(requestId).toMatch(/^[0-9a-f-]{36}$/);
     expect(a.status).toBe(expected.status);
     if (expected.grpcStatus) expect(a.trailers["grpc-status"]).toBe(expected.grpcStatus);
   });
@@ -187,8 +186,53 @@ describe("rpc-handler differs from connect-node's adapter on purpose", () => {
   ] as const)("gRPC: %s is InvalidArgument, not Internal", async (_name, body, message) => {
     const [a, b] = [await h2(ours, login, grpc, body), await h2(theirs, login, grpc, body)];
     expect(b.trailers["grpc-status"]).toBe(String(Code.Internal));
-    expect({ ...a, trailers: {} }).toEqual({ ...b, trailers: {} });
+    const { "x-request-id": _requestId, ...headers } = a.headers;
+    expect({ ...a, headers, trailers: {} }).toEqual({ ...b, trailers: {} });
     expect(a.trailers).toEqual({ "grpc-status": String(Code.InvalidArgument), "grpc-message": encodeURIComponent(message) });
+  });
+
+  // protocol-refusals.ts: what connect and the adapter answer with an empty body or leave to the
+  // fallback, in the form each protocol's clients expect, with the request ID (a caller's own kept).
+  it.each([
+    ["HTTP/1.1", h1],
+    ["HTTP/2", h2],
+  ] as const)("an unknown method or service over %s: gRPC and gRPC-Web get grpc-status 12, Connect a 404 unimplemented; other callers the fallback", async (_name, send) => {
+    const nope = "/redflag.v1.AuthService/Nope";
+    expect((await send(theirs, nope, connectJson, json({}))).body).toBe("not here\n");
+    const connect = await send(ours, nope, { ...connectJson, "x-request-id": "trace-0123456789" }, json({}));
+    expect([connect.status, connect.headers["x-request-id"], connectError(connect)]).toEqual([404, "trace-0123456789", { code: "unimplemented", message: "unknown method Nope for service redflag.v1.AuthService" }]);
+    const web = await send(ours, "/redflag.v1.NoService/Login", grpcWeb, envelope(binary("sam")));
+    expect([web.status, web.headers["grpc-status"], decodeURIComponent(web.headers["grpc-message"] ?? ""), web.body]).toEqual([200, "12", "unknown service redflag.v1.NoService", ""]);
+    expect((await send(ours, nope, { "content-type": "text/plain" }, json({}))).body).toBe("not here\n");
+  });
+
+  it("an unknown gRPC method over HTTP/2 ends the stream with one trailers-only HEADERS frame", async () => {
+    const a = await h2(ours, "/redflag.v1.AuthService/Nope", grpc, envelope(binary("sam")));
+    expect(a).toMatchObject({ status: 200, body: "", trailers: {} });
+    expect(a.headers).toMatchObject({ "content-type": "application/grpc", "grpc-status": "12", "grpc-message": encodeURIComponent("unknown method Nope for service redflag.v1.AuthService") });
+  });
+
+  it.each([
+    ["HTTP/1.1", h1],
+    ["HTTP/2", h2],
+  ] as const)("a content type no protocol takes, over %s: 415 with Accept-Post and a line saying what works", async (_name, send) => {
+    const [a, b] = [await send(ours, login, { "content-type": "text/plain" }, json({})), await send(theirs, login, { "content-type": "text/plain" }, json({}))];
+    expect([b.status, b.body]).toEqual([415, ""]);
+    expect(a.status).toBe(415);
+    expect(a.headers["accept-post"]).toBe("application/json, application/proto, application/grpc, application/grpc+proto, application/grpc+json, application/grpc-web+proto, application/grpc-web+json");
+    expect(a.body).toBe('content type "text/plain" is not supported for redflag.v1.AuthService/Login; use one of application/json, application/proto, application/grpc, application/grpc+proto, application/grpc+json, application/grpc-web+proto, application/grpc-web+json\n');
+    expect(a.headers["x-request-id"]).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it("a method other than POST: 405 with Allow", async () => {
+    const a = await new Promise<{ status: number; allow?: string; body: string }>((resolve, reject) => {
+      http.get(new URL(login, ours.url), { agent: false }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (d: Buffer) => chunks.push(d));
+        res.on("end", () => resolve({ status: res.statusCode!, allow: res.headers.allow, body: Buffer.concat(chunks).toString() }));
+      }).on("error", reject);
+    });
+    expect(a).toEqual({ status: 405, allow: "POST", body: "GET is not allowed for redflag.v1.AuthService/Login: call it with POST\n" });
   });
 
   // connect cannot form the URL of an HTTP/1.0 request without a Host header: the adapter throws

@@ -5,6 +5,9 @@ import http2 from "node:http2";
 import type net from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "../log.ts";
+import { requestIdFrom } from "../request-context.ts";
+import type { Cors } from "./cors.ts";
+import { explainRefusal, takeRequestId, unknownRpc } from "./protocol-refusals.ts";
 import { parseErrorsAsInvalidArgument, unicodeFailure } from "./rpc-parse-errors.ts";
 import { bodyTimedOut } from "./server.ts";
 
@@ -32,6 +35,8 @@ export interface RpcHandlerOptions {
   contextValues?: (remoteAddress: string | undefined, forwardedFor: string | string[] | undefined) => ContextValues;
   fallback: (req: NodeRequest, res: NodeResponse) => void;
   logger: Logger;
+  // Cross-origin calls from the origins REDFLAG_CORS_ORIGINS names (cors.ts); unset: none.
+  cors?: Cors | undefined;
 }
 
 // The protocol work (Connect, gRPC, gRPC-Web; compression, timeouts, errors, limits) stays in
@@ -47,11 +52,17 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
   const stallMs = opts.responseStallMs;
   const paths = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
   // Bytes that do not decode as the request message are the caller's mistake (rpc-parse-errors.ts).
+  const services = new Set(router.handlers.map((h) => h.service.typeName));
   const serve = (h: UniversalHandler, req: Parameters<UniversalHandler>[0]) => {
     const refused = (reason: string) => opts.logger.warn({ rpc: `${h.service.typeName}/${h.method.name}`, code: Code[Code.InvalidArgument], reason }, "rpc refused");
+    const requestId = takeRequestId(req.header);
+    const contentType = req.header.get("content-type") ?? "";
+    const preflight = opts.cors?.preflight(req.method, req.header, h.allowedMethods);
+    if (preflight) return Promise.resolve(explainRefusal(preflight, h, req.method, contentType, requestId));
+    const decorate = (res: UniversalServerResponse) => (opts.cors ? opts.cors.decorate(res, req.header) : res);
     return h(req).then(
-      (res) => parseErrorsAsInvalidArgument(res, h.method, refused),
-      (err: unknown) => unicodeFailure(req.header.get("content-type") ?? "", err, refused),
+      async (res) => decorate(await parseErrorsAsInvalidArgument(explainRefusal(res, h, req.method, contentType, requestId), h.method, refused)),
+      (err: unknown) => decorate(explainRefusal(unicodeFailure(contentType, err, refused), h, req.method, contentType, requestId)),
     );
   };
   const failed = (h: UniversalHandler, reason: unknown) => {
@@ -63,7 +74,14 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
   return {
     request(req, res) {
       const handler = paths.get(pathOf(req.url ?? ""));
-      if (!handler) return opts.fallback(req, res);
+      if (!handler) {
+        const answer = unknownRpc(req.method ?? "", pathOf(req.url ?? ""), req.headers["content-type"], services, requestIdFrom(header(req.headers["x-request-id"])));
+        if (!answer) return opts.fallback(req, res);
+        res.once("finish", () => dropUnreadRequest(req, { bytes: 0, linger: false }));
+        res.writeHead(answer.status, answer.headers);
+        res.end(answer.body);
+        return;
+      }
       const read: BodyRead = { bytes: 0, linger: false };
       let ureq: ReturnType<typeof universalRequestFromNodeRequest>;
       try {
@@ -103,6 +121,17 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       const path = headers[":path"] ?? "";
       const handler = paths.get(pathOf(path));
       const authority = headers[":authority"] ?? headers.host;
+      if (!handler && authority) {
+        const answer = unknownRpc(headers[":method"] ?? "", pathOf(path), headers["content-type"], services, requestIdFrom(header(headers["x-request-id"])));
+        if (!answer) return false;
+        stream.on("error", ignore);
+        // gRPC's trailers-only form: one HEADERS frame that ends the stream.
+        const empty = answer.body.byteLength === 0;
+        stream.respond({ ":status": answer.status, ...answer.headers }, { endStream: empty });
+        if (!empty) stream.end(answer.body);
+        dropUnreadBody(stream);
+        return true;
+      }
       if (!handler || !authority) return false;
       const socket = stream.session?.socket as TLSSocket | undefined;
       const aborted = new AbortController();
@@ -132,6 +161,8 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
 }
 
 function ignore() {}
+
+const header = (value: string | string[] | undefined) => (typeof value === "string" ? value : undefined);
 
 interface BodyRead {
   // Bytes of the body read so far.

@@ -18,6 +18,16 @@ async function locked<T>(db: Prisma, fn: (tx: Tx) => Promise<T>): Promise<T> {
 
 const signingPurpose = (keyId: string) => `redflag.signing-key.${keyId}`;
 
+// Whether this master key opens a sealed signing key (redflag-server doctor).
+export function opensSigningKey(masterKey: Buffer, keyId: string, sealed: Uint8Array): boolean {
+  try {
+    unseal(masterKey, signingPurpose(keyId), sealed);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // Returns every signing key that agents should trust (active, or retired in the future: in
 // its grace period), the active one first; creates one on first start. issueTime is when this
 // set of keys came to be: the newest key's creation or the latest grace period that ended,

@@ -301,8 +301,24 @@ export async function ownQueuedCommands(tx: Tx, rolloutId: string): Promise<{ ag
   return rows.map((r) => ({ agentId: r.agentId, commandId: r.commandId! }));
 }
 
-// The approved updates of one agent (only those named, when keys are given), with the state of
-// the install command each is linked to.
+// Of these agents' approved updates, those an install already reported installed at the
+// approved version since that version was offered (the view keeps them until the next scan), as
+// "agent/source/name/architecture" keys.
+async function installedAlready(db: Prisma | Tx, agentIds: readonly string[]): Promise<Set<string>> {
+  if (agentIds.length === 0) return new Set();
+  const rows = await db.$queryRaw<{ key: string }[]>`
+    SELECT u.agent_id::text || '/' || u.source || '/' || u.name || '/' || u.architecture AS key
+      FROM package_updates u
+     WHERE u.agent_id = ANY(${[...agentIds]}::uuid[]) AND u.status = 'approved'
+       AND EXISTS (SELECT 1 FROM update_events e
+                    WHERE e.agent_id = u.agent_id AND e.time >= u.version_seen_at AND e.kind = 'installed'
+                      AND e.source = u.source AND e.name = u.name AND e.architecture = u.architecture AND e.version = u.available_version)`;
+  return new Set(rows.map((r) => r.key));
+}
+const installedKey = (u: { agentId: string; source: string; name: string; architecture: string }) => `${u.agentId}/${u.source}/${u.name}/${u.architecture}`;
+
+// The approved updates of one agent (only those named, when keys are given), each with whether
+// an install already reported it installed.
 export async function approvedUpdatesOf(db: Prisma | Tx, agentId: string, keys: RolloutKey[] | undefined) {
   const rows = await db.packageUpdate.findMany({
     where: {
@@ -313,23 +329,19 @@ export async function approvedUpdatesOf(db: Prisma | Tx, agentId: string, keys: 
     },
     orderBy: [{ source: "asc" }, { name: "asc" }, { architecture: "asc" }],
   });
-  const ids = [...new Set(rows.map((r) => r.commandId).filter((id): id is string => id !== null))];
-  const states = new Map((await db.command.findMany({ where: { id: { in: ids } }, select: { id: true, state: true } })).map((c) => [c.id, c.state as string]));
-  return rows.map((r) => ({ ...r, commandState: r.commandId ? states.get(r.commandId) : undefined }));
+  const installed = rows.length > 0 ? await installedAlready(db, [agentId]) : new Set<string>();
+  return rows.map((r) => ({ ...r, installed: installed.has(installedKey(r)) }));
 }
 
-// The approved updates of many agents, keys only (previews).
-export function approvedKeysOf(db: Prisma, agentIds: readonly string[]) {
-  return db.packageUpdate.findMany({
+// The approved updates of many agents, keys only (previews), each with whether an install
+// already reported it installed.
+export async function approvedKeysOf(db: Prisma, agentIds: readonly string[]) {
+  const rows = await db.packageUpdate.findMany({
     where: { agentId: { in: [...agentIds] }, status: "approved" },
-    select: { agentId: true, source: true, name: true, architecture: true, commandId: true },
+    select: { agentId: true, source: true, name: true, architecture: true },
   });
-}
-
-// The states of these commands.
-export async function commandStates(db: Prisma, ids: readonly string[]): Promise<Map<string, string>> {
-  if (ids.length === 0) return new Map();
-  return new Map((await db.command.findMany({ where: { id: { in: [...ids] } }, select: { id: true, state: true } })).map((c) => [c.id, c.state as string]));
+  const installed = rows.length > 0 ? await installedAlready(db, agentIds) : new Set<string>();
+  return rows.map((r) => ({ ...r, installed: installed.has(installedKey(r)) }));
 }
 
 // An agent as a rollout's install needs it: whether it is still part of the fleet.

@@ -103,6 +103,8 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
       const a = await insertAgent(m.db, `web-${i}`);
       await m.db.agent.update({ where: { id: a.id }, data: { group: "web", lastSeenAt: seen } });
       await insertUpdate(m.db, a.id, "openssl", { status: "approved" });
+      // Offered before the test's clock starts (an install reported later counts for it).
+      await m.db.packageUpdate.updateMany({ where: { agentId: a.id }, data: { versionSeenAt: new Date(T0.getTime() - HOUR) } });
       out.push({ ...a, hostname: `web-${i}` });
     }
     return out;
@@ -114,8 +116,9 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
   async function finish(commandId: string, state: "succeeded" | "failed", when: Date, failedPackage?: string) {
     const c = await m.db.command.update({ where: { id: commandId }, data: { state, sentAt: when, finishedAt: when } });
     await m.db.agent.update({ where: { id: c.agentId }, data: { lastSeenAt: when } });
-    if (failedPackage) {
-      await m.db.updateEvent.create({ data: { agentId: c.agentId, time: when, kind: "failed", source: "apt", name: failedPackage, architecture: "amd64", version: "1.1", commandId } });
+    const kind = failedPackage ? "failed" : state === "succeeded" ? "installed" : undefined;
+    if (kind) {
+      await m.db.updateEvent.create({ data: { agentId: c.agentId, time: when, kind, source: "apt", name: failedPackage ?? "openssl", architecture: "amd64", version: "1.1", commandId } });
     }
   }
 
@@ -214,6 +217,25 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     await refused(resumeRollout(m.db, created.id, "oscar", at(75 * MIN), audited("ResumeRollout")), Code.FailedPrecondition, /rollout "june" is finished; nothing to resume/);
   });
 
+  it("installs again what a host reported failed, and nothing on a host that reported it installed (until its next scan)", async () => {
+    await reset();
+    const agents = await fleet(2);
+    const first = await createRollout(m.db, spec("first", [ring("all", { kind: "rest" }, { thresholdPercent: 50 })]), "oscar", T0, audited());
+    await advanceRollouts(deps(), T0);
+    await finish((await hostOf(first.id, agents[0]!.id)).commandId!, "succeeded", at(MIN));
+    await finish((await hostOf(first.id, agents[1]!.id)).commandId!, "succeeded", at(MIN), "openssl");
+    expect(await advanceRollouts(deps(), at(2 * MIN))).toMatchObject({ finished: ["first"] });
+    const again = spec("again", [ring("all", { kind: "rest" })]);
+    expect((await previewRollout(m.db, again)).hosts.map((h) => [h.hostname, h.updates])).toEqual([
+      ["web-0", 0],
+      ["web-1", 1],
+    ]);
+    const second = await createRollout(m.db, again, "oscar", at(3 * MIN), audited());
+    await advanceRollouts(deps(), at(3 * MIN));
+    expect(await hostOf(second.id, agents[0]!.id)).toMatchObject({ state: "nothing_to_do" });
+    expect(await hostOf(second.id, agents[1]!.id)).toMatchObject({ state: "queued" });
+  });
+
   it("halts at the soak's end when a host that installed went offline", async () => {
     await reset();
     const agents = await fleet(2);
@@ -252,6 +274,20 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     // After the blackout, web-0 is queued.
     await advanceRollouts(deps(), at(3 * HOUR + MIN));
     expect((await hostOf(created.id, agents[0]!.id)).state).toBe("queued");
+  });
+
+  it("fails a host whose agent is below the minimum supported version, saying how to upgrade it, and skips a decommissioned one", async () => {
+    await reset();
+    const agents = await fleet(3);
+    const created = await createRollout(m.db, spec("old agents", [ring("all", { kind: "rest" }, { thresholdPercent: 1 })]), "oscar", T0, audited());
+    await m.db.agent.update({ where: { id: agents[1]!.id }, data: { decommissionedAt: T0 } });
+    await advanceRollouts({ ...deps(), settings: { minimumAgentVersion: "0.2.0", pollIntervalSeconds: 60 } }, T0);
+    expect(await hostOf(created.id, agents[0]!.id)).toMatchObject({
+      state: "failed",
+      message: `agent web-0 runs 0.1.0, below the minimum supported 0.2.0: upgrade it first (\`redflag agents upgrade ${agents[0]!.id}\`)`,
+    });
+    expect(await hostOf(created.id, agents[1]!.id)).toMatchObject({ state: "skipped", message: "not installed: the agent was decommissioned" });
+    expect(await m.db.command.count()).toBe(0);
   });
 
   it("pauses (nothing new queued), aborts (undelivered installs cancelled, the rest skipped) and refuses what the state does not allow", async () => {

@@ -127,7 +127,7 @@ describe.each(availableBackends)("maintenance windows on %s", (backend: Backend)
       const err = await queue.queue(oscar, agent.id, action).catch((e: unknown) => e);
       expect(code(err)).toBe("FailedPrecondition");
       expect((err as ConnectError).rawMessage).toBe(
-        'agent app-9 is in blackout window "audit week" until 2026-06-20T06:00:00Z (2026-06-20 08:00 Europe/Berlin): no install or reboot can be queued for it before then',
+        'agent app-9 is in blackout window "audit week" until 2026-06-20T06:00:00Z (2026-06-20 08:00 Europe/Berlin): no install, reboot or agent upgrade can be queued for it before then',
       );
     }
     expect(await m.db.command.count({ where: { agentId: agent.id } })).toBe(before);

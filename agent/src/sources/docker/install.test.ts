@@ -717,6 +717,25 @@ describe("docker installer against a fake Engine API", () => {
       expect(named("web")!.Image).toBe(oldNginx());
     });
 
+    it("removes a stopped <name>-redflag-previous left by an update the agent did not finish, and stops at one that runs", async () => {
+      // Left by an agent killed after the swap, before it removed the replaced container: without
+      // this, renaming web to web-redflag-previous would meet a name in use, on every update.
+      engine.containers.push(container("web-redflag-previous", engine.images[2]!, "redis:7.4", { running: false }));
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]).toMatchObject({ state: PackageResultState.INSTALLED, reason: "recreated web, proxy on the new image" });
+      expect(containerCalls()[0]).toBe("DELETE /containers/web-redflag-previous");
+      expect(named("web-redflag-previous")).toBeUndefined();
+    });
+
+    it("refuses to touch a <name>-redflag-previous that runs, and puts the tag back", async () => {
+      engine.containers.push(container("web-redflag-previous", engine.images[2]!, "redis:7.4"));
+      const out = await installer().install([ref("nginx:1.27")], opts());
+      expect(out.packages[0]!.state).toBe(PackageResultState.FAILED);
+      expect(out.packages[0]!.reason).toContain("a container web-redflag-previous is running (left by an interrupted update and started since): remove or rename it, then update again");
+      expect(named("web-redflag-previous")!.State.Running).toBe(true);
+      expect(named("web")!.Image).toBe(oldNginx());
+    });
+
     it("recreates the containers on the earlier image when the tag is rolled back", async () => {
       await installer().install([ref("nginx:1.27")], opts());
       engine.requests.length = 0;

@@ -229,12 +229,17 @@ async function recreatePlain(s: Session, c: ContainerInspect, move: TagMove, t: 
   // A `<name>-redflag-next` that is there already was left by an update that stopped half-way
   // (the agent was killed between creating it and naming it): it never ran, and goes. One that
   // runs was started by someone: the update stops there and says so.
-  const leftover = await lookUp(s, `${name}-redflag-next`);
-  if (typeof leftover === "object") return leftover.error;
-  if (leftover === "running") return `a container ${name}-redflag-next is running (left by an interrupted update and started since): remove or rename it, then update again`;
-  if (leftover === "stopped") {
-    const r = await step(s, "DELETE", containerPath(`${name}-redflag-next`), `removing ${name}-redflag-next, left by an interrupted update`);
-    if (r.error) return r.error;
+  // Likewise a `<name>-redflag-previous`: the container an update replaced, left when the agent
+  // was killed before removing it (`<name>` runs the new one already); it would take the name the
+  // old container is renamed to below, and every later update of it would fail.
+  for (const suffix of ["-redflag-next", "-redflag-previous"]) {
+    const leftover = await lookUp(s, `${name}${suffix}`);
+    if (typeof leftover === "object") return leftover.error;
+    if (leftover === "running") return `a container ${name}${suffix} is running (left by an interrupted update and started since): remove or rename it, then update again`;
+    if (leftover === "stopped") {
+      const r = await step(s, "DELETE", containerPath(`${name}${suffix}`), `removing ${name}${suffix}, left by an interrupted update`);
+      if (r.error) return r.error;
+    }
   }
   const { body, extraNetworks } = createBody(c, move.ref.local, move.previousConfig);
   const made = await step(s, "POST", `/containers/create?${new URLSearchParams({ name: `${name}-redflag-next` })}`, `creating the new ${name}`, { json: body });

@@ -9,6 +9,7 @@ import {
   SendTestMessageResponseSchema,
   type NotificationChannel,
 } from "@redflag/gen/notification_service_pb";
+import { NOTIFICATION_EVENTS } from "@redflag/common/notification-events";
 import { InvalidArgumentError, type Command } from "commander";
 import { readFileSync } from "node:fs";
 import { CliError, type CliContext } from "../context.ts";
@@ -151,7 +152,7 @@ export function registerNotifications(program: Command, cli: CliContext): void {
   rules
     .command("create")
     .argument("<name>")
-    .requiredOption("--event <event>", "install_failed, install_succeeded, security_event, agent_upgrade_failed or critical_updates (repeat for more)", collect)
+    .requiredOption("--event <event>", `${NOTIFICATION_EVENTS.slice(0, -1).join(", ")} or ${NOTIFICATION_EVENTS.at(-1)} (repeat for more)`, collect)
     .requiredOption("--channel <name>", "a channel's name or ID (repeat for more)", collect)
     .option("--min-severity <severity>", "info (default), warning or critical")
     .option("--group <group>", "only agents of this group (repeat for more)", collect)

@@ -422,7 +422,8 @@ export enum WindowKind {
   MAINTENANCE = 1,
 
   /**
-   * No install, dry-run confirmation, rollback or reboot may be queued while it is open.
+   * No install, dry-run confirmation, rollback, reboot or agent upgrade may be queued while it is
+   * open; fleet and automatic agent upgrades pass the agent by until it closes.
    *
    * @generated from enum value: WINDOW_KIND_BLACKOUT = 2;
    */
@@ -437,9 +438,10 @@ export declare const WindowKindSchema: GenEnum<WindowKind>;
 /**
  * MaintenanceService manages recurring maintenance and blackout windows. A window repeats by an
  * RFC 5545 recurrence rule in an IANA time zone, lasts a fixed duration, and applies to groups,
- * tags, single agents or the whole fleet. An install or reboot queued for an agent inside an open
- * blackout window is refused; an install queued inside an open maintenance window carries the
- * window's end, after which the agent starts no new package.
+ * tags, single agents or the whole fleet. An install, reboot or agent upgrade queued for an agent
+ * inside an open blackout window is refused (fleet and automatic agent upgrades pass it by); an
+ * install queued inside an open maintenance window carries the window's end, after which the
+ * agent starts no new package.
  *
  * @generated from service redflag.v1.MaintenanceService
  */

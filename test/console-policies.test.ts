@@ -1,0 +1,89 @@
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "@redflag/gen/auth_service_pb";
+import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { recordScanReports, type PackageUpdateInput } from "../control-plane/src/store/commands.ts";
+import { newRegistrationToken, registerTestAgent, type TestAgent } from "../control-plane/test/support/agents.ts";
+import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
+import { root } from "./support/processes.ts";
+
+const PASSWORD = "a console passphrase";
+
+const pkg = (name: string, security: boolean): PackageUpdateInput => ({
+  source: "apt",
+  name,
+  architecture: "amd64",
+  currentVersion: "1.0",
+  availableVersion: "2.0",
+  repository: security ? "bookworm-security" : "bookworm",
+  severity: security ? "security" : "unknown",
+  security,
+  sizeBytes: 1000n,
+  rebootRequired: false,
+});
+
+// The built console in Debian's Chromium against a real control plane: an operator previews an
+// auto-approval policy on a host's pending updates, saves it, and the leader's next round
+// approves what the preview showed, with the policy named as who decided.
+describe("the console's auto-approval policies, in a real browser", () => {
+  let cp: TestControlPlane;
+  let browser: Browser;
+  let page: Page;
+  let web: TestAgent;
+  const shots = path.join(root, "test-output", "screenshots");
+
+  beforeAll(async () => {
+    await buildConsole(180_000);
+    // The scheduler runs when the test ticks it.
+    cp = await startTestControlPlane({ REDFLAG_SWEEP_INTERVAL_MS: "3600000" });
+    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    web = await registerTestAgent(cp, await newRegistrationToken(cp), { hostname: "web-1" });
+    await recordScanReports(cp.app.db.prisma, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [pkg("openssl", true), pkg("tzdata", false)], parts: 0, sources: ["apt"] } }], {
+      rows: 10_000,
+    });
+    await mkdir(shots, { recursive: true });
+    browser = await launchChromium();
+    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+  }, 300_000);
+  afterAll(async () => {
+    await browser?.close();
+    await cp?.close();
+  });
+
+  it("previews a policy, saves it, and the scheduler approves what the preview showed", async () => {
+    await signIn(page, cp.url, "admin", PASSWORD);
+    await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Policies", exact: true }).click();
+    await page.getByRole("heading", { name: "Auto-approval policies" }).waitFor();
+    await page.getByText("No policies yet").waitFor();
+
+    const form = page.locator("form.policy-form");
+    await form.getByLabel("Name").fill("security at once");
+    await form.getByLabel("Security updates only").check();
+    await form.getByRole("button", { name: "Preview" }).click();
+    const preview = page.getByTestId("policy-preview");
+    await preview.waitFor();
+    expect(await preview.locator("p").first().textContent()).toMatch(/Would approve 1 update on 1 host now/);
+    expect(await page.getByTestId("preview-match").allTextContents()).toEqual([expect.stringMatching(/^web-1openssl \(apt\)2\.0/)]);
+
+    await form.getByRole("button", { name: "Save policy" }).click();
+    const row = page.getByTestId("policy");
+    await row.waitFor();
+    expect(await row.locator("td").nth(1).textContent()).toBe("security at once");
+    expect(await row.textContent()).toContain("security updates");
+
+    // The leader's round applies it: openssl approved by the policy, tzdata still waiting.
+    await cp.app.scheduler.tick();
+    const updates = createClient(UpdateService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] }));
+    const listed = await updates.listUpdates({ filter: { agentIds: [web.agentId] } });
+    expect(Object.fromEntries(listed.updates.map((u) => [u.update!.name, `${UpdateStatus[u.status]} ${u.decidedBy}`.trim()]))).toEqual({
+      openssl: "APPROVED policy: security at once",
+      tzdata: "PENDING",
+    });
+    await page.screenshot({ path: path.join(shots, "policies.png"), fullPage: true, style: ".notices { display: none !important; }" });
+  }, 120_000);
+});
