@@ -9,6 +9,7 @@ import { NotificationService } from "@redflag/gen/notification_service_pb";
 import { MaintenanceService } from "@redflag/gen/maintenance_service_pb";
 import { ReleaseService } from "@redflag/gen/release_service_pb";
 import { ReportService } from "@redflag/gen/report_service_pb";
+import { RolloutService } from "@redflag/gen/rollout_service_pb";
 import { SecurityService } from "@redflag/gen/security_service_pb";
 import { SettingsService } from "@redflag/gen/settings_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
@@ -35,6 +36,7 @@ export interface Api {
   policies: Client<typeof PolicyService>;
   notifications: Client<typeof NotificationService>;
   maintenance: Client<typeof MaintenanceService>;
+  rollouts: Client<typeof RolloutService>;
 }
 
 export function createApi(transport: Transport): Api {
@@ -54,6 +56,7 @@ export function createApi(transport: Transport): Api {
     policies: createClient(PolicyService, transport),
     notifications: createClient(NotificationService, transport),
     maintenance: createClient(MaintenanceService, transport),
+    rollouts: createClient(RolloutService, transport),
   };
 }
 

@@ -2,9 +2,9 @@ import { SvelteMap } from "svelte/reactivity";
 import type { Api } from "./api.ts";
 
 // What an audit entry's target ("user:<uuid>", "agent:<uuid>", "registration_token:<uuid>",
-// "api_token:<uuid>", "release:<version>") is called, with a link where the console has a page
-// for it. Names are looked up in batches: one list call per kind the page shows (people, agents,
-// registration tokens, API tokens), never one call per row. Agents that list misses (more than
+// "api_token:<uuid>", "rollout:<uuid>", "release:<version>") is called, with a link where the
+// console has a page for it. Names are looked up in batches: one list call per kind the page
+// shows (people, agents, registration tokens, API tokens, rollouts), never one call per row. Agents that list misses (more than
 // one page of them) are asked for one by one, each once.
 export interface TargetLabel {
   // "user", "agent", "registration token" …; empty for targets with no kind ("settings").
@@ -21,6 +21,7 @@ const KINDS: Record<string, string> = {
   registration_token: "registration token",
   api_token: "API token",
   release: "release",
+  rollout: "rollout",
   session: "session",
   username: "username",
 };
@@ -67,6 +68,11 @@ export class AuditTargets {
       const res = await this.#api.apiTokens.listApiTokens({ allUsers: true });
       for (const t of res.tokens) this.#names.set(`api_token:${t.id}`, `${t.name} (${t.prefix}…, ${t.username})`);
     });
+    // The newest rollouts (the page's own list size); an older one shows its ID, still linked.
+    if (kinds.has("rollout")) this.#once("rollout", async () => {
+      const res = await this.#api.rollouts.listRollouts({ pageSize: 200 });
+      for (const r of res.rollouts) this.#names.set(`rollout:${r.id}`, r.spec?.name ?? r.id);
+    });
   }
 
   #once(kind: string, load: () => Promise<void>): Promise<void> {
@@ -110,6 +116,8 @@ function hrefOf(kind: string, id: string): string | undefined {
       return "/settings?tab=api-tokens";
     case "registration_token":
       return "/tokens";
+    case "rollout":
+      return /^[0-9a-f-]{36}$/i.test(id) ? `/rollouts?id=${id}` : undefined;
     default:
       return undefined;
   }

@@ -261,13 +261,20 @@ export async function hostsIn(db: Prisma | Tx, rolloutId: string, ring: number, 
 }
 
 // Hosts of a ring that installed (succeeded or failed) and have not been seen since `onlineAfter`.
+// A host was seen when it last polled or when it reported its install's result, whichever is
+// later: a host that just reported is online, even before its poll time reaches the database
+// (the last-seen buffer writes it within seconds; a new agent may have none yet).
 export async function offlineInstalledHosts(db: Prisma | Tx, rolloutId: string, ring: number, onlineAfter: Date, limit: number) {
   return db.$queryRaw<{ hostname: string; last_seen_at: Date | null }[]>`
-    SELECT h.hostname, a.last_seen_at
-      FROM rollout_hosts h LEFT JOIN agents a ON a.id = h.agent_id
-     WHERE h.rollout_id = ${rolloutId}::uuid AND h.ring = ${ring} AND h.state IN ('succeeded', 'failed')
-       AND (a.last_seen_at IS NULL OR a.last_seen_at < ${onlineAfter})
-     ORDER BY h.hostname
+    SELECT hostname, seen AS last_seen_at FROM (
+      SELECT h.hostname, GREATEST(a.last_seen_at, c.finished_at) AS seen
+        FROM rollout_hosts h
+        LEFT JOIN agents a ON a.id = h.agent_id
+        LEFT JOIN commands c ON c.id = h.command_id
+       WHERE h.rollout_id = ${rolloutId}::uuid AND h.ring = ${ring} AND h.state IN ('succeeded', 'failed')
+    ) hosts
+     WHERE seen IS NULL OR seen < ${onlineAfter}
+     ORDER BY hostname
      LIMIT ${limit}`;
 }
 

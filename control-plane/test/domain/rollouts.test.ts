@@ -236,6 +236,18 @@ describe.each(availableBackends)("rollouts on %s", (backend: Backend) => {
     expect(await hostOf(second.id, agents[1]!.id)).toMatchObject({ state: "queued" });
   });
 
+  it("counts a host that has just reported its install as online, before its poll time reaches the database (soak 0)", async () => {
+    await reset();
+    const agents = await fleet(2);
+    const created = await createRollout(m.db, spec("at once", [ring("canary", { kind: "agents", agentIds: [agents[0]!.id] }), ring("rest", { kind: "rest" })]), "oscar", T0, audited());
+    await advanceRollouts(deps(), T0);
+    await finish((await hostOf(created.id, agents[0]!.id)).commandId!, "succeeded", at(MIN));
+    // A new agent: its polls are still in the last-seen buffer.
+    await m.db.agent.update({ where: { id: agents[0]!.id }, data: { lastSeenAt: null } });
+    expect(await advanceRollouts(deps(), at(MIN))).toMatchObject({ halted: [] });
+    expect((await rollout(created.id)).haltReason).toBe("");
+  });
+
   it("halts at the soak's end when a host that installed went offline", async () => {
     await reset();
     const agents = await fleet(2);

@@ -6,6 +6,7 @@ import { HOOK_NAME, HOOK_NAME_RULE } from "@redflag/common/reboot-hooks";
 import { LABEL, LABEL_RULE, normaliseTags } from "@redflag/common/labels";
 import { PACKAGE_NAME, PACKAGE_VERSION, sourceNamePattern } from "@redflag/common/package-name";
 import type { PackageRef } from "@redflag/gen/command_pb";
+import { plural } from "@redflag/common/plural";
 
 // The control plane's refusals that the component tests' in-memory servers imitate: the same
 // codes and messages as control-plane/src/services, written once here so that a change there has
@@ -128,3 +129,60 @@ export function checkRollback(pkg: PackageRef | undefined, targetVersion: string
   if (!targetVersion) throw invalid("rollback_update.target_version is required");
   if (!PACKAGE_VERSION.test(targetVersion)) throw invalid(`rollback_update.target_version ${quoted(targetVersion)} is not a valid version`);
 }
+
+// domain/rollouts.ts: names and states of rollouts.
+export const rolloutNameTaken = (name: string) => new ConnectError(`a rollout named "${name}" already exists; pick another name`, Code.AlreadyExists);
+// A change the rollout's state does not allow; a halted rollout says how to go on.
+export function rolloutStateRefused(r: { name: string; state: string; haltedRing?: string }, what: "pause" | "resume" | "abort"): ConnectError {
+  const hint = r.state === "halted" ? ` (resume it to override the halt and go on past ring "${r.haltedRing}", or abort it)` : "";
+  return new ConnectError(`rollout "${r.name}" is ${r.state}; nothing to ${what}${hint}`, Code.FailedPrecondition);
+}
+
+// rollout-service.ts (rolloutInput): a definition checked field by field on the wire, before
+// any agent is placed (the first refusal wins, in this order).
+export function checkRolloutSpec(spec: {
+  name: string;
+  targets?: { allAgents: boolean; groups: string[]; tags: string[]; agentIds: string[] } | undefined;
+  updates: { case: "updateKeys"; value: { keys: unknown[] } } | { case: "allApproved"; value: boolean } | { case: undefined; value?: undefined };
+  rings: { name: string; size: { case: "agents"; value: { agentIds: string[] } } | { case: "percent"; value: number } | { case: "rest"; value: boolean } | { case: undefined; value?: undefined }; successThresholdPercent: number; soak?: { seconds: bigint } | undefined }[];
+}): void {
+  const name = spec.name.trim();
+  if (!name) throw invalid("spec.name is required");
+  if (name.length > 64) throw invalid("spec.name is longer than 64 characters");
+  const t = spec.targets;
+  if (!t?.allAgents && !t?.groups.length && !t?.tags.length && !t?.agentIds.length) {
+    throw invalid("spec.targets names no agents: give groups, tags or agent IDs, or all_agents for the whole fleet");
+  }
+  if (spec.updates.case === "updateKeys" && spec.updates.value.keys.length === 0) throw invalid("spec.update_keys is empty: name at least one update, or use all_approved");
+  if (spec.updates.case !== "updateKeys" && !(spec.updates.case === "allApproved" && spec.updates.value)) {
+    throw invalid("spec.updates is required: name the updates (update_keys) or set all_approved");
+  }
+  if (spec.rings.length === 0) throw invalid("spec.rings is empty: give 1 to 10 rings, the last one `rest`");
+  if (spec.rings.length > 10) throw invalid(`spec.rings has ${spec.rings.length} rings; at most 10 are allowed`);
+  const names = new Set<string>();
+  spec.rings.forEach((r, i) => {
+    const field = `spec.rings[${i}]`;
+    const ringName = r.name.trim();
+    if (!ringName) throw invalid(`${field}.name is required`);
+    if (ringName.length > 64) throw invalid(`${field}.name is longer than 64 characters`);
+    if (names.has(ringName)) throw invalid(`${field}.name "${ringName}" is used by an earlier ring; ring names are unique within a rollout`);
+    names.add(ringName);
+    if (r.successThresholdPercent > 100) throw invalid(`${field}.success_threshold_percent must be from 1 to 100 (0 means 100)`);
+    const soak = r.soak?.seconds ?? 0n;
+    if (soak < 0n || soak > 7n * 86_400n) throw invalid(`${field}.soak must be from 0 to 7 days`);
+    if (r.size.case === "agents" && r.size.value.agentIds.length === 0) throw invalid(`${field}.agents names no agent`);
+    if (r.size.case === "percent" && (r.size.value < 1 || r.size.value > 100)) throw invalid(`${field}.percent must be from 1 to 100`);
+    if (r.size.case === "rest" && i !== spec.rings.length - 1) throw invalid(`${field} is "rest" but is not the last ring; only the last ring may take the rest`);
+    if (!r.size.case) throw invalid(`${field} needs a size: agents (named canaries), percent, or rest`);
+  });
+}
+
+// domain/rollouts.ts (placeAgents): where the agents go, refused when a named agent is not a
+// target, agents would be left out, or a ring would be empty. `left` are hostnames, sorted.
+export const ringNamesStranger = (ring: string, agentId: string) => invalid(`ring "${ring}" names agent ${agentId}, which is not among the rollout's targets (or is decommissioned)`);
+export function agentsLeftOut(left: string[], lastRing: string): ConnectError {
+  const shown = `${left.slice(0, 5).join(", ")}${left.length > 5 ? ` and ${left.length - 5} more` : ""}`;
+  return invalid(`${plural(left.length, "target agent")} would be left out (${shown}): the last ring ("${lastRing}") must be "rest", or the rings must cover every target agent`);
+}
+export const emptyRing = (ring: string, rest: boolean) =>
+  invalid(`ring "${ring}" would have no agent: ${rest ? "the earlier rings take every target agent" : "no target agent is left for it"}; remove it or widen the targets`);

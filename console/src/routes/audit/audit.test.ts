@@ -3,6 +3,7 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { AuditEntrySchema, AuditService, type AuditEntry, type ListAuditEntriesRequest } from "@redflag/gen/audit_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
+import { RolloutService } from "@redflag/gen/rollout_service_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
 import { fireEvent, screen, waitFor, within } from "@testing-library/svelte";
@@ -16,6 +17,7 @@ import Audit from "./+page.svelte";
 const AGENT = "5f1c2d3e-0000-4000-8000-00000000abcd";
 const GONE = "5f1c2d3e-0000-4000-8000-00000000dead";
 const BO = "7a0b1c2d-0000-4000-8000-0000000000b0";
+const ROLLOUT = "7a0b1c2d-0000-4000-8000-0000000000c0";
 
 // An AuditService like the control plane's: actor by exact name, action contains, target
 // starts with, since as a time; newest first, paged.
@@ -38,6 +40,12 @@ function fakeServer(entries: AuditEntry[]) {
       listUsers() {
         lookups.push("listUsers");
         return { users: [{ id: BO, username: "bo", displayName: "Bo Berg" }] };
+      },
+    });
+    router.service(RolloutService, {
+      listRollouts() {
+        lookups.push("listRollouts");
+        return { rollouts: [{ id: ROLLOUT, spec: { name: "openssl in rings" } }] };
       },
     });
     router.service(AuditService, {
@@ -125,7 +133,7 @@ describe("the audit log", () => {
     expect(navigations.at(-1)).toBe("/audit");
   });
 
-  it("names targets (people, agents) with one lookup per kind, not one per row", async () => {
+  it("names targets (people, agents, rollouts) with one lookup per kind, not one per row", async () => {
     const server = fakeServer([
       entry(0, { target: `user:${BO}` }),
       entry(1, { target: `user:${BO}` }),
@@ -133,15 +141,17 @@ describe("the audit log", () => {
       entry(3),
       entry(4, { target: `agent:${GONE}` }),
       entry(5, { target: "settings" }),
+      entry(6, { target: `rollout:${ROLLOUT}` }),
     ]);
     renderWithApi(Audit, server.routes);
-    await waitFor(() => expect(screen.getAllByTestId("audit-target").map((t) => t.textContent)).toEqual(["Bo Berg (bo)", "Bo Berg (bo)", "web-1", "web-1", "old-db"]));
+    await waitFor(() => expect(screen.getAllByTestId("audit-target").map((t) => t.textContent)).toEqual(["Bo Berg (bo)", "Bo Berg (bo)", "web-1", "web-1", "old-db", "openssl in rings"]));
     const rows = screen.getAllByTestId("audit-entry");
     expect(within(rows[0]!).getByRole("link", { name: "Bo Berg (bo)" }).getAttribute("href")).toBe("/settings?tab=people");
     expect(rows[0]!.textContent).toMatch(/user\s*Bo Berg/);
     expect(rows[5]!.textContent).toContain("settings");
-    // One list of people, one of agents, and the one agent that list did not have.
-    expect(server.lookups.sort()).toEqual(["getAgent " + GONE, "listAgents", "listUsers"]);
+    expect(within(rows[6]!).getByRole("link", { name: "openssl in rings" }).getAttribute("href")).toBe(`/rollouts?id=${ROLLOUT}`);
+    // One list of people, one of agents, and the one agent that list did not have; one of rollouts.
+    expect(server.lookups.sort()).toEqual(["getAgent " + GONE, "listAgents", "listRollouts", "listUsers"]);
   });
 
   it("shows each row's actor, action, target link and outcome, and expands before and after side by side", async () => {

@@ -20,6 +20,7 @@ import { beforeEach, describe, expect, it } from "vitest";
 import { notices } from "#lib/notices.svelte.ts";
 import { renderWithApi } from "#lib/testing/api.ts";
 import { navigations } from "#lib/testing/app-navigation.ts";
+import { takeHandedOverUpdates } from "#lib/rollout-handover.ts";
 import { setTestUrl } from "#lib/testing/app-state.svelte.ts";
 import Updates from "./+page.svelte";
 import { AGENTS, ago, command, DB, EventFeed, evolve, signIn, WEB } from "#lib/testing/fixtures.ts";
@@ -280,6 +281,18 @@ describe("the Updates page", () => {
     expect(updateRow("web-1", "linux-image-amd64").textContent).toContain("held");
     // Done: nothing stays selected.
     expect(screen.getByTestId("bulk").textContent).toContain("No updates selected");
+  });
+
+  it("hands the selected updates to a new rollout on the Rollouts page", async () => {
+    const { routes } = server();
+    renderWithApi(Updates, routes);
+    await screen.findByTestId("total");
+    expect(screen.queryByRole("button", { name: "Roll out in rings…" })).toBeNull();
+    await pick("web-1", "openssl");
+    await pick("web-1", "linux-image-amd64");
+    await fireEvent.click(screen.getByRole("button", { name: "Roll out in rings…" }));
+    expect(navigations.at(-1)).toBe("/rollouts");
+    expect(takeHandedOverUpdates()).toBe(`${WEB} apt openssl amd64\n${WEB} apt linux-image-amd64 amd64`);
   });
 
   it("queues installs and says how many commands and packages", async () => {
