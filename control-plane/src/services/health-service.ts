@@ -11,6 +11,7 @@ import type { Readiness } from "../store/observability.ts";
 // How often a Watch looks again; it sends only changes.
 export const WATCH_INTERVAL_MS = 5_000;
 const MAX_SERVICE_NAME = 256;
+const READINESS_CACHE_MS = 1_000;
 
 export interface HealthDeps {
   readiness: () => Promise<Readiness>;
@@ -24,7 +25,16 @@ export function createHealthService(deps: HealthDeps): ServiceImpl<typeof Health
     if (service.length > MAX_SERVICE_NAME) throw new ConnectError(`service must be at most ${MAX_SERVICE_NAME} characters`, Code.InvalidArgument);
     return service === "" || deps.services.has(service);
   };
-  const status = async () => ((await deps.readiness().catch(() => ({ ready: false }))).ready ? Status.SERVING : Status.NOT_SERVING);
+  // One readiness check a second at most, however many callers Check and Watch (they need no
+  // credentials: a thousand watchers must not be a thousand database queries every interval).
+  let cached: { at: number; status: Promise<Status> } | undefined;
+  const status = () => {
+    const now = Date.now();
+    if (!cached || now - cached.at >= READINESS_CACHE_MS) {
+      cached = { at: now, status: deps.readiness().then((r) => (r.ready ? Status.SERVING : Status.NOT_SERVING), () => Status.NOT_SERVING) };
+    }
+    return cached.status;
+  };
   const answer = (s: Status) => create(HealthCheckResponseSchema, { status: s });
   return {
     async check(req) {
