@@ -1,12 +1,13 @@
 import { createFileRegistry, create } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
-import { fromBinary } from "@bufbuild/protobuf";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "@redflag/gen/grpc/health/v1/health_pb";
 import * as v1 from "@redflag/gen/grpc/reflection/v1/reflection_pb";
 import * as v1alpha from "@redflag/gen/grpc/reflection/v1alpha/reflection_pb";
 import { execFile } from "node:child_process";
+import http2 from "node:http2";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -149,6 +150,30 @@ describe("gRPC health and reflection", () => {
     const sentAgain = again.case === "fileDescriptorResponse" ? again.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b).name) : [];
     expect(sentAgain).toContain("redflag/v1/agent_service.proto");
     expect(sentAgain).not.toContain("google/protobuf/timestamp.proto");
+  });
+
+  it("answers a later request message that is not one with InvalidArgument, after the answers before it", async () => {
+    // Connect streaming over HTTP/2: one good request (list_services), then bytes that do not decode.
+    const frame = (flags: number, data: Uint8Array) => Buffer.concat([Buffer.from([flags, 0, 0, 0, 0]), Buffer.from(data)]).fill(data.length, 4, 5);
+    const good = toBinary(v1.ServerReflectionRequestSchema, create(v1.ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "" } }));
+    const body = Buffer.concat([frame(0, good), frame(0, new Uint8Array([0x0a, 0x10, 1]))]);
+    const session = http2.connect(cp.url);
+    try {
+      const answer = await new Promise<Buffer>((resolve, reject) => {
+        const req = session.request({ ":method": "POST", ":path": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "content-type": "application/connect+proto", "connect-protocol-version": "1" });
+        const chunks: Buffer[] = [];
+        req.on("data", (d: Buffer) => chunks.push(d));
+        req.on("end", () => resolve(Buffer.concat(chunks)));
+        req.on("error", reject);
+        req.end(body);
+      });
+      const end = JSON.parse(answer.subarray(answer.lastIndexOf(Buffer.from([2, 0, 0])) + 5).toString("utf8")) as { error: { code: string; message: string } };
+      expect(end.error.code).toBe("invalid_argument");
+      expect(end.error.message).toMatch(/^the request is not a valid grpc\.reflection\.v1\.ServerReflectionRequest: /);
+      expect(answer.includes(Buffer.from("redflag.v1.FleetService"))).toBe(true);
+    } finally {
+      session.close();
+    }
   });
 
   it("lets buf curl call an RPC with no schema at hand, through reflection", async () => {

@@ -33,6 +33,7 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
 
   async function call(next: Parameters<Interceptor>[0], req: Parameters<Parameters<Interceptor>[0]>[0], requestId: string) {
     const started = performance.now();
+    const fail = (err: unknown) => failure(err, req, requestId, started);
     try {
       const res = await next(req);
       const ms = performance.now() - started;
@@ -42,44 +43,61 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
         const agentId = req.contextValues.get(kAgent)?.agentId;
         logger.debug({ requestId, rpc: rpcName(req), agentId, ms: Math.round(ms) }, "rpc ok");
       }
-      return res;
-    } catch (err) {
-      const ms = performance.now() - started;
-      const fields = {
-        requestId,
-        rpc: rpcName(req),
-        agentId: req.contextValues.get(kAgent)?.agentId,
-        remoteAddr: req.contextValues.get(kRemoteAddr) || undefined,
-        ms: Math.round(ms),
+      if (!res.stream) return res;
+      // A bidirectional stream decodes its request messages while it answers: a later message
+      // that is not one fails the answer's stream, and is the caller's fault as above.
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            throw fail(err);
+          }
+        })(),
       };
-      let error: ConnectError;
-      if (err instanceof ConnectError) {
-        // A streaming call's request is decoded in here: bytes that are not the message (or do not decompress) are the caller's.
-        error = isCallerFault(err) ? asInvalidArgument(err, req.method) : err;
-        // A message quoting the request's text may carry an unpaired surrogate, which gRPC's
-        // percent-encoding cannot write (rpc-parse-errors.ts): U+FFFD takes its place.
-        if (!error.rawMessage.isWellFormed()) {
-          const fixed = new ConnectError(error.rawMessage.toWellFormed(), error.code, error.metadata, undefined, error.cause);
-          fixed.details.push(...error.details);
-          error = fixed;
-        }
-        if (SERVER_FAULTS.has(error.code) && !isProtocolError(error)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
-        else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
-      } else if (isConnectionError(err)) {
-        logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
-        error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
-      } else if (isDataError(err)) {
-        // A value validation let through and the database refused: still the caller's input.
-        logger.warn({ ...fields, code: Code[Code.InvalidArgument], err }, "rpc refused: a value the database cannot store");
-        error = new ConnectError("a value in the request is out of range or cannot be stored (for example a NUL character)", Code.InvalidArgument);
-      } else {
-        logger.error({ ...fields, code: Code[Code.Internal], err }, "rpc failed");
-        error = new ConnectError("internal error", Code.Internal, undefined, undefined, err);
-      }
-      error.metadata.set("x-request-id", requestId);
-      metrics?.rpc(req.method, error.code, ms / 1000);
-      throw error;
+    } catch (err) {
+      throw fail(err);
     }
+  }
+
+  function failure(err: unknown, req: Parameters<Parameters<Interceptor>[0]>[0], requestId: string, started: number): ConnectError {
+    const ms = performance.now() - started;
+    const fields = {
+      requestId,
+      rpc: rpcName(req),
+      agentId: req.contextValues.get(kAgent)?.agentId,
+      remoteAddr: req.contextValues.get(kRemoteAddr) || undefined,
+      ms: Math.round(ms),
+    };
+    let error: ConnectError;
+    if (err instanceof ConnectError) {
+      // A streaming call's request is decoded in here: bytes that are not the message (or do not decompress) are the caller's.
+      error = isCallerFault(err) ? asInvalidArgument(err, req.method) : err;
+      // A message quoting the request's text may carry an unpaired surrogate, which gRPC's
+      // percent-encoding cannot write (rpc-parse-errors.ts): U+FFFD takes its place.
+      if (!error.rawMessage.isWellFormed()) {
+        const fixed = new ConnectError(error.rawMessage.toWellFormed(), error.code, error.metadata, undefined, error.cause);
+        fixed.details.push(...error.details);
+        error = fixed;
+      }
+      if (SERVER_FAULTS.has(error.code) && !isProtocolError(error)) logger.error({ ...fields, code: Code[error.code], err }, "rpc failed");
+      else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
+    } else if (isConnectionError(err)) {
+      logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
+      error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
+    } else if (isDataError(err)) {
+      // A value validation let through and the database refused: still the caller's input.
+      logger.warn({ ...fields, code: Code[Code.InvalidArgument], err }, "rpc refused: a value the database cannot store");
+      error = new ConnectError("a value in the request is out of range or cannot be stored (for example a NUL character)", Code.InvalidArgument);
+    } else {
+      logger.error({ ...fields, code: Code[Code.Internal], err }, "rpc failed");
+      error = new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+    }
+    error.metadata.set("x-request-id", requestId);
+    metrics?.rpc(req.method, error.code, ms / 1000);
+    return error;
   }
 }
 
