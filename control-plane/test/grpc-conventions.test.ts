@@ -176,6 +176,18 @@ describe("gRPC health and reflection", () => {
     }
   });
 
+  it("refuses a bidirectional stream over HTTP/1.1 in the caller's protocol, and one without a content type with 415", async () => {
+    const post = (contentType: string | undefined) =>
+      fetch(`${cp.url}/grpc.reflection.v1.ServerReflection/ServerReflectionInfo`, { method: "POST", headers: contentType ? { "content-type": contentType } : {}, body: new Uint8Array(0) });
+    const web = await post("application/grpc-web+proto");
+    expect([web.status, web.headers.get("grpc-status")]).toEqual([200, "12"]);
+    const connect = await post("application/connect+json");
+    expect([connect.status, await connect.json()]).toEqual([505, { code: "unimplemented", message: "grpc.reflection.v1.ServerReflection/ServerReflectionInfo streams both ways and needs HTTP/2" }]);
+    const none = await post(undefined);
+    expect(none.status).toBe(415);
+    expect(none.headers.get("accept-post")).toContain("application/connect+proto");
+  });
+
   it("lets buf curl call an RPC with no schema at hand, through reflection", async () => {
     const buf = path.join(process.cwd(), "node_modules", ".bin", "buf");
     const { stdout } = await promisify(execFile)(buf, [

@@ -100,6 +100,9 @@ export function explainRefusal(res: UniversalServerResponse, h: UniversalHandler
     const get = h.allowedMethods.includes("GET") ? " (or GET with the Connect protocol's query parameters)" : "";
     return explained(`${method} is not allowed for ${rpc}: call it with POST${get}`);
   }
+  // connect checks the HTTP version of a bidirectional stream before the content type: a request
+  // no protocol takes is first of all that (415), whatever its HTTP version.
+  if (res.status === 505 && !res.body && !rpcFamily(contentType)) res = { ...res, status: 415 };
   if (res.status === 415 && !res.body) {
     const types = contentTypes(h);
     header.set("accept-post", types.join(", "));
@@ -116,11 +119,8 @@ export function explainRefusal(res: UniversalServerResponse, h: UniversalHandler
       header.set("grpc-message", encodeURIComponent(message));
       return { ...res, status: 200, header, body: once(new Uint8Array(0)) };
     }
-    if (family === "connect") {
-      header.set("content-type", "application/json");
-      return { ...res, header, body: once(errorToJsonBytes(new ConnectError(message, Code.Unimplemented), {})) };
-    }
-    return explained(message);
+    header.set("content-type", "application/json");
+    return { ...res, header, body: once(errorToJsonBytes(new ConnectError(message, Code.Unimplemented), {})) };
   }
   return { ...res, header };
 }
