@@ -291,7 +291,8 @@ function buildCase(r: Random, index: number, creds: Credentials): Case {
   }
   if (r.chance(0.03)) headers["content-type"] = r.pick(["text/plain", "", "application/x-protobuf", "application/proto; charset=utf-8", "application/grpc-web-text"]);
 
-  return { index, method, protocol, httpVersion, credential, headers, body, oversized };
+  // Generated messages can pass the limit too (a long repeated field): the server may close those.
+  return { index, method, protocol, httpVersion, credential, headers, body, oversized: oversized || body.length > MAX_REQUEST_BYTES };
 }
 
 function send(c: Case, baseUrl: string, h2: http2.ClientHttp2Session | undefined, agent: http.Agent): Promise<Answer> {
@@ -366,6 +367,17 @@ interface Verdict {
 const FORBIDDEN_GRPC = new Set([2, 13, 15]); // Unknown, Internal, DataLoss
 const FORBIDDEN_CONNECT = new Set(["unknown", "internal", "data_loss"]);
 
+const PROTOCOL_TYPES: Record<Protocol, string> = { connect: "application/proto", "connect-stream": "application/connect+proto", grpc: "application/grpc", "grpc-web": "application/grpc-web" };
+
+// Which protocol a content type names, as protocol-refusals.ts reads it.
+function familyOf(contentType: string | undefined): string {
+  const type = (contentType ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type.startsWith("application/grpc-web")) return "grpc-web";
+  if (type.startsWith("application/grpc")) return "grpc";
+  if (type === "application/json" || type === "application/proto" || type.startsWith("application/connect+")) return "connect";
+  return "none";
+}
+
 function judge(c: Case, a: Answer): Verdict {
   const streaming = c.method.methodKind !== "unary";
   if (a.timedOut) return streaming ? { code: "stream left open" } : { code: "timeout", failure: `no answer within ${UNARY_ANSWER_MS / 1000} s` };
@@ -374,6 +386,16 @@ function judge(c: Case, a: Answer): Verdict {
   const leak = LEAK.exec(text);
   if (leak) return { code: "leak", failure: `the answer leaks "${leak[0]}"` };
   const status = a.status!;
+
+  // A content type of another protocol (or of none): the server can only go by what it names, so
+  // the answer is judged as that: a 4xx, the 505 a bidirectional stream over HTTP/1.1 gets, or a
+  // gRPC status that is not a server fault.
+  if (familyOf(c.headers["content-type"]) !== familyOf(PROTOCOL_TYPES[c.protocol])) {
+    if ((status >= 400 && status < 500) || status === 505) return { code: `http ${status}` };
+    const grpcStatus = a.headers["grpc-status"] ?? a.trailers["grpc-status"];
+    if (status === 200 && grpcStatus !== undefined && !FORBIDDEN_GRPC.has(Number(grpcStatus))) return { code: `grpc ${grpcStatus}` };
+    return { code: `http ${status}`, failure: `HTTP ${status} for a request of content type "${c.headers["content-type"]}"` };
+  }
 
   if (c.protocol === "grpc" || c.protocol === "grpc-web") {
     if (status !== 200) return status >= 400 && status < 500 ? { code: `http ${status}` } : { code: `http ${status}`, failure: `HTTP ${status} for ${c.protocol}` };
