@@ -308,7 +308,7 @@ export function parseTrustedProxies(text: string): Cidr[] | string {
 // (REDFLAG_MASTERKEY), or needing another one set (REDFLAG_OIDC_CLIENT_ID without
 // REDFLAG_OIDC_ISSUER). Without this they would be ignored without a word. The CLI's own
 // variables are not the server's concern.
-const CLI_VARIABLES = new Set(["REDFLAG_SERVER", "REDFLAG_API_KEY", "REDFLAG_API_KEY_FILE", "REDFLAG_CONFIG_DIR"]);
+const CLI_VARIABLES = new Set(["REDFLAG_SERVER", "REDFLAG_API_KEY", "REDFLAG_API_KEY_FILE", "REDFLAG_CONFIG_DIR", "REDFLAG_BACKUP_PASSPHRASE"]);
 
 export function unusedVariables(env: NodeJS.ProcessEnv, cwd = process.cwd()): string[] {
   const read = new Set<string>();

@@ -3,7 +3,8 @@ import { StartError, startApp } from "./app.ts";
 import { createLogger } from "./log.ts";
 
 // redflag-server: reads REDFLAG_* and DATABASE_URL, serves until SIGTERM/SIGINT.
-// `redflag-server doctor [--json]` checks what it needs instead (doctor.ts).
+// `redflag-server doctor [--json]` checks what it needs instead (doctor.ts); `backup FILE` and
+// `restore FILE` copy everything out and back (backup.ts).
 async function main() {
   const [command, ...rest] = process.argv.slice(2);
   if (command === "doctor") {
@@ -12,8 +13,12 @@ async function main() {
     process.stdout.write(rest.includes("--json") ? `${JSON.stringify(findings, null, 2)}\n` : formatFindings(findings));
     process.exit(findings.some((f) => f.level === "fail") ? 1 : 0);
   }
+  if (command === "backup" || command === "restore") {
+    const { backupCommand } = await import("./backup-cli.ts");
+    process.exit(await backupCommand(command, rest, process.env, process));
+  }
   if (command !== undefined) {
-    process.stderr.write(`redflag-server: unknown command "${command.slice(0, 40)}"; run it without arguments to serve, or "redflag-server doctor" to check this machine\n`);
+    process.stderr.write(`redflag-server: unknown command "${command.slice(0, 40)}"; run it without arguments to serve, or one of: doctor, backup FILE, restore FILE\n`);
     process.exit(2);
   }
   let config;

@@ -250,12 +250,12 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const nonce = req.nonce.slice();
       // Marked before each claim: a command queued while the claim runs wakes the wait at once.
       let mark = deps.wakeups.mark();
-      let commands = await deliver(deps, agentId, limit, nonce);
+      let commands = await deliver(deps, agentId, limit, nonce, req.status?.lastSequence ?? 0n);
       while (commands.length === 0 && Date.now() < deadline && !ctx.signal.aborted) {
         const woken = await deps.wakeups.wait(agentId, deadline - Date.now(), ctx.signal, mark);
         if (!woken) break;
         mark = deps.wakeups.mark();
-        commands = await deliver(deps, agentId, limit, nonce);
+        commands = await deliver(deps, agentId, limit, nonce, req.status?.lastSequence ?? 0n);
       }
       const agentConfig = await deps.agentConfigs.forAgent(agentId);
       // The agent reports the revision of the keys it pins (same derivation as ours): after a
@@ -311,7 +311,7 @@ function rateLimit(limiter: RateLimiter, key: string, what: string) {
   }
 }
 
-async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array) {
+async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, nonce: Uint8Array, agentSequence: bigint) {
   if (!deps.pending.mayHave(agentId)) {
     deps.metrics?.claim("skipped");
     return [];
@@ -319,7 +319,7 @@ async function deliver(deps: AgentServiceDeps, agentId: string, limit: number, n
   const issueTime = new Date();
   const expireTime = new Date(issueTime.getTime() + deps.settings.commandExpirySeconds * 1000);
   const again = redeliveryWindow(deps.settings, issueTime);
-  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime, again));
+  const claimed = await deps.pending.claim(agentId, limit, () => claimCommands(deps.sql, agentId, limit, issueTime, expireTime, again, agentSequence));
   deps.metrics?.claim(claimed.length > 0 ? "delivered" : "empty");
   if (claimed.length === 0) return [];
   try {

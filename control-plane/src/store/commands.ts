@@ -174,6 +174,9 @@ export interface Redelivery {
 // whose lease ran out, and numbers them with fresh sequence numbers. SKIP LOCKED keeps
 // concurrent polls (and replicas) from taking the same row, and a result being recorded holds
 // its row; the agents row update serialises sequence allocation so numbers never repeat.
+// `agentSequence` is the last sequence the agent says it executed: numbering starts above it as
+// well, so after a restore from a backup (whose counters are older than what the agent has
+// seen) its commands are not refused as replays. An agent can only move its own numbers up.
 export async function claimCommands(
   sql: Statements,
   agentId: string,
@@ -181,11 +184,12 @@ export async function claimCommands(
   sentAt: Date,
   expiresAt: Date,
   again: Redelivery,
+  agentSequence = 0n,
 ): Promise<ClaimedCommand[]> {
   const rows = await sql.rows<{ id: string; sequence: string; first_sequence: string; delivery_count: number; action: Buffer }>(
     "redflag_claim_commands",
     CLAIM_COMMANDS,
-    [agentId, limit, sentAt, expiresAt, again.sentBefore, again.maxDeliveries, again.sentAfter],
+    [agentId, limit, sentAt, expiresAt, again.sentBefore, again.maxDeliveries, again.sentAfter, (agentSequence > MAX_AGENT_SEQUENCE ? MAX_AGENT_SEQUENCE : agentSequence).toString()],
   );
   return rows
     .map((r) => ({ id: r.id, sequence: BigInt(r.sequence), firstSequence: BigInt(r.first_sequence), deliveryCount: Number(r.delivery_count), action: r.action }))
@@ -195,6 +199,9 @@ export async function claimCommands(
 // Pending, or delivered and due again: what the claim hands out and the pending index looks for.
 const claimable = (sentBefore: string, maxDeliveries: string, sentAfter: string) =>
   `(state = 'pending' OR (state = 'sent' AND sent_at < ${sentBefore}::timestamptz AND sent_at >= ${sentAfter}::timestamptz AND delivery_count < ${maxDeliveries}::int))`;
+
+// Far below bigint's end, so adding a claim's count never overflows.
+const MAX_AGENT_SEQUENCE = 2n ** 62n;
 
 const CLAIM_COMMANDS = `
     WITH picked AS (
@@ -206,7 +213,7 @@ const CLAIM_COMMANDS = `
     ), numbered AS (
       SELECT id, row_number() OVER (ORDER BY created_at, id) AS rn, count(*) OVER () AS n FROM picked
     ), bumped AS (
-      UPDATE agents SET last_sequence = last_sequence + (SELECT count(*) FROM picked)
+      UPDATE agents SET last_sequence = GREATEST(last_sequence, $8::bigint) + (SELECT count(*) FROM picked)
        WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM picked)
        RETURNING last_sequence
     )

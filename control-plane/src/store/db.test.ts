@@ -44,13 +44,13 @@ async function newCommands(prisma: PrismaClient, agentId: string, count: number)
 
 // The poll path's claim: CTEs, SKIP LOCKED, a bigint counter, one statement. A delivered
 // command comes again only after `leaseMs` (ten minutes unless a test says otherwise).
-const claim = (db: Database, agentId: string, limit: number, opts: { leaseMs?: number; maxDeliveries?: number; now?: number } = {}) => {
+const claim = (db: Database, agentId: string, limit: number, opts: { leaseMs?: number; maxDeliveries?: number; now?: number; agentSequence?: bigint } = {}) => {
   const now = opts.now ?? Date.now();
   return claimCommands(db.statements, agentId, limit, new Date(now), new Date(now + 600_000), {
     sentBefore: new Date(now - (opts.leaseMs ?? 600_000)),
     sentAfter: new Date(now - 7_200_000),
     maxDeliveries: opts.maxDeliveries ?? 5,
-  });
+  }, opts.agentSequence);
 };
 
 describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
@@ -82,6 +82,19 @@ describe.each(availableBackends)("openDatabase on %s", (backend: Backend) => {
     expect(read.lastSequence).toBe(2n ** 53n + 1n);
     expect(Buffer.from(read.publicKey)).toEqual(Buffer.from(agent.publicKey));
     expect(read.registeredAt).toEqual(agent.registeredAt);
+  });
+
+  it("numbers commands above the sequence the agent reports, as after a restore from an older backup", async () => {
+    const agent = await newAgent(db.prisma);
+    await newCommands(db.prisma, agent.id, 3);
+    expect((await claim(db, agent.id, 1)).map((c) => c.sequence)).toEqual([1n]);
+    // The agent has run up to 40 (the database was restored from a backup taken before that).
+    expect((await claim(db, agent.id, 1, { agentSequence: 40n })).map((c) => c.sequence)).toEqual([41n]);
+    // A lower report (an older status) never moves the numbers back.
+    expect((await claim(db, agent.id, 1, { agentSequence: 7n })).map((c) => c.sequence)).toEqual([42n]);
+    // A made-up huge value stays far from bigint's end.
+    await newCommands(db.prisma, agent.id, 1);
+    expect((await claim(db, agent.id, 1, { agentSequence: 2n ** 64n - 1n })).map((c) => c.sequence)).toEqual([2n ** 62n + 1n]);
   });
 
   it("claims every command exactly once through its (prepared on PostgreSQL) statement with FOR UPDATE SKIP LOCKED", async () => {

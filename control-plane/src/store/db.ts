@@ -37,6 +37,7 @@ const EMBEDDED_MAX_CONNECTIONS = 8;
 const EMBEDDED_POOL_MAX = EMBEDDED_MAX_CONNECTIONS - 1;
 const POSTGRES_POOL_MAX = 10;
 const CONNECT_TIMEOUT_MS = 10_000;
+export const SERVER_APPLICATION_NAME = "redflag-server";
 
 export async function openDatabase(opts: OpenDatabaseOptions): Promise<Database> {
   const { logger } = opts;
@@ -71,7 +72,9 @@ interface Target {
 
 // Pushes what it opens onto `resources`, pool last, so closing runs in reverse order.
 async function connectTarget(opts: OpenDatabaseOptions, resources: (() => Promise<void>)[]): Promise<Target> {
-  const base = { connectionTimeoutMillis: CONNECT_TIMEOUT_MS };
+  // The name tells a DBA (and `redflag-server restore`, which will not work under a running
+  // server) whose sessions these are.
+  const base = { connectionTimeoutMillis: CONNECT_TIMEOUT_MS, application_name: SERVER_APPLICATION_NAME };
   let target: Target;
   if (opts.databaseUrl) {
     const pool = new pg.Pool({ ...base, connectionString: opts.databaseUrl, max: opts.poolMax ?? POSTGRES_POOL_MAX });

@@ -13,6 +13,10 @@ export interface EmbeddedPostgresOptions {
   logger: Logger;
   // Socket connections the server accepts; the pool connecting to it must stay below this.
   maxConnections?: number;
+  // Default <dataDir>/pgdata. A restore builds the database beside it, then swaps it in.
+  pgdata?: string;
+  // The caller holds the data directory's lock (lockDataDir) and keeps it past stop().
+  locked?: DataDirLock;
 }
 
 export interface EmbeddedPostgres {
@@ -34,9 +38,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   checkSocketPath(socketPath);
   await ensurePrivateDir(dataDir);
   await ensurePrivateDir(runDir);
-  const pgdata = path.join(dataDir, "pgdata");
+  const pgdata = opts.pgdata ?? path.join(dataDir, "pgdata");
   await ensurePrivateDir(pgdata);
-  const lock = await lockDataDir(dataDir, path.join(runDir, "lock"));
+  const lock = opts.locked ? { release: async () => {} } : await lockDataDir(dataDir);
   try {
     // We hold the lock, so a socket file here was left by a process that died.
     await rm(socketPath, { force: true });
@@ -101,13 +105,16 @@ function ignoreMissing(err: unknown) {
   if (errorCode(err) !== "ENOENT") throw err;
 }
 
-interface DataDirLock {
+export interface DataDirLock {
   release(): Promise<void>;
 }
 
 // One process per data directory: a lock file holding the owner's pid, created atomically with
 // its content (link(2) fails if the name exists). A lock whose process is gone is stale.
-async function lockDataDir(dataDir: string, lockFile: string): Promise<DataDirLock> {
+export async function lockDataDir(dataDir: string): Promise<DataDirLock> {
+  const runDir = path.join(path.resolve(dataDir), "run");
+  await ensurePrivateDir(runDir);
+  const lockFile = path.join(runDir, "lock");
   const mine = `${process.pid}\n`;
   const temp = `${lockFile}.${process.pid}`;
   await writeFile(temp, mine, { mode: 0o600 });

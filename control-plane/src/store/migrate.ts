@@ -45,8 +45,12 @@ export async function applyMigrations(
   pool: pg.Pool,
   migrationsDir: string,
   logger: Logger,
+  // A restore builds the schema its backup was taken with: the migrations up to this one.
+  options: { through?: string } = {},
 ): Promise<{ applied: string[] }> {
-  const migrations = await readMigrations(migrationsDir);
+  const all = await readMigrations(migrationsDir);
+  const through = options.through;
+  const migrations = through === undefined ? all : all.filter((m) => m.name <= through);
   const client = await pool.connect();
   let reusable = false;
   try {

@@ -11,6 +11,8 @@ export const SECURITY_EVENT_TYPES = [
   "admin_key_revoked",
   "agent_reregistered",
   "registration_refused",
+  "backup_taken",
+  "backup_restored",
 ] as const;
 
 export type SecurityEventType = (typeof SECURITY_EVENT_TYPES)[number];

@@ -322,7 +322,8 @@ export declare type AgentStatus = Message<"redflag.v1.AgentStatus"> & {
   configRevision: bigint;
 
   /**
-   * Highest command sequence the agent has executed.
+   * Highest command sequence the agent has executed. The control plane numbers the commands it
+   * delivers in this poll above it (a database restored from a backup may remember less).
    *
    * @generated from field: uint64 last_sequence = 4;
    */
