@@ -1,14 +1,9 @@
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { createRequire } from "node:module";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
+import { type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
 // The page's DOM as far as these checks read it inside the browser (test files compile without lib "dom").
 interface Rect { top: number; bottom: number; left: number; right: number }
@@ -26,7 +21,6 @@ interface Node_ {
 }
 declare const document: { querySelector(selector: string): Node_ | null; activeElement: Node_ | null; documentElement: { scrollWidth: number } };
 
-const PASSWORD = "a console passphrase";
 const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
 // The main navigation's entries, the admins' group aside, and every page it leads to.
@@ -55,26 +49,22 @@ async function headerBoxes(page: Page) {
 // main navigation stays on one row, also with one more entry (Rollouts), and every page it
 // names can be reached with the keyboard alone.
 describe("the console's main navigation, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
-  let browser: Browser;
   let page: Page;
-  const shots = path.join(root, "test-output", "screenshots");
+  let admin: ConsoleSession["admin"];
+  let shots: string;
 
   beforeAll(async () => {
-    await buildConsole(180_000);
-    cp = await startTestControlPlane();
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "margaret.hamilton", password: PASSWORD });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+    session = await startConsoleSession({ username: "margaret.hamilton", viewport: { width: 1280, height: 800 } });
+    ({ cp, page, admin, shots } = session);
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   it("keeps an admin's full navigation on one row at 1280 px, with room for a Rollouts entry", async () => {
-    await signIn(page, cp.url, "margaret.hamilton", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await page.getByRole("heading", { name: "Dashboard" }).first().waitFor();
     const { header, items, brand, me } = await headerBoxes(page);
     const names = items.map((i) => i.text);

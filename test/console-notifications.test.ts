@@ -1,17 +1,11 @@
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { createHmac } from "node:crypto";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { startHttpReceiver, type HttpReceiver } from "../control-plane/test/support/receivers.ts";
-import { buildConsole, launchChromium, navTo, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
+import { navTo, signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
-const PASSWORD = "a console passphrase";
 const SIGNING = "a webhook signing secret";
 const SIGNING_2 = "the second signing secret";
 
@@ -21,29 +15,25 @@ const SIGNING_2 = "the second signing secret";
 // refuses is reported in the server's words; editing the channel keeps its sealed secrets
 // unless new ones are given.
 describe("the console's notifications page, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
   let receiver: HttpReceiver;
-  let browser: Browser;
   let page: Page;
-  const shots = path.join(root, "test-output", "screenshots");
+  let admin: ConsoleSession["admin"];
+  let shots: string;
 
   beforeAll(async () => {
-    await buildConsole(180_000);
-    cp = await startTestControlPlane();
+    session = await startConsoleSession();
+    ({ cp, page, admin, shots } = session);
     receiver = await startHttpReceiver();
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
     await receiver?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   it("adds a webhook channel, sends a test message that arrives signed, and shows it in the delivery log", async () => {
-    await signIn(page, cp.url, "admin", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await navTo(page, "Notifications");
     await page.getByRole("heading", { name: "Notifications", level: 1 }).waitFor();
     await page.getByText(/No channels yet. Add one below/).waitFor();

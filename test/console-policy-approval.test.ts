@@ -1,18 +1,13 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../control-plane/src/store/commands.ts";
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "../control-plane/test/support/agents.ts";
-import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
-
-const PASSWORD = "a console passphrase";
+import { headerInterceptor, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
 const pkg = (name: string, security: boolean): PackageUpdateInput => ({
   source: "apt",
@@ -31,32 +26,28 @@ const pkg = (name: string, security: boolean): PackageUpdateInput => ({
 // auto-approval policy on a host's pending updates, saves it, and the leader's next round
 // approves what the preview showed, with the policy named as who decided.
 describe("the console's auto-approval policies, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
-  let browser: Browser;
   let page: Page;
+  let admin: ConsoleSession["admin"];
   let web: TestAgent;
-  const shots = path.join(root, "test-output", "screenshots");
+  let shots: string;
 
   beforeAll(async () => {
-    await buildConsole(180_000);
     // The scheduler runs when the test ticks it.
-    cp = await startTestControlPlane({ REDFLAG_SWEEP_INTERVAL_MS: "3600000" });
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    session = await startConsoleSession({ env: { REDFLAG_SWEEP_INTERVAL_MS: "3600000" } });
+    ({ cp, page, admin, shots } = session);
     web = await registerTestAgent(cp, await newRegistrationToken(cp), { hostname: "web-1" });
     await recordScanReports(cp.app.db.prisma, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [pkg("openssl", true), pkg("tzdata", false)], parts: 0, sources: ["apt"] } }], {
       rows: 10_000,
     });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   it("previews a policy, saves it, and the scheduler approves what the preview showed", async () => {
-    await signIn(page, cp.url, "admin", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Policies", exact: true }).click();
     await page.getByRole("heading", { name: "Auto-approval policies" }).waitFor();
     await page.getByText("No policies yet").waitFor();

@@ -1,48 +1,39 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { MaintenanceService, RebootMode } from "@redflag/gen/maintenance_service_pb";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { buildConsole, launchChromium, navTo, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
+import { headerInterceptor, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { navTo, signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
 // The page's DOM as far as these checks read it inside the browser (test files compile without lib "dom").
 declare const document: { activeElement: { value?: string; getAttribute(name: string): string | null } | null };
-
-const PASSWORD = "a console passphrase";
 
 // The built console in Debian's Chromium against a real control plane: an admin creates a reboot
 // policy on the Windows page (refused first for a hook that is a path), finds it listed, edits it
 // in the same form and deletes it; the control plane keeps what the page shows.
 describe("the console's reboot policies, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
-  let browser: Browser;
   let page: Page;
-  const shots = path.join(root, "test-output", "screenshots");
+  let admin: ConsoleSession["admin"];
+  let shots: string;
   const saved = async () => {
     const transport = createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] });
     return (await createClient(MaintenanceService, transport).listRebootPolicies({})).policies;
   };
 
   beforeAll(async () => {
-    await buildConsole(180_000);
-    cp = await startTestControlPlane();
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+    session = await startConsoleSession();
+    ({ cp, page, admin, shots } = session);
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   it("creates a policy, refused first for a hook that is a path, and lists it", async () => {
-    await signIn(page, cp.url, "admin", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await navTo(page, "Windows");
     await page.getByRole("heading", { name: "Reboot policies" }).waitFor();
     await page.getByText("No reboot policies").waitFor();

@@ -1,20 +1,15 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandOutcome, CommandSchema, PackageResultState } from "@redflag/gen/command_pb";
 import { UpdateService } from "@redflag/gen/update_service_pb";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../control-plane/src/store/commands.ts";
 import { newRegistrationToken, nonce, registerTestAgent, type TestAgent } from "../control-plane/test/support/agents.ts";
-import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
-
-const PASSWORD = "a console passphrase";
+import { headerInterceptor, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
 const pkg = (name: string): PackageUpdateInput => ({
   source: "apt",
@@ -33,18 +28,18 @@ const pkg = (name: string): PackageUpdateInput => ({
 // rollout of the web group (one named canary, then the rest), starts it, follows the canary's
 // install and the promotion to the second ring, and pauses and resumes it.
 describe("the console's staged rollouts, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
-  let browser: Browser;
   let page: Page;
+  let admin: ConsoleSession["admin"];
   const agents: TestAgent[] = [];
   const hostnames: string[] = [];
-  const shots = path.join(root, "test-output", "screenshots");
+  let shots: string;
 
   beforeAll(async () => {
-    await buildConsole(180_000);
     // The scheduler moves the rollout on only when the test ticks it.
-    cp = await startTestControlPlane({ REDFLAG_SWEEP_INTERVAL_MS: "3600000" });
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    session = await startConsoleSession({ env: { REDFLAG_SWEEP_INTERVAL_MS: "3600000" } });
+    ({ cp, page, admin, shots } = session);
     const token = await newRegistrationToken(cp);
     let scanClock = Date.now();
     for (let i = 0; i < 4; i++) {
@@ -57,13 +52,9 @@ describe("the console's staged rollouts, in a real browser", () => {
     }
     const asAdmin = createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] });
     await createClient(UpdateService, asAdmin).approveUpdates({ selection: { all: true } });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   // The agent takes its install from the queue and reports every package installed.
@@ -77,7 +68,7 @@ describe("the console's staged rollouts, in a real browser", () => {
   }
 
   it("previews and starts a rollout, shows its rings move on, and pauses and resumes it", async () => {
-    await signIn(page, cp.url, "admin", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Rollouts", exact: true }).click();
     await page.getByRole("heading", { name: "Rollouts" }).first().waitFor();
     await page.getByText("No rollouts yet").waitFor();

@@ -1,23 +1,18 @@
 import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "@redflag/gen/auth_service_pb";
 import { CommandOutcome, CommandSchema } from "@redflag/gen/command_pb";
 import { OsFamily } from "@redflag/gen/common_pb";
 import { type PublishReleaseRequest, PublishReleaseRequestSchema, ReleaseService } from "@redflag/gen/release_service_pb";
 import { fromBinary } from "@bufbuild/protobuf";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { type Browser, type Page } from "playwright-core";
+import { type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateKeyPair } from "../control-plane/src/signing/keys.ts";
 import { newRegistrationToken, nonce, randomMachineId, registerRequest, registerTestAgent, type TestAgent } from "../control-plane/test/support/agents.ts";
-import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
-import { buildConsole, launchChromium, signIn } from "./support/browser.ts";
-import { root } from "./support/processes.ts";
-
-const PASSWORD = "a console passphrase";
+import { headerInterceptor, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
+import { signIn, startConsoleSession, type ConsoleSession } from "./support/browser.ts";
 
 async function* stream(data: Uint8Array, version: string, platform: string): AsyncGenerator<PublishReleaseRequest> {
   const sha256 = new Uint8Array(createHash("sha256").update(data).digest());
@@ -29,17 +24,17 @@ async function* stream(data: Uint8Array, version: string, platform: string): Asy
 // upgrade of a group from the Upgrades page's dialog, reads which agent was skipped and why,
 // and follows the progress table until an agent reports the new version.
 describe("the console's fleet upgrade, in a real browser", () => {
+  let session: ConsoleSession;
   let cp: TestControlPlane;
-  let browser: Browser;
   let page: Page;
+  let admin: ConsoleSession["admin"];
   const agents: TestAgent[] = [];
-  const shots = path.join(root, "test-output", "screenshots");
+  let shots: string;
 
   beforeAll(async () => {
-    await buildConsole(180_000);
     // The scheduler moves upgrades on only when the test ticks it.
-    cp = await startTestControlPlane({ REDFLAG_SWEEP_INTERVAL_MS: "3600000" });
-    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup({ username: "admin", password: PASSWORD });
+    session = await startConsoleSession({ env: { REDFLAG_SWEEP_INTERVAL_MS: "3600000" } });
+    ({ cp, page, admin, shots } = session);
     const asAdmin = createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] });
     await createClient(ReleaseService, asAdmin).publishRelease(stream(randomBytes(2048), "0.2.0", "linux-x64"));
     const token = await newRegistrationToken(cp);
@@ -51,17 +46,13 @@ describe("the console's fleet upgrade, in a real browser", () => {
       os: { family: OsFamily.LINUX, name: "Debian GNU/Linux", version: "12", kernel: "6.1.0", arch: "aarch64" },
     });
     for (const id of [...agents.map((a) => a.agentId), pi.agentId]) await cp.admin.fleet.setAgentLabels({ agentId: id, group: "web", tags: [] });
-    await mkdir(shots, { recursive: true });
-    browser = await launchChromium();
-    page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   }, 300_000);
   afterAll(async () => {
-    await browser?.close();
-    await cp?.close();
+    await session?.close();
   });
 
   it("starts a fleet upgrade from the dialog, lists the skipped agent with why, and shows progress per agent", async () => {
-    await signIn(page, cp.url, "admin", PASSWORD);
+    await signIn(page, cp.url, admin.username, admin.password);
     await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Upgrades", exact: true }).click();
     await page.getByRole("heading", { name: "Agent upgrades" }).waitFor();
     await page.getByText("No agent upgrades yet").waitFor();

@@ -1,7 +1,11 @@
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "@redflag/gen/auth_service_pb";
 import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { expect } from "vitest";
+import { startTestControlPlane, type TestControlPlane } from "../../control-plane/test/support/control-plane.ts";
 import { root, run } from "./processes.ts";
 
 // The console tests' browser: Debian's Chromium driven by playwright-core (which gives it a
@@ -45,6 +49,55 @@ export async function buildConsole(timeoutMs = 180_000): Promise<void> {
     await writeFile(stamp, run_);
   } finally {
     await rm(lock, { recursive: true, force: true });
+  }
+}
+
+export interface ConsoleSessionOptions {
+  // Control-plane settings beyond the test defaults, such as a scheduler only the test ticks.
+  env?: Record<string, string>;
+  // The first admin, made with AuthService.Setup before the browser opens.
+  username?: string;
+  password?: string;
+  viewport?: { width: number; height: number };
+}
+
+export interface ConsoleSession {
+  // The control plane serving the built console at cp.url.
+  cp: TestControlPlane;
+  browser: Browser;
+  // A page in its own browser context, not signed in yet.
+  page: Page;
+  admin: { username: string; password: string };
+  // Where screenshots go (test-output/screenshots/), made if missing.
+  shots: string;
+  // Closes the browser, then the control plane.
+  close(): Promise<void>;
+}
+
+// What most console tests start from: the console built, a control plane serving it on a
+// port of its own with a first admin already set up, and Chromium open on an empty page. If a
+// step fails, what was already started is closed before the error is thrown: the caller never
+// gets a session to close.
+export async function startConsoleSession(options: ConsoleSessionOptions = {}): Promise<ConsoleSession> {
+  const admin = { username: options.username ?? "admin", password: options.password ?? "a console passphrase" };
+  const shots = path.join(root, "test-output", "screenshots");
+  await buildConsole(180_000);
+  let cp: TestControlPlane | undefined;
+  let browser: Browser | undefined;
+  const close = async () => {
+    await browser?.close();
+    await cp?.close();
+  };
+  try {
+    cp = await startTestControlPlane(options.env);
+    await createClient(AuthService, createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1" })).setup(admin);
+    await mkdir(shots, { recursive: true });
+    browser = await launchChromium();
+    const page = await (await browser.newContext({ viewport: options.viewport ?? { width: 1280, height: 900 } })).newPage();
+    return { cp, browser, page, admin, shots, close };
+  } catch (err) {
+    await close();
+    throw err;
   }
 }
 
