@@ -5,6 +5,7 @@ import { SecurityService } from "@redflag/gen/security_service_pb";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -17,7 +18,8 @@ import { freePort, root, run, startServerProcess, type ServerProcess } from "./s
 // Issue 17, day two: `redflag-server backup` while a real agent keeps polling and commands keep
 // being queued, the database and the data directory wiped, `redflag-server restore`, and the
 // same agent process carries on: it polls the restored control plane with the credentials it
-// holds and verifies and runs a command signed with the restored key. Refusals change nothing.
+// holds (renewing them once with a refresh token issued after the backup) and verifies and runs
+// a command signed with the restored key. Refusals change nothing.
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe.each(availableBackends)("backup and restore on %s", (backend: Backend) => {
@@ -33,6 +35,22 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     REDFLAG_POLL_INTERVAL: "2s",
   });
   const cli = (args: string[], extra: Record<string, string> = {}) => run(["control-plane/src/main.ts", ...args], { env: { ...env(), ...extra }, timeoutMs: 120_000 });
+  // The command with stdin or stdout joined to a file, the passphrase from the environment.
+  const pipeCli = (args: string[], files: { in?: string; out?: string }) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, ["control-plane/src/main.ts", ...args], {
+        cwd: root,
+        env: { ...process.env, ...env(), REDFLAG_BACKUP_PASSPHRASE: "correct horse battery staple" },
+        stdio: ["pipe", "pipe", "pipe"],
+      });
+      let stderr = "";
+      child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+      if (files.in) createReadStream(files.in).pipe(child.stdin!);
+      else child.stdin!.end();
+      if (files.out) child.stdout!.pipe(createWriteStream(files.out));
+      child.once("error", reject);
+      child.once("close", (code) => resolve({ code, stderr }));
+    });
   const clients = async () => {
     const adminKey = (await readFile(path.join(db.dataDir, "admin.key"), "utf8")).trim();
     const transport = createConnectTransport({ baseUrl: server!.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${adminKey}` })], defaultTimeoutMs: 10_000 });
@@ -53,6 +71,17 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     await client.connect();
     try {
       return Number((await client.query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'")).rows[0].n);
+    } finally {
+      await client.end();
+    }
+  };
+
+  const rowsIn = async (table: string) => {
+    const client = new pg.Client({ connectionString: db.databaseUrl });
+    await client.connect();
+    try {
+      const exists = (await client.query("SELECT to_regclass($1) AS t", [`public.${table}`])).rows[0].t;
+      return exists ? Number((await client.query(`SELECT count(*) AS n FROM ${table}`)).rows[0].n) : 0;
     } finally {
       await client.end();
     }
@@ -80,9 +109,29 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     expect(reg.code, reg.stderr).toBe(0);
     const agentId = (JSON.parse(await readFile(path.join(stateDir, "agent.json"), "utf8")) as { agentId: string }).agentId;
     const agentLog: string[] = [];
-    agent = spawn(process.execPath, ["agent/src/main.ts", "run", "--state-dir", stateDir], { cwd: root, env: { ...process.env, ...agentEnv }, stdio: ["ignore", "pipe", "pipe"] });
-    agent.stdout!.on("data", (d: Buffer) => agentLog.push(d.toString()));
-    agent.stderr!.on("data", (d: Buffer) => agentLog.push(d.toString()));
+    const startAgent = () => {
+      agent = spawn(process.execPath, ["agent/src/main.ts", "run", "--state-dir", stateDir], { cwd: root, env: { ...process.env, ...agentEnv }, stdio: ["ignore", "pipe", "pipe"] });
+      agent.stdout!.on("data", (d: Buffer) => agentLog.push(d.toString()));
+      agent.stderr!.on("data", (d: Buffer) => agentLog.push(d.toString()));
+    };
+    // The agent renews its credentials (a new refresh token) as it does near its access token's
+    // end: stopped, its token made old, started again; resolves once it has renewed.
+    const renewNow = async () => {
+      const exited = new Promise((resolve) => agent!.once("exit", resolve));
+      agent!.kill("SIGTERM");
+      await exited;
+      const file = path.join(stateDir, "agent.json");
+      const saved = JSON.parse(await readFile(file, "utf8")) as Record<string, unknown>;
+      await writeFile(file, JSON.stringify({ ...saved, accessTokenIssueTime: new Date(Date.now() - 7_200_000).toISOString(), accessTokenExpireTime: new Date(Date.now() - 3_600_000).toISOString() }));
+      const renewed = agentLog.join("").split("access token renewed").length;
+      startAgent();
+      const deadline = Date.now() + 30_000;
+      while (agentLog.join("").split("access token renewed").length === renewed) {
+        if (Date.now() > deadline) throw new Error(`the agent did not renew:\n${agentLog.join("")}`);
+        await sleep(100);
+      }
+    };
+    startAgent();
     const before = (await api.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
     await succeeded(api.commands, before.id);
     const keyId = (await api.security.getSecurityOverview({})).signingKeys.find((k) => k.state === "active")!.keyId;
@@ -111,6 +160,14 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     expect((await readFile(file)).subarray(0, 21).toString()).toBe("age-encryption.org/v1");
     expect(queued.length).toBeGreaterThan(0);
     for (const id of queued) await succeeded(api.commands, id);
+    // The same through a pipe, as a container writes it to the host: `backup - > FILE`.
+    const piped = path.join(work, "piped.age");
+    const toStdout = await pipeCli(["backup", "-"], { out: piped });
+    expect(toStdout.code, toStdout.stderr).toBe(0);
+    expect(toStdout.stderr).toMatch(/^backed up \d+ tables/);
+
+    // After the backup the agent gets a refresh token the backup does not hold.
+    await renewNow();
     const after = (await api.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
     await succeeded(api.commands, after.id);
 
@@ -133,6 +190,16 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     expect(wrong.stderr).toBe(`redflag-server restore: the passphrase does not open ${file}\n`);
     expect(await wiped()).toBe(0);
 
+    // A file cut short is refused as damaged, and nothing is restored.
+    const cut = path.join(work, "cut.age");
+    const whole = await readFile(file);
+    await writeFile(cut, whole.subarray(0, whole.length - 100));
+    const damaged = await cli(["restore", cut, "--passphrase-file", passphraseFile]);
+    expect(damaged.code).toBe(1);
+    expect(damaged.stderr).toMatch(/^redflag-server restore: the backup is damaged: it does not decrypt to its end/);
+    if (db.databaseUrl) expect(await rowsIn("agents")).toBe(0);
+    else expect((await readdir(db.dataDir)).filter((f) => f !== "run")).toEqual([]);
+
     const restored = await cli(["restore", file, "--passphrase-file", passphraseFile]);
     expect(restored.code, restored.stderr).toBe(0);
     expect(restored.stderr).toMatch(/^restored \d+ tables and \d+ rows as of /);
@@ -150,6 +217,11 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
     expect((await api.security.getSecurityOverview({})).signingKeys.find((k) => k.state === "active")!.keyId).toBe(keyId);
     const events = await api.security.listSecurityEvents({ type: "backup_restored" });
     expect(events.events[0]?.message).toMatch(/restored from a backup taken at/);
+    // It renews with that token: the restored database never saw it, and accepts the agent's
+    // signed request once, recording it.
+    await renewNow();
+    const recovered = await api.security.listSecurityEvents({ type: "agent_recovered_after_restore" });
+    expect(recovered.events.map((e) => e.agentId)).toEqual([agentId]);
     const next = (await api.commands.createCommand({ agentId, action: { case: "collectSpecs", value: {} } })).command!;
     await succeeded(api.commands, next.id).catch((err: unknown) => {
       throw new Error(`${(err as Error).message}; the agent said:\n${agentLog.join("")}`);
@@ -158,7 +230,8 @@ describe.each(availableBackends)("backup and restore on %s", (backend: Backend) 
 
     // --replace restores over a database in use, keeping what was there aside.
     await server!.stop();
-    const replaced = await cli(["restore", file, "--passphrase-file", passphraseFile, "--replace"]);
+    // Through a pipe, as into a container: `restore - --replace < FILE`.
+    const replaced = await pipeCli(["restore", "-", "--replace"], { in: piped });
     expect(replaced.code, replaced.stderr).toBe(0);
     expect(replaced.stderr).toMatch(db.databaseUrl ? /kept aside: schema redflag_replaced_\d{8}T\d{6}/ : /kept aside: .*pgdata\.replaced-\d{8}T\d{6}/);
     if (db.databaseUrl) {

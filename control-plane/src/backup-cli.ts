@@ -1,5 +1,9 @@
 // The command lines of `redflag-server backup` and `redflag-server restore` (backup.ts does the work).
-import { readFile } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { pipeline } from "node:stream/promises";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { plural } from "@redflag/common/plural";
@@ -13,7 +17,8 @@ export const BACKUP_USAGE = `usage: redflag-server backup FILE [--passphrase-fil
 `;
 
 export const RESTORE_USAGE = `usage: redflag-server restore FILE [--passphrase-file PATH] [--replace]
-  Restores a backup into the database the server's settings name, with the control plane stopped.
+  Restores a backup (FILE, or - for stdin) into the database the server's settings name, with the
+  control plane stopped.
   The database must be empty (a new PostgreSQL database, or a new data directory); --replace
   keeps what is there aside (a schema, or pgdata.replaced-TIME) and restores in its place.
 `;
@@ -60,7 +65,7 @@ export async function backupCommand(command: "backup" | "restore", argv: string[
           "It holds the signing keys: keep it, and its passphrase, as safe as the server itself, and apart from each other.\n",
       );
     } else {
-      const s = await restore({ env, file, passphrase, replace: parsed.values.replace === true });
+      const s = await withFile(file, io, (path) => restore({ env, file: path, passphrase, replace: parsed.values.replace === true }));
       io.stderr.write(`restored ${plural(s.tables, "table")} and ${plural(s.rows, "row")} as of ${s.takenAt.toISOString()}\n`);
       for (const aside of s.setAside) io.stderr.write(`kept aside: ${aside}\n`);
       if (s.masterKeyFile && env.DATABASE_URL) {
@@ -75,6 +80,21 @@ export async function backupCommand(command: "backup" | "restore", argv: string[
       return 1;
     }
     throw err;
+  }
+}
+
+// A backup piped in (`restore -`) is kept in a private temporary file first: a restore over a
+// database in use reads it twice, and a container reads it without a mount.
+async function withFile<T>(file: string, io: Io, fn: (path: string) => Promise<T>): Promise<T> {
+  if (file !== "-") return fn(file);
+  if (io.stdin.isTTY) throw new BackupError("restore - reads the backup from stdin: pipe it in (< FILE)");
+  const dir = await mkdtemp(path.join(tmpdir(), "redflag-restore-"));
+  try {
+    const copy = path.join(dir, "backup.age");
+    await pipeline(io.stdin, createWriteStream(copy, { mode: 0o600 }));
+    return await fn(copy);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -15,17 +15,14 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import path from "node:path";
 import { Readable, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import pino, { type Logger } from "pino";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
-import { PrismaClient } from "./generated/prisma/client.ts";
-import { loadOrderChecked, readSnapshot, insertRows, resetSequences, serverSessions, firstTableWithRows, dropSchemaObjects, setSchemaAside, activeSigningKey } from "./store/backup.ts";
+import { inTransactionOn, reachable, loadOrderChecked, readSnapshot, insertRows, recordRestore, recordToolEvent, resetSequences, serverSessions, firstTableWithRows, dropSchemaObjects, setSchemaAside, activeSigningKey } from "./store/backup.ts";
 import { opensSigningKey } from "./store/bootstrap.ts";
 import { DEFAULT_MIGRATIONS_DIR } from "./store/db.ts";
 import { EMBEDDED_PORT, lockDataDir, startEmbeddedPostgres, type EmbeddedPostgres } from "./store/embedded.ts";
 import { applyMigrations, readMigrations } from "./store/migrate.ts";
-import { recordSecurityEvent } from "./store/security-events.ts";
 
 export const BACKUP_FORMAT = "redflag-backup";
 export const BACKUP_VERSION = 1;
@@ -100,7 +97,7 @@ async function openSource(config: Config, logger: Logger): Promise<Source> {
   if (config.databaseUrl) {
     const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 1, application_name: "redflag-backup", connectionTimeoutMillis: 10_000 });
     pool.on("error", () => {});
-    await pool.query("SELECT 1").catch(async (err: unknown) => {
+    await reachable(pool).catch(async (err: unknown) => {
       await pool.end();
       throw new BackupError(`cannot connect to the database named by DATABASE_URL: ${(err as Error).message}`);
     });
@@ -113,14 +110,10 @@ async function openSource(config: Config, logger: Logger): Promise<Source> {
   };
   const running = socketPool();
   try {
-    await running.query("SELECT 1");
+    await reachable(running);
     return { pool: running, description: "the embedded database (read beside the running server)", close: () => running.end() };
   } catch {
     await running.end();
-  }
-  const pgdata = path.join(config.dataDir, "pgdata");
-  if ((await readdir(pgdata).catch(() => [])).length === 0) {
-    throw new BackupError(`there is no database in ${config.dataDir} to back up: set REDFLAG_DATA_DIR (or DATABASE_URL) as the server has it`);
   }
   let embedded: EmbeddedPostgres;
   try {
@@ -219,6 +212,9 @@ export async function backup(opts: BackupOptions): Promise<BackupSummary> {
     throw new BackupError(`the passphrase is ${opts.passphrase.length} characters long; use at least ${MIN_PASSPHRASE_LENGTH} (four or five random words)`);
   }
   const config = configFrom(opts.env);
+  if (!config.databaseUrl && (await readdir(path.join(config.dataDir, "pgdata")).catch(() => [])).length === 0) {
+    throw new BackupError(`there is no database in ${config.dataDir} to back up: set REDFLAG_DATA_DIR (or DATABASE_URL) as the server has it`);
+  }
   const masterKey = await masterKeyOf(config);
   const files: BackupHeader["files"] = {};
   for (const name of FILES) {
@@ -247,14 +243,12 @@ export async function backup(opts: BackupOptions): Promise<BackupSummary> {
       client.release();
     }
     // Taking the keys away is worth a line in the security log (and its notification).
-    await withPrisma(source.pool, (prisma) =>
-      recordSecurityEvent(prisma, {
-        type: "backup_taken",
-        severity: "info",
-        message: `a backup of the database and its keys was taken on the server's host (snapshot of ${summary.takenAt.toISOString()}, ${summary.rows} rows)`,
-        detail: { tables: summary.tables, rows: summary.rows },
-      }),
-    ).catch((err: unknown) => logger.warn({ err }, "the backup is complete, but recording it in the security log failed"));
+    await recordToolEvent(source.pool, {
+      type: "backup_taken",
+      severity: "info",
+      message: `a backup of the database and its keys was taken on the server's host (snapshot of ${summary.takenAt.toISOString()}, ${summary.rows} rows)`,
+      detail: { tables: summary.tables, rows: summary.rows },
+    }).catch((err: unknown) => logger.warn({ err }, "the backup is complete, but recording it in the security log failed"));
     return summary;
   } catch (err) {
     if (!toStdout) await rm(partial, { force: true });
@@ -264,21 +258,12 @@ export async function backup(opts: BackupOptions): Promise<BackupSummary> {
   }
 }
 
-async function withPrisma<T>(pool: pg.Pool, fn: (prisma: PrismaClient) => Promise<T>): Promise<T> {
-  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
-  try {
-    return await fn(prisma);
-  } finally {
-    await prisma.$disconnect();
-  }
-}
-
 // ---- Restore ----
 
 async function* textLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
   const decoder = new TextDecoder("utf-8", { fatal: true });
   let pending = "";
-  for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) {
+  for await (const chunk of decrypted(stream)) {
     pending += decoder.decode(chunk, { stream: true });
     let start = 0;
     for (let end = pending.indexOf("\n"); end >= 0; end = pending.indexOf("\n", start)) {
@@ -290,6 +275,26 @@ async function* textLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   }
   pending += decoder.decode();
   if (pending) throw damaged("its last line is unfinished");
+}
+
+// The plaintext as it is decrypted; a chunk that does not authenticate, or a file cut short, is
+// a damaged backup (age checks every 64 KiB chunk and marks the last one).
+async function* decrypted(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      let next;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        throw damaged(`it does not decrypt to its end (${(err as Error).message})`);
+      }
+      if (next.done) return;
+      yield next.value;
+    }
+  } finally {
+    reader.releaseLock();
+  }
 }
 
 const damaged = (why: string) => new BackupError(`the backup is damaged: ${why}`);
@@ -562,31 +567,26 @@ async function load(pool: pg.Pool, opened: OpenedBackup, t: RestoreTarget) {
   try {
     const order = await loadOrderChecked(client, t.header.tables);
     if (order) throw damaged(order);
-    await client.query("BEGIN");
-    try {
-      counts = await walk(t.header, opened.lines, {
+    counts = await inTransactionOn(client, async () => {
+      const loaded = await walk(t.header, opened.lines, {
         rows: async (table, rows) => {
           await insertRows(client, table, rows);
         },
       });
       await resetSequences(client);
+      await recordRestore(client, new Date(t.header.taken_at));
       const active = await activeSigningKey(client);
       if (active && !opensSigningKey(t.masterKey, active.id, active.sealed)) throw damaged("its master key does not open its own signing key");
-      await client.query("COMMIT");
-    } catch (err) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw err;
-    }
+      return loaded;
+    });
   } finally {
     client.release();
   }
-  await withPrisma(pool, (prisma) =>
-    recordSecurityEvent(prisma, {
-      type: "backup_restored",
-      severity: "warning",
-      message: `the database was restored from a backup taken at ${t.header.taken_at}; what happened after that moment is not in it`,
-      detail: { takenAt: t.header.taken_at, rows: counts.rows },
-    }),
-  ).catch((err: unknown) => t.logger.warn({ err }, "the restore is complete, but recording it in the security log failed"));
+  await recordToolEvent(pool, {
+    type: "backup_restored",
+    severity: "warning",
+    message: `the database was restored from a backup taken at ${t.header.taken_at}; what happened after that moment is not in it`,
+    detail: { takenAt: t.header.taken_at, rows: counts.rows },
+  }).catch((err: unknown) => t.logger.warn({ err }, "the restore is complete, but recording it in the security log failed"));
   return counts;
 }

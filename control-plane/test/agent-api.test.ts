@@ -200,6 +200,34 @@ describe("authenticated calls", () => {
 });
 
 describe("Renew", () => {
+  it("after a restore, renews a refresh token the database never saw once per agent, on the agent's signed request, and records it", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const other = await registerTestAgent(cp, await newRegistrationToken(cp));
+    // Issued after the backup: the restored database does not know it.
+    const unknown = "rt_issued_after_the_backup_0000000000000000000";
+    await expectCode(cp.agentClient().renew(signedRenew(agent, unknown)), Code.Unauthenticated, /not valid/);
+    const restore = await cp.app.db.prisma.restore.create({ data: { backupTakenAt: new Date(Date.now() - 3_600_000) } });
+    try {
+      // Signed with another key: still refused, whatever the restore.
+      await expectCode(cp.agentClient().renew(signedRenew(agent, unknown, { signingKey: generateKeyPair() })), Code.Unauthenticated, /signature/);
+      const renewed = await cp.agentClient().renew(signedRenew(agent, unknown));
+      const fresh = cp.agentClient({ authorization: `Bearer ${renewed.accessToken}`, "x-machine-id": agent.machineId });
+      await expect(fresh.pollCommands({ nonce: nonce() })).resolves.toBeDefined();
+      const events = await cp.app.db.prisma.securityEvent.findMany({ where: { type: "agent_recovered_after_restore" } });
+      expect(events.map((e) => e.agentId)).toEqual([agent.agentId]);
+      // Once: the agent has renewed since the restore, so another unknown token is refused.
+      await expectCode(cp.agentClient().renew(signedRenew(agent, "rt_another_unknown_token_00000000000000000000")), Code.Unauthenticated, /not valid/);
+      // Its token from the recovery rotates as any other, and the old token it held before the
+      // restore is spent.
+      await expect(cp.agentClient().renew(signedRenew(agent, renewed.refreshToken))).resolves.toBeDefined();
+      await expectCode(cp.agentClient().renew(signedRenew(agent, agent.refreshToken)), Code.Unauthenticated);
+      // Every other agent still gets its own one recovery.
+      await expect(cp.agentClient().renew(signedRenew(other, unknown))).resolves.toBeDefined();
+    } finally {
+      await cp.app.db.prisma.restore.delete({ where: { id: restore.id } });
+    }
+  });
+
   it("rotates the refresh token; re-using a rotated one revokes the family and is recorded", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const renewed = await cp.agentClient().renew(signedRenew(agent, agent.refreshToken));

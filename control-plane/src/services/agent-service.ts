@@ -213,6 +213,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         now,
         remoteAddr,
         retryWindowMs: config.renewRetryWindowSeconds * 1000,
+        restoreWindowMs: config.refreshTokenSlidingSeconds * 1000,
       });
       if (!rotated.ok) {
         if (rotated.reuse) {

@@ -361,6 +361,8 @@ export async function rotateRefreshToken(
     now: Date;
     remoteAddr: string;
     retryWindowMs: number;
+    // How long after a restore an unknown refresh token may be recovered (recoverAfterRestore).
+    restoreWindowMs: number;
   },
 ): Promise<RotateOutcome> {
   return db.$transaction(async (tx) => {
@@ -379,12 +381,13 @@ export async function rotateRefreshToken(
         FROM refresh_tokens t JOIN refresh_token_families f ON f.id = t.family_id
        WHERE t.token_hash = ${input.presentedHash}
        FOR UPDATE OF t, f`;
-    if (!row || row.agent_id !== input.agentId) {
+    if (!row) {
+      if (await recoverAfterRestore(tx, input)) return { ok: true, credentialGeneration: await generationOf(tx, input.agentId), retried: false };
       return { ok: false, reason: "refresh token is not valid", reuse: false };
     }
+    if (row.agent_id !== input.agentId) return { ok: false, reason: "refresh token is not valid", reuse: false };
     if (row.family_revoked_at) return { ok: false, reason: "refresh token has been revoked", reuse: false };
-    const generation = async () =>
-      (await tx.agent.findUniqueOrThrow({ where: { id: input.agentId }, select: { credentialGeneration: true } })).credentialGeneration;
+    const generation = () => generationOf(tx, input.agentId);
     if (row.rotated_at) {
       if (input.now.getTime() - row.rotated_at.getTime() <= input.retryWindowMs) {
         const [successor] = await tx.$queryRaw<{ rotated_at: Date | null }[]>`
@@ -419,6 +422,44 @@ export async function rotateRefreshToken(
     });
     return { ok: true, credentialGeneration: await generation(), retried: false };
   });
+}
+
+const generationOf = async (tx: Tx, agentId: string) =>
+  (await tx.agent.findUniqueOrThrow({ where: { id: agentId }, select: { credentialGeneration: true } })).credentialGeneration;
+
+// A database restored from a backup never saw the refresh tokens its agents got by renewing
+// after the backup was taken. For a refresh token's lifetime after a restore, an agent that has
+// not renewed since gets a successor for a token the database does not know, in its newest live
+// family, once: the Renew is signed with the key the agent registered (the caller checked), the
+// same proof a refresh token stands beside. It is recorded as a security event, and the agent's
+// next Renew follows the ordinary rules again.
+async function recoverAfterRestore(tx: Tx, input: { agentId: string; machineId: string; next: NewRefreshToken; now: Date; remoteAddr: string; restoreWindowMs: number }): Promise<boolean> {
+  const since = new Date(input.now.getTime() - input.restoreWindowMs);
+  const [restore] = await tx.$queryRaw<{ restored_at: Date; backup_taken_at: Date }[]>`
+    SELECT restored_at, backup_taken_at FROM restores WHERE restored_at > ${since} ORDER BY restored_at DESC LIMIT 1`;
+  if (!restore) return false;
+  const [family] = await tx.$queryRaw<{ id: string; absolute_expires_at: Date }[]>`
+    SELECT f.id, f.absolute_expires_at FROM refresh_token_families f JOIN agents a ON a.id = f.agent_id
+     WHERE f.agent_id = ${input.agentId}::uuid AND f.revoked_at IS NULL AND f.absolute_expires_at > ${input.now}
+       AND a.decommissioned_at IS NULL AND a.machine_id = ${input.machineId}
+       AND NOT EXISTS (SELECT 1 FROM refresh_tokens t JOIN refresh_token_families g ON g.id = t.family_id
+                        WHERE g.agent_id = ${input.agentId}::uuid AND t.created_at >= ${restore.restored_at})
+     ORDER BY f.created_at DESC LIMIT 1
+     FOR UPDATE OF f, a`;
+  if (!family) return false;
+  await tx.refreshToken.updateMany({ where: { familyId: family.id, rotatedAt: null }, data: { rotatedAt: input.now } });
+  const expiresAt = new Date(Math.min(input.next.expiresAt.getTime(), family.absolute_expires_at.getTime()));
+  await tx.refreshToken.create({ data: { id: newId(), familyId: family.id, tokenHash: bytes(input.next.tokenHash), expiresAt } });
+  await recordSecurityEvent(tx, {
+    type: "agent_recovered_after_restore",
+    severity: "warning",
+    message: `the agent renewed with a refresh token issued after the backup of ${restore.backup_taken_at.toISOString()} was taken; its signed request was accepted once after the restore`,
+    agentId: input.agentId,
+    machineId: input.machineId,
+    remoteAddr: input.remoteAddr,
+    detail: { familyId: family.id },
+  });
+  return true;
 }
 
 const agentListSelect = {

@@ -2,7 +2,10 @@
 // Rows travel as PostgreSQL's own JSON text of each row (row_to_json) and come back through
 // json_populate_recordset, so every column type (bytea, timestamps, arrays, jsonb, enums, bigint)
 // round-trips exactly and no row is ever decoded in JavaScript.
+import { PrismaPg } from "@prisma/adapter-pg";
 import type pg from "pg";
+import { PrismaClient } from "../generated/prisma/client.ts";
+import { recordSecurityEvent, type SecurityEventInput } from "./security-events.ts";
 
 // Prisma's bookkeeping: a restore applies the migrations itself, so their history is not copied.
 export const MIGRATIONS_TABLE = "_prisma_migrations";
@@ -214,4 +217,37 @@ export async function resetSequences(client: pg.ClientBase): Promise<void> {
 export async function rowCount(client: pg.ClientBase, table: string): Promise<number> {
   const { rows } = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${ident(table)}`);
   return Number(rows[0]!.n);
+}
+
+// Marks the restore in the restored database itself (see the restores table in schema.prisma).
+export async function recordRestore(client: pg.ClientBase, backupTakenAt: Date): Promise<void> {
+  await client.query("INSERT INTO restores (restored_at, backup_taken_at) VALUES (now(), $1)", [backupTakenAt]);
+}
+
+// A tool's entry in the security log, on the tool's own pool.
+export async function recordToolEvent(pool: pg.Pool, event: SecurityEventInput): Promise<void> {
+  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) });
+  try {
+    await recordSecurityEvent(prisma, event);
+  } finally {
+    await prisma.$disconnect();
+  }
+}
+
+// Runs fn in one transaction on this connection.
+export async function inTransactionOn<T>(client: pg.ClientBase, fn: () => Promise<T>): Promise<T> {
+  await client.query("BEGIN");
+  try {
+    const result = await fn();
+    await client.query("COMMIT");
+    return result;
+  } catch (err) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  }
+}
+
+// Whether the database answers at all.
+export async function reachable(pool: pg.Pool): Promise<void> {
+  await pool.query("SELECT 1");
 }

@@ -13,6 +13,7 @@ export const SECURITY_EVENT_TYPES = [
   "registration_refused",
   "backup_taken",
   "backup_restored",
+  "agent_recovered_after_restore",
 ] as const;
 
 export type SecurityEventType = (typeof SECURITY_EVENT_TYPES)[number];
