@@ -339,6 +339,7 @@ function parseHeader(line: string): BackupHeader {
     throw damaged("its header lacks a field");
   }
   if (Buffer.from(h.master_key, "base64").length !== 32) throw damaged("its master key is not 32 bytes");
+  if (Object.values(h.files).some((v) => typeof v !== "string")) throw damaged("a file in its header is not text");
   return h as BackupHeader;
 }
 
