@@ -4,6 +4,7 @@ import { UpdateSeverity } from "@redflag/gen/command_pb";
 import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../src/store/commands.ts";
+import { recordIfUnchanged, withScanLease } from "../src/store/scans.ts";
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 import { availableBackends, freshDatabase, type Backend } from "./support/database.ts";
@@ -50,6 +51,36 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
   });
   afterAll(async () => {
     await cp?.close();
+  });
+
+  it("records a scan that repeats the view in one comparison, and applies one that differs in any way", async () => {
+    const host = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const base = [pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.2", "security")];
+    await scan(host, base);
+    const repeats = (list: PackageUpdateInput[], sources = ["apt"]) =>
+      withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
+        recordIfUnchanged(cp.app.db.prisma, lease, crypto.randomUUID(), list, { sources, time: new Date(++scanClock), commandId: null, rebootRequired: undefined }, async () => {}),
+      );
+    expect(await repeats([...base].reverse())).toBe(true);
+    // The first of two updates with one key counts, as when staging.
+    expect(await repeats([...base, pkg("bash", "9.9", "security")])).toBe(true);
+    expect(await repeats([base[0]!, pkg("bash", "5.2", "critical")])).toBe(false);
+    expect(await repeats([base[0]!, pkg("bash", "5.2", "security", { sizeBytes: 2000n })])).toBe(false);
+    expect(await repeats([base[0]!])).toBe(false);
+    expect(await repeats([...base, pkg("curl", "8.0", "low")])).toBe(false);
+    expect(await repeats([...base, pkg("jq", "1.7", "unknown", { source: "snap" })], ["apt", "snap"])).toBe(false);
+    expect(await repeats([], ["apt"])).toBe(false);
+    // Another source's scan with nothing in it repeats that source's (empty) view.
+    expect(await repeats([], ["flatpak"])).toBe(true);
+    const lastScan = async () => (await cp.app.db.prisma.agent.findUniqueOrThrow({ where: { id: host.agentId } })).lastScanAt!.getTime();
+    const before = await lastScan();
+    await scan(host, base);
+    expect(await lastScan()).toBeGreaterThan(before);
+    await scan(host, [base[0]!, pkg("bash", "5.3", "security")]);
+    const rows = await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: host.agentId }, orderBy: { name: "asc" } });
+    expect(rows.map((r) => [r.name, r.availableVersion])).toEqual([["bash", "5.3"], ["zlib1g", "1.3"]]);
+    // Out of the fleet the other tests count.
+    await cp.admin.fleet.decommissionAgent({ agentId: host.agentId });
   });
 
   it("groups by package and version, most severe first, then the most hosts, with a total", async () => {

@@ -3,6 +3,7 @@ import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
 import {
   applyStagedScan,
+  recordIfUnchanged,
   completeUpload,
   dropStagedScan,
   stageWhole,
@@ -389,17 +390,19 @@ async function recordScanResult(
   return withScanLease(db, agentId, async (lease) => {
     // Another request (a retry) may have recorded it while this one waited for the lease.
     if (await db.commandResult.findUnique({ where: { commandId: result.commandId }, select: { commandId: true } })) return "recorded";
-    const staged = await stagedScan(db, agentId, result.commandId, scan);
-    if ("missing" in staged) return staged;
     const application = { sources: scan.sources, time: now, commandId: result.commandId, rebootRequired: result.metrics?.rebootRequired };
-    const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, async (tx) => {
+    const finish = async (tx: Tx) => {
       const [row] = await tx.$queryRaw<{ state: CommandState; has_result: boolean }[]>`
         SELECT c.state, (r.command_id IS NOT NULL) AS has_result
           FROM commands c LEFT JOIN command_results r ON r.command_id = c.id
          WHERE c.id = ${result.commandId}::uuid
          FOR UPDATE OF c`;
       if (row && !row.has_result) await storeResult(tx, agentId, row.state, result, now);
-    });
+    };
+    if (scan.parts === 0 && (await recordIfUnchanged(db, lease, result.commandId, scan.updates, application, finish))) return "recorded";
+    const staged = await stagedScan(db, agentId, result.commandId, scan);
+    if ("missing" in staged) return staged;
+    const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, finish);
     return applied ? "recorded" : { missing: [] };
   });
 }
@@ -490,9 +493,10 @@ export async function recordScanReports(
         if (report.scan.parts > 0) await dropStagedScan(db, agentId, report.id);
         return "recorded" as const;
       }
+      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
+      if (report.scan.parts === 0 && (await recordIfUnchanged(db, lease, report.id, report.scan.updates, application, readings))) return "recorded" as const;
       const staged = await stagedScan(db, agentId, report.id, report.scan);
       if ("missing" in staged) return staged;
-      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
       const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);
       return applied ? ("recorded" as const) : { missing: [] };
     });
