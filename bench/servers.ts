@@ -39,18 +39,20 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function waitHealthy(url: string, child: ChildProcess, timeoutMs: number) {
+async function waitReady(url: string, child: ChildProcess, timeoutMs: number, probe = "/readyz") {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode} during start-up`);
     try {
-      if ((await fetch(`${url}/healthz`)).ok) return;
+      // The control plane's /readyz, not /healthz: its listener answers /healthz while the database
+      // is still being opened and migrated, before the admin key file exists.
+      if ((await fetch(`${url}${probe}`)).ok) return;
     } catch {
       // not listening yet
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error(`the server at ${url} did not answer /healthz within ${timeoutMs} ms`);
+  throw new Error(`the server at ${url} was not ready (${probe}) within ${timeoutMs} ms`);
 }
 
 function stopChild(child: ChildProcess): Promise<void> {
@@ -136,7 +138,7 @@ export async function startControlPlane(opts: { postgresUrl?: string | undefined
     await rm(dataDir, { recursive: true, force: true });
   };
   try {
-    await waitHealthy(url, child, 60_000);
+    await waitReady(url, child, 60_000);
   } catch (err) {
     await cleanup();
     throw err;
@@ -172,7 +174,7 @@ export async function startEchoServer(): Promise<ChildServer> {
   const url = `http://127.0.0.1:${port}`;
   const child = spawnNode(path.join(ROOT, "bench/echo-server.ts"), { BENCH_ECHO_PORT: String(port) });
   try {
-    await waitHealthy(url, child, 30_000);
+    await waitReady(url, child, 30_000, "/healthz");
   } catch (err) {
     await stopChild(child);
     throw err;

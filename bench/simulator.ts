@@ -3,7 +3,7 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentService, RegisterProofSchema, RenewPayloadSchema, type PollCommandsResponse } from "@redflag/gen/agent_service_pb";
-import { CommandOutcome, CommandResultSchema, CommandSchema, type Command } from "@redflag/gen/command_pb";
+import { CommandOutcome, CommandResultSchema, CommandSchema, SubsystemRunState, type Command, type PackageUpdateSchema } from "@redflag/gen/command_pb";
 import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -280,6 +280,16 @@ export class SimAgent {
     }
     if (commands.length > 0) await this.flush(signal);
     return commands;
+  }
+
+  // One scheduled scan report of the apt source, as the agent sends it; true once acknowledged.
+  async reportScan(updates: MessageInitShape<typeof PackageUpdateSchema>[], signal?: AbortSignal): Promise<boolean> {
+    const id = crypto.randomUUID();
+    const res = await this.client.reportResults(
+      { scans: [{ id, scanTime: timestampFromDate(new Date()), result: { updates, subsystems: [{ subsystem: "apt", state: SubsystemRunState.RAN }] } }] },
+      { headers: this.headers, signal, timeoutMs: 60_000 },
+    );
+    return res.acknowledgedScanIds.includes(id);
   }
 
   // Results not yet acknowledged, re-sent until they are (the agent keeps them in its journal).
