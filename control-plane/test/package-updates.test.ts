@@ -57,10 +57,10 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
     const host = await registerTestAgent(cp, await newRegistrationToken(cp));
     const base = [pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.2", "security")];
     await scan(host, base);
-    const repeats = (list: PackageUpdateInput[], sources = ["apt"]) =>
-      withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
-        recordIfUnchanged(cp.app.db.prisma, lease, crypto.randomUUID(), list, { sources, time: new Date(++scanClock), commandId: null, rebootRequired: undefined }, async () => {}),
-      );
+    const repeats = async (list: PackageUpdateInput[], sources = ["apt"], time = new Date(++scanClock)) =>
+      (await withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
+        recordIfUnchanged(cp.app.db.prisma, lease, list, { sources, time, commandId: null, rebootRequired: undefined }, { newerOnly: true }),
+      )) === "recorded";
     expect(await repeats([...base].reverse())).toBe(true);
     // The first of two updates with one key counts, as when staging.
     expect(await repeats([...base, pkg("bash", "9.9", "security")])).toBe(true);
@@ -72,6 +72,11 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
     expect(await repeats([], ["apt"])).toBe(false);
     // Another source's scan with nothing in it repeats that source's (empty) view.
     expect(await repeats([], ["flatpak"])).toBe(true);
+    // A report older than the view changes nothing.
+    const older = await withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
+      recordIfUnchanged(cp.app.db.prisma, lease, base, { sources: ["apt"], time: new Date(0), commandId: null, rebootRequired: undefined }, { newerOnly: true }),
+    );
+    expect(older).toBe("older");
     const lastScan = async () => (await cp.app.db.prisma.agent.findUniqueOrThrow({ where: { id: host.agentId } })).lastScanAt!.getTime();
     const before = await lastScan();
     await scan(host, base);

@@ -3,6 +3,7 @@ import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
 import {
   applyStagedScan,
+  BATCH_TX,
   recordIfUnchanged,
   completeUpload,
   dropStagedScan,
@@ -399,7 +400,15 @@ async function recordScanResult(
          FOR UPDATE OF c`;
       if (row && !row.has_result) await storeResult(tx, agentId, row.state, result, now);
     };
-    if (scan.parts === 0 && (await recordIfUnchanged(db, lease, result.commandId, scan.updates, application, finish))) return "recorded";
+    if (scan.parts === 0) {
+      // One transaction: the scan time and the command's result are recorded together or not at all.
+      const recorded = await db.$transaction(async (tx) => {
+        if ((await recordIfUnchanged(tx, lease, scan.updates, application, { newerOnly: false })) !== "recorded") return false;
+        await finish(tx);
+        return true;
+      }, BATCH_TX);
+      if (recorded) return "recorded";
+    }
     const staged = await stagedScan(db, agentId, result.commandId, scan);
     if ("missing" in staged) return staged;
     const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, finish);
@@ -487,14 +496,19 @@ export async function recordScanReports(
     const readings = (tx: Tx) =>
       recordMetricSamples(tx, agentId, report.metrics ? [{ id: report.id, time: report.scanTime, metrics: report.metrics }] : []);
     const recorded = await withScanLease(db, agentId, async (lease) => {
+      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
+      // Most reports repeat the view: one statement records them (or finds them older).
+      const fast = report.scan.parts === 0 ? await recordIfUnchanged(db, lease, report.scan.updates, application, { newerOnly: true }) : "changed";
+      if (fast !== "changed") {
+        await readings(db);
+        return "recorded" as const;
+      }
       const agent = await db.agent.findUnique({ where: { id: agentId }, select: { lastScanAt: true } });
       if (agent?.lastScanAt && report.scanTime <= agent.lastScanAt) {
         await readings(db);
         if (report.scan.parts > 0) await dropStagedScan(db, agentId, report.id);
         return "recorded" as const;
       }
-      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
-      if (report.scan.parts === 0 && (await recordIfUnchanged(db, lease, report.id, report.scan.updates, application, readings))) return "recorded" as const;
       const staged = await stagedScan(db, agentId, report.id, report.scan);
       if ("missing" in staged) return staged;
       const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);

@@ -270,18 +270,19 @@ interface Key {
 
 // Most scans repeat the view they replace: the same updates of the same sources, every compared
 // field equal. Such a scan, sent whole, changes nothing but the scan time, so it is not staged
-// and applied: one statement compares it with the view, and the finishing transaction records
-// it (as applyStagedScan's last step does). False when anything differs (or the scan is bigger
-// than one batch): the caller stages and applies it as usual. The caller holds the lease.
+// and applied: one statement compares it with the view and, when they agree, records the scan
+// time (and the reboot flag) as applyStagedScan's last step does. "changed" when anything differs
+// (or the scan is bigger than one batch, or a staged scan of this agent exists): the caller
+// stages and applies it as usual. With `newerOnly` (scheduled reports), a scan not newer than the
+// view is "older" and changes nothing. The caller holds the lease.
 export async function recordIfUnchanged(
-  db: Prisma,
+  db: Prisma | Tx,
   lease: Lease,
-  scanId: string,
   updates: readonly PackageUpdateInput[],
   scan: ScanApplication,
-  finish: (tx: Tx) => Promise<void>,
-): Promise<boolean> {
-  if (updates.length > SCAN_BATCH) return false;
+  opts: { newerOnly: boolean },
+): Promise<"recorded" | "older" | "changed"> {
+  if (updates.length > SCAN_BATCH) return "changed";
   const { agentId } = lease;
   // The first of two updates with the same key counts, as when staging.
   const seen = new Set<string>();
@@ -293,38 +294,33 @@ export async function recordIfUnchanged(
   });
   const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
   const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
-  const [compared] = await db.$queryRaw<{ same: number; stored: number }[]>`
+  const [row] = await db.$queryRaw<{ recorded: boolean; older: boolean }[]>`
     WITH u AS (
       SELECT * FROM unnest(
         ${column((u) => u.source)}::text[], ${column((u) => u.name)}::text[], ${column((u) => u.architecture)}::text[],
         ${column((u) => u.currentVersion)}::text[], ${column((u) => u.availableVersion)}::text[],
         ${column((u) => u.repository)}::text[], ${column((u) => u.severity)}::text[], ${column((u) => u.security)}::boolean[],
         ${column((u) => u.sizeBytes.toString())}::bigint[], ${column((u) => u.rebootRequired)}::boolean[])
-        AS u(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required))
-    SELECT (SELECT count(*) FROM u JOIN package_updates p
-              ON p.agent_id = ${agentId}::uuid AND p.source = u.source AND p.name = u.name AND p.architecture = u.architecture
-             WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
-                   IS NOT DISTINCT FROM
-                   (u.current_version, u.available_version, u.repository, u.severity, u.security, u.size_bytes, u.reboot_required))::int AS same,
-           (SELECT count(*) FROM package_updates p WHERE p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[]))::int AS stored`;
-  if (!compared || compared.same !== firsts.length || compared.stored !== firsts.length) return false;
-  const dropped = await db.$transaction(async (tx) => {
-    await renewLease(tx, lease);
-    await tx.agent.update({
-      where: { id: agentId },
-      data: { lastScanAt: scan.time, ...(scan.rebootRequired === undefined ? {} : { rebootRequired: scan.rebootRequired }) },
-    });
-    await finish(tx);
-    // What an earlier attempt of this scan staged is not needed any more, and another scan
-    // applied part-way must start over, as in applyStagedScan.
-    const staged = await tx.$queryRaw<{ id: string }[]>`DELETE FROM scan_uploads WHERE agent_id = ${agentId}::uuid AND scan_id = ${scanId} RETURNING id::text`;
-    await tx.$executeRaw`
-      UPDATE scan_uploads SET applied_source = NULL, applied_name = NULL, applied_architecture = NULL
-       WHERE agent_id = ${agentId}::uuid AND applied_source IS NOT NULL`;
-    return staged;
-  }, BATCH_TX);
-  for (const { id } of dropped) await purgeUploadRows(db, id);
-  return true;
+        AS u(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required)
+    ), agent AS (
+      SELECT last_scan_at IS NOT NULL AND last_scan_at >= ${scan.time}::timestamptz AS older FROM agents WHERE id = ${agentId}::uuid
+    ), same AS (
+      SELECT (SELECT count(*) FROM u JOIN package_updates p
+                ON p.agent_id = ${agentId}::uuid AND p.source = u.source AND p.name = u.name AND p.architecture = u.architecture
+               WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
+                     IS NOT DISTINCT FROM
+                     (u.current_version, u.available_version, u.repository, u.severity, u.security, u.size_bytes, u.reboot_required)) = ${firsts.length}
+         AND (SELECT count(*) FROM package_updates p WHERE p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[])) = ${firsts.length}
+         AND NOT EXISTS (SELECT 1 FROM scan_uploads WHERE agent_id = ${agentId}::uuid) AS ok
+    ), recorded AS (
+      UPDATE agents SET last_scan_at = ${scan.time}::timestamptz, reboot_required = COALESCE(${scan.rebootRequired ?? null}::boolean, reboot_required)
+       WHERE id = ${agentId}::uuid AND (SELECT ok FROM same) AND NOT (${opts.newerOnly}::boolean AND (SELECT older FROM agent))
+      RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, ${opts.newerOnly}::boolean AND coalesce((SELECT older FROM agent), false) AS older`;
+  if (row?.recorded) return "recorded";
+  if (row?.older) return "older";
+  return "changed";
 }
 
 // Applies a staged scan to the agent's view, batch by batch in key order, then runs `finish` in
