@@ -38,7 +38,7 @@ describe("the console's auto-approval policies, in a real browser", () => {
     session = await startConsoleSession({ env: { REDFLAG_SWEEP_INTERVAL_MS: "3600000" } });
     ({ cp, page, admin, shots } = session);
     web = await registerTestAgent(cp, await newRegistrationToken(cp), { hostname: "web-1" });
-    await recordScanReports(cp.app.db.prisma, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [pkg("openssl", true), pkg("tzdata", false)], parts: 0, sources: ["apt"] } }], {
+    await recordScanReports(cp.app.db.prisma, cp.app.db.statements, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [pkg("openssl", true), pkg("tzdata", false)], parts: 0, sources: ["apt"] } }], {
       rows: 10_000,
     });
   }, 300_000);

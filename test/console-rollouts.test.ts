@@ -47,7 +47,7 @@ describe("the console's staged rollouts, in a real browser", () => {
       agents.push(agent);
       await cp.admin.fleet.setAgentLabels({ agentId: agent.agentId, group: "web", tags: [] });
       // Two security updates on each web server, both approved.
-      await recordScanReports(cp.app.db.prisma, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: [pkg("openssl"), pkg("curl")], parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+      await recordScanReports(cp.app.db.prisma, cp.app.db.statements, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: [pkg("openssl"), pkg("curl")], parts: 0, sources: ["apt"] } }], { rows: 10_000 });
       hostnames.push((await cp.admin.fleet.getAgent({ agentId: agent.agentId })).agent!.hostname);
     }
     const asAdmin = createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${cp.adminKey}` })] });

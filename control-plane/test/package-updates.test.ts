@@ -4,7 +4,7 @@ import { UpdateSeverity } from "@redflag/gen/command_pb";
 import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../src/store/commands.ts";
-import { recordIfUnchanged, withScanLease } from "../src/store/scans.ts";
+import { recordIfUnchanged, statementsRunner, withScanLease } from "../src/store/scans.ts";
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 import { availableBackends, freshDatabase, type Backend } from "./support/database.ts";
@@ -31,7 +31,7 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
   const hosts: TestAgent[] = [];
   let scanClock = Date.now();
   const scan = (agent: TestAgent, list: PackageUpdateInput[]) =>
-    recordScanReports(cp.app.db.prisma, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+    recordScanReports(cp.app.db.prisma, cp.app.db.statements, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
 
   beforeAll(async () => {
     cp = await startTestControlPlane({}, { db: await freshDatabase({ backend }), port: 0 });
@@ -57,10 +57,9 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
     const host = await registerTestAgent(cp, await newRegistrationToken(cp));
     const base = [pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.2", "security")];
     await scan(host, base);
+    const sql = statementsRunner(cp.app.db.statements);
     const repeats = async (list: PackageUpdateInput[], sources = ["apt"], time = new Date(++scanClock)) =>
-      (await withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
-        recordIfUnchanged(cp.app.db.prisma, lease, list, { sources, time, commandId: null, rebootRequired: undefined }, { newerOnly: true }),
-      )) === "recorded";
+      (await recordIfUnchanged(sql, host.agentId, list, { sources, time, commandId: null, rebootRequired: undefined }, { newerOnly: true, leaseHeld: false })) === "recorded";
     expect(await repeats([...base].reverse())).toBe(true);
     // The first of two updates with one key counts, as when staging.
     expect(await repeats([...base, pkg("bash", "9.9", "security")])).toBe(true);
@@ -73,10 +72,13 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
     // Another source's scan with nothing in it repeats that source's (empty) view.
     expect(await repeats([], ["flatpak"])).toBe(true);
     // A report older than the view changes nothing.
-    const older = await withScanLease(cp.app.db.prisma, host.agentId, (lease) =>
-      recordIfUnchanged(cp.app.db.prisma, lease, base, { sources: ["apt"], time: new Date(0), commandId: null, rebootRequired: undefined }, { newerOnly: true }),
-    );
+    const older = await recordIfUnchanged(sql, host.agentId, base, { sources: ["apt"], time: new Date(0), commandId: null, rebootRequired: undefined }, { newerOnly: true, leaseHeld: false });
     expect(older).toBe("older");
+    // While another scan of the agent holds the lease, nothing is recorded this way.
+    await withScanLease(cp.app.db.prisma, host.agentId, async () => {
+      expect(await repeats(base)).toBe(false);
+    });
+    expect(await repeats(base)).toBe(true);
     const lastScan = async () => (await cp.app.db.prisma.agent.findUniqueOrThrow({ where: { id: host.agentId } })).lastScanAt!.getTime();
     const before = await lastScan();
     await scan(host, base);

@@ -55,7 +55,7 @@ describe("auto-approval policies", () => {
 
   const as = (secret: string) => createConnectTransport({ baseUrl: cp.url, httpVersion: "1.1", interceptors: [headerInterceptor({ authorization: `Bearer ${secret}` })] });
   const scan = (scanTime: Date, list: PackageUpdateInput[]) =>
-    recordScanReports(cp.app.db.prisma, web.agentId, [{ id: crypto.randomUUID(), scanTime, scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+    recordScanReports(cp.app.db.prisma, cp.app.db.statements, web.agentId, [{ id: crypto.randomUUID(), scanTime, scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
   const statuses = async () =>
     Object.fromEntries((await updates.listUpdates({ filter: { agentIds: [web.agentId] } })).updates.map((u) => [u.update!.name, `${UpdateStatus[u.status]} ${u.decidedBy}`.trim()]));
   const cli = (args: string[]) => runInProcess(["--server", cp.url, "--api-key", cp.adminKey, ...args], { env: { REDFLAG_CONFIG_DIR: config } });

@@ -116,7 +116,7 @@ describe("scheduled installs and reboot policies", () => {
     });
     expect(window!.spec!.autoInstall).toBe(true);
     const update = { source: "apt", name: "openssl", architecture: "amd64", currentVersion: "3.0.14", availableVersion: "3.0.15", repository: "bookworm-security", severity: "security", security: true, sizeBytes: 1000n, rebootRequired: true };
-    await recordScanReports(cp.app.db.prisma, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [update], parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+    await recordScanReports(cp.app.db.prisma, cp.app.db.statements, web.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates: [update], parts: 0, sources: ["apt"] } }], { rows: 10_000 });
     await createClient(UpdateService, as(cp.adminKey)).approveUpdates({ selection: { agentIds: [web.agentId] } });
 
     await cp.app.scheduler.tick();

@@ -45,7 +45,7 @@ beforeAll(async () => {
     await cp.admin.fleet.setAgentLabels({ agentId: agent.agentId, group: "web", tags: [] });
     agents.set(hostname, agent);
     const updates = [{ source: "apt", name: "openssl", architecture: "amd64", currentVersion: "1.0", availableVersion: "1.1", repository: "bookworm", severity: "important", security: true, sizeBytes: 1n, rebootRequired: false }];
-    await recordScanReports(cp.app.db.prisma, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+    await recordScanReports(cp.app.db.prisma, cp.app.db.statements, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(), scan: { updates, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
   }
   expect((await admin(["updates", "approve", "--package", "openssl"])).code).toBe(0);
   // Each agent polls once, so none shows as offline.

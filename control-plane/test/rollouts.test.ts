@@ -57,6 +57,7 @@ async function signIn(username: string, role: Role) {
 const scan = (agent: TestAgent, names: string[]) =>
   recordScanReports(
     cp.app.db.prisma,
+    cp.app.db.statements,
     agent.agentId,
     [
       {

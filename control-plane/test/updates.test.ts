@@ -28,7 +28,7 @@ const pkg = (name: string, availableVersion: string, severity: string, security 
 });
 let scanClock = Date.now();
 const scan = (agent: TestAgent, list: PackageUpdateInput[]) =>
-  recordScanReports(cp.app.db.prisma, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
+  recordScanReports(cp.app.db.prisma, cp.app.db.statements, agent.agentId, [{ id: crypto.randomUUID(), scanTime: new Date(++scanClock), scan: { updates: list, parts: 0, sources: ["apt"] } }], { rows: 10_000 });
 
 async function expectCode(promise: Promise<unknown>, code: Code, message?: RegExp) {
   const err = await promise.then(() => undefined, (e: unknown) => e);

@@ -290,7 +290,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         unique.size > 0
           ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget).catch(refusalAsRpcError)
           : { acknowledged: [], refused: [], incomplete: [] };
-      const reports = scans.length > 0 ? await recordScanReports(db, agentId, scans, budget).catch(refusalAsRpcError) : { acknowledged: [], incomplete: [] };
+      const reports = scans.length > 0 ? await recordScanReports(db, deps.sql, agentId, scans, budget).catch(refusalAsRpcError) : { acknowledged: [], incomplete: [] };
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));
       deps.metrics?.resultsRecorded(outcome.acknowledged.length);
       return {

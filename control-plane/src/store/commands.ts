@@ -5,6 +5,8 @@ import {
   applyStagedScan,
   BATCH_TX,
   recordIfUnchanged,
+  statementsRunner,
+  transactionRunner,
   completeUpload,
   dropStagedScan,
   stageWhole,
@@ -403,7 +405,7 @@ async function recordScanResult(
     if (scan.parts === 0) {
       // One transaction: the scan time and the command's result are recorded together or not at all.
       const recorded = await db.$transaction(async (tx) => {
-        if ((await recordIfUnchanged(tx, lease, scan.updates, application, { newerOnly: false })) !== "recorded") return false;
+        if ((await recordIfUnchanged(transactionRunner(tx), agentId, scan.updates, application, { newerOnly: false, leaseHeld: true })) !== "recorded") return false;
         await finish(tx);
         return true;
       }, BATCH_TX);
@@ -486,6 +488,7 @@ export interface IncomingScan {
 // budget, is not acknowledged (incomplete).
 export async function recordScanReports(
   db: Prisma,
+  sql: Statements,
   agentId: string,
   scans: IncomingScan[],
   budget: Budget,
@@ -495,14 +498,15 @@ export async function recordScanReports(
   for (const report of ordered) {
     const readings = (tx: Tx) =>
       recordMetricSamples(tx, agentId, report.metrics ? [{ id: report.id, time: report.scanTime, metrics: report.metrics }] : []);
+    const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
+    // Most reports repeat the view: one statement records them (or finds them older), taking
+    // and leaving the lease within itself.
+    if (report.scan.parts === 0 && (await recordIfUnchanged(statementsRunner(sql), agentId, report.scan.updates, application, { newerOnly: true, leaseHeld: false })) !== "changed") {
+      await readings(db);
+      out.acknowledged.push(report.id);
+      continue;
+    }
     const recorded = await withScanLease(db, agentId, async (lease) => {
-      const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
-      // Most reports repeat the view: one statement records them (or finds them older).
-      const fast = report.scan.parts === 0 ? await recordIfUnchanged(db, lease, report.scan.updates, application, { newerOnly: true }) : "changed";
-      if (fast !== "changed") {
-        await readings(db);
-        return "recorded" as const;
-      }
       const agent = await db.agent.findUnique({ where: { id: agentId }, select: { lastScanAt: true } });
       if (agent?.lastScanAt && report.scanTime <= agent.lastScanAt) {
         await readings(db);

@@ -15,6 +15,7 @@ import { Prisma as Sql } from "../generated/prisma/client.ts";
 import { newId } from "../ids.ts";
 import { enqueueNotification } from "./notifications.ts";
 import { StoreRefusal } from "./refusal.ts";
+import type { Statements } from "./statements.ts";
 import type { Prisma, Tx } from "./types.ts";
 
 export interface PackageUpdateInput {
@@ -271,19 +272,54 @@ interface Key {
 // Most scans repeat the view they replace: the same updates of the same sources, every compared
 // field equal. Such a scan, sent whole, changes nothing but the scan time, so it is not staged
 // and applied: one statement compares it with the view and, when they agree, records the scan
-// time (and the reboot flag) as applyStagedScan's last step does. "changed" when anything differs
-// (or the scan is bigger than one batch, or a staged scan of this agent exists): the caller
+// time (and the reboot flag) as applyStagedScan's last step does. It takes the agent's scan lease
+// for its own length (a lease row written already expired, so its row lock is what excludes
+// others) unless the caller holds the lease. "changed" when anything differs, the scan is bigger
+// than one batch, a staged scan of this agent exists or another scan holds the lease: the caller
 // stages and applies it as usual. With `newerOnly` (scheduled reports), a scan not newer than the
-// view is "older" and changes nothing. The caller holds the lease.
+// view is "older" and changes nothing.
+const REPEATED_SCAN = `
+    WITH lease AS (
+      INSERT INTO scan_leases (agent_id, holder, expires_at) VALUES ($1::uuid, gen_random_uuid(), now())
+      ON CONFLICT (agent_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+       WHERE scan_leases.expires_at < now()
+      RETURNING 1
+    ), u AS (
+      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::boolean[], $10::bigint[], $11::boolean[])
+        AS u(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required)
+    ), agent AS (
+      SELECT last_scan_at IS NOT NULL AND last_scan_at >= $12::timestamptz AS older FROM agents WHERE id = $1::uuid
+    ), same AS (
+      SELECT (SELECT count(*) FROM u JOIN package_updates p
+                ON p.agent_id = $1::uuid AND p.source = u.source AND p.name = u.name AND p.architecture = u.architecture
+               WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
+                     IS NOT DISTINCT FROM
+                     (u.current_version, u.available_version, u.repository, u.severity, u.security, u.size_bytes, u.reboot_required)) = $13::int
+         AND (SELECT count(*) FROM package_updates p WHERE p.agent_id = $1::uuid AND p.source = ANY($14::text[])) = $13::int
+         AND NOT EXISTS (SELECT 1 FROM scan_uploads WHERE agent_id = $1::uuid) AS ok
+    ), recorded AS (
+      UPDATE agents SET last_scan_at = $12::timestamptz, reboot_required = COALESCE($15::boolean, reboot_required)
+       WHERE id = $1::uuid AND (EXISTS (SELECT 1 FROM lease) OR $17::boolean) AND (SELECT ok FROM same)
+         AND NOT ($16::boolean AND (SELECT older FROM agent))
+      RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, $16::boolean AND coalesce((SELECT older FROM agent), false) AS older`;
+
+// Runs one statement with positional parameters: the hot path's prepared Statements, or a
+// transaction's raw query.
+export type RunStatement = (name: string, text: string, values: unknown[]) => Promise<{ recorded: boolean; older: boolean }[]>;
+
+export const statementsRunner = (sql: Statements): RunStatement => (name, text, values) => sql.rows(name, text, values);
+export const transactionRunner = (tx: Tx): RunStatement => (_name, text, values) => tx.$queryRawUnsafe(text, ...values);
+
 export async function recordIfUnchanged(
-  db: Prisma | Tx,
-  lease: Lease,
+  run: RunStatement,
+  agentId: string,
   updates: readonly PackageUpdateInput[],
   scan: ScanApplication,
-  opts: { newerOnly: boolean },
+  opts: { newerOnly: boolean; leaseHeld: boolean },
 ): Promise<"recorded" | "older" | "changed"> {
   if (updates.length > SCAN_BATCH) return "changed";
-  const { agentId } = lease;
   // The first of two updates with the same key counts, as when staging.
   const seen = new Set<string>();
   const firsts = updates.filter((u) => {
@@ -294,30 +330,25 @@ export async function recordIfUnchanged(
   });
   const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
   const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
-  const [row] = await db.$queryRaw<{ recorded: boolean; older: boolean }[]>`
-    WITH u AS (
-      SELECT * FROM unnest(
-        ${column((u) => u.source)}::text[], ${column((u) => u.name)}::text[], ${column((u) => u.architecture)}::text[],
-        ${column((u) => u.currentVersion)}::text[], ${column((u) => u.availableVersion)}::text[],
-        ${column((u) => u.repository)}::text[], ${column((u) => u.severity)}::text[], ${column((u) => u.security)}::boolean[],
-        ${column((u) => u.sizeBytes.toString())}::bigint[], ${column((u) => u.rebootRequired)}::boolean[])
-        AS u(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required)
-    ), agent AS (
-      SELECT last_scan_at IS NOT NULL AND last_scan_at >= ${scan.time}::timestamptz AS older FROM agents WHERE id = ${agentId}::uuid
-    ), same AS (
-      SELECT (SELECT count(*) FROM u JOIN package_updates p
-                ON p.agent_id = ${agentId}::uuid AND p.source = u.source AND p.name = u.name AND p.architecture = u.architecture
-               WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
-                     IS NOT DISTINCT FROM
-                     (u.current_version, u.available_version, u.repository, u.severity, u.security, u.size_bytes, u.reboot_required)) = ${firsts.length}
-         AND (SELECT count(*) FROM package_updates p WHERE p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[])) = ${firsts.length}
-         AND NOT EXISTS (SELECT 1 FROM scan_uploads WHERE agent_id = ${agentId}::uuid) AS ok
-    ), recorded AS (
-      UPDATE agents SET last_scan_at = ${scan.time}::timestamptz, reboot_required = COALESCE(${scan.rebootRequired ?? null}::boolean, reboot_required)
-       WHERE id = ${agentId}::uuid AND (SELECT ok FROM same) AND NOT (${opts.newerOnly}::boolean AND (SELECT older FROM agent))
-      RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, ${opts.newerOnly}::boolean AND coalesce((SELECT older FROM agent), false) AS older`;
+  const [row] = await run("redflag_repeated_scan", REPEATED_SCAN, [
+    agentId,
+    column((u) => u.source),
+    column((u) => u.name),
+    column((u) => u.architecture),
+    column((u) => u.currentVersion),
+    column((u) => u.availableVersion),
+    column((u) => u.repository),
+    column((u) => u.severity),
+    column((u) => u.security),
+    column((u) => u.sizeBytes.toString()),
+    column((u) => u.rebootRequired),
+    scan.time,
+    firsts.length,
+    sources,
+    scan.rebootRequired ?? null,
+    opts.newerOnly,
+    opts.leaseHeld,
+  ]);
   if (row?.recorded) return "recorded";
   if (row?.older) return "older";
   return "changed";
