@@ -2,6 +2,7 @@ import type { CommandCreator, CommandState, CommandType } from "../generated/pri
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
 import {
+  applySmallScan,
   applyStagedScan,
   BATCH_TX,
   recordIfUnchanged,
@@ -411,6 +412,7 @@ async function recordScanResult(
       }, BATCH_TX);
       if (recorded) return "recorded";
     }
+    if (scan.parts === 0 && (await applySmallScan(db, lease, result.commandId, scan.updates, application, budget, finish))) return "recorded";
     const staged = await stagedScan(db, agentId, result.commandId, scan);
     if ("missing" in staged) return staged;
     const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, finish);
@@ -513,6 +515,7 @@ export async function recordScanReports(
         if (report.scan.parts > 0) await dropStagedScan(db, agentId, report.id);
         return "recorded" as const;
       }
+      if (report.scan.parts === 0 && (await applySmallScan(db, lease, report.id, report.scan.updates, application, budget, readings))) return "recorded" as const;
       const staged = await stagedScan(db, agentId, report.id, report.scan);
       if ("missing" in staged) return staged;
       const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);

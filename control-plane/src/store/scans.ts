@@ -320,14 +320,7 @@ export async function recordIfUnchanged(
   opts: { newerOnly: boolean; leaseHeld: boolean },
 ): Promise<"recorded" | "older" | "changed"> {
   if (updates.length > SCAN_BATCH) return "changed";
-  // The first of two updates with the same key counts, as when staging.
-  const seen = new Set<string>();
-  const firsts = updates.filter((u) => {
-    const key = `${u.source}\0${u.name}\0${u.architecture}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
+  const firsts = firstOfEachKey(updates);
   const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
   const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
   const [row] = await run("redflag_repeated_scan", REPEATED_SCAN, [
@@ -352,6 +345,122 @@ export async function recordIfUnchanged(
   if (row?.recorded) return "recorded";
   if (row?.older) return "older";
   return "changed";
+}
+
+// Writes one batch of a scan into the view: "found" events for updates not offered before (or
+// offered in another version now), one notification for new critical or security updates, and
+// the rows themselves (unchanged ones are not written). `rows` is a relation with
+// staged_updates' columns and at most one row per key: a batch of a staged scan, or a small scan
+// given whole.
+async function applyRows(tx: Tx, agentId: string, scan: ScanApplication, rows: Sql.Sql) {
+  // Found: not offered before, or offered in another version now.
+  await tx.$executeRaw`
+    INSERT INTO update_events (agent_id, time, kind, source, name, architecture, version, command_id)
+    SELECT ${agentId}::uuid, ${scan.time}::timestamptz, 'found', s.source, s.name, s.architecture, s.available_version, ${scan.commandId}::uuid
+      FROM ${rows} s
+      LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
+     WHERE (p.agent_id IS NULL OR p.available_version <> s.available_version)`;
+  // New critical or security updates (not offered before in this version) are notified.
+  const [news] = await tx.$queryRaw<{ n: number; names: string[] }[]>`
+    SELECT count(*)::int AS n, (array_agg(s.name ORDER BY s.name))[1:5] AS names
+      FROM ${rows} s
+      LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
+     WHERE (p.agent_id IS NULL OR p.available_version <> s.available_version) AND (s.security OR s.severity = 'critical')`;
+  if (news && news.n > 0) {
+    const more = news.n > news.names.length ? ` and ${news.n - news.names.length} more` : "";
+    await enqueueNotification(tx, { kind: "critical_updates", severity: "critical", agentId, text: `${news.n} new critical or security update${news.n === 1 ? "" : "s"}: ${news.names.join(", ")}${more}` });
+  }
+  // first_seen_at survives, and so do version_seen_at (a policy's delay counts from it) and a
+  // decision while the same version is offered; a row the scan repeats is not written at all.
+  await tx.$executeRaw`
+    INSERT INTO package_updates AS p (agent_id, source, name, architecture, current_version, available_version,
+                                      repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at, version_seen_at)
+    SELECT ${agentId}::uuid, s.source, s.name, s.architecture, s.current_version, s.available_version,
+           s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz, ${scan.time}::timestamptz
+      FROM ${rows} s
+    ON CONFLICT (agent_id, source, name, architecture) DO UPDATE SET
+      current_version = EXCLUDED.current_version,
+      available_version = EXCLUDED.available_version,
+      repository = EXCLUDED.repository,
+      severity = EXCLUDED.severity,
+      security = EXCLUDED.security,
+      size_bytes = EXCLUDED.size_bytes,
+      reboot_required = EXCLUDED.reboot_required,
+      last_seen_at = EXCLUDED.last_seen_at,
+      version_seen_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.version_seen_at ELSE EXCLUDED.version_seen_at END,
+      status = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.status ELSE 'pending' END,
+      decided_by = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_by END,
+      decided_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_at END,
+      command_id = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.command_id END
+    WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
+          IS DISTINCT FROM
+          (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
+           EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)`;
+}
+
+// A scan sent whole of at most one batch, replacing a view of at most one batch, is applied
+// straight from the request in one transaction, without staging: the "found" events and the
+// rows (applyRows), the rows it no longer lists deleted, and the scan recorded with `finish`, as
+// applyStagedScan does in its steps. False when it is bigger (the caller stages it). The caller
+// holds the lease.
+export async function applySmallScan(
+  db: Prisma,
+  lease: Lease,
+  scanId: string,
+  updates: readonly PackageUpdateInput[],
+  scan: ScanApplication,
+  budget: Budget,
+  finish: (tx: Tx) => Promise<void>,
+): Promise<boolean> {
+  const firsts = firstOfEachKey(updates);
+  if (firsts.length > SCAN_BATCH || budget.rows < 2 * SCAN_BATCH) return false;
+  const { agentId } = lease;
+  const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
+  const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
+  const rows = Sql.sql`(SELECT * FROM unnest(
+      ${column((u) => u.source)}::text[], ${column((u) => u.name)}::text[], ${column((u) => u.architecture)}::text[],
+      ${column((u) => u.currentVersion)}::text[], ${column((u) => u.availableVersion)}::text[],
+      ${column((u) => u.repository)}::text[], ${column((u) => u.severity)}::text[], ${column((u) => u.security)}::boolean[],
+      ${column((u) => u.sizeBytes.toString())}::bigint[], ${column((u) => u.rebootRequired)}::boolean[])
+      AS s(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required))`;
+  const dropped = await db.$transaction(async (tx) => {
+    await renewLease(tx, lease);
+    const [stored] = await tx.$queryRaw<{ n: number }[]>`
+      SELECT count(*)::int AS n FROM package_updates WHERE agent_id = ${agentId}::uuid AND source = ANY(${sources}::text[])`;
+    if ((stored?.n ?? 0) > SCAN_BATCH) return undefined;
+    await applyRows(tx, agentId, scan, rows);
+    await tx.$executeRaw`
+      DELETE FROM package_updates p
+       WHERE p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[])
+         AND NOT EXISTS (SELECT 1 FROM ${rows} s WHERE s.source = p.source AND s.name = p.name AND s.architecture = p.architecture)`;
+    await tx.agent.update({
+      where: { id: agentId },
+      data: { lastScanAt: scan.time, ...(scan.rebootRequired === undefined ? {} : { rebootRequired: scan.rebootRequired }) },
+    });
+    await finish(tx);
+    // What an earlier attempt of this scan staged is not needed any more, and another scan
+    // applied part-way must start over, as in applyStagedScan.
+    const staged = await tx.$queryRaw<{ id: string }[]>`DELETE FROM scan_uploads WHERE agent_id = ${agentId}::uuid AND scan_id = ${scanId} RETURNING id::text`;
+    await tx.$executeRaw`
+      UPDATE scan_uploads SET applied_source = NULL, applied_name = NULL, applied_architecture = NULL
+       WHERE agent_id = ${agentId}::uuid AND applied_source IS NOT NULL`;
+    return staged;
+  }, BATCH_TX);
+  if (!dropped) return false;
+  budget.rows -= 2 * SCAN_BATCH;
+  for (const { id } of dropped) await purgeUploadRows(db, id);
+  return true;
+}
+
+// The first of two updates with the same key counts, as when staging.
+function firstOfEachKey(updates: readonly PackageUpdateInput[]): PackageUpdateInput[] {
+  const seen = new Set<string>();
+  return updates.filter((u) => {
+    const key = `${u.source}\0${u.name}\0${u.architecture}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
 
 // Applies a staged scan to the agent's view, batch by batch in key order, then runs `finish` in
@@ -395,49 +504,7 @@ export async function applyStagedScan(
     await db.$transaction(async (tx) => {
       await renewLease(tx, lease);
       if (!(await touchUpload(tx, uploadId))) throw gone();
-      // Found: not offered before, or offered in another version now.
-      await tx.$executeRaw`
-        INSERT INTO update_events (agent_id, time, kind, source, name, architecture, version, command_id)
-        SELECT ${agentId}::uuid, ${scan.time}::timestamptz, 'found', s.source, s.name, s.architecture, s.available_version, ${scan.commandId}::uuid
-          FROM staged_updates s
-          LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
-         WHERE ${stagedIn(lo, hi)} AND (p.agent_id IS NULL OR p.available_version <> s.available_version)`;
-      // New critical or security updates (not offered before in this version) are notified.
-      const [news] = await tx.$queryRaw<{ n: number; names: string[] }[]>`
-        SELECT count(*)::int AS n, (array_agg(s.name ORDER BY s.name))[1:5] AS names
-          FROM staged_updates s
-          LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
-         WHERE ${stagedIn(lo, hi)} AND (p.agent_id IS NULL OR p.available_version <> s.available_version) AND (s.security OR s.severity = 'critical')`;
-      if (news && news.n > 0) {
-        const more = news.n > news.names.length ? ` and ${news.n - news.names.length} more` : "";
-        await enqueueNotification(tx, { kind: "critical_updates", severity: "critical", agentId, text: `${news.n} new critical or security update${news.n === 1 ? "" : "s"}: ${news.names.join(", ")}${more}` });
-      }
-      // first_seen_at survives, and so do version_seen_at (a policy's delay counts from it) and a
-      // decision while the same version is offered; a row the scan repeats is not written at all.
-      await tx.$executeRaw`
-        INSERT INTO package_updates AS p (agent_id, source, name, architecture, current_version, available_version,
-                                          repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at, version_seen_at)
-        SELECT ${agentId}::uuid, s.source, s.name, s.architecture, s.current_version, s.available_version,
-               s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz, ${scan.time}::timestamptz
-          FROM staged_updates s WHERE ${stagedIn(lo, hi)}
-        ON CONFLICT (agent_id, source, name, architecture) DO UPDATE SET
-          current_version = EXCLUDED.current_version,
-          available_version = EXCLUDED.available_version,
-          repository = EXCLUDED.repository,
-          severity = EXCLUDED.severity,
-          security = EXCLUDED.security,
-          size_bytes = EXCLUDED.size_bytes,
-          reboot_required = EXCLUDED.reboot_required,
-          last_seen_at = EXCLUDED.last_seen_at,
-          version_seen_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.version_seen_at ELSE EXCLUDED.version_seen_at END,
-          status = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.status ELSE 'pending' END,
-          decided_by = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_by END,
-          decided_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_at END,
-          command_id = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.command_id END
-        WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
-              IS DISTINCT FROM
-              (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
-               EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)`;
+      await applyRows(tx, agentId, scan, Sql.sql`(SELECT * FROM staged_updates s WHERE ${stagedIn(lo, hi)})`);
     }, BATCH_TX);
     // Counted whether or not they changed: comparing costs too.
     budget.rows -= SCAN_BATCH;
