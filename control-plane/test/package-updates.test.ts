@@ -4,7 +4,7 @@ import { UpdateSeverity } from "@redflag/gen/command_pb";
 import { UpdateService, UpdateStatus } from "@redflag/gen/update_service_pb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { recordScanReports, type PackageUpdateInput } from "../src/store/commands.ts";
-import { recordIfUnchanged, statementsRunner, withScanLease } from "../src/store/scans.ts";
+import { recordSmallScan, statementsRunner, withScanLease } from "../src/store/scans.ts";
 import { newRegistrationToken, registerTestAgent, type TestAgent } from "./support/agents.ts";
 import { headerInterceptor, startTestControlPlane, type TestControlPlane } from "./support/control-plane.ts";
 import { availableBackends, freshDatabase, type Backend } from "./support/database.ts";
@@ -53,39 +53,52 @@ describe.each(availableBackends)("ListPackageUpdates on %s", (backend: Backend) 
     await cp?.close();
   });
 
-  it("records a scan that repeats the view in one comparison, and applies one that differs in any way", async () => {
+  it("writes a small scan sent whole in one statement: found events, changed and removed rows, the scan time; never over a held lease or an older view", async () => {
     const host = await registerTestAgent(cp, await newRegistrationToken(cp));
-    const base = [pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.2", "security")];
-    await scan(host, base);
+    const prisma = cp.app.db.prisma;
     const sql = statementsRunner(cp.app.db.statements);
-    const repeats = async (list: PackageUpdateInput[], sources = ["apt"], time = new Date(++scanClock)) =>
-      (await recordIfUnchanged(sql, host.agentId, list, { sources, time, commandId: null, rebootRequired: undefined }, { newerOnly: true, leaseHeld: false })) === "recorded";
-    expect(await repeats([...base].reverse())).toBe(true);
-    // The first of two updates with one key counts, as when staging.
-    expect(await repeats([...base, pkg("bash", "9.9", "security")])).toBe(true);
-    expect(await repeats([base[0]!, pkg("bash", "5.2", "critical")])).toBe(false);
-    expect(await repeats([base[0]!, pkg("bash", "5.2", "security", { sizeBytes: 2000n })])).toBe(false);
-    expect(await repeats([base[0]!])).toBe(false);
-    expect(await repeats([...base, pkg("curl", "8.0", "low")])).toBe(false);
-    expect(await repeats([...base, pkg("jq", "1.7", "unknown", { source: "snap" })], ["apt", "snap"])).toBe(false);
-    expect(await repeats([], ["apt"])).toBe(false);
-    // Another source's scan with nothing in it repeats that source's (empty) view.
-    expect(await repeats([], ["flatpak"])).toBe(true);
-    // A report older than the view changes nothing.
-    const older = await recordIfUnchanged(sql, host.agentId, base, { sources: ["apt"], time: new Date(0), commandId: null, rebootRequired: undefined }, { newerOnly: true, leaseHeld: false });
-    expect(older).toBe("older");
-    // While another scan of the agent holds the lease, nothing is recorded this way.
-    await withScanLease(cp.app.db.prisma, host.agentId, async () => {
-      expect(await repeats(base)).toBe(false);
-    });
-    expect(await repeats(base)).toBe(true);
-    const lastScan = async () => (await cp.app.db.prisma.agent.findUniqueOrThrow({ where: { id: host.agentId } })).lastScanAt!.getTime();
+    const small = (list: PackageUpdateInput[], sources = ["apt"], time = new Date(++scanClock)) =>
+      recordSmallScan(sql, host.agentId, list, { sources, time, commandId: null, rebootRequired: undefined }, { newerOnly: true, leaseHeld: false });
+    const view = async () => (await prisma.packageUpdate.findMany({ where: { agentId: host.agentId }, orderBy: { name: "asc" } })).map((r) => `${r.name} ${r.availableVersion} ${r.severity} ${r.status}`);
+    const found = () => prisma.updateEvent.count({ where: { agentId: host.agentId, kind: "found" } });
+    const notified = () => prisma.notificationEvent.findMany({ where: { agentId: host.agentId, kind: "critical_updates" } });
+    const lastScan = async () => (await prisma.agent.findUniqueOrThrow({ where: { id: host.agentId } })).lastScanAt?.getTime() ?? 0;
+
+    const base = [pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.2", "security")];
+    expect(await small(base)).toBe("recorded");
+    expect(await view()).toEqual(["bash 5.2 security pending", "zlib1g 1.3 unknown pending"]);
+    expect(await found()).toBe(2);
+    expect((await notified()).map((n) => n.text)).toEqual(["1 new critical or security update: bash"]);
+    await prisma.packageUpdate.updateMany({ where: { agentId: host.agentId, name: "zlib1g" }, data: { status: "approved" } });
+
+    // The same again (in another order, with a duplicate whose first copy counts): only the time moves.
     const before = await lastScan();
-    await scan(host, base);
+    expect(await small([...base].reverse().concat(pkg("bash", "9.9", "security")))).toBe("recorded");
     expect(await lastScan()).toBeGreaterThan(before);
-    await scan(host, [base[0]!, pkg("bash", "5.3", "security")]);
-    const rows = await cp.app.db.prisma.packageUpdate.findMany({ where: { agentId: host.agentId }, orderBy: { name: "asc" } });
-    expect(rows.map((r) => [r.name, r.availableVersion])).toEqual([["bash", "5.3"], ["zlib1g", "1.3"]]);
+    expect(await view()).toEqual(["bash 5.2 security pending", "zlib1g 1.3 unknown approved"]);
+    expect(await found()).toBe(2);
+
+    // A new version is found (and its decision starts over), a gone update is deleted, the
+    // other keeps its decision.
+    expect(await small([pkg("zlib1g", "1.3", "unknown"), pkg("bash", "5.3", "security"), ...Array.from({ length: 6 }, (_, i) => pkg(`lib${i}`, "1", "critical"))])).toBe("recorded");
+    expect(await found()).toBe(9);
+    expect((await notified()).map((n) => n.text).sort()).toEqual(["1 new critical or security update: bash", "7 new critical or security updates: bash, lib0, lib1, lib2, lib3 and 2 more"]);
+    expect(await small([pkg("zlib1g", "1.3", "unknown")])).toBe("recorded");
+    expect(await view()).toEqual(["zlib1g 1.3 unknown approved"]);
+    // Another source's scan leaves apt's view alone.
+    expect(await small([], ["flatpak"])).toBe("recorded");
+    expect(await view()).toEqual(["zlib1g 1.3 unknown approved"]);
+
+    // Older than the view: nothing changes.
+    expect(await small([], ["apt"], new Date(0))).toBe("older");
+    expect(await view()).toEqual(["zlib1g 1.3 unknown approved"]);
+    // While another scan of the agent holds the lease, it is left to the usual way.
+    await withScanLease(prisma, host.agentId, async () => {
+      expect(await small([])).toBe("changed");
+    });
+    expect(await view()).toEqual(["zlib1g 1.3 unknown approved"]);
+    expect(await small([])).toBe("recorded");
+    expect(await view()).toEqual([]);
     // Out of the fleet the other tests count.
     await cp.admin.fleet.decommissionAgent({ agentId: host.agentId });
   });

@@ -2,10 +2,10 @@ import type { CommandCreator, CommandState, CommandType } from "../generated/pri
 import { newId } from "../ids.ts";
 import { isUniqueViolation } from "./db.ts";
 import {
-  applySmallScan,
   applyStagedScan,
+  SMALL_SCAN_ROWS,
   BATCH_TX,
-  recordIfUnchanged,
+  recordSmallScan,
   statementsRunner,
   transactionRunner,
   completeUpload,
@@ -406,13 +406,12 @@ async function recordScanResult(
     if (scan.parts === 0) {
       // One transaction: the scan time and the command's result are recorded together or not at all.
       const recorded = await db.$transaction(async (tx) => {
-        if ((await recordIfUnchanged(transactionRunner(tx), agentId, scan.updates, application, { newerOnly: false, leaseHeld: true })) !== "recorded") return false;
+        if ((await recordSmallScan(transactionRunner(tx), agentId, scan.updates, application, { newerOnly: false, leaseHeld: true })) !== "recorded") return false;
         await finish(tx);
         return true;
       }, BATCH_TX);
       if (recorded) return "recorded";
     }
-    if (scan.parts === 0 && (await applySmallScan(db, lease, result.commandId, scan.updates, application, budget, finish))) return "recorded";
     const staged = await stagedScan(db, agentId, result.commandId, scan);
     if ("missing" in staged) return staged;
     const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, finish);
@@ -501,9 +500,10 @@ export async function recordScanReports(
     const readings = (tx: Tx) =>
       recordMetricSamples(tx, agentId, report.metrics ? [{ id: report.id, time: report.scanTime, metrics: report.metrics }] : []);
     const application = { sources: report.scan.sources, time: report.scanTime, commandId: null, rebootRequired: report.metrics?.rebootRequired };
-    // Most reports repeat the view: one statement records them (or finds them older), taking
-    // and leaving the lease within itself.
-    if (report.scan.parts === 0 && (await recordIfUnchanged(statementsRunner(sql), agentId, report.scan.updates, application, { newerOnly: true, leaseHeld: false })) !== "changed") {
+    // Most reports are small (and repeat the view): one statement writes them, or finds them
+    // older, taking and leaving the lease within itself.
+    if (report.scan.parts === 0 && budget.rows >= SMALL_SCAN_ROWS && (await recordSmallScan(statementsRunner(sql), agentId, report.scan.updates, application, { newerOnly: true, leaseHeld: false })) !== "changed") {
+      budget.rows -= SMALL_SCAN_ROWS;
       await readings(db);
       out.acknowledged.push(report.id);
       continue;
@@ -515,7 +515,6 @@ export async function recordScanReports(
         if (report.scan.parts > 0) await dropStagedScan(db, agentId, report.id);
         return "recorded" as const;
       }
-      if (report.scan.parts === 0 && (await applySmallScan(db, lease, report.id, report.scan.updates, application, budget, readings))) return "recorded" as const;
       const staged = await stagedScan(db, agentId, report.id, report.scan);
       if ("missing" in staged) return staged;
       const applied = await applyStagedScan(db, lease, staged.uploadId, application, budget, readings);

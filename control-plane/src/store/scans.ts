@@ -269,50 +269,77 @@ interface Key {
   architecture: string;
 }
 
-// Most scans repeat the view they replace: the same updates of the same sources, every compared
-// field equal. Such a scan, sent whole, changes nothing but the scan time, so it is not staged
-// and applied: one statement compares it with the view and, when they agree, records the scan
-// time (and the reboot flag) as applyStagedScan's last step does. It takes the agent's scan lease
-// for its own length (a lease row written already expired, so its row lock is what excludes
-// others) unless the caller holds the lease. "changed" when anything differs, the scan is bigger
-// than one batch, a staged scan of this agent exists or another scan holds the lease: the caller
-// stages and applies it as usual. With `newerOnly` (scheduled reports), a scan not newer than the
-// view is "older" and changes nothing.
-const REPEATED_SCAN = `
-    WITH lease AS (
-      INSERT INTO scan_leases (agent_id, holder, expires_at) VALUES ($1::uuid, gen_random_uuid(), now())
-      ON CONFLICT (agent_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-       WHERE scan_leases.expires_at < now()
+// Writes rows of a scan into the view, as data-modifying parts of one statement (WITH ...):
+// "found" events for updates not offered before (or offered in another version now), one
+// notification for new critical or security updates, and the rows themselves (a row the scan
+// repeats is not written). Every part reads the view as it was before the statement. `rows` is a
+// relation with staged_updates' columns and at most one row per key; nothing is written unless
+// `go` holds.
+function viewWrites(agentId: string, scan: ScanApplication, rows: Sql.Sql, go: Sql.Sql): Sql.Sql {
+  const offered = Sql.sql`FROM ${rows} s
+        LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
+       WHERE (${go}) AND (p.agent_id IS NULL OR p.available_version <> s.available_version)`;
+  return Sql.sql`found AS (
+      INSERT INTO update_events (agent_id, time, kind, source, name, architecture, version, command_id)
+      SELECT ${agentId}::uuid, ${scan.time}::timestamptz, 'found', s.source, s.name, s.architecture, s.available_version, ${scan.commandId}::uuid
+      ${offered}
+    ), news AS (
+      SELECT count(*)::int AS n, (array_agg(s.name ORDER BY s.name))[1:5] AS names
+      ${offered} AND (s.security OR s.severity = 'critical')
+    ), notified AS (
+      INSERT INTO notification_events (kind, severity, agent_id, text)
+      SELECT 'critical_updates', 'critical', ${agentId}::uuid,
+             left(n || ' new critical or security update' || CASE WHEN n = 1 THEN '' ELSE 's' END || ': ' || array_to_string(names, ', ')
+                  || CASE WHEN n > cardinality(names) THEN ' and ' || (n - cardinality(names)) || ' more' ELSE '' END, 500)
+        FROM news WHERE n > 0
+    ), upserted AS (
+      -- first_seen_at survives, and so do version_seen_at (a policy's delay counts from it) and a
+      -- decision while the same version is offered.
+      INSERT INTO package_updates AS p (agent_id, source, name, architecture, current_version, available_version,
+                                        repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at, version_seen_at)
+      SELECT ${agentId}::uuid, s.source, s.name, s.architecture, s.current_version, s.available_version,
+             s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz, ${scan.time}::timestamptz
+        FROM ${rows} s WHERE (${go})
+      ON CONFLICT (agent_id, source, name, architecture) DO UPDATE SET
+        current_version = EXCLUDED.current_version,
+        available_version = EXCLUDED.available_version,
+        repository = EXCLUDED.repository,
+        severity = EXCLUDED.severity,
+        security = EXCLUDED.security,
+        size_bytes = EXCLUDED.size_bytes,
+        reboot_required = EXCLUDED.reboot_required,
+        last_seen_at = EXCLUDED.last_seen_at,
+        version_seen_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.version_seen_at ELSE EXCLUDED.version_seen_at END,
+        status = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.status ELSE 'pending' END,
+        decided_by = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_by END,
+        decided_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_at END,
+        command_id = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.command_id END
+      WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
+            IS DISTINCT FROM
+            (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
+             EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)
       RETURNING 1
-    ), u AS (
-      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::boolean[], $10::bigint[], $11::boolean[])
-        AS u(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required)
-    ), agent AS (
-      SELECT last_scan_at IS NOT NULL AND last_scan_at >= $12::timestamptz AS older FROM agents WHERE id = $1::uuid
-    ), same AS (
-      SELECT (SELECT count(*) FROM u JOIN package_updates p
-                ON p.agent_id = $1::uuid AND p.source = u.source AND p.name = u.name AND p.architecture = u.architecture
-               WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
-                     IS NOT DISTINCT FROM
-                     (u.current_version, u.available_version, u.repository, u.severity, u.security, u.size_bytes, u.reboot_required)) = $13::int
-         AND (SELECT count(*) FROM package_updates p WHERE p.agent_id = $1::uuid AND p.source = ANY($14::text[])) = $13::int
-         AND NOT EXISTS (SELECT 1 FROM scan_uploads WHERE agent_id = $1::uuid) AS ok
-    ), recorded AS (
-      UPDATE agents SET last_scan_at = $12::timestamptz, reboot_required = COALESCE($15::boolean, reboot_required)
-       WHERE id = $1::uuid AND (EXISTS (SELECT 1 FROM lease) OR $17::boolean) AND (SELECT ok FROM same)
-         AND NOT ($16::boolean AND (SELECT older FROM agent))
-      RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, $16::boolean AND coalesce((SELECT older FROM agent), false) AS older`;
+    )`;
+}
 
-// Runs one statement with positional parameters: the hot path's prepared Statements, or a
-// transaction's raw query.
-export type RunStatement = (name: string, text: string, values: unknown[]) => Promise<{ recorded: boolean; older: boolean }[]>;
+// One batch of a staged scan into the view.
+async function applyRows(tx: Tx, agentId: string, scan: ScanApplication, rows: Sql.Sql) {
+  await tx.$executeRaw`WITH ${viewWrites(agentId, scan, rows, Sql.sql`true`)} SELECT 1`;
+}
 
-export const statementsRunner = (sql: Statements): RunStatement => (name, text, values) => sql.rows(name, text, values);
-export const transactionRunner = (tx: Tx): RunStatement => (_name, text, values) => tx.$queryRawUnsafe(text, ...values);
+// A scan sent whole of at most one batch, replacing a view of at most one batch (most scheduled
+// scans: they mostly repeat the view), is written by one statement straight from the request,
+// without staging: the view's writes (viewWrites), the rows it no longer lists deleted, and the
+// scan time (and the reboot flag) recorded, as applyStagedScan does in its steps. Unless the
+// caller holds the agent's scan lease, the statement takes it for its own length (a lease row
+// written already expired, so its row lock is what excludes others). "changed" when it cannot
+// (bigger, a staged scan of this agent exists, another scan holds the lease): the caller stages
+// and applies it as usual. With `newerOnly` (scheduled reports), a scan not newer than the view
+// is "older" and changes nothing.
+// What a small scan counts against a call's budget: up to a batch compared and a batch written.
+export const SMALL_SCAN_ROWS = 2 * SCAN_BATCH;
 
-export async function recordIfUnchanged(
+export async function recordSmallScan(
   run: RunStatement,
   agentId: string,
   updates: readonly PackageUpdateInput[],
@@ -323,134 +350,46 @@ export async function recordIfUnchanged(
   const firsts = firstOfEachKey(updates);
   const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
   const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
-  const [row] = await run("redflag_repeated_scan", REPEATED_SCAN, [
-    agentId,
-    column((u) => u.source),
-    column((u) => u.name),
-    column((u) => u.architecture),
-    column((u) => u.currentVersion),
-    column((u) => u.availableVersion),
-    column((u) => u.repository),
-    column((u) => u.severity),
-    column((u) => u.security),
-    column((u) => u.sizeBytes.toString()),
-    column((u) => u.rebootRequired),
-    scan.time,
-    firsts.length,
-    sources,
-    scan.rebootRequired ?? null,
-    opts.newerOnly,
-    opts.leaseHeld,
-  ]);
-  if (row?.recorded) return "recorded";
-  if (row?.older) return "older";
-  return "changed";
-}
-
-// Writes one batch of a scan into the view: "found" events for updates not offered before (or
-// offered in another version now), one notification for new critical or security updates, and
-// the rows themselves (unchanged ones are not written). `rows` is a relation with
-// staged_updates' columns and at most one row per key: a batch of a staged scan, or a small scan
-// given whole.
-async function applyRows(tx: Tx, agentId: string, scan: ScanApplication, rows: Sql.Sql) {
-  // Found: not offered before, or offered in another version now.
-  await tx.$executeRaw`
-    INSERT INTO update_events (agent_id, time, kind, source, name, architecture, version, command_id)
-    SELECT ${agentId}::uuid, ${scan.time}::timestamptz, 'found', s.source, s.name, s.architecture, s.available_version, ${scan.commandId}::uuid
-      FROM ${rows} s
-      LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
-     WHERE (p.agent_id IS NULL OR p.available_version <> s.available_version)`;
-  // New critical or security updates (not offered before in this version) are notified.
-  const [news] = await tx.$queryRaw<{ n: number; names: string[] }[]>`
-    SELECT count(*)::int AS n, (array_agg(s.name ORDER BY s.name))[1:5] AS names
-      FROM ${rows} s
-      LEFT JOIN package_updates p ON p.agent_id = ${agentId}::uuid AND p.source = s.source AND p.name = s.name AND p.architecture = s.architecture
-     WHERE (p.agent_id IS NULL OR p.available_version <> s.available_version) AND (s.security OR s.severity = 'critical')`;
-  if (news && news.n > 0) {
-    const more = news.n > news.names.length ? ` and ${news.n - news.names.length} more` : "";
-    await enqueueNotification(tx, { kind: "critical_updates", severity: "critical", agentId, text: `${news.n} new critical or security update${news.n === 1 ? "" : "s"}: ${news.names.join(", ")}${more}` });
-  }
-  // first_seen_at survives, and so do version_seen_at (a policy's delay counts from it) and a
-  // decision while the same version is offered; a row the scan repeats is not written at all.
-  await tx.$executeRaw`
-    INSERT INTO package_updates AS p (agent_id, source, name, architecture, current_version, available_version,
-                                      repository, severity, security, size_bytes, reboot_required, first_seen_at, last_seen_at, version_seen_at)
-    SELECT ${agentId}::uuid, s.source, s.name, s.architecture, s.current_version, s.available_version,
-           s.repository, s.severity, s.security, s.size_bytes, s.reboot_required, ${scan.time}::timestamptz, ${scan.time}::timestamptz, ${scan.time}::timestamptz
-      FROM ${rows} s
-    ON CONFLICT (agent_id, source, name, architecture) DO UPDATE SET
-      current_version = EXCLUDED.current_version,
-      available_version = EXCLUDED.available_version,
-      repository = EXCLUDED.repository,
-      severity = EXCLUDED.severity,
-      security = EXCLUDED.security,
-      size_bytes = EXCLUDED.size_bytes,
-      reboot_required = EXCLUDED.reboot_required,
-      last_seen_at = EXCLUDED.last_seen_at,
-      version_seen_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.version_seen_at ELSE EXCLUDED.version_seen_at END,
-      status = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.status ELSE 'pending' END,
-      decided_by = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_by END,
-      decided_at = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.decided_at END,
-      command_id = CASE WHEN p.available_version = EXCLUDED.available_version THEN p.command_id END
-    WHERE (p.current_version, p.available_version, p.repository, p.severity, p.security, p.size_bytes, p.reboot_required)
-          IS DISTINCT FROM
-          (EXCLUDED.current_version, EXCLUDED.available_version, EXCLUDED.repository, EXCLUDED.severity,
-           EXCLUDED.security, EXCLUDED.size_bytes, EXCLUDED.reboot_required)`;
-}
-
-// A scan sent whole of at most one batch, replacing a view of at most one batch, is applied
-// straight from the request in one transaction, without staging: the "found" events and the
-// rows (applyRows), the rows it no longer lists deleted, and the scan recorded with `finish`, as
-// applyStagedScan does in its steps. False when it is bigger (the caller stages it). The caller
-// holds the lease.
-export async function applySmallScan(
-  db: Prisma,
-  lease: Lease,
-  scanId: string,
-  updates: readonly PackageUpdateInput[],
-  scan: ScanApplication,
-  budget: Budget,
-  finish: (tx: Tx) => Promise<void>,
-): Promise<boolean> {
-  const firsts = firstOfEachKey(updates);
-  if (firsts.length > SCAN_BATCH || budget.rows < 2 * SCAN_BATCH) return false;
-  const { agentId } = lease;
-  const sources = [...new Set([...scan.sources, ...firsts.map((u) => u.source)])];
-  const column = <T>(pick: (u: PackageUpdateInput) => T) => firsts.map(pick);
   const rows = Sql.sql`(SELECT * FROM unnest(
       ${column((u) => u.source)}::text[], ${column((u) => u.name)}::text[], ${column((u) => u.architecture)}::text[],
       ${column((u) => u.currentVersion)}::text[], ${column((u) => u.availableVersion)}::text[],
       ${column((u) => u.repository)}::text[], ${column((u) => u.severity)}::text[], ${column((u) => u.security)}::boolean[],
       ${column((u) => u.sizeBytes.toString())}::bigint[], ${column((u) => u.rebootRequired)}::boolean[])
       AS s(source, name, architecture, current_version, available_version, repository, severity, security, size_bytes, reboot_required))`;
-  const dropped = await db.$transaction(async (tx) => {
-    await renewLease(tx, lease);
-    const [stored] = await tx.$queryRaw<{ n: number }[]>`
-      SELECT count(*)::int AS n FROM package_updates WHERE agent_id = ${agentId}::uuid AND source = ANY(${sources}::text[])`;
-    if ((stored?.n ?? 0) > SCAN_BATCH) return undefined;
-    await applyRows(tx, agentId, scan, rows);
-    await tx.$executeRaw`
+  const go = Sql.sql`SELECT go FROM gate`;
+  const statement = Sql.sql`
+    WITH lease AS (
+      INSERT INTO scan_leases (agent_id, holder, expires_at) VALUES (${agentId}::uuid, gen_random_uuid(), now())
+      ON CONFLICT (agent_id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+       WHERE scan_leases.expires_at < now() AND NOT ${opts.leaseHeld}::boolean
+      RETURNING 1
+    ), agent AS (
+      SELECT last_scan_at IS NOT NULL AND last_scan_at >= ${scan.time}::timestamptz AS older FROM agents WHERE id = ${agentId}::uuid
+    ), gate AS (
+      SELECT (${opts.leaseHeld}::boolean OR EXISTS (SELECT 1 FROM lease))
+         AND NOT (${opts.newerOnly}::boolean AND coalesce((SELECT older FROM agent), false))
+         AND (SELECT count(*) FROM package_updates WHERE agent_id = ${agentId}::uuid AND source = ANY(${sources}::text[])) <= ${SCAN_BATCH}
+         AND NOT EXISTS (SELECT 1 FROM scan_uploads WHERE agent_id = ${agentId}::uuid) AS go
+    ), ${viewWrites(agentId, scan, rows, go)}, deleted AS (
       DELETE FROM package_updates p
-       WHERE p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[])
-         AND NOT EXISTS (SELECT 1 FROM ${rows} s WHERE s.source = p.source AND s.name = p.name AND s.architecture = p.architecture)`;
-    await tx.agent.update({
-      where: { id: agentId },
-      data: { lastScanAt: scan.time, ...(scan.rebootRequired === undefined ? {} : { rebootRequired: scan.rebootRequired }) },
-    });
-    await finish(tx);
-    // What an earlier attempt of this scan staged is not needed any more, and another scan
-    // applied part-way must start over, as in applyStagedScan.
-    const staged = await tx.$queryRaw<{ id: string }[]>`DELETE FROM scan_uploads WHERE agent_id = ${agentId}::uuid AND scan_id = ${scanId} RETURNING id::text`;
-    await tx.$executeRaw`
-      UPDATE scan_uploads SET applied_source = NULL, applied_name = NULL, applied_architecture = NULL
-       WHERE agent_id = ${agentId}::uuid AND applied_source IS NOT NULL`;
-    return staged;
-  }, BATCH_TX);
-  if (!dropped) return false;
-  budget.rows -= 2 * SCAN_BATCH;
-  for (const { id } of dropped) await purgeUploadRows(db, id);
-  return true;
+       WHERE (${go}) AND p.agent_id = ${agentId}::uuid AND p.source = ANY(${sources}::text[])
+         AND NOT EXISTS (SELECT 1 FROM ${rows} s WHERE s.source = p.source AND s.name = p.name AND s.architecture = p.architecture)
+    ), recorded AS (
+      UPDATE agents SET last_scan_at = ${scan.time}::timestamptz, reboot_required = COALESCE(${scan.rebootRequired ?? null}::boolean, reboot_required)
+       WHERE id = ${agentId}::uuid AND (${go})
+      RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM recorded) AS recorded, ${opts.newerOnly}::boolean AND coalesce((SELECT older FROM agent), false) AS older`;
+  const [row] = await run("redflag_small_scan", statement);
+  if (row?.recorded) return "recorded";
+  if (row?.older) return "older";
+  return "changed";
 }
+
+// Runs the statement: on the hot path's prepared Statements, or in a transaction.
+export type RunStatement = (name: string, statement: Sql.Sql) => Promise<{ recorded: boolean; older: boolean }[]>;
+export const statementsRunner = (sql: Statements): RunStatement => (name, statement) => sql.rows(name, statement.text, statement.values);
+export const transactionRunner = (tx: Tx): RunStatement => (_name, statement) => tx.$queryRaw(statement);
 
 // The first of two updates with the same key counts, as when staging.
 function firstOfEachKey(updates: readonly PackageUpdateInput[]): PackageUpdateInput[] {
