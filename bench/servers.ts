@@ -3,14 +3,13 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { TokenService } from "@redflag/gen/token_service_pb";
 import { CommandService } from "@redflag/gen/command_service_pb";
 import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
+import { scratchPostgres } from "../control-plane/test/support/database.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -94,29 +93,12 @@ function spawnNode(script: string, env: Record<string, string>): ChildProcess {
   return child;
 }
 
-// A fresh database on the PostgreSQL server `serverUrl`, dropped again by the returned cleanup.
-async function freshPostgres(serverUrl: string): Promise<{ url: string; drop(): Promise<void> }> {
-  const name = `redflag_bench_${randomBytes(5).toString("hex")}`;
-  const run = async (sql: string) => {
-    const c = new pg.Client({ connectionString: serverUrl });
-    await c.connect();
-    try {
-      await c.query(sql);
-    } finally {
-      await c.end();
-    }
-  };
-  await run(`CREATE DATABASE "${name}"`);
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  return { url: url.toString(), drop: () => run(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`) };
-}
 
 // The real control plane (control-plane/src/main.ts) as a child process on a loopback port, with
 // a fresh data directory and either the embedded database or a fresh database on `postgresUrl`.
 export async function startControlPlane(opts: { postgresUrl?: string | undefined; env?: Record<string, string> } = {}): Promise<BenchControlPlane> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "rfb-"));
-  const db = opts.postgresUrl ? await freshPostgres(opts.postgresUrl) : undefined;
+  const db = opts.postgresUrl ? await scratchPostgres(opts.postgresUrl, "redflag_bench") : undefined;
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const child = spawnNode(path.join(ROOT, "control-plane/src/main.ts"), {

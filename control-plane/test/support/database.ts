@@ -28,18 +28,26 @@ export async function freshDatabase(opts: { backend?: Backend } = {}): Promise<F
   if (backend === "embedded") return { databaseUrl: undefined, dataDir, cleanup: removeDataDir };
   if (!serverUrl) throw new Error("TEST_DATABASE_URL is not set, so there is no PostgreSQL to test against");
 
-  const name = `redflag_t_${randomBytes(6).toString("hex")}`;
-  await onServer(serverUrl, `CREATE DATABASE "${name}"`);
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
+  const db = await scratchPostgres(serverUrl, "redflag_t");
   return {
-    databaseUrl: url.toString(),
+    databaseUrl: db.url,
     dataDir,
     async cleanup() {
-      await onServer(serverUrl, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+      await db.drop();
       await removeDataDir();
     },
   };
+}
+
+// A new, empty database on the PostgreSQL server `serverUrl`, named `<prefix>_<random>`, and
+// how to drop it again (also while something is still connected). The tests' fresh databases
+// and the benchmarks' (bench/servers.ts) are made this one way.
+export async function scratchPostgres(serverUrl: string, prefix: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `${prefix}_${randomBytes(6).toString("hex")}`;
+  await onServer(serverUrl, `CREATE DATABASE "${name}"`);
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return { url: url.toString(), drop: () => onServer(serverUrl, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`) };
 }
 
 async function onServer(serverUrl: string, sql: string) {
