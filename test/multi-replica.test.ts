@@ -395,6 +395,28 @@ describe("Register and Renew rate limits", () => {
     expect(await cp.app.db.prisma.agent.count()).toBe(5);
   });
 
+  // Several replicas need PostgreSQL.
+  it.skipIf(!process.env.TEST_DATABASE_URL)("add up over replicas: two replicas at 1:4 each let 8 of a burst through, so a fleet-wide limit L takes L/N on each", async () => {
+    const fleet = await freshDatabase({ backend: "postgres" });
+    const shared = { REDFLAG_MASTER_KEY: randomBytes(32).toString("base64"), REDFLAG_REGISTER_RATE_PER_ADDRESS: "1:4" };
+    const one = await startTestControlPlane(shared, { db: fleet, port: 0 });
+    const two = await startTestControlPlane(shared, { db: fleet, port: 0 });
+    try {
+      const token = await newRegistrationToken(one, 50);
+      // A load balancer spreading the calls over both replicas.
+      const clients = [one.agentClient(), two.agentClient()];
+      const outcomes = await Promise.allSettled(Array.from({ length: 14 }, (_, i) => clients[i % 2]!.register(registerRequest(token, randomMachineId(), generateKeyPair()))));
+      const refused = outcomes.flatMap((o) => (o.status === "rejected" ? [ConnectError.from(o.reason)] : []));
+      expect(outcomes.filter((o) => o.status === "fulfilled")).toHaveLength(8);
+      expect(refused.map((e) => e.code)).toEqual(Array.from({ length: 6 }, () => Code.ResourceExhausted));
+      expect(await one.app.db.prisma.agent.count()).toBe(8);
+    } finally {
+      await one.app.close();
+      await two.app.close();
+      await fleet.cleanup();
+    }
+  });
+
   it("refuse an agent renewing faster than its limit, counting only calls its own key signed", async () => {
     // Its own control plane: the previous test emptied this address's Register bucket.
     const renewing = await startTestControlPlane({ REDFLAG_RENEW_RATE_PER_AGENT: "1:2" });
