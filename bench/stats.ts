@@ -135,9 +135,13 @@ export function printCommand() {
 // snapshot's buckets are cumulative counts by upper bound in seconds.
 export type HistogramSnapshot = Map<number, number>;
 
-// The control plane's /metrics text (loopback callers need no token).
-export async function fetchMetrics(url: string): Promise<string> {
-  return (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+// The control plane's /metrics text. Loopback callers need no token; from another machine (a
+// simulator of a multi-machine run) REDFLAG_METRICS_TOKEN is sent as the server expects it.
+// Refused (403 without the token): an error, so the server-side figures are left out.
+export async function fetchMetrics(url: string, token = process.env.REDFLAG_METRICS_TOKEN): Promise<string> {
+  const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(5000), headers: token ? { authorization: `Bearer ${token}` } : {} });
+  if (!res.ok) throw new Error(`${url}/metrics answered ${res.status}`);
+  return res.text();
 }
 
 // One unlabelled sample from /metrics text, e.g. metricSample(text, "redflag_long_polls_waiting"); 0 if absent.
