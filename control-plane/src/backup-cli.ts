@@ -4,9 +4,9 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
-import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { plural } from "@redflag/common/plural";
+import { readSecret } from "./cli/prompt.ts";
 import { backup, BackupError, MIN_PASSPHRASE_LENGTH, restore } from "./backup.ts";
 
 export const BACKUP_USAGE = `usage: redflag-server backup FILE [--passphrase-file PATH]
@@ -109,20 +109,7 @@ async function readPassphrase(file: string | undefined, env: NodeJS.ProcessEnv, 
   if (!io.stdin.isTTY) {
     throw new BackupError("no passphrase: pass --passphrase-file PATH or set REDFLAG_BACKUP_PASSPHRASE (there is no terminal to type one on)");
   }
-  const first = await typed(io, confirm ? `Passphrase (at least ${MIN_PASSPHRASE_LENGTH} characters): ` : "Passphrase: ");
-  if (confirm && (await typed(io, "Again: ")) !== first) throw new BackupError("the two passphrases differ");
+  const first = await readSecret(io, confirm ? `Passphrase (at least ${MIN_PASSPHRASE_LENGTH} characters): ` : "Passphrase: ", false);
+  if (confirm && (await readSecret(io, "Again: ", false)) !== first) throw new BackupError("the two passphrases differ");
   return first;
-}
-
-// A line typed at the terminal without echo.
-async function typed(io: Io, prompt: string): Promise<string> {
-  const rl = createInterface({ input: io.stdin, output: io.stderr, terminal: true });
-  (rl as unknown as { _writeToOutput?: (s: string) => void })._writeToOutput = () => {};
-  io.stderr.write(prompt);
-  try {
-    return await new Promise<string>((resolve) => rl.question("", resolve));
-  } finally {
-    rl.close();
-    io.stderr.write("\n");
-  }
 }

@@ -116,30 +116,20 @@ export async function dropSchemaObjects(client: pg.ClientBase): Promise<void> {
   const types = await client.query<{ name: string }>(
     `SELECT t.typname AS name FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'public' AND t.typtype = 'e'`,
   );
-  await client.query("BEGIN");
-  try {
+  await inTransactionOn(client, async () => {
     for (const { name } of tables.rows) await client.query(`DROP TABLE IF EXISTS ${ident(name)} CASCADE`);
     for (const { name } of types.rows) await client.query(`DROP TYPE IF EXISTS ${ident(name)} CASCADE`);
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
-    throw err;
-  }
+  });
 }
 
 // Keeps a database's current data aside, whole, in a schema of its own, and gives the migrations
 // an empty public schema. Returns that schema's name.
 export async function setSchemaAside(client: pg.ClientBase, suffix: string): Promise<string> {
   const aside = `redflag_replaced_${suffix}`;
-  await client.query("BEGIN");
-  try {
+  await inTransactionOn(client, async () => {
     await client.query(`ALTER SCHEMA public RENAME TO ${ident(aside)}`);
     await client.query("CREATE SCHEMA public");
-    await client.query("COMMIT");
-  } catch (err) {
-    await client.query("ROLLBACK").catch(() => {});
-    throw err;
-  }
+  });
   return aside;
 }
 
@@ -211,12 +201,6 @@ export async function resetSequences(client: pg.ClientBase): Promise<void> {
   for (const r of rows) {
     await client.query(`SELECT setval($1, COALESCE((SELECT max(${ident(r.column)}) FROM ${ident(r.table)}), 1), (SELECT max(${ident(r.column)}) FROM ${ident(r.table)}) IS NOT NULL)`, [r.seq]);
   }
-}
-
-// Rows per table, to check a restore against the counts its backup recorded.
-export async function rowCount(client: pg.ClientBase, table: string): Promise<number> {
-  const { rows } = await client.query<{ n: string }>(`SELECT count(*) AS n FROM ${ident(table)}`);
-  return Number(rows[0]!.n);
 }
 
 // Marks the restore in the restored database itself (see the restores table in schema.prisma).

@@ -1,4 +1,5 @@
 import pg from "pg";
+import { appliedMigrations } from "./backup.ts";
 
 // What `redflag-server doctor` asks a PostgreSQL database, on a connection of its own (never the
 // running server's pool): its version, its clock, the migrations it has applied, and the
@@ -17,12 +18,8 @@ export async function databaseFacts(url: string, timeoutMs: number): Promise<Dat
   await client.connect();
   try {
     const v = await client.query<{ num: string; version: string; now: Date }>("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version, now() AS now");
-    const exists = await client.query<{ migrations: string | null; keys: string | null }>(
-      "SELECT to_regclass('public._prisma_migrations')::text AS migrations, to_regclass('public.signing_keys')::text AS keys",
-    );
-    const applied = exists.rows[0]!.migrations
-      ? (await client.query<{ name: string }>(`SELECT migration_name AS name FROM "_prisma_migrations" WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL`)).rows.map((r) => r.name)
-      : [];
+    const exists = await client.query<{ keys: string | null }>("SELECT to_regclass('public.signing_keys')::text AS keys");
+    const applied = await appliedMigrations(client);
     const row = exists.rows[0]!.keys
       ? (await client.query<{ id: string; private_key_enc: Buffer; created_at: Date }>(`SELECT id, private_key_enc, created_at FROM "signing_keys" WHERE active ORDER BY created_at DESC LIMIT 1`)).rows[0]
       : null;
