@@ -121,4 +121,90 @@ describe("isUsablePublicKey", () => {
     expect(isUsablePublicKey(nonCanonical)).toBe(false);
     expect(isUsablePublicKey(new Uint8Array(31))).toBe(false);
   });
+
 });
+
+describe("verifySignature", () => {
+  it("gives exactly noble's strict answer, on crafted inputs too (OpenSSL only makes the common case cheap)", () => {
+    const { Point } = ed;
+    const L = Point.CURVE().n;
+    const le = (n: bigint) => {
+      const out = new Uint8Array(32);
+      for (let i = 0; i < 32; i++, n >>= 8n) out[i] = Number(n & 0xffn);
+      return out;
+    };
+    const scalar = (bytes: Uint8Array) => ed.etc.mod(BigInt(`0x${Buffer.from(bytes).reverse().toString("hex")}`), L);
+    const challenge = (r: Uint8Array, a: Uint8Array, m: Uint8Array) => scalar(ed.hashes.sha512(new Uint8Array([...r, ...a, ...m])));
+    const order8 = Point.fromHex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", false);
+    const torsion = Array.from({ length: 8 }, (_, i) => (i === 0 ? Point.ZERO : order8.multiply(BigInt(i))));
+    const cases: { about: string; key: Uint8Array; sig: Uint8Array; body: Uint8Array }[] = [];
+    for (let n = 0; n < 24; n++) {
+      const a = 1n + (scalar(ed.utils.randomSecretKey()) % (L - 1n));
+      const T = torsion[n % 8]!;
+      // A key of mixed order (a prime-order point plus a torsion point), signed with a's scalar:
+      // the cofactored equation (noble) accepts unless the challenge is a multiple of 8 times
+      // nothing, the cofactorless one (OpenSSL) refuses whenever k·T is not the identity.
+      const A = Point.BASE.multiply(a).add(T).toBytes();
+      const r = 1n + (scalar(ed.utils.randomSecretKey()) % (L - 1n));
+      const R = Point.BASE.multiply(r).toBytes();
+      const body = text(`crafted ${n}`);
+      const k = challenge(R, A, pae(COMMAND_TYPE, body));
+      const S = ed.etc.mod(r + k * a, L);
+      cases.push({ about: `mixed-order key, torsion ${n % 8}`, key: A, sig: new Uint8Array([...R, ...le(S)]), body });
+      // R with a torsion component, honest key.
+      const honest = Point.BASE.multiply(a).toBytes();
+      const R2 = Point.BASE.multiply(r).add(T).toBytes();
+      const k2 = challenge(R2, honest, pae(COMMAND_TYPE, body));
+      cases.push({ about: `R with torsion ${n % 8}`, key: honest, sig: new Uint8Array([...R2, ...le(ed.etc.mod(r + k2 * a, L))]), body });
+      // S pushed over L (the same signature, non-reduced), and S = 0.
+      cases.push({ about: "S + L", key: honest, sig: new Uint8Array([...R2, ...le(ed.etc.mod(r + k2 * a, L) + L)]), body });
+      cases.push({ about: "S = 0", key: honest, sig: new Uint8Array([...R, ...le(0n)]), body });
+      // Small-order keys and R, each canonical and with the sign bit flipped.
+      const small = T.toBytes();
+      const flipped = small.slice();
+      flipped[31]! ^= 0x80;
+      cases.push({ about: "small-order key", key: small, sig: new Uint8Array([...small, ...le(0n)]), body });
+      cases.push({ about: "small-order key, sign flipped", key: flipped, sig: new Uint8Array([...flipped, ...le(0n)]), body });
+      // An honest signature, then with one random byte changed anywhere.
+      const sk = ed.utils.randomSecretKey();
+      const good = signEnvelope(sk, COMMAND_TYPE, body);
+      cases.push({ about: "honest", key: publicKeyOf(sk), sig: good, body });
+      const bad = good.slice();
+      bad[n % 64]! ^= 1 << n % 8;
+      cases.push({ about: "honest, one bit changed", key: publicKeyOf(sk), sig: bad, body });
+    }
+    // Non-canonical y (y >= p) for a key and for R, and an x = 0 point with the sign bit set.
+    const p = 2n ** 255n - 19n;
+    for (const y of [p, p + 1n, p + 18n, 2n ** 255n - 1n]) cases.push({ about: `y = ${y - p} + p`, key: le(y), sig: new Uint8Array([...le(y), ...le(0n)]), body: text("y") });
+    const one = le(1n);
+    one[31]! |= 0x80;
+    cases.push({ about: "x = 0 with the sign bit", key: one, sig: new Uint8Array([...one, ...le(0n)]), body: text("x") });
+    const minusOne = le(p - 1n);
+    minusOne[31]! |= 0x80;
+    cases.push({ about: "-1 with the sign bit", key: minusOne, sig: new Uint8Array([...minusOne, ...le(0n)]), body: text("x") });
+
+    let acceptedOnlyCofactored = 0;
+    for (const c of cases) {
+      const strict = (() => {
+        try {
+          return ed.verify(c.sig, pae(COMMAND_TYPE, c.body), c.key, { zip215: false });
+        } catch {
+          return false;
+        }
+      })();
+      expect({ about: c.about, verifies: verifySignature(c.key, COMMAND_TYPE, c.body, c.sig) }).toEqual({ about: c.about, verifies: strict });
+      const spki = Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), c.key]);
+      const openssl = (() => {
+        try {
+          return nodeVerify(null, pae(COMMAND_TYPE, c.body), createPublicKey({ key: spki, format: "der", type: "spki" }), c.sig);
+        } catch {
+          return false;
+        }
+      })();
+      if (strict && !openssl) acceptedOnlyCofactored++;
+    }
+    // The crafted mixed-order cases really exercise the path where OpenSSL alone would differ.
+    expect(acceptedOnlyCofactored).toBeGreaterThan(10);
+  });
+});
+
