@@ -142,6 +142,30 @@ describe("Register", () => {
     expect(await countAgents()).toBe(before + 5);
   });
 
+  it("leaves one agent and one spent seat when first registrations of one machine race", async () => {
+    const token = await newRegistrationToken(cp, 10);
+    const machineId = randomMachineId();
+    const key = generateKeyPair();
+    const outcomes = await Promise.all(
+      Array.from({ length: 6 }, () =>
+        cp
+          .agentClient()
+          .register(registerRequest(token, machineId, key))
+          .then(
+            (r) => r.agentId,
+            (e: unknown) => Code[ConnectError.from(e).code],
+          ),
+      ),
+    );
+    // The first becomes the machine's agent; the rest re-register it with its key (one at a
+    // time, each proof newer than the last) or are refused as not newer, never a second agent.
+    const agents = await cp.app.db.prisma.agent.findMany({ where: { machineId }, select: { id: true, registrationToken: { select: { usedSeats: true } } } });
+    expect(agents).toHaveLength(1);
+    expect(agents[0]!.registrationToken?.usedSeats).toBe(1);
+    for (const o of outcomes) expect([agents[0]!.id, "PermissionDenied"]).toContain(o);
+    expect(outcomes).toContain(agents[0]!.id);
+  });
+
   it("refuses malformed fields with InvalidArgument naming the field", async () => {
     const token = await newRegistrationToken(cp);
     const ok = registerRequest(token, randomMachineId(), generateKeyPair());

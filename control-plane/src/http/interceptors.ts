@@ -86,7 +86,8 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       else logger.warn({ ...fields, code: Code[error.code], reason: error.rawMessage }, "rpc refused");
     } else if (isConnectionError(err)) {
       logger.warn({ ...fields, code: Code[Code.Unavailable], err }, "database unavailable");
-      error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable);
+      // With a hint, as every Unavailable the control plane sends: agents wait it out, spread.
+      error = new ConnectError("the database is unavailable; try again shortly", Code.Unavailable, { "retry-after": "5" });
     } else if (isDataError(err)) {
       // A value validation let through and the database refused: still the caller's input.
       logger.warn({ ...fields, code: Code[Code.InvalidArgument], err }, "rpc refused: a value the database cannot store");

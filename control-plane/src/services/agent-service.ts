@@ -55,6 +55,7 @@ import { MAX_SCAN_PARTS, stagePart, type IncomingPart } from "../store/scans.ts"
 import { recordSecurityEvent } from "../store/security-events.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Statements } from "../store/statements.ts";
+import { createAdmission, type Admission } from "../auth/admission.ts";
 import type { Wakeups } from "../cluster/wakeups.ts";
 import type { PendingIndex } from "../cluster/pending.ts";
 import type { AgentConfigs } from "../domain/agent-config.ts";
@@ -67,6 +68,8 @@ import { int64, invalid, text, time, uuid } from "./validate.ts";
 export interface AgentServiceDeps {
   config: Config;
   db: Prisma;
+  // The gate for Register and Renew; default ENROLMENT_ADMISSION (tests pass a smaller one).
+  enrolment?: Admission;
   // The poll path's prepared statements.
   sql: Statements;
   tokens: AgentTokens;
@@ -87,6 +90,10 @@ export interface AgentServiceDeps {
 }
 
 const MAX_COMMANDS_PER_POLL = 100;
+// Register and Renew in flight, waiting, and how long one may wait (auth/admission.ts). 16 keeps
+// the database pool (10 on PostgreSQL) busy without a queue in front of it; 1,000 waiting at
+// about 500 a second drain in 2 s, well inside an agent's 30 s deadline.
+export const ENROLMENT_ADMISSION = { concurrency: 16, queue: 1000, maxWaitMs: 5000, what: "agents registering and renewing" } as const;
 const MAX_RESULTS_PER_REPORT = 500;
 const MAX_SCAN_REPORTS = 50;
 const MAX_SCAN_PARTS_PER_REPORT = 100;
@@ -98,6 +105,8 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
   const registerPerToken = createRateLimiter(limits.registerPerToken);
   const renewPerAddress = createRateLimiter(limits.renewPerAddress);
   const renewPerAgent = createRateLimiter(limits.renewPerAgent);
+  // Register and Renew share one gate: after an outage the whole fleet makes them at once.
+  const enrolment = deps.enrolment ?? createAdmission(ENROLMENT_ADMISSION);
 
   // Random at registration; for a Renew, derived from the exact signed payload, so the identical
   // request sent again (its answer was lost) is answered with the same token (store/agents.ts
@@ -126,32 +135,34 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       // An agent below minimum_agent_version registers too (a host reinstalled from an old
       // build must be able to come back to be upgraded): it is marked "upgrade required", and
       // nothing but update_agent may be queued for it (domain/command-privilege.ts).
-      const now = new Date();
-      const refresh = newRefreshToken(now);
-      const agent = await registerAgent(db, {
-        ...input,
-        registrationTokenHash: tokenHash,
-        refresh: refresh.row,
-        now,
-        remoteAddr: ctx.values.get(kRemoteAddr),
-        proof,
-        maxProofSkewMs: config.renewMaxSkewSeconds * 1000,
-      }).catch(refusalAsRpcError);
-      deps.agents.invalidate(agent.id);
-      const access = await deps.tokens.issue(agent.id, agent.machineId, agent.credentialGeneration, now);
-      deps.logger.info(
-        { agentId: agent.id, hostname: input.hostname, replaced: agent.replaced, ...(agent.replaced ? { via: agent.via } : {}) },
-        agent.replaced ? "agent re-registered" : "agent registered",
-      );
-      return {
-        agentId: agent.id,
-        accessToken: access.token,
-        refreshToken: refresh.secret,
-        accessTokenExpireTime: timestampFromDate(access.expiresAt),
-        trustedKeys: deps.signer.trustedKeys(),
-        signedConfig: await deps.agentConfigs.signedForAgent(agent.id, deps.signer),
-        keySet: deps.signer.keySet(),
-      };
+      return enrolment.run(async () => {
+        const now = new Date();
+        const refresh = newRefreshToken(now);
+        const agent = await registerAgent(db, deps.sql, {
+          ...input,
+          registrationTokenHash: tokenHash,
+          refresh: refresh.row,
+          now,
+          remoteAddr: ctx.values.get(kRemoteAddr),
+          proof,
+          maxProofSkewMs: config.renewMaxSkewSeconds * 1000,
+        }).catch(refusalAsRpcError);
+        deps.agents.invalidate(agent.id);
+        const access = await deps.tokens.issue(agent.id, agent.machineId, agent.credentialGeneration, now);
+        deps.logger.info(
+          { agentId: agent.id, hostname: input.hostname, replaced: agent.replaced, ...(agent.replaced ? { via: agent.via } : {}) },
+          agent.replaced ? "agent re-registered" : "agent registered",
+        );
+        return {
+          agentId: agent.id,
+          accessToken: access.token,
+          refreshToken: refresh.secret,
+          accessTokenExpireTime: timestampFromDate(access.expiresAt),
+          trustedKeys: deps.signer.trustedKeys(),
+          signedConfig: await deps.agentConfigs.signedForAgent(agent.id, deps.signer),
+          keySet: deps.signer.keySet(),
+        };
+      });
     },
 
     async renew(req: RenewRequest, ctx: HandlerContext) {
@@ -164,72 +175,75 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         throw invalid("payload is not a serialized redflag.v1.RenewPayload");
       }
       uuid("payload.agent_id", payload.agentId);
-      if (!payload.signTime) throw invalid("payload.sign_time is required");
+      const signTime = payload.signTime;
+      if (!signTime) throw invalid("payload.sign_time is required");
       const remoteAddr = ctx.values.get(kRemoteAddr);
       rateLimit(renewPerAddress, remoteAddr, "Renew calls from this address");
-      const now = new Date();
+      return enrolment.run(async () => {
+        const now = new Date();
 
-      const state = await getAgentAuthState(db, payload.agentId);
-      if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
-      if (!verifySignature(state.publicKey, RENEW_PAYLOAD_TYPE, req.payload, req.signature)) {
-        await recordSecurityEvent(db, {
-          type: "renew_bad_signature",
-          severity: "critical",
-          message: "a renew request was not signed by the agent's registered key",
-          agentId: payload.agentId,
-          remoteAddr,
-        });
-        throw new ConnectError("renew signature does not verify with the agent's key", Code.Unauthenticated);
-      }
-      if (payload.machineId !== state.machineId) {
-        await recordSecurityEvent(db, {
-          type: "machine_id_mismatch",
-          severity: "critical",
-          message: "a renew request named a machine ID other than the registered one",
-          agentId: payload.agentId,
-          machineId: payload.machineId.slice(0, 64),
-          remoteAddr,
-        });
-        throw new ConnectError("machine ID does not match the registered machine", Code.PermissionDenied);
-      }
-      if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
-      // Counted only once the agent's own key signed the call, so nobody else can use up its budget.
-      rateLimit(renewPerAgent, payload.agentId, "Renew calls for this agent");
-      // Checked once the signature holds: a tampered payload is refused as such, whatever it says.
-      const skewMs = Math.abs(time("payload.sign_time", payload.signTime).getTime() - now.getTime());
-      if (skewMs > config.renewMaxSkewSeconds * 1000) {
-        throw new ConnectError(
-          `renew request was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
-          Code.Unauthenticated,
-        );
-      }
-
-      const refresh = newRefreshToken(now, req.payload);
-      const rotated = await rotateRefreshToken(db, {
-        agentId: payload.agentId,
-        machineId: payload.machineId,
-        presentedHash: sha256(payload.refreshToken),
-        next: refresh.row,
-        now,
-        remoteAddr,
-        retryWindowMs: config.renewRetryWindowSeconds * 1000,
-        restoreWindowMs: config.refreshTokenSlidingSeconds * 1000,
-      });
-      if (!rotated.ok) {
-        if (rotated.reuse) {
-          // The access tokens already issued stop at once, here and on every other replica.
-          deps.agents.invalidate(payload.agentId);
-          deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+        const state = await getAgentAuthState(db, payload.agentId);
+        if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
+        if (!verifySignature(state.publicKey, RENEW_PAYLOAD_TYPE, req.payload, req.signature)) {
+          await recordSecurityEvent(db, {
+            type: "renew_bad_signature",
+            severity: "critical",
+            message: "a renew request was not signed by the agent's registered key",
+            agentId: payload.agentId,
+            remoteAddr,
+          });
+          throw new ConnectError("renew signature does not verify with the agent's key", Code.Unauthenticated);
         }
-        throw new ConnectError(rotated.reason, Code.Unauthenticated);
-      }
-      if (rotated.retried) deps.logger.info({ agentId: payload.agentId }, "renew retried with the identical signed request; answered again");
-      const access = await deps.tokens.issue(payload.agentId, state.machineId, rotated.credentialGeneration, now);
-      return {
-        accessToken: access.token,
-        refreshToken: refresh.secret,
-        accessTokenExpireTime: timestampFromDate(access.expiresAt),
-      };
+        if (payload.machineId !== state.machineId) {
+          await recordSecurityEvent(db, {
+            type: "machine_id_mismatch",
+            severity: "critical",
+            message: "a renew request named a machine ID other than the registered one",
+            agentId: payload.agentId,
+            machineId: payload.machineId.slice(0, 64),
+            remoteAddr,
+          });
+          throw new ConnectError("machine ID does not match the registered machine", Code.PermissionDenied);
+        }
+        if (state.decommissioned) throw new ConnectError("this agent has been decommissioned", Code.PermissionDenied);
+        // Counted only once the agent's own key signed the call, so nobody else can use up its budget.
+        rateLimit(renewPerAgent, payload.agentId, "Renew calls for this agent");
+        // Checked once the signature holds: a tampered payload is refused as such, whatever it says.
+        const skewMs = Math.abs(time("payload.sign_time", signTime).getTime() - now.getTime());
+        if (skewMs > config.renewMaxSkewSeconds * 1000) {
+          throw new ConnectError(
+            `renew request was signed ${Math.round(skewMs / 1000)}s away from the server's clock; check the agent's time`,
+            Code.Unauthenticated,
+          );
+        }
+
+        const refresh = newRefreshToken(now, req.payload);
+        const rotated = await rotateRefreshToken(db, {
+          agentId: payload.agentId,
+          machineId: payload.machineId,
+          presentedHash: sha256(payload.refreshToken),
+          next: refresh.row,
+          now,
+          remoteAddr,
+          retryWindowMs: config.renewRetryWindowSeconds * 1000,
+          restoreWindowMs: config.refreshTokenSlidingSeconds * 1000,
+        });
+        if (!rotated.ok) {
+          if (rotated.reuse) {
+            // The access tokens already issued stop at once, here and on every other replica.
+            deps.agents.invalidate(payload.agentId);
+            deps.logger.warn({ agentId: payload.agentId }, "refresh token re-use: credentials revoked");
+          }
+          throw new ConnectError(rotated.reason, Code.Unauthenticated);
+        }
+        if (rotated.retried) deps.logger.info({ agentId: payload.agentId }, "renew retried with the identical signed request; answered again");
+        const access = await deps.tokens.issue(payload.agentId, state.machineId, rotated.credentialGeneration, now);
+        return {
+          accessToken: access.token,
+          refreshToken: refresh.secret,
+          accessTokenExpireTime: timestampFromDate(access.expiresAt),
+        };
+      });
     },
 
     async pollCommands(req: PollCommandsRequest, ctx: HandlerContext) {

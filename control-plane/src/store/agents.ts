@@ -67,10 +67,21 @@ export const allowReregistrationCommand = (agentId: string) => `redflag agents a
 // signed by the key on record, newer than the last one accepted) or once after an admin allowed
 // it; a decommissioned agent only after an admin allowed it. Anything else is refused with
 // PermissionDenied and a security event, and changes nothing else.
-export async function registerAgent(db: Prisma, input: RegisterInput): Promise<RegisteredAgent> {
+//
+// A machine never seen before, with a valid token and a seat left (a fleet enrolling), takes the
+// one-statement path first (registerNewMachine); anything else, and a first registration that
+// lost a race for its machine ID, goes through the transaction below, which gives the refusal.
+export async function registerAgent(db: Prisma, sql: Statements, input: RegisterInput): Promise<RegisteredAgent> {
   // Checked once, before the transaction: an agent re-registering keeps its key, so this is the
   // only signature check in the common case, and no row waits on it.
   const selfSigned = input.proof?.signedBy(input.publicKey) ?? false;
+  if (!input.proof || selfSigned) {
+    const registered = await registerNewMachine(sql, input).catch((err: unknown) => {
+      if (isUniqueViolation(err)) return undefined;
+      throw err;
+    });
+    if (registered) return registered;
+  }
   for (let attempt = 0; ; attempt++) {
     let outcome: RegisteredAgent | Refusal;
     try {
@@ -95,6 +106,66 @@ export async function registerAgent(db: Prisma, input: RegisterInput): Promise<R
     throw new StoreRefusal("forbidden", r.message);
   }
 }
+
+// A first registration in one prepared statement (an enrolment herd's Register: one round trip,
+// no interactive transaction). The token's row is updated only if the token is valid, has a seat
+// left and no agent holds the machine ID; then the agent, its refresh-token family and its first
+// refresh token are inserted from that row. It all commits or nothing does: a machine registered
+// meanwhile makes the insert a unique violation that undoes the seat too, and the row lock with
+// PostgreSQL's re-check of `used_seats < seats` on the newest row version means concurrent
+// registrations never over-spend seats. No row means "not this path": the caller decides the
+// refusal or the re-registration in the transaction.
+async function registerNewMachine(sql: Statements, input: RegisterInput): Promise<RegisteredAgent | undefined> {
+  const { proof, now } = input;
+  // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
+  const proofTime = proof && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs ? proof.signTime : null;
+  const id = newId();
+  const rows = await sql.rows<{ credential_generation: number }>("register_new_machine", REGISTER_NEW_MACHINE, [
+    input.registrationTokenHash,
+    now,
+    input.machineId,
+    id,
+    input.hostname,
+    Buffer.from(input.publicKey),
+    input.os.family,
+    input.os.name,
+    input.os.version,
+    input.os.kernel,
+    input.os.arch,
+    input.agentVersion,
+    proofTime,
+    newId(),
+    input.refresh.absoluteExpiresAt,
+    newId(),
+    Buffer.from(input.refresh.tokenHash),
+    input.refresh.expiresAt,
+  ]);
+  const [row] = rows;
+  if (!row) return undefined;
+  return { id, machineId: input.machineId, credentialGeneration: row.credential_generation, replaced: false, via: "new" };
+}
+
+const REGISTER_NEW_MACHINE = `
+WITH seat AS (
+  UPDATE registration_tokens SET used_seats = used_seats + 1
+   WHERE token_hash = $1 AND used_seats < seats AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)
+     AND NOT EXISTS (SELECT 1 FROM agents WHERE machine_id = $3)
+  RETURNING id
+), agent AS (
+  INSERT INTO agents (id, machine_id, hostname, public_key, os_family, os_name, os_version, kernel, arch, agent_version,
+                      registration_token_id, registered_at, register_proof_time, updated_at)
+  SELECT $4::uuid, $3, $5, $6, $7, $8, $9, $10, $11, $12, seat.id, $2, $13, $2 FROM seat
+  RETURNING id, credential_generation
+), family AS (
+  INSERT INTO refresh_token_families (id, agent_id, absolute_expires_at)
+  SELECT $14::uuid, agent.id, $15 FROM agent
+  RETURNING id
+), token AS (
+  INSERT INTO refresh_tokens (id, family_id, token_hash, expires_at)
+  SELECT $16::uuid, family.id, $17, $18 FROM family
+  RETURNING 1
+)
+SELECT agent.credential_generation FROM agent, token`;
 
 async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): Promise<RegisteredAgent | Refusal> {
   const [token] = await tx.$queryRaw<TokenRow[]>`
