@@ -7,6 +7,7 @@ import { CommandOutcome, CommandResultSchema, CommandSchema, SubsystemRunState, 
 import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/gen/common_pb";
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
+import { connect } from "node:net";
 import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
 import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "@redflag/common/signing/envelope";
 import { keySetRevision } from "@redflag/common/signing/key-ids";
@@ -119,8 +120,13 @@ export function countError(stats: SimStats, where: string, err: unknown) {
 }
 
 // One HTTP/2 connection (h2c or TLS), speaking the Connect protocol in binary like the agent.
-export function agentClient(url: string): { client: Client<typeof AgentService>; close(): void } {
-  const sessionManager = new GuardedHttp2SessionManager(url, { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 });
+export function agentClient(url: string, opts: { localAddress?: string } = {}): { client: Client<typeof AgentService>; close(): void } {
+  const sessionManager = new GuardedHttp2SessionManager(
+    url,
+    { pingIntervalMs: 30_000, pingTimeoutMs: 15_000, idleConnectionTimeoutMs: 5 * 60_000 },
+    // A source address of its own (any of 127.0.0.0/8 on loopback), so per-address limits see one machine.
+    opts.localAddress ? { createConnection: (authority) => connect({ host: authority.hostname, port: Number(authority.port), localAddress: opts.localAddress }) } : undefined,
+  );
   const transport = createConnectTransport({ baseUrl: url, httpVersion: "2", sessionManager, useBinaryFormat: true });
   return { client: createClient(AgentService, transport), close: () => sessionManager.abort() };
 }
@@ -152,7 +158,7 @@ export class SimAgent {
   private lastSequence = 0n;
   private readonly key: { privateKey: KeyObject; publicKey: Uint8Array };
   readonly plan: AgentPlan;
-  private readonly client: Client<typeof AgentService>;
+  private client: Client<typeof AgentService>;
   private readonly stats: SimStats;
   private readonly opts: { verify: boolean; renewAtFraction: number };
 
@@ -162,6 +168,11 @@ export class SimAgent {
     this.stats = stats;
     this.opts = opts;
     this.key = agentKey(plan.secretSeed);
+  }
+
+  // Another connection (after an outage every agent connects again).
+  useClient(client: Client<typeof AgentService>) {
+    this.client = client;
   }
 
   async register(token: string, signal?: AbortSignal): Promise<void> {
@@ -182,7 +193,8 @@ export class SimAgent {
         proof,
         proofSignature: new Uint8Array(nodeSign(null, pae(REGISTER_PROOF_TYPE, proof), this.key.privateKey)),
       },
-      { signal, timeoutMs: 60_000 },
+      // The agent's deadline (agent/src/client.ts).
+      { signal, timeoutMs: 30_000 },
     );
     this.agentId = res.agentId;
     this.setTokens(res.accessToken, res.refreshToken, res.accessTokenExpireTime ? timestampDate(res.accessTokenExpireTime) : new Date());
@@ -223,6 +235,13 @@ export class SimAgent {
     // 90 s (or half the life) is left.
     const due = now.getTime() >= this.issuedAt.getTime() + life * this.opts.renewAtFraction || remaining < Math.min(90_000, life / 2);
     if (!due) return false;
+    await this.renew(signal);
+    return true;
+  }
+
+  // A Renew now, signed by the agent's key.
+  async renew(signal?: AbortSignal): Promise<void> {
+    const now = new Date();
     const payload = toBinary(
       RenewPayloadSchema,
       create(RenewPayloadSchema, { agentId: this.agentId, refreshToken: this.refreshToken, machineId: this.plan.machineId, signTime: timestampFromDate(now) }),
@@ -231,7 +250,6 @@ export class SimAgent {
     const res = await this.client.renew({ payload, signature }, { signal, timeoutMs: 30_000 });
     this.setTokens(res.accessToken, res.refreshToken, res.accessTokenExpireTime ? timestampDate(res.accessTokenExpireTime) : new Date());
     this.stats.renewals++;
-    return true;
   }
 
   // One poll; returns the commands it verified (and reports their results before returning).

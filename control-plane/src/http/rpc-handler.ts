@@ -39,6 +39,8 @@ export interface RpcHandlerOptions {
   cors?: Cors | undefined;
 }
 
+export const RESPONSE_COMPRESS_MIN_BYTES = 16 * 1024;
+
 // The protocol work (Connect, gRPC, gRPC-Web; compression, timeouts, errors, limits) stays in
 // connect's universal handlers, the same ones connect-node's adapter calls; only the HTTP/2
 // plumbing around them is ours.
@@ -47,6 +49,10 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
     interceptors: opts.interceptors,
     readMaxBytes: opts.readMaxBytes,
     acceptCompression: [compressionGzip, compressionBrotli],
+    // Responses are compressed from 16 KiB (connect's default is 1 KiB): a zlib stream costs
+    // about as much to set up as a whole Register or a poll with a command (benchmark 9), and
+    // saves nothing worth it on a few KiB. Big answers (a long command list, reports) still are.
+    compressMinBytes: RESPONSE_COMPRESS_MIN_BYTES,
   });
   opts.routes(router);
   const stallMs = opts.responseStallMs;
