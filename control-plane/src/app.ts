@@ -148,7 +148,7 @@ async function wire(
       logger,
     });
     // This replica's caches; a change made here drops them on the other replicas too (below).
-    const agentsHere = createAgentRegistry(db.prisma);
+    const agentsHere = createAgentRegistry(db.statements);
     const principalsHere = createPrincipalResolver(db.prisma);
     const agentConfigsHere = createAgentConfigs(db.prisma, settings);
     let reloadingSettings = false;

@@ -300,6 +300,31 @@ describe("Renew", () => {
     expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } })).toBe(1);
   });
 
+  it("rotates a token once when Renews race for it: the identical request is answered twice, a different one is re-use", async () => {
+    const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const request = signedRenew(agent, agent.refreshToken);
+    const [a, b] = await Promise.all([cp.agentClient().renew(request), cp.agentClient().renew(request)]);
+    expect(a.refreshToken).toBe(b.refreshToken);
+    const family = await cp.app.db.prisma.refreshToken.findMany({ where: { family: { agentId: agent.agentId } }, select: { rotatedAt: true } });
+    expect(family.map((t) => t.rotatedAt === null).sort()).toEqual([false, true]);
+
+    // Two different signed requests with one token (a copy of it elsewhere): one wins, the other
+    // is re-use, which revokes both.
+    const outcomes = await Promise.all(
+      [signedRenew(agent, a.refreshToken), signedRenew(agent, a.refreshToken, { signTime: new Date(Date.now() - 1000) })].map((r) =>
+        cp
+          .agentClient()
+          .renew(r)
+          .then(
+            () => "ok",
+            (e: unknown) => ConnectError.from(e).rawMessage,
+          ),
+      ),
+    );
+    expect(outcomes.sort()).toEqual(["ok", "refresh token was already used; the agent's credentials are revoked"]);
+    expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: agent.agentId, type: "refresh_token_reuse" } })).toBe(1);
+  });
+
   it("takes the identical Renew for re-use once its successor was used", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const request = signedRenew(agent, agent.refreshToken);

@@ -17,7 +17,7 @@ describe("the agent registry cache", () => {
   const bumpGeneration = () => cp.app.db.prisma.agent.update({ where: { id: agent.agentId }, data: { credentialGeneration: { increment: 1 } } });
 
   it("keeps an agent's state until it is invalidated", async () => {
-    const registry = createAgentRegistry(cp.app.db.prisma);
+    const registry = createAgentRegistry(cp.app.db.statements);
     const before = (await registry.get(agent.agentId))!.credentialGeneration;
     await bumpGeneration();
     expect((await registry.get(agent.agentId))!.credentialGeneration).toBe(before);
@@ -28,7 +28,7 @@ describe("the agent registry cache", () => {
   // A credential revoked while a read was on its way (here or on another replica) must not be
   // forgotten again for the cache's whole lifetime.
   it("does not keep what a read started before an invalidation returned", async () => {
-    const registry = createAgentRegistry(cp.app.db.prisma);
+    const registry = createAgentRegistry(cp.app.db.statements);
     const inFlight = registry.get(agent.agentId);
     registry.invalidate(agent.agentId);
     const stale = (await inFlight)!.credentialGeneration;

@@ -1,5 +1,5 @@
 import { getAgentAuthState, type AgentAuthState } from "../store/agents.ts";
-import type { Prisma } from "../store/types.ts";
+import type { Statements } from "../store/statements.ts";
 
 export interface AgentRegistry {
   get(agentId: string): Promise<AgentAuthState | undefined>;
@@ -13,7 +13,7 @@ export interface AgentRegistry {
 // process invalidate the entry at once, and other replicas' through the cluster link (which
 // drops every entry when it comes back from an outage); ttlMs only bounds what could still slip
 // through. It is longer than any poll interval, so an interval-mode poll does not re-read it.
-export function createAgentRegistry(db: Prisma, ttlMs = 10 * 60_000, maxEntries = 200_000): AgentRegistry {
+export function createAgentRegistry(sql: Statements, ttlMs = 10 * 60_000, maxEntries = 200_000): AgentRegistry {
   const entries = new Map<string, { state: AgentAuthState | undefined; loadedAt: number }>();
   const loading = new Map<string, { state: Promise<AgentAuthState | undefined>; epoch: number }>();
   // Moves on with every invalidation: a read that started before one may already be stale, so
@@ -27,7 +27,7 @@ export function createAgentRegistry(db: Prisma, ttlMs = 10 * 60_000, maxEntries 
       if (entry && now - entry.loadedAt < ttlMs) return entry.state;
       let pending = loading.get(agentId);
       if (!pending) {
-        const load = { state: getAgentAuthState(db, agentId), epoch };
+        const load = { state: getAgentAuthState(sql, agentId), epoch };
         loading.set(agentId, load);
         void load.state.finally(() => loading.get(agentId) === load && loading.delete(agentId)).catch(() => {});
         pending = load;

@@ -182,7 +182,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       return enrolment.run(async () => {
         const now = new Date();
 
-        const state = await getAgentAuthState(db, payload.agentId);
+        const state = await getAgentAuthState(deps.sql, payload.agentId);
         if (!state) throw new ConnectError("this agent is no longer registered", Code.Unauthenticated);
         if (!verifySignature(state.publicKey, RENEW_PAYLOAD_TYPE, req.payload, req.signature)) {
           await recordSecurityEvent(db, {
@@ -218,7 +218,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
         }
 
         const refresh = newRefreshToken(now, req.payload);
-        const rotated = await rotateRefreshToken(db, {
+        const rotated = await rotateRefreshToken(db, deps.sql, {
           agentId: payload.agentId,
           machineId: payload.machineId,
           presentedHash: sha256(payload.refreshToken),

@@ -396,17 +396,18 @@ export interface AgentAuthState {
   publicKey: Uint8Array;
 }
 
-export async function getAgentAuthState(db: Prisma, agentId: string): Promise<AgentAuthState | undefined> {
-  const row = await db.agent.findUnique({
-    where: { id: agentId },
-    select: { machineId: true, credentialGeneration: true, decommissionedAt: true, publicKey: true },
-  });
+export async function getAgentAuthState(sql: Statements, agentId: string): Promise<AgentAuthState | undefined> {
+  const [row] = await sql.rows<{ machine_id: string; credential_generation: number; decommissioned: boolean; public_key: Buffer }>(
+    "agent_auth_state",
+    "SELECT machine_id, credential_generation, decommissioned_at IS NOT NULL AS decommissioned, public_key FROM agents WHERE id = $1::uuid",
+    [agentId],
+  );
   if (!row) return undefined;
   return {
-    machineId: row.machineId,
-    credentialGeneration: row.credentialGeneration,
-    decommissioned: row.decommissionedAt !== null,
-    publicKey: row.publicKey,
+    machineId: row.machine_id,
+    credentialGeneration: row.credential_generation,
+    decommissioned: row.decommissioned,
+    publicKey: new Uint8Array(row.public_key),
   };
 }
 
@@ -424,6 +425,7 @@ export type RotateOutcome =
 // successor has not been used yet, the exchange is answered again instead of revoking.
 export async function rotateRefreshToken(
   db: Prisma,
+  sql: Statements,
   input: {
     agentId: string;
     machineId: string;
@@ -436,6 +438,8 @@ export async function rotateRefreshToken(
     restoreWindowMs: number;
   },
 ): Promise<RotateOutcome> {
+  const fast = await rotateCurrentToken(sql, input);
+  if (fast !== undefined) return { ok: true, credentialGeneration: fast, retried: false };
   return db.$transaction(async (tx) => {
     const [row] = await tx.$queryRaw<
       {
@@ -494,6 +498,42 @@ export async function rotateRefreshToken(
     return { ok: true, credentialGeneration: await generation(), retried: false };
   });
 }
+
+// The common Renew in one prepared statement: the presented token is the agent's current one (not
+// rotated, not expired, its family live), so it is marked rotated and its successor inserted,
+// under the same row locks the transaction takes. Anything else (an unknown, rotated, expired or
+// revoked token, a retry, a race with another Renew of the same token, which re-checks
+// `rotated_at IS NULL` on the locked row and finds it set) returns nothing, and the transaction
+// below decides, with its security events.
+async function rotateCurrentToken(sql: Statements, input: { agentId: string; presentedHash: Buffer; next: NewRefreshToken; now: Date }): Promise<number | undefined> {
+  const [row] = await sql.rows<{ credential_generation: number }>("rotate_current_refresh_token", ROTATE_CURRENT_TOKEN, [
+    input.presentedHash,
+    input.agentId,
+    input.now,
+    newId(),
+    Buffer.from(input.next.tokenHash),
+    input.next.expiresAt,
+  ]);
+  return row?.credential_generation;
+}
+
+const ROTATE_CURRENT_TOKEN = `
+WITH current AS (
+  SELECT t.id, t.family_id, f.absolute_expires_at
+    FROM refresh_tokens t JOIN refresh_token_families f ON f.id = t.family_id
+   WHERE t.token_hash = $1 AND f.agent_id = $2::uuid AND t.rotated_at IS NULL AND f.revoked_at IS NULL
+     AND t.expires_at > $3 AND f.absolute_expires_at > $3
+   FOR UPDATE OF t, f
+), rotated AS (
+  UPDATE refresh_tokens SET rotated_at = $3 FROM current
+   WHERE refresh_tokens.id = current.id AND refresh_tokens.rotated_at IS NULL
+  RETURNING current.family_id, current.absolute_expires_at
+), successor AS (
+  INSERT INTO refresh_tokens (id, family_id, token_hash, expires_at)
+  SELECT $4::uuid, family_id, $5, LEAST($6::timestamptz, absolute_expires_at) FROM rotated
+  RETURNING 1
+)
+SELECT a.credential_generation FROM agents a, successor WHERE a.id = $2::uuid`;
 
 const generationOf = async (tx: Tx, agentId: string) =>
   (await tx.agent.findUniqueOrThrow({ where: { id: agentId }, select: { credentialGeneration: true } })).credentialGeneration;
