@@ -590,6 +590,40 @@ describe("ReportResults", () => {
     expect(events).toBe(1);
   });
 
+  it("stores a batch of plain results in one statement and still refuses, as before, the ones it must", async () => {
+    const a = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const b = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const specs = async (agent: typeof a) => {
+      const id = await queue(agent.agentId, "specs");
+      await agent.client.pollCommands({ nonce: nonce() });
+      return id;
+    };
+    const ok = await specs(a);
+    const cancelled = await specs(a);
+    await cp.app.db.prisma.command.update({ where: { id: cancelled }, data: { state: "cancelled" } });
+    const forB = await specs(b);
+    const undelivered = await queue(a.agentId, "specs");
+    const plain = (commandId: string, outcome = CommandOutcome.SUCCEEDED) => ({ commandId, outcome, message: `done ${commandId.slice(0, 4)}` });
+    const res = await a.client.reportResults({ results: [plain(ok), plain(cancelled, CommandOutcome.FAILED), plain(forB), plain(undelivered)] });
+    expect(res.acknowledgedCommandIds.sort()).toEqual([ok, cancelled].sort());
+    expect(Object.fromEntries(res.refused.map((r) => [r.commandId, r.reason]))).toEqual({
+      [forB]: "no such command was delivered to this agent",
+      [undelivered]: "the command has not been delivered yet",
+    });
+    const state = async (id: string) => (await cp.admin.commands.getCommand({ id })).command!;
+    expect((await state(ok)).state).toBe(CommandState.SUCCEEDED);
+    expect((await state(ok)).result?.message).toBe(`done ${ok.slice(0, 4)}`);
+    // A cancelled command keeps its state, with the result the agent sent.
+    expect((await state(cancelled)).state).toBe(CommandState.CANCELLED);
+    expect((await state(cancelled)).result?.outcome).toBe(CommandOutcome.FAILED);
+    expect((await state(forB)).state).toBe(CommandState.SENT);
+    expect(await cp.app.db.prisma.securityEvent.count({ where: { agentId: a.agentId, type: "result_for_foreign_command" } })).toBe(1);
+    // Sent again (the acknowledgement was lost): acknowledged, nothing changes.
+    const again = await a.client.reportResults({ results: [{ ...plain(ok), message: "changed" }] });
+    expect(again.acknowledgedCommandIds).toEqual([ok]);
+    expect((await state(ok)).result?.message).toBe(`done ${ok.slice(0, 4)}`);
+  });
+
   it("refuses malformed results with InvalidArgument and stores none of the batch", async () => {
     const agent = await registerTestAgent(cp, await newRegistrationToken(cp));
     const id = await delivered(agent);

@@ -211,6 +211,7 @@ describe("NotificationService", () => {
     await db.command.create({ data: { id: commandId, agentId: agent.id, type: "install_updates", state: "sent", action: Buffer.alloc(0), createdBy: "oscar", sentAt: new Date() } });
     const outcome = await recordResults(
       db,
+      cp.app.db.statements,
       agent.id,
       [{ commandId, outcome: "failed", message: "dpkg was interrupted", startedAt: null, finishedAt: null, bytes: new Uint8Array(), scan: undefined, metrics: undefined, packages: [{ kind: "failed", source: "apt", name: "nginx", architecture: "amd64", version: "1.2" }] }],
       new Date(),

@@ -302,7 +302,7 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const budget = { rows: config.maxReportUpdates };
       const outcome =
         unique.size > 0
-          ? await recordResults(db, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget).catch(refusalAsRpcError)
+          ? await recordResults(db, deps.sql, agentId, [...unique.values()], now, ctx.values.get(kRemoteAddr), budget).catch(refusalAsRpcError)
           : { acknowledged: [], refused: [], incomplete: [] };
       const reports = scans.length > 0 ? await recordScanReports(db, deps.sql, agentId, scans, budget).catch(refusalAsRpcError) : { acknowledged: [], incomplete: [] };
       deps.events.publish(outcome.acknowledged.map((commandId) => ({ commandId, agentId })));

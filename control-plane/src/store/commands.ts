@@ -315,6 +315,71 @@ const appliesScan = (result: IncomingResult) => result.scan !== undefined && res
 // recordScanResult), so this transaction stays short whatever the scans hold.
 export async function recordResults(
   db: Prisma,
+  sql: Statements,
+  agentId: string,
+  results: IncomingResult[],
+  now: Date,
+  remoteAddr: string,
+  budget: Budget,
+): Promise<RecordOutcome> {
+  const plain = await recordPlainResults(sql, agentId, results, now);
+  if (plain.size === results.length) return { acknowledged: results.map((r) => r.commandId), refused: [], incomplete: [] };
+  const rest = plain.size === 0 ? results : results.filter((r) => !plain.has(r.commandId));
+  const outcome = await recordEachResult(db, agentId, rest, now, remoteAddr, budget);
+  return { ...outcome, acknowledged: [...plain, ...outcome.acknowledged] };
+}
+
+// Plain results (no scan, readings or package events; not an install, which sends a
+// notification) of commands delivered to this agent and not answered yet, in one prepared
+// statement: a batch of command results as one round trip. The commands' rows are locked as the
+// transaction below locks them, and a result stored meanwhile by a retry is left alone (ON
+// CONFLICT), so the two paths never store one twice. Returns the commands it recorded; every
+// other result (another agent's command, one not delivered yet, one already answered, anything
+// with more to store) goes through the transaction, which says why.
+async function recordPlainResults(sql: Statements, agentId: string, results: IncomingResult[], now: Date): Promise<Set<string>> {
+  const plain = results.filter((r) => r.scan === undefined && r.metrics === undefined && r.packages.length === 0);
+  if (plain.length === 0) return new Set();
+  const rows = await sql.rows<{ id: string }>("record_plain_results", RECORD_PLAIN_RESULTS, [
+    agentId,
+    plain.map((r) => r.commandId),
+    plain.map((r) => r.outcome),
+    plain.map((r) => r.message),
+    plain.map((r) => r.startedAt),
+    plain.map((r) => r.finishedAt),
+    plain.map((r) => Buffer.from(r.bytes)),
+    now,
+  ]);
+  return new Set(rows.map((r) => r.id));
+}
+
+const RECORD_PLAIN_RESULTS = `
+WITH input AS (
+  SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::bytea[])
+      AS i(command_id, outcome, message, started_at, finished_at, result)
+), target AS (
+  SELECT c.id FROM commands c
+   WHERE c.id IN (SELECT command_id FROM input) AND c.agent_id = $1::uuid
+     AND c.state <> 'pending' AND c.type <> 'install_updates'
+   ORDER BY c.id
+   FOR UPDATE OF c
+), stored AS (
+  INSERT INTO command_results (command_id, agent_id, outcome, message, started_at, finished_at, result)
+  SELECT i.command_id, $1::uuid, i.outcome, i.message, i.started_at, i.finished_at, i.result
+    FROM input i JOIN target t ON t.id = i.command_id
+  ON CONFLICT (command_id) DO NOTHING
+  RETURNING command_id
+)
+UPDATE commands c
+   SET finished_at = COALESCE(i.finished_at, $8),
+       -- A cancelled command keeps its state; a late result still moves timed_out to what happened.
+       state = CASE WHEN c.state = 'cancelled' THEN c.state ELSE i.outcome::command_state END
+  FROM stored s JOIN input i ON i.command_id = s.command_id
+ WHERE c.id = s.command_id
+RETURNING c.id`;
+
+// Results one by one in a transaction, for what the set-based path leaves (recordPlainResults).
+async function recordEachResult(
+  db: Prisma,
   agentId: string,
   results: IncomingResult[],
   now: Date,

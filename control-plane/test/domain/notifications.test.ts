@@ -200,7 +200,7 @@ describe.each(availableBackends)("notifications on %s", (backend: Backend) => {
       const id = newId();
       await m.db.command.create({ data: { id, agentId: agent.id, type: "scan_updates", state: "sent", action: Buffer.alloc(0), createdBy: "oscar", sentAt: new Date() } });
       const result = { commandId: id, outcome: "succeeded" as const, message: "", startedAt: null, finishedAt: null, bytes: new Uint8Array(), scan: { updates, parts: 0, sources: ["apt"] }, metrics: undefined, packages: [] };
-      expect((await recordResults(m.db, agent.id, [result], new Date(), "192.0.2.1", { rows: 10_000 })).acknowledged).toEqual([id]);
+      expect((await recordResults(m.db, m.sql, agent.id, [result], new Date(), "192.0.2.1", { rows: 10_000 })).acknowledged).toEqual([id]);
     };
     const queued = () => m.db.notificationEvent.findMany({ where: { agentId: agent.id } });
     await scan([update("curl", "low", false), update("openssl", "important", true), update("sudo", "critical", false)]);

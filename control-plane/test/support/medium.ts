@@ -12,11 +12,14 @@ import type { AuditHook } from "../../src/domain/audit.ts";
 import { audit } from "../../src/services/audit.ts";
 import { newId } from "../../src/ids.ts";
 import { openDatabase, type Database } from "../../src/store/db.ts";
+import type { Statements } from "../../src/store/statements.ts";
 import type { Prisma } from "../../src/store/types.ts";
 import { freshDatabase, type Backend, type FreshDatabase } from "./database.ts";
 
 export interface MediumDatabase {
   db: Prisma;
+  // The pool's prepared statements (store functions of the hot paths take them).
+  sql: Statements;
   close(): Promise<void>;
 }
 
@@ -31,6 +34,7 @@ export async function openMediumDatabase(backend: Backend): Promise<MediumDataba
   }
   return {
     db: database.prisma,
+    sql: database.statements,
     async close() {
       await database.close();
       await fresh.cleanup();
@@ -40,12 +44,13 @@ export async function openMediumDatabase(backend: Backend): Promise<MediumDataba
 
 // A fresh database for the tests of the calling describe block, opened before them and closed
 // after them; `db` is set once they run.
-export function mediumDatabase(backend: Backend): { db: Prisma } {
-  const holder = {} as { db: Prisma };
+export function mediumDatabase(backend: Backend): { db: Prisma; sql: Statements } {
+  const holder = {} as { db: Prisma; sql: Statements };
   let opened: MediumDatabase | undefined;
   beforeAll(async () => {
     opened = await openMediumDatabase(backend);
     holder.db = opened.db;
+    holder.sql = opened.sql;
   });
   afterAll(async () => {
     await opened?.close();
