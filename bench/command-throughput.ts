@@ -1,4 +1,6 @@
-import type { Command as AgentCommand } from "@redflag/gen/command_pb";
+import { toBinary } from "@bufbuild/protobuf";
+import { CommandSchema, type Command as AgentCommand } from "@redflag/gen/command_pb";
+import { COMMAND_TYPE, newSecretKey, signEnvelope } from "@redflag/common/signing/envelope";
 import { Command } from "commander";
 import { setTimeout as sleep } from "node:timers/promises";
 import { integer } from "./options.ts";
@@ -102,6 +104,7 @@ try {
       console.log(`queued ${o.commands} commands in ${queueSeconds.toFixed(1)} s (${(o.commands / queueSeconds).toFixed(0)} CreateCommand/s, concurrency ${o.queueConcurrency})`);
 
       const watch = watchProcess(cp.pid);
+      let sample: AgentCommand | undefined;
       const deadline = Date.now() + o.timeout * 1000;
       const t0 = performance.now();
       await Promise.all(
@@ -114,7 +117,9 @@ try {
               continue;
             }
             try {
-              got += (await agent.poll(0)).length;
+              const commands = await agent.poll(0);
+              got += commands.length;
+              sample ??= commands[0];
             } catch (err) {
               countError(stats, "PollCommands", err);
             }
@@ -128,6 +133,24 @@ try {
           `${(stats.resultsAcknowledged / seconds).toFixed(0)} signed deliveries/s with results reported (${stats.polls} polls, ${stats.rejectedCommands} rejected)`,
       );
       console.log(`errors by code: ${formatErrors(stats.errors)}; ${formatUsage(usage)}`);
+      // The floor (issue 18, item 5): the signing library alone (the control plane's signEnvelope,
+      // @noble/ed25519) signing the same command bytes back to back on one core of this machine.
+      if (sample) {
+        const bytes = toBinary(CommandSchema, sample);
+        const secretKey = newSecretKey();
+        let signed = 0;
+        const s0 = performance.now();
+        while (performance.now() - s0 < 3000) {
+          signEnvelope(secretKey, COMMAND_TYPE, bytes);
+          signed++;
+        }
+        const signRate = signed / ((performance.now() - s0) / 1000);
+        const deliveries = stats.resultsAcknowledged / seconds;
+        console.log(
+          `floor: the signing library alone signs these ${bytes.length}-byte commands at ${signRate.toFixed(0)}/s on one core; ` +
+            `deliveries with results are ${(deliveries / signRate).toFixed(2)} × that`,
+        );
+      }
     } finally {
       close();
     }
