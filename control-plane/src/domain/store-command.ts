@@ -11,7 +11,10 @@ export function commandRefusal(outcome: CommandRefused, agentId: string): Connec
 
 // Stores a command for an agent that exists and is still part of the fleet.
 export async function storeCommand(db: Prisma | Tx, input: CreateCommandInput): Promise<CommandRow> {
-  const outcome = await createCommand(db, input);
+  const outcome: CommandRow | CommandRefused | null = await createCommand(db, input);
+  // Seen under heavy load: a query of an interactive transaction that had run out of time
+  // resolved with nothing instead of failing. The command was not stored; the caller may retry.
+  if (!outcome) throw new ConnectError("the command could not be stored in time; try again", Code.Unavailable, { "retry-after": "5" });
   if ("refused" in outcome) throw commandRefusal(outcome, input.agentId);
   return outcome;
 }
