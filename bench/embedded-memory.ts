@@ -20,7 +20,9 @@ const o = new Command("bench-embedded-memory")
   .opts<{ idle: number; starts: number }>();
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const SERVER_NODE_FLAGS = ["--max-semi-space-size=8"];
+// As `npm run serve`; BENCH_SERVER_NODE_ARGS adds flags (e.g. "--liftoff-only" to see what V8's
+// optimizing compiler costs) or overrides them, as for the other benchmarks.
+const SERVER_NODE_FLAGS = ["--max-semi-space-size=8", ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
 const SAMPLE_MS = 100;
 
 interface StartFigures {

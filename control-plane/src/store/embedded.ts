@@ -36,7 +36,7 @@ const STOP_TIMEOUT_MS = 30_000;
 // long as the server runs, and WebAssembly memory never shrinks. initdb sizes it for a server
 // (128MB); the control plane's database is tens of MB and PostgreSQL reads the pages it does not
 // hold from the operating system's page cache, so 32MB keeps the hot tables in memory at a
-// quarter of the cost (bench:commands and bench:poll measured no loss; docs/benchmarks.md).
+// quarter of the cost (bench:commands measured no loss; docs/benchmarks.md).
 // embedded-worker.ts passes them on PostgreSQL's command line, which overrides postgresql.conf,
 // so they apply to databases created before as well.
 export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = { shared_buffers: "32MB" };
@@ -195,8 +195,8 @@ interface RunningWorker {
 
 // initdb in a worker of its own that exits before the database is served: the thread's PGlite
 // instances grow their WebAssembly memory while creating the database and never give it back, so
-// the control plane would carry that memory for as long as it runs (issue 18, item 7: 590 MB idle
-// after a first start instead of the ~450 MB of a restart). Ending the thread frees all of it.
+// the control plane would carry that memory for as long as it runs (issue 18, item 7: a first
+// start idled 110 MB above a restart). Ending the thread frees all of it.
 async function createDatabase(data: EmbeddedWorkerData, logger: Logger) {
   const started = performance.now();
   const worker = await startWorker(data, logger);
