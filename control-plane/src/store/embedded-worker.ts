@@ -15,9 +15,19 @@ import net from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 
 export interface EmbeddedWorkerData {
+  // "init": create the database in pgdata (initdb), shut down cleanly and exit; "serve": open it
+  // and serve it on socketPath until told to stop.
+  mode: "init" | "serve";
   pgdata: string;
   socketPath: string;
   maxConnections: number;
+  // PostgreSQL settings (GUCs) for the server, given on its command line.
+  settings: Readonly<Record<string, string>>;
+}
+
+// PGlite's own start parameters and the settings embedded.ts chose, which override postgresql.conf.
+function startParams(settings: Readonly<Record<string, string>>): string[] {
+  return [...PGlite.defaultStartParams, ...Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`])];
 }
 
 // Parent to worker.
@@ -192,67 +202,80 @@ function describe(err: unknown): { message: string; stack?: string | undefined }
 if (!parentPort) throw new Error("embedded-worker.ts must run in a worker thread");
 const port = parentPort;
 const send = (message: FromWorker) => port.postMessage(message);
-const { pgdata, socketPath, maxConnections } = workerData as EmbeddedWorkerData;
+const { mode, pgdata, socketPath, maxConnections, settings } = workerData as EmbeddedWorkerData;
 
-const db = await PGlite.create(pgdata);
-// The handler only calls the QueryQueueManager methods ExchangeScheduler implements.
-const queryQueue = new ExchangeScheduler(db, (err) =>
-  send({ type: "log", level: "error", msg: "the embedded database failed to run a query", err: describe(err) }),
-) as unknown as PGLiteSocketHandlerOptions["queryQueue"];
-const handlers = new Set<PGLiteSocketHandler>();
-// Every accepted socket, also those turned away: server.close() waits for all of them.
-const sockets = new Set<net.Socket>();
-
-const server = net.createServer((socket) => {
-  sockets.add(socket);
-  socket.once("close", () => sockets.delete(socket));
-  if (handlers.size >= maxConnections) {
-    socket.end(tooManyConnections());
-    return;
-  }
-  const handler = new PGLiteSocketHandler({ queryQueue, closeOnDetach: true });
-  handlers.add(handler);
-  const forget = () => handlers.delete(handler);
-  handler.addEventListener("close", forget);
-  handler.addEventListener("error", forget);
-  handler.attach(socket).catch((err: unknown) => {
-    forget();
-    socket.destroy();
-    send({ type: "log", level: "warn", msg: "embedded database connection failed", err: describe(err) });
-  });
-});
-server.on("error", (err) => send({ type: "log", level: "error", msg: "embedded database socket error", err: describe(err) }));
-
-try {
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-} catch (err) {
+const db = await PGlite.create(pgdata, { startParams: startParams(settings) });
+if (mode === "init") {
+  // initdb ran in a second PGlite instance of this thread, which leaves WebAssembly memory and
+  // copies behind that nothing can shrink; embedded.ts ends this thread to hand them back and
+  // serves the new database from a fresh one.
   await db.close();
-  throw err;
+  send({ type: "ready" });
+  port.close();
+} else {
+  await serve();
 }
 
-port.on("message", (message: ToWorker) => {
-  if (message.type === "stop") void stop();
-});
-send({ type: "ready" });
+async function serve() {
+  // The handler only calls the QueryQueueManager methods ExchangeScheduler implements.
+  const queryQueue = new ExchangeScheduler(db, (err) =>
+    send({ type: "log", level: "error", msg: "the embedded database failed to run a query", err: describe(err) }),
+  ) as unknown as PGLiteSocketHandlerOptions["queryQueue"];
+  const handlers = new Set<PGLiteSocketHandler>();
+  // Every accepted socket, also those turned away: server.close() waits for all of them.
+  const sockets = new Set<net.Socket>();
 
-async function stop() {
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    if (handlers.size >= maxConnections) {
+      socket.end(tooManyConnections());
+      return;
+    }
+    const handler = new PGLiteSocketHandler({ queryQueue, closeOnDetach: true });
+    handlers.add(handler);
+    const forget = () => handlers.delete(handler);
+    handler.addEventListener("close", forget);
+    handler.addEventListener("error", forget);
+    handler.attach(socket).catch((err: unknown) => {
+      forget();
+      socket.destroy();
+      send({ type: "log", level: "warn", msg: "embedded database connection failed", err: describe(err) });
+    });
+  });
+  server.on("error", (err) => send({ type: "log", level: "error", msg: "embedded database socket error", err: describe(err) }));
+
   try {
-    const closed = new Promise((resolve) => server.close(resolve));
-    // Detaching rolls back what a connection left open, before PGlite shuts down.
-    await Promise.allSettled([...handlers].map((h) => h.detach(true)));
-    for (const socket of sockets) socket.destroy();
-    await closed;
-    // A clean shutdown (checkpoint): the next start needs no recovery.
-    await db.close();
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(socketPath, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
   } catch (err) {
-    send({ type: "log", level: "error", msg: "embedded database did not shut down cleanly", err: describe(err) });
-  } finally {
-    port.close();
+    await db.close();
+    throw err;
+  }
+
+  port.on("message", (message: ToWorker) => {
+    if (message.type === "stop") void stop();
+  });
+  send({ type: "ready" });
+
+  async function stop() {
+    try {
+      const closed = new Promise((resolve) => server.close(resolve));
+      // Detaching rolls back what a connection left open, before PGlite shuts down.
+      await Promise.allSettled([...handlers].map((h) => h.detach(true)));
+      for (const socket of sockets) socket.destroy();
+      await closed;
+      // A clean shutdown (checkpoint): the next start needs no recovery.
+      await db.close();
+    } catch (err) {
+      send({ type: "log", level: "error", msg: "embedded database did not shut down cleanly", err: describe(err) });
+    } finally {
+      port.close();
+    }
   }
 }

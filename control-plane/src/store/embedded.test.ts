@@ -10,7 +10,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectionError } from "./db.ts";
-import { startEmbeddedPostgres, type EmbeddedPostgres } from "./embedded.ts";
+import { EMBEDDED_SETTINGS, startEmbeddedPostgres, type EmbeddedPostgres } from "./embedded.ts";
 
 const silent = pino({ level: "silent" });
 const tempDir = () => mkdtemp(path.join(os.tmpdir(), "rf-"));
@@ -57,6 +57,15 @@ describe("embedded database", () => {
       if (!entry.isSymbolicLink() && (mode & 0o077) !== 0) open.push(`${(mode & 0o777).toString(8)} ${path.relative(dataDir, file)}`);
     }
     expect(open).toEqual([]);
+  });
+
+  // The memory settings of embedded-worker.ts (issue 18, item 7) reach the server that serves the
+  // socket: shared_buffers is fixed at start, so SHOW tells what PostgreSQL runs with.
+  it("runs PostgreSQL with the embedded memory settings", async () => {
+    for (const [name, value] of Object.entries(EMBEDDED_SETTINGS)) {
+      const { rows } = await pool.query<Record<string, string>>(`SHOW ${name}`);
+      expect(rows[0]![name]).toBe(value);
+    }
   });
 
   it("refuses a second start on the same data directory", async () => {

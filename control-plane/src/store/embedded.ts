@@ -31,6 +31,16 @@ const SOCKET_NAME = `.s.PGSQL.${EMBEDDED_PORT}`;
 const MAX_SOCKET_PATH_BYTES = 103;
 const STOP_TIMEOUT_MS = 30_000;
 
+// Memory (issue 18, item 7). PostgreSQL's shared memory lives in PGlite's WebAssembly memory and
+// is written through at start, so every MB of shared_buffers is a MB of resident memory for as
+// long as the server runs, and WebAssembly memory never shrinks. initdb sizes it for a server
+// (128MB); the control plane's database is tens of MB and PostgreSQL reads the pages it does not
+// hold from the operating system's page cache, so 32MB keeps the hot tables in memory at a
+// quarter of the cost (bench:commands measured no loss; docs/benchmarks.md).
+// embedded-worker.ts passes them on PostgreSQL's command line, which overrides postgresql.conf,
+// so they apply to databases created before as well.
+export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = { shared_buffers: "32MB" };
+
 export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
   const dataDir = path.resolve(opts.dataDir);
   const runDir = path.join(dataDir, "run");
@@ -45,10 +55,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     // We hold the lock, so a socket file here was left by a process that died.
     await rm(socketPath, { force: true });
     const started = performance.now();
-    const worker = await startWorker(
-      { pgdata, socketPath, maxConnections: opts.maxConnections ?? 8 },
-      opts.logger,
-    );
+    const data = { pgdata, socketPath, maxConnections: opts.maxConnections ?? 8, settings: EMBEDDED_SETTINGS };
+    if (!(await exists(path.join(pgdata, "PG_VERSION")))) await createDatabase({ ...data, mode: "init" }, opts.logger);
+    const worker = await startWorker({ ...data, mode: "serve" }, opts.logger);
     await keepPrivate(runDir);
     await keepPrivate(pgdata);
     opts.logger.info({ dataDir, ms: Math.round(performance.now() - started) }, "embedded database started");
@@ -180,6 +189,30 @@ async function releaseLock(lockFile: string, mine: string) {
 
 interface RunningWorker {
   stop(): Promise<void>;
+  // The worker's exit code, once it has exited.
+  exited: Promise<number>;
+}
+
+// initdb in a worker of its own that exits before the database is served: the thread's PGlite
+// instances grow their WebAssembly memory while creating the database and never give it back, so
+// the control plane would carry that memory for as long as it runs (issue 18, item 7: a first
+// start idled 110 MB above a restart). Ending the thread frees all of it.
+async function createDatabase(data: EmbeddedWorkerData, logger: Logger) {
+  const started = performance.now();
+  const worker = await startWorker(data, logger);
+  const code = await worker.exited;
+  if (code !== 0) throw new Error(`the embedded database could not be created: its worker exited with code ${code}`);
+  logger.info({ pgdata: data.pgdata, ms: Math.round(performance.now() - started) }, "embedded database created");
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await lstat(file);
+    return true;
+  } catch (err) {
+    if (errorCode(err) === "ENOENT") return false;
+    throw err;
+  }
 }
 
 // Resolves once the socket accepts connections; rejects with the worker's own error otherwise.
@@ -216,14 +249,14 @@ function startWorker(data: EmbeddedWorkerData, logger: Logger): Promise<RunningW
         logger[message.level]({ err: message.err }, message.msg);
       } else if (message.type === "ready" && phase === "starting") {
         phase = "running";
-        resolve({ stop });
+        resolve({ stop, exited });
       }
     });
     void exited.then((code) => {
       if (phase === "starting") {
         const reason = startError?.message ?? `its worker exited with code ${code}`;
         reject(new Error(`the embedded database could not start: ${reason}`, { cause: startError }));
-      } else if (phase === "running") {
+      } else if (phase === "running" && data.mode === "serve") {
         logger.error({ code }, "the embedded database stopped unexpectedly");
       }
       phase = "exited";

@@ -1,0 +1,142 @@
+import { Command } from "commander";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { number } from "./options.ts";
+import { printCommand, printMachineFacts } from "./stats.ts";
+
+// Memory of the control plane on the embedded database (issue 18, item 7): starts the real server
+// (control-plane/src/main.ts, with the production Node flags of `npm run serve`) on a fresh data
+// directory, lets it idle, stops it, and starts it again on the same directory. Every 100 ms it
+// sums VmRSS over the server and any process it started, so a helper process cannot hide memory.
+const o = new Command("bench-embedded-memory")
+  .description("RSS of the control plane on the embedded database: peak while starting, and idle after start, for a first start and a restart.")
+  .option("--idle <seconds>", "how long the server idles after it is ready before the idle figure", number(1), 30)
+  .option("--starts <n>", "starts on the same data directory (the first on a fresh one)", number(2), 2)
+  .parse()
+  .opts<{ idle: number; starts: number }>();
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+// As `npm run serve`; BENCH_SERVER_NODE_ARGS adds flags (e.g. "--liftoff-only" to see what V8's
+// optimizing compiler costs) or overrides them, as for the other benchmarks.
+const SERVER_NODE_FLAGS = ["--max-semi-space-size=8", ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
+const SAMPLE_MS = 100;
+
+interface StartFigures {
+  readyMs: number;
+  peakMb: number;
+  idleMb: number;
+  // The server process alone: its own high-water mark (VmHWM) and its part of the idle figure.
+  serverHwmMb: number;
+  serverIdleMb: number;
+}
+
+printCommand();
+printMachineFacts();
+const dataDir = await mkdtemp(path.join(os.tmpdir(), "rfm-"));
+try {
+  const rows: StartFigures[] = [];
+  for (let i = 0; i < o.starts; i++) rows.push(await measureStart(dataDir));
+  console.log(`| start | ready after | peak RSS while starting | idle RSS ${o.idle} s after ready | server alone: VmHWM / idle |`);
+  console.log("|---|---|---|---|---|");
+  rows.forEach((r, i) =>
+    console.log(
+      `| ${i === 0 ? "first (fresh data directory)" : `restart ${i}`} | ${(r.readyMs / 1000).toFixed(1)} s | ${r.peakMb} MB | ${r.idleMb} MB | ${r.serverHwmMb} MB / ${r.serverIdleMb} MB |`,
+    ),
+  );
+} finally {
+  await rm(dataDir, { recursive: true, force: true });
+}
+
+async function measureStart(dir: string): Promise<StartFigures> {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const started = performance.now();
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, path.join(ROOT, "control-plane/src/main.ts")], {
+    cwd: ROOT,
+    env: { ...process.env, REDFLAG_ADDR: `127.0.0.1:${port}`, REDFLAG_DATA_DIR: dir, REDFLAG_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  let peakKb = 0;
+  const sampler = setInterval(() => {
+    void treeRssKb(child.pid!).then((kb) => (peakKb = Math.max(peakKb, kb)));
+  }, SAMPLE_MS);
+  try {
+    await waitReady(url, child, 120_000);
+    const readyMs = performance.now() - started;
+    await new Promise((r) => setTimeout(r, o.idle * 1000));
+    const idleKb = await treeRssKb(child.pid!);
+    const status = await readFile(`/proc/${child.pid}/status`, "utf8");
+    return {
+      readyMs,
+      peakMb: mb(Math.max(peakKb, idleKb)),
+      idleMb: mb(idleKb),
+      serverHwmMb: mb(statusKb(status, "VmHWM")),
+      serverIdleMb: mb(statusKb(status, "VmRSS")),
+    };
+  } finally {
+    clearInterval(sampler);
+    await stopChild(child);
+  }
+}
+
+function mb(kb: number): number {
+  return Math.round(kb / 1024);
+}
+
+function statusKb(status: string, field: string): number {
+  return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
+}
+
+// VmRSS of pid and its descendants (a process that exited meanwhile counts as 0).
+async function treeRssKb(pid: number): Promise<number> {
+  let total = 0;
+  try {
+    total += statusKb(await readFile(`/proc/${pid}/status`, "utf8"), "VmRSS");
+    const children = (await readFile(`/proc/${pid}/task/${pid}/children`, "utf8")).split(/\s+/).filter(Boolean);
+    for (const child of children) total += await treeRssKb(Number(child));
+  } catch {
+    // gone
+  }
+  return total;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitReady(url: string, child: ChildProcess, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode} during start-up`);
+    try {
+      if ((await fetch(`${url}/readyz`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`the server at ${url} was not ready within ${timeoutMs} ms`);
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => child.kill("SIGKILL"), 20_000);
+    child.once("exit", () => {
+      clearTimeout(kill);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
