@@ -1,8 +1,9 @@
 import { Command } from "commander";
-import { number } from "./options.ts";
+import { integer, number } from "./options.ts";
 import { startControlPlane, type BenchControlPlane } from "./servers.ts";
+import { simulateInProcesses } from "./processes.ts";
 import { formatErrors, simulate } from "./simulator.ts";
-import { bound, fetchMetrics, formatUsage, histogramQuantiles, metricSample, ms, printCommand, printMachineFacts, rpcHistogram, watchProcess } from "./stats.ts";
+import { bound, fetchMetrics, openFileDescriptors, formatUsage, histogramQuantiles, metricSample, ms, printCommand, printMachineFacts, rpcHistogram, watchProcess } from "./stats.ts";
 
 // `npm run bench:sim -- [options]`: N simulated agents against a control plane, either one at
 // --url (with --token, and --server-pid for its CPU and RSS) or one this command starts.
@@ -26,8 +27,10 @@ const program = new Command("bench-sim")
   .option("--no-verify", "skip verifying command signatures")
   .option("--renew-at <fraction>", "renew the access token at this share of its life", number(0, 1), 0.8)
   .option("--agents-per-connection <n>", "agents sharing one HTTP/2 connection", number(1), 1)
+  .option("--connections-per-agent <n>", "HTTP/2 connections of each agent, each polling at --interval (many connections with fewer Registers)", integer(1), 1)
   .option("--register-concurrency <n>", "at most this many Register calls in flight (0: each agent registers at its start time)", number(0), 0)
   .option("--seed <n>", "seed for the schedule, modes and identities", number(0), 1)
+  .option("--processes <n>", "split the agents over this many simulator processes (file descriptors are per process: each holds its share of the connections)", integer(1), 1)
   .parse();
 
 const o = program.opts<{
@@ -48,10 +51,13 @@ const o = program.opts<{
   verify: boolean;
   renewAt: number;
   agentsPerConnection: number;
+  connectionsPerAgent: number;
   registerConcurrency: number;
   seed: number;
+  processes: number;
 }>();
 if (o.url && !o.token) program.error("--url needs --token (a registration token with enough seats)");
+if (o.agentsPerConnection > 1 && o.connectionsPerAgent > 1) program.error("--agents-per-connection and --connections-per-agent: one or the other");
 
 printCommand();
 printMachineFacts();
@@ -81,27 +87,28 @@ try {
     metricsAtSteady = fetchMetrics(url!).catch(() => undefined);
   }, o.startPeriod * 1000);
   const cpu0 = process.cpuUsage();
-  const r = await simulate(
-    {
-      url,
-      token: token!,
-      agents: o.agents,
-      seed: o.seed,
-      startPeriodMs: o.startPeriod * 1000,
-      durationMs: o.duration * 1000,
-      intervalMs: o.interval * 1000,
-      jitterPercent: o.jitter,
-      longPollShare: o.longPollShare,
-      waitSeconds: o.wait,
-      heartbeatShare: o.heartbeatShare,
-      heartbeatIntervalMs: o.heartbeatInterval * 1000,
-      verify: o.verify,
-      renewAtFraction: o.renewAt,
-      agentsPerConnection: o.agentsPerConnection,
-      registerConcurrency: o.registerConcurrency,
-    },
-    abort.signal,
-  );
+  const options = {
+    url,
+    token: token!,
+    agents: o.agents,
+    seed: o.seed,
+    startPeriodMs: o.startPeriod * 1000,
+    durationMs: o.duration * 1000,
+    intervalMs: o.interval * 1000,
+    jitterPercent: o.jitter,
+    longPollShare: o.longPollShare,
+    waitSeconds: o.wait,
+    heartbeatShare: o.heartbeatShare,
+    heartbeatIntervalMs: o.heartbeatInterval * 1000,
+    verify: o.verify,
+    renewAtFraction: o.renewAt,
+    agentsPerConnection: o.agentsPerConnection,
+    connectionsPerAgent: o.connectionsPerAgent,
+    registerConcurrency: o.registerConcurrency,
+  };
+  const { result: r, cpuSeconds: workersCpuSeconds } =
+    o.processes > 1 ? await simulateInProcesses(options, o.processes, abort.signal) : { result: await simulate(options, abort.signal), cpuSeconds: 0 };
+  const fds = pid === undefined ? undefined : await openFileDescriptors(pid);
   const usage = await watch.stop();
   clearTimeout(steadyTimer);
   const steadyUsage = await steady?.stop();
@@ -114,8 +121,15 @@ try {
   console.log(`latency after the start period (immediate polls, n=${r.latency.count}): p50 ${ms(r.latency.p50)}, p95 ${ms(r.latency.p95)}, p99 ${ms(r.latency.p99)}, max ${ms(r.latency.max)}`);
   console.log(`commands: ${s.commandsReceived} received and verified, ${s.resultsAcknowledged} results acknowledged, ${s.rejectedCommands} rejected`);
   console.log(`errors by code: ${formatErrors(s.errors)}`);
-  console.log(`whole run: ${formatUsage(usage)}; simulator ${((cpu.user + cpu.system) / 1e4 / r.elapsedSeconds).toFixed(0)} % of one core`);
+  console.log(`whole run: ${formatUsage(usage)}; simulator ${(((cpu.user + cpu.system) / 1e6 + workersCpuSeconds) * 100 / r.elapsedSeconds).toFixed(0)} % of one core${o.processes > 1 ? ` (${o.processes} processes)` : ""}`);
   if (steadyUsage) console.log(`after the start period: ${formatUsage(steadyUsage)}`);
+  if (fds !== undefined || atEnd) {
+    // What each connection costs the server: its file descriptors (one per connection, against
+    // its `ulimit -n`) and, from its /metrics, the memory V8 and the native side hold.
+    const mb = (series: string) => `${(metricSample(atEnd ?? "", series) / 2 ** 20).toFixed(0)} MB`;
+    const memory = atEnd ? `, JS heap ${mb("nodejs_heap_size_used_bytes")} used of ${mb("nodejs_heap_size_total_bytes")}, external ${mb("nodejs_external_memory_bytes")}` : "";
+    console.log(`server at the end: ${fds ?? "?"} open file descriptors${memory}`);
+  }
   if (atSteady && atEnd) {
     const h = histogramQuantiles(rpcHistogram(atSteady, "PollCommands"), rpcHistogram(atEnd, "PollCommands"), [0.5, 0.95, 0.99]);
     console.log(

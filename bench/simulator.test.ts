@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestControlPlane, type TestControlPlane } from "../control-plane/test/support/control-plane.ts";
 import { newRegistrationToken } from "../control-plane/test/support/agents.ts";
-import { agentClient, newStats, planAgents, SimAgent, simulate } from "./simulator.ts";
+import { simulateInProcesses } from "./processes.ts";
+import { agentClient, mergeResults, newStats, planAgents, shares, SimAgent, simulate, type SimulationResult } from "./simulator.ts";
 import { jittered, percentile, seededRandom, summarize } from "./stats.ts";
 
 describe("simulator plan", () => {
@@ -29,6 +30,28 @@ describe("simulator plan", () => {
     expect(Math.max(...delays)).toBeLessThanOrEqual(1200);
     expect(percentile([1, 2, 3, 4], 50)).toBe(2);
     expect(summarize([5, 1, 3, 2, 4])).toMatchObject({ count: 5, p50: 3, p99: 5, max: 5 });
+  });
+});
+
+describe("several simulator processes", () => {
+  it("split the agents into contiguous shares that cover the plan once", () => {
+    expect(shares(10, 3)).toEqual([
+      { from: 0, to: 3 },
+      { from: 3, to: 6 },
+      { from: 6, to: 10 },
+    ]);
+    expect(shares(20_000, 4).map((s) => s.to - s.from)).toEqual([5000, 5000, 5000, 5000]);
+  });
+
+  it("merge into one result: counts and rates add up, percentiles over all samples, errors by key", () => {
+    const result = (latencies: number[], errors: [string, number][], elapsedSeconds: number): SimulationResult => {
+      const stats = { ...newStats(), polls: latencies.length, registrations: 2, pollLatencies: latencies, errors: new Map(errors) };
+      return { agents: 2, registered: 2, elapsedSeconds, pollsPerSecond: latencies.length / 10, polls: latencies.length, latency: { count: 0, p50: 0, p95: 0, p99: 0, max: 0 }, stats };
+    };
+    const merged = mergeResults([result([1, 2, 3], [["PollCommands:Unavailable", 1]], 10), result([4, 5], [["PollCommands:Unavailable", 2], ["Register:Internal", 1]], 12)]);
+    expect(merged).toMatchObject({ agents: 4, registered: 4, elapsedSeconds: 12, polls: 5, pollsPerSecond: 0.5 });
+    expect(merged.latency).toMatchObject({ count: 5, p50: 3, max: 5 });
+    expect(merged.stats.errors).toEqual(new Map([["PollCommands:Unavailable", 3], ["Register:Internal", 1]]));
   });
 });
 
@@ -88,5 +111,32 @@ describe("simulated agents against a real control plane", () => {
     expect(r.stats.longPolls).toBeGreaterThan(0);
     expect(r.latency.count).toBeGreaterThan(10);
     expect(r.pollsPerSecond).toBeGreaterThan(0);
+  });
+
+  it("polls on each of an agent's connections with --connections-per-agent, and registers it once", async () => {
+    const token = await newRegistrationToken(cp, 10);
+    const base = { url: cp.url, token, seed: 9, startPeriodMs: 0, durationMs: 3_000, intervalMs: 100, jitterPercent: 0, longPollShare: 0, waitSeconds: 1 };
+    const rest = { heartbeatShare: 0, heartbeatIntervalMs: 100, verify: true, renewAtFraction: 0.8, agentsPerConnection: 1, agents: 2 };
+    const one = await simulate({ ...base, ...rest });
+    const three = await simulate({ ...base, ...rest, connectionsPerAgent: 3 });
+    expect(three).toMatchObject({ agents: 2, registered: 2 });
+    expect(three.stats.errors).toEqual(new Map());
+    // The same agents, the same interval: three connections polling each make about three times the polls.
+    expect(three.polls).toBeGreaterThan(one.polls * 2);
+  });
+
+  it("runs the same fleet split over two processes, each agent registered once with its own connection", async () => {
+    const token = await newRegistrationToken(cp, 10);
+    const options = { url: cp.url, token, agents: 4, seed: 5, startPeriodMs: 200, durationMs: 2_500, intervalMs: 200, jitterPercent: 20 };
+    const rest = { longPollShare: 0, waitSeconds: 1, heartbeatShare: 0, heartbeatIntervalMs: 100, verify: true, renewAtFraction: 0.8, agentsPerConnection: 1 };
+    const { result, cpuSeconds } = await simulateInProcesses({ ...options, ...rest, registerConcurrency: 2 }, 2, new AbortController().signal);
+    expect(result).toMatchObject({ agents: 4, registered: 4 });
+    expect(result.stats.errors).toEqual(new Map());
+    expect(result.polls).toBeGreaterThan(8);
+    expect(cpuSeconds).toBeGreaterThan(0);
+    // The shares are the one-process plan's agents, each registered once.
+    const planned = planAgents({ ...options, ...rest }).map((p) => p.machineId);
+    const listed = (await cp.admin.fleet.listAgents({ pageSize: 500 })).agents.map((a) => a.machineId);
+    expect(listed.filter((id) => planned.includes(id)).sort()).toEqual([...planned].sort());
   });
 });

@@ -253,9 +253,10 @@ export class SimAgent {
   }
 
   // One poll; returns the commands it verified (and reports their results before returning).
-  async poll(waitSeconds: number, signal?: AbortSignal): Promise<Command[]> {
+  // `client`: another connection of this agent's (--connections-per-agent), else its own.
+  async poll(waitSeconds: number, signal?: AbortSignal, client = this.client): Promise<Command[]> {
     const started = performance.now();
-    const res: PollCommandsResponse = await this.client.pollCommands(
+    const res: PollCommandsResponse = await client.pollCommands(
       {
         nonce: nonceBytes(),
         waitSeconds,
@@ -383,11 +384,17 @@ export interface SimulationOptions extends PlanOptions {
   renewAtFraction: number;
   // Agents per HTTP/2 connection (1: one connection each, like real agents).
   agentsPerConnection: number;
+  // HTTP/2 connections per agent (1, the default, like real agents): each extra one polls on its
+  // own schedule with the agent's token, so a fleet of many connections needs fewer Registers.
+  connectionsPerAgent?: number;
   // At most this many Register calls in flight (0: each agent registers when its start time
   // comes, however many are waiting).
   registerConcurrency?: number;
   // Called for each command an agent verified, with the time it arrived.
   onCommand?: (command: Command, atMs: number) => void;
+  // Only the agents with an index in [from, to) of the seeded plan: one process's share when
+  // several drive one fleet (`bench:sim --processes`); the whole plan when absent.
+  share?: { from: number; to: number };
 }
 
 export interface SimulationResult {
@@ -403,7 +410,7 @@ export interface SimulationResult {
 
 // Runs the simulation: agents register over the start period, then poll until the duration ends.
 export async function simulate(o: SimulationOptions, outer?: AbortSignal): Promise<SimulationResult> {
-  const plans = planAgents(o);
+  const plans = planAgents(o).filter((p) => !o.share || (p.index >= o.share.from && p.index < o.share.to));
   const stats = newStats();
   const stop = new AbortController();
   const onOuter = () => stop.abort();
@@ -434,6 +441,16 @@ export async function simulate(o: SimulationOptions, outer?: AbortSignal): Promi
     const release = await gate();
     const ok = await withRetry(() => agent.register(o.token, signal).then(() => true), stats, "Register", plan.random, signal, true).finally(release);
     if (!ok) return;
+    const extra = Array.from({ length: Math.max(1, o.connectionsPerAgent ?? 1) - 1 }, (_, k) => {
+      const connection = agentClient(o.url);
+      extraConnections.push(connection);
+      return pollOnExtraConnection(agent, connection.client, seededRandom(plan.random() * 2 ** 32 + k), signal);
+    });
+    await Promise.all([pollLoop(agent, signal), ...extra]);
+  };
+  // The agent's own loop: renews when due, re-sends results, polls at its interval.
+  const pollLoop = async (agent: SimAgent, signal: AbortSignal) => {
+    const { plan } = agent;
     while (!signal.aborted) {
       const renewed = await withRetry(() => agent.renewIfDue(signal), stats, "Renew", plan.random, signal);
       if (renewed === undefined) {
@@ -455,23 +472,68 @@ export async function simulate(o: SimulationOptions, outer?: AbortSignal): Promi
       if (interval > 0) await sleep(jittered(interval, o.jitterPercent, plan.random), undefined, { signal }).catch(() => undefined);
     }
   };
+  // An extra connection's loop: polls only (renewals and results stay on the agent's own), first
+  // at a random point of the interval so the connections' polls spread out.
+  const pollOnExtraConnection = async (agent: SimAgent, client: ReturnType<typeof agentClient>["client"], random: () => number, signal: AbortSignal) => {
+    const { plan } = agent;
+    const interval = plan.mode === "heartbeat" ? o.heartbeatIntervalMs : o.intervalMs;
+    await sleep(random() * interval, undefined, { signal }).catch(() => undefined);
+    while (!signal.aborted) {
+      try {
+        const commands = await agent.poll(plan.mode === "long-poll" ? o.waitSeconds : 0, signal, client);
+        for (const c of commands) o.onCommand?.(c, performance.now());
+        if (commands.length > 0 || plan.mode === "long-poll") continue;
+      } catch (err) {
+        if (signal.aborted) return;
+        countError(stats, "PollCommands", err);
+      }
+      if (interval > 0) await sleep(jittered(interval, o.jitterPercent, random), undefined, { signal }).catch(() => undefined);
+    }
+  };
+  const extraConnections: ReturnType<typeof agentClient>[] = [];
   try {
     await Promise.all(agents.map(run));
   } finally {
     clearTimeout(windowTimer);
     clearTimeout(endTimer);
     outer?.removeEventListener("abort", onOuter);
-    for (const c of connections) c?.close();
+    for (const c of [...connections, ...extraConnections]) c?.close();
   }
   const end = performance.now();
   const windowPolls = windowStart.polls < 0 ? stats.polls : stats.polls - windowStart.polls;
   const windowSeconds = (end - (windowStart.polls < 0 ? began : windowStart.at)) / 1000;
   return {
-    agents: o.agents,
+    agents: plans.length,
     registered: stats.registrations,
     elapsedSeconds: (end - began) / 1000,
     pollsPerSecond: windowPolls / windowSeconds,
     polls: stats.polls,
+    latency: summarize(stats.pollLatencies),
+    stats,
+  };
+}
+
+// The shares of `agents` for `processes` processes, as even as they go: [from, to) each.
+export function shares(agents: number, processes: number): { from: number; to: number }[] {
+  return Array.from({ length: processes }, (_, k) => ({ from: Math.floor((agents * k) / processes), to: Math.floor((agents * (k + 1)) / processes) }));
+}
+
+// One result for a fleet simulated by several processes: counts and rates add up, latency
+// percentiles come from all the samples together, the run lasts as long as the longest share.
+export function mergeResults(results: SimulationResult[]): SimulationResult {
+  const stats = newStats();
+  for (const r of results) {
+    for (const key of ["polls", "longPolls", "commandsReceived", "resultsAcknowledged", "rejectedCommands", "registrations", "renewals"] as const) stats[key] += r.stats[key];
+    for (const sample of r.stats.pollLatencies) stats.pollLatencies.push(sample);
+    for (const [where, n] of r.stats.errors) stats.errors.set(where, (stats.errors.get(where) ?? 0) + n);
+  }
+  const sum = (f: (r: SimulationResult) => number) => results.reduce((total, r) => total + f(r), 0);
+  return {
+    agents: sum((r) => r.agents),
+    registered: sum((r) => r.registered),
+    elapsedSeconds: Math.max(0, ...results.map((r) => r.elapsedSeconds)),
+    pollsPerSecond: sum((r) => r.pollsPerSecond),
+    polls: sum((r) => r.polls),
     latency: summarize(stats.pollLatencies),
     stats,
   };

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import os from "node:os";
 
 // mulberry32: a small seeded generator, so a run's schedule (start times, modes, jitter) is the
@@ -66,6 +66,15 @@ export async function sampleProcess(pid: number): Promise<ProcessSample | undefi
     const stime = Number(fields[12]);
     const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { cpuSeconds: (utime + stime) / CLOCK_TICKS, rssBytes: rssKb * 1024, atMs: performance.now() };
+  } catch {
+    return undefined;
+  }
+}
+
+// How many file descriptors a process has open (Linux: /proc), e.g. one per connection a server holds.
+export async function openFileDescriptors(pid: number): Promise<number | undefined> {
+  try {
+    return (await readdir(`/proc/${pid}/fd`)).length;
   } catch {
     return undefined;
   }
