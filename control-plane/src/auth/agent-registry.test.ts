@@ -35,4 +35,35 @@ describe("the agent registry cache", () => {
     await bumpGeneration();
     expect((await registry.get(agent.agentId))!.credentialGeneration).toBe(stale + 1);
   });
+
+  // A herd of first polls (after a restart, or right after a fleet registered) reads the agents
+  // in one query instead of one each; each caller still gets its own agent's state.
+  it("reads the misses that arrive together in one query", async () => {
+    const other = await registerTestAgent(cp, await newRegistrationToken(cp));
+    const prisma = cp.app.db.prisma;
+    let queries = 0;
+    // The real client, counting the agent reads that reach it.
+    const agentReads = new Proxy(prisma.agent, {
+      get(target, key) {
+        const value = Reflect.get(target, key) as unknown;
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          queries++;
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    const counted = new Proxy(prisma, { get: (target, key) => (key === "agent" ? agentReads : Reflect.get(target, key)) });
+    const registry = createAgentRegistry(counted);
+    const unknown = "00000000-0000-4000-8000-000000000000";
+    const [a, b, again, missing] = await Promise.all([registry.get(agent.agentId), registry.get(other.agentId), registry.get(agent.agentId), registry.get(unknown)]);
+    expect(queries).toBe(1);
+    expect(a!.machineId).toBe(agent.machineId);
+    expect(b!.machineId).toBe(other.machineId);
+    expect(again).toBe(a);
+    expect(missing).toBeUndefined();
+    // Cached now: no further query.
+    expect((await registry.get(other.agentId))!.machineId).toBe(other.machineId);
+    expect(queries).toBe(1);
+  });
 });
