@@ -75,8 +75,9 @@ const longPollsWaiting = (url: string) =>
     (text) => metricSample(text, "redflag_long_polls_waiting"),
     () => 0,
   );
+// A server still busy with thousands of calls may answer /metrics late: its heap is then "n/a".
 async function serverMemory(url: string) {
-  const text = await fetchMetrics(url);
+  const text = await fetchMetrics(url).catch(() => "");
   const mb = (series: string) => Math.round(metricSample(text, series) / 2 ** 20);
   return { heapUsed: mb("nodejs_heap_size_used_bytes"), heapTotal: mb("nodejs_heap_size_total_bytes"), external: mb("nodejs_external_memory_bytes") };
 }
