@@ -56,7 +56,8 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
   // The counter at the latest notifyAll.
   let everyoneAt = -1;
   let closed = false;
-  // One timer for every wait: armed for the earliest deadline.
+  // One timer for every wait: armed for the earliest deadline. Deadlines are on the monotonic
+  // clock, as a timer of their own would be: a wall clock set back must not stretch a wait.
   let timer: NodeJS.Timeout | undefined;
   let timerAt = Infinity;
 
@@ -84,13 +85,13 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
     if (timer) clearTimeout(timer);
     timer = undefined;
     timerAt = at;
-    if (first) timer = setTimeout(expire, Math.max(0, at - Date.now()));
+    if (first) timer = setTimeout(expire, Math.max(0, at - performance.now()));
   }
 
   function expire() {
     timer = undefined;
     timerAt = Infinity;
-    const now = Date.now();
+    const now = performance.now();
     for (let w = deadlines.peek(); w && w.deadline <= now; w = deadlines.peek()) owner.settle(w, false, false);
     arm();
   }
@@ -106,7 +107,7 @@ export function createWakeups(onNotify?: (agentId: string) => void): Wakeups {
       if (closed || signal.aborted) return Promise.resolve(false);
       if (since !== undefined && ((notified.get(agentId) ?? -1) > since || everyoneAt > since)) return Promise.resolve(true);
       return new Promise<boolean>((resolve) => {
-        const w = new Waiter(agentId, Date.now() + Math.max(0, ms), signal, resolve, owner);
+        const w = new Waiter(agentId, performance.now() + Math.max(0, ms), signal, resolve, owner);
         const first = waiters.get(agentId);
         if (first) {
           w.next = first.next;
