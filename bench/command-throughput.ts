@@ -18,7 +18,7 @@ const o = new Command("bench-commands")
   .option("--long-polls <n>", "agents holding long-polls in the latency phase (0 skips it)", integer(0), 500)
   .option("--latency-commands <n>", "commands sent one by one to long-polling agents", integer(1), 200)
   .option("--wait <seconds>", "long-poll wait_seconds", integer(1), 30)
-  .option("--hold <seconds>", "keep the long-polls held this long before the latency phase (time to inspect the server)", integer(0), 0)
+  .option("--hold <seconds>", "keep the long-polls held this long before the latency phase, and on the floor (time to inspect the servers)", integer(0), 0)
   .option("--timeout <seconds>", "give up a phase after this long", integer(1), 60)
   .option("--no-floor", "skip the floor for the long-polls (the same calls held on a bare connect-node server)")
   .option("--database-url <url>", "run on a fresh database on this PostgreSQL server (default: embedded PGlite)")
@@ -77,8 +77,9 @@ const longPollsWaiting = (url: string) =>
     (text) => metricSample(text, "redflag_long_polls_waiting"),
     () => 0,
   );
+// A server still busy with thousands of calls may answer /metrics late: its heap is then "n/a".
 async function serverMemory(url: string) {
-  const text = await fetchMetrics(url);
+  const text = await fetchMetrics(url).catch(() => "");
   const mb = (series: string) => Math.round(metricSample(text, series) / 2 ** 20);
   return { heapUsed: mb("nodejs_heap_size_used_bytes"), heapTotal: mb("nodejs_heap_size_total_bytes"), external: mb("nodejs_external_memory_bytes") };
 }
@@ -241,10 +242,20 @@ try {
       while ((waiting = await echoHeld()) < o.longPolls && Date.now() < heldBy) await sleep(250);
       const sample = await sampleProcess(echo.pid);
       const floorMb = sample ? sample.rssBytes / 2 ** 20 : undefined;
+      const heap = await fetch(`${echo.url}/memory`, { signal: AbortSignal.timeout(5000) }).then(
+        async (r) => (await r.json()) as Record<string, number>,
+        () => undefined,
+      );
+      const mb = (n: number | undefined) => (n === undefined ? "n/a" : (n / 2 ** 20).toFixed(0));
       console.log(
-        `floor: ${waiting} long-polls held on the bare echo server: RSS ${floorMb?.toFixed(0) ?? "n/a"} MB` +
+        `floor: ${waiting} long-polls held on the bare echo server: RSS ${floorMb?.toFixed(0) ?? "n/a"} MB ` +
+          `(JS heap ${mb(heap?.heapUsed)} MB used of ${mb(heap?.heapTotal)} MB, external ${mb(heap?.external)} MB)` +
           (floorMb && heldRssMb ? `; the control plane held ${o.longPolls} with ${heldRssMb.toFixed(0)} MB, ${(heldRssMb / floorMb).toFixed(2)} × the floor` : ""),
       );
+      if (o.hold > 0) {
+        console.log(`holding ${waiting} long-polls on the floor for ${o.hold} s (echo server pid ${echo.pid})`);
+        await sleep(o.hold * 1000);
+      }
     } finally {
       stop.abort();
       await Promise.allSettled(loops);

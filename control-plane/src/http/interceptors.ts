@@ -33,7 +33,6 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
 
   async function call(next: Parameters<Interceptor>[0], req: Parameters<Parameters<Interceptor>[0]>[0], requestId: string) {
     const started = performance.now();
-    const fail = (err: unknown) => failure(err, req, requestId, started);
     try {
       const res = await next(req);
       const ms = performance.now() - started;
@@ -47,6 +46,7 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
       // A bidirectional stream decodes its request messages while it answers: a later message
       // that is not one fails the answer's stream, and is the caller's fault as above.
       const messages = res.message;
+      const fail = (err: unknown) => failure(err, req, requestId, started);
       return {
         ...res,
         message: (async function* () {
@@ -58,7 +58,7 @@ export function errorInterceptor(logger: Logger, metrics?: Metrics): Interceptor
         })(),
       };
     } catch (err) {
-      throw fail(err);
+      throw failure(err, req, requestId, started);
     }
   }
 
