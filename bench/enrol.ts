@@ -90,7 +90,7 @@ async function herd(name: string, agents: SimAgent[], clients: ReturnType<typeof
   console.log(
     `${name}: ${ok} of ${agents.length} through in ${seconds.toFixed(1)} s (${(ok / seconds).toFixed(0)}/s); ` +
       `calls by outcome: ${[...h.outcomes].map(([k, v]) => `${k} ×${v}`).join(", ")}; timed out: ${h.timeouts}; failed for good: ${failed}; ` +
-      `successful call p50 ${percentile(sorted, 0.5).toFixed(0)} ms, p99 ${percentile(sorted, 0.99).toFixed(0)} ms; ` +
+      `successful call p50 ${percentile(sorted, 50).toFixed(0)} ms, p99 ${percentile(sorted, 99).toFixed(0)} ms; ` +
       `server ${cpuMs.toFixed(2)} ms CPU per success, ${usage ? `${(usage.cpuCores * 100).toFixed(0)} % of one core, RSS ${usage.rssMb.toFixed(0)} MB (peak ${usage.peakRssMb.toFixed(0)} MB)` : "usage not measured"}`,
   );
 }

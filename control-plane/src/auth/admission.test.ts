@@ -53,27 +53,42 @@ describe("createAdmission", () => {
   it("spreads a herd: the hint is the demand refused in the last 10 s over what the server completed", async () => {
     let now = 0;
     const gate = createAdmission({ concurrency: 1, queue: 0, maxWaitMs: 1000, what: "x", now: () => now });
-    // 20 calls completed in this window: 2 a second.
-    for (let i = 0; i < 20; i++) await gate.run(async () => undefined);
+    // 200 calls completed in this window: 20 a second.
+    for (let i = 0; i < 200; i++) await gate.run(async () => undefined);
     const first = held();
     const running = gate.run(first.run);
+    const hint = async () => {
+      const err = await gate.run(async () => undefined).catch((e: unknown) => ConnectError.from(e));
+      return Number((err as ConnectError).metadata.get("retry-after"));
+    };
     const hints: number[] = [];
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < 100; i++) hints.push(await hint());
+    // The 100th refused of a demand of 100 at 20 a second: come back in 5 s (the agent waits 5–10 s).
+    expect(hints[0]).toBe(1);
+    expect(hints[99]).toBe(5);
+    // Fifteen seconds on, half of that window still counts, of demand (51) and of completions
+    // (10 a second) alike; thirty on, none of it.
+    now = 15_000;
+    expect(await hint()).toBe(6);
+    now = 40_000;
+    expect(await hint()).toBe(1);
+    first.release();
+    await running;
+  });
+
+  it("tells a herd arriving at an idle server seconds, not minutes, and never more than a minute", async () => {
+    const gate = createAdmission({ concurrency: 16, queue: 0, maxWaitMs: 1000, what: "x", now: () => 0 });
+    const slots = Array.from({ length: 16 }, () => held());
+    const running = slots.map((s) => gate.run(s.run));
+    const hints: number[] = [];
+    for (let i = 0; i < 20_000; i++) {
       const err = await gate.run(async () => undefined).catch((e: unknown) => ConnectError.from(e));
       hints.push(Number((err as ConnectError).metadata.get("retry-after")));
     }
-    // The 100th refused of a demand of 100 at 2 a second: come back in 50 s (the agent waits 50–100 s).
-    expect(hints[0]).toBe(1);
-    expect(hints[99]).toBe(50);
-    // Fifteen seconds on, half of that window still counts, of demand and of completions alike;
-    // thirty on, none of it.
-    now = 15_000;
-    const later = await gate.run(async () => undefined).catch((e: unknown) => ConnectError.from(e));
-    expect(Number((later as ConnectError).metadata.get("retry-after"))).toBe(51);
-    now = 40_000;
-    const quiet = await gate.run(async () => undefined).catch((e: unknown) => ConnectError.from(e));
-    expect(Number((quiet as ConnectError).metadata.get("retry-after"))).toBe(1);
-    first.release();
-    await running;
+    // Nothing completed yet: 16 slots are taken to manage 160 a second.
+    expect(hints[999]).toBe(Math.ceil(1000 / 160));
+    expect(hints.at(-1)).toBe(60);
+    for (const s of slots) s.release();
+    await Promise.all(running);
   });
 });

@@ -8,8 +8,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 //
 // The hint spreads the herd over the time the server needs for it: the calls refused in the last
 // 10 s (the demand still out there) divided by the calls completed in the last 10 s (what the
-// server manages), between 1 s and 5 minutes. Agents wait between the hint and twice it
-// (agent/src/errors.ts retryAfterMs), so the herd returns at about the rate it can be served.
+// server manages, at least `concurrency` calls of 100 ms a second), between 1 s and 60 s.
+// Agents wait between the hint and twice it (agent/src/errors.ts retryAfterMs), so the herd
+// returns at about the rate it can be served.
 export interface Admission {
   run<T>(fn: () => Promise<T>): Promise<T>;
   readonly inFlight: number;
@@ -26,7 +27,7 @@ export interface AdmissionOptions {
 }
 
 const WINDOW_MS = 10_000;
-const MAX_HINT_SECONDS = 300;
+const MAX_HINT_SECONDS = 60;
 
 export function createAdmission(opts: AdmissionOptions): Admission {
   const now = opts.now ?? Date.now;
@@ -38,8 +39,10 @@ export function createAdmission(opts: AdmissionOptions): Admission {
 
   const refusal = () => {
     refused.add();
-    // At least one a second: a server that completed nothing lately is not assumed to be stuck.
-    const rate = Math.max(1, completed.perWindow() / (WINDOW_MS / 1000));
+    // What the server completed lately, but never less than `concurrency` calls of 100 ms each a
+    // second: a herd arriving at a server that has been idle (nothing completed yet) must not be
+    // told to stay away for minutes while the server waits for it.
+    const rate = Math.max(opts.concurrency * 10, completed.perWindow() / (WINDOW_MS / 1000));
     const seconds = Math.min(MAX_HINT_SECONDS, Math.max(1, Math.ceil(refused.perWindow() / rate)));
     return new ConnectError(`the control plane is busy with ${opts.what}; retry after ${seconds}s`, Code.Unavailable, { "retry-after": String(seconds) });
   };

@@ -130,12 +130,15 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const input = validateRegister(req);
       const proof = registerProof(req);
       const tokenHash = sha256(req.registrationToken);
-      rateLimit(registerPerAddress, ctx.values.get(kRemoteAddr), "Register calls from this address");
-      rateLimit(registerPerToken, tokenHash.toString("base64"), "registrations with this registration token");
+
       // An agent below minimum_agent_version registers too (a host reinstalled from an old
       // build must be able to come back to be upgraded): it is marked "upgrade required", and
       // nothing but update_agent may be queued for it (domain/command-privilege.ts).
+      // The gate first: a call it turns away spends none of the rate limits' budget, so a herd's
+      // retries do not use up its machines' and tokens' allowance before they are served.
       return enrolment.run(async () => {
+        rateLimit(registerPerAddress, ctx.values.get(kRemoteAddr), "Register calls from this address");
+        rateLimit(registerPerToken, tokenHash.toString("base64"), "registrations with this registration token");
         const now = new Date();
         const refresh = newRefreshToken(now);
         const agent = await registerAgent(db, deps.sql, {
@@ -178,8 +181,8 @@ export function createAgentService(deps: AgentServiceDeps): ServiceImpl<typeof A
       const signTime = payload.signTime;
       if (!signTime) throw invalid("payload.sign_time is required");
       const remoteAddr = ctx.values.get(kRemoteAddr);
-      rateLimit(renewPerAddress, remoteAddr, "Renew calls from this address");
       return enrolment.run(async () => {
+        rateLimit(renewPerAddress, remoteAddr, "Renew calls from this address");
         const now = new Date();
 
         const state = await getAgentAuthState(deps.sql, payload.agentId);
