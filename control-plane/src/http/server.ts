@@ -6,6 +6,8 @@ import type { Duplex } from "node:stream";
 import type { ListenerLimits } from "../config.ts";
 import type { Logger } from "../log.ts";
 
+const LISTEN_BACKLOG = 4096;
+
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 // Takes an HTTP/2 stream before Node wraps it for `handler`; false leaves it to `handler`.
 type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
@@ -134,7 +136,10 @@ export async function startServer(opts: {
 
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
-    listener.listen(opts.port, opts.host, () => {
+    // A fleet reconnecting at once after an outage sends thousands of SYNs together; Node's
+    // default backlog of 511 drops the rest, and each dropped client waits out a SYN retransmit
+    // (1 s, 3 s, 7 s…) inside its call's deadline. The kernel caps this at net.core.somaxconn.
+    listener.listen({ port: opts.port, host: opts.host, backlog: LISTEN_BACKLOG }, () => {
       listener.off("error", reject);
       resolve();
     });
