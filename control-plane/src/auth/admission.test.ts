@@ -53,8 +53,8 @@ describe("createAdmission", () => {
   it("spreads a herd: the hint is the demand refused in the last 10 s over what the server completed", async () => {
     let now = 0;
     const gate = createAdmission({ concurrency: 1, queue: 0, maxWaitMs: 1000, what: "x", now: () => now });
-    // 200 calls completed in this window: 20 a second.
-    for (let i = 0; i < 200; i++) await gate.run(async () => undefined);
+    // 500 calls completed in this window: 50 a second (more than the 25 one slot is assumed to manage).
+    for (let i = 0; i < 500; i++) await gate.run(async () => undefined);
     const first = held();
     const running = gate.run(first.run);
     const hint = async () => {
@@ -63,13 +63,13 @@ describe("createAdmission", () => {
     };
     const hints: number[] = [];
     for (let i = 0; i < 100; i++) hints.push(await hint());
-    // The 100th refused of a demand of 100 at 20 a second: come back in 5 s (the agent waits 5–10 s).
+    // The 100th refused of a demand of 100 at 50 a second: come back in 2 s (the agent waits 2–4 s).
     expect(hints[0]).toBe(1);
-    expect(hints[99]).toBe(5);
+    expect(hints[99]).toBe(2);
     // Fifteen seconds on, half of that window still counts, of demand (51) and of completions
-    // (10 a second) alike; thirty on, none of it.
+    // (25 a second) alike; thirty on, none of it.
     now = 15_000;
-    expect(await hint()).toBe(6);
+    expect(await hint()).toBe(3);
     now = 40_000;
     expect(await hint()).toBe(1);
     first.release();
@@ -81,12 +81,12 @@ describe("createAdmission", () => {
     const slots = Array.from({ length: 16 }, () => held());
     const running = slots.map((s) => gate.run(s.run));
     const hints: number[] = [];
-    for (let i = 0; i < 20_000; i++) {
+    for (let i = 0; i < 30_000; i++) {
       const err = await gate.run(async () => undefined).catch((e: unknown) => ConnectError.from(e));
       hints.push(Number((err as ConnectError).metadata.get("retry-after")));
     }
-    // Nothing completed yet: 16 slots are taken to manage 160 a second.
-    expect(hints[999]).toBe(Math.ceil(1000 / 160));
+    // Nothing completed yet: 16 slots are taken to manage 400 a second.
+    expect(hints[999]).toBe(Math.ceil(1000 / 400));
     expect(hints.at(-1)).toBe(60);
     for (const s of slots) s.release();
     await Promise.all(running);

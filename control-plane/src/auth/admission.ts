@@ -8,7 +8,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 //
 // The hint spreads the herd over the time the server needs for it: the calls refused in the last
 // 10 s (the demand still out there) divided by the calls completed in the last 10 s (what the
-// server manages, at least `concurrency` calls of 100 ms a second), between 1 s and 60 s.
+// server manages, at least `concurrency` calls of 40 ms a second), between 1 s and 60 s.
 // Agents wait between the hint and twice it (agent/src/errors.ts retryAfterMs), so the herd
 // returns at about the rate it can be served.
 export interface Admission {
@@ -39,10 +39,11 @@ export function createAdmission(opts: AdmissionOptions): Admission {
 
   const refusal = () => {
     refused.add();
-    // What the server completed lately, but never less than `concurrency` calls of 100 ms each a
-    // second: a herd arriving at a server that has been idle (nothing completed yet) must not be
-    // told to stay away for minutes while the server waits for it.
-    const rate = Math.max(opts.concurrency * 10, completed.perWindow() / (WINDOW_MS / 1000));
+    // What the server completed lately, but never less than `concurrency` calls of 40 ms each a
+    // second (a Register takes a few): a herd arriving at a server that has been idle (nothing
+    // completed yet) must not be told to stay away while the server waits for it. Too short a
+    // hint costs little: a refusal is cheap, and the agent comes back after another one.
+    const rate = Math.max(opts.concurrency * 25, completed.perWindow() / (WINDOW_MS / 1000));
     const seconds = Math.min(MAX_HINT_SECONDS, Math.max(1, Math.ceil(refused.perWindow() / rate)));
     return new ConnectError(`the control plane is busy with ${opts.what}; retry after ${seconds}s`, Code.Unavailable, { "retry-after": String(seconds) });
   };
