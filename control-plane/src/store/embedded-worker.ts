@@ -99,6 +99,10 @@ class ExchangeScheduler {
   }
 
   enqueue(handlerId: number, message: Uint8Array | undefined, onData: (data: Uint8Array) => void): Promise<number> {
+    // A message of a connection already cleaned up (its bytes were still being handled when it
+    // closed) must not run: it would make a dead connection the backend's owner, half an
+    // exchange nobody finishes, and every other connection would wait behind it for ever.
+    if (message !== undefined && this.#gone.has(handlerId)) return Promise.reject(new Error("connection closed"));
     return new Promise((resolve, reject) => {
       this.#queue.push({ handlerId, message, onData, resolve, reject });
       void this.#drain();
@@ -111,6 +115,7 @@ class ExchangeScheduler {
 
   // Drops the messages of a connection that is gone, but not the cleanup queued for it.
   clearQueueForHandler(handlerId: number) {
+    this.#forget(handlerId);
     const dropped = (p: Pending) => p.handlerId === handlerId && p.message !== undefined;
     for (const p of this.#queue.filter(dropped)) p.reject(new Error("connection closed"));
     this.#queue = this.#queue.filter((p) => !dropped(p));
@@ -118,7 +123,15 @@ class ExchangeScheduler {
 
   // Called when the connection is gone. Queued behind its last message, which may still be running.
   async clearTransactionIfNeeded(handlerId: number) {
+    this.#forget(handlerId);
     await this.enqueue(handlerId, undefined, () => {});
+  }
+
+  // Connections that are gone, the most recent 10,000 (IDs are not reused within that many).
+  #gone = new Set<number>();
+  #forget(handlerId: number) {
+    this.#gone.add(handlerId);
+    if (this.#gone.size > 10_000) this.#gone.delete(this.#gone.values().next().value!);
   }
 
   async #drain() {
