@@ -1,11 +1,10 @@
 import { Command } from "commander";
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { number } from "./options.ts";
+import { freePort, spawnNode, stopChild, waitReady } from "./servers.ts";
 import { printCommand, printMachineFacts } from "./stats.ts";
 
 // Memory of the control plane on the embedded database (issue 18, item 7): starts the real server
@@ -20,9 +19,8 @@ const o = new Command("bench-embedded-memory")
   .opts<{ idle: number; starts: number }>();
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-// As `npm run serve`; BENCH_SERVER_NODE_ARGS adds flags (e.g. "--liftoff-only" to see what V8's
-// optimizing compiler costs) or overrides them, as for the other benchmarks.
-const SERVER_NODE_FLAGS = ["--max-semi-space-size=8", ...(process.env.BENCH_SERVER_NODE_ARGS ?? "").split(/\s+/).filter(Boolean)];
+// The server runs as for the other benchmarks (bench/servers.ts spawnNode): `npm run serve`'s
+// flags, plus BENCH_SERVER_NODE_ARGS (e.g. "--liftoff-only" to see what V8's optimizing compiler costs).
 const SAMPLE_MS = 100;
 
 interface StartFigures {
@@ -55,11 +53,7 @@ async function measureStart(dir: string): Promise<StartFigures> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const started = performance.now();
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, path.join(ROOT, "control-plane/src/main.ts")], {
-    cwd: ROOT,
-    env: { ...process.env, REDFLAG_ADDR: `127.0.0.1:${port}`, REDFLAG_DATA_DIR: dir, REDFLAG_LOG_LEVEL: "warn" },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
+  const child = spawnNode(path.join(ROOT, "control-plane/src/main.ts"), { REDFLAG_ADDR: `127.0.0.1:${port}`, REDFLAG_DATA_DIR: dir, REDFLAG_LOG_LEVEL: "warn" });
   let peakKb = 0;
   const sampler = setInterval(() => {
     void treeRssKb(child.pid!).then((kb) => (peakKb = Math.max(peakKb, kb)));
@@ -79,7 +73,8 @@ async function measureStart(dir: string): Promise<StartFigures> {
     };
   } finally {
     clearInterval(sampler);
-    await stopChild(child);
+    // A clean shutdown of the embedded database (its checkpoint) may take longer than the default.
+    await stopChild(child, 20_000);
   }
 }
 
@@ -104,39 +99,3 @@ async function treeRssKb(pid: number): Promise<number> {
   return total;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitReady(url: string, child: ChildProcess, timeoutMs: number) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode} during start-up`);
-    try {
-      if ((await fetch(`${url}/readyz`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`the server at ${url} was not ready within ${timeoutMs} ms`);
-}
-
-function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const kill = setTimeout(() => child.kill("SIGKILL"), 20_000);
-    child.once("exit", () => {
-      clearTimeout(kill);
-      resolve();
-    });
-    child.kill("SIGTERM");
-  });
-}

@@ -27,7 +27,7 @@ export interface BenchControlPlane extends ChildServer {
   registrationToken(seats: number): Promise<string>;
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once("error", reject);
@@ -38,7 +38,7 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function waitReady(url: string, child: ChildProcess, timeoutMs: number, probe = "/readyz") {
+export async function waitReady(url: string, child: ChildProcess, timeoutMs: number, probe = "/readyz") {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`the server exited with code ${child.exitCode} during start-up`);
@@ -54,10 +54,11 @@ async function waitReady(url: string, child: ChildProcess, timeoutMs: number, pr
   throw new Error(`the server at ${url} was not ready (${probe}) within ${timeoutMs} ms`);
 }
 
-function stopChild(child: ChildProcess): Promise<void> {
+// SIGTERM, then SIGKILL after `killAfterMs`.
+export function stopChild(child: ChildProcess, killAfterMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
-    const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    const kill = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
     child.once("exit", () => {
       clearTimeout(kill);
       resolve();
@@ -69,7 +70,7 @@ function stopChild(child: ChildProcess): Promise<void> {
 // As `npm run serve` and the Docker image run the control plane.
 const SERVER_NODE_FLAGS = ["--max-semi-space-size=8"];
 
-function spawnNode(script: string, env: Record<string, string>): ChildProcess {
+export function spawnNode(script: string, env: Record<string, string>): ChildProcess {
   // process.execPath is the pinned Node 24 when run through npm scripts. The servers (the echo
   // floor too, so both are alike) get the control plane's production flags; BENCH_SERVER_NODE_ARGS
   // adds more or overrides them (the last of a flag wins), e.g. "--cpu-prof --cpu-prof-dir=prof"

@@ -39,7 +39,7 @@ export interface RpcHandlerOptions {
   cors?: Cors | undefined;
 }
 
-export const RESPONSE_COMPRESS_MIN_BYTES = 16 * 1024;
+const RESPONSE_COMPRESS_MIN_BYTES = 16 * 1024;
 
 // The protocol work (Connect, gRPC, gRPC-Web; compression, timeouts, errors, limits) stays in
 // connect's universal handlers, the same ones connect-node's adapter calls; only the HTTP/2
