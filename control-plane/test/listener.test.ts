@@ -440,6 +440,36 @@ describe("a request body still arriving after its answer", () => {
     }
   });
 
+  it("lets an HTTP/1.1 client still sending a bidirectional stream's body read its refusal, which closes the connection lingering", async () => {
+    // connect answers a bidirectional stream over HTTP/1.1 at once, with Connection: close, before
+    // reading the body (the fuzzer met EPIPE there: the socket was closed with the body unread).
+    const socket = net.connect({ port: cp.app.server.port, host: "127.0.0.1", allowHalfOpen: true });
+    await once(socket, "connect");
+    let received = "";
+    let ended = false;
+    let failed: string | undefined;
+    socket.on("data", (d: Buffer) => (received += d.toString("latin1")));
+    socket.on("end", () => (ended = true));
+    socket.on("error", (err) => (failed = err.message));
+    try {
+      const head = `POST /grpc.reflection.v1.ServerReflection/ServerReflectionInfo HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 900000\r\n\r\n`;
+      socket.write(Buffer.concat([Buffer.from(head), Buffer.alloc(1000)]));
+      await expect.poll(() => received, { timeout: 10_000 }).toMatch(/grpc-status: ?12/);
+      expect(received.toLowerCase()).toContain("connection: close");
+      expect(decodeURIComponent(received)).toContain("streams both ways and needs HTTP/2");
+      await expect.poll(() => ended, { timeout: 5_000 }).toBe(true);
+      // The rest of the body, after the server's FIN: taken, not reset.
+      for (let i = 0; i < 9; i++) {
+        socket.write(Buffer.alloc(100_000));
+        await sleep(50);
+      }
+      await sleep(200);
+      expect(failed).toBeUndefined();
+    } finally {
+      socket.destroy();
+    }
+  });
+
   it("is stopped on HTTP/2 once the answer is out (RST_STREAM NO_ERROR), and the connection carries on", async () => {
     const session = http2.connect(cp.url);
     session.on("error", () => {});

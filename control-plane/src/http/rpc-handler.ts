@@ -108,11 +108,16 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       serve(handler, ureq)
         .then((ures) => {
           // More left unread than will be dropped: the client must not send its next request on
-          // this connection, which closes after the answer.
-          if (!req.complete && unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT && !("stream" in req)) {
-            res.setHeader("connection", "close");
-            read.linger = true;
-            lingerOnClose(req.socket);
+          // this connection, which closes after the answer. An answer that closes the connection
+          // anyway (connect's to a bidirectional stream over HTTP/1.1) lingers the same way, or
+          // a client still sending its body meets a reset instead of the answer.
+          if (!req.complete && !("stream" in req)) {
+            const closes = ures.header?.get("connection")?.toLowerCase() === "close";
+            if (closes || unreadBytes(req, read.bytes) > UNREAD_BODY_LIMIT) {
+              res.setHeader("connection", "close");
+              read.linger = true;
+              lingerOnClose(req.socket);
+            }
           }
           return universalResponseToNodeResponse(ures, res);
         })
