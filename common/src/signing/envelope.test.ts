@@ -1,4 +1,4 @@
-import { createHash, createPublicKey, verify as nodeVerify } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, randomBytes, sign as nodeSign, verify as nodeVerify } from "node:crypto";
 import * as ed from "@noble/ed25519";
 import { describe, expect, it } from "vitest";
 import {
@@ -60,6 +60,23 @@ describe("signEnvelope and verifySignature", () => {
     const tampered = body.slice();
     tampered[0]! ^= 1;
     expect(verifySignature(publicKey, COMMAND_TYPE, tampered, signature)).toBe(false);
+  });
+
+  it("sign byte for byte as noble's sign and OpenSSL's do, with the key expanded once", () => {
+    // Ed25519 is deterministic: the signature from the cached expanded key must be exactly the
+    // one both libraries give, for any key, type and body (empty and long ones too).
+    const b64url = (b: Uint8Array) => Buffer.from(b).toString("base64url");
+    for (let i = 0; i < 200; i++) {
+      const key = newSecretKey();
+      const openssl = createPrivateKey({ key: { kty: "OKP", crv: "Ed25519", d: b64url(key), x: b64url(publicKeyOf(key)) }, format: "jwk" });
+      const message = randomBytes(i % 10 === 0 ? 0 : 1 + ((i * 997) % 5000));
+      const type = [COMMAND_TYPE, AGENT_CONFIG_TYPE, `x${i}`][i % 3]!;
+      const signed = signEnvelope(key, type, message);
+      const again = signEnvelope(key, type, message); // from the cache
+      expect(Buffer.from(signed)).toEqual(Buffer.from(ed.sign(pae(type, message), key)));
+      expect(Buffer.from(signed)).toEqual(nodeSign(null, pae(type, message), openssl));
+      expect(Buffer.from(again)).toEqual(Buffer.from(signed));
+    }
   });
 
   it("refuse malformed keys and signatures instead of throwing", () => {
