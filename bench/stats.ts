@@ -168,8 +168,9 @@ export function rpcHistogram(text: string, method: string): HistogramSnapshot {
 }
 
 // Quantiles of the calls between two snapshots, as bucket upper bounds ("≤ 5 ms").
-export function histogramQuantiles(before: HistogramSnapshot, after: HistogramSnapshot, qs: number[]): { count: number; bounds: number[] } {
-  const bounds = [...after.keys()].sort((a, b) => a - b);
+// `upTo`: only the calls that took at most that many seconds (a bucket bound).
+export function histogramQuantiles(before: HistogramSnapshot, after: HistogramSnapshot, qs: number[], upTo = Infinity): { count: number; bounds: number[] } {
+  const bounds = [...after.keys()].filter((b) => b <= upTo).sort((a, b) => a - b);
   const counts = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
   const total = counts.at(-1) ?? 0;
   return {

@@ -139,6 +139,36 @@ describe("isUsablePublicKey", () => {
     expect(isUsablePublicKey(new Uint8Array(31))).toBe(false);
   });
 
+  it("answers exactly as noble's strict decoding and small-order test do", () => {
+    const reference = (key: Uint8Array) => {
+      try {
+        return !ed.Point.fromBytes(key, false).isSmallOrder();
+      } catch {
+        return false;
+      }
+    };
+    const order8 = ed.Point.fromHex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05", false);
+    const keys: Uint8Array[] = [];
+    for (let t = ed.Point.ZERO, i = 0; i < 8; i++, t = t.add(order8)) {
+      const torsion = t.toBytes();
+      keys.push(torsion, torsion.map((b, j) => (j === 31 ? b ^ 0x80 : b))); // and with the sign bit flipped
+      keys.push(ed.Point.fromBytes(publicKeyOf(newSecretKey())).add(t).toBytes()); // mixed order: usable
+    }
+    for (let i = 0; i < 300; i++) keys.push(randomBytes(32)); // about half are not on the curve
+    for (const y of [0n, 1n, 2n ** 255n - 20n, 2n ** 255n - 19n, 2n ** 255n - 18n, 2n ** 255n - 1n]) {
+      const bytes = new Uint8Array(32);
+      for (let j = 0, n = y; j < 32; j++, n >>= 8n) bytes[j] = Number(n & 0xffn);
+      keys.push(bytes, bytes.map((b, j) => (j === 31 ? b | 0x80 : b)));
+    }
+    let usable = 0;
+    for (const key of keys) {
+      expect(isUsablePublicKey(key), Buffer.from(key).toString("hex")).toBe(reference(key));
+      if (reference(key)) usable++;
+    }
+    expect(usable).toBeGreaterThan(100);
+    expect(usable).toBeLessThan(keys.length - 100);
+  });
+
 });
 
 describe("verifySignature", () => {

@@ -150,10 +150,13 @@ const SMALL_ORDER_KEYS: ReadonlySet<string> = (() => {
 // A key an agent may enrol with: the canonical encoding of a point that is not of small order.
 // No strict signature ever verifies with a small-order key, and with ZIP-215 rules one fixed
 // signature "verifies" over any message: such a key is refused at Register, not stored.
+// The small-order test is the set of their canonical encodings (a lookup instead of a point
+// multiplication); decoding the point still checks that it is on the curve.
 export function isUsablePublicKey(publicKey: Uint8Array): boolean {
-  if (publicKey.length !== 32) return false;
+  if (publicKey.length !== 32 || !isCanonicalPoint(publicKey) || SMALL_ORDER_KEYS.has(Buffer.from(publicKey).toString("hex"))) return false;
   try {
-    return !ed.Point.fromBytes(publicKey, false).isSmallOrder();
+    ed.Point.fromBytes(publicKey, false);
+    return true;
   } catch {
     return false;
   }
