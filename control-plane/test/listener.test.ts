@@ -358,6 +358,18 @@ describe("a request body still arriving after its answer", () => {
     });
   }
 
+  // A raw connection that stays half-open, like an HTTP client still uploading: it keeps
+  // writing after the server's FIN; what it received, whether the server ended, and any error.
+  async function halfOpenConnection() {
+    const socket = net.connect({ port: cp.app.server.port, host: "127.0.0.1", allowHalfOpen: true });
+    await once(socket, "connect");
+    const seen = { received: "", ended: false, failed: undefined as string | undefined };
+    socket.on("data", (d: Buffer) => (seen.received += d.toString("latin1")));
+    socket.on("end", () => (seen.ended = true));
+    socket.on("error", (err) => (seen.failed = err.message));
+    return { socket, seen };
+  }
+
   it("is read and dropped on HTTP/1.1, so the next request on the keep-alive connection is served", async () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
@@ -404,35 +416,27 @@ describe("a request body still arriving after its answer", () => {
   });
 
   it("lets an HTTP/1.1 client still sending read the answer: the connection closes lingering, not with a reset", async () => {
-    // Half-open, like an HTTP client still uploading: it keeps writing after the server's FIN.
-    const socket = net.connect({ port: cp.app.server.port, host: "127.0.0.1", allowHalfOpen: true });
-    await once(socket, "connect");
-    let received = "";
-    let ended = false;
-    let failed: string | undefined;
-    socket.on("data", (d: Buffer) => (received += d.toString("latin1")));
-    socket.on("end", () => (ended = true));
-    socket.on("error", (err) => (failed = err.message));
+    const { socket, seen } = await halfOpenConnection();
     try {
       const head = `POST ${path} HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc-web+proto\r\nauthorization: Bearer ${cp.adminKey}\r\ncontent-length: 50000000\r\n\r\n`;
       socket.write(Buffer.concat([Buffer.from(head), twoMessages(100_000)]));
-      await expect.poll(() => received, { timeout: 10_000 }).toMatch(/grpc-status: ?3/);
-      expect(received).toMatch(/^HTTP\/1\.1 200 /);
-      expect(received.toLowerCase()).toContain("connection: close");
+      await expect.poll(() => seen.received, { timeout: 10_000 }).toMatch(/grpc-status: ?3/);
+      expect(seen.received).toMatch(/^HTTP\/1\.1 200 /);
+      expect(seen.received.toLowerCase()).toContain("connection: close");
       // The server ends its side (FIN); the client goes on sending for a while, as a client
       // writing its body does, and every write is taken: no reset.
-      await expect.poll(() => ended, { timeout: 5_000 }).toBe(true);
+      await expect.poll(() => seen.ended, { timeout: 5_000 }).toBe(true);
       for (let i = 0; i < 10; i++) {
         socket.write(Buffer.alloc(100_000));
         await sleep(50);
       }
-      expect(failed).toBeUndefined();
+      expect(seen.failed).toBeUndefined();
       // But not for ever: past the linger time (this client never ends its side) the connection
       // is gone, and the next write is refused.
       await sleep(LINGER_MS + 500);
       const refused = () => {
         if (!socket.destroyed) socket.write(Buffer.alloc(1000));
-        return failed;
+        return seen.failed;
       };
       await expect.poll(refused, { timeout: 5_000 }).toMatch(/EPIPE|ECONNRESET/);
     } finally {
@@ -443,28 +447,21 @@ describe("a request body still arriving after its answer", () => {
   it("lets an HTTP/1.1 client still sending a bidirectional stream's body read its refusal, which closes the connection lingering", async () => {
     // connect answers a bidirectional stream over HTTP/1.1 at once, with Connection: close, before
     // reading the body (the fuzzer met EPIPE there: the socket was closed with the body unread).
-    const socket = net.connect({ port: cp.app.server.port, host: "127.0.0.1", allowHalfOpen: true });
-    await once(socket, "connect");
-    let received = "";
-    let ended = false;
-    let failed: string | undefined;
-    socket.on("data", (d: Buffer) => (received += d.toString("latin1")));
-    socket.on("end", () => (ended = true));
-    socket.on("error", (err) => (failed = err.message));
+    const { socket, seen } = await halfOpenConnection();
     try {
       const head = `POST /grpc.reflection.v1.ServerReflection/ServerReflectionInfo HTTP/1.1\r\nhost: a\r\ncontent-type: application/grpc-web+proto\r\ncontent-length: 900000\r\n\r\n`;
       socket.write(Buffer.concat([Buffer.from(head), Buffer.alloc(1000)]));
-      await expect.poll(() => received, { timeout: 10_000 }).toMatch(/grpc-status: ?12/);
-      expect(received.toLowerCase()).toContain("connection: close");
-      expect(decodeURIComponent(received)).toContain("streams both ways and needs HTTP/2");
-      await expect.poll(() => ended, { timeout: 5_000 }).toBe(true);
+      await expect.poll(() => seen.received, { timeout: 10_000 }).toMatch(/grpc-status: ?12/);
+      expect(seen.received.toLowerCase()).toContain("connection: close");
+      expect(decodeURIComponent(seen.received)).toContain("streams both ways and needs HTTP/2");
+      await expect.poll(() => seen.ended, { timeout: 5_000 }).toBe(true);
       // The rest of the body, after the server's FIN: taken, not reset.
       for (let i = 0; i < 9; i++) {
         socket.write(Buffer.alloc(100_000));
         await sleep(50);
       }
       await sleep(200);
-      expect(failed).toBeUndefined();
+      expect(seen.failed).toBeUndefined();
     } finally {
       socket.destroy();
     }
