@@ -88,6 +88,8 @@ async function serverMemory(url: string) {
 // What the control plane's RSS was with every long-poll held, and the length of its access
 // tokens (the floor's clients send headers of the same size).
 let heldRssMb: number | undefined;
+// RSS at the end of --hold, the long-polls renewed at least once (the first sample is taken as they are first held).
+let heldAfterHold: { lastMb: number; maxMb: number } | undefined;
 let accessTokenLength = 0;
 
 const cp = await startControlPlane({ postgresUrl: o.databaseUrl });
@@ -201,7 +203,8 @@ try {
       );
       if (o.hold > 0) {
         console.log(`holding ${waiting} long-polls for ${o.hold} s (server pid ${cp.pid})`);
-        await sleep(o.hold * 1000);
+        heldAfterHold = await holdAndWatch(cp.pid, o.hold);
+        console.log(`after holding ${o.hold} s (every poll renewed at least once): server RSS ${heldAfterHold.lastMb.toFixed(0)} MB (max ${heldAfterHold.maxMb.toFixed(0)} MB)`);
       }
       const watch = watchProcess(cp.pid);
       const pick = (k: number) => agents[(k * 7919 + o.seed) % agents.length]!.agentId;
@@ -264,7 +267,11 @@ try {
       );
       if (o.hold > 0) {
         console.log(`holding ${waiting} long-polls on the floor for ${o.hold} s (echo server pid ${echo.pid})`);
-        await sleep(o.hold * 1000);
+        const floorHeld = await holdAndWatch(echo.pid, o.hold);
+        console.log(
+          `after holding ${o.hold} s: the floor's RSS ${floorHeld.lastMb.toFixed(0)} MB (max ${floorHeld.maxMb.toFixed(0)} MB)` +
+            (heldAfterHold ? `; the control plane's ${heldAfterHold.lastMb.toFixed(0)} MB, floor + ${(heldAfterHold.lastMb - floorHeld.lastMb).toFixed(0)} MB (max against max: + ${(heldAfterHold.maxMb - floorHeld.maxMb).toFixed(0)} MB)` : ""),
+        );
       }
     } finally {
       stop.abort();
@@ -275,4 +282,18 @@ try {
   }
 } finally {
   await cp.stop();
+}
+
+// Waits `seconds`, sampling the process's RSS every 5 s: the last sample and the largest.
+async function holdAndWatch(pid: number, seconds: number): Promise<{ lastMb: number; maxMb: number }> {
+  let lastMb = 0;
+  let maxMb = 0;
+  for (const end = Date.now() + seconds * 1000; Date.now() < end; ) {
+    await sleep(Math.min(5000, end - Date.now()));
+    const sample = await sampleProcess(pid);
+    if (!sample) continue;
+    lastMb = sample.rssBytes / 2 ** 20;
+    maxMb = Math.max(maxMb, lastMb);
+  }
+  return { lastMb, maxMb };
 }
