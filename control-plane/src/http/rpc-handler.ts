@@ -149,7 +149,14 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       // A reset or a session that went away: the call ends through "close" and the signal
       // (without a listener, the stream's "error" would be an uncaught exception).
       stream.on("error", ignore);
-      stream.once("close", () => aborted.abort(errorFromResetCode(stream.rstCode)));
+      stream.once("close", () => {
+        const reason = errorFromResetCode(stream.rstCode);
+        // Answered in full and closed cleanly: the call is over and nothing waits on the signal.
+        // Aborting anyway would build a DOMException, stack and all, on every call (about 4 % of
+        // the server's CPU on idle polls, docs/benchmarks.md, benchmark 1).
+        if (!reason && stream.writableFinished) return;
+        aborted.abort(reason);
+      });
       serve(handler, {
         httpVersion: "2.0",
         method: headers[":method"] ?? "",
