@@ -47,12 +47,12 @@ export function signEnvelope(secretKey: Uint8Array, type: string, body: Uint8Arr
 }
 
 // RFC 8032 5.1.6 signing from the key noble expands (5.1.5) once per secret key. `ed.sign` expands
-// it again on every call, a base-point multiplication that is half of its cost: 0.45 ms of every
-// Register's server CPU and of every signed command (docs/benchmarks.md, benchmarks 4 and 9).
+// it again on every call, a base-point multiplication that is about half of its cost; every
+// Register and every delivered command is signed (docs/benchmarks.md, benchmarks 4 and 9).
 // The scalar arithmetic and the point multiplication are noble's; Ed25519 is deterministic, so
-// the signature is byte for byte `ed.sign`'s, which envelope.test.ts checks on random keys and
-// messages and on RFC 8032's vectors. Secret keys are never changed in place, so the cache is
-// keyed by the array itself.
+// the signature is byte for byte `ed.sign`'s, which envelope.test.ts checks against noble and
+// OpenSSL on random keys and messages, and against the golden vectors. Secret keys are never
+// changed in place, so the cache is keyed by the array itself.
 type ExpandedKey = ReturnType<typeof ed.utils.getExtendedPublicKey>;
 const expandedKeys = new WeakMap<Uint8Array, ExpandedKey>();
 const ORDER = 2n ** 252n + 27742317777372353535851937790883648493n; // L, the base point's order
