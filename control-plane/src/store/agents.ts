@@ -115,10 +115,15 @@ export async function registerAgent(db: Prisma, sql: Statements, input: Register
 // PostgreSQL's re-check of `used_seats < seats` on the newest row version means concurrent
 // registrations never over-spend seats. No row means "not this path": the caller decides the
 // refusal or the re-registration in the transaction.
+// The proof's sign time, recorded as the newest proof seen: kept only within the allowed skew,
+// so a wild clock cannot block the agent's later proofs.
+function keptProofTime({ proof, now, maxProofSkewMs }: RegisterInput): Date | null {
+  return proof && Math.abs(proof.signTime.getTime() - now.getTime()) <= maxProofSkewMs ? proof.signTime : null;
+}
+
 async function registerNewMachine(sql: Statements, input: RegisterInput): Promise<RegisteredAgent | undefined> {
-  const { proof, now } = input;
-  // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
-  const proofTime = proof && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs ? proof.signTime : null;
+  const { now } = input;
+  const proofTime = keptProofTime(input);
   const id = newId();
   const rows = await sql.rows<{ credential_generation: number }>("register_new_machine", REGISTER_NEW_MACHINE, [
     input.registrationTokenHash,
@@ -194,9 +199,7 @@ async function registerInTx(tx: Tx, input: RegisterInput, selfSigned: boolean): 
     if (input.proof && !selfSigned) {
       throw new StoreRefusal("forbidden", "proof_signature does not verify with agent_public_key");
     }
-    // Kept only within the allowed skew, so a wild clock cannot block the agent's later proofs.
-    const skewMs = input.proof ? Math.abs(input.proof.signTime.getTime() - input.now.getTime()) : Infinity;
-    proofTime = skewMs <= input.maxProofSkewMs ? input.proof!.signTime : null;
+    proofTime = keptProofTime(input);
   } else {
     const checked = await admitReregistration(tx, existing, input, selfSigned);
     if ("refused" in checked) return checked;
@@ -316,8 +319,7 @@ async function admitReregistration(
       data: { reregistrationAllowedUntil: null },
     });
     if (taken.count === 1) {
-      const usable = proof && selfSigned && Math.abs(proof.signTime.getTime() - now.getTime()) <= input.maxProofSkewMs;
-      return { via: "allowed", proofTime: usable ? proof.signTime : null };
+      return { via: "allowed", proofTime: selfSigned ? keptProofTime(input) : null };
     }
   }
   if (existing.decommissionedAt) {
