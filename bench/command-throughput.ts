@@ -88,7 +88,8 @@ async function serverMemory(url: string) {
 // What the control plane's RSS was with every long-poll held, and the length of its access
 // tokens (the floor's clients send headers of the same size).
 let heldRssMb: number | undefined;
-// RSS at the end of --hold, the long-polls renewed at least once (the first sample is taken as they are first held).
+// RSS at the end of --hold, after the long-polls have renewed (every --wait seconds); the first
+// sample above is taken the moment they are all first held.
 let heldAfterHold: { lastMb: number; maxMb: number } | undefined;
 let accessTokenLength = 0;
 
@@ -204,7 +205,7 @@ try {
       if (o.hold > 0) {
         console.log(`holding ${waiting} long-polls for ${o.hold} s (server pid ${cp.pid})`);
         heldAfterHold = await holdAndWatch(cp.pid, o.hold);
-        console.log(`after holding ${o.hold} s (every poll renewed at least once): server RSS ${heldAfterHold.lastMb.toFixed(0)} MB (max ${heldAfterHold.maxMb.toFixed(0)} MB)`);
+        console.log(`after holding ${o.hold} s (each long-poll renews every ${o.wait} s): server RSS ${heldAfterHold.lastMb.toFixed(0)} MB (max ${heldAfterHold.maxMb.toFixed(0)} MB)`);
       }
       const watch = watchProcess(cp.pid);
       const pick = (k: number) => agents[(k * 7919 + o.seed) % agents.length]!.agentId;

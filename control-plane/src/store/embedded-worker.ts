@@ -127,7 +127,8 @@ class ExchangeScheduler {
     await this.enqueue(handlerId, undefined, () => {});
   }
 
-  // Connections that are gone, the most recent 10,000 (IDs are not reused within that many).
+  // Connections that are gone, the most recent 10,000: handler IDs only grow, and a late message
+  // comes moments after its connection closed, not 10,000 connections later.
   #gone = new Set<number>();
   #forget(handlerId: number) {
     this.#gone.add(handlerId);
