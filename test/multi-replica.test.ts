@@ -90,6 +90,12 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
     const [onA] = clientsOf(agent);
     const abort = new AbortController();
     const seen: CommandState[] = [];
+    // Resolves when the feed has shown `state` (within 10 s). The feed sends a command as it is
+    // when the notice of a change arrives, so each step waits for the last one to show: the
+    // replica link may bring a notice after the next change was made.
+    const waiters = new Map<CommandState, () => void>();
+    const shown = (state: CommandState) =>
+      Promise.race([new Promise<void>((resolve) => (seen.includes(state) ? resolve() : waiters.set(state, resolve))), sleep(10_000)]);
     const stream = b.admin.commands.watchEvents({ agentId: agent.agentId }, { signal: abort.signal });
     // The feed says it is live with a keep-alive at once; only then is anything queued (a fixed
     // pause lost the first events on a loaded machine).
@@ -100,13 +106,16 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("two control-plane replicas on o
         live();
         if (event.kind !== "command") continue;
         seen.push(event.command!.state);
+        waiters.get(event.command!.state)?.();
         if (event.command!.state === CommandState.SUCCEEDED) break;
       }
     })();
     await Promise.race([isLive, sleep(10_000)]);
     await a.admin.commands.createCommand({ agentId: agent.agentId, action: collectSpecs });
+    await shown(CommandState.PENDING);
     const polled = await onA.pollCommands({ nonce: nonce() });
     const cmd = fromBinary(CommandSchema, polled.commands[0]!.command);
+    await shown(CommandState.SENT);
     await onA.reportResults({ results: [{ commandId: cmd.id, outcome: CommandOutcome.SUCCEEDED, message: "ok", sequence: cmd.sequence }] });
     await Promise.race([reading, sleep(10_000)]);
     abort.abort();

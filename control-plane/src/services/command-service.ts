@@ -6,7 +6,7 @@ import { CommandService, CommandState } from "@redflag/gen/command_service_pb";
 import { cancelCommand, type CommandQueue } from "../domain/commands.ts";
 import type { CommandChanged, EventBus } from "../cluster/events.ts";
 import type { CommandState as DbCommandState } from "../store/types.ts";
-import { getCommand, listCommands } from "../store/commands.ts";
+import { getCommand, listCommands, type CommandRow } from "../store/commands.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit } from "./audit.ts";
 import { COMMAND_STATES, commandCaller, commandToProto } from "./convert.ts";
@@ -73,6 +73,7 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       // that the queue filled up. The client is told ("resync") and re-reads what it shows.
       let missed = false;
       let wake: (() => void) | undefined;
+      const shown = new ShownCommands();
       const unsubscribe = events.subscribe(
         (event) => {
           if (agentId && event.agentId !== agentId) return;
@@ -107,11 +108,13 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
             missed = false;
             yield { time: timestampFromDate(new Date()), kind: "resync" };
           }
-          // Several changes of one command in a burst are sent once, as it is now.
+          // Several changes of one command in a burst are sent once, as it is now. A change read
+          // after a later one already showed (another replica's notice arrives after this
+          // replica's) is not sent again: the feed never repeats a command unchanged.
           const batch = [...new Map(queue.splice(0).map((e) => [e.commandId, e])).values()];
           for (const event of batch) {
             const row = await getCommand(db, event.commandId);
-            if (row) yield { time: timestampFromDate(new Date()), kind: "command", command: commandToProto(row) };
+            if (row && shown.changed(row)) yield { time: timestampFromDate(new Date()), kind: "command", command: commandToProto(row) };
           }
         }
       } finally {
@@ -119,4 +122,22 @@ export function createCommandService(db: Prisma, commands: CommandQueue, events:
       }
     },
   };
+}
+
+// What a WatchEvents feed last sent of each command (at most MAX_SHOWN, the oldest forgotten
+// first), so that a command read again unchanged is not sent twice.
+const MAX_SHOWN = 1_000;
+
+class ShownCommands {
+  #last = new Map<string, string>();
+
+  // True, and remembered, when the row differs from what was last sent of its command.
+  changed(row: CommandRow): boolean {
+    const version = [row.state, row.deliveryCount, row.sentAt?.getTime(), row.finishedAt?.getTime(), row.result ? 1 : 0].join("/");
+    if (this.#last.get(row.id) === version) return false;
+    this.#last.delete(row.id);
+    this.#last.set(row.id, version);
+    if (this.#last.size > MAX_SHOWN) this.#last.delete(this.#last.keys().next().value!);
+    return true;
+  }
 }
