@@ -5,7 +5,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { number } from "./options.ts";
 import { freePort, spawnNode, stopChild, waitReady } from "./servers.ts";
-import { printCommand, printMachineFacts } from "./stats.ts";
+import { printCommand, printMachineFacts, sampleProcess, treePssBytes } from "./stats.ts";
 
 // Memory of the control plane on the embedded database (issue 18, item 7): starts the real server
 // (control-plane/src/main.ts, with the production Node flags of `npm run serve`) on a fresh data
@@ -27,6 +27,9 @@ interface StartFigures {
   readyMs: number;
   peakMb: number;
   idleMb: number;
+  // What the machine spends on the server and its database process when idle (PSS: the pages
+  // they share counted once).
+  idlePssMb: number;
   // The server process alone: its own high-water mark (VmHWM) and its part of the idle figure.
   serverHwmMb: number;
   serverIdleMb: number;
@@ -38,11 +41,11 @@ const dataDir = await mkdtemp(path.join(os.tmpdir(), "rfm-"));
 try {
   const rows: StartFigures[] = [];
   for (let i = 0; i < o.starts; i++) rows.push(await measureStart(dataDir));
-  console.log(`| start | ready after | peak RSS while starting | idle RSS ${o.idle} s after ready | server alone: VmHWM / idle |`);
-  console.log("|---|---|---|---|---|");
+  console.log(`| start | ready after | peak RSS while starting | idle RSS ${o.idle} s after ready | idle PSS | server process alone: VmHWM / idle RSS |`);
+  console.log("|---|---|---|---|---|---|");
   rows.forEach((r, i) =>
     console.log(
-      `| ${i === 0 ? "first (fresh data directory)" : `restart ${i}`} | ${(r.readyMs / 1000).toFixed(1)} s | ${r.peakMb} MB | ${r.idleMb} MB | ${r.serverHwmMb} MB / ${r.serverIdleMb} MB |`,
+      `| ${i === 0 ? "first (fresh data directory)" : `restart ${i}`} | ${(r.readyMs / 1000).toFixed(1)} s | ${r.peakMb} MB | ${r.idleMb} MB | ${r.idlePssMb} MB | ${r.serverHwmMb} MB / ${r.serverIdleMb} MB |`,
     ),
   );
 } finally {
@@ -56,18 +59,20 @@ async function measureStart(dir: string): Promise<StartFigures> {
   const child = spawnNode(path.join(ROOT, "control-plane/src/main.ts"), { REDFLAG_ADDR: `127.0.0.1:${port}`, REDFLAG_DATA_DIR: dir, REDFLAG_LOG_LEVEL: "warn" });
   let peakKb = 0;
   const sampler = setInterval(() => {
-    void treeRssKb(child.pid!).then((kb) => (peakKb = Math.max(peakKb, kb)));
+    void sampleProcess(child.pid!).then((s) => (peakKb = Math.max(peakKb, (s?.rssBytes ?? 0) / 1024)));
   }, SAMPLE_MS);
   try {
     await waitReady(url, child, 120_000);
     const readyMs = performance.now() - started;
     await new Promise((r) => setTimeout(r, o.idle * 1000));
-    const idleKb = await treeRssKb(child.pid!);
+    const idleKb = ((await sampleProcess(child.pid!))?.rssBytes ?? 0) / 1024;
+    const idlePssKb = (await treePssBytes(child.pid!)) / 1024;
     const status = await readFile(`/proc/${child.pid}/status`, "utf8");
     return {
       readyMs,
       peakMb: mb(Math.max(peakKb, idleKb)),
       idleMb: mb(idleKb),
+      idlePssMb: mb(idlePssKb),
       serverHwmMb: mb(statusKb(status, "VmHWM")),
       serverIdleMb: mb(statusKb(status, "VmRSS")),
     };
@@ -85,17 +90,3 @@ function mb(kb: number): number {
 function statusKb(status: string, field: string): number {
   return Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
 }
-
-// VmRSS of pid and its descendants (a process that exited meanwhile counts as 0).
-async function treeRssKb(pid: number): Promise<number> {
-  let total = 0;
-  try {
-    total += statusKb(await readFile(`/proc/${pid}/status`, "utf8"), "VmRSS");
-    const children = (await readFile(`/proc/${pid}/task/${pid}/children`, "utf8")).split(/\s+/).filter(Boolean);
-    for (const child of children) total += await treeRssKb(Number(child));
-  } catch {
-    // gone
-  }
-  return total;
-}
-

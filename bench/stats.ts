@@ -57,7 +57,22 @@ export interface ProcessSample {
 
 const CLOCK_TICKS = 100; // USER_HZ on Linux (getconf CLK_TCK)
 
+// The process and its descendants summed (on the embedded database, the control plane runs its
+// database in a process of its own, which is part of its cost); undefined once pid is gone.
 export async function sampleProcess(pid: number): Promise<ProcessSample | undefined> {
+  const own = await sampleOne(pid);
+  if (!own) return undefined;
+  for (const child of await childrenOf(pid)) {
+    const s = await sampleProcess(child);
+    if (s) {
+      own.cpuSeconds += s.cpuSeconds;
+      own.rssBytes += s.rssBytes;
+    }
+  }
+  return own;
+}
+
+async function sampleOne(pid: number): Promise<ProcessSample | undefined> {
   try {
     const [stat, status] = await Promise.all([readFile(`/proc/${pid}/stat`, "utf8"), readFile(`/proc/${pid}/status`, "utf8")]);
     // The command name (field 2) may contain spaces; fields after it start past the last ')'.
@@ -69,6 +84,28 @@ export async function sampleProcess(pid: number): Promise<ProcessSample | undefi
   } catch {
     return undefined;
   }
+}
+
+async function childrenOf(pid: number): Promise<number[]> {
+  try {
+    return (await readFile(`/proc/${pid}/task/${pid}/children`, "utf8")).split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+// The proportional set size of pid and its descendants: RSS counts the pages processes share
+// (the node binary's code, mapped by the server and its database process) once in each, PSS
+// divides them among the sharers, so a tree's PSS is what the machine spends on it.
+export async function treePssBytes(pid: number): Promise<number> {
+  let kb = 0;
+  try {
+    kb = Number(/^Pss:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+  for (const child of await childrenOf(pid)) kb += (await treePssBytes(child)) / 1024;
+  return kb * 1024;
 }
 
 // How many file descriptors a process has open (Linux: /proc), e.g. one per connection a server holds.

@@ -116,7 +116,7 @@ async function wire(
   serve: (handlers: { request: ServerOptions["handler"]; stream: NonNullable<ServerOptions["streamHandler"]> }) => void,
 ): Promise<App> {
   await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger });
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, logger, embeddedCompiler: config.embeddedCompiler });
   try {
     const masterKey = await loadMasterKey(config.masterKey, config.dataDir);
     const keys = await ensureSigningKeys(db.prisma, masterKey);

@@ -51,6 +51,15 @@ describe("loadConfig", () => {
     expect(error!.message).toMatch(/REDFLAG_TLS_CERT and REDFLAG_TLS_KEY/);
   });
 
+  it("reads how V8 runs the embedded database, baseline by default, and ignores it for PostgreSQL", () => {
+    expect(loadConfig({}).embeddedCompiler).toBe("baseline");
+    expect(loadConfig({ REDFLAG_EMBEDDED_COMPILER: "optimizing" }).embeddedCompiler).toBe("optimizing");
+    expect(() => loadConfig({ REDFLAG_EMBEDDED_COMPILER: "turbo" })).toThrow(
+      /REDFLAG_EMBEDDED_COMPILER=turbo must be baseline \(the default: bounded memory\) or optimizing/,
+    );
+    expect(unusedVariables({ DATABASE_URL: "postgres://u@db/redflag", REDFLAG_EMBEDDED_COMPILER: "optimizing" })).toEqual(["REDFLAG_EMBEDDED_COMPILER"]);
+  });
+
   it("names the REDFLAG_ variables it does not use: a typo, or one that needs another set", () => {
     const env = { REDFLAG_MASTERKEY: "x", REDFLAG_ADDR: "127.0.0.1:9000", REDFLAG_OIDC_CLIENT_ID: "app", REDFLAG_SERVER: "http://cli-only", PATH: "/bin" };
     expect(unusedVariables(env)).toEqual(["REDFLAG_MASTERKEY", "REDFLAG_OIDC_CLIENT_ID"]);

@@ -4,12 +4,20 @@ import path from "node:path";
 import { envValues } from "@redflag/common/config-values";
 import type { RateLimit } from "./auth/rate-limit.ts";
 
+// How V8 runs the embedded database's WebAssembly (REDFLAG_EMBEDDED_COMPILER; store/embedded.ts
+// says why): "baseline" keeps its memory bounded, "optimizing" makes its work faster.
+export const EMBEDDED_COMPILERS = ["baseline", "optimizing"] as const;
+export type EmbeddedCompiler = (typeof EMBEDDED_COMPILERS)[number];
+const isEmbeddedCompiler = (text: string): text is EmbeddedCompiler => (EMBEDDED_COMPILERS as readonly string[]).includes(text);
+
 export interface Config {
   readonly host: string;
   readonly port: number;
   readonly dataDir: string;
   // Unset: the embedded PGlite database inside dataDir.
   readonly databaseUrl: string | undefined;
+  // How V8 runs the embedded database's WebAssembly (embedded.ts, EmbeddedCompiler).
+  readonly embeddedCompiler: EmbeddedCompiler;
   readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
   // Base64 of 32 bytes; unset: <dataDir>/master.key, created on first start.
   readonly masterKey: Buffer | undefined;
@@ -183,11 +191,20 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
 
   const idleSeconds = duration("REDFLAG_IDLE_TIMEOUT", "2m", 1);
 
+  // Read only for the embedded database, so that with DATABASE_URL it is named as unused.
+  const embeddedCompiler = (!databaseUrl && env.REDFLAG_EMBEDDED_COMPILER) || "baseline";
+  if (!isEmbeddedCompiler(embeddedCompiler)) {
+    problems.push(
+      `REDFLAG_EMBEDDED_COMPILER=${embeddedCompiler.slice(0, 64)} must be baseline (the default: bounded memory) or optimizing (faster database work, about 600 MB more for a few seconds while V8 optimizes it)`,
+    );
+  }
+
   const config: Config = {
     host,
     port,
     dataDir: path.resolve(cwd, env.REDFLAG_DATA_DIR || "data"),
     databaseUrl,
+    embeddedCompiler: isEmbeddedCompiler(embeddedCompiler) ? embeddedCompiler : "baseline",
     tls: certFile && keyFile ? { certFile, keyFile } : undefined,
     masterKey,
     logLevel: env.REDFLAG_LOG_LEVEL || "info",

@@ -7,6 +7,7 @@ import pg from "pg";
 import type { Logger } from "pino";
 import { PrismaClient } from "../generated/prisma/client.ts";
 import { EMBEDDED_PORT, startEmbeddedPostgres } from "./embedded.ts";
+import type { EmbeddedCompiler } from "../config.ts";
 import { applyMigrations } from "./migrate.ts";
 import { createStatements, type Statements } from "./statements.ts";
 import type { Prisma, Tx } from "./types.ts";
@@ -19,6 +20,8 @@ export interface OpenDatabaseOptions {
   migrationsDir?: string;
   logger: Logger;
   poolMax?: number;
+  // The embedded database only; default "baseline".
+  embeddedCompiler?: EmbeddedCompiler;
 }
 
 export interface Database {
@@ -84,6 +87,7 @@ async function connectTarget(opts: OpenDatabaseOptions, resources: (() => Promis
       dataDir: opts.dataDir,
       logger: opts.logger,
       maxConnections: EMBEDDED_MAX_CONNECTIONS,
+      compiler: opts.embeddedCompiler,
     });
     resources.push(() => embedded.stop());
     const pool = new pg.Pool({

@@ -1,6 +1,8 @@
-// Runs PGlite and serves it over the Postgres wire protocol in a worker thread: PGlite executes
-// every message synchronously on the thread that owns it, so that must not be the server's event
-// loop. Started by embedded.ts; talks to it only through the messages below.
+// Runs PGlite and serves it over the Postgres wire protocol in a process of its own: PGlite
+// executes every message synchronously on the thread that owns it, so that must not be the
+// server's event loop, and the process runs with Node flags of its own (embedded.ts says why).
+// Started by embedded.ts with fork(), the worker data as its one argument; talks to it only
+// through the messages below, and ends when that channel closes.
 //
 // PGlite is one Postgres backend, so all socket connections share one session. pglite-socket's
 // PGLiteSocketServer interleaves the connections at message granularity: one connection's Parse
@@ -12,7 +14,9 @@
 import { PGlite } from "@electric-sql/pglite";
 import { PGLiteSocketHandler, type PGLiteSocketHandlerOptions } from "@electric-sql/pglite-socket";
 import net from "node:net";
-import { parentPort, workerData } from "node:worker_threads";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { tryLock, type HeldLock } from "./lock-file.ts";
 
 export interface EmbeddedWorkerData {
   // "init": create the database in pgdata (initdb), shut down cleanly and exit; "serve": open it
@@ -27,7 +31,13 @@ export interface EmbeddedWorkerData {
 
 // PGlite's own start parameters and the settings embedded.ts chose, which override postgresql.conf.
 function startParams(settings: Readonly<Record<string, string>>): string[] {
-  return [...PGlite.defaultStartParams, ...Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`])];
+  return [...PGlite.defaultStartParams, ...settingArgs(settings)];
+}
+
+// Also given to initdb (its -c, PostgreSQL 16 and later), whose servers would otherwise fill
+// 128MB of shared buffers while they create the database; it writes them to postgresql.conf too.
+function settingArgs(settings: Readonly<Record<string, string>>): string[] {
+  return Object.entries(settings).flatMap(([name, value]) => ["-c", `${name}=${value}`]);
 }
 
 // Parent to worker.
@@ -36,6 +46,8 @@ export type ToWorker = { type: "stop" };
 // Worker to parent.
 export type FromWorker =
   | { type: "ready" }
+  // Could not start; the process exits next.
+  | { type: "failed"; err: { message: string; stack?: string | undefined } }
   | { type: "log"; level: "warn" | "error"; msg: string; err?: { message: string; stack?: string | undefined } };
 
 interface Pending {
@@ -213,24 +225,73 @@ function describe(err: unknown): { message: string; stack?: string | undefined }
   return err instanceof Error ? { message: err.message, stack: err.stack } : { message: String(err) };
 }
 
-if (!parentPort) throw new Error("embedded-worker.ts must run in a worker thread");
-const port = parentPort;
-const send = (message: FromWorker) => port.postMessage(message);
-const { mode, pgdata, socketPath, maxConnections, settings } = workerData as EmbeddedWorkerData;
+if (!process.send) throw new Error("embedded-worker.ts must be started by embedded.ts (fork, with an IPC channel)");
+// Resolves once the message is handed to the channel (or the channel is gone).
+const send = (message: FromWorker) =>
+  new Promise<void>((resolve) => {
+    if (!process.connected) return resolve();
+    process.send!(message, undefined, {}, () => resolve());
+  });
+const { mode, pgdata, socketPath, maxConnections, settings } = JSON.parse(process.argv[2] ?? "") as EmbeddedWorkerData;
+process.title = "redflag-embedded-postgres";
+// Ctrl-C in a terminal and systemd's stop reach every process of the group: the control plane
+// stops this one itself, after its own requests are done (or it dies, and the channel closes).
+process.on("SIGINT", () => {});
+process.on("SIGTERM", () => {});
 
-const db = await PGlite.create(pgdata, { startParams: startParams(settings) });
-if (mode === "init") {
-  // initdb ran in a second PGlite instance of this thread, which leaves WebAssembly memory and
-  // copies behind that nothing can shrink; embedded.ts ends this thread to hand them back and
-  // serves the new database from a fresh one.
-  await db.close();
-  send({ type: "ready" });
-  port.close();
-} else {
-  await serve();
+// The database files belong to one process at a time. The data directory's lock is the control
+// plane's; this one covers the gap after a control plane dies while its database process is
+// still ending (a long query runs to its end first), so a new one waits instead of opening the
+// same files twice.
+const LOCK_WAIT_MS = 30_000;
+let lock: HeldLock | undefined;
+let ending = false;
+// The control plane is gone (it crashed or was killed): end at once, as the thread this used to
+// be would have with it. PostgreSQL's write-ahead log makes that safe.
+process.on("disconnect", () => {
+  if (ending) return;
+  lock?.releaseNow();
+  process.exit(1);
+});
+
+async function exit(code: number): Promise<never> {
+  ending = true;
+  await lock?.release();
+  process.exit(code);
 }
 
-async function serve() {
+try {
+  lock = await lockDatabase();
+  const db = await PGlite.create(pgdata, { startParams: startParams(settings), initDbStartParams: settingArgs(settings) });
+  if (mode === "init") {
+    // initdb ran in a second PGlite instance of this process, which leaves WebAssembly memory and
+    // copies behind that nothing can shrink; ending the process hands them back, and the
+    // database is served from a fresh one.
+    await db.close();
+    await send({ type: "ready" });
+    await exit(0);
+  } else {
+    await serve(db);
+  }
+} catch (err) {
+  await send({ type: "failed", err: describe(err) });
+  await exit(1);
+}
+
+async function lockDatabase(): Promise<HeldLock> {
+  const lockFile = path.join(path.dirname(socketPath), `${path.basename(pgdata)}.lock`);
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (;;) {
+    const taken = await tryLock(lockFile);
+    if ("release" in taken) return taken;
+    if (Date.now() > deadline) {
+      throw new Error(`the database in ${pgdata} is still open in process ${taken.holder}, a database process that outlived its control plane, after ${LOCK_WAIT_MS / 1000} s`);
+    }
+    await sleep(100);
+  }
+}
+
+async function serve(db: PGlite) {
   // The handler only calls the QueryQueueManager methods ExchangeScheduler implements.
   const queryQueue = new ExchangeScheduler(db, (err) =>
     send({ type: "log", level: "error", msg: "the embedded database failed to run a query", err: describe(err) }),
@@ -272,12 +333,13 @@ async function serve() {
     throw err;
   }
 
-  port.on("message", (message: ToWorker) => {
+  process.on("message", (message: ToWorker) => {
     if (message.type === "stop") void stop();
   });
-  send({ type: "ready" });
+  await send({ type: "ready" });
 
   async function stop() {
+    let code = 0;
     try {
       const closed = new Promise((resolve) => server.close(resolve));
       // Detaching rolls back what a connection left open, before PGlite shuts down.
@@ -287,9 +349,10 @@ async function serve() {
       // A clean shutdown (checkpoint): the next start needs no recovery.
       await db.close();
     } catch (err) {
-      send({ type: "log", level: "error", msg: "embedded database did not shut down cleanly", err: describe(err) });
+      code = 1;
+      await send({ type: "log", level: "error", msg: "embedded database did not shut down cleanly", err: describe(err) });
     } finally {
-      port.close();
+      await exit(code);
     }
   }
 }

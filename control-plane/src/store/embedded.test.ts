@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { chmod, lstat, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import net from "node:net";
 import os from "node:os";
@@ -11,6 +11,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isConnectionError } from "./db.ts";
 import { EMBEDDED_SETTINGS, startEmbeddedPostgres, type EmbeddedPostgres } from "./embedded.ts";
+import { isRunning } from "./lock-file.ts";
 
 const silent = pino({ level: "silent" });
 const tempDir = () => mkdtemp(path.join(os.tmpdir(), "rf-"));
@@ -66,6 +67,19 @@ describe("embedded database", () => {
       const { rows } = await pool.query<Record<string, string>>(`SHOW ${name}`);
       expect(rows[0]![name]).toBe(value);
     }
+  });
+
+  // Ctrl-C in a terminal reaches every process of the group, and systemd's stop every process of
+  // the service: the control plane stops its database itself, after its own last requests.
+  it("keeps serving when an interrupt or terminate signal reaches the database's process", async () => {
+    const [database] = await databaseProcesses(process.pid);
+    expect(database).toBeDefined();
+    process.kill(database!, "SIGINT");
+    process.kill(database!, "SIGTERM");
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const { rows } = await pool.query("SELECT 1 AS one");
+    expect(rows).toEqual([{ one: 1 }]);
+    expect(await databaseProcesses(process.pid)).toEqual([database]);
   });
 
   it("refuses a second start on the same data directory", async () => {
@@ -139,7 +153,8 @@ describe("embedded database", () => {
     const whileStopped = await pool.query("SELECT 1").catch((err: unknown) => err);
     expect(isConnectionError(whileStopped)).toBe(true);
 
-    server = await startEmbeddedPostgres({ dataDir, logger: silent, maxConnections: 4 });
+    // Started again with V8's optimizing compiler allowed (REDFLAG_EMBEDDED_COMPILER=optimizing).
+    server = await startEmbeddedPostgres({ dataDir, logger: silent, maxConnections: 4, compiler: "optimizing" });
     const { rows } = await pool.query<{ body: string }>("SELECT body FROM notes ORDER BY id");
     expect(rows.map((r) => r.body)).toEqual(["committed", "before the restart"]);
   });
@@ -154,8 +169,12 @@ describe("embedded database data directory lock", () => {
         `data directory ${dataDir} is in use by process ${holder.pid}`,
       );
 
+      // The database runs in a process of the holder's own, which ends with it however it ends.
+      const [database] = await databaseProcesses(holder.pid!);
+      expect(database).toBeDefined();
       holder.kill("SIGKILL");
       await once(holder, "exit");
+      await expect.poll(() => isRunning(database!), { timeout: 10_000 }).toBe(false);
 
       // The dead process left its lock file and socket behind; its committed row survives.
       const server = await startEmbeddedPostgres({ dataDir, logger: silent });
@@ -165,6 +184,34 @@ describe("embedded database data directory lock", () => {
         expect((await client.query("SELECT v FROM crash_test")).rows).toEqual([{ v: "committed before the crash" }]);
       } finally {
         await client.end();
+        await server.stop();
+      }
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a database process that outlived its control plane", () => {
+  it("is waited for: the database's files are never open in two processes", async () => {
+    const dataDir = await tempDir();
+    try {
+      const first = await startEmbeddedPostgres({ dataDir, logger: silent });
+      await first.stop();
+      // What a control plane that died leaves while its database process still runs a last long
+      // query: that process's lock on the files (here a stand-in process that ends in 1.5 s).
+      const stillEnding = spawn(process.execPath, ["-e", "setTimeout(() => {}, 1500)"]);
+      const ended = once(stillEnding, "exit").then(() => performance.now());
+      await writeFile(path.join(dataDir, "run", "pgdata.lock"), `${stillEnding.pid}\n`, { mode: 0o600 });
+      const server = await startEmbeddedPostgres({ dataDir, logger: silent });
+      const started = performance.now();
+      try {
+        expect(started).toBeGreaterThanOrEqual(await ended);
+        const client = connectTo(server);
+        await client.connect();
+        expect((await client.query("SELECT 1 AS one")).rows).toEqual([{ one: 1 }]);
+        await client.end();
+      } finally {
         await server.stop();
       }
     } finally {
@@ -196,6 +243,19 @@ describe("embedded database start-up failures", () => {
     }
   });
 });
+
+// The embedded database processes started by pid (the one it serves, once it is running).
+async function databaseProcesses(pid: number): Promise<number[]> {
+  const found: number[] = [];
+  for (const task of await readdir(`/proc/${pid}/task`)) {
+    const children = (await readFile(`/proc/${pid}/task/${task}/children`, "utf8").catch(() => "")).split(/\s+/).filter(Boolean);
+    for (const child of children) {
+      const cmdline = await readFile(`/proc/${child}/cmdline`, "utf8").catch(() => "");
+      if (cmdline.includes("embedded-worker.ts") || cmdline.startsWith("redflag-embedded-postgres")) found.push(Number(child));
+    }
+  }
+  return found;
+}
 
 // Another Node process that opens the embedded database on dataDir, commits a row and waits.
 async function startHolderProcess(dataDir: string) {

@@ -2,11 +2,14 @@
 // Postgres wire protocol on a Unix socket in <dataDir>/run, so the rest of the control plane uses
 // it exactly like a PostgreSQL server. The socket has no authentication; the 0700 directories
 // are what keep other local users out.
-import { chmod, link, lstat, mkdir, readdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
+import { fork } from "node:child_process";
+import { chmod, lstat, mkdir, readdir, rm } from "node:fs/promises";
 import path from "node:path";
-import { Worker } from "node:worker_threads";
+import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
 import type { EmbeddedWorkerData, FromWorker, ToWorker } from "./embedded-worker.ts";
+import { tryLock, type DataDirLock } from "./lock-file.ts";
+import type { EmbeddedCompiler } from "../config.ts";
 
 export interface EmbeddedPostgresOptions {
   dataDir: string;
@@ -17,6 +20,8 @@ export interface EmbeddedPostgresOptions {
   pgdata?: string;
   // The caller holds the data directory's lock (lockDataDir) and keeps it past stop().
   locked?: DataDirLock;
+  // How V8 runs PGlite (DATABASE_NODE_FLAGS); default "baseline".
+  compiler?: EmbeddedCompiler | undefined;
 }
 
 export interface EmbeddedPostgres {
@@ -35,11 +40,11 @@ const STOP_TIMEOUT_MS = 30_000;
 // is written through at start, so every MB of shared_buffers is a MB of resident memory for as
 // long as the server runs, and WebAssembly memory never shrinks. initdb sizes it for a server
 // (128MB); the control plane's database is tens of MB and PostgreSQL reads the pages it does not
-// hold from the operating system's page cache, so 32MB keeps the hot tables in memory at a
-// quarter of the cost (bench:commands measured no loss; docs/benchmarks.md).
+// hold from the operating system's page cache, so 16MB (2,048 pages) keeps the hot tables in
+// memory at an eighth of the cost (docs/benchmarks.md, section 5). initdb gets them too.
 // embedded-worker.ts passes them on PostgreSQL's command line, which overrides postgresql.conf,
 // so they apply to databases created before as well.
-export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = { shared_buffers: "32MB" };
+export const EMBEDDED_SETTINGS: Readonly<Record<string, string>> = { shared_buffers: "16MB" };
 
 export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Promise<EmbeddedPostgres> {
   const dataDir = path.resolve(opts.dataDir);
@@ -56,8 +61,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     await rm(socketPath, { force: true });
     const started = performance.now();
     const data = { pgdata, socketPath, maxConnections: opts.maxConnections ?? 8, settings: EMBEDDED_SETTINGS };
-    if (!(await exists(path.join(pgdata, "PG_VERSION")))) await createDatabase({ ...data, mode: "init" }, opts.logger);
-    const worker = await startWorker({ ...data, mode: "serve" }, opts.logger);
+    const flags = DATABASE_NODE_FLAGS[opts.compiler ?? "baseline"];
+    if (!(await exists(path.join(pgdata, "PG_VERSION")))) await createDatabase({ ...data, mode: "init" }, flags, opts.logger);
+    const worker = await startWorker({ ...data, mode: "serve" }, flags, opts.logger);
     await keepPrivate(runDir);
     await keepPrivate(pgdata);
     opts.logger.info({ dataDir, ms: Math.round(performance.now() - started) }, "embedded database started");
@@ -114,94 +120,48 @@ function ignoreMissing(err: unknown) {
   if (errorCode(err) !== "ENOENT") throw err;
 }
 
-export interface DataDirLock {
-  release(): Promise<void>;
-}
+export type { DataDirLock } from "./lock-file.ts";
 
-// One process per data directory: a lock file holding the owner's pid, created atomically with
-// its content (link(2) fails if the name exists). A lock whose process is gone is stale.
+// One process per data directory: run/lock holds the owner's pid (lock-file.ts).
 export async function lockDataDir(dataDir: string): Promise<DataDirLock> {
   const runDir = path.join(path.resolve(dataDir), "run");
   await ensurePrivateDir(runDir);
   const lockFile = path.join(runDir, "lock");
-  const mine = `${process.pid}\n`;
-  const temp = `${lockFile}.${process.pid}`;
-  await writeFile(temp, mine, { mode: 0o600 });
-  try {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      if (await tryLink(temp, lockFile)) return { release: () => releaseLock(lockFile, mine) };
-      const holder = await readLockHolder(lockFile);
-      if (holder !== undefined && isRunning(holder)) {
-        const who = holder === process.pid ? `this process (${holder})` : `process ${holder}`;
-        throw new Error(
-          `data directory ${dataDir} is in use by ${who}; ` +
-            `if no RedFlag server is running there, remove ${lockFile}`,
-        );
-      }
-      await rm(lockFile, { force: true });
-    }
-    throw new Error(`could not lock data directory ${dataDir}: ${lockFile} keeps reappearing`);
-  } finally {
-    await rm(temp, { force: true });
-  }
-}
-
-async function tryLink(from: string, to: string): Promise<boolean> {
-  try {
-    await link(from, to);
-    return true;
-  } catch (err) {
-    if (errorCode(err) === "EEXIST") return false;
-    throw err;
-  }
-}
-
-// undefined: no lock file (any more) or one without a pid, which only a crash can leave.
-async function readLockHolder(lockFile: string): Promise<number | undefined> {
-  let text: string;
-  try {
-    text = await readFile(lockFile, "utf8");
-  } catch (err) {
-    if (errorCode(err) === "ENOENT") return undefined;
-    throw err;
-  }
-  const pid = Number(text.trim());
-  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to another user.
-    return errorCode(err) === "EPERM";
-  }
-}
-
-async function releaseLock(lockFile: string, mine: string) {
-  try {
-    if ((await readFile(lockFile, "utf8")) === mine) await unlink(lockFile);
-  } catch (err) {
-    if (errorCode(err) !== "ENOENT") throw err;
-  }
+  const taken = await tryLock(lockFile);
+  if ("release" in taken) return taken;
+  const who = taken.holder === process.pid ? `this process (${taken.holder})` : `process ${taken.holder}`;
+  throw new Error(`data directory ${dataDir} is in use by ${who}; if no RedFlag server is running there, remove ${lockFile}`);
 }
 
 interface RunningWorker {
   stop(): Promise<void>;
-  // The worker's exit code, once it has exited.
+  // The process's exit code (1 when a signal ended it), once it has exited.
   exited: Promise<number>;
 }
 
-// initdb in a worker of its own that exits before the database is served: the thread's PGlite
-// instances grow their WebAssembly memory while creating the database and never give it back, so
-// the control plane would carry that memory for as long as it runs (issue 18, item 7: a first
-// start idled 110 MB above a restart). Ending the thread frees all of it.
-async function createDatabase(data: EmbeddedWorkerData, logger: Logger) {
+// The database runs in a process of its own (embedded-worker.ts), for its memory (issue 18, item
+// 7). V8 recompiles PostgreSQL's parser, one 105 KB WebAssembly function, with its optimizing
+// compiler once it is hot, and that takes about 600 MB for a few seconds: more than the rest of
+// the control plane together. No V8 flag keeps one function out of that compiler, and flags are
+// per process, so by default ("baseline") the database's process runs all of PGlite in V8's
+// baseline compiler (--liftoff-only) while the control plane's keeps the optimizing one for its
+// own WebAssembly (Prisma's query compiler). That costs the database's heavier work about a
+// third of its speed (docs/benchmarks.md, section 5); "optimizing" (REDFLAG_EMBEDDED_COMPILER)
+// lets V8 optimize PGlite too, for a host with the memory to spare. A process of its own also
+// hands back all of its memory when it ends, which a first start needs (createDatabase).
+export const DATABASE_NODE_FLAGS: Readonly<Record<EmbeddedCompiler, readonly string[]>> = {
+  baseline: ["--liftoff-only", "--max-semi-space-size=2"],
+  optimizing: ["--max-semi-space-size=2"],
+};
+
+// initdb in a process of its own that exits before the database is served: PGlite grows its
+// WebAssembly memory while creating the database and never gives it back, so the server would
+// carry that memory for as long as it runs (a first start idled 110 MB above a restart).
+async function createDatabase(data: EmbeddedWorkerData, flags: readonly string[], logger: Logger) {
   const started = performance.now();
-  const worker = await startWorker(data, logger);
+  const worker = await startWorker(data, flags, logger);
   const code = await worker.exited;
-  if (code !== 0) throw new Error(`the embedded database could not be created: its worker exited with code ${code}`);
+  if (code !== 0) throw new Error(`the embedded database could not be created: its process exited with code ${code}`);
   logger.info({ pgdata: data.pgdata, ms: Math.round(performance.now() - started) }, "embedded database created");
 }
 
@@ -215,28 +175,34 @@ async function exists(file: string): Promise<boolean> {
   }
 }
 
-// Resolves once the socket accepts connections; rejects with the worker's own error otherwise.
-function startWorker(data: EmbeddedWorkerData, logger: Logger): Promise<RunningWorker> {
-  const worker = new Worker(new URL("./embedded-worker.ts", import.meta.url), {
-    name: "redflag-embedded-postgres",
-    workerData: data,
+// Resolves once the socket accepts connections; rejects with the process's own error otherwise.
+// The process ends with this one: it exits when its IPC channel closes, however this process ended.
+function startWorker(data: EmbeddedWorkerData, flags: readonly string[], logger: Logger): Promise<RunningWorker> {
+  const child = fork(fileURLToPath(new URL("./embedded-worker.ts", import.meta.url)), [JSON.stringify(data)], {
+    execArgv: [...flags],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+    serialization: "json",
+    // glibc gives every thread that allocates a malloc arena of its own, which keeps what it
+    // once held; two are enough for one thread doing the work (20 MB less, measured). A value
+    // the operator set wins.
+    env: { MALLOC_ARENA_MAX: "2", ...process.env },
   });
   let phase: "starting" | "running" | "stopping" | "exited" = "starting";
   let startError: Error | undefined;
-  const exited = new Promise<number>((resolve) => worker.once("exit", resolve));
+  const exited = new Promise<number>((resolve) => child.once("exit", (code) => resolve(code ?? 1)));
 
-  worker.on("error", (err) => {
-    if (phase === "starting") startError = err;
+  child.on("error", (err) => {
+    if (phase === "starting") startError ??= err;
     else logger.error({ err }, "the embedded database failed");
   });
 
   const stop = async () => {
     if (phase !== "running") return;
     phase = "stopping";
-    worker.postMessage({ type: "stop" } satisfies ToWorker);
+    child.send({ type: "stop" } satisfies ToWorker);
     const timer = setTimeout(() => {
-      logger.warn("the embedded database did not stop in time; terminating it");
-      void worker.terminate();
+      logger.warn("the embedded database did not stop in time; killing it");
+      child.kill("SIGKILL");
     }, STOP_TIMEOUT_MS);
     await exited;
     clearTimeout(timer);
@@ -244,9 +210,11 @@ function startWorker(data: EmbeddedWorkerData, logger: Logger): Promise<RunningW
   };
 
   return new Promise((resolve, reject) => {
-    worker.on("message", (message: FromWorker) => {
+    child.on("message", (message: FromWorker) => {
       if (message.type === "log") {
         logger[message.level]({ err: message.err }, message.msg);
+      } else if (message.type === "failed" && phase === "starting") {
+        startError = Object.assign(new Error(message.err.message), { stack: message.err.stack });
       } else if (message.type === "ready" && phase === "starting") {
         phase = "running";
         resolve({ stop, exited });
@@ -254,7 +222,7 @@ function startWorker(data: EmbeddedWorkerData, logger: Logger): Promise<RunningW
     });
     void exited.then((code) => {
       if (phase === "starting") {
-        const reason = startError?.message ?? `its worker exited with code ${code}`;
+        const reason = startError?.message ?? `its process exited with code ${code}`;
         reject(new Error(`the embedded database could not start: ${reason}`, { cause: startError }));
       } else if (phase === "running" && data.mode === "serve") {
         logger.error({ code }, "the embedded database stopped unexpectedly");
