@@ -6,28 +6,18 @@ import { createHandlerContext } from "@connectrpc/connect";
 import { CommandService, CommandState, WatchEventsRequestSchema, type WatchEventsResponse } from "@redflag/gen/command_service_pb";
 import { describe, expect, it } from "vitest";
 import { createEventBus } from "../src/cluster/events.ts";
-import type { Wakeups } from "../src/cluster/wakeups.ts";
-import { cancelCommand, createCommandQueue, type CommandCaller } from "../src/domain/commands.ts";
+import { cancelCommand, createCommandQueue } from "../src/domain/commands.ts";
 import { createCommandService } from "../src/services/command-service.ts";
 import type { CommandSigner } from "../src/signing/signer.ts";
 import { availableBackends, type Backend } from "./support/database.ts";
-import { adminContext, auditAs, insertAgent, mediumDatabase } from "./support/medium.ts";
-
-const wakeups = { notify: () => {} } as unknown as Wakeups;
-const oscar = (method: string): CommandCaller => ({
-  role: "admin",
-  keyScope: "user:oscar",
-  creator: { createdBy: "oscar", createdByKind: "person" },
-  record: (tx, { row }) => auditAs(method, CommandService, `agent:${row.agentId}`)(tx, undefined),
-});
-const scan = { case: "scanUpdates" as const, value: { $typeName: "redflag.v1.ScanUpdates" as const, subsystems: [] } };
+import { adminContext, auditAs, insertAgent, mediumDatabase, noWakeups, oscarQueues, scanAction } from "./support/medium.ts";
 
 describe.each(availableBackends)("the WatchEvents feed on %s", (backend: Backend) => {
   const m = mediumDatabase(backend);
 
   it("does not repeat a command whose change was already shown, and shows its next change", async () => {
     const bus = createEventBus();
-    const queue = createCommandQueue(m.db, wakeups, {} as CommandSigner, bus, 86_400, { minimumAgentVersion: "" });
+    const queue = createCommandQueue(m.db, noWakeups, {} as CommandSigner, bus, 86_400, { minimumAgentVersion: "" });
     const service = createCommandService(m.db, queue, bus);
     const agent = await insertAgent(m.db, "feed-1");
     const ctx = createHandlerContext({
@@ -47,7 +37,7 @@ describe.each(availableBackends)("the WatchEvents feed on %s", (backend: Backend
     };
     expect((await feed.next()).value?.kind).toBe("keepalive");
 
-    const row = await queue.queue(oscar("CreateCommand"), agent.id, scan);
+    const row = await queue.queue(oscarQueues("CreateCommand"), agent.id, scanAction);
     expect(await next()).toMatchObject({ id: row.id, state: CommandState.PENDING });
     // The same command's notice again, twice, each read on its own (another replica's late
     // notice, a retried publish), then the command is cancelled: the next thing shown is the

@@ -3,12 +3,15 @@
 // RPC that would have called it.
 import { createContextValues, createHandlerContext, type HandlerContext } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
+import { CommandService } from "@redflag/gen/command_service_pb";
 import { FleetService } from "@redflag/gen/fleet_service_pb";
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
 import { afterAll, beforeAll } from "vitest";
 import { kPrincipal, kRemoteAddr } from "../../src/auth/context.ts";
 import type { AuditHook } from "../../src/domain/audit.ts";
+import type { CommandCaller } from "../../src/domain/commands.ts";
+import type { Wakeups } from "../../src/cluster/wakeups.ts";
 import { audit } from "../../src/services/audit.ts";
 import { newId } from "../../src/ids.ts";
 import { openDatabase, type Database } from "../../src/store/db.ts";
@@ -124,3 +127,20 @@ export async function failInsertsInto(db: Prisma, table: "audit_entries" | "secu
     await db.$executeRawUnsafe(`DROP TRIGGER redflag_test_refuse ON ${table}`);
   };
 }
+
+// Oscar, an admin, queueing a command through `method` of the CommandService (the caller
+// createCommandQueue's queue takes), audited as the adapter would.
+export function oscarQueues(method: string): CommandCaller {
+  return {
+    role: "admin",
+    keyScope: "user:oscar",
+    creator: { createdBy: "oscar", createdByKind: "person" },
+    record: (tx, { row }) => auditAs(method, CommandService, `agent:${row.agentId}`)(tx, undefined),
+  };
+}
+
+// A long-poll wake-up nobody listens to.
+export const noWakeups = { notify: () => {} } as unknown as Wakeups;
+
+// A ScanUpdates action, as a CreateCommand request carries it.
+export const scanAction = { case: "scanUpdates" as const, value: { $typeName: "redflag.v1.ScanUpdates" as const, subsystems: [] } };
