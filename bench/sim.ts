@@ -121,6 +121,7 @@ try {
   console.log(`latency after the start period (immediate polls, n=${r.latency.count}): p50 ${ms(r.latency.p50)}, p95 ${ms(r.latency.p95)}, p99 ${ms(r.latency.p99)}, max ${ms(r.latency.max)}`);
   console.log(`commands: ${s.commandsReceived} received and verified, ${s.resultsAcknowledged} results acknowledged, ${s.rejectedCommands} rejected`);
   console.log(`errors by code: ${formatErrors(s.errors)}`);
+  for (const [where, message] of s.errorMessages) console.log(`  ${where}, first seen as: ${message}`);
   console.log(`whole run: ${formatUsage(usage)}; simulator ${(((cpu.user + cpu.system) / 1e6 + workersCpuSeconds) * 100 / r.elapsedSeconds).toFixed(0)} % of one core${o.processes > 1 ? ` (${o.processes} processes)` : ""}`);
   if (steadyUsage) console.log(`after the start period: ${formatUsage(steadyUsage)}`);
   if (fds !== undefined || atEnd) {

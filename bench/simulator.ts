@@ -97,6 +97,9 @@ export interface SimStats {
   registrations: number;
   renewals: number;
   errors: Map<string, number>;
+  // The first message seen for each key of `errors` (200 characters at most), to tell an
+  // unexpected error's cause without a server log.
+  errorMessages: Map<string, string>;
 }
 
 export function newStats(): SimStats {
@@ -111,12 +114,14 @@ export function newStats(): SimStats {
     registrations: 0,
     renewals: 0,
     errors: new Map(),
+    errorMessages: new Map(),
   };
 }
 
 export function countError(stats: SimStats, where: string, err: unknown) {
   const key = `${where}:${errorCode(err)}`;
   stats.errors.set(key, (stats.errors.get(key) ?? 0) + 1);
+  if (!stats.errorMessages.has(key)) stats.errorMessages.set(key, (err instanceof Error ? err.message : String(err)).slice(0, 200));
 }
 
 // One HTTP/2 connection (h2c or TLS), speaking the Connect protocol in binary like the agent.
@@ -534,6 +539,7 @@ export function mergeResults(results: SimulationResult[]): SimulationResult {
     for (const key of ["polls", "longPolls", "commandsReceived", "resultsAcknowledged", "rejectedCommands", "registrations", "renewals"] as const) stats[key] += r.stats[key];
     for (const sample of r.stats.pollLatencies) stats.pollLatencies.push(sample);
     for (const [where, n] of r.stats.errors) stats.errors.set(where, (stats.errors.get(where) ?? 0) + n);
+    for (const [where, message] of r.stats.errorMessages) if (!stats.errorMessages.has(where)) stats.errorMessages.set(where, message);
   }
   const sum = (f: (r: SimulationResult) => number) => results.reduce((total, r) => total + f(r), 0);
   return {

@@ -58,6 +58,20 @@ describe("agent configs", () => {
     await answer([]);
     expect((await next).holds).toEqual([]);
   });
+
+  it("share one config among the agents without holds or overrides of their own", async () => {
+    const { db, answer } = controlledDb();
+    const configs = createAgentConfigs(db, defaultSettings(db), 60_000);
+    const first = configs.forAgent("a");
+    await answer([hold("nginx"), { ...hold("redis"), agentId: "c" }]);
+    const [a, b, c] = [await first, await configs.forAgent("b"), await configs.forAgent("c")];
+    // One object for a fleet of agents without holds of their own, not one each.
+    expect(b).toBe(a);
+    expect(a.holds.map((h) => h.name)).toEqual(["nginx"]);
+    expect(c.holds.map((h) => h.name)).toEqual(["nginx", "redis"]);
+    expect(c.revision).not.toBe(a.revision);
+    expect(await configs.forAgent("c")).toBe(c);
+  });
 });
 
 describe("signed agent configs", () => {
