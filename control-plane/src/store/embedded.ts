@@ -149,7 +149,7 @@ interface RunningWorker {
 // third of its speed (docs/benchmarks.md, section 5); "optimizing" (REDFLAG_EMBEDDED_COMPILER)
 // lets V8 optimize PGlite too, for a host with the memory to spare. A process of its own also
 // hands back all of its memory when it ends, which a first start needs (createDatabase).
-export const DATABASE_NODE_FLAGS: Readonly<Record<EmbeddedCompiler, readonly string[]>> = {
+const DATABASE_NODE_FLAGS: Readonly<Record<EmbeddedCompiler, readonly string[]>> = {
   baseline: ["--liftoff-only", "--max-semi-space-size=2"],
   optimizing: ["--max-semi-space-size=2"],
 };
