@@ -98,14 +98,14 @@ async function childrenOf(pid: number): Promise<number[]> {
 // (the node binary's code, mapped by the server and its database process) once in each, PSS
 // divides them among the sharers, so a tree's PSS is what the machine spends on it.
 export async function treePssBytes(pid: number): Promise<number> {
-  let kb = 0;
+  let bytes: number;
   try {
-    kb = Number(/^Pss:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1] ?? 0);
+    bytes = Number(/^Pss:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/smaps_rollup`, "utf8"))?.[1] ?? 0) * 1024;
   } catch {
     return 0;
   }
-  for (const child of await childrenOf(pid)) kb += (await treePssBytes(child)) / 1024;
-  return kb * 1024;
+  for (const child of await childrenOf(pid)) bytes += await treePssBytes(child);
+  return bytes;
 }
 
 // How many file descriptors a process has open (Linux: /proc), e.g. one per connection a server holds.

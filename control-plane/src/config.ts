@@ -6,7 +6,7 @@ import type { RateLimit } from "./auth/rate-limit.ts";
 
 // How V8 runs the embedded database's WebAssembly (REDFLAG_EMBEDDED_COMPILER; store/embedded.ts
 // says why): "baseline" keeps its memory bounded, "optimizing" makes its work faster.
-export const EMBEDDED_COMPILERS = ["baseline", "optimizing"] as const;
+const EMBEDDED_COMPILERS = ["baseline", "optimizing"] as const;
 export type EmbeddedCompiler = (typeof EMBEDDED_COMPILERS)[number];
 const isEmbeddedCompiler = (text: string): text is EmbeddedCompiler => (EMBEDDED_COMPILERS as readonly string[]).includes(text);
 

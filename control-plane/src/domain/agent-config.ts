@@ -144,14 +144,15 @@ export function createAgentConfigs(db: Prisma, settings: Settings, refreshMs = 3
     return refresh();
   };
   const configFor = (agentId: string, state: State): AgentConfig => {
-    const ownHolds = state.byAgent.get(agentId) ?? [];
-    const own = state.overrides.get(agentId) ?? [];
-    if (ownHolds.length === 0 && own.length === 0) {
+    const ownHolds = state.byAgent.get(agentId);
+    const own = state.overrides.get(agentId);
+    // The poll path: two lookups, nothing allocated.
+    if (!ownHolds?.length && !own?.length) {
       return (state.shared ??= state.global.length === 0 ? fleetWide : buildAgentConfig(settings, state.global));
     }
     const cached = built.get(agentId);
     if (cached && state === ready) return cached;
-    const cfg = buildAgentConfig(settings, [...state.global, ...ownHolds], own);
+    const cfg = buildAgentConfig(settings, [...state.global, ...(ownHolds ?? [])], own);
     if (state === ready) {
       if (built.size > 100_000) built.clear();
       built.set(agentId, cfg);

@@ -285,7 +285,10 @@ async function lockDatabase(): Promise<HeldLock> {
     const taken = await tryLock(lockFile);
     if ("release" in taken) return taken;
     if (Date.now() > deadline) {
-      throw new Error(`the database in ${pgdata} is still open in process ${taken.holder}, a database process that outlived its control plane, after ${LOCK_WAIT_MS / 1000} s`);
+      throw new Error(
+        `the database in ${pgdata} is still open in process ${taken.holder} after ${LOCK_WAIT_MS / 1000} s of waiting ` +
+          `(a database process that outlived its control plane); stop that process, then start again`,
+      );
     }
     await sleep(100);
   }
