@@ -1,5 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { createClient, type Transport } from "@connectrpc/connect";
+import { ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   AgentService,
@@ -89,8 +89,36 @@ export async function createAgentTransport(serverUrl: string, caFile: string | u
     sessionManager,
     useBinaryFormat: true,
     readMaxBytes: READ_MAX_BYTES,
+    interceptors: [retryNeverProcessed],
   });
   return { transport, close: () => sessionManager.abort() };
+}
+
+// A call the server refused before processing it goes again at once, once: the server closed
+// an idle connection (GOAWAY) just as the call started on it, or refused the stream
+// (RST_STREAM REFUSED_STREAM). RFC 9113 §8.1.4 guarantees such a request was not processed, so
+// sending it again cannot run anything twice; gRPC retries these transparently too. Any other
+// failure is the agent loop's to retry, with backoff.
+export const retryNeverProcessed: Interceptor = (next) => async (req) => {
+  try {
+    return await next(req);
+  } catch (err) {
+    if (req.stream || req.signal.aborted || !neverProcessed(err)) throw err;
+    return await next(req);
+  }
+};
+
+// Whether the error says the server never processed the request: node's own error for a stream
+// reset with REFUSED_STREAM or created on a connection that had received GOAWAY, or connect's
+// for a REFUSED_STREAM reset it saw itself.
+export function neverProcessed(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "ERR_HTTP2_GOAWAY_SESSION") return true;
+    if (code === "ERR_HTTP2_STREAM_ERROR" && e.message.endsWith("NGHTTP2_REFUSED_STREAM")) return true;
+    if (e instanceof ConnectError && /\bREFUSED_STREAM \(0x7\)$/.test(e.rawMessage)) return true;
+  }
+  return false;
 }
 
 async function readCa(file: string): Promise<Buffer> {
