@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { errors, jwtVerify, SignJWT } from "jose";
-import { createHash, randomUUID } from "node:crypto";
+import { hash, randomUUID } from "node:crypto";
 
 const ISSUER = "redflag";
 const AUDIENCE = "redflag-agent";
@@ -42,7 +42,7 @@ export function createAgentTokens(secret: Uint8Array, ttlSeconds: number, maxCac
     },
 
     async verify(token, now) {
-      const key = createHash("sha256").update(token).digest("base64");
+      const key = hash("sha256", token, "base64");
       const cached = cache.get(key);
       if (cached) {
         if (cached.expiresAtMs > now) return cached;

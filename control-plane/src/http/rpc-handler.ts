@@ -151,10 +151,12 @@ export function createRpcHandlers(opts: RpcHandlerOptions): RpcHandlers {
       stream.on("error", ignore);
       stream.once("close", () => {
         const reason = errorFromResetCode(stream.rstCode);
-        // Answered in full and closed cleanly: the call is over and nothing waits on the signal.
-        // Aborting anyway would build a DOMException, stack and all, on every call (about 4 % of
-        // the server's CPU on idle polls, docs/benchmarks.md, benchmark 1).
-        if (!reason && stream.writableFinished) return;
+        // Answered (its end written) and closed cleanly: the call is over and nothing waits on
+        // the signal. Aborting anyway would build a DOMException, stack and all, on every call
+        // (about 4 % of the server's CPU on idle polls, docs/benchmarks.md, benchmark 1). Not
+        // writableFinished: Node usually closes a stream whose both sides ended before the last
+        // write's callback, so a clean answer rarely counts as finished at "close".
+        if (!reason && stream.writableEnded) return;
         aborted.abort(reason);
       });
       serve(handler, {
