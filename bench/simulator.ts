@@ -8,7 +8,7 @@ import { AgentConfigSchema, OsFamily, type SignedAgentConfig } from "@redflag/ge
 import { createHash, createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify, type KeyObject } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:net";
-import { GuardedHttp2SessionManager } from "../agent/src/client.ts";
+import { GuardedHttp2SessionManager, retryNeverProcessed } from "../agent/src/client.ts";
 import { AGENT_CONFIG_TYPE, COMMAND_TYPE, pae, REGISTER_PROOF_TYPE, RENEW_PAYLOAD_TYPE } from "@redflag/common/signing/envelope";
 import { keySetRevision } from "@redflag/common/signing/key-ids";
 import { jittered, seededRandom, summarize, type LatencySummary } from "./stats.ts";
@@ -124,7 +124,8 @@ export function countError(stats: SimStats, where: string, err: unknown) {
   if (!stats.errorMessages.has(key)) stats.errorMessages.set(key, (err instanceof Error ? err.message : String(err)).slice(0, 200));
 }
 
-// One HTTP/2 connection (h2c or TLS), speaking the Connect protocol in binary like the agent.
+// One HTTP/2 connection (h2c or TLS), speaking the Connect protocol in binary like the agent, and
+// like it sending a call the server refused unprocessed again at once.
 export function agentClient(url: string, opts: { localAddress?: string } = {}): { client: Client<typeof AgentService>; close(): void } {
   const sessionManager = new GuardedHttp2SessionManager(
     url,
@@ -132,7 +133,7 @@ export function agentClient(url: string, opts: { localAddress?: string } = {}): 
     // A source address of its own (any of 127.0.0.0/8 on loopback), so per-address limits see one machine.
     opts.localAddress ? { createConnection: (authority) => connect({ host: authority.hostname, port: Number(authority.port), localAddress: opts.localAddress }) } : undefined,
   );
-  const transport = createConnectTransport({ baseUrl: url, httpVersion: "2", sessionManager, useBinaryFormat: true });
+  const transport = createConnectTransport({ baseUrl: url, httpVersion: "2", sessionManager, useBinaryFormat: true, interceptors: [retryNeverProcessed] });
   return { client: createClient(AgentService, transport), close: () => sessionManager.abort() };
 }
 
