@@ -1,14 +1,36 @@
 import net from "node:net";
-import { parseRoleMap, type RoleMap } from "./auth/role-map.ts";
 import path from "node:path";
 import { envValues } from "@redflag/common/config-values";
-import type { RateLimit } from "./auth/rate-limit.ts";
+import { isRoleName, type RoleName } from "@redflag/common/roles";
 
 // How V8 runs the embedded database's WebAssembly (REDFLAG_EMBEDDED_COMPILER; store/embedded.ts
 // says why): "baseline" keeps its memory bounded, "optimizing" makes its work faster.
 const EMBEDDED_COMPILERS = ["baseline", "optimizing"] as const;
 export type EmbeddedCompiler = (typeof EMBEDDED_COMPILERS)[number];
 const isEmbeddedCompiler = (text: string): text is EmbeddedCompiler => (EMBEDDED_COMPILERS as readonly string[]).includes(text);
+
+// Calls allowed per key (an IP address, a registration token, an agent): a token bucket that
+// refills `perMinute` a minute up to `burst`. In memory, per replica: with N replicas behind a
+// load balancer a key gets up to N times the limit, so set limit/replicas if that matters.
+export interface RateLimit {
+  readonly perMinute: number;
+  readonly burst: number;
+}
+
+// Which value of a single sign-on claim grants which role
+// ("admin=redflag-admins,operator=redflag-ops,viewer=*"): parsed once from the environment here,
+// applied at every sign-in by http/oidc.ts (auth/role-map.ts, roleFor).
+export type RoleMap = { role: RoleName; value: string }[];
+
+export function parseRoleMap(text: string): RoleMap | string {
+  const out: RoleMap = [];
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const [role, value] = part.split("=").map((s) => s?.trim());
+    if (!role || !value || !isRoleName(role)) return `"${part}" must be role=value with role viewer, operator or admin`;
+    out.push({ role, value });
+  }
+  return out.length > 0 ? out : "the role map is empty";
+}
 
 export interface Config {
   readonly host: string;

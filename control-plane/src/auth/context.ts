@@ -1,5 +1,5 @@
 import { createContextKey } from "@connectrpc/connect";
-import type { RoleName } from "./roles.ts";
+import type { RoleName } from "@redflag/common/roles";
 
 export interface AgentIdentity {
   readonly agentId: string;

@@ -19,7 +19,7 @@ import { Health } from "@redflag/gen/grpc/health/v1/health_pb";
 import { ServerReflection as ReflectionV1 } from "@redflag/gen/grpc/reflection/v1/reflection_pb";
 import { ServerReflection as ReflectionV1alpha } from "@redflag/gen/grpc/reflection/v1alpha/reflection_pb";
 import type { DescService } from "@bufbuild/protobuf";
-import type { RoleName } from "./roles.ts";
+import type { RoleName } from "@redflag/common/roles";
 
 // public: anyone. agent: a registered agent's access token and machine ID. A role: a person
 // (session or API token) or the admin key with at least that role. self: a signed-in person

@@ -3,7 +3,7 @@ import { sha256 } from "../ids.ts";
 import { apiKeyByHash, sessionByHash, touchApiKey, touchSession } from "../store/people.ts";
 import type { Prisma } from "../store/types.ts";
 import type { Principal } from "./context.ts";
-import { isRoleName, lower, type RoleName } from "./roles.ts";
+import { isRoleName, lower, type RoleName } from "@redflag/common/roles";
 
 export const SESSION_COOKIE = "redflag_session";
 // A session lasts 7 days at most and ends after 24 h without use.

@@ -1,3 +1,5 @@
+import type { RateLimit } from "../config.ts";
+
 // Failed sign-ins per key (an address; a username at an address). The first `free` failures cost
 // nothing; after that, each failure makes the key wait before its next attempt, 1 s doubling up
 // to `maxDelayMs`. A key with no failure for `forgetMs` starts afresh, and a success resets the
@@ -52,13 +54,6 @@ export function createLoginThrottle(opts: {
   };
 }
 
-// Calls allowed per key (an IP address, a registration token, an agent): a token bucket that
-// refills `perMinute` a minute up to `burst`. In memory, per replica: with N replicas behind a
-// load balancer a key gets up to N times the limit, so set limit/replicas if that matters.
-export interface RateLimit {
-  readonly perMinute: number;
-  readonly burst: number;
-}
 
 export interface RateLimiter {
   // Takes one call for `key`: 0 when allowed, else the seconds until one is.

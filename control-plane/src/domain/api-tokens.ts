@@ -1,6 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Principal } from "../auth/context.ts";
-import { atLeast, isRoleName, type RoleName } from "../auth/roles.ts";
+import { atLeast, isRoleName, type RoleName } from "@redflag/common/roles";
 import { inTransaction } from "../store/db.ts";
 import { apiTokenById, createApiToken, listApiTokens, revokeApiToken, type ApiTokenRow, type UserRow } from "../store/people.ts";
 import type { Prisma } from "../store/types.ts";

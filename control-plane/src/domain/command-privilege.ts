@@ -2,7 +2,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { plural } from "@redflag/common/plural";
 import { type Command, CommandResultSchema, type PackageChange, type PackageRef } from "@redflag/gen/command_pb";
-import type { RoleName } from "../auth/roles.ts";
+import type { RoleName } from "@redflag/common/roles";
 import { commandWithResult, everReported, reportedUpdates } from "../store/command-privilege.ts";
 import type { Prisma } from "../store/types.ts";
 import { isUuid } from "../ids.ts";

@@ -2,7 +2,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, CommandSchema } from "@redflag/gen/command_pb";
 import { CreateCommandRequestSchema } from "@redflag/gen/command_service_pb";
-import type { RoleName } from "../auth/roles.ts";
+import type { RoleName } from "@redflag/common/roles";
 import type { EventBus } from "../cluster/events.ts";
 import type { CommandCreator, CommandType as DbCommandType } from "../store/types.ts";
 import { sha256 } from "../ids.ts";

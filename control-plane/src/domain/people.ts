@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { hashPassword, passwordProblem, verifyPassword } from "../auth/passwords.ts";
 import { SESSION_TTL_MS } from "../auth/principals.ts";
-import type { RoleName } from "../auth/roles.ts";
+import type { RoleName } from "@redflag/common/roles";
 import { newTotpSecret, totpUri, verifyTotp } from "../auth/totp.ts";
 import { newId } from "../ids.ts";
 import { seal, unseal } from "../signing/keys.ts";

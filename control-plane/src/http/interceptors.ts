@@ -9,7 +9,7 @@ import type { AgentRegistry } from "../auth/agent-registry.ts";
 import type { AgentTokens } from "../auth/agent-tokens.ts";
 import { kAgent, kPrincipal, kRemoteAddr, kUserAgent } from "../auth/context.ts";
 import { sessionFromCookie, type PrincipalResolver } from "../auth/principals.ts";
-import { atLeast } from "../auth/roles.ts";
+import { atLeast } from "@redflag/common/roles";
 import { policyFor } from "../auth/policy.ts";
 import { currentRequest, inRequest, requestIdFrom } from "../request-context.ts";
 import { asInvalidArgument, isCallerFault } from "./rpc-parse-errors.ts";

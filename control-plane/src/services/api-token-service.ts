@@ -4,7 +4,7 @@ import { ApiTokenSchema, ApiTokenService } from "@redflag/gen/api_token_service_
 import { Role } from "@redflag/gen/identity_pb";
 import { kPrincipal } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
-import { roleFromProto } from "../auth/roles.ts";
+import { roleFromProto } from "@redflag/common/roles";
 import { issueApiToken, revokePersonalToken, tokenOwner, tokenScope, visibleApiTokens } from "../domain/api-tokens.ts";
 import type { Prisma } from "../store/types.ts";
 import { audit } from "./audit.ts";

@@ -5,7 +5,7 @@ import { AuthService } from "@redflag/gen/auth_service_pb";
 import { PrincipalSchema, UserSchema } from "@redflag/gen/identity_pb";
 import { kPrincipal, kRemoteAddr, kUserAgent, type Principal } from "../auth/context.ts";
 import { SESSION_TTL_MS, sessionCookie, type PrincipalResolver } from "../auth/principals.ts";
-import { roleToProto } from "../auth/roles.ts";
+import { roleToProto } from "@redflag/common/roles";
 import type { Config } from "../config.ts";
 import type { Settings } from "../settings.ts";
 import { agentServerUrl, serverUrlWarning } from "../domain/enrolment.ts";

@@ -25,7 +25,7 @@ import { type ApiToken, ApiTokenSchema } from "@redflag/gen/api_token_service_pb
 import { type AuditEntry, AuditEntrySchema } from "@redflag/gen/audit_service_pb";
 import { registrationTokenState } from "../domain/registration-tokens.ts";
 import { isBelow } from "../domain/upgrades.ts";
-import { roleToProto } from "../auth/roles.ts";
+import { roleToProto } from "@redflag/common/roles";
 
 const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 

@@ -4,7 +4,7 @@ import { Role, UserSchema } from "@redflag/gen/identity_pb";
 import { UserService } from "@redflag/gen/user_service_pb";
 import { kPrincipal } from "../auth/context.ts";
 import type { PrincipalResolver } from "../auth/principals.ts";
-import { roleFromProto } from "../auth/roles.ts";
+import { roleFromProto } from "@redflag/common/roles";
 import { createPerson, disablePerson, enablePerson, newPassword, person, resetPassword, updatePerson, username } from "../domain/people.ts";
 import { listUsers, type UserRow } from "../store/people.ts";
 import type { Prisma, Tx } from "../store/types.ts";

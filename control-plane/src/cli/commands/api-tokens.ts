@@ -1,11 +1,11 @@
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { type ApiToken, CreateApiTokenResponseSchema, ListApiTokensResponseSchema, RevokeApiTokenResponseSchema } from "@redflag/gen/api_token_service_pb";
 import { Role } from "@redflag/gen/identity_pb";
+import { ROLES, roleToProto } from "@redflag/common/roles";
 import { Option, type Command } from "commander";
 import type { CliContext } from "../context.ts";
 import { seconds } from "../options.ts";
 import { ago, enumName, table, time } from "../output.ts";
-import { ROLE_NAMES, roleOf } from "./users.ts";
 
 // redflag api-tokens: the caller's personal API tokens for scripts.
 export function registerApiTokens(program: Command, cli: CliContext): void {
@@ -14,12 +14,12 @@ export function registerApiTokens(program: Command, cli: CliContext): void {
   apiTokens
     .command("create")
     .requiredOption("--name <name>", "what the token is for")
-    .addOption(new Option("--scope <role>", "the most it may do (default: your role)").choices(ROLE_NAMES))
+    .addOption(new Option("--scope <role>", "the most it may do (default: your role)").choices(ROLES))
     .option("--expires <duration>", "lifetime, 1h to 2y (default 90d)", seconds)
     .action(async (o: { name: string; scope?: string; expires?: number }) => {
       const res = await (await cli.clients()).apiTokens.createApiToken({
         name: o.name,
-        scope: o.scope ? roleOf(o.scope) : Role.UNSPECIFIED,
+        scope: o.scope ? roleToProto(o.scope) : Role.UNSPECIFIED,
         ttl: o.expires ? durationFromMs(o.expires * 1000) : undefined,
       });
       if (cli.json()) return cli.printJson(CreateApiTokenResponseSchema, res);

@@ -7,13 +7,11 @@ import {
   ResetPasswordResponseSchema,
   UpdateUserResponseSchema,
 } from "@redflag/gen/user_service_pb";
+import { ROLES, roleToProto } from "@redflag/common/roles";
 import { Argument, Option, type Command } from "commander";
 import type { CliContext } from "../context.ts";
 import { ago, enumName, table, time } from "../output.ts";
 import { readSecret } from "../prompt.ts";
-
-export const ROLE_NAMES = ["viewer", "operator", "admin"] as const;
-export const roleOf = (name: string) => ({ viewer: Role.VIEWER, operator: Role.OPERATOR, admin: Role.ADMIN })[name as (typeof ROLE_NAMES)[number]];
 
 const userRow = (u: User) => [u.username, u.displayName, enumName(Role, u.role), u.totpEnabled ? "on" : "", u.disabled ? "disabled" : "active", ago(time(u.lastLoginTime)), u.id];
 
@@ -32,12 +30,12 @@ export function registerUsers(program: Command, cli: CliContext): void {
   users
     .command("create")
     .requiredOption("--username <name>", "username")
-    .addOption(new Option("--role <role>", "what they may do").choices(ROLE_NAMES).makeOptionMandatory())
+    .addOption(new Option("--role <role>", "what they may do").choices(ROLES).makeOptionMandatory())
     .option("--display-name <name>", "shown in the console")
     .option("--password-stdin", "read the password from stdin")
     .action(async (o: { username: string; role: string; displayName?: string; passwordStdin?: boolean }) => {
       const password = await readSecret(cli.io, "password for the new user: ", o.passwordStdin);
-      const res = await (await cli.clients()).users.createUser({ username: o.username, password, role: roleOf(o.role), displayName: o.displayName ?? "" });
+      const res = await (await cli.clients()).users.createUser({ username: o.username, password, role: roleToProto(o.role), displayName: o.displayName ?? "" });
       if (cli.json()) return cli.printJson(CreateUserResponseSchema, res);
       cli.out(`${res.user!.username} (${o.role}) created: ${res.user!.id}\n`);
     });
@@ -45,9 +43,9 @@ export function registerUsers(program: Command, cli: CliContext): void {
   users
     .command("set-role")
     .argument("<id>", "user ID")
-    .addArgument(new Argument("<role>", "new role").choices(ROLE_NAMES))
+    .addArgument(new Argument("<role>", "new role").choices(ROLES))
     .action(async (id: string, role: string) => {
-      const res = await (await cli.clients()).users.updateUser({ id, role: roleOf(role) });
+      const res = await (await cli.clients()).users.updateUser({ id, role: roleToProto(role) });
       if (cli.json()) return cli.printJson(UpdateUserResponseSchema, res);
       cli.out(`${res.user!.username} is now ${role}\n`);
     });
