@@ -105,5 +105,8 @@ describe("a call the server never processed", () => {
     expect(neverProcessed(new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled))).toBe(false);
     expect(neverProcessed(new ConnectError("x", Code.Internal, undefined, undefined, Object.assign(new Error("Stream closed with error code NGHTTP2_INTERNAL_ERROR"), { code: "ERR_HTTP2_STREAM_ERROR" })))).toBe(false);
     expect(neverProcessed(new ConnectError("http/2 stream closed with error code REFUSED_STREAM (0x7)", Code.Unavailable))).toBe(true);
+    // node refuses to open a stream on a connection that received GOAWAY: nothing was sent.
+    const goaway = Object.assign(new Error("New streams cannot be created after receiving a GOAWAY"), { code: "ERR_HTTP2_GOAWAY_SESSION" });
+    expect(neverProcessed(new ConnectError(goaway.message, Code.Internal, undefined, undefined, goaway))).toBe(true);
   });
 });

@@ -54,7 +54,6 @@ export function createLoginThrottle(opts: {
   };
 }
 
-
 export interface RateLimiter {
   // Takes one call for `key`: 0 when allowed, else the seconds until one is.
   take(key: string, now?: number): number;
